@@ -1,0 +1,64 @@
+# comfymesh: `make run` installs everything and starts the mesh; `make test` lints and runs every test.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+# Every system package the project uses, installed explicitly (never assumed present).
+APT_PACKAGES := imagemagick libmagickwand-dev chromium fonts-dejavu-core
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: run test setup system-deps venv proto tokenizer lint typecheck pytest bench clean help
+
+help:  ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+run: setup  ## install everything, then start the whole mesh locally
+	$(BIN)/comfymesh up
+
+test: setup lint typecheck pytest  ## lint, type-check and run all tests
+
+setup: system-deps venv proto tokenizer  ## system packages, venv, generated stubs, tokenizer files
+
+system-deps:  ## apt-get install the system packages (ImageMagick library and CLI, chromium)
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing system packages: $$missing"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	fi
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+# torch is pinned in this same pip call so a CPU build is taken, never a multi-GB CUDA download.
+$(VENV)/.installed: pyproject.toml constraints.txt | $(BIN)/python
+	$(BIN)/pip install -q -c constraints.txt torch==2.13.0 -e '.[gateway,orchestrator,imaging,diffusion,dev]'
+	touch $@
+
+venv: $(VENV)/.installed  ## create .venv and install the project with every role's extras
+
+proto: venv  ## generate comfymesh.v1 stubs from proto/ into libs/comfymesh/v1/
+	@mkdir -p libs/comfymesh/v1
+	$(BIN)/python -m grpc_tools.protoc -I proto --python_out=libs --grpc_python_out=libs --pyi_out=libs \
+	  proto/comfymesh/v1/*.proto
+	@touch libs/comfymesh/v1/__init__.py
+
+tokenizer: venv  ## build the CLIP tokenizer files from the open-clip-torch wheel (once)
+	@$(BIN)/python -m comfymesh.diffusion.tokenizer_build --if-missing
+
+lint:  ## ruff
+	$(BIN)/ruff check .
+
+typecheck:  ## mypy
+	$(BIN)/mypy libs services
+
+pytest:
+	$(BIN)/pytest -q -x --durations=15
+
+bench:  ## mesh overhead benchmark on this machine
+	$(BIN)/python bench/mesh_overhead.py
+
+clean:
+	rm -rf $(VENV) libs/comfymesh/v1 .pytest_cache .mypy_cache .ruff_cache
