@@ -1,0 +1,92 @@
+"""Node values <-> wire `Value`s: tensors go to the artifact store, small values travel as JSON."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+
+from comfymesh.artifacts.store import ArtifactStore, TensorRef
+from comfymesh.v1 import common_pb2
+
+# Types whose values are tensor bundles; every other type is a JSON value (literals, model handles).
+TENSOR_TYPES = frozenset({"IMAGE", "MASK", "LATENT", "CONDITIONING"})
+
+
+def to_numpy(value: Any) -> np.ndarray:
+    """An array from numpy or torch without importing torch (the imaging stage has none)."""
+    if hasattr(value, "detach"):
+        tensor = value.detach().cpu()
+        if str(tensor.dtype) == "torch.bfloat16":
+            tensor = tensor.float()
+        return np.asarray(tensor.numpy())
+    return np.asarray(value)
+
+
+def _is_array(value: Any) -> bool:
+    return hasattr(value, "detach") or isinstance(value, np.ndarray)
+
+
+def _bundle(type_name: str, value: Any) -> tuple[dict[str, np.ndarray], dict[str, Any], str]:
+    if type_name in ("IMAGE", "MASK"):
+        return {"value": to_numpy(value)}, {}, "value"
+    if type_name == "LATENT":
+        tensors = {key: to_numpy(item) for key, item in value.items() if _is_array(item)}
+        extras = {key: item for key, item in value.items() if not _is_array(item)}
+        return tensors, extras, "samples"
+    # CONDITIONING: [[cond, {extras}], ...]
+    tensors, extras_list = {}, []
+    for index, (cond, extras) in enumerate(value):
+        tensors[f"{index}.cond"] = to_numpy(cond)
+        plain = {}
+        for key, item in extras.items():
+            if _is_array(item):
+                tensors[f"{index}.{key}"] = to_numpy(item)
+            else:
+                plain[key] = item
+        extras_list.append(plain)
+    return tensors, {"entries": extras_list}, "0.cond" if value else ""
+
+
+def _unbundle(type_name: str, tensors: dict[str, np.ndarray], extras: dict[str, Any]) -> Any:
+    if type_name in ("IMAGE", "MASK"):
+        return tensors["value"]
+    if type_name == "LATENT":
+        return {**tensors, **extras}
+    entries = []
+    for index, plain in enumerate(extras.get("entries", [])):
+        prefix = f"{index}."
+        extra = dict(plain)
+        extra.update({name[len(prefix):]: array for name, array in tensors.items()
+                      if name.startswith(prefix) and name != f"{index}.cond"})
+        entries.append([tensors[f"{index}.cond"], extra])
+    return entries
+
+
+def encode_value(type_name: str, value: Any, store: ArtifactStore) -> common_pb2.Value:
+    """Store a node output and return the small message that refers to it."""
+    if type_name not in TENSOR_TYPES:
+        return common_pb2.Value(type=type_name, json=json.dumps(value, sort_keys=True))
+    tensors, extras, primary = _bundle(type_name, value)
+    ref = store.put_bundle(tensors, {"type": type_name, "extras": json.dumps(extras, sort_keys=True)},
+                           primary or None)
+    return common_pb2.Value(type=type_name, tensor=ref_to_proto(ref))
+
+
+def decode_value(message: common_pb2.Value, store: ArtifactStore) -> Any:
+    """The node value behind a wire `Value` (numpy arrays for tensors)."""
+    if message.WhichOneof("payload") == "tensor":
+        tensors, metadata = store.get_bundle(ref_from_proto(message.tensor))
+        return _unbundle(message.type, tensors, json.loads(metadata.get("extras", "{}")))
+    return json.loads(message.json) if message.json else None
+
+
+def ref_to_proto(ref: TensorRef) -> common_pb2.TensorRef:
+    return common_pb2.TensorRef(uri=ref.uri, dtype=ref.dtype, shape=list(ref.shape), digest=ref.digest,
+                                nbytes=ref.nbytes)
+
+
+def ref_from_proto(message: common_pb2.TensorRef) -> TensorRef:
+    return TensorRef(uri=message.uri, dtype=message.dtype, shape=tuple(message.shape),
+                     digest=message.digest, nbytes=message.nbytes)

@@ -1,0 +1,97 @@
+"""Content-addressed artifact store over fsspec: tensor bundles as safetensors, keyed by their digest."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from dataclasses import dataclass
+
+import fsspec
+import numpy as np
+from safetensors.numpy import load as load_safetensors
+from safetensors.numpy import save as save_safetensors
+
+_DTYPE_NAMES = {
+    np.dtype("float32"): "F32", np.dtype("float16"): "F16", np.dtype("float64"): "F64",
+    np.dtype("int64"): "I64", np.dtype("int32"): "I32", np.dtype("uint8"): "U8", np.dtype("bool"): "BOOL",
+}
+
+
+@dataclass(frozen=True)
+class TensorRef:
+    """Where a stored bundle lives and what its primary tensor looks like."""
+
+    uri: str
+    dtype: str
+    shape: tuple[int, ...]
+    digest: str
+    nbytes: int
+
+
+class ArtifactStore:
+    """Tensor bundles by content: the same bytes are stored once, so a ref is safe to share and cache.
+
+    `url` is any fsspec URL: `file:///abs/dir` (default), `memory://name` (tests), `s3://bucket/prefix`.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = url.rstrip("/")
+        self.fs, self.root = fsspec.core.url_to_fs(self.url)
+        self._protocol = self.url.split("://", 1)[0] if "://" in self.url else "file"
+
+    def _key(self, digest: str) -> str:
+        return f"{self.root}/tensors/{digest[:2]}/{digest}.safetensors"
+
+    def _uri(self, key: str) -> str:
+        return f"{self._protocol}://{key}" if self._protocol != "file" else f"file://{key}"
+
+    def put_bundle(self, tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None,
+                   primary: str | None = None) -> TensorRef:
+        """Store named tensors (+ string metadata) and return a ref to the primary one."""
+        arrays = {name: np.ascontiguousarray(array) for name, array in tensors.items()}
+        data = save_safetensors(arrays, metadata=metadata or {})
+        digest = hashlib.sha256(data).hexdigest()
+        key = self._key(digest)
+        if not self.fs.exists(key):
+            self._write_atomically(key, data)
+        main = arrays[primary] if primary else next(iter(arrays.values()), np.zeros(0, np.float32))
+        return TensorRef(uri=self._uri(key), dtype=_DTYPE_NAMES.get(main.dtype, str(main.dtype)),
+                         shape=tuple(int(d) for d in main.shape), digest=digest, nbytes=len(data))
+
+    def get_bundle(self, ref: TensorRef) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+        """Read a bundle back, checking its digest so a damaged file never feeds a node."""
+        data = self.read_bytes(ref.uri)
+        if hashlib.sha256(data).hexdigest() != ref.digest:
+            raise OSError(f"artifact {ref.uri} does not match its digest {ref.digest[:12]}")
+        header_len = int.from_bytes(data[:8], "little")
+        header = json.loads(data[8:8 + header_len])
+        return load_safetensors(data), dict(header.get("__metadata__", {}))
+
+    def exists(self, ref: TensorRef) -> bool:
+        return bool(self.fs.exists(self._path(ref.uri)))
+
+    def read_bytes(self, uri: str) -> bytes:
+        with self.fs.open(self._path(uri), "rb") as handle:
+            return bytes(handle.read())
+
+    def delete(self, ref: TensorRef) -> None:
+        path = self._path(ref.uri)
+        if self.fs.exists(path):
+            self.fs.rm(path)
+
+    def _path(self, uri: str) -> str:
+        return uri.split("://", 1)[1] if "://" in uri else uri
+
+    def _write_atomically(self, key: str, data: bytes) -> None:
+        parent = key.rsplit("/", 1)[0]
+        self.fs.makedirs(parent, exist_ok=True)
+        if self._protocol == "file":
+            # a reader never sees a half-written file: write aside, then rename into place
+            temp = f"{key}.{uuid.uuid4().hex}.tmp"
+            with self.fs.open(temp, "wb") as handle:
+                handle.write(data)
+            self.fs.mv(temp, key)
+        else:
+            with self.fs.open(key, "wb") as handle:
+                handle.write(data)

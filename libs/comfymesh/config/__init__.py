@@ -1,0 +1,62 @@
+"""One frozen settings object for every service, read once from `COMFYMESH_*` environment variables."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Zero-configuration defaults that run the whole mesh on one machine."""
+
+    model_config = SettingsConfigDict(env_prefix="COMFYMESH_", frozen=True, extra="ignore")
+
+    home: Path = Field(Path("./data"), description="data root shared by all local services")
+    host: str = Field("127.0.0.1", description="interface the gateway binds")
+    port: int = Field(8080, ge=1, le=65535, description="gateway HTTP port")
+    orchestrator: str = Field("127.0.0.1:50051", description="orchestrator gRPC address")
+    imaging_replicas: str = Field("127.0.0.1:50061", description="comma-separated imaging stage addresses")
+    diffusion_replicas: str = Field("127.0.0.1:50071", description="comma-separated diffusion stage addresses")
+    artifacts_url: str = Field("", description="fsspec URL of the artifact store; default <home>/artifacts")
+    database: str = Field("", description="SQLite file of the job store; default <home>/comfymesh.db")
+    stage_slots: int = Field(2, ge=1, le=64, description="stage calls one stage replica runs at once")
+    max_running_jobs: int = Field(4, ge=1, le=256, description="jobs the orchestrator drives at once")
+    max_attempts: int = Field(3, ge=1, le=20, description="attempts per stage call before a job fails")
+    max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="largest accepted request body")
+    log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
+    log_json: bool = Field(True, description="structured JSON logs (false: plain text)")
+
+    @field_validator("home")
+    @classmethod
+    def _absolute_home(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @property
+    def artifacts(self) -> str:
+        return self.artifacts_url or (self.home / "artifacts").as_uri()
+
+    @property
+    def database_path(self) -> Path:
+        return Path(self.database) if self.database else self.home / "comfymesh.db"
+
+    def replicas(self, stage: str) -> list[str]:
+        raw = {"imaging": self.imaging_replicas, "diffusion": self.diffusion_replicas}.get(stage, "")
+        return [address.strip() for address in raw.split(",") if address.strip()]
+
+    def folder(self, name: str) -> Path:
+        """A folder of the data root (input, output, temp, models/checkpoints, ...), created on demand."""
+        path = self.home / name
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once at start-up."""
+    return Settings()
+
+
+__all__ = ["Settings", "get_settings"]
