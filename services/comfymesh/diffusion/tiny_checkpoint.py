@@ -52,11 +52,11 @@ SPECS: dict[str, TinyFamily] = {
         clip_hf=("cond_stage_model.transformer.text_model.", _CLIP_W), clip_open=None,
     ),
     "sd2": TinyFamily(
-        UNetShape(32, (2, 2), 1, (1, 0), 1, _CLIP_W, linear_proj=True),
+        UNetShape(64, (1, 1), 1, (1, 0), 1, _CLIP_W, linear_proj=True),
         clip_hf=None, clip_open=("cond_stage_model.model.", _CLIP_W), vpred_bias_std=0.01,
     ),
     "sd2v": TinyFamily(
-        UNetShape(32, (2, 2), 1, (1, 0), 1, _CLIP_W, linear_proj=True),
+        UNetShape(64, (1, 1), 1, (1, 0), 1, _CLIP_W, linear_proj=True),
         clip_hf=None, clip_open=("cond_stage_model.model.", _CLIP_W), vpred_bias_std=0.2,
     ),
     "sdxl": TinyFamily(
@@ -261,10 +261,9 @@ def _spec(family: str) -> TinyFamily:
 def _init(name: str, shape: tuple[int, ...], gen: torch.Generator) -> torch.Tensor:
     if name.endswith("logit_scale"):
         return torch.tensor(4.6052)
-    if "norm" in name.split(".")[-2] or name.split(".")[-2].startswith(("ln_", "layer_norm")):
-        # norm layers: weights near 1 keep activations at unit scale through the layers
-        base = torch.ones(shape) if name.endswith("weight") else torch.zeros(shape)
-        return base + 0.01 * torch.randn(shape, generator=gen)
+    if len(shape) == 1 and name.endswith("weight"):
+        # only norm layers have 1-D weights: near 1 keeps activations at unit scale through the layers
+        return 1.0 + 0.01 * torch.randn(shape, generator=gen)
     if name.endswith("bias"):
         return 0.01 * torch.randn(shape, generator=gen)
     if "embedding" in name:

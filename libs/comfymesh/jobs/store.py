@@ -1,0 +1,291 @@
+"""SQLite job store. One writer (the orchestrator); WAL so readers never block it.
+
+Accepted means persisted: `add_job` commits before the caller learns the job id.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT UNIQUE NOT NULL,
+    status TEXT NOT NULL,
+    number REAL NOT NULL,
+    created REAL NOT NULL,
+    started REAL,
+    finished REAL,
+    prompt_json TEXT NOT NULL,
+    extra_data_json TEXT NOT NULL,
+    client_id TEXT NOT NULL DEFAULT '',
+    outputs_to_run TEXT NOT NULL,
+    outputs_json TEXT NOT NULL DEFAULT '{}',
+    error_json TEXT
+);
+CREATE INDEX IF NOT EXISTS jobs_queue ON jobs(status, number, seq);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id TEXT NOT NULL,
+    type TEXT NOT NULL,
+    node_id TEXT NOT NULL DEFAULT '',
+    data_json TEXT NOT NULL DEFAULT '{}',
+    ts REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_job ON events(job_id, id);
+CREATE TABLE IF NOT EXISTS node_states (
+    job_id TEXT NOT NULL,
+    node_id TEXT NOT NULL,
+    class_type TEXT NOT NULL,
+    state TEXT NOT NULL,
+    ui_json TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (job_id, node_id)
+);
+CREATE TABLE IF NOT EXISTS node_cache (
+    signature TEXT PRIMARY KEY,
+    class_type TEXT NOT NULL,
+    outputs_json TEXT NOT NULL,
+    ui_json TEXT NOT NULL DEFAULT '',
+    created REAL NOT NULL,
+    last_used REAL NOT NULL
+);
+"""
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+FINISHED = (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED)
+
+
+@dataclass
+class JobRecord:
+    id: str
+    status: str
+    number: float
+    created: float
+    started: float | None
+    finished: float | None
+    prompt: dict[str, Any]
+    extra_data: dict[str, Any]
+    client_id: str
+    outputs_to_run: list[str]
+    outputs: dict[str, Any]
+    error: dict[str, Any] | None
+
+
+@dataclass
+class EventRecord:
+    id: int
+    job_id: str
+    type: str
+    node_id: str
+    data: dict[str, Any]
+    ts: float
+
+
+def _job(row: sqlite3.Row) -> JobRecord:
+    return JobRecord(
+        id=row["id"], status=row["status"], number=row["number"], created=row["created"],
+        started=row["started"], finished=row["finished"], prompt=json.loads(row["prompt_json"]),
+        extra_data=json.loads(row["extra_data_json"]), client_id=row["client_id"],
+        outputs_to_run=json.loads(row["outputs_to_run"]), outputs=json.loads(row["outputs_json"]),
+        error=json.loads(row["error_json"]) if row["error_json"] else None)
+
+
+def _event(row: sqlite3.Row) -> EventRecord:
+    return EventRecord(row["id"], row["job_id"], row["type"], row["node_id"], json.loads(row["data_json"]),
+                       row["ts"])
+
+
+class JobStore:
+    """Synchronous and thread-safe; the orchestrator calls it through `asyncio.to_thread`."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
+        self._db.row_factory = sqlite3.Row
+        self._lock = threading.Lock()
+        with self._lock:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # jobs ------------------------------------------------------------------------------------
+    def add_job(self, job_id: str, number: float, prompt: dict[str, Any], extra_data: dict[str, Any],
+                client_id: str, outputs_to_run: list[str], nodes: dict[str, str]) -> EventRecord:
+        """Persist a job, its node list and its `queued` event in one transaction."""
+        now = time.time()
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute(
+                    "INSERT INTO jobs (id, status, number, created, prompt_json, extra_data_json, client_id, "
+                    "outputs_to_run) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (job_id, JobStatus.QUEUED, number, now, json.dumps(prompt), json.dumps(extra_data),
+                     client_id, json.dumps(outputs_to_run)))
+                self._db.executemany(
+                    "INSERT INTO node_states (job_id, node_id, class_type, state) VALUES (?, ?, ?, 'pending')",
+                    [(job_id, node_id, class_type) for node_id, class_type in nodes.items()])
+                event = self._append(job_id, "queued", "", {"number": number}, now)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return event
+
+    def get_job(self, job_id: str) -> JobRecord | None:
+        with self._lock:
+            row = self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return _job(row) if row else None
+
+    def list_jobs(self, statuses: list[str] | None = None, limit: int = 0, offset: int = 0,
+                  newest_first: bool = False) -> tuple[list[JobRecord], int]:
+        where, args = "", []
+        if statuses:
+            where = f"WHERE status IN ({','.join('?' * len(statuses))})"
+            args = list(statuses)
+        order = "created DESC, seq DESC" if newest_first else "number, seq"
+        page = f"LIMIT {int(limit)} OFFSET {int(offset)}" if limit else ""
+        with self._lock:
+            total = self._db.execute(f"SELECT COUNT(*) FROM jobs {where}", args).fetchone()[0]
+            rows = self._db.execute(f"SELECT * FROM jobs {where} ORDER BY {order} {page}", args).fetchall()
+        return [_job(row) for row in rows], int(total)
+
+    def next_queued(self, exclude: set[str]) -> JobRecord | None:
+        """The queued job with the smallest number (then oldest), skipping ones already taken."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM jobs WHERE status = 'queued' ORDER BY number, seq LIMIT ?",
+                (len(exclude) + 1,)).fetchall()
+        for row in rows:
+            if row["id"] not in exclude:
+                return _job(row)
+        return None
+
+    def jobs_in(self, status: str) -> list[JobRecord]:
+        return self.list_jobs([status])[0]
+
+    def set_status(self, job_id: str, status: str, *, error: dict[str, Any] | None = None,
+                   event: str | None = None, data: dict[str, Any] | None = None) -> EventRecord | None:
+        """Change a job's status and append its event atomically."""
+        now = time.time()
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                fields = ["status = ?"]
+                args: list[Any] = [status]
+                if status == JobStatus.RUNNING:
+                    fields.append("started = COALESCE(started, ?)")
+                    args.append(now)
+                if status in FINISHED:
+                    fields.append("finished = ?")
+                    args.append(now)
+                if error is not None:
+                    fields.append("error_json = ?")
+                    args.append(json.dumps(error))
+                self._db.execute(f"UPDATE jobs SET {', '.join(fields)} WHERE id = ?", [*args, job_id])
+                record = self._append(job_id, event, "", data or {}, now) if event else None
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return record
+
+    def set_node_state(self, job_id: str, node_id: str, state: str, ui: dict[str, Any] | None = None,
+                       event: str | None = None, data: dict[str, Any] | None = None) -> EventRecord | None:
+        now = time.time()
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute("UPDATE node_states SET state = ?, ui_json = COALESCE(?, ui_json) "
+                                 "WHERE job_id = ? AND node_id = ?",
+                                 (state, json.dumps(ui) if ui is not None else None, job_id, node_id))
+                if ui:
+                    row = self._db.execute("SELECT outputs_json FROM jobs WHERE id = ?", (job_id,)).fetchone()
+                    outputs = json.loads(row["outputs_json"]) if row else {}
+                    outputs[node_id] = ui
+                    self._db.execute("UPDATE jobs SET outputs_json = ? WHERE id = ?", (json.dumps(outputs), job_id))
+                record = self._append(job_id, event, node_id, data or {}, now) if event else None
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return record
+
+    def node_states(self, job_id: str) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = self._db.execute("SELECT node_id, class_type, state, ui_json FROM node_states WHERE job_id = ? "
+                                    "ORDER BY rowid", (job_id,)).fetchall()
+        return [dict(row) for row in rows]
+
+    def delete_jobs(self, job_ids: list[str]) -> int:
+        with self._lock:
+            marks = ",".join("?" * len(job_ids))
+            count = self._db.execute(f"DELETE FROM jobs WHERE id IN ({marks})", job_ids).rowcount
+            self._db.execute(f"DELETE FROM node_states WHERE job_id IN ({marks})", job_ids)
+        return int(count)
+
+    # events ----------------------------------------------------------------------------------
+    def _append(self, job_id: str, type_: str, node_id: str, data: dict[str, Any], ts: float) -> EventRecord:
+        cursor = self._db.execute("INSERT INTO events (job_id, type, node_id, data_json, ts) VALUES (?, ?, ?, ?, ?)",
+                                  (job_id, type_, node_id, json.dumps(data), ts))
+        return EventRecord(int(cursor.lastrowid or 0), job_id, type_, node_id, data, ts)
+
+    def append_event(self, job_id: str, type_: str, node_id: str = "",
+                     data: dict[str, Any] | None = None) -> EventRecord:
+        with self._lock:
+            return self._append(job_id, type_, node_id, data or {}, time.time())
+
+    def events_after(self, after_id: int, job_id: str | None = None, limit: int = 1000) -> list[EventRecord]:
+        with self._lock:
+            if job_id:
+                rows = self._db.execute("SELECT * FROM events WHERE id > ? AND job_id = ? ORDER BY id LIMIT ?",
+                                        (after_id, job_id, limit)).fetchall()
+            else:
+                rows = self._db.execute("SELECT * FROM events WHERE id > ? ORDER BY id LIMIT ?",
+                                        (after_id, limit)).fetchall()
+        return [_event(row) for row in rows]
+
+    def last_event_id(self) -> int:
+        with self._lock:
+            return int(self._db.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0])
+
+    # node-output cache -----------------------------------------------------------------------
+    def cache_get(self, signature: str) -> tuple[list[dict[str, Any]], dict[str, Any] | None] | None:
+        with self._lock:
+            row = self._db.execute("SELECT outputs_json, ui_json FROM node_cache WHERE signature = ?",
+                                   (signature,)).fetchone()
+            if row is None:
+                return None
+            self._db.execute("UPDATE node_cache SET last_used = ? WHERE signature = ?", (time.time(), signature))
+        return json.loads(row["outputs_json"]), (json.loads(row["ui_json"]) if row["ui_json"] else None)
+
+    def cache_put(self, signature: str, class_type: str, outputs: list[dict[str, Any]],
+                  ui: dict[str, Any] | None) -> None:
+        now = time.time()
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO node_cache (signature, class_type, outputs_json, ui_json, created, last_used) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (signature, class_type, json.dumps(outputs), json.dumps(ui) if ui else "", now, now))
+
+    def cache_delete(self, signature: str) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM node_cache WHERE signature = ?", (signature,))

@@ -1,0 +1,38 @@
+"""SaveImage and PreviewImage as node implementations (`impl(ctx, **inputs) -> ()`)."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+from comfymesh.outputs._receipts import OutputIdentity
+from comfymesh.outputs._writer import write_pngs
+from comfymesh.stage.node import NodeContext
+
+# ComfyUI draws the preview suffix from the lowercase letters without "w".
+_PREVIEW_LETTERS = "abcdefghijklmnopqrstuvxyz"
+
+
+def save_image(ctx: NodeContext, images: Any, filename_prefix: str = "ComfyUI") -> tuple[()]:
+    """SaveImage: PNGs into output/, compress level 4, with the prompt and extra_pnginfo chunks."""
+    saved = write_pngs(
+        images, ctx.home, filename_prefix,
+        folder_type="output", compress_level=4,
+        prompt=ctx.prompt, extra_pnginfo=ctx.extra_pnginfo,
+        identity=OutputIdentity(ctx.job_id, ctx.node_id),
+    )
+    ctx.ui = {"images": [image.as_ui() for image in saved]}
+    return ()
+
+
+def preview_image(ctx: NodeContext, images: Any) -> tuple[()]:
+    """PreviewImage: PNGs into temp/ under a random `ComfyUI_temp_xxxxx` prefix, compress level 1."""
+    suffix = "".join(secrets.choice(_PREVIEW_LETTERS) for _ in range(5))
+    saved = write_pngs(
+        images, ctx.home, f"ComfyUI_temp_{suffix}",
+        folder_type="temp", compress_level=1,
+        prompt=ctx.prompt, extra_pnginfo=ctx.extra_pnginfo,
+        identity=OutputIdentity(ctx.job_id, ctx.node_id),
+    )
+    ctx.ui = {"images": [image.as_ui() for image in saved]}
+    return ()

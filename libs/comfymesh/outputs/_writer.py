@@ -1,0 +1,84 @@
+"""write_pngs: encode a batch, then allocate names and write it under the folder's lock."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from comfymesh.errors import NodeInputError
+from comfymesh.outputs._files import exclusive_lock, write_atomically
+from comfymesh.outputs._naming import (
+    BadFilenamePrefix,
+    batch_filename,
+    expand_tokens,
+    next_counter,
+    resolve_target,
+)
+from comfymesh.outputs._pixels import as_image_batch, to_uint8
+from comfymesh.outputs._png import encode_png, png_metadata
+from comfymesh.outputs._receipts import (
+    LEDGER_DIR,
+    OutputIdentity,
+    SavedImage,
+    read_receipt,
+    receipt_path,
+    write_receipt,
+)
+
+FolderType = Literal["output", "temp"]
+
+
+def write_pngs(
+    images: Any,
+    home: Path,
+    filename_prefix: str,
+    *,
+    folder_type: FolderType = "output",
+    compress_level: int = 4,
+    prompt: Any | None = None,
+    extra_pnginfo: Mapping[str, Any] | None = None,
+    identity: OutputIdentity | None = None,
+    now: datetime | None = None,
+) -> list[SavedImage]:
+    """Write an IMAGE batch as PNGs into `home/<folder_type>` with ComfyUI's names and metadata.
+
+    With an `identity`, a second call for the same job and node returns the first call's files
+    instead of writing new ones (as long as those files are still there).
+    Raises NodeInputError when the prefix would leave the folder.
+    """
+    base = home / folder_type
+    node_id = identity.node_id if identity else ""
+    # Without a job id there is nothing to be idempotent about (ad-hoc calls, tools).
+    tracked = identity if identity is not None and identity.job_id else None
+    receipt = receipt_path(home, tracked, folder_type) if tracked is not None else None
+    if receipt is not None and (done := read_receipt(receipt, base)) is not None:
+        return done
+
+    batch = as_image_batch(images)
+    _, height, width, _ = batch.shape
+    expanded = expand_tokens(filename_prefix, width=width, height=height, now=now or datetime.now())
+    try:
+        target = resolve_target(base, expanded)
+    except BadFilenamePrefix as exc:
+        raise NodeInputError(str(exc), node_id=node_id) from exc
+    # Encoding is the slow part and needs no name: do it before taking the lock other writers wait on.
+    metadata = png_metadata(prompt, extra_pnginfo)
+    encoded = [encode_png(to_uint8(frame), compress_level=compress_level, metadata=metadata)
+               for frame in batch]
+
+    with exclusive_lock(home / LEDGER_DIR / f"{folder_type}.lock"):
+        # A concurrent attempt of the same node may have finished while this one encoded.
+        if receipt is not None and (done := read_receipt(receipt, base)) is not None:
+            return done
+        target.folder.mkdir(parents=True, exist_ok=True)
+        counter = next_counter(target.folder, target.file_prefix)
+        saved = []
+        for index, data in enumerate(encoded):
+            name = batch_filename(target.file_prefix, index, counter + index)
+            write_atomically(target.folder / name, data)
+            saved.append(SavedImage(filename=name, subfolder=target.subfolder, type=folder_type))
+        if tracked is not None and receipt is not None:
+            write_receipt(receipt, tracked, saved, [len(d) for d in encoded])
+    return saved

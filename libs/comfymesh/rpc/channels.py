@@ -1,0 +1,22 @@
+"""Client channels with the same message-size bound as the servers (tensors never cross gRPC)."""
+
+from __future__ import annotations
+
+import os
+
+import grpc
+
+
+def max_message_bytes() -> int:
+    """Control-plane bound; tests lower it (COMFYMESH_GRPC_MAX_MESSAGE_BYTES) to prove no tensor travels."""
+    return int(os.environ.get("COMFYMESH_GRPC_MAX_MESSAGE_BYTES", str(4 * 1024 * 1024)))
+
+
+def channel_options() -> list[tuple[str, int]]:
+    limit = max_message_bytes()
+    return [("grpc.max_send_message_length", limit), ("grpc.max_receive_message_length", limit),
+            ("grpc.keepalive_time_ms", 20_000), ("grpc.keepalive_timeout_ms", 10_000)]
+
+
+def open_channel(address: str) -> grpc.aio.Channel:
+    return grpc.aio.insecure_channel(address, options=channel_options())

@@ -1,0 +1,100 @@
+"""Run one group of nodes: resolve inputs (in-process values or artifact refs), call each node, report.
+
+Runs in a worker thread (node code is blocking torch / ImageMagick work); events go back to the
+asyncio side through `emit`. Values stay in memory inside the group; only exported outputs are stored.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from comfymesh.artifacts import ArtifactStore, decode_value, encode_value
+from comfymesh.catalog import Catalog
+from comfymesh.errors import NodeInputError
+from comfymesh.rpc.failures import failure_from_exception
+from comfymesh.stage.node import NodeContext, NodeImpl
+from comfymesh.v1 import stage_pb2
+
+log = logging.getLogger("comfymesh.stage")
+Emit = Callable[[stage_pb2.StageEvent], None]
+
+
+class GroupRun:
+    """One RunStage call: the nodes of a group, executed in order."""
+
+    def __init__(self, request: stage_pb2.StageRequest, nodes: dict[str, NodeImpl], catalog: Catalog,
+                 store: ArtifactStore, home: Path, emit: Emit, cancelled: threading.Event) -> None:
+        self.request = request
+        self.nodes = nodes
+        self.catalog = catalog
+        self.store = store
+        self.home = home
+        self.emit = emit
+        self.cancelled = cancelled
+        self.values: dict[tuple[str, int], Any] = {}
+        self.exported = set(request.export_node_ids)
+        self.prompt = json.loads(request.prompt_json) if request.prompt_json else None
+        self.extra_pnginfo = json.loads(request.extra_pnginfo_json) if request.extra_pnginfo_json else None
+
+    def run(self) -> None:
+        for call in self.request.nodes:
+            try:
+                self._run_node(call)
+            except BaseException as exc:  # every failure is reported, never a hang
+                if not isinstance(exc, Exception):
+                    raise
+                log.warning("node %s (%s) failed: %s", call.node_id, call.class_type, exc)
+                failure = failure_from_exception(exc, call.node_id, call.class_type)
+                self.emit(stage_pb2.StageEvent(failure=failure))
+                return
+
+    def _input(self, call: stage_pb2.NodeCall, name: str) -> Any:
+        link = call.links[name]
+        key = (link.node_id, link.slot)
+        if key not in self.values:
+            bound = self.request.bound_inputs.get(f"{link.node_id}:{link.slot}")
+            if bound is None:
+                raise NodeInputError(f"input '{name}' links to {link.node_id}:{link.slot}, which this call "
+                                     "neither runs nor was given", node_id=call.node_id)
+            self.values[key] = decode_value(bound, self.store)
+        return self.values[key]
+
+    def _run_node(self, call: stage_pb2.NodeCall) -> None:
+        impl = self.nodes.get(call.class_type)
+        if impl is None:
+            raise NodeInputError(f"this stage does not run {call.class_type}", node_id=call.node_id)
+        if self.cancelled.is_set():
+            from comfymesh.errors import InterruptedError_
+            raise InterruptedError_("Processing interrupted", node_id=call.node_id)
+        self.emit(stage_pb2.StageEvent(started=stage_pb2.NodeStarted(node_id=call.node_id)))
+        inputs: dict[str, Any] = json.loads(call.literal_inputs_json) if call.literal_inputs_json else {}
+        for name in call.links:
+            inputs[name] = self._input(call, name)
+        ctx = NodeContext(
+            job_id=self.request.job_id, node_id=call.node_id, class_type=call.class_type, home=self.home,
+            prompt=self.prompt, extra_pnginfo=self.extra_pnginfo,
+            report_progress=lambda value, maximum: self.emit(stage_pb2.StageEvent(
+                progress=stage_pb2.NodeProgress(node_id=call.node_id, value=value, max=maximum))),
+            report_preview=self._preview_reporter(call.node_id),
+            is_cancelled=self.cancelled.is_set,
+            attempt_key=f"{self.request.job_id}:{call.node_id}")
+        outputs = impl(ctx, **inputs)
+        definition = self.catalog.get(call.class_type)
+        types = definition.outputs if definition else ()
+        for slot, value in enumerate(outputs):
+            self.values[(call.node_id, slot)] = value
+        done = stage_pb2.NodeDone(node_id=call.node_id, ui_json=json.dumps(ctx.ui) if ctx.ui else "")
+        if call.node_id in self.exported:
+            done.outputs.extend(encode_value(types[slot], value, self.store) for slot, value in enumerate(outputs))
+        self.emit(stage_pb2.StageEvent(done=done))
+
+    def _preview_reporter(self, node_id: str) -> Callable[[bytes, str], None]:
+        if not self.request.previews:
+            return lambda data, fmt: None
+        return lambda data, fmt: self.emit(stage_pb2.StageEvent(
+            preview=stage_pb2.NodePreview(node_id=node_id, format=fmt, data=data)))

@@ -1,0 +1,122 @@
+"""The gRPC Stage servicer shared by every stage service, and the stage's start-up routine."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import signal
+import threading
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+
+from comfymesh.artifacts import ArtifactStore
+from comfymesh.catalog import Catalog
+from comfymesh.config import Settings
+from comfymesh.rpc import start_server
+from comfymesh.stage.node import NodeImpl
+from comfymesh.stage.runtime import GroupRun
+from comfymesh.v1 import stage_pb2, stage_pb2_grpc
+
+log = logging.getLogger("comfymesh.stage")
+
+
+def code_version(package_dir: Path) -> str:
+    """A digest of the stage's own source: part of every cache signature, so new code recomputes."""
+    digest = hashlib.sha256()
+    for path in sorted(package_dir.rglob("*.py")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+class StageServicer(stage_pb2_grpc.StageServicer):
+    """Runs groups with at most `slots` at once; a cancelled call stops its nodes at the next step."""
+
+    def __init__(self, stage: str, nodes: dict[str, NodeImpl], settings: Settings, version: str,
+                 device: str = "cpu") -> None:
+        self.stage = stage
+        self.nodes = nodes
+        self.settings = settings
+        self.version = version
+        self.device = device
+        self.catalog = Catalog(settings.home)
+        self.store = ArtifactStore(settings.artifacts)
+        self.slots = asyncio.Semaphore(settings.stage_slots)
+        self.executor = ThreadPoolExecutor(max_workers=settings.stage_slots, thread_name_prefix=stage)
+
+    async def RunStage(self, request: stage_pb2.StageRequest,  # noqa: N802 (gRPC method name)
+                       context: grpc.aio.ServicerContext) -> AsyncIterator[stage_pb2.StageEvent]:
+        async with self.slots:
+            loop = asyncio.get_running_loop()
+            queue: asyncio.Queue[stage_pb2.StageEvent | None] = asyncio.Queue()
+            cancelled = threading.Event()
+
+            def emit(event: stage_pb2.StageEvent | None) -> None:
+                loop.call_soon_threadsafe(queue.put_nowait, event)
+
+            def run() -> None:
+                try:
+                    GroupRun(request, self.nodes, self.catalog, self.store, self.settings.home, emit,
+                             cancelled).run()
+                finally:
+                    emit(None)
+
+            work = loop.run_in_executor(self.executor, run)
+            try:
+                while (event := await queue.get()) is not None:
+                    yield event
+                await work
+            finally:
+                # the caller went away or cancelled: stop the nodes at their next step
+                cancelled.set()
+
+    async def Describe(self, request: stage_pb2.DescribeRequest,  # noqa: N802
+                       context: grpc.aio.ServicerContext) -> stage_pb2.DescribeResponse:
+        return stage_pb2.DescribeResponse(stage=self.stage, node_types=sorted(self.nodes),
+                                          slots=self.settings.stage_slots, code_version=self.version,
+                                          device=self.device)
+
+
+async def serve_stage(servicer: StageServicer, listen: str,
+                      extra: list[Callable[[grpc.aio.Server], None]] | None = None,
+                      extra_names: list[str] | None = None) -> None:
+    """Serve until SIGTERM/SIGINT, printing one line that says where the stage listens."""
+    registrars = [lambda server: stage_pb2_grpc.add_StageServicer_to_server(servicer, server), *(extra or [])]
+    server, port = await start_server(listen, registrars, ["comfymesh.v1.Stage", *(extra_names or [])])
+    host = listen.rsplit(":", 1)[0]
+    print(f"comfymesh {servicer.stage} stage listening on {host}:{port} ({len(servicer.nodes)} node types, "
+          f"device {servicer.device})", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await server.stop(grace=2)
+
+
+def stage_main(stage: str, load_nodes: Callable[[], dict[str, NodeImpl]], package_dir: Path,
+               default_listen: str, device: Callable[[], str] = lambda: "cpu",
+               extra: Callable[[StageServicer], tuple[list[Callable[[grpc.aio.Server], None]], list[str]]]
+               | None = None) -> None:
+    """Command-line entry of a stage service: `--help`, `--listen`, logging, serve."""
+    import argparse
+
+    from comfymesh.config import get_settings
+    from comfymesh.logs import setup_logging
+
+    parser = argparse.ArgumentParser(prog=f"python -m comfymesh.{stage}",
+                                     description=f"Serve the comfymesh {stage} stage over gRPC.")
+    parser.add_argument("--listen", default=default_listen, help="host:port to serve on (default %(default)s)")
+    args = parser.parse_args()
+    settings = get_settings()
+    setup_logging(stage, settings.log_level, settings.log_json)
+
+    async def run() -> None:
+        servicer = StageServicer(stage, load_nodes(), settings, code_version(package_dir), device())
+        registrars, names = extra(servicer) if extra else ([], [])
+        await serve_stage(servicer, args.listen, registrars, names)
+
+    asyncio.run(run())

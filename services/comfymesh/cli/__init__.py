@@ -1,0 +1,1 @@
+"""The `comfymesh` command: start the mesh locally, run a workflow from the terminal."""

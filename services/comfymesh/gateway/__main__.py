@@ -1,0 +1,28 @@
+"""`python -m comfymesh.gateway`: serve the REST API, ComfyUI's API and the web UI over HTTP."""
+
+from __future__ import annotations
+
+import argparse
+
+import uvicorn
+
+from comfymesh.config import get_settings
+from comfymesh.gateway.app import create_app
+from comfymesh.logs import setup_logging
+
+
+def main() -> None:
+    settings = get_settings()
+    parser = argparse.ArgumentParser(prog="python -m comfymesh.gateway", description=__doc__)
+    parser.add_argument("--host", default=settings.host, help="interface to bind (default %(default)s)")
+    parser.add_argument("--port", type=int, default=settings.port, help="HTTP port (default %(default)s)")
+    args = parser.parse_args()
+    setup_logging("gateway", settings.log_level, settings.log_json)
+    app = create_app(settings)
+    print(f"comfymesh gateway listening on http://{args.host}:{args.port} "
+          f"(API docs at /v1/docs, orchestrator {settings.orchestrator})", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,161 @@
+"""Our REST API: submit workflows, read jobs and their outputs, follow events over SSE."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Header, HTTPException, Query, Request, Response
+from fastapi.responses import FileResponse, JSONResponse
+from sse_starlette.sse import EventSourceResponse, ServerSentEvent
+
+from comfymesh.catalog.files import resolve_inside
+from comfymesh.gateway.client import OrchestratorClient
+from comfymesh.gateway.models import (
+    CheckpointList,
+    CheckpointModel,
+    JobFailure,
+    JobView,
+    NodeStateModel,
+    OutputImage,
+    Problem,
+    ValidationFailure,
+    WorkflowAccepted,
+    WorkflowSubmission,
+)
+
+router = APIRouter(prefix="/v1", tags=["v1"])
+
+
+def client_of(request: Request) -> OrchestratorClient:
+    return request.app.state.client  # type: ignore[no-any-return]
+
+
+def comfy_error(type_: str, message: str, details: str = "", status: int = 400) -> JSONResponse:
+    return JSONResponse({"error": {"type": type_, "message": message, "details": details, "extra_info": {}},
+                         "node_errors": {}}, status_code=status)
+
+
+async def read_json_body(request: Request) -> Any:
+    """The body as JSON, or a ComfyUI-shaped 400 that says what is wrong."""
+    raw = await request.body()
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise HTTPException(400, detail={"error": {"type": "invalid_prompt", "message": "Request body is not valid JSON",
+                                                   "details": str(exc), "extra_info": {}}, "node_errors": {}}) from exc
+
+
+def image_url(request: Request, image: dict[str, Any]) -> str:
+    return str(request.url_for("view_file").include_query_params(
+        filename=image.get("filename", ""), subfolder=image.get("subfolder", ""), type=image.get("type", "output")))
+
+
+def output_images(outputs: dict[str, Any], order: list[str]) -> list[dict[str, Any]]:
+    ordered = [n for n in order if n in outputs] + [n for n in outputs if n not in order]
+    return [image for node_id in ordered for image in (outputs[node_id] or {}).get("images", [])]
+
+
+@router.post("/workflows", status_code=202, response_model=WorkflowAccepted,
+             responses={400: {"model": ValidationFailure}, 413: {"model": ValidationFailure}},
+             summary="Submit an API-format workflow")
+async def submit_workflow(request: Request, response: Response,
+                          idempotency_key: str | None = Header(None)) -> Any:
+    body = await read_json_body(request)
+    if isinstance(body, dict) and isinstance(body.get("prompt"), dict):
+        submission = WorkflowSubmission.model_validate(body)
+    elif isinstance(body, dict):
+        submission = WorkflowSubmission(prompt=body)
+    else:
+        return comfy_error("no_prompt", "No prompt provided", "the body must be a JSON object")
+    result = await client_of(request).submit(
+        submission.prompt, submission.extra_data, client_id=submission.client_id,
+        job_id=submission.job_id or idempotency_key or "", priority=submission.priority, front=submission.front)
+    if not result.accepted:
+        return JSONResponse({"error": result.error, "node_errors": result.node_errors}, status_code=400)
+    response.headers["Location"] = f"/v1/jobs/{result.job_id}"
+    return WorkflowAccepted(job_id=result.job_id, number=result.number, node_errors=result.node_errors,
+                            status_url=f"/v1/jobs/{result.job_id}", events_url=f"/v1/jobs/{result.job_id}/events",
+                            existing=result.existing)
+
+
+@router.get("/jobs/{job_id}", response_model=JobView, responses={404: {"model": Problem}},
+            summary="A job's status, node states, outputs and error")
+async def get_job(job_id: str, request: Request) -> JobView:
+    job = await client_of(request).get_job(job_id)
+    if job is None:
+        raise HTTPException(404, f"no job {job_id!r}")
+    outputs = json.loads(job.outputs_json or "{}")
+    images = [OutputImage(**image, url=image_url(request, image))
+              for image in output_images(outputs, list(job.output_node_ids))]
+    error = None
+    if job.HasField("error"):
+        error = JobFailure(type=job.error.type, node_id=job.error.node_id, node_type=job.error.node_type,
+                           message=job.error.message, details=job.error.details,
+                           non_retryable=job.error.non_retryable)
+    return JobView(job_id=job.job_id, status=job.status, created=job.created, started=job.started or None,
+                   finished=job.finished or None,
+                   nodes=[NodeStateModel(node_id=n.node_id, class_type=n.class_type, state=n.state) for n in job.nodes],
+                   outputs=outputs, images=images, error=error)
+
+
+@router.get("/jobs/{job_id}/output", response_class=FileResponse, responses={404: {"model": Problem},
+            409: {"model": Problem}, 200: {"content": {"image/png": {}}}}, summary="A job's output image")
+async def get_output(job_id: str, request: Request, index: int = Query(0, ge=0, le=100_000)) -> FileResponse:
+    job = await client_of(request).get_job(job_id)
+    if job is None:
+        raise HTTPException(404, f"no job {job_id!r}")
+    images = output_images(json.loads(job.outputs_json or "{}"), list(job.output_node_ids))
+    if not images:
+        raise HTTPException(409, f"job {job_id} has no output image yet (status: {job.status})")
+    if index >= len(images):
+        raise HTTPException(404, f"job {job_id} has {len(images)} output image(s); index {index} is out of range")
+    image = images[index]
+    home = request.app.state.settings.home
+    folder = image.get("type", "output")
+    if folder not in ("output", "temp", "input"):
+        raise HTTPException(404, "unknown output folder")
+    path = resolve_inside(home / folder, "/".join(p for p in (image.get("subfolder", ""), image["filename"]) if p))
+    if path is None or not path.is_file():
+        raise HTTPException(404, f"output file {image['filename']} is gone (cleaned up?)")
+    return FileResponse(path, media_type="image/png")
+
+
+@router.get("/checkpoints", response_model=CheckpointList, summary="Checkpoint files with size and digest")
+async def list_checkpoints(request: Request) -> CheckpointList:
+    files = await client_of(request).checkpoints()
+    return CheckpointList(checkpoints=[CheckpointModel(name=f.name, size=f.size, digest=f.digest) for f in files])
+
+
+def _resume_point(last_event_id: str | None, after: int | None) -> int:
+    if after is not None:
+        return after
+    try:
+        return int(last_event_id) if last_event_id else 0
+    except ValueError:
+        raise HTTPException(400, "Last-Event-ID must be an event id (an integer)") from None
+
+
+async def _sse(client: OrchestratorClient, job_id: str, after: int) -> AsyncIterator[ServerSentEvent]:
+    async for event in client.events(job_id=job_id, after=after, follow=True):
+        payload = {"job_id": event.job_id, "node_id": event.node_id, "ts": event.ts, **event.data}
+        yield ServerSentEvent(data=json.dumps(payload), event=event.type, id=str(event.id))
+
+
+@router.get("/events", response_class=EventSourceResponse, summary="Every job's events (SSE)",
+            responses={200: {"content": {"text/event-stream": {}}}})
+async def all_events(request: Request, last_event_id: str | None = Header(None),
+                     after: int | None = Query(None, ge=0, description="resume after this event id")) -> Any:
+    return EventSourceResponse(_sse(client_of(request), "", _resume_point(last_event_id, after)), ping=15)
+
+
+@router.get("/jobs/{job_id}/events", response_class=EventSourceResponse, summary="One job's events (SSE)",
+            responses={200: {"content": {"text/event-stream": {}}}, 404: {"model": Problem}})
+async def job_events(job_id: str, request: Request, last_event_id: str | None = Header(None),
+                     after: int | None = Query(None, ge=0, description="resume after this event id")) -> Any:
+    client = client_of(request)
+    if await client.get_job(job_id) is None:
+        raise HTTPException(404, f"no job {job_id!r}")
+    return EventSourceResponse(_sse(client, job_id, _resume_point(last_event_id, after)), ping=15)

@@ -1,0 +1,72 @@
+"""Build the FastAPI application: middleware, error mapping and routers."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, HTTPException, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from comfymesh.config import Settings
+from comfymesh.gateway import api_v1, files
+from comfymesh.gateway.client import OrchestratorClient, OrchestratorUnavailable
+from comfymesh.gateway.models import Health
+
+
+def create_app(settings: Settings, client: OrchestratorClient | None = None) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.client = client or OrchestratorClient(settings.orchestrator)
+        yield
+        await app.state.client.close()
+
+    app = FastAPI(title="comfymesh", version="0.1.0", docs_url="/v1/docs", redoc_url=None,
+                  openapi_url="/v1/openapi.json", lifespan=lifespan,
+                  description="Run ComfyUI workflows on a gRPC mesh. ComfyUI's own API is served beside this one.")
+    app.state.settings = settings
+
+    @app.middleware("http")
+    async def limit_body(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > settings.max_body_bytes:
+            return JSONResponse({"error": {"type": "request_too_large", "message": "Request body too large",
+                                           "details": f"the limit is {settings.max_body_bytes} bytes "
+                                                      "(COMFYMESH_MAX_BODY_BYTES)", "extra_info": {}},
+                                 "node_errors": {}}, status_code=413)
+        return await call_next(request)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        body: Any = exc.detail if isinstance(exc.detail, dict) else {"detail": exc.detail}
+        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": jsonable_errors(exc)}, status_code=422)
+
+    @app.exception_handler(OrchestratorUnavailable)
+    async def unavailable(request: Request, exc: OrchestratorUnavailable) -> JSONResponse:
+        return JSONResponse({"detail": f"{exc}; retry shortly"}, status_code=503, headers={"Retry-After": "2"})
+
+    @app.get("/healthz", response_model=Health, tags=["health"], summary="The gateway process is alive")
+    async def healthz() -> Health:
+        return Health(status="ok")
+
+    @app.get("/readyz", response_model=Health, tags=["health"], summary="The orchestrator answers",
+             responses={503: {"model": Health}})
+    async def readyz(request: Request) -> Any:
+        if await request.app.state.client.ready():
+            return Health(status="ready")
+        return JSONResponse({"status": "orchestrator unavailable"}, status_code=503)
+
+    app.include_router(api_v1.router)
+    app.include_router(files.router)
+    return app
+
+
+def jsonable_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
+    return [{"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
+            for e in exc.errors()]

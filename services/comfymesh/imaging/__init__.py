@@ -1,0 +1,1 @@
+"""The imaging stage: ComfyUI's image nodes done by ImageMagick (through Wand)."""

@@ -1,0 +1,151 @@
+"""The imaging stage's node implementations, keyed by ComfyUI class name in NODES.
+
+Inputs follow /object_info (comfyui-api.md §8.4); the pixel work is in `ops` (ImageMagick).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from comfymesh.errors import NodeInputError
+from comfymesh.imaging import ops
+from comfymesh.outputs import as_image_batch, preview_image, save_image
+from comfymesh.stage.node import NodeContext, NodeImpl
+from wand.exceptions import WandException
+
+_ANNOTATION = re.compile(r"^(?P<name>.*) \[(?P<folder>input|output|temp)\]$")
+
+
+def _input_file(ctx: NodeContext, image: str) -> Path:
+    """Resolve LoadImage's `name`, `sub/name` or `name [output|input|temp]` inside its folder."""
+    folder, name = "input", image
+    if match := _ANNOTATION.match(image):
+        folder, name = match["folder"], match["name"]
+    base = os.path.abspath(ctx.home / folder)
+    path = os.path.abspath(os.path.join(base, name))
+    if os.path.isabs(name) or os.path.commonpath((base, path)) != base or path == base:
+        raise NodeInputError(f"Image path {image!r} leaves the {folder} folder", node_id=ctx.node_id)
+    return Path(path)
+
+
+def load_image(ctx: NodeContext, image: str) -> tuple[np.ndarray, np.ndarray]:
+    """LoadImage: IMAGE [B,H,W,3] and MASK = 1 - alpha, or a 64x64 zero mask without alpha."""
+    path = _input_file(ctx, image)
+    try:
+        data = path.read_bytes()
+    except (FileNotFoundError, IsADirectoryError):
+        raise NodeInputError(f"Invalid image file: {image}", node_id=ctx.node_id) from None
+    try:
+        pixels, alpha = ops.decode_image(data)
+    except ops.UnsupportedImage as exc:
+        raise NodeInputError(f"Cannot load {image}: {exc}", node_id=ctx.node_id) from exc
+    except WandException as exc:  # a corrupt or truncated file
+        raise NodeInputError(f"Cannot decode image {image}: {exc}", node_id=ctx.node_id) from exc
+    if alpha is None:
+        mask = np.zeros((pixels.shape[0], 64, 64), dtype=np.float32)
+    else:
+        mask = (1.0 - alpha).astype(np.float32)
+    return pixels, mask
+
+
+def _upscale(images: np.ndarray, method: str, width: int, height: int, crop: str) -> np.ndarray:
+    """ComfyUI's common upscale for images: optional centre crop to the target aspect, then resize."""
+    if method not in ops.RESIZE_FILTERS:
+        raise NodeInputError(f"Unknown upscale_method {method!r}")
+    if crop == "center":
+        x, y, w, h = ops.center_crop_box(images.shape[2], images.shape[1], width, height)
+        if (w, h) != (images.shape[2], images.shape[1]):
+            images = ops.crop(images, x, y, w, h)
+    return ops.resize(images, width, height, method)
+
+
+def image_scale(ctx: NodeContext, image: Any, upscale_method: str, width: int, height: int,
+                crop: str) -> tuple[np.ndarray]:
+    """ImageScale: to width x height; a 0 side keeps the aspect ratio, both 0 leaves the image as is."""
+    images = as_image_batch(image)
+    if width == 0 and height == 0:
+        return (images,)
+    if width == 0:
+        width = max(1, round(images.shape[2] * height / images.shape[1]))
+    elif height == 0:
+        height = max(1, round(images.shape[1] * width / images.shape[2]))
+    return (_upscale(images, upscale_method, width, height, crop),)
+
+
+def image_scale_by(ctx: NodeContext, image: Any, upscale_method: str, scale_by: float) -> tuple[np.ndarray]:
+    """ImageScaleBy: both sides times `scale_by`, rounded."""
+    images = as_image_batch(image)
+    width = max(1, round(images.shape[2] * scale_by))
+    height = max(1, round(images.shape[1] * scale_by))
+    return (_upscale(images, upscale_method, width, height, "disabled"),)
+
+
+def image_invert(ctx: NodeContext, image: Any) -> tuple[np.ndarray]:
+    """ImageInvert: 1 - x."""
+    return (ops.invert(as_image_batch(image)),)
+
+
+def image_blur(ctx: NodeContext, image: Any, blur_radius: int, sigma: float) -> tuple[np.ndarray]:
+    """ImageBlur: ComfyUI's kernel spans linspace(-1, 1) over 2r+1 taps, so its sigma is sigma·r pixels."""
+    images = as_image_batch(image)
+    if blur_radius == 0:
+        return (images,)
+    return (ops.gaussian_blur(images, blur_radius, sigma * blur_radius),)
+
+
+def image_sharpen(ctx: NodeContext, image: Any, sharpen_radius: int, sigma: float,
+                  alpha: float) -> tuple[np.ndarray]:
+    """ImageSharpen: convolve with ComfyUI's sharpening kernel, clamped to [0, 1]."""
+    images = as_image_batch(image)
+    if sharpen_radius == 0:
+        return (images,)
+    return (ops.convolve(images, ops.sharpen_kernel(sharpen_radius, sigma, alpha)),)
+
+
+def image_crop(ctx: NodeContext, image: Any, width: int, height: int, x: int, y: int) -> tuple[np.ndarray]:
+    """ImageCrop: x/y clamped into the image and the box cut at its edges, as ComfyUI does."""
+    images = as_image_batch(image)
+    _, image_height, image_width, _ = images.shape
+    x = min(x, image_width - 1)
+    y = min(y, image_height - 1)
+    width = min(width, image_width - x)
+    height = min(height, image_height - y)
+    return (ops.crop(images, x, y, width, height),)
+
+
+def image_batch(ctx: NodeContext, image1: Any, image2: Any) -> tuple[np.ndarray]:
+    """ImageBatch: image2 after image1, first scaled (bilinear, centre crop) to image1's size."""
+    first, second = as_image_batch(image1), as_image_batch(image2)
+    if first.shape[3] != second.shape[3]:
+        raise NodeInputError(
+            f"Cannot batch images with {first.shape[3]} and {second.shape[3]} channels", node_id=ctx.node_id)
+    if first.shape[1:3] != second.shape[1:3]:
+        second = _upscale(second, "bilinear", first.shape[2], first.shape[1], "center")
+    return (np.concatenate([first, second]),)
+
+
+def empty_image(ctx: NodeContext, width: int, height: int, batch_size: int = 1,
+                color: int = 0) -> tuple[np.ndarray]:
+    """EmptyImage: a batch filled with 0xRRGGBB (each channel as byte/255, like ComfyUI)."""
+    # Divide in float64, then round once to float32, as ComfyUI's Python floats do.
+    rgb = (np.array([(color >> 16) & 0xFF, (color >> 8) & 0xFF, color & 0xFF]) / 255.0).astype(np.float32)
+    return (np.broadcast_to(rgb, (batch_size, height, width, 3)).copy(),)
+
+
+NODES: dict[str, NodeImpl] = {
+    "LoadImage": load_image,
+    "ImageScale": image_scale,
+    "ImageScaleBy": image_scale_by,
+    "ImageInvert": image_invert,
+    "ImageBlur": image_blur,
+    "ImageSharpen": image_sharpen,
+    "ImageCrop": image_crop,
+    "ImageBatch": image_batch,
+    "EmptyImage": empty_image,
+    "SaveImage": save_image,
+    "PreviewImage": preview_image,
+}

@@ -1,0 +1,1 @@
+"""The orchestrator: validates, persists, plans and dispatches jobs; streams their events."""

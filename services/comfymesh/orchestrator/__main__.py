@@ -1,0 +1,52 @@
+"""`python -m comfymesh.orchestrator`: serve the Orchestrator gRPC API and drive the job queue."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+
+from comfymesh.config import get_settings
+from comfymesh.jobs import JobStore
+from comfymesh.logs import setup_logging
+from comfymesh.orchestrator.replicas import ReplicaPool
+from comfymesh.orchestrator.scheduler import Scheduler
+from comfymesh.orchestrator.service import OrchestratorServicer
+from comfymesh.rpc import start_server
+from comfymesh.v1 import orchestrator_pb2_grpc
+
+
+async def serve(listen: str) -> None:
+    settings = get_settings()
+    setup_logging("orchestrator", settings.log_level, settings.log_json)
+    store = JobStore(settings.database_path)
+    pool = ReplicaPool({stage: settings.replicas(stage) for stage in ("imaging", "diffusion")})
+    scheduler = Scheduler(settings, store, pool)
+    servicer = OrchestratorServicer(scheduler)
+    server, port = await start_server(
+        listen, [lambda s: orchestrator_pb2_grpc.add_OrchestratorServicer_to_server(servicer, s)],
+        ["comfymesh.v1.Orchestrator"])
+    print(f"comfymesh orchestrator listening on {listen.rsplit(':', 1)[0]}:{port} "
+          f"(jobs in {settings.database_path})", flush=True)
+    queue = asyncio.create_task(scheduler.run_forever())
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    queue.cancel()
+    await server.stop(grace=2)
+    store.close()
+
+
+def main() -> None:
+    settings = get_settings()
+    parser = argparse.ArgumentParser(prog="python -m comfymesh.orchestrator", description=__doc__)
+    parser.add_argument("--listen", default=settings.orchestrator,
+                        help="host:port to serve gRPC on (default: COMFYMESH_ORCHESTRATOR, %(default)s)")
+    args = parser.parse_args()
+    asyncio.run(serve(args.listen))
+
+
+if __name__ == "__main__":
+    main()

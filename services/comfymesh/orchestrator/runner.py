@@ -1,0 +1,219 @@
+"""Drive one job: plan, serve what the cache has, dispatch each group to a stage replica, record events."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf import json_format
+
+from comfymesh.artifacts import ArtifactStore
+from comfymesh.artifacts.codec import ref_from_proto
+from comfymesh.catalog import Catalog
+from comfymesh.catalog.files import file_digest, input_file
+from comfymesh.config import Settings
+from comfymesh.errors import ComfymeshError, StageUnavailableError
+from comfymesh.graph import Plan, StageGroup, plan_groups, plan_prompt
+from comfymesh.jobs import JobRecord, JobStatus
+from comfymesh.logs import log_fields
+from comfymesh.rpc.failures import exception_from_failure
+from comfymesh.v1 import common_pb2, stage_pb2
+from comfymesh.orchestrator.events import EventBus
+from comfymesh.orchestrator.replicas import ReplicaPool
+
+log = logging.getLogger("comfymesh.orchestrator")
+_UNAVAILABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN,
+                grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.INTERNAL}
+
+
+def fingerprint_files(home: Path) -> Any:
+    """Cache signatures include the digest of every file a node reads (checkpoint, LoRA, input image)."""
+    def fingerprint(class_type: str, literals: dict[str, Any]) -> str:
+        parts = []
+        for name, value in sorted(literals.items()):
+            path = input_file(home, class_type, name, value)
+            if path is not None:
+                parts.append(f"{name}={file_digest(path)}")
+        return ";".join(parts)
+    return fingerprint
+
+
+def _value_to_dict(value: common_pb2.Value) -> dict[str, Any]:
+    return json_format.MessageToDict(value, preserving_proto_field_name=True)
+
+
+def _value_from_dict(data: dict[str, Any]) -> common_pb2.Value:
+    return json_format.ParseDict(data, common_pb2.Value())
+
+
+class JobRunner:
+    """Runs one job to its end; raises nothing except cancellation (which the scheduler records)."""
+
+    def __init__(self, job: JobRecord, settings: Settings, catalog: Catalog, store: ArtifactStore,
+                 bus: EventBus, pool: ReplicaPool) -> None:
+        self.job = job
+        self.settings = settings
+        self.catalog = catalog
+        self.artifacts = store
+        self.bus = bus
+        self.store = bus.store
+        self.pool = pool
+        self.values: dict[str, list[common_pb2.Value]] = {}
+        self.plan: Plan | None = None
+        self.previews = bool(job.extra_data.get("preview_method", "auto") != "none")
+
+    async def run(self) -> None:
+        await self.bus.record(self.store.set_status, self.job.id, JobStatus.RUNNING, event="started")
+        try:
+            await self._execute()
+        except ComfymeshError as exc:
+            error = {"type": exc.type, "node_id": exc.node_id, "message": exc.message,
+                     "non_retryable": exc.non_retryable, "details": exc.details,
+                     "node_type": self.plan.nodes[exc.node_id].class_type
+                     if self.plan and exc.node_id in self.plan.nodes else ""}
+            log.warning("job failed", extra=log_fields(job=self.job.id, **error))
+            if exc.node_id:
+                await self.bus.record(self.store.set_node_state, self.job.id, exc.node_id, "failed")
+            await self.bus.record(self.store.set_status, self.job.id, JobStatus.FAILED, error=error,
+                                  event="failed", data=error)
+            return
+        await self.bus.record(self.store.set_status, self.job.id, JobStatus.COMPLETED, event="completed",
+                              data={"outputs": self.job.outputs_to_run})
+
+    async def _execute(self) -> None:
+        stages = {self.catalog.nodes[n["class_type"]].stage for n in self.job.prompt.values()}
+        versions = {stage: await self.pool.describe(stage) for stage in stages if stage in self.pool.replicas}
+        versions.setdefault("any", "")
+        plan = plan_prompt(self.job.prompt, self.job.outputs_to_run, self.catalog, code_versions=versions,
+                           fingerprint=fingerprint_files(self.settings.home))
+        self.plan = plan
+        cached = await asyncio.to_thread(self._cached_nodes, plan)
+        if cached:
+            for node_id in cached:
+                ui = cached[node_id]
+                await self.bus.record(self.store.set_node_state, self.job.id, node_id, "cached", ui)
+            await self.bus.emit(self.job.id, "cached", data={"nodes": list(cached)})
+        to_run = set(plan.nodes) - set(cached)
+        groups = {group.group_id: group for group in plan_groups(plan, to_run)}
+        finished: set[str] = set()
+        running: dict[asyncio.Task[None], str] = {}
+        try:
+            while len(finished) < len(groups):
+                for group_id, group in groups.items():
+                    if group_id not in finished and group_id not in running.values() \
+                            and group.depends_on <= finished:
+                        running[asyncio.create_task(self._run_group(group))] = group_id
+                done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    group_id = running.pop(task)
+                    task.result()
+                    finished.add(group_id)
+        finally:
+            for task in running:
+                task.cancel()
+            if running:
+                await asyncio.gather(*running, return_exceptions=True)
+
+    def _cached_nodes(self, plan: Plan) -> dict[str, dict[str, Any] | None]:
+        """Nodes whose outputs (and stored tensors) the cache still holds, with their UI results."""
+        cached: dict[str, dict[str, Any] | None] = {}
+        for node_id in plan.order:
+            hit = self.store.cache_get(plan.nodes[node_id].signature)
+            if hit is None:
+                continue
+            outputs = [_value_from_dict(item) for item in hit[0]]
+            if not all(self.artifacts.exists(ref_from_proto(v.tensor)) for v in outputs
+                       if v.WhichOneof("payload") == "tensor"):
+                continue
+            if plan.nodes[node_id].is_output and not hit[1]:
+                continue
+            self.values[node_id] = outputs
+            cached[node_id] = hit[1]
+        return cached
+
+    def _request(self, group: StageGroup, attempt: int) -> stage_pb2.StageRequest:
+        assert self.plan is not None
+        remaining = [n for n in group.node_ids if n not in self.values]
+        request = stage_pb2.StageRequest(
+            job_id=self.job.id, group_id=group.group_id, attempt=attempt,
+            prompt_json=json.dumps(self.job.prompt),
+            extra_pnginfo_json=json.dumps(self.job.extra_data.get("extra_pnginfo") or {}),
+            export_node_ids=remaining, previews=self.previews)
+        for node_id in remaining:
+            node = self.plan.nodes[node_id]
+            call = request.nodes.add(node_id=node_id, class_type=node.class_type,
+                                     literal_inputs_json=json.dumps(node.literals), is_output=node.is_output)
+            for name, (source, slot) in node.links.items():
+                call.links[name].node_id = source
+                call.links[name].slot = slot
+                if source not in remaining:
+                    request.bound_inputs[f"{source}:{slot}"].CopyFrom(self.values[source][slot])
+        return request
+
+    async def _run_group(self, group: StageGroup) -> None:
+        """Run a group on a replica; a lost replica or retryable failure moves the rest elsewhere."""
+        tried: set[str] = set()
+        for attempt in range(1, self.settings.max_attempts + 1):
+            replica = await self.pool.acquire(group.stage, avoid=tried)
+            tried.add(replica.address)
+            lost = False
+            try:
+                await self._stream_group(replica.stub, self._request(group, attempt))
+                return
+            except StageUnavailableError as exc:
+                lost = True
+                error: ComfymeshError = exc
+            except ComfymeshError as exc:
+                if exc.non_retryable:
+                    raise
+                error = exc
+            finally:
+                await self.pool.release(replica, failed=lost)
+            log.warning("stage call failed, retrying", extra=log_fields(
+                job=self.job.id, group=group.group_id, stage=group.stage, replica=replica.address,
+                attempt=attempt, error=str(error)))
+            await self.bus.emit(self.job.id, "retrying", data={"group": group.group_id, "attempt": attempt,
+                                                              "error": str(error)})
+            await asyncio.sleep(min(0.2 * 2 ** attempt, 3.0))
+        raise error
+
+    async def _stream_group(self, stub: Any, request: stage_pb2.StageRequest) -> None:
+        assert self.plan is not None
+        try:
+            async for event in stub.RunStage(request):
+                kind = event.WhichOneof("event")
+                if kind == "started":
+                    node_id = event.started.node_id
+                    await self.bus.record(self.store.set_node_state, self.job.id, node_id, "running",
+                                          event="node_running", data={"class_type": self.plan.nodes[node_id].class_type})
+                elif kind == "progress":
+                    await self.bus.emit(self.job.id, "node_progress", event.progress.node_id,
+                                        {"value": event.progress.value, "max": event.progress.max})
+                elif kind == "preview":
+                    self.bus.emit_transient(self.job.id, "node_preview", event.preview.node_id,
+                                            {"format": event.preview.format, "data": event.preview.data})
+                elif kind == "done":
+                    await self._node_done(event.done)
+                elif kind == "failure":
+                    raise exception_from_failure(event.failure)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() in _UNAVAILABLE:
+                raise StageUnavailableError(f"stage call lost: {exc.code().name} {exc.details()}") from exc
+            raise ComfymeshError(f"stage call failed: {exc.code().name} {exc.details()}") from exc
+        missing = [n for n in request.export_node_ids if n not in self.values]
+        if missing:
+            raise StageUnavailableError(f"stage call ended before nodes {', '.join(missing)} finished")
+
+    async def _node_done(self, done: stage_pb2.NodeDone) -> None:
+        assert self.plan is not None
+        node = self.plan.nodes[done.node_id]
+        ui = json.loads(done.ui_json) if done.ui_json else None
+        self.values[done.node_id] = list(done.outputs)
+        await asyncio.to_thread(self.store.cache_put, node.signature, node.class_type,
+                                [_value_to_dict(v) for v in done.outputs], ui)
+        await self.bus.record(self.store.set_node_state, self.job.id, done.node_id, "done", ui,
+                              event="node_done", data={"class_type": node.class_type, "output": ui})

@@ -1,0 +1,146 @@
+"""The queue: accepted jobs are persisted first, then run by priority, a bounded number at once."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import uuid
+from typing import Any
+
+from comfymesh.artifacts import ArtifactStore
+from comfymesh.catalog import Catalog
+from comfymesh.catalog.files import resolve_image_name
+from comfymesh.config import Settings
+from comfymesh.graph import plan_prompt, validate_prompt
+from comfymesh.jobs import JobRecord, JobStatus, JobStore
+from comfymesh.logs import log_fields
+from comfymesh.orchestrator.events import EventBus
+from comfymesh.orchestrator.replicas import ReplicaPool
+from comfymesh.orchestrator.runner import JobRunner
+
+log = logging.getLogger("comfymesh.orchestrator")
+
+
+class Submission:
+    """The outcome of a submit: a job id, or ComfyUI's error body (nothing persisted then)."""
+
+    def __init__(self, job_id: str = "", number: float = 0, error: dict[str, Any] | None = None,
+                 node_errors: dict[str, Any] | None = None, existing: bool = False) -> None:
+        self.job_id = job_id
+        self.number = number
+        self.error = error
+        self.node_errors = node_errors or {}
+        self.existing = existing
+
+
+class Scheduler:
+    def __init__(self, settings: Settings, store: JobStore, pool: ReplicaPool) -> None:
+        self.settings = settings
+        self.store = store
+        self.pool = pool
+        self.bus = EventBus(store)
+        self.catalog = Catalog(settings.home)
+        self.artifacts = ArtifactStore(settings.artifacts)
+        self.running: dict[str, asyncio.Task[None]] = {}
+        self._wake = asyncio.Event()
+        self._counter = 0
+        self._submit_lock = asyncio.Lock()
+
+    def _custom_checks(self) -> dict[tuple[str, str], Any]:
+        home = self.settings.home
+
+        def image_exists(value: Any) -> str | None:
+            path = resolve_image_name(home, str(value))
+            return None if path is not None and path.is_file() else f"Invalid image file: {value}"
+
+        return {("LoadImage", "image"): image_exists}
+
+    async def submit(self, prompt: Any, extra_data: dict[str, Any], *, client_id: str = "", job_id: str = "",
+                     priority: float | None = None, front: bool = False,
+                     targets: list[str] | None = None) -> Submission:
+        async with self._submit_lock:
+            if job_id:
+                existing = await asyncio.to_thread(self.store.get_job, job_id)
+                if existing is not None:
+                    return Submission(existing.id, existing.number, existing=True)
+            # ComfyUI's counter moves even when validation then fails
+            self._counter += 1
+            number = priority if priority is not None else (-self._counter if front else self._counter)
+            result = await asyncio.to_thread(validate_prompt, prompt, self.catalog, targets=targets,
+                                             custom_checks=self._custom_checks())
+            if not result.ok:
+                return Submission(error=result.error, node_errors=result.node_errors, number=number)
+            job_id = job_id or str(uuid.uuid4())
+            plan = plan_prompt(result.prompt, result.outputs, self.catalog)
+            nodes = {node_id: plan.nodes[node_id].class_type for node_id in plan.order}
+            extra = dict(extra_data)
+            if client_id:
+                extra["client_id"] = client_id
+            await self.bus.record(self.store.add_job, job_id, number, result.prompt, extra, client_id,
+                                  result.outputs, nodes)
+        log.info("job accepted", extra=log_fields(job=job_id, nodes=len(nodes), number=number))
+        self._wake.set()
+        return Submission(job_id, number, node_errors=result.node_errors)
+
+    async def cancel(self, job_id: str) -> list[str]:
+        """Cancel one job (queued or running), or every running job when `job_id` is empty."""
+        if not job_id:
+            ids = list(self.running)
+        else:
+            ids = [job_id]
+        cancelled = []
+        for target in ids:
+            task = self.running.get(target)
+            if task is not None:
+                task.cancel()
+                cancelled.append(target)
+                continue
+            job = await asyncio.to_thread(self.store.get_job, target)
+            if job is not None and job.status == JobStatus.QUEUED:
+                await self.bus.record(self.store.set_status, target, JobStatus.CANCELLED, event="cancelled",
+                                      data={"while": "queued"})
+                cancelled.append(target)
+        return cancelled
+
+    async def recover(self) -> None:
+        """After a restart: jobs that were running are queued again; the cache skips finished work."""
+        for job in await asyncio.to_thread(self.store.jobs_in, JobStatus.RUNNING):
+            await self.bus.record(self.store.set_status, job.id, JobStatus.QUEUED, event="requeued")
+            log.info("job re-queued after restart", extra=log_fields(job=job.id))
+        jobs, _ = await asyncio.to_thread(self.store.list_jobs)
+        self._counter = int(max((abs(job.number) for job in jobs), default=0))
+
+    async def run_forever(self) -> None:
+        await self.recover()
+        while True:
+            while len(self.running) < self.settings.max_running_jobs:
+                job = await asyncio.to_thread(self.store.next_queued, set(self.running))
+                if job is None:
+                    break
+                self.running[job.id] = asyncio.create_task(self._drive(job))
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=1.0)
+            except TimeoutError:
+                pass
+
+    async def _drive(self, job: JobRecord) -> None:
+        runner = JobRunner(job, self.settings, self.catalog, self.artifacts, self.bus, self.pool)
+        try:
+            await runner.run()
+        except asyncio.CancelledError:
+            await self.bus.record(self.store.set_status, job.id, JobStatus.CANCELLED, event="cancelled",
+                                  data={"while": "running"})
+        except Exception as exc:  # a bug here must not kill the queue
+            log.exception("job crashed", extra=log_fields(job=job.id))
+            error = {"type": "internal_error", "message": f"{type(exc).__name__}: {exc}", "node_id": ""}
+            await self.bus.record(self.store.set_status, job.id, JobStatus.FAILED, error=error, event="failed",
+                                  data=error)
+        finally:
+            self.running.pop(job.id, None)
+            self._wake.set()
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value) if value is not None else ""

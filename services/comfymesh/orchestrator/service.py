@@ -1,0 +1,131 @@
+"""The Orchestrator gRPC servicer: thin handlers over the scheduler, the job store and the event bus."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+
+import grpc
+
+from comfymesh.catalog.files import file_digest
+from comfymesh.jobs import JobRecord
+from comfymesh.jobs.store import FINISHED
+from comfymesh.orchestrator.scheduler import Scheduler, dumps
+from comfymesh.v1 import common_pb2, orchestrator_pb2, orchestrator_pb2_grpc, stage_pb2
+
+Context = grpc.aio.ServicerContext
+
+
+def _failure(error: dict[str, object] | None) -> common_pb2.Failure | None:
+    if not error:
+        return None
+    return common_pb2.Failure(type=str(error.get("type", "")), node_id=str(error.get("node_id", "")),
+                              message=str(error.get("message", "")), details=str(error.get("details", "")),
+                              non_retryable=bool(error.get("non_retryable", True)),
+                              node_type=str(error.get("node_type", "")))
+
+
+class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServicer):
+    def __init__(self, scheduler: Scheduler) -> None:
+        self.scheduler = scheduler
+        self.store = scheduler.store
+
+    async def ExecuteWorkflow(self, request: orchestrator_pb2.WorkflowRequest,  # noqa: N802
+                              context: Context) -> orchestrator_pb2.WorkflowResponse:
+        try:
+            prompt = json.loads(request.prompt_json) if request.prompt_json else None
+            extra = json.loads(request.extra_data_json) if request.extra_data_json else {}
+        except json.JSONDecodeError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"prompt is not JSON: {exc}")
+        submission = await self.scheduler.submit(
+            prompt, extra if isinstance(extra, dict) else {}, client_id=request.client_id, job_id=request.job_id,
+            priority=request.priority if request.has_priority else None, front=request.front,
+            targets=list(request.partial_execution_targets) or None)
+        return orchestrator_pb2.WorkflowResponse(
+            job_id=submission.job_id, number=submission.number, accepted=submission.error is None,
+            error_json=dumps(submission.error), node_errors_json=json.dumps(submission.node_errors),
+            existing=submission.existing)
+
+    async def ExecuteStage(self, request: orchestrator_pb2.ExecuteStageRequest,  # noqa: N802
+                           context: Context) -> AsyncIterator[stage_pb2.StageEvent]:
+        pool = self.scheduler.pool
+        replica = await pool.acquire(request.stage, avoid=set())
+        try:
+            async for event in replica.stub.RunStage(request.request):
+                yield event
+        finally:
+            await pool.release(replica)
+
+    async def StreamStatus(self, request: orchestrator_pb2.StreamStatusRequest,  # noqa: N802
+                           context: Context) -> AsyncIterator[orchestrator_pb2.JobEvent]:
+        async for event in self.scheduler.bus.stream(request.job_id or None, request.after_event_id,
+                                                     request.follow, request.include_previews):
+            data = dict(event.data)
+            if event.id == 0 and isinstance(data.get("data"), bytes):
+                data["data"] = data["data"].hex()
+            yield orchestrator_pb2.JobEvent(id=event.id, job_id=event.job_id, type=event.type,
+                                            node_id=event.node_id, data_json=json.dumps(data), ts=event.ts)
+
+    def _job_message(self, job: JobRecord, with_nodes: bool) -> orchestrator_pb2.Job:
+        message = orchestrator_pb2.Job(
+            job_id=job.id, status=job.status, created=job.created, started=job.started or 0,
+            finished=job.finished or 0, number=job.number, prompt_json=json.dumps(job.prompt),
+            extra_data_json=json.dumps(job.extra_data), outputs_json=json.dumps(job.outputs),
+            client_id=job.client_id, output_node_ids=job.outputs_to_run)
+        failure = _failure(job.error)
+        if failure is not None:
+            message.error.CopyFrom(failure)
+        if with_nodes:
+            for node in self.store.node_states(job.id):
+                message.nodes.add(node_id=node["node_id"], class_type=node["class_type"], state=node["state"],
+                                  ui_json=node["ui_json"])
+        return message
+
+    async def GetJob(self, request: orchestrator_pb2.GetJobRequest,  # noqa: N802
+                     context: Context) -> orchestrator_pb2.Job:
+        job = await asyncio.to_thread(self.store.get_job, request.job_id)
+        if job is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no job {request.job_id!r}")
+        assert job is not None
+        return await asyncio.to_thread(self._job_message, job, True)
+
+    async def ListJobs(self, request: orchestrator_pb2.ListJobsRequest,  # noqa: N802
+                       context: Context) -> orchestrator_pb2.ListJobsResponse:
+        jobs, total = await asyncio.to_thread(self.store.list_jobs, list(request.statuses) or None, request.limit,
+                                              request.offset, request.newest_first)
+        return orchestrator_pb2.ListJobsResponse(jobs=[self._job_message(job, False) for job in jobs], total=total)
+
+    async def CancelJob(self, request: orchestrator_pb2.CancelJobRequest,  # noqa: N802
+                        context: Context) -> orchestrator_pb2.CancelJobResponse:
+        return orchestrator_pb2.CancelJobResponse(cancelled=await self.scheduler.cancel(request.job_id))
+
+    async def DeleteJobs(self, request: orchestrator_pb2.DeleteJobsRequest,  # noqa: N802
+                         context: Context) -> orchestrator_pb2.DeleteJobsResponse:
+        ids = list(request.job_ids)
+        if request.all_finished or request.all_queued:
+            jobs, _ = await asyncio.to_thread(self.store.list_jobs)
+            ids += [job.id for job in jobs if (request.all_finished and job.status in FINISHED)
+                    or (request.all_queued and job.status == "queued")]
+        for job_id in ids:
+            await self.scheduler.cancel(job_id)
+        deleted = await asyncio.to_thread(self.store.delete_jobs, ids) if ids else 0
+        return orchestrator_pb2.DeleteJobsResponse(deleted=deleted)
+
+    async def ListCheckpoints(self, request: orchestrator_pb2.ListCheckpointsRequest,  # noqa: N802
+                              context: Context) -> orchestrator_pb2.ListCheckpointsResponse:
+        folder = request.folder or "checkpoints"
+        catalog = self.scheduler.catalog
+        root = catalog.home / "models" / folder
+
+        def listing() -> list[orchestrator_pb2.CheckpointFile]:
+            return [orchestrator_pb2.CheckpointFile(name=name, size=(root / name).stat().st_size,
+                                                    digest=file_digest(root / name), folder=folder)
+                    for name in catalog.model_files(folder)]
+
+        return orchestrator_pb2.ListCheckpointsResponse(files=await asyncio.to_thread(listing))
+
+    async def GetNodeCatalog(self, request: orchestrator_pb2.GetNodeCatalogRequest,  # noqa: N802
+                             context: Context) -> orchestrator_pb2.GetNodeCatalogResponse:
+        info = await asyncio.to_thread(self.scheduler.catalog.object_info)
+        return orchestrator_pb2.GetNodeCatalogResponse(object_info_json=json.dumps(info))
