@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -59,6 +60,9 @@ class BrownianNoise:
         a = sigma.to(self.device)
         b = sigma_next.to(self.device)
         lo, hi, sign = (a, b, 1.0) if a < b else (b, a, -1.0)
-        w = self.tree(lo, hi)
+        with warnings.catch_warnings():
+            # torchsde compares the float32 query with its float64 end point and warns at σ_max itself
+            warnings.filterwarnings("ignore", message="Should have t")
+            w = self.tree(lo, hi)
         z = w * sign / (hi - lo).abs().sqrt()
         return z.to(device=like.device, dtype=like.dtype)

@@ -159,3 +159,18 @@ async def job_events(job_id: str, request: Request, last_event_id: str | None = 
     if await client.get_job(job_id) is None:
         raise HTTPException(404, f"no job {job_id!r}")
     return EventSourceResponse(_sse(client, job_id, _resume_point(last_event_id, after)), ping=15)
+
+
+@router.get("/jobs", summary="Jobs, newest first", response_model=list[JobView])
+async def list_jobs(request: Request, status: str | None = Query(None, pattern="^(queued|running|completed|failed|cancelled)$"),
+                    limit: int = Query(50, ge=1, le=1000), offset: int = Query(0, ge=0, le=1_000_000)) -> list[JobView]:
+    reply = await client_of(request).list_jobs([status] if status else None, limit, offset, newest_first=True)
+    views = []
+    for job in reply.jobs:
+        outputs = json.loads(job.outputs_json or "{}")
+        views.append(JobView(
+            job_id=job.job_id, status=job.status, created=job.created, started=job.started or None,
+            finished=job.finished or None, nodes=[], outputs=outputs,
+            images=[OutputImage(**image, url=image_url(request, image))
+                    for image in output_images(outputs, list(job.output_node_ids))]))
+    return views

@@ -12,7 +12,7 @@ FOLDERS = ("output", "input", "temp")
 
 
 @router.get("/view", name="view_file", response_class=FileResponse, include_in_schema=False)
-@router.get("/api/view", response_class=FileResponse, include_in_schema=False)
+@router.get("/api/view", name="api_view_file", response_class=FileResponse, include_in_schema=False)
 async def view_file(request: Request, filename: str = Query(..., min_length=1, max_length=1024),
                     subfolder: str = Query("", max_length=1024), type: str = Query("output")) -> FileResponse:
     if type not in FOLDERS:

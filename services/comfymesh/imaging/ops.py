@@ -53,10 +53,13 @@ def to_wand(frame: np.ndarray) -> Image:
     # A new canvas carries an alpha channel that ImageMagick would weight colours by; drop it.
     image.alpha_channel = False
     image.depth = 16
-    if not library.MagickImportImagePixels(image.wand, 0, 0, width, height, _CHANNEL_MAP, _FLOAT,
-                                           _buffer(pixels)):
+    try:
+        if not library.MagickImportImagePixels(image.wand, 0, 0, width, height, _CHANNEL_MAP, _FLOAT,
+                                               _buffer(pixels)):
+            image.raise_exception()
+    except BaseException:
         image.close()
-        image.raise_exception()
+        raise
     return image
 
 

@@ -1,0 +1,124 @@
+"""A real mesh for tests: every service as its own process on free loopback ports, in a temp data root."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from comfymesh.cli.supervisor import ServiceSpec, Supervisor
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Mesh:
+    """Start, kill and restart services; talk to the gateway with `http`."""
+
+    def __init__(self, home: Path, stages: tuple[str, ...] = ("imaging",), env: dict[str, str] | None = None,
+                 imaging_replicas: int = 1) -> None:
+        self.home = home
+        for folder in ("input", "output", "temp", "models/checkpoints", "models/loras", "models/vae"):
+            (home / folder).mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        orchestrator = f"127.0.0.1:{free_port()}"
+        imaging = [f"127.0.0.1:{free_port()}" for _ in range(imaging_replicas)]
+        diffusion = f"127.0.0.1:{free_port()}"
+        self.env = {**os.environ, "COMFYMESH_HOME": str(home), "COMFYMESH_ORCHESTRATOR": orchestrator,
+                    "COMFYMESH_IMAGING_REPLICAS": ",".join(imaging), "COMFYMESH_DIFFUSION_REPLICAS": diffusion,
+                    "COMFYMESH_PORT": str(self.port), "COMFYMESH_LOG_JSON": "true",
+                    # tensors must never cross gRPC: any message over 64 KiB fails the call
+                    "COMFYMESH_GRPC_MAX_MESSAGE_BYTES": "65536",
+                    "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **(env or {})}
+        specs = [ServiceSpec(f"imaging{i}", ["comfymesh.imaging", "--listen", address])
+                 for i, address in enumerate(imaging)]
+        if "diffusion" in stages:
+            specs.append(ServiceSpec("diffusion", ["comfymesh.diffusion", "--listen", diffusion]))
+        specs += [ServiceSpec("orchestrator", ["comfymesh.orchestrator", "--listen", orchestrator]),
+                  ServiceSpec("gateway", ["comfymesh.gateway", "--port", str(self.port)])]
+        self.logs: list[str] = []
+        self.supervisor = Supervisor(specs, self.env, lambda name, line: self.logs.append(f"{name}: {line}"))
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.http = httpx.Client(base_url=self.url, timeout=60)
+
+    def start(self) -> Mesh:
+        self.supervisor.start_all(timeout=120)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if self.http.get("/readyz").status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError("gateway never became ready:\n" + "\n".join(self.logs[-40:]))
+
+    def stop(self) -> None:
+        self.http.close()
+        self.supervisor.stop(grace=5)
+
+    def service(self, name: str) -> Any:
+        return next(s for s in self.supervisor.services if s.spec.name == name)
+
+    def kill(self, name: str) -> None:
+        process = self.service(name).process
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+    def restart(self, name: str) -> None:
+        service = self.service(name)
+        if service.process and service.process.poll() is None:
+            self.kill(name)
+        self.supervisor._start(service)
+        if not service.ready.wait(60):
+            raise RuntimeError(f"{name} did not restart")
+
+    def submit(self, prompt: dict[str, Any], **extra: Any) -> str:
+        reply = self.http.post("/v1/workflows", json={"prompt": prompt, **extra})
+        assert reply.status_code == 202, reply.text
+        return str(reply.json()["job_id"])
+
+    def wait(self, job_id: str, timeout: float = 120) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            job = self.http.get(f"/v1/jobs/{job_id}").json()
+            if job["status"] in ("completed", "failed", "cancelled"):
+                return dict(job)
+            time.sleep(0.05)
+        raise TimeoutError(f"job {job_id} did not finish:\n" + "\n".join(self.logs[-40:]))
+
+    def events(self, path: str, last_event_id: int | None = None) -> list[dict[str, Any]]:
+        """Read an SSE stream to its end: [{id, event, data}]."""
+        import json
+
+        headers = {"Last-Event-ID": str(last_event_id)} if last_event_id is not None else {}
+        events, current = [], {}
+        with self.http.stream("GET", path, headers=headers, timeout=60) as stream:
+            for line in stream.iter_lines():
+                if not line:
+                    if "event" in current:
+                        events.append(current)
+                    current = {}
+                elif line.startswith("id:"):
+                    current["id"] = int(line[3:].strip())
+                elif line.startswith("event:"):
+                    current["event"] = line[6:].strip()
+                elif line.startswith("data:"):
+                    current["data"] = json.loads(line[5:])
+        return events
+
+
+def python() -> str:
+    return sys.executable
