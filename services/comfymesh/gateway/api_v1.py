@@ -41,6 +41,11 @@ def comfy_error(type_: str, message: str, details: str = "", status: int = 400) 
 async def read_json_body(request: Request) -> Any:
     """The body as JSON, or a ComfyUI-shaped 400 that says what is wrong."""
     raw = await request.body()
+    limit = request.app.state.settings.max_body_bytes
+    if len(raw) > limit:
+        raise HTTPException(413, detail={"error": {"type": "request_too_large", "message": "Request body too large",
+                                                   "details": f"the limit is {limit} bytes", "extra_info": {}},
+                                         "node_errors": {}})
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
