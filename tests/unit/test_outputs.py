@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
+
 from comfymesh.errors import NodeInputError
 from comfymesh.outputs import (
     OutputIdentity,
@@ -23,7 +25,6 @@ from comfymesh.outputs import (
     write_pngs,
 )
 from comfymesh.stage.node import NodeContext
-from PIL import Image
 
 REPO = Path(__file__).resolve().parents[2]
 PROMPT = {"3": {"class_type": "SaveImage", "inputs": {"filename_prefix": "ComfyUI", "images": ["8", 0]}}}

@@ -47,7 +47,7 @@ class StageServicer(stage_pb2_grpc.StageServicer):
         self.slots = asyncio.Semaphore(settings.stage_slots)
         self.executor = ThreadPoolExecutor(max_workers=settings.stage_slots, thread_name_prefix=stage)
 
-    async def RunStage(self, request: stage_pb2.StageRequest,  # noqa: N802 (gRPC method name)
+    async def RunStage(self, request: stage_pb2.StageRequest,
                        context: grpc.aio.ServicerContext) -> AsyncIterator[stage_pb2.StageEvent]:
         async with self.slots:
             loop = asyncio.get_running_loop()
@@ -73,7 +73,7 @@ class StageServicer(stage_pb2_grpc.StageServicer):
                 # the caller went away or cancelled: stop the nodes at their next step
                 cancelled.set()
 
-    async def Describe(self, request: stage_pb2.DescribeRequest,  # noqa: N802
+    async def Describe(self, request: stage_pb2.DescribeRequest,
                        context: grpc.aio.ServicerContext) -> stage_pb2.DescribeResponse:
         return stage_pb2.DescribeResponse(stage=self.stage, node_types=sorted(self.nodes),
                                           slots=self.settings.stage_slots, code_version=self.version,

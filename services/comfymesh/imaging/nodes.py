@@ -11,11 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from wand.exceptions import WandException
+
 from comfymesh.errors import NodeInputError
 from comfymesh.imaging import ops
 from comfymesh.outputs import as_image_batch, preview_image, save_image
 from comfymesh.stage.node import NodeContext, NodeImpl
-from wand.exceptions import WandException
 
 _ANNOTATION = re.compile(r"^(?P<name>.*) \[(?P<folder>input|output|temp)\]$")
 

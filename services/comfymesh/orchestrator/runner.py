@@ -20,10 +20,10 @@ from comfymesh.errors import ComfymeshError, StageUnavailableError
 from comfymesh.graph import Plan, StageGroup, plan_groups, plan_prompt
 from comfymesh.jobs import JobRecord, JobStatus
 from comfymesh.logs import log_fields
-from comfymesh.rpc.failures import exception_from_failure
-from comfymesh.v1 import common_pb2, stage_pb2
 from comfymesh.orchestrator.events import EventBus
 from comfymesh.orchestrator.replicas import ReplicaPool
+from comfymesh.rpc.failures import exception_from_failure
+from comfymesh.v1 import common_pb2, stage_pb2
 
 log = logging.getLogger("comfymesh.orchestrator")
 _UNAVAILABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN,

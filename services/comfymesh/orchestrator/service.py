@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from typing import TypeAlias
 
 import grpc
 
@@ -14,7 +15,7 @@ from comfymesh.jobs.store import FINISHED
 from comfymesh.orchestrator.scheduler import Scheduler, dumps
 from comfymesh.v1 import common_pb2, orchestrator_pb2, orchestrator_pb2_grpc, stage_pb2
 
-Context = grpc.aio.ServicerContext
+Context: TypeAlias = grpc.aio.ServicerContext
 
 
 def _failure(error: dict[str, object] | None) -> common_pb2.Failure | None:
@@ -31,7 +32,7 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServicer):
         self.scheduler = scheduler
         self.store = scheduler.store
 
-    async def ExecuteWorkflow(self, request: orchestrator_pb2.WorkflowRequest,  # noqa: N802
+    async def ExecuteWorkflow(self, request: orchestrator_pb2.WorkflowRequest,
                               context: Context) -> orchestrator_pb2.WorkflowResponse:
         try:
             prompt = json.loads(request.prompt_json) if request.prompt_json else None
@@ -47,7 +48,7 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServicer):
             error_json=dumps(submission.error), node_errors_json=json.dumps(submission.node_errors),
             existing=submission.existing)
 
-    async def ExecuteStage(self, request: orchestrator_pb2.ExecuteStageRequest,  # noqa: N802
+    async def ExecuteStage(self, request: orchestrator_pb2.ExecuteStageRequest,
                            context: Context) -> AsyncIterator[stage_pb2.StageEvent]:
         pool = self.scheduler.pool
         replica = await pool.acquire(request.stage, avoid=set())
@@ -57,9 +58,13 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServicer):
         finally:
             await pool.release(replica)
 
-    async def StreamStatus(self, request: orchestrator_pb2.StreamStatusRequest,  # noqa: N802
+    async def StreamStatus(self, request: orchestrator_pb2.StreamStatusRequest,
                            context: Context) -> AsyncIterator[orchestrator_pb2.JobEvent]:
-        async for event in self.scheduler.bus.stream(request.job_id or None, request.after_event_id,
+        after = request.after_event_id
+        if after < 0:
+            # live only: the gateway's websocket hub must not replay the whole log when it (re)starts
+            after = await asyncio.to_thread(self.store.last_event_id)
+        async for event in self.scheduler.bus.stream(request.job_id or None, after,
                                                      request.follow, request.include_previews):
             data = dict(event.data)
             if event.id == 0 and isinstance(data.get("data"), bytes):
@@ -82,7 +87,7 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServicer):
                                   ui_json=node["ui_json"])
         return message
 
-    async def GetJob(self, request: orchestrator_pb2.GetJobRequest,  # noqa: N802
+    async def GetJob(self, request: orchestrator_pb2.GetJobRequest,
                      context: Context) -> orchestrator_pb2.Job:
         job = await asyncio.to_thread(self.store.get_job, request.job_id)
         if job is None:
@@ -90,17 +95,17 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServicer):
         assert job is not None
         return await asyncio.to_thread(self._job_message, job, True)
 
-    async def ListJobs(self, request: orchestrator_pb2.ListJobsRequest,  # noqa: N802
+    async def ListJobs(self, request: orchestrator_pb2.ListJobsRequest,
                        context: Context) -> orchestrator_pb2.ListJobsResponse:
         jobs, total = await asyncio.to_thread(self.store.list_jobs, list(request.statuses) or None, request.limit,
                                               request.offset, request.newest_first)
         return orchestrator_pb2.ListJobsResponse(jobs=[self._job_message(job, False) for job in jobs], total=total)
 
-    async def CancelJob(self, request: orchestrator_pb2.CancelJobRequest,  # noqa: N802
+    async def CancelJob(self, request: orchestrator_pb2.CancelJobRequest,
                         context: Context) -> orchestrator_pb2.CancelJobResponse:
         return orchestrator_pb2.CancelJobResponse(cancelled=await self.scheduler.cancel(request.job_id))
 
-    async def DeleteJobs(self, request: orchestrator_pb2.DeleteJobsRequest,  # noqa: N802
+    async def DeleteJobs(self, request: orchestrator_pb2.DeleteJobsRequest,
                          context: Context) -> orchestrator_pb2.DeleteJobsResponse:
         ids = list(request.job_ids)
         if request.all_finished or request.all_queued:
@@ -112,7 +117,7 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServicer):
         deleted = await asyncio.to_thread(self.store.delete_jobs, ids) if ids else 0
         return orchestrator_pb2.DeleteJobsResponse(deleted=deleted)
 
-    async def ListCheckpoints(self, request: orchestrator_pb2.ListCheckpointsRequest,  # noqa: N802
+    async def ListCheckpoints(self, request: orchestrator_pb2.ListCheckpointsRequest,
                               context: Context) -> orchestrator_pb2.ListCheckpointsResponse:
         folder = request.folder or "checkpoints"
         catalog = self.scheduler.catalog
@@ -125,7 +130,7 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServicer):
 
         return orchestrator_pb2.ListCheckpointsResponse(files=await asyncio.to_thread(listing))
 
-    async def GetNodeCatalog(self, request: orchestrator_pb2.GetNodeCatalogRequest,  # noqa: N802
+    async def GetNodeCatalog(self, request: orchestrator_pb2.GetNodeCatalogRequest,
                              context: Context) -> orchestrator_pb2.GetNodeCatalogResponse:
         info = await asyncio.to_thread(self.scheduler.catalog.object_info)
         return orchestrator_pb2.GetNodeCatalogResponse(object_info_json=json.dumps(info))

@@ -14,11 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
+
 from comfymesh.errors import NodeInputError
 from comfymesh.imaging import ops
 from comfymesh.imaging.nodes import NODES
 from comfymesh.stage.node import NodeContext
-from PIL import Image
 
 CONVERT = "/usr/bin/convert"
 SHARED = Path(__file__).resolve().parents[3] / ".." / "shared"

@@ -9,7 +9,7 @@ from comfymesh.diffusion.samplers.base import Denoiser, SamplerEnv, ancestral_sp
 R = 0.5
 
 
-def make_dpmpp_sde(on_device: bool = False):  # noqa: ANN201 - returns a Sampler
+def make_dpmpp_sde(on_device: bool = False):
     def sample_dpmpp_sde(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, env: SamplerEnv) -> torch.Tensor:
         noise = env.brownian(x, sigmas, on_device)
         values = sigmas.tolist()

@@ -1,0 +1,59 @@
+"""VAEEncode / VAEDecode numerics: crop to the VAE factor, [-1, 1] pixels, mean of the latent posterior."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from comfymesh.errors import ResourceExhaustedError
+
+
+def spatial_factor(vae: nn.Module) -> int:
+    return int(2 ** (len(vae.config.block_out_channels) - 1))
+
+
+def _param(vae: nn.Module) -> torch.Tensor:
+    return next(vae.parameters())
+
+
+def crop_pixels(pixels: torch.Tensor, factor: int) -> torch.Tensor:
+    """Centre-crop [B, H, W, C] so H and W are multiples of the VAE factor."""
+    h, w = (pixels.shape[1] // factor) * factor, (pixels.shape[2] // factor) * factor
+    if (h, w) == tuple(pixels.shape[1:3]):
+        return pixels
+    oy, ox = (pixels.shape[1] % factor) // 2, (pixels.shape[2] % factor) // 2
+    return pixels[:, oy:oy + h, ox:ox + w, :]
+
+
+def _chunk(batch: int, device: torch.device) -> int:
+    return batch if device.type == "cpu" else 4
+
+
+def encode(vae: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
+    """IMAGE [B, H, W, C] in [0, 1] → unscaled latent [B, z, H/f, W/f] float32 on the CPU."""
+    p = _param(vae)
+    x = crop_pixels(pixels.float(), spatial_factor(vae))[..., :3]
+    x = (x * 2.0 - 1.0).movedim(-1, 1)
+    outs = []
+    try:
+        with torch.inference_mode():
+            for part in x.split(_chunk(x.shape[0], p.device)):
+                dist = vae.encode(part.to(p.device, p.dtype)).latent_dist
+                outs.append(dist.mean.float().cpu())
+    except torch.cuda.OutOfMemoryError as exc:
+        raise ResourceExhaustedError(f"out of GPU memory in VAE encode: {exc}") from exc
+    return torch.cat(outs)
+
+
+def decode(vae: nn.Module, latent: torch.Tensor) -> torch.Tensor:
+    """Unscaled latent → IMAGE [B, H, W, 3] float32 in [0, 1] on the CPU."""
+    p = _param(vae)
+    outs = []
+    try:
+        with torch.inference_mode():
+            for part in latent.float().split(_chunk(latent.shape[0], p.device)):
+                y = vae.decode(part.to(p.device, p.dtype)).sample.float()
+                outs.append(torch.clamp((y + 1.0) / 2.0, 0.0, 1.0).movedim(1, -1).cpu())
+    except torch.cuda.OutOfMemoryError as exc:
+        raise ResourceExhaustedError(f"out of GPU memory in VAE decode: {exc}") from exc
+    return torch.cat(outs)

@@ -1,0 +1,54 @@
+"""Fixtures for the diffusion tests (reusable by other suites): tiny checkpoints in a models home."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+from comfymesh.diffusion.model_cache import ModelCache, set_model_cache  # noqa: E402
+from comfymesh.diffusion.tiny_checkpoint import make_tiny_checkpoint, make_tiny_lora  # noqa: E402
+from comfymesh.diffusion.tokenizer import tokenizer_dir  # noqa: E402
+from comfymesh.stage.node import NodeContext  # noqa: E402
+
+__all__ = ["make_tiny_checkpoint"]
+
+
+@pytest.fixture(scope="session")
+def tokenizer_ready() -> Path:
+    path = tokenizer_dir()
+    if not (path / "vocab.json").is_file():
+        pytest.skip(f"CLIP tokenizer not built in {path}: run python -m comfymesh.diffusion.tokenizer_build")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_home(tmp_path_factory: pytest.TempPathFactory, tokenizer_ready: Path) -> Path:
+    """A ComfyUI-style home with models/checkpoints/{sd15,sd2v,sdxl}.safetensors and a LoRA for sd15."""
+    home = tmp_path_factory.mktemp("home")
+    ckpts = home / "models" / "checkpoints"
+    for family in ("sd15", "sd2v", "sdxl"):
+        make_tiny_checkpoint(ckpts / f"{family}.safetensors", family, seed=0)
+    make_tiny_lora(home / "models" / "loras" / "tiny_sd15.safetensors", ckpts / "sd15.safetensors", seed=1)
+    make_tiny_lora(home / "models" / "loras" / "tiny_sdxl.safetensors", ckpts / "sdxl.safetensors", seed=2)
+    (home / "models" / "vae").mkdir(parents=True)
+    return home
+
+
+@pytest.fixture(scope="session")
+def model_cache() -> Iterator[ModelCache]:
+    """One CPU cache for the whole session, installed as the process-wide cache."""
+    cache = ModelCache(budget_bytes=2 * 2**30, device=__import__("torch").device("cpu"))
+    set_model_cache(cache)
+    yield cache
+    set_model_cache(None)
+
+
+@pytest.fixture
+def node_ctx(tiny_home: Path, model_cache: ModelCache) -> NodeContext:
+    return NodeContext(job_id="job", node_id="7", class_type="test", home=tiny_home)

@@ -1,0 +1,69 @@
+"""CLIP tokenizer ids and windowing (§3.1, §3.3)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from comfymesh.diffusion import tokenizer
+from comfymesh.diffusion.text_encode import tokenize_weighted, windows
+from comfymesh.diffusion.tokenizer_build import byte_symbols
+from comfymesh.errors import ModelError
+
+
+@pytest.mark.parametrize(
+    ("text", "ids"),
+    [
+        ("a photo of a cat", [320, 1125, 539, 320, 2368]),
+        ("A PHOTO of a Cat", [320, 1125, 539, 320, 2368]),
+        ("red", [736]),
+        ("hello, world", [3306, 267, 1002]),
+        ("", []),
+    ],
+)
+def test_known_ids(tokenizer_ready: Path, text: str, ids: list[int]) -> None:
+    assert tokenizer.token_ids(text) == ids
+    full = tokenizer.get_tokenizer()(text)["input_ids"]
+    assert full == [49406, *ids, 49407]
+
+
+def test_vocab_layout(tokenizer_ready: Path) -> None:
+    tok = tokenizer.get_tokenizer()
+    assert len(tok) == 49408
+    symbols = byte_symbols()
+    assert len(set(symbols)) == 256 and symbols[0] == "!"
+    vocab = tok.get_vocab()
+    assert vocab["!"] == 0 and vocab["!</w>"] == 256 and vocab["<|endoftext|>"] == 49407
+
+
+def test_missing_dir_says_how_to_build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COMFYMESH_TOKENIZER_DIR", str(tmp_path / "none"))
+    with pytest.raises(ModelError, match="tokenizer_build"):
+        tokenizer.get_tokenizer()
+
+
+def test_weighted_windows(tokenizer_ready: Path) -> None:
+    wins = windows(tokenize_weighted("a (red:1.5) cat"), pad_id=49407)
+    assert len(wins) == 1 and len(wins[0]) == 77
+    assert wins[0][:5] == [(49406, 1.0), (320, 1.0), (736, 1.5), (2368, 1.0), (49407, 1.0)]
+    assert all(t == 49407 for t, _ in wins[0][5:])
+
+
+def test_long_prompt_two_windows(tokenizer_ready: Path) -> None:
+    wins = windows(tokenize_weighted(" ".join(["word"] * 100)), pad_id=0)
+    assert [len(w) for w in wins] == [77, 77]
+    assert wins[0][0][0] == 49406 and wins[0][76][0] == 49407 and wins[1][0][0] == 49406
+    assert sum(1 for w in wins for t, _ in w if t not in (49406, 49407, 0)) == 100
+
+
+def test_empty_prompt_window() -> None:
+    (win,) = windows([], pad_id=0)
+    assert [t for t, _ in win] == [49406, 49407] + [0] * 75
+
+
+def test_short_group_moves_whole_to_next_window() -> None:
+    groups = [[(1, 1.0)] * 70, [(2, 1.2)] * 7]
+    wins = windows(groups, pad_id=0)
+    assert len(wins) == 2
+    assert [t for t, _ in wins[1][1:8]] == [2] * 7
