@@ -17,6 +17,8 @@ _DTYPE_NAMES = {
     np.dtype("int64"): "I64", np.dtype("int32"): "I32", np.dtype("uint8"): "U8", np.dtype("bool"): "BOOL",
 }
 
+_META_KEY = "comfymesh"
+
 
 @dataclass(frozen=True)
 class TensorRef:
@@ -50,7 +52,8 @@ class ArtifactStore:
                    primary: str | None = None) -> TensorRef:
         """Store named tensors (+ string metadata) and return a ref to the primary one."""
         arrays = {name: np.ascontiguousarray(array) for name, array in tensors.items()}
-        data = save_safetensors(arrays, metadata=metadata or {})
+        # one metadata key: safetensors writes several keys in hash order, which would change the digest
+        data = save_safetensors(arrays, metadata={_META_KEY: json.dumps(metadata or {}, sort_keys=True)})
         digest = hashlib.sha256(data).hexdigest()
         key = self._key(digest)
         if not self.fs.exists(key):
@@ -66,7 +69,7 @@ class ArtifactStore:
             raise OSError(f"artifact {ref.uri} does not match its digest {ref.digest[:12]}")
         header_len = int.from_bytes(data[:8], "little")
         header = json.loads(data[8:8 + header_len])
-        return load_safetensors(data), dict(header.get("__metadata__", {}))
+        return load_safetensors(data), json.loads(header.get("__metadata__", {}).get(_META_KEY, "{}"))
 
     def exists(self, ref: TensorRef) -> bool:
         return bool(self.fs.exists(self._path(ref.uri)))

@@ -116,6 +116,15 @@ class OrchestratorClient:
         reply = await self._call(self.stub.GetNodeCatalog, orchestrator_pb2.GetNodeCatalogRequest())
         return dict(json.loads(reply.object_info_json))
 
+    async def devices(self) -> list[orchestrator_pb2.Device]:
+        reply = await self._call(self.stub.ListDevices, orchestrator_pb2.ListDevicesRequest())
+        return list(reply.devices)
+
+    async def free(self, unload_models: bool = True, free_memory: bool = False) -> list[str]:
+        reply = await self._call(self.stub.FreeMemory, orchestrator_pb2.FreeMemoryRequest(
+            unload_models=unload_models, free_memory=free_memory))
+        return list(reply.unloaded)
+
     async def events(self, job_id: str = "", after: int = 0, follow: bool = True,
                      previews: bool = False) -> AsyncIterator[JobEvent]:
         request = orchestrator_pb2.StreamStatusRequest(job_id=job_id, after_event_id=after, follow=follow,

@@ -12,6 +12,7 @@ import grpc
 from comfymesh.catalog.files import file_digest
 from comfymesh.jobs import JobRecord
 from comfymesh.jobs.store import FINISHED
+from comfymesh.orchestrator.devices import free_models, list_devices
 from comfymesh.orchestrator.scheduler import Scheduler, dumps
 from comfymesh.v1 import common_pb2, orchestrator_pb2, orchestrator_pb2_grpc, stage_pb2
 
@@ -134,3 +135,12 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServicer):
                              context: Context) -> orchestrator_pb2.GetNodeCatalogResponse:
         info = await asyncio.to_thread(self.scheduler.catalog.object_info)
         return orchestrator_pb2.GetNodeCatalogResponse(object_info_json=json.dumps(info))
+
+    async def ListDevices(self, request: orchestrator_pb2.ListDevicesRequest,
+                          context: Context) -> orchestrator_pb2.ListDevicesResponse:
+        return orchestrator_pb2.ListDevicesResponse(devices=await list_devices(self.scheduler.pool))
+
+    async def FreeMemory(self, request: orchestrator_pb2.FreeMemoryRequest,
+                         context: Context) -> orchestrator_pb2.FreeMemoryResponse:
+        unloaded = await free_models(self.scheduler.pool) if request.unload_models or request.free_memory else []
+        return orchestrator_pb2.FreeMemoryResponse(unloaded=unloaded)

@@ -6,8 +6,6 @@ The schedule's final 0 becomes 0.001; B(h) = h (bh1, "uni_pc") or e^h − 1 (bh2
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from comfymesh.diffusion.samplers.base import Denoiser, Sampler, SamplerEnv
@@ -105,12 +103,8 @@ def make_uni_pc(variant: str) -> Sampler:
                     model_x = _data_prediction(model, x, ts[step])
                 prev_models.append(model_x)
                 env.step(step, model_x, x)
-            if len(prev_t) > order:
-                prev_t.pop(0)
-                prev_models.pop(0) if len(prev_models) > order else None
+            del prev_t[:-order], prev_models[:-order]  # keep the last `order` points
         return x / _alpha(ts[-1])
 
     return sample
 
-
-__all__ = ["make_uni_pc", "math"]

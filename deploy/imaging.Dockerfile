@@ -1,0 +1,15 @@
+# comfymesh imaging service image (build from the repository root: docker build -f deploy/imaging.Dockerfile .)
+FROM python:3.11-slim
+ENV PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 COMFYMESH_HOME=/data
+RUN apt-get update && apt-get install -y --no-install-recommends imagemagick libmagickwand-dev && rm -rf /var/lib/apt/lists/*
+WORKDIR /app
+COPY pyproject.toml constraints.txt README.md ./
+COPY proto ./proto
+COPY libs ./libs
+COPY services ./services
+# stubs are generated before the install so the wheel carries them
+RUN pip install --no-cache-dir -c constraints.txt grpcio-tools \
+ && python -m grpc_tools.protoc -I proto --python_out=libs --grpc_python_out=libs --pyi_out=libs proto/comfymesh/v1/*.proto \
+ && touch libs/comfymesh/v1/__init__.py \
+ && pip install --no-cache-dir -c constraints.txt '.[imaging]'
+CMD ["python", "-m", "comfymesh.imaging", "--listen", "0.0.0.0:50061"]

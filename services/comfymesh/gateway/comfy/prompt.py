@@ -1,0 +1,40 @@
+"""ComfyUI's `/prompt`: queue an API-format prompt (POST) and report the queue length (GET)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from comfymesh.gateway.api_v1 import client_of, comfy_error, read_json_body
+
+router = APIRouter(include_in_schema=False)
+
+
+@router.get("/prompt")
+async def queue_info(request: Request) -> dict[str, Any]:
+    reply = await client_of(request).list_jobs(["queued", "running"], limit=1)
+    return {"exec_info": {"queue_remaining": int(reply.total)}}
+
+
+@router.post("/prompt")
+async def queue_prompt(request: Request) -> Any:
+    body = await read_json_body(request)
+    if not isinstance(body, dict) or "prompt" not in body:
+        return comfy_error("no_prompt", "No prompt provided", "No prompt provided")
+    extra_data = body.get("extra_data") if isinstance(body.get("extra_data"), dict) else {}
+    client_id = body.get("client_id")
+    number = body.get("number")
+    priority = float(number) if isinstance(number, int | float) and not isinstance(number, bool) else None
+    targets = body.get("partial_execution_targets")
+    result = await client_of(request).submit(
+        body["prompt"], dict(extra_data), client_id=str(client_id) if client_id else "",
+        job_id=str(body["prompt_id"]) if body.get("prompt_id") is not None else "",
+        priority=priority, front=bool(body.get("front")),
+        targets=[str(t) for t in targets] if isinstance(targets, list) else None)
+    if not result.accepted:
+        return JSONResponse({"error": result.error, "node_errors": result.node_errors}, status_code=400)
+    # ComfyUI answers the number it chose as an int and a caller's number as the float it stored
+    answered: float | int = result.number if priority is not None else int(result.number)
+    return {"prompt_id": result.job_id, "number": answered, "node_errors": result.node_errors}

@@ -1,0 +1,54 @@
+"""The artifact store: content-addressed bundles on local disk and in memory; codec round trips."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from comfymesh.artifacts import ArtifactStore, decode_value, encode_value
+
+
+@pytest.fixture(params=["file", "memory"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> ArtifactStore:
+    url = (tmp_path / "artifacts").as_uri() if request.param == "file" else f"memory://test-{tmp_path.name}"
+    return ArtifactStore(url)
+
+
+def test_same_content_is_stored_once(store: ArtifactStore) -> None:
+    image = np.random.default_rng(0).random((1, 16, 16, 3), dtype=np.float32)
+    first = encode_value("IMAGE", image, store)
+    second = encode_value("IMAGE", image.copy(), store)
+    assert first.tensor.uri == second.tensor.uri and first.tensor.digest == second.tensor.digest
+    assert list(first.tensor.shape) == [1, 16, 16, 3] and first.tensor.dtype == "F32"
+    assert np.array_equal(decode_value(first, store), image)
+
+
+def test_latent_and_conditioning_round_trip(store: ArtifactStore) -> None:
+    latent = {"samples": np.ones((2, 4, 8, 8), np.float32), "batch_index": [3, 4],
+              "noise_mask": np.zeros((1, 8, 8), np.float32)}
+    back = decode_value(encode_value("LATENT", latent, store), store)
+    assert back["batch_index"] == [3, 4] and back["samples"].shape == (2, 4, 8, 8) and "noise_mask" in back
+    cond = [[np.ones((1, 77, 8), np.float32), {"pooled_output": np.zeros((1, 4), np.float32), "width": 512}],
+            [np.zeros((1, 154, 8), np.float32), {}]]
+    back_cond = decode_value(encode_value("CONDITIONING", cond, store), store)
+    assert back_cond[0][1]["width"] == 512 and back_cond[0][1]["pooled_output"].shape == (1, 4)
+    assert back_cond[1][0].shape == (1, 154, 8) and back_cond[1][1] == {}
+
+
+def test_small_values_travel_as_json(store: ArtifactStore) -> None:
+    handle = {"kind": "model", "ckpt": "a.safetensors", "digest": "abc"}
+    value = encode_value("MODEL", handle, store)
+    assert value.WhichOneof("payload") == "json" and decode_value(value, store) == handle
+
+
+def test_a_damaged_file_is_refused(tmp_path: Path) -> None:
+    store = ArtifactStore((tmp_path / "a").as_uri())
+    value = encode_value("IMAGE", np.ones((1, 4, 4, 3), np.float32), store)
+    path = Path(value.tensor.uri.removeprefix("file://"))
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(OSError, match="digest"):
+        decode_value(value, store)

@@ -1,0 +1,57 @@
+"""The SQLite job store: persistence, queue order, event log and cache survive reopening."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from comfymesh.jobs import JobStatus, JobStore
+
+
+def add(store: JobStore, job_id: str, number: float) -> None:
+    store.add_job(job_id, number, {"1": {"class_type": "X", "inputs": {}}}, {}, "client", ["1"], {"1": "X"})
+
+
+def test_accepted_jobs_survive_a_reopen(tmp_path: Path) -> None:
+    store = JobStore(tmp_path / "jobs.db")
+    add(store, "a", 1)
+    store.close()
+    reopened = JobStore(tmp_path / "jobs.db")
+    job = reopened.get_job("a")
+    assert job is not None and job.status == JobStatus.QUEUED and job.client_id == "client"
+    assert [e.type for e in reopened.events_after(0)] == ["queued"]
+
+
+def test_queue_order_is_number_then_arrival(tmp_path: Path) -> None:
+    store = JobStore(tmp_path / "jobs.db")
+    add(store, "late", 5)
+    add(store, "front", -1)
+    add(store, "early", 5)
+    order = []
+    while (job := store.next_queued(set(order))) is not None:
+        order.append(job.id)
+    assert order == ["front", "late", "early"]
+
+
+def test_event_ids_increase_and_filter_by_job(tmp_path: Path) -> None:
+    store = JobStore(tmp_path / "jobs.db")
+    add(store, "a", 1)
+    add(store, "b", 2)
+    store.set_status("a", JobStatus.RUNNING, event="started")
+    store.set_node_state("a", "1", "done", {"images": [{"filename": "x.png"}]}, event="node_done")
+    store.set_status("a", JobStatus.COMPLETED, event="completed")
+    events = store.events_after(0)
+    assert [e.id for e in events] == sorted(e.id for e in events)
+    assert [e.type for e in store.events_after(0, "a")] == ["queued", "started", "node_done", "completed"]
+    assert [e.type for e in store.events_after(events[2].id, "a")] == ["node_done", "completed"]
+    job = store.get_job("a")
+    assert job is not None and job.outputs == {"1": {"images": [{"filename": "x.png"}]}}
+    assert job.finished is not None and job.started is not None
+
+
+def test_node_cache_round_trip(tmp_path: Path) -> None:
+    store = JobStore(tmp_path / "jobs.db")
+    assert store.cache_get("sig") is None
+    store.cache_put("sig", "ImageInvert", [{"type": "IMAGE", "json": "1"}], None)
+    assert store.cache_get("sig") == ([{"type": "IMAGE", "json": "1"}], None)
+    store.close()
+    assert JobStore(tmp_path / "jobs.db").cache_get("sig") is not None
