@@ -308,7 +308,8 @@ def recognise(src: TensorSource) -> Recognition:
 def _sd2_is_vpred(src: TensorSource) -> bool:
     # 768-v and 512-base differ in the spread of this bias (ComfyUI's rule, at output block 11 for the
     # real layout, which is the last output block: we take the last one so tiny layouts follow it too)
-    blocks = sorted({int(m.group(1)) for k in src.keys if (m := re.match(r"model\.diffusion_model\.output_blocks\.(\d+)\.", k))})
+    rx = re.compile(r"model\.diffusion_model\.output_blocks\.(\d+)\.")
+    blocks = sorted({int(m.group(1)) for k in src.keys if (m := rx.match(k))})
     key = f"{UNET_PREFIX}output_blocks.{blocks[-1]}.1.transformer_blocks.0.norm1.bias"
     if not src.has(key):
         return False
@@ -321,7 +322,6 @@ def _sd2_is_vpred(src: TensorSource) -> bool:
 
 def unet_config(layout: UNetLayout, family: str) -> dict[str, Any]:
     """A diffusers UNet2DConditionModel config for `layout`."""
-    n = len(layout.level_channels)
     down = ["CrossAttnDownBlock2D" if d else "DownBlock2D" for d in layout.depth]
     up = ["CrossAttnUpBlock2D" if d else "UpBlock2D" for d in layout.up_depth]
     if list(reversed(down)) != [b.replace("Up", "Down") for b in up]:
@@ -398,8 +398,7 @@ def clip_config(layout: ClipLayout) -> Any:
     )
 
 
-def _materialise(build: Callable[[], torch.nn.Module], state: dict[str, torch.Tensor], what: str,
-                 name: str) -> torch.nn.Module:
+def _materialise(build: Callable[[], Any], state: dict[str, torch.Tensor], what: str, name: str) -> Any:
     """Build a module without allocating random weights, then take the converted weights as its own."""
     with torch.device("meta"):
         module = build()
@@ -478,7 +477,7 @@ def build_clip(src: TensorSource, layout: ClipLayout) -> torch.nn.Module:
     state = {k: v.to(torch.float16).to(torch.float32) for k, v in state.items()}
     model_cls = CLIPTextModelWithProjection if with_projection else CLIPTextModel
     module = _materialise(lambda: model_cls(cfg), state, f"text encoder {layout.prefix}", src.path.name)
-    text = module.text_model if with_projection else module
+    text: Any = module.text_model if with_projection else module
     text.embeddings.position_ids = torch.arange(layout.positions).unsqueeze(0)
     return module
 

@@ -67,6 +67,21 @@ def module_lookup(model: nn.Module, prefix: str, extra: dict[str, str] | None = 
     return table
 
 
+def _fits(pair: LoraPair, weight: torch.Tensor) -> bool:
+    return pair.up.shape[0] == weight.shape[0] and pair.down.flatten(1).shape[1] == weight[0].numel()
+
+
+def fitting(model: nn.Module, lookup: dict[str, str], pairs: dict[str, LoraPair]) -> set[str]:
+    """The LoRA names that name a module of `model` with a weight of the right shape."""
+    params = dict(model.named_parameters())
+    out = set()
+    for name, pair in pairs.items():
+        module = lookup.get(name)
+        if module is not None and module + ".weight" in params and _fits(pair, params[module + ".weight"]):
+            out.add(name)
+    return out
+
+
 def patch_weights(model: nn.Module, lookup: dict[str, str], pairs: dict[str, LoraPair], strength: float,
                   base: dict[str, torch.Tensor] | None = None) -> tuple[dict[str, torch.Tensor], set[str]]:
     """New weight tensors for the modules the LoRA names (never touching the model's own tensors).
@@ -74,16 +89,13 @@ def patch_weights(model: nn.Module, lookup: dict[str, str], pairs: dict[str, Lor
     `base` holds already patched weights to stack on (several LoRAs). Returns (patched, used names).
     """
     patched = dict(base or {})
-    used: set[str] = set()
+    used = fitting(model, lookup, pairs)
     params = dict(model.named_parameters())
-    for name, pair in pairs.items():
-        module = lookup.get(name)
-        if module is None:
-            continue
-        key = module + ".weight"
+    for name in sorted(used):
+        pair = pairs[name]
+        key = lookup[name] + ".weight"
         weight = patched.get(key, params[key])
         patched[key] = (weight.float() + strength * pair.delta(weight.shape).to(weight.device)).to(weight.dtype)
-        used.add(name)
     return patched, used
 
 

@@ -238,8 +238,8 @@ class ModelCache:
         _, pairs = self.lora_file(path)
         used: set[str] = set()
         for part in ("unet", "clip"):
-            for _module, lookup in self._lora_targets(ckpt, part).values():
-                used |= set(pairs) & set(lookup)
+            for module, lookup in self._lora_targets(ckpt, part).values():
+                used |= lora_mod.fitting(module, lookup, pairs)
         lora_mod.check_fit(path.name, pairs, used)
 
     @staticmethod
@@ -247,7 +247,10 @@ class ModelCache:
         parts = ckpt.parts
         if part == "unet":
             return {"unet": (parts.unet, lora_mod.module_lookup(parts.unet, "lora_unet_", parts.unet_modules))}
-        prefixes = {"l": "lora_te1_", "g": "lora_te2_"} if len(parts.clips) > 1 else {r: "lora_te_" for r in parts.clips}
+        if len(parts.clips) > 1:
+            prefixes = {"l": "lora_te1_", "g": "lora_te2_"}
+        else:
+            prefixes = {role: "lora_te_" for role in parts.clips}
         return {role: (clip, lora_mod.module_lookup(clip, prefixes[role], add_text_model=True))
                 for role, clip in parts.clips.items()}
 
@@ -263,8 +266,10 @@ class ModelCache:
     def text_encoders(self, ckpt: LoadedCheckpoint, loras: Sequence[LoraSpec] = ()) -> TextEncoders:
         patches = self._patches(ckpt, "clip", loras)
         runners: dict[str, Runner] = {}
-        layers, widths = {}, {}
+        layers: dict[str, int] = {}
+        widths: dict[str, int] = {}
         projection = None
+        clip: Any
         for role, clip in ckpt.parts.clips.items():
             runners[role] = _clip_fn(ClipRunner(clip), patches.get(role, {}))
             layers[role] = clip.config.num_hidden_layers
@@ -277,10 +282,7 @@ class ModelCache:
 def _unet_fn(unet: nn.Module, overrides: dict[str, torch.Tensor]) -> UNetFn:
     def run(x: torch.Tensor, t: torch.Tensor, ctx: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         kwargs = {"encoder_hidden_states": ctx, "class_labels": y, "return_dict": False}
-        if overrides:
-            out = functional_call(unet, overrides, (x, t), kwargs, strict=False)
-        else:
-            out = unet(x, t, **kwargs)
+        out = functional_call(unet, overrides, (x, t), kwargs, strict=False) if overrides else unet(x, t, **kwargs)
         result: torch.Tensor = out[0]
         return result
 

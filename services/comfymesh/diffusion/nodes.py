@@ -262,10 +262,10 @@ def ksampler_advanced(ctx: NodeContext, model: Handle, add_noise: str, noise_see
 def _vae(ctx: NodeContext, handle: Handle) -> torch.nn.Module:
     handle = _expect(ctx, handle, "vae")
     if "file" in handle:
-        digest, vae = _cache().vae_file(resolve_file(ctx, "vae", handle["file"]))
+        digest, file_vae = _cache().vae_file(resolve_file(ctx, "vae", handle["file"]))
         if digest != handle["digest"]:
             raise ModelError(f"VAE {handle['file']} changed on disk since it was loaded", node_id=ctx.node_id)
-        return vae
+        return file_vae
     vae: torch.nn.Module = _checkpoint(ctx, handle).parts.vae
     return vae
 

@@ -7,6 +7,7 @@ import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -103,7 +104,7 @@ class ClipRunner(nn.Module):
         super().__init__()
         self.clip = clip
 
-    def text(self) -> nn.Module:
+    def text(self) -> Any:
         return getattr(self.clip, "text_model", self.clip)
 
     def forward(self, ids: torch.Tensor, vectors: torch.Tensor, use_vectors: torch.Tensor, layer: int,

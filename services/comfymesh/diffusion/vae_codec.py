@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
-from torch import nn
 
 from comfymesh.errors import ResourceExhaustedError
 
 
-def spatial_factor(vae: nn.Module) -> int:
+def spatial_factor(vae: Any) -> int:
     return int(2 ** (len(vae.config.block_out_channels) - 1))
 
 
-def _param(vae: nn.Module) -> torch.Tensor:
+def _param(vae: Any) -> torch.Tensor:
     return next(vae.parameters())
 
 
@@ -29,7 +30,7 @@ def _chunk(batch: int, device: torch.device) -> int:
     return batch if device.type == "cpu" else 4
 
 
-def encode(vae: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
+def encode(vae: Any, pixels: torch.Tensor) -> torch.Tensor:
     """IMAGE [B, H, W, C] in [0, 1] → unscaled latent [B, z, H/f, W/f] float32 on the CPU."""
     p = _param(vae)
     x = crop_pixels(pixels.float(), spatial_factor(vae))[..., :3]
@@ -45,7 +46,7 @@ def encode(vae: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
     return torch.cat(outs)
 
 
-def decode(vae: nn.Module, latent: torch.Tensor) -> torch.Tensor:
+def decode(vae: Any, latent: torch.Tensor) -> torch.Tensor:
     """Unscaled latent → IMAGE [B, H, W, 3] float32 in [0, 1] on the CPU."""
     p = _param(vae)
     outs = []

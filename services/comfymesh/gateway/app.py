@@ -11,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from comfymesh.config import Settings
-from comfymesh.gateway import api_v1, files
+from comfymesh.gateway import api_v1, comfy, files
 from comfymesh.gateway.client import OrchestratorClient, OrchestratorUnavailable
 from comfymesh.gateway.models import Health
 
@@ -64,6 +64,7 @@ def create_app(settings: Settings, client: OrchestratorClient | None = None) -> 
 
     app.include_router(api_v1.router)
     app.include_router(files.router)
+    comfy.install(app)  # last: it ends with the frontend's static mount, which catches every other path
     return app
 
 

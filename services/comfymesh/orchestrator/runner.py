@@ -62,7 +62,10 @@ class JobRunner:
         self.bus = bus
         self.store = bus.store
         self.pool = pool
+        # outputs of nodes stored in the artifact store (bindable across groups and cacheable)
         self.values: dict[str, list[common_pb2.Value]] = {}
+        self.finished: set[str] = set()
+        self.exported: set[str] = set()
         self.plan: Plan | None = None
         self.previews = bool(job.extra_data.get("preview_method", "auto") != "none")
 
@@ -92,12 +95,13 @@ class JobRunner:
                            fingerprint=fingerprint_files(self.settings.home))
         self.plan = plan
         cached = await asyncio.to_thread(self._cached_nodes, plan)
-        if cached:
-            for node_id in cached:
-                ui = cached[node_id]
-                await self.bus.record(self.store.set_node_state, self.job.id, node_id, "cached", ui)
-            await self.bus.emit(self.job.id, "cached", data={"nodes": list(cached)})
-        to_run = set(plan.nodes) - set(cached)
+        to_run = self._nodes_to_run(plan, set(cached))
+        # nodes not run: served from cache, or only feeding outputs that are
+        skipped = [node_id for node_id in plan.order if node_id not in to_run]
+        if skipped:
+            for node_id in skipped:
+                await self.bus.record(self.store.set_node_state, self.job.id, node_id, "cached", cached.get(node_id))
+            await self.bus.emit(self.job.id, "cached", data={"nodes": skipped})
         groups = {group.group_id: group for group in plan_groups(plan, to_run)}
         finished: set[str] = set()
         running: dict[asyncio.Task[None], str] = {}
@@ -117,6 +121,31 @@ class JobRunner:
                 task.cancel()
             if running:
                 await asyncio.gather(*running, return_exceptions=True)
+
+    @staticmethod
+    def _nodes_to_run(plan: Plan, cached: set[str]) -> set[str]:
+        """Walk up from the outputs not served from cache, stopping at cached nodes."""
+        to_run: set[str] = set()
+        stack = [node_id for node_id in plan.outputs if node_id not in cached]
+        while stack:
+            node_id = stack.pop()
+            if node_id in to_run or node_id in cached:
+                continue
+            to_run.add(node_id)
+            stack.extend(source for source, _ in plan.nodes[node_id].links.values())
+        return to_run
+
+    def _exports(self, group: StageGroup, remaining: list[str]) -> list[str]:
+        """Outputs worth storing: what other groups read, and everything but images (small, costly to
+        recompute: conditioning, latents, model handles). Images inside a group stay in the stage's memory."""
+        assert self.plan is not None
+        exports = []
+        for node_id in remaining:
+            node = self.plan.nodes[node_id]
+            leaves_group = any(c not in group.node_ids for c in self.plan.consumers[node_id])
+            if leaves_group or not set(node.outputs) & {"IMAGE", "MASK"}:
+                exports.append(node_id)
+        return exports
 
     def _cached_nodes(self, plan: Plan) -> dict[str, dict[str, Any] | None]:
         """Nodes whose outputs (and stored tensors) the cache still holds, with their UI results."""
@@ -142,7 +171,7 @@ class JobRunner:
             job_id=self.job.id, group_id=group.group_id, attempt=attempt,
             prompt_json=json.dumps(self.job.prompt),
             extra_pnginfo_json=json.dumps(self.job.extra_data.get("extra_pnginfo") or {}),
-            export_node_ids=remaining, previews=self.previews)
+            export_node_ids=self._exports(group, remaining), previews=self.previews)
         for node_id in remaining:
             node = self.plan.nodes[node_id]
             call = request.nodes.add(node_id=node_id, class_type=node.class_type,
@@ -183,6 +212,7 @@ class JobRunner:
 
     async def _stream_group(self, stub: Any, request: stage_pb2.StageRequest) -> None:
         assert self.plan is not None
+        self.exported.update(request.export_node_ids)
         try:
             async for event in stub.RunStage(request):
                 kind = event.WhichOneof("event")
@@ -204,7 +234,7 @@ class JobRunner:
             if exc.code() in _UNAVAILABLE:
                 raise StageUnavailableError(f"stage call lost: {exc.code().name} {exc.details()}") from exc
             raise ComfymeshError(f"stage call failed: {exc.code().name} {exc.details()}") from exc
-        missing = [n for n in request.export_node_ids if n not in self.values]
+        missing = [call.node_id for call in request.nodes if call.node_id not in self.finished]
         if missing:
             raise StageUnavailableError(f"stage call ended before nodes {', '.join(missing)} finished")
 
@@ -212,8 +242,10 @@ class JobRunner:
         assert self.plan is not None
         node = self.plan.nodes[done.node_id]
         ui = json.loads(done.ui_json) if done.ui_json else None
-        self.values[done.node_id] = list(done.outputs)
-        await asyncio.to_thread(self.store.cache_put, node.signature, node.class_type,
-                                [_value_to_dict(v) for v in done.outputs], ui)
+        self.finished.add(done.node_id)
+        if done.node_id in self.exported:
+            self.values[done.node_id] = list(done.outputs)
+            await asyncio.to_thread(self.store.cache_put, node.signature, node.class_type,
+                                    [_value_to_dict(v) for v in done.outputs], ui)
         await self.bus.record(self.store.set_node_state, self.job.id, done.node_id, "done", ui,
                               event="node_done", data={"class_type": node.class_type, "output": ui})

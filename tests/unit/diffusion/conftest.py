@@ -11,10 +11,10 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from comfymesh.diffusion.model_cache import ModelCache, set_model_cache  # noqa: E402
-from comfymesh.diffusion.tiny_checkpoint import make_tiny_checkpoint, make_tiny_lora  # noqa: E402
-from comfymesh.diffusion.tokenizer import tokenizer_dir  # noqa: E402
-from comfymesh.stage.node import NodeContext  # noqa: E402
+from comfymesh.diffusion.model_cache import ModelCache, set_model_cache
+from comfymesh.diffusion.tiny_checkpoint import make_tiny_checkpoint, make_tiny_lora
+from comfymesh.diffusion.tokenizer import tokenizer_dir
+from comfymesh.stage.node import NodeContext
 
 __all__ = ["make_tiny_checkpoint"]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -42,7 +43,8 @@ def test_sdxl_vpred_marker(tmp_path: Path) -> None:
 
 def test_load_builds_modules(tmp_path: Path) -> None:
     parts = load_checkpoint(make_tiny_checkpoint(tmp_path / "a.safetensors", "sd15", seed=1))
-    assert parts.unet.config.cross_attention_dim == 32
+    unet: Any = parts.unet
+    assert unet.config.cross_attention_dim == 32
     assert set(parts.clips) == {"l"}
     assert any(k.startswith("input_blocks.1.1") for k in parts.unet_modules)
     assert all(p.dtype == torch.float32 for p in parts.unet.parameters())

@@ -35,7 +35,7 @@ def txt2img(ctx: NodeContext, ckpt: str, *, seed: int = 1, sampler: str = "euler
 def test_txt2img_shape_and_determinism(node_ctx: NodeContext, ckpt: str) -> None:
     first = txt2img(node_ctx, ckpt, width=64, height=48, batch=2)
     assert first.shape == (2, 48, 64, 3) and first.dtype == torch.float32
-    assert 0.0 <= float(first.min()) and float(first.max()) <= 1.0
+    assert float(first.min()) >= 0.0 and float(first.max()) <= 1.0
     assert torch.equal(first, txt2img(node_ctx, ckpt, width=64, height=48, batch=2))
     assert not torch.equal(first, txt2img(node_ctx, ckpt, seed=2, width=64, height=48, batch=2))
 

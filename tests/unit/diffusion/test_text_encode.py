@@ -10,7 +10,7 @@ from comfymesh.diffusion.text_encode import block_index, encode_prompt, tokenize
 from comfymesh.stage.node import NodeContext
 
 
-def _encoders(cache: ModelCache, ctx: NodeContext, name: str):  # noqa: ANN202
+def _encoders(cache: ModelCache, ctx: NodeContext, name: str):
     ckpt = cache.get(ctx.home / "models" / "checkpoints" / name)
     return ckpt, cache.text_encoders(ckpt)
 
@@ -59,7 +59,7 @@ def test_matches_transformers_forward_for_sd1(node_ctx: NodeContext, model_cache
 
 
 def test_sdxl_concat_and_pooled(node_ctx: NodeContext, model_cache: ModelCache) -> None:
-    ckpt, enc = _encoders(model_cache, node_ctx, "sdxl.safetensors")
+    _, enc = _encoders(model_cache, node_ctx, "sdxl.safetensors")
     cond, pooled = encode_prompt(enc, "a (photo:1.2) of a cat")
     assert cond.shape == (1, 77, 64)
     assert pooled is not None and pooled.shape == (1, 32)

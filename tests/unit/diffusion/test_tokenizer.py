@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from comfymesh.diffusion import tokenizer
 from comfymesh.diffusion.text_encode import tokenize_weighted, windows
@@ -63,7 +64,7 @@ def test_empty_prompt_window() -> None:
 
 
 def test_short_group_moves_whole_to_next_window() -> None:
-    groups = [[(1, 1.0)] * 70, [(2, 1.2)] * 7]
+    groups: list[list[tuple[int | torch.Tensor, float]]] = [[(1, 1.0)] * 70, [(2, 1.2)] * 7]
     wins = windows(groups, pad_id=0)
     assert len(wins) == 2
     assert [t for t, _ in wins[1][1:8]] == [2] * 7

@@ -1,0 +1,34 @@
+"""ComfyUI's HTTP and websocket API, and its web frontend, served by the gateway over the same job store.
+
+Every ComfyUI route exists bare (API scripts) and under `/api` (the frontend), as in ComfyUI (§1.3).
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from comfymesh.gateway.comfy import frontend, prompt, queue, system, uploads, userdata, ws
+
+# routers whose routes ComfyUI registers twice, at /x and /api/x
+_PREFIXED = (prompt.router, queue.router, system.router, uploads.router, userdata.router, frontend.router)
+
+
+def install(app: FastAPI) -> None:
+    """Mount ComfyUI's API on `app`; call it last: the frontend's static files catch every other path."""
+    for router in _PREFIXED:
+        app.include_router(router)
+        app.include_router(router, prefix="/api")
+    app.include_router(queue.jobs_router)
+    app.include_router(system.internal_router)
+    app.include_router(ws.router)
+    app.include_router(frontend.static_router)
+    app.mount("/", frontend.frontend_files(), name="frontend")
+
+    @app.on_event("shutdown")
+    async def stop_hub() -> None:
+        hub = getattr(app.state, "comfy_hub", None)
+        if hub is not None:
+            await hub.stop()
+
+
+__all__ = ["install"]

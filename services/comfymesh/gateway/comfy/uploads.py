@@ -1,0 +1,121 @@
+"""ComfyUI's `/upload/image` and `/upload/mask`: files into input (or temp/output), never outside (§7.2, §7.3)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from PIL import Image, PngImagePlugin
+from starlette.datastructures import FormData, UploadFile
+
+from comfymesh.catalog.files import resolve_inside
+
+router = APIRouter(include_in_schema=False)
+UPLOAD_FOLDERS = ("input", "temp", "output")
+
+
+class UploadRefused(Exception):
+    """A 400 with a sentence saying which field is wrong."""
+
+
+def _target(home: Path, form: FormData, filename: str) -> tuple[Path, str, str]:
+    """(folder to write in, subfolder, folder type) for the form's `type` and `subfolder`."""
+    kind = str(form.get("type") or "input")
+    if kind not in UPLOAD_FOLDERS:
+        raise UploadRefused(f"type must be one of {', '.join(UPLOAD_FOLDERS)}")
+    subfolder = str(form.get("subfolder") or "")
+    base = home / kind
+    folder = resolve_inside(base, subfolder) if subfolder else base.resolve()
+    if folder is None or "/" in filename or "\\" in filename or resolve_inside(folder, filename) is None \
+            or filename in (".", ".."):
+        raise UploadRefused("the file name or subfolder leaves the upload folder")
+    return folder, subfolder, kind
+
+
+def _free_name(folder: Path, filename: str, content: bytes, overwrite: bool) -> tuple[str, bool]:
+    """The name to store under and whether to write: identical content reuses its file, else `name (n).ext`."""
+    if overwrite:
+        return filename, True
+    stem, dot, suffix = filename.rpartition(".")
+    if not dot:
+        stem, suffix = filename, ""
+    digest = hashlib.sha256(content).digest()
+    name, n = filename, 0
+    while (folder / name).exists():
+        if (folder / name).is_file() and hashlib.sha256((folder / name).read_bytes()).digest() == digest:
+            return name, False
+        n += 1
+        name = f"{stem} ({n}){dot}{suffix}"
+    return name, True
+
+
+def _store(home: Path, form: FormData, upload: UploadFile, content: bytes) -> dict[str, Any]:
+    filename = upload.filename or ""
+    if not filename:
+        raise UploadRefused("the image part has no file name")
+    folder, subfolder, kind = _target(home, form, filename)
+    overwrite = str(form.get("overwrite") or "").lower() in ("true", "1")
+    name, write = _free_name(folder, filename, content, overwrite)
+    if write:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(content)
+    return {"name": name, "subfolder": subfolder, "type": kind}
+
+
+def _apply_mask(home: Path, original_ref: Any, mask: bytes) -> bytes:
+    """The referenced image with the mask's alpha channel, its PNG text chunks kept."""
+    try:
+        ref = json.loads(original_ref) if isinstance(original_ref, str) else None
+    except ValueError:
+        ref = None
+    if not isinstance(ref, dict) or not ref.get("filename"):
+        raise UploadRefused("original_ref must be JSON naming the image: {filename, subfolder, type}")
+    kind = str(ref.get("type") or "input")
+    name = "/".join(p for p in (str(ref.get("subfolder") or ""), str(ref["filename"])) if p)
+    path = resolve_inside(home / kind, name) if kind in UPLOAD_FOLDERS else None
+    if path is None or not path.is_file():
+        raise UploadRefused("original_ref names no image in input, temp or output")
+    with Image.open(path) as original:
+        info = PngImagePlugin.PngInfo()
+        for key, value in original.info.items():
+            if isinstance(value, str):
+                info.add_text(key, value)
+        result = original.convert("RGBA")
+    with Image.open(io.BytesIO(mask)) as uploaded:
+        result.putalpha(uploaded.convert("RGBA").getchannel("A").resize(result.size))
+    buffer = io.BytesIO()
+    result.save(buffer, format="PNG", pnginfo=info, compress_level=4)
+    return buffer.getvalue()
+
+
+async def _upload(request: Request, mask: bool) -> Any:
+    form = await request.form()
+    upload = form.get("image")
+    if not isinstance(upload, UploadFile):
+        return JSONResponse({"error": "no image part in the form"}, status_code=400)
+    home = request.app.state.settings.home
+    content = await upload.read()
+    try:
+        if mask:
+            content = await asyncio.to_thread(_apply_mask, home, form.get("original_ref"), content)
+        return await asyncio.to_thread(_store, home, form, upload, content)
+    except UploadRefused as exc:
+        return JSONResponse({"error": str(exc)}, status_code=400)
+    except OSError as exc:  # PIL cannot read an upload: still the client's input
+        return JSONResponse({"error": f"not an image: {exc}"}, status_code=400)
+
+
+@router.post("/upload/image")
+async def upload_image(request: Request) -> Any:
+    return await _upload(request, mask=False)
+
+
+@router.post("/upload/mask")
+async def upload_mask(request: Request) -> Any:
+    return await _upload(request, mask=True)
