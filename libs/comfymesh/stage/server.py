@@ -16,6 +16,7 @@ import grpc
 from comfymesh.artifacts import ArtifactStore
 from comfymesh.catalog import Catalog
 from comfymesh.config import Settings
+from comfymesh.outputs import preview_image, save_image
 from comfymesh.rpc import start_server
 from comfymesh.stage.node import NodeImpl
 from comfymesh.stage.runtime import GroupRun
@@ -38,7 +39,8 @@ class StageServicer(stage_pb2_grpc.StageServicer):
     def __init__(self, stage: str, nodes: dict[str, NodeImpl], settings: Settings, version: str,
                  device: str = "cpu") -> None:
         self.stage = stage
-        self.nodes = nodes
+        # output nodes run in whichever stage produced their image, so every stage hosts them
+        self.nodes = {"SaveImage": save_image, "PreviewImage": preview_image, **nodes}
         self.settings = settings
         self.version = version
         self.device = device

@@ -398,8 +398,27 @@ def clip_config(layout: ClipLayout) -> Any:
     )
 
 
-def _materialise(build: Callable[[], Any], state: dict[str, torch.Tensor], what: str, name: str) -> Any:
-    """Build a module without allocating random weights, then take the converted weights as its own."""
+@dataclass(frozen=True)
+class Placement:
+    """Where and in which dtypes the parts live (ComfyUI: fp32 on CPU; fp16 UNet, bf16 VAE on a GPU)."""
+
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    unet_dtype: torch.dtype = torch.float32
+    vae_dtype: torch.dtype = torch.float32
+
+    @staticmethod
+    def for_device(device: torch.device) -> Placement:
+        if device.type == "cuda":
+            return Placement(device, torch.float16, torch.bfloat16)
+        return Placement(device)
+
+
+def _materialise(build: Callable[[], Any], state: dict[str, torch.Tensor], what: str, name: str,
+                 device: torch.device, dtype: torch.dtype) -> Any:
+    """Build a module without allocating random weights, then take the converted weights as its own
+    (cast straight to the target device and dtype, so no full-precision copy is ever made)."""
+    state = {k: v.to(device=device, dtype=dtype) if v.is_floating_point() else v.to(device)
+             for k, v in state.items()}
     with torch.device("meta"):
         module = build()
     result = module.load_state_dict(state, strict=False, assign=True)
@@ -411,13 +430,14 @@ def _materialise(build: Callable[[], Any], state: dict[str, torch.Tensor], what:
     return module
 
 
-def build_unet(src: TensorSource, rec: Recognition) -> torch.nn.Module:
+def build_unet(src: TensorSource, rec: Recognition, place: Placement) -> torch.nn.Module:
     from diffusers import UNet2DConditionModel
     from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
 
     cfg = unet_config(rec.unet, rec.family)
     state = convert_ldm_unet_checkpoint(src.with_prefix(UNET_PREFIX), cfg)
-    return _materialise(lambda: UNet2DConditionModel(**cfg), state, "UNet", src.path.name)
+    return _materialise(lambda: UNet2DConditionModel(**cfg), state, "UNet", src.path.name, place.device,
+                        place.unet_dtype)
 
 
 def unet_module_map(src: TensorSource, rec: Recognition) -> dict[str, str]:
@@ -435,7 +455,7 @@ def unet_module_map(src: TensorSource, rec: Recognition) -> dict[str, str]:
     return out
 
 
-def build_vae(src: TensorSource, layout: VAELayout, prefix: str) -> torch.nn.Module:
+def build_vae(src: TensorSource, layout: VAELayout, prefix: str, place: Placement) -> torch.nn.Module:
     from diffusers import AutoencoderKL
     from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 
@@ -448,10 +468,10 @@ def build_vae(src: TensorSource, layout: VAELayout, prefix: str) -> torch.nn.Mod
                 state[k] = v[:, :, 0, 0]
     else:
         state = convert_ldm_vae_checkpoint(raw, cfg)
-    return _materialise(lambda: AutoencoderKL(**cfg), state, "VAE", src.path.name)
+    return _materialise(lambda: AutoencoderKL(**cfg), state, "VAE", src.path.name, place.device, place.vae_dtype)
 
 
-def build_clip(src: TensorSource, layout: ClipLayout) -> torch.nn.Module:
+def build_clip(src: TensorSource, layout: ClipLayout, place: Placement) -> torch.nn.Module:
     from diffusers.loaders.single_file_utils import convert_ldm_clip_checkpoint, convert_open_clip_checkpoint
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
@@ -476,9 +496,10 @@ def build_clip(src: TensorSource, layout: ClipLayout) -> torch.nn.Module:
     # ComfyUI holds text encoder weights in fp16 and computes in fp32: round once here
     state = {k: v.to(torch.float16).to(torch.float32) for k, v in state.items()}
     model_cls = CLIPTextModelWithProjection if with_projection else CLIPTextModel
-    module = _materialise(lambda: model_cls(cfg), state, f"text encoder {layout.prefix}", src.path.name)
+    module = _materialise(lambda: model_cls(cfg), state, f"text encoder {layout.prefix}", src.path.name,
+                          place.device, torch.float32)
     text: Any = module.text_model if with_projection else module
-    text.embeddings.position_ids = torch.arange(layout.positions).unsqueeze(0)
+    text.embeddings.position_ids = torch.arange(layout.positions, device=place.device).unsqueeze(0)
     return module
 
 
@@ -493,30 +514,31 @@ class CheckpointParts:
     unet_modules: dict[str, str] = field(default_factory=dict)  # LDM → diffusers module names
 
 
-def load_checkpoint(path: Path) -> CheckpointParts:
+def load_checkpoint(path: Path, place: Placement | None = None) -> CheckpointParts:
     """Recognise and build every part of a single-file checkpoint; ModelError on anything unusable."""
+    place = place or Placement()
     if not path.is_file():
         raise ModelError(f"checkpoint file {path} does not exist")
     src = TensorSource(path)
     rec = recognise(src)
     assert rec.vae is not None
     try:
-        unet = build_unet(src, rec)
-        vae = build_vae(src, rec.vae, VAE_PREFIX)
-        clips = {c.role: build_clip(src, c) for c in rec.clips}
+        unet = build_unet(src, rec, place)
+        vae = build_vae(src, rec.vae, VAE_PREFIX, place)
+        clips = {c.role: build_clip(src, c, place) for c in rec.clips}
         modules = unet_module_map(src, rec)
     except ModelError:
         raise
     except Exception as exc:
         raise ModelError(f"{path.name}: {rec.family} checkpoint could not be converted: {exc}") from exc
     for m in (unet, vae, *clips.values()):
-        m.float().eval().requires_grad_(False)
+        m.eval().requires_grad_(False)
         if any(t.is_meta for t in (*m.parameters(), *m.buffers())):
             raise ModelError(f"{path.name}: some weights were not found in the file")
     return CheckpointParts(rec, unet, vae, clips, modules)
 
 
-def load_vae_file(path: Path) -> torch.nn.Module:
+def load_vae_file(path: Path, place: Placement | None = None) -> torch.nn.Module:
     """A standalone VAE file (LDM or diffusers naming, with or without `first_stage_model.`)."""
     if not path.is_file():
         raise ModelError(f"VAE file {path} does not exist")
@@ -526,9 +548,9 @@ def load_vae_file(path: Path) -> torch.nn.Module:
     if layout is None:
         raise ModelError(f"{path.name} is not a VAE: found {_found_summary(src)}")
     try:
-        vae = build_vae(src, layout, prefix)
+        vae = build_vae(src, layout, prefix, place or Placement())
     except ModelError:
         raise
     except Exception as exc:
         raise ModelError(f"{path.name}: VAE could not be converted: {exc}") from exc
-    return vae.float().eval().requires_grad_(False)
+    return vae.eval().requires_grad_(False)

@@ -20,7 +20,7 @@ from torch import nn
 from torch.func import functional_call
 
 from comfymesh.diffusion import lora as lora_mod
-from comfymesh.diffusion.checkpoint import CheckpointParts, load_checkpoint, load_vae_file
+from comfymesh.diffusion.checkpoint import CheckpointParts, Placement, load_checkpoint, load_vae_file
 from comfymesh.diffusion.guidance import UNetFn
 from comfymesh.diffusion.ksampler import SamplingModel
 from comfymesh.diffusion.latent_formats import LatentFormat, for_family
@@ -74,8 +74,11 @@ class _Entry:
 class ModelCache:
     """Process-wide cache of model weights (thread-safe; loads happen under one lock)."""
 
-    def __init__(self, budget_bytes: int | None = None, device: torch.device | None = None) -> None:
+    def __init__(self, budget_bytes: int | None = None, device: torch.device | None = None,
+                 checkpoints_dir: Path | None = None) -> None:
         self.device = device or default_device()
+        self.placement = Placement.for_device(self.device)
+        self.checkpoints_dir = checkpoints_dir
         if budget_bytes is None:
             env = os.environ.get(BUDGET_ENV)
             if env:
@@ -137,8 +140,8 @@ class ModelCache:
         digest = self.digest(ckpt_path)
 
         def load() -> tuple[Any, int, dict[str, Any]]:
-            parts = load_checkpoint(ckpt_path)
-            loaded = self._place(ckpt_path, digest, parts)
+            parts = load_checkpoint(ckpt_path, self.placement)
+            loaded = self._describe(ckpt_path, digest, parts)
             info = {"name": ckpt_path.name, "digest": digest, "bytes": loaded.nbytes, "device": str(self.device),
                     "kind": "checkpoint"}
             return loaded, loaded.nbytes, info
@@ -146,19 +149,12 @@ class ModelCache:
         value: LoadedCheckpoint = self._get_or_load(f"ckpt:{digest}", load)
         return value
 
-    def _place(self, path: Path, digest: str, parts: CheckpointParts) -> LoadedCheckpoint:
-        cuda = self.device.type == "cuda"
-        unet_dtype = torch.float16 if cuda else torch.float32
-        vae_dtype = torch.bfloat16 if cuda else torch.float32
-        # nn.Module.to directly: diffusers' own .to() only adds a warning about fp32-kept modules (none here)
-        nn.Module.to(parts.unet, self.device, unet_dtype)
-        nn.Module.to(parts.vae, self.device, vae_dtype)
-        for clip in parts.clips.values():
-            clip.to(self.device)  # fp32 compute on fp16-rounded weights, as ComfyUI
+    def _describe(self, path: Path, digest: str, parts: CheckpointParts) -> LoadedCheckpoint:
         rec = parts.recognition
+        place = self.placement
         return LoadedCheckpoint(
-            name=path.name, path=path, digest=digest, parts=parts, device=self.device, unet_dtype=unet_dtype,
-            vae_dtype=vae_dtype, nbytes=module_bytes(parts.unet, parts.vae, *parts.clips.values()),
+            name=path.name, path=path, digest=digest, parts=parts, device=self.device, unet_dtype=place.unet_dtype,
+            vae_dtype=place.vae_dtype, nbytes=module_bytes(parts.unet, parts.vae, *parts.clips.values()),
             sampling=ModelSampling(zero_terminal_snr=rec.ztsnr), latent_format=for_family(rec.family),
         )
 
@@ -167,8 +163,12 @@ class ModelCache:
             return [{k: e.info[k] for k in ("name", "digest", "bytes", "device")}
                     for e in self._entries.values() if e.info.get("kind") == "checkpoint"]
 
-    def load(self, name: str, checkpoints_dir: Path) -> LoadedCheckpoint:
-        return self.get(checkpoints_dir / name)
+    def load(self, name: str, checkpoints_dir: Path | None = None) -> LoadedCheckpoint:
+        """Load a checkpoint by file name from `checkpoints_dir` (default: the one given at construction)."""
+        root = checkpoints_dir or self.checkpoints_dir
+        if root is None:
+            raise ModelError(f"cannot load {name!r}: no checkpoints folder configured")
+        return self.get(root / name)
 
     def unload(self, name: str | None = None) -> int:
         """Drop one checkpoint (by file name or digest) with its patches, or everything (None)."""
@@ -192,8 +192,7 @@ class ModelCache:
         digest = self.digest(path)
 
         def load() -> tuple[Any, int, dict[str, Any]]:
-            vae = load_vae_file(path)
-            nn.Module.to(vae, self.device, torch.bfloat16 if self.device.type == "cuda" else torch.float32)
+            vae = load_vae_file(path, self.placement)
             return vae, module_bytes(vae), {"name": path.name, "digest": digest, "kind": "vae"}
 
         return digest, self._get_or_load(f"vae:{digest}", load)

@@ -15,7 +15,7 @@ from wand.exceptions import WandException
 
 from comfymesh.errors import NodeInputError
 from comfymesh.imaging import ops
-from comfymesh.outputs import as_image_batch, preview_image, save_image
+from comfymesh.outputs import as_image_batch
 from comfymesh.stage.node import NodeContext, NodeImpl
 
 _ANNOTATION = re.compile(r"^(?P<name>.*) \[(?P<folder>input|output|temp)\]$")
@@ -147,6 +147,4 @@ NODES: dict[str, NodeImpl] = {
     "ImageCrop": image_crop,
     "ImageBatch": image_batch,
     "EmptyImage": empty_image,
-    "SaveImage": save_image,
-    "PreviewImage": preview_image,
 }

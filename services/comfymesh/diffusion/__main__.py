@@ -1,0 +1,45 @@
+"""`python -m comfymesh.diffusion`: the torch stage (checkpoints, CLIP, samplers, VAE) and ModelRunner."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+
+from comfymesh.config import get_settings
+from comfymesh.stage.node import NodeImpl
+from comfymesh.stage.server import StageServicer, stage_main
+
+
+def _nodes() -> dict[str, NodeImpl]:
+    from comfymesh.diffusion.nodes import NODES
+
+    return NODES
+
+
+def _device() -> str:
+    from comfymesh.diffusion.model_cache import get_model_cache
+    from comfymesh.diffusion.model_runner import device_name
+
+    return device_name(get_model_cache().device)
+
+
+def _model_runner(stage: StageServicer) -> tuple[list, list[str]]:
+    from comfymesh.diffusion.model_runner import ModelRunnerServicer
+    from comfymesh.v1 import model_runner_pb2_grpc
+
+    servicer = ModelRunnerServicer(stage.settings.home, stage.nodes, stage.store)
+
+    def register(server: grpc.aio.Server) -> None:
+        model_runner_pb2_grpc.add_ModelRunnerServicer_to_server(servicer, server)
+
+    return [register], ["comfymesh.v1.ModelRunner"]
+
+
+def main() -> None:
+    stage_main("diffusion", _nodes, Path(__file__).parent, get_settings().diffusion_replicas.split(",")[0],
+               device=_device, extra=_model_runner)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+"""The ModelRunner gRPC service: list, load and unload resident models; run one node directly."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import grpc
+import torch
+
+from comfymesh.artifacts import ArtifactStore, decode_value, encode_value
+from comfymesh.catalog import Catalog
+from comfymesh.diffusion.model_cache import ModelCache, get_model_cache
+from comfymesh.errors import ComfymeshError
+from comfymesh.rpc.failures import failure_from_exception
+from comfymesh.stage.node import NodeContext, NodeImpl
+from comfymesh.v1 import model_runner_pb2, model_runner_pb2_grpc
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{device} {torch.cuda.get_device_name(device)}"
+    return str(device)
+
+
+def device_memory(device: torch.device) -> tuple[int, int]:
+    """(total, free) bytes of the device: GPU memory, or system RAM for the CPU."""
+    if device.type == "cuda":
+        free, total = torch.cuda.mem_get_info(device)
+        return int(total), int(free)
+    info = {}
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        key, _, rest = line.partition(":")
+        info[key] = int(rest.split()[0]) * 1024
+    return info.get("MemTotal", 0), info.get("MemAvailable", 0)
+
+
+class ModelRunnerServicer(model_runner_pb2_grpc.ModelRunnerServicer):
+    def __init__(self, home: Path, nodes: dict[str, NodeImpl], store: ArtifactStore,
+                 cache: ModelCache | None = None) -> None:
+        self.home = home
+        self.nodes = nodes
+        self.store = store
+        self.catalog = Catalog(home)
+        self.cache = cache or get_model_cache()
+
+    def _info(self, entry: dict[str, Any], loaded: bool) -> model_runner_pb2.ModelInfo:
+        return model_runner_pb2.ModelInfo(name=entry["name"], digest=entry.get("digest", ""),
+                                          bytes=int(entry.get("bytes", 0)), device=str(entry.get("device", "")),
+                                          family=str(entry.get("family", "")), loaded=loaded)
+
+    async def ListModels(self, request: model_runner_pb2.ListModelsRequest,  # noqa: N802
+                         context: grpc.aio.ServicerContext) -> model_runner_pb2.ListModelsResponse:
+        loaded = await asyncio.to_thread(self.cache.list)
+        names = {entry["name"] for entry in loaded}
+        on_disk = [{"name": name, "bytes": (self.home / "models" / "checkpoints" / name).stat().st_size}
+                   for name in self.catalog.model_files("checkpoints") if name not in names]
+        total, free = await asyncio.to_thread(device_memory, self.cache.device)
+        return model_runner_pb2.ListModelsResponse(
+            models=[self._info(e, True) for e in loaded] + [self._info(e, False) for e in on_disk],
+            memory_budget_bytes=self.cache.budget, memory_used_bytes=self.cache.used_bytes(),
+            device=device_name(self.cache.device), device_total_bytes=total, device_free_bytes=free)
+
+    async def LoadModel(self, request: model_runner_pb2.LoadModelRequest,  # noqa: N802
+                        context: grpc.aio.ServicerContext) -> model_runner_pb2.ModelInfo:
+        if request.name not in self.catalog.model_files("checkpoints"):
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no checkpoint {request.name!r} in models/checkpoints")
+        try:
+            loaded = await asyncio.to_thread(self.cache.load, request.name, self.home / "models" / "checkpoints")
+        except ComfymeshError as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, exc.message)
+        return model_runner_pb2.ModelInfo(name=loaded.name, digest=loaded.digest, bytes=loaded.nbytes,
+                                          device=str(loaded.device), family=loaded.family, loaded=True)
+
+    async def UnloadModel(self, request: model_runner_pb2.UnloadModelRequest,  # noqa: N802
+                          context: grpc.aio.ServicerContext) -> model_runner_pb2.UnloadModelResponse:
+        before = {entry["name"] for entry in self.cache.list()}
+        await asyncio.to_thread(self.cache.unload, request.name or None)
+        after = {entry["name"] for entry in self.cache.list()}
+        return model_runner_pb2.UnloadModelResponse(unloaded=sorted(before - after))
+
+    async def Infer(self, request: model_runner_pb2.InferRequest,  # noqa: N802
+                    context: grpc.aio.ServicerContext) -> model_runner_pb2.InferResponse:
+        impl = self.nodes.get(request.class_type)
+        definition = self.catalog.get(request.class_type)
+        if impl is None or definition is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"this stage does not run {request.class_type}")
+        assert impl is not None and definition is not None
+
+        def run() -> model_runner_pb2.InferResponse:
+            inputs: dict[str, Any] = json.loads(request.literal_inputs_json or "{}")
+            inputs.update({name: decode_value(value, self.store) for name, value in request.inputs.items()})
+            ctx = NodeContext(job_id="infer", node_id="infer", class_type=request.class_type, home=self.home)
+            try:
+                outputs = impl(ctx, **inputs)
+            except Exception as exc:
+                return model_runner_pb2.InferResponse(failure=failure_from_exception(exc, "infer", request.class_type))
+            return model_runner_pb2.InferResponse(outputs=[
+                encode_value(definition.outputs[slot], value, self.store) for slot, value in enumerate(outputs)])
+
+        return await asyncio.to_thread(run)
