@@ -305,13 +305,17 @@ def recognise(src: TensorSource) -> Recognition:
     return Recognition(family, prediction, family == "sdxl" and src.has("ztsnr"), unet, clips, vae)
 
 
+def vpred_probe_key(keys: list[str]) -> str | None:
+    """The bias ComfyUI inspects to tell SD2 768-v from 512-base: the first transformer's norm1 bias in the
+    last output block (block 11 in the real layout); for other layouts, the last output block that has one."""
+    rx = re.compile(r"model\.diffusion_model\.output_blocks\.(\d+)\.1\.transformer_blocks\.0\.norm1\.bias$")
+    found = sorted((int(m.group(1)), k) for k in keys if (m := rx.match(k)))
+    return found[-1][1] if found else None
+
+
 def _sd2_is_vpred(src: TensorSource) -> bool:
-    # 768-v and 512-base differ in the spread of this bias (ComfyUI's rule, at output block 11 for the
-    # real layout, which is the last output block: we take the last one so tiny layouts follow it too)
-    rx = re.compile(r"model\.diffusion_model\.output_blocks\.(\d+)\.")
-    blocks = sorted({int(m.group(1)) for k in src.keys if (m := rx.match(k))})
-    key = f"{UNET_PREFIX}output_blocks.{blocks[-1]}.1.transformer_blocks.0.norm1.bias"
-    if not src.has(key):
+    key = vpred_probe_key(src.keys)
+    if key is None:
         return False
     return float(src.get(key).float().std(unbiased=False)) > 0.09
 

@@ -143,7 +143,7 @@ class ModelCache:
             parts = load_checkpoint(ckpt_path, self.placement)
             loaded = self._describe(ckpt_path, digest, parts)
             info = {"name": ckpt_path.name, "digest": digest, "bytes": loaded.nbytes, "device": str(self.device),
-                    "kind": "checkpoint"}
+                    "family": loaded.family, "kind": "checkpoint"}
             return loaded, loaded.nbytes, info
 
         value: LoadedCheckpoint = self._get_or_load(f"ckpt:{digest}", load)
@@ -160,7 +160,7 @@ class ModelCache:
 
     def list(self) -> list[dict[str, Any]]:
         with self._lock:
-            return [{k: e.info[k] for k in ("name", "digest", "bytes", "device")}
+            return [{k: e.info[k] for k in ("name", "digest", "bytes", "device", "family")}
                     for e in self._entries.values() if e.info.get("kind") == "checkpoint"]
 
     def load(self, name: str, checkpoints_dir: Path | None = None) -> LoadedCheckpoint:

@@ -22,7 +22,8 @@ _INERT_TYPES = {"text/html", "application/xhtml+xml", "text/javascript", "applic
 
 def _reencode(path: Path, preview: str | None, channel: str) -> tuple[bytes, str]:
     """The `preview=<format>;<quality>` and `channel=rgb|a|rgba` variants of an image."""
-    with Image.open(path) as image:
+    with Image.open(path) as opened:
+        image: Image.Image = opened
         image.load()
         if channel == "a":
             alpha = image.getchannel("A") if "A" in image.getbands() else Image.new("L", image.size, 255)

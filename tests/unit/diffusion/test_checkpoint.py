@@ -30,8 +30,9 @@ def test_tiny_layouts_recognised(tmp_path: Path, family: str, expected: str, pre
 def test_sizes_come_from_shapes(tmp_path: Path) -> None:
     rec = recognise(TensorSource(make_tiny_checkpoint(tmp_path / "x.safetensors", "sdxl")))
     u = rec.unet
-    assert (u.model_channels, u.level_channels, u.res_blocks) == (32, (32, 64), 1)
-    assert (u.depth, u.mid_depth, u.context_dim, u.adm, u.linear_proj) == ((0, 2), 2, 64, 32 + 1536, True)
+    assert (u.model_channels, u.level_channels, u.res_blocks) == (32, (32, 32, 64), 1)
+    assert (u.depth, u.up_depth, u.mid_depth) == ((0, 0, 2), (2, 0, 0), 2)
+    assert (u.context_dim, u.adm, u.linear_proj) == (64, 32 + 1536, True)
     assert [(c.width, c.layers, c.vocab) for c in rec.clips] == [(32, 3, 49408), (32, 3, 49408)]
     assert rec.vae is not None and rec.vae.level_channels == (32, 32, 32, 32)
 
@@ -46,7 +47,7 @@ def test_load_builds_modules(tmp_path: Path) -> None:
     unet: Any = parts.unet
     assert unet.config.cross_attention_dim == 32
     assert set(parts.clips) == {"l"}
-    assert any(k.startswith("input_blocks.1.1") for k in parts.unet_modules)
+    assert parts.unet_modules["input_blocks.4.1.proj_in"] == "down_blocks.1.attentions.0.proj_in"
     assert all(p.dtype == torch.float32 for p in parts.unet.parameters())
 
 

@@ -66,7 +66,7 @@ def test_lora_that_fits_nothing(node_ctx: NodeContext) -> None:
 def test_lora_with_wrong_shapes_fits_nothing(node_ctx: NodeContext) -> None:
     # right module names (attention projections of sd15), wrong widths: nothing may be patched
     path = node_ctx.home / "models" / "loras" / "wrong_shapes.safetensors"
-    name = "lora_unet_input_blocks_1_1_transformer_blocks_0_attn1_to_q"
+    name = "lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q"
     save_file({f"{name}.lora_up.weight": torch.zeros(48, 2), f"{name}.lora_down.weight": torch.zeros(2, 48)},
               str(path))
     model, clip, _ = NODES["CheckpointLoaderSimple"](node_ctx, ckpt_name="sd15.safetensors")
@@ -77,7 +77,7 @@ def test_lora_with_wrong_shapes_fits_nothing(node_ctx: NodeContext) -> None:
 
 def test_diffusers_named_lora_keys_apply(node_ctx: NodeContext, model_cache: ModelCache) -> None:
     path = node_ctx.home / "models" / "loras" / "diffusers_names.safetensors"
-    name = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
+    name = "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn1_to_q"
     gen = torch.Generator().manual_seed(0)
     save_file({f"{name}.lora_up.weight": torch.randn(32, 2, generator=gen),
                f"{name}.lora_down.weight": torch.randn(2, 32, generator=gen),

@@ -23,7 +23,7 @@ async def queue_prompt(request: Request) -> Any:
     body = await read_json_body(request)
     if not isinstance(body, dict) or "prompt" not in body:
         return comfy_error("no_prompt", "No prompt provided", "No prompt provided")
-    extra_data = body.get("extra_data") if isinstance(body.get("extra_data"), dict) else {}
+    extra_data: dict[str, Any] = body["extra_data"] if isinstance(body.get("extra_data"), dict) else {}
     client_id = body.get("client_id")
     number = body.get("number")
     priority = float(number) if isinstance(number, int | float) and not isinstance(number, bool) else None

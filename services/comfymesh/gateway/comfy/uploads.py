@@ -84,7 +84,7 @@ def _apply_mask(home: Path, original_ref: Any, mask: bytes) -> bytes:
     with Image.open(path) as original:
         info = PngImagePlugin.PngInfo()
         for key, value in original.info.items():
-            if isinstance(value, str):
+            if isinstance(key, str) and isinstance(value, str):
                 info.add_text(key, value)
         result = original.convert("RGBA")
     with Image.open(io.BytesIO(mask)) as uploaded:

@@ -1,0 +1,128 @@
+"""The shared sample workflows through the whole mesh with tiny random-weight checkpoints on CPU."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from tests.mesh import SHARED, Mesh
+
+CHECKPOINTS = {"sd15.safetensors": "sd15", "sdxl.safetensors": "sdxl"}
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
+    home = tmp_path_factory.mktemp("diffusion-home")
+    mesh = Mesh(home, stages=("imaging", "diffusion"))
+    for name, family in CHECKPOINTS.items():
+        subprocess.run([sys.executable, "-m", "comfymesh.diffusion.tiny_checkpoint", "--family", family,
+                        "--seed", "1", str(home / "models" / "checkpoints" / name)], check=True, capture_output=True)
+    shutil.copy(SHARED / "data" / "coffee.png", home / "input" / "example.png")
+    try:
+        yield mesh.start()
+    finally:
+        mesh.stop()
+
+
+def small(name: str) -> dict[str, Any]:
+    """A sample workflow at a CPU-friendly size (sizes scaled down 8x, a few steps); the graph is unchanged."""
+    prompt = json.loads((SHARED / "workflows" / f"{name}.json").read_text())
+    for node in prompt.values():
+        inputs = node["inputs"]
+        if node["class_type"] in ("EmptyLatentImage", "ImageScale"):
+            inputs["width"] //= 8
+            inputs["height"] //= 8
+        if node["class_type"] == "KSampler":
+            inputs["steps"] = min(inputs["steps"], 3)
+    return prompt
+
+
+def sizes(mesh: Mesh, job: dict[str, Any]) -> list[tuple[int, int]]:
+    return [Image.open(io.BytesIO(mesh.http.get(f"/v1/jobs/{job['job_id']}/output",
+                                                params={"index": i}).content)).size
+            for i in range(len(job["images"]))]
+
+
+def run(mesh: Mesh, prompt: dict[str, Any]) -> dict[str, Any]:
+    job = mesh.wait(mesh.submit(prompt), timeout=300)
+    assert job["status"] == "completed", job["error"]
+    return job
+
+
+def test_txt2img_sd15(mesh: Mesh) -> None:
+    job = run(mesh, small("txt2img_sd15"))
+    assert sizes(mesh, job) == [(64, 64)]
+
+
+def test_img2img_sd15(mesh: Mesh) -> None:
+    job = run(mesh, small("img2img_sd15"))
+    assert sizes(mesh, job) == [(64, 64)]
+
+
+def test_hires_fix_mixes_diffusion_and_imaging(mesh: Mesh) -> None:
+    job = run(mesh, small("hires_fix_branches_sd15"))
+    # batch of 2: hires (64 * 1.5) and thumbnails (64 * 0.5), saved by different stages
+    assert sizes(mesh, job) == [(96, 96), (96, 96), (32, 32), (32, 32)]
+    stages_by_prefix = {image["filename"].split("_")[0] for image in job["images"]}
+    assert stages_by_prefix == {"hires", "thumb"}
+
+
+def test_txt2img_sdxl(mesh: Mesh) -> None:
+    job = run(mesh, small("txt2img_sdxl"))
+    assert sizes(mesh, job) == [(128, 128)]
+
+
+def test_rerun_without_cache_gives_identical_bytes(mesh: Mesh) -> None:
+    prompt = small("txt2img_sd15")
+    prompt["9"]["inputs"]["filename_prefix"] = "determinism"
+    first = mesh.http.get(f"/v1/jobs/{run(mesh, prompt)['job_id']}/output").content
+    # forget every cached node output so the second run recomputes everything
+    with sqlite3.connect(mesh.home / "comfymesh.db") as db:
+        db.execute("DELETE FROM node_cache")
+    second_job = run(mesh, prompt)
+    events = mesh.events(f"/v1/jobs/{second_job['job_id']}/events")
+    assert {"3", "4", "8"} <= {e["data"]["node_id"] for e in events if e["event"] == "node_running"}
+    second = mesh.http.get(f"/v1/jobs/{second_job['job_id']}/output").content
+    assert first == second
+
+
+def test_progress_reaches_sse_subscribers(mesh: Mesh) -> None:
+    prompt = small("txt2img_sd15")
+    prompt["3"]["inputs"]["seed"] = 99
+    job_id = mesh.submit(prompt)
+    events = mesh.events(f"/v1/jobs/{job_id}/events")
+    progress = [(e["data"]["value"], e["data"]["max"]) for e in events if e["event"] == "node_progress"]
+    assert progress == [(1, 3), (2, 3), (3, 3)]
+    # a new seed reuses the checkpoint load and text encodes
+    cached = [e for e in events if e["event"] == "cached"]
+    assert cached and {"4", "6", "7"} <= set(cached[0]["data"]["nodes"])
+
+
+def test_missing_checkpoint_lists_what_exists(mesh: Mesh) -> None:
+    prompt = small("txt2img_sd15")
+    prompt["4"]["inputs"]["ckpt_name"] = "nope.safetensors"
+    reply = mesh.http.post("/v1/workflows", json={"prompt": prompt})
+    assert reply.status_code == 400
+    error = reply.json()["node_errors"]["4"]["errors"][0]
+    assert error["type"] == "value_not_in_list"
+    assert "nope.safetensors" in error["details"] and "sd15.safetensors" in error["details"]
+
+
+def test_checkpoints_endpoint_gives_size_and_digest(mesh: Mesh) -> None:
+    import hashlib
+
+    listing = mesh.http.get("/v1/checkpoints").json()["checkpoints"]
+    assert [c["name"] for c in listing] == sorted(CHECKPOINTS)
+    path = mesh.home / "models" / "checkpoints" / "sd15.safetensors"
+    entry = next(c for c in listing if c["name"] == "sd15.safetensors")
+    assert entry["size"] == path.stat().st_size
+    assert entry["digest"] == hashlib.sha256(path.read_bytes()).hexdigest()
