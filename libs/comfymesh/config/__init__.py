@@ -8,6 +8,8 @@ from pathlib import Path
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from comfymesh.config.policies import RetryPolicy, TimeoutPolicy
+
 
 class Settings(BaseSettings):
     """Zero-configuration defaults that run the whole mesh on one machine."""
@@ -25,6 +27,14 @@ class Settings(BaseSettings):
     stage_slots: int = Field(2, ge=1, le=64, description="stage calls one stage replica runs at once")
     max_running_jobs: int = Field(4, ge=1, le=256, description="jobs the orchestrator drives at once")
     max_attempts: int = Field(3, ge=1, le=20, description="attempts per stage call before a job fails")
+    queue_wait_timeout_s: float = Field(24 * 3600.0, gt=0, description="longest a job may wait in the queue")
+    attempt_timeout_s: float = Field(30 * 60.0, gt=0, description="longest one stage call may run")
+    job_timeout_s: float = Field(30 * 60.0, gt=0, description="longest a job may run (per job overridable)")
+    heartbeat_timeout_s: float = Field(300.0, gt=0, description="longest a stage may stay silent during a call")
+    max_queue: int = Field(1000, ge=1, description="queued jobs accepted before submits get 429")
+    max_pixels: int = Field(4096 * 4096, ge=64, description="largest image (width x height) a node may make")
+    max_batch: int = Field(64, ge=1, description="largest batch_size a node may make")
+    max_steps: int = Field(1000, ge=1, description="most sampling steps per sampler node")
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="largest accepted request body")
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
     log_json: bool = Field(True, description="structured JSON logs (false: plain text)")
@@ -33,6 +43,15 @@ class Settings(BaseSettings):
     @classmethod
     def _absolute_home(cls, value: Path) -> Path:
         return value.expanduser().resolve()
+
+    @property
+    def retry_policy(self) -> RetryPolicy:
+        return RetryPolicy(max_attempts=self.max_attempts)
+
+    @property
+    def timeout_policy(self) -> TimeoutPolicy:
+        return TimeoutPolicy(queue_wait_s=self.queue_wait_timeout_s, attempt_s=self.attempt_timeout_s,
+                             overall_s=self.job_timeout_s, heartbeat_s=self.heartbeat_timeout_s)
 
     @property
     def artifacts(self) -> str:
@@ -59,4 +78,4 @@ def get_settings() -> Settings:
     return Settings()
 
 
-__all__ = ["Settings", "get_settings"]
+__all__ = ["RetryPolicy", "Settings", "TimeoutPolicy", "get_settings"]

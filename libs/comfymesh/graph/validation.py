@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from comfymesh.catalog import Catalog, InputSpec, NodeDef
+from comfymesh.graph.limits import NodeCheck
 
 Prompt = dict[str, dict[str, Any]]
 # Inputs whose value a node checks itself (ComfyUI's VALIDATE_INPUTS): name -> check returning an error or None.
@@ -69,10 +70,12 @@ def _types_match(received: str, expected: str) -> bool:
 
 
 class _Validator:
-    def __init__(self, prompt: Prompt, catalog: Catalog, custom_checks: dict[tuple[str, str], CustomCheck]):
+    def __init__(self, prompt: Prompt, catalog: Catalog, custom_checks: dict[tuple[str, str], CustomCheck],
+                 node_check: NodeCheck | None = None):
         self.prompt = prompt
         self.catalog = catalog
         self.custom_checks = custom_checks
+        self.node_check = node_check
         self.valid: dict[str, bool] = {}
         self.errors: dict[str, list[dict[str, Any]]] = {}
         self.visiting: set[str] = set()
@@ -104,6 +107,8 @@ class _Validator:
             else:
                 self._literal(node, definition, name, spec, _unwrap(value), errors)
         self.visiting.discard(node_id)
+        if self.node_check is not None and not errors:
+            errors.extend(self.node_check(definition.name, inputs))
         if errors:
             self.errors.setdefault(node_id, []).extend(errors)
         self.valid[node_id] = not errors and upstream_ok and node_id not in self.errors
@@ -203,7 +208,8 @@ def _dependents(prompt: Prompt, output_id: str) -> set[str]:
 
 
 def validate_prompt(prompt: Any, catalog: Catalog, *, targets: list[str] | None = None,
-                    custom_checks: dict[tuple[str, str], CustomCheck] | None = None) -> ValidationResult:
+                    custom_checks: dict[tuple[str, str], CustomCheck] | None = None,
+                    node_check: NodeCheck | None = None) -> ValidationResult:
     """Check a prompt as ComfyUI does; the result carries the coerced prompt and the outputs to run."""
     if not isinstance(prompt, dict) or not prompt:
         return _top_level("no_prompt", "No prompt provided", "No prompt provided")
@@ -229,7 +235,7 @@ def validate_prompt(prompt: Any, catalog: Catalog, *, targets: list[str] | None 
     if not outputs:
         return _top_level("prompt_no_outputs", "Prompt has no outputs", "")
 
-    validator = _Validator(normalized, catalog, custom_checks or {})
+    validator = _Validator(normalized, catalog, custom_checks or {}, node_check)
     good = [output_id for output_id in outputs if validator.node(output_id)]
     node_errors: dict[str, Any] = {}
     for node_id, errors in validator.errors.items():

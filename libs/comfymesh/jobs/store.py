@@ -168,6 +168,10 @@ class JobStore:
             rows = self._db.execute(f"SELECT * FROM jobs {where} ORDER BY {order} {page}", args).fetchall()
         return [_job(row) for row in rows], int(total)
 
+    def count_jobs(self, status: str) -> int:
+        with self._lock:
+            return int(self._db.execute("SELECT COUNT(*) FROM jobs WHERE status = ?", (status,)).fetchone()[0])
+
     def next_queued(self, exclude: set[str]) -> JobRecord | None:
         """The queued job with the smallest number (then oldest), skipping ones already taken."""
         with self._lock:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,15 @@ from comfymesh.stage.node import NodeContext, NodeImpl
 from comfymesh.v1 import stage_pb2
 
 log = logging.getLogger("comfymesh.stage")
+# Test-only fault switch: node classes that hang silently (no progress) until cancelled.
+_HANG_NODES = frozenset(filter(None, os.environ.get("COMFYMESH_TEST_HANG_NODES", "").split(",")))
+
+
+def _hang(ctx: NodeContext) -> None:
+    log.warning("test fault: node %s (%s) hangs until cancelled", ctx.node_id, ctx.class_type)
+    while True:
+        ctx.check_cancelled()
+        time.sleep(0.05)
 Emit = Callable[[stage_pb2.StageEvent], None]
 
 
@@ -83,6 +94,8 @@ class GroupRun:
             report_preview=self._preview_reporter(call.node_id),
             is_cancelled=self.cancelled.is_set,
             attempt_key=f"{self.request.job_id}:{call.node_id}")
+        if call.class_type in _HANG_NODES:
+            _hang(ctx)
         outputs = impl(ctx, **inputs)
         definition = self.catalog.get(call.class_type)
         types = definition.outputs if definition else ()

@@ -229,7 +229,7 @@ def _sample(ctx: NodeContext, model: Handle, latent_image: dict[str, Any], **kwa
         if want_previews:
             ctx.report_preview(preview_jpeg(denoised, fmt), "JPEG")
 
-    with torch.inference_mode():
+    with torch.no_grad():
         out = ksampler.sample_latent(sm, latent=latent_image, on_step=on_step,
                                      check_cancelled=ctx.check_cancelled, **kwargs)
     return (out,)

@@ -16,8 +16,9 @@ def initial_noise(latent: torch.Tensor, seed: int, batch_index: Sequence[int] | 
     With a batch_index, draws [1, …] tensors one after another up to max(index) and row r takes draw
     batch_index[r] (a single [B, …] draw is not the same stream for every latent size).
     """
-    # ComfyUI reseeds the global RNG (and leaves it so); we do the same for parity of later global draws
-    gen = torch.manual_seed(seed % SEED_MOD)
+    # ComfyUI reseeds the global CPU RNG; a private generator seeded alike gives the same stream and is
+    # safe when several samplers run in one process
+    gen = torch.Generator(device="cpu").manual_seed(seed % SEED_MOD)
     shape = latent.shape
     if batch_index is None:
         return torch.randn(shape, dtype=torch.float32, layout=latent.layout, generator=gen, device="cpu")

@@ -201,7 +201,7 @@ def encode_prompt(enc: TextEncoders, text: str, stop_at_clip_layer: int | None =
     groups = tokenize_weighted(text, embeddings)
     outs = []
     pooled = None
-    with torch.inference_mode():
+    with torch.no_grad():
         for spec in FAMILY_ENCODERS[enc.family]:
             run = enc.runners[spec.role]
             z, last = encode_one(run, enc.layers[spec.role], enc.widths[spec.role], spec, groups,

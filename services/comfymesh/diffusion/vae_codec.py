@@ -37,7 +37,7 @@ def encode(vae: Any, pixels: torch.Tensor) -> torch.Tensor:
     x = (x * 2.0 - 1.0).movedim(-1, 1)
     outs = []
     try:
-        with torch.inference_mode():
+        with torch.no_grad():
             for part in x.split(_chunk(x.shape[0], p.device)):
                 dist = vae.encode(part.to(p.device, p.dtype)).latent_dist
                 outs.append(dist.mean.float().cpu())
@@ -51,7 +51,7 @@ def decode(vae: Any, latent: torch.Tensor) -> torch.Tensor:
     p = _param(vae)
     outs = []
     try:
-        with torch.inference_mode():
+        with torch.no_grad():
             for part in latent.float().split(_chunk(latent.shape[0], p.device)):
                 y = vae.decode(part.to(p.device, p.dtype)).sample.float()
                 outs.append(torch.clamp((y + 1.0) / 2.0, 0.0, 1.0).movedim(1, -1).cpu())

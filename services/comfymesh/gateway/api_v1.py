@@ -64,7 +64,8 @@ def output_images(outputs: dict[str, Any], order: list[str]) -> list[dict[str, A
 
 
 @router.post("/workflows", status_code=202, response_model=WorkflowAccepted,
-             responses={400: {"model": ValidationFailure}, 413: {"model": ValidationFailure}},
+             responses={400: {"model": ValidationFailure}, 413: {"model": ValidationFailure},
+                        429: {"model": ValidationFailure}},
              summary="Submit an API-format workflow")
 async def submit_workflow(request: Request, response: Response,
                           idempotency_key: str | None = Header(None)) -> Any:
@@ -77,7 +78,8 @@ async def submit_workflow(request: Request, response: Response,
         return comfy_error("no_prompt", "No prompt provided", "the body must be a JSON object")
     result = await client_of(request).submit(
         submission.prompt, submission.extra_data, client_id=submission.client_id,
-        job_id=submission.job_id or idempotency_key or "", priority=submission.priority, front=submission.front)
+        job_id=submission.job_id or idempotency_key or "", priority=submission.priority, front=submission.front,
+        timeout_s=submission.timeout_s, webhook_url=submission.webhook_url)
     if not result.accepted:
         return JSONResponse({"error": result.error, "node_errors": result.node_errors}, status_code=400)
     response.headers["Location"] = f"/v1/jobs/{result.job_id}"

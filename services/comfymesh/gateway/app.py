@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 
 from comfymesh.config import Settings
 from comfymesh.gateway import api_v1, comfy, files
-from comfymesh.gateway.client import OrchestratorClient, OrchestratorUnavailable
+from comfymesh.gateway.client import OrchestratorClient, OrchestratorUnavailable, QueueFull
 from comfymesh.gateway.models import Health
 
 
@@ -46,6 +46,12 @@ def create_app(settings: Settings, client: OrchestratorClient | None = None) -> 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse({"detail": jsonable_errors(exc)}, status_code=422)
+
+    @app.exception_handler(QueueFull)
+    async def queue_full(request: Request, exc: QueueFull) -> JSONResponse:
+        return JSONResponse({"error": {"type": "queue_full", "message": "The queue is full",
+                                       "details": "retry after the Retry-After delay", "extra_info": {}},
+                             "node_errors": {}}, status_code=429, headers={"Retry-After": "5"})
 
     @app.exception_handler(OrchestratorUnavailable)
     async def unavailable(request: Request, exc: OrchestratorUnavailable) -> JSONResponse:

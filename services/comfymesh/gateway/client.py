@@ -36,6 +36,10 @@ class JobEvent:
     ts: float
 
 
+class QueueFull(Exception):
+    """The orchestrator refused a submit: its queue is at the configured limit (HTTP 429)."""
+
+
 class OrchestratorUnavailable(Exception):
     """The orchestrator cannot be reached; the gateway answers 503 and the client retries."""
 
@@ -75,13 +79,15 @@ class OrchestratorClient:
         return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
     async def submit(self, prompt: Any, extra_data: dict[str, Any], *, client_id: str = "", job_id: str = "",
-                     priority: float | None = None, front: bool = False,
-                     targets: list[str] | None = None) -> SubmitResult:
+                     priority: float | None = None, front: bool = False, targets: list[str] | None = None,
+                     timeout_s: float = 0.0, webhook_url: str = "") -> SubmitResult:
         request = orchestrator_pb2.WorkflowRequest(
             prompt_json=json.dumps(prompt), extra_data_json=json.dumps(extra_data), client_id=client_id,
             job_id=job_id, priority=priority or 0.0, has_priority=priority is not None, front=front,
-            partial_execution_targets=targets or [])
+            partial_execution_targets=targets or [], timeout_s=timeout_s, webhook_url=webhook_url)
         reply = await self._call(self.stub.ExecuteWorkflow, request)
+        if reply.queue_full:
+            raise QueueFull("the queue is full; retry later")
         return SubmitResult(reply.job_id, reply.number, reply.accepted,
                             json.loads(reply.error_json) if reply.error_json else None,
                             json.loads(reply.node_errors_json) if reply.node_errors_json else {}, reply.existing)

@@ -16,6 +16,9 @@ class WorkflowSubmission(BaseModel):
     job_id: str = Field("", description="optional caller-chosen id; resubmitting it returns the same job")
     priority: float | None = Field(None, description="smaller runs first (ComfyUI's `number`)")
     front: bool = Field(False, description="queue before every waiting job")
+    timeout_s: float = Field(0.0, ge=0, le=7 * 24 * 3600, description="this job's overall timeout (0: default)")
+    webhook_url: str = Field("", max_length=2048, pattern=r"^(https?://.*)?$",
+                             description="POSTed (signed) when the job completes, fails or is cancelled")
 
 
 class WorkflowAccepted(BaseModel):

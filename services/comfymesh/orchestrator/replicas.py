@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -74,10 +75,8 @@ class ReplicaPool:
                     chosen = free[0]
                     chosen.in_flight += 1
                     return chosen
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._changed.wait(), timeout=0.5)
-                except TimeoutError:
-                    pass
 
     async def release(self, replica: Replica, *, failed: bool = False) -> None:
         async with self._changed:

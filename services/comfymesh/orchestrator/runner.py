@@ -16,7 +16,7 @@ from comfymesh.artifacts.codec import ref_from_proto
 from comfymesh.catalog import Catalog
 from comfymesh.catalog.files import file_digest, input_file
 from comfymesh.config import Settings
-from comfymesh.errors import ComfymeshError, StageUnavailableError
+from comfymesh.errors import ComfymeshError, StageUnavailableError, TimeoutExceededError
 from comfymesh.graph import Plan, StageGroup, plan_groups, plan_prompt
 from comfymesh.jobs import JobRecord, JobStatus
 from comfymesh.logs import log_fields
@@ -65,6 +65,10 @@ class JobRunner:
         # outputs of nodes stored in the artifact store (bindable across groups and cacheable)
         self.values: dict[str, list[common_pb2.Value]] = {}
         self.finished: set[str] = set()
+        self.running_nodes: set[str] = set()
+        self.retry = settings.retry_policy
+        options = job.extra_data.get("comfymesh") or {}
+        self.timeouts = settings.timeout_policy.with_overall(options.get("timeout_s"))
         self.exported: set[str] = set()
         self.plan: Plan | None = None
         self.previews = bool(job.extra_data.get("preview_method", "auto") != "none")
@@ -72,7 +76,15 @@ class JobRunner:
     async def run(self) -> None:
         await self.bus.record(self.store.set_status, self.job.id, JobStatus.RUNNING, event="started")
         try:
-            await self._execute()
+            try:
+                async with asyncio.timeout(self.timeouts.overall_s):
+                    await self._execute()
+            except TimeoutError:
+                node_id = next(iter(self.running_nodes), "")
+                raise TimeoutExceededError(
+                    f"the job ran longer than its {self.timeouts.overall_s:g} s timeout"
+                    + (f" while node {node_id} was running" if node_id else ""), node_id=node_id,
+                    details="overall") from None
         except ComfymeshError as exc:
             error = {"type": exc.type, "node_id": exc.node_id, "message": exc.message,
                      "non_retryable": exc.non_retryable, "details": exc.details,
@@ -186,57 +198,86 @@ class JobRunner:
     async def _run_group(self, group: StageGroup) -> None:
         """Run a group on a replica; a lost replica or retryable failure moves the rest elsewhere."""
         tried: set[str] = set()
-        for attempt in range(1, self.settings.max_attempts + 1):
+        error: ComfymeshError | None = None
+        for attempt in range(1, self.retry.max_attempts + 1):
             replica = await self.pool.acquire(group.stage, avoid=tried)
             tried.add(replica.address)
             lost = False
             try:
-                await self._stream_group(replica.stub, self._request(group, attempt))
+                async with asyncio.timeout(self.timeouts.attempt_s):
+                    await self._stream_group(replica.stub, self._request(group, attempt))
                 return
+            except TimeoutError:
+                node_id = next(iter(self.running_nodes & set(group.node_ids)), "")
+                error = TimeoutExceededError(f"a {group.stage} stage call ran longer than its "
+                                             f"{self.timeouts.attempt_s:g} s attempt timeout", node_id=node_id,
+                                             details="attempt", non_retryable=False)
             except StageUnavailableError as exc:
                 lost = True
-                error: ComfymeshError = exc
+                error = exc
             except ComfymeshError as exc:
                 if exc.non_retryable:
                     raise
                 error = exc
             finally:
                 await self.pool.release(replica, failed=lost)
+                self.running_nodes -= set(group.node_ids)
             log.warning("stage call failed, retrying", extra=log_fields(
                 job=self.job.id, group=group.group_id, stage=group.stage, replica=replica.address,
                 attempt=attempt, error=str(error)))
             await self.bus.emit(self.job.id, "retrying", data={"group": group.group_id, "attempt": attempt,
                                                               "error": str(error)})
-            await asyncio.sleep(min(0.2 * 2 ** attempt, 3.0))
+            await asyncio.sleep(self.retry.backoff(attempt))
+        assert error is not None
         raise error
 
     async def _stream_group(self, stub: Any, request: stage_pb2.StageRequest) -> None:
         assert self.plan is not None
         self.exported.update(request.export_node_ids)
+        # wait_for_ready: a replica that is restarting is waited for, not failed at once
+        call = stub.RunStage(request, wait_for_ready=True)
+        stream = call.__aiter__()
         try:
-            async for event in stub.RunStage(request):
-                kind = event.WhichOneof("event")
-                if kind == "started":
-                    node_id = event.started.node_id
-                    await self.bus.record(self.store.set_node_state, self.job.id, node_id, "running",
-                                          event="node_running", data={"class_type": self.plan.nodes[node_id].class_type})
-                elif kind == "progress":
-                    await self.bus.emit(self.job.id, "node_progress", event.progress.node_id,
-                                        {"value": event.progress.value, "max": event.progress.max})
-                elif kind == "preview":
-                    self.bus.emit_transient(self.job.id, "node_preview", event.preview.node_id,
-                                            {"format": event.preview.format, "data": event.preview.data})
-                elif kind == "done":
-                    await self._node_done(event.done)
-                elif kind == "failure":
-                    raise exception_from_failure(event.failure)
+            while True:
+                try:
+                    event = await asyncio.wait_for(stream.__anext__(), timeout=self.timeouts.heartbeat_s)
+                except StopAsyncIteration:
+                    break
+                except TimeoutError:
+                    call.cancel()
+                    node_id = next(iter(self.running_nodes & {c.node_id for c in request.nodes}), "")
+                    raise TimeoutExceededError(
+                        f"the stage sent no heartbeat for {self.timeouts.heartbeat_s:g} s"
+                        + (f" while running node {node_id}" if node_id else ""), node_id=node_id,
+                        details="heartbeat", non_retryable=False) from None
+                await self._handle(event)
         except grpc.aio.AioRpcError as exc:
             if exc.code() in _UNAVAILABLE:
                 raise StageUnavailableError(f"stage call lost: {exc.code().name} {exc.details()}") from exc
             raise ComfymeshError(f"stage call failed: {exc.code().name} {exc.details()}") from exc
-        missing = [call.node_id for call in request.nodes if call.node_id not in self.finished]
+        missing = [c.node_id for c in request.nodes if c.node_id not in self.finished]
         if missing:
             raise StageUnavailableError(f"stage call ended before nodes {', '.join(missing)} finished")
+
+    async def _handle(self, event: stage_pb2.StageEvent) -> None:
+        assert self.plan is not None
+        kind = event.WhichOneof("event")
+        if kind == "started":
+            node_id = event.started.node_id
+            self.running_nodes.add(node_id)
+            await self.bus.record(self.store.set_node_state, self.job.id, node_id, "running",
+                                  event="node_running", data={"class_type": self.plan.nodes[node_id].class_type})
+        elif kind == "progress":
+            await self.bus.emit(self.job.id, "node_progress", event.progress.node_id,
+                                {"value": event.progress.value, "max": event.progress.max})
+        elif kind == "preview":
+            self.bus.emit_transient(self.job.id, "node_preview", event.preview.node_id,
+                                    {"format": event.preview.format, "data": event.preview.data})
+        elif kind == "done":
+            self.running_nodes.discard(event.done.node_id)
+            await self._node_done(event.done)
+        elif kind == "failure":
+            raise exception_from_failure(event.failure)
 
     async def _node_done(self, done: stage_pb2.NodeDone) -> None:
         assert self.plan is not None

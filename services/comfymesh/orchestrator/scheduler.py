@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import time
 import uuid
 from typing import Any
 
@@ -13,11 +15,13 @@ from comfymesh.catalog import Catalog
 from comfymesh.catalog.files import resolve_image_name
 from comfymesh.config import Settings
 from comfymesh.graph import plan_prompt, validate_prompt
+from comfymesh.graph.limits import resource_limits
 from comfymesh.jobs import JobRecord, JobStatus, JobStore
 from comfymesh.logs import log_fields
 from comfymesh.orchestrator.events import EventBus
 from comfymesh.orchestrator.replicas import ReplicaPool
 from comfymesh.orchestrator.runner import JobRunner
+from comfymesh.orchestrator.webhooks import WebhookSender, load_secret
 
 log = logging.getLogger("comfymesh.orchestrator")
 
@@ -26,7 +30,8 @@ class Submission:
     """The outcome of a submit: a job id, or ComfyUI's error body (nothing persisted then)."""
 
     def __init__(self, job_id: str = "", number: float = 0, error: dict[str, Any] | None = None,
-                 node_errors: dict[str, Any] | None = None, existing: bool = False) -> None:
+                 node_errors: dict[str, Any] | None = None, existing: bool = False, queue_full: bool = False) -> None:
+        self.queue_full = queue_full
         self.job_id = job_id
         self.number = number
         self.error = error
@@ -46,6 +51,9 @@ class Scheduler:
         self._wake = asyncio.Event()
         self._counter = 0
         self._submit_lock = asyncio.Lock()
+        self._user_cancelled: set[str] = set()
+        self.webhooks = WebhookSender(load_secret(settings.home), self.bus)
+        self._limits = resource_limits(settings.max_pixels, settings.max_batch, settings.max_steps)
 
     def _custom_checks(self) -> dict[tuple[str, str], Any]:
         home = self.settings.home
@@ -57,18 +65,20 @@ class Scheduler:
         return {("LoadImage", "image"): image_exists}
 
     async def submit(self, prompt: Any, extra_data: dict[str, Any], *, client_id: str = "", job_id: str = "",
-                     priority: float | None = None, front: bool = False,
-                     targets: list[str] | None = None) -> Submission:
+                     priority: float | None = None, front: bool = False, targets: list[str] | None = None,
+                     timeout_s: float = 0.0, webhook_url: str = "") -> Submission:
         async with self._submit_lock:
             if job_id:
                 existing = await asyncio.to_thread(self.store.get_job, job_id)
                 if existing is not None:
                     return Submission(existing.id, existing.number, existing=True)
+            if await asyncio.to_thread(self.store.count_jobs, "queued") >= self.settings.max_queue:
+                return Submission(queue_full=True)
             # ComfyUI's counter moves even when validation then fails
             self._counter += 1
             number = priority if priority is not None else (-self._counter if front else self._counter)
             result = await asyncio.to_thread(validate_prompt, prompt, self.catalog, targets=targets,
-                                             custom_checks=self._custom_checks())
+                                             custom_checks=self._custom_checks(), node_check=self._limits)
             if not result.ok:
                 return Submission(error=result.error, node_errors=result.node_errors, number=number)
             job_id = job_id or str(uuid.uuid4())
@@ -77,6 +87,9 @@ class Scheduler:
             extra = dict(extra_data)
             if client_id:
                 extra["client_id"] = client_id
+            options = {key: value for key, value in (("timeout_s", timeout_s), ("webhook_url", webhook_url)) if value}
+            if options:
+                extra["comfymesh"] = options
             await self.bus.record(self.store.add_job, job_id, number, result.prompt, extra, client_id,
                                   result.outputs, nodes)
         log.info("job accepted", extra=log_fields(job=job_id, nodes=len(nodes), number=number))
@@ -93,6 +106,7 @@ class Scheduler:
         for target in ids:
             task = self.running.get(target)
             if task is not None:
+                self._user_cancelled.add(target)
                 task.cancel()
                 cancelled.append(target)
                 continue
@@ -101,6 +115,7 @@ class Scheduler:
                 await self.bus.record(self.store.set_status, target, JobStatus.CANCELLED, event="cancelled",
                                       data={"while": "queued"})
                 cancelled.append(target)
+                await self._finished(target)
         return cancelled
 
     async def recover(self) -> None:
@@ -118,18 +133,37 @@ class Scheduler:
                 job = await asyncio.to_thread(self.store.next_queued, set(self.running))
                 if job is None:
                     break
+                if time.time() - job.created > self.settings.queue_wait_timeout_s:
+                    await self._expire(job)
+                    continue
                 self.running[job.id] = asyncio.create_task(self._drive(job))
             self._wake.clear()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=1.0)
-            except TimeoutError:
-                pass
+
+    async def _expire(self, job: JobRecord) -> None:
+        error = {"type": "timeout", "node_id": "", "details": "queue_wait", "non_retryable": True,
+                 "message": f"the job waited longer than its {self.settings.queue_wait_timeout_s:g} s queue timeout"}
+        await self.bus.record(self.store.set_status, job.id, JobStatus.FAILED, error=error, event="failed", data=error)
+        await self._finished(job.id)
+
+    async def _finished(self, job_id: str) -> None:
+        """Tell the job's webhook, if it asked for one."""
+        job = await asyncio.to_thread(self.store.get_job, job_id)
+        url = job and (job.extra_data.get("comfymesh") or {}).get("webhook_url")
+        if job is None or not url:
+            return
+        self.webhooks.send(job.id, url, {"job_id": job.id, "status": job.status, "error": job.error,
+                                         "outputs": job.outputs, "finished": job.finished})
 
     async def _drive(self, job: JobRecord) -> None:
         runner = JobRunner(job, self.settings, self.catalog, self.artifacts, self.bus, self.pool)
         try:
             await runner.run()
         except asyncio.CancelledError:
+            if job.id not in self._user_cancelled:
+                raise  # shutting down: the job stays running in the store and is re-queued at restart
+            self._user_cancelled.discard(job.id)
             await self.bus.record(self.store.set_status, job.id, JobStatus.CANCELLED, event="cancelled",
                                   data={"while": "running"})
         except Exception as exc:  # a bug here must not kill the queue
@@ -140,6 +174,7 @@ class Scheduler:
         finally:
             self.running.pop(job.id, None)
             self._wake.set()
+        await self._finished(job.id)
 
 
 def dumps(value: Any) -> str:

@@ -47,7 +47,7 @@ def test_load_builds_modules(tmp_path: Path) -> None:
     unet: Any = parts.unet
     assert unet.config.cross_attention_dim == 32
     assert set(parts.clips) == {"l"}
-    assert parts.unet_modules["input_blocks.4.1.proj_in"] == "down_blocks.1.attentions.0.proj_in"
+    assert parts.unet_modules["input_blocks.3.1.proj_in"] == "down_blocks.1.attentions.0.proj_in"
     assert all(p.dtype == torch.float32 for p in parts.unet.parameters())
 
 

@@ -66,7 +66,7 @@ def test_lora_that_fits_nothing(node_ctx: NodeContext) -> None:
 def test_lora_with_wrong_shapes_fits_nothing(node_ctx: NodeContext) -> None:
     # right module names (attention projections of sd15), wrong widths: nothing may be patched
     path = node_ctx.home / "models" / "loras" / "wrong_shapes.safetensors"
-    name = "lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q"
+    name = "lora_unet_input_blocks_3_1_transformer_blocks_0_attn1_to_q"
     save_file({f"{name}.lora_up.weight": torch.zeros(48, 2), f"{name}.lora_down.weight": torch.zeros(2, 48)},
               str(path))
     model, clip, _ = NODES["CheckpointLoaderSimple"](node_ctx, ckpt_name="sd15.safetensors")

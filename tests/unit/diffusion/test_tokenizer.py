@@ -68,3 +68,20 @@ def test_short_group_moves_whole_to_next_window() -> None:
     wins = windows(groups, pad_id=0)
     assert len(wins) == 2
     assert [t for t, _ in wins[1][1:8]] == [2] * 7
+
+
+def test_build_files_layout(tmp_path: Path) -> None:
+    import json
+
+    from comfymesh.diffusion.tokenizer_build import MERGE_COUNT, build_files
+
+    symbols = byte_symbols()
+    merges = [f"{symbols[i % 256]}{i} {symbols[(i * 7) % 256]}" for i in range(MERGE_COUNT + 5)]
+    build_files("\n".join(["#version: 0.2", *merges]), tmp_path)
+    vocab = json.loads((tmp_path / "vocab.json").read_text(encoding="utf-8"))
+    assert len(vocab) == 49408
+    assert vocab["<|startoftext|>"] == 49406 and vocab["<|endoftext|>"] == 49407
+    assert vocab[symbols[5] + "</w>"] == 261
+    assert vocab["".join(merges[0].split())] == 512
+    lines = (tmp_path / "merges.txt").read_text(encoding="utf-8").splitlines()
+    assert lines[0] == "#version: 0.2" and len(lines) == MERGE_COUNT + 1

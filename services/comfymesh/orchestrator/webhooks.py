@@ -1,0 +1,81 @@
+"""Signed webhooks for finished jobs, in the Standard Webhooks format, retried with backoff.
+
+Receivers verify `webhook-signature` = "v1," + base64(HMAC-SHA256(secret, f"{id}.{timestamp}.{body}")).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
+import logging
+import os
+import secrets
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from comfymesh.config.policies import RetryPolicy
+from comfymesh.logs import log_fields
+from comfymesh.orchestrator.events import EventBus
+
+log = logging.getLogger("comfymesh.orchestrator")
+DELIVERY_POLICY = RetryPolicy(max_attempts=5, initial_backoff_s=1.0, backoff_multiplier=2.0, max_backoff_s=30.0)
+
+
+def sign(secret: bytes, message_id: str, timestamp: int, body: bytes) -> str:
+    digest = hmac.new(secret, f"{message_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(digest).decode()
+
+
+def load_secret(home: Path) -> bytes:
+    """COMFYMESH_WEBHOOK_SECRET, or a random secret kept in <home>/webhook_secret (created once, mode 600)."""
+    configured = os.environ.get("COMFYMESH_WEBHOOK_SECRET")
+    if configured:
+        return configured.encode()
+    path = home / "webhook_secret"
+    if not path.exists():
+        home.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_urlsafe(32))
+    return path.read_text().strip().encode()
+
+
+class WebhookSender:
+    def __init__(self, secret: bytes, bus: EventBus, policy: RetryPolicy = DELIVERY_POLICY) -> None:
+        self.secret = secret
+        self.bus = bus
+        self.policy = policy
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def send(self, job_id: str, url: str, payload: dict[str, Any]) -> None:
+        task = asyncio.create_task(self._deliver(job_id, url, payload))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _deliver(self, job_id: str, url: str, payload: dict[str, Any]) -> None:
+        body = json.dumps(payload, sort_keys=True).encode()
+        message_id = f"msg_{job_id}_{payload['status']}"
+        last_error = ""
+        async with httpx.AsyncClient(timeout=10) as client:
+            for attempt in range(1, self.policy.max_attempts + 1):
+                timestamp = int(time.time())
+                headers = {"content-type": "application/json", "webhook-id": message_id,
+                           "webhook-timestamp": str(timestamp),
+                           "webhook-signature": sign(self.secret, message_id, timestamp, body)}
+                try:
+                    reply = await client.post(url, content=body, headers=headers)
+                    if reply.status_code < 300:
+                        await self.bus.emit(job_id, "webhook_delivered", data={"url": url, "attempt": attempt})
+                        return
+                    last_error = f"HTTP {reply.status_code}"
+                except httpx.HTTPError as exc:
+                    last_error = f"{type(exc).__name__}: {exc}"
+                log.warning("webhook delivery failed", extra=log_fields(job=job_id, attempt=attempt, error=last_error))
+                await asyncio.sleep(self.policy.backoff(attempt))
+        await self.bus.emit(job_id, "webhook_failed", data={"url": url, "error": last_error})
