@@ -55,6 +55,10 @@ class Mesh:
 
     def start(self) -> Mesh:
         self.supervisor.start_all(timeout=120)
+        return self.wait_ready()
+
+    def wait_ready(self) -> Mesh:
+        """Wait until the gateway answers /readyz (the orchestrator is reachable)."""
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
@@ -84,6 +88,7 @@ class Mesh:
         self.supervisor._start(service)
         if not service.ready.wait(60):
             raise RuntimeError(f"{name} did not restart")
+        self.wait_ready()
 
     def submit(self, prompt: dict[str, Any], **extra: Any) -> str:
         reply = self.http.post("/v1/workflows", json={"prompt": prompt, **extra})

@@ -16,6 +16,7 @@ import grpc
 from comfymesh.artifacts import ArtifactStore
 from comfymesh.catalog import Catalog
 from comfymesh.config import Settings
+from comfymesh.logs import log_fields
 from comfymesh.outputs import preview_image, save_image
 from comfymesh.rpc import start_server
 from comfymesh.stage.node import NodeImpl
@@ -52,6 +53,8 @@ class StageServicer(stage_pb2_grpc.StageServicer):
     async def RunStage(self, request: stage_pb2.StageRequest,
                        context: grpc.aio.ServicerContext) -> AsyncIterator[stage_pb2.StageEvent]:
         async with self.slots:
+            log.info("RunStage", extra=log_fields(job=request.job_id, group=request.group_id, attempt=request.attempt,
+                                                  nodes=[call.node_id for call in request.nodes]))
             loop = asyncio.get_running_loop()
             queue: asyncio.Queue[stage_pb2.StageEvent | None] = asyncio.Queue()
             cancelled = threading.Event()

@@ -108,6 +108,16 @@ async def get_job(job_id: str, request: Request) -> JobView:
                    outputs=outputs, images=images, error=error)
 
 
+@router.post("/jobs/{job_id}/cancel", response_model=JobView, responses={404: {"model": Problem}},
+             summary="Cancel a job, queued or running (a running sampler stops within one step)")
+async def cancel_job(job_id: str, request: Request) -> JobView:
+    client = client_of(request)
+    if await client.get_job(job_id) is None:
+        raise HTTPException(404, f"no job {job_id!r}")
+    await client.cancel(job_id)
+    return await get_job(job_id, request)
+
+
 @router.get("/jobs/{job_id}/output", response_class=FileResponse, responses={404: {"model": Problem},
             409: {"model": Problem}, 200: {"content": {"image/png": {}}}}, summary="A job's output image")
 async def get_output(job_id: str, request: Request, index: int = Query(0, ge=0, le=100_000)) -> FileResponse:

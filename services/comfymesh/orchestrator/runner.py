@@ -221,7 +221,7 @@ class JobRunner:
                 error = exc
             finally:
                 await self.pool.release(replica, failed=lost)
-                self.running_nodes -= set(group.node_ids)
+            self.running_nodes -= set(group.node_ids)
             log.warning("stage call failed, retrying", extra=log_fields(
                 job=self.job.id, group=group.group_id, stage=group.stage, replica=replica.address,
                 attempt=attempt, error=str(error)))
