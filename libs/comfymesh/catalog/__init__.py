@@ -14,9 +14,12 @@ from pathlib import Path
 from typing import Any
 
 # Sampler and scheduler names the diffusion stage implements, in ComfyUI's order.
-SAMPLERS = ["euler", "euler_ancestral", "heun", "dpm_2", "dpm_2_ancestral", "lms", "dpmpp_sde",
-            "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_3m_sde", "lcm", "ddim", "uni_pc"]
-SCHEDULERS = ["simple", "sgm_uniform", "karras", "exponential", "ddim_uniform", "beta", "normal"]
+SAMPLERS = ["euler", "euler_ancestral", "heun", "dpm_2", "dpm_2_ancestral", "lms", "dpmpp_2s_ancestral",
+            "dpmpp_sde", "dpmpp_sde_gpu", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_2m_sde_gpu", "dpmpp_2m_sde_heun",
+            "dpmpp_2m_sde_heun_gpu", "dpmpp_3m_sde", "dpmpp_3m_sde_gpu", "ddpm", "lcm", "ddim", "uni_pc",
+            "uni_pc_bh2"]
+SCHEDULERS = ["simple", "sgm_uniform", "karras", "exponential", "ddim_uniform", "beta", "normal",
+              "linear_quadratic", "kl_optimal"]
 # Output nodes run in whichever stage produced their input (no image crosses stages to be saved).
 ANY_STAGE = "any"
 MODEL_FOLDERS = {"checkpoints": (".safetensors",), "loras": (".safetensors",), "vae": (".safetensors",)}

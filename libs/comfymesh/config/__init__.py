@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from comfymesh.config.policies import RetryPolicy, TimeoutPolicy
@@ -38,6 +38,14 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="largest accepted request body")
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
     log_json: bool = Field(True, description="structured JSON logs (false: plain text)")
+    # secrets are SecretStr so that a logged or printed Settings shows '**********', never the value
+    api_token: SecretStr = Field(SecretStr(""), description="static bearer token every gateway route requires")
+    jwt_keys: SecretStr = Field(SecretStr(""), description="comma-separated HS256 secrets and/or paths of PEM "
+                                                          "public keys (RS256/ES256) that sign accepted JWTs")
+    jwt_allowed_users: str = Field("", description="comma-separated JWT `sub` values allowed in (empty: any)")
+    session_ttl_s: float = Field(12 * 3600.0, gt=0, description="lifetime of a browser login's session cookie")
+    internal_secret: SecretStr = Field(SecretStr(""), description="shared secret every gRPC call between "
+                                                                  "services must carry")
 
     @field_validator("home")
     @classmethod
@@ -60,6 +68,17 @@ class Settings(BaseSettings):
     @property
     def database_path(self) -> Path:
         return Path(self.database) if self.database else self.home / "comfymesh.db"
+
+    @property
+    def auth_configured(self) -> bool:
+        """Whether the gateway demands credentials (an API token or JWT keys)."""
+        return bool(self.api_token.get_secret_value() or self.jwt_key_entries())
+
+    def jwt_key_entries(self) -> list[str]:
+        return [key.strip() for key in self.jwt_keys.get_secret_value().split(",") if key.strip()]
+
+    def allowed_users(self) -> frozenset[str]:
+        return frozenset(user.strip() for user in self.jwt_allowed_users.split(",") if user.strip())
 
     def replicas(self, stage: str) -> list[str]:
         raw = {"imaging": self.imaging_replicas, "diffusion": self.diffusion_replicas}.get(stage, "")

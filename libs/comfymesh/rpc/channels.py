@@ -6,6 +6,9 @@ import os
 
 import grpc
 
+from comfymesh.config import get_settings
+from comfymesh.rpc.auth import InternalSecretClientInterceptor
+
 
 def max_message_bytes() -> int:
     """Control-plane bound; tests lower it (COMFYMESH_GRPC_MAX_MESSAGE_BYTES) to prove no tensor travels."""
@@ -18,5 +21,8 @@ def channel_options() -> list[tuple[str, int]]:
             ("grpc.keepalive_time_ms", 20_000), ("grpc.keepalive_timeout_ms", 10_000)]
 
 
-def open_channel(address: str) -> grpc.aio.Channel:
-    return grpc.aio.insecure_channel(address, options=channel_options())
+def open_channel(address: str, internal_secret: str | None = None) -> grpc.aio.Channel:
+    """A channel to another service; its calls carry the internal secret (default: COMFYMESH_INTERNAL_SECRET)."""
+    secret = get_settings().internal_secret.get_secret_value() if internal_secret is None else internal_secret
+    interceptors = [InternalSecretClientInterceptor(secret)] if secret else None
+    return grpc.aio.insecure_channel(address, options=channel_options(), interceptors=interceptors)

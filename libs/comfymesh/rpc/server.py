@@ -7,15 +7,22 @@ from collections.abc import Callable
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from comfymesh.config import get_settings
+from comfymesh.rpc.auth import InternalSecretServerInterceptor
 from comfymesh.rpc.channels import channel_options
 
 Registrar = Callable[[grpc.aio.Server], None]
 
 
-async def start_server(listen: str, registrars: list[Registrar], service_names: list[str]) -> tuple[
-        grpc.aio.Server, int]:
-    """Bind, register servicers plus health, start; returns the server and its bound port."""
-    server = grpc.aio.server(options=channel_options())
+async def start_server(listen: str, registrars: list[Registrar], service_names: list[str],
+                       internal_secret: str | None = None) -> tuple[grpc.aio.Server, int]:
+    """Bind, register servicers plus health, start; returns the server and its bound port.
+
+    With an internal secret (default: COMFYMESH_INTERNAL_SECRET) every call but health must carry it.
+    """
+    secret = get_settings().internal_secret.get_secret_value() if internal_secret is None else internal_secret
+    interceptors = [InternalSecretServerInterceptor(secret)] if secret else None
+    server = grpc.aio.server(options=channel_options(), interceptors=interceptors)
     for register in registrars:
         register(server)
     health_servicer = health.aio.HealthServicer()
