@@ -235,3 +235,14 @@ def test_identity_without_job_id_is_not_tracked(tmp_path: Path) -> None:
     write_pngs(_image(), tmp_path, "x", identity=anonymous)
     write_pngs(_image(), tmp_path, "x", identity=anonymous)
     assert _files(tmp_path / "output") == ["x_00001_.png", "x_00002_.png"]
+
+
+def test_attempt_killed_between_files_is_finished_under_the_same_names(tmp_path: Path) -> None:
+    identity = OutputIdentity("job-crash", "9")
+    first = write_pngs(_image(batch=3), tmp_path, "crash", identity=identity)
+    # as if the process died after the receipt and the first file: the other two never landed
+    for image in first[1:]:
+        (tmp_path / "output" / image.filename).unlink()
+    retried = write_pngs(_image(batch=3), tmp_path, "crash", identity=identity)
+    assert retried == first
+    assert _files(tmp_path / "output") == sorted(image.filename for image in first)

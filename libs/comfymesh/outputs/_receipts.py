@@ -59,8 +59,17 @@ def read_receipt(path: Path, base: Path) -> list[SavedImage] | None:
     return [image for image, _ in recorded]
 
 
+def read_planned(path: Path) -> list[SavedImage] | None:
+    """The names a receipt chose, whether or not every file was written (a crash may have cut it short)."""
+    try:
+        entries = json.loads(path.read_text())["images"]
+        return [SavedImage(e["filename"], e["subfolder"], e["type"]) for e in entries]
+    except (FileNotFoundError, json.JSONDecodeError, KeyError, TypeError):
+        return None
+
+
 def write_receipt(path: Path, identity: OutputIdentity, images: list[SavedImage], sizes: list[int]) -> None:
-    """Record the written images; called only after every image is in place."""
+    """Record the images about to be written (names and sizes), before writing them."""
     record = {
         "job_id": identity.job_id,
         "node_id": identity.node_id,

@@ -22,6 +22,7 @@ from comfymesh.outputs._receipts import (
     LEDGER_DIR,
     OutputIdentity,
     SavedImage,
+    read_planned,
     read_receipt,
     receipt_path,
     write_receipt,
@@ -73,12 +74,17 @@ def write_pngs(
         if receipt is not None and (done := read_receipt(receipt, base)) is not None:
             return done
         target.folder.mkdir(parents=True, exist_ok=True)
-        counter = next_counter(target.folder, target.file_prefix)
-        saved = []
-        for index, data in enumerate(encoded):
-            name = batch_filename(target.file_prefix, index, counter + index)
-            write_atomically(target.folder / name, data)
-            saved.append(SavedImage(filename=name, subfolder=target.subfolder, type=folder_type))
-        if tracked is not None and receipt is not None:
-            write_receipt(receipt, tracked, saved, [len(d) for d in encoded])
+        planned = read_planned(receipt) if receipt is not None else None
+        if planned is not None and len(planned) == len(encoded):
+            # an earlier attempt died part-way: finish writing the very names it chose
+            saved = planned
+        else:
+            counter = next_counter(target.folder, target.file_prefix)
+            saved = [SavedImage(filename=batch_filename(target.file_prefix, index, counter + index),
+                                subfolder=target.subfolder, type=folder_type) for index in range(len(encoded))]
+            if tracked is not None and receipt is not None:
+                # the receipt goes first, so a crash between files cannot lead a retry to new names
+                write_receipt(receipt, tracked, saved, [len(d) for d in encoded])
+        for image, data in zip(saved, encoded, strict=True):
+            write_atomically(base / image.subfolder / image.filename, data)
     return saved
