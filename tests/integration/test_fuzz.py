@@ -61,7 +61,11 @@ def graphs(draw: st.DrawFn, catalog: dict[str, Any]) -> dict[str, Any]:
     prompt: dict[str, Any] = {}
     produced: list[tuple[str, int, str]] = []
     for index in range(1, draw(st.integers(1, 4)) + 1):
-        name = draw(st.sampled_from(makers))
+        have = {out for _, _, out in produced}
+        linkable = [name for name in makers if all(
+            isinstance(_spec(raw)[0], list) or _spec(raw)[0] in have | WIDGET_TYPES
+            for raw in catalog[name]["input"].get("required", {}).values())]
+        name = draw(st.sampled_from(linkable) | st.sampled_from(makers) if linkable else st.sampled_from(makers))
         inputs = {}
         for input_name, raw in catalog[name]["input"].get("required", {}).items():
             kind, options = _spec(raw)
@@ -88,7 +92,7 @@ def mutated(draw: st.DrawFn, catalog: dict[str, Any]) -> Any:
     node = prompt[node_id]
     inputs = node["inputs"]
     name = draw(st.sampled_from(sorted(inputs))) if inputs else "image"
-    damage = draw(st.sampled_from(["none", "value", "drop", "link", "class", "node", "inputs", "id", "prompt"]))
+    damage = draw(st.sampled_from(["none"] * 3 + ["value", "drop", "link", "class", "node", "inputs", "id", "prompt"]))
     if damage == "value":
         inputs[name] = draw(junk | st.sampled_from(HUGE) | st.fixed_dictionaries({"__value__": junk}))
     elif damage == "drop":
@@ -128,7 +132,7 @@ def bodies(catalog: dict[str, Any], route: str) -> st.SearchStrategy[bytes]:
 
 def assert_clear(reply: httpx.Response) -> None:
     """Not a server error; a rejection is JSON that says what is wrong (ComfyUI's `error` or a `detail`)."""
-    assert reply.status_code < 500, reply.text
+    assert reply.status_code < 500, reply.text[:500]
     if reply.status_code >= 400:
         body = reply.json()
         if isinstance(body.get("error"), dict):
@@ -141,6 +145,9 @@ def assert_alive(mesh: Mesh) -> None:
     dead = [s.spec.name for s in mesh.supervisor.services if s.process is None or s.process.poll() is not None]
     assert not dead, (dead, "\n".join(mesh.logs[-40:]))
     assert mesh.http.get("/readyz").status_code == 200
+    for listing in ("/v1/jobs?limit=1000", "/api/jobs", "/history", "/queue"):
+        reply = mesh.http.get(listing)
+        assert reply.status_code == 200, (listing, reply.text[:500])
     job = mesh.wait(mesh.submit(NORMAL))
     assert job["status"] == "completed", job
 

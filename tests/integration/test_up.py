@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import queue
 import shutil
@@ -12,8 +13,11 @@ import threading
 import time
 from pathlib import Path
 
+import grpc
 import httpx
 
+from comfymesh.v1.orchestrator_pb2 import ListJobsRequest
+from comfymesh.v1.orchestrator_pb2_grpc import OrchestratorStub
 from tests.mesh import SHARED, free_port
 
 
@@ -29,6 +33,18 @@ def find_pids(pattern: str) -> list[int]:
         if pattern in command:
             pids.append(int(entry.name))
     return pids
+
+
+def list_jobs_code(address: str) -> grpc.StatusCode:
+    async def call() -> grpc.StatusCode:
+        async with grpc.aio.insecure_channel(address) as channel:
+            try:
+                await OrchestratorStub(channel).ListJobs(ListJobsRequest(), timeout=10)
+            except grpc.aio.AioRpcError as exc:
+                return exc.code()
+        return grpc.StatusCode.OK
+
+    return asyncio.run(call())
 
 
 def test_up_supervises_the_mesh(tmp_path: Path) -> None:
@@ -72,6 +88,8 @@ def test_up_supervises_the_mesh(tmp_path: Path) -> None:
         while httpx.get(f"http://127.0.0.1:{port}/v1/jobs/{job_id}").json()["status"] != "completed":
             assert time.monotonic() < deadline
             time.sleep(0.1)
+        # the services share a secret `up` generated: another local process cannot call them
+        assert list_jobs_code(env["COMFYMESH_ORCHESTRATOR"]) == grpc.StatusCode.UNAUTHENTICATED
     finally:
         os.kill(up.pid, signal.SIGINT)
         assert up.wait(30) == 0

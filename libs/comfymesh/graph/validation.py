@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,7 +54,10 @@ def _coerce(spec: InputSpec, value: Any) -> Any:
             raise ValueError(f"{value} is not an integer")
         return int(value)
     if spec.type == "FLOAT":
-        return float(value)
+        number = float(value)
+        if not math.isfinite(number):  # "nan" passes every min/max comparison, then breaks JSON replies
+            raise ValueError(f"{value!r} is not a finite number")
+        return number
     if spec.type == "STRING":
         if not isinstance(value, str | int | float | bool):
             raise ValueError("not a string")

@@ -17,35 +17,44 @@ METADATA_KEY = "comfymesh-internal-secret"
 _OPEN_PREFIX = "/grpc.health.v1.Health/"
 
 
-def _with_secret(details: grpc.aio.ClientCallDetails, secret: str) -> grpc.aio.ClientCallDetails:
-    metadata = grpc.aio.Metadata(*(details.metadata or ()))
-    metadata.add(METADATA_KEY, secret)
-    return grpc.aio.ClientCallDetails(details.method, details.timeout, metadata, details.credentials,
-                                      details.wait_for_ready)
-
-
-class InternalSecretClientInterceptor(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInterceptor,
-                                      grpc.aio.StreamUnaryClientInterceptor, grpc.aio.StreamStreamClientInterceptor):
-    """Adds the internal secret to every call, whatever its kind (one class: a channel takes a flat list)."""
-
+class _AddsSecret:
     def __init__(self, secret: str) -> None:
         self._secret = secret
 
+    def _details(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+        metadata = grpc.aio.Metadata(*(details.metadata or ()))
+        metadata.add(METADATA_KEY, self._secret)
+        return grpc.aio.ClientCallDetails(details.method, details.timeout, metadata, details.credentials,
+                                          details.wait_for_ready)
+
+
+class _UnaryUnary(_AddsSecret, grpc.aio.UnaryUnaryClientInterceptor):
     async def intercept_unary_unary(self, continuation: Callable[..., Any], client_call_details: Any,
                                     request: Any) -> Any:
-        return await continuation(_with_secret(client_call_details, self._secret), request)
+        return await continuation(self._details(client_call_details), request)
 
+
+class _UnaryStream(_AddsSecret, grpc.aio.UnaryStreamClientInterceptor):
     async def intercept_unary_stream(self, continuation: Callable[..., Any], client_call_details: Any,
                                      request: Any) -> Any:
-        return await continuation(_with_secret(client_call_details, self._secret), request)
+        return await continuation(self._details(client_call_details), request)
 
+
+class _StreamUnary(_AddsSecret, grpc.aio.StreamUnaryClientInterceptor):
     async def intercept_stream_unary(self, continuation: Callable[..., Any], client_call_details: Any,
                                      request_iterator: Any) -> Any:
-        return await continuation(_with_secret(client_call_details, self._secret), request_iterator)
+        return await continuation(self._details(client_call_details), request_iterator)
 
+
+class _StreamStream(_AddsSecret, grpc.aio.StreamStreamClientInterceptor):
     async def intercept_stream_stream(self, continuation: Callable[..., Any], client_call_details: Any,
                                       request_iterator: Any) -> Any:
-        return await continuation(_with_secret(client_call_details, self._secret), request_iterator)
+        return await continuation(self._details(client_call_details), request_iterator)
+
+
+def client_interceptors(secret: str) -> list[grpc.aio.ClientInterceptor]:
+    """One interceptor per call kind: a channel files each interceptor under the first kind it matches."""
+    return [kind(secret) for kind in (_UnaryUnary, _UnaryStream, _StreamUnary, _StreamStream)]
 
 
 async def _refuse(request: Any, context: grpc.aio.ServicerContext) -> None:
@@ -86,4 +95,4 @@ class InternalSecretServerInterceptor(grpc.aio.ServerInterceptor):
         return _refusing(handler)
 
 
-__all__ = ["METADATA_KEY", "InternalSecretClientInterceptor", "InternalSecretServerInterceptor"]
+__all__ = ["METADATA_KEY", "InternalSecretServerInterceptor", "client_interceptors"]

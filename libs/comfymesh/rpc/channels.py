@@ -7,7 +7,7 @@ import os
 import grpc
 
 from comfymesh.config import get_settings
-from comfymesh.rpc.auth import InternalSecretClientInterceptor
+from comfymesh.rpc.auth import client_interceptors
 
 
 def max_message_bytes() -> int:
@@ -18,11 +18,14 @@ def max_message_bytes() -> int:
 def channel_options() -> list[tuple[str, int]]:
     limit = max_message_bytes()
     return [("grpc.max_send_message_length", limit), ("grpc.max_receive_message_length", limit),
-            ("grpc.keepalive_time_ms", 20_000), ("grpc.keepalive_timeout_ms", 10_000)]
+            ("grpc.keepalive_time_ms", 20_000), ("grpc.keepalive_timeout_ms", 10_000),
+            # a restarted replica is found within a couple of seconds, not after gRPC's 2-minute backoff cap
+            ("grpc.initial_reconnect_backoff_ms", 200), ("grpc.min_reconnect_backoff_ms", 200),
+            ("grpc.max_reconnect_backoff_ms", 2_000)]
 
 
 def open_channel(address: str, internal_secret: str | None = None) -> grpc.aio.Channel:
     """A channel to another service; its calls carry the internal secret (default: COMFYMESH_INTERNAL_SECRET)."""
     secret = get_settings().internal_secret.get_secret_value() if internal_secret is None else internal_secret
-    interceptors = [InternalSecretClientInterceptor(secret)] if secret else None
+    interceptors = client_interceptors(secret) if secret else None
     return grpc.aio.insecure_channel(address, options=channel_options(), interceptors=interceptors)

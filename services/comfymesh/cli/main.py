@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import time
 from pathlib import Path
@@ -38,6 +39,9 @@ def up(
     for folder in DATA_FOLDERS:
         settings.folder(folder)
     env = {**os.environ, "COMFYMESH_HOME": str(settings.home), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    if not settings.internal_secret.get_secret_value():
+        # one random secret per `up`, shared by the children only: no other local process can call them
+        env["COMFYMESH_INTERNAL_SECRET"] = secrets.token_urlsafe(32)
     specs = [ServiceSpec("imaging", ["comfymesh.imaging", "--listen", settings.replicas("imaging")[0]])]
     if not without_diffusion and _diffusion_available():
         specs.append(ServiceSpec("diffusion", ["comfymesh.diffusion", "--listen", settings.replicas("diffusion")[0]]))
@@ -92,7 +96,9 @@ def run(
     except json.JSONDecodeError as exc:
         console.print(f"[red]{workflow} is not JSON: {exc}[/]")
         raise typer.Exit(2) from exc
-    with httpx.Client(base_url=url, timeout=30) as http:
+    token = get_settings().api_token.get_secret_value()
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    with httpx.Client(base_url=url, timeout=30, headers=headers) as http:
         try:
             reply = http.post("/v1/workflows", json=prompt)
         except httpx.ConnectError as exc:

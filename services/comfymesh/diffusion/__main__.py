@@ -12,8 +12,9 @@ from comfymesh.stage.server import StageServicer, stage_main
 
 
 def _nodes() -> dict[str, NodeImpl]:
-    from comfymesh.diffusion.nodes import NODES
+    from comfymesh.diffusion.nodes import NODES, start_warmup
 
+    start_warmup(get_settings().home)
     return NODES
 
 

@@ -52,9 +52,10 @@ class GuidedDenoiser:
     def _run(self, x: torch.Tensor, sigma: torch.Tensor, entries: list[CondEntry]) -> list[torch.Tensor]:
         """One x0 prediction per entry, batching entries into one UNet call when their lengths tile."""
         batch = x.shape[0]
-        s = sigma.to(x.device)
+        # non_blocking: a blocking host-to-device copy would wait for the GPU queue every step
+        s = sigma.to(x.device, non_blocking=True)
         x_in = (x / (s**2 + 1.0) ** 0.5).to(self.dtype)
-        t = self.sampling.timestep(sigma).to(x.device)  # computed from the CPU sigma: no device sync
+        t = self.sampling.timestep(sigma).to(x.device, non_blocking=True)  # from the CPU sigma: no sync
         lengths = [e.context.shape[1] for e in entries]
         lcm = math.lcm(*lengths)
         groups = [entries] if lcm <= 4 * min(lengths) else [[e] for e in entries]
@@ -109,6 +110,6 @@ class MaskedDenoiser:
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         keep = 1.0 - self.mask
-        s = sigma.to(x.device)
+        s = sigma.to(x.device, non_blocking=True)
         x = x * self.mask + (self.latent + self.noise * s) * keep
         return self.inner(x, sigma) * self.mask + self.latent * keep

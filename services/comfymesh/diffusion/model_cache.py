@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from comfymesh.diffusion import fast_path
 from comfymesh.diffusion import lora as lora_mod
 from comfymesh.diffusion.checkpoint import CheckpointParts, Placement, load_checkpoint, load_vae_file
 from comfymesh.diffusion.guidance import UNetFn
@@ -58,6 +59,7 @@ class LoadedCheckpoint:
     nbytes: int
     sampling: ModelSampling
     latent_format: LatentFormat
+    fast: fast_path.FastUNet | None = None  # the bucketed compiled UNet (fast path), made on first use
 
     @property
     def family(self) -> str:
@@ -256,8 +258,15 @@ class ModelCache:
     def sampling_model(self, ckpt: LoadedCheckpoint, loras: Sequence[LoraSpec] = ()) -> SamplingModel:
         overrides = self._patches(ckpt, "unet", loras).get("unet", {})
         rec = ckpt.parts.recognition
+        unet: UNetFn = _unet_fn(ckpt.parts.unet, overrides)
+        if not overrides and fast_path.fast_enabled(ckpt.device):
+            # LoRA-patched weights go through functional_call and stay eager
+            with self._lock:
+                if ckpt.fast is None:
+                    ckpt.fast = fast_path.FastUNet(ckpt.parts.unet, ckpt.device)
+            unet = ckpt.fast
         return SamplingModel(
-            unet=_unet_fn(ckpt.parts.unet, overrides), sampling=ckpt.sampling, prediction=rec.prediction,
+            unet=unet, sampling=ckpt.sampling, prediction=rec.prediction,
             latent_format=ckpt.latent_format, family=rec.family, context_dim=rec.unet.context_dim,
             adm=rec.unet.adm, device=ckpt.device, dtype=ckpt.unet_dtype,
         )

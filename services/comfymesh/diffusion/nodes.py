@@ -7,6 +7,9 @@ process-wide ModelCache turns them into resident weights.
 from __future__ import annotations
 
 import functools
+import logging
+import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,14 +17,17 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from comfymesh.diffusion import ksampler, vae_codec
+from comfymesh.diffusion import fast_path, ksampler, vae_codec
 from comfymesh.diffusion.model_cache import LoadedCheckpoint, LoraSpec, ModelCache, get_model_cache
-from comfymesh.diffusion.previews import preview_jpeg
+from comfymesh.diffusion.previews import latent_rgb_tensor
 from comfymesh.diffusion.text_encode import encode_prompt
 from comfymesh.errors import ComfymeshError, ModelError, NodeInputError, ResourceExhaustedError
+from comfymesh.logs import log_fields
 from comfymesh.stage.node import NodeContext, NodeImpl
 
 Handle = dict[str, Any]
+log = logging.getLogger("comfymesh.diffusion")
+TIMINGS_ENV = "COMFYMESH_NODE_TIMINGS"
 MODEL_EXTENSIONS = (".safetensors", ".sft")
 LATENT_UPSCALE_METHODS = ("nearest-exact", "bilinear", "area", "bicubic", "bislerp")
 
@@ -88,8 +94,13 @@ def _node(fn: Callable[..., tuple[Any, ...]]) -> NodeImpl:
 
     @functools.wraps(fn)
     def wrapper(ctx: NodeContext, **inputs: Any) -> tuple[Any, ...]:
+        start = time.perf_counter()
         try:
-            return fn(ctx, **inputs)
+            result = fn(ctx, **inputs)
+            if os.environ.get(TIMINGS_ENV) == "1":  # node compute time, for the benchmarks' overhead split
+                log.info("node timing", extra=log_fields(job=ctx.job_id, node=ctx.node_id, class_type=ctx.class_type,
+                                                         ms=round((time.perf_counter() - start) * 1000, 3)))
+            return result
         except ComfymeshError as exc:
             if not exc.node_id:
                 exc.node_id = ctx.node_id
@@ -223,15 +234,13 @@ def _sample(ctx: NodeContext, model: Handle, latent_image: dict[str, Any], **kwa
     sm = _cache().sampling_model(ckpt, _loras(ctx, model))
     fmt = sm.latent_format
     want_previews = ctx.extras.get("previews", True)
-
-    def on_step(i: int, total: int, denoised: torch.Tensor) -> None:
-        ctx.report_progress(i + 1, total)
-        if want_previews:
-            ctx.report_preview(preview_jpeg(denoised, fmt), "JPEG")
-
+    # progress and previews from CUDA events: the step loop never waits on the GPU for them
+    reporter = fast_path.StepReporter(ctx.report_progress, ctx.report_preview if want_previews else None,
+                                      lambda denoised: latent_rgb_tensor(denoised, fmt), sm.device)
     with torch.no_grad():
-        out = ksampler.sample_latent(sm, latent=latent_image, on_step=on_step,
+        out = ksampler.sample_latent(sm, latent=latent_image, on_step=reporter,
                                      check_cancelled=ctx.check_cancelled, **kwargs)
+    reporter.finish()
     return (out,)
 
 
@@ -278,6 +287,28 @@ def vae_decode(ctx: NodeContext, samples: dict[str, Any], vae: Handle) -> tuple[
 @_node
 def vae_encode(ctx: NodeContext, pixels: Any, vae: Handle) -> tuple[dict[str, Any]]:
     return ({"samples": vae_codec.encode(_vae(ctx, vae), torch.as_tensor(pixels))},)
+
+
+def start_warmup(home: Path) -> None:
+    """Stage start: point the compile caches at <home>, and build the buckets of the warm-up manifest
+    ($COMFYMESH_WARMUP_MANIFEST) in the background; serving starts at once either way."""
+    cache = _cache()
+    if not fast_path.fast_enabled(cache.device):
+        return
+    fast_path.compile_cache_dir(home)
+    if not os.environ.get(fast_path.MANIFEST_ENV):
+        return
+
+    def load(name: str) -> ksampler.SamplingModel:
+        return cache.sampling_model(cache.get(home / "models" / "checkpoints" / name))
+
+    def run() -> None:
+        started = fast_path.warmup_from_manifest(load)
+        log.info("warm-up manifest: building %s", ", ".join(started) or "nothing")
+
+    import threading
+
+    threading.Thread(target=run, name="comfymesh-warmup", daemon=True).start()
 
 
 NODES: dict[str, NodeImpl] = {

@@ -68,6 +68,15 @@ SPECS: dict[str, TinyFamily] = {
     ),
 }
 
+# Full-size architectures (random weights) for benchmarks: the real SD1.5 shapes, about 1.07 G parameters.
+FULL_SPECS: dict[str, TinyFamily] = {
+    "sd15": TinyFamily(
+        UNetShape(320, (1, 2, 4, 4), 2, (1, 1, 1, 0), 1, 768, linear_proj=False),
+        clip_hf=("cond_stage_model.transformer.text_model.", 768), clip_open=None, clip_layers=12,
+    ),
+}
+FULL_VAE = {"ch": 128, "mult": (1, 2, 4, 4), "res_blocks": 2}
+
 Shapes = dict[str, tuple[int, ...]]
 
 
@@ -243,10 +252,10 @@ def clip_open_shapes(prefix: str, width: int, layers: int, proj: int) -> Shapes:
     return {prefix + k: v for k, v in s.items()}
 
 
-def checkpoint_shapes(family: str) -> Shapes:
-    """All tensor names and shapes of a tiny checkpoint of `family`."""
-    spec = _spec(family)
-    shapes = {**unet_shapes(spec.unet), **vae_shapes()}
+def checkpoint_shapes(family: str, full: bool = False) -> Shapes:
+    """All tensor names and shapes of a tiny (or, with `full`, full-size) checkpoint of `family`."""
+    spec = _spec(family, full)
+    shapes = {**unet_shapes(spec.unet), **(vae_shapes(**FULL_VAE) if full else vae_shapes())}  # type: ignore[arg-type]
     if spec.clip_hf:
         shapes.update(clip_hf_shapes(spec.clip_hf[0], spec.clip_hf[1], spec.clip_layers))
     if spec.clip_open:
@@ -254,33 +263,40 @@ def checkpoint_shapes(family: str) -> Shapes:
     return shapes
 
 
-def _spec(family: str) -> TinyFamily:
-    if family not in SPECS:
-        raise ValueError(f"unknown tiny family {family!r}; choose one of {', '.join(FAMILIES)}")
-    return SPECS[family]
+def _spec(family: str, full: bool = False) -> TinyFamily:
+    specs = FULL_SPECS if full else SPECS
+    if family not in specs:
+        raise ValueError(f"unknown {'full' if full else 'tiny'} family {family!r}; choose one of {', '.join(specs)}")
+    return specs[family]
 
 
 def _init(name: str, shape: tuple[int, ...], gen: torch.Generator) -> torch.Tensor:
+    def randn(size: tuple[int, ...]) -> torch.Tensor:
+        return torch.randn(size, generator=gen, device=gen.device)
+
     if name.endswith("logit_scale"):
         return torch.tensor(4.6052)
     if len(shape) == 1 and name.endswith("weight"):
         # only norm layers have 1-D weights: near 1 keeps activations at unit scale through the layers
-        return 1.0 + 0.01 * torch.randn(shape, generator=gen)
+        return 1.0 + 0.01 * randn(shape)
     if name.endswith("bias"):
-        return 0.01 * torch.randn(shape, generator=gen)
+        return 0.01 * randn(shape)
     if "embedding" in name:
-        return 0.02 * torch.randn(shape, generator=gen)
+        return 0.02 * randn(shape)
     fan_in = 1
     for d in shape[1:]:
         fan_in *= d
-    return torch.randn(shape, generator=gen) / max(fan_in, 1) ** 0.5
+    return randn(shape) / max(fan_in, 1) ** 0.5
 
 
-def make_state_dict(family: str, seed: int = 0, dtype: torch.dtype = torch.float16) -> dict[str, torch.Tensor]:
-    """The tensors of a tiny checkpoint; same family and seed give identical tensors."""
-    spec = _spec(family)
-    gen = torch.Generator().manual_seed(seed)
-    sd = {name: _init(name, shape, gen).to(dtype) for name, shape in sorted(checkpoint_shapes(family).items())}
+def make_state_dict(family: str, seed: int = 0, dtype: torch.dtype = torch.float16, full: bool = False,
+                    device: str = "cpu") -> dict[str, torch.Tensor]:
+    """The tensors of a tiny (or full-size) checkpoint; same family, seed and device give identical tensors.
+    `device` only says where the random numbers are drawn (a GPU makes a full-size file in seconds)."""
+    spec = _spec(family, full)
+    gen = torch.Generator(device).manual_seed(seed)
+    sd = {name: _init(name, shape, gen).to(dtype).cpu()
+          for name, shape in sorted(checkpoint_shapes(family, full).items())}
     if spec.vpred_bias_std is not None:
         key = _last_output_norm1_bias(sd)
         sd[key] = (spec.vpred_bias_std * torch.randn(sd[key].shape, generator=gen)).to(dtype)
@@ -300,14 +316,15 @@ def _last_output_norm1_bias(sd: dict[str, torch.Tensor]) -> str:
 
 
 def make_tiny_checkpoint(path: str | Path, family: str = "sd15", seed: int = 0,
-                         dtype: torch.dtype = torch.float16, vpred: bool = False) -> Path:
-    """Write a tiny checkpoint file and return its path. `vpred` adds SDXL's `v_pred` marker key."""
-    sd = make_state_dict(family, seed, dtype)
+                         dtype: torch.dtype = torch.float16, vpred: bool = False, full: bool = False,
+                         device: str = "cpu") -> Path:
+    """Write a tiny (or `full`-size) checkpoint file and return its path. `vpred` adds SDXL's `v_pred` key."""
+    sd = make_state_dict(family, seed, dtype, full=full, device=device)
     if vpred:
         sd["v_pred"] = torch.tensor([])
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(sd, str(path), metadata={"format": "pt", "comfymesh_tiny_family": family})
+    save_file(sd, str(path), metadata={"format": "pt", "comfymesh_tiny_family": family + ("-full" if full else "")})
     return path
 
 
@@ -355,6 +372,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--fp32", action="store_true", help="store float32 tensors (default float16)")
     parser.add_argument("--vpred", action="store_true", help="SDXL only: add the v_pred marker key")
+    parser.add_argument("--full", action="store_true",
+                        help="full-size architecture with random weights (sd15 only: ~1.07 G parameters, ~2 GB fp16)")
+    parser.add_argument("--device", default="cpu", help="where to draw the random numbers (e.g. cuda)")
     parser.add_argument("--lora-for", type=Path, default=None, metavar="CKPT",
                         help="write a tiny kohya LoRA fitting CKPT instead of a checkpoint")
     args = parser.parse_args(argv)
@@ -362,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
         make_tiny_lora(args.out, args.lora_for, seed=args.seed)
     else:
         make_tiny_checkpoint(args.out, args.family, args.seed, torch.float32 if args.fp32 else torch.float16,
-                             vpred=args.vpred)
+                             vpred=args.vpred, full=args.full, device=args.device)
     print(args.out)
     return 0
 

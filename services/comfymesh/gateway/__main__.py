@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 import uvicorn
 
 from comfymesh.config import get_settings
 from comfymesh.gateway.app import create_app
+from comfymesh.gateway.auth import check_bind
 from comfymesh.logs import setup_logging
 
 
@@ -17,10 +19,15 @@ def main() -> None:
     parser.add_argument("--host", default=settings.host, help="interface to bind (default %(default)s)")
     parser.add_argument("--port", type=int, default=settings.port, help="HTTP port (default %(default)s)")
     args = parser.parse_args()
+    try:
+        check_bind(args.host, settings)
+    except ValueError as exc:
+        sys.exit(f"comfymesh gateway: {exc}")
     setup_logging("gateway", settings.log_level, settings.log_json)
     app = create_app(settings)
     print(f"comfymesh gateway listening on http://{args.host}:{args.port} "
           f"(API docs at /v1/docs, orchestrator {settings.orchestrator})", flush=True)
+    # no access log: it would record `?token=` query strings (the auth middleware strips them for the app)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
 
 

@@ -8,7 +8,9 @@ from typing import Any
 
 import orjson
 from fastapi import APIRouter, Header, HTTPException, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
+from pydantic import ValidationError
 from sse_starlette.sse import EventSourceResponse, ServerSentEvent
 
 from comfymesh.catalog.files import resolve_inside
@@ -71,7 +73,11 @@ async def submit_workflow(request: Request, response: Response,
                           idempotency_key: str | None = Header(None)) -> Any:
     body = await read_json_body(request)
     if isinstance(body, dict) and isinstance(body.get("prompt"), dict):
-        submission = WorkflowSubmission.model_validate(body)
+        try:
+            submission = WorkflowSubmission.model_validate(body)
+        except ValidationError as exc:
+            # the body is read by hand (it may be a bare prompt), so its option errors are raised here
+            raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from exc
     elif isinstance(body, dict):
         submission = WorkflowSubmission(prompt=body)
     else:

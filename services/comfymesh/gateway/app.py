@@ -11,8 +11,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from comfymesh.config import Settings
-from comfymesh.gateway import api_v1, comfy, files
-from comfymesh.gateway.client import OrchestratorClient, OrchestratorUnavailable, QueueFull
+from comfymesh.gateway import api_v1, comfy, files, login
+from comfymesh.gateway.auth import Authenticator, AuthMiddleware
+from comfymesh.gateway.client import OrchestratorClient, OrchestratorUnavailable, PromptTooLarge, QueueFull
 from comfymesh.gateway.models import Health
 
 
@@ -27,6 +28,7 @@ def create_app(settings: Settings, client: OrchestratorClient | None = None) -> 
                   openapi_url="/v1/openapi.json", lifespan=lifespan,
                   description="Run ComfyUI workflows on a gRPC mesh. ComfyUI's own API is served beside this one.")
     app.state.settings = settings
+    app.state.authenticator = authenticator = Authenticator(settings)
 
     @app.middleware("http")
     async def limit_body(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
@@ -37,6 +39,9 @@ def create_app(settings: Settings, client: OrchestratorClient | None = None) -> 
                                                       "(COMFYMESH_MAX_BODY_BYTES)", "extra_info": {}},
                                  "node_errors": {}}, status_code=413)
         return await call_next(request)
+
+    # added last, so outermost: an unauthenticated request reaches nothing else, HTTP or websocket
+    app.add_middleware(AuthMiddleware, authenticator=authenticator)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
@@ -53,6 +58,11 @@ def create_app(settings: Settings, client: OrchestratorClient | None = None) -> 
                                        "details": "retry after the Retry-After delay", "extra_info": {}},
                              "node_errors": {}}, status_code=429, headers={"Retry-After": "5"})
 
+    @app.exception_handler(PromptTooLarge)
+    async def prompt_too_large(request: Request, exc: PromptTooLarge) -> JSONResponse:
+        return JSONResponse({"error": {"type": "request_too_large", "message": "Prompt too large",
+                                       "details": str(exc), "extra_info": {}}, "node_errors": {}}, status_code=413)
+
     @app.exception_handler(OrchestratorUnavailable)
     async def unavailable(request: Request, exc: OrchestratorUnavailable) -> JSONResponse:
         return JSONResponse({"detail": f"{exc}; retry shortly"}, status_code=503, headers={"Retry-After": "2"})
@@ -68,6 +78,7 @@ def create_app(settings: Settings, client: OrchestratorClient | None = None) -> 
             return Health(status="ready")
         return JSONResponse({"status": "orchestrator unavailable"}, status_code=503)
 
+    app.include_router(login.router)
     app.include_router(api_v1.router)
     app.include_router(files.router)
     comfy.install(app)  # last: it ends with the frontend's static mount, which catches every other path

@@ -11,6 +11,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from comfymesh.rpc import open_channel
+from comfymesh.rpc.channels import max_message_bytes
 from comfymesh.v1 import orchestrator_pb2, orchestrator_pb2_grpc
 
 DEADLINE = 30.0
@@ -38,6 +39,10 @@ class JobEvent:
 
 class QueueFull(Exception):
     """The orchestrator refused a submit: its queue is at the configured limit (HTTP 429)."""
+
+
+class PromptTooLarge(Exception):
+    """A submit larger than the control plane's message limit (HTTP 413); the orchestrator never saw it."""
 
 
 class OrchestratorUnavailable(Exception):
@@ -85,7 +90,13 @@ class OrchestratorClient:
             prompt_json=json.dumps(prompt), extra_data_json=json.dumps(extra_data), client_id=client_id,
             job_id=job_id, priority=priority or 0.0, has_priority=priority is not None, front=front,
             partial_execution_targets=targets or [], timeout_s=timeout_s, webhook_url=webhook_url)
-        reply = await self._call(self.stub.ExecuteWorkflow, request)
+        try:
+            reply = await self._call(self.stub.ExecuteWorkflow, request)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                raise PromptTooLarge(f"the prompt and its options take {request.ByteSize()} bytes on the wire; "
+                                     f"the limit is {max_message_bytes()} (COMFYMESH_GRPC_MAX_MESSAGE_BYTES)") from exc
+            raise
         if reply.queue_full:
             raise QueueFull("the queue is full; retry later")
         return SubmitResult(reply.job_id, reply.number, reply.accepted,

@@ -100,7 +100,9 @@ class JobRunner:
                               data={"outputs": self.job.outputs_to_run})
 
     async def _execute(self) -> None:
-        stages = {self.catalog.nodes[n["class_type"]].stage for n in self.job.prompt.values()}
+        # only stages the outputs need: a node off every output's path never runs, so its stage may be down
+        needed = plan_prompt(self.job.prompt, self.job.outputs_to_run, self.catalog).nodes.values()
+        stages = {node.stage for node in needed}
         versions = {stage: await self.pool.describe(stage) for stage in stages if stage in self.pool.replicas}
         versions.setdefault("any", "")
         plan = plan_prompt(self.job.prompt, self.job.outputs_to_run, self.catalog, code_versions=versions,

@@ -1,0 +1,388 @@
+"""The fast sampling path: channels-last fp16 UNet, compiled and CUDA-graphed per shape bucket.
+
+A *bucket* is one set of UNet input shapes (batch after CFG, latent size, context length, ADM width,
+dtype). The first call of a new bucket runs eagerly and starts building the bucket's fast version in a
+background thread (torch.compile, then a CUDA graph capture of the compiled call); until that is ready
+every call of the bucket stays eager, so compilation never blocks serving. A failed build leaves the
+bucket eager for good (logged once).
+
+Compiled artifacts persist under $COMFYMESH_HOME/cache/torch-compile: inductor's on-disk caches
+(TORCHINDUCTOR_CACHE_DIR, TRITON_CACHE_DIR) plus torch's "mega-cache" bundle, saved after every build
+and loaded once per process, so a restarted stage rebuilds a bucket from cache instead of from scratch.
+
+`StepReporter` reports progress and previews of a sampling loop from CUDA events: the loop never waits
+on the device except to keep at most `max_ahead` steps queued (so cancellation stays prompt).
+
+Switches (environment): COMFYMESH_FAST_PATH (auto | 1 | 0; auto = on for CUDA devices),
+COMFYMESH_COMPILE (1 | 0; 0 = CUDA graphs of the eager UNet only), COMFYMESH_COMPILE_BACKEND
+(default inductor), COMFYMESH_COMPILE_MODE (default "default"), COMFYMESH_CUDA_GRAPHS (1 | 0),
+COMFYMESH_WARMUP_MANIFEST (a JSON file of buckets to build at stage start, see `warmup_from_manifest`).
+"""
+
+from __future__ import annotations
+
+import collections
+import io
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+log = logging.getLogger("comfymesh.diffusion.fast_path")
+
+FAST_ENV = "COMFYMESH_FAST_PATH"
+COMPILE_ENV = "COMFYMESH_COMPILE"
+BACKEND_ENV = "COMFYMESH_COMPILE_BACKEND"
+MODE_ENV = "COMFYMESH_COMPILE_MODE"
+GRAPHS_ENV = "COMFYMESH_CUDA_GRAPHS"
+MANIFEST_ENV = "COMFYMESH_WARMUP_MANIFEST"
+MEGA_CACHE_FILE = "mega_cache.bin"
+
+BucketKey = tuple[Any, ...]
+_launch_lock = threading.RLock()
+"""Held while a fast bucket replays and while a CUDA graph is captured, so a capture never sees
+another thread's UNet launches and two jobs never share static buffers at once."""
+
+
+def _flag(name: str, default: bool) -> bool:
+    value = os.environ.get(name, "").strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    return default
+
+
+def fast_enabled(device: torch.device) -> bool:
+    """Whether the fast path is on for `device` ($COMFYMESH_FAST_PATH; auto = CUDA only)."""
+    return _flag(FAST_ENV, device.type == "cuda")
+
+
+# ---------------------------------------------------------------------------------------------------
+# persisted compile caches
+
+_cache_state: dict[str, Any] = {"dir": None, "loaded": False}
+_cache_lock = threading.Lock()
+
+
+def compile_cache_dir(home: Path | None = None) -> Path | None:
+    """Point inductor's caches at <home>/cache/torch-compile (once) and load a saved mega-cache."""
+    with _cache_lock:
+        if _cache_state["dir"] is not None:
+            return Path(_cache_state["dir"])
+        if home is None:
+            env_home = os.environ.get("COMFYMESH_HOME")
+            if not env_home:
+                return None
+            home = Path(env_home)
+        root = Path(home) / "cache" / "torch-compile"
+        root.mkdir(parents=True, exist_ok=True)
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(root / "inductor"))
+        os.environ.setdefault("TRITON_CACHE_DIR", str(root / "triton"))
+        _cache_state["dir"] = str(root)
+        mega = root / MEGA_CACHE_FILE
+        if mega.is_file() and not _cache_state["loaded"]:
+            loader = getattr(torch.compiler, "load_cache_artifacts", None)
+            if loader is not None:
+                try:
+                    loader(mega.read_bytes())
+                    log.info("loaded compile cache %s (%d bytes)", mega, mega.stat().st_size)
+                except Exception as exc:  # a stale or foreign bundle must never stop serving
+                    log.warning("ignoring compile cache %s: %s", mega, exc)
+            _cache_state["loaded"] = True
+        return root
+
+
+def save_compile_cache() -> Path | None:
+    """Write torch's mega-cache bundle next to the inductor cache (atomic replace)."""
+    root = _cache_state["dir"]
+    saver = getattr(torch.compiler, "save_cache_artifacts", None)
+    if root is None or saver is None:
+        return None
+    try:
+        result = saver()
+    except Exception as exc:
+        log.warning("could not save the compile cache: %s", exc)
+        return None
+    if not result:
+        return None
+    data = result[0]
+    path = Path(root) / MEGA_CACHE_FILE
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------
+# the bucketed fast UNet
+
+
+@dataclass
+class Bucket:
+    key: BucketKey
+    ready: threading.Event = field(default_factory=threading.Event)
+    failed: str | None = None
+    fn: Callable[..., torch.Tensor] | None = None
+    graph: Any = None
+    static_in: list[torch.Tensor | None] = field(default_factory=list)
+    static_out: torch.Tensor | None = None
+    build_s: float = 0.0
+    calls: int = 0
+
+
+def bucket_key(x: torch.Tensor, t: torch.Tensor, ctx: torch.Tensor, y: torch.Tensor | None) -> BucketKey:
+    return (tuple(x.shape), tuple(t.shape), tuple(ctx.shape), None if y is None else tuple(y.shape), x.dtype,
+            str(x.device))
+
+
+class FastUNet:
+    """A UNetFn with per-bucket compiled / CUDA-graphed variants, eager until a variant is ready."""
+
+    def __init__(self, unet: nn.Module, device: torch.device, *, compile: bool | None = None,
+                 backend: str | None = None, mode: str | None = None, graphs: bool | None = None,
+                 background: bool = True) -> None:
+        self.unet = unet
+        self.device = device
+        cuda = device.type == "cuda"
+        self.compile = _flag(COMPILE_ENV, cuda) if compile is None else compile
+        self.backend = backend or os.environ.get(BACKEND_ENV) or "inductor"
+        self.mode = mode or os.environ.get(MODE_ENV) or "default"
+        self.graphs = cuda and (_flag(GRAPHS_ENV, True) if graphs is None else graphs)
+        self.background = background
+        self.buckets: dict[BucketKey, Bucket] = {}
+        self._lock = threading.Lock()
+        if cuda:
+            unet.to(memory_format=torch.channels_last)
+        if self.compile:
+            compile_cache_dir()
+
+    # the plain module call (also what gets compiled)
+    def _forward(self, x: torch.Tensor, t: torch.Tensor, ctx: torch.Tensor,
+                 y: torch.Tensor | None) -> torch.Tensor:
+        out: torch.Tensor = self.unet(x, t, encoder_hidden_states=ctx, class_labels=y, return_dict=False)[0]
+        return out
+
+    def eager(self, x: torch.Tensor, t: torch.Tensor, ctx: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        if self.device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+            with _launch_lock:
+                return self._forward(x, t, ctx, y)
+        return self._forward(x, t, ctx, y)
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, ctx: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        if not self.compile and not self.graphs:
+            return self.eager(x, t, ctx, y)
+        key = bucket_key(x, t, ctx, y)
+        bucket = self.buckets.get(key)
+        if bucket is None:
+            bucket = self.start(x, t, ctx, y)
+        if bucket.ready.is_set() and bucket.failed is None:
+            bucket.calls += 1
+            return self._run(bucket, x, t, ctx, y)
+        return self.eager(x, t, ctx, y)
+
+    def start(self, x: torch.Tensor, t: torch.Tensor, ctx: torch.Tensor, y: torch.Tensor | None) -> Bucket:
+        """Begin building the bucket of these inputs (copies them as static inputs); idempotent."""
+        key = bucket_key(x, t, ctx, y)
+        with self._lock:
+            bucket = self.buckets.get(key)
+            if bucket is not None:
+                return bucket
+            bucket = Bucket(key)
+            fmt = torch.channels_last if x.device.type == "cuda" else torch.contiguous_format
+            bucket.static_in = [x.detach().clone().contiguous(memory_format=fmt), t.detach().clone(),
+                                ctx.detach().clone(), None if y is None else y.detach().clone()]
+            self.buckets[key] = bucket
+        if self.background:
+            threading.Thread(target=self._build, args=(bucket,), name="comfymesh-compile", daemon=True).start()
+        else:
+            self._build(bucket)
+        return bucket
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait for every started bucket; True when all are ready (built or failed)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for bucket in list(self.buckets.values()):
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not bucket.ready.wait(left):
+                return False
+        return True
+
+    def _build(self, bucket: Bucket) -> None:
+        start = time.perf_counter()
+        try:
+            with torch.no_grad():
+                fn: Callable[..., torch.Tensor] = self._forward
+                if self.compile:
+                    fn = torch.compile(self._forward, backend=self.backend, mode=self.mode, dynamic=False)
+                args = bucket.static_in
+                if self.device.type == "cuda":
+                    side = torch.cuda.Stream(self.device)
+                    side.wait_stream(torch.cuda.current_stream(self.device))
+                    with torch.cuda.stream(side):
+                        for _ in range(2):  # compiles on the first call; the second settles allocations
+                            fn(*args)
+                    side.synchronize()
+                else:
+                    fn(*args)
+                if self.graphs:
+                    graph = torch.cuda.CUDAGraph()
+                    with _launch_lock:
+                        torch.cuda.synchronize(self.device)
+                        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+                            bucket.static_out = fn(*args)
+                        torch.cuda.synchronize(self.device)
+                    bucket.graph = graph
+                bucket.fn = fn
+            if self.compile:
+                save_compile_cache()
+        except Exception as exc:
+            bucket.failed = f"{type(exc).__name__}: {exc}"
+            log.warning("fast path for bucket %s failed, staying eager: %s", bucket.key[:4], bucket.failed)
+        finally:
+            bucket.build_s = time.perf_counter() - start
+            if bucket.failed is None:
+                log.info("fast path bucket %s ready in %.1f s (compile=%s, graphs=%s)", bucket.key[:4],
+                         bucket.build_s, self.compile, self.graphs)
+            bucket.ready.set()
+
+    def _run(self, bucket: Bucket, x: torch.Tensor, t: torch.Tensor, ctx: torch.Tensor,
+             y: torch.Tensor | None) -> torch.Tensor:
+        if bucket.graph is None:
+            assert bucket.fn is not None
+            if self.device.type == "cuda":
+                x = x.contiguous(memory_format=torch.channels_last)
+            with _launch_lock:
+                return bucket.fn(x, t, ctx, y)
+        sx, st, sctx, sy = bucket.static_in
+        assert sx is not None and st is not None and sctx is not None and bucket.static_out is not None
+        with _launch_lock:
+            sx.copy_(x)
+            st.copy_(t)
+            sctx.copy_(ctx)
+            if sy is not None and y is not None:
+                sy.copy_(y)
+            bucket.graph.replay()
+            return bucket.static_out.clone()
+
+    def stats(self) -> list[dict[str, Any]]:
+        return [{"shape": list(b.key[0]), "ready": b.ready.is_set(), "failed": b.failed,
+                 "build_s": round(b.build_s, 2), "calls": b.calls} for b in self.buckets.values()]
+
+
+def unet_inputs(batch: int, height: int, width: int, context_dim: int, dtype: torch.dtype, device: torch.device,
+                adm: int | None = None, cfg: bool = True, context_len: int = 77,
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Dummy UNet inputs of the bucket that a KSampler of this size would use (CFG doubles the batch)."""
+    n = batch * (2 if cfg else 1)
+    x = torch.randn(n, 4, height // 8, width // 8, device=device).to(dtype)
+    t = torch.full((n,), 500.0, device=device)
+    ctx = torch.randn(n, context_len, context_dim, device=device).to(dtype)
+    y = None if adm is None else torch.randn(n, adm, device=device).to(dtype)
+    return x, t, ctx, y
+
+
+def warmup_from_manifest(load: Callable[[str], Any], manifest: Path | None = None) -> list[str]:
+    """Start building the buckets listed in a JSON manifest: [{"ckpt", "width", "height", "batch", "cfg"}].
+
+    `load(ckpt_name)` returns the SamplingModel of the checkpoint (its unet must be a FastUNet).
+    Returns the names it started; errors are logged, never raised (serving goes on).
+    """
+    path = manifest or (Path(os.environ[MANIFEST_ENV]) if os.environ.get(MANIFEST_ENV) else None)
+    if path is None or not path.is_file():
+        return []
+    started = []
+    try:
+        entries = json.loads(path.read_text())
+    except ValueError as exc:
+        log.warning("warm-up manifest %s is not JSON: %s", path, exc)
+        return []
+    for entry in entries:
+        try:
+            model = load(entry["ckpt"])
+            if not isinstance(model.unet, FastUNet):
+                continue
+            model.unet.start(*unet_inputs(int(entry.get("batch", 1)), int(entry.get("height", 512)),
+                                          int(entry.get("width", 512)), model.context_dim, model.dtype,
+                                          model.device, model.adm, bool(entry.get("cfg", True))))
+            started.append(f"{entry['ckpt']}@{entry.get('width', 512)}x{entry.get('height', 512)}"
+                           f"x{entry.get('batch', 1)}")
+        except Exception as exc:
+            log.warning("warm-up entry %s failed: %s", entry, exc)
+    return started
+
+
+# ---------------------------------------------------------------------------------------------------
+# progress and previews without a per-step host sync
+
+
+@dataclass
+class _Pending:
+    step: int
+    total: int
+    event: Any
+    rgb: torch.Tensor | None
+
+
+class StepReporter:
+    """Progress/preview callback for a sampling loop that never forces a sync per step on CUDA.
+
+    On a CUDA device each step records an event (and starts a non-blocking copy of the small preview
+    into pinned memory); steps are reported once their event has completed. At most `max_ahead` steps
+    may be queued ahead of the GPU, then the loop waits for the oldest one. On a CPU everything is
+    reported immediately.
+    """
+
+    def __init__(self, report_progress: Callable[[int, int], None],
+                 report_preview: Callable[[bytes, str], None] | None, rgb: Callable[[torch.Tensor], torch.Tensor],
+                 device: torch.device, max_ahead: int = 2) -> None:
+        self.report_progress = report_progress
+        self.report_preview = report_preview
+        self.rgb = rgb
+        self.device = device
+        self.max_ahead = max_ahead
+        self.pending: collections.deque[_Pending] = collections.deque()
+
+    def __call__(self, i: int, total: int, denoised: torch.Tensor) -> None:
+        if self.device.type != "cuda":
+            self._emit(i, total, self.rgb(denoised) if self.report_preview else None)
+            return
+        rgb = None
+        if self.report_preview is not None:
+            small = self.rgb(denoised)
+            rgb = torch.empty(small.shape, dtype=small.dtype, pin_memory=True)
+            rgb.copy_(small, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        self.pending.append(_Pending(i, total, event, rgb))
+        self.drain(block=False)
+
+    def drain(self, block: bool) -> None:
+        while self.pending:
+            head = self.pending[0]
+            if not (block or len(self.pending) > self.max_ahead or head.event.query()):
+                return
+            head.event.synchronize()
+            self.pending.popleft()
+            self._emit(head.step, head.total, head.rgb)
+
+    def finish(self) -> None:
+        self.drain(block=True)
+
+    def _emit(self, i: int, total: int, rgb: torch.Tensor | None) -> None:
+        self.report_progress(i + 1, total)
+        if self.report_preview is not None and rgb is not None:
+            from PIL import Image
+
+            buf = io.BytesIO()
+            Image.fromarray(rgb.cpu().numpy(), "RGB").save(buf, format="JPEG", quality=95)
+            self.report_preview(buf.getvalue(), "JPEG")

@@ -1,0 +1,120 @@
+"""The fast sampling path on CPU: buckets build in the background, stay eager until ready, match eager."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from comfymesh.diffusion import fast_path, ksampler, vae_codec
+from comfymesh.diffusion.model_cache import ModelCache
+from comfymesh.diffusion.text_encode import encode_prompt
+
+
+@pytest.fixture
+def cpu_cache(tiny_home: Path) -> ModelCache:
+    return ModelCache(budget_bytes=2**30, device=torch.device("cpu"))
+
+
+def _sample(model: ksampler.SamplingModel, cache: ModelCache, ckpt: object, seed: int = 3) -> torch.Tensor:
+    enc = cache.text_encoders(ckpt)  # type: ignore[arg-type]
+    pos, neg = encode_prompt(enc, "a glass bottle", None), encode_prompt(enc, "text", None)
+    out = ksampler.sample_latent(model, seed=seed, steps=3, cfg=8.0, sampler_name="euler", scheduler="normal",
+                                 positive=[[pos[0], {"pooled_output": pos[1]}]],
+                                 negative=[[neg[0], {"pooled_output": neg[1]}]],
+                                 latent={"samples": torch.zeros(1, 4, 8, 8)})
+    return vae_codec.decode(ckpt.parts.vae, out["samples"])  # type: ignore[attr-defined]
+
+
+def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    mse = float(((a - b) ** 2).mean())
+    return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
+
+
+def test_fast_path_off_on_cpu_by_default(monkeypatch: pytest.MonkeyPatch, tiny_home: Path,
+                                         cpu_cache: ModelCache) -> None:
+    monkeypatch.delenv(fast_path.FAST_ENV, raising=False)
+    assert not fast_path.fast_enabled(torch.device("cpu"))
+    assert fast_path.fast_enabled(torch.device("cuda"))
+    monkeypatch.setenv(fast_path.FAST_ENV, "0")
+    assert not fast_path.fast_enabled(torch.device("cuda"))
+    ckpt = cpu_cache.get(tiny_home / "models" / "checkpoints" / "sd15.safetensors")
+    monkeypatch.delenv(fast_path.FAST_ENV)
+    assert not isinstance(cpu_cache.sampling_model(ckpt).unet, fast_path.FastUNet)
+
+
+def test_compiled_bucket_matches_eager(monkeypatch: pytest.MonkeyPatch, tiny_home: Path,
+                                       cpu_cache: ModelCache) -> None:
+    ckpt = cpu_cache.get(tiny_home / "models" / "checkpoints" / "sd15.safetensors")
+    with torch.no_grad():
+        eager = _sample(cpu_cache.sampling_model(ckpt), cpu_cache, ckpt)
+        monkeypatch.setenv(fast_path.FAST_ENV, "1")
+        model = cpu_cache.sampling_model(ckpt)
+        fast = model.unet
+        assert isinstance(fast, fast_path.FastUNet)
+        # a cheap backend keeps the test fast; the GPU bench measures inductor + CUDA graphs
+        fast.compile, fast.backend = True, "aot_eager"
+        first = _sample(model, cpu_cache, ckpt)  # starts the bucket, runs eagerly meanwhile
+        assert fast.wait(timeout=120)
+        [bucket] = fast.buckets.values()
+        assert bucket.failed is None and bucket.fn is not None
+        assert bucket.key[0] == (2, 4, 8, 8)  # CFG: negative and positive in one call
+        second = _sample(model, cpu_cache, ckpt)
+        assert bucket.calls > 0
+    assert _psnr(first, eager) >= 40
+    assert _psnr(second, eager) >= 40
+
+
+def test_failed_build_stays_eager(tiny_home: Path, cpu_cache: ModelCache) -> None:
+    ckpt = cpu_cache.get(tiny_home / "models" / "checkpoints" / "sd15.safetensors")
+    fast = fast_path.FastUNet(ckpt.parts.unet, torch.device("cpu"), compile=True, backend="no-such-backend",
+                              background=False)
+    x, t, ctx, y = fast_path.unet_inputs(1, 64, 64, 32, torch.float32, torch.device("cpu"))
+    with torch.no_grad():
+        out = fast(x, t, ctx, y)
+        assert torch.equal(out, fast.eager(x, t, ctx, y))
+    [bucket] = fast.buckets.values()
+    assert bucket.ready.is_set() and bucket.failed
+
+
+def test_warmup_manifest_starts_buckets(tmp_path: Path, tiny_home: Path, cpu_cache: ModelCache,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(fast_path.FAST_ENV, "1")
+    monkeypatch.setenv(fast_path.COMPILE_ENV, "1")
+    monkeypatch.setenv(fast_path.BACKEND_ENV, "eager")
+    manifest = tmp_path / "warmup.json"
+    manifest.write_text(json.dumps([{"ckpt": "sd15.safetensors", "width": 64, "height": 64, "batch": 2}]))
+
+    def load(name: str) -> ksampler.SamplingModel:
+        return cpu_cache.sampling_model(cpu_cache.get(tiny_home / "models" / "checkpoints" / name))
+
+    with torch.no_grad():
+        assert fast_path.warmup_from_manifest(load, manifest) == ["sd15.safetensors@64x64x2"]
+        fast = load("sd15.safetensors").unet
+        assert isinstance(fast, fast_path.FastUNet) and fast.wait(timeout=60)
+    assert [b.key[0] for b in fast.buckets.values()] == [(4, 4, 8, 8)]
+
+
+def test_step_reporter_on_cpu_reports_every_step() -> None:
+    progress: list[tuple[int, int]] = []
+    previews: list[bytes] = []
+    reporter = fast_path.StepReporter(lambda v, m: progress.append((v, m)), lambda d, f: previews.append(d),
+                                      lambda z: torch.zeros(4, 4, 3, dtype=torch.uint8), torch.device("cpu"))
+    for i in range(3):
+        reporter(i, 3, torch.zeros(1, 4, 4, 4))
+    reporter.finish()
+    assert progress == [(1, 3), (2, 3), (3, 3)]
+    assert len(previews) == 3 and all(p[:2] == b"\xff\xd8" for p in previews)
+
+
+def test_compile_cache_dir_under_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fast_path, "_cache_state", {"dir": None, "loaded": False})
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    monkeypatch.delenv("TRITON_CACHE_DIR", raising=False)
+    root = fast_path.compile_cache_dir(tmp_path)
+    assert root == tmp_path / "cache" / "torch-compile" and root.is_dir()
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"].startswith(str(root))
