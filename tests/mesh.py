@@ -28,16 +28,16 @@ class Mesh:
     """Start, kill and restart services; talk to the gateway with `http`."""
 
     def __init__(self, home: Path, stages: tuple[str, ...] = ("imaging",), env: dict[str, str] | None = None,
-                 imaging_replicas: int = 1) -> None:
+                 imaging_replicas: int = 1, diffusion_replicas: int = 1) -> None:
         self.home = home
         for folder in ("input", "output", "temp", "models/checkpoints", "models/loras", "models/vae"):
             (home / folder).mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         orchestrator = f"127.0.0.1:{free_port()}"
         imaging = [f"127.0.0.1:{free_port()}" for _ in range(imaging_replicas)]
-        diffusion = f"127.0.0.1:{free_port()}"
+        diffusion = [f"127.0.0.1:{free_port()}" for _ in range(diffusion_replicas)]
         self.env = {**os.environ, "COMFYMESH_HOME": str(home), "COMFYMESH_ORCHESTRATOR": orchestrator,
-                    "COMFYMESH_IMAGING_REPLICAS": ",".join(imaging), "COMFYMESH_DIFFUSION_REPLICAS": diffusion,
+                    "COMFYMESH_IMAGING_REPLICAS": ",".join(imaging), "COMFYMESH_DIFFUSION_REPLICAS": ",".join(diffusion),
                     "COMFYMESH_PORT": str(self.port), "COMFYMESH_LOG_JSON": "true",
                     # tensors must never cross gRPC: any message over 64 KiB fails the call
                     "COMFYMESH_GRPC_MAX_MESSAGE_BYTES": "65536",
@@ -45,7 +45,8 @@ class Mesh:
         specs = [ServiceSpec(f"imaging{i}", ["comfymesh.imaging", "--listen", address])
                  for i, address in enumerate(imaging)]
         if "diffusion" in stages:
-            specs.append(ServiceSpec("diffusion", ["comfymesh.diffusion", "--listen", diffusion]))
+            specs += [ServiceSpec("diffusion" if i == 0 else f"diffusion{i}", ["comfymesh.diffusion", "--listen", address])
+                      for i, address in enumerate(diffusion)]
         specs += [ServiceSpec("orchestrator", ["comfymesh.orchestrator", "--listen", orchestrator]),
                   ServiceSpec("gateway", ["comfymesh.gateway", "--port", str(self.port)])]
         self.logs: list[str] = []

@@ -109,7 +109,6 @@ def test_first_launch_runs_our_sd15_template_and_shows_the_output(mesh: Mesh, tm
             search.fill("Invert Image")
             page.get_by_text("Invert Image").first.wait_for(timeout=10_000)
             page.screenshot(path=str(ARTIFACTS / "2-node-library.png"))
-            page.keyboard.press("n")
 
             checkpoint = page.evaluate("""() => window.app.graph.nodes.find((n) => n.type === "CheckpointLoaderSimple")
                 .widgets.find((w) => w.name === "ckpt_name").options.values""")
@@ -120,9 +119,12 @@ def test_first_launch_runs_our_sd15_template_and_shows_the_output(mesh: Mesh, tm
             page.evaluate(WATCH_TITLE)
 
             page.get_by_role("button", name="Run").first.click()
-            deadline = time.monotonic() + 45
+            deadline, running = time.monotonic() + 45, False
             while time.monotonic() < deadline and not any(
                     f["type"] == "executing" and f["data"].get("node") is None for f in frames):
+                if not running and any(f["type"] == "progress" for f in frames):
+                    running = True
+                    page.screenshot(path=str(ARTIFACTS / "3-sampling.png"))
                 page.wait_for_timeout(100)
             deadline = time.monotonic() + 10  # the output image is fetched and drawn after `executed`
             shown: list[str] = []
@@ -130,7 +132,7 @@ def test_first_launch_runs_our_sd15_template_and_shows_the_output(mesh: Mesh, tm
                 shown = page.evaluate(SAVE_IMAGE_SHOWN)
                 page.wait_for_timeout(100)
             titles = page.evaluate("() => window.__titles")
-            page.screenshot(path=str(ARTIFACTS / "3-after-run.png"))
+            page.screenshot(path=str(ARTIFACTS / "4-after-run.png"))
         finally:
             context.close()
 

@@ -22,7 +22,7 @@ CHECKPOINTS = {"sd15.safetensors": "sd15", "sdxl.safetensors": "sdxl"}
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     home = tmp_path_factory.mktemp("diffusion-home")
-    mesh = Mesh(home, stages=("imaging", "diffusion"))
+    mesh = Mesh(home, stages=("imaging", "diffusion"), diffusion_replicas=2)
     for name, family in CHECKPOINTS.items():
         subprocess.run([sys.executable, "-m", "comfymesh.diffusion.tiny_checkpoint", "--family", family,
                         "--seed", "1", str(home / "models" / "checkpoints" / name)], check=True, capture_output=True)
@@ -126,3 +126,19 @@ def test_checkpoints_endpoint_gives_size_and_digest(mesh: Mesh) -> None:
     entry = next(c for c in listing if c["name"] == "sd15.safetensors")
     assert entry["size"] == path.stat().st_size
     assert entry["digest"] == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def replicas_that_ran(mesh: Mesh, job_id: str) -> set[str]:
+    return {line.split(":", 1)[0] for line in mesh.logs if '"RunStage"' in line and job_id in line}
+
+
+def test_jobs_go_to_the_replica_that_holds_their_model(mesh: Mesh) -> None:
+    """Free replicas take turns; a job whose checkpoint one replica holds goes there instead."""
+    ran = []
+    for family, seed in (("sd15", 1001), ("sdxl", 1002), ("sd15", 1003), ("sd15", 1004)):
+        prompt = small("txt2img_sd15" if family == "sd15" else "txt2img_sdxl")
+        prompt["3"]["inputs"]["seed"] = seed
+        ran.append(replicas_that_ran(mesh, run(mesh, prompt)["job_id"]))
+    sd15_holder = next(r for r, f in zip(ran, ("sd15", "sdxl", "sd15", "sd15"), strict=True) if f == "sd15")
+    assert len(sd15_holder) == 1
+    assert ran[2] == ran[3] == sd15_holder

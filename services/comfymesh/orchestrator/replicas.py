@@ -41,6 +41,7 @@ class ReplicaPool:
             stage: [Replica(stage, address, stage_pb2_grpc.StageStub(open_channel(address))) for address in addresses]
             for stage, addresses in replicas.items()}
         self._changed = asyncio.Condition()
+        self._turns: dict[str, int] = {}
 
     async def describe(self, stage: str, timeout: float = 30.0) -> str:
         """The stage's code version (asks a live replica; waits for one to come up, within `timeout`)."""
@@ -69,9 +70,14 @@ class ReplicaPool:
         await self.describe(stage, timeout=120)
         while True:
             async with self._changed:
-                free = [r for r in self.replicas[stage] if r.available]
+                replicas = self.replicas[stage]
+                free = [r for r in replicas if r.available]
                 if free:
-                    free.sort(key=lambda r: (r.address in avoid, prefer_model not in r.models, r.in_flight))
+                    # equal candidates take turns, so load spreads when no replica holds the model
+                    turn = self._turns.get(stage, 0)
+                    self._turns[stage] = turn + 1
+                    free.sort(key=lambda r: (r.address in avoid, prefer_model not in r.models, r.in_flight,
+                                             (replicas.index(r) - turn) % len(replicas)))
                     chosen = free[0]
                     chosen.in_flight += 1
                     return chosen

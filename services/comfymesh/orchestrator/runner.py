@@ -201,13 +201,16 @@ class JobRunner:
         """Run a group on a replica; a lost replica or retryable failure moves the rest elsewhere."""
         tried: set[str] = set()
         error: ComfymeshError | None = None
+        model = self._model_key(group)
         for attempt in range(1, self.retry.max_attempts + 1):
-            replica = await self.pool.acquire(group.stage, avoid=tried)
+            replica = await self.pool.acquire(group.stage, avoid=tried, prefer_model=model)
             tried.add(replica.address)
             lost = False
             try:
                 async with asyncio.timeout(self.timeouts.attempt_s):
                     await self._stream_group(replica.stub, self._request(group, attempt))
+                if model:
+                    replica.models.add(model)  # its model cache now holds the weights
                 return
             except TimeoutError:
                 node_id = next(iter(self.running_nodes & set(group.node_ids)), "")
@@ -232,6 +235,19 @@ class JobRunner:
             await asyncio.sleep(self.retry.backoff(attempt))
         assert error is not None
         raise error
+
+    def _model_key(self, group: StageGroup) -> str:
+        """The checkpoint a group uses (loaded in it, or named by a handle it is given), for replica affinity."""
+        assert self.plan is not None
+        for node_id in group.node_ids:
+            node = self.plan.nodes[node_id]
+            if node.class_type == "CheckpointLoaderSimple":
+                return str(node.literals.get("ckpt_name", ""))
+            for source, slot in node.links.values():
+                value = self.values.get(source, [])[slot:slot + 1]
+                if value and value[0].WhichOneof("payload") == "json" and '"ckpt"' in value[0].json:
+                    return str(json.loads(value[0].json).get("ckpt", ""))
+        return ""
 
     async def _stream_group(self, stub: Any, request: stage_pb2.StageRequest) -> None:
         assert self.plan is not None
