@@ -290,6 +290,12 @@ class JobStore:
                 "VALUES (?, ?, ?, ?, ?, ?)",
                 (signature, class_type, json.dumps(outputs), json.dumps(ui) if ui else "", now, now))
 
+    def cache_rows(self) -> list[tuple[str, str, float]]:
+        """(signature, outputs JSON, last use) of every cache entry, least recently used first."""
+        with self._lock:
+            rows = self._db.execute("SELECT signature, outputs_json, last_used FROM node_cache ORDER BY last_used")
+            return [(row[0], row[1], float(row[2])) for row in rows.fetchall()]
+
     def cache_delete(self, signature: str) -> None:
         with self._lock:
             self._db.execute("DELETE FROM node_cache WHERE signature = ?", (signature,))

@@ -20,6 +20,7 @@ from comfymesh.jobs import JobRecord, JobStatus, JobStore
 from comfymesh.logs import log_fields
 from comfymesh.orchestrator.events import EventBus
 from comfymesh.orchestrator.replicas import ReplicaPool
+from comfymesh.orchestrator.retention import RetentionPolicy, collect
 from comfymesh.orchestrator.runner import JobRunner
 from comfymesh.orchestrator.webhooks import WebhookSender, load_secret
 
@@ -52,6 +53,7 @@ class Scheduler:
         self._counter = 0
         self._submit_lock = asyncio.Lock()
         self._user_cancelled: set[str] = set()
+        self._gc: asyncio.Task[None] | None = None
         self.webhooks = WebhookSender(load_secret(settings.home), self.bus)
         self._limits = resource_limits(settings.max_pixels, settings.max_batch, settings.max_steps)
 
@@ -126,8 +128,21 @@ class Scheduler:
         jobs, _ = await asyncio.to_thread(self.store.list_jobs)
         self._counter = int(max((abs(job.number) for job in jobs), default=0))
 
+    async def collect_garbage_forever(self) -> None:
+        policy = RetentionPolicy(cache_max_age_s=self.settings.cache_max_age_s,
+                                 cache_max_bytes=self.settings.cache_max_bytes,
+                                 temp_max_age_s=self.settings.temp_max_age_s,
+                                 output_max_age_s=self.settings.output_max_age_s)
+        while True:
+            try:
+                await asyncio.to_thread(collect, self.store, self.artifacts, self.settings.home, policy)
+            except Exception:  # a failed pass is retried at the next interval
+                log.exception("retention pass failed")
+            await asyncio.sleep(self.settings.gc_interval_s)
+
     async def run_forever(self) -> None:
         await self.recover()
+        self._gc = asyncio.create_task(self.collect_garbage_forever())
         while True:
             while len(self.running) < self.settings.max_running_jobs:
                 job = await asyncio.to_thread(self.store.next_queued, set(self.running))

@@ -1,0 +1,101 @@
+"""Retention: expire old cache entries, keep the cache under a size budget, and delete what nothing uses
+(unreferenced artifacts, old temp files, optionally old outputs)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from comfymesh.artifacts import ArtifactStore
+from comfymesh.jobs import JobStore
+from comfymesh.logs import log_fields
+
+log = logging.getLogger("comfymesh.orchestrator")
+
+
+@dataclass(frozen=True)
+class RetentionPolicy:
+    """Ages in seconds; 0 keeps forever. Artifacts younger than the grace period may belong to running jobs."""
+
+    cache_max_age_s: float = 7 * 24 * 3600.0
+    cache_max_bytes: int = 20 * 2**30
+    temp_max_age_s: float = 24 * 3600.0
+    output_max_age_s: float = 0.0
+    artifact_grace_s: float = 3600.0
+
+    def __post_init__(self) -> None:
+        if min(self.cache_max_age_s, self.temp_max_age_s, self.output_max_age_s, self.artifact_grace_s) < 0 \
+                or self.cache_max_bytes < 0:
+            raise ValueError("retention ages and sizes must not be negative")
+
+
+@dataclass
+class RetentionReport:
+    cache_entries_removed: int = 0
+    artifacts_removed: int = 0
+    bytes_freed: int = 0
+    files_removed: list[str] = field(default_factory=list)
+
+
+def _tensor_refs(outputs_json: str) -> list[tuple[str, int]]:
+    refs = []
+    for value in json.loads(outputs_json):
+        tensor = value.get("tensor")
+        if tensor:
+            refs.append((tensor["digest"], int(tensor.get("nbytes", 0))))
+    return refs
+
+
+def collect(store: JobStore, artifacts: ArtifactStore, home: Path, policy: RetentionPolicy,
+            now: float | None = None) -> RetentionReport:
+    """One garbage-collection pass (blocking; run it in a thread)."""
+    now = now or time.time()
+    report = RetentionReport()
+    rows = store.cache_rows()  # oldest use first
+    keep = []
+    for signature, outputs_json, last_used in rows:
+        if policy.cache_max_age_s and last_used < now - policy.cache_max_age_s:
+            store.cache_delete(signature)
+            report.cache_entries_removed += 1
+        else:
+            keep.append((signature, _tensor_refs(outputs_json)))
+    sizes = {digest: size for _, refs in keep for digest, size in refs}
+    total = sum(sizes.values())
+    while keep and total > policy.cache_max_bytes:
+        signature, refs = keep.pop(0)  # least recently used first
+        store.cache_delete(signature)
+        report.cache_entries_removed += 1
+        still_used = {digest for _, other in keep for digest, _ in other}
+        for digest, size in refs:
+            if digest not in still_used and digest in sizes:
+                total -= sizes.pop(digest)
+    referenced = {digest for _, refs in keep for digest, _ in refs}
+
+    tensors = f"{artifacts.root}/tensors"
+    if artifacts.fs.exists(tensors):
+        for path, info in artifacts.fs.find(tensors, detail=True).items():
+            digest = path.rsplit("/", 1)[-1].split(".", 1)[0]
+            modified = info.get("mtime") or info.get("created") or now
+            modified = modified.timestamp() if hasattr(modified, "timestamp") else float(modified)
+            if digest not in referenced and modified < now - policy.artifact_grace_s:
+                artifacts.fs.rm(path)
+                report.artifacts_removed += 1
+                report.bytes_freed += int(info.get("size", 0))
+
+    for folder, max_age in (("temp", policy.temp_max_age_s), ("output", policy.output_max_age_s)):
+        root = home / folder
+        if not max_age or not root.is_dir():
+            continue
+        for path in root.rglob("*"):
+            if path.is_file() and path.stat().st_mtime < now - max_age:
+                report.bytes_freed += path.stat().st_size
+                path.unlink()
+                report.files_removed.append(f"{folder}/{path.relative_to(root).as_posix()}")
+    if report.cache_entries_removed or report.artifacts_removed or report.files_removed:
+        log.info("retention pass", extra=log_fields(cache_entries=report.cache_entries_removed,
+                                                    artifacts=report.artifacts_removed,
+                                                    files=len(report.files_removed), bytes=report.bytes_freed))
+    return report
