@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.chaos import run_chaos  # noqa: E402
+from tests.chaos import run_chaos
 
 
 def main() -> None:

@@ -109,7 +109,6 @@ def png_bytes(image: Any) -> bytes:
 def inproc_and_pipeline(path: Path, args: argparse.Namespace) -> None:
     import numpy as np
     import torch
-    from PIL import Image
 
     from comfymesh.diffusion import ksampler, vae_codec
     from comfymesh.diffusion.model_cache import ModelCache
@@ -194,10 +193,7 @@ def inproc_and_pipeline(path: Path, args: argparse.Namespace) -> None:
         lat_latent = p50([theirs(batch, "latent") for _ in range(max(2, args.runs // 2))])
         res[f"pipeline_b{batch}"] = {"latency_ms": lat * 1000, "sampler_it_s_incl_text_encode": args.steps / lat_latent}
         say(f"pipeline b{batch}: {res[f'pipeline_b{batch}']}")
-    _ = Image
-    del pipe, cache, ckpt, model, encoders
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
+    pipe.maybe_free_model_hooks()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -355,20 +351,28 @@ def mesh_phases(home: Path, args: argparse.Namespace) -> None:
             RESULTS["mesh_fast"].update(strip_pngs(res))
             write(args)
             if elapsed() < args.deadline:
-                mark = len(run.mesh.logs)
-                start = time.perf_counter()
-                run.mesh.restart("diffusion")
-                restart_s = time.perf_counter() - start
-                first = run.job(1, seed=9001)
-                waited = run.wait_buckets(len(args.batches), mark, args.compile_timeout)
-                after = run.job(1, seed=9002)
-                RESULTS["mesh_fast"]["restart"] = {
-                    "stage_restart_s": restart_s, "first_job_ms": first["ms"], "first_job_nodes": first["nodes"],
-                    "buckets_ready_after_s": restart_s + first["ms"] / 1000 + waited,
-                    "builds": run.fast_logs(mark), "job_after_ready_ms": after["ms"]}
-                say(f"restart: {RESULTS['mesh_fast']['restart']}")
+                restart_phase(run, args)
         finally:
             run.stop()
+
+
+def restart_phase(run: MeshRun, args: argparse.Namespace) -> None:
+    try:
+        mark = len(run.mesh.logs)
+        start = time.perf_counter()
+        run.mesh.restart("diffusion")
+        restart_s = time.perf_counter() - start
+        first = run.job(1, seed=9001)
+        waited = run.wait_buckets(len(args.batches), mark, args.compile_timeout)
+        after = run.job(1, seed=9002)
+        RESULTS["mesh_fast"]["restart"] = {
+            "stage_restart_s": restart_s, "first_job_ms": first["ms"], "first_job_nodes": first["nodes"],
+            "buckets_ready_after_s": restart_s + first["ms"] / 1000 + waited,
+            "builds": run.fast_logs(mark), "job_after_ready_ms": after["ms"]}
+        say(f"restart: {RESULTS['mesh_fast']['restart']}")
+    except Exception as exc:  # keep what was measured
+        RESULTS["mesh_fast"]["restart_error"] = repr(exc)
+        say(f"restart phase failed: {exc!r}")
 
 
 def write(args: argparse.Namespace) -> None:

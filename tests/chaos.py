@@ -110,14 +110,15 @@ def run_chaos(home: Path, jobs: int, seed: int = 0, timeout: float = 600) -> Cha
         for i in range(jobs):
             prompt = _diffusion_job(i) if i % 5 == 4 else _imaging_job(i)
             job_id = f"chaos-{seed}-{i}"
-            reply = _retrying(lambda: http.post("/v1/workflows", json={"prompt": prompt, "job_id": job_id}), deadline)
+            reply = _retrying(lambda p=prompt, j=job_id: http.post("/v1/workflows", json={"prompt": p, "job_id": j}),
+                              deadline)
             assert reply.status_code == 202, reply.text
             submitted[job_id] = time.monotonic()
             time.sleep(rng.uniform(0.1, 0.5))
         pending = set(submitted)
         while pending and time.monotonic() < deadline:
             for job_id in sorted(pending):
-                status = _retrying(lambda: http.get(f"/v1/jobs/{job_id}"), deadline).json().get("status")
+                status = _retrying(lambda j=job_id: http.get(f"/v1/jobs/{j}"), deadline).json().get("status")
                 if status in ("completed", "failed", "cancelled"):
                     pending.discard(job_id)
                     report.latencies.append(time.monotonic() - submitted[job_id])
@@ -131,7 +132,7 @@ def run_chaos(home: Path, jobs: int, seed: int = 0, timeout: float = 600) -> Cha
         mesh.wait_ready()
         report.seconds = time.monotonic() - started
         for job_id in submitted:
-            job = _retrying(lambda: http.get(f"/v1/jobs/{job_id}"), time.monotonic() + 60).json()
+            job = _retrying(lambda j=job_id: http.get(f"/v1/jobs/{j}"), time.monotonic() + 60).json()
             report.statuses[job["status"]] += 1
             index = int(job_id.rsplit("-", 1)[1])
             prefix = f"chaos_d{index}_" if index % 5 == 4 else f"chaos_i{index}_"

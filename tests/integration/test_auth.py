@@ -71,7 +71,7 @@ def websocket_paths() -> list[str]:
 
 def status_of(client: httpx.Client, method: str, path: str, **kwargs: object) -> int:
     """The status only: never read the body, since SSE routes stream forever."""
-    body = {"json": {}} if method in ("POST", "PUT", "PATCH") else {}
+    body: dict[str, object] = {"json": {}} if method in ("POST", "PUT", "PATCH") else {}
     with client.stream(method, path, **body, **kwargs) as response:  # type: ignore[arg-type]
         return response.status_code
 

@@ -79,7 +79,7 @@ def test_cycle(imaging_mesh: Mesh) -> None:
     prompt["4"] = {"class_type": "ImageInvert", "inputs": {"image": ["2", 0]}}
     body = post(imaging_mesh, prompt).json()
     assert body["error"]["type"] == "prompt_outputs_failed_validation"
-    assert "dependency_cycle" in sum(node_error_types(body).values(), [])
+    assert any("dependency_cycle" in types for types in node_error_types(body).values())
 
 
 def test_all_errors_at_once(imaging_mesh: Mesh) -> None:
@@ -136,3 +136,13 @@ def test_unknown_job_is_404(imaging_mesh: Mesh) -> None:
     assert imaging_mesh.http.get("/v1/jobs/nope").status_code == 404
     assert imaging_mesh.http.get("/v1/jobs/nope/output").status_code == 404
     assert imaging_mesh.http.get("/v1/jobs/nope/events").status_code == 404
+
+
+def test_server_limits_on_pixels_batch_and_steps(imaging_mesh: Mesh) -> None:
+    prompt = {"1": {"class_type": "EmptyImage", "inputs": {"width": 4096, "height": 4096, "batch_size": 64,
+                                                           "color": 0}},
+              "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}}}
+    body = post(imaging_mesh, prompt).json()
+    error = body["node_errors"]["1"]["errors"]
+    assert {e["type"] for e in error} == {"value_bigger_than_max"}
+    assert "COMFYMESH_MAX_" in " ".join(e["details"] for e in error)

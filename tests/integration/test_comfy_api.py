@@ -361,3 +361,21 @@ def test_comfy_api_simplified_client_runs_a_workflow(imaging_mesh: Mesh) -> None
     assert "ImageInvert" in api.get_object_info("ImageInvert")
     assert api.get_system_stats()["system"]["python_version"]
     assert api.get_queue() == {"queue_running": [], "queue_pending": []}
+
+
+def test_long_histories_stream_past_the_message_bound(imaging_mesh: Mesh) -> None:
+    """40 jobs carrying 3 KB workflows: more than one 64 KiB gRPC message can hold, listed in full."""
+    workflow = {"nodes": [{"id": i, "title": "x" * 60} for i in range(50)], "links": []}
+    ids = []
+    for i in range(40):
+        reply = imaging_mesh.http.post("/prompt", json={"prompt": fresh_prompt(f"long{i}"),
+                                                        "extra_data": {"extra_pnginfo": {"workflow": workflow}}})
+        assert reply.status_code == 200, reply.text
+        ids.append(reply.json()["prompt_id"])
+    for prompt_id in ids:
+        wait_finished(imaging_mesh.http, prompt_id)
+    history = imaging_mesh.http.get("/history")
+    assert history.status_code == 200 and set(ids) <= set(history.json())
+    jobs = imaging_mesh.http.get("/api/jobs", params={"limit": 100})
+    assert jobs.status_code == 200
+    assert set(ids) <= {job["id"] for job in jobs.json()["jobs"]}

@@ -32,7 +32,7 @@ class Settings(BaseSettings):
     job_timeout_s: float = Field(30 * 60.0, gt=0, description="longest a job may run (per job overridable)")
     heartbeat_timeout_s: float = Field(300.0, gt=0, description="longest a stage may stay silent during a call")
     max_queue: int = Field(1000, ge=1, description="queued jobs accepted before submits get 429")
-    max_pixels: int = Field(4096 * 4096, ge=64, description="largest image (width x height) a node may make")
+    max_pixels: int = Field(4096 * 4096, ge=64, description="most pixels (width x height x batch) one node may make")
     max_batch: int = Field(64, ge=1, description="largest batch_size a node may make")
     max_steps: int = Field(1000, ge=1, description="most sampling steps per sampler node")
     cache_max_age_s: float = Field(7 * 24 * 3600.0, ge=0, description="cached node outputs unused this long go (0: keep)")

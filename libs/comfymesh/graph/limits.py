@@ -22,10 +22,11 @@ def resource_limits(max_pixels: int, max_batch: int, max_steps: int) -> NodeChec
     def check(class_type: str, inputs: dict[str, Any]) -> list[dict[str, Any]]:
         errors = []
         width, height = inputs.get("width"), inputs.get("height")
-        if class_type in _SIZED and isinstance(width, int) and isinstance(height, int) \
-                and width * height > max_pixels:
-            errors.append(_too_big("width", f"{width}x{height}", max_pixels, "pixels per image"))
         batch = inputs.get("batch_size")
+        count = batch if isinstance(batch, int) and batch > 0 else 1
+        if class_type in _SIZED and isinstance(width, int) and isinstance(height, int) \
+                and width * height * count > max_pixels:
+            errors.append(_too_big("width", f"{width}x{height}x{count}", max_pixels, "pixels per node output"))
         if isinstance(batch, int) and batch > max_batch:
             errors.append(_too_big("batch_size", batch, max_batch, "images per batch"))
         steps = inputs.get("steps")

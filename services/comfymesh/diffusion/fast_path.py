@@ -234,15 +234,20 @@ class FastUNet:
                     side.synchronize()
                 else:
                     fn(*args)
-                if self.graphs:
-                    graph = torch.cuda.CUDAGraph()
-                    with _launch_lock:
-                        torch.cuda.synchronize(self.device)
-                        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-                            bucket.static_out = fn(*args)
-                        torch.cuda.synchronize(self.device)
-                    bucket.graph = graph
                 bucket.fn = fn
+                if self.graphs:
+                    try:
+                        graph = torch.cuda.CUDAGraph()
+                        with _launch_lock:
+                            torch.cuda.synchronize(self.device)
+                            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+                                bucket.static_out = fn(*args)
+                            torch.cuda.synchronize(self.device)
+                        bucket.graph = graph
+                    except Exception as exc:  # the compiled call still helps without a graph
+                        bucket.static_out = None
+                        log.warning("CUDA graph capture failed for bucket %s, using the compiled call: %s",
+                                    bucket.key[:4], exc)
             if self.compile:
                 save_compile_cache()
         except Exception as exc:

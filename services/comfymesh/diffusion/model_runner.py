@@ -51,7 +51,7 @@ class ModelRunnerServicer(model_runner_pb2_grpc.ModelRunnerServicer):
                                           bytes=int(entry.get("bytes", 0)), device=str(entry.get("device", "")),
                                           family=str(entry.get("family", "")), loaded=loaded)
 
-    async def ListModels(self, request: model_runner_pb2.ListModelsRequest,  # noqa: N802
+    async def ListModels(self, request: model_runner_pb2.ListModelsRequest,
                          context: grpc.aio.ServicerContext) -> model_runner_pb2.ListModelsResponse:
         loaded = await asyncio.to_thread(self.cache.list)
         names = {entry["name"] for entry in loaded}
@@ -63,7 +63,7 @@ class ModelRunnerServicer(model_runner_pb2_grpc.ModelRunnerServicer):
             memory_budget_bytes=self.cache.budget, memory_used_bytes=self.cache.used_bytes(),
             device=device_name(self.cache.device), device_total_bytes=total, device_free_bytes=free)
 
-    async def LoadModel(self, request: model_runner_pb2.LoadModelRequest,  # noqa: N802
+    async def LoadModel(self, request: model_runner_pb2.LoadModelRequest,
                         context: grpc.aio.ServicerContext) -> model_runner_pb2.ModelInfo:
         if request.name not in self.catalog.model_files("checkpoints"):
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no checkpoint {request.name!r} in models/checkpoints")
@@ -74,14 +74,14 @@ class ModelRunnerServicer(model_runner_pb2_grpc.ModelRunnerServicer):
         return model_runner_pb2.ModelInfo(name=loaded.name, digest=loaded.digest, bytes=loaded.nbytes,
                                           device=str(loaded.device), family=loaded.family, loaded=True)
 
-    async def UnloadModel(self, request: model_runner_pb2.UnloadModelRequest,  # noqa: N802
+    async def UnloadModel(self, request: model_runner_pb2.UnloadModelRequest,
                           context: grpc.aio.ServicerContext) -> model_runner_pb2.UnloadModelResponse:
         before = {entry["name"] for entry in self.cache.list()}
         await asyncio.to_thread(self.cache.unload, request.name or None)
         after = {entry["name"] for entry in self.cache.list()}
         return model_runner_pb2.UnloadModelResponse(unloaded=sorted(before - after))
 
-    async def Infer(self, request: model_runner_pb2.InferRequest,  # noqa: N802
+    async def Infer(self, request: model_runner_pb2.InferRequest,
                     context: grpc.aio.ServicerContext) -> model_runner_pb2.InferResponse:
         impl = self.nodes.get(request.class_type)
         definition = self.catalog.get(request.class_type)

@@ -113,8 +113,18 @@ class OrchestratorClient:
 
     async def list_jobs(self, statuses: list[str] | None = None, limit: int = 0, offset: int = 0,
                         newest_first: bool = False) -> orchestrator_pb2.ListJobsResponse:
-        return await self._call(self.stub.ListJobs, orchestrator_pb2.ListJobsRequest(
-            statuses=statuses or [], limit=limit, offset=offset, newest_first=newest_first))
+        request = orchestrator_pb2.ListJobsRequest(statuses=statuses or [], limit=limit, offset=offset,
+                                                   newest_first=newest_first)
+        listing = orchestrator_pb2.ListJobsResponse()
+        try:
+            async for chunk in self.stub.ListJobs(request, timeout=DEADLINE, wait_for_ready=True):
+                listing.jobs.extend(chunk.jobs)
+                listing.total = chunk.total
+        except grpc.aio.AioRpcError as exc:
+            if _unavailable(exc):
+                raise OrchestratorUnavailable(f"orchestrator at {self.address} is unavailable: {exc.details()}") from exc
+            raise
+        return listing
 
     async def cancel(self, job_id: str = "") -> list[str]:
         reply = await self._call(self.stub.CancelJob, orchestrator_pb2.CancelJobRequest(job_id=job_id))

@@ -69,7 +69,7 @@ def collect(store: JobStore, artifacts: ArtifactStore, home: Path, policy: Reten
         store.cache_delete(signature)
         report.cache_entries_removed += 1
         still_used = {digest for _, other in keep for digest, _ in other}
-        for digest, size in refs:
+        for digest, _ in refs:
             if digest not in still_used and digest in sizes:
                 total -= sizes.pop(digest)
     referenced = {digest for _, refs in keep for digest, _ in refs}

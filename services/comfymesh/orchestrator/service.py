@@ -98,10 +98,13 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServicer):
         return await asyncio.to_thread(self._job_message, job, True)
 
     async def ListJobs(self, request: orchestrator_pb2.ListJobsRequest,
-                       context: Context) -> orchestrator_pb2.ListJobsResponse:
+                       context: Context) -> AsyncIterator[orchestrator_pb2.ListJobsResponse]:
         jobs, total = await asyncio.to_thread(self.store.list_jobs, list(request.statuses) or None, request.limit,
                                               request.offset, request.newest_first)
-        return orchestrator_pb2.ListJobsResponse(jobs=[self._job_message(job, False) for job in jobs], total=total)
+        if not jobs:
+            yield orchestrator_pb2.ListJobsResponse(total=total)
+        for job in jobs:
+            yield orchestrator_pb2.ListJobsResponse(jobs=[self._job_message(job, False)], total=total)
 
     async def CancelJob(self, request: orchestrator_pb2.CancelJobRequest,
                         context: Context) -> orchestrator_pb2.CancelJobResponse:

@@ -10,8 +10,8 @@ from comfymesh.diffusion.schedulers import SCHEDULER_NAMES
 
 def test_offered_samplers_are_implemented_in_comfyui_order() -> None:
     assert set(SAMPLERS) == set(IMPLEMENTED_SAMPLERS)
-    assert SAMPLERS == [name for name in SAMPLER_NAMES if name in SAMPLERS]
-    assert SCHEDULERS == list(SCHEDULER_NAMES)
+    assert [name for name in SAMPLER_NAMES if name in SAMPLERS] == SAMPLERS
+    assert list(SCHEDULER_NAMES) == SCHEDULERS
 
 
 def test_every_diffusion_node_in_the_catalog_has_an_implementation(tmp_path) -> None:  # type: ignore[no-untyped-def]
