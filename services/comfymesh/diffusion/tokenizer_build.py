@@ -104,8 +104,12 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"target folder (default: ${ENV_DIR} or <venv>/share/comfymesh/clip_tokenizer)")
     parser.add_argument("--wheel", type=Path, default=None,
                         help="use an already downloaded open_clip_torch wheel instead of pip download")
+    parser.add_argument("--if-missing", action="store_true", help="do nothing when the files already exist")
     args = parser.parse_args(argv)
     dest = args.dest or default_tokenizer_dir()
+    if args.if_missing and (dest / "vocab.json").is_file() and (dest / "merges.txt").is_file():
+        print(f"CLIP tokenizer already in {dest}")
+        return 0
     build_files(fetch_bpe_text(args.wheel), dest)
     print(f"CLIP tokenizer written to {dest}")
     return 0
