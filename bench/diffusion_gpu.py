@@ -169,7 +169,10 @@ def inproc_and_pipeline(path: Path, args: argparse.Namespace) -> None:
         vae = copy.deepcopy(vae).to(ckpt.unet_dtype)
     scheduler = EulerDiscreteScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
                                        beta_schedule="scaled_linear", timestep_spacing="linspace")
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=ckpt.parts.clips["l"],
+    text_encoder = ckpt.parts.clips["l"]
+    if text_encoder.dtype != ckpt.unet_dtype:  # the pipeline feeds the encoder's output to the UNet as is
+        text_encoder = copy.deepcopy(text_encoder).to(ckpt.unet_dtype)
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder,
                                    tokenizer=CLIPTokenizer.from_pretrained(str(tokenizer_dir()), local_files_only=True),
                                    unet=ckpt.parts.unet, scheduler=scheduler, safety_checker=None,
                                    feature_extractor=None, requires_safety_checker=False)

@@ -176,7 +176,7 @@ def test_grpc_needs_the_internal_secret(mesh: Mesh) -> None:
             for name, metadata in (("none", ()), ("wrong", ((METADATA_KEY, "wrong"),)),
                                    ("right", ((METADATA_KEY, INTERNAL),))):
                 try:
-                    await stub.ListJobs(orchestrator_pb2.ListJobsRequest(), metadata=metadata, timeout=10)
+                    await stub.ListCheckpoints(orchestrator_pb2.ListCheckpointsRequest(), metadata=metadata, timeout=10)
                     results[name] = grpc.StatusCode.OK
                 except grpc.aio.AioRpcError as exc:
                     results[name] = exc.code()

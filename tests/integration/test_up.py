@@ -16,7 +16,7 @@ from pathlib import Path
 import grpc
 import httpx
 
-from comfymesh.v1.orchestrator_pb2 import ListJobsRequest
+from comfymesh.v1.orchestrator_pb2 import ListCheckpointsRequest
 from comfymesh.v1.orchestrator_pb2_grpc import OrchestratorStub
 from tests.mesh import SHARED, free_port
 
@@ -35,11 +35,11 @@ def find_pids(pattern: str) -> list[int]:
     return pids
 
 
-def list_jobs_code(address: str) -> grpc.StatusCode:
+def list_checkpoints_code(address: str) -> grpc.StatusCode:
     async def call() -> grpc.StatusCode:
         async with grpc.aio.insecure_channel(address) as channel:
             try:
-                await OrchestratorStub(channel).ListJobs(ListJobsRequest(), timeout=10)
+                await OrchestratorStub(channel).ListCheckpoints(ListCheckpointsRequest(), timeout=10)
             except grpc.aio.AioRpcError as exc:
                 return exc.code()
         return grpc.StatusCode.OK
@@ -89,7 +89,7 @@ def test_up_supervises_the_mesh(tmp_path: Path) -> None:
             assert time.monotonic() < deadline
             time.sleep(0.1)
         # the services share a secret `up` generated: another local process cannot call them
-        assert list_jobs_code(env["COMFYMESH_ORCHESTRATOR"]) == grpc.StatusCode.UNAUTHENTICATED
+        assert list_checkpoints_code(env["COMFYMESH_ORCHESTRATOR"]) == grpc.StatusCode.UNAUTHENTICATED
     finally:
         os.kill(up.pid, signal.SIGINT)
         assert up.wait(30) == 0
