@@ -142,3 +142,35 @@ def test_jobs_go_to_the_replica_that_holds_their_model(mesh: Mesh) -> None:
     sd15_holder = next(r for r, f in zip(ran, ("sd15", "sdxl", "sd15", "sd15"), strict=True) if f == "sd15")
     assert len(sd15_holder) == 1
     assert ran[2] == ran[3] == sd15_holder
+
+
+def test_model_runner_lists_loads_and_unloads(mesh: Mesh) -> None:
+    import asyncio
+
+    import grpc
+
+    from comfymesh.v1 import model_runner_pb2, model_runner_pb2_grpc
+
+    async def session() -> tuple[Any, ...]:
+        address = mesh.env["COMFYMESH_DIFFUSION_REPLICAS"].split(",")[1]
+        async with grpc.aio.insecure_channel(address) as channel:
+            stub = model_runner_pb2_grpc.ModelRunnerStub(channel)
+            unloaded = await stub.UnloadModel(model_runner_pb2.UnloadModelRequest())
+            empty = await stub.ListModels(model_runner_pb2.ListModelsRequest())
+            loaded = await stub.LoadModel(model_runner_pb2.LoadModelRequest(name="sd15.safetensors"))
+            listed = await stub.ListModels(model_runner_pb2.ListModelsRequest())
+            try:
+                await stub.LoadModel(model_runner_pb2.LoadModelRequest(name="missing.safetensors"))
+                missing = grpc.StatusCode.OK
+            except grpc.aio.AioRpcError as exc:
+                missing = exc.code()
+            return unloaded, empty, loaded, listed, missing
+
+    unloaded, empty, loaded, listed, missing = asyncio.run(session())
+    assert not any(m.loaded for m in empty.models)
+    assert {m.name for m in empty.models} == set(CHECKPOINTS)
+    assert loaded.loaded and loaded.family and len(loaded.digest) == 64 and loaded.bytes > 0
+    resident = [m for m in listed.models if m.loaded]
+    assert [m.name for m in resident] == ["sd15.safetensors"] and listed.memory_used_bytes > 0
+    assert listed.device == "cpu" and listed.device_total_bytes > 0
+    assert missing == grpc.StatusCode.NOT_FOUND

@@ -33,7 +33,8 @@ def hanging_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     """ImageBlur hangs silently (test-only fault switch); heartbeats time out after 1.5 s."""
     home = tmp_path_factory.mktemp("hang")
     mesh = Mesh(home, env={"COMFYMESH_TEST_HANG_NODES": "ImageBlur", "COMFYMESH_HEARTBEAT_TIMEOUT_S": "1.5",
-                           "COMFYMESH_MAX_ATTEMPTS": "1", "COMFYMESH_WEBHOOK_SECRET": "whsec-test"})
+                           "COMFYMESH_MAX_ATTEMPTS": "1", "COMFYMESH_WEBHOOK_SECRET": "whsec-test",
+                           "COMFYMESH_MAX_RUNNING_JOBS": "2", "COMFYMESH_MAX_QUEUE": "1"})
     shutil.copy(SHARED / "data" / "coffee.png", home / "input" / "example.png")
     try:
         yield mesh.start()
@@ -136,3 +137,18 @@ def test_cache_survives_restarting_every_service(tmp_path: Path) -> None:
     assert sorted(events[2]["data"]["nodes"]) == ["1", "2", "3", "4", "5", "6"]
     assert {n["state"] for n in second["nodes"]} == {"cached"}
     assert sum("RunStage" in line for line in mesh.logs) == stage_calls_before
+
+
+def test_full_queue_answers_429_with_retry_after(hanging_mesh: Mesh) -> None:
+    running = [hanging_mesh.http.post("/v1/workflows", json={"prompt": invert_graph("ImageBlur", f"q{i}"),
+                                                             "timeout_s": 600}).json()["job_id"] for i in range(2)]
+    queued = hanging_mesh.http.post("/v1/workflows", json={"prompt": invert_graph("ImageBlur", "q2")})
+    assert queued.status_code == 202
+    refused = hanging_mesh.http.post("/v1/workflows", json={"prompt": invert_graph("ImageInvert", "q3")})
+    assert refused.status_code == 429 and int(refused.headers["retry-after"]) > 0
+    assert refused.json()["error"]["type"] == "queue_full"
+    comfy = hanging_mesh.http.post("/prompt", json={"prompt": invert_graph("ImageInvert", "q4")})
+    assert comfy.status_code == 429
+    for job_id in [*running, queued.json()["job_id"]]:
+        hanging_mesh.http.post(f"/v1/jobs/{job_id}/cancel")
+    assert hanging_mesh.wait(queued.json()["job_id"], timeout=10)["status"] == "cancelled"
