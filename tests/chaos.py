@@ -116,7 +116,8 @@ def run_chaos(home: Path, jobs: int, seed: int = 0, timeout: float = 600) -> Cha
             submitted[job_id] = time.monotonic()
             time.sleep(rng.uniform(0.1, 0.5))
         pending = set(submitted)
-        while pending and time.monotonic() < deadline:
+        # keep going until every job is finished and every service has died at least once
+        while (pending or set(report.kills) != set(SERVICES)) and time.monotonic() < deadline:
             for job_id in sorted(pending):
                 status = _retrying(lambda j=job_id: http.get(f"/v1/jobs/{j}"), deadline).json().get("status")
                 if status in ("completed", "failed", "cancelled"):

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from tests.chaos import run_chaos
 
 
+@pytest.mark.timeout(600)
 def test_no_job_is_lost_or_done_twice_under_chaos(tmp_path: Path) -> None:
     report = run_chaos(tmp_path, jobs=50, seed=1, timeout=300)
     assert set(report.kills) == {"imaging0", "diffusion", "orchestrator", "gateway"}, report.kills
