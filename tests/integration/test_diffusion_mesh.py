@@ -155,7 +155,7 @@ def test_model_runner_lists_loads_and_unloads(mesh: Mesh) -> None:
         address = mesh.env["COMFYMESH_DIFFUSION_REPLICAS"].split(",")[1]
         async with grpc.aio.insecure_channel(address) as channel:
             stub = model_runner_pb2_grpc.ModelRunnerStub(channel)
-            unloaded = await stub.UnloadModel(model_runner_pb2.UnloadModelRequest())
+            await stub.UnloadModel(model_runner_pb2.UnloadModelRequest())
             empty = await stub.ListModels(model_runner_pb2.ListModelsRequest())
             loaded = await stub.LoadModel(model_runner_pb2.LoadModelRequest(name="sd15.safetensors"))
             listed = await stub.ListModels(model_runner_pb2.ListModelsRequest())
@@ -164,9 +164,9 @@ def test_model_runner_lists_loads_and_unloads(mesh: Mesh) -> None:
                 missing = grpc.StatusCode.OK
             except grpc.aio.AioRpcError as exc:
                 missing = exc.code()
-            return unloaded, empty, loaded, listed, missing
+            return empty, loaded, listed, missing
 
-    unloaded, empty, loaded, listed, missing = asyncio.run(session())
+    empty, loaded, listed, missing = asyncio.run(session())
     assert not any(m.loaded for m in empty.models)
     assert {m.name for m in empty.models} == set(CHECKPOINTS)
     assert loaded.loaded and loaded.family and len(loaded.digest) == 64 and loaded.bytes > 0
