@@ -41,6 +41,8 @@ class Mesh:
                     "COMFYMESH_PORT": str(self.port), "COMFYMESH_LOG_JSON": "true",
                     # tensors must never cross gRPC: any message over 64 KiB fails the call
                     "COMFYMESH_GRPC_MAX_MESSAGE_BYTES": "65536",
+                    # tests post hundreds of requests a second; the limiter has its own test
+                    "COMFYMESH_RATE_LIMIT_PER_MIN": "0",
                     "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **(env or {})}
         specs = [ServiceSpec(f"imaging{i}", ["comfymesh.imaging", "--listen", address])
                  for i, address in enumerate(imaging)]

@@ -34,7 +34,8 @@ def hanging_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     home = tmp_path_factory.mktemp("hang")
     mesh = Mesh(home, env={"COMFYMESH_TEST_HANG_NODES": "ImageBlur", "COMFYMESH_HEARTBEAT_TIMEOUT_S": "1.5",
                            "COMFYMESH_MAX_ATTEMPTS": "1", "COMFYMESH_WEBHOOK_SECRET": "whsec-test",
-                           "COMFYMESH_MAX_RUNNING_JOBS": "2", "COMFYMESH_MAX_QUEUE": "1"})
+                           "COMFYMESH_MAX_RUNNING_JOBS": "2", "COMFYMESH_MAX_QUEUE": "1",
+                           "COMFYMESH_RATE_LIMIT_PER_MIN": "60", "COMFYMESH_RATE_LIMIT_BURST": "40"})
     shutil.copy(SHARED / "data" / "coffee.png", home / "input" / "example.png")
     try:
         yield mesh.start()
@@ -152,3 +153,13 @@ def test_full_queue_answers_429_with_retry_after(hanging_mesh: Mesh) -> None:
     for job_id in [*running, queued.json()["job_id"]]:
         hanging_mesh.http.post(f"/v1/jobs/{job_id}/cancel")
     assert hanging_mesh.wait(queued.json()["job_id"], timeout=10)["status"] == "cancelled"
+
+
+def test_rate_limit_per_client(hanging_mesh: Mesh) -> None:
+    """60 a minute with bursts of 40: a burst of 60 cancels of an unknown job gets 429s with Retry-After."""
+    replies = [hanging_mesh.http.post("/v1/jobs/nope/cancel") for _ in range(60)]
+    codes = [r.status_code for r in replies]
+    assert 404 in codes and 429 in codes
+    limited = next(r for r in replies if r.status_code == 429)
+    assert int(limited.headers["retry-after"]) >= 1 and limited.json()["error"]["type"] == "rate_limited"
+    assert hanging_mesh.http.get("/v1/jobs").status_code == 200  # reads are not limited

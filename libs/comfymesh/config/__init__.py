@@ -39,6 +39,8 @@ class Settings(BaseSettings):
     cache_max_bytes: int = Field(20 * 2**30, ge=0, description="size budget of cached tensors (least recently used go)")
     temp_max_age_s: float = Field(24 * 3600.0, ge=0, description="PreviewImage files older than this go (0: keep)")
     output_max_age_s: float = Field(0.0, ge=0, description="SaveImage files older than this go (0: keep forever)")
+    rate_limit_per_min: int = Field(600, ge=0, description="state-changing requests per client per minute (0: off)")
+    rate_limit_burst: int = Field(120, ge=1, description="requests a client may send at once before the rate applies")
     gc_interval_s: float = Field(600.0, gt=0, description="time between retention passes")
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="largest accepted request body")
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")

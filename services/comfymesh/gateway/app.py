@@ -15,6 +15,7 @@ from comfymesh.gateway import api_v1, comfy, files, login
 from comfymesh.gateway.auth import Authenticator, AuthMiddleware
 from comfymesh.gateway.client import OrchestratorClient, OrchestratorUnavailable, PromptTooLarge, QueueFull
 from comfymesh.gateway.models import Health
+from comfymesh.gateway.ratelimit import RateLimitMiddleware
 
 
 def create_app(settings: Settings, client: OrchestratorClient | None = None) -> FastAPI:
@@ -40,6 +41,8 @@ def create_app(settings: Settings, client: OrchestratorClient | None = None) -> 
                                  "node_errors": {}}, status_code=413)
         return await call_next(request)
 
+    # inside auth, so the limit is per authenticated principal
+    app.add_middleware(RateLimitMiddleware, per_minute=settings.rate_limit_per_min, burst=settings.rate_limit_burst)
     # added last, so outermost: an unauthenticated request reaches nothing else, HTTP or websocket
     app.add_middleware(AuthMiddleware, authenticator=authenticator)
 
