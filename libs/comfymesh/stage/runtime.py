@@ -18,6 +18,7 @@ from typing import Any
 from comfymesh.artifacts import ArtifactStore, decode_value, encode_value
 from comfymesh.catalog import Catalog
 from comfymesh.errors import NodeInputError
+from comfymesh.logs import log_fields
 from comfymesh.rpc.failures import failure_from_exception
 from comfymesh.stage.node import NodeContext, NodeImpl
 from comfymesh.v1 import stage_pb2
@@ -104,6 +105,10 @@ class GroupRun:
         done = stage_pb2.NodeDone(node_id=call.node_id, ui_json=json.dumps(ctx.ui) if ctx.ui else "")
         if call.node_id in self.exported:
             done.outputs.extend(encode_value(types[slot], value, self.store) for slot, value in enumerate(outputs))
+            for value in done.outputs:
+                if value.WhichOneof("payload") == "tensor":  # audit trail of every artifact write
+                    log.info("artifact written", extra=log_fields(job=self.request.job_id, node=call.node_id,
+                                                                  uri=value.tensor.uri, bytes=value.tensor.nbytes))
         self.emit(stage_pb2.StageEvent(done=done))
 
     def _preview_reporter(self, node_id: str) -> Callable[[bytes, str], None]:
