@@ -222,7 +222,11 @@ class MeshRun:
 
     def start(self) -> None:
         start = time.perf_counter()
-        self.mesh.start()
+        try:
+            self.mesh.start()
+        except Exception:
+            print("\n".join(self.mesh.logs[-30:]), flush=True)
+            raise
         say(f"mesh up in {time.perf_counter() - start:.1f} s")
 
     def node_ms(self, job_id: str) -> dict[str, float]:

@@ -15,7 +15,8 @@ import httpx
 from comfymesh.cli.supervisor import ServiceSpec, Supervisor
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
+# our own copy of the reference photos and sample workflows (tests/shared/README.md)
+SHARED = REPO / "tests" / "shared"
 
 
 def free_port() -> int:

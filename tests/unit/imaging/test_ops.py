@@ -22,7 +22,7 @@ from comfymesh.imaging.nodes import NODES
 from comfymesh.stage.node import NodeContext
 
 CONVERT = "/usr/bin/convert"
-SHARED = Path(__file__).resolve().parents[3] / ".." / "shared"
+SHARED = Path(__file__).resolve().parents[2] / "shared"
 PHOTO = SHARED / "data" / "astronaut.png"
 TOLERANCE = 1 / 255
 
@@ -40,8 +40,7 @@ def convert() -> str:
 
 @pytest.fixture(scope="module")
 def photo() -> Path:
-    if not PHOTO.is_file():
-        pytest.skip(f"reference photo not found at {PHOTO} (the shared/ folder next to the repo)")
+    assert PHOTO.is_file(), f"reference photo missing: {PHOTO}"
     return PHOTO
 
 
