@@ -196,7 +196,6 @@ def inproc_and_pipeline(path: Path, args: argparse.Namespace) -> None:
         lat_latent = p50([theirs(batch, "latent") for _ in range(max(2, args.runs // 2))])
         res[f"pipeline_b{batch}"] = {"latency_ms": lat * 1000, "sampler_it_s_incl_text_encode": args.steps / lat_latent}
         say(f"pipeline b{batch}: {res[f'pipeline_b{batch}']}")
-    pipe.maybe_free_model_hooks()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -276,9 +275,13 @@ class MeshRun:
     def concurrent(self, n: int) -> dict[str, Any]:
         start = time.perf_counter()
         results: list[dict[str, Any]] = []
+        errors: list[str] = []
 
         def one(i: int) -> None:
-            results.append(self.job(1, seed=1000 + i))
+            try:
+                results.append(self.job(1, seed=1000 + i))
+            except Exception as exc:  # counted, not fatal
+                errors.append(repr(exc)[:300])
 
         threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
         for t in threads:
@@ -286,7 +289,7 @@ class MeshRun:
         for t in threads:
             t.join()
         wall = time.perf_counter() - start
-        out = {"jobs": n, "wall_s": wall, "images_per_min": len(results) * 60 / wall,
+        out = {"jobs": n, "completed": len(results), "errors": errors[:3], "wall_s": wall, "images_per_min": len(results) * 60 / wall,
                "latency_p50_ms": p50([r["ms"] for r in results])}
         say(f"{n} concurrent: {out}")
         return out
@@ -348,7 +351,7 @@ def mesh_phases(home: Path, args: argparse.Namespace) -> None:
             RESULTS["mesh_fast"] = {"cold_build": run.fast_logs(), "waited_for_buckets_s": waited}
             say(f"fast buckets: {run.fast_logs()}")
             res = run.measure("mesh_fast", png_ms)
-            for key, png in res.items():
+            for key, png in list(res.items()):
                 if key.endswith("_png0") and key in eager_png:
                     a = Image.open(io.BytesIO(png)).convert("RGB")
                     b = Image.open(io.BytesIO(eager_png[key])).convert("RGB")

@@ -50,6 +50,9 @@ BucketKey = tuple[Any, ...]
 _launch_lock = threading.RLock()
 """Held while a fast bucket replays and while a CUDA graph is captured, so a capture never sees
 another thread's UNet launches and two jobs never share static buffers at once."""
+_build_lock = threading.Lock()
+"""One bucket builds at a time: inductor's benchmarking in one build must not run while another build
+captures a CUDA graph (seen on an H100: "operation not permitted when stream is capturing")."""
 
 
 def _flag(name: str, default: bool) -> bool:
@@ -161,7 +164,7 @@ class FastUNet:
         self.buckets: dict[BucketKey, Bucket] = {}
         self._lock = threading.Lock()
         if cuda:
-            unet.to(memory_format=torch.channels_last)
+            unet.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         if self.compile:
             compile_cache_dir()
 
@@ -218,6 +221,10 @@ class FastUNet:
         return True
 
     def _build(self, bucket: Bucket) -> None:
+        with _build_lock:
+            self._build_locked(bucket)
+
+    def _build_locked(self, bucket: Bucket) -> None:
         start = time.perf_counter()
         try:
             with torch.no_grad():
