@@ -22,7 +22,11 @@ async def start_server(listen: str, registrars: list[Registrar], service_names: 
     """
     secret = get_settings().internal_secret.get_secret_value() if internal_secret is None else internal_secret
     interceptors = [InternalSecretServerInterceptor(secret)] if secret else None
-    server = grpc.aio.server(options=channel_options(), interceptors=interceptors)
+    # accept the clients' keepalive pings on long, quiet streams (a waiting job's events) instead of
+    # answering them with GOAWAY "too many pings", which would cut those streams
+    options = [*channel_options(), ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+               ("grpc.keepalive_permit_without_calls", 1), ("grpc.http2.max_ping_strikes", 0)]
+    server = grpc.aio.server(options=options, interceptors=interceptors)
     for register in registrars:
         register(server)
     health_servicer = health.aio.HealthServicer()

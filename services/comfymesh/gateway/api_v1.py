@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -14,7 +15,7 @@ from pydantic import ValidationError
 from sse_starlette.sse import EventSourceResponse, ServerSentEvent
 
 from comfymesh.catalog.files import resolve_inside
-from comfymesh.gateway.client import OrchestratorClient
+from comfymesh.gateway.client import OrchestratorClient, OrchestratorUnavailable
 from comfymesh.gateway.models import (
     CheckpointList,
     CheckpointModel,
@@ -162,9 +163,17 @@ def _resume_point(last_event_id: str | None, after: int | None) -> int:
 
 
 async def _sse(client: OrchestratorClient, job_id: str, after: int) -> AsyncIterator[ServerSentEvent]:
-    async for event in client.events(job_id=job_id, after=after, follow=True):
-        payload = {"job_id": event.job_id, "node_id": event.node_id, "ts": event.ts, **event.data}
-        yield ServerSentEvent(data=json.dumps(payload), event=event.type, id=str(event.id))
+    """Relay the event log; if the orchestrator restarts, resume after the last event sent."""
+    last = after
+    while True:
+        try:
+            async for event in client.events(job_id=job_id, after=last, follow=True):
+                last = event.id
+                payload = {"job_id": event.job_id, "node_id": event.node_id, "ts": event.ts, **event.data}
+                yield ServerSentEvent(data=json.dumps(payload), event=event.type, id=str(event.id))
+            return  # a job's stream ends with the job
+        except OrchestratorUnavailable:
+            await asyncio.sleep(0.5)
 
 
 @router.get("/events", response_class=EventSourceResponse, summary="Every job's events (SSE)",
