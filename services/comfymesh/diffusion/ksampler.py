@@ -14,7 +14,7 @@ from comfymesh.diffusion.guidance import CondEntry, GuidedDenoiser, MaskedDenois
 from comfymesh.diffusion.latent_formats import LatentFormat
 from comfymesh.diffusion.model_sampling import ModelSampling
 from comfymesh.diffusion.noise import initial_noise
-from comfymesh.diffusion.samplers import SAMPLER_NAMES, SAMPLERS, SamplerEnv
+from comfymesh.diffusion.samplers import SAMPLER_NAMES, SAMPLERS, Sampler, SamplerEnv
 from comfymesh.diffusion.schedulers import ksampler_sigmas
 from comfymesh.errors import NodeInputError, ResourceExhaustedError
 
@@ -92,13 +92,35 @@ def _check_fault() -> None:
         raise ResourceExhaustedError("CUDA out of memory (injected by COMFYMESH_FAULT_OOM)")
 
 
-def sample_latent(model: SamplingModel, *, seed: int, steps: int, cfg: float, sampler_name: str,
-                  scheduler: str, positive: Sequence[Any], negative: Sequence[Any], latent: dict[str, Any],
-                  denoise: float = 1.0, add_noise: bool = True, start_step: int | None = None,
-                  last_step: int | None = None, force_full_denoise: bool = False,
-                  on_step: StepHook | None = None, check_cancelled: Callable[[], None] | None = None,
-                  ) -> dict[str, Any]:
-    """Run one KSampler; returns a copy of `latent` with new (unscaled, float32, CPU) samples."""
+@dataclass
+class PreparedSample:
+    """One KSampler call made ready to sample: everything per job is here, so calls can be batched."""
+
+    model: SamplingModel
+    sampler_name: str
+    sampler: Sampler
+    sigmas: torch.Tensor  # CPU float32, n+1 values
+    seed: int
+    cfg: float
+    positive: list[CondEntry]
+    negative: list[CondEntry]
+    x: torch.Tensor  # the start point, on the device
+    scaled: torch.Tensor  # process_in(latent), on the device
+    noise: torch.Tensor  # the initial noise, on the device
+    mask: torch.Tensor | None  # the prepared noise_mask, on the device
+    latent: dict[str, Any]
+
+    @property
+    def rows(self) -> int:
+        return int(self.x.shape[0])
+
+
+def prepare_sample(model: SamplingModel, *, seed: int, steps: int, cfg: float, sampler_name: str,
+                   scheduler: str, positive: Sequence[Any], negative: Sequence[Any], latent: dict[str, Any],
+                   denoise: float = 1.0, add_noise: bool = True, start_step: int | None = None,
+                   last_step: int | None = None, force_full_denoise: bool = False,
+                   ) -> PreparedSample | dict[str, Any]:
+    """Schedule, initial noise, start point and conditioning of one call; a LATENT when nothing samples."""
     _check_fault()
     sampler = SAMPLERS.get(sampler_name)
     if sampler is None:
@@ -115,19 +137,35 @@ def sample_latent(model: SamplingModel, *, seed: int, steps: int, cfg: float, sa
     hw = (samples.shape[2], samples.shape[3])
     pos = cond_entries(positive, model, hw, "positive")
     neg = cond_entries(negative, model, hw, "negative")
-    denoiser: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = GuidedDenoiser(
-        model.unet, model.sampling, model.prediction, pos, neg, cfg, model.dtype, before_eval=check_cancelled)
     scaled = model.latent_format.process_in(samples).to(model.device)
     noise = noise.to(model.device)
+    mask = None
     if latent.get("noise_mask") is not None:
         mask = MaskedDenoiser.prepare_mask(torch.as_tensor(latent["noise_mask"]), scaled.shape, model.device)
-        denoiser = MaskedDenoiser(denoiser, mask, scaled, noise)
     sigma0, sigma_max = float(sigmas[0]), float(model.sampling.sigma_max)
     if sigma0 > sigma_max or math.isclose(sigma0, sigma_max, rel_tol=1e-5):
         x = noise * torch.sqrt(1.0 + sigmas[0] ** 2.0).to(model.device) + scaled
     else:
         x = noise * sigmas[0].to(model.device) + scaled
-    total = len(sigmas) - 1
+    return PreparedSample(model, sampler_name, sampler, sigmas, seed, cfg, pos, neg, x, scaled, noise, mask, latent)
+
+
+def finish_sample(prep: PreparedSample, out: torch.Tensor) -> dict[str, Any]:
+    """The node's LATENT from the sampler's output rows of this call."""
+    result = prep.model.latent_format.process_out(out).float().cpu()
+    return {**prep.latent, "samples": result}
+
+
+def run_prepared(prep: PreparedSample, on_step: StepHook | None = None,
+                 check_cancelled: Callable[[], None] | None = None) -> dict[str, Any]:
+    """Sample one prepared call on its own."""
+    model = prep.model
+    denoiser: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = GuidedDenoiser(
+        model.unet, model.sampling, model.prediction, prep.positive, prep.negative, prep.cfg, model.dtype,
+        before_eval=check_cancelled)
+    if prep.mask is not None:
+        denoiser = MaskedDenoiser(denoiser, prep.mask, prep.scaled, prep.noise)
+    total = len(prep.sigmas) - 1
 
     def step(i: int, denoised: torch.Tensor, _x: torch.Tensor) -> None:
         if on_step is not None:
@@ -136,8 +174,23 @@ def sample_latent(model: SamplingModel, *, seed: int, steps: int, cfg: float, sa
             check_cancelled()
 
     try:
-        out = sampler(denoiser, x, sigmas, SamplerEnv(seed=seed, callback=step))
+        out = prep.sampler(denoiser, prep.x, prep.sigmas, SamplerEnv(seed=prep.seed, callback=step))
     except torch.cuda.OutOfMemoryError as exc:
         raise ResourceExhaustedError(f"out of GPU memory while sampling: {exc}") from exc
-    result = model.latent_format.process_out(out).float().cpu()
-    return {**latent, "samples": result}
+    return finish_sample(prep, out)
+
+
+def sample_latent(model: SamplingModel, *, seed: int, steps: int, cfg: float, sampler_name: str,
+                  scheduler: str, positive: Sequence[Any], negative: Sequence[Any], latent: dict[str, Any],
+                  denoise: float = 1.0, add_noise: bool = True, start_step: int | None = None,
+                  last_step: int | None = None, force_full_denoise: bool = False,
+                  on_step: StepHook | None = None, check_cancelled: Callable[[], None] | None = None,
+                  ) -> dict[str, Any]:
+    """Run one KSampler; returns a copy of `latent` with new (unscaled, float32, CPU) samples."""
+    prep = prepare_sample(model, seed=seed, steps=steps, cfg=cfg, sampler_name=sampler_name, scheduler=scheduler,
+                          positive=positive, negative=negative, latent=latent, denoise=denoise,
+                          add_noise=add_noise, start_step=start_step, last_step=last_step,
+                          force_full_denoise=force_full_denoise)
+    if isinstance(prep, dict):
+        return prep
+    return run_prepared(prep, on_step, check_cancelled)

@@ -10,6 +10,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from comfymesh.jobs import EventRecord
 from comfymesh.rpc import open_channel
 from comfymesh.rpc.channels import max_message_bytes
 from comfymesh.v1 import orchestrator_pb2, orchestrator_pb2_grpc
@@ -27,14 +28,8 @@ class SubmitResult:
     existing: bool
 
 
-@dataclass
-class JobEvent:
-    id: int
-    job_id: str
-    type: str
-    node_id: str
-    data: dict[str, Any]
-    ts: float
+# the gateway sees the same event records the job store keeps
+JobEvent = EventRecord
 
 
 class QueueFull(Exception):

@@ -19,6 +19,12 @@ Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 StepCallback = Callable[[int, torch.Tensor, torch.Tensor], None]
 """(step index i, D_i of the step's first evaluation, x before the step)."""
 
+StepNoise = Callable[[torch.Tensor], torch.Tensor]
+"""A per-step noise source: one standard-normal draw shaped like x."""
+
+SdeNoise = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+"""Brownian noise for a step (σ, σ_next, like) → unit-variance draw shaped like `like`."""
+
 
 @dataclass
 class SamplerEnv:
@@ -31,10 +37,10 @@ class SamplerEnv:
         if self.callback is not None:
             self.callback(i, denoised, x)
 
-    def default_noise(self, x: torch.Tensor) -> DefaultNoise:
+    def default_noise(self, x: torch.Tensor) -> StepNoise:
         return DefaultNoise(x, self.seed)
 
-    def brownian(self, x: torch.Tensor, sigmas: torch.Tensor, on_device: bool = False) -> BrownianNoise:
+    def brownian(self, x: torch.Tensor, sigmas: torch.Tensor, on_device: bool = False) -> SdeNoise:
         return BrownianNoise(x, sigmas, self.seed, on_device=on_device)
 
 
