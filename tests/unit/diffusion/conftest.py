@@ -23,7 +23,7 @@ __all__ = ["make_tiny_checkpoint"]
 def tokenizer_ready() -> Path:
     path = tokenizer_dir()
     if not (path / "vocab.json").is_file():
-        pytest.skip(f"CLIP tokenizer not built in {path}: run python -m comfymesh.diffusion.tokenizer_build")
+        pytest.fail(f"CLIP tokenizer not built in {path}: run `make setup` (python -m comfymesh.diffusion.tokenizer_build)")
     return path
 
 
