@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -128,6 +127,3 @@ class Mesh:
                     current["data"] = json.loads(line[5:])
         return events
 
-
-def python() -> str:
-    return sys.executable

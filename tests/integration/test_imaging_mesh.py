@@ -146,3 +146,32 @@ def test_rerun_is_served_from_cache(imaging_mesh: Mesh) -> None:
     assert not [e for e in events if e["event"] == "node_running"]
     second = imaging_mesh.wait(second_id)
     assert second["outputs"] == first["outputs"]
+
+
+def test_execute_stage_runs_one_request_directly(imaging_mesh: Mesh) -> None:
+    """The orchestrator's ExecuteStage (for tools) forwards one group to a replica and streams its events."""
+    import asyncio
+
+    import grpc
+
+    from comfymesh.artifacts import ArtifactStore, decode_value
+    from comfymesh.v1 import orchestrator_pb2, orchestrator_pb2_grpc, stage_pb2
+
+    request = stage_pb2.StageRequest(job_id="tool", group_id="g", export_node_ids=["2"])
+    request.nodes.add(node_id="1", class_type="EmptyImage",
+                      literal_inputs_json=json.dumps({"width": 8, "height": 4, "batch_size": 1, "color": 0xFF0000}))
+    invert = request.nodes.add(node_id="2", class_type="ImageInvert")
+    invert.links["image"].node_id = "1"
+
+    async def call() -> list[stage_pb2.StageEvent]:
+        async with grpc.aio.insecure_channel(imaging_mesh.env["COMFYMESH_ORCHESTRATOR"]) as channel:
+            stub = orchestrator_pb2_grpc.OrchestratorStub(channel)
+            stream = stub.ExecuteStage(orchestrator_pb2.ExecuteStageRequest(stage="imaging", request=request))
+            return [event async for event in stream]
+
+    events = asyncio.run(call())
+    kinds = [event.WhichOneof("event") for event in events]
+    assert kinds == ["started", "done", "started", "done"]
+    [image] = events[-1].done.outputs
+    pixels = decode_value(image, ArtifactStore((imaging_mesh.home / "artifacts").as_uri()))
+    assert pixels.shape == (1, 4, 8, 3) and np.allclose(pixels[0, 0, 0], [0.0, 1.0, 1.0])

@@ -78,11 +78,6 @@ class ArtifactStore:
         with self.fs.open(self._path(uri), "rb") as handle:
             return bytes(handle.read())
 
-    def delete(self, ref: TensorRef) -> None:
-        path = self._path(ref.uri)
-        if self.fs.exists(path):
-            self.fs.rm(path)
-
     def _path(self, uri: str) -> str:
         return uri.split("://", 1)[1] if "://" in uri else uri
 

@@ -83,9 +83,6 @@ class Catalog:
     def get(self, class_type: str) -> NodeDef | None:
         return self.nodes.get(class_type)
 
-    def stages(self) -> set[str]:
-        return {node.stage for node in self.nodes.values() if node.stage != ANY_STAGE}
-
     def model_files(self, folder: str) -> list[str]:
         """Model files in models/<folder>, relative names with '/' separators, sorted."""
         root = self.home / "models" / folder

@@ -27,7 +27,3 @@ def exception_from_failure(failure: common_pb2.Failure) -> errors.ComfymeshError
     return cls(failure.message, node_id=failure.node_id, type=failure.type,
                non_retryable=failure.non_retryable, details=failure.details)
 
-
-def failure_to_dict(failure: common_pb2.Failure) -> dict[str, object]:
-    return {"type": failure.type, "node_id": failure.node_id, "node_type": failure.node_type,
-            "message": failure.message, "non_retryable": failure.non_retryable, "details": failure.details}
