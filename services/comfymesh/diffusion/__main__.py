@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import grpc
@@ -37,7 +38,20 @@ def _model_runner(stage: StageServicer) -> tuple[list, list[str]]:
     return [register], ["comfymesh.v1.ModelRunner"]
 
 
+def _batching_slots() -> None:
+    """With cross-job batching on, let as many calls run at once as may share a batch (Describe reports it,
+    so the orchestrator sends that many); stage_main reads the settings after this."""
+    from comfymesh.diffusion.batching import batch_config
+
+    config = batch_config()
+    slots = get_settings().stage_slots
+    if config.enabled and config.max_jobs > slots:
+        os.environ["COMFYMESH_STAGE_SLOTS"] = str(min(64, config.max_jobs))
+        get_settings.cache_clear()  # read once at start-up: this is still start-up
+
+
 def main() -> None:
+    _batching_slots()
     stage_main("diffusion", _nodes, Path(__file__).parent, get_settings().diffusion_replicas.split(",")[0],
                device=_device, extra=_model_runner)
 

@@ -8,7 +8,7 @@ latent batch sizes and KSampler vs KSamplerAdvanced may differ.
 A KSampler call prepares its inputs in its own worker thread (noise from its own seed/batch_index,
 conditioning, start point), then submits them to the process-wide `SamplingBatcher` under its
 compatibility key and blocks on a future. The first call of a key opens a gather window
-($COMFYMESH_BATCH_WINDOW_MS; default 15 ms on CUDA, 0 = off elsewhere); when it ends, or when
+($COMFYMESH_BATCH_WINDOW_MS; default 0 = off: opt in, see bench/README.md); when it ends, or when
 $COMFYMESH_BATCH_MAX calls (default 8) have joined, a runner thread samples all of them as one batch:
 the latents are stacked row-wise, every model evaluation is one UNet call holding each job's
 negative and positive rows (contexts of different lengths are tiled to a common length as in
@@ -28,7 +28,6 @@ import logging
 import math
 import os
 import threading
-import time
 from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -52,7 +51,6 @@ from comfymesh.logs import log_fields
 
 WINDOW_ENV = "COMFYMESH_BATCH_WINDOW_MS"
 MAX_ENV = "COMFYMESH_BATCH_MAX"
-CUDA_WINDOW_MS = 15.0
 DEFAULT_MAX = 8
 
 log = logging.getLogger("comfymesh.diffusion.batching")
@@ -68,10 +66,11 @@ class BatchConfig:
         return self.window_s > 0 and self.max_jobs > 1
 
 
-def batch_config(device: torch.device) -> BatchConfig:
-    """The gather window and batch size from the environment (window default: 15 ms on CUDA, else off)."""
+def batch_config() -> BatchConfig:
+    """The gather window and batch size from the environment. Off by default: on an H100 a cold burst of
+    16 jobs ran slower batched (each new batch size needs its own CUDA graph) — see bench/README.md."""
     raw = os.environ.get(WINDOW_ENV, "").strip()
-    window_ms = float(raw) if raw else (CUDA_WINDOW_MS if device.type == "cuda" else 0.0)
+    window_ms = float(raw) if raw else 0.0
     raw_max = os.environ.get(MAX_ENV, "").strip()
     most = int(raw_max) if raw_max else DEFAULT_MAX
     return BatchConfig(max(0.0, window_ms) / 1000.0, max(1, most))
@@ -96,7 +95,7 @@ class _Member:
     on_step: StepHook | None
     check_cancelled: Callable[[], None] | None
     future: Future[dict[str, Any]] = field(default_factory=Future)
-    rows: slice = slice(0)
+    rows: slice = field(default_factory=lambda: slice(0))
     alive: bool = True
 
 
@@ -357,12 +356,12 @@ _batcher: SamplingBatcher | None = None
 _batcher_lock = threading.Lock()
 
 
-def get_batcher(device: torch.device) -> SamplingBatcher:
+def get_batcher() -> SamplingBatcher:
     """The process-wide batcher (configured from the environment on first use)."""
     global _batcher
     with _batcher_lock:
         if _batcher is None:
-            config = batch_config(device)
+            config = batch_config()
             _batcher = SamplingBatcher(config.window_s, config.max_jobs)
         return _batcher
 
@@ -377,10 +376,7 @@ def set_batcher(batcher: SamplingBatcher | None) -> None:
 def sample_latent(model: SamplingModel, model_key: Hashable, *, job: str = "", on_step: StepHook | None = None,
                   check_cancelled: Callable[[], None] | None = None, **kwargs: Any) -> dict[str, Any]:
     """ksampler.sample_latent through the process-wide batcher (`kwargs` as there)."""
-    started = time.perf_counter()
     prep = prepare_sample(model, **kwargs)
     if isinstance(prep, dict):
         return prep
-    out = get_batcher(model.device).sample(model_key, prep, job=job, on_step=on_step, check_cancelled=check_cancelled)
-    log.debug("KSampler %s took %.3f s", job, time.perf_counter() - started)
-    return out
+    return get_batcher().sample(model_key, prep, job=job, on_step=on_step, check_cancelled=check_cancelled)

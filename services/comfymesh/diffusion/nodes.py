@@ -17,7 +17,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from comfymesh.diffusion import fast_path, ksampler, vae_codec
+from comfymesh.diffusion import batching, fast_path, ksampler, vae_codec
 from comfymesh.diffusion.model_cache import LoadedCheckpoint, LoraSpec, ModelCache, get_model_cache
 from comfymesh.diffusion.previews import latent_rgb_tensor
 from comfymesh.diffusion.text_encode import encode_prompt
@@ -237,8 +237,10 @@ def _sample(ctx: NodeContext, model: Handle, latent_image: dict[str, Any], **kwa
     # progress and previews from CUDA events: the step loop never waits on the GPU for them
     reporter = fast_path.StepReporter(ctx.report_progress, ctx.report_preview if want_previews else None,
                                       lambda denoised: latent_rgb_tensor(denoised, fmt), sm.device)
+    # same weights ⇔ same checkpoint digest and LoRA patches: such calls of other jobs may share the loop
+    model_key = (model["digest"], tuple((digest, float(strength)) for _, digest, strength in model["loras"]))
     with torch.no_grad():
-        out = ksampler.sample_latent(sm, latent=latent_image, on_step=reporter,
+        out = batching.sample_latent(sm, model_key, job=ctx.job_id, latent=latent_image, on_step=reporter,
                                      check_cancelled=ctx.check_cancelled, **kwargs)
     reporter.finish()
     return (out,)
