@@ -23,6 +23,7 @@ def create_app(settings: Settings, client: OrchestratorClient | None = None) -> 
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.client = client or OrchestratorClient(settings.orchestrator)
         yield
+        await comfy.shutdown(app)
         await app.state.client.close()
 
     app = FastAPI(title="comfymesh", version="0.1.0", docs_url="/v1/docs", redoc_url=None,

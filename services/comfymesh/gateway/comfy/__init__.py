@@ -24,11 +24,12 @@ def install(app: FastAPI) -> None:
     app.include_router(frontend.static_router)
     app.mount("/", frontend.frontend_files(), name="frontend")
 
-    @app.on_event("shutdown")
-    async def stop_hub() -> None:
-        hub = getattr(app.state, "comfy_hub", None)
-        if hub is not None:
-            await hub.stop()
+
+async def shutdown(app: FastAPI) -> None:
+    """Stop the websocket hub, if one was started (called from the app's lifespan)."""
+    hub = getattr(app.state, "comfy_hub", None)
+    if hub is not None:
+        await hub.stop()
 
 
-__all__ = ["install"]
+__all__ = ["install", "shutdown"]
