@@ -155,6 +155,51 @@ def test_full_queue_answers_429_with_retry_after(hanging_mesh: Mesh) -> None:
     assert hanging_mesh.wait(queued.json()["job_id"], timeout=10)["status"] == "cancelled"
 
 
+
+class _FlakyReceiver(BaseHTTPRequestHandler):
+    """Refuses every delivery until told to accept: the orchestrator dies while it is still retrying."""
+
+    accept = threading.Event()
+    attempts: ClassVar[list[float]] = []
+    delivered: ClassVar[list[bytes]] = []
+
+    def do_POST(self) -> None:  # noqa: N802
+        body = self.rfile.read(int(self.headers["content-length"]))
+        _FlakyReceiver.attempts.append(time.monotonic())
+        if _FlakyReceiver.accept.is_set():
+            _FlakyReceiver.delivered.append(body)
+            self.send_response(204)
+        else:
+            self.send_response(503)
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_webhook_cut_short_by_an_orchestrator_crash_is_sent_after_restart(hanging_mesh: Mesh) -> None:
+    port = free_port()
+    server = HTTPServer(("127.0.0.1", port), _FlakyReceiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        reply = hanging_mesh.http.post("/v1/workflows", json={"prompt": invert_graph("ImageInvert", "crashhook"),
+                                                              "webhook_url": f"http://127.0.0.1:{port}/hook"})
+        job_id = reply.json()["job_id"]
+        deadline = time.monotonic() + 20
+        while not _FlakyReceiver.attempts:
+            assert time.monotonic() < deadline, "no delivery attempt"
+            time.sleep(0.05)
+        hanging_mesh.kill("orchestrator")  # mid-backoff: the delivery never ended
+        _FlakyReceiver.accept.set()
+        hanging_mesh.restart("orchestrator")
+        while not _FlakyReceiver.delivered:
+            assert time.monotonic() < deadline, "the webhook was not sent again after the restart"
+            time.sleep(0.05)
+    finally:
+        server.shutdown()
+    assert json.loads(_FlakyReceiver.delivered[0])["job_id"] == job_id
+
+
 def test_rate_limit_per_client(hanging_mesh: Mesh) -> None:
     """60 a minute with bursts of 40: a burst of 60 cancels of an unknown job gets 429s with Retry-After."""
     replies = [hanging_mesh.http.post("/v1/jobs/nope/cancel") for _ in range(60)]

@@ -168,6 +168,15 @@ class JobStore:
             rows = self._db.execute(f"SELECT * FROM jobs {where} ORDER BY {order} {page}", args).fetchall()
         return [_job(row) for row in rows], int(total)
 
+    def jobs_awaiting_webhook(self) -> list[str]:
+        """Finished jobs that asked for a webhook whose delivery never ended (the sender died first)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id FROM jobs WHERE status IN ('completed', 'failed', 'cancelled') "
+                "AND extra_data_json LIKE '%\"webhook_url\"%' AND id NOT IN "
+                "(SELECT job_id FROM events WHERE type IN ('webhook_delivered', 'webhook_failed'))").fetchall()
+        return [row[0] for row in rows]
+
     def count_jobs(self, status: str) -> int:
         with self._lock:
             return int(self._db.execute("SELECT COUNT(*) FROM jobs WHERE status = ?", (status,)).fetchone()[0])

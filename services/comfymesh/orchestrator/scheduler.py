@@ -127,6 +127,9 @@ class Scheduler:
             log.info("job re-queued after restart", extra=log_fields(job=job.id))
         jobs, _ = await asyncio.to_thread(self.store.list_jobs)
         self._counter = int(max((abs(job.number) for job in jobs), default=0))
+        # webhooks are at-least-once: deliveries cut short by a crash are sent again
+        for job_id in await asyncio.to_thread(self.store.jobs_awaiting_webhook):
+            await self._finished(job_id)
 
     async def collect_garbage_forever(self) -> None:
         policy = RetentionPolicy(cache_max_age_s=self.settings.cache_max_age_s,
