@@ -163,7 +163,7 @@ class _FlakyReceiver(BaseHTTPRequestHandler):
     attempts: ClassVar[list[float]] = []
     delivered: ClassVar[list[bytes]] = []
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers["content-length"]))
         _FlakyReceiver.attempts.append(time.monotonic())
         if _FlakyReceiver.accept.is_set():
