@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import pytest
 
@@ -77,39 +77,55 @@ def test_cancel_a_running_job_frees_its_slot(hanging_mesh: Mesh) -> None:
     assert all(hanging_mesh.wait(i, timeout=30)["status"] == "completed" for i in ids)
 
 
-class _Receiver(BaseHTTPRequestHandler):
-    received: ClassVar[list[tuple[dict[str, str], bytes]]] = []
-    failures_left = 1
+class _WebhookSink:
+    """A real HTTP receiver: answers 503 while `refusing` (or for the first `fail_first` deliveries),
+    records the delivered ones (headers, body)."""
 
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers["content-length"]))
-        if _Receiver.failures_left > 0:  # the first delivery fails: the sender must retry
-            _Receiver.failures_left -= 1
-            self.send_response(503)
-        else:
-            _Receiver.received.append((dict(self.headers), body))
-            self.send_response(204)
-        self.end_headers()
+    def __init__(self, fail_first: int = 0, refusing: bool = False) -> None:
+        self.fail_first = fail_first
+        self.accept = threading.Event()
+        if not refusing:
+            self.accept.set()
+        self.attempts: list[float] = []
+        self.delivered: list[tuple[dict[str, str], bytes]] = []
+        sink = self
 
-    def log_message(self, *args: Any) -> None:
-        pass
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["content-length"]))
+                sink.attempts.append(time.monotonic())
+                if sink.fail_first > 0 or not sink.accept.is_set():
+                    sink.fail_first -= 1
+                    self.send_response(503)
+                else:
+                    sink.delivered.append((dict(self.headers), body))
+                    self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = HTTPServer(("127.0.0.1", free_port()), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def wait_for(self, what: list[Any], message: str, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while not what:
+            assert time.monotonic() < deadline, message
+            time.sleep(0.05)
 
 
 def test_signed_webhook_is_retried_until_delivered(hanging_mesh: Mesh) -> None:
-    port = free_port()
-    server = HTTPServer(("127.0.0.1", port), _Receiver)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    sink = _WebhookSink(fail_first=1)  # the first delivery fails: the sender must retry
     try:
         reply = hanging_mesh.http.post("/v1/workflows", json={"prompt": invert_graph("ImageInvert", "hook"),
-                                                              "webhook_url": f"http://127.0.0.1:{port}/hook"})
+                                                              "webhook_url": sink.url})
         job_id = reply.json()["job_id"]
-        deadline = time.monotonic() + 20
-        while not _Receiver.received:
-            assert time.monotonic() < deadline, "webhook never delivered"
-            time.sleep(0.1)
+        sink.wait_for(sink.delivered, "webhook never delivered")
     finally:
-        server.shutdown()
-    headers, body = _Receiver.received[0]
+        sink.server.shutdown()
+    headers, body = sink.delivered[0]
     payload = json.loads(body)
     assert payload["job_id"] == job_id and payload["status"] == "completed"
     signed = f"{headers['webhook-id']}.{headers['webhook-timestamp']}.".encode() + body
@@ -156,48 +172,20 @@ def test_full_queue_answers_429_with_retry_after(hanging_mesh: Mesh) -> None:
 
 
 
-class _FlakyReceiver(BaseHTTPRequestHandler):
-    """Refuses every delivery until told to accept: the orchestrator dies while it is still retrying."""
-
-    accept = threading.Event()
-    attempts: ClassVar[list[float]] = []
-    delivered: ClassVar[list[bytes]] = []
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers["content-length"]))
-        _FlakyReceiver.attempts.append(time.monotonic())
-        if _FlakyReceiver.accept.is_set():
-            _FlakyReceiver.delivered.append(body)
-            self.send_response(204)
-        else:
-            self.send_response(503)
-        self.end_headers()
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
 def test_webhook_cut_short_by_an_orchestrator_crash_is_sent_after_restart(hanging_mesh: Mesh) -> None:
-    port = free_port()
-    server = HTTPServer(("127.0.0.1", port), _FlakyReceiver)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    sink = _WebhookSink(refusing=True)  # refuses until the orchestrator has died mid-retry
     try:
         reply = hanging_mesh.http.post("/v1/workflows", json={"prompt": invert_graph("ImageInvert", "crashhook"),
-                                                              "webhook_url": f"http://127.0.0.1:{port}/hook"})
+                                                              "webhook_url": sink.url})
         job_id = reply.json()["job_id"]
-        deadline = time.monotonic() + 20
-        while not _FlakyReceiver.attempts:
-            assert time.monotonic() < deadline, "no delivery attempt"
-            time.sleep(0.05)
+        sink.wait_for(sink.attempts, "no delivery attempt")
         hanging_mesh.kill("orchestrator")  # mid-backoff: the delivery never ended
-        _FlakyReceiver.accept.set()
+        sink.accept.set()
         hanging_mesh.restart("orchestrator")
-        while not _FlakyReceiver.delivered:
-            assert time.monotonic() < deadline, "the webhook was not sent again after the restart"
-            time.sleep(0.05)
+        sink.wait_for(sink.delivered, "the webhook was not sent again after the restart")
     finally:
-        server.shutdown()
-    assert json.loads(_FlakyReceiver.delivered[0])["job_id"] == job_id
+        sink.server.shutdown()
+    assert json.loads(sink.delivered[0][1])["job_id"] == job_id
 
 
 def test_rate_limit_per_client(hanging_mesh: Mesh) -> None:

@@ -80,6 +80,7 @@ class _Validator:
         self.catalog = catalog
         self.custom_checks = custom_checks
         self.node_check = node_check
+        self._choices: dict[tuple[str, str], list[Any]] = {}
         self.valid: dict[str, bool] = {}
         self.errors: dict[str, list[dict[str, Any]]] = {}
         self.visiting: set[str] = set()
@@ -120,8 +121,11 @@ class _Validator:
 
     def _input_config(self, node_def: NodeDef, spec: InputSpec) -> list[Any]:
         if spec.type == "COMBO":
-            choices = self.catalog.choices(node_def.name, spec.name)
-            return [choices, spec.options]
+            # live lists come from folder listings: read each once per validation, not once per node
+            key = (node_def.name, spec.name)
+            if key not in self._choices:
+                self._choices[key] = self.catalog.choices(node_def.name, spec.name)
+            return [self._choices[key], spec.options]
         return [spec.type, spec.options]
 
     def _link(self, node_id: str, name: str, spec: InputSpec, value: list[Any],
