@@ -62,7 +62,12 @@ class EventBus:
                 return
             if job_id:
                 job = await asyncio.to_thread(self.store.get_job, job_id)
-                if job is None or job.status in FINISHED:
+                if job is None:
+                    return
+                if job.status in FINISHED:
+                    # it finished after the replay read the log: send what came since, then stop
+                    for event in await asyncio.to_thread(self.store.events_after, last, job_id):
+                        yield event
                     return
             if not follow:
                 return
