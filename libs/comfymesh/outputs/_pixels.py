@@ -24,5 +24,7 @@ def to_uint8(frame: np.ndarray) -> np.ndarray:
 
     NaN has no defined value there; it becomes 0 here rather than whatever the cast happens to give.
     """
-    scaled = np.nan_to_num(np.float32(255.0) * frame.astype(np.float32, copy=False), nan=0.0)
-    return np.clip(scaled, 0, 255).astype(np.uint8)
+    scaled = np.multiply(frame, np.float32(255.0), dtype=np.float32)
+    np.fmax(scaled, 0.0, out=scaled)  # fmax drops NaN for the other operand: NaN -> 0
+    np.minimum(scaled, 255.0, out=scaled)
+    return scaled.astype(np.uint8)
