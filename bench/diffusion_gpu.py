@@ -228,31 +228,45 @@ class MeshRun:
             raise
         say(f"mesh up in {time.perf_counter() - start:.1f} s")
 
-    def node_ms(self, job_id: str) -> dict[str, float]:
-        out: dict[str, float] = {}
+    def node_timings(self, job_id: str) -> list[dict[str, Any]]:
+        """The stage's `node timing` log lines of a job: [{class_type, start (wall s), ms}] in order."""
+        out = []
         for line in list(self.mesh.logs):
             if '"node timing"' not in line or job_id not in line:
                 continue
             entry = json.loads(line.split(": ", 1)[1])
             if entry.get("job") == job_id:
-                out[entry["class_type"]] = out.get(entry["class_type"], 0.0) + float(entry["ms"])
-        return out
+                out.append(entry)
+        return sorted(out, key=lambda e: float(e["start"]))
 
     def job(self, batch: int, seed: int = 42) -> dict[str, Any]:
-        start = time.perf_counter()
+        """POST -> SSE `completed` (which lists the images) -> every PNG fetched from /view."""
+        wall0, start = time.time(), time.perf_counter()
         job_id = self.mesh.submit(workflow(self.args.size, self.args.steps, batch, seed))
+        posted = time.perf_counter()
         events = self.mesh.events(f"/v1/jobs/{job_id}/events")
+        seen = time.perf_counter()
         assert events[-1]["event"] == "completed", events[-1]
-        job = self.mesh.http.get(f"/v1/jobs/{job_id}").json()
-        pngs = [self.mesh.http.get(f"/v1/jobs/{job_id}/output", params={"index": i}).content
-                for i in range(len(job["images"]))]
+        pngs = [self.mesh.http.get(image["url"]).content for image in events[-1]["data"]["images"]]
         total_ms = (time.perf_counter() - start) * 1000
         assert len(pngs) == batch and all(p[:4] == b"\x89PNG" for p in pngs)
-        time.sleep(0.05)  # the stage's timing log line travels through the supervisor's pipe
-        nodes = self.node_ms(job_id)
+        time.sleep(0.05)  # the stage's timing log lines travel through the supervisor's pipe
+        timings = self.node_timings(job_id)
+        nodes: dict[str, float] = {}
+        for entry in timings:
+            nodes[entry["class_type"]] = nodes.get(entry["class_type"], 0.0) + float(entry["ms"])
         compute = sum(nodes.get(k, 0.0) for k in ("CLIPTextEncode", "KSampler", "VAEDecode"))
+        # where the rest goes: before the first node, between nodes, after the last, and the fetches
+        phases: dict[str, float] = {"post": (posted - start) * 1000}
+        if timings:
+            phases["post_to_first_node"] = (float(timings[0]["start"]) - wall0) * 1000 - phases["post"]
+            ends = [float(e["start"]) + float(e["ms"]) / 1000 for e in timings]
+            phases["between_nodes"] = sum(max(0.0, float(b["start"]) - a) * 1000 for a, b in zip(ends[:-1], timings[1:], strict=True))
+            phases["last_node_end_to_completed_seen"] = (wall0 + (seen - start) - ends[-1]) * 1000
+            phases["save_image"] = nodes.get("SaveImage", 0.0)
+        phases["fetch_pngs"] = total_ms - (seen - start) * 1000
         return {"job": job_id, "ms": total_ms, "nodes": nodes, "compute_ms": compute,
-                "overhead_ms": total_ms - compute, "pngs": pngs}
+                "overhead_ms": total_ms - compute, "phases": phases, "pngs": pngs}
 
     def measure(self, label: str, png_ms: float) -> dict[str, Any]:
         res: dict[str, Any] = {}
@@ -266,6 +280,8 @@ class MeshRun:
                 "ksampler_ms": ks, "sampler_it_s": self.args.steps / (ks / 1000),
                 "overhead_ms": p50([r["overhead_ms"] for r in runs]),
                 "overhead_ex_png_ms": p50([r["overhead_ms"] for r in runs]) - batch * png_ms,
+                "overhead_phases_ms": {k: round(p50([r["phases"].get(k, 0.0) for r in runs]), 2)
+                                       for k in runs[0]["phases"]},
                 "nodes_ms": {k: p50([r["nodes"].get(k, 0.0) for r in runs]) for k in runs[0]["nodes"]},
             }
             res[f"b{batch}_png0"] = runs[-1]["pngs"][0]
@@ -307,7 +323,7 @@ class MeshRun:
     def wait_buckets(self, count: int, after: int, timeout: float) -> float:
         start = time.perf_counter()
         while time.perf_counter() - start < timeout:
-            done = [e for e in self.fast_logs(after) if "ready in" in e.get("msg", "") or "staying" in e.get("msg", "")]
+            done = [e for e in self.fast_logs(after) if " done: tier " in e.get("msg", "")]
             if len(done) >= count:
                 break
             time.sleep(0.5)
@@ -377,6 +393,7 @@ def restart_phase(run: MeshRun, args: argparse.Namespace) -> None:
         after = run.job(1, seed=9002)
         RESULTS["mesh_fast"]["restart"] = {
             "stage_restart_s": restart_s, "first_job_ms": first["ms"], "first_job_nodes": first["nodes"],
+            "restart_to_first_png_s": restart_s + first["ms"] / 1000,
             "buckets_ready_after_s": restart_s + first["ms"] / 1000 + waited,
             "builds": run.fast_logs(mark), "job_after_ready_ms": after["ms"]}
         say(f"restart: {RESULTS['mesh_fast']['restart']}")

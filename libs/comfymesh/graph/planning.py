@@ -51,8 +51,9 @@ def _signature(node: PlannedNode, upstream: dict[str, str], code_version: str, e
 
 def plan_prompt(prompt: dict[str, dict[str, Any]], outputs: list[str], catalog: Catalog, *,
                 code_versions: dict[str, str] | None = None,
-                fingerprint: ExternalFingerprint | None = None) -> Plan:
-    """Keep only what the outputs need, order it, and sign every node (seed included).
+                fingerprint: ExternalFingerprint | None = None, sign: bool = True) -> Plan:
+    """Keep only what the outputs need, order it, and sign every node (seed included; `sign=False`
+    skips the signatures when only the structure is wanted).
 
     The signature hashes class, literal inputs, upstream signatures, the stage's code version and any
     external fingerprint (file digests), so a rerun with the same inputs is fully served from cache.
@@ -89,6 +90,8 @@ def plan_prompt(prompt: dict[str, dict[str, Any]], outputs: list[str], catalog: 
             # output nodes run where their input was produced
             producers = [nodes[source].stage for source, _ in node.links.values()]
             node.stage = producers[0] if producers else "imaging"
+        if not sign:
+            continue
         external = fingerprint(node.class_type, node.literals) if fingerprint else ""
         version = (code_versions or {}).get(node.stage, "")
         node.signature = _signature(node, {n: nodes[n].signature for n in graph[node_id]}, version, external)

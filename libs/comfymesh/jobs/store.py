@@ -87,6 +87,16 @@ class JobRecord:
 
 
 @dataclass
+class CacheEntry:
+    """A node's outputs (and UI result) under its content signature."""
+
+    signature: str
+    class_type: str
+    outputs: list[dict[str, Any]]
+    ui: dict[str, Any] | None
+
+
+@dataclass
 class EventRecord:
     id: int
     job_id: str
@@ -155,6 +165,11 @@ class JobStore:
             row = self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return _job(row) if row else None
 
+    def job_status(self, job_id: str) -> str | None:
+        with self._lock:
+            row = self._db.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return str(row[0]) if row else None
+
     def list_jobs(self, statuses: list[str] | None = None, limit: int = 0, offset: int = 0,
                   newest_first: bool = False) -> tuple[list[JobRecord], int]:
         where, args = "", []
@@ -222,20 +237,34 @@ class JobStore:
         return record
 
     def set_node_state(self, job_id: str, node_id: str, state: str, ui: dict[str, Any] | None = None,
-                       event: str | None = None, data: dict[str, Any] | None = None) -> EventRecord | None:
+                       event: str | None = None, data: dict[str, Any] | None = None,
+                       cache: CacheEntry | None = None) -> EventRecord | None:
+        """Change one node's state (and its UI result), append its event and, given `cache`, store the
+        node's outputs in the cache: one transaction."""
+        return self.set_node_states(job_id, {node_id: ui}, state, event=event, event_node=node_id, data=data,
+                                    cache=[cache] if cache else [])
+
+    def set_node_states(self, job_id: str, nodes: dict[str, dict[str, Any] | None], state: str, *,
+                        event: str | None = None, event_node: str = "", data: dict[str, Any] | None = None,
+                        cache: list[CacheEntry] | None = None) -> EventRecord | None:
+        """Set several nodes to `state` (with their UI results) and append at most one event, atomically."""
         now = time.time()
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                self._db.execute("UPDATE node_states SET state = ?, ui_json = COALESCE(?, ui_json) "
-                                 "WHERE job_id = ? AND node_id = ?",
-                                 (state, json.dumps(ui) if ui is not None else None, job_id, node_id))
-                if ui:
+                self._db.executemany("UPDATE node_states SET state = ?, ui_json = COALESCE(?, ui_json) "
+                                     "WHERE job_id = ? AND node_id = ?",
+                                     [(state, json.dumps(ui) if ui is not None else None, job_id, node_id)
+                                      for node_id, ui in nodes.items()])
+                results = {node_id: ui for node_id, ui in nodes.items() if ui}
+                if results:
                     row = self._db.execute("SELECT outputs_json FROM jobs WHERE id = ?", (job_id,)).fetchone()
                     outputs = json.loads(row["outputs_json"]) if row else {}
-                    outputs[node_id] = ui
+                    outputs.update(results)
                     self._db.execute("UPDATE jobs SET outputs_json = ? WHERE id = ?", (json.dumps(outputs), job_id))
-                record = self._append(job_id, event, node_id, data or {}, now) if event else None
+                for entry in cache or []:
+                    self._cache_put(entry, now)
+                record = self._append(job_id, event, event_node, data or {}, now) if event else None
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
@@ -282,22 +311,33 @@ class JobStore:
 
     # node-output cache -----------------------------------------------------------------------
     def cache_get(self, signature: str) -> tuple[list[dict[str, Any]], dict[str, Any] | None] | None:
+        return self.cache_get_many([signature]).get(signature)
+
+    def cache_get_many(self, signatures: list[str]) -> dict[str, tuple[list[dict[str, Any]], dict[str, Any] | None]]:
+        """The cache entries of these signatures that exist ({signature: (outputs, ui)}), marked as used."""
+        if not signatures:
+            return {}
         with self._lock:
-            row = self._db.execute("SELECT outputs_json, ui_json FROM node_cache WHERE signature = ?",
-                                   (signature,)).fetchone()
-            if row is None:
-                return None
-            self._db.execute("UPDATE node_cache SET last_used = ? WHERE signature = ?", (time.time(), signature))
-        return json.loads(row["outputs_json"]), (json.loads(row["ui_json"]) if row["ui_json"] else None)
+            marks = ",".join("?" * len(signatures))
+            rows = self._db.execute(f"SELECT signature, outputs_json, ui_json FROM node_cache WHERE signature IN "
+                                    f"({marks})", signatures).fetchall()
+            if rows:
+                self._db.executemany("UPDATE node_cache SET last_used = ? WHERE signature = ?",
+                                     [(time.time(), row["signature"]) for row in rows])
+        return {row["signature"]: (json.loads(row["outputs_json"]), json.loads(row["ui_json"]) if row["ui_json"] else None)
+                for row in rows}
 
     def cache_put(self, signature: str, class_type: str, outputs: list[dict[str, Any]],
                   ui: dict[str, Any] | None) -> None:
-        now = time.time()
         with self._lock:
-            self._db.execute(
-                "INSERT OR REPLACE INTO node_cache (signature, class_type, outputs_json, ui_json, created, last_used) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (signature, class_type, json.dumps(outputs), json.dumps(ui) if ui else "", now, now))
+            self._cache_put(CacheEntry(signature, class_type, outputs, ui), time.time())
+
+    def _cache_put(self, entry: CacheEntry, now: float) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO node_cache (signature, class_type, outputs_json, ui_json, created, last_used) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (entry.signature, entry.class_type, json.dumps(entry.outputs), json.dumps(entry.ui) if entry.ui else "",
+             now, now))
 
     def cache_rows(self) -> list[tuple[str, str, float]]:
         """(signature, outputs JSON, last use) of every cache entry, least recently used first."""

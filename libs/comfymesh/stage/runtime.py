@@ -24,6 +24,8 @@ from comfymesh.stage.node import NodeContext, NodeImpl
 from comfymesh.v1 import stage_pb2
 
 log = logging.getLogger("comfymesh.stage")
+# Benchmarks: log each node's wall-clock start and duration (the mesh-overhead split in bench/)
+_TIMINGS = os.environ.get("COMFYMESH_NODE_TIMINGS") == "1"
 # Test-only fault switch: node classes that hang silently (no progress) until cancelled.
 _HANG_NODES = frozenset(filter(None, os.environ.get("COMFYMESH_TEST_HANG_NODES", "").split(",")))
 
@@ -97,7 +99,11 @@ class GroupRun:
             attempt_key=f"{self.request.job_id}:{call.node_id}")
         if call.class_type in _HANG_NODES:
             _hang(ctx)
+        started, clock = time.time(), time.perf_counter()
         outputs = impl(ctx, **inputs)
+        if _TIMINGS:
+            log.info("node timing", extra=log_fields(job=self.request.job_id, node=call.node_id, class_type=call.class_type,
+                                                     start=started, ms=round((time.perf_counter() - clock) * 1000, 3)))
         definition = self.catalog.get(call.class_type)
         types = definition.outputs if definition else ()
         for slot, value in enumerate(outputs):

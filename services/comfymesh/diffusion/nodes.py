@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,12 +21,10 @@ from comfymesh.diffusion.model_cache import LoadedCheckpoint, LoraSpec, ModelCac
 from comfymesh.diffusion.previews import latent_rgb_tensor
 from comfymesh.diffusion.text_encode import encode_prompt
 from comfymesh.errors import ComfymeshError, ModelError, NodeInputError, ResourceExhaustedError
-from comfymesh.logs import log_fields
 from comfymesh.stage.node import NodeContext, NodeImpl
 
 Handle = dict[str, Any]
 log = logging.getLogger("comfymesh.diffusion")
-TIMINGS_ENV = "COMFYMESH_NODE_TIMINGS"
 MODEL_EXTENSIONS = (".safetensors", ".sft")
 LATENT_UPSCALE_METHODS = ("nearest-exact", "bilinear", "area", "bicubic", "bislerp")
 
@@ -94,13 +91,8 @@ def _node(fn: Callable[..., tuple[Any, ...]]) -> NodeImpl:
 
     @functools.wraps(fn)
     def wrapper(ctx: NodeContext, **inputs: Any) -> tuple[Any, ...]:
-        start = time.perf_counter()
         try:
-            result = fn(ctx, **inputs)
-            if os.environ.get(TIMINGS_ENV) == "1":  # node compute time, for the benchmarks' overhead split
-                log.info("node timing", extra=log_fields(job=ctx.job_id, node=ctx.node_id, class_type=ctx.class_type,
-                                                         ms=round((time.perf_counter() - start) * 1000, 3)))
-            return result
+            return fn(ctx, **inputs)
         except ComfymeshError as exc:
             if not exc.node_id:
                 exc.node_id = ctx.node_id

@@ -6,6 +6,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import urlencode
 
 import orjson
 from fastapi import APIRouter, Header, HTTPException, Query, Request, Response
@@ -16,6 +17,7 @@ from sse_starlette.sse import EventSourceResponse, ServerSentEvent
 
 from comfymesh.catalog.files import resolve_inside
 from comfymesh.gateway.client import OrchestratorClient, OrchestratorUnavailable
+from comfymesh.gateway.files import file_response
 from comfymesh.gateway.models import (
     CheckpointList,
     CheckpointModel,
@@ -59,6 +61,12 @@ async def read_json_body(request: Request) -> Any:
 def image_url(request: Request, image: dict[str, Any]) -> str:
     return str(request.url_for("view_file").include_query_params(
         filename=image.get("filename", ""), subfolder=image.get("subfolder", ""), type=image.get("type", "output")))
+
+
+def view_path(image: dict[str, Any]) -> str:
+    """The /view address of an output image, relative to the gateway (for event payloads)."""
+    return "/view?" + urlencode({"filename": image.get("filename", ""), "subfolder": image.get("subfolder", ""),
+                                 "type": image.get("type", "output")})
 
 
 def output_images(outputs: dict[str, Any], order: list[str]) -> list[dict[str, Any]]:
@@ -119,7 +127,7 @@ async def get_job(job_id: str, request: Request) -> JobView:
              summary="Cancel a job, queued or running (a running sampler stops within one step)")
 async def cancel_job(job_id: str, request: Request) -> JobView:
     client = client_of(request)
-    if await client.get_job(job_id) is None:
+    if await client.get_job(job_id, status_only=True) is None:
         raise HTTPException(404, f"no job {job_id!r}")
     await client.cancel(job_id)
     return await get_job(job_id, request)
@@ -127,7 +135,7 @@ async def cancel_job(job_id: str, request: Request) -> JobView:
 
 @router.get("/jobs/{job_id}/output", response_class=FileResponse, responses={404: {"model": Problem},
             409: {"model": Problem}, 200: {"content": {"image/png": {}}}}, summary="A job's output image")
-async def get_output(job_id: str, request: Request, index: int = Query(0, ge=0, le=100_000)) -> FileResponse:
+async def get_output(job_id: str, request: Request, index: int = Query(0, ge=0, le=100_000)) -> Response:
     job = await client_of(request).get_job(job_id)
     if job is None:
         raise HTTPException(404, f"no job {job_id!r}")
@@ -144,7 +152,7 @@ async def get_output(job_id: str, request: Request, index: int = Query(0, ge=0, 
     path = resolve_inside(home / folder, "/".join(p for p in (image.get("subfolder", ""), image["filename"]) if p))
     if path is None or not path.is_file():
         raise HTTPException(404, f"output file {image['filename']} is gone (cleaned up?)")
-    return FileResponse(path, media_type="image/png")
+    return await file_response(path, "image/png")
 
 
 @router.get("/checkpoints", response_model=CheckpointList, summary="Checkpoint files with size and digest")
@@ -170,6 +178,9 @@ async def _sse(client: OrchestratorClient, job_id: str, after: int) -> AsyncIter
             async for event in client.events(job_id=job_id, after=last, follow=True):
                 last = event.id
                 payload = {"job_id": event.job_id, "node_id": event.node_id, "ts": event.ts, **event.data}
+                if isinstance(payload.get("images"), list):  # `completed`: where to fetch each image
+                    payload["images"] = [{**image, "url": view_path(image)} for image in payload["images"]
+                                         if isinstance(image, dict)]
                 yield ServerSentEvent(data=json.dumps(payload), event=event.type, id=str(event.id))
             return  # a job's stream ends with the job
         except OrchestratorUnavailable:
@@ -188,7 +199,7 @@ async def all_events(request: Request, last_event_id: str | None = Header(None),
 async def job_events(job_id: str, request: Request, last_event_id: str | None = Header(None),
                      after: int | None = Query(None, ge=0, description="resume after this event id")) -> Any:
     client = client_of(request)
-    if await client.get_job(job_id) is None:
+    if await client.get_job(job_id, status_only=True) is None:
         raise HTTPException(404, f"no job {job_id!r}")
     return EventSourceResponse(_sse(client, job_id, _resume_point(last_event_id, after)), ping=15)
 

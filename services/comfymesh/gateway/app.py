@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, HTTPException, Request, Response
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from comfymesh.config import Settings
 from comfymesh.gateway import api_v1, comfy, files, login
 from comfymesh.gateway.auth import Authenticator, AuthMiddleware
+from comfymesh.gateway.bodylimit import BodyLimitMiddleware
 from comfymesh.gateway.client import OrchestratorClient, OrchestratorUnavailable, PromptTooLarge, QueueFull
 from comfymesh.gateway.models import Health
 from comfymesh.gateway.ratelimit import RateLimitMiddleware
@@ -32,16 +33,7 @@ def create_app(settings: Settings, client: OrchestratorClient | None = None) -> 
     app.state.settings = settings
     app.state.authenticator = authenticator = Authenticator(settings)
 
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > settings.max_body_bytes:
-            return JSONResponse({"error": {"type": "request_too_large", "message": "Request body too large",
-                                           "details": f"the limit is {settings.max_body_bytes} bytes "
-                                                      "(COMFYMESH_MAX_BODY_BYTES)", "extra_info": {}},
-                                 "node_errors": {}}, status_code=413)
-        return await call_next(request)
-
+    app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     # inside auth, so the limit is per authenticated principal
     app.add_middleware(RateLimitMiddleware, per_minute=settings.rate_limit_per_min, burst=settings.rate_limit_burst)
     # added last, so outermost: an unauthenticated request reaches nothing else, HTTP or websocket

@@ -98,9 +98,11 @@ class OrchestratorClient:
                             json.loads(reply.error_json) if reply.error_json else None,
                             json.loads(reply.node_errors_json) if reply.node_errors_json else {}, reply.existing)
 
-    async def get_job(self, job_id: str) -> orchestrator_pb2.Job | None:
+    async def get_job(self, job_id: str, status_only: bool = False) -> orchestrator_pb2.Job | None:
+        """The job (None if there is none); `status_only` fills only its id and status, cheaply."""
         try:
-            return await self._call(self.stub.GetJob, orchestrator_pb2.GetJobRequest(job_id=job_id))
+            return await self._call(self.stub.GetJob, orchestrator_pb2.GetJobRequest(job_id=job_id,
+                                                                                     status_only=status_only))
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.NOT_FOUND:
                 return None

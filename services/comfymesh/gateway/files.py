@@ -20,6 +20,22 @@ _ANNOTATIONS = {" [output]": "output", " [input]": "input", " [temp]": "temp"}
 _INERT_TYPES = {"text/html", "application/xhtml+xml", "text/javascript", "application/javascript", "text/css"}
 
 
+# files up to this size are read in one go (one worker-thread hop) instead of streamed in 64 KiB chunks
+_READ_WHOLE_BYTES = 32 * 1024 * 1024
+
+
+async def file_response(path: Path, media_type: str, headers: dict[str, str] | None = None) -> Response:
+    """A file as the response body: outputs are small, so reading them whole saves a thread hop per chunk."""
+    size = path.stat().st_size
+    if size > _READ_WHOLE_BYTES:
+        return FileResponse(path, media_type=media_type, headers=headers)
+    try:
+        content = await asyncio.to_thread(path.read_bytes)
+    except FileNotFoundError:
+        raise HTTPException(404, f"{path.name} is gone") from None
+    return Response(content, media_type=media_type, headers=headers)
+
+
 def _reencode(path: Path, preview: str | None, channel: str) -> tuple[bytes, str]:
     """The `preview=<format>;<quality>` and `channel=rgb|a|rgba` variants of an image."""
     with Image.open(path) as opened:
@@ -74,4 +90,4 @@ async def view_file(request: Request, filename: str = Query("", max_length=1024)
     media_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
     if media_type in _INERT_TYPES:
         media_type = "application/octet-stream"
-    return FileResponse(path, media_type=media_type, headers={"Content-Disposition": f'filename="{path.name}"'})
+    return await file_response(path, media_type, headers={"Content-Disposition": f'filename="{path.name}"'})

@@ -18,7 +18,7 @@ from comfymesh.catalog.files import file_digest, input_file
 from comfymesh.config import Settings
 from comfymesh.errors import ComfymeshError, StageUnavailableError, TimeoutExceededError
 from comfymesh.graph import Plan, StageGroup, plan_groups, plan_prompt
-from comfymesh.jobs import JobRecord, JobStatus
+from comfymesh.jobs import CacheEntry, JobRecord, JobStatus
 from comfymesh.logs import log_fields
 from comfymesh.orchestrator.events import EventBus
 from comfymesh.orchestrator.replicas import ReplicaPool
@@ -72,6 +72,7 @@ class JobRunner:
         self.exported: set[str] = set()
         self.plan: Plan | None = None
         self.previews = bool(job.extra_data.get("preview_method", "auto") != "none")
+        self.ui: dict[str, dict[str, Any]] = {}  # UI results of output nodes, run or cached
 
     async def run(self) -> None:
         await self.bus.record(self.store.set_status, self.job.id, JobStatus.RUNNING, event="started")
@@ -96,12 +97,14 @@ class JobRunner:
             await self.bus.record(self.store.set_status, self.job.id, JobStatus.FAILED, error=error,
                                   event="failed", data=error)
             return
+        # the images come with the event, so a client needs no second request to find them
+        images = [image for node_id in self.job.outputs_to_run for image in (self.ui.get(node_id) or {}).get("images", [])]
         await self.bus.record(self.store.set_status, self.job.id, JobStatus.COMPLETED, event="completed",
-                              data={"outputs": self.job.outputs_to_run})
+                              data={"outputs": self.job.outputs_to_run, "images": images})
 
     async def _execute(self) -> None:
         # only stages the outputs need: a node off every output's path never runs, so its stage may be down
-        needed = plan_prompt(self.job.prompt, self.job.outputs_to_run, self.catalog).nodes.values()
+        needed = plan_prompt(self.job.prompt, self.job.outputs_to_run, self.catalog, sign=False).nodes.values()
         stages = {node.stage for node in needed}
         versions = {stage: await self.pool.describe(stage) for stage in stages if stage in self.pool.replicas}
         versions.setdefault("any", "")
@@ -113,9 +116,10 @@ class JobRunner:
         # nodes not run: served from cache, or only feeding outputs that are
         skipped = [node_id for node_id in plan.order if node_id not in to_run]
         if skipped:
-            for node_id in skipped:
-                await self.bus.record(self.store.set_node_state, self.job.id, node_id, "cached", cached.get(node_id))
-            await self.bus.emit(self.job.id, "cached", data={"nodes": skipped})
+            self.ui.update({node_id: ui for node_id, ui in cached.items() if ui})
+            await self.bus.record(self.store.set_node_states, self.job.id,
+                                  {node_id: cached.get(node_id) for node_id in skipped}, "cached",
+                                  event="cached", data={"nodes": skipped})
         groups = {group.group_id: group for group in plan_groups(plan, to_run)}
         finished: set[str] = set()
         running: dict[asyncio.Task[None], str] = {}
@@ -164,8 +168,9 @@ class JobRunner:
     def _cached_nodes(self, plan: Plan) -> dict[str, dict[str, Any] | None]:
         """Nodes whose outputs (and stored tensors) the cache still holds, with their UI results."""
         cached: dict[str, dict[str, Any] | None] = {}
+        hits = self.store.cache_get_many([plan.nodes[node_id].signature for node_id in plan.order])
         for node_id in plan.order:
-            hit = self.store.cache_get(plan.nodes[node_id].signature)
+            hit = hits.get(plan.nodes[node_id].signature)
             if hit is None:
                 continue
             outputs = [_value_from_dict(item) for item in hit[0]]
@@ -302,9 +307,11 @@ class JobRunner:
         node = self.plan.nodes[done.node_id]
         ui = json.loads(done.ui_json) if done.ui_json else None
         self.finished.add(done.node_id)
+        if ui:
+            self.ui[done.node_id] = ui
+        cache = None
         if done.node_id in self.exported:
             self.values[done.node_id] = list(done.outputs)
-            await asyncio.to_thread(self.store.cache_put, node.signature, node.class_type,
-                                    [_value_to_dict(v) for v in done.outputs], ui)
+            cache = CacheEntry(node.signature, node.class_type, [_value_to_dict(v) for v in done.outputs], ui)
         await self.bus.record(self.store.set_node_state, self.job.id, done.node_id, "done", ui,
-                              event="node_done", data={"class_type": node.class_type, "output": ui})
+                              event="node_done", data={"class_type": node.class_type, "output": ui}, cache=cache)

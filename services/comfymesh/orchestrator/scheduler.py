@@ -84,7 +84,7 @@ class Scheduler:
             if not result.ok:
                 return Submission(error=result.error, node_errors=result.node_errors, number=number)
             job_id = job_id or str(uuid.uuid4())
-            plan = plan_prompt(result.prompt, result.outputs, self.catalog)
+            plan = plan_prompt(result.prompt, result.outputs, self.catalog, sign=False)
             nodes = {node_id: plan.nodes[node_id].class_type for node_id in plan.order}
             extra = dict(extra_data)
             if client_id:

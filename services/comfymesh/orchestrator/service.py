@@ -91,6 +91,11 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServicer):
 
     async def GetJob(self, request: orchestrator_pb2.GetJobRequest,
                      context: Context) -> orchestrator_pb2.Job:
+        if request.status_only:
+            status = await asyncio.to_thread(self.store.job_status, request.job_id)
+            if status is None:
+                await context.abort(grpc.StatusCode.NOT_FOUND, f"no job {request.job_id!r}")
+            return orchestrator_pb2.Job(job_id=request.job_id, status=status)
         job = await asyncio.to_thread(self.store.get_job, request.job_id)
         if job is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no job {request.job_id!r}")

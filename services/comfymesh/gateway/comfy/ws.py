@@ -100,8 +100,8 @@ class Hub:
         return job
 
     async def _dispatch(self, event: JobEvent) -> None:
-        if event.type == "retrying":
-            return
+        if event.type == "retrying" or not self.sessions:
+            return  # nobody listens: no lookups on the jobs' critical path (a later client asks afresh)
         job = await self._job(event.job_id)
         cached_ui: dict[str, Any] = {}
         if event.type == "cached":
