@@ -331,6 +331,8 @@ class MeshRun:
 
     def stop(self) -> None:
         self.mesh.stop()
+        if self.args.out:  # every service's log lines, for reading the run afterwards
+            Path(self.args.out).with_name(f"{self.home.name}.log").write_text("\n".join(self.mesh.logs))
 
 
 def strip_pngs(res: dict[str, Any]) -> dict[str, Any]:
@@ -348,7 +350,7 @@ def mesh_phases(home: Path, args: argparse.Namespace) -> None:
         try:
             res = run.measure("mesh_eager", png_ms)
             eager_png = {k: v for k, v in res.items() if k.endswith("_png0")}
-            if args.concurrent:
+            if args.concurrent and args.concurrent_eager:
                 res["concurrent"] = run.concurrent(args.concurrent)
             RESULTS["mesh_eager"] = strip_pngs(res)
         finally:
@@ -418,6 +420,7 @@ def main() -> None:
     parser.add_argument("--batches", default="1,4", help="comma-separated batch sizes")
     parser.add_argument("--runs", type=int, default=5, help="timed warm runs per case (median reported)")
     parser.add_argument("--concurrent", type=int, default=16, help="jobs submitted at once (0: skip)")
+    parser.add_argument("--concurrent-eager", action="store_true", help="the concurrent burst on the eager mesh too")
     parser.add_argument("--phases", default="inproc,mesh", help="inproc,mesh")
     parser.add_argument("--mesh", default="eager,fast", help="which mesh runs: eager,fast")
     parser.add_argument("--skip-pipeline", action="store_true")
