@@ -1,18 +1,24 @@
-"""Structured logs: one JSON object per line (or plain text), the same shape in every service."""
+"""Structured logs: one JSON object per line (or plain text), the same shape in every service.
+
+Records are formatted and written by a background thread (QueueHandler/QueueListener): a log call
+on a request's path costs an enqueue, not a JSON encode and a blocking write to a pipe.
+"""
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
+import logging.handlers
+import queue
 import sys
-import time
 from typing import Any
 
 
 class _JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "ts": round(time.time(), 3),
+            "ts": round(record.created, 3),
             "level": record.levelname.lower(),
             "service": getattr(record, "service", record.name),
             "msg": record.getMessage(),
@@ -23,13 +29,30 @@ class _JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+class _Enqueue(logging.handlers.QueueHandler):
+    """Hands records over as they are: the listener's formatter (JSON, traceback in "exc") does the rest."""
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        return record
+
+
+_listener: logging.handlers.QueueListener | None = None
+
+
 def setup_logging(service: str, level: str = "INFO", as_json: bool = True) -> logging.Logger:
     """Configure the root logger once per process and return the service's logger."""
+    global _listener
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_JsonFormatter() if as_json else logging.Formatter(
         f"%(asctime)s {service} %(levelname)s %(message)s"))
+    if _listener is not None:
+        _listener.stop()
+    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    _listener = logging.handlers.QueueListener(records, handler, respect_handler_level=True)
+    _listener.start()
+    atexit.register(_listener.stop)  # flushes what is queued on a normal exit
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = [_Enqueue(records)]
     root.setLevel(level.upper())
     return logging.getLogger(service)
 

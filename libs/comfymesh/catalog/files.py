@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import threading
 from pathlib import Path
+from typing import Any
 
 # (class, input) -> folder under the data root that the input's value names a file in
 FILE_INPUTS: dict[tuple[str, str], str] = {
@@ -15,7 +18,7 @@ FILE_INPUTS: dict[tuple[str, str], str] = {
 }
 _ANNOTATIONS = {"[input]": "input", "[output]": "output", "[temp]": "temp"}
 
-_digests: dict[tuple[str, int, int], str] = {}
+_digests: dict[str, dict[str, list[Any]]] = {}  # "loaded": path -> [size, mtime_ns, inode, sha256]
 _digest_lock = threading.Lock()
 
 
@@ -40,19 +43,53 @@ def resolve_image_name(home: Path, name: str) -> Path | None:
 
 
 def file_digest(path: Path) -> str:
-    """sha256 of a file, remembered by (path, size, mtime) so large checkpoints are hashed once."""
+    """sha256 of a file, remembered by (path, size, mtime, inode) in memory and in
+    `<home>/cache/digests.json`, so a multi-GB checkpoint is hashed once, not at every restart."""
     stat = path.stat()
-    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    key = str(path.resolve())
+    stamp = [stat.st_size, stat.st_mtime_ns, stat.st_ino]
     with _digest_lock:
-        if key in _digests:
-            return _digests[key]
+        known = _known_digests().get(key)
+        if known is not None and known[:3] == stamp:
+            return str(known[3])
     digest = hashlib.sha256()
     with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
+        for block in iter(lambda: handle.read(1 << 22), b""):
             digest.update(block)
     with _digest_lock:
-        _digests[key] = digest.hexdigest()
-    return _digests[key]
+        _known_digests()[key] = [*stamp, digest.hexdigest()]
+        _save_digests()
+    return digest.hexdigest()
+
+
+def _digest_file() -> Path:
+    from comfymesh.config import get_settings
+
+    return get_settings().home / "cache" / "digests.json"
+
+
+def _known_digests() -> dict[str, list[Any]]:
+    """Loaded once per process; a missing or damaged file just means hashing again."""
+    if not _digests:
+        _digests["loaded"] = {}
+        try:
+            data = json.loads(_digest_file().read_text())
+            if isinstance(data, dict):
+                _digests["loaded"] = {k: v for k, v in data.items() if isinstance(v, list) and len(v) == 4}
+        except (OSError, ValueError):
+            pass
+    return _digests["loaded"]
+
+
+def _save_digests() -> None:
+    path = _digest_file()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
+        tmp.write_text(json.dumps(_digests["loaded"]))
+        tmp.replace(path)
+    except OSError:  # read-only data root: the in-memory copy still serves this process
+        pass
 
 
 def input_file(home: Path, class_type: str, input_name: str, value: object) -> Path | None:

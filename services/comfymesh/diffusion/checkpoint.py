@@ -8,7 +8,9 @@ converters into diffusers/transformers modules built from config dicts computed 
 
 from __future__ import annotations
 
+import logging
 import re
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +19,9 @@ from typing import Any
 import torch
 
 from comfymesh.errors import ModelError
+from comfymesh.logs import log_fields
+
+log = logging.getLogger("comfymesh.diffusion.checkpoint")
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
@@ -526,10 +531,19 @@ def load_checkpoint(path: Path, place: Placement | None = None) -> CheckpointPar
     src = TensorSource(path)
     rec = recognise(src)
     assert rec.vae is not None
+    clock = [time.perf_counter()]
+
+    def lap() -> float:
+        clock.append(time.perf_counter())
+        return round(clock[-1] - clock[-2], 2)
+
     try:
         unet = build_unet(src, rec, place)
+        unet_s = lap()
         vae = build_vae(src, rec.vae, VAE_PREFIX, place)
+        vae_s = lap()
         clips = {c.role: build_clip(src, c, place) for c in rec.clips}
+        clip_s = lap()
         modules = unet_module_map(src, rec)
     except ModelError:
         raise
@@ -539,6 +553,9 @@ def load_checkpoint(path: Path, place: Placement | None = None) -> CheckpointPar
         m.eval().requires_grad_(False)
         if any(t.is_meta for t in (*m.parameters(), *m.buffers())):
             raise ModelError(f"{path.name}: some weights were not found in the file")
+    # where load time goes (first loads include importing diffusers/transformers)
+    log.info("checkpoint built", extra=log_fields(file=path.name, family=rec.family, device=str(place.device),
+                                                  unet_s=unet_s, vae_s=vae_s, clip_s=clip_s))
     return CheckpointParts(rec, unet, vae, clips, modules)
 
 

@@ -10,7 +10,8 @@ buckets go before compilations. A failed tier leaves the bucket on the tier it h
 
 Compiled artifacts persist under $COMFYMESH_HOME/cache/torch-compile: inductor's on-disk caches
 (TORCHINDUCTOR_CACHE_DIR, TRITON_CACHE_DIR) plus torch's "mega-cache" bundle, saved after every build
-and loaded once per process, so a restarted stage rebuilds a bucket from cache instead of from scratch.
+and loaded once per process before its first compilation, so a restarted stage rebuilds a bucket from
+cache (seconds) instead of from scratch (minutes).
 
 `StepReporter` reports progress and previews of a sampling loop from CUDA events: the loop never waits
 on the device except to keep at most `max_ahead` steps queued (so cancellation stays prompt).
@@ -18,7 +19,8 @@ on the device except to keep at most `max_ahead` steps queued (so cancellation s
 Switches (environment): COMFYMESH_FAST_PATH (auto | 1 | 0; auto = on for CUDA devices),
 COMFYMESH_COMPILE (1 | 0; 0 = CUDA graphs of the eager UNet only), COMFYMESH_COMPILE_BACKEND
 (default inductor), COMFYMESH_COMPILE_MODE (default "default"), COMFYMESH_CUDA_GRAPHS (1 | 0),
-COMFYMESH_WARMUP_MANIFEST (a JSON file of buckets to build at stage start, see `warmup_from_manifest`).
+COMFYMESH_WARMUP_MANIFEST (a JSON file of buckets to build at stage start, see `warmup_from_manifest`),
+COMFYMESH_COMPILE_IDLE_S / COMFYMESH_COMPILE_MAX_DEFER_S (compile in a quiet moment, see `_wait_until_idle`).
 """
 
 from __future__ import annotations
@@ -49,6 +51,8 @@ BACKEND_ENV = "COMFYMESH_COMPILE_BACKEND"
 MODE_ENV = "COMFYMESH_COMPILE_MODE"
 GRAPHS_ENV = "COMFYMESH_CUDA_GRAPHS"
 MANIFEST_ENV = "COMFYMESH_WARMUP_MANIFEST"
+IDLE_ENV = "COMFYMESH_COMPILE_IDLE_S"
+MAX_DEFER_ENV = "COMFYMESH_COMPILE_MAX_DEFER_S"
 MEGA_CACHE_FILE = "mega_cache.bin"
 
 BucketKey = tuple[Any, ...]
@@ -82,7 +86,7 @@ _cache_lock = threading.Lock()
 
 
 def compile_cache_dir(home: Path | None = None) -> Path | None:
-    """Point inductor's caches at <home>/cache/torch-compile (once) and load a saved mega-cache."""
+    """Point inductor's caches at <home>/cache/torch-compile (once; cheap, so stage start-up may call it)."""
     with _cache_lock:
         if _cache_state["dir"] is not None:
             return Path(_cache_state["dir"])
@@ -96,17 +100,26 @@ def compile_cache_dir(home: Path | None = None) -> Path | None:
         os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(root / "inductor"))
         os.environ.setdefault("TRITON_CACHE_DIR", str(root / "triton"))
         _cache_state["dir"] = str(root)
-        mega = root / MEGA_CACHE_FILE
-        if mega.is_file() and not _cache_state["loaded"]:
-            loader = getattr(torch.compiler, "load_cache_artifacts", None)
-            if loader is not None:
-                try:
-                    loader(mega.read_bytes())
-                    log.info("loaded compile cache %s (%d bytes)", mega, mega.stat().st_size)
-                except Exception as exc:  # a stale or foreign bundle must never stop serving
-                    log.warning("ignoring compile cache %s: %s", mega, exc)
-            _cache_state["loaded"] = True
         return root
+
+
+def load_compile_cache() -> None:
+    """Load the saved mega-cache bundle once, right before the first compilation (it imports inductor,
+    which takes seconds: never on the start-up path)."""
+    root = compile_cache_dir()
+    with _cache_lock:
+        if root is None or _cache_state["loaded"]:
+            return
+        _cache_state["loaded"] = True
+        mega = root / MEGA_CACHE_FILE
+        loader = getattr(torch.compiler, "load_cache_artifacts", None)
+        if not mega.is_file() or loader is None:
+            return
+        try:
+            loader(mega.read_bytes())
+            log.info("loaded compile cache %s (%d bytes)", mega, mega.stat().st_size)
+        except Exception as exc:  # a stale or foreign bundle must never stop serving
+            log.warning("ignoring compile cache %s: %s", mega, exc)
 
 
 def save_compile_cache() -> Path | None:
@@ -177,10 +190,23 @@ class _Builder:
 
     def _run(self) -> None:
         while True:
-            _, _, work = self._queue.get()
+            priority, _, work = self._queue.get()
+            if priority == COMPILE:
+                _wait_until_idle()
             work()
 
 
+def _wait_until_idle() -> None:
+    """Hold a compilation back until no UNet call ran for COMFYMESH_COMPILE_IDLE_S (default 2 s), at most
+    COMFYMESH_COMPILE_MAX_DEFER_S (default 300 s): tracing holds the GIL for seconds at a time, and jobs
+    then crawl, so it goes into a quiet moment (after a restart, the first jobs run on the graphed tier)."""
+    idle_s = float(os.environ.get(IDLE_ENV) or 2.0)
+    give_up = time.monotonic() + float(os.environ.get(MAX_DEFER_ENV) or 300.0)
+    while time.monotonic() < give_up and time.monotonic() - _activity["last_call"] < idle_s:
+        time.sleep(0.2)
+
+
+_activity = {"last_call": 0.0}
 _builder = _Builder()
 CAPTURE, COMPILE = 0, 1  # builder priorities
 
@@ -222,6 +248,7 @@ class FastUNet:
     def __call__(self, x: torch.Tensor, t: torch.Tensor, ctx: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         if not self.compile and not self.graphs:
             return self.eager(x, t, ctx, y)
+        _activity["last_call"] = time.monotonic()
         key = bucket_key(x, t, ctx, y)
         bucket = self.buckets.get(key)
         if bucket is None:
@@ -275,6 +302,7 @@ class FastUNet:
             with _build_lock, torch.no_grad():
                 fn: Callable[..., torch.Tensor] = self._forward
                 if compiled:
+                    load_compile_cache()
                     fn = torch.compile(self._forward, backend=self.backend, mode=self.mode, dynamic=False)
                 cuda = self.device.type == "cuda"
                 fmt = torch.channels_last if cuda else torch.contiguous_format

@@ -6,7 +6,6 @@ changes cached base weights: patched tensors live in their own entry and are swa
 
 from __future__ import annotations
 
-import hashlib
 import os
 import threading
 from collections import OrderedDict
@@ -19,6 +18,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from comfymesh.catalog.files import file_digest
 from comfymesh.diffusion import fast_path
 from comfymesh.diffusion import lora as lora_mod
 from comfymesh.diffusion.checkpoint import CheckpointParts, Placement, load_checkpoint, load_vae_file
@@ -91,28 +91,15 @@ class ModelCache:
                 budget_bytes = DEFAULT_CPU_BUDGET
         self.budget = budget_bytes
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
-        self._digests: dict[tuple[str, int, int], str] = {}
         self._lock = threading.RLock()
 
     # -- digests --------------------------------------------------------------------------------
     def digest(self, path: Path) -> str:
-        """sha256 of the file, remembered by (path, size, mtime) so unchanged files are hashed once."""
+        """sha256 of the file (hashed once, then remembered by path, size, mtime and inode)."""
         try:
-            st = path.stat()
+            return file_digest(path)
         except FileNotFoundError as exc:
             raise ModelError(f"model file {path} does not exist") from exc
-        key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-        with self._lock:
-            if key in self._digests:
-                return self._digests[key]
-        h = hashlib.sha256()
-        with path.open("rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 22), b""):
-                h.update(chunk)
-        digest = h.hexdigest()
-        with self._lock:
-            self._digests[key] = digest
-        return digest
 
     # -- LRU ------------------------------------------------------------------------------------
     def _get_or_load(self, key: str, load: Callable[[], tuple[Any, int, dict[str, Any]]]) -> Any:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import time
@@ -25,6 +26,7 @@ from comfymesh.orchestrator.runner import JobRunner
 from comfymesh.orchestrator.webhooks import WebhookSender, load_secret
 
 log = logging.getLogger("comfymesh.orchestrator")
+_INLINE_VALIDATION_NODES = 64
 
 
 class Submission:
@@ -70,17 +72,21 @@ class Scheduler:
                      priority: float | None = None, front: bool = False, targets: list[str] | None = None,
                      timeout_s: float = 0.0, webhook_url: str = "") -> Submission:
         async with self._submit_lock:
+            # small lookups run on the loop (a thread hop costs more than they do)
             if job_id:
-                existing = await asyncio.to_thread(self.store.get_job, job_id)
+                existing = self.store.get_job(job_id)
                 if existing is not None:
                     return Submission(existing.id, existing.number, existing=True)
-            if await asyncio.to_thread(self.store.count_jobs, "queued") >= self.settings.max_queue:
+            if self.store.count_jobs("queued") >= self.settings.max_queue:
                 return Submission(queue_full=True)
             # ComfyUI's counter moves even when validation then fails
             self._counter += 1
             number = priority if priority is not None else (-self._counter if front else self._counter)
-            result = await asyncio.to_thread(validate_prompt, prompt, self.catalog, targets=targets,
-                                             custom_checks=self._custom_checks(), node_check=self._limits)
+            validate = functools.partial(validate_prompt, prompt, self.catalog, targets=targets,
+                                         custom_checks=self._custom_checks(), node_check=self._limits)
+            # typical prompts validate in well under a millisecond; only big ones go to a worker thread
+            small = isinstance(prompt, dict) and len(prompt) <= _INLINE_VALIDATION_NODES
+            result = validate() if small else await asyncio.to_thread(validate)
             if not result.ok:
                 return Submission(error=result.error, node_errors=result.node_errors, number=number)
             job_id = job_id or str(uuid.uuid4())
