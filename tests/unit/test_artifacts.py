@@ -50,5 +50,17 @@ def test_a_damaged_file_is_refused(tmp_path: Path) -> None:
     data = bytearray(path.read_bytes())
     data[-1] ^= 0xFF
     path.write_bytes(bytes(data))
+    # another process (a fresh store) reads the file and refuses it
     with pytest.raises(OSError, match="digest"):
-        decode_value(value, store)
+        decode_value(value, ArtifactStore((tmp_path / "a").as_uri()))
+    # the writer still holds the verified bytes in memory: its nodes get the right values, not the damage
+    assert np.array_equal(decode_value(value, store), np.ones((1, 4, 4, 3), np.float32))
+
+
+def test_memory_copies_are_bounded_and_not_shared(tmp_path: Path) -> None:
+    store = ArtifactStore((tmp_path / "a").as_uri(), memory_bytes=64 * 1024)
+    values = [encode_value("IMAGE", np.full((1, 32, 32, 3), i, np.float32), store) for i in range(8)]
+    assert store._recent_bytes <= 64 * 1024 and len(store._recent) < 8  # oldest forgotten
+    first = decode_value(values[-1], store)
+    first[...] = -1  # a node scribbling on its input never changes what the next reader gets
+    assert np.array_equal(decode_value(values[-1], store), np.full((1, 32, 32, 3), 7, np.float32))

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import fsspec
@@ -37,10 +39,36 @@ class ArtifactStore:
     `url` is any fsspec URL: `file:///abs/dir` (default), `memory://name` (tests), `s3://bucket/prefix`.
     """
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, memory_bytes: int = 256 * 2**20) -> None:
         self.url = url.rstrip("/")
         self.fs, self.root = fsspec.core.url_to_fs(self.url)
         self._protocol = self.url.split("://", 1)[0] if "://" in self.url else "file"
+        # recently written or read bundles by digest (content never changes under a digest): a stage
+        # reading the same conditioning for every job skips the read and the re-hash
+        self._recent: OrderedDict[str, bytes] = OrderedDict()
+        self._recent_bytes = 0
+        self._memory_bytes = memory_bytes
+        self._lock = threading.Lock()
+
+    def _remember(self, digest: str, data: bytes) -> None:
+        if len(data) > self._memory_bytes // 4:
+            return
+        with self._lock:
+            if digest in self._recent:
+                self._recent.move_to_end(digest)
+                return
+            self._recent[digest] = data
+            self._recent_bytes += len(data)
+            while self._recent_bytes > self._memory_bytes:
+                _, old = self._recent.popitem(last=False)
+                self._recent_bytes -= len(old)
+
+    def _recalled(self, digest: str) -> bytes | None:
+        with self._lock:
+            data = self._recent.get(digest)
+            if data is not None:
+                self._recent.move_to_end(digest)
+            return data
 
     def _key(self, digest: str) -> str:
         return f"{self.root}/tensors/{digest[:2]}/{digest}.safetensors"
@@ -58,15 +86,19 @@ class ArtifactStore:
         key = self._key(digest)
         if not self.fs.exists(key):
             self._write_atomically(key, data)
+        self._remember(digest, data)
         main = arrays[primary] if primary else next(iter(arrays.values()), np.zeros(0, np.float32))
         return TensorRef(uri=self._uri(key), dtype=_DTYPE_NAMES.get(main.dtype, str(main.dtype)),
                          shape=tuple(int(d) for d in main.shape), digest=digest, nbytes=len(data))
 
     def get_bundle(self, ref: TensorRef) -> tuple[dict[str, np.ndarray], dict[str, str]]:
         """Read a bundle back, checking its digest so a damaged file never feeds a node."""
-        data = self.read_bytes(ref.uri)
-        if hashlib.sha256(data).hexdigest() != ref.digest:
-            raise OSError(f"artifact {ref.uri} does not match its digest {ref.digest[:12]}")
+        data = self._recalled(ref.digest)
+        if data is None:
+            data = self.read_bytes(ref.uri)
+            if hashlib.sha256(data).hexdigest() != ref.digest:
+                raise OSError(f"artifact {ref.uri} does not match its digest {ref.digest[:12]}")
+            self._remember(ref.digest, data)
         header_len = int.from_bytes(data[:8], "little")
         header = json.loads(data[8:8 + header_len])
         return load_safetensors(data), json.loads(header.get("__metadata__", {}).get(_META_KEY, "{}"))

@@ -439,6 +439,17 @@ def _materialise(build: Callable[[], Any], state: dict[str, torch.Tensor], what:
     return module
 
 
+def import_model_code() -> float:
+    """Import diffusers' and transformers' model code now (seconds, mostly diffusers' package imports)
+    rather than inside the first checkpoint load; returns the seconds it took."""
+    start = time.perf_counter()
+    import diffusers.loaders.single_file_utils  # noqa: F401
+    from diffusers import AutoencoderKL, UNet2DConditionModel  # noqa: F401
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection  # noqa: F401
+
+    return time.perf_counter() - start
+
+
 def build_unet(src: TensorSource, rec: Recognition, place: Placement) -> torch.nn.Module:
     from diffusers import UNet2DConditionModel
     from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint

@@ -17,10 +17,12 @@ import torch
 import torch.nn.functional as F
 
 from comfymesh.diffusion import batching, fast_path, ksampler, vae_codec
+from comfymesh.diffusion.checkpoint import import_model_code
 from comfymesh.diffusion.model_cache import LoadedCheckpoint, LoraSpec, ModelCache, get_model_cache
 from comfymesh.diffusion.previews import latent_rgb_tensor
 from comfymesh.diffusion.text_encode import encode_prompt
 from comfymesh.errors import ComfymeshError, ModelError, NodeInputError, ResourceExhaustedError
+from comfymesh.logs import log_fields
 from comfymesh.stage.node import NodeContext, NodeImpl
 
 Handle = dict[str, Any]
@@ -284,11 +286,14 @@ def vae_encode(ctx: NodeContext, pixels: Any, vae: Handle) -> tuple[dict[str, An
 
 
 def start_warmup(home: Path) -> None:
-    """Stage start: point the compile caches at <home>, and build the buckets of the warm-up manifest
-    ($COMFYMESH_WARMUP_MANIFEST) in the background; serving starts at once either way."""
+    """Stage start on a GPU: import the model code before serving (so the first request pays only for
+    its model's load, like a started ComfyUI), point the compile caches at <home>, and build the buckets
+    of the warm-up manifest ($COMFYMESH_WARMUP_MANIFEST) in the background. CPU stages (tests, laptops)
+    start at once and import on first use."""
     cache = _cache()
     if not fast_path.fast_enabled(cache.device):
         return
+    log.info("model code imported", extra=log_fields(seconds=round(import_model_code(), 2)))
     fast_path.compile_cache_dir(home)
     if not os.environ.get(fast_path.MANIFEST_ENV):
         return

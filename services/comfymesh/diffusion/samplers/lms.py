@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-from scipy import integrate
 
 from comfymesh.diffusion.samplers.base import Denoiser, SamplerEnv, to_d
 
@@ -19,6 +18,8 @@ def multistep_coeff(order: int, t: list[float], i: int, j: int) -> float:
             if k != j:
                 prod *= (tau - t[i - k]) / (t[i - j] - t[i - k])
         return prod
+
+    from scipy import integrate  # here, not at module level: scipy adds ~1 s to every stage start
 
     return float(integrate.quad(basis, t[i], t[i + 1], epsrel=1e-4)[0])
 

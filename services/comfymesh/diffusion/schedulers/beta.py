@@ -1,7 +1,6 @@
 """beta (α = β = 0.6): timesteps at Beta-distribution quantiles, duplicates dropped, then 0."""
 
 import numpy as np
-import scipy.stats
 import torch
 
 from comfymesh.diffusion.model_sampling import ModelSampling
@@ -13,6 +12,8 @@ BETA = 0.6
 def schedule(ms: ModelSampling, steps: int) -> torch.Tensor:
     total = len(ms.sigmas) - 1
     u = 1.0 - np.arange(steps, dtype=np.float64) / steps
+    import scipy.stats  # here, not at module level: scipy adds ~1 s to every stage start
+
     ts = np.rint(scipy.stats.beta.ppf(u, ALPHA, BETA) * total)  # rint rounds half to even
     values: list[float] = []
     last = -1
