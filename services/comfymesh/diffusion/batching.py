@@ -7,12 +7,15 @@ latent batch sizes and KSampler vs KSamplerAdvanced may differ.
 
 A KSampler call prepares its inputs in its own worker thread (noise from its own seed/batch_index,
 conditioning, start point), then submits them to the process-wide `SamplingBatcher` under its
-compatibility key and blocks on a future. The first call of a key opens a gather window
-($COMFYMESH_BATCH_WINDOW_MS; default 0 = off: opt in, see bench/README.md); when it ends, or when
-$COMFYMESH_BATCH_MAX calls (default 8) have joined, a runner thread samples all of them as one batch:
+compatibility key and blocks on a future. A call that finds the GPU idle (no sampling loop running)
+starts at once; otherwise the first call of a key opens a gather window ($COMFYMESH_BATCH_WINDOW_MS;
+default 0 = off: opt in, see bench/README.md); when it ends, or when $COMFYMESH_BATCH_MAX calls
+(default 8) have joined, a runner thread samples all of them as one batch:
 the latents are stacked row-wise, every model evaluation is one UNet call holding each job's
 negative and positive rows (contexts of different lengths are tiled to a common length as in
-GuidedDenoiser, or run as one call per length), and CFG uses a per-row cfg tensor [B, 1, 1, 1].
+GuidedDenoiser, or run as one call per length), and CFG uses a per-row cfg tensor [B, 1, 1, 1]. UNet
+batches are padded to powers of two ($COMFYMESH_BATCH_PAD, default on) so a few shape buckets, prepared
+by the warm-up manifest, serve every batch.
 
 Each job still gets exactly what it would get alone: its own initial noise, its own per-step noise
 streams (ancestral: a generator per job, seeded as `DefaultNoise` would be; SDE: a Brownian tree per job
@@ -51,6 +54,7 @@ from comfymesh.logs import log_fields
 
 WINDOW_ENV = "COMFYMESH_BATCH_WINDOW_MS"
 MAX_ENV = "COMFYMESH_BATCH_MAX"
+PAD_ENV = "COMFYMESH_BATCH_PAD"
 DEFAULT_MAX = 8
 
 log = logging.getLogger("comfymesh.diffusion.batching")
@@ -145,10 +149,12 @@ class _Block:
 class BatchedGuidedDenoiser:
     """GuidedDenoiser for stacked jobs: every job's negative and positive rows in one UNet call per eval."""
 
-    def __init__(self, model: SamplingModel, members: Sequence[_Member], before_eval: Callable[[], None]) -> None:
+    def __init__(self, model: SamplingModel, members: Sequence[_Member], before_eval: Callable[[], None],
+                 pad: bool = False) -> None:
         self.model = model
         self.members = members
         self.before_eval = before_eval
+        self.pad = pad
         self.blocks: list[_Block] = []
         self.skip_negative: list[bool] = []
         cfgs = []
@@ -185,7 +191,14 @@ class BatchedGuidedDenoiser:
             ys = [b.y.expand(n, -1) for b, n in zip(blocks, sizes, strict=True) if b.y is not None]
             y = torch.cat(ys).to(model.dtype) if ys else None
             total = sum(sizes)
-            out = model.unet(torch.cat([x_in[b.rows] for b in blocks]), t.expand(total), ctx.to(model.dtype), y).float()
+            rows = torch.cat([x_in[b.rows] for b in blocks])
+            padded = 1 << (total - 1).bit_length() if self.pad else total
+            if padded > total:
+                # a few fixed UNet batch sizes (powers of two), each with its CUDA graph prepared up front,
+                # instead of a new bucket per job count; the extra rows repeat the last and are dropped
+                rows, ctx = _pad_rows(rows, padded), _pad_rows(ctx, padded)
+                y = None if y is None else _pad_rows(y, padded)
+            out = model.unet(rows, t.expand(padded), ctx.to(model.dtype), y).float()[:total]
             x0 = self._to_x0(torch.cat([x[b.rows] for b in blocks]), s, out)
             for b, part in zip(blocks, x0.split(sizes), strict=True):
                 outs[id(b)] = part
@@ -200,7 +213,11 @@ class BatchedGuidedDenoiser:
         return neg_all + (pos_all - neg_all) * self.cfg
 
 
-def run_batch(members: Sequence[_Member]) -> None:
+def _pad_rows(a: torch.Tensor, rows: int) -> torch.Tensor:
+    return torch.cat([a, a[-1:].expand(rows - a.shape[0], *a.shape[1:])])
+
+
+def run_batch(members: Sequence[_Member], pad: bool = False) -> None:
     """Sample stacked members as one loop and fulfil their futures (results, or each member's own error)."""
     start = 0
     for m in members:
@@ -243,7 +260,7 @@ def run_batch(members: Sequence[_Member]) -> None:
     try:
         with torch.no_grad():
             denoiser: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = BatchedGuidedDenoiser(
-                model, members, check_all)
+                model, members, check_all, pad)
             if first.mask is not None:
                 denoiser = MaskedDenoiser(denoiser, torch.cat([m.prep.mask for m in members if m.prep.mask is not None]),
                                           torch.cat([m.prep.scaled for m in members]),
@@ -296,11 +313,18 @@ def compat_key(model_key: Hashable, prep: PreparedSample) -> Hashable:
 class SamplingBatcher:
     """Process-wide: gathers compatible KSampler calls for a short window and samples them as one batch."""
 
-    def __init__(self, window_s: float, max_jobs: int = DEFAULT_MAX) -> None:
+    def __init__(self, window_s: float, max_jobs: int = DEFAULT_MAX, *, solo_when_idle: bool = False,
+                 pad: bool = False) -> None:
+        """`solo_when_idle`: a call that finds no other sampling loop running starts at once instead of
+        waiting out the window (only calls arriving while the GPU is busy gather); `pad`: UNet batches
+        padded to powers of two (see BatchedGuidedDenoiser)."""
         self.config = BatchConfig(window_s, max_jobs)
+        self.solo_when_idle = solo_when_idle
+        self.pad = pad
         self.stats = BatcherStats()
         self._open: dict[Hashable, _Gather] = {}
         self._lock = threading.Lock()
+        self._sampling = 0  # sampling loops running now (alone or batched)
 
     def sample(self, model_key: Hashable, prep: PreparedSample, *, job: str = "", on_step: StepHook | None = None,
                check_cancelled: Callable[[], None] | None = None) -> dict[str, Any]:
@@ -309,6 +333,10 @@ class SamplingBatcher:
             return self._solo(prep, on_step, check_cancelled)
         key = compat_key(model_key, prep)
         member = _Member(prep, job, on_step, check_cancelled)
+        with self._lock:
+            idle = self.solo_when_idle and self._sampling == 0 and key not in self._open
+        if idle:
+            return self._solo(prep, on_step, check_cancelled)
         with self._lock:
             gather = self._open.get(key)
             leader = gather is None
@@ -336,8 +364,17 @@ class SamplingBatcher:
                  extra=log_fields(jobs=[m.job for m in members], rows=sum(m.prep.rows for m in members),
                                   sampler=prep.sampler_name, steps=len(prep.sigmas) - 1))
         # a runner thread of its own, so a cancelled leader raises at once like every other member
-        threading.Thread(target=run_batch, args=(members,), name="comfymesh-batch", daemon=True).start()
+        threading.Thread(target=self._run_batch, args=(members,), name="comfymesh-batch", daemon=True).start()
         return self._wait(member)
+
+    def _run_batch(self, members: list[_Member]) -> None:
+        with self._lock:
+            self._sampling += 1
+        try:
+            run_batch(members, self.pad)
+        finally:
+            with self._lock:
+                self._sampling -= 1
 
     def _wait(self, member: _Member) -> dict[str, Any]:
         try:
@@ -349,7 +386,12 @@ class SamplingBatcher:
               check_cancelled: Callable[[], None] | None) -> dict[str, Any]:
         with self._lock:
             self.stats.solo_calls += 1
-        return run_prepared(prep, on_step, check_cancelled)
+            self._sampling += 1
+        try:
+            return run_prepared(prep, on_step, check_cancelled)
+        finally:
+            with self._lock:
+                self._sampling -= 1
 
 
 _batcher: SamplingBatcher | None = None
@@ -362,7 +404,8 @@ def get_batcher() -> SamplingBatcher:
     with _batcher_lock:
         if _batcher is None:
             config = batch_config()
-            _batcher = SamplingBatcher(config.window_s, config.max_jobs)
+            pad = os.environ.get(PAD_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+            _batcher = SamplingBatcher(config.window_s, config.max_jobs, solo_when_idle=True, pad=pad)
         return _batcher
 
 

@@ -258,8 +258,10 @@ class FastUNet:
             return self._run(bucket, x, t, ctx, y)
         return self.eager(x, t, ctx, y)
 
-    def start(self, x: torch.Tensor, t: torch.Tensor, ctx: torch.Tensor, y: torch.Tensor | None) -> Bucket:
-        """Begin building the bucket of these inputs (a copy of them is the capture's input); idempotent."""
+    def start(self, x: torch.Tensor, t: torch.Tensor, ctx: torch.Tensor, y: torch.Tensor | None,
+              compile: bool = True) -> Bucket:
+        """Begin building the bucket of these inputs (a copy of them is the capture's input); idempotent.
+        `compile=False` stops at the graphed tier (a bucket seldom used is not worth minutes of compiling)."""
         key = bucket_key(x, t, ctx, y)
         with self._lock:
             bucket = self.buckets.get(key)
@@ -272,9 +274,10 @@ class FastUNet:
         steps: list[tuple[int, Callable[[], None]]] = []
         if self.graphs:
             steps.append((CAPTURE, lambda: self._build_tier(bucket, args, compiled=False, began=began)))
-        if self.compile:
+        if self.compile and compile:
             steps.append((COMPILE, lambda: self._build_tier(bucket, args, compiled=True, began=began)))
-        steps.append((COMPILE, lambda: self._finish(bucket, began)))
+        compiling = self.compile and compile
+        steps.append((COMPILE if compiling else CAPTURE, lambda: self._finish(bucket, began)))
         for priority, work in steps:
             if self.background:
                 _builder.submit(priority, work)
@@ -385,7 +388,9 @@ def unet_inputs(batch: int, height: int, width: int, context_dim: int, dtype: to
 
 
 def warmup_from_manifest(load: Callable[[str], Any], manifest: Path | None = None) -> list[str]:
-    """Start building the buckets listed in a JSON manifest: [{"ckpt", "width", "height", "batch", "cfg"}].
+    """Start building the buckets listed in a JSON manifest: [{"ckpt", "width", "height", "batch", "cfg",
+    "compile"}] ("compile": false = graphed tier only; "batch" counts latents, so a batched KSampler of
+    n jobs × 1 latent with CFG is "batch": n, padded to a power of two).
 
     `load(ckpt_name)` returns the SamplingModel of the checkpoint (its unet must be a FastUNet).
     Returns the names it started; errors are logged, never raised (serving goes on).
@@ -406,7 +411,8 @@ def warmup_from_manifest(load: Callable[[str], Any], manifest: Path | None = Non
                 continue
             model.unet.start(*unet_inputs(int(entry.get("batch", 1)), int(entry.get("height", 512)),
                                           int(entry.get("width", 512)), model.context_dim, model.dtype,
-                                          model.device, model.adm, bool(entry.get("cfg", True))))
+                                          model.device, model.adm, bool(entry.get("cfg", True))),
+                              compile=bool(entry.get("compile", True)))
             started.append(f"{entry['ckpt']}@{entry.get('width', 512)}x{entry.get('height', 512)}"
                            f"x{entry.get('batch', 1)}")
         except Exception as exc:

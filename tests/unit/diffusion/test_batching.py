@@ -7,6 +7,7 @@ import copy
 import dataclasses
 import math
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -261,3 +262,34 @@ def test_stage_slots_rise_with_batching(monkeypatch: pytest.MonkeyPatch) -> None
     finally:
         monkeypatch.undo()
         get_settings.cache_clear()
+
+
+@pytest.mark.usefixtures("batch_invariant_unet")
+def test_padded_batches_use_power_of_two_unet_sizes_and_match_solo(tiny_home: Path, handles: dict[str, Any],
+                                                                   forwards: list[int]) -> None:
+    # 3 jobs with CFG = 6 UNet rows, padded to 8 (one prepared CUDA-graph bucket instead of a new one)
+    jobs = [Job(21, "a cat", 6.0), Job(22, "a dog", 8.0), Job(23, "a bird", 7.0)]
+    batcher = use(SamplingBatcher(window_s=5.0, max_jobs=3, pad=True))
+    batched = run_concurrently(tiny_home, handles, jobs)
+    assert batcher.stats.sizes == [3]
+    assert forwards == [8, 8, 8]
+    for job, out in zip(jobs, batched, strict=True):
+        assert torch.equal(out, solo(tiny_home, handles, job)), job
+
+
+def test_a_call_on_an_idle_gpu_starts_at_once(tiny_home: Path, handles: dict[str, Any]) -> None:
+    # the window only holds calls back while another loop keeps the GPU busy: a lone job never waits it out
+    batcher = use(SamplingBatcher(window_s=30.0, max_jobs=4, solo_when_idle=True))
+    start = time.monotonic()
+    run_concurrently(tiny_home, handles, [Job(31, steps=2)])
+    assert time.monotonic() - start < 20 and batcher.stats.solo_calls == 1 and batcher.stats.batches == 0
+    # while a loop keeps the GPU busy (held open here), the next arrivals gather and run as one batch
+    batcher.config = batching.BatchConfig(5.0, 2)
+    with batcher._lock:
+        batcher._sampling += 1
+    try:
+        run_concurrently(tiny_home, handles, [Job(33, "a dog", steps=2), Job(34, "a bird", steps=2)])
+    finally:
+        with batcher._lock:
+            batcher._sampling -= 1
+    assert batcher.stats.sizes == [2] and batcher.stats.solo_calls == 1
