@@ -246,3 +246,14 @@ def test_attempt_killed_between_files_is_finished_under_the_same_names(tmp_path:
     retried = write_pngs(_image(batch=3), tmp_path, "crash", identity=identity)
     assert retried == first
     assert _files(tmp_path / "output") == sorted(image.filename for image in first)
+
+
+def test_remembered_counter_never_overwrites_a_file_written_meanwhile(tmp_path: Path) -> None:
+    first = write_pngs(_image(), tmp_path, "busy")
+    assert first[0].filename == "busy_00001_.png"
+    # another stage replica (or a user) takes the next names behind this process's back
+    for n in (2, 3):
+        (tmp_path / "output" / f"busy_{n:05}_.png").write_bytes(b"theirs")
+    second = write_pngs(_image(), tmp_path, "busy")
+    assert second[0].filename == "busy_00004_.png"
+    assert (tmp_path / "output" / "busy_00002_.png").read_bytes() == b"theirs"

@@ -30,6 +30,20 @@ from comfymesh.outputs._receipts import (
 
 FolderType = Literal["output", "temp"]
 
+# the next counter per (folder, prefix) this process expects, so a save does not list a folder that
+# holds thousands of outputs; a name taken meanwhile (another stage, a user) sends it back to a listing
+_expected: dict[tuple[str, str], int] = {}
+
+
+def _next_free_counter(folder: Path, file_prefix: str, count: int) -> int:
+    """ComfyUI's counter (1 + the highest in the folder), remembered between saves; call under the lock."""
+    key = (str(folder), file_prefix)
+    counter = _expected.get(key)
+    if counter is None or any((folder / batch_filename(file_prefix, i, counter + i)).exists() for i in range(count)):
+        counter = next_counter(folder, file_prefix)
+    _expected[key] = counter + count
+    return counter
+
 
 def write_pngs(
     images: Any,
@@ -79,7 +93,7 @@ def write_pngs(
             # an earlier attempt died part-way: finish writing the very names it chose
             saved = planned
         else:
-            counter = next_counter(target.folder, target.file_prefix)
+            counter = _next_free_counter(target.folder, target.file_prefix, len(encoded))
             saved = [SavedImage(filename=batch_filename(target.file_prefix, index, counter + index),
                                 subfolder=target.subfolder, type=folder_type) for index in range(len(encoded))]
             if tracked is not None and receipt is not None:
