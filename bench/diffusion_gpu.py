@@ -358,7 +358,8 @@ def mesh_phases(home: Path, args: argparse.Namespace) -> None:
         write(args)
     if "fast" in args.mesh and elapsed() < args.deadline:
         manifest = home / "warmup.json"
-        entries: list[dict[str, Any]] = [{"ckpt": CKPT, "width": args.size, "height": args.size, "batch": b}
+        entries: list[dict[str, Any]] = [{"ckpt": CKPT, "width": args.size, "height": args.size, "batch": b,
+                                          "compile": args.compile_batches is None or b in args.compile_batches}
                                          for b in args.batches]
         env = {"COMFYMESH_FAST_PATH": "1", "COMFYMESH_WARMUP_MANIFEST": str(manifest),
                "COMFYMESH_COMPILE": "0" if args.no_compile else "1", "COMFYMESH_COMPILE_BACKEND": args.backend}
@@ -428,6 +429,8 @@ def main() -> None:
     parser.add_argument("--batches", default="1,4", help="comma-separated batch sizes")
     parser.add_argument("--runs", type=int, default=5, help="timed warm runs per case (median reported)")
     parser.add_argument("--concurrent", type=int, default=16, help="jobs submitted at once (0: skip)")
+    parser.add_argument("--compile-batches", default=None,
+                        help="fast mesh: compile only these batch sizes' buckets (others stay graphed); default all")
     parser.add_argument("--batch-window-ms", type=float, default=0,
                         help="fast mesh: cross-job batching with this gather window (0: off, the default)")
     parser.add_argument("--concurrent-eager", action="store_true", help="the concurrent burst on the eager mesh too")
@@ -442,6 +445,8 @@ def main() -> None:
     args = parser.parse_args()
     args.batches = [int(b) for b in args.batches.split(",") if b]
     args.mesh = args.mesh.split(",")
+    if args.compile_batches is not None:
+        args.compile_batches = [int(b) for b in args.compile_batches.split(",") if b]
     home = args.home or Path(tempfile.mkdtemp(prefix="comfymesh-gpu-bench-"))
     for folder in ("models/checkpoints", "input", "output"):
         (home / folder).mkdir(parents=True, exist_ok=True)
