@@ -8,7 +8,8 @@ latent batch sizes and KSampler vs KSamplerAdvanced may differ.
 A KSampler call prepares its inputs in its own worker thread (noise from its own seed/batch_index,
 conditioning, start point), then submits them to the process-wide `SamplingBatcher` under its
 compatibility key and blocks on a future. A call that finds the GPU idle (no sampling loop running)
-starts at once; otherwise the first call of a key opens a gather window ($COMFYMESH_BATCH_WINDOW_MS;
+starts at once ($COMFYMESH_BATCH_IDLE_START, default on); otherwise the first call of a key opens a
+gather window ($COMFYMESH_BATCH_WINDOW_MS;
 default 0 = off: opt in, see bench/README.md); when it ends, or when $COMFYMESH_BATCH_MAX calls
 (default 8) have joined, a runner thread samples all of them as one batch:
 the latents are stacked row-wise, every model evaluation is one UNet call holding each job's
@@ -55,6 +56,7 @@ from comfymesh.logs import log_fields
 WINDOW_ENV = "COMFYMESH_BATCH_WINDOW_MS"
 MAX_ENV = "COMFYMESH_BATCH_MAX"
 PAD_ENV = "COMFYMESH_BATCH_PAD"
+IDLE_START_ENV = "COMFYMESH_BATCH_IDLE_START"
 DEFAULT_MAX = 8
 
 log = logging.getLogger("comfymesh.diffusion.batching")
@@ -78,6 +80,11 @@ def batch_config() -> BatchConfig:
     raw_max = os.environ.get(MAX_ENV, "").strip()
     most = int(raw_max) if raw_max else DEFAULT_MAX
     return BatchConfig(max(0.0, window_ms) / 1000.0, max(1, most))
+
+
+def _env_flag(name: str) -> bool:
+    """On unless set to 0/false/no/off."""
+    return os.environ.get(name, "1").strip().lower() not in ("0", "false", "no", "off")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -404,8 +411,8 @@ def get_batcher() -> SamplingBatcher:
     with _batcher_lock:
         if _batcher is None:
             config = batch_config()
-            pad = os.environ.get(PAD_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
-            _batcher = SamplingBatcher(config.window_s, config.max_jobs, solo_when_idle=True, pad=pad)
+            _batcher = SamplingBatcher(config.window_s, config.max_jobs, solo_when_idle=_env_flag(IDLE_START_ENV),
+                                       pad=_env_flag(PAD_ENV))
         return _batcher
 
 
