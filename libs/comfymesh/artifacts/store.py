@@ -50,6 +50,11 @@ class ArtifactStore:
         self._memory_bytes = memory_bytes
         self._lock = threading.Lock()
 
+    @property
+    def local(self) -> bool:
+        """Whether lookups are local file-system calls (microseconds), not network round trips."""
+        return self._protocol in ("file", "memory")
+
     def _remember(self, digest: str, data: bytes) -> None:
         if len(data) > self._memory_bytes // 4:
             return
