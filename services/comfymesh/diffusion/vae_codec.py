@@ -54,7 +54,9 @@ def decode(vae: Any, latent: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             for part in latent.float().split(_chunk(latent.shape[0], p.device)):
                 y = vae.decode(part.to(p.device, p.dtype)).sample.float()
-                outs.append(torch.clamp((y + 1.0) / 2.0, 0.0, 1.0).movedim(1, -1).cpu())
+                # channels-last made contiguous on the device (free there): every reader of the image
+                # (PNG encoding, artifact export) then walks memory in order instead of by strides
+                outs.append(torch.clamp((y + 1.0) / 2.0, 0.0, 1.0).movedim(1, -1).contiguous().cpu())
     except torch.cuda.OutOfMemoryError as exc:
         raise ResourceExhaustedError(f"out of GPU memory in VAE decode: {exc}") from exc
     return torch.cat(outs)
