@@ -193,7 +193,10 @@ class _Builder:
             priority, _, work = self._queue.get()
             if priority == COMPILE:
                 _wait_until_idle()
-            work()
+            try:
+                work()
+            except Exception:  # one bad build must not stop the builder for every other bucket
+                log.exception("fast path build step failed")
 
 
 def _wait_until_idle() -> None:
