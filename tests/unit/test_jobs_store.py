@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from comfymesh.jobs import JobStatus, JobStore
+from comfymesh.jobs import CacheEntry, JobStatus, JobStore
 
 
 def add(store: JobStore, job_id: str, number: float) -> None:
@@ -55,3 +55,33 @@ def test_node_cache_round_trip(tmp_path: Path) -> None:
     assert store.cache_get("sig") == ([{"type": "IMAGE", "json": "1"}], None)
     store.close()
     assert JobStore(tmp_path / "jobs.db").cache_get("sig") is not None
+
+
+def test_node_result_state_cache_and_event_in_one_transaction(tmp_path: Path) -> None:
+    store = JobStore(tmp_path / "jobs.db")
+    store.add_job("a", 1, {"1": {"class_type": "X", "inputs": {}}, "2": {"class_type": "Y", "inputs": {}}}, {}, "",
+                  ["2"], {"1": "X", "2": "Y"})
+    event = store.set_node_state("a", "1", "done", None, event="node_done",
+                                 cache=CacheEntry("sig1", "X", [{"type": "LATENT", "json": "1"}], None))
+    assert event is not None and event.node_id == "1"
+    assert store.cache_get("sig1") == ([{"type": "LATENT", "json": "1"}], None)
+    # several nodes served from cache: their states and UI results, and one `cached` event
+    cached = store.set_node_states("a", {"1": None, "2": {"images": [{"filename": "y.png"}]}}, "cached",
+                                   event="cached", data={"nodes": ["1", "2"]})
+    assert cached is not None and cached.type == "cached" and cached.data == {"nodes": ["1", "2"]}
+    assert [(n["node_id"], n["state"]) for n in store.node_states("a")] == [("1", "cached"), ("2", "cached")]
+    job = store.get_job("a")
+    assert job is not None and job.outputs == {"2": {"images": [{"filename": "y.png"}]}}
+    assert store.job_status("a") == "queued" and store.job_status("nope") is None
+
+
+def test_cache_lookup_of_many_signatures_marks_only_hits_used(tmp_path: Path) -> None:
+    store = JobStore(tmp_path / "jobs.db")
+    store.cache_put("old", "X", [], None)
+    store.cache_put("other", "X", [], {"images": []})
+    before = dict((sig, used) for sig, _, used in store.cache_rows())
+    hits = store.cache_get_many(["old", "missing"])
+    assert set(hits) == {"old"} and hits["old"] == ([], None)
+    after = dict((sig, used) for sig, _, used in store.cache_rows())
+    assert after["old"] >= before["old"] and after["other"] == before["other"]
+    assert store.cache_get_many([]) == {}

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -118,3 +120,33 @@ def test_compile_cache_dir_under_home(tmp_path: Path, monkeypatch: pytest.Monkey
     root = fast_path.compile_cache_dir(tmp_path)
     assert root == tmp_path / "cache" / "torch-compile" and root.is_dir()
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"].startswith(str(root))
+
+
+def test_compilation_waits_for_a_quiet_moment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(fast_path.IDLE_ENV, "0.3")
+    monkeypatch.setenv(fast_path.MAX_DEFER_ENV, "5")
+    monkeypatch.setitem(fast_path._activity, "last_call", 0.0)
+    start = time.monotonic()
+    fast_path._wait_until_idle()  # nothing ran lately: at once
+    assert time.monotonic() - start < 0.2
+    # UNet calls keep coming for a second: the compilation waits for them to stop, then 0.3 s more
+    stop = time.monotonic() + 1.0
+
+    def busy() -> None:
+        while time.monotonic() < stop:
+            fast_path._activity["last_call"] = time.monotonic()
+            time.sleep(0.02)
+
+    worker = threading.Thread(target=busy)
+    worker.start()
+    start = time.monotonic()
+    fast_path._wait_until_idle()
+    waited = time.monotonic() - start
+    worker.join()
+    assert 1.1 <= waited < 3.0
+    # under constant load it gives up waiting after COMFYMESH_COMPILE_MAX_DEFER_S
+    monkeypatch.setenv(fast_path.MAX_DEFER_ENV, "0.5")
+    fast_path._activity["last_call"] = time.monotonic() + 60  # "just now", for the next minute
+    start = time.monotonic()
+    fast_path._wait_until_idle()
+    assert 0.4 <= time.monotonic() - start < 1.5

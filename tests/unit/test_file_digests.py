@@ -1,0 +1,57 @@
+"""File digests are hashed once and remembered across processes, until the file changes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from comfymesh.catalog import files
+from comfymesh.config import get_settings
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    monkeypatch.setenv("COMFYMESH_HOME", str(tmp_path))
+    get_settings.cache_clear()
+    monkeypatch.setattr(files, "_digests", {})
+    yield tmp_path
+    get_settings.cache_clear()
+
+
+def test_a_restarted_process_reuses_the_recorded_digest(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    model = home / "models" / "checkpoints" / "a.safetensors"
+    model.parent.mkdir(parents=True)
+    model.write_bytes(b"weights" * 1000)
+    digest = files.file_digest(model)
+    assert digest == hashlib.sha256(model.read_bytes()).hexdigest()
+    recorded = json.loads((home / "cache" / "digests.json").read_text())
+    assert recorded[str(model.resolve())][3] == digest
+
+    # a new process: nothing in memory, and hashing is not allowed to happen
+    monkeypatch.setattr(files, "_digests", {})
+
+    def no_hashing(*args: object) -> object:
+        raise AssertionError("hashed again")
+
+    monkeypatch.setattr(files.hashlib, "sha256", no_hashing)
+    assert files.file_digest(model) == digest
+
+    # the file changes (size and mtime): hashed again
+    monkeypatch.undo()
+    monkeypatch.setenv("COMFYMESH_HOME", str(home))
+    model.write_bytes(b"other weights")
+    os.utime(model, ns=(1, 1))
+    assert files.file_digest(model) == hashlib.sha256(b"other weights").hexdigest()
+
+
+def test_a_damaged_record_only_costs_a_rehash(home: Path) -> None:
+    (home / "cache").mkdir()
+    (home / "cache" / "digests.json").write_text("{not json")
+    data = home / "x.bin"
+    data.write_bytes(b"abc")
+    assert files.file_digest(data) == hashlib.sha256(b"abc").hexdigest()
