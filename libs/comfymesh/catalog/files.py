@@ -18,6 +18,8 @@ FILE_INPUTS: dict[tuple[str, str], str] = {
 }
 _ANNOTATIONS = {"[input]": "input", "[output]": "output", "[temp]": "temp"}
 
+# files at least this big have their digest recorded on disk (smaller ones hash in milliseconds)
+PERSIST_MIN_BYTES = 16 * 2**20
 _digests: dict[str, dict[str, list[Any]]] = {}  # "loaded": path -> [size, mtime_ns, inode, sha256]
 _digest_lock = threading.Lock()
 
@@ -58,7 +60,8 @@ def file_digest(path: Path) -> str:
             digest.update(block)
     with _digest_lock:
         _known_digests()[key] = [*stamp, digest.hexdigest()]
-        _save_digests()
+        if stat.st_size >= PERSIST_MIN_BYTES:  # models, not every uploaded image
+            _save_digests()
     return digest.hexdigest()
 
 
