@@ -87,3 +87,29 @@ def test_a_session_never_outlives_its_jwt() -> None:
 
 def test_token_is_stripped_from_the_query() -> None:
     assert without_token(b"clientId=a&token=secret&x=1") == b"clientId=a&x=1"
+
+
+def test_login_form_locks_out_an_address_guessing_tokens(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fastapi.testclient import TestClient
+
+    from comfymesh.gateway import login
+    from comfymesh.gateway.app import create_app
+
+    clock = [1000.0]
+    monkeypatch.setattr(login.time, "monotonic", lambda: clock[0])
+    with TestClient(create_app(Settings(api_token=TOKEN)), follow_redirects=False) as client:
+        for _ in range(5):  # five misses in a row are free
+            assert client.post("/login", data={"token": "guess", "next": "/"}).status_code == 401
+        # then even the right token waits: 30 s, doubling with each further miss
+        refused = client.post("/login", data={"token": TOKEN, "next": "/"})
+        assert refused.status_code == 429 and refused.headers["retry-after"] == "30"
+        assert "try again in 30 s" in refused.text
+        clock[0] += 31
+        assert client.post("/login", data={"token": "guess", "next": "/"}).status_code == 401
+        assert client.post("/login", data={"token": TOKEN, "next": "/"}).headers["retry-after"] == "60"
+        clock[0] += 61
+        ok = client.post("/login", data={"token": TOKEN, "next": "/queue"})
+        assert ok.status_code == 303 and ok.headers["location"] == "/queue"
+        # a success clears the record: five more misses are free again
+        for _ in range(5):
+            assert client.post("/login", data={"token": "guess", "next": "/"}).status_code == 401
