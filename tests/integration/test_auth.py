@@ -207,6 +207,22 @@ def test_a_job_runs_end_to_end_with_auth_on(mesh: Mesh) -> None:
     assert not [line for line in mesh.logs if TOKEN in line or INTERNAL in line or JWT_SECRET in line]
 
 
+def test_the_audit_trail_names_who_submitted(mesh: Mesh) -> None:
+    prompt = json.loads((SHARED / "workflows" / "imaging_pipeline.json").read_text())
+    for node in prompt.values():  # not the cached run of the test above: a stage call must happen
+        if node["class_type"] == "SaveImage":
+            node["inputs"]["filename_prefix"] = "audited"
+    reply = httpx.post(f"{mesh.url}/v1/workflows", json={"prompt": prompt},
+                       headers={"Authorization": f"Bearer {_jwt()}"})
+    assert reply.status_code == 202, reply.text
+    job_id = reply.json()["job_id"]
+    assert mesh.wait(job_id)["status"] == "completed"
+    entries = [json.loads(line.split(": ", 1)[1]) for line in mesh.logs
+               if job_id in line and ('"job accepted"' in line or '"RunStage"' in line)]
+    assert {e["msg"] for e in entries} == {"job accepted", "RunStage"}
+    assert all(e["user"] == "alice" for e in entries), entries
+
+
 def test_gateway_refuses_a_public_address_without_auth(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("COMFYMESH_API_TOKEN", "COMFYMESH_JWT_KEYS")}
     env["COMFYMESH_HOME"] = str(tmp_path)

@@ -113,7 +113,8 @@ class GroupRun:
             done.outputs.extend(encode_value(types[slot], value, self.store) for slot, value in enumerate(outputs))
             for value in done.outputs:
                 if value.WhichOneof("payload") == "tensor":  # audit trail of every artifact write
-                    log.info("artifact written", extra=log_fields(job=self.request.job_id, node=call.node_id,
+                    log.info("artifact written", extra=log_fields(job=self.request.job_id, user=self.request.user,
+                                                                  node=call.node_id,
                                                                   uri=value.tensor.uri, bytes=value.tensor.nbytes))
         self.emit(stage_pb2.StageEvent(done=done))
 

@@ -55,7 +55,8 @@ class StageServicer(stage_pb2_grpc.StageServicer):
     async def RunStage(self, request: stage_pb2.StageRequest,
                        context: grpc.aio.ServicerContext) -> AsyncIterator[stage_pb2.StageEvent]:
         async with self.slots:
-            log.info("RunStage", extra=log_fields(job=request.job_id, group=request.group_id, attempt=request.attempt,
+            log.info("RunStage", extra=log_fields(job=request.job_id, user=request.user, group=request.group_id,
+                                                  attempt=request.attempt,
                                                   nodes=[call.node_id for call in request.nodes]))
             loop = asyncio.get_running_loop()
             queue: asyncio.Queue[stage_pb2.StageEvent | None] = asyncio.Queue()

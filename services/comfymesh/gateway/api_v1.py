@@ -38,6 +38,11 @@ def client_of(request: Request) -> OrchestratorClient:
     return request.app.state.client  # type: ignore[no-any-return]
 
 
+def principal_of(request: Request) -> str:
+    """Who made the request ("" with auth off): the name AuthMiddleware put in the scope."""
+    return str(request.scope.get("state", {}).get("principal") or "")
+
+
 def comfy_error(type_: str, message: str, details: str = "", status: int = 400) -> JSONResponse:
     return JSONResponse({"error": {"type": type_, "message": message, "details": details, "extra_info": {}},
                          "node_errors": {}}, status_code=status)
@@ -94,7 +99,7 @@ async def submit_workflow(request: Request, response: Response,
     result = await client_of(request).submit(
         submission.prompt, submission.extra_data, client_id=submission.client_id,
         job_id=submission.job_id or idempotency_key or "", priority=submission.priority, front=submission.front,
-        timeout_s=submission.timeout_s, webhook_url=submission.webhook_url)
+        timeout_s=submission.timeout_s, webhook_url=submission.webhook_url, user=principal_of(request))
     if not result.accepted:
         return JSONResponse({"error": result.error, "node_errors": result.node_errors}, status_code=400)
     response.headers["Location"] = f"/v1/jobs/{result.job_id}"

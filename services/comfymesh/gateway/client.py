@@ -80,11 +80,11 @@ class OrchestratorClient:
 
     async def submit(self, prompt: Any, extra_data: dict[str, Any], *, client_id: str = "", job_id: str = "",
                      priority: float | None = None, front: bool = False, targets: list[str] | None = None,
-                     timeout_s: float = 0.0, webhook_url: str = "") -> SubmitResult:
+                     timeout_s: float = 0.0, webhook_url: str = "", user: str = "") -> SubmitResult:
         request = orchestrator_pb2.WorkflowRequest(
             prompt_json=json.dumps(prompt), extra_data_json=json.dumps(extra_data), client_id=client_id,
             job_id=job_id, priority=priority or 0.0, has_priority=priority is not None, front=front,
-            partial_execution_targets=targets or [], timeout_s=timeout_s, webhook_url=webhook_url)
+            partial_execution_targets=targets or [], timeout_s=timeout_s, webhook_url=webhook_url, user=user)
         try:
             reply = await self._call(self.stub.ExecuteWorkflow, request)
         except grpc.aio.AioRpcError as exc:

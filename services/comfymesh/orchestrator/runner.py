@@ -191,7 +191,8 @@ class JobRunner:
             job_id=self.job.id, group_id=group.group_id, attempt=attempt,
             prompt_json=json.dumps(self.job.prompt),
             extra_pnginfo_json=json.dumps(self.job.extra_data.get("extra_pnginfo") or {}),
-            export_node_ids=self._exports(group, remaining), previews=self.previews)
+            export_node_ids=self._exports(group, remaining), previews=self.previews,
+            user=str((self.job.extra_data.get("comfymesh") or {}).get("user", "")))
         for node_id in remaining:
             node = self.plan.nodes[node_id]
             call = request.nodes.add(node_id=node_id, class_type=node.class_type,

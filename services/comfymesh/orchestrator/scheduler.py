@@ -70,7 +70,7 @@ class Scheduler:
 
     async def submit(self, prompt: Any, extra_data: dict[str, Any], *, client_id: str = "", job_id: str = "",
                      priority: float | None = None, front: bool = False, targets: list[str] | None = None,
-                     timeout_s: float = 0.0, webhook_url: str = "") -> Submission:
+                     timeout_s: float = 0.0, webhook_url: str = "", user: str = "") -> Submission:
         async with self._submit_lock:
             # small lookups run on the loop (a thread hop costs more than they do)
             if job_id:
@@ -95,12 +95,13 @@ class Scheduler:
             extra = dict(extra_data)
             if client_id:
                 extra["client_id"] = client_id
-            options = {key: value for key, value in (("timeout_s", timeout_s), ("webhook_url", webhook_url)) if value}
+            options = {key: value for key, value in (("timeout_s", timeout_s), ("webhook_url", webhook_url),
+                                                      ("user", user)) if value}
             if options:
                 extra["comfymesh"] = options
             await self.bus.record(self.store.add_job, job_id, number, result.prompt, extra, client_id,
                                   result.outputs, nodes)
-        log.info("job accepted", extra=log_fields(job=job_id, nodes=len(nodes), number=number))
+        log.info("job accepted", extra=log_fields(job=job_id, nodes=len(nodes), number=number, user=user))
         self._wake.set()
         return Submission(job_id, number, node_errors=result.node_errors)
 

@@ -44,7 +44,7 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServicer):
             prompt, extra if isinstance(extra, dict) else {}, client_id=request.client_id, job_id=request.job_id,
             priority=request.priority if request.has_priority else None, front=request.front,
             targets=list(request.partial_execution_targets) or None, timeout_s=request.timeout_s,
-            webhook_url=request.webhook_url)
+            webhook_url=request.webhook_url, user=request.user)
         return orchestrator_pb2.WorkflowResponse(queue_full=submission.queue_full,
             job_id=submission.job_id, number=submission.number, accepted=submission.error is None,
             error_json=dumps(submission.error), node_errors_json=json.dumps(submission.node_errors),

@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from comfymesh.gateway.api_v1 import client_of, comfy_error, read_json_body
+from comfymesh.gateway.api_v1 import client_of, comfy_error, principal_of, read_json_body
 
 router = APIRouter(include_in_schema=False)
 
@@ -32,7 +32,7 @@ async def queue_prompt(request: Request) -> Any:
         body["prompt"], dict(extra_data), client_id=str(client_id) if client_id else "",
         job_id=str(body["prompt_id"]) if body.get("prompt_id") is not None else "",
         priority=priority, front=bool(body.get("front")),
-        targets=[str(t) for t in targets] if isinstance(targets, list) else None)
+        targets=[str(t) for t in targets] if isinstance(targets, list) else None, user=principal_of(request))
     if not result.accepted:
         return JSONResponse({"error": result.error, "node_errors": result.node_errors}, status_code=400)
     # ComfyUI answers the number it chose as an int and a caller's number as the float it stored
