@@ -18,7 +18,7 @@ from comfymesh.config import get_settings
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     monkeypatch.setenv("COMFYMESH_HOME", str(tmp_path))
     get_settings.cache_clear()
-    monkeypatch.setattr(files, "_digests", {})
+    monkeypatch.setattr(files, "_digests", None)
     yield tmp_path
     get_settings.cache_clear()
 
@@ -34,7 +34,7 @@ def test_a_restarted_process_reuses_the_recorded_digest(home: Path, monkeypatch:
     assert recorded[str(model.resolve())][3] == digest
 
     # a new process: nothing in memory, and hashing is not allowed to happen
-    monkeypatch.setattr(files, "_digests", {})
+    monkeypatch.setattr(files, "_digests", None)
 
     def no_hashing(*args: object) -> object:
         raise AssertionError("hashed again")

@@ -20,7 +20,7 @@ _ANNOTATIONS = {"[input]": "input", "[output]": "output", "[temp]": "temp"}
 
 # files at least this big have their digest recorded on disk (smaller ones hash in milliseconds)
 PERSIST_MIN_BYTES = 16 * 2**20
-_digests: dict[str, dict[str, list[Any]]] = {}  # "loaded": path -> [size, mtime_ns, inode, sha256]
+_digests: dict[str, list[Any]] | None = None  # path -> [size, mtime_ns, inode, sha256], loaded on first use
 _digest_lock = threading.Lock()
 
 
@@ -73,15 +73,16 @@ def _digest_file() -> Path:
 
 def _known_digests() -> dict[str, list[Any]]:
     """Loaded once per process; a missing or damaged file just means hashing again."""
-    if not _digests:
-        _digests["loaded"] = {}
+    global _digests
+    if _digests is None:
+        _digests = {}
         try:
             data = json.loads(_digest_file().read_text())
             if isinstance(data, dict):
-                _digests["loaded"] = {k: v for k, v in data.items() if isinstance(v, list) and len(v) == 4}
+                _digests = {k: v for k, v in data.items() if isinstance(v, list) and len(v) == 4}
         except (OSError, ValueError):
             pass
-    return _digests["loaded"]
+    return _digests
 
 
 def _save_digests() -> None:
@@ -89,7 +90,7 @@ def _save_digests() -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
-        tmp.write_text(json.dumps(_digests["loaded"]))
+        tmp.write_text(json.dumps(_known_digests()))
         tmp.replace(path)
     except OSError:  # read-only data root: the in-memory copy still serves this process
         pass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -105,3 +106,15 @@ def get_settings() -> Settings:
 
 
 __all__ = ["RetryPolicy", "Settings", "TimeoutPolicy", "get_settings"]
+
+
+def env_flag(name: str, default: bool) -> bool:
+    """A yes/no switch from the environment (1/true/yes/on, 0/false/no/off); `default` when unset or unclear.
+
+    For per-process tuning switches read where they act (fast path, batching), not part of Settings."""
+    value = os.environ.get(name, "").strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    return default

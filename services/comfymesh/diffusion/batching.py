@@ -39,6 +39,7 @@ from typing import Any
 
 import torch
 
+from comfymesh.config import env_flag
 from comfymesh.diffusion.guidance import MaskedDenoiser, _average, _tile_to
 from comfymesh.diffusion.ksampler import (
     PreparedSample,
@@ -80,11 +81,6 @@ def batch_config() -> BatchConfig:
     raw_max = os.environ.get(MAX_ENV, "").strip()
     most = int(raw_max) if raw_max else DEFAULT_MAX
     return BatchConfig(max(0.0, window_ms) / 1000.0, max(1, most))
-
-
-def _env_flag(name: str) -> bool:
-    """On unless set to 0/false/no/off."""
-    return os.environ.get(name, "1").strip().lower() not in ("0", "false", "no", "off")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -411,8 +407,8 @@ def get_batcher() -> SamplingBatcher:
     with _batcher_lock:
         if _batcher is None:
             config = batch_config()
-            _batcher = SamplingBatcher(config.window_s, config.max_jobs, solo_when_idle=_env_flag(IDLE_START_ENV),
-                                       pad=_env_flag(PAD_ENV))
+            _batcher = SamplingBatcher(config.window_s, config.max_jobs, solo_when_idle=env_flag(IDLE_START_ENV, True),
+                                       pad=env_flag(PAD_ENV, True))
         return _batcher
 
 

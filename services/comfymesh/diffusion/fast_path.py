@@ -43,6 +43,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from comfymesh.config import env_flag
+
 log = logging.getLogger("comfymesh.diffusion.fast_path")
 
 FAST_ENV = "COMFYMESH_FAST_PATH"
@@ -64,18 +66,9 @@ _build_lock = threading.Lock()
 captures a CUDA graph (seen on an H100: "operation not permitted when stream is capturing")."""
 
 
-def _flag(name: str, default: bool) -> bool:
-    value = os.environ.get(name, "").strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off"):
-        return False
-    return default
-
-
 def fast_enabled(device: torch.device) -> bool:
     """Whether the fast path is on for `device` ($COMFYMESH_FAST_PATH; auto = CUDA only)."""
-    return _flag(FAST_ENV, device.type == "cuda")
+    return env_flag(FAST_ENV, device.type == "cuda")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -223,10 +216,10 @@ class FastUNet:
         self.unet = unet
         self.device = device
         cuda = device.type == "cuda"
-        self.compile = _flag(COMPILE_ENV, cuda) if compile is None else compile
+        self.compile = env_flag(COMPILE_ENV, cuda) if compile is None else compile
         self.backend = backend or os.environ.get(BACKEND_ENV) or "inductor"
         self.mode = mode or os.environ.get(MODE_ENV) or "default"
-        self.graphs = cuda and (_flag(GRAPHS_ENV, True) if graphs is None else graphs)
+        self.graphs = cuda and (env_flag(GRAPHS_ENV, True) if graphs is None else graphs)
         self.background = background
         self.buckets: dict[BucketKey, Bucket] = {}
         self._lock = threading.Lock()
@@ -277,9 +270,9 @@ class FastUNet:
         steps: list[tuple[int, Callable[[], None]]] = []
         if self.graphs:
             steps.append((CAPTURE, lambda: self._build_tier(bucket, args, compiled=False, began=began)))
-        if self.compile and compile:
-            steps.append((COMPILE, lambda: self._build_tier(bucket, args, compiled=True, began=began)))
         compiling = self.compile and compile
+        if compiling:
+            steps.append((COMPILE, lambda: self._build_tier(bucket, args, compiled=True, began=began)))
         steps.append((COMPILE if compiling else CAPTURE, lambda: self._finish(bucket, began)))
         for priority, work in steps:
             if self.background:
