@@ -107,13 +107,12 @@ def png_bytes(image: Any) -> bytes:
 
 
 def inproc_and_pipeline(path: Path, args: argparse.Namespace) -> None:
-    import numpy as np
     import torch
 
     from comfymesh.diffusion import ksampler, vae_codec
     from comfymesh.diffusion.model_cache import ModelCache
     from comfymesh.diffusion.text_encode import encode_prompt
-    from comfymesh.outputs import encode_png
+    from comfymesh.outputs import encode_png, frames_uint8
 
     device = torch.device(args.device)
     os.environ["COMFYMESH_FAST_PATH"] = "0"
@@ -136,7 +135,7 @@ def inproc_and_pipeline(path: Path, args: argparse.Namespace) -> None:
                                          negative=[[neg[0], {"pooled_output": neg[1]}]], latent=latent)
             sample_s = time.perf_counter() - t_sample
             images = vae_codec.decode(ckpt.parts.vae, out["samples"])
-        frames = [(img.numpy() * 255).astype(np.uint8) for img in images]
+        frames = frames_uint8(images)
         for f in frames:
             encode_png(f, compress_level=4)
         return time.perf_counter() - start, sample_s, frames

@@ -19,9 +19,11 @@ from PIL import Image
 from comfymesh.errors import NodeInputError
 from comfymesh.outputs import (
     OutputIdentity,
+    frames_uint8,
     next_counter,
     preview_image,
     save_image,
+    to_uint8,
     write_pngs,
 )
 from comfymesh.stage.node import NodeContext
@@ -121,6 +123,22 @@ def test_pixels_are_truncated_not_rounded(tmp_path: Path) -> None:
     assert expected[:7].tolist() == [0, 127, 254, 255, 255, 0, 0]
 
 
+def test_torch_images_convert_on_their_device_to_the_same_bytes() -> None:
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(7)
+    batch = rng.normal(0.5, 0.6, (2, 33, 17, 3)).astype(np.float32)  # out of range on both sides
+    batch[0, 0, :4, 0] = [np.nan, np.inf, -np.inf, 100 / 255]
+    expected = [to_uint8(frame) for frame in batch]
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    for device in devices:
+        for images in (torch.from_numpy(batch).to(device), torch.from_numpy(batch[1]).to(device)):
+            frames = frames_uint8(images)
+            wanted = expected if images.ndim == 4 else expected[1:]
+            assert [f.dtype for f in frames] == [np.uint8] * len(wanted)
+            assert all(np.array_equal(f, e) for f, e in zip(frames, wanted, strict=True)), device
+    assert frames_uint8(batch[:0]) == []
+
+
 def test_text_chunks_prompt_then_extra_pnginfo_in_order(tmp_path: Path) -> None:
     ctx = _ctx(tmp_path)
     save_image(ctx, _image())
@@ -190,21 +208,9 @@ def test_retry_rewrites_when_recorded_files_are_gone(tmp_path: Path) -> None:
     assert _files(tmp_path / "output") == ["ComfyUI_00001_.png"]
 
 
-def test_accepts_torch_like_tensors_and_single_frames(tmp_path: Path) -> None:
-    class FakeTensor:
-        def __init__(self, array: np.ndarray) -> None:
-            self.array = array
-
-        def detach(self) -> FakeTensor:
-            return self
-
-        def cpu(self) -> FakeTensor:
-            return self
-
-        def numpy(self) -> np.ndarray:
-            return self.array
-
-    saved = write_pngs(FakeTensor(_image(batch=2)), tmp_path, "torch")
+def test_accepts_torch_tensors_and_single_frames(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    saved = write_pngs(torch.from_numpy(_image(batch=2)), tmp_path, "torch")
     assert len(saved) == 2
     saved = write_pngs(_image()[0], tmp_path, "single")
     assert Image.open(tmp_path / "output" / saved[0].filename).size == (6, 4)

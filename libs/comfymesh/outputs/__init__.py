@@ -6,7 +6,7 @@ counter allocation across stage processes and the receipts that make a retried n
 
 from comfymesh.outputs._naming import batch_filename, expand_tokens, next_counter, resolve_target
 from comfymesh.outputs._nodes import preview_image, save_image
-from comfymesh.outputs._pixels import as_image_batch, to_uint8
+from comfymesh.outputs._pixels import as_image_batch, frames_uint8, to_uint8
 from comfymesh.outputs._png import encode_png, png_metadata
 from comfymesh.outputs._receipts import LEDGER_DIR, OutputIdentity, SavedImage
 from comfymesh.outputs._writer import FolderType, write_pngs
@@ -20,6 +20,7 @@ __all__ = [
     "batch_filename",
     "encode_png",
     "expand_tokens",
+    "frames_uint8",
     "next_counter",
     "png_metadata",
     "preview_image",

@@ -16,7 +16,7 @@ from comfymesh.outputs._naming import (
     next_counter,
     resolve_target,
 )
-from comfymesh.outputs._pixels import as_image_batch, to_uint8
+from comfymesh.outputs._pixels import frames_uint8
 from comfymesh.outputs._png import encode_png, png_metadata
 from comfymesh.outputs._receipts import (
     LEDGER_DIR,
@@ -71,8 +71,8 @@ def write_pngs(
     if receipt is not None and (done := read_receipt(receipt, base)) is not None:
         return done
 
-    batch = as_image_batch(images)
-    _, height, width, _ = batch.shape
+    frames = frames_uint8(images)
+    height, width = frames[0].shape[:2] if frames else (0, 0)
     expanded = expand_tokens(filename_prefix, width=width, height=height, now=now or datetime.now())
     try:
         target = resolve_target(base, expanded)
@@ -80,8 +80,7 @@ def write_pngs(
         raise NodeInputError(str(exc), node_id=node_id) from exc
     # Encoding is the slow part and needs no name: do it before taking the lock other writers wait on.
     metadata = png_metadata(prompt, extra_pnginfo)
-    encoded = [encode_png(to_uint8(frame), compress_level=compress_level, metadata=metadata)
-               for frame in batch]
+    encoded = [encode_png(frame, compress_level=compress_level, metadata=metadata) for frame in frames]
 
     with exclusive_lock(home / LEDGER_DIR / f"{folder_type}.lock"):
         # A concurrent attempt of the same node may have finished while this one encoded.

@@ -47,7 +47,10 @@ def encode(vae: Any, pixels: torch.Tensor) -> torch.Tensor:
 
 
 def decode(vae: Any, latent: torch.Tensor) -> torch.Tensor:
-    """Unscaled latent → IMAGE [B, H, W, 3] float32 in [0, 1] on the CPU."""
+    """Unscaled latent → IMAGE [B, H, W, 3] float32 in [0, 1], left on the VAE's device.
+
+    Readers copy it when they need it on the host (artifact export does); SaveImage converts it to
+    8 bits on the GPU first, so a quarter of the bytes cross and no host core walks the float frame."""
     p = _param(vae)
     outs = []
     try:
@@ -56,7 +59,7 @@ def decode(vae: Any, latent: torch.Tensor) -> torch.Tensor:
                 y = vae.decode(part.to(p.device, p.dtype)).sample.float()
                 # channels-last made contiguous on the device (free there): every reader of the image
                 # (PNG encoding, artifact export) then walks memory in order instead of by strides
-                outs.append(torch.clamp((y + 1.0) / 2.0, 0.0, 1.0).movedim(1, -1).contiguous().cpu())
+                outs.append(torch.clamp((y + 1.0) / 2.0, 0.0, 1.0).movedim(1, -1).contiguous())
     except torch.cuda.OutOfMemoryError as exc:
         raise ResourceExhaustedError(f"out of GPU memory in VAE decode: {exc}") from exc
     return torch.cat(outs)
