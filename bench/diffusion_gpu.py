@@ -243,7 +243,7 @@ class MeshRun:
         wall0, start = time.time(), time.perf_counter()
         job_id = self.mesh.submit(workflow(self.args.size, self.args.steps, batch, seed))
         posted = time.perf_counter()
-        events = self.mesh.events(f"/v1/jobs/{job_id}/events")
+        events = self.mesh.events(f"/v1/jobs/{job_id}/events", until_finished=True)
         seen = time.perf_counter()
         assert events[-1]["event"] == "completed", events[-1]
         pngs = [self.mesh.http.get(image["url"]).content for image in events[-1]["data"]["images"]]

@@ -68,6 +68,8 @@ class JobStatus(StrEnum):
 
 
 FINISHED = (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED)
+# the event that ends a job's event stream (one per job, named like its final status)
+TERMINAL_EVENTS = frozenset(FINISHED)
 
 
 @dataclass

@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from sse_starlette.sse import EventSourceResponse, ServerSentEvent
 
 from comfymesh.catalog.files import resolve_inside
+from comfymesh.jobs.store import TERMINAL_EVENTS
 from comfymesh.gateway.client import OrchestratorClient, OrchestratorUnavailable
 from comfymesh.gateway.files import file_response
 from comfymesh.gateway.models import (
@@ -187,6 +188,8 @@ async def _sse(client: OrchestratorClient, job_id: str, after: int) -> AsyncIter
                     payload["images"] = [{**image, "url": view_path(image)} for image in payload["images"]
                                          if isinstance(image, dict)]
                 yield ServerSentEvent(data=json.dumps(payload), event=event.type, id=str(event.id))
+                if job_id and event.type in TERMINAL_EVENTS:
+                    return  # close at once: the client need not wait for the orchestrator's stream to end
             return  # a job's stream ends with the job
         except OrchestratorUnavailable:
             await asyncio.sleep(0.5)

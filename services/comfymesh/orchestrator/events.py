@@ -10,9 +10,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from comfymesh.jobs import EventRecord, JobStore
-from comfymesh.jobs.store import FINISHED
-
-TERMINAL_EVENTS = frozenset({"completed", "failed", "cancelled"})
+from comfymesh.jobs.store import FINISHED, TERMINAL_EVENTS
 
 
 class EventBus:

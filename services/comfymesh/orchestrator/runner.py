@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from pathlib import Path
@@ -40,6 +41,21 @@ def fingerprint_files(home: Path) -> Any:
                 parts.append(f"{name}={file_digest(path)}")
         return ";".join(parts)
     return fingerprint
+
+
+_draining: set[asyncio.Task[None]] = set()
+
+
+def _drain(stream: Any) -> None:
+    """Read a finished group's stream to its end in the background, so the call closes normally."""
+    async def drain() -> None:
+        with contextlib.suppress(Exception):
+            async for _ in stream:
+                pass
+
+    task = asyncio.get_running_loop().create_task(drain())
+    _draining.add(task)
+    task.add_done_callback(_draining.discard)
 
 
 def _value_to_dict(value: common_pb2.Value) -> dict[str, Any]:
@@ -276,6 +292,10 @@ class JobRunner:
                         + (f" while running node {node_id}" if node_id else ""), node_id=node_id,
                         details="heartbeat", non_retryable=False) from None
                 await self._handle(event)
+                if all(c.node_id in self.finished for c in request.nodes):
+                    # the group's results are all in: the stream's end (the stage's trailers) is not waited for
+                    _drain(stream)
+                    return
         except grpc.aio.AioRpcError as exc:
             if exc.code() in _UNAVAILABLE:
                 raise StageUnavailableError(f"stage call lost: {exc.code().name} {exc.details()}") from exc
