@@ -385,7 +385,7 @@ def mesh_phases(home: Path, args: argparse.Namespace) -> None:
                 res["concurrent"] = run.concurrent(args.concurrent)
             RESULTS["mesh_fast"].update(strip_pngs(res))
             write(args)
-            if elapsed() < args.deadline:
+            if elapsed() < args.deadline and not args.no_restart:
                 restart_phase(run, args)
         finally:
             run.stop()
@@ -437,6 +437,7 @@ def main() -> None:
     parser.add_argument("--mesh", default="eager,fast", help="which mesh runs: eager,fast")
     parser.add_argument("--skip-pipeline", action="store_true")
     parser.add_argument("--no-compile", action="store_true", help="fast mesh: CUDA graphs of the eager UNet only")
+    parser.add_argument("--no-restart", action="store_true", help="fast mesh: skip the restart phase")
     parser.add_argument("--backend", default="inductor", help="torch.compile backend of the fast mesh")
     parser.add_argument("--compile-timeout", type=float, default=240)
     parser.add_argument("--deadline", type=float, default=1e9, help="skip later phases after this many seconds")
