@@ -60,6 +60,10 @@ def decode(vae: Any, latent: torch.Tensor) -> torch.Tensor:
                 # channels-last made contiguous on the device (free there): every reader of the image
                 # (PNG encoding, artifact export) then walks memory in order instead of by strides
                 outs.append(torch.clamp((y + 1.0) / 2.0, 0.0, 1.0).movedim(1, -1).contiguous())
+        images = outs[0] if len(outs) == 1 else torch.cat(outs)
+        if images.is_cuda:
+            # the node ends when its image exists: its time (and any error) stays with VAEDecode
+            torch.cuda.current_stream(images.device).synchronize()
     except torch.cuda.OutOfMemoryError as exc:
         raise ResourceExhaustedError(f"out of GPU memory in VAE decode: {exc}") from exc
-    return torch.cat(outs)
+    return images
