@@ -90,9 +90,18 @@ def plan_prompt(prompt: dict[str, dict[str, Any]], outputs: list[str], catalog: 
             # output nodes run where their input was produced
             producers = [nodes[source].stage for source, _ in node.links.values()]
             node.stage = producers[0] if producers else "imaging"
-        if not sign:
-            continue
+    plan = Plan(nodes=nodes, order=order, outputs=list(outputs), consumers=consumers)
+    if sign:
+        sign_plan(plan, code_versions, fingerprint)
+    return plan
+
+
+def sign_plan(plan: Plan, code_versions: dict[str, str] | None = None,
+              fingerprint: ExternalFingerprint | None = None) -> None:
+    """Set every node's signature, in order (each hashes its upstream signatures)."""
+    for node_id in plan.order:
+        node = plan.nodes[node_id]
         external = fingerprint(node.class_type, node.literals) if fingerprint else ""
         version = (code_versions or {}).get(node.stage, "")
-        node.signature = _signature(node, {n: nodes[n].signature for n in graph[node_id]}, version, external)
-    return Plan(nodes=nodes, order=order, outputs=list(outputs), consumers=consumers)
+        upstream = {source: plan.nodes[source].signature for source, _ in node.links.values()}
+        node.signature = _signature(node, upstream, version, external)

@@ -16,7 +16,6 @@ from pydantic import ValidationError
 from sse_starlette.sse import EventSourceResponse, ServerSentEvent
 
 from comfymesh.catalog.files import resolve_inside
-from comfymesh.jobs.store import TERMINAL_EVENTS
 from comfymesh.gateway.client import OrchestratorClient, OrchestratorUnavailable
 from comfymesh.gateway.files import file_response
 from comfymesh.gateway.models import (
@@ -31,6 +30,7 @@ from comfymesh.gateway.models import (
     WorkflowAccepted,
     WorkflowSubmission,
 )
+from comfymesh.jobs.store import TERMINAL_EVENTS
 
 router = APIRouter(prefix="/v1", tags=["v1"])
 

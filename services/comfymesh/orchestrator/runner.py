@@ -18,7 +18,7 @@ from comfymesh.catalog import Catalog
 from comfymesh.catalog.files import file_digest, input_file
 from comfymesh.config import Settings
 from comfymesh.errors import ComfymeshError, StageUnavailableError, TimeoutExceededError
-from comfymesh.graph import Plan, StageGroup, plan_groups, plan_prompt
+from comfymesh.graph import Plan, StageGroup, plan_groups, plan_prompt, sign_plan
 from comfymesh.jobs import CacheEntry, JobRecord, JobStatus
 from comfymesh.logs import log_fields
 from comfymesh.orchestrator.events import EventBus
@@ -89,6 +89,8 @@ class JobRunner:
         self.plan: Plan | None = None
         self.previews = bool(job.extra_data.get("preview_method", "auto") != "none")
         self.ui: dict[str, dict[str, Any]] = {}  # UI results of output nodes, run or cached
+        self.to_run: set[str] = set()
+        self.completed = False  # set once `completed` is recorded; nothing may fail the job after that
 
     async def run(self) -> None:
         await self.bus.record(self.store.set_status, self.job.id, JobStatus.RUNNING, event="started")
@@ -113,23 +115,27 @@ class JobRunner:
             await self.bus.record(self.store.set_status, self.job.id, JobStatus.FAILED, error=error,
                                   event="failed", data=error)
             return
+        if not self.completed:
+            await self._complete()
+
+    async def _complete(self) -> None:
+        self.completed = True
         # the images come with the event, so a client needs no second request to find them
         images = [image for node_id in self.job.outputs_to_run for image in (self.ui.get(node_id) or {}).get("images", [])]
         await self.bus.record(self.store.set_status, self.job.id, JobStatus.COMPLETED, event="completed",
                               data={"outputs": self.job.outputs_to_run, "images": images})
 
     async def _execute(self) -> None:
+        plan = plan_prompt(self.job.prompt, self.job.outputs_to_run, self.catalog, sign=False)
         # only stages the outputs need: a node off every output's path never runs, so its stage may be down
-        needed = plan_prompt(self.job.prompt, self.job.outputs_to_run, self.catalog, sign=False).nodes.values()
-        stages = {node.stage for node in needed}
+        stages = {node.stage for node in plan.nodes.values()}
         versions = {stage: await self.pool.describe(stage) for stage in stages if stage in self.pool.replicas}
         versions.setdefault("any", "")
-        plan = plan_prompt(self.job.prompt, self.job.outputs_to_run, self.catalog, code_versions=versions,
-                           fingerprint=fingerprint_files(self.settings.home))
+        sign_plan(plan, versions, fingerprint_files(self.settings.home))
         self.plan = plan
         # a local store answers in microseconds: no worker-thread hop; a remote one (S3) goes off the loop
         cached = self._cached_nodes(plan) if self.artifacts.local else await asyncio.to_thread(self._cached_nodes, plan)
-        to_run = self._nodes_to_run(plan, set(cached))
+        to_run = self.to_run = self._nodes_to_run(plan, set(cached))
         # nodes not run: served from cache, or only feeding outputs that are
         skipped = [node_id for node_id in plan.order if node_id not in to_run]
         if skipped:
@@ -337,3 +343,6 @@ class JobRunner:
             cache = CacheEntry(node.signature, node.class_type, [_value_to_dict(v) for v in done.outputs], ui)
         await self.bus.record(self.store.set_node_state, self.job.id, done.node_id, "done", ui,
                               event="node_done", data={"class_type": node.class_type, "output": ui}, cache=cache)
+        if self.to_run <= self.finished:
+            # the job's last result: complete it now, not after the stream and group bookkeeping unwind
+            await self._complete()

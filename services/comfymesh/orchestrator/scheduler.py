@@ -58,6 +58,8 @@ class Scheduler:
         self._gc: asyncio.Task[None] | None = None
         self.webhooks = WebhookSender(load_secret(settings.home), self.bus)
         self._limits = resource_limits(settings.max_pixels, settings.max_batch, settings.max_steps)
+        self._recovered = False  # jobs start straight from submit only once recovery has re-queued old ones
+        self._expiring: set[str] = set()
 
     def _custom_checks(self) -> dict[tuple[str, str], Any]:
         home = self.settings.home
@@ -102,7 +104,11 @@ class Scheduler:
             await self.bus.record(self.store.add_job, job_id, number, result.prompt, extra, client_id,
                                   result.outputs, nodes)
         log.info("job accepted", extra=log_fields(job=job_id, nodes=len(nodes), number=number, user=user))
-        self._wake.set()
+        if self._recovered:
+            # start it now, ahead of the reply: the reply is off the job's critical path, the start is not
+            await self._dispatch()
+        else:
+            self._wake.set()
         return Submission(job_id, number, node_errors=result.node_errors)
 
     async def cancel(self, job_id: str) -> list[str]:
@@ -152,19 +158,30 @@ class Scheduler:
 
     async def run_forever(self) -> None:
         await self.recover()
+        self._recovered = True
         self._gc = asyncio.create_task(self.collect_garbage_forever())
         while True:
-            while len(self.running) < self.settings.max_running_jobs:
-                job = self.store.next_queued(set(self.running))  # one indexed query: cheaper than a thread hop
-                if job is None:
-                    break
-                if time.time() - job.created > self.settings.queue_wait_timeout_s:
-                    await self._expire(job)
-                    continue
-                self.running[job.id] = asyncio.create_task(self._drive(job))
+            await self._dispatch()
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=1.0)
+
+    async def _dispatch(self) -> None:
+        """Start queued jobs, best first, while there is room."""
+        while len(self.running) < self.settings.max_running_jobs:
+            job = self.store.next_queued(set(self.running))  # one indexed query: cheaper than a thread hop
+            if job is None:
+                return
+            if job.id in self._expiring:
+                return  # another dispatch is failing it right now and carries on after it
+            if time.time() - job.created > self.settings.queue_wait_timeout_s:
+                self._expiring.add(job.id)
+                try:
+                    await self._expire(job)
+                finally:
+                    self._expiring.discard(job.id)
+                continue
+            self.running[job.id] = asyncio.create_task(self._drive(job))
 
     async def _expire(self, job: JobRecord) -> None:
         error = {"type": "timeout", "node_id": "", "details": "queue_wait", "non_retryable": True,
@@ -189,13 +206,16 @@ class Scheduler:
             if job.id not in self._user_cancelled:
                 raise  # shutting down: the job stays running in the store and is re-queued at restart
             self._user_cancelled.discard(job.id)
-            await self.bus.record(self.store.set_status, job.id, JobStatus.CANCELLED, event="cancelled",
-                                  data={"while": "running"})
+            # a cancel that lands after the last result was recorded leaves the job completed
+            if not runner.completed:
+                await self.bus.record(self.store.set_status, job.id, JobStatus.CANCELLED, event="cancelled",
+                                      data={"while": "running"})
         except Exception as exc:  # a bug here must not kill the queue
             log.exception("job crashed", extra=log_fields(job=job.id))
-            error = {"type": "internal_error", "message": f"{type(exc).__name__}: {exc}", "node_id": ""}
-            await self.bus.record(self.store.set_status, job.id, JobStatus.FAILED, error=error, event="failed",
-                                  data=error)
+            if not runner.completed:
+                error = {"type": "internal_error", "message": f"{type(exc).__name__}: {exc}", "node_id": ""}
+                await self.bus.record(self.store.set_status, job.id, JobStatus.FAILED, error=error,
+                                      event="failed", data=error)
         finally:
             self.running.pop(job.id, None)
             self._wake.set()
