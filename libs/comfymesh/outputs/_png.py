@@ -26,7 +26,10 @@ PngText = list[tuple[str, str]]
 
 _SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _COLOR_TYPES = {1: 0, 2: 4, 3: 2, 4: 6}  # channels -> grey, grey+alpha, RGB, RGBA
-_MIN_BAND_BYTES = 128 * 1024  # below this a band's thread hand-off costs more than its deflate
+# Below this a band's thread hand-offs cost more than its deflate: each worker takes the GIL to start
+# and to finish, which inside a busy stage process (its loop thread sending events) waits up to a
+# switch interval. A 512² frame (768 KiB) is one ISA-L call (~1 ms); 1024² frames split in six.
+_MIN_BAND_BYTES = 512 * 1024
 _pool: ThreadPoolExecutor | None = None
 
 
