@@ -9,6 +9,8 @@ import json
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -215,28 +217,45 @@ class JobStore:
     def set_status(self, job_id: str, status: str, *, error: dict[str, Any] | None = None,
                    event: str | None = None, data: dict[str, Any] | None = None) -> EventRecord | None:
         """Change a job's status and append its event atomically."""
-        now = time.time()
+        with self._transaction() as now:
+            return self._set_status(job_id, status, now, error=error, event=event, data=data)
+
+    def start_job(self, job_id: str, cached: dict[str, dict[str, Any] | None]) -> list[EventRecord]:
+        """Mark a job running (`started`) and the nodes served from cache (`cached`), in one transaction."""
+        with self._transaction() as now:
+            records = [self._set_status(job_id, JobStatus.RUNNING, now, event="started")]
+            if cached:
+                records.append(self._set_node_states(job_id, cached, "cached", now, event="cached",
+                                                     data={"nodes": list(cached)}))
+        return [record for record in records if record is not None]
+
+    @contextmanager
+    def _transaction(self) -> Iterator[float]:
+        """One write transaction under the store's lock; yields its timestamp."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                fields = ["status = ?"]
-                args: list[Any] = [status]
-                if status == JobStatus.RUNNING:
-                    fields.append("started = COALESCE(started, ?)")
-                    args.append(now)
-                if status in FINISHED:
-                    fields.append("finished = ?")
-                    args.append(now)
-                if error is not None:
-                    fields.append("error_json = ?")
-                    args.append(json.dumps(error))
-                self._db.execute(f"UPDATE jobs SET {', '.join(fields)} WHERE id = ?", [*args, job_id])
-                record = self._append(job_id, event, "", data or {}, now) if event else None
+                yield time.time()
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
-        return record
+
+    def _set_status(self, job_id: str, status: str, now: float, *, error: dict[str, Any] | None = None,
+                    event: str | None = None, data: dict[str, Any] | None = None) -> EventRecord | None:
+        fields = ["status = ?"]
+        args: list[Any] = [status]
+        if status == JobStatus.RUNNING:
+            fields.append("started = COALESCE(started, ?)")
+            args.append(now)
+        if status in FINISHED:
+            fields.append("finished = ?")
+            args.append(now)
+        if error is not None:
+            fields.append("error_json = ?")
+            args.append(json.dumps(error))
+        self._db.execute(f"UPDATE jobs SET {', '.join(fields)} WHERE id = ?", [*args, job_id])
+        return self._append(job_id, event, "", data or {}, now) if event else None
 
     def set_node_state(self, job_id: str, node_id: str, state: str, ui: dict[str, Any] | None = None,
                        event: str | None = None, data: dict[str, Any] | None = None,
@@ -250,28 +269,26 @@ class JobStore:
                         event: str | None = None, event_node: str = "", data: dict[str, Any] | None = None,
                         cache: list[CacheEntry] | None = None) -> EventRecord | None:
         """Set several nodes to `state` (with their UI results) and append at most one event, atomically."""
-        now = time.time()
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._db.executemany("UPDATE node_states SET state = ?, ui_json = COALESCE(?, ui_json) "
-                                     "WHERE job_id = ? AND node_id = ?",
-                                     [(state, json.dumps(ui) if ui is not None else None, job_id, node_id)
-                                      for node_id, ui in nodes.items()])
-                results = {node_id: ui for node_id, ui in nodes.items() if ui}
-                if results:
-                    row = self._db.execute("SELECT outputs_json FROM jobs WHERE id = ?", (job_id,)).fetchone()
-                    outputs = json.loads(row["outputs_json"]) if row else {}
-                    outputs.update(results)
-                    self._db.execute("UPDATE jobs SET outputs_json = ? WHERE id = ?", (json.dumps(outputs), job_id))
-                for entry in cache or []:
-                    self._cache_put(entry, now)
-                record = self._append(job_id, event, event_node, data or {}, now) if event else None
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-        return record
+        with self._transaction() as now:
+            return self._set_node_states(job_id, nodes, state, now, event=event, event_node=event_node,
+                                         data=data, cache=cache)
+
+    def _set_node_states(self, job_id: str, nodes: dict[str, dict[str, Any] | None], state: str, now: float, *,
+                         event: str | None = None, event_node: str = "", data: dict[str, Any] | None = None,
+                         cache: list[CacheEntry] | None = None) -> EventRecord | None:
+        self._db.executemany("UPDATE node_states SET state = ?, ui_json = COALESCE(?, ui_json) "
+                             "WHERE job_id = ? AND node_id = ?",
+                             [(state, json.dumps(ui) if ui is not None else None, job_id, node_id)
+                              for node_id, ui in nodes.items()])
+        results = {node_id: ui for node_id, ui in nodes.items() if ui}
+        if results:
+            row = self._db.execute("SELECT outputs_json FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            outputs = json.loads(row["outputs_json"]) if row else {}
+            outputs.update(results)
+            self._db.execute("UPDATE jobs SET outputs_json = ? WHERE id = ?", (json.dumps(outputs), job_id))
+        for entry in cache or []:
+            self._cache_put(entry, now)
+        return self._append(job_id, event, event_node, data or {}, now) if event else None
 
     def node_states(self, job_id: str) -> list[dict[str, Any]]:
         with self._lock:

@@ -19,16 +19,17 @@ class EventBus:
         self._write_lock = asyncio.Lock()
         self._subscribers: set[asyncio.Queue[EventRecord]] = set()
 
-    async def record(self, write: Callable[..., EventRecord | None], *args: Any, **kwargs: Any) -> EventRecord | None:
-        """Run a store write that appends an event, then publish that event.
+    async def record(self, write: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run a store write that appends an event (or a list of them), then publish what it appended.
 
         On the event loop itself: each write is one short WAL transaction (tens of microseconds) with
         this process as the only writer, cheaper than the hop to a worker thread and back."""
         async with self._write_lock:
-            event = write(*args, **kwargs)
-            if event is not None:
-                self._publish(event)
-        return event
+            result = write(*args, **kwargs)
+            for event in result if isinstance(result, list) else [result]:
+                if event is not None:
+                    self._publish(event)
+        return result
 
     async def emit(self, job_id: str, type_: str, node_id: str = "", data: dict[str, Any] | None = None) -> None:
         await self.record(self.store.append_event, job_id, type_, node_id, data or {})

@@ -107,10 +107,10 @@ class JobRunner:
         self.previews = bool(job.extra_data.get("preview_method", "auto") != "none")
         self.ui: dict[str, dict[str, Any]] = {}  # UI results of output nodes, run or cached
         self.to_run: set[str] = set()
+        self.started = False  # `started` recorded (the job's status is running)
         self.completed = False  # set once `completed` is recorded; nothing may fail the job after that
 
     async def run(self) -> None:
-        await self.bus.record(self.store.set_status, self.job.id, JobStatus.RUNNING, event="started")
         try:
             try:
                 async with asyncio.timeout(self.timeouts.overall_s):
@@ -127,6 +127,8 @@ class JobRunner:
                      "node_type": self.plan.nodes[exc.node_id].class_type
                      if self.plan and exc.node_id in self.plan.nodes else ""}
             log.warning("job failed", extra=log_fields(job=self.job.id, **error))
+            if not self.started:
+                await self.bus.record(self.store.start_job, self.job.id, {})
             if exc.node_id:
                 await self.bus.record(self.store.set_node_state, self.job.id, exc.node_id, "failed")
             await self.bus.record(self.store.set_status, self.job.id, JobStatus.FAILED, error=error,
@@ -155,11 +157,10 @@ class JobRunner:
         to_run = self.to_run = self._nodes_to_run(plan, set(cached))
         # nodes not run: served from cache, or only feeding outputs that are
         skipped = [node_id for node_id in plan.order if node_id not in to_run]
-        if skipped:
-            self.ui.update({node_id: ui for node_id, ui in cached.items() if ui})
-            await self.bus.record(self.store.set_node_states, self.job.id,
-                                  {node_id: cached.get(node_id) for node_id in skipped}, "cached",
-                                  event="cached", data={"nodes": skipped})
+        self.ui.update({node_id: ui for node_id, ui in cached.items() if ui})
+        # `started` and `cached` in one transaction
+        await self.bus.record(self.store.start_job, self.job.id, {node_id: cached.get(node_id) for node_id in skipped})
+        self.started = True
         groups = {group.group_id: group for group in plan_groups(plan, to_run)}
         finished: set[str] = set()
         running: dict[asyncio.Task[None], str] = {}
