@@ -1,7 +1,10 @@
 """Run one group of nodes: resolve inputs (in-process values or artifact refs), call each node, report.
 
 Runs in a worker thread (node code is blocking torch / ImageMagick work); events go back to the
-asyncio side through `emit`. Values stay in memory inside the group; only exported outputs are stored.
+asyncio side through `emit`. Values stay in memory inside the group; only exported outputs are stored,
+and they are stored by a writer thread while the next node runs (its inputs are the in-memory values),
+so artifact writes stay off the job's critical path. A node's `done` goes out once its outputs are
+stored; the group's call ends only after every write has finished (or failed, which fails that node).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +40,8 @@ def _hang(ctx: NodeContext) -> None:
         ctx.check_cancelled()
         time.sleep(0.05)
 Emit = Callable[[stage_pb2.StageEvent], None]
+# one writer for every group of this process: writes are short, and one thread keeps them in order
+_writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="artifact-writer")
 
 
 class GroupRun:
@@ -54,17 +60,32 @@ class GroupRun:
         self.exported = set(request.export_node_ids)
         self.prompt = json.loads(request.prompt_json) if request.prompt_json else None
         self.extra_pnginfo = json.loads(request.extra_pnginfo_json) if request.extra_pnginfo_json else None
+        self.writes: list[tuple[stage_pb2.NodeCall, Future[None]]] = []
 
     def run(self) -> None:
-        for call in self.request.nodes:
+        try:
+            for call in self.request.nodes:
+                try:
+                    self._run_node(call)
+                except BaseException as exc:  # every failure is reported, never a hang
+                    if not isinstance(exc, Exception):
+                        raise
+                    self._fail(call, exc)
+                    return
+        finally:
+            self._finish_writes()
+
+    def _fail(self, call: stage_pb2.NodeCall, exc: Exception) -> None:
+        log.warning("node %s (%s) failed: %s", call.node_id, call.class_type, exc)
+        self.emit(stage_pb2.StageEvent(failure=failure_from_exception(exc, call.node_id, call.class_type)))
+
+    def _finish_writes(self) -> None:
+        """Wait for this group's pending writes; the first that failed fails its node."""
+        for call, write in self.writes:
             try:
-                self._run_node(call)
-            except BaseException as exc:  # every failure is reported, never a hang
-                if not isinstance(exc, Exception):
-                    raise
-                log.warning("node %s (%s) failed: %s", call.node_id, call.class_type, exc)
-                failure = failure_from_exception(exc, call.node_id, call.class_type)
-                self.emit(stage_pb2.StageEvent(failure=failure))
+                write.result()
+            except Exception as exc:
+                self._fail(call, exc)
                 return
 
     def _input(self, call: stage_pb2.NodeCall, name: str) -> Any:
@@ -109,13 +130,20 @@ class GroupRun:
         for slot, value in enumerate(outputs):
             self.values[(call.node_id, slot)] = value
         done = stage_pb2.NodeDone(node_id=call.node_id, ui_json=json.dumps(ctx.ui) if ctx.ui else "")
-        if call.node_id in self.exported:
-            done.outputs.extend(encode_value(types[slot], value, self.store) for slot, value in enumerate(outputs))
-            for value in done.outputs:
-                if value.WhichOneof("payload") == "tensor":  # audit trail of every artifact write
-                    log.info("artifact written", extra=log_fields(job=self.request.job_id, user=self.request.user,
-                                                                  node=call.node_id,
-                                                                  uri=value.tensor.uri, bytes=value.tensor.nbytes))
+        if call.node_id in self.exported and outputs:
+            self.writes.append((call, _writer.submit(self._export, call, types, outputs, done)))
+        else:
+            self.emit(stage_pb2.StageEvent(done=done))
+
+    def _export(self, call: stage_pb2.NodeCall, types: tuple[str, ...], outputs: tuple[Any, ...],
+                done: stage_pb2.NodeDone) -> None:
+        """Store a node's outputs, then report it done (on the writer thread)."""
+        done.outputs.extend(encode_value(types[slot], value, self.store) for slot, value in enumerate(outputs))
+        for value in done.outputs:
+            if value.WhichOneof("payload") == "tensor":  # audit trail of every artifact write
+                log.info("artifact written", extra=log_fields(job=self.request.job_id, user=self.request.user,
+                                                              node=call.node_id,
+                                                              uri=value.tensor.uri, bytes=value.tensor.nbytes))
         self.emit(stage_pb2.StageEvent(done=done))
 
     def _preview_reporter(self, node_id: str) -> Callable[[bytes, str], None]:
