@@ -162,6 +162,10 @@ class JobRunner:
         await self.bus.record(self.store.start_job, self.job.id, {node_id: cached.get(node_id) for node_id in skipped})
         self.started = True
         groups = {group.group_id: group for group in plan_groups(plan, to_run)}
+        if len(groups) == 1:
+            # the usual case (one stage does everything): no task and wait machinery around the call
+            await self._run_group(next(iter(groups.values())))
+            return
         finished: set[str] = set()
         running: dict[asyncio.Task[None], str] = {}
         try:

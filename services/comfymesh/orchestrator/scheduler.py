@@ -107,6 +107,7 @@ class Scheduler:
         if self._recovered:
             # start it now, ahead of the reply: the reply is off the job's critical path, the start is not
             await self._dispatch()
+            await asyncio.sleep(0)  # one loop turn: the new job's task plans it and calls its stage first
         else:
             self._wake.set()
         return Submission(job_id, number, node_errors=result.node_errors)
