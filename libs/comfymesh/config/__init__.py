@@ -26,6 +26,8 @@ class Settings(BaseSettings):
     artifacts_url: str = Field("", description="fsspec URL of the artifact store; default <home>/artifacts")
     database: str = Field("", description="SQLite file of the job store; default <home>/comfymesh.db")
     stage_slots: int = Field(2, ge=1, le=64, description="stage calls one stage replica runs at once")
+    gil_switch_interval_s: float = Field(0.0005, gt=0, le=1,
+                                         description="a stage process's GIL switch interval (sys.setswitchinterval)")
     max_running_jobs: int = Field(4, ge=1, le=256, description="jobs the orchestrator drives at once")
     max_attempts: int = Field(3, ge=1, le=20, description="attempts per stage call before a job fails")
     queue_wait_timeout_s: float = Field(24 * 3600.0, gt=0, description="longest a job may wait in the queue")

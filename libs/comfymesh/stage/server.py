@@ -25,7 +25,6 @@ from comfymesh.stage.runtime import GroupRun
 from comfymesh.v1 import stage_pb2, stage_pb2_grpc
 
 log = logging.getLogger("comfymesh.stage")
-_SWITCH_INTERVAL_S = 0.0005
 
 
 def code_version(package_dir: Path) -> str:
@@ -125,7 +124,7 @@ def stage_main(stage: str, load_nodes: Callable[[], dict[str, NodeImpl]], packag
     # default 5 ms switch interval a thread leaving C code (zlib, torch) can wait that long for it
     # behind a thread running Python (measured: a 512² PNG encode, 15 ms alone, took 130 ms next to one
     # busy Python thread; 29 ms at 0.5 ms).
-    sys.setswitchinterval(_SWITCH_INTERVAL_S)
+    sys.setswitchinterval(settings.gil_switch_interval_s)
 
     async def run() -> None:
         servicer = StageServicer(stage, load_nodes(), settings, code_version(package_dir), device())
