@@ -70,3 +70,19 @@ def test_young_unreferenced_artifacts_are_spared_and_temp_files_expire(tmp_path:
     assert in_flight.exists()
     assert not old_preview.exists() and new_preview.exists()
     assert (tmp_path / "output" / "keep.png").exists()  # outputs are kept unless a max age is set
+
+
+def test_receipts_of_jobs_that_can_no_longer_retry_go(tmp_path: Path) -> None:
+    from comfymesh.outputs import OutputIdentity, write_pngs
+
+    image = np.zeros((1, 4, 4, 3), np.float32)
+    write_pngs(image, tmp_path, "old", identity=OutputIdentity("job-old", "9"))
+    write_pngs(image, tmp_path, "new", identity=OutputIdentity("job-new", "9"))
+    folders = sorted((tmp_path / ".outputs" / "receipts").iterdir(), key=lambda f: f.stat().st_mtime)
+    assert len(folders) == 2
+    age(folders[0], 9 * 86400)
+    store = JobStore(tmp_path / "jobs.db")
+    report = collect(store, ArtifactStore((tmp_path / "artifacts").as_uri()), tmp_path, RetentionPolicy())
+    assert report.receipt_folders_removed == 1
+    assert not folders[0].exists() and folders[1].exists()
+    assert len(list((tmp_path / "output").iterdir())) == 2  # the images themselves stay

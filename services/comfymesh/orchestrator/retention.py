@@ -1,10 +1,12 @@
 """Retention: expire old cache entries, keep the cache under a size budget, and delete what nothing uses
-(unreferenced artifacts, old temp files, optionally old outputs)."""
+(unreferenced artifacts, old temp files, receipts of jobs that can no longer retry, optionally old
+outputs)."""
 
 from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +14,7 @@ from pathlib import Path
 from comfymesh.artifacts import ArtifactStore
 from comfymesh.jobs import JobStore
 from comfymesh.logs import log_fields
+from comfymesh.outputs import LEDGER_DIR
 
 log = logging.getLogger("comfymesh.orchestrator")
 
@@ -25,9 +28,13 @@ class RetentionPolicy:
     temp_max_age_s: float = 24 * 3600.0
     output_max_age_s: float = 0.0
     artifact_grace_s: float = 3600.0
+    # a SaveImage receipt matters while its job may still retry: no job runs longer than its timeout
+    # (at most 7 days), so a receipt folder untouched for 8 days is dead
+    receipt_max_age_s: float = 8 * 24 * 3600.0
 
     def __post_init__(self) -> None:
-        if min(self.cache_max_age_s, self.temp_max_age_s, self.output_max_age_s, self.artifact_grace_s) < 0 \
+        if min(self.cache_max_age_s, self.temp_max_age_s, self.output_max_age_s, self.artifact_grace_s,
+               self.receipt_max_age_s) < 0 \
                 or self.cache_max_bytes < 0:
             raise ValueError("retention ages and sizes must not be negative")
 
@@ -38,6 +45,7 @@ class RetentionReport:
     artifacts_removed: int = 0
     bytes_freed: int = 0
     files_removed: list[str] = field(default_factory=list)
+    receipt_folders_removed: int = 0
 
 
 def _tensor_refs(outputs_json: str) -> list[tuple[str, int]]:
@@ -94,8 +102,16 @@ def collect(store: JobStore, artifacts: ArtifactStore, home: Path, policy: Reten
                 report.bytes_freed += path.stat().st_size
                 path.unlink()
                 report.files_removed.append(f"{folder}/{path.relative_to(root).as_posix()}")
-    if report.cache_entries_removed or report.artifacts_removed or report.files_removed:
+    receipts = home / LEDGER_DIR / "receipts"  # one folder per job
+    if policy.receipt_max_age_s and receipts.is_dir():
+        for job_folder in receipts.iterdir():
+            if job_folder.is_dir() and job_folder.stat().st_mtime < now - policy.receipt_max_age_s:
+                shutil.rmtree(job_folder, ignore_errors=True)
+                report.receipt_folders_removed += 1
+    if report.cache_entries_removed or report.artifacts_removed or report.files_removed \
+            or report.receipt_folders_removed:
         log.info("retention pass", extra=log_fields(cache_entries=report.cache_entries_removed,
                                                     artifacts=report.artifacts_removed,
-                                                    files=len(report.files_removed), bytes=report.bytes_freed))
+                                                    files=len(report.files_removed), bytes=report.bytes_freed,
+                                                    receipt_folders=report.receipt_folders_removed))
     return report

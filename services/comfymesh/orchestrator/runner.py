@@ -138,11 +138,11 @@ class JobRunner:
             await self._complete()
 
     async def _complete(self) -> None:
-        self.completed = True
         # the images come with the event, so a client needs no second request to find them
         images = [image for node_id in self.job.outputs_to_run for image in (self.ui.get(node_id) or {}).get("images", [])]
         await self.bus.record(self.store.set_status, self.job.id, JobStatus.COMPLETED, event="completed",
                               data={"outputs": self.job.outputs_to_run, "images": images})
+        self.completed = True  # only once written: a cancel while waiting for the write still cancels
 
     async def _execute(self) -> None:
         plan = plan_prompt(self.job.prompt, self.job.outputs_to_run, self.catalog, sign=False)
