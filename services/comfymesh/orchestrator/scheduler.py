@@ -190,8 +190,11 @@ class Scheduler:
         await self.bus.record(self.store.set_status, job.id, JobStatus.FAILED, error=error, event="failed", data=error)
         await self._finished(job.id)
 
-    async def _finished(self, job_id: str) -> None:
-        """Tell the job's webhook, if it asked for one."""
+    async def _finished(self, job_id: str, asked: JobRecord | None = None) -> None:
+        """Tell the job's webhook, if it asked for one (`asked`: the job as submitted, to skip the read
+        of its final record when it asked for none)."""
+        if asked is not None and not (asked.extra_data.get("comfymesh") or {}).get("webhook_url"):
+            return
         job = await asyncio.to_thread(self.store.get_job, job_id)
         url = job and (job.extra_data.get("comfymesh") or {}).get("webhook_url")
         if job is None or not url:
@@ -220,7 +223,7 @@ class Scheduler:
         finally:
             self.running.pop(job.id, None)
             self._wake.set()
-        await self._finished(job.id)
+        await self._finished(job.id, job)
 
 
 def dumps(value: Any) -> str:
