@@ -85,3 +85,19 @@ def test_cache_lookup_of_many_signatures_marks_only_hits_used(tmp_path: Path) ->
     after = dict((sig, used) for sig, _, used in store.cache_rows())
     assert after["old"] >= before["old"] and after["other"] == before["other"]
     assert store.cache_get_many([]) == {}
+
+
+def test_start_job_writes_started_then_cached_together(tmp_path: Path) -> None:
+    store = JobStore(tmp_path / "jobs.db")
+    store.add_job("a", 1, {"1": {"class_type": "X", "inputs": {}}, "2": {"class_type": "Y", "inputs": {}}}, {},
+                  "client", ["2"], {"1": "X", "2": "Y"})
+    records = store.start_job("a", {"1": None, "2": {"images": [{"filename": "old.png"}]}})
+    assert [(r.type, r.data) for r in records] == [("started", {}), ("cached", {"nodes": ["1", "2"]})]
+    assert [e.id for e in store.events_after(0, "a")][-2:] == [r.id for r in records]
+    job = store.get_job("a")
+    assert job is not None and job.status == JobStatus.RUNNING and job.started is not None
+    assert job.outputs == {"2": {"images": [{"filename": "old.png"}]}}
+    assert {n["node_id"]: n["state"] for n in store.node_states("a")} == {"1": "cached", "2": "cached"}
+    # nothing cached: `started` alone
+    add(store, "b", 2)
+    assert [r.type for r in store.start_job("b", {})] == ["started"]

@@ -145,24 +145,16 @@ class JobStore:
     def add_job(self, job_id: str, number: float, prompt: dict[str, Any], extra_data: dict[str, Any],
                 client_id: str, outputs_to_run: list[str], nodes: dict[str, str]) -> EventRecord:
         """Persist a job, its node list and its `queued` event in one transaction."""
-        now = time.time()
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._db.execute(
-                    "INSERT INTO jobs (id, status, number, created, prompt_json, extra_data_json, client_id, "
-                    "outputs_to_run) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (job_id, JobStatus.QUEUED, number, now, json.dumps(prompt), json.dumps(extra_data),
-                     client_id, json.dumps(outputs_to_run)))
-                self._db.executemany(
-                    "INSERT INTO node_states (job_id, node_id, class_type, state) VALUES (?, ?, ?, 'pending')",
-                    [(job_id, node_id, class_type) for node_id, class_type in nodes.items()])
-                event = self._append(job_id, "queued", "", {"number": number}, now)
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-        return event
+        with self._transaction() as now:
+            self._db.execute(
+                "INSERT INTO jobs (id, status, number, created, prompt_json, extra_data_json, client_id, "
+                "outputs_to_run) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (job_id, JobStatus.QUEUED, number, now, json.dumps(prompt), json.dumps(extra_data),
+                 client_id, json.dumps(outputs_to_run)))
+            self._db.executemany(
+                "INSERT INTO node_states (job_id, node_id, class_type, state) VALUES (?, ?, ?, 'pending')",
+                [(job_id, node_id, class_type) for node_id, class_type in nodes.items()])
+            return self._append(job_id, "queued", "", {"number": number}, now)
 
     def get_job(self, job_id: str) -> JobRecord | None:
         with self._lock:
