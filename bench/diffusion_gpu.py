@@ -273,7 +273,8 @@ class MeshRun:
         self.home = home
         self.args = args
         self.mesh = Mesh(home, stages=("diffusion",), imaging_replicas=0,
-                         env={"COMFYMESH_NODE_TIMINGS": "1", "COMFYMESH_DEVICE": args.device, **env})
+                         env={"COMFYMESH_NODE_TIMINGS": "1", "COMFYMESH_DEVICE": args.device,
+                              **({"COMFYMESH_TRACE": "1"} if args.trace else {}), **env})
         self.client = HttpClient(self.mesh.port)
 
     def start(self) -> None:
@@ -310,6 +311,8 @@ class MeshRun:
         pngs = [self.client.request("GET", image["url"])[1] for image in events[-1]["data"]["images"]]
         total_ms = (time.perf_counter() - start) * 1000
         assert len(pngs) == batch and all(p[:4] == b"\x89PNG" for p in pngs)
+        client_marks = [("client.post", wall0), ("client.posted", wall0 + posted - start),
+                        ("client.completed_seen", wall0 + seen - start), ("client.fetched", wall0 + total_ms / 1000)]
         time.sleep(0.05)  # the stage's timing log lines travel through the supervisor's pipe
         timings = self.node_timings(job_id)
         nodes: dict[str, float] = {}
@@ -326,7 +329,25 @@ class MeshRun:
             phases["save_image"] = nodes.get("SaveImage", 0.0)
         phases["fetch_pngs"] = total_ms - (seen - start) * 1000
         return {"job": job_id, "ms": total_ms, "nodes": nodes, "compute_ms": compute,
-                "overhead_ms": total_ms - compute, "phases": phases, "pngs": pngs}
+                "overhead_ms": total_ms - compute, "phases": phases, "pngs": pngs,
+                "trace": self.trace_marks(client_marks) if self.args.trace else {}}
+
+    def trace_marks(self, client_marks: list[tuple[str, float]]) -> dict[str, float]:
+        """ms after the POST at which each traced point was reached (COMFYMESH_TRACE marks of every
+        service between this job's POST and its last fetch; jobs run one at a time here)."""
+        begin, end = client_marks[0][1], client_marks[-1][1] + 0.0005
+        marks = list(client_marks)
+        for line in list(self.mesh.logs):
+            if '{"trace": ' in line:
+                mark = json.loads(line[line.index("{"):])
+                if begin <= mark["t"] <= end:
+                    marks.append((mark["trace"], mark["t"]))
+        seen: dict[str, int] = {}
+        out: dict[str, float] = {}
+        for point, t in sorted(marks, key=lambda m: m[1]):
+            seen[point] = seen.get(point, 0) + 1
+            out[point if seen[point] == 1 else f"{point}#{seen[point]}"] = (t - begin) * 1000
+        return out
 
     def measure(self, label: str, png_ms: float) -> dict[str, Any]:
         res: dict[str, Any] = {}
@@ -344,6 +365,11 @@ class MeshRun:
                                        for k in runs[0]["phases"]},
                 "nodes_ms": {k: p50([r["nodes"].get(k, 0.0) for r in runs]) for k in runs[0]["nodes"]},
             }
+            if self.args.trace:  # each point's median time after the POST, in order
+                points = {point for r in runs for point in r["trace"]}
+                res[f"b{batch}"]["trace_ms"] = dict(sorted(
+                    ((point, round(p50([r["trace"][point] for r in runs if point in r["trace"]]), 2)) for point in points),
+                    key=lambda item: item[1]))
             res[f"b{batch}_png0"] = runs[-1]["pngs"][0]
             say(f"{label} b{batch}: " + json.dumps({k: v for k, v in res[f'b{batch}'].items()}, default=str))
         return res
@@ -499,6 +525,8 @@ def main() -> None:
     parser.add_argument("--skip-pipeline", action="store_true")
     parser.add_argument("--no-compile", action="store_true", help="fast mesh: CUDA graphs of the eager UNet only")
     parser.add_argument("--no-restart", action="store_true", help="fast mesh: skip the restart phase")
+    parser.add_argument("--trace", action="store_true",
+                        help="COMFYMESH_TRACE=1 in every service: each hop's median time after the POST (trace_ms)")
     parser.add_argument("--backend", default="inductor", help="torch.compile backend of the fast mesh")
     parser.add_argument("--compile-timeout", type=float, default=240)
     parser.add_argument("--deadline", type=float, default=1e9, help="skip later phases after this many seconds")

@@ -7,6 +7,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
+from comfymesh import trace
 from comfymesh.errors import NodeInputError
 from comfymesh.outputs._files import exclusive_lock, write_atomically
 from comfymesh.outputs._naming import (
@@ -79,9 +80,11 @@ def write_pngs(
     except BadFilenamePrefix as exc:
         raise NodeInputError(str(exc), node_id=node_id) from exc
     # Encoding is the slow part and needs no name: do it before taking the lock other writers wait on.
+    trace.mark("save.frames")
     metadata = png_metadata(prompt, extra_pnginfo)
     encoded = [encode_png(frame, compress_level=compress_level, metadata=metadata) for frame in frames]
 
+    trace.mark("save.encoded")
     with exclusive_lock(home / LEDGER_DIR / f"{folder_type}.lock"):
         # A concurrent attempt of the same node may have finished while this one encoded.
         if receipt is not None and (done := read_receipt(receipt, base)) is not None:

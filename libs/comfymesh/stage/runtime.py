@@ -19,6 +19,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from comfymesh import trace
 from comfymesh.artifacts import ArtifactStore, decode_value, encode_value
 from comfymesh.catalog import Catalog
 from comfymesh.errors import NodeInputError
@@ -120,6 +121,7 @@ class GroupRun:
             attempt_key=f"{self.request.job_id}:{call.node_id}")
         if call.class_type in _HANG_NODES:
             _hang(ctx)
+        trace.mark(f"stage.node.{call.class_type}")
         started, clock = time.time(), time.perf_counter()
         outputs = impl(ctx, **inputs)
         if _TIMINGS:
@@ -129,6 +131,7 @@ class GroupRun:
         types = definition.outputs if definition else ()
         for slot, value in enumerate(outputs):
             self.values[(call.node_id, slot)] = value
+        trace.mark(f"stage.node_done.{call.class_type}")
         done = stage_pb2.NodeDone(node_id=call.node_id, ui_json=json.dumps(ctx.ui) if ctx.ui else "")
         if call.node_id in self.exported and outputs:
             self.writes.append((call, _writer.submit(self._export, call, types, outputs, done)))

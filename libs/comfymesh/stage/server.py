@@ -14,6 +14,7 @@ from pathlib import Path
 
 import grpc
 
+from comfymesh import trace
 from comfymesh.artifacts import ArtifactStore
 from comfymesh.catalog import Catalog
 from comfymesh.config import Settings
@@ -53,6 +54,7 @@ class StageServicer(stage_pb2_grpc.StageServicer):
 
     async def RunStage(self, request: stage_pb2.StageRequest,
                        context: grpc.aio.ServicerContext) -> AsyncIterator[stage_pb2.StageEvent]:
+        trace.mark("stage.call")
         async with self.slots:
             log.info("RunStage", extra=log_fields(job=request.job_id, user=request.user, group=request.group_id,
                                                   attempt=request.attempt,

@@ -15,6 +15,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from pydantic import ValidationError
 from sse_starlette.sse import EventSourceResponse, ServerSentEvent
 
+from comfymesh import trace
 from comfymesh.catalog.files import resolve_inside
 from comfymesh.gateway.client import OrchestratorClient, OrchestratorUnavailable
 from comfymesh.gateway.files import file_response
@@ -86,6 +87,7 @@ def output_images(outputs: dict[str, Any], order: list[str]) -> list[dict[str, A
              summary="Submit an API-format workflow")
 async def submit_workflow(request: Request, response: Response,
                           idempotency_key: str | None = Header(None)) -> Any:
+    trace.mark("gateway.submit")
     body = await read_json_body(request)
     if isinstance(body, dict) and isinstance(body.get("prompt"), dict):
         try:
@@ -189,6 +191,7 @@ async def _sse(client: OrchestratorClient, job_id: str, after: int) -> AsyncIter
                                          if isinstance(image, dict)]
                 yield ServerSentEvent(data=json.dumps(payload), event=event.type, id=str(event.id))
                 if job_id and event.type in TERMINAL_EVENTS:
+                    trace.mark("gateway.sse_final_event")
                     return  # close at once: the client need not wait for the orchestrator's stream to end
             return  # a job's stream ends with the job
         except OrchestratorUnavailable:

@@ -11,6 +11,7 @@ from fastapi import APIRouter, HTTPException, Query, Request, Response
 from fastapi.responses import FileResponse
 from PIL import Image
 
+from comfymesh import trace
 from comfymesh.catalog.files import resolve_inside
 
 router = APIRouter(tags=["files"])
@@ -67,6 +68,7 @@ async def view_file(request: Request, filename: str = Query("", max_length=1024)
                     subfolder: str = Query("", max_length=1024), type: str = Query("output"),
                     preview: str | None = Query(None, max_length=32),
                     channel: str = Query("rgba", pattern="^(rgba|rgb|a)$")) -> Response:
+    trace.mark("gateway.view")
     for suffix, folder_type in _ANNOTATIONS.items():
         if filename.endswith(suffix):
             filename, type = filename[: -len(suffix)], folder_type

@@ -11,6 +11,7 @@ from typing import Any
 
 import grpc
 
+from comfymesh import trace
 from comfymesh.artifacts import ArtifactStore
 from comfymesh.artifacts.codec import ref_from_proto
 from comfymesh.catalog import Catalog
@@ -111,6 +112,7 @@ class JobRunner:
         self.completed = False  # set once `completed` is recorded; nothing may fail the job after that
 
     async def run(self) -> None:
+        trace.mark("orchestrator.run")
         try:
             try:
                 async with asyncio.timeout(self.timeouts.overall_s):
@@ -142,6 +144,7 @@ class JobRunner:
         images = [image for node_id in self.job.outputs_to_run for image in (self.ui.get(node_id) or {}).get("images", [])]
         await self.bus.record(self.store.set_status, self.job.id, JobStatus.COMPLETED, event="completed",
                               data={"outputs": self.job.outputs_to_run, "images": images})
+        trace.mark("orchestrator.completed")
         self.completed = True  # only once written: a cancel while waiting for the write still cancels
 
     async def _execute(self) -> None:
@@ -152,6 +155,7 @@ class JobRunner:
         versions.setdefault("any", "")
         sign_plan(plan, versions, fingerprint_files(self.settings.home))
         self.plan = plan
+        trace.mark("orchestrator.planned")
         # a local store answers in microseconds: no worker-thread hop; a remote one (S3) goes off the loop
         cached = self._cached_nodes(plan) if self.artifacts.local else await asyncio.to_thread(self._cached_nodes, plan)
         to_run = self.to_run = self._nodes_to_run(plan, set(cached))
@@ -161,6 +165,7 @@ class JobRunner:
         # `started` and `cached` in one transaction
         await self.bus.record(self.store.start_job, self.job.id, {node_id: cached.get(node_id) for node_id in skipped})
         self.started = True
+        trace.mark("orchestrator.started")
         groups = {group.group_id: group for group in plan_groups(plan, to_run)}
         if len(groups) == 1:
             # the usual case (one stage does everything): no task and wait machinery around the call
@@ -304,6 +309,7 @@ class JobRunner:
         assert self.plan is not None
         self.exported.update(request.export_node_ids)
         # wait_for_ready: a replica that is restarting is waited for, not failed at once
+        trace.mark("orchestrator.call_stage")
         call = stub.RunStage(request, wait_for_ready=True)
         stream = call.__aiter__()
         try:
@@ -353,6 +359,7 @@ class JobRunner:
             raise exception_from_failure(event.failure)
 
     async def _node_done(self, done: stage_pb2.NodeDone) -> None:
+        trace.mark("orchestrator.node_done")
         assert self.plan is not None
         node = self.plan.nodes[done.node_id]
         ui = json.loads(done.ui_json) if done.ui_json else None

@@ -11,6 +11,7 @@ import time
 import uuid
 from typing import Any
 
+from comfymesh import trace
 from comfymesh.artifacts import ArtifactStore
 from comfymesh.catalog import Catalog
 from comfymesh.catalog.files import resolve_image_name
@@ -89,6 +90,7 @@ class Scheduler:
             # typical prompts validate in well under a millisecond; only big ones go to a worker thread
             small = isinstance(prompt, dict) and len(prompt) <= _INLINE_VALIDATION_NODES
             result = validate() if small else await asyncio.to_thread(validate)
+            trace.mark("orchestrator.validated")
             if not result.ok:
                 return Submission(error=result.error, node_errors=result.node_errors, number=number)
             job_id = job_id or str(uuid.uuid4())
@@ -103,6 +105,7 @@ class Scheduler:
                 extra["comfymesh"] = options
             await self.bus.record(self.store.add_job, job_id, number, result.prompt, extra, client_id,
                                   result.outputs, nodes)
+        trace.mark("orchestrator.persisted")
         log.info("job accepted", extra=log_fields(job=job_id, nodes=len(nodes), number=number, user=user))
         if self._recovered:
             # start it now, ahead of the reply: the reply is off the job's critical path, the start is not

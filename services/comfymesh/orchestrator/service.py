@@ -9,6 +9,7 @@ from typing import TypeAlias
 
 import grpc
 
+from comfymesh import trace
 from comfymesh.catalog.files import file_digest
 from comfymesh.jobs import JobRecord
 from comfymesh.jobs.store import FINISHED
@@ -35,6 +36,7 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServicer):
 
     async def ExecuteWorkflow(self, request: orchestrator_pb2.WorkflowRequest,
                               context: Context) -> orchestrator_pb2.WorkflowResponse:
+        trace.mark("orchestrator.submit")
         try:
             prompt = json.loads(request.prompt_json) if request.prompt_json else None
             extra = json.loads(request.extra_data_json) if request.extra_data_json else {}
