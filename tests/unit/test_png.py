@@ -58,3 +58,15 @@ def test_unsupported_frames_are_refused() -> None:
         encode_png(np.zeros((4, 4, 5), np.uint8), compress_level=1)
     with pytest.raises(ValueError):
         encode_png(np.zeros((0, 4, 3), np.uint8), compress_level=1)
+
+
+def test_bytes_do_not_depend_on_the_core_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    import comfymesh.outputs._png as png
+
+    photo = _photo(300)
+    encoded = []
+    for cores in (1, 3, 16):
+        monkeypatch.setattr(png.os, "cpu_count", lambda cores=cores: cores)
+        monkeypatch.setattr(png, "_pool", None)  # a pool sized for this core count
+        encoded.append(encode_png(photo, compress_level=4))
+    assert encoded[0] == encoded[1] == encoded[2]

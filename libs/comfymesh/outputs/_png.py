@@ -26,9 +26,10 @@ PngText = list[tuple[str, str]]
 
 _SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _COLOR_TYPES = {1: 0, 2: 4, 3: 2, 4: 6}  # channels -> grey, grey+alpha, RGB, RGBA
-# Below this a band's thread hand-offs cost more than its deflate. Measured in the GPU stage on the
-# H100 machine (16 cores), a 512² frame: SaveImage 4.6 ms in six 128 KiB bands, 6.6 ms as one call.
-_MIN_BAND_BYTES = 128 * 1024
+# Bands of whole rows, about this size on every machine, so a frame's bytes do not depend on the core
+# count. Smaller bands cost more in thread hand-offs than they gain: measured in the GPU stage on an
+# H100 machine (16 cores), a 512² frame took 4.6 ms in 128 KiB bands and 6.6 ms as one call.
+_BAND_BYTES = 128 * 1024
 _pool: ThreadPoolExecutor | None = None
 
 
@@ -57,10 +58,8 @@ def _workers() -> ThreadPoolExecutor:
     return _pool
 
 
-def _band_rows(height: int, row_bytes: int) -> int:
-    """Rows per band: one band per worker (each at least _MIN_BAND_BYTES), so every core deflates once."""
-    bands = max(1, min(_worker_count(), height * row_bytes // _MIN_BAND_BYTES))
-    return -(-height // bands)
+def _band_rows(row_bytes: int) -> int:
+    return max(1, _BAND_BYTES // row_bytes)
 
 
 def _chunk(kind: bytes, body: bytes) -> bytes:
@@ -117,7 +116,7 @@ def encode_png(pixels: np.ndarray, *, compress_level: int, metadata: PngText | N
     rows = frame.reshape(height, width * channels)
     filtered = _up_filtered(rows, compress_level > 0)
     data = memoryview(filtered.data).cast("B")
-    band = _band_rows(height, filtered.shape[1]) * filtered.shape[1]
+    band = _band_rows(filtered.shape[1]) * filtered.shape[1]
     starts = list(range(0, len(data), band))
     # every band but the last on the pool; the last one on this thread, which would only wait otherwise
     others = [_workers().submit(_deflate, data[s:s + band], compress_level, False) for s in starts[:-1]]
