@@ -107,9 +107,10 @@ class Catalog:
         mtimes.setdefault(str(root), _mtime_ns(str(root)))  # a folder created later shows up too
         # mtimes tick with the kernel's coarse clock (ms): a directory changed just now could change
         # again within the same tick unseen, so such a listing is not kept
+        found.sort()
         if max(mtimes.values()) < time.time_ns() - _SETTLED_NS:
-            self._listings[folder] = (mtimes, sorted(found))
-        return sorted(found)
+            self._listings[folder] = (mtimes, list(found))
+        return found
 
     def input_images(self) -> list[str]:
         """Image files directly in the input folder (what LoadImage lists)."""
