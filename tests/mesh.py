@@ -107,9 +107,8 @@ class Mesh:
             time.sleep(0.05)
         raise TimeoutError(f"job {job_id} did not finish:\n" + "\n".join(self.logs[-40:]))
 
-    def events(self, path: str, last_event_id: int | None = None, until_finished: bool = False) -> list[dict[str, Any]]:
-        """Read an SSE stream to its end, or with `until_finished` to a job's final event, as a client that
-        acts on it would: [{id, event, data}]."""
+    def events(self, path: str, last_event_id: int | None = None) -> list[dict[str, Any]]:
+        """Read an SSE stream to its end: [{id, event, data}]."""
         import json
 
         headers = {"Last-Event-ID": str(last_event_id)} if last_event_id is not None else {}
@@ -119,8 +118,6 @@ class Mesh:
                 if not line:
                     if "event" in current:
                         events.append(current)
-                        if until_finished and current["event"] in ("completed", "failed", "cancelled"):
-                            break
                     current = {}
                 elif line.startswith("id:"):
                     current["id"] = int(line[3:].strip())
