@@ -47,14 +47,10 @@ def png_metadata(prompt: Any | None, extra_pnginfo: Mapping[str, Any] | None) ->
     return text
 
 
-def _worker_count() -> int:
-    return max(1, min(16, os.cpu_count() or 1))
-
-
 def _workers() -> ThreadPoolExecutor:
     global _pool
     if _pool is None:
-        _pool = ThreadPoolExecutor(max_workers=_worker_count(), thread_name_prefix="png")
+        _pool = ThreadPoolExecutor(max_workers=max(1, min(16, os.cpu_count() or 1)), thread_name_prefix="png")
     return _pool
 
 
@@ -62,9 +58,13 @@ def _band_rows(row_bytes: int) -> int:
     return max(1, _BAND_BYTES // row_bytes)
 
 
-def _chunk(kind: bytes, body: bytes) -> bytes:
-    # ISA-L's checksums: ~5x zlib's, which matters for a frame-sized IDAT
-    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", isal_zlib.crc32(body, isal_zlib.crc32(kind)))
+def _chunk(kind: bytes, *body: bytes) -> list[bytes]:
+    """A chunk as pieces (the body may come in several): the file is joined, and so copied, only once.
+    ISA-L's checksum: ~5x zlib's, which matters for a frame-sized IDAT."""
+    crc = isal_zlib.crc32(kind)
+    for piece in body:
+        crc = isal_zlib.crc32(piece, crc)
+    return [struct.pack(">I", sum(len(piece) for piece in body)), kind, *body, struct.pack(">I", crc)]
 
 
 def _up_filtered(rows: np.ndarray, filtered: bool) -> np.ndarray:
@@ -124,13 +124,9 @@ def encode_png(pixels: np.ndarray, *, compress_level: int, metadata: PngText | N
     idat = [_zlib_header(compress_level), *(piece for band_done in others for piece in band_done.result()),
             *last, struct.pack(">I", isal_zlib.adler32(data))]
 
-    parts = [_SIGNATURE, _chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, _COLOR_TYPES[channels], 0, 0, 0))]
+    parts = [_SIGNATURE, *_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, _COLOR_TYPES[channels], 0, 0, 0))]
     for key, value in metadata or []:
-        parts.append(_chunk(b"tEXt", key.encode("latin-1") + b"\0" + value.encode("latin-1")))
-    # the frame-sized IDAT goes in as pieces, so the whole file is copied once, by the final join
-    crc = isal_zlib.crc32(b"IDAT")
-    for piece in idat:
-        crc = isal_zlib.crc32(piece, crc)
-    parts += [struct.pack(">I", sum(len(piece) for piece in idat)), b"IDAT", *idat, struct.pack(">I", crc)]
-    parts.append(_chunk(b"IEND", b""))
+        parts += _chunk(b"tEXt", key.encode("latin-1") + b"\0" + value.encode("latin-1"))
+    parts += _chunk(b"IDAT", *idat)
+    parts += _chunk(b"IEND")
     return b"".join(parts)
