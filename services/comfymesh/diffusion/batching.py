@@ -40,7 +40,7 @@ from typing import Any
 import torch
 
 from comfymesh.config import env_flag
-from comfymesh.diffusion.guidance import MaskedDenoiser, _average, _tile_to
+from comfymesh.diffusion.guidance import MaskedDenoiser, _average, _tile_to, sigma_and_timestep
 from comfymesh.diffusion.ksampler import (
     PreparedSample,
     SamplingModel,
@@ -184,9 +184,8 @@ class BatchedGuidedDenoiser:
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         self.before_eval()
         model = self.model
-        s = sigma.to(x.device, non_blocking=True)
+        s, t = sigma_and_timestep(model.sampling, sigma, x.device)
         x_in = (x / (s**2 + 1.0) ** 0.5).to(model.dtype)
-        t = model.sampling.timestep(sigma).to(x.device, non_blocking=True)
         outs: dict[int, torch.Tensor] = {}
         for length, blocks in self.groups:
             sizes = [b.rows.stop - b.rows.start for b in blocks]

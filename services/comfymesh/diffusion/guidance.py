@@ -28,6 +28,18 @@ def _tile_to(ctx: torch.Tensor, length: int) -> torch.Tensor:
     return ctx.repeat(1, length // ctx.shape[1], 1)
 
 
+def sigma_and_timestep(sampling: ModelSampling, sigma: torch.Tensor, device: torch.device,
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """σ as the step's arithmetic uses it, and the UNet's timestep on `device`.
+
+    No host-to-device copy on a GPU: one from pageable memory may wait for the GPU queue to drain, and the
+    step loop could then never run ahead of the GPU. A one-element CPU σ goes to the kernels as an
+    argument, and the timestep is filled on the device from a number."""
+    if device.type == "cuda" and sigma.numel() == 1 and not sigma.is_cuda:
+        return sigma.reshape(()), torch.full((), float(sampling.timestep(sigma)), device=device)
+    return sigma.to(device, non_blocking=True), sampling.timestep(sigma).to(device, non_blocking=True)
+
+
 class GuidedDenoiser:
     """Classifier-free guided x0 prediction; negative and positive run in one UNet call when possible."""
 
@@ -52,10 +64,8 @@ class GuidedDenoiser:
     def _run(self, x: torch.Tensor, sigma: torch.Tensor, entries: list[CondEntry]) -> list[torch.Tensor]:
         """One x0 prediction per entry, batching entries into one UNet call when their lengths tile."""
         batch = x.shape[0]
-        # non_blocking: a blocking host-to-device copy would wait for the GPU queue every step
-        s = sigma.to(x.device, non_blocking=True)
+        s, t = sigma_and_timestep(self.sampling, sigma, x.device)
         x_in = (x / (s**2 + 1.0) ** 0.5).to(self.dtype)
-        t = self.sampling.timestep(sigma).to(x.device, non_blocking=True)  # from the CPU sigma: no sync
         lengths = [e.context.shape[1] for e in entries]
         lcm = math.lcm(*lengths)
         groups = [entries] if lcm <= 4 * min(lengths) else [[e] for e in entries]

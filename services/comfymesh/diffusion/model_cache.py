@@ -60,6 +60,7 @@ class LoadedCheckpoint:
     sampling: ModelSampling
     latent_format: LatentFormat
     fast: fast_path.FastUNet | None = None  # the bucketed compiled UNet (fast path), made on first use
+    fast_decoder: fast_path.FastDecoder | None = None  # the VAE's compiled decode (fast path), on first use
 
     @property
     def family(self) -> str:
@@ -257,6 +258,16 @@ class ModelCache:
             latent_format=ckpt.latent_format, family=rec.family, context_dim=rec.unet.context_dim,
             adm=rec.unet.adm, device=ckpt.device, dtype=ckpt.unet_dtype,
         )
+
+    def decoder(self, ckpt: LoadedCheckpoint) -> fast_path.FastDecoder | None:
+        """The checkpoint VAE's compiled decoder where the fast path compiles (None: decode eagerly; a VAE
+        from its own file always decodes eagerly)."""
+        if not fast_path.compile_enabled(ckpt.device):
+            return None
+        with self._lock:
+            if ckpt.fast_decoder is None:
+                ckpt.fast_decoder = fast_path.FastDecoder(ckpt.parts.vae, ckpt.device)
+        return ckpt.fast_decoder
 
     def text_encoders(self, ckpt: LoadedCheckpoint, loras: Sequence[LoraSpec] = ()) -> TextEncoders:
         patches = self._patches(ckpt, "clip", loras)

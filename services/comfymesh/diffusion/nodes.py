@@ -16,7 +16,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from comfymesh.diffusion import batching, fast_path, ksampler, vae_codec
+from comfymesh.diffusion import batching, fast_path, vae_codec
 from comfymesh.diffusion.checkpoint import import_model_code
 from comfymesh.diffusion.model_cache import LoadedCheckpoint, LoraSpec, ModelCache, get_model_cache
 from comfymesh.diffusion.previews import latent_rgb_tensor
@@ -264,25 +264,27 @@ def ksampler_advanced(ctx: NodeContext, model: Handle, add_noise: str, noise_see
 # VAE
 
 
-def _vae(ctx: NodeContext, handle: Handle) -> torch.nn.Module:
+def _vae(ctx: NodeContext, handle: Handle) -> tuple[torch.nn.Module, fast_path.FastDecoder | None]:
+    """The VAE of a handle and, for a checkpoint's VAE on the fast path, its compiled decoder."""
     handle = _expect(ctx, handle, "vae")
     if "file" in handle:
         digest, file_vae = _cache().vae_file(resolve_file(ctx, "vae", handle["file"]))
         if digest != handle["digest"]:
             raise ModelError(f"VAE {handle['file']} changed on disk since it was loaded", node_id=ctx.node_id)
-        return file_vae
-    vae: torch.nn.Module = _checkpoint(ctx, handle).parts.vae
-    return vae
+        return file_vae, None
+    ckpt = _checkpoint(ctx, handle)
+    return ckpt.parts.vae, _cache().decoder(ckpt)
 
 
 @_node
 def vae_decode(ctx: NodeContext, samples: dict[str, Any], vae: Handle) -> tuple[torch.Tensor]:
-    return (vae_codec.decode(_vae(ctx, vae), torch.as_tensor(samples["samples"])),)
+    module, decoder = _vae(ctx, vae)
+    return (vae_codec.decode(module, torch.as_tensor(samples["samples"]), decoder),)
 
 
 @_node
 def vae_encode(ctx: NodeContext, pixels: Any, vae: Handle) -> tuple[dict[str, Any]]:
-    return ({"samples": vae_codec.encode(_vae(ctx, vae), torch.as_tensor(pixels))},)
+    return ({"samples": vae_codec.encode(_vae(ctx, vae)[0], torch.as_tensor(pixels))},)
 
 
 def start_warmup(home: Path) -> None:
@@ -298,8 +300,10 @@ def start_warmup(home: Path) -> None:
     if not os.environ.get(fast_path.MANIFEST_ENV):
         return
 
-    def load(name: str) -> ksampler.SamplingModel:
-        return cache.sampling_model(cache.get(home / "models" / "checkpoints" / name))
+    def load(name: str) -> fast_path.WarmTarget:
+        ckpt = cache.get(home / "models" / "checkpoints" / name)
+        vae: Any = ckpt.parts.vae
+        return fast_path.WarmTarget(cache.sampling_model(ckpt), cache.decoder(ckpt), vae.config.latent_channels)
 
     def run() -> None:
         started = fast_path.warmup_from_manifest(load)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -26,8 +27,12 @@ def crop_pixels(pixels: torch.Tensor, factor: int) -> torch.Tensor:
     return pixels[:, oy:oy + h, ox:ox + w, :]
 
 
+GPU_CHUNK = 4
+"""Images a VAE call takes at most on a GPU (so a big batch does not run out of memory)."""
+
+
 def _chunk(batch: int, device: torch.device) -> int:
-    return batch if device.type == "cpu" else 4
+    return batch if device.type == "cpu" else GPU_CHUNK
 
 
 def encode(vae: Any, pixels: torch.Tensor) -> torch.Tensor:
@@ -46,17 +51,21 @@ def encode(vae: Any, pixels: torch.Tensor) -> torch.Tensor:
     return torch.cat(outs)
 
 
-def decode(vae: Any, latent: torch.Tensor) -> torch.Tensor:
+def decode(vae: Any, latent: torch.Tensor, decoder: Callable[[torch.Tensor], torch.Tensor] | None = None,
+           ) -> torch.Tensor:
     """Unscaled latent → IMAGE [B, H, W, 3] float32 in [0, 1], left on the VAE's device.
 
     Readers copy it when they need it on the host (artifact export does); SaveImage converts it to
-    8 bits on the GPU first, so a quarter of the bytes cross and no host core walks the float frame."""
+    8 bits on the GPU first, so a quarter of the bytes cross and no host core walks the float frame.
+    `decoder` (latent in the VAE's dtype → pixels in [-1, 1]), where given, replaces `vae.decode`: the
+    fast path's compiled decoder."""
     p = _param(vae)
     outs = []
     try:
         with torch.no_grad():
             for part in latent.float().split(_chunk(latent.shape[0], p.device)):
-                y = vae.decode(part.to(p.device, p.dtype)).sample.float()
+                z = part.to(p.device, p.dtype)
+                y = (decoder(z) if decoder is not None else vae.decode(z).sample).float()
                 # channels-last made contiguous on the device (free there): every reader of the image
                 # (PNG encoding, artifact export) then walks memory in order instead of by strides
                 outs.append(torch.clamp((y + 1.0) / 2.0, 0.0, 1.0).movedim(1, -1).contiguous())

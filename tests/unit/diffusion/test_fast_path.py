@@ -91,14 +91,50 @@ def test_warmup_manifest_starts_buckets(tmp_path: Path, tiny_home: Path, cpu_cac
     manifest = tmp_path / "warmup.json"
     manifest.write_text(json.dumps([{"ckpt": "sd15.safetensors", "width": 64, "height": 64, "batch": 2}]))
 
-    def load(name: str) -> ksampler.SamplingModel:
-        return cpu_cache.sampling_model(cpu_cache.get(tiny_home / "models" / "checkpoints" / name))
+    def load(name: str) -> fast_path.WarmTarget:
+        ckpt = cpu_cache.get(tiny_home / "models" / "checkpoints" / name)
+        return fast_path.WarmTarget(cpu_cache.sampling_model(ckpt), cpu_cache.decoder(ckpt))
 
     with torch.no_grad():
         assert fast_path.warmup_from_manifest(load, manifest) == ["sd15.safetensors@64x64x2"]
-        fast = load("sd15.safetensors").unet
+        target = load("sd15.safetensors")
+        fast, decoder = target.model.unet, target.decoder
         assert isinstance(fast, fast_path.FastUNet) and fast.wait(timeout=60)
-    assert [b.key[0] for b in fast.buckets.values()] == [(4, 4, 8, 8)]
+        assert decoder is not None and decoder.wait(timeout=60)
+    assert [b.key[0] for b in fast.buckets.values()] == [(4, 4, 8, 8)]  # CFG doubles the batch
+    assert [(b.key[0], b.tier) for b in decoder.buckets.values()] == [((2, 4, 8, 8), "compiled")]
+
+
+def test_compiled_decoder_matches_eager(monkeypatch: pytest.MonkeyPatch, tiny_home: Path,
+                                        cpu_cache: ModelCache) -> None:
+    monkeypatch.setenv(fast_path.FAST_ENV, "1")
+    monkeypatch.setenv(fast_path.COMPILE_ENV, "1")
+    ckpt = cpu_cache.get(tiny_home / "models" / "checkpoints" / "sd15.safetensors")
+    latent = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(5)) * 4
+    with torch.no_grad():
+        eager = vae_codec.decode(ckpt.parts.vae, latent)
+        decoder = cpu_cache.decoder(ckpt)
+        assert isinstance(decoder, fast_path.FastDecoder) and decoder is cpu_cache.decoder(ckpt)
+        decoder.backend = "eager"  # dynamo only: aot_eager trips on CPU group norms; the GPU bench runs inductor
+        first = vae_codec.decode(ckpt.parts.vae, latent, decoder)  # starts the bucket, decodes eagerly
+        assert decoder.wait(timeout=120)
+        [bucket] = decoder.buckets.values()
+        assert bucket.failed is None and bucket.tier == "compiled" and bucket.key[0] == (1, 4, 8, 8)
+        second = vae_codec.decode(ckpt.parts.vae, latent, decoder)
+        assert bucket.calls == 1
+    assert torch.equal(first, eager)
+    assert _psnr(second, eager) >= 40
+
+
+def test_no_decoder_without_compilation(monkeypatch: pytest.MonkeyPatch, tiny_home: Path,
+                                        cpu_cache: ModelCache) -> None:
+    ckpt = cpu_cache.get(tiny_home / "models" / "checkpoints" / "sd15.safetensors")
+    monkeypatch.setenv(fast_path.FAST_ENV, "1")
+    monkeypatch.setenv(fast_path.COMPILE_ENV, "0")  # CUDA graphs only: the VAE decodes eagerly
+    assert cpu_cache.decoder(ckpt) is None
+    monkeypatch.setenv(fast_path.COMPILE_ENV, "1")
+    monkeypatch.setenv(fast_path.FAST_ENV, "0")
+    assert cpu_cache.decoder(ckpt) is None
 
 
 def test_step_reporter_on_cpu_reports_every_step() -> None:
