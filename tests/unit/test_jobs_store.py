@@ -101,3 +101,23 @@ def test_start_job_writes_started_then_cached_together(tmp_path: Path) -> None:
     # nothing cached: `started` alone
     add(store, "b", 2)
     assert [r.type for r in store.start_job("b", {})] == ["started"]
+
+
+def test_last_result_and_completion_in_one_transaction(tmp_path: Path) -> None:
+    store = JobStore(tmp_path / "jobs.db")
+    add(store, "a", 1)
+    store.start_job("a", {})
+    ui = {"images": [{"filename": "z.png"}]}
+    records = store.finish_node("a", "1", ui, data={"output": ui}, cache=CacheEntry("sig", "X", [], ui),
+                                completed={"images": ui["images"]})
+    assert [(r.type, r.node_id) for r in records] == [("node_done", "1"), ("completed", "")]
+    assert records[0].ts == records[1].ts  # one transaction, one timestamp
+    job = store.get_job("a")
+    assert job is not None and job.status == JobStatus.COMPLETED and job.outputs == {"1": ui}
+    assert store.cache_get("sig") == ([], ui)
+    assert [e.type for e in store.events_after(0, "a")] == ["queued", "started", "node_done", "completed"]
+    # a result that is not the last leaves the job running
+    add(store, "b", 2)
+    store.start_job("b", {})
+    assert [r.type for r in store.finish_node("b", "1", None, data={})] == ["node_done"]
+    assert store.job_status("b") == JobStatus.RUNNING

@@ -257,6 +257,17 @@ class JobStore:
         return self.set_node_states(job_id, {node_id: ui}, state, event=event, event_node=node_id, data=data,
                                     cache=[cache] if cache else [])
 
+    def finish_node(self, job_id: str, node_id: str, ui: dict[str, Any] | None, *, data: dict[str, Any],
+                    cache: CacheEntry | None = None, completed: dict[str, Any] | None = None) -> list[EventRecord]:
+        """A node's result (state `done`, UI result, `node_done` event, cache entry) and, given `completed`
+        (the event's data), the job's completion: one transaction, so a job's last result costs one commit."""
+        with self._transaction() as now:
+            records = [self._set_node_states(job_id, {node_id: ui}, "done", now, event="node_done",
+                                             event_node=node_id, data=data, cache=[cache] if cache else [])]
+            if completed is not None:
+                records.append(self._set_status(job_id, JobStatus.COMPLETED, now, event="completed", data=completed))
+        return [record for record in records if record is not None]
+
     def set_node_states(self, job_id: str, nodes: dict[str, dict[str, Any] | None], state: str, *,
                         event: str | None = None, event_node: str = "", data: dict[str, Any] | None = None,
                         cache: list[CacheEntry] | None = None) -> EventRecord | None:

@@ -139,11 +139,14 @@ class JobRunner:
         if not self.completed:
             await self._complete()
 
-    async def _complete(self) -> None:
-        # the images come with the event, so a client needs no second request to find them
+    def _completion(self) -> dict[str, Any]:
+        """The `completed` event's data: the images come with it, so a client needs no second request."""
         images = [image for node_id in self.job.outputs_to_run for image in (self.ui.get(node_id) or {}).get("images", [])]
+        return {"outputs": self.job.outputs_to_run, "images": images}
+
+    async def _complete(self) -> None:
         await self.bus.record(self.store.set_status, self.job.id, JobStatus.COMPLETED, event="completed",
-                              data={"outputs": self.job.outputs_to_run, "images": images})
+                              data=self._completion())
         trace.mark("orchestrator.completed")
         self.completed = True  # only once written: a cancel while waiting for the write still cancels
 
@@ -370,8 +373,11 @@ class JobRunner:
         if done.node_id in self.exported:
             self.values[done.node_id] = list(done.outputs)
             cache = CacheEntry(node.signature, node.class_type, [value_to_dict(v) for v in done.outputs], ui)
-        await self.bus.record(self.store.set_node_state, self.job.id, done.node_id, "done", ui,
-                              event="node_done", data={"class_type": node.class_type, "output": ui}, cache=cache)
-        if self.to_run <= self.finished:
-            # the job's last result: complete it now, not after the stream and group bookkeeping unwind
-            await self._complete()
+        # the job's last result completes it in the same write, not after the stream and groups unwind
+        last = self.to_run <= self.finished
+        await self.bus.record(self.store.finish_node, self.job.id, done.node_id, ui,
+                              data={"class_type": node.class_type, "output": ui}, cache=cache,
+                              completed=self._completion() if last else None)
+        if last:
+            trace.mark("orchestrator.completed")
+            self.completed = True
