@@ -16,6 +16,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from comfymesh import wirejson
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -149,8 +151,8 @@ class JobStore:
             self._db.execute(
                 "INSERT INTO jobs (id, status, number, created, prompt_json, extra_data_json, client_id, "
                 "outputs_to_run) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (job_id, JobStatus.QUEUED, number, now, json.dumps(prompt), json.dumps(extra_data),
-                 client_id, json.dumps(outputs_to_run)))
+                (job_id, JobStatus.QUEUED, number, now, wirejson.dumps(prompt), wirejson.dumps(extra_data),
+                 client_id, wirejson.dumps(outputs_to_run)))
             self._db.executemany(
                 "INSERT INTO node_states (job_id, node_id, class_type, state) VALUES (?, ?, ?, 'pending')",
                 [(job_id, node_id, class_type) for node_id, class_type in nodes.items()])
@@ -281,14 +283,14 @@ class JobStore:
                          cache: list[CacheEntry] | None = None) -> EventRecord | None:
         self._db.executemany("UPDATE node_states SET state = ?, ui_json = COALESCE(?, ui_json) "
                              "WHERE job_id = ? AND node_id = ?",
-                             [(state, json.dumps(ui) if ui is not None else None, job_id, node_id)
+                             [(state, wirejson.dumps(ui) if ui is not None else None, job_id, node_id)
                               for node_id, ui in nodes.items()])
         results = {node_id: ui for node_id, ui in nodes.items() if ui}
         if results:
             row = self._db.execute("SELECT outputs_json FROM jobs WHERE id = ?", (job_id,)).fetchone()
             outputs = json.loads(row["outputs_json"]) if row else {}
             outputs.update(results)
-            self._db.execute("UPDATE jobs SET outputs_json = ? WHERE id = ?", (json.dumps(outputs), job_id))
+            self._db.execute("UPDATE jobs SET outputs_json = ? WHERE id = ?", (wirejson.dumps(outputs), job_id))
         for entry in cache or []:
             self._cache_put(entry, now)
         return self._append(job_id, event, event_node, data or {}, now) if event else None
@@ -309,7 +311,7 @@ class JobStore:
     # events ----------------------------------------------------------------------------------
     def _append(self, job_id: str, type_: str, node_id: str, data: dict[str, Any], ts: float) -> EventRecord:
         cursor = self._db.execute("INSERT INTO events (job_id, type, node_id, data_json, ts) VALUES (?, ?, ?, ?, ?)",
-                                  (job_id, type_, node_id, json.dumps(data), ts))
+                                  (job_id, type_, node_id, wirejson.dumps(data), ts))
         return EventRecord(int(cursor.lastrowid or 0), job_id, type_, node_id, data, ts)
 
     def append_event(self, job_id: str, type_: str, node_id: str = "",

@@ -19,7 +19,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from comfymesh import trace
+from comfymesh import trace, wirejson
 from comfymesh.artifacts import ArtifactStore, decode_value, encode_value
 from comfymesh.catalog import Catalog
 from comfymesh.errors import NodeInputError
@@ -132,7 +132,7 @@ class GroupRun:
         for slot, value in enumerate(outputs):
             self.values[(call.node_id, slot)] = value
         trace.mark(f"stage.node_done.{call.class_type}")
-        done = stage_pb2.NodeDone(node_id=call.node_id, ui_json=json.dumps(ctx.ui) if ctx.ui else "")
+        done = stage_pb2.NodeDone(node_id=call.node_id, ui_json=wirejson.dumps(ctx.ui) if ctx.ui else "")
         if call.node_id in self.exported and outputs:
             self.writes.append((call, _writer.submit(self._export, call, types, outputs, done)))
         else:

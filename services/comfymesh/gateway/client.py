@@ -10,6 +10,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from comfymesh import wirejson
 from comfymesh.jobs import EventRecord
 from comfymesh.rpc import open_channel
 from comfymesh.rpc.channels import max_message_bytes
@@ -82,7 +83,7 @@ class OrchestratorClient:
                      priority: float | None = None, front: bool = False, targets: list[str] | None = None,
                      timeout_s: float = 0.0, webhook_url: str = "", user: str = "") -> SubmitResult:
         request = orchestrator_pb2.WorkflowRequest(
-            prompt_json=json.dumps(prompt), extra_data_json=json.dumps(extra_data), client_id=client_id,
+            prompt_json=wirejson.dumps(prompt), extra_data_json=wirejson.dumps(extra_data), client_id=client_id,
             job_id=job_id, priority=priority or 0.0, has_priority=priority is not None, front=front,
             partial_execution_targets=targets or [], timeout_s=timeout_s, webhook_url=webhook_url, user=user)
         try:

@@ -11,7 +11,7 @@ from typing import Any
 
 import grpc
 
-from comfymesh import trace
+from comfymesh import trace, wirejson
 from comfymesh.artifacts import ArtifactStore
 from comfymesh.artifacts.codec import ref_from_proto
 from comfymesh.catalog import Catalog
@@ -88,8 +88,10 @@ class JobRunner:
     """Runs one job to its end; raises nothing except cancellation (which the scheduler records)."""
 
     def __init__(self, job: JobRecord, settings: Settings, catalog: Catalog, store: ArtifactStore,
-                 bus: EventBus, pool: ReplicaPool) -> None:
+                 bus: EventBus, pool: ReplicaPool, plan: Plan | None = None) -> None:
+        """`plan`: the job's unsigned plan, where its submit just made one."""
         self.job = job
+        self._unsigned = plan
         self.settings = settings
         self.catalog = catalog
         self.artifacts = store
@@ -151,7 +153,7 @@ class JobRunner:
         self.completed = True  # only once written: a cancel while waiting for the write still cancels
 
     async def _execute(self) -> None:
-        plan = plan_prompt(self.job.prompt, self.job.outputs_to_run, self.catalog, sign=False)
+        plan = self._unsigned or plan_prompt(self.job.prompt, self.job.outputs_to_run, self.catalog, sign=False)
         # only stages the outputs need: a node off every output's path never runs, so its stage may be down
         stages = {node.stage for node in plan.nodes.values()}
         versions = {stage: await self.pool.describe(stage) for stage in stages if stage in self.pool.replicas}
@@ -241,14 +243,14 @@ class JobRunner:
         remaining = [n for n in group.node_ids if n not in self.values]
         request = stage_pb2.StageRequest(
             job_id=self.job.id, group_id=group.group_id, attempt=attempt,
-            prompt_json=json.dumps(self.job.prompt),
-            extra_pnginfo_json=json.dumps(self.job.extra_data.get("extra_pnginfo") or {}),
+            prompt_json=wirejson.dumps(self.job.prompt),
+            extra_pnginfo_json=wirejson.dumps(self.job.extra_data.get("extra_pnginfo") or {}),
             export_node_ids=self._exports(group, remaining), previews=self.previews,
             user=str((self.job.extra_data.get("comfymesh") or {}).get("user", "")))
         for node_id in remaining:
             node = self.plan.nodes[node_id]
             call = request.nodes.add(node_id=node_id, class_type=node.class_type,
-                                     literal_inputs_json=json.dumps(node.literals), is_output=node.is_output)
+                                     literal_inputs_json=wirejson.dumps(node.literals), is_output=node.is_output)
             for name, (source, slot) in node.links.items():
                 call.links[name].node_id = source
                 call.links[name].slot = slot

@@ -16,7 +16,7 @@ from comfymesh.artifacts import ArtifactStore
 from comfymesh.catalog import Catalog
 from comfymesh.catalog.files import resolve_image_name
 from comfymesh.config import Settings
-from comfymesh.graph import plan_prompt, validate_prompt
+from comfymesh.graph import Plan, plan_prompt, validate_prompt
 from comfymesh.graph.limits import resource_limits
 from comfymesh.jobs import JobRecord, JobStatus, JobStore
 from comfymesh.logs import log_fields
@@ -61,6 +61,7 @@ class Scheduler:
         self._limits = resource_limits(settings.max_pixels, settings.max_batch, settings.max_steps)
         self._recovered = False  # jobs start straight from submit only once recovery has re-queued old ones
         self._expiring: set[str] = set()
+        self._plans: dict[str, Plan] = {}  # jobs started from their submit: the plan made there
 
     def _custom_checks(self) -> dict[tuple[str, str], Any]:
         home = self.settings.home
@@ -109,8 +110,10 @@ class Scheduler:
         log.info("job accepted", extra=log_fields(job=job_id, nodes=len(nodes), number=number, user=user))
         if self._recovered:
             # start it now, ahead of the reply: the reply is off the job's critical path, the start is not
+            self._plans[job_id] = plan  # its runner takes the plan made here instead of making it again
             await self._dispatch()
             await asyncio.sleep(0)  # one loop turn: the new job's task plans it and calls its stage first
+            self._plans.pop(job_id, None)  # not started now (no room): planned again when it starts
         else:
             self._wake.set()
         return Submission(job_id, number, node_errors=result.node_errors)
@@ -206,7 +209,8 @@ class Scheduler:
                                          "outputs": job.outputs, "finished": job.finished})
 
     async def _drive(self, job: JobRecord) -> None:
-        runner = JobRunner(job, self.settings, self.catalog, self.artifacts, self.bus, self.pool)
+        runner = JobRunner(job, self.settings, self.catalog, self.artifacts, self.bus, self.pool,
+                           plan=self._plans.pop(job.id, None))
         try:
             await runner.run()
         except asyncio.CancelledError:

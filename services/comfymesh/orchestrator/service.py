@@ -9,7 +9,7 @@ from typing import TypeAlias
 
 import grpc
 
-from comfymesh import trace
+from comfymesh import trace, wirejson
 from comfymesh.catalog.files import file_digest
 from comfymesh.jobs import JobRecord
 from comfymesh.jobs.store import FINISHED
@@ -74,7 +74,7 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServicer):
             if event.id == 0 and isinstance(data.get("data"), bytes):
                 data["data"] = data["data"].hex()
             yield orchestrator_pb2.JobEvent(id=event.id, job_id=event.job_id, type=event.type,
-                                            node_id=event.node_id, data_json=json.dumps(data), ts=event.ts)
+                                            node_id=event.node_id, data_json=wirejson.dumps(data), ts=event.ts)
 
     def _job_message(self, job: JobRecord, with_nodes: bool) -> orchestrator_pb2.Job:
         message = orchestrator_pb2.Job(
