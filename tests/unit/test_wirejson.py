@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from comfymesh import wirejson
 
 
@@ -19,3 +21,12 @@ def test_values_orjson_refuses_fall_back() -> None:
     huge = {"seed": 2**70}  # beyond 64 bits: validation rejects it later, with ComfyUI's error
     assert json.loads(wirejson.dumps(huge)) == huge
     assert wirejson.dumps({1: "a"}) == json.dumps({1: "a"})  # non-string keys
+
+
+def test_reads_what_the_standard_library_reads() -> None:
+    assert wirejson.loads('{"a": [1, 2.5, "x"]}') == {"a": [1, 2.5, "x"]}
+    assert wirejson.loads(b'{"seed": 1180591620717411303424}') == {"seed": 2**70}
+    nan = wirejson.loads('{"cfg": NaN}')["cfg"]
+    assert nan != nan  # orjson refuses the NaN literal; the standard library reads it
+    with pytest.raises(json.JSONDecodeError):
+        wirejson.loads("{not json")

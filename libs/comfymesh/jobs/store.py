@@ -115,14 +115,14 @@ class EventRecord:
 def _job(row: sqlite3.Row) -> JobRecord:
     return JobRecord(
         id=row["id"], status=row["status"], number=row["number"], created=row["created"],
-        started=row["started"], finished=row["finished"], prompt=json.loads(row["prompt_json"]),
-        extra_data=json.loads(row["extra_data_json"]), client_id=row["client_id"],
-        outputs_to_run=json.loads(row["outputs_to_run"]), outputs=json.loads(row["outputs_json"]),
+        started=row["started"], finished=row["finished"], prompt=wirejson.loads(row["prompt_json"]),
+        extra_data=wirejson.loads(row["extra_data_json"]), client_id=row["client_id"],
+        outputs_to_run=wirejson.loads(row["outputs_to_run"]), outputs=wirejson.loads(row["outputs_json"]),
         error=json.loads(row["error_json"]) if row["error_json"] else None)
 
 
 def _event(row: sqlite3.Row) -> EventRecord:
-    return EventRecord(row["id"], row["job_id"], row["type"], row["node_id"], json.loads(row["data_json"]),
+    return EventRecord(row["id"], row["job_id"], row["type"], row["node_id"], wirejson.loads(row["data_json"]),
                        row["ts"])
 
 

@@ -9,7 +9,6 @@ stored; the group's call ends only after every write has finished (or failed, wh
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
@@ -59,8 +58,8 @@ class GroupRun:
         self.cancelled = cancelled
         self.values: dict[tuple[str, int], Any] = {}
         self.exported = set(request.export_node_ids)
-        self.prompt = json.loads(request.prompt_json) if request.prompt_json else None
-        self.extra_pnginfo = json.loads(request.extra_pnginfo_json) if request.extra_pnginfo_json else None
+        self.prompt = wirejson.loads(request.prompt_json) if request.prompt_json else None
+        self.extra_pnginfo = wirejson.loads(request.extra_pnginfo_json) if request.extra_pnginfo_json else None
         self.writes: list[tuple[stage_pb2.NodeCall, Future[None]]] = []
 
     def run(self) -> None:
@@ -108,7 +107,7 @@ class GroupRun:
             from comfymesh.errors import InterruptedError_
             raise InterruptedError_("Processing interrupted", node_id=call.node_id)
         self.emit(stage_pb2.StageEvent(started=stage_pb2.NodeStarted(node_id=call.node_id)))
-        inputs: dict[str, Any] = json.loads(call.literal_inputs_json) if call.literal_inputs_json else {}
+        inputs: dict[str, Any] = wirejson.loads(call.literal_inputs_json) if call.literal_inputs_json else {}
         for name in call.links:
             inputs[name] = self._input(call, name)
         ctx = NodeContext(

@@ -47,7 +47,7 @@ class OrchestratorUnavailable(Exception):
 
 def _event(message: orchestrator_pb2.JobEvent) -> JobEvent:
     return JobEvent(message.id, message.job_id, message.type, message.node_id,
-                    json.loads(message.data_json) if message.data_json else {}, message.ts)
+                    wirejson.loads(message.data_json) if message.data_json else {}, message.ts)
 
 
 def _unavailable(exc: grpc.aio.AioRpcError) -> bool:

@@ -38,8 +38,8 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServicer):
                               context: Context) -> orchestrator_pb2.WorkflowResponse:
         trace.mark("orchestrator.submit")
         try:
-            prompt = json.loads(request.prompt_json) if request.prompt_json else None
-            extra = json.loads(request.extra_data_json) if request.extra_data_json else {}
+            prompt = wirejson.loads(request.prompt_json) if request.prompt_json else None
+            extra = wirejson.loads(request.extra_data_json) if request.extra_data_json else {}
         except json.JSONDecodeError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"prompt is not JSON: {exc}")
         submission = await self.scheduler.submit(
