@@ -14,7 +14,7 @@ from pathlib import Path
 
 import grpc
 
-from comfymesh import trace
+from comfymesh import gctune, trace
 from comfymesh.artifacts import ArtifactStore
 from comfymesh.catalog import Catalog
 from comfymesh.config import Settings
@@ -131,6 +131,7 @@ def stage_main(stage: str, load_nodes: Callable[[], dict[str, NodeImpl]], packag
     async def run() -> None:
         servicer = StageServicer(stage, load_nodes(), settings, code_version(package_dir), device())
         registrars, names = extra(servicer) if extra else ([], [])
+        gctune.settle(gctune.parse_thresholds(settings.gc_thresholds))
         await serve_stage(servicer, args.listen, registrars, names)
 
     asyncio.run(run())

@@ -7,6 +7,7 @@ import sys
 
 import uvicorn
 
+from comfymesh import gctune
 from comfymesh.config import get_settings
 from comfymesh.gateway.app import create_app
 from comfymesh.gateway.auth import check_bind
@@ -25,6 +26,7 @@ def main() -> None:
         sys.exit(f"comfymesh gateway: {exc}")
     setup_logging("gateway", settings.log_level, settings.log_json)
     app = create_app(settings)
+    gctune.settle(gctune.parse_thresholds(settings.gc_thresholds))
     print(f"comfymesh gateway listening on http://{args.host}:{args.port} "
           f"(API docs at /v1/docs, orchestrator {settings.orchestrator})", flush=True)
     # no access log: it would record `?token=` query strings (the auth middleware strips them for the app)

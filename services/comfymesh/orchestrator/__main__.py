@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import signal
 
+from comfymesh import gctune
 from comfymesh.config import get_settings
 from comfymesh.jobs import JobStore
 from comfymesh.logs import setup_logging
@@ -26,6 +27,7 @@ async def serve(listen: str) -> None:
     server, port = await start_server(
         listen, [lambda s: orchestrator_pb2_grpc.add_OrchestratorServicer_to_server(servicer, s)],
         ["comfymesh.v1.Orchestrator"])
+    gctune.settle(gctune.parse_thresholds(settings.gc_thresholds))
     print(f"comfymesh orchestrator listening on {listen.rsplit(':', 1)[0]}:{port} "
           f"(jobs in {settings.database_path})", flush=True)
     queue = asyncio.create_task(scheduler.run_forever())
