@@ -5,7 +5,9 @@ With Python's defaults (700, 10, 10) a service collects its youngest objects eve
 its whole heap every hundred young collections. A stage holds torch and diffusers (hundreds of thousands
 of objects): measured on the 2-core dev machine, a full collection took 100-200 ms and a middle one 1-3
 ms, and they land inside jobs. So once start-up is done, every object alive is frozen (moved where the
-collector never looks again) and collections are made rarer (bench/README.md, session 4).
+collector never looks again). The thresholds stay Python's by default: raising them (10000,20,20) made
+middle collections rarer but 50 ms long, and was no faster at the median on an H100 host
+(bench/README.md, session 4).
 """
 
 from __future__ import annotations

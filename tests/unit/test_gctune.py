@@ -36,6 +36,6 @@ def test_empty_setting_leaves_the_collector_be(restore_gc: None) -> None:
 
 def test_thresholds_setting_is_validated() -> None:
     assert gctune.parse_thresholds(Settings(gc_thresholds="5000,20,50").gc_thresholds) == (5000, 20, 50)
-    assert gctune.parse_thresholds(Settings().gc_thresholds) == (10000, 20, 20)
+    assert gctune.parse_thresholds(Settings().gc_thresholds) == (700, 10, 10)  # Python's own
     with pytest.raises(ValidationError):
         Settings(gc_thresholds="many")

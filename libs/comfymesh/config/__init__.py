@@ -28,7 +28,7 @@ class Settings(BaseSettings):
     stage_slots: int = Field(2, ge=1, le=64, description="stage calls one stage replica runs at once")
     gil_switch_interval_s: float = Field(0.0005, gt=0, le=1,
                                          description="a stage process's GIL switch interval (sys.setswitchinterval)")
-    gc_thresholds: str = Field("10000,20,20", pattern=r"^(\d+,\d+,\d+)?$",
+    gc_thresholds: str = Field("700,10,10", pattern=r"^(\d+,\d+,\d+)?$",
                                description="every service's garbage-collector thresholds (young,middle,old; "
                                            "set after start-up froze its heap; empty: Python's collector untouched)")
     max_running_jobs: int = Field(4, ge=1, le=256, description="jobs the orchestrator drives at once")
