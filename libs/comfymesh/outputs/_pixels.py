@@ -46,5 +46,12 @@ def frames_uint8(images: Any) -> list[np.ndarray]:
         raise ValueError(f"expected an image batch [B,H,W,C], got shape {tuple(batch.shape)}")
     scaled = batch.to(torch.float32) * 255.0
     # NaN -> 0 and +-inf -> the clip bounds, as in to_uint8; the cast truncates like numpy's
-    eight_bit = torch.nan_to_num(scaled, nan=0.0).clamp_(0.0, 255.0).to(torch.uint8).cpu().numpy()
-    return list(eight_bit)
+    eight_bit = torch.nan_to_num(scaled, nan=0.0).clamp_(0.0, 255.0).to(torch.uint8)
+    if eight_bit.is_cuda:
+        # into pinned memory (a cached block after the first frame): one DMA, not a copy staged through the
+        # driver's own buffer as for pageable memory; the arrays keep the block until they are gone
+        host = torch.empty(eight_bit.shape, dtype=torch.uint8, pin_memory=True)
+        host.copy_(eight_bit, non_blocking=True)
+        torch.cuda.current_stream(eight_bit.device).synchronize()
+        return list(host.numpy())
+    return list(eight_bit.numpy())

@@ -111,6 +111,7 @@ class JobRunner:
         self.ui: dict[str, dict[str, Any]] = {}  # UI results of output nodes, run or cached
         self.to_run: set[str] = set()
         self.started = False  # `started` recorded (the job's status is running)
+        self._cached_ui: dict[str, dict[str, Any] | None] = {}  # nodes served from cache, for `cached`
         self.completed = False  # set once `completed` is recorded; nothing may fail the job after that
 
     async def run(self) -> None:
@@ -167,15 +168,14 @@ class JobRunner:
         # nodes not run: served from cache, or only feeding outputs that are
         skipped = [node_id for node_id in plan.order if node_id not in to_run]
         self.ui.update({node_id: ui for node_id, ui in cached.items() if ui})
-        # `started` and `cached` in one transaction
-        await self.bus.record(self.store.start_job, self.job.id, {node_id: cached.get(node_id) for node_id in skipped})
-        self.started = True
-        trace.mark("orchestrator.started")
+        self._cached_ui = {node_id: cached.get(node_id) for node_id in skipped}
         groups = {group.group_id: group for group in plan_groups(plan, to_run)}
         if len(groups) == 1:
-            # the usual case (one stage does everything): no task and wait machinery around the call
+            # the usual case (one stage does everything): no task and wait machinery around the call, and
+            # `started` is written while the stage call travels (_stream_group)
             await self._run_group(next(iter(groups.values())))
             return
+        await self._record_start()
         finished: set[str] = set()
         running: dict[asyncio.Task[None], str] = {}
         try:
@@ -194,6 +194,12 @@ class JobRunner:
                 task.cancel()
             if running:
                 await asyncio.gather(*running, return_exceptions=True)
+
+    async def _record_start(self) -> None:
+        """`started` and `cached` (the nodes served from cache), in one transaction."""
+        await self.bus.record(self.store.start_job, self.job.id, self._cached_ui)
+        self.started = True
+        trace.mark("orchestrator.started")
 
     @staticmethod
     def _nodes_to_run(plan: Plan, cached: set[str]) -> set[str]:
@@ -317,6 +323,15 @@ class JobRunner:
         trace.mark("orchestrator.call_stage")
         call = stub.RunStage(request, wait_for_ready=True)
         stream = call.__aiter__()
+        if not self.started:
+            # one loop turn hands the request to gRPC, whose own threads send it; the job's `started` is
+            # written meanwhile, still ahead of every event of the stage (read below, after it)
+            await asyncio.sleep(0)
+            try:
+                await self._record_start()
+            except BaseException:
+                call.cancel()
+                raise
         try:
             while True:
                 try:
