@@ -5,7 +5,6 @@ Accepted means persisted: `add_job` commits before the caller learns the job id.
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import threading
 import time
@@ -118,7 +117,7 @@ def _job(row: sqlite3.Row) -> JobRecord:
         started=row["started"], finished=row["finished"], prompt=wirejson.loads(row["prompt_json"]),
         extra_data=wirejson.loads(row["extra_data_json"]), client_id=row["client_id"],
         outputs_to_run=wirejson.loads(row["outputs_to_run"]), outputs=wirejson.loads(row["outputs_json"]),
-        error=json.loads(row["error_json"]) if row["error_json"] else None)
+        error=wirejson.loads(row["error_json"]) if row["error_json"] else None)
 
 
 def _event(row: sqlite3.Row) -> EventRecord:
@@ -247,7 +246,7 @@ class JobStore:
             args.append(now)
         if error is not None:
             fields.append("error_json = ?")
-            args.append(json.dumps(error))
+            args.append(wirejson.dumps(error))
         self._db.execute(f"UPDATE jobs SET {', '.join(fields)} WHERE id = ?", [*args, job_id])
         return self._append(job_id, event, "", data or {}, now) if event else None
 
@@ -288,7 +287,7 @@ class JobStore:
         results = {node_id: ui for node_id, ui in nodes.items() if ui}
         if results:
             row = self._db.execute("SELECT outputs_json FROM jobs WHERE id = ?", (job_id,)).fetchone()
-            outputs = json.loads(row["outputs_json"]) if row else {}
+            outputs = wirejson.loads(row["outputs_json"]) if row else {}
             outputs.update(results)
             self._db.execute("UPDATE jobs SET outputs_json = ? WHERE id = ?", (wirejson.dumps(outputs), job_id))
         for entry in cache or []:
@@ -348,7 +347,7 @@ class JobStore:
             if rows:
                 self._db.executemany("UPDATE node_cache SET last_used = ? WHERE signature = ?",
                                      [(time.time(), row["signature"]) for row in rows])
-        return {row["signature"]: (json.loads(row["outputs_json"]), json.loads(row["ui_json"]) if row["ui_json"] else None)
+        return {row["signature"]: (wirejson.loads(row["outputs_json"]), wirejson.loads(row["ui_json"]) if row["ui_json"] else None)
                 for row in rows}
 
     def cache_put(self, signature: str, class_type: str, outputs: list[dict[str, Any]],
@@ -360,7 +359,7 @@ class JobStore:
         self._db.execute(
             "INSERT OR REPLACE INTO node_cache (signature, class_type, outputs_json, ui_json, created, last_used) "
             "VALUES (?, ?, ?, ?, ?, ?)",
-            (entry.signature, entry.class_type, json.dumps(entry.outputs), json.dumps(entry.ui) if entry.ui else "",
+            (entry.signature, entry.class_type, wirejson.dumps(entry.outputs), wirejson.dumps(entry.ui) if entry.ui else "",
              now, now))
 
     def cache_rows(self) -> list[tuple[str, str, float]]:
