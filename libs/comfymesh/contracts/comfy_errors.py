@@ -1,0 +1,16 @@
+"""ComfyUI's error body, built in one place: `{"error": {type, message, details, extra_info}, "node_errors"}`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def error_detail(type: str, message: str, details: str = "", extra_info: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One error as ComfyUI writes it, inside the body and in each node's `errors` list."""
+    return {"type": type, "message": message, "details": details, "extra_info": extra_info or {}}
+
+
+def error_body(type: str, message: str, details: str = "", extra_info: dict[str, Any] | None = None,
+               node_errors: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The body ComfyUI answers a refused request with."""
+    return {"error": error_detail(type, message, details, extra_info), "node_errors": node_errors or {}}
