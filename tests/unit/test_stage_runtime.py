@@ -11,6 +11,7 @@ import numpy as np
 
 from comfymesh.artifacts import ArtifactStore, decode_value
 from comfymesh.catalog import Catalog
+from comfymesh.graph.limits import OutputLimits
 from comfymesh.stage.node import NodeContext
 from comfymesh.stage.runtime import GroupRun
 from comfymesh.v1 import stage_pb2
@@ -31,7 +32,7 @@ def _request(*node_ids: str) -> stage_pb2.StageRequest:
 def _run(tmp_path: Path, store_url: str, *node_ids: str) -> list[stage_pb2.StageEvent]:
     events: list[stage_pb2.StageEvent] = []
     GroupRun(_request(*node_ids), {"EmptyLatentImage": _latent}, Catalog(tmp_path), ArtifactStore(store_url),
-             tmp_path, events.append, threading.Event()).run()
+             tmp_path, events.append, threading.Event(), OutputLimits(max_pixels=2**24, max_batch=64)).run()
     return events
 
 

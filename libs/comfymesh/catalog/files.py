@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import stat
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 # (class, input) -> folder under the data root that the input's value names a file in
 FILE_INPUTS: dict[tuple[str, str], str] = {
@@ -24,9 +26,13 @@ _digests: dict[str, list[Any]] | None = None  # path -> [size, mtime_ns, inode, 
 _digest_lock = threading.Lock()
 
 
+def _relative_name(name: str) -> bool:
+    return bool(name) and "\x00" not in name and not name.startswith(("/", "\\")) and "\\" not in name
+
+
 def resolve_inside(folder: Path, name: str) -> Path | None:
     """`folder/name` if it stays inside `folder` (no '..', absolute path or symlink leaving it)."""
-    if not name or "\x00" in name or name.startswith(("/", "\\")) or "\\" in name:
+    if not _relative_name(name):
         return None
     root = folder.resolve()
     candidate = (root / name).resolve()
@@ -35,12 +41,54 @@ def resolve_inside(folder: Path, name: str) -> Path | None:
     return candidate
 
 
-def resolve_image_name(home: Path, name: str) -> Path | None:
-    """LoadImage's value: `x.png`, `sub/x.png`, or `x.png [output]` naming another folder."""
-    folder = "input"
+class FileRefused(ValueError):
+    """A file a node names may not be read; the message says why, naming no absolute path."""
+
+
+def open_inside(folder: Path, name: str) -> BinaryIO:
+    """Open the regular file `folder/name` for reading, checked at open time, not only when validated.
+
+    The last part is opened without following a symlink (O_NOFOLLOW), and the opened file must be the
+    one at its real path inside `folder`; so a symlink swapped in after the orchestrator validated the
+    name (at that part or a folder above it) is refused before a byte is read. A FIFO or device is
+    refused too (O_NONBLOCK: opening one must not wait for a writer). FileNotFoundError if missing.
+    """
+    root = os.path.realpath(folder)
+    path = os.path.normpath(os.path.join(root, name)) if _relative_name(name) else root
+    if os.path.commonpath((root, path)) != root or path == root:
+        raise FileRefused("the name leaves its folder")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise FileRefused("it is a symbolic link; only regular files are read") from None
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+            raise FileNotFoundError(errno.ENOENT, "no such file") from None
+        raise
+    try:
+        opened = os.fstat(fd)
+        if not stat.S_ISREG(opened.st_mode):
+            raise FileRefused("it is not a regular file")
+        real = os.path.realpath(path)
+        if os.path.commonpath((root, real)) != root or not os.path.samestat(opened, os.stat(real)):
+            raise FileRefused("it leaves its folder through a symbolic link")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def split_image_name(name: str) -> tuple[str, str]:
+    """LoadImage's value as (folder, name): `x.png`, `sub/x.png`, or `x.png [output]` naming another folder."""
     for suffix, annotated in _ANNOTATIONS.items():
         if name.endswith(" " + suffix):
-            name, folder = name[: -len(suffix) - 1], annotated
+            return annotated, name[: -len(suffix) - 1]
+    return "input", name
+
+
+def resolve_image_name(home: Path, name: str) -> Path | None:
+    """LoadImage's value (see split_image_name) as the file it names inside its folder."""
+    folder, name = split_image_name(name)
     return resolve_inside(home / folder, name)
 
 

@@ -4,6 +4,10 @@ A node implementation is a plain function `impl(ctx, **inputs) -> tuple` whose i
 resolved values (literals, or tensors read from the artifact store) and whose tuple matches the
 node's declared outputs. Output nodes return `()` and set `ctx.ui`.
 
+The runtime refuses any IMAGE, MASK or LATENT output over the server's per-node limits before the next
+node runs; a node whose output size is known before its work (a file's header, a scale factor) calls
+`ctx.check_size` first, so that the work over the limit is never done.
+
 Python-side value forms (what `inputs` hold and what impls return):
 - IMAGE: float32 array [B, H, W, C] in [0, 1] (numpy or torch; the runtime stores either)
 - MASK: float32 array [B, H, W]
@@ -21,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from comfymesh.errors import InterruptedError_
+from comfymesh.graph.limits import OutputLimits
 
 
 @dataclass
@@ -40,11 +45,18 @@ class NodeContext:
     ui: dict[str, Any] | None = None
     attempt_key: str = ""
     extras: dict[str, Any] = field(default_factory=dict)
+    # set by the stage runtime; a context made by hand (tests, tools) has no limits
+    limits: OutputLimits | None = None
 
     def check_cancelled(self) -> None:
         """Raise if the job was cancelled; long loops call this once per step."""
         if self.is_cancelled():
             raise InterruptedError_("Processing interrupted", node_id=self.node_id)
+
+    def check_size(self, width: int, height: int, batch: int) -> None:
+        """Refuse, before the work, an output of width x height x batch images over the per-node limits."""
+        if self.limits is not None:
+            self.limits.check(self.node_id, self.class_type, width, height, batch)
 
 
 NodeImpl = Callable[..., tuple[Any, ...]]

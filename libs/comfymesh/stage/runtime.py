@@ -5,12 +5,15 @@ asyncio side through `emit`. Values stay in memory inside the group; only export
 and they are stored by a writer thread while the next node runs (its inputs are the in-memory values),
 so artifact writes stay off the job's critical path. A node's `done` goes out once its outputs are
 stored; the group's call ends only after every write has finished (or failed, which fails that node).
+Every IMAGE, MASK and LATENT a node makes is held to the per-node limits before anything uses it, and
+failure messages name files relative to the data root, never by their absolute path.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -22,6 +25,7 @@ from comfymesh import trace, wirejson
 from comfymesh.artifacts import ArtifactStore, decode_value, encode_value
 from comfymesh.catalog import Catalog
 from comfymesh.errors import NodeInputError
+from comfymesh.graph.limits import OutputLimits
 from comfymesh.logs import log_fields
 from comfymesh.rpc.failures import failure_from_exception
 from comfymesh.stage.node import NodeContext, NodeImpl
@@ -39,16 +43,29 @@ def _hang(ctx: NodeContext) -> None:
     while True:
         ctx.check_cancelled()
         time.sleep(0.05)
+
+
 Emit = Callable[[stage_pb2.StageEvent], None]
 # one writer for every group of this process: writes are short, and one thread keeps them in order
 _writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="artifact-writer")
+# an absolute path of two or more parts, not inside a URL or a relative path (`a/b`, `1/2`)
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.:/~-])(?:/[\w.@+~-]+){2,}")
+
+
+def data_relative(text: str, home: Path) -> str:
+    """`text` with paths under the data root shown relative to it (`input/x.png`) and any other
+    absolute path cut to its last part: where the server keeps its files is not the client's business."""
+    for root in {str(home), os.path.realpath(home)}:
+        text = text.replace(root.rstrip("/") + "/", "")
+    return _ABSOLUTE_PATH.sub(lambda match: match[0].rsplit("/", 1)[1], text)
 
 
 class GroupRun:
     """One RunStage call: the nodes of a group, executed in order."""
 
     def __init__(self, request: stage_pb2.StageRequest, nodes: dict[str, NodeImpl], catalog: Catalog,
-                 store: ArtifactStore, home: Path, emit: Emit, cancelled: threading.Event) -> None:
+                 store: ArtifactStore, home: Path, emit: Emit, cancelled: threading.Event,
+                 limits: OutputLimits) -> None:
         self.request = request
         self.nodes = nodes
         self.catalog = catalog
@@ -56,6 +73,7 @@ class GroupRun:
         self.home = home
         self.emit = emit
         self.cancelled = cancelled
+        self.limits = limits
         self.values: dict[tuple[str, int], Any] = {}
         self.exported = set(request.export_node_ids)
         self.prompt = wirejson.loads(request.prompt_json) if request.prompt_json else None
@@ -77,7 +95,10 @@ class GroupRun:
 
     def _fail(self, call: stage_pb2.NodeCall, exc: Exception) -> None:
         log.warning("node %s (%s) failed: %s", call.node_id, call.class_type, exc)
-        self.emit(stage_pb2.StageEvent(failure=failure_from_exception(exc, call.node_id, call.class_type)))
+        failure = failure_from_exception(exc, call.node_id, call.class_type)
+        failure.message = data_relative(failure.message, self.home)
+        failure.details = data_relative(failure.details, self.home)
+        self.emit(stage_pb2.StageEvent(failure=failure))
 
     def _finish_writes(self) -> None:
         """Wait for this group's pending writes; the first that failed fails its node."""
@@ -117,7 +138,7 @@ class GroupRun:
                 progress=stage_pb2.NodeProgress(node_id=call.node_id, value=value, max=maximum))),
             report_preview=self._preview_reporter(call.node_id),
             is_cancelled=self.cancelled.is_set,
-            attempt_key=f"{self.request.job_id}:{call.node_id}")
+            attempt_key=f"{self.request.job_id}:{call.node_id}", limits=self.limits)
         if call.class_type in _HANG_NODES:
             _hang(ctx)
         trace.mark(f"stage.node.{call.class_type}")
@@ -128,6 +149,8 @@ class GroupRun:
                                                      start=started, ms=round((time.perf_counter() - clock) * 1000, 3)))
         definition = self.catalog.get(call.class_type)
         types = definition.outputs if definition else ()
+        for type_name, value in zip(types, outputs, strict=False):  # before any other node or export sees it
+            self.limits.check_value(call.node_id, call.class_type, type_name, value)
         for slot, value in enumerate(outputs):
             self.values[(call.node_id, slot)] = value
         trace.mark(f"stage.node_done.{call.class_type}")

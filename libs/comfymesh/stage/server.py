@@ -18,9 +18,11 @@ from comfymesh import gctune, trace
 from comfymesh.artifacts import ArtifactStore
 from comfymesh.catalog import Catalog
 from comfymesh.config import Settings
+from comfymesh.graph.limits import OutputLimits
 from comfymesh.logs import log_fields
 from comfymesh.outputs import preview_image, save_image
 from comfymesh.rpc import start_server
+from comfymesh.rpc.server import ServerConfigError, server_credentials
 from comfymesh.stage.node import NodeImpl
 from comfymesh.stage.runtime import GroupRun
 from comfymesh.v1 import stage_pb2, stage_pb2_grpc
@@ -49,6 +51,7 @@ class StageServicer(stage_pb2_grpc.StageServicer):
         self.device = device
         self.catalog = Catalog(settings.home)
         self.store = ArtifactStore(settings.artifacts)
+        self.limits = OutputLimits(settings.max_pixels, settings.max_batch)
         self.slots = asyncio.Semaphore(settings.stage_slots)
         self.executor = ThreadPoolExecutor(max_workers=settings.stage_slots, thread_name_prefix=stage)
 
@@ -69,7 +72,7 @@ class StageServicer(stage_pb2_grpc.StageServicer):
             def run() -> None:
                 try:
                     GroupRun(request, self.nodes, self.catalog, self.store, self.settings.home, emit,
-                             cancelled).run()
+                             cancelled, self.limits).run()
                 finally:
                     emit(None)
 
@@ -122,6 +125,10 @@ def stage_main(stage: str, load_nodes: Callable[[], dict[str, NodeImpl]], packag
     args = parser.parse_args()
     settings = get_settings()
     setup_logging(stage, settings.log_level, settings.log_json)
+    try:
+        server_credentials(args.listen, settings)  # refused before the slow start-up (a model warm-up)
+    except ServerConfigError as exc:
+        sys.exit(f"comfymesh {stage} stage: {exc}")
     # The node thread, the PNG encoder's threads and the gRPC loop hand the GIL back and forth; with the
     # default 5 ms switch interval a thread leaving C code (zlib, torch) can wait that long for it
     # behind a thread running Python (measured: a 512² PNG encode, 15 ms alone, took 130 ms next to one

@@ -5,47 +5,42 @@ Inputs follow /object_info (comfyui-api.md §8.4); the pixel work is in `ops` (I
 
 from __future__ import annotations
 
-import os
-import re
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-from wand.exceptions import WandException
 
+from comfymesh.catalog.files import FileRefused, open_inside, split_image_name
 from comfymesh.errors import NodeInputError
 from comfymesh.imaging import ops
 from comfymesh.outputs import as_image_batch
 from comfymesh.stage.node import NodeContext, NodeImpl
 
-_ANNOTATION = re.compile(r"^(?P<name>.*) \[(?P<folder>input|output|temp)\]$")
 
-
-def _input_file(ctx: NodeContext, image: str) -> Path:
-    """Resolve LoadImage's `name`, `sub/name` or `name [output|input|temp]` inside its folder."""
-    folder, name = "input", image
-    if match := _ANNOTATION.match(image):
-        folder, name = match["folder"], match["name"]
-    base = os.path.abspath(ctx.home / folder)
-    path = os.path.abspath(os.path.join(base, name))
-    if os.path.isabs(name) or os.path.commonpath((base, path)) != base or path == base:
-        raise NodeInputError(f"Image path {image!r} leaves the {folder} folder", node_id=ctx.node_id)
-    return Path(path)
+def _read_input(ctx: NodeContext, image: str) -> bytes:
+    """The bytes of the file LoadImage's `name`, `sub/name` or `name [output|input|temp]` names."""
+    folder, name = split_image_name(image)
+    try:
+        with open_inside(ctx.home / folder, name) as handle:
+            return handle.read()
+    except FileNotFoundError:
+        raise NodeInputError(f"Invalid image file: {image}", node_id=ctx.node_id) from None
+    except FileRefused as exc:
+        raise NodeInputError(f"Cannot load {folder}/{name}: {exc}. Name a file inside the {folder} folder.",
+                             node_id=ctx.node_id) from None
 
 
 def load_image(ctx: NodeContext, image: str) -> tuple[np.ndarray, np.ndarray]:
-    """LoadImage: IMAGE [B,H,W,3] and MASK = 1 - alpha, or a 64x64 zero mask without alpha."""
-    path = _input_file(ctx, image)
+    """LoadImage: IMAGE [B,H,W,3] and MASK = 1 - alpha, or a 64x64 zero mask without alpha.
+
+    The header is read first: a file whose frames would be over the per-node limits is never decoded.
+    """
+    data = _read_input(ctx, image)
     try:
-        data = path.read_bytes()
-    except (FileNotFoundError, IsADirectoryError):
-        raise NodeInputError(f"Invalid image file: {image}", node_id=ctx.node_id) from None
-    try:
+        ctx.check_size(*ops.image_extent(data))
         pixels, alpha = ops.decode_image(data)
-    except ops.UnsupportedImage as exc:
-        raise NodeInputError(f"Cannot load {image}: {exc}", node_id=ctx.node_id) from exc
-    except WandException as exc:  # a corrupt or truncated file
-        raise NodeInputError(f"Cannot decode image {image}: {exc}", node_id=ctx.node_id) from exc
+    except ops.UnreadableImage as exc:
+        raise NodeInputError(f"Cannot load {image}: {exc}. Upload it again or choose another file.",
+                             node_id=ctx.node_id) from exc
     if alpha is None:
         mask = np.zeros((pixels.shape[0], 64, 64), dtype=np.float32)
     else:
@@ -74,6 +69,7 @@ def image_scale(ctx: NodeContext, image: Any, upscale_method: str, width: int, h
         width = max(1, round(images.shape[2] * height / images.shape[1]))
     elif height == 0:
         height = max(1, round(images.shape[1] * width / images.shape[2]))
+    ctx.check_size(width, height, images.shape[0])
     return (_upscale(images, upscale_method, width, height, crop),)
 
 
@@ -82,6 +78,7 @@ def image_scale_by(ctx: NodeContext, image: Any, upscale_method: str, scale_by: 
     images = as_image_batch(image)
     width = max(1, round(images.shape[2] * scale_by))
     height = max(1, round(images.shape[1] * scale_by))
+    ctx.check_size(width, height, images.shape[0])
     return (_upscale(images, upscale_method, width, height, "disabled"),)
 
 
@@ -124,6 +121,7 @@ def image_batch(ctx: NodeContext, image1: Any, image2: Any) -> tuple[np.ndarray]
     if first.shape[3] != second.shape[3]:
         raise NodeInputError(
             f"Cannot batch images with {first.shape[3]} and {second.shape[3]} channels", node_id=ctx.node_id)
+    ctx.check_size(first.shape[2], first.shape[1], first.shape[0] + second.shape[0])
     if first.shape[1:3] != second.shape[1:3]:
         second = _upscale(second, "bilinear", first.shape[2], first.shape[1], "center")
     return (np.concatenate([first, second]),)
@@ -132,6 +130,7 @@ def image_batch(ctx: NodeContext, image1: Any, image2: Any) -> tuple[np.ndarray]
 def empty_image(ctx: NodeContext, width: int, height: int, batch_size: int = 1,
                 color: int = 0) -> tuple[np.ndarray]:
     """EmptyImage: a batch filled with 0xRRGGBB (each channel as byte/255, like ComfyUI)."""
+    ctx.check_size(width, height, batch_size)
     # Divide in float64, then round once to float32, as ComfyUI's Python floats do.
     rgb = (np.array([(color >> 16) & 0xFF, (color >> 8) & 0xFF, color & 0xFF]) / 255.0).astype(np.float32)
     return (np.broadcast_to(rgb, (batch_size, height, width, 3)).copy(),)

@@ -9,12 +9,16 @@ The library is Q16 without HDRI: values are held as 16-bit integers, so a round 
 from __future__ import annotations
 
 import ctypes
+import re
 from collections.abc import Callable, Iterator
 
 import numpy as np
 from wand.api import library
 from wand.color import Color
+from wand.exceptions import WandException
 from wand.image import STORAGE_TYPES, Image
+
+from comfymesh.errors import StageRequestError
 
 # ComfyUI's upscale methods as ImageMagick resize filters. ImageMagick maps pixel centres the way
 # torch does with align_corners=False, so upscales agree; on downscales ImageMagick widens the filter
@@ -83,16 +87,25 @@ def _channel_groups(frame: np.ndarray) -> Iterator[np.ndarray]:
             yield np.repeat(frame[:, :, channel:channel + 1], 3, axis=2)
 
 
+def wand_reason(exc: WandException) -> str:
+    """ImageMagick's complaint without the blob's name and the source location (`@ error/png.c/...`)."""
+    return re.split(r" [`@]", str(exc), maxsplit=1)[0].strip() or type(exc).__name__
+
+
 def map_frames(images: np.ndarray, operation: Callable[[Image], None]) -> np.ndarray:
     """Apply an in-place Wand operation to every frame (and channel group) of a batch."""
     frames = []
-    for frame in images:
-        groups = []
-        for group in _channel_groups(frame):
-            with to_wand(group) as image:
-                operation(image)
-                groups.append(from_wand(image))
-        frames.append(groups[0] if frame.shape[2] == 3 else np.concatenate([g[:, :, :1] for g in groups], 2))
+    try:
+        for frame in images:
+            groups = []
+            for group in _channel_groups(frame):
+                with to_wand(group) as image:
+                    operation(image)
+                    groups.append(from_wand(image))
+            frames.append(groups[0] if frame.shape[2] == 3 else np.concatenate([g[:, :, :1] for g in groups], 2))
+    except WandException as exc:  # ImageMagick's resource limits, mostly
+        raise StageRequestError(f"ImageMagick could not process a {images.shape[2]}x{images.shape[1]} image: "
+                                f"{wand_reason(exc)}") from exc
     return np.stack(frames)
 
 
@@ -171,8 +184,8 @@ def sharpen_kernel(radius: int, sigma: float, alpha: float) -> np.ndarray:
     return kernel
 
 
-class UnsupportedImage(ValueError):
-    """The bytes are not an image in one of the raster formats LoadImage reads."""
+class UnreadableImage(ValueError):
+    """The bytes are not an image LoadImage reads: another format, or a damaged or truncated file."""
 
 
 def sniff_format(data: bytes) -> str | None:
@@ -196,15 +209,44 @@ def sniff_format(data: bytes) -> str | None:
     return None
 
 
+def _raster_format(data: bytes) -> str:
+    file_format = sniff_format(data)
+    if file_format is None:
+        raise UnreadableImage("not a PNG, JPEG, GIF, WebP, BMP or TIFF image")
+    return file_format
+
+
+def image_extent(data: bytes) -> tuple[int, int, int]:
+    """(width, height, frames) at most of what decode_image makes of the file, from its headers alone
+    (ImageMagick's ping: no pixel is decoded). Coalesced frames each take the size of the canvas."""
+    try:
+        with Image.ping(blob=data, format=_raster_format(data)) as image:
+            sizes = [(frame.size, frame.page[:2]) for frame in image.sequence]
+    except WandException as exc:
+        raise UnreadableImage(f"the file is damaged or truncated ({wand_reason(exc)})") from exc
+    if not sizes:
+        raise UnreadableImage("the file holds no image")
+    if len(sizes) == 1:
+        (width, height), _ = sizes[0]
+        return width, height, 1
+    width = max(max(size[0], page[0]) for size, page in sizes)
+    height = max(max(size[1], page[1]) for size, page in sizes)
+    return width, height, len(sizes)
+
+
 def decode_image(data: bytes) -> tuple[np.ndarray, np.ndarray | None]:
     """Decode an image file: EXIF orientation applied, RGB frames [B,H,W,3], alpha [B,H,W] or None.
 
     Animated files become a batch of full (coalesced) frames; frames of another size than the first
-    are dropped, as ComfyUI does.
+    are dropped, as ComfyUI does. UnreadableImage for anything else than a whole raster image.
     """
-    file_format = sniff_format(data)
-    if file_format is None:
-        raise UnsupportedImage("not a PNG, JPEG, GIF, WebP, BMP or TIFF image")
+    try:
+        return _decode(data, _raster_format(data))
+    except WandException as exc:
+        raise UnreadableImage(f"the file is damaged or truncated ({wand_reason(exc)})") from exc
+
+
+def _decode(data: bytes, file_format: str) -> tuple[np.ndarray, np.ndarray | None]:
     with Image(blob=data, format=file_format) as image:
         if len(image.sequence) > 1:
             image.coalesce()
@@ -222,4 +264,6 @@ def decode_image(data: bytes) -> tuple[np.ndarray, np.ndarray | None]:
                 pixels = from_wand(frame, "RGBA")  # alpha reads as 1 where there is none
                 frames.append(pixels[:, :, :3])
                 alphas.append(pixels[:, :, 3])
+    if not frames:
+        raise UnreadableImage("the file holds no image")
     return np.stack(frames), (np.stack(alphas) if has_alpha else None)
