@@ -1,0 +1,143 @@
+"""The one registry of model folders: which folders exist, what files each accepts, and where they live.
+
+Listing (`/models/<folder>`, COMBO choices), validation and loading all ask this registry, so a file
+one of them shows is a file the others accept. Folders follow ComfyUI's names, legacy aliases included
+(`clip` is `text_encoders`, `unet` is `diffusion_models`). Besides `<home>/models/<folder>`, folders may
+come from a file in ComfyUI's `extra_model_paths.yaml` format, so users point at the models they have.
+
+Only safetensors files are accepted: the pickle formats ComfyUI also lists (.ckpt, .pt, .bin, .pth)
+can run code when loaded.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SAFE_SUFFIXES = (".safetensors", ".sft")
+# folder -> the sub-folders of `<home>/models` it reads, first one first (ComfyUI's layout and aliases)
+FOLDERS: dict[str, tuple[str, ...]] = {
+    "checkpoints": ("checkpoints",),
+    "loras": ("loras",),
+    "vae": ("vae",),
+    "vae_approx": ("vae_approx",),
+    "text_encoders": ("text_encoders", "clip"),
+    "diffusion_models": ("diffusion_models", "unet"),
+    "clip_vision": ("clip_vision",),
+    "style_models": ("style_models",),
+    "embeddings": ("embeddings",),
+    "controlnet": ("controlnet", "t2i_adapter"),
+    "gligen": ("gligen",),
+    "upscale_models": ("upscale_models",),
+    "latent_upscale_models": ("latent_upscale_models",),
+    "hypernetworks": ("hypernetworks",),
+    "photomaker": ("photomaker",),
+    "classifiers": ("classifiers",),
+    "model_patches": ("model_patches",),
+    "audio_encoders": ("audio_encoders",),
+}
+ALIASES = {"clip": "text_encoders", "unet": "diffusion_models", "t2i_adapter": "controlnet"}
+
+
+class ExtraPathsError(ValueError):
+    """An extra-model-paths file that cannot be read; the message names the file and the entry."""
+
+
+def canonical(folder: str) -> str | None:
+    """The registry's name for `folder` (aliases resolved), or None for a folder we do not serve."""
+    name = ALIASES.get(folder, folder)
+    return name if name in FOLDERS else None
+
+
+@dataclass(frozen=True)
+class ModelFolders:
+    """Where each model folder's files are: `<home>/models/...` first, then any extra paths, in order."""
+
+    home: Path
+    extra: Mapping[str, tuple[Path, ...]]
+
+    @classmethod
+    def load(cls, home: Path, extra_paths_file: Path | None = None) -> ModelFolders:
+        """The registry for `home`, with `extra_paths_file` (ComfyUI's YAML format) when it exists."""
+        extra = read_extra_paths(extra_paths_file) if extra_paths_file and extra_paths_file.is_file() else {}
+        return cls(home, extra)
+
+    def roots(self, folder: str) -> list[Path]:
+        """Every directory that holds `folder`'s files, in lookup order (may not all exist)."""
+        name = canonical(folder)
+        if name is None:
+            return []
+        own = [self.home / "models" / sub for sub in FOLDERS[name]]
+        return own + [path for path in self.extra.get(name, ()) if path not in own]
+
+    def accepts(self, filename: str) -> bool:
+        return filename.lower().endswith(SAFE_SUFFIXES)
+
+    def resolve(self, folder: str, name: str) -> Path | None:
+        """The file `name` of `folder` (first root that has it), never outside its root; None if absent."""
+        from comfymesh.catalog.files import resolve_inside
+
+        if not self.accepts(name):
+            return None
+        for root in self.roots(folder):
+            path = resolve_inside(root, name)
+            if path is not None and path.is_file():
+                return path
+        return None
+
+    def walk(self, folder: str) -> Iterable[tuple[Path, str]]:
+        """(directory walked, relative file name with '/') for every accepted file of `folder`."""
+        for root in self.roots(folder):
+            for directory, _, names in os.walk(root, followlinks=True):
+                relative = os.path.relpath(directory, root).replace(os.sep, "/")
+                for filename in names:
+                    if self.accepts(filename) and os.path.isfile(os.path.join(directory, filename)):
+                        yield Path(directory), filename if relative == "." else f"{relative}/{filename}"
+
+
+def read_extra_paths(path: Path) -> dict[str, tuple[Path, ...]]:
+    """Folders from an `extra_model_paths.yaml`: sections with an optional `base_path` (relative to the
+    file) and folder names mapped to one path or several (one per line), relative to `base_path`."""
+    import yaml
+
+    try:
+        document = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ExtraPathsError(f"cannot read extra model paths file {path}: {exc}") from None
+    if not isinstance(document, dict):
+        raise ExtraPathsError(f"{path}: expected sections of folder paths, got {type(document).__name__}")
+    found: dict[str, list[Path]] = {}
+    for section_name, section in document.items():
+        if not isinstance(section, dict):
+            raise ExtraPathsError(f"{path}: section {section_name!r} must map folder names to paths")
+        base = _base_path(path, section.get("base_path"))
+        for key, value in section.items():
+            if key in ("base_path", "is_default"):
+                continue
+            folder = canonical(str(key))
+            if folder is None:
+                continue  # folders of nodes we do not run (custom_nodes, configs, ...)
+            for entry in _entries(path, section_name, key, value):
+                candidate = Path(entry).expanduser()
+                found.setdefault(folder, []).append(candidate if candidate.is_absolute() else base / candidate)
+    return {folder: tuple(paths) for folder, paths in found.items()}
+
+
+def _base_path(path: Path, value: Any) -> Path:
+    if value is None:
+        return path.parent
+    base = Path(str(value)).expanduser()
+    return base if base.is_absolute() else path.parent / base
+
+
+def _entries(path: Path, section: str, key: str, value: Any) -> list[str]:
+    if not isinstance(value, str):
+        raise ExtraPathsError(f"{path}: {section}.{key} must be a path or paths, one per line")
+    return [line.strip() for line in value.splitlines() if line.strip()]
+
+
+__all__ = ["ALIASES", "FOLDERS", "SAFE_SUFFIXES", "ExtraPathsError", "ModelFolders", "canonical",
+           "read_extra_paths"]
