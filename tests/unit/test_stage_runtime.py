@@ -13,7 +13,7 @@ from comfymesh.artifacts import ArtifactStore, decode_value
 from comfymesh.catalog import Catalog
 from comfymesh.graph.limits import OutputLimits
 from comfymesh.stage.node import NodeContext
-from comfymesh.stage.runtime import GroupRun
+from comfymesh.stage.runtime import GroupRun, data_relative
 from comfymesh.v1 import stage_pb2
 
 
@@ -55,3 +55,38 @@ def test_a_failed_write_fails_its_node(tmp_path: Path) -> None:
     events = _run(tmp_path, str(blocked), "7")
     assert [event.WhichOneof("event") for event in events] == ["started", "failure"]
     assert events[-1].failure.node_id == "7"
+
+
+def test_an_output_over_the_limits_fails_its_node_before_anything_uses_it(tmp_path: Path) -> None:
+    store = tmp_path / "artifacts"
+    events: list[stage_pb2.StageEvent] = []
+    # a batch of 2 latents of 64x32 image pixels: 4096 pixels, over a limit of 4000
+    GroupRun(_request("1", "2"), {"EmptyLatentImage": _latent}, Catalog(tmp_path), ArtifactStore(str(store)),
+             tmp_path, events.append, threading.Event(), OutputLimits(max_pixels=4000, max_batch=64)).run()
+    assert [event.WhichOneof("event") for event in events] == ["started", "failure"]
+    failure = events[-1].failure
+    assert failure.node_id == "1" and failure.non_retryable and failure.type == "invalid_input"
+    assert "EmptyLatentImage (node 1)" in failure.message and "64x32x2 = 4096 pixels" in failure.message
+    assert "bigger than max of 4000 (COMFYMESH_MAX_PIXELS)" in failure.message
+    assert not store.exists()  # nothing was exported
+
+
+def test_failure_messages_name_files_relative_to_the_data_root(tmp_path: Path) -> None:
+    def unreadable(ctx: NodeContext, **inputs: Any) -> tuple[Any, ...]:
+        raise PermissionError(13, "Permission denied", str(ctx.home / "input" / "x.png"))
+
+    events: list[stage_pb2.StageEvent] = []
+    request = stage_pb2.StageRequest(job_id="job-1", group_id="g")
+    request.nodes.add(node_id="4", class_type="Unreadable")
+    GroupRun(request, {"Unreadable": unreadable}, Catalog(tmp_path), ArtifactStore(str(tmp_path / "a")),
+             tmp_path, events.append, threading.Event(), OutputLimits(max_pixels=2**24, max_batch=64)).run()
+    assert events[-1].failure.message == "PermissionError: [Errno 13] Permission denied: 'input/x.png'"
+
+
+def test_data_relative_keeps_urls_and_fractions() -> None:
+    home = Path("/srv/my data")
+    assert data_relative("cannot open '/srv/my data/models/vae/x.pt'", home) == "cannot open 'models/vae/x.pt'"
+    assert data_relative("[Errno 2] No such file: '/usr/lib/x86_64/libfoo.so'", home) == \
+        "[Errno 2] No such file: 'libfoo.so'"
+    kept = "posted to http://host/v1/jobs, 1/255 off, width/height, file /tmp"
+    assert data_relative(kept, home) == kept

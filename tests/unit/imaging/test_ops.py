@@ -15,8 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from wand.color import Color
+from wand.image import Image as WandImage
 
 from comfymesh.errors import NodeInputError
+from comfymesh.graph.limits import OutputLimits
 from comfymesh.imaging import ops
 from comfymesh.imaging.nodes import NODES
 from comfymesh.stage.node import NodeContext
@@ -237,3 +240,29 @@ def test_image_batch_resizes_the_second_image(ctx: NodeContext, astronaut: np.nd
     assert batch.shape == (3, 512, 512, 3)
     assert np.allclose(batch[1:], small[0, 0, 0], atol=1e-5)
     assert np.array_equal(batch[0], astronaut[0])
+
+
+def test_header_extent_is_what_decoding_makes(ctx: NodeContext) -> None:
+    # two 4x4 frames on a 100x80 canvas: coalescing makes each frame as large as the canvas
+    with WandImage() as gif:
+        for colour in ("red", "blue"):
+            with WandImage(width=4, height=4, background=Color(colour)) as frame:
+                frame.page = (100, 80, 10, 10)
+                gif.sequence.append(frame)
+        gif.format = "gif"
+        data = gif.make_blob()
+    assert ops.image_extent(data) == (100, 80, 2)
+    assert ops.decode_image(data)[0].shape == (2, 80, 100, 3)
+
+
+def test_load_image_refuses_files_over_the_limits_from_their_header(ctx: NodeContext) -> None:
+    ctx.limits = OutputLimits(max_pixels=10_000, max_batch=4)
+    frames = [Image.new("RGB", (10, 10), (i * 40, 0, 0)) for i in range(5)]
+    frames[0].save(ctx.home / "input" / "five.gif", save_all=True, append_images=frames[1:])
+    Image.new("RGB", (200, 100)).save(ctx.home / "input" / "wide.png")
+    for name, limit in (("five.gif", "COMFYMESH_MAX_BATCH"), ("wide.png", "COMFYMESH_MAX_PIXELS")):
+        with pytest.raises(NodeInputError, match=limit) as err:
+            NODES["LoadImage"](ctx, image=name)
+        assert err.value.node_id == "5" and "Test (node 5)" in err.value.message
+    Image.new("RGB", (50, 40)).save(ctx.home / "input" / "small.png")
+    assert NODES["LoadImage"](ctx, image="small.png")[0].shape == (1, 40, 50, 3)
