@@ -94,3 +94,39 @@ def test_combo_lists_come_from_the_data_root(tmp_path: Path) -> None:
     info = catalog.object_info("CheckpointLoaderSimple")
     assert info["CheckpointLoaderSimple"]["input"]["required"]["ckpt_name"][0] == ["a.safetensors", "b.safetensors"]
     assert catalog.object_info("Nope") == {}
+
+
+def chain(length: int) -> dict[str, dict[str, object]]:
+    """EmptyImage, then `length` ImageInverts one after another, then SaveImage."""
+    prompt: dict[str, dict[str, object]] = {
+        "0": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}}}
+    for index in range(1, length + 1):
+        prompt[str(index)] = {"class_type": "ImageInvert", "inputs": {"image": [str(index - 1), 0]}}
+    prompt["out"] = {"class_type": "SaveImage", "inputs": {"images": [str(length), 0], "filename_prefix": "chain"}}
+    return prompt
+
+
+def test_a_chain_of_thousands_of_nodes_validates_plans_and_groups(tmp_path: Path) -> None:
+    # the walk was recursive: a chain of 494 nodes raised RecursionError
+    catalog = Catalog(tmp_path)
+    result = validate_prompt(chain(3000), catalog)
+    assert result.ok, result.response()
+    plan = plan_prompt(result.prompt, result.outputs, catalog)
+    assert len(plan.order) == 3002 and plan.order[0] == "0" and plan.order[-1] == "out"
+    [group] = plan_groups(plan, set(plan.nodes))
+    assert group.node_ids == plan.order
+
+
+def test_errors_at_the_bottom_of_a_long_chain_reach_its_output(tmp_path: Path) -> None:
+    catalog = Catalog(tmp_path)
+    broken = chain(3000)
+    broken["0"]["inputs"] = {"width": 8, "height": 8, "batch_size": 1, "color": "red"}
+    result = validate_prompt(broken, catalog)
+    assert result.error is not None and result.error["type"] == "prompt_outputs_failed_validation"
+    assert result.node_errors["0"]["errors"][0]["type"] == "invalid_input_type"
+    assert result.node_errors["0"]["dependent_outputs"] == ["out"]
+    looped = chain(3000)
+    looped["1"]["inputs"] = {"image": ["2999", 0]}  # 2999 reads 2998, ..., 2 reads 1, which reads 2999
+    result = validate_prompt(looped, catalog)
+    assert result.error is not None
+    assert [e["type"] for e in result.node_errors["2999"]["errors"]] == ["dependency_cycle"]

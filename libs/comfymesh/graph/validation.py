@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,6 +11,10 @@ from comfymesh.catalog import Catalog, InputSpec, NodeDef
 from comfymesh.graph.limits import NodeCheck
 
 Prompt = dict[str, dict[str, Any]]
+# A node's check, suspended at each linked input: it yields the source node's id and is sent back whether
+# that node (and everything upstream of it) is valid. Walking with an explicit stack of these keeps a chain
+# of thousands of nodes clear of Python's recursion limit.
+_NodeCheck = Generator[str, bool, bool]
 # Inputs whose value a node checks itself (ComfyUI's VALIDATE_INPUTS): name -> check returning an error or None.
 CustomCheck = Callable[[Any], str | None]
 
@@ -86,6 +90,28 @@ class _Validator:
         self.visiting: set[str] = set()
 
     def node(self, node_id: str) -> bool:
+        """Whether a node and everything upstream of it are valid (depth first, in ComfyUI's order)."""
+        known = self._known(node_id)
+        if known is not None:
+            return known
+        stack = [self._check(node_id)]
+        answer: bool | None = None  # what the check on top of the stack is sent next (None: its start)
+        while stack:
+            try:
+                source = stack[-1].send(answer)  # type: ignore[arg-type]  # None starts a fresh check
+            except StopIteration as finished:
+                stack.pop()
+                answer = finished.value
+                continue
+            answer = self._known(source)
+            if answer is None:
+                stack.append(self._check(source))
+        assert answer is not None
+        return answer
+
+    def _known(self, node_id: str) -> bool | None:
+        """A node's result when it is already known, False (and a cycle error) when it is being checked
+        further down the stack, None when it still has to be checked."""
         if node_id in self.valid:
             return self.valid[node_id]
         if node_id in self.visiting:
@@ -93,6 +119,9 @@ class _Validator:
                 _error("dependency_cycle", "Dependency cycle detected",
                        f"Node '{node_id}' depends on itself through its links"))
             return False
+        return None
+
+    def _check(self, node_id: str) -> _NodeCheck:
         self.visiting.add(node_id)
         node = self.prompt[node_id]
         definition = self.catalog.get(node["class_type"])
@@ -108,7 +137,7 @@ class _Validator:
                 continue
             value = inputs[name]
             if isinstance(value, list):
-                upstream_ok &= self._link(node_id, name, spec, value, errors)
+                upstream_ok &= yield from self._link(node_id, name, spec, value, errors)
             else:
                 self._literal(node, definition, name, spec, _unwrap(value), errors)
         self.visiting.discard(node_id)
@@ -129,7 +158,7 @@ class _Validator:
         return [spec.type, spec.options]
 
     def _link(self, node_id: str, name: str, spec: InputSpec, value: list[Any],
-              errors: list[dict[str, Any]]) -> bool:
+              errors: list[dict[str, Any]]) -> _NodeCheck:
         node_def = self.catalog.get(self.prompt[node_id]["class_type"])
         assert node_def is not None
         config = self._input_config(node_def, spec)
@@ -157,7 +186,7 @@ class _Validator:
                                  input_name=name, input_config=config, received_type=received,
                                  linked_node=[source_id, slot]))
             return False
-        return self.node(source_id)
+        return (yield source_id)
 
     def _literal(self, node: dict[str, Any], node_def: NodeDef, name: str, spec: InputSpec, value: Any,
                  errors: list[dict[str, Any]]) -> None:
@@ -246,8 +275,9 @@ def validate_prompt(prompt: Any, catalog: Catalog, *, targets: list[str] | None 
     validator = _Validator(normalized, catalog, custom_checks or {}, node_check)
     good = [output_id for output_id in outputs if validator.node(output_id)]
     node_errors: dict[str, Any] = {}
+    upstream = {output_id: _dependents(normalized, output_id) for output_id in outputs} if validator.errors else {}
     for node_id, errors in validator.errors.items():
-        dependent = [o for o in outputs if node_id in _dependents(normalized, o)]
+        dependent = [o for o in outputs if node_id in upstream[o]]
         node_errors[node_id] = {"errors": errors, "dependent_outputs": dependent,
                                 "class_type": normalized[node_id]["class_type"]}
     if good:
