@@ -102,6 +102,7 @@ class JobRunner:
         self.values: dict[str, list[common_pb2.Value]] = {}
         self.finished: set[str] = set()
         self.running_nodes: set[str] = set()
+        self.shown_running: set[str] = set()  # nodes the store shows running (kept across a call's retries)
         self.retry = settings.retry_policy
         options = job.extra_data.get("comfymesh") or {}
         self.timeouts = settings.timeout_policy.with_overall(options.get("timeout_s"))
@@ -136,6 +137,10 @@ class JobRunner:
                 await self.bus.record(self.store.start_job, self.job.id, {})
             if exc.node_id:
                 await self.bus.record(self.store.set_node_state, self.job.id, exc.node_id, "failed")
+            if interrupted := self.shown_running - {exc.node_id}:
+                # cut short by the failure, not failed themselves: like nodes never reached, not executed
+                await self.bus.record(self.store.set_node_states, self.job.id, dict.fromkeys(interrupted),
+                                      "pending")
             await self.bus.record(self.store.set_status, self.job.id, JobStatus.FAILED, error=error,
                                   event="failed", data=error)
             return
@@ -280,7 +285,7 @@ class JobRunner:
                     replica.models.add(model)  # its model cache now holds the weights
                 return
             except TimeoutError:
-                node_id = next(iter(self.running_nodes & set(group.node_ids)), "")
+                node_id = self._current_node(group.node_ids)
                 error = TimeoutExceededError(f"a {group.stage} stage call ran longer than its "
                                              f"{self.timeouts.attempt_s:g} s attempt timeout", node_id=node_id,
                                              details="attempt", non_retryable=False)
@@ -302,6 +307,12 @@ class JobRunner:
             await asyncio.sleep(self.retry.backoff(attempt))
         assert error is not None
         raise error
+
+    def _current_node(self, node_ids: list[str]) -> str:
+        """The node a stage call was on: the one running, else the first not finished (the stage runs a
+        group's nodes in order, so that is the one it had reached, or would start next on a retry)."""
+        running = next((node_id for node_id in node_ids if node_id in self.running_nodes), "")
+        return running or next((node_id for node_id in node_ids if node_id not in self.finished), "")
 
     def _model_key(self, group: StageGroup) -> str:
         """The checkpoint a group uses (loaded in it, or named by a handle it is given), for replica affinity."""
@@ -340,7 +351,7 @@ class JobRunner:
                     break
                 except TimeoutError:
                     call.cancel()
-                    node_id = next(iter(self.running_nodes & {c.node_id for c in request.nodes}), "")
+                    node_id = self._current_node([call.node_id for call in request.nodes])
                     raise TimeoutExceededError(
                         f"the stage sent no heartbeat for {self.timeouts.heartbeat_s:g} s"
                         + (f" while running node {node_id}" if node_id else ""), node_id=node_id,
@@ -364,6 +375,7 @@ class JobRunner:
         if kind == "started":
             node_id = event.started.node_id
             self.running_nodes.add(node_id)
+            self.shown_running.add(node_id)
             await self.bus.record(self.store.set_node_state, self.job.id, node_id, "running",
                                   event="node_running", data={"class_type": self.plan.nodes[node_id].class_type})
         elif kind == "progress":
@@ -374,6 +386,7 @@ class JobRunner:
                                     {"format": event.preview.format, "data": event.preview.data})
         elif kind == "done":
             self.running_nodes.discard(event.done.node_id)
+            self.shown_running.discard(event.done.node_id)
             await self._node_done(event.done)
         elif kind == "failure":
             raise exception_from_failure(event.failure)
