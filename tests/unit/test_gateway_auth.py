@@ -34,9 +34,9 @@ def test_public_address_with_auth_is_allowed() -> None:
 
 
 def test_secrets_never_show_in_settings() -> None:
-    settings = Settings(api_token=TOKEN, jwt_keys=SECRET, internal_secret="internal-xyz")
+    settings = Settings(api_token=TOKEN, jwt_keys=SECRET, internal_secret="internal-secret-xyz-0d3a")
     for text in (repr(settings), str(settings), settings.model_dump_json()):
-        assert TOKEN not in text and SECRET not in text and "internal-xyz" not in text
+        assert TOKEN not in text and SECRET not in text and "internal-secret-xyz-0d3a" not in text
 
 
 def _pem(tmp_path: Path, private: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -> Path:
@@ -76,7 +76,7 @@ def test_sessions_and_api_credentials_do_not_mix() -> None:
         authenticator.verify_session(api_jwt)
     # rotating the token ends every session made with the old one
     with pytest.raises(AuthError):
-        Authenticator(Settings(api_token="rotated", jwt_keys=SECRET)).verify_session(session)
+        Authenticator(Settings(api_token="rotated-api-token-77e1", jwt_keys=SECRET)).verify_session(session)
 
 
 def test_a_session_never_outlives_its_jwt() -> None:

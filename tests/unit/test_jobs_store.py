@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from comfymesh.jobs import CacheEntry, JobStatus, JobStore
+import pytest
+
+from comfymesh.jobs import CacheEntry, DamagedDatabaseError, JobStatus, JobStore
 
 
 def add(store: JobStore, job_id: str, number: float) -> None:
@@ -121,3 +123,27 @@ def test_last_result_and_completion_in_one_transaction(tmp_path: Path) -> None:
     store.start_job("b", {})
     assert [r.type for r in store.finish_node("b", "1", None, data={})] == ["node_done"]
     assert store.job_status("b") == JobStatus.RUNNING
+
+
+def test_the_database_and_its_wal_files_are_private(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.db"
+    store = JobStore(path)
+    add(store, "a", 1)
+    parts = [path, path.with_name("jobs.db-wal"), path.with_name("jobs.db-shm")]
+    assert [oct(part.stat().st_mode & 0o777) for part in parts] == ["0o600"] * 3
+    store.close()
+    path.chmod(0o644)  # made by an older version: tightened at the next start
+    JobStore(path).close()
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+
+
+def test_a_damaged_file_is_refused_with_what_to_do(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.db"
+    store = JobStore(path)
+    add(store, "a", 1)
+    store.close()
+    with path.open("r+b") as handle:
+        handle.write(b"not a database, " * 16)  # over the header
+    with pytest.raises(DamagedDatabaseError, match="is damaged") as refused:
+        JobStore(path)
+    assert str(path) in str(refused.value) and "backup" in str(refused.value) and ".recover" in str(refused.value)

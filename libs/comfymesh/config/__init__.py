@@ -6,10 +6,14 @@ import os
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from comfymesh.config.policies import RetryPolicy, TimeoutPolicy
+
+# shorter tokens and secrets are refused at start-up: they fall to guessing
+MIN_SECRET_LENGTH = 16
+MAKE_SECRET = "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
 
 
 class Settings(BaseSettings):
@@ -59,6 +63,19 @@ class Settings(BaseSettings):
     session_ttl_s: float = Field(12 * 3600.0, gt=0, description="lifetime of a browser login's session cookie")
     internal_secret: SecretStr = Field(SecretStr(""), description="shared secret every gRPC call between "
                                                                   "services must carry")
+    grpc_tls_cert: str = Field("", description="PEM certificate chain a gRPC service presents (with grpc_tls_key)")
+    grpc_tls_key: str = Field("", description="PEM private key of grpc_tls_cert")
+    grpc_tls_ca: str = Field("", description="PEM CA certificates gRPC clients verify services against "
+                                             "(set: every channel uses TLS)")
+
+    @field_validator("api_token", "internal_secret")
+    @classmethod
+    def _long_enough(cls, value: SecretStr) -> SecretStr:
+        length = len(value.get_secret_value())
+        if 0 < length < MIN_SECRET_LENGTH:
+            raise ValueError(f"{length} characters is too short to resist guessing: use at least "
+                             f"{MIN_SECRET_LENGTH} random characters, e.g. the output of {MAKE_SECRET}")
+        return value
 
     @field_validator("home")
     @classmethod
@@ -106,8 +123,18 @@ class Settings(BaseSettings):
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    """The process-wide settings, read once at start-up."""
-    return Settings()
+    """The process-wide settings, read once at start-up; invalid ones stop the process with a line for each."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise SystemExit(configuration_problems(exc)) from None
+
+
+def configuration_problems(exc: ValidationError) -> str:
+    """One line per refused setting, named by its variable; never the value (it may be a secret)."""
+    lines = [f"COMFYMESH_{'_'.join(str(part) for part in error['loc']).upper()}: "
+             f"{error['msg'].removeprefix('Value error, ')}" for error in exc.errors()]
+    return "comfymesh: invalid configuration\n  " + "\n  ".join(lines)
 
 
 __all__ = ["RetryPolicy", "Settings", "TimeoutPolicy", "get_settings"]

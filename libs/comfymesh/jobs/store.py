@@ -1,10 +1,12 @@
 """SQLite job store. One writer (the orchestrator); WAL so readers never block it.
 
-Accepted means persisted: `add_job` commits before the caller learns the job id.
+Accepted means persisted: `add_job` commits before the caller learns the job id. The file is private
+(0600, with its WAL and shared-memory files) and checked for damage before the store opens.
 """
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 import time
@@ -125,14 +127,53 @@ def _event(row: sqlite3.Row) -> EventRecord:
                        row["ts"])
 
 
+class DamagedDatabaseError(Exception):
+    """The job database cannot be trusted; the message names the file and what to do."""
+
+    def __init__(self, path: Path, problem: str) -> None:
+        super().__init__(
+            f"the job database {path} is damaged ({problem}). Nothing was changed. Stop every comfymesh "
+            f"service, then either restore {path} from a backup, or keep what can still be read "
+            f"(`sqlite3 {path} .recover | sqlite3 {path}.recovered`, then move {path}.recovered to {path}), or "
+            f"move {path} and its -wal and -shm files aside to start with an empty job store.")
+        self.path = path
+
+
+def _make_private(path: Path) -> None:
+    """Create the database file (and tighten an existing one and its WAL and shared-memory files) to 0600:
+    prompts, outputs and users are nobody else's business. SQLite gives new WAL files the database's mode."""
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    for part in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        if part.exists():
+            os.chmod(part, 0o600)
+
+
+def _quick_check(db: sqlite3.Connection) -> str:
+    """'' when SQLite's quick_check finds nothing wrong, else its first findings (or the error it raised).
+
+    quick_check reads every page (about 0.1 s for 10,000 jobs, ~100 MB); integrity_check also matches
+    every index against its table and takes three times longer."""
+    try:
+        rows = [str(row[0]) for row in db.execute("PRAGMA quick_check(5)").fetchall()]
+    except sqlite3.DatabaseError as exc:
+        return str(exc)
+    return "" if rows == ["ok"] else "; ".join(rows)
+
+
 class JobStore:
     """Synchronous and thread-safe; the orchestrator calls it through `asyncio.to_thread`."""
 
     def __init__(self, path: Path) -> None:
+        """Open (or create) the store; raises DamagedDatabaseError when the file fails SQLite's check."""
         path.parent.mkdir(parents=True, exist_ok=True)
+        _make_private(path)
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
         self._db.row_factory = sqlite3.Row
         self._lock = threading.Lock()
+        problem = _quick_check(self._db)
+        if problem:
+            self._db.close()
+            raise DamagedDatabaseError(path, problem)
         with self._lock:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")

@@ -1,8 +1,10 @@
-"""Client channels with the same message-size bound as the servers (tensors never cross gRPC)."""
+"""Client channels with the same message-size bound as the servers (tensors never cross gRPC), over TLS
+when COMFYMESH_GRPC_TLS_CA names the CA to verify services against."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import grpc
 
@@ -24,8 +26,23 @@ def channel_options() -> list[tuple[str, int]]:
             ("grpc.max_reconnect_backoff_ms", 2_000)]
 
 
+def read_pem(setting: str, path: str) -> bytes:
+    """The PEM file a TLS setting names; ValueError naming the setting when it is unreadable or not PEM."""
+    try:
+        data = Path(path).expanduser().read_bytes()
+    except OSError as exc:
+        raise ValueError(f"{setting} names {path}, which cannot be read ({exc.strerror})") from None
+    if b"-----BEGIN " not in data:
+        raise ValueError(f"{setting} names {path}, which is not a PEM file")
+    return data
+
+
 def open_channel(address: str, internal_secret: str | None = None) -> grpc.aio.Channel:
     """A channel to another service; its calls carry the internal secret (default: COMFYMESH_INTERNAL_SECRET)."""
-    secret = get_settings().internal_secret.get_secret_value() if internal_secret is None else internal_secret
+    settings = get_settings()
+    secret = settings.internal_secret.get_secret_value() if internal_secret is None else internal_secret
     interceptors = client_interceptors(secret) if secret else None
+    if settings.grpc_tls_ca:
+        credentials = grpc.ssl_channel_credentials(read_pem("COMFYMESH_GRPC_TLS_CA", settings.grpc_tls_ca))
+        return grpc.aio.secure_channel(address, credentials, options=channel_options(), interceptors=interceptors)
     return grpc.aio.insecure_channel(address, options=channel_options(), interceptors=interceptors)

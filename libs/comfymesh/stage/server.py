@@ -23,6 +23,7 @@ from comfymesh.logs import log_fields
 from comfymesh.outputs import preview_image, save_image
 from comfymesh.rpc import start_server
 from comfymesh.rpc.server import ServerConfigError, server_credentials
+from comfymesh.rpc.server import ServerConfigError, server_credentials
 from comfymesh.stage.node import NodeImpl
 from comfymesh.stage.runtime import GroupRun
 from comfymesh.v1 import stage_pb2, stage_pb2_grpc
@@ -125,6 +126,10 @@ def stage_main(stage: str, load_nodes: Callable[[], dict[str, NodeImpl]], packag
     args = parser.parse_args()
     settings = get_settings()
     setup_logging(stage, settings.log_level, settings.log_json)
+    try:
+        server_credentials(args.listen, settings)  # refused before the slow start-up (a model warm-up)
+    except ServerConfigError as exc:
+        sys.exit(f"comfymesh {stage} stage: {exc}")
     try:
         server_credentials(args.listen, settings)  # refused before the slow start-up (a model warm-up)
     except ServerConfigError as exc:

@@ -4,17 +4,26 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import signal
+import sys
 
 from comfymesh import gctune
 from comfymesh.config import get_settings
-from comfymesh.jobs import JobStore
+from comfymesh.jobs import DamagedDatabaseError, JobStore
 from comfymesh.logs import setup_logging
 from comfymesh.orchestrator.replicas import ReplicaPool
 from comfymesh.orchestrator.scheduler import Scheduler
 from comfymesh.orchestrator.service import OrchestratorServicer
 from comfymesh.rpc import start_server
+from comfymesh.rpc.server import ServerConfigError, server_credentials
 from comfymesh.v1 import orchestrator_pb2_grpc
+
+log = logging.getLogger("comfymesh.orchestrator")
+
+
+class RecoveryError(Exception):
+    """Re-queueing the jobs a previous run left behind failed: serving now would leave them stuck."""
 
 
 async def serve(listen: str) -> None:
@@ -23,6 +32,15 @@ async def serve(listen: str) -> None:
     store = JobStore(settings.database_path)
     pool = ReplicaPool({stage: settings.replicas(stage) for stage in ("imaging", "diffusion")})
     scheduler = Scheduler(settings, store, pool)
+    try:
+        # before listening: a store that cannot be recovered must not take submits it would never run
+        await scheduler.recover()
+    except Exception as exc:
+        log.exception("recovery failed; the orchestrator stops")
+        store.close()
+        raise RecoveryError(f"re-queueing the jobs in {settings.database_path} failed ({type(exc).__name__}: "
+                            f"{exc}). Check the file (sqlite3 {settings.database_path} 'PRAGMA integrity_check'); "
+                            "restore a backup, or move it aside to start with an empty job store.") from exc
     servicer = OrchestratorServicer(scheduler)
     server, port = await start_server(
         listen, [lambda s: orchestrator_pb2_grpc.add_OrchestratorServicer_to_server(servicer, s)],
@@ -47,7 +65,11 @@ def main() -> None:
     parser.add_argument("--listen", default=settings.orchestrator,
                         help="host:port to serve gRPC on (default: COMFYMESH_ORCHESTRATOR, %(default)s)")
     args = parser.parse_args()
-    asyncio.run(serve(args.listen))
+    try:
+        server_credentials(args.listen)  # refused before the store opens
+        asyncio.run(serve(args.listen))
+    except (ServerConfigError, DamagedDatabaseError, RecoveryError) as exc:
+        sys.exit(f"comfymesh orchestrator: {exc}")
 
 
 if __name__ == "__main__":

@@ -150,6 +150,7 @@ class Scheduler:
         # webhooks are at-least-once: deliveries cut short by a crash are sent again
         for job_id in await asyncio.to_thread(self.store.jobs_awaiting_webhook):
             await self._finished(job_id)
+        self._recovered = True
 
     async def collect_garbage_forever(self) -> None:
         policy = RetentionPolicy(cache_max_age_s=self.settings.cache_max_age_s,
@@ -164,8 +165,8 @@ class Scheduler:
             await asyncio.sleep(self.settings.gc_interval_s)
 
     async def run_forever(self) -> None:
-        await self.recover()
-        self._recovered = True
+        if not self._recovered:  # the orchestrator's start-up recovers before it listens
+            await self.recover()
         self._gc = asyncio.create_task(self.collect_garbage_forever())
         while True:
             await self._dispatch()
