@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     rate_limit_burst: int = Field(120, ge=1, description="requests a client may send at once before the rate applies")
     gc_interval_s: float = Field(600.0, gt=0, description="time between retention passes")
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="largest accepted request body")
+    outbound_allow: str = Field("", description="comma-separated networks (CIDR) and host names that outbound "
+                                                "requests (webhooks) may reach although they are loopback, "
+                                                "private or link-local (empty: public addresses only)")
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
     log_json: bool = Field(True, description="structured JSON logs (false: plain text)")
     # secrets are SecretStr so that a logged or printed Settings shows '**********', never the value

@@ -92,6 +92,10 @@ class OrchestratorClient:
             if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
                 raise PromptTooLarge(f"the prompt and its options take {request.ByteSize()} bytes on the wire; "
                                      f"the limit is {max_message_bytes()} (COMFYMESH_GRPC_MAX_MESSAGE_BYTES)") from exc
+            if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:  # refused before anything was stored: HTTP 400
+                error: dict[str, Any] = {"type": "invalid_prompt", "message": "Invalid job options",
+                                         "details": exc.details() or "", "extra_info": {}}
+                return SubmitResult("", 0.0, False, error, {}, False)
             raise
         if reply.queue_full:
             raise QueueFull("the queue is full; retry later")

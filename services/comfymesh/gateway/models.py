@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
+
+from comfymesh.jobs.options import MAX_JOB_ID_LENGTH, MAX_TIMEOUT_S, STORED_KEY
+from comfymesh.outbound import MAX_URL_LENGTH, OutboundRefused, parse_url
 
 
 class WorkflowSubmission(BaseModel):
@@ -13,12 +16,33 @@ class WorkflowSubmission(BaseModel):
     prompt: dict[str, Any] = Field(description="API-format graph: {node_id: {class_type, inputs}}")
     extra_data: dict[str, Any] = Field(default_factory=dict, description="ComfyUI extra_data (extra_pnginfo, ...)")
     client_id: str = Field("", description="ComfyUI websocket client that receives this job's messages")
-    job_id: str = Field("", description="optional caller-chosen id; resubmitting it returns the same job")
-    priority: float | None = Field(None, description="smaller runs first (ComfyUI's `number`)")
+    job_id: str = Field("", max_length=MAX_JOB_ID_LENGTH,
+                        description="optional caller-chosen id; resubmitting it returns the same job")
+    priority: float | None = Field(None, allow_inf_nan=False, description="smaller runs first (ComfyUI's `number`)")
     front: bool = Field(False, description="queue before every waiting job")
-    timeout_s: float = Field(0.0, ge=0, le=7 * 24 * 3600, description="this job's overall timeout (0: default)")
-    webhook_url: str = Field("", max_length=2048, pattern=r"^(https?://.*)?$",
-                             description="POSTed (signed) when the job completes, fails or is cancelled")
+    timeout_s: float = Field(0.0, ge=0, le=MAX_TIMEOUT_S, allow_inf_nan=False,
+                             description="this job's overall timeout in seconds (0: the configured default)")
+    webhook_url: str = Field("", max_length=MAX_URL_LENGTH, pattern=r"^(https?://.*)?$",
+                             description="http(s) URL POSTed (signed) when the job completes, fails or is cancelled; "
+                                         "loopback, private and link-local addresses are refused unless "
+                                         "COMFYMESH_OUTBOUND_ALLOW names them")
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _webhook_url(cls, value: str) -> str:
+        if value:
+            try:
+                parse_url(value)
+            except OutboundRefused as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
+    @field_validator("extra_data")
+    @classmethod
+    def _no_options_in_extra_data(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if STORED_KEY in value:
+            raise ValueError(f"extra_data.{STORED_KEY} is reserved: set timeout_s and webhook_url in this body")
+        return value
 
 
 class WorkflowAccepted(BaseModel):

@@ -20,6 +20,7 @@ from comfymesh.config import Settings
 from comfymesh.errors import ComfymeshError, StageUnavailableError, TimeoutExceededError
 from comfymesh.graph import Plan, StageGroup, plan_groups, plan_prompt, sign_plan
 from comfymesh.jobs import CacheEntry, JobRecord, JobStatus
+from comfymesh.jobs.options import JobOptions
 from comfymesh.logs import log_fields
 from comfymesh.orchestrator.events import EventBus
 from comfymesh.orchestrator.replicas import ReplicaPool
@@ -85,7 +86,8 @@ def value_from_dict(data: dict[str, Any]) -> common_pb2.Value:
 
 
 class JobRunner:
-    """Runs one job to its end; raises nothing except cancellation (which the scheduler records)."""
+    """Runs one job to its end; raises nothing except cancellation (which the scheduler records). Building
+    one raises InvalidJobOptions for a job whose stored options are invalid (the scheduler fails it alone)."""
 
     def __init__(self, job: JobRecord, settings: Settings, catalog: Catalog, store: ArtifactStore,
                  bus: EventBus, pool: ReplicaPool, plan: Plan | None = None) -> None:
@@ -104,8 +106,9 @@ class JobRunner:
         self.running_nodes: set[str] = set()
         self.shown_running: set[str] = set()  # nodes the store shows running (kept across a call's retries)
         self.retry = settings.retry_policy
-        options = job.extra_data.get("comfymesh") or {}
-        self.timeouts = settings.timeout_policy.with_overall(options.get("timeout_s"))
+        # checked again here: a job stored by an older version may hold any value (the scheduler fails it)
+        self.options = JobOptions.from_stored(job.extra_data)
+        self.timeouts = settings.timeout_policy.with_overall(self.options.timeout_s)
         self.exported: set[str] = set()
         self.plan: Plan | None = None
         self.previews = bool(job.extra_data.get("preview_method", "auto") != "none")
@@ -257,7 +260,7 @@ class JobRunner:
             prompt_json=wirejson.dumps(self.job.prompt),
             extra_pnginfo_json=wirejson.dumps(self.job.extra_data.get("extra_pnginfo") or {}),
             export_node_ids=self._exports(group, remaining), previews=self.previews,
-            user=str((self.job.extra_data.get("comfymesh") or {}).get("user", "")))
+            user=self.options.user)
         for node_id in remaining:
             node = self.plan.nodes[node_id]
             call = request.nodes.add(node_id=node_id, class_type=node.class_type,

@@ -9,6 +9,7 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from comfymesh import trace
@@ -19,12 +20,14 @@ from comfymesh.config import Settings
 from comfymesh.graph import Plan, plan_prompt, validate_prompt
 from comfymesh.graph.limits import resource_limits
 from comfymesh.jobs import JobRecord, JobStatus, JobStore
+from comfymesh.jobs.options import STORED_KEY, InvalidJobOptions, JobOptions
 from comfymesh.logs import log_fields
 from comfymesh.orchestrator.events import EventBus
 from comfymesh.orchestrator.replicas import ReplicaPool
 from comfymesh.orchestrator.retention import RetentionPolicy, collect
 from comfymesh.orchestrator.runner import JobRunner
 from comfymesh.orchestrator.webhooks import WebhookSender, load_secret
+from comfymesh.outbound import OutboundPolicy
 
 log = logging.getLogger("comfymesh.orchestrator")
 _INLINE_VALIDATION_NODES = 64
@@ -57,11 +60,13 @@ class Scheduler:
         self._submit_lock = asyncio.Lock()
         self._user_cancelled: set[str] = set()
         self._gc: asyncio.Task[None] | None = None
-        self.webhooks = WebhookSender(load_secret(settings.home), self.bus)
+        self.outbound = OutboundPolicy.parse(settings.outbound_allow)
+        self.webhooks = WebhookSender(load_secret(settings.home), self.bus, self.outbound)
         self._limits = resource_limits(settings.max_pixels, settings.max_batch, settings.max_steps)
         self._recovered = False  # jobs start straight from submit only once recovery has re-queued old ones
         self._expiring: set[str] = set()
         self._plans: dict[str, Plan] = {}  # jobs started from their submit: the plan made there
+        self._unrecordable: set[str] = set()  # failed jobs whose failure could not be written: never retried
 
     def _custom_checks(self) -> dict[tuple[str, str], Any]:
         home = self.settings.home
@@ -72,9 +77,10 @@ class Scheduler:
 
         return {("LoadImage", "image"): image_exists}
 
-    async def submit(self, prompt: Any, extra_data: dict[str, Any], *, client_id: str = "", job_id: str = "",
-                     priority: float | None = None, front: bool = False, targets: list[str] | None = None,
-                     timeout_s: float = 0.0, webhook_url: str = "", user: str = "") -> Submission:
+    async def submit(self, prompt: Any, extra_data: dict[str, Any], options: JobOptions, *, client_id: str = "",
+                     targets: list[str] | None = None) -> Submission:
+        """Validate and persist a job (`options` were validated on construction)."""
+        job_id, user = options.job_id, options.user
         async with self._submit_lock:
             # small lookups run on the loop (a thread hop costs more than they do)
             if job_id:
@@ -85,7 +91,8 @@ class Scheduler:
                 return Submission(queue_full=True)
             # ComfyUI's counter moves even when validation then fails
             self._counter += 1
-            number = priority if priority is not None else (-self._counter if front else self._counter)
+            number = options.priority if options.priority is not None else \
+                (-self._counter if options.front else self._counter)
             validate = functools.partial(validate_prompt, prompt, self.catalog, targets=targets,
                                          custom_checks=self._custom_checks(), node_check=self._limits)
             # typical prompts validate in well under a millisecond; only big ones go to a worker thread
@@ -97,13 +104,11 @@ class Scheduler:
             job_id = job_id or str(uuid.uuid4())
             plan = plan_prompt(result.prompt, result.outputs, self.catalog, sign=False)
             nodes = {node_id: plan.nodes[node_id].class_type for node_id in plan.order}
-            extra = dict(extra_data)
+            extra = {key: value for key, value in extra_data.items() if key != STORED_KEY}  # ours alone
             if client_id:
                 extra["client_id"] = client_id
-            options = {key: value for key, value in (("timeout_s", timeout_s), ("webhook_url", webhook_url),
-                                                      ("user", user)) if value}
-            if options:
-                extra["comfymesh"] = options
+            if options.stored():
+                extra[STORED_KEY] = options.stored()
             await self.bus.record(self.store.add_job, job_id, number, result.prompt, extra, client_id,
                                   result.outputs, nodes)
         trace.mark("orchestrator.persisted")
@@ -168,6 +173,9 @@ class Scheduler:
         if not self._recovered:  # the orchestrator's start-up recovers before it listens
             await self.recover()
         self._gc = asyncio.create_task(self.collect_garbage_forever())
+        await supervise("dispatcher", self._dispatch_forever)
+
+    async def _dispatch_forever(self) -> None:
         while True:
             await self._dispatch()
             self._wake.clear()
@@ -177,7 +185,8 @@ class Scheduler:
     async def _dispatch(self) -> None:
         """Start queued jobs, best first, while there is room."""
         while len(self.running) < self.settings.max_running_jobs:
-            job = self.store.next_queued(set(self.running))  # one indexed query: cheaper than a thread hop
+            # one indexed query: cheaper than a thread hop
+            job = self.store.next_queued(set(self.running) | self._unrecordable)
             if job is None:
                 return
             if job.id in self._expiring:
@@ -200,38 +209,75 @@ class Scheduler:
     async def _finished(self, job_id: str, asked: JobRecord | None = None) -> None:
         """Tell the job's webhook, if it asked for one (`asked`: the job as submitted, to skip the read
         of its final record when it asked for none)."""
-        if asked is not None and not (asked.extra_data.get("comfymesh") or {}).get("webhook_url"):
+        if asked is not None and not _webhook_url(asked):
             return
         job = await asyncio.to_thread(self.store.get_job, job_id)
-        url = job and (job.extra_data.get("comfymesh") or {}).get("webhook_url")
+        url = _webhook_url(job) if job is not None else ""
         if job is None or not url:
             return
         self.webhooks.send(job.id, url, {"job_id": job.id, "status": job.status, "error": job.error,
                                          "outputs": job.outputs, "finished": job.finished})
 
     async def _drive(self, job: JobRecord) -> None:
-        runner = JobRunner(job, self.settings, self.catalog, self.artifacts, self.bus, self.pool,
-                           plan=self._plans.pop(job.id, None))
+        runner: JobRunner | None = None
         try:
+            runner = JobRunner(job, self.settings, self.catalog, self.artifacts, self.bus, self.pool,
+                               plan=self._plans.pop(job.id, None))
             await runner.run()
         except asyncio.CancelledError:
             if job.id not in self._user_cancelled:
                 raise  # shutting down: the job stays running in the store and is re-queued at restart
             self._user_cancelled.discard(job.id)
             # a cancel that lands after the last result was recorded leaves the job completed
-            if not runner.completed:
+            if runner is None or not runner.completed:
                 await self.bus.record(self.store.set_status, job.id, JobStatus.CANCELLED, event="cancelled",
                                       data={"while": "running"})
-        except Exception as exc:  # a bug here must not kill the queue
-            log.exception("job crashed", extra=log_fields(job=job.id))
-            if not runner.completed:
-                error = {"type": "internal_error", "message": f"{type(exc).__name__}: {exc}", "node_id": ""}
-                await self.bus.record(self.store.set_status, job.id, JobStatus.FAILED, error=error,
-                                      event="failed", data=error)
+        except Exception as exc:  # a job that cannot be prepared, or a bug while it runs, fails this job alone
+            if runner is None or not runner.completed:
+                await self._fail_alone(job.id, exc)
         finally:
             self.running.pop(job.id, None)
             self._wake.set()
         await self._finished(job.id, job)
+
+    async def _fail_alone(self, job_id: str, exc: Exception) -> None:
+        """Fail a job that raised while it was prepared or run, and only that job."""
+        if isinstance(exc, InvalidJobOptions):  # stored by an older version, before options were checked
+            log.error("job could not be prepared", extra=log_fields(job=job_id, error=str(exc)))
+            error = {"type": "invalid_options", "node_id": "", "details": "prepare", "non_retryable": True,
+                     "message": f"the job's stored options are invalid ({exc}); submit it again"}
+        else:
+            log.exception("job crashed", extra=log_fields(job=job_id))
+            error = {"type": "internal_error", "message": f"{type(exc).__name__}: {exc}", "node_id": ""}
+        try:
+            await self.bus.record(self.store.set_status, job_id, JobStatus.FAILED, error=error, event="failed",
+                                  data=error)
+        except Exception:  # still queued in the store: leave it there rather than fail it again and again
+            log.exception("the job's failure could not be recorded", extra=log_fields(job=job_id))
+            self._unrecordable.add(job_id)
+
+
+def _webhook_url(job: JobRecord) -> str:
+    """The job's webhook, "" when it has none or its stored options are unreadable (it fails for them)."""
+    try:
+        return JobOptions.from_stored(job.extra_data).webhook_url
+    except InvalidJobOptions:
+        return ""
+
+
+async def supervise(name: str, forever: Callable[[], Awaitable[None]], max_backoff_s: float = 5.0) -> None:
+    """Run `forever` and start it again whenever it dies (logged, after a backoff that grows while it keeps
+    dying at once): one bug must not stop the queue for good."""
+    failures = 0
+    while True:
+        started = time.monotonic()
+        try:
+            await forever()
+            log.error(f"the {name} returned; starting it again")
+        except Exception:
+            log.exception(f"the {name} died; starting it again")
+        failures = 1 if time.monotonic() - started > 60 else failures + 1
+        await asyncio.sleep(min(max_backoff_s, 0.05 * 2 ** failures))
 
 
 def dumps(value: Any) -> str:

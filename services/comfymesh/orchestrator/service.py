@@ -12,6 +12,7 @@ import grpc
 from comfymesh import trace, wirejson
 from comfymesh.catalog.files import file_digest
 from comfymesh.jobs import JobRecord
+from comfymesh.jobs.options import STORED_KEY, InvalidJobOptions, JobOptions
 from comfymesh.jobs.store import FINISHED
 from comfymesh.orchestrator.devices import free_models, list_devices
 from comfymesh.orchestrator.scheduler import Scheduler, dumps
@@ -42,15 +43,28 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServicer):
             extra = wirejson.loads(request.extra_data_json) if request.extra_data_json else {}
         except json.JSONDecodeError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"prompt is not JSON: {exc}")
+        options = await self._options(request, extra, context)
         submission = await self.scheduler.submit(
-            prompt, extra if isinstance(extra, dict) else {}, client_id=request.client_id, job_id=request.job_id,
-            priority=request.priority if request.has_priority else None, front=request.front,
-            targets=list(request.partial_execution_targets) or None, timeout_s=request.timeout_s,
-            webhook_url=request.webhook_url, user=request.user)
+            prompt, extra if isinstance(extra, dict) else {}, options, client_id=request.client_id,
+            targets=list(request.partial_execution_targets) or None)
         return orchestrator_pb2.WorkflowResponse(queue_full=submission.queue_full,
             job_id=submission.job_id, number=submission.number, accepted=submission.error is None,
             error_json=dumps(submission.error), node_errors_json=json.dumps(submission.node_errors),
             existing=submission.existing)
+
+    async def _options(self, request: orchestrator_pb2.WorkflowRequest, extra: object,
+                       context: Context) -> JobOptions:
+        """The job's options, checked: a bad one refuses the job (INVALID_ARGUMENT) before anything is stored."""
+        try:
+            if isinstance(extra, dict) and STORED_KEY in extra:
+                raise InvalidJobOptions(f"extra_data.{STORED_KEY} is reserved: pass job options as request fields")
+            options = JobOptions(job_id=request.job_id, priority=request.priority if request.has_priority else None,
+                                 front=request.front, timeout_s=request.timeout_s, webhook_url=request.webhook_url,
+                                 user=request.user)
+            options.check_outbound(self.scheduler.outbound)
+        except InvalidJobOptions as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"invalid job options: {exc}")
+        return options
 
     async def ExecuteStage(self, request: orchestrator_pb2.ExecuteStageRequest,
                            context: Context) -> AsyncIterator[stage_pb2.StageEvent]:

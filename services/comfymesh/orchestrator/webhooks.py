@@ -1,6 +1,9 @@
 """Signed webhooks for finished jobs, in the Standard Webhooks format, retried with backoff.
 
 Receivers verify `webhook-signature` = "v1," + base64(HMAC-SHA256(secret, f"{id}.{timestamp}.{body}")).
+Deliveries go through the outbound-request policy (`comfymesh.outbound`), follow no redirects, and leave
+only a generic error in the job's events: what the target answered stays in the orchestrator's log, so a
+webhook cannot be used to probe what the orchestrator can reach.
 """
 
 from __future__ import annotations
@@ -22,9 +25,12 @@ import httpx
 from comfymesh.config.policies import RetryPolicy
 from comfymesh.logs import log_fields
 from comfymesh.orchestrator.events import EventBus
+from comfymesh.outbound import OutboundClient, OutboundPolicy, OutboundRefused
 
 log = logging.getLogger("comfymesh.orchestrator")
 DELIVERY_POLICY = RetryPolicy(max_attempts=5, initial_backoff_s=1.0, backoff_multiplier=2.0, max_backoff_s=30.0)
+DELIVERY_FAILED = "webhook delivery failed"
+DELIVERY_REFUSED = "webhook refused by the outbound policy"
 
 
 def sign(secret: bytes, message_id: str, timestamp: int, body: bytes) -> str:
@@ -47,9 +53,11 @@ def load_secret(home: Path) -> bytes:
 
 
 class WebhookSender:
-    def __init__(self, secret: bytes, bus: EventBus, policy: RetryPolicy = DELIVERY_POLICY) -> None:
+    def __init__(self, secret: bytes, bus: EventBus, outbound: OutboundPolicy,
+                 policy: RetryPolicy = DELIVERY_POLICY) -> None:
         self.secret = secret
         self.bus = bus
+        self.outbound = outbound
         self.policy = policy
         self.tasks: set[asyncio.Task[None]] = set()
 
@@ -61,21 +69,29 @@ class WebhookSender:
     async def _deliver(self, job_id: str, url: str, payload: dict[str, Any]) -> None:
         body = json.dumps(payload, sort_keys=True).encode()
         message_id = f"msg_{job_id}_{payload['status']}"
-        last_error = ""
-        async with httpx.AsyncClient(timeout=10) as client:
+        error = DELIVERY_FAILED
+        async with OutboundClient(self.outbound) as client:
             for attempt in range(1, self.policy.max_attempts + 1):
                 timestamp = int(time.time())
                 headers = {"content-type": "application/json", "webhook-id": message_id,
                            "webhook-timestamp": str(timestamp),
                            "webhook-signature": sign(self.secret, message_id, timestamp, body)}
                 try:
-                    reply = await client.post(url, content=body, headers=headers)
-                    if reply.status_code < 300:
-                        await self.bus.emit(job_id, "webhook_delivered", data={"url": url, "attempt": attempt})
-                        return
-                    last_error = f"HTTP {reply.status_code}"
+                    status = await client.post(url, content=body, headers=headers)
+                except OutboundRefused as exc:  # checked before any connection; a retry gets the same answer
+                    log.warning("webhook refused", extra=log_fields(job=job_id, error=str(exc)))
+                    error = DELIVERY_REFUSED
+                    break
                 except httpx.HTTPError as exc:
-                    last_error = f"{type(exc).__name__}: {exc}"
-                log.warning("webhook delivery failed", extra=log_fields(job=job_id, attempt=attempt, error=last_error))
-                await asyncio.sleep(self.policy.backoff(attempt))
-        await self.bus.emit(job_id, "webhook_failed", data={"url": url, "error": last_error})
+                    log.warning("webhook delivery failed",
+                                extra=log_fields(job=job_id, attempt=attempt, error=f"{type(exc).__name__}: {exc}"))
+                else:
+                    if status < 300:
+                        await self.bus.emit(job_id, "webhook_delivered", data={"attempt": attempt})
+                        return
+                    log.warning("webhook delivery failed", extra=log_fields(job=job_id, attempt=attempt, status=status))
+                    if status < 400:  # a redirect is not followed, and answers the same when tried again
+                        break
+                if attempt < self.policy.max_attempts:
+                    await asyncio.sleep(self.policy.backoff(attempt))
+        await self.bus.emit(job_id, "webhook_failed", data={"error": error})

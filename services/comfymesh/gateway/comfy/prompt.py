@@ -8,6 +8,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from comfymesh.gateway.api_v1 import client_of, comfy_error, principal_of, read_json_body
+from comfymesh.jobs.options import STORED_KEY, InvalidJobOptions, requested_options
 
 router = APIRouter(include_in_schema=False)
 
@@ -23,16 +24,21 @@ async def queue_prompt(request: Request) -> Any:
     body = await read_json_body(request)
     if not isinstance(body, dict) or "prompt" not in body:
         return comfy_error("no_prompt", "No prompt provided", "No prompt provided")
-    extra_data: dict[str, Any] = body["extra_data"] if isinstance(body.get("extra_data"), dict) else {}
+    extra_data: dict[str, Any] = dict(body["extra_data"]) if isinstance(body.get("extra_data"), dict) else {}
+    try:  # our options ride in extra_data.comfymesh (README): taken out here and passed, checked, as fields
+        options = requested_options(extra_data.pop(STORED_KEY, None))
+    except InvalidJobOptions as exc:
+        return comfy_error("invalid_prompt", "Invalid job options", str(exc))
     client_id = body.get("client_id")
     number = body.get("number")
     priority = float(number) if isinstance(number, int | float) and not isinstance(number, bool) else None
     targets = body.get("partial_execution_targets")
     result = await client_of(request).submit(
-        body["prompt"], dict(extra_data), client_id=str(client_id) if client_id else "",
+        body["prompt"], extra_data, client_id=str(client_id) if client_id else "",
         job_id=str(body["prompt_id"]) if body.get("prompt_id") is not None else "",
         priority=priority, front=bool(body.get("front")),
-        targets=[str(t) for t in targets] if isinstance(targets, list) else None, user=principal_of(request))
+        targets=[str(t) for t in targets] if isinstance(targets, list) else None, user=principal_of(request),
+        **options)
     if not result.accepted:
         return JSONResponse({"error": result.error, "node_errors": result.node_errors}, status_code=400)
     # ComfyUI answers the number it chose as an int and a caller's number as the float it stored
