@@ -46,7 +46,7 @@ proto: venv  ## generate comfymesh.v1 stubs from proto/ into libs/comfymesh/v1/
 	@touch libs/comfymesh/v1/__init__.py
 
 tokenizer: venv  ## build the CLIP tokenizer files from the open-clip-torch wheel (once)
-	@$(BIN)/python -m comfymesh.diffusion.tokenizer_build --if-missing
+	@$(BIN)/python -m comfymesh.diffusion.text.tokenizer_build --if-missing
 
 lint:  ## ruff
 	$(BIN)/ruff check .

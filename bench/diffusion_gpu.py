@@ -90,7 +90,7 @@ def sync(device: Any) -> None:
 
 
 def make_checkpoint(home: Path, args: argparse.Namespace) -> Path:
-    from comfymesh.diffusion.tiny_checkpoint import make_tiny_checkpoint
+    from comfymesh.diffusion.models.tiny_checkpoint import make_tiny_checkpoint
 
     path = home / "models" / "checkpoints" / CKPT
     if not path.is_file():
@@ -110,9 +110,10 @@ def png_bytes(image: Any) -> bytes:
 def inproc_and_pipeline(path: Path, args: argparse.Namespace) -> None:
     import torch
 
-    from comfymesh.diffusion import ksampler, vae_codec
-    from comfymesh.diffusion.model_cache import ModelCache
-    from comfymesh.diffusion.text_encode import encode_prompt
+    from comfymesh.diffusion.latents import vae_codec
+    from comfymesh.diffusion.models.cache import ModelCache
+    from comfymesh.diffusion.sampling import ksampler
+    from comfymesh.diffusion.text.encode import encode_prompt
     from comfymesh.outputs import encode_png, frames_uint8
 
     device = torch.device(args.device)
@@ -162,7 +163,7 @@ def inproc_and_pipeline(path: Path, args: argparse.Namespace) -> None:
     from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
     from transformers import CLIPTokenizer
 
-    from comfymesh.diffusion.tokenizer import tokenizer_dir
+    from comfymesh.diffusion.text.tokenizer import tokenizer_dir
 
     vae = ckpt.parts.vae
     if vae.dtype != ckpt.unet_dtype:  # the pipeline runs the VAE in the UNet's dtype

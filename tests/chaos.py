@@ -93,7 +93,7 @@ def _chaos(mesh: Mesh, stop: threading.Event, report: ChaosReport, rng: random.R
 def run_chaos(home: Path, jobs: int, seed: int = 0, timeout: float = 600) -> ChaosReport:
     rng = random.Random(seed)
     mesh = Mesh(home, stages=("imaging", "diffusion"), env={"COMFYMESH_MAX_ATTEMPTS": "20"})
-    subprocess.run([sys.executable, "-m", "comfymesh.diffusion.tiny_checkpoint", "--family", "sd15",
+    subprocess.run([sys.executable, "-m", "comfymesh.diffusion.models.tiny_checkpoint", "--family", "sd15",
                     str(home / "models" / "checkpoints" / "sd15.safetensors")], check=True, capture_output=True)
     shutil.copy(SHARED / "data" / "coffee.png", home / "input" / "example.png")
     expected = 1.0 - np.asarray(Image.open(SHARED / "data" / "coffee.png").convert("RGB"), np.float64) / 255

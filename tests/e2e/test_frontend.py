@@ -65,7 +65,7 @@ SAVE_IMAGE_SHOWN = """() => {
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     home = tmp_path_factory.mktemp("home")
     mesh = Mesh(home, stages=("imaging", "diffusion"))
-    subprocess.run([sys.executable, "-m", "comfymesh.diffusion.tiny_checkpoint", "--family", "sd15",
+    subprocess.run([sys.executable, "-m", "comfymesh.diffusion.models.tiny_checkpoint", "--family", "sd15",
                     str(home / "models" / "checkpoints" / CHECKPOINT)], check=True, capture_output=True)
     shutil.copy(SHARED / "data" / "astronaut.png", home / "input" / "example.png")
     try:

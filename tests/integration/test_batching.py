@@ -29,7 +29,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
                 env={"COMFYMESH_BATCH_WINDOW_MS": "1500", "COMFYMESH_BATCH_MAX": "4",
                      # all four gather, the first included (by default a call on an idle GPU starts at once)
                      "COMFYMESH_BATCH_IDLE_START": "0"})
-    subprocess.run([sys.executable, "-m", "comfymesh.diffusion.tiny_checkpoint", "--family", "sd15", "--seed", "1",
+    subprocess.run([sys.executable, "-m", "comfymesh.diffusion.models.tiny_checkpoint", "--family", "sd15", "--seed", "1",
                     str(home / "models" / "checkpoints" / "sd15.safetensors")], check=True, capture_output=True)
     try:
         yield mesh.start()

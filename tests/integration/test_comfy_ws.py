@@ -252,7 +252,7 @@ def test_prompt_without_client_id_broadcasts_nothing_private(imaging_mesh: Mesh)
 
 @pytest.fixture(scope="module")
 def diffusion_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
-    from comfymesh.diffusion.tiny_checkpoint import make_tiny_checkpoint
+    from comfymesh.diffusion.models.tiny_checkpoint import make_tiny_checkpoint
 
     home = tmp_path_factory.mktemp("home")
     mesh = Mesh(home, stages=("imaging", "diffusion"))

@@ -24,7 +24,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     home = tmp_path_factory.mktemp("diffusion-home")
     mesh = Mesh(home, stages=("imaging", "diffusion"), diffusion_replicas=2)
     for name, family in CHECKPOINTS.items():
-        subprocess.run([sys.executable, "-m", "comfymesh.diffusion.tiny_checkpoint", "--family", family,
+        subprocess.run([sys.executable, "-m", "comfymesh.diffusion.models.tiny_checkpoint", "--family", family,
                         "--seed", "1", str(home / "models" / "checkpoints" / name)], check=True, capture_output=True)
     shutil.copy(SHARED / "data" / "coffee.png", home / "input" / "example.png")
     try:

@@ -20,8 +20,8 @@ def _nodes() -> dict[str, NodeImpl]:
 
 
 def _device() -> str:
-    from comfymesh.diffusion.model_cache import get_model_cache
     from comfymesh.diffusion.model_runner import device_name
+    from comfymesh.diffusion.models.cache import get_model_cache
 
     return device_name(get_model_cache().device)
 
@@ -41,7 +41,7 @@ def _model_runner(stage: StageServicer) -> tuple[list, list[str]]:
 def _batching_slots() -> None:
     """With cross-job batching on, let as many calls run at once as may share a batch (Describe reports it,
     so the orchestrator sends that many); stage_main reads the settings after this."""
-    from comfymesh.diffusion.batching import batch_config
+    from comfymesh.diffusion.sampling.batching import batch_config
 
     config = batch_config()
     slots = get_settings().stage_slots

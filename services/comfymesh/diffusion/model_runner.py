@@ -12,7 +12,7 @@ import torch
 
 from comfymesh.artifacts import ArtifactStore, decode_value, encode_value
 from comfymesh.catalog import Catalog
-from comfymesh.diffusion.model_cache import ModelCache, get_model_cache
+from comfymesh.diffusion.models.cache import ModelCache, get_model_cache
 from comfymesh.errors import ComfymeshError
 from comfymesh.rpc.failures import failure_from_exception
 from comfymesh.stage.node import NodeContext, NodeImpl

@@ -11,9 +11,9 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from comfymesh.diffusion.model_cache import ModelCache, set_model_cache
-from comfymesh.diffusion.tiny_checkpoint import make_tiny_checkpoint, make_tiny_lora
-from comfymesh.diffusion.tokenizer import tokenizer_dir
+from comfymesh.diffusion.models.cache import ModelCache, set_model_cache
+from comfymesh.diffusion.models.tiny_checkpoint import make_tiny_checkpoint, make_tiny_lora
+from comfymesh.diffusion.text.tokenizer import tokenizer_dir
 from comfymesh.stage.node import NodeContext
 
 __all__ = ["make_tiny_checkpoint"]
@@ -23,7 +23,7 @@ __all__ = ["make_tiny_checkpoint"]
 def tokenizer_ready() -> Path:
     path = tokenizer_dir()
     if not (path / "vocab.json").is_file():
-        pytest.fail(f"CLIP tokenizer not built in {path}: run `make setup` (python -m comfymesh.diffusion.tokenizer_build)")
+        pytest.fail(f"CLIP tokenizer not built in {path}: run `make setup` (python -m comfymesh.diffusion.text.tokenizer_build)")
     return path
 
 

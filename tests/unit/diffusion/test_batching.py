@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 import torch
 
-from comfymesh.diffusion import batching
-from comfymesh.diffusion.batching import SamplingBatcher, batch_config, set_batcher
-from comfymesh.diffusion.model_cache import ModelCache
+from comfymesh.diffusion.models.cache import ModelCache
 from comfymesh.diffusion.nodes import NODES
+from comfymesh.diffusion.sampling import batching
+from comfymesh.diffusion.sampling.batching import SamplingBatcher, batch_config, set_batcher
 from comfymesh.errors import InterruptedError_
 from comfymesh.stage.node import NodeContext
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from comfymesh.catalog import SAMPLERS, SCHEDULERS, Catalog
 from comfymesh.diffusion.nodes import NODES
-from comfymesh.diffusion.samplers import IMPLEMENTED_SAMPLERS, SAMPLER_NAMES
-from comfymesh.diffusion.schedulers import SCHEDULER_NAMES
+from comfymesh.diffusion.sampling.samplers import IMPLEMENTED_SAMPLERS, SAMPLER_NAMES
+from comfymesh.diffusion.sampling.schedulers import SCHEDULER_NAMES
 
 
 def test_offered_samplers_are_implemented_in_comfyui_order() -> None:

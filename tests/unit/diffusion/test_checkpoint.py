@@ -9,8 +9,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from comfymesh.diffusion.checkpoint import TensorSource, load_checkpoint, recognise
-from comfymesh.diffusion.tiny_checkpoint import make_state_dict, make_tiny_checkpoint
+from comfymesh.diffusion.models.checkpoint import TensorSource, load_checkpoint, recognise
+from comfymesh.diffusion.models.tiny_checkpoint import make_state_dict, make_tiny_checkpoint
 from comfymesh.errors import ModelError
 
 

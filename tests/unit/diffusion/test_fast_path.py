@@ -12,9 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from comfymesh.diffusion import fast_path, ksampler, vae_codec
-from comfymesh.diffusion.model_cache import ModelCache
-from comfymesh.diffusion.text_encode import encode_prompt
+from comfymesh.diffusion.fast import tiers as fast_path
+from comfymesh.diffusion.latents import vae_codec
+from comfymesh.diffusion.models.cache import ModelCache
+from comfymesh.diffusion.sampling import ksampler
+from comfymesh.diffusion.text.encode import encode_prompt
 
 
 @pytest.fixture

@@ -7,11 +7,11 @@ import math
 import pytest
 import torch
 
-from comfymesh.diffusion.guidance import CondEntry, GuidedDenoiser
-from comfymesh.diffusion.ksampler import sdxl_y, size_embedding
-from comfymesh.diffusion.latent_formats import SD15
-from comfymesh.diffusion.model_sampling import ModelSampling
-from comfymesh.diffusion.previews import latent_to_rgb
+from comfymesh.diffusion.latents.formats import SD15
+from comfymesh.diffusion.latents.previews import latent_to_rgb
+from comfymesh.diffusion.sampling.guidance import CondEntry, GuidedDenoiser
+from comfymesh.diffusion.sampling.ksampler import sdxl_y, size_embedding
+from comfymesh.diffusion.sampling.model_sampling import ModelSampling
 
 
 class ToyUNet:
@@ -105,6 +105,6 @@ def test_latent2rgb() -> None:
 
 @pytest.mark.parametrize("fam", ["sd1", "sdxl"])
 def test_latent_format_scale(fam: str) -> None:
-    from comfymesh.diffusion.latent_formats import for_family
+    from comfymesh.diffusion.latents.formats import for_family
 
     assert for_family(fam).scale_factor == (0.13025 if fam == "sdxl" else 0.18215)

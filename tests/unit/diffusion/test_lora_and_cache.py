@@ -8,9 +8,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from comfymesh.diffusion.model_cache import ModelCache
+from comfymesh.diffusion.models.cache import ModelCache
+from comfymesh.diffusion.models.tiny_checkpoint import make_tiny_checkpoint
 from comfymesh.diffusion.nodes import NODES
-from comfymesh.diffusion.tiny_checkpoint import make_tiny_checkpoint
 from comfymesh.errors import NodeInputError
 from comfymesh.stage.node import NodeContext
 

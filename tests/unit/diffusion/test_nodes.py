@@ -11,9 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from comfymesh.diffusion import ksampler
-from comfymesh.diffusion.model_cache import ModelCache
+from comfymesh.diffusion.models.cache import ModelCache
 from comfymesh.diffusion.nodes import NODES
+from comfymesh.diffusion.sampling import ksampler
 from comfymesh.errors import InterruptedError_, ModelError, NodeInputError, ResourceExhaustedError
 from comfymesh.stage.node import NodeContext
 
@@ -152,7 +152,7 @@ def test_unimplemented_sampler_is_named(node_ctx: NodeContext) -> None:
 
 
 def test_changed_file_is_detected(tmp_path: Path, model_cache: ModelCache) -> None:
-    from comfymesh.diffusion.tiny_checkpoint import make_tiny_checkpoint
+    from comfymesh.diffusion.models.tiny_checkpoint import make_tiny_checkpoint
 
     ctx = NodeContext(job_id="j", node_id="1", class_type="x", home=tmp_path)
     path = make_tiny_checkpoint(tmp_path / "models" / "checkpoints" / "m.safetensors", "sd15", seed=1)

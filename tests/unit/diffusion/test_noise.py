@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from comfymesh.diffusion.noise import initial_noise
+from comfymesh.diffusion.sampling.noise import initial_noise
 
 
 def test_seed_zero_reference_values() -> None:

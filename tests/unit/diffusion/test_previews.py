@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from comfymesh.diffusion import previews
-from comfymesh.diffusion.latent_formats import for_family
+from comfymesh.diffusion.latents import previews
+from comfymesh.diffusion.latents.formats import for_family
 
 
 def test_preview_is_the_factor_product_of_the_first_latent() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from comfymesh.diffusion.prompt_weights import parse_weights
+from comfymesh.diffusion.text.prompt_weights import parse_weights
 
 
 def _approx(pairs: list[tuple[str, float]]) -> list[tuple[str, float]]:

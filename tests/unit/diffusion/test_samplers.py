@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from comfymesh.diffusion.model_sampling import ModelSampling
-from comfymesh.diffusion.samplers import IMPLEMENTED_SAMPLERS, SAMPLER_NAMES, SAMPLERS, SamplerEnv
-from comfymesh.diffusion.schedulers import sampler_sigmas
+from comfymesh.diffusion.sampling.model_sampling import ModelSampling
+from comfymesh.diffusion.sampling.samplers import IMPLEMENTED_SAMPLERS, SAMPLER_NAMES, SAMPLERS, SamplerEnv
+from comfymesh.diffusion.sampling.schedulers import sampler_sigmas
 
 # name, scheduler, mean, std, first three values (ComfyUI's own functions, CPU)
 MEASURED = [

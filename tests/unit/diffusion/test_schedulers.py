@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from comfymesh.diffusion.model_sampling import ModelSampling
-from comfymesh.diffusion.schedulers import SCHEDULER_NAMES, SCHEDULERS, ksampler_sigmas
+from comfymesh.diffusion.sampling.model_sampling import ModelSampling
+from comfymesh.diffusion.sampling.schedulers import SCHEDULER_NAMES, SCHEDULERS, ksampler_sigmas
 
 MEASURED_10 = {
     "simple": "14.61464 8.3028 5.08776 3.32108 2.27646 1.61289 1.16058 0.82986 0.56928 0.34167 0",

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from comfymesh.diffusion.model_cache import ModelCache
-from comfymesh.diffusion.text_encode import block_index, encode_prompt, tokenize_weighted, windows
+from comfymesh.diffusion.models.cache import ModelCache
+from comfymesh.diffusion.text.encode import block_index, encode_prompt, tokenize_weighted, windows
 from comfymesh.stage.node import NodeContext
 
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from comfymesh.diffusion import tokenizer
-from comfymesh.diffusion.text_encode import tokenize_weighted, windows
-from comfymesh.diffusion.tokenizer_build import byte_symbols
+from comfymesh.diffusion.text import tokenizer
+from comfymesh.diffusion.text.encode import tokenize_weighted, windows
+from comfymesh.diffusion.text.tokenizer_build import byte_symbols
 from comfymesh.errors import ModelError
 
 
@@ -73,7 +73,7 @@ def test_short_group_moves_whole_to_next_window() -> None:
 def test_build_files_layout(tmp_path: Path) -> None:
     import json
 
-    from comfymesh.diffusion.tokenizer_build import MERGE_COUNT, build_files
+    from comfymesh.diffusion.text.tokenizer_build import MERGE_COUNT, build_files
 
     symbols = byte_symbols()
     merges = [f"{symbols[i % 256]}{i} {symbols[(i * 7) % 256]}" for i in range(MERGE_COUNT + 5)]

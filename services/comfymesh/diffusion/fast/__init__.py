@@ -1,0 +1,1 @@
+"""The fast path: compiled and CUDA-graphed modules per shape bucket."""

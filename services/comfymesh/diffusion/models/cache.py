@@ -1,0 +1,329 @@
+"""Weights loaded once and kept resident, keyed by file digest, evicted LRU within a memory budget.
+
+Checkpoints, standalone VAEs, LoRA files and LoRA-patched weight sets share one budget. A LoRA never
+changes cached base weights: patched tensors live in their own entry and are swapped in per call.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from comfymesh.catalog.files import file_digest
+from comfymesh.diffusion.fast import tiers as fast_path
+from comfymesh.diffusion.latents.formats import LatentFormat, for_family
+from comfymesh.diffusion.models import lora as lora_mod
+from comfymesh.diffusion.models.checkpoint import CheckpointParts, Placement, load_checkpoint, load_vae_file
+from comfymesh.diffusion.sampling.guidance import UNetFn
+from comfymesh.diffusion.sampling.ksampler import SamplingModel
+from comfymesh.diffusion.sampling.model_sampling import ModelSampling
+from comfymesh.diffusion.text.encode import ClipRunner, Runner, TextEncoders
+from comfymesh.errors import ModelError
+
+BUDGET_ENV = "COMFYMESH_MODEL_CACHE_BYTES"
+DEVICE_ENV = "COMFYMESH_DEVICE"
+DEFAULT_CPU_BUDGET = 16 * 2**30
+
+LoraSpec = tuple[Path, float]  # (file, strength)
+
+
+def default_device() -> torch.device:
+    name = os.environ.get(DEVICE_ENV)
+    if name:
+        return torch.device(name)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def module_bytes(*modules: nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for m in modules for t in (*m.parameters(), *m.buffers()))
+
+
+@dataclass
+class LoadedCheckpoint:
+    name: str
+    path: Path
+    digest: str
+    parts: CheckpointParts
+    device: torch.device
+    unet_dtype: torch.dtype
+    vae_dtype: torch.dtype
+    nbytes: int
+    sampling: ModelSampling
+    latent_format: LatentFormat
+    fast: fast_path.FastUNet | None = None  # the bucketed compiled UNet (fast path), made on first use
+    fast_decoder: fast_path.FastDecoder | None = None  # the VAE's compiled decode (fast path), on first use
+
+    @property
+    def family(self) -> str:
+        return self.parts.recognition.family
+
+
+@dataclass
+class _Entry:
+    value: Any
+    nbytes: int
+    info: dict[str, Any]
+
+
+class ModelCache:
+    """Process-wide cache of model weights (thread-safe; loads happen under one lock)."""
+
+    def __init__(self, budget_bytes: int | None = None, device: torch.device | None = None,
+                 checkpoints_dir: Path | None = None) -> None:
+        self.device = device or default_device()
+        self.placement = Placement.for_device(self.device)
+        self.checkpoints_dir = checkpoints_dir
+        if budget_bytes is None:
+            env = os.environ.get(BUDGET_ENV)
+            if env:
+                budget_bytes = int(env)
+            elif self.device.type == "cuda":
+                budget_bytes = int(torch.cuda.get_device_properties(self.device).total_memory * 0.8)
+            else:
+                budget_bytes = DEFAULT_CPU_BUDGET
+        self.budget = budget_bytes
+        self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        self._lock = threading.RLock()
+
+    # -- digests --------------------------------------------------------------------------------
+    def digest(self, path: Path) -> str:
+        """sha256 of the file (hashed once, then remembered by path, size, mtime and inode)."""
+        try:
+            return file_digest(path)
+        except FileNotFoundError as exc:
+            raise ModelError(f"model file {path} does not exist") from exc
+
+    # -- LRU ------------------------------------------------------------------------------------
+    def _get_or_load(self, key: str, load: Callable[[], tuple[Any, int, dict[str, Any]]]) -> Any:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None:
+                self._entries.move_to_end(key)
+                return entry.value
+            value, nbytes, info = load()
+            self._evict(nbytes)
+            self._entries[key] = _Entry(value, nbytes, info)
+            return value
+
+    def _evict(self, incoming: int) -> None:
+        while self._entries and self.used_bytes() + incoming > self.budget:
+            self._entries.popitem(last=False)
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def used_bytes(self) -> int:
+        return sum(e.nbytes for e in self._entries.values())
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    def get(self, ckpt_path: Path) -> LoadedCheckpoint:
+        """The resident checkpoint for this file, loading it if needed."""
+        ckpt_path = Path(ckpt_path)
+        digest = self.digest(ckpt_path)
+
+        def load() -> tuple[Any, int, dict[str, Any]]:
+            parts = load_checkpoint(ckpt_path, self.placement)
+            loaded = self._describe(ckpt_path, digest, parts)
+            info = {"name": ckpt_path.name, "digest": digest, "bytes": loaded.nbytes, "device": str(self.device),
+                    "family": loaded.family, "kind": "checkpoint"}
+            return loaded, loaded.nbytes, info
+
+        value: LoadedCheckpoint = self._get_or_load(f"ckpt:{digest}", load)
+        return value
+
+    def _describe(self, path: Path, digest: str, parts: CheckpointParts) -> LoadedCheckpoint:
+        rec = parts.recognition
+        place = self.placement
+        return LoadedCheckpoint(
+            name=path.name, path=path, digest=digest, parts=parts, device=self.device, unet_dtype=place.unet_dtype,
+            vae_dtype=place.vae_dtype, nbytes=module_bytes(parts.unet, parts.vae, *parts.clips.values()),
+            sampling=ModelSampling(zero_terminal_snr=rec.ztsnr), latent_format=for_family(rec.family),
+        )
+
+    def list(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [{k: e.info[k] for k in ("name", "digest", "bytes", "device", "family")}
+                    for e in self._entries.values() if e.info.get("kind") == "checkpoint"]
+
+    def load(self, name: str, checkpoints_dir: Path | None = None) -> LoadedCheckpoint:
+        """Load a checkpoint by file name from `checkpoints_dir` (default: the one given at construction)."""
+        root = checkpoints_dir or self.checkpoints_dir
+        if root is None:
+            raise ModelError(f"cannot load {name!r}: no checkpoints folder configured")
+        return self.get(root / name)
+
+    def unload(self, name: str | None = None) -> int:
+        """Drop one checkpoint (by file name or digest) with its patches, or everything (None)."""
+        with self._lock:
+            if name is None:
+                count = len(self._entries)
+                self._entries.clear()
+            else:
+                digests = {e.info["digest"] for e in self._entries.values()
+                           if e.info.get("kind") == "checkpoint" and name in (e.info["name"], e.info["digest"])}
+                drop = [k for k in self._entries if any(d in k for d in digests)]
+                for k in drop:
+                    del self._entries[k]
+                count = len(drop)
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            return count
+
+    # -- VAE and LoRA files ---------------------------------------------------------------------
+    def vae_file(self, path: Path) -> tuple[str, nn.Module]:
+        digest = self.digest(path)
+
+        def load() -> tuple[Any, int, dict[str, Any]]:
+            vae = load_vae_file(path, self.placement)
+            return vae, module_bytes(vae), {"name": path.name, "digest": digest, "kind": "vae"}
+
+        return digest, self._get_or_load(f"vae:{digest}", load)
+
+    def lora_file(self, path: Path) -> tuple[str, dict[str, lora_mod.LoraPair]]:
+        digest = self.digest(path)
+
+        def load() -> tuple[Any, int, dict[str, Any]]:
+            pairs = lora_mod.read_lora(path)
+            nbytes = sum(p.up.numel() * p.up.element_size() + p.down.numel() * p.down.element_size()
+                         for p in pairs.values())
+            return pairs, nbytes, {"name": path.name, "digest": digest, "kind": "lora"}
+
+        return digest, self._get_or_load(f"lora:{digest}", load)
+
+    # -- runtime views with LoRA patches --------------------------------------------------------
+    def _patches(self, ckpt: LoadedCheckpoint, part: str, loras: Sequence[LoraSpec],
+                 ) -> dict[str, dict[str, torch.Tensor]]:
+        """Patched weights per module ("unet" or a CLIP role) for this LoRA stack, cached."""
+        active = [(p, s) for p, s in loras if s != 0.0]
+        if not active:
+            return {}
+        specs = [(self.lora_file(p), p.name, s) for p, s in active]
+        key = f"patch:{part}:{ckpt.digest}:" + ",".join(f"{d}@{s!r}" for (d, _), _, s in specs)
+
+        def load() -> tuple[Any, int, dict[str, Any]]:
+            targets = self._lora_targets(ckpt, part)
+            out: dict[str, dict[str, torch.Tensor]] = {}
+            for (_, pairs), _name, strength in specs:
+                for target, (module, lookup) in targets.items():
+                    patched, used = lora_mod.patch_weights(module, lookup, pairs, strength, out.get(target))
+                    if used:
+                        out[target] = patched
+            nbytes = sum(t.numel() * t.element_size() for d in out.values() for t in d.values())
+            return out, nbytes, {"name": key, "digest": ckpt.digest, "kind": "patch"}
+
+        value: dict[str, dict[str, torch.Tensor]] = self._get_or_load(key, load)
+        return value
+
+    def check_lora(self, ckpt: LoadedCheckpoint, path: Path) -> None:
+        """NodeInputError if the LoRA file fits no layer of the checkpoint (UNet or text encoders)."""
+        _, pairs = self.lora_file(path)
+        used: set[str] = set()
+        for part in ("unet", "clip"):
+            for module, lookup in self._lora_targets(ckpt, part).values():
+                used |= lora_mod.fitting(module, lookup, pairs)
+        lora_mod.check_fit(path.name, pairs, used)
+
+    @staticmethod
+    def _lora_targets(ckpt: LoadedCheckpoint, part: str) -> dict[str, tuple[nn.Module, dict[str, str]]]:
+        parts = ckpt.parts
+        if part == "unet":
+            return {"unet": (parts.unet, lora_mod.module_lookup(parts.unet, "lora_unet_", parts.unet_modules))}
+        if len(parts.clips) > 1:
+            prefixes = {"l": "lora_te1_", "g": "lora_te2_"}
+        else:
+            prefixes = {role: "lora_te_" for role in parts.clips}
+        return {role: (clip, lora_mod.module_lookup(clip, prefixes[role], add_text_model=True))
+                for role, clip in parts.clips.items()}
+
+    def sampling_model(self, ckpt: LoadedCheckpoint, loras: Sequence[LoraSpec] = ()) -> SamplingModel:
+        overrides = self._patches(ckpt, "unet", loras).get("unet", {})
+        rec = ckpt.parts.recognition
+        unet: UNetFn = _unet_fn(ckpt.parts.unet, overrides)
+        if not overrides and fast_path.fast_enabled(ckpt.device):
+            # LoRA-patched weights go through functional_call and stay eager
+            with self._lock:
+                if ckpt.fast is None:
+                    ckpt.fast = fast_path.FastUNet(ckpt.parts.unet, ckpt.device)
+            unet = ckpt.fast
+        return SamplingModel(
+            unet=unet, sampling=ckpt.sampling, prediction=rec.prediction,
+            latent_format=ckpt.latent_format, family=rec.family, context_dim=rec.unet.context_dim,
+            adm=rec.unet.adm, device=ckpt.device, dtype=ckpt.unet_dtype,
+        )
+
+    def decoder(self, ckpt: LoadedCheckpoint) -> fast_path.FastDecoder | None:
+        """The checkpoint VAE's compiled decoder where the fast path compiles (None: decode eagerly; a VAE
+        from its own file always decodes eagerly)."""
+        if not fast_path.compile_enabled(ckpt.device):
+            return None
+        with self._lock:
+            if ckpt.fast_decoder is None:
+                ckpt.fast_decoder = fast_path.FastDecoder(ckpt.parts.vae, ckpt.device)
+        return ckpt.fast_decoder
+
+    def text_encoders(self, ckpt: LoadedCheckpoint, loras: Sequence[LoraSpec] = ()) -> TextEncoders:
+        patches = self._patches(ckpt, "clip", loras)
+        runners: dict[str, Runner] = {}
+        layers: dict[str, int] = {}
+        widths: dict[str, int] = {}
+        projection = None
+        clip: Any
+        for role, clip in ckpt.parts.clips.items():
+            runners[role] = _clip_fn(ClipRunner(clip), patches.get(role, {}))
+            layers[role] = clip.config.num_hidden_layers
+            widths[role] = clip.config.hidden_size
+            if hasattr(clip, "text_projection"):
+                projection = patches.get(role, {}).get("text_projection.weight", clip.text_projection.weight)
+        return TextEncoders(ckpt.family, runners, layers, widths, projection, ckpt.device)
+
+
+def _unet_fn(unet: nn.Module, overrides: dict[str, torch.Tensor]) -> UNetFn:
+    def run(x: torch.Tensor, t: torch.Tensor, ctx: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        kwargs = {"encoder_hidden_states": ctx, "class_labels": y, "return_dict": False}
+        out = functional_call(unet, overrides, (x, t), kwargs, strict=False) if overrides else unet(x, t, **kwargs)
+        result: torch.Tensor = out[0]
+        return result
+
+    return run
+
+
+def _clip_fn(runner: ClipRunner, overrides: dict[str, torch.Tensor]) -> Runner:
+    prefixed = {"clip." + k: v for k, v in overrides.items()}
+
+    def run(ids: torch.Tensor, vecs: torch.Tensor, use: torch.Tensor, layer: int,
+            final_norm: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        if prefixed:
+            out = functional_call(runner, prefixed, (ids, vecs, use, layer, final_norm), strict=False)
+        else:
+            out = runner(ids, vecs, use, layer, final_norm)
+        return out[0], out[1]
+
+    return run
+
+
+_cache: ModelCache | None = None
+_cache_lock = threading.Lock()
+
+
+def get_model_cache() -> ModelCache:
+    """The process-wide cache (created on first use from the environment)."""
+    global _cache
+    with _cache_lock:
+        if _cache is None:
+            _cache = ModelCache()
+        return _cache
+
+
+def set_model_cache(cache: ModelCache | None) -> None:
+    """Replace the process-wide cache (a stage at startup, or tests)."""
+    global _cache
+    with _cache_lock:
+        _cache = cache

@@ -1,0 +1,196 @@
+"""KSampler / KSamplerAdvanced semantics: schedule, initial noise and start point, conditioning, loop."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from comfymesh.diffusion.latents.formats import LatentFormat
+from comfymesh.diffusion.sampling.guidance import CondEntry, GuidedDenoiser, MaskedDenoiser, UNetFn
+from comfymesh.diffusion.sampling.model_sampling import ModelSampling
+from comfymesh.diffusion.sampling.noise import initial_noise
+from comfymesh.diffusion.sampling.samplers import SAMPLER_NAMES, SAMPLERS, Sampler, SamplerEnv
+from comfymesh.diffusion.sampling.schedulers import ksampler_sigmas
+from comfymesh.errors import NodeInputError, ResourceExhaustedError
+
+FAULT_ENV = "COMFYMESH_FAULT_OOM"
+fault_oom = False
+"""Test switch: when set (or $COMFYMESH_FAULT_OOM=1) sampling fails as a CUDA out-of-memory would."""
+
+StepHook = Callable[[int, int, torch.Tensor], None]
+"""(step index, total steps, D_i in the scaled latent space) after each step's first evaluation."""
+
+
+@dataclass
+class SamplingModel:
+    """What sampling needs of a loaded (possibly LoRA-patched) model."""
+
+    unet: UNetFn
+    sampling: ModelSampling
+    prediction: str  # "eps" or "v"
+    latent_format: LatentFormat
+    family: str
+    context_dim: int
+    adm: int | None
+    device: torch.device
+    dtype: torch.dtype
+
+
+def size_embedding(value: float, width: int = 256) -> torch.Tensor:
+    """Cos-first sinusoid of one size number (SDXL's ADM conditioning), float32 [width]."""
+    half = width // 2
+    freqs = torch.exp(-math.log(10000) * torch.arange(0, half, dtype=torch.float32) / half)
+    args = torch.tensor([float(value)], dtype=torch.float32)[:, None] * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)[0]
+
+
+def sdxl_y(pooled: torch.Tensor, extras: dict[str, Any], latent_hw: tuple[int, int]) -> torch.Tensor:
+    """pooled ‖ e(height) ‖ e(width) ‖ e(crop_h) ‖ e(crop_w) ‖ e(target_height) ‖ e(target_width)."""
+    height = extras.get("height") or latent_hw[0] * 8
+    width = extras.get("width") or latent_hw[1] * 8
+    values = [height, width, extras.get("crop_h", 0), extras.get("crop_w", 0),
+              extras.get("target_height", height), extras.get("target_width", width)]
+    sizes = torch.cat([size_embedding(v) for v in values])
+    return torch.cat([pooled.float().reshape(1, -1), sizes[None]], dim=1)
+
+
+def cond_entries(conditioning: Sequence[Any], model: SamplingModel, latent_hw: tuple[int, int],
+                 which: str) -> list[CondEntry]:
+    """CONDITIONING values (lists of [context, extras]) as UNet-ready entries on the model's device."""
+    if not conditioning:
+        raise NodeInputError(f"{which} conditioning is empty")
+    out = []
+    for item in conditioning:
+        context = torch.as_tensor(item[0]).float()
+        extras = dict(item[1]) if len(item) > 1 and item[1] else {}
+        if context.ndim != 3 or context.shape[-1] != model.context_dim:
+            raise NodeInputError(
+                f"{which} conditioning has width {context.shape[-1]} but the {model.family} model expects "
+                f"{model.context_dim}: was it encoded with another checkpoint's CLIP?"
+            )
+        y = None
+        if model.adm is not None:
+            pooled = extras.get("pooled_output")
+            if pooled is None:
+                raise NodeInputError(f"{which} conditioning has no pooled output, which {model.family} needs")
+            y = sdxl_y(torch.as_tensor(pooled), extras, latent_hw)
+            if y.shape[1] != model.adm:
+                raise NodeInputError(f"{which} conditioning gives a {y.shape[1]}-wide ADM vector, "
+                                     f"the model expects {model.adm}")
+            y = y.to(model.device)
+        out.append(CondEntry(context.to(model.device), y))
+    return out
+
+
+def _check_fault() -> None:
+    if fault_oom or os.environ.get(FAULT_ENV) == "1":
+        raise ResourceExhaustedError("CUDA out of memory (injected by COMFYMESH_FAULT_OOM)")
+
+
+@dataclass
+class PreparedSample:
+    """One KSampler call made ready to sample: everything per job is here, so calls can be batched."""
+
+    model: SamplingModel
+    sampler_name: str
+    sampler: Sampler
+    sigmas: torch.Tensor  # CPU float32, n+1 values
+    seed: int
+    cfg: float
+    positive: list[CondEntry]
+    negative: list[CondEntry]
+    x: torch.Tensor  # the start point, on the device
+    scaled: torch.Tensor  # process_in(latent), on the device
+    noise: torch.Tensor  # the initial noise, on the device
+    mask: torch.Tensor | None  # the prepared noise_mask, on the device
+    latent: dict[str, Any]
+
+    @property
+    def rows(self) -> int:
+        return int(self.x.shape[0])
+
+
+def prepare_sample(model: SamplingModel, *, seed: int, steps: int, cfg: float, sampler_name: str,
+                   scheduler: str, positive: Sequence[Any], negative: Sequence[Any], latent: dict[str, Any],
+                   denoise: float = 1.0, add_noise: bool = True, start_step: int | None = None,
+                   last_step: int | None = None, force_full_denoise: bool = False,
+                   ) -> PreparedSample | dict[str, Any]:
+    """Schedule, initial noise, start point and conditioning of one call; a LATENT when nothing samples."""
+    _check_fault()
+    sampler = SAMPLERS.get(sampler_name)
+    if sampler is None:
+        known = "is not implemented yet" if sampler_name in SAMPLER_NAMES else "is unknown"
+        raise NodeInputError(f"sampler {sampler_name!r} {known}")
+    samples = torch.as_tensor(latent["samples"]).float()
+    sigmas = ksampler_sigmas(model.sampling, scheduler, steps, sampler_name, denoise,
+                             start_step, last_step, force_full_denoise)
+    if sigmas is None or len(sigmas) == 0:
+        return {**latent, "samples": samples}
+    batch_index = latent.get("batch_index")
+    noise = (initial_noise(samples, seed, list(batch_index) if batch_index is not None else None)
+             if add_noise else torch.zeros_like(samples))
+    hw = (samples.shape[2], samples.shape[3])
+    pos = cond_entries(positive, model, hw, "positive")
+    neg = cond_entries(negative, model, hw, "negative")
+    scaled = model.latent_format.process_in(samples).to(model.device)
+    noise = noise.to(model.device)
+    mask = None
+    if latent.get("noise_mask") is not None:
+        mask = MaskedDenoiser.prepare_mask(torch.as_tensor(latent["noise_mask"]), scaled.shape, model.device)
+    sigma0, sigma_max = float(sigmas[0]), float(model.sampling.sigma_max)
+    if sigma0 > sigma_max or math.isclose(sigma0, sigma_max, rel_tol=1e-5):
+        x = noise * torch.sqrt(1.0 + sigmas[0] ** 2.0).to(model.device) + scaled
+    else:
+        x = noise * sigmas[0].to(model.device) + scaled
+    return PreparedSample(model, sampler_name, sampler, sigmas, seed, cfg, pos, neg, x, scaled, noise, mask, latent)
+
+
+def finish_sample(prep: PreparedSample, out: torch.Tensor) -> dict[str, Any]:
+    """The node's LATENT from the sampler's output rows of this call."""
+    result = prep.model.latent_format.process_out(out).float().cpu()
+    return {**prep.latent, "samples": result}
+
+
+def run_prepared(prep: PreparedSample, on_step: StepHook | None = None,
+                 check_cancelled: Callable[[], None] | None = None) -> dict[str, Any]:
+    """Sample one prepared call on its own."""
+    model = prep.model
+    denoiser: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = GuidedDenoiser(
+        model.unet, model.sampling, model.prediction, prep.positive, prep.negative, prep.cfg, model.dtype,
+        before_eval=check_cancelled)
+    if prep.mask is not None:
+        denoiser = MaskedDenoiser(denoiser, prep.mask, prep.scaled, prep.noise)
+    total = len(prep.sigmas) - 1
+
+    def step(i: int, denoised: torch.Tensor, _x: torch.Tensor) -> None:
+        if on_step is not None:
+            on_step(i, total, denoised)
+        if check_cancelled is not None:
+            check_cancelled()
+
+    try:
+        out = prep.sampler(denoiser, prep.x, prep.sigmas, SamplerEnv(seed=prep.seed, callback=step))
+    except torch.cuda.OutOfMemoryError as exc:
+        raise ResourceExhaustedError(f"out of GPU memory while sampling: {exc}") from exc
+    return finish_sample(prep, out)
+
+
+def sample_latent(model: SamplingModel, *, seed: int, steps: int, cfg: float, sampler_name: str,
+                  scheduler: str, positive: Sequence[Any], negative: Sequence[Any], latent: dict[str, Any],
+                  denoise: float = 1.0, add_noise: bool = True, start_step: int | None = None,
+                  last_step: int | None = None, force_full_denoise: bool = False,
+                  on_step: StepHook | None = None, check_cancelled: Callable[[], None] | None = None,
+                  ) -> dict[str, Any]:
+    """Run one KSampler; returns a copy of `latent` with new (unscaled, float32, CPU) samples."""
+    prep = prepare_sample(model, seed=seed, steps=steps, cfg=cfg, sampler_name=sampler_name, scheduler=scheduler,
+                          positive=positive, negative=negative, latent=latent, denoise=denoise,
+                          add_noise=add_noise, start_step=start_step, last_step=last_step,
+                          force_full_denoise=force_full_denoise)
+    if isinstance(prep, dict):
+        return prep
+    return run_prepared(prep, on_step, check_cancelled)

@@ -1,0 +1,54 @@
+"""Sampler algorithms by ComfyUI name (all 44 names listed, in widget order; some not implemented yet)."""
+
+from __future__ import annotations
+
+from comfymesh.diffusion.sampling.samplers.base import Denoiser, Sampler, SamplerEnv, StepCallback
+from comfymesh.diffusion.sampling.samplers.dpm_2 import sample_dpm_2, sample_dpm_2_ancestral
+from comfymesh.diffusion.sampling.samplers.dpmpp_2m import sample_dpmpp_2m
+from comfymesh.diffusion.sampling.samplers.dpmpp_2m_sde import make_dpmpp_2m_sde, make_dpmpp_3m_sde
+from comfymesh.diffusion.sampling.samplers.dpmpp_2s_ancestral import sample_dpmpp_2s_ancestral
+from comfymesh.diffusion.sampling.samplers.dpmpp_sde import make_dpmpp_sde
+from comfymesh.diffusion.sampling.samplers.euler import sample_euler, sample_euler_ancestral
+from comfymesh.diffusion.sampling.samplers.heun import sample_heun
+from comfymesh.diffusion.sampling.samplers.lcm import sample_ddpm, sample_lcm
+from comfymesh.diffusion.sampling.samplers.lms import sample_lms
+from comfymesh.diffusion.sampling.samplers.uni_pc import make_uni_pc
+
+SAMPLER_NAMES: tuple[str, ...] = (
+    "euler", "euler_cfg_pp", "euler_ancestral", "euler_ancestral_cfg_pp", "heun", "heunpp2",
+    "exp_heun_2_x0", "exp_heun_2_x0_sde", "dpm_2", "dpm_2_ancestral", "lms", "dpm_fast", "dpm_adaptive",
+    "dpmpp_2s_ancestral", "dpmpp_2s_ancestral_cfg_pp", "dpmpp_sde", "dpmpp_sde_gpu", "dpmpp_2m",
+    "dpmpp_2m_cfg_pp", "dpmpp_2m_sde", "dpmpp_2m_sde_gpu", "dpmpp_2m_sde_heun", "dpmpp_2m_sde_heun_gpu",
+    "dpmpp_3m_sde", "dpmpp_3m_sde_gpu", "ddpm", "lcm", "ipndm", "ipndm_v", "deis", "res_multistep",
+    "res_multistep_cfg_pp", "res_multistep_ancestral", "res_multistep_ancestral_cfg_pp",
+    "gradient_estimation", "gradient_estimation_cfg_pp", "er_sde", "seeds_2", "seeds_3", "sa_solver",
+    "sa_solver_pece", "ddim", "uni_pc", "uni_pc_bh2",
+)
+
+SAMPLERS: dict[str, Sampler] = {
+    "euler": sample_euler,
+    "euler_ancestral": sample_euler_ancestral,
+    "heun": sample_heun,
+    "dpm_2": sample_dpm_2,
+    "dpm_2_ancestral": sample_dpm_2_ancestral,
+    "lms": sample_lms,
+    "dpmpp_2s_ancestral": sample_dpmpp_2s_ancestral,
+    "dpmpp_sde": make_dpmpp_sde(),
+    "dpmpp_sde_gpu": make_dpmpp_sde(on_device=True),
+    "dpmpp_2m": sample_dpmpp_2m,
+    "dpmpp_2m_sde": make_dpmpp_2m_sde("midpoint"),
+    "dpmpp_2m_sde_gpu": make_dpmpp_2m_sde("midpoint", on_device=True),
+    "dpmpp_2m_sde_heun": make_dpmpp_2m_sde("heun"),
+    "dpmpp_2m_sde_heun_gpu": make_dpmpp_2m_sde("heun", on_device=True),
+    "dpmpp_3m_sde": make_dpmpp_3m_sde(),
+    "dpmpp_3m_sde_gpu": make_dpmpp_3m_sde(on_device=True),
+    "ddpm": sample_ddpm,
+    "lcm": sample_lcm,
+    "ddim": sample_euler,  # same update; only ComfyUI's inpainting re-noise differs
+    "uni_pc": make_uni_pc("bh1"),
+    "uni_pc_bh2": make_uni_pc("bh2"),
+}
+IMPLEMENTED_SAMPLERS: tuple[str, ...] = tuple(n for n in SAMPLER_NAMES if n in SAMPLERS)
+
+__all__ = ["IMPLEMENTED_SAMPLERS", "SAMPLERS", "SAMPLER_NAMES", "Denoiser", "Sampler", "SamplerEnv",
+           "StepCallback"]

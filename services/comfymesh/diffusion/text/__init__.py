@@ -1,0 +1,1 @@
+"""Prompts to conditioning: the tokenizer, prompt weights, and the text encoders' windows and layers."""

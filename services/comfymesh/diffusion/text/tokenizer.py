@@ -1,0 +1,44 @@
+"""The CLIP tokenizer, loaded once per process from the folder `tokenizer_build` wrote."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any
+
+from comfymesh.diffusion.text.tokenizer_build import default_tokenizer_dir
+from comfymesh.errors import ModelError
+
+BOS_ID = 49406
+EOS_ID = 49407
+WINDOW = 77  # BOS + 75 tokens + EOS
+
+
+def tokenizer_dir() -> Path:
+    """The folder the tokenizer is read from (see `default_tokenizer_dir`)."""
+    return default_tokenizer_dir()
+
+
+@functools.lru_cache(maxsize=4)
+def _load(path: str) -> Any:
+    from transformers import CLIPTokenizer
+
+    # from_pretrained on a folder: the vocab_file constructor gives wrong ids under transformers 5.x
+    return CLIPTokenizer.from_pretrained(path, local_files_only=True)
+
+
+def get_tokenizer() -> Any:
+    """The shared CLIPTokenizer; a clear ModelError when setup has not built it yet."""
+    path = tokenizer_dir()
+    if not (path / "vocab.json").is_file() or not (path / "merges.txt").is_file():
+        raise ModelError(
+            f"CLIP tokenizer files are missing in {path}: run `make setup` or "
+            "`python -m comfymesh.diffusion.text.tokenizer_build` (set COMFYMESH_TOKENIZER_DIR to use another folder)"
+        )
+    return _load(str(path))
+
+
+def token_ids(text: str) -> list[int]:
+    """Token ids of `text` without BOS/EOS (the text is lower-cased by the tokenizer)."""
+    ids: list[int] = get_tokenizer()(text, add_special_tokens=False)["input_ids"]
+    return ids
