@@ -104,7 +104,8 @@ class OutboundPolicy:
 
     @classmethod
     def parse(cls, allow: str) -> OutboundPolicy:
-        """From the comma-separated `COMFYMESH_OUTBOUND_ALLOW` (e.g. "10.0.0.0/8,hooks.internal")."""
+        """From the comma-separated `COMFYMESH_OUTBOUND_ALLOW` (e.g. "10.0.0.0/8,hooks.internal"); raises
+        ValueError for an entry that is neither a network nor a host name."""
         networks: list[IPNetwork] = []
         hosts: set[str] = set()
         for entry in (item.strip() for item in allow.split(",")):
@@ -113,12 +114,15 @@ class OutboundPolicy:
             try:
                 networks.append(ipaddress.ip_network(entry.strip("[]"), strict=False))
             except ValueError:
+                if "/" in entry or ":" in entry:
+                    raise ValueError(f"COMFYMESH_OUTBOUND_ALLOW: {entry!r} is neither a network (CIDR) nor a "
+                                     "host name") from None
                 hosts.add(entry.lower().rstrip("."))
         return cls(tuple(networks), frozenset(hosts))
 
     def _check(self, host: str, address: IPAddress) -> None:
         reason = refusal(address)
-        if reason is None or host in self.hosts or any(address in network for network in self.networks):
+        if reason is None or host.rstrip(".") in self.hosts or any(address in network for network in self.networks):
             return
         raise OutboundRefused(f"{host} is a {reason} address, which outbound requests may not reach "
                               "(allow it with COMFYMESH_OUTBOUND_ALLOW)")
@@ -133,7 +137,8 @@ class OutboundPolicy:
         return parsed
 
     async def resolve(self, url: str) -> Destination:
-        """Resolve the URL's host and check every address it has; the first is the one to connect to."""
+        """Resolve the URL's host and check every address it has; the first is the one to connect to.
+        A host that does not resolve raises httpx.ConnectError (a retry may succeed)."""
         parsed = self.check_url(url)
         host = _host(parsed)
         address = _numeric_address(host)
@@ -143,7 +148,7 @@ class OutboundPolicy:
         try:
             infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except (socket.gaierror, UnicodeError) as exc:
-            raise OutboundRefused(f"{host} does not resolve ({exc})") from None
+            raise httpx.ConnectError(f"{host} does not resolve ({exc})") from None
         addresses = [ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]) for info in infos]
         for candidate in addresses:
             self._check(host, candidate)  # one refused answer refuses the host: it may be chosen later

@@ -83,6 +83,16 @@ def test_only_http_urls_with_a_host_and_a_bounded_length(url: str) -> None:
         OutboundPolicy.parse("0.0.0.0/0,::/0").check_url(url)
 
 
+def test_the_allow_setting_takes_networks_and_names_and_refuses_what_is_neither() -> None:
+    policy = OutboundPolicy.parse(" 10.0.0.0/8, [fd00::1] ,Hooks.Internal.,")
+    assert [str(network) for network in policy.networks] == ["10.0.0.0/8", "fd00::1/128"]
+    assert policy.hosts == {"hooks.internal"}
+    policy.check_url("http://10.1.2.3/hook")
+    for entry in ("10.0.0.0/33", "fd00::/200", "10.0.0.1:80"):
+        with pytest.raises(ValueError, match="neither a network"):
+            OutboundPolicy.parse(entry)
+
+
 def test_default_refusals_by_kind() -> None:
     kinds = {address: refusal(ipaddress.ip_address(address)) for address in
              ("127.0.0.1", "169.254.169.254", "10.0.0.1", "100.64.0.1", "::1", "fe80::1", "fd00:ec2::254",
