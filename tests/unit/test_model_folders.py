@@ -23,7 +23,7 @@ def test_aliases_and_suffixes(tmp_path: Path) -> None:
     folders = ModelFolders.load(tmp_path)
     assert canonical("clip") == canonical("text_encoders") == "text_encoders"
     assert canonical("custom_nodes") is None
-    assert sorted(name for _, name in folders.walk("clip")) == ["qwen.sft", "t5.safetensors"]
+    assert sorted(name for _, names in folders.walk("clip") for name in names) == ["qwen.sft", "t5.safetensors"]
     assert folders.resolve("text_encoders", "t5.safetensors") == tmp_path / "models" / "clip" / "t5.safetensors"
     assert folders.resolve("text_encoders", "evil.ckpt") is None
     assert folders.resolve("text_encoders", "../checkpoints/sd.safetensors") is None
@@ -48,7 +48,7 @@ comfyui:
 """)
     folders = ModelFolders.load(tmp_path / "home", config)
     assert folders.resolve("unet", "flux.safetensors") == elsewhere / "models" / "unet" / "flux.safetensors"
-    assert sorted(name for _, name in folders.walk("loras")) == ["a.safetensors", "b.safetensors"]
+    assert sorted(name for _, names in folders.walk("loras") for name in names) == ["a.safetensors", "b.safetensors"]
 
 
 @pytest.mark.parametrize("text", ["- a list", "x: 3", "x:\n  loras: 5", "x: ["])

@@ -1,41 +1,28 @@
-"""Node definitions: inputs, outputs, defaults, limits and the stage that runs each node.
+"""The node catalog: what every node takes and makes, and which stage runs it, as the stages declared it.
 
-The single source for validation, `/object_info` and dispatch. Entries follow ComfyUI 0.8.0's
-`/object_info` shapes (nodes.json) plus a `stage` field; file lists are read at request time.
+Stages declare their nodes beside the functions that run them (`comfymesh.catalog.schema`) and
+advertise them through Describe; the orchestrator's catalog merges what each stage advertises. Choices
+read from the data root (model files, input images) are resolved whenever they are asked for.
 """
 
 from __future__ import annotations
 
 import copy
-import json
 import mimetypes
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-# Sampler and scheduler names the diffusion stage implements, in ComfyUI's order.
-SAMPLERS = ["euler", "euler_ancestral", "heun", "dpm_2", "dpm_2_ancestral", "lms", "dpmpp_2s_ancestral",
-            "dpmpp_sde", "dpmpp_sde_gpu", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_2m_sde_gpu", "dpmpp_2m_sde_heun",
-            "dpmpp_2m_sde_heun_gpu", "dpmpp_3m_sde", "dpmpp_3m_sde_gpu", "ddpm", "lcm", "ddim", "uni_pc",
-            "uni_pc_bh2"]
-SCHEDULERS = ["simple", "sgm_uniform", "karras", "exponential", "ddim_uniform", "beta", "normal",
-              "linear_quadratic", "kl_optimal"]
-# Output nodes run in whichever stage produced their input (no image crosses stages to be saved).
-ANY_STAGE = "any"
-MODEL_FOLDERS = {"checkpoints": (".safetensors",), "loras": (".safetensors",), "vae": (".safetensors",)}
+from comfymesh.catalog.files import resolve_image_name
+from comfymesh.catalog.model_folders import ModelFolders
+from comfymesh.catalog.schema import ANY_STAGE, SOURCE_KEY, WIDGET_TYPES
 
-_ENTRIES: dict[str, dict[str, Any]] = json.loads((Path(__file__).parent / "nodes.json").read_text())
-# placeholders in nodes.json replaced by live lists
-_DYNAMIC = {
-    "<files in models/checkpoints>": ("model", "checkpoints"),
-    "<files in models/loras>": ("model", "loras"),
-    "pixel_space": ("model", "vae"),
-    "example.png": ("input", ""),
-    "<SAMPLERS>": ("const", "samplers"),
-    "<SCHEDULERS>": ("const", "schedulers"),
-}
+# a Source naming LoadImage's list of input images; every other source is `models/<folder>`
+INPUT_IMAGES = "input/images"
+MODELS_PREFIX = "models/"
 
 
 @dataclass(frozen=True)
@@ -46,10 +33,11 @@ class InputSpec:
     type: str
     options: dict[str, Any]
     required: bool
+    source: str | None = None  # where a COMBO's choices come from, when they are files
 
     @property
     def is_widget(self) -> bool:
-        return self.type in ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
+        return self.type in WIDGET_TYPES
 
 
 @dataclass(frozen=True)
@@ -63,54 +51,69 @@ class NodeDef:
     output_node: bool
 
 
-def _input_type(spec: list[Any]) -> str:
-    return "COMBO" if isinstance(spec[0], list) else str(spec[0])
+def _input_spec(name: str, spec: Any, required: bool) -> InputSpec:
+    head, options = spec[0], (spec[1] if len(spec) > 1 else {})
+    if not isinstance(head, list):
+        return InputSpec(name, str(head), options, required)
+    source = head[0].get(SOURCE_KEY) if len(head) == 1 and isinstance(head[0], dict) else None
+    return InputSpec(name, "COMBO", options, required, source)
+
+
+def node_def(name: str, entry: Mapping[str, Any]) -> NodeDef:
+    """A NodeDef from an `/object_info` entry that carries its `stage` (the form Describe sends)."""
+    inputs: dict[str, InputSpec] = {}
+    for section in ("required", "optional"):
+        for input_name, spec in entry["input"].get(section, {}).items():
+            inputs[input_name] = _input_spec(input_name, spec, section == "required")
+    return NodeDef(name, str(entry["stage"]), inputs, tuple(entry["output"]), bool(entry["output_node"]))
 
 
 class Catalog:
-    """Node definitions, with file lists read from the data root when asked."""
+    """Node definitions (entries in `/object_info` form with a `stage`), with file lists read when asked."""
 
-    def __init__(self, home: Path) -> None:
+    def __init__(self, home: Path, entries: Mapping[str, Mapping[str, Any]] | None = None,
+                 folders: ModelFolders | None = None) -> None:
         self.home = home
+        self.folders = folders or ModelFolders(home, {})
+        self._entries: dict[str, Mapping[str, Any]] = {}
         self.nodes: dict[str, NodeDef] = {}
-        for name, entry in _ENTRIES.items():
-            inputs: dict[str, InputSpec] = {}
-            for section in ("required", "optional"):
-                for input_name, spec in entry["input"].get(section, {}).items():
-                    options = spec[1] if len(spec) > 1 else {}
-                    inputs[input_name] = InputSpec(input_name, _input_type(spec), options, section == "required")
-            self.nodes[name] = NodeDef(name, entry["stage"], inputs, tuple(entry["output"]),
-                                       bool(entry["output_node"]))
         # per model folder: the listing and the mtime of every directory it walked
         self._listings: dict[str, tuple[dict[str, int], list[str]]] = {}
+        self.update(_legacy_entries() if entries is None else entries)
+
+    def update(self, entries: Mapping[str, Mapping[str, Any]]) -> None:
+        """Add or replace node entries (a stage described itself, perhaps with new code)."""
+        for name, entry in entries.items():
+            self.nodes[name] = node_def(name, entry)
+            self._entries[name] = entry
+
+    def entries(self) -> dict[str, Mapping[str, Any]]:
+        return dict(self._entries)
 
     def get(self, class_type: str) -> NodeDef | None:
         return self.nodes.get(class_type)
 
     def model_files(self, folder: str) -> list[str]:
-        """Model files in models/<folder>, relative names with '/' separators, sorted.
+        """Accepted files of a model folder, relative names with '/' separators, sorted.
 
         Every submit validates against this list, so it is kept and only walked again when a directory
         it walked changed (adding, removing or renaming an entry changes its directory's mtime)."""
         cached = self._listings.get(folder)
         if cached is not None and _unchanged(cached[0]):
             return list(cached[1])
-        root = self.home / "models" / folder
-        suffixes = MODEL_FOLDERS.get(folder, (".safetensors",))
-        found, mtimes = [], {}
-        for folder_path, _, names in os.walk(root, followlinks=True):
-            mtimes[folder_path] = _mtime_ns(folder_path)
-            relative = os.path.relpath(folder_path, root).replace(os.sep, "/")
-            for name in names:
-                if os.path.splitext(name)[1].lower() in suffixes and os.path.isfile(os.path.join(folder_path, name)):
-                    found.append(name if relative == "." else f"{relative}/{name}")
-        mtimes.setdefault(str(root), _mtime_ns(str(root)))  # a folder created later shows up too
+        found: set[str] = set()
+        mtimes: dict[str, int] = {}
+        for root in self.folders.roots(folder):
+            mtimes[str(root)] = _mtime_ns(str(root))  # a folder created later shows up too
+        for directory, names in self.folders.walk(folder):
+            mtimes[directory] = _mtime_ns(directory)
+            found.update(names)
+        listing = sorted(found)
         # mtimes tick with the kernel's coarse clock (ms): a directory changed just now could change
         # again within the same tick unseen, so such a listing is not kept
-        found.sort()
-        if max(mtimes.values()) < time.time_ns() - _SETTLED_NS:
-            self._listings[folder] = (mtimes, list(found))
-        return found
+        if max(mtimes.values(), default=0) < time.time_ns() - _SETTLED_NS:
+            self._listings[folder] = (mtimes, list(listing))
+        return listing
 
     def input_images(self) -> list[str]:
         """Image files directly in the input folder (what LoadImage lists)."""
@@ -122,38 +125,65 @@ class Catalog:
 
     def choices(self, class_type: str, input_name: str) -> list[Any]:
         """The live COMBO list of one input."""
-        spec = _ENTRIES[class_type]["input"]
-        raw = (spec.get("required", {}) | spec.get("optional", {}))[input_name][0]
-        return self._resolve(raw)
+        spec = self.nodes[class_type].inputs[input_name]
+        if spec.source is not None:
+            return self._source(spec.source)
+        entry = self._entries[class_type]["input"]
+        return list((entry.get("required", {}) | entry.get("optional", {}))[input_name][0])
 
-    def _resolve(self, raw: list[Any]) -> list[Any]:
-        if not raw or raw[0] not in _DYNAMIC:
-            return list(raw)
-        kind, what = _DYNAMIC[raw[0]]
-        if kind == "model":
-            return self.model_files(what)
-        if kind == "input":
+    def file_of(self, class_type: str, input_name: str, value: object) -> Path | None:
+        """The existing file an input's value names (a model file, an input image), or None."""
+        definition = self.nodes.get(class_type)
+        spec = definition.inputs.get(input_name) if definition else None
+        if spec is None or spec.source is None or not isinstance(value, str):
+            return None
+        if spec.source == INPUT_IMAGES:
+            path = resolve_image_name(self.home, value)
+            return path if path is not None and path.is_file() else None
+        return self.folders.resolve(spec.source.removeprefix(MODELS_PREFIX), value)
+
+    def _source(self, source: str) -> list[Any]:
+        if source == INPUT_IMAGES:
             return self.input_images()
-        return list(SAMPLERS if what == "samplers" else SCHEDULERS)
+        return self.model_files(source.removeprefix(MODELS_PREFIX))
 
     def object_info(self, class_type: str | None = None) -> dict[str, Any]:
         """ComfyUI `/object_info` entries with live file lists (all nodes, or one; {} when unknown)."""
-        names = [class_type] if class_type else list(_ENTRIES)
+        names = [class_type] if class_type else list(self._entries)
         info: dict[str, Any] = {}
         for name in names:
-            if name not in _ENTRIES:
+            if name not in self._entries:
                 continue
-            entry = copy.deepcopy(_ENTRIES[name])
-            entry.pop("stage")
-            for section in ("required", "optional"):
-                for spec in entry["input"].get(section, {}).values():
-                    if isinstance(spec[0], list):
-                        spec[0] = self._resolve(spec[0])
+            entry = copy.deepcopy(dict(self._entries[name]))
+            entry.pop("stage", None)
+            for input_name, spec in self.nodes[name].inputs.items():
+                if spec.source is not None:
+                    section = "required" if spec.required else "optional"
+                    entry["input"][section][input_name][0] = self._source(spec.source)
             info[name] = entry
         return info
 
 
 _SETTLED_NS = 2_000_000_000
+_LEGACY = {"<files in models/checkpoints>": "models/checkpoints", "<files in models/loras>": "models/loras",
+           "pixel_space": "models/vae", "example.png": INPUT_IMAGES}
+
+
+def _legacy_entries() -> dict[str, Any]:
+    import json
+
+    entries = json.loads((Path(__file__).parent / "nodes.json").read_text())
+    for entry in entries.values():
+        for section in ("required", "optional"):
+            for spec in entry["input"].get(section, {}).values():
+                head = spec[0]
+                if isinstance(head, list) and len(head) == 1 and head[0] in _LEGACY:
+                    spec[0] = [{SOURCE_KEY: _LEGACY[head[0]]}]
+                elif head == ["<SAMPLERS>"] or head == ["<SCHEDULERS>"]:
+                    from comfymesh.catalog.legacy_lists import SAMPLERS, SCHEDULERS
+
+                    spec[0] = list(SAMPLERS if head == ["<SAMPLERS>"] else SCHEDULERS)
+    return entries
 
 
 def _mtime_ns(path: str) -> int:
@@ -167,4 +197,4 @@ def _unchanged(mtimes: dict[str, int]) -> bool:
     return all(_mtime_ns(path) == mtime for path, mtime in mtimes.items())
 
 
-__all__ = ["ANY_STAGE", "SAMPLERS", "SCHEDULERS", "Catalog", "InputSpec", "NodeDef"]
+__all__ = ["ANY_STAGE", "INPUT_IMAGES", "Catalog", "InputSpec", "NodeDef", "node_def"]

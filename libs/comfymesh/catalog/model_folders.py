@@ -88,14 +88,14 @@ class ModelFolders:
                 return path
         return None
 
-    def walk(self, folder: str) -> Iterable[tuple[Path, str]]:
-        """(directory walked, relative file name with '/') for every accepted file of `folder`."""
+    def walk(self, folder: str) -> Iterable[tuple[str, list[str]]]:
+        """Every directory under `folder`'s roots, with the accepted files in it as names relative to
+        their root ('/' separators); empty directories too, so a listing can watch them for changes."""
         for root in self.roots(folder):
             for directory, _, names in os.walk(root, followlinks=True):
                 relative = os.path.relpath(directory, root).replace(os.sep, "/")
-                for filename in names:
-                    if self.accepts(filename) and os.path.isfile(os.path.join(directory, filename)):
-                        yield Path(directory), filename if relative == "." else f"{relative}/{filename}"
+                yield directory, [name if relative == "." else f"{relative}/{name}" for name in names
+                                  if self.accepts(name) and os.path.isfile(os.path.join(directory, name))]
 
 
 def read_extra_paths(path: Path) -> dict[str, tuple[Path, ...]]:

@@ -10,9 +10,9 @@ from comfymesh.stage.server import stage_main
 
 
 def _nodes() -> dict[str, NodeImpl]:
-    from comfymesh.imaging.nodes import NODES
+    from comfymesh.imaging.nodes import nodes
 
-    return NODES
+    return nodes.impls
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""The imaging stage's node implementations, keyed by ComfyUI class name in NODES.
+"""The imaging stage's nodes: each declared (inputs, outputs, category) beside the function that runs it.
 
 Inputs follow /object_info (comfyui-api.md §8.4); the pixel work is in `ops` (ImageMagick).
 """
@@ -10,11 +10,13 @@ from typing import Any
 import numpy as np
 
 from comfymesh.catalog.files import FileRefused, open_inside, split_image_name
+from comfymesh.catalog.schema import Combo, Float, Int, Link, NodeSet, Output, Source
 from comfymesh.errors import NodeInputError
 from comfymesh.imaging import ops
 from comfymesh.outputs import as_image_batch
-from comfymesh.stage.node import NodeContext, NodeImpl
+from comfymesh.stage.node import NodeContext
 
+nodes = NodeSet("imaging")
 
 def _read_input(ctx: NodeContext, image: str) -> bytes:
     """The bytes of the file LoadImage's `name`, `sub/name` or `name [output|input|temp]` names."""
@@ -29,6 +31,12 @@ def _read_input(ctx: NodeContext, image: str) -> bytes:
                              node_id=ctx.node_id) from None
 
 
+@nodes.define("LoadImage", category="image", display_name="Load Image",
+    inputs=[
+        Combo("image", Source("input/images"), image_upload=True),
+    ],
+    outputs=[Output("IMAGE"), Output("MASK")],
+)
 def load_image(ctx: NodeContext, image: str) -> tuple[np.ndarray, np.ndarray]:
     """LoadImage: IMAGE [B,H,W,3] and MASK = 1 - alpha, or a 64x64 zero mask without alpha.
 
@@ -59,6 +67,16 @@ def _upscale(images: np.ndarray, method: str, width: int, height: int, crop: str
     return ops.resize(images, width, height, method)
 
 
+@nodes.define("ImageScale", category="image/upscaling", display_name="Upscale Image",
+    inputs=[
+        Link("image", "IMAGE"),
+        Combo("upscale_method", ["nearest-exact", "bilinear", "area", "bicubic", "lanczos"]),
+        Int("width", 512, min=0, max=16384, step=1),
+        Int("height", 512, min=0, max=16384, step=1),
+        Combo("crop", ["disabled", "center"]),
+    ],
+    outputs=[Output("IMAGE")],
+)
 def image_scale(ctx: NodeContext, image: Any, upscale_method: str, width: int, height: int,
                 crop: str) -> tuple[np.ndarray]:
     """ImageScale: to width x height; a 0 side keeps the aspect ratio, both 0 leaves the image as is."""
@@ -73,6 +91,14 @@ def image_scale(ctx: NodeContext, image: Any, upscale_method: str, width: int, h
     return (_upscale(images, upscale_method, width, height, crop),)
 
 
+@nodes.define("ImageScaleBy", category="image/upscaling", display_name="Upscale Image By",
+    inputs=[
+        Link("image", "IMAGE"),
+        Combo("upscale_method", ["nearest-exact", "bilinear", "area", "bicubic", "lanczos"]),
+        Float("scale_by", 1.0, min=0.01, max=8.0, step=0.01),
+    ],
+    outputs=[Output("IMAGE")],
+)
 def image_scale_by(ctx: NodeContext, image: Any, upscale_method: str, scale_by: float) -> tuple[np.ndarray]:
     """ImageScaleBy: both sides times `scale_by`, rounded."""
     images = as_image_batch(image)
@@ -82,11 +108,25 @@ def image_scale_by(ctx: NodeContext, image: Any, upscale_method: str, scale_by: 
     return (_upscale(images, upscale_method, width, height, "disabled"),)
 
 
+@nodes.define("ImageInvert", category="image", display_name="Invert Image",
+    inputs=[
+        Link("image", "IMAGE"),
+    ],
+    outputs=[Output("IMAGE")],
+)
 def image_invert(ctx: NodeContext, image: Any) -> tuple[np.ndarray]:
     """ImageInvert: 1 - x."""
     return (ops.invert(as_image_batch(image)),)
 
 
+@nodes.define("ImageBlur", category="image/postprocessing", display_name=None, python_module="comfy_extras.nodes_post_processing", deprecated=False, experimental=False, api_node=False, output_matchtypes=None, output_tooltips=[None],
+    inputs=[
+        Link("image", "IMAGE", {}),
+        Int("blur_radius", 1, min=1, max=31, step=1),
+        Float("sigma", 1.0, min=0.1, max=10.0, step=0.1),
+    ],
+    outputs=[Output("IMAGE")],
+)
 def image_blur(ctx: NodeContext, image: Any, blur_radius: int, sigma: float) -> tuple[np.ndarray]:
     """ImageBlur: ComfyUI's kernel spans linspace(-1, 1) over 2r+1 taps, so its sigma is sigma·r pixels."""
     images = as_image_batch(image)
@@ -95,6 +135,15 @@ def image_blur(ctx: NodeContext, image: Any, blur_radius: int, sigma: float) -> 
     return (ops.gaussian_blur(images, blur_radius, sigma * blur_radius),)
 
 
+@nodes.define("ImageSharpen", category="image/postprocessing", display_name=None, python_module="comfy_extras.nodes_post_processing", deprecated=False, experimental=False, api_node=False, output_matchtypes=None, output_tooltips=[None],
+    inputs=[
+        Link("image", "IMAGE", {}),
+        Int("sharpen_radius", 1, min=1, max=31, step=1),
+        Float("sigma", 1.0, min=0.1, max=10.0, step=0.01),
+        Float("alpha", 1.0, min=0.0, max=5.0, step=0.01),
+    ],
+    outputs=[Output("IMAGE")],
+)
 def image_sharpen(ctx: NodeContext, image: Any, sharpen_radius: int, sigma: float,
                   alpha: float) -> tuple[np.ndarray]:
     """ImageSharpen: convolve with ComfyUI's sharpening kernel, clamped to [0, 1]."""
@@ -104,6 +153,16 @@ def image_sharpen(ctx: NodeContext, image: Any, sharpen_radius: int, sigma: floa
     return (ops.convolve(images, ops.sharpen_kernel(sharpen_radius, sigma, alpha)),)
 
 
+@nodes.define("ImageCrop", category="image/transform", display_name="Image Crop", python_module="comfy_extras.nodes_images", deprecated=False, experimental=False, api_node=False, output_matchtypes=None, output_tooltips=[None],
+    inputs=[
+        Link("image", "IMAGE", {}),
+        Int("width", 512, min=1, max=16384, step=1),
+        Int("height", 512, min=1, max=16384, step=1),
+        Int("x", 0, min=0, max=16384, step=1),
+        Int("y", 0, min=0, max=16384, step=1),
+    ],
+    outputs=[Output("IMAGE")],
+)
 def image_crop(ctx: NodeContext, image: Any, width: int, height: int, x: int, y: int) -> tuple[np.ndarray]:
     """ImageCrop: x/y clamped into the image and the box cut at its edges, as ComfyUI does."""
     images = as_image_batch(image)
@@ -115,6 +174,13 @@ def image_crop(ctx: NodeContext, image: Any, width: int, height: int, x: int, y:
     return (ops.crop(images, x, y, width, height),)
 
 
+@nodes.define("ImageBatch", category="image", display_name="Batch Images", deprecated=True,
+    inputs=[
+        Link("image1", "IMAGE"),
+        Link("image2", "IMAGE"),
+    ],
+    outputs=[Output("IMAGE")],
+)
 def image_batch(ctx: NodeContext, image1: Any, image2: Any) -> tuple[np.ndarray]:
     """ImageBatch: image2 after image1, first scaled (bilinear, centre crop) to image1's size."""
     first, second = as_image_batch(image1), as_image_batch(image2)
@@ -127,6 +193,15 @@ def image_batch(ctx: NodeContext, image1: Any, image2: Any) -> tuple[np.ndarray]
     return (np.concatenate([first, second]),)
 
 
+@nodes.define("EmptyImage", category="image",
+    inputs=[
+        Int("width", 512, min=1, max=16384, step=1),
+        Int("height", 512, min=1, max=16384, step=1),
+        Int("batch_size", 1, min=1, max=4096),
+        Int("color", 0, min=0, max=16777215, step=1, display="color"),
+    ],
+    outputs=[Output("IMAGE")],
+)
 def empty_image(ctx: NodeContext, width: int, height: int, batch_size: int = 1,
                 color: int = 0) -> tuple[np.ndarray]:
     """EmptyImage: a batch filled with 0xRRGGBB (each channel as byte/255, like ComfyUI)."""
@@ -134,16 +209,3 @@ def empty_image(ctx: NodeContext, width: int, height: int, batch_size: int = 1,
     # Divide in float64, then round once to float32, as ComfyUI's Python floats do.
     rgb = (np.array([(color >> 16) & 0xFF, (color >> 8) & 0xFF, color & 0xFF]) / 255.0).astype(np.float32)
     return (np.broadcast_to(rgb, (batch_size, height, width, 3)).copy(),)
-
-
-NODES: dict[str, NodeImpl] = {
-    "LoadImage": load_image,
-    "ImageScale": image_scale,
-    "ImageScaleBy": image_scale_by,
-    "ImageInvert": image_invert,
-    "ImageBlur": image_blur,
-    "ImageSharpen": image_sharpen,
-    "ImageCrop": image_crop,
-    "ImageBatch": image_batch,
-    "EmptyImage": empty_image,
-}

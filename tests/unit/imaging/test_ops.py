@@ -21,7 +21,7 @@ from wand.image import Image as WandImage
 from comfymesh.errors import NodeInputError
 from comfymesh.graph.limits import OutputLimits
 from comfymesh.imaging import ops
-from comfymesh.imaging.nodes import NODES
+from comfymesh.imaging.nodes import nodes
 from comfymesh.stage.node import NodeContext
 
 CONVERT = "/usr/bin/convert"
@@ -56,7 +56,7 @@ def ctx(tmp_path: Path, photo: Path) -> NodeContext:
 
 @pytest.fixture
 def astronaut(ctx: NodeContext) -> np.ndarray:
-    image, _ = NODES["LoadImage"](ctx, image="astronaut.png")
+    image, _ = nodes.impls["LoadImage"](ctx, image="astronaut.png")
     return image
 
 
@@ -84,7 +84,7 @@ def test_float_round_trip_through_wand() -> None:
 
 
 def test_load_image_matches_imagemagick(ctx: NodeContext, convert: str, photo: Path) -> None:
-    image, mask = NODES["LoadImage"](ctx, image="astronaut.png")
+    image, mask = nodes.impls["LoadImage"](ctx, image="astronaut.png")
     assert image.dtype == np.float32 and mask.shape == (1, 64, 64) and not mask.any()
     assert_close(image, magick(convert, photo), 1e-6)
 
@@ -97,10 +97,10 @@ SCALES = [("nearest-exact", ["-filter", "Point"]), ("bilinear", ["-filter", "Tri
 @pytest.mark.parametrize(("method", "filter_args"), SCALES)
 def test_image_scale_matches_imagemagick(astronaut: np.ndarray, ctx: NodeContext, convert: str,
                                          photo: Path, method: str, filter_args: list[str]) -> None:
-    (down,) = NODES["ImageScale"](ctx, image=astronaut, upscale_method=method, width=200, height=150,
+    (down,) = nodes.impls["ImageScale"](ctx, image=astronaut, upscale_method=method, width=200, height=150,
                                   crop="disabled")
     assert_close(down, magick(convert, photo, *filter_args, "-resize", "200x150!"))
-    (up,) = NODES["ImageScaleBy"](ctx, image=astronaut, upscale_method=method, scale_by=1.3)
+    (up,) = nodes.impls["ImageScaleBy"](ctx, image=astronaut, upscale_method=method, scale_by=1.3)
     assert_close(up, magick(convert, photo, *filter_args, "-resize", "666x666!"))
 
 
@@ -108,7 +108,7 @@ def test_image_scale_center_crop_then_resize(astronaut: np.ndarray, ctx: NodeCon
                                              photo: Path) -> None:
     # 512x512 to 300x200: ComfyUI keeps the middle 342 rows (y = round(85.33) = 85) before scaling.
     assert ops.center_crop_box(512, 512, 300, 200) == (0, 85, 512, 342)
-    (scaled,) = NODES["ImageScale"](ctx, image=astronaut, upscale_method="bilinear", width=300, height=200,
+    (scaled,) = nodes.impls["ImageScale"](ctx, image=astronaut, upscale_method="bilinear", width=300, height=200,
                                     crop="center")
     reference = magick(convert, photo, "-crop", "512x342+0+85", "+repage", "-filter", "Triangle",
                        "-resize", "300x200!")
@@ -117,44 +117,44 @@ def test_image_scale_center_crop_then_resize(astronaut: np.ndarray, ctx: NodeCon
 
 def test_image_scale_zero_side_keeps_aspect(ctx: NodeContext) -> None:
     image = np.zeros((1, 40, 100, 3), np.float32)
-    assert NODES["ImageScale"](ctx, image=image, upscale_method="area", width=0, height=20,
+    assert nodes.impls["ImageScale"](ctx, image=image, upscale_method="area", width=0, height=20,
                                crop="disabled")[0].shape == (1, 20, 50, 3)
-    assert NODES["ImageScale"](ctx, image=image, upscale_method="area", width=30, height=0,
+    assert nodes.impls["ImageScale"](ctx, image=image, upscale_method="area", width=30, height=0,
                                crop="disabled")[0].shape == (1, 12, 30, 3)
-    assert NODES["ImageScale"](ctx, image=image, upscale_method="area", width=0, height=0,
+    assert nodes.impls["ImageScale"](ctx, image=image, upscale_method="area", width=0, height=0,
                                crop="disabled")[0] is not None
 
 
 def test_image_blur_matches_imagemagick(astronaut: np.ndarray, ctx: NodeContext, convert: str,
                                         photo: Path) -> None:
-    (blurred,) = NODES["ImageBlur"](ctx, image=astronaut, blur_radius=4, sigma=0.75)
+    (blurred,) = nodes.impls["ImageBlur"](ctx, image=astronaut, blur_radius=4, sigma=0.75)
     # ComfyUI's sigma is in units of the radius: 0.75 * 4 = 3 pixels.
     assert_close(blurred, magick(convert, photo, "-virtual-pixel", "mirror", "-gaussian-blur", "4x3"))
 
 
 def test_image_crop_matches_imagemagick_and_clamps(astronaut: np.ndarray, ctx: NodeContext, convert: str,
                                                   photo: Path) -> None:
-    (cropped,) = NODES["ImageCrop"](ctx, image=astronaut, width=120, height=80, x=30, y=200)
+    (cropped,) = nodes.impls["ImageCrop"](ctx, image=astronaut, width=120, height=80, x=30, y=200)
     assert_close(cropped, magick(convert, photo, "-crop", "120x80+30+200", "+repage"))
     # Past the edge, ComfyUI clamps x into the image and returns what is left of the box.
-    (edge,) = NODES["ImageCrop"](ctx, image=astronaut, width=600, height=100, x=700, y=500)
+    (edge,) = nodes.impls["ImageCrop"](ctx, image=astronaut, width=600, height=100, x=700, y=500)
     assert edge.shape == (1, 12, 1, 3)
     assert_close(edge, magick(convert, photo, "-crop", "1x12+511+500", "+repage"))
 
 
 def test_image_invert_matches_imagemagick(astronaut: np.ndarray, ctx: NodeContext, convert: str,
                                           photo: Path) -> None:
-    (inverted,) = NODES["ImageInvert"](ctx, image=astronaut)
+    (inverted,) = nodes.impls["ImageInvert"](ctx, image=astronaut)
     assert_close(inverted, magick(convert, photo, "-negate"))
     assert_close(inverted, 1.0 - astronaut, 1e-5)
 
 
 def test_non_rgb_channels_are_processed_each_on_its_own(ctx: NodeContext) -> None:
     rgba = (np.random.default_rng(1).integers(0, 256, (2, 5, 4, 4)) / 255).astype(np.float32)
-    (inverted,) = NODES["ImageInvert"](ctx, image=rgba)
+    (inverted,) = nodes.impls["ImageInvert"](ctx, image=rgba)
     assert_close(inverted, 1.0 - rgba, 1e-5)
-    (blurred,) = NODES["ImageBlur"](ctx, image=rgba, blur_radius=1, sigma=1.0)
-    (blurred_rgb,) = NODES["ImageBlur"](ctx, image=rgba[..., :3], blur_radius=1, sigma=1.0)
+    (blurred,) = nodes.impls["ImageBlur"](ctx, image=rgba, blur_radius=1, sigma=1.0)
+    (blurred_rgb,) = nodes.impls["ImageBlur"](ctx, image=rgba[..., :3], blur_radius=1, sigma=1.0)
     assert blurred.shape == rgba.shape
     assert_close(blurred[..., :3], blurred_rgb, 1e-6)
 
@@ -181,7 +181,7 @@ def test_image_sharpen_follows_its_formula(ctx: NodeContext, radius: int, sigma:
     kernel[radius, radius] -= kernel.sum() - 1.0
     expected = np.clip(_reflect_convolve(image, kernel), 0.0, 1.0)
 
-    (sharpened,) = NODES["ImageSharpen"](ctx, image=image[None], sharpen_radius=radius, sigma=sigma,
+    (sharpened,) = nodes.impls["ImageSharpen"](ctx, image=image[None], sharpen_radius=radius, sigma=sigma,
                                          alpha=alpha)
     interior = np.s_[radius:-radius, radius:-radius]
     assert np.abs(sharpened[0][interior] - expected[interior]).max() < 2e-5
@@ -194,13 +194,13 @@ def test_load_image_alpha_mask_and_batch_of_frames(ctx: NodeContext) -> None:
     rgba = np.zeros((6, 4, 4), np.uint8)
     rgba[..., 0], rgba[..., 3] = 200, np.arange(24, dtype=np.uint8).reshape(6, 4) * 10
     Image.fromarray(rgba, "RGBA").save(ctx.home / "input" / "sub" / "alpha.png")
-    image, mask = NODES["LoadImage"](ctx, image="sub/alpha.png")
+    image, mask = nodes.impls["LoadImage"](ctx, image="sub/alpha.png")
     assert image.shape == (1, 6, 4, 3) and np.allclose(image[..., 0], 200 / 255, atol=1e-6)
     assert np.allclose(mask[0], 1.0 - rgba[..., 3] / 255.0, atol=1e-6)
 
     frames = [Image.new("RGB", (5, 3), color) for color in ("red", "blue")]
     frames[0].save(ctx.home / "input" / "anim.gif", save_all=True, append_images=frames[1:])
-    image, mask = NODES["LoadImage"](ctx, image="anim.gif")
+    image, mask = nodes.impls["LoadImage"](ctx, image="anim.gif")
     assert image.shape == (2, 3, 5, 3) and mask.shape == (2, 64, 64)
     assert np.allclose(image[1, 0, 0], [0, 0, 1], atol=1e-6)
 
@@ -211,32 +211,32 @@ def test_load_image_applies_exif_orientation(ctx: NodeContext) -> None:
     buffer = io.BytesIO()
     Image.new("RGB", (20, 10), "white").save(buffer, format="JPEG", exif=exif)
     (ctx.home / "input" / "rotated.jpg").write_bytes(buffer.getvalue())
-    image, _ = NODES["LoadImage"](ctx, image="rotated.jpg")
+    image, _ = nodes.impls["LoadImage"](ctx, image="rotated.jpg")
     assert image.shape == (1, 20, 10, 3)
 
 
 def test_load_image_folder_annotations_and_escapes(ctx: NodeContext) -> None:
     (ctx.home / "output").mkdir()
     Image.new("RGB", (3, 2), "green").save(ctx.home / "output" / "made.png")
-    image, _ = NODES["LoadImage"](ctx, image="made.png [output]")
+    image, _ = nodes.impls["LoadImage"](ctx, image="made.png [output]")
     assert image.shape == (1, 2, 3, 3)
     for bad in ["../secret.png", "/etc/hostname", "sub/../../x.png", "x.png [output]/../../y", "missing.png",
                 "../output/made.png [input]"]:
         with pytest.raises(NodeInputError) as err:
-            NODES["LoadImage"](ctx, image=bad)
+            nodes.impls["LoadImage"](ctx, image=bad)
         assert err.value.node_id == "5"
     svg = '<svg xmlns="http://www.w3.org/2000/svg" width="4" height="4"/>'
     (ctx.home / "input" / "vector.png").write_text(svg)
     (ctx.home / "input" / "truncated.png").write_bytes((ctx.home / "output" / "made.png").read_bytes()[:60])
     for refused in ["vector.png", "truncated.png"]:
         with pytest.raises(NodeInputError):
-            NODES["LoadImage"](ctx, image=refused)
+            nodes.impls["LoadImage"](ctx, image=refused)
 
 
 def test_image_batch_resizes_the_second_image(ctx: NodeContext, astronaut: np.ndarray) -> None:
-    (small,) = NODES["EmptyImage"](ctx, width=64, height=32, batch_size=2, color=0x336699)
+    (small,) = nodes.impls["EmptyImage"](ctx, width=64, height=32, batch_size=2, color=0x336699)
     assert np.allclose(small[0, 0, 0], [0x33 / 255, 0x66 / 255, 0x99 / 255])
-    (batch,) = NODES["ImageBatch"](ctx, image1=astronaut, image2=small)
+    (batch,) = nodes.impls["ImageBatch"](ctx, image1=astronaut, image2=small)
     assert batch.shape == (3, 512, 512, 3)
     assert np.allclose(batch[1:], small[0, 0, 0], atol=1e-5)
     assert np.array_equal(batch[0], astronaut[0])
@@ -262,7 +262,7 @@ def test_load_image_refuses_files_over_the_limits_from_their_header(ctx: NodeCon
     Image.new("RGB", (200, 100)).save(ctx.home / "input" / "wide.png")
     for name, limit in (("five.gif", "COMFYMESH_MAX_BATCH"), ("wide.png", "COMFYMESH_MAX_PIXELS")):
         with pytest.raises(NodeInputError, match=limit) as err:
-            NODES["LoadImage"](ctx, image=name)
+            nodes.impls["LoadImage"](ctx, image=name)
         assert err.value.node_id == "5" and "Test (node 5)" in err.value.message
     Image.new("RGB", (50, 40)).save(ctx.home / "input" / "small.png")
-    assert NODES["LoadImage"](ctx, image="small.png")[0].shape == (1, 40, 50, 3)
+    assert nodes.impls["LoadImage"](ctx, image="small.png")[0].shape == (1, 40, 50, 3)
