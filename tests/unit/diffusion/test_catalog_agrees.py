@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from comfymesh.catalog import SAMPLERS, SCHEDULERS, Catalog
+from comfymesh.catalog import Catalog
+from comfymesh.catalog.legacy_lists import SAMPLERS, SCHEDULERS
 from comfymesh.diffusion.nodes import NODES
 from comfymesh.diffusion.sampling.samplers import IMPLEMENTED_SAMPLERS, SAMPLER_NAMES
 from comfymesh.diffusion.sampling.schedulers import SCHEDULER_NAMES
