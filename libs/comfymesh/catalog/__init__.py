@@ -177,7 +177,7 @@ def _legacy_entries() -> dict[str, Any]:
         for section in ("required", "optional"):
             for spec in entry["input"].get(section, {}).values():
                 head = spec[0]
-                if isinstance(head, list) and len(head) == 1 and head[0] in _LEGACY:
+                if isinstance(head, list) and head and head[0] in _LEGACY:
                     spec[0] = [{SOURCE_KEY: _LEGACY[head[0]]}]
                 elif head == ["<SAMPLERS>"] or head == ["<SCHEDULERS>"]:
                     from comfymesh.catalog.legacy_lists import SAMPLERS, SCHEDULERS

@@ -5,7 +5,7 @@ counter allocation across stage processes and the receipts that make a retried n
 """
 
 from comfymesh.outputs._naming import batch_filename, expand_tokens, next_counter, resolve_target
-from comfymesh.outputs._nodes import preview_image, save_image
+from comfymesh.outputs._nodes import output_nodes, preview_image, save_image
 from comfymesh.outputs._pixels import as_image_batch, frames_uint8, to_uint8
 from comfymesh.outputs._png import encode_png, png_metadata
 from comfymesh.outputs._receipts import LEDGER_DIR, OutputIdentity, SavedImage
@@ -22,6 +22,7 @@ __all__ = [
     "expand_tokens",
     "frames_uint8",
     "next_counter",
+    "output_nodes",
     "png_metadata",
     "preview_image",
     "resolve_target",

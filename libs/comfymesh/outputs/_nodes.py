@@ -1,10 +1,11 @@
-"""SaveImage and PreviewImage as node implementations (`impl(ctx, **inputs) -> ()`)."""
+"""SaveImage and PreviewImage, declared for every stage (an image is saved where it was made)."""
 
 from __future__ import annotations
 
 import secrets
 from typing import Any
 
+from comfymesh.catalog.schema import ANY_STAGE, Hidden, Link, NodeSet, String
 from comfymesh.outputs._receipts import OutputIdentity
 from comfymesh.outputs._writer import write_pngs
 from comfymesh.stage.node import NodeContext
@@ -12,7 +13,18 @@ from comfymesh.stage.node import NodeContext
 # ComfyUI draws the preview suffix from the lowercase letters without "w".
 _PREVIEW_LETTERS = "abcdefghijklmnopqrstuvxyz"
 
+output_nodes = NodeSet(ANY_STAGE)
 
+
+@output_nodes.define("SaveImage", category="image", display_name="Save Image", output_node=True,
+    inputs=[
+        Link("images", "IMAGE", {}),
+        String("filename_prefix", "ComfyUI"),
+        Hidden("prompt", "PROMPT"),
+        Hidden("extra_pnginfo", "EXTRA_PNGINFO"),
+    ],
+    outputs=[],
+)
 def save_image(ctx: NodeContext, images: Any, filename_prefix: str = "ComfyUI") -> tuple[()]:
     """SaveImage: PNGs into output/, compress level 4, with the prompt and extra_pnginfo chunks."""
     saved = write_pngs(
@@ -25,6 +37,14 @@ def save_image(ctx: NodeContext, images: Any, filename_prefix: str = "ComfyUI") 
     return ()
 
 
+@output_nodes.define("PreviewImage", category="image", display_name="Preview Image", output_node=True,
+    inputs=[
+        Link("images", "IMAGE"),
+        Hidden("prompt", "PROMPT"),
+        Hidden("extra_pnginfo", "EXTRA_PNGINFO"),
+    ],
+    outputs=[],
+)
 def preview_image(ctx: NodeContext, images: Any) -> tuple[()]:
     """PreviewImage: PNGs into temp/ under a random `ComfyUI_temp_xxxxx` prefix, compress level 1."""
     suffix = "".join(secrets.choice(_PREVIEW_LETTERS) for _ in range(5))
