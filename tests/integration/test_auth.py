@@ -230,3 +230,60 @@ def test_gateway_refuses_a_public_address_without_auth(tmp_path: Path) -> None:
                              str(free_port())], env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode != 0
     assert "refusing to listen on 0.0.0.0" in result.stderr and "COMFYMESH_API_TOKEN" in result.stderr
+
+
+def from_address(mesh: Mesh, address: str) -> httpx.Client:
+    """A client whose requests come from another loopback address: each lockout test locks out its own."""
+    return httpx.Client(base_url=mesh.url, timeout=30, transport=httpx.HTTPTransport(local_address=address))
+
+
+def test_wrong_bearer_tokens_are_throttled_on_every_route(mesh: Mesh) -> None:
+    with from_address(mesh, "127.0.0.2") as guesser:
+        statuses = [guesser.get("/v1/jobs", headers={"Authorization": f"Bearer guess-{n}"}).status_code
+                    for n in range(100)]
+        assert statuses[:5] == [401] * 5 and set(statuses[5:]) == {429}, statuses
+        locked = guesser.get("/v1/jobs", headers=BEARER)  # not even the right token is checked now
+        assert locked.status_code == 429 and 30 <= int(locked.headers["retry-after"]) <= 900
+        assert "try again in" in locked.json()["detail"]
+        for method, path in (("POST", "/prompt"), ("GET", "/queue"), ("POST", "/upload/image")):
+            assert guesser.request(method, path, headers=BEARER).status_code == 429, path
+        login = guesser.post("/login", data={"token": TOKEN, "next": "/"})
+        assert login.status_code == 429  # the form and the header share one record
+        # a session cookie cannot be guessed, so a browser logged in elsewhere still gets in from here
+        assert guesser.get("/queue", headers={"Cookie": _login(mesh)}).status_code == 200
+    assert mesh.http.get("/v1/jobs").status_code == 200  # other addresses are not affected
+
+
+def test_wrong_query_tokens_on_websocket_and_sse_are_throttled(mesh: Mesh) -> None:
+    ws_url = mesh.url.replace("http", "ws", 1)
+    statuses = []
+    for n in range(8):
+        with pytest.raises(InvalidStatus) as refused:
+            connect(f"{ws_url}/ws?token=guess-{n}", source_address=("127.0.0.3", 0)).close()
+        statuses.append(refused.value.response.status_code)
+    assert statuses == [401] * 5 + [429] * 3
+    with pytest.raises(InvalidStatus) as refused:
+        connect(f"{ws_url}/ws?token={TOKEN}", source_address=("127.0.0.3", 0)).close()
+    assert refused.value.response.status_code == 429
+    with from_address(mesh, "127.0.0.4") as guesser:
+        statuses = [status_of(guesser, "GET", f"/v1/events?token=guess-{n}") for n in range(8)]
+        assert statuses == [401] * 5 + [429] * 3
+        assert status_of(guesser, "GET", f"/v1/events?token={TOKEN}") == 429
+
+
+def test_logout_revokes_the_session_for_good(mesh: Mesh) -> None:
+    cookie = _login(mesh)
+    assert httpx.get(f"{mesh.url}/queue", headers={"Cookie": cookie}).status_code == 200
+    other = _login(mesh)
+    logout = httpx.get(f"{mesh.url}/logout", headers={"Cookie": cookie}, follow_redirects=False)
+    assert logout.status_code == 303 and 'comfymesh_session=""' in logout.headers["set-cookie"]
+    # a copy of the cookie (another tab, a stolen one) no longer opens anything, HTTP or websocket
+    refused = httpx.get(f"{mesh.url}/queue", headers={"Cookie": cookie})
+    assert refused.status_code == 401 and "logged out" in refused.json()["detail"]
+    ws_url = mesh.url.replace("http", "ws", 1)
+    with pytest.raises(InvalidStatus):
+        connect(f"{ws_url}/ws", additional_headers={"Cookie": cookie}).close()
+    mesh.restart("gateway")
+    assert httpx.get(f"{mesh.url}/queue", headers={"Cookie": cookie}).status_code == 401
+    assert httpx.get(f"{mesh.url}/queue", headers={"Cookie": other}).status_code == 200  # only that session
+    assert oct((mesh.home / "revoked_sessions.json").stat().st_mode & 0o777) == "0o600"

@@ -92,12 +92,13 @@ def test_token_is_stripped_from_the_query() -> None:
 def test_login_form_locks_out_an_address_guessing_tokens(monkeypatch: pytest.MonkeyPatch) -> None:
     from fastapi.testclient import TestClient
 
-    from comfymesh.gateway import login
+    from comfymesh.gateway import lockout
     from comfymesh.gateway.app import create_app
 
     clock = [1000.0]
-    monkeypatch.setattr(login.time, "monotonic", lambda: clock[0])
-    with TestClient(create_app(Settings(api_token=TOKEN)), follow_redirects=False) as client:
+    monkeypatch.setattr(lockout.time, "monotonic", lambda: clock[0])
+    with TestClient(create_app(Settings(api_token=TOKEN)), base_url="http://127.0.0.1",
+                    follow_redirects=False) as client:
         for _ in range(5):  # five misses in a row are free
             assert client.post("/login", data={"token": "guess", "next": "/"}).status_code == 401
         # then even the right token waits: 30 s, doubling with each further miss

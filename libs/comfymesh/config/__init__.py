@@ -24,6 +24,11 @@ class Settings(BaseSettings):
     home: Path = Field(Path("./data"), description="data root shared by all local services")
     host: str = Field("127.0.0.1", description="interface the gateway binds")
     port: int = Field(8080, ge=1, le=65535, description="gateway HTTP port")
+    allowed_hosts: str = Field("", description="comma-separated Host names the gateway also answers to, beside "
+                                               "IP addresses, localhost and `host` (a reverse proxy's; `*`: any)")
+    allowed_origins: str = Field("", pattern=r"^(\s*https?://[^/?#\s,]+\s*(,|$))*$",
+                                 description="comma-separated origins (scheme://host[:port]) of other sites "
+                                             "whose pages may call the gateway (a reverse proxy's)")
     orchestrator: str = Field("127.0.0.1:50051", description="orchestrator gRPC address")
     imaging_replicas: str = Field("127.0.0.1:50061", description="comma-separated imaging stage addresses")
     diffusion_replicas: str = Field("127.0.0.1:50071", description="comma-separated diffusion stage addresses")
@@ -109,6 +114,12 @@ class Settings(BaseSettings):
 
     def jwt_key_entries(self) -> list[str]:
         return [key.strip() for key in self.jwt_keys.get_secret_value().split(",") if key.strip()]
+
+    def allowed_host_names(self) -> frozenset[str]:
+        return frozenset(host.strip().lower() for host in self.allowed_hosts.split(",") if host.strip())
+
+    def allowed_origin_list(self) -> list[str]:
+        return [origin.strip().lower() for origin in self.allowed_origins.split(",") if origin.strip()]
 
     def allowed_users(self) -> frozenset[str]:
         return frozenset(user.strip() for user in self.jwt_allowed_users.split(",") if user.strip())

@@ -11,6 +11,7 @@ from comfymesh import gctune
 from comfymesh.config import get_settings
 from comfymesh.gateway.app import create_app
 from comfymesh.gateway.auth import check_bind
+from comfymesh.gateway.images import return_big_buffers_when_freed
 from comfymesh.logs import setup_logging
 
 
@@ -25,8 +26,10 @@ def main() -> None:
     except ValueError as exc:
         sys.exit(f"comfymesh gateway: {exc}")
     setup_logging("gateway", settings.log_level, settings.log_json)
-    app = create_app(settings)
+    # the Host check accepts the name we were told to listen on
+    app = create_app(settings.model_copy(update={"host": args.host, "port": args.port}))
     gctune.settle(gctune.parse_thresholds(settings.gc_thresholds))
+    return_big_buffers_when_freed()
     print(f"comfymesh gateway listening on http://{args.host}:{args.port} "
           f"(API docs at /v1/docs, orchestrator {settings.orchestrator})", flush=True)
     # no access log: it would record `?token=` query strings (the auth middleware strips them for the app)

@@ -18,7 +18,7 @@ from sse_starlette.sse import EventSourceResponse, ServerSentEvent
 from comfymesh import trace
 from comfymesh.catalog.files import resolve_inside
 from comfymesh.gateway.client import OrchestratorClient, OrchestratorUnavailable
-from comfymesh.gateway.files import file_response
+from comfymesh.gateway.files import file_response, served_file
 from comfymesh.gateway.models import (
     CheckpointList,
     CheckpointModel,
@@ -50,14 +50,19 @@ def comfy_error(type_: str, message: str, details: str = "", status: int = 400) 
                          "node_errors": {}}, status_code=status)
 
 
+def refuse_plain_text(request: Request) -> None:
+    """A JSON body labelled `text/plain` is refused (415): it is what an HTML form or a no-cors fetch of another
+    site sends without a CORS preflight, so no browser page of another site gets one in, Origin or not."""
+    if request.headers.get("content-type", "").partition(";")[0].strip().lower() == "text/plain":
+        raise HTTPException(415, detail={"error": {
+            "type": "unsupported_media_type", "message": "A JSON body must not be sent as text/plain",
+            "details": "send it with Content-Type: application/json", "extra_info": {}}, "node_errors": {}})
+
+
 async def read_json_body(request: Request) -> Any:
-    """The body as JSON, or a ComfyUI-shaped 400 that says what is wrong."""
+    """The body as JSON (BodyLimitMiddleware bounds its size), or a ComfyUI-shaped 4xx that says what is wrong."""
+    refuse_plain_text(request)
     raw = await request.body()
-    limit = request.app.state.settings.max_body_bytes
-    if len(raw) > limit:
-        raise HTTPException(413, detail={"error": {"type": "request_too_large", "message": "Request body too large",
-                                                   "details": f"the limit is {limit} bytes", "extra_info": {}},
-                                         "node_errors": {}})
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -160,7 +165,8 @@ async def get_output(job_id: str, request: Request, index: int = Query(0, ge=0, 
     path = resolve_inside(home / folder, "/".join(p for p in (image.get("subfolder", ""), image["filename"]) if p))
     if path is None or not path.is_file():
         raise HTTPException(404, f"output file {image['filename']} is gone (cleaned up?)")
-    return await file_response(path, "image/png")
+    media_type, headers = served_file(path.name)
+    return await file_response(path, media_type, headers=headers)
 
 
 @router.get("/checkpoints", response_model=CheckpointList, summary="Checkpoint files with size and digest")

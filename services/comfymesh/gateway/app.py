@@ -14,7 +14,9 @@ from comfymesh.config import Settings
 from comfymesh.gateway import api_v1, comfy, files, login
 from comfymesh.gateway.auth import Authenticator, AuthMiddleware
 from comfymesh.gateway.bodylimit import BodyLimitMiddleware
+from comfymesh.gateway.browser import BrowserGuardMiddleware, BrowserPolicy
 from comfymesh.gateway.client import OrchestratorClient, OrchestratorUnavailable, PromptTooLarge, QueueFull
+from comfymesh.gateway.lockout import Lockout
 from comfymesh.gateway.models import Health
 from comfymesh.gateway.ratelimit import RateLimitMiddleware
 
@@ -32,12 +34,16 @@ def create_app(settings: Settings, client: OrchestratorClient | None = None) -> 
                   description="Run ComfyUI workflows on a gRPC mesh. ComfyUI's own API is served beside this one.")
     app.state.settings = settings
     app.state.authenticator = authenticator = Authenticator(settings)
+    app.state.lockout = lockout = Lockout()  # shared by /login and every other way a token comes in
 
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     # inside auth, so the limit is per authenticated principal
     app.add_middleware(RateLimitMiddleware, per_minute=settings.rate_limit_per_min, burst=settings.rate_limit_burst)
-    # added last, so outermost: an unauthenticated request reaches nothing else, HTTP or websocket
-    app.add_middleware(AuthMiddleware, authenticator=authenticator)
+    # an unauthenticated request reaches nothing else, HTTP or websocket
+    app.add_middleware(AuthMiddleware, authenticator=authenticator, lockout=lockout)
+    # added last, so outermost: a foreign page or Host is refused before its credentials are even checked,
+    # so it cannot lock the user out by sending wrong ones
+    app.add_middleware(BrowserGuardMiddleware, policy=BrowserPolicy(settings))
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:

@@ -9,9 +9,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
-import json
 import os
 import re
+import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +25,9 @@ from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from comfymesh.config import Settings
+from comfymesh.gateway.lockout import Lockout
+from comfymesh.gateway.refusal import refuse
+from comfymesh.gateway.revocation import RevokedSessions
 
 SESSION_COOKIE = "comfymesh_session"
 # health is probed by load balancers; the login page is self-contained (no assets), so it needs nothing else
@@ -38,6 +41,14 @@ _HOW_TO = ("send 'Authorization: Bearer <COMFYMESH_API_TOKEN or a JWT>'; browser
 
 class AuthError(Exception):
     """Credentials were missing or refused; the message says why without echoing them."""
+
+
+class LockedOut(AuthError):
+    """The address sent too many wrong tokens; its tokens are not even checked for `wait_s` seconds."""
+
+    def __init__(self, wait_s: int) -> None:
+        super().__init__(f"too many wrong tokens from this address: try again in {wait_s} s")
+        self.wait_s = wait_s
 
 
 @dataclass(frozen=True)
@@ -87,6 +98,7 @@ class Authenticator:
         self._secrets, self._public = load_jwt_keys(settings.jwt_key_entries())
         self._allowed = settings.allowed_users()
         self.session_ttl_s = settings.session_ttl_s
+        self.revoked = RevokedSessions(settings.home / "revoked_sessions.json")
         material = b"\0".join([self._token, *self._secrets, settings.internal_secret.get_secret_value().encode()])
         # derived from the configured secrets, so sessions survive a restart and die when a secret is
         # rotated; with public keys only there is no secret to derive from, so sessions last one process
@@ -136,21 +148,36 @@ class Authenticator:
         if principal.expires is not None:
             expires = min(expires, principal.expires)  # a session never outlives the JWT it came from
         value = jwt.encode({"sub": principal.name, "via": principal.via, "typ": _SESSION_TYPE,
-                            "iat": int(now), "exp": int(expires)}, self._session_key, algorithm="HS256")
+                            "jti": secrets.token_urlsafe(16), "iat": int(now), "exp": int(expires)},
+                           self._session_key, algorithm="HS256")
         return value, max(0, int(expires - now))
 
-    def verify_session(self, value: str) -> Principal:
+    def _session_claims(self, value: str) -> dict[str, Any]:
         try:
-            claims = jwt.decode(value, self._session_key, algorithms=["HS256"], options={"require": ["exp"]})
+            claims = jwt.decode(value, self._session_key, algorithms=["HS256"], options={"require": ["exp", "jti"]})
         except jwt.ExpiredSignatureError as exc:
             raise AuthError("the login session has expired; log in again at /login") from exc
         except jwt.InvalidTokenError as exc:
             raise AuthError("the session cookie is invalid; log in again at /login") from exc
         if claims.get("typ") != _SESSION_TYPE:
             raise AuthError("the session cookie is invalid; log in again at /login")
+        return dict(claims)
+
+    def verify_session(self, value: str) -> Principal:
+        claims = self._session_claims(value)
+        if str(claims["jti"]) in self.revoked:
+            raise AuthError("this session was logged out; log in again at /login")
         if claims.get("via") == "jwt":
             self._check_allowed(str(claims.get("sub") or ""))
         return Principal(str(claims.get("sub")), str(claims.get("via")), float(claims["exp"]))
+
+    def end_session(self, value: str) -> None:
+        """Revoke a session cookie (`/logout`); one that is invalid or expired already opens nothing."""
+        try:
+            claims = self._session_claims(value)
+        except AuthError:
+            return
+        self.revoked.revoke(str(claims["jti"]), float(claims["exp"]))
 
 
 def _bearer(connection: HTTPConnection) -> str | None:
@@ -158,8 +185,13 @@ def _bearer(connection: HTTPConnection) -> str | None:
     return value.strip() if scheme.lower() == "bearer" and value.strip() else None
 
 
-def authenticate(authenticator: Authenticator, scope: Scope) -> Principal:
-    """Accept the first valid credential of the request; refuse with the reason of the first one sent."""
+def authenticate(authenticator: Authenticator, scope: Scope, lockout: Lockout) -> Principal:
+    """Accept the first valid credential of the request; refuse with the reason of the first one sent.
+
+    Tokens (bearer or `?token=`) are the guessable credentials: each wrong one counts toward the client
+    address's lockout, and a locked-out address's tokens are not checked at all. Session cookies are
+    signed by us and cannot be guessed, so they are always checked and never counted."""
+    address = (scope.get("client") or ("",))[0]
     connection = HTTPConnection(scope)
     offered: list[tuple[str, str]] = []
     if (bearer := _bearer(connection)) is not None:
@@ -173,10 +205,23 @@ def authenticate(authenticator: Authenticator, scope: Scope) -> Principal:
         raise AuthError("authentication required")
     first: AuthError | None = None
     for kind, credential in offered:
+        if kind == "session":
+            try:
+                return authenticator.verify_session(credential)
+            except AuthError as exc:
+                first = first or exc
+            continue
+        if wait_s := lockout.wait_s(address):
+            first = LockedOut(wait_s)  # the reason that tells the client what to do: wait
+            continue
         try:
-            return authenticator.verify_session(credential) if kind == "session" else authenticator.verify(credential)
+            principal = authenticator.verify(credential)
         except AuthError as exc:
+            lockout.failed(address)
             first = first or exc
+            continue
+        lockout.succeeded(address)
+        return principal
     assert first is not None
     raise first
 
@@ -190,9 +235,10 @@ def without_token(query_string: bytes) -> bytes:
 class AuthMiddleware:
     """Requires credentials on every HTTP and websocket route but OPEN_PATHS, when auth is configured."""
 
-    def __init__(self, app: ASGIApp, authenticator: Authenticator) -> None:
+    def __init__(self, app: ASGIApp, authenticator: Authenticator, lockout: Lockout) -> None:
         self.app = app
         self.authenticator = authenticator
+        self.lockout = lockout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket") or not self.authenticator.enabled \
@@ -200,7 +246,10 @@ class AuthMiddleware:
             await self.app(scope, receive, send)
             return
         try:
-            principal = authenticate(self.authenticator, scope)
+            principal = authenticate(self.authenticator, scope, self.lockout)
+        except LockedOut as exc:
+            await refuse(scope, send, 429, {"detail": str(exc)}, [(b"retry-after", str(exc.wait_s).encode())])
+            return
         except AuthError as exc:
             await self._refuse(scope, send, str(exc))
             return
@@ -211,18 +260,8 @@ class AuthMiddleware:
     async def _refuse(self, scope: Scope, send: Send, reason: str) -> None:
         error = "invalid_token" if reason != "authentication required" else ""
         challenge = 'Bearer realm="comfymesh"' + (f', error="{error}"' if error else "")
-        body = json.dumps({"detail": f"{reason}: {_HOW_TO}"}).encode()
-        headers = [(b"content-type", b"application/json"), (b"www-authenticate", challenge.encode()),
-                   (b"content-length", str(len(body)).encode())]
-        if scope["type"] == "websocket":
-            if "websocket.http.response" in scope.get("extensions", {}):
-                await send({"type": "websocket.http.response.start", "status": 401, "headers": headers})
-                await send({"type": "websocket.http.response.body", "body": body})
-            else:
-                await send({"type": "websocket.close", "code": 1008, "reason": "authentication required"})
-            return
         connection = HTTPConnection(scope)
-        if scope["method"] == "GET" and "text/html" in connection.headers.get("accept", ""):
+        if scope["type"] == "http" and scope["method"] == "GET" and "text/html" in connection.headers.get("accept", ""):
             # a browser navigating: send it to the login page, and back here afterwards
             query = without_token(scope.get("query_string", b"")).decode()
             target = scope["path"] + (f"?{query}" if query else "")
@@ -231,8 +270,7 @@ class AuthMiddleware:
                         "headers": [(b"location", location.encode()), (b"content-length", b"0")]})
             await send({"type": "http.response.body", "body": b""})
             return
-        await send({"type": "http.response.start", "status": 401, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        await refuse(scope, send, 401, {"detail": f"{reason}: {_HOW_TO}"}, [(b"www-authenticate", challenge.encode())])
 
 
 def is_loopback(host: str) -> bool:
@@ -255,5 +293,5 @@ def check_bind(host: str, settings: Settings) -> None:
         "(--host / COMFYMESH_HOST).")
 
 
-__all__ = ["SESSION_COOKIE", "AuthError", "AuthMiddleware", "Authenticator", "Principal", "authenticate",
+__all__ = ["SESSION_COOKIE", "AuthError", "AuthMiddleware", "Authenticator", "LockedOut", "Principal", "authenticate",
            "check_bind", "is_loopback", "load_jwt_keys", "without_token"]

@@ -1,14 +1,15 @@
-"""Refuse request bodies that declare more than the limit, before anything reads them (413, ComfyUI's shape).
+"""Refuse request bodies over the limit (413, ComfyUI's shape): at once when Content-Length declares too much,
+and for a chunked body as soon as the bytes received pass the limit, which then stops reading it.
 
-Pure ASGI (not BaseHTTPMiddleware): it adds nothing to the requests it lets through. Bodies that
-declare no length are checked where they are read (`api_v1.read_json_body`, uploads).
+Pure ASGI (not BaseHTTPMiddleware): it adds nothing to the requests it lets through but a byte count.
 """
 
 from __future__ import annotations
 
-import json
+from starlette.requests import ClientDisconnect
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from comfymesh.gateway.refusal import refuse
 
 
 class BodyLimitMiddleware:
@@ -17,17 +18,46 @@ class BodyLimitMiddleware:
         self.limit = limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            declared = dict(scope["headers"]).get(b"content-length", b"")
-            if declared.isdigit() and int(declared) > self.limit:
-                await self._refuse(send)
-                return
-        await self.app(scope, receive, send)
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.limit:
+            await self._refuse(scope, send)
+            return
+        received = 0
+        answered = refused = False
 
-    async def _refuse(self, send: Send) -> None:
-        body = json.dumps({"error": {"type": "request_too_large", "message": "Request body too large",
-                                     "details": f"the limit is {self.limit} bytes (COMFYMESH_MAX_BODY_BYTES)",
-                                     "extra_info": {}}, "node_errors": {}}).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
+        async def receive_limited() -> Message:
+            nonlocal received, refused
+            if refused:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    # the route sees the client leave, so it stops reading; what it already read is dropped
+                    refused = True
+                    if not answered:
+                        await self._refuse(scope, send)
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def send_unless_refused(message: Message) -> None:
+            nonlocal answered
+            if refused:
+                return  # the 413 went out: the route's own answer to a cut-off body goes nowhere
+            answered = answered or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive_limited, send_unless_refused)
+        except ClientDisconnect:
+            if not refused:
+                raise
+
+    async def _refuse(self, scope: Scope, send: Send) -> None:
+        await refuse(scope, send, 413, {"error": {
+            "type": "request_too_large", "message": "Request body too large",
+            "details": f"the limit is {self.limit} bytes (COMFYMESH_MAX_BODY_BYTES); send a smaller body",
+            "extra_info": {}}, "node_errors": {}})

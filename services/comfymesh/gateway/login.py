@@ -7,13 +7,12 @@ relies on an HttpOnly, SameSite=Strict cookie holding a signed session, never th
 from __future__ import annotations
 
 import html
-import math
-import time
 
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from comfymesh.gateway.auth import SESSION_COOKIE, Authenticator, AuthError
+from comfymesh.gateway.lockout import Lockout
 
 router = APIRouter(include_in_schema=False)
 
@@ -45,33 +44,8 @@ def _authenticator(request: Request) -> Authenticator:
     return request.app.state.authenticator  # type: ignore[no-any-return]
 
 
-class LoginGuard:
-    """Slows down guessing on the login form: after `free` wrong tokens in a row from one address, that
-    address is refused for `base_s`, doubling with each further miss up to `max_s`; a success clears it."""
-
-    def __init__(self, free: int = 5, base_s: float = 30.0, max_s: float = 900.0) -> None:
-        self.free, self.base_s, self.max_s = free, base_s, max_s
-        self._misses: dict[str, tuple[int, float]] = {}  # address -> (wrong tokens in a row, locked until)
-
-    def wait_s(self, address: str) -> float:
-        """Seconds this address must still wait (0: it may try)."""
-        _, until = self._misses.get(address, (0, 0.0))
-        return max(0.0, until - time.monotonic())
-
-    def failed(self, address: str) -> None:
-        count = self._misses.get(address, (0, 0.0))[0] + 1
-        lock = 0.0 if count < self.free else min(self.max_s, self.base_s * 2 ** (count - self.free))
-        self._misses[address] = (count, time.monotonic() + lock)
-
-    def succeeded(self, address: str) -> None:
-        self._misses.pop(address, None)
-
-
-def _guard(request: Request) -> LoginGuard:
-    state = request.app.state
-    if not hasattr(state, "login_guard"):
-        state.login_guard = LoginGuard()
-    return state.login_guard  # type: ignore[no-any-return]
+def _lockout(request: Request) -> Lockout:
+    return request.app.state.lockout  # type: ignore[no-any-return]
 
 
 @router.get("/login")
@@ -84,18 +58,17 @@ async def login_page(request: Request, next: str = "/") -> Response:
 @router.post("/login")
 async def log_in(request: Request, token: str = Form(""), next: str = Form("/")) -> Response:
     authenticator = _authenticator(request)
-    guard, address = _guard(request), request.client.host if request.client else ""
-    wait = guard.wait_s(address)
-    if wait > 0:
-        page = _page(next, f"Too many wrong tokens from this address: try again in {math.ceil(wait)} s.", status=429)
-        page.headers["Retry-After"] = str(math.ceil(wait))
+    lockout, address = _lockout(request), request.client.host if request.client else ""
+    if wait := lockout.wait_s(address):
+        page = _page(next, f"Too many wrong tokens from this address: try again in {wait} s.", status=429)
+        page.headers["Retry-After"] = str(wait)
         return page
     try:
         principal = authenticator.verify(token.strip())
     except AuthError as exc:
-        guard.failed(address)
+        lockout.failed(address)
         return _page(next, f"Not accepted: {exc}.", status=401)
-    guard.succeeded(address)
+    lockout.succeeded(address)
     value, max_age = authenticator.issue_session(principal)
     response = RedirectResponse(_safe_next(next), status_code=303)
     response.set_cookie(SESSION_COOKIE, value, max_age=max_age, httponly=True, samesite="strict",
@@ -104,7 +77,11 @@ async def log_in(request: Request, token: str = Form(""), next: str = Form("/"))
 
 
 @router.get("/logout")
-async def log_out() -> Response:
+async def log_out(request: Request) -> Response:
+    if (cookie := request.cookies.get(SESSION_COOKIE)) is not None:
+        # the cookie may have been copied: deleting it in this browser is not enough (a small file write,
+        # done on the loop so that logouts never race on the file)
+        _authenticator(request).end_session(cookie)
     response = RedirectResponse("/login", status_code=303)
     response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict")
     return response

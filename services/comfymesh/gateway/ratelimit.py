@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from comfymesh.gateway.refusal import refuse
+
 _MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
@@ -43,10 +45,7 @@ class RateLimitMiddleware:
             await self.app(scope, receive, send)
             return
         retry = max(1, math.ceil((1 - bucket.tokens) / self.rate))
-        body = (b'{"error": {"type": "rate_limited", "message": "Too many requests", "details": '
-                b'"this client is over COMFYMESH_RATE_LIMIT_PER_MIN; retry after Retry-After seconds", '
-                b'"extra_info": {}}, "node_errors": {}}')
-        await send({"type": "http.response.start", "status": 429,
-                    "headers": [(b"content-type", b"application/json"), (b"retry-after", str(retry).encode()),
-                                (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
+        await refuse(scope, send, 429, {"error": {
+            "type": "rate_limited", "message": "Too many requests",
+            "details": "this client is over COMFYMESH_RATE_LIMIT_PER_MIN; retry after Retry-After seconds",
+            "extra_info": {}}, "node_errors": {}}, [(b"retry-after", str(retry).encode())])

@@ -8,7 +8,7 @@ import orjson
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
-from comfymesh.gateway.api_v1 import client_of
+from comfymesh.gateway.api_v1 import client_of, refuse_plain_text
 from comfymesh.gateway.client import OrchestratorClient
 from comfymesh.gateway.comfy.history import JOB_STATUS, OUR_STATUS, history_entry, job_item, queue_item
 from comfymesh.v1 import orchestrator_pb2
@@ -21,6 +21,8 @@ FINISHED = ["completed", "failed", "cancelled"]
 async def _optional_json(request: Request) -> dict[str, Any]:
     """ComfyUI tolerates an empty or non-JSON body on these routes: it means 'no options'."""
     raw = await request.body()
+    if raw:
+        refuse_plain_text(request)
     try:
         body = orjson.loads(raw) if raw else {}
     except orjson.JSONDecodeError:

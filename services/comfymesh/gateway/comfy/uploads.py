@@ -11,10 +11,11 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from PIL import Image, PngImagePlugin
+from PIL import PngImagePlugin
 from starlette.datastructures import FormData, UploadFile
 
 from comfymesh.catalog.files import resolve_inside
+from comfymesh.gateway.images import ImageRefused, open_image
 
 router = APIRouter(include_in_schema=False)
 UPLOAD_FOLDERS = ("input", "temp", "output")
@@ -68,7 +69,7 @@ def _store(home: Path, form: FormData, upload: UploadFile, content: bytes) -> di
     return {"name": name, "subfolder": subfolder, "type": kind}
 
 
-def _apply_mask(home: Path, original_ref: Any, mask: bytes) -> bytes:
+def _apply_mask(home: Path, original_ref: Any, mask: bytes, max_pixels: int) -> bytes:
     """The referenced image with the mask's alpha channel, its PNG text chunks kept."""
     try:
         ref = json.loads(original_ref) if isinstance(original_ref, str) else None
@@ -81,13 +82,13 @@ def _apply_mask(home: Path, original_ref: Any, mask: bytes) -> bytes:
     path = resolve_inside(home / kind, name) if kind in UPLOAD_FOLDERS else None
     if path is None or not path.is_file():
         raise UploadRefused("original_ref names no image in input, temp or output")
-    with Image.open(path) as original:
+    with open_image(path, f"{kind}/{name}", max_pixels) as original:
         info = PngImagePlugin.PngInfo()
         for key, value in original.info.items():
             if isinstance(key, str) and isinstance(value, str):
                 info.add_text(key, value)
         result = original.convert("RGBA")
-    with Image.open(io.BytesIO(mask)) as uploaded:
+    with open_image(mask, "the uploaded mask", max_pixels) as uploaded:
         result.putalpha(uploaded.convert("RGBA").getchannel("A").resize(result.size))
     buffer = io.BytesIO()
     result.save(buffer, format="PNG", pnginfo=info, compress_level=4)
@@ -99,16 +100,15 @@ async def _upload(request: Request, mask: bool) -> Any:
     upload = form.get("image")
     if not isinstance(upload, UploadFile):
         return JSONResponse({"error": "no image part in the form"}, status_code=400)
-    home = request.app.state.settings.home
+    settings = request.app.state.settings
     content = await upload.read()
     try:
         if mask:
-            content = await asyncio.to_thread(_apply_mask, home, form.get("original_ref"), content)
-        return await asyncio.to_thread(_store, home, form, upload, content)
-    except UploadRefused as exc:
+            content = await asyncio.to_thread(_apply_mask, settings.home, form.get("original_ref"), content,
+                                              settings.max_pixels)
+        return await asyncio.to_thread(_store, settings.home, form, upload, content)
+    except (UploadRefused, ImageRefused) as exc:
         return JSONResponse({"error": str(exc)}, status_code=400)
-    except OSError as exc:  # PIL cannot read an upload: still the client's input
-        return JSONResponse({"error": f"not an image: {exc}"}, status_code=400)
 
 
 @router.post("/upload/image")

@@ -13,10 +13,11 @@ from typing import Any
 from urllib.parse import unquote
 
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import JSONResponse
 
 from comfymesh.catalog.files import resolve_inside
 from comfymesh.gateway.api_v1 import read_json_body
+from comfymesh.gateway.files import file_response, served_file
 
 router = APIRouter(include_in_schema=False)
 SETTINGS_FILE = "comfy.settings.json"
@@ -191,7 +192,8 @@ async def get_userdata(request: Request, file: str) -> Any:
     _, path = found
     if not path.is_file():
         return _error(404, "File not found")
-    return FileResponse(path)
+    media_type, headers = served_file(path.name)
+    return await file_response(path, media_type, headers=headers)
 
 
 @router.delete("/userdata/{file:path}")
