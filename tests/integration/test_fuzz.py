@@ -2,13 +2,15 @@
 
 Schemathesis drives the /v1 OpenAPI (the never-ending `/v1/events` stream excluded, per-job streams
 bounded by a read timeout); hypothesis drives `/prompt` and `/v1/workflows` with graphs built from the
-live node catalog, then mutated. Every rejection must be a 4xx that says what is wrong, and afterwards
+live node catalog, then mutated, sent whole or chunked. Requests carry no Origin, our own, or another
+site's (which must get a 403). Every rejection must be a 4xx that says what is wrong, and afterwards
 every service still runs and a normal job still completes.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -30,6 +32,8 @@ NORMAL = {"1": {"class_type": "LoadImage", "inputs": {"image": "example.png"}},
 HUGE = [10**30, -10**30, 2**63, 2**64, -2**63 - 1, 1e308, -1e308, 5e-324, "nan", "inf", "-inf", "1e999",
         "", "\u0000", "\U0001f984", "a\u202eb", "x" * 70_000]
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
+# no Origin (scripts), our own pages', another site's, a sandboxed page's
+ORIGINS = st.sampled_from(["", "own", "http://evil.example", "null"])
 
 scalars = (st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.text(max_size=12)
            | st.floats(allow_nan=False, allow_infinity=False) | st.sampled_from(HUGE))
@@ -141,6 +145,15 @@ def assert_clear(reply: httpx.Response) -> None:
             assert body.get("detail") or isinstance(body.get("error"), str), body
 
 
+def origin_header(mesh: Mesh, origin: str) -> dict[str, str]:
+    return {"Origin": mesh.url if origin == "own" else origin} if origin else {}
+
+
+def chunked(body: bytes, size: int) -> bytes | Iterator[bytes]:
+    """The body as is, or as an iterator, which httpx sends chunked (no Content-Length)."""
+    return iter([body[i:i + size] for i in range(0, len(body), size)]) if size else body
+
+
 def assert_alive(mesh: Mesh) -> None:
     dead = [s.spec.name for s in mesh.supervisor.services if s.process is None or s.process.poll() is not None]
     assert not dead, (dead, "\n".join(mesh.logs[-40:]))
@@ -157,11 +170,14 @@ def test_v1_api_answers_every_generated_request_within_its_schema(imaging_mesh: 
     cases = (schema.as_strategy(GenerationMode.POSITIVE) | schema.as_strategy(GenerationMode.NEGATIVE))
 
     @settings(FUZZ, max_examples=150)
-    @given(case=cases)
-    def call(case: schemathesis.Case) -> None:
+    @given(case=cases, origin=ORIGINS)
+    def call(case: schemathesis.Case, origin: str) -> None:
         # a job's event stream follows the job; none of these ids names a running one, so it ends or 404s
-        case.call_and_validate(checks=[not_a_server_error, status_code_conformance, response_schema_conformance],
-                               timeout=10)
+        reply = case.call_and_validate(headers=origin_header(imaging_mesh, origin), timeout=10,
+                                       checks=[not_a_server_error, status_code_conformance,
+                                               response_schema_conformance])
+        if origin not in ("", "own"):
+            assert reply.status_code == 403, reply.text[:500]
 
     call()
     assert_alive(imaging_mesh)
@@ -172,10 +188,15 @@ def test_fuzzed_prompts_get_a_clear_4xx_and_break_nothing(imaging_mesh: Mesh) ->
     headers = {"content-type": "application/json"}
 
     @settings(FUZZ, max_examples=200)
-    @given(route=st.sampled_from(["/prompt", "/v1/workflows"]), data=st.data())
-    def post(route: str, data: st.DataObject) -> None:
-        reply = imaging_mesh.http.post(route, content=data.draw(bodies(catalog, route)), headers=headers)
+    @given(route=st.sampled_from(["/prompt", "/v1/workflows"]), data=st.data(), origin=ORIGINS,
+           chunk=st.sampled_from([0, 0, 64, 8192]))
+    def post(route: str, data: st.DataObject, origin: str, chunk: int) -> None:
+        body = data.draw(bodies(catalog, route))
+        reply = imaging_mesh.http.post(route, content=chunked(body, chunk),
+                                       headers={**headers, **origin_header(imaging_mesh, origin)})
         assert_clear(reply)
+        if origin not in ("", "own"):
+            assert reply.status_code == 403, reply.text[:500]
 
     post()
     assert_alive(imaging_mesh)

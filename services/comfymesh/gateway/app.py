@@ -17,7 +17,7 @@ from comfymesh.gateway.bodylimit import BodyLimitMiddleware
 from comfymesh.gateway.browser import BrowserGuardMiddleware, BrowserPolicy
 from comfymesh.gateway.client import OrchestratorClient, OrchestratorUnavailable, PromptTooLarge, QueueFull
 from comfymesh.gateway.lockout import Lockout
-from comfymesh.gateway.models import Health
+from comfymesh.gateway.models import Health, Problem
 from comfymesh.gateway.ratelimit import RateLimitMiddleware
 
 
@@ -31,6 +31,9 @@ def create_app(settings: Settings, client: OrchestratorClient | None = None) -> 
 
     app = FastAPI(title="comfymesh", version="0.1.0", docs_url="/v1/docs", redoc_url=None,
                   openapi_url="/v1/openapi.json", lifespan=lifespan,
+                  # BrowserGuardMiddleware's refusal, which any route may answer
+                  responses={403: {"model": Problem, "description": "A page of another site, or a Host name this "
+                                                                      "server does not answer to"}},
                   description="Run ComfyUI workflows on a gRPC mesh. ComfyUI's own API is served beside this one.")
     app.state.settings = settings
     app.state.authenticator = authenticator = Authenticator(settings)
