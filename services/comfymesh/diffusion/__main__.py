@@ -13,7 +13,8 @@ from comfymesh.stage.server import StageServicer, stage_main
 
 
 def _nodes() -> dict[str, NodeImpl]:
-    from comfymesh.diffusion.nodes import NODES, start_warmup
+    from comfymesh.diffusion.nodes import NODES
+    from comfymesh.diffusion.warmup import start_warmup
 
     start_warmup(get_settings().home)
     return NODES

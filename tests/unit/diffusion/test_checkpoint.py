@@ -9,7 +9,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from comfymesh.diffusion.models.checkpoint import TensorSource, load_checkpoint, recognise
+from comfymesh.diffusion.models.checkpoint import load_checkpoint
+from comfymesh.diffusion.models.recognise import recognise
+from comfymesh.diffusion.models.tensor_source import TensorSource
 from comfymesh.diffusion.models.tiny_checkpoint import make_state_dict, make_tiny_checkpoint
 from comfymesh.errors import ModelError
 

@@ -12,10 +12,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from comfymesh.diffusion.fast import tiers as fast_path
+from comfymesh.diffusion.fast import builder, compile_cache, switches
+from comfymesh.diffusion.fast.decoder import FastDecoder
+from comfymesh.diffusion.fast.manifest import WarmTarget, unet_inputs, warmup_from_manifest
+from comfymesh.diffusion.fast.unet import FastUNet
 from comfymesh.diffusion.latents import vae_codec
 from comfymesh.diffusion.models.cache import ModelCache
 from comfymesh.diffusion.sampling import ksampler
+from comfymesh.diffusion.sampling.step_reporter import StepReporter
 from comfymesh.diffusion.text.encode import encode_prompt
 
 
@@ -41,14 +45,14 @@ def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def test_fast_path_off_on_cpu_by_default(monkeypatch: pytest.MonkeyPatch, tiny_home: Path,
                                          cpu_cache: ModelCache) -> None:
-    monkeypatch.delenv(fast_path.FAST_ENV, raising=False)
-    assert not fast_path.fast_enabled(torch.device("cpu"))
-    assert fast_path.fast_enabled(torch.device("cuda"))
-    monkeypatch.setenv(fast_path.FAST_ENV, "0")
-    assert not fast_path.fast_enabled(torch.device("cuda"))
+    monkeypatch.delenv(switches.FAST_ENV, raising=False)
+    assert not switches.fast_enabled(torch.device("cpu"))
+    assert switches.fast_enabled(torch.device("cuda"))
+    monkeypatch.setenv(switches.FAST_ENV, "0")
+    assert not switches.fast_enabled(torch.device("cuda"))
     ckpt = cpu_cache.get(tiny_home / "models" / "checkpoints" / "sd15.safetensors")
-    monkeypatch.delenv(fast_path.FAST_ENV)
-    assert not isinstance(cpu_cache.sampling_model(ckpt).unet, fast_path.FastUNet)
+    monkeypatch.delenv(switches.FAST_ENV)
+    assert not isinstance(cpu_cache.sampling_model(ckpt).unet, FastUNet)
 
 
 def test_compiled_bucket_matches_eager(monkeypatch: pytest.MonkeyPatch, tiny_home: Path,
@@ -56,10 +60,10 @@ def test_compiled_bucket_matches_eager(monkeypatch: pytest.MonkeyPatch, tiny_hom
     ckpt = cpu_cache.get(tiny_home / "models" / "checkpoints" / "sd15.safetensors")
     with torch.no_grad():
         eager = _sample(cpu_cache.sampling_model(ckpt), cpu_cache, ckpt)
-        monkeypatch.setenv(fast_path.FAST_ENV, "1")
+        monkeypatch.setenv(switches.FAST_ENV, "1")
         model = cpu_cache.sampling_model(ckpt)
         fast = model.unet
-        assert isinstance(fast, fast_path.FastUNet)
+        assert isinstance(fast, FastUNet)
         # a cheap backend keeps the test fast; the GPU bench measures inductor + CUDA graphs
         fast.compile, fast.backend = True, "aot_eager"
         first = _sample(model, cpu_cache, ckpt)  # starts the bucket, runs eagerly meanwhile
@@ -75,9 +79,9 @@ def test_compiled_bucket_matches_eager(monkeypatch: pytest.MonkeyPatch, tiny_hom
 
 def test_failed_build_stays_eager(tiny_home: Path, cpu_cache: ModelCache) -> None:
     ckpt = cpu_cache.get(tiny_home / "models" / "checkpoints" / "sd15.safetensors")
-    fast = fast_path.FastUNet(ckpt.parts.unet, torch.device("cpu"), compile=True, backend="no-such-backend",
-                              background=False)
-    x, t, ctx, y = fast_path.unet_inputs(1, 64, 64, 32, torch.float32, torch.device("cpu"))
+    fast = FastUNet(ckpt.parts.unet, torch.device("cpu"), compile=True, backend="no-such-backend",
+                    background=False)
+    x, t, ctx, y = unet_inputs(1, 64, 64, 32, torch.float32, torch.device("cpu"))
     with torch.no_grad():
         out = fast(x, t, ctx, y)
         assert torch.equal(out, fast.eager(x, t, ctx, y))
@@ -87,21 +91,21 @@ def test_failed_build_stays_eager(tiny_home: Path, cpu_cache: ModelCache) -> Non
 
 def test_warmup_manifest_starts_buckets(tmp_path: Path, tiny_home: Path, cpu_cache: ModelCache,
                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(fast_path.FAST_ENV, "1")
-    monkeypatch.setenv(fast_path.COMPILE_ENV, "1")
-    monkeypatch.setenv(fast_path.BACKEND_ENV, "eager")
+    monkeypatch.setenv(switches.FAST_ENV, "1")
+    monkeypatch.setenv(switches.COMPILE_ENV, "1")
+    monkeypatch.setenv(switches.BACKEND_ENV, "eager")
     manifest = tmp_path / "warmup.json"
     manifest.write_text(json.dumps([{"ckpt": "sd15.safetensors", "width": 64, "height": 64, "batch": 2}]))
 
-    def load(name: str) -> fast_path.WarmTarget:
+    def load(name: str) -> WarmTarget:
         ckpt = cpu_cache.get(tiny_home / "models" / "checkpoints" / name)
-        return fast_path.WarmTarget(cpu_cache.sampling_model(ckpt), cpu_cache.decoder(ckpt))
+        return WarmTarget(cpu_cache.sampling_model(ckpt), cpu_cache.decoder(ckpt))
 
     with torch.no_grad():
-        assert fast_path.warmup_from_manifest(load, manifest) == ["sd15.safetensors@64x64x2"]
+        assert warmup_from_manifest(load, manifest) == ["sd15.safetensors@64x64x2"]
         target = load("sd15.safetensors")
         fast, decoder = target.model.unet, target.decoder
-        assert isinstance(fast, fast_path.FastUNet) and fast.wait(timeout=60)
+        assert isinstance(fast, FastUNet) and fast.wait(timeout=60)
         assert decoder is not None and decoder.wait(timeout=60)
     assert [b.key[0] for b in fast.buckets.values()] == [(4, 4, 8, 8)]  # CFG doubles the batch
     assert [(b.key[0], b.tier) for b in decoder.buckets.values()] == [((2, 4, 8, 8), "compiled")]
@@ -109,14 +113,14 @@ def test_warmup_manifest_starts_buckets(tmp_path: Path, tiny_home: Path, cpu_cac
 
 def test_compiled_decoder_matches_eager(monkeypatch: pytest.MonkeyPatch, tiny_home: Path,
                                         cpu_cache: ModelCache) -> None:
-    monkeypatch.setenv(fast_path.FAST_ENV, "1")
-    monkeypatch.setenv(fast_path.COMPILE_ENV, "1")
+    monkeypatch.setenv(switches.FAST_ENV, "1")
+    monkeypatch.setenv(switches.COMPILE_ENV, "1")
     ckpt = cpu_cache.get(tiny_home / "models" / "checkpoints" / "sd15.safetensors")
     latent = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(5)) * 4
     with torch.no_grad():
         eager = vae_codec.decode(ckpt.parts.vae, latent)
         decoder = cpu_cache.decoder(ckpt)
-        assert isinstance(decoder, fast_path.FastDecoder) and decoder is cpu_cache.decoder(ckpt)
+        assert isinstance(decoder, FastDecoder) and decoder is cpu_cache.decoder(ckpt)
         decoder.backend = "eager"  # dynamo only: aot_eager trips on CPU group norms; the GPU bench runs inductor
         first = vae_codec.decode(ckpt.parts.vae, latent, decoder)  # starts the bucket, decodes eagerly
         assert decoder.wait(timeout=120)
@@ -131,19 +135,19 @@ def test_compiled_decoder_matches_eager(monkeypatch: pytest.MonkeyPatch, tiny_ho
 def test_no_decoder_without_compilation(monkeypatch: pytest.MonkeyPatch, tiny_home: Path,
                                         cpu_cache: ModelCache) -> None:
     ckpt = cpu_cache.get(tiny_home / "models" / "checkpoints" / "sd15.safetensors")
-    monkeypatch.setenv(fast_path.FAST_ENV, "1")
-    monkeypatch.setenv(fast_path.COMPILE_ENV, "0")  # CUDA graphs only: the VAE decodes eagerly
+    monkeypatch.setenv(switches.FAST_ENV, "1")
+    monkeypatch.setenv(switches.COMPILE_ENV, "0")  # CUDA graphs only: the VAE decodes eagerly
     assert cpu_cache.decoder(ckpt) is None
-    monkeypatch.setenv(fast_path.COMPILE_ENV, "1")
-    monkeypatch.setenv(fast_path.FAST_ENV, "0")
+    monkeypatch.setenv(switches.COMPILE_ENV, "1")
+    monkeypatch.setenv(switches.FAST_ENV, "0")
     assert cpu_cache.decoder(ckpt) is None
 
 
 def test_step_reporter_on_cpu_reports_every_step() -> None:
     progress: list[tuple[int, int]] = []
     previews: list[bytes] = []
-    reporter = fast_path.StepReporter(lambda v, m: progress.append((v, m)), lambda d, f: previews.append(d),
-                                      lambda z: torch.zeros(4, 4, 3, dtype=torch.uint8), torch.device("cpu"))
+    reporter = StepReporter(lambda v, m: progress.append((v, m)), lambda d, f: previews.append(d),
+                            lambda z: torch.zeros(4, 4, 3, dtype=torch.uint8), torch.device("cpu"))
     for i in range(3):
         reporter(i, 3, torch.zeros(1, 4, 4, 4))
     reporter.finish()
@@ -152,39 +156,39 @@ def test_step_reporter_on_cpu_reports_every_step() -> None:
 
 
 def test_compile_cache_dir_under_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(fast_path, "_cache_state", {"dir": None, "loaded": False})
+    monkeypatch.setattr(compile_cache, "_cache_state", {"dir": None, "loaded": False})
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
     monkeypatch.delenv("TRITON_CACHE_DIR", raising=False)
-    root = fast_path.compile_cache_dir(tmp_path)
+    root = compile_cache.compile_cache_dir(tmp_path)
     assert root == tmp_path / "cache" / "torch-compile" and root.is_dir()
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"].startswith(str(root))
 
 
 def test_compilation_waits_for_a_quiet_moment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(fast_path.IDLE_ENV, "0.3")
-    monkeypatch.setenv(fast_path.MAX_DEFER_ENV, "5")
-    monkeypatch.setitem(fast_path._activity, "last_call", 0.0)
+    monkeypatch.setenv(switches.IDLE_ENV, "0.3")
+    monkeypatch.setenv(switches.MAX_DEFER_ENV, "5")
+    monkeypatch.setitem(builder._activity, "last_call", 0.0)
     start = time.monotonic()
-    fast_path._wait_until_idle()  # nothing ran lately: at once
+    builder._wait_until_idle()  # nothing ran lately: at once
     assert time.monotonic() - start < 0.2
     # UNet calls keep coming for a second: the compilation waits for them to stop, then 0.3 s more
     stop = time.monotonic() + 1.0
 
     def busy() -> None:
         while time.monotonic() < stop:
-            fast_path._activity["last_call"] = time.monotonic()
+            builder._activity["last_call"] = time.monotonic()
             time.sleep(0.02)
 
     worker = threading.Thread(target=busy)
     worker.start()
     start = time.monotonic()
-    fast_path._wait_until_idle()
+    builder._wait_until_idle()
     waited = time.monotonic() - start
     worker.join()
     assert 1.1 <= waited < 3.0
     # under constant load it gives up waiting after COMFYMESH_COMPILE_MAX_DEFER_S
-    monkeypatch.setenv(fast_path.MAX_DEFER_ENV, "0.5")
-    fast_path._activity["last_call"] = time.monotonic() + 60  # "just now", for the next minute
+    monkeypatch.setenv(switches.MAX_DEFER_ENV, "0.5")
+    builder._activity["last_call"] = time.monotonic() + 60  # "just now", for the next minute
     start = time.monotonic()
-    fast_path._wait_until_idle()
+    builder._wait_until_idle()
     assert 0.4 <= time.monotonic() - start < 1.5

@@ -19,10 +19,13 @@ from torch import nn
 from torch.func import functional_call
 
 from comfymesh.catalog.files import file_digest
-from comfymesh.diffusion.fast import tiers as fast_path
+from comfymesh.diffusion.fast.decoder import FastDecoder
+from comfymesh.diffusion.fast.switches import compile_enabled, fast_enabled
+from comfymesh.diffusion.fast.unet import FastUNet
 from comfymesh.diffusion.latents.formats import LatentFormat, for_family
 from comfymesh.diffusion.models import lora as lora_mod
-from comfymesh.diffusion.models.checkpoint import CheckpointParts, Placement, load_checkpoint, load_vae_file
+from comfymesh.diffusion.models.checkpoint import CheckpointParts, load_checkpoint, load_vae_file
+from comfymesh.diffusion.models.convert import Placement
 from comfymesh.diffusion.sampling.guidance import UNetFn
 from comfymesh.diffusion.sampling.ksampler import SamplingModel
 from comfymesh.diffusion.sampling.model_sampling import ModelSampling
@@ -59,8 +62,8 @@ class LoadedCheckpoint:
     nbytes: int
     sampling: ModelSampling
     latent_format: LatentFormat
-    fast: fast_path.FastUNet | None = None  # the bucketed compiled UNet (fast path), made on first use
-    fast_decoder: fast_path.FastDecoder | None = None  # the VAE's compiled decode (fast path), on first use
+    fast: FastUNet | None = None  # the bucketed compiled UNet (fast path), made on first use
+    fast_decoder: FastDecoder | None = None  # the VAE's compiled decode (fast path), on first use
 
     @property
     def family(self) -> str:
@@ -247,11 +250,11 @@ class ModelCache:
         overrides = self._patches(ckpt, "unet", loras).get("unet", {})
         rec = ckpt.parts.recognition
         unet: UNetFn = _unet_fn(ckpt.parts.unet, overrides)
-        if not overrides and fast_path.fast_enabled(ckpt.device):
+        if not overrides and fast_enabled(ckpt.device):
             # LoRA-patched weights go through functional_call and stay eager
             with self._lock:
                 if ckpt.fast is None:
-                    ckpt.fast = fast_path.FastUNet(ckpt.parts.unet, ckpt.device)
+                    ckpt.fast = FastUNet(ckpt.parts.unet, ckpt.device)
             unet = ckpt.fast
         return SamplingModel(
             unet=unet, sampling=ckpt.sampling, prediction=rec.prediction,
@@ -259,14 +262,14 @@ class ModelCache:
             adm=rec.unet.adm, device=ckpt.device, dtype=ckpt.unet_dtype,
         )
 
-    def decoder(self, ckpt: LoadedCheckpoint) -> fast_path.FastDecoder | None:
+    def decoder(self, ckpt: LoadedCheckpoint) -> FastDecoder | None:
         """The checkpoint VAE's compiled decoder where the fast path compiles (None: decode eagerly; a VAE
         from its own file always decodes eagerly)."""
-        if not fast_path.compile_enabled(ckpt.device):
+        if not compile_enabled(ckpt.device):
             return None
         with self._lock:
             if ckpt.fast_decoder is None:
-                ckpt.fast_decoder = fast_path.FastDecoder(ckpt.parts.vae, ckpt.device)
+                ckpt.fast_decoder = FastDecoder(ckpt.parts.vae, ckpt.device)
         return ckpt.fast_decoder
 
     def text_encoders(self, ckpt: LoadedCheckpoint, loras: Sequence[LoraSpec] = ()) -> TextEncoders:

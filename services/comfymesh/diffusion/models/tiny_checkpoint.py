@@ -308,7 +308,7 @@ def make_state_dict(family: str, seed: int = 0, dtype: torch.dtype = torch.float
 
 
 def _last_output_norm1_bias(sd: dict[str, torch.Tensor]) -> str:
-    from comfymesh.diffusion.models.checkpoint import vpred_probe_key
+    from comfymesh.diffusion.models.recognise import vpred_probe_key
 
     key = vpred_probe_key(list(sd))
     assert key is not None

@@ -1,0 +1,31 @@
+"""Conditioning nodes: prompt text through the checkpoint's text encoders, and combining conditionings."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from comfymesh.diffusion.models.cache import get_model_cache
+from comfymesh.diffusion.nodes.failures import node
+from comfymesh.diffusion.nodes.handles import Handle, checkpoint_of, expect_handle, loras_of
+from comfymesh.diffusion.text.encode import encode_prompt
+from comfymesh.stage.node import NodeContext, NodeImpl
+
+
+@node
+def clip_text_encode(ctx: NodeContext, text: str, clip: Handle) -> tuple[list[Any]]:
+    clip = expect_handle(ctx, clip, "clip")
+    ckpt = checkpoint_of(ctx, clip)
+    encoders = get_model_cache().text_encoders(ckpt, loras_of(ctx, clip))
+    cond, pooled = encode_prompt(encoders, text, clip.get("stop_at_clip_layer"))
+    return ([[cond, {"pooled_output": pooled}]],)
+
+
+@node
+def conditioning_combine(ctx: NodeContext, conditioning_1: list[Any], conditioning_2: list[Any]) -> tuple[list[Any]]:
+    return (list(conditioning_1) + list(conditioning_2),)
+
+
+NODES: dict[str, NodeImpl] = {
+    "CLIPTextEncode": clip_text_encode,
+    "ConditioningCombine": conditioning_combine,
+}

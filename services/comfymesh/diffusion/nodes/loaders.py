@@ -1,0 +1,57 @@
+"""Loader nodes: checkpoints, VAE files, LoRAs, and the CLIP layer to stop at."""
+
+from __future__ import annotations
+
+from comfymesh.diffusion.models.cache import get_model_cache
+from comfymesh.diffusion.nodes.failures import node
+from comfymesh.diffusion.nodes.handles import Handle, checkpoint_of, expect_handle
+from comfymesh.diffusion.nodes.model_files import resolve_file
+from comfymesh.errors import NodeInputError
+from comfymesh.stage.node import NodeContext, NodeImpl
+
+
+@node
+def checkpoint_loader_simple(ctx: NodeContext, ckpt_name: str) -> tuple[Handle, Handle, Handle]:
+    ckpt = get_model_cache().get(resolve_file(ctx, "checkpoints", ckpt_name))
+    base = {"ckpt": ckpt_name, "digest": ckpt.digest}
+    return ({"kind": "model", **base, "loras": []},
+            {"kind": "clip", **base, "loras": [], "stop_at_clip_layer": None},
+            {"kind": "vae", **base})
+
+
+@node
+def vae_loader(ctx: NodeContext, vae_name: str) -> tuple[Handle]:
+    if vae_name in ("pixel_space", "taesd", "taesdxl", "taesd3", "taef1"):
+        raise NodeInputError(f"VAE {vae_name!r} is not supported yet", node_id=ctx.node_id)
+    digest, _ = get_model_cache().vae_file(resolve_file(ctx, "vae", vae_name))
+    return ({"kind": "vae", "file": vae_name, "digest": digest},)
+
+
+@node
+def lora_loader(ctx: NodeContext, model: Handle, clip: Handle, lora_name: str, strength_model: float,
+                strength_clip: float) -> tuple[Handle, Handle]:
+    model = expect_handle(ctx, model, "model")
+    clip = expect_handle(ctx, clip, "clip")
+    path = resolve_file(ctx, "loras", lora_name)
+    get_model_cache().check_lora(checkpoint_of(ctx, model), path)
+    digest = get_model_cache().digest(path)
+    new_model = {**model, "loras": [*model["loras"], [lora_name, digest, float(strength_model)]]}
+    new_clip = {**clip, "loras": [*clip["loras"], [lora_name, digest, float(strength_clip)]]}
+    return new_model, new_clip
+
+
+@node
+def clip_set_last_layer(ctx: NodeContext, clip: Handle, stop_at_clip_layer: int) -> tuple[Handle]:
+    clip = expect_handle(ctx, clip, "clip")
+    if not -24 <= int(stop_at_clip_layer) <= -1:
+        raise NodeInputError(f"stop_at_clip_layer must be between -24 and -1, got {stop_at_clip_layer}",
+                             node_id=ctx.node_id)
+    return ({**clip, "stop_at_clip_layer": int(stop_at_clip_layer)},)
+
+
+NODES: dict[str, NodeImpl] = {
+    "CheckpointLoaderSimple": checkpoint_loader_simple,
+    "VAELoader": vae_loader,
+    "LoraLoader": lora_loader,
+    "CLIPSetLastLayer": clip_set_last_layer,
+}

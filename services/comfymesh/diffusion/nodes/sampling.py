@@ -1,0 +1,59 @@
+"""Sampling nodes: KSampler and KSamplerAdvanced, through the cross-job batcher."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from comfymesh.diffusion.latents.previews import latent_rgb_tensor
+from comfymesh.diffusion.models.cache import get_model_cache
+from comfymesh.diffusion.nodes.failures import node
+from comfymesh.diffusion.nodes.handles import Handle, checkpoint_of, expect_handle, loras_of
+from comfymesh.diffusion.sampling.batching import sample_latent
+from comfymesh.diffusion.sampling.step_reporter import StepReporter
+from comfymesh.stage.node import NodeContext, NodeImpl
+
+
+def _sample(ctx: NodeContext, model: Handle, latent_image: dict[str, Any], **kwargs: Any) -> tuple[dict[str, Any]]:
+    model = expect_handle(ctx, model, "model")
+    ckpt = checkpoint_of(ctx, model)
+    sm = get_model_cache().sampling_model(ckpt, loras_of(ctx, model))
+    fmt = sm.latent_format
+    want_previews = ctx.extras.get("previews", True)
+    # progress and previews from CUDA events: the step loop never waits on the GPU for them
+    reporter = StepReporter(ctx.report_progress, ctx.report_preview if want_previews else None,
+                            lambda denoised: latent_rgb_tensor(denoised, fmt), sm.device)
+    # same weights ⇔ same checkpoint digest and LoRA patches: such calls of other jobs may share the loop
+    model_key = (model["digest"], tuple((digest, float(strength)) for _, digest, strength in model["loras"]))
+    with torch.no_grad():
+        out = sample_latent(sm, model_key, job=ctx.job_id, latent=latent_image, on_step=reporter,
+                            check_cancelled=ctx.check_cancelled, **kwargs)
+    reporter.finish()
+    return (out,)
+
+
+@node
+def ksampler_node(ctx: NodeContext, model: Handle, seed: int, steps: int, cfg: float, sampler_name: str,
+                  scheduler: str, positive: list[Any], negative: list[Any], latent_image: dict[str, Any],
+                  denoise: float = 1.0) -> tuple[dict[str, Any]]:
+    return _sample(ctx, model, latent_image, seed=int(seed), steps=int(steps), cfg=float(cfg),
+                   sampler_name=sampler_name, scheduler=scheduler, positive=positive, negative=negative,
+                   denoise=float(denoise))
+
+
+@node
+def ksampler_advanced(ctx: NodeContext, model: Handle, add_noise: str, noise_seed: int, steps: int, cfg: float,
+                      sampler_name: str, scheduler: str, positive: list[Any], negative: list[Any],
+                      latent_image: dict[str, Any], start_at_step: int = 0, end_at_step: int = 10000,
+                      return_with_leftover_noise: str = "disable") -> tuple[dict[str, Any]]:
+    return _sample(ctx, model, latent_image, seed=int(noise_seed), steps=int(steps), cfg=float(cfg),
+                   sampler_name=sampler_name, scheduler=scheduler, positive=positive, negative=negative,
+                   denoise=1.0, add_noise=add_noise != "disable", start_step=int(start_at_step),
+                   last_step=int(end_at_step), force_full_denoise=return_with_leftover_noise != "enable")
+
+
+NODES: dict[str, NodeImpl] = {
+    "KSampler": ksampler_node,
+    "KSamplerAdvanced": ksampler_advanced,
+}

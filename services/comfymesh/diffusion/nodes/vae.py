@@ -1,0 +1,45 @@
+"""VAE nodes: decode latents to images and encode images to latents."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from comfymesh.diffusion.fast.decoder import FastDecoder
+from comfymesh.diffusion.latents import vae_codec
+from comfymesh.diffusion.models.cache import get_model_cache
+from comfymesh.diffusion.nodes.failures import node
+from comfymesh.diffusion.nodes.handles import Handle, checkpoint_of, expect_handle
+from comfymesh.diffusion.nodes.model_files import resolve_file
+from comfymesh.errors import ModelError
+from comfymesh.stage.node import NodeContext, NodeImpl
+
+
+def _vae(ctx: NodeContext, handle: Handle) -> tuple[torch.nn.Module, FastDecoder | None]:
+    """The VAE of a handle and, for a checkpoint's VAE on the fast path, its compiled decoder."""
+    handle = expect_handle(ctx, handle, "vae")
+    if "file" in handle:
+        digest, file_vae = get_model_cache().vae_file(resolve_file(ctx, "vae", handle["file"]))
+        if digest != handle["digest"]:
+            raise ModelError(f"VAE {handle['file']} changed on disk since it was loaded", node_id=ctx.node_id)
+        return file_vae, None
+    ckpt = checkpoint_of(ctx, handle)
+    return ckpt.parts.vae, get_model_cache().decoder(ckpt)
+
+
+@node
+def vae_decode(ctx: NodeContext, samples: dict[str, Any], vae: Handle) -> tuple[torch.Tensor]:
+    module, decoder = _vae(ctx, vae)
+    return (vae_codec.decode(module, torch.as_tensor(samples["samples"]), decoder),)
+
+
+@node
+def vae_encode(ctx: NodeContext, pixels: Any, vae: Handle) -> tuple[dict[str, Any]]:
+    return ({"samples": vae_codec.encode(_vae(ctx, vae)[0], torch.as_tensor(pixels))},)
+
+
+NODES: dict[str, NodeImpl] = {
+    "VAEDecode": vae_decode,
+    "VAEEncode": vae_encode,
+}

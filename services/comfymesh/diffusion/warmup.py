@@ -1,0 +1,43 @@
+"""Stage start-up on a GPU: import the model code, point the compile caches, build the manifest's buckets."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+from comfymesh.diffusion.fast.compile_cache import compile_cache_dir
+from comfymesh.diffusion.fast.manifest import WarmTarget, warmup_from_manifest
+from comfymesh.diffusion.fast.switches import MANIFEST_ENV, fast_enabled
+from comfymesh.diffusion.models.cache import get_model_cache
+from comfymesh.diffusion.models.convert import import_model_code
+from comfymesh.logs import log_fields
+
+log = logging.getLogger(__name__)
+
+
+def start_warmup(home: Path) -> None:
+    """Stage start on a GPU: import the model code before serving (so the first request pays only for
+    its model's load, like a started ComfyUI), point the compile caches at <home>, and build the buckets
+    of the warm-up manifest ($COMFYMESH_WARMUP_MANIFEST) in the background. CPU stages (tests, laptops)
+    start at once and import on first use."""
+    cache = get_model_cache()
+    if not fast_enabled(cache.device):
+        return
+    log.info("model code imported", extra=log_fields(seconds=round(import_model_code(), 2)))
+    compile_cache_dir(home)
+    if not os.environ.get(MANIFEST_ENV):
+        return
+
+    def load(name: str) -> WarmTarget:
+        ckpt = cache.get(home / "models" / "checkpoints" / name)
+        vae: Any = ckpt.parts.vae
+        return WarmTarget(cache.sampling_model(ckpt), cache.decoder(ckpt), vae.config.latent_channels)
+
+    def run() -> None:
+        started = warmup_from_manifest(load)
+        log.info("warm-up manifest: building %s", ", ".join(started) or "nothing")
+
+    threading.Thread(target=run, name="comfymesh-warmup", daemon=True).start()
