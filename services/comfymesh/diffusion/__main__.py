@@ -13,11 +13,11 @@ from comfymesh.stage.server import StageServicer, stage_main
 
 
 def _nodes() -> dict[str, NodeImpl]:
-    from comfymesh.diffusion.nodes import NODES
+    from comfymesh.diffusion.nodes import nodes
     from comfymesh.diffusion.warmup import start_warmup
 
     start_warmup(get_settings().home)
-    return NODES
+    return nodes.impls
 
 
 def _device() -> str:

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from comfymesh.diffusion.models.cache import ModelCache
-from comfymesh.diffusion.nodes import NODES
+from comfymesh.diffusion.nodes import nodes
 from comfymesh.diffusion.sampling import batching
 from comfymesh.diffusion.sampling.batching import SamplingBatcher, batch_config, set_batcher
 from comfymesh.errors import InterruptedError_
@@ -44,8 +44,8 @@ class Job:
 
 
 def load(ctx: NodeContext, ckpt: str) -> dict[str, Any]:
-    model, clip, vae = NODES["CheckpointLoaderSimple"](ctx, ckpt_name=ckpt)
-    return {"model": model, "clip": clip, "vae": vae, "neg": NODES["CLIPTextEncode"](ctx, text="blurry", clip=clip)[0]}
+    model, clip, vae = nodes.impls["CheckpointLoaderSimple"](ctx, ckpt_name=ckpt)
+    return {"model": model, "clip": clip, "vae": vae, "neg": nodes.impls["CLIPTextEncode"](ctx, text="blurry", clip=clip)[0]}
 
 
 @pytest.fixture
@@ -105,8 +105,8 @@ def run_job(tiny_home: Path, handles: dict[str, Any], job: Job, index: int) -> t
     ctx = NodeContext(job_id=f"job{index}", node_id=f"3{index}", class_type="KSampler", home=tiny_home,
                       report_progress=lambda v, m: job.progress.append((v, m)),
                       is_cancelled=lambda: job.cancel_after is not None and len(job.progress) >= job.cancel_after)
-    (pos,) = NODES["CLIPTextEncode"](ctx, text=job.text, clip=handles["clip"])
-    (latent,) = NODES["EmptyLatentImage"](ctx, width=64, height=64, batch_size=job.batch)
+    (pos,) = nodes.impls["CLIPTextEncode"](ctx, text=job.text, clip=handles["clip"])
+    (latent,) = nodes.impls["EmptyLatentImage"](ctx, width=64, height=64, batch_size=job.batch)
     denoise = 1.0
     if job.masked:
         start = torch.randn([job.batch, 4, 8, 8], generator=torch.Generator().manual_seed(job.seed + 50))
@@ -116,9 +116,9 @@ def run_job(tiny_home: Path, handles: dict[str, Any], job: Job, index: int) -> t
     common = {"model": handles["model"], "steps": job.steps, "cfg": job.cfg, "sampler_name": job.sampler,
               "scheduler": "karras", "positive": pos, "negative": handles["neg"], "latent_image": latent}
     if job.advanced:
-        (out,) = NODES["KSamplerAdvanced"](ctx, add_noise="enable", noise_seed=job.seed, **common)
+        (out,) = nodes.impls["KSamplerAdvanced"](ctx, add_noise="enable", noise_seed=job.seed, **common)
     else:
-        (out,) = NODES["KSampler"](ctx, seed=job.seed, denoise=denoise, **common)
+        (out,) = nodes.impls["KSampler"](ctx, seed=job.seed, denoise=denoise, **common)
     return torch.as_tensor(out["samples"])
 
 
@@ -145,8 +145,8 @@ def solo(tiny_home: Path, handles: dict[str, Any], job: Job) -> torch.Tensor:
 
 
 def psnr(handles: dict[str, Any], ctx: NodeContext, a: torch.Tensor, b: torch.Tensor) -> float:
-    (img_a,) = NODES["VAEDecode"](ctx, samples={"samples": a}, vae=handles["vae"])
-    (img_b,) = NODES["VAEDecode"](ctx, samples={"samples": b}, vae=handles["vae"])
+    (img_a,) = nodes.impls["VAEDecode"](ctx, samples={"samples": a}, vae=handles["vae"])
+    (img_b,) = nodes.impls["VAEDecode"](ctx, samples={"samples": b}, vae=handles["vae"])
     mse = float(((img_a - img_b) ** 2).mean())
     return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
 

@@ -1,21 +1,26 @@
-"""The catalog (what validation and /object_info offer) lists exactly what the diffusion stage runs."""
+"""The diffusion stage's declarations offer exactly the samplers and schedulers it implements."""
 
 from __future__ import annotations
 
-from comfymesh.catalog import Catalog
-from comfymesh.catalog.legacy_lists import SAMPLERS, SCHEDULERS
-from comfymesh.diffusion.nodes import NODES
-from comfymesh.diffusion.sampling.samplers import IMPLEMENTED_SAMPLERS, SAMPLER_NAMES
+from comfymesh.catalog.schema import Input
+from comfymesh.diffusion.nodes import nodes
+from comfymesh.diffusion.sampling.samplers import IMPLEMENTED_SAMPLERS, SAMPLER_NAMES, SAMPLERS
 from comfymesh.diffusion.sampling.schedulers import SCHEDULER_NAMES
 
 
+def _choices(node: str, name: str) -> list[str]:
+    spec: Input = next(i for i in nodes.schemas[node].inputs if i.name == name)
+    return list(spec.choices or ())  # type: ignore[arg-type]
+
+
 def test_offered_samplers_are_implemented_in_comfyui_order() -> None:
-    assert set(SAMPLERS) == set(IMPLEMENTED_SAMPLERS)
-    assert [name for name in SAMPLER_NAMES if name in SAMPLERS] == SAMPLERS
-    assert list(SCHEDULER_NAMES) == SCHEDULERS
+    for node in ("KSampler", "KSamplerAdvanced"):
+        offered = _choices(node, "sampler_name")
+        assert set(offered) == set(SAMPLERS)
+        assert [name for name in SAMPLER_NAMES if name in offered] == offered == list(IMPLEMENTED_SAMPLERS)
+        assert _choices(node, "scheduler") == list(SCHEDULER_NAMES)
 
 
-def test_every_diffusion_node_in_the_catalog_has_an_implementation(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    catalog = Catalog(tmp_path)
-    declared = {name for name, node in catalog.nodes.items() if node.stage == "diffusion"}
-    assert declared == set(NODES)
+def test_every_declared_diffusion_node_runs_on_the_diffusion_stage() -> None:
+    assert nodes.schemas and all(schema.stage == "diffusion" for schema in nodes.schemas.values())
+    assert set(nodes.impls) == set(nodes.schemas)

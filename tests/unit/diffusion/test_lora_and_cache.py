@@ -10,15 +10,15 @@ from safetensors.torch import save_file
 
 from comfymesh.diffusion.models.cache import ModelCache
 from comfymesh.diffusion.models.tiny_checkpoint import make_tiny_checkpoint
-from comfymesh.diffusion.nodes import NODES
+from comfymesh.diffusion.nodes import nodes
 from comfymesh.errors import NodeInputError
 from comfymesh.stage.node import NodeContext
 
 
 def _sample(ctx: NodeContext, model: dict, clip: dict) -> torch.Tensor:
-    (pos,) = NODES["CLIPTextEncode"](ctx, text="a cat", clip=clip)
-    (latent,) = NODES["EmptyLatentImage"](ctx, width=64, height=64, batch_size=1)
-    (out,) = NODES["KSampler"](ctx, model=model, seed=4, steps=2, cfg=1.0, sampler_name="euler",
+    (pos,) = nodes.impls["CLIPTextEncode"](ctx, text="a cat", clip=clip)
+    (latent,) = nodes.impls["EmptyLatentImage"](ctx, width=64, height=64, batch_size=1)
+    (out,) = nodes.impls["KSampler"](ctx, model=model, seed=4, steps=2, cfg=1.0, sampler_name="euler",
                                scheduler="normal", positive=pos, negative=pos, latent_image=latent, denoise=1.0)
     return out["samples"]
 
@@ -27,11 +27,11 @@ def _sample(ctx: NodeContext, model: dict, clip: dict) -> torch.Tensor:
                                             ("sdxl.safetensors", "tiny_sdxl.safetensors")])
 def test_lora_changes_output_without_touching_base(node_ctx: NodeContext, model_cache: ModelCache,
                                                    ckpt: str, lora: str) -> None:
-    model, clip, _ = NODES["CheckpointLoaderSimple"](node_ctx, ckpt_name=ckpt)
+    model, clip, _ = nodes.impls["CheckpointLoaderSimple"](node_ctx, ckpt_name=ckpt)
     loaded = model_cache.get(node_ctx.home / "models" / "checkpoints" / ckpt)
     before = {k: v.clone() for k, v in loaded.parts.unet.state_dict().items()}
     base = _sample(node_ctx, model, clip)
-    lmodel, lclip = NODES["LoraLoader"](node_ctx, model=model, clip=clip, lora_name=lora,
+    lmodel, lclip = nodes.impls["LoraLoader"](node_ctx, model=model, clip=clip, lora_name=lora,
                                         strength_model=1.0, strength_clip=1.0)
     assert lmodel["loras"][0][0] == lora and lclip["loras"][0][2] == 1.0
     patched = _sample(node_ctx, lmodel, lclip)
@@ -39,17 +39,17 @@ def test_lora_changes_output_without_touching_base(node_ctx: NodeContext, model_
     after = loaded.parts.unet.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert torch.equal(base, _sample(node_ctx, model, clip))
-    zero_model, zero_clip = NODES["LoraLoader"](node_ctx, model=model, clip=clip, lora_name=lora,
+    zero_model, zero_clip = nodes.impls["LoraLoader"](node_ctx, model=model, clip=clip, lora_name=lora,
                                                 strength_model=0.0, strength_clip=0.0)
     assert torch.equal(base, _sample(node_ctx, zero_model, zero_clip))
 
 
 def test_clip_lora_changes_conditioning(node_ctx: NodeContext) -> None:
-    model, clip, _ = NODES["CheckpointLoaderSimple"](node_ctx, ckpt_name="sd15.safetensors")
-    _, lclip = NODES["LoraLoader"](node_ctx, model=model, clip=clip, lora_name="tiny_sd15.safetensors",
+    model, clip, _ = nodes.impls["CheckpointLoaderSimple"](node_ctx, ckpt_name="sd15.safetensors")
+    _, lclip = nodes.impls["LoraLoader"](node_ctx, model=model, clip=clip, lora_name="tiny_sd15.safetensors",
                                    strength_model=0.0, strength_clip=1.0)
-    (a,) = NODES["CLIPTextEncode"](node_ctx, text="a cat", clip=clip)
-    (b,) = NODES["CLIPTextEncode"](node_ctx, text="a cat", clip=lclip)
+    (a,) = nodes.impls["CLIPTextEncode"](node_ctx, text="a cat", clip=clip)
+    (b,) = nodes.impls["CLIPTextEncode"](node_ctx, text="a cat", clip=lclip)
     assert not torch.allclose(a[0][0], b[0][0])
 
 
@@ -57,9 +57,9 @@ def test_lora_that_fits_nothing(node_ctx: NodeContext) -> None:
     path = node_ctx.home / "models" / "loras" / "alien.safetensors"
     save_file({"lora_unet_nowhere_to_q.lora_up.weight": torch.zeros(4, 2),
                "lora_unet_nowhere_to_q.lora_down.weight": torch.zeros(2, 4)}, str(path))
-    model, clip, _ = NODES["CheckpointLoaderSimple"](node_ctx, ckpt_name="sd15.safetensors")
+    model, clip, _ = nodes.impls["CheckpointLoaderSimple"](node_ctx, ckpt_name="sd15.safetensors")
     with pytest.raises(NodeInputError, match=r"LoRA alien.safetensors fits no layer"):
-        NODES["LoraLoader"](node_ctx, model=model, clip=clip, lora_name="alien.safetensors",
+        nodes.impls["LoraLoader"](node_ctx, model=model, clip=clip, lora_name="alien.safetensors",
                             strength_model=1.0, strength_clip=1.0)
 
 
@@ -69,9 +69,9 @@ def test_lora_with_wrong_shapes_fits_nothing(node_ctx: NodeContext) -> None:
     name = "lora_unet_input_blocks_3_1_transformer_blocks_0_attn1_to_q"
     save_file({f"{name}.lora_up.weight": torch.zeros(48, 2), f"{name}.lora_down.weight": torch.zeros(2, 48)},
               str(path))
-    model, clip, _ = NODES["CheckpointLoaderSimple"](node_ctx, ckpt_name="sd15.safetensors")
+    model, clip, _ = nodes.impls["CheckpointLoaderSimple"](node_ctx, ckpt_name="sd15.safetensors")
     with pytest.raises(NodeInputError, match=r"wrong_shapes\.safetensors fits no layer"):
-        NODES["LoraLoader"](node_ctx, model=model, clip=clip, lora_name="wrong_shapes.safetensors",
+        nodes.impls["LoraLoader"](node_ctx, model=model, clip=clip, lora_name="wrong_shapes.safetensors",
                             strength_model=1.0, strength_clip=1.0)
 
 
@@ -82,8 +82,8 @@ def test_diffusers_named_lora_keys_apply(node_ctx: NodeContext, model_cache: Mod
     save_file({f"{name}.lora_up.weight": torch.randn(32, 2, generator=gen),
                f"{name}.lora_down.weight": torch.randn(2, 32, generator=gen),
                f"{name}.alpha": torch.tensor(1.0)}, str(path))
-    model, clip, _ = NODES["CheckpointLoaderSimple"](node_ctx, ckpt_name="sd15.safetensors")
-    lmodel, lclip = NODES["LoraLoader"](node_ctx, model=model, clip=clip, lora_name="diffusers_names.safetensors",
+    model, clip, _ = nodes.impls["CheckpointLoaderSimple"](node_ctx, ckpt_name="sd15.safetensors")
+    lmodel, lclip = nodes.impls["LoraLoader"](node_ctx, model=model, clip=clip, lora_name="diffusers_names.safetensors",
                                         strength_model=1.0, strength_clip=1.0)
     assert not torch.allclose(_sample(node_ctx, model, clip), _sample(node_ctx, lmodel, lclip))
 

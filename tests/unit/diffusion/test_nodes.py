@@ -1,4 +1,4 @@
-"""End-to-end through NODES (tiny models): loaders, encode, sampling semantics, VAE, errors, cancel."""
+"""End-to-end through the declared nodes (tiny models): loaders, encode, sampling semantics, VAE, errors, cancel."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from comfymesh.diffusion.models.cache import ModelCache
-from comfymesh.diffusion.nodes import NODES
+from comfymesh.diffusion.nodes import nodes
 from comfymesh.diffusion.sampling import ksampler
 from comfymesh.errors import InterruptedError_, ModelError, NodeInputError, ResourceExhaustedError
 from comfymesh.stage.node import NodeContext
@@ -20,14 +20,14 @@ from comfymesh.stage.node import NodeContext
 
 def txt2img(ctx: NodeContext, ckpt: str, *, seed: int = 1, sampler: str = "euler", steps: int = 3,
             width: int = 64, height: int = 64, batch: int = 1, **extra: Any) -> torch.Tensor:
-    model, clip, vae = NODES["CheckpointLoaderSimple"](ctx, ckpt_name=ckpt)
-    (pos,) = NODES["CLIPTextEncode"](ctx, text="a (red:1.2) cat", clip=clip)
-    (neg,) = NODES["CLIPTextEncode"](ctx, text="blurry", clip=clip)
-    (latent,) = NODES["EmptyLatentImage"](ctx, width=width, height=height, batch_size=batch)
-    (out,) = NODES["KSampler"](ctx, model=model, seed=seed, steps=steps, cfg=7.0, sampler_name=sampler,
+    model, clip, vae = nodes.impls["CheckpointLoaderSimple"](ctx, ckpt_name=ckpt)
+    (pos,) = nodes.impls["CLIPTextEncode"](ctx, text="a (red:1.2) cat", clip=clip)
+    (neg,) = nodes.impls["CLIPTextEncode"](ctx, text="blurry", clip=clip)
+    (latent,) = nodes.impls["EmptyLatentImage"](ctx, width=width, height=height, batch_size=batch)
+    (out,) = nodes.impls["KSampler"](ctx, model=model, seed=seed, steps=steps, cfg=7.0, sampler_name=sampler,
                                scheduler="karras", positive=pos, negative=neg, latent_image=latent,
                                denoise=1.0, **extra)
-    (image,) = NODES["VAEDecode"](ctx, samples=out, vae=vae)
+    (image,) = nodes.impls["VAEDecode"](ctx, samples=out, vae=vae)
     return image
 
 
@@ -41,12 +41,12 @@ def test_txt2img_shape_and_determinism(node_ctx: NodeContext, ckpt: str) -> None
 
 
 def test_handles_are_deterministic_json(node_ctx: NodeContext) -> None:
-    a = NODES["CheckpointLoaderSimple"](node_ctx, ckpt_name="sd15.safetensors")
-    b = NODES["CheckpointLoaderSimple"](node_ctx, ckpt_name="sd15.safetensors")
+    a = nodes.impls["CheckpointLoaderSimple"](node_ctx, ckpt_name="sd15.safetensors")
+    b = nodes.impls["CheckpointLoaderSimple"](node_ctx, ckpt_name="sd15.safetensors")
     assert json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
     model, clip, vae = a
     assert model["kind"] == "model" and clip["stop_at_clip_layer"] is None and vae["kind"] == "vae"
-    (clip2,) = NODES["CLIPSetLastLayer"](node_ctx, clip=clip, stop_at_clip_layer=-2)
+    (clip2,) = nodes.impls["CLIPSetLastLayer"](node_ctx, clip=clip, stop_at_clip_layer=-2)
     assert clip2["stop_at_clip_layer"] == -2 and clip["stop_at_clip_layer"] is None
 
 
@@ -85,64 +85,64 @@ def test_oom_fault_switch(node_ctx: NodeContext, monkeypatch: pytest.MonkeyPatch
 
 def test_missing_checkpoint_lists_existing(node_ctx: NodeContext) -> None:
     with pytest.raises(NodeInputError, match=r"'nope.safetensors' not found.*sd15.safetensors") as info:
-        NODES["CheckpointLoaderSimple"](node_ctx, ckpt_name="nope.safetensors")
+        nodes.impls["CheckpointLoaderSimple"](node_ctx, ckpt_name="nope.safetensors")
     assert info.value.node_id == "7"
     with pytest.raises(NodeInputError, match="invalid"):
-        NODES["CheckpointLoaderSimple"](node_ctx, ckpt_name="../x.safetensors")
+        nodes.impls["CheckpointLoaderSimple"](node_ctx, ckpt_name="../x.safetensors")
 
 
 def test_advanced_split_equals_single_run(node_ctx: NodeContext) -> None:
-    model, clip, _ = NODES["CheckpointLoaderSimple"](node_ctx, ckpt_name="sd15.safetensors")
-    (pos,) = NODES["CLIPTextEncode"](node_ctx, text="a cat", clip=clip)
-    (neg,) = NODES["CLIPTextEncode"](node_ctx, text="", clip=clip)
-    (latent,) = NODES["EmptyLatentImage"](node_ctx, width=64, height=64, batch_size=1)
+    model, clip, _ = nodes.impls["CheckpointLoaderSimple"](node_ctx, ckpt_name="sd15.safetensors")
+    (pos,) = nodes.impls["CLIPTextEncode"](node_ctx, text="a cat", clip=clip)
+    (neg,) = nodes.impls["CLIPTextEncode"](node_ctx, text="", clip=clip)
+    (latent,) = nodes.impls["EmptyLatentImage"](node_ctx, width=64, height=64, batch_size=1)
     common = {"model": model, "steps": 6, "cfg": 5.0, "sampler_name": "euler", "scheduler": "normal",
               "positive": pos, "negative": neg}
-    (full,) = NODES["KSampler"](node_ctx, seed=9, latent_image=latent, denoise=1.0, **common)
-    (half,) = NODES["KSamplerAdvanced"](node_ctx, add_noise="enable", noise_seed=9, latent_image=latent,
+    (full,) = nodes.impls["KSampler"](node_ctx, seed=9, latent_image=latent, denoise=1.0, **common)
+    (half,) = nodes.impls["KSamplerAdvanced"](node_ctx, add_noise="enable", noise_seed=9, latent_image=latent,
                                         start_at_step=0, end_at_step=3, return_with_leftover_noise="enable",
                                         **common)
-    (rest,) = NODES["KSamplerAdvanced"](node_ctx, add_noise="disable", noise_seed=0, latent_image=half,
+    (rest,) = nodes.impls["KSamplerAdvanced"](node_ctx, add_noise="disable", noise_seed=0, latent_image=half,
                                         start_at_step=3, end_at_step=10000, return_with_leftover_noise="disable",
                                         **common)
     assert torch.allclose(full["samples"], rest["samples"], atol=1e-4)
 
 
 def test_denoise_zero_returns_input(node_ctx: NodeContext) -> None:
-    model, clip, _ = NODES["CheckpointLoaderSimple"](node_ctx, ckpt_name="sd15.safetensors")
-    (pos,) = NODES["CLIPTextEncode"](node_ctx, text="a cat", clip=clip)
+    model, clip, _ = nodes.impls["CheckpointLoaderSimple"](node_ctx, ckpt_name="sd15.safetensors")
+    (pos,) = nodes.impls["CLIPTextEncode"](node_ctx, text="a cat", clip=clip)
     latent = {"samples": torch.randn(1, 4, 8, 8)}
-    (out,) = NODES["KSampler"](node_ctx, model=model, seed=0, steps=3, cfg=1.0, sampler_name="euler",
+    (out,) = nodes.impls["KSampler"](node_ctx, model=model, seed=0, steps=3, cfg=1.0, sampler_name="euler",
                                scheduler="normal", positive=pos, negative=pos, latent_image=latent, denoise=0.0)
     assert torch.equal(out["samples"], latent["samples"])
 
 
 def test_img2img_combine_and_upscale(node_ctx: NodeContext) -> None:
-    model, clip, vae = NODES["CheckpointLoaderSimple"](node_ctx, ckpt_name="sd15.safetensors")
+    model, clip, vae = nodes.impls["CheckpointLoaderSimple"](node_ctx, ckpt_name="sd15.safetensors")
     pixels = torch.rand(1, 70, 66, 3).numpy()  # numpy, as from the artifact store; cropped to 64×64
-    (latent,) = NODES["VAEEncode"](node_ctx, pixels=pixels, vae=vae)
+    (latent,) = nodes.impls["VAEEncode"](node_ctx, pixels=pixels, vae=vae)
     assert latent["samples"].shape == (1, 4, 8, 8)
-    (big,) = NODES["LatentUpscaleBy"](node_ctx, samples=latent, upscale_method="bilinear", scale_by=1.5)
+    (big,) = nodes.impls["LatentUpscaleBy"](node_ctx, samples=latent, upscale_method="bilinear", scale_by=1.5)
     assert big["samples"].shape == (1, 4, 12, 12)
-    (wide,) = NODES["LatentUpscale"](node_ctx, samples=latent, upscale_method="nearest-exact", width=128,
+    (wide,) = nodes.impls["LatentUpscale"](node_ctx, samples=latent, upscale_method="nearest-exact", width=128,
                                      height=64, crop="center")
     assert wide["samples"].shape == (1, 4, 8, 16)
-    (a,) = NODES["CLIPTextEncode"](node_ctx, text="a cat", clip=clip)
-    (b,) = NODES["CLIPTextEncode"](node_ctx, text=" ".join(["dog"] * 90), clip=clip)
-    (both,) = NODES["ConditioningCombine"](node_ctx, conditioning_1=a, conditioning_2=b)
+    (a,) = nodes.impls["CLIPTextEncode"](node_ctx, text="a cat", clip=clip)
+    (b,) = nodes.impls["CLIPTextEncode"](node_ctx, text=" ".join(["dog"] * 90), clip=clip)
+    (both,) = nodes.impls["ConditioningCombine"](node_ctx, conditioning_1=a, conditioning_2=b)
     assert len(both) == 2
-    (out,) = NODES["KSampler"](node_ctx, model=model, seed=3, steps=2, cfg=3.0, sampler_name="dpmpp_2m",
+    (out,) = nodes.impls["KSampler"](node_ctx, model=model, seed=3, steps=2, cfg=3.0, sampler_name="dpmpp_2m",
                                scheduler="normal", positive=both, negative=a, latent_image=big, denoise=0.6)
     assert out["samples"].shape == (1, 4, 12, 12)
 
 
 def test_conditioning_from_other_family_is_rejected(node_ctx: NodeContext) -> None:
-    model, _, _ = NODES["CheckpointLoaderSimple"](node_ctx, ckpt_name="sdxl.safetensors")
-    _, clip15, _ = NODES["CheckpointLoaderSimple"](node_ctx, ckpt_name="sd15.safetensors")
-    (pos,) = NODES["CLIPTextEncode"](node_ctx, text="a cat", clip=clip15)
-    (latent,) = NODES["EmptyLatentImage"](node_ctx, width=64, height=64, batch_size=1)
+    model, _, _ = nodes.impls["CheckpointLoaderSimple"](node_ctx, ckpt_name="sdxl.safetensors")
+    _, clip15, _ = nodes.impls["CheckpointLoaderSimple"](node_ctx, ckpt_name="sd15.safetensors")
+    (pos,) = nodes.impls["CLIPTextEncode"](node_ctx, text="a cat", clip=clip15)
+    (latent,) = nodes.impls["EmptyLatentImage"](node_ctx, width=64, height=64, batch_size=1)
     with pytest.raises(NodeInputError, match="width 32 but the sdxl model expects 64"):
-        NODES["KSampler"](node_ctx, model=model, seed=0, steps=2, cfg=5.0, sampler_name="euler",
+        nodes.impls["KSampler"](node_ctx, model=model, seed=0, steps=2, cfg=5.0, sampler_name="euler",
                           scheduler="normal", positive=pos, negative=pos, latent_image=latent, denoise=1.0)
 
 
@@ -156,7 +156,7 @@ def test_changed_file_is_detected(tmp_path: Path, model_cache: ModelCache) -> No
 
     ctx = NodeContext(job_id="j", node_id="1", class_type="x", home=tmp_path)
     path = make_tiny_checkpoint(tmp_path / "models" / "checkpoints" / "m.safetensors", "sd15", seed=1)
-    _, clip, _ = NODES["CheckpointLoaderSimple"](ctx, ckpt_name="m.safetensors")
+    _, clip, _ = nodes.impls["CheckpointLoaderSimple"](ctx, ckpt_name="m.safetensors")
     make_tiny_checkpoint(path, "sd15", seed=2)
     with pytest.raises(ModelError, match="changed on disk"):
-        NODES["CLIPTextEncode"](ctx, text="x", clip=clip)
+        nodes.impls["CLIPTextEncode"](ctx, text="x", clip=clip)

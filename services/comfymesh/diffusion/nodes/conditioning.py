@@ -4,13 +4,22 @@ from __future__ import annotations
 
 from typing import Any
 
+from comfymesh.catalog.schema import Link, Output, String
 from comfymesh.diffusion.models.cache import get_model_cache
 from comfymesh.diffusion.nodes.failures import node
 from comfymesh.diffusion.nodes.handles import Handle, checkpoint_of, expect_handle, loras_of
+from comfymesh.diffusion.nodes.registry import nodes
 from comfymesh.diffusion.text.encode import encode_prompt
-from comfymesh.stage.node import NodeContext, NodeImpl
+from comfymesh.stage.node import NodeContext
 
 
+@nodes.define("CLIPTextEncode", category="conditioning", display_name="CLIP Text Encode (Prompt)",
+    inputs=[
+        String("text", multiline=True, dynamicPrompts=True),
+        Link("clip", "CLIP", {}),
+    ],
+    outputs=[Output("CONDITIONING")],
+)
 @node
 def clip_text_encode(ctx: NodeContext, text: str, clip: Handle) -> tuple[list[Any]]:
     clip = expect_handle(ctx, clip, "clip")
@@ -20,12 +29,13 @@ def clip_text_encode(ctx: NodeContext, text: str, clip: Handle) -> tuple[list[An
     return ([[cond, {"pooled_output": pooled}]],)
 
 
+@nodes.define("ConditioningCombine", category="conditioning", display_name="Conditioning (Combine)",
+    inputs=[
+        Link("conditioning_1", "CONDITIONING"),
+        Link("conditioning_2", "CONDITIONING"),
+    ],
+    outputs=[Output("CONDITIONING")],
+)
 @node
 def conditioning_combine(ctx: NodeContext, conditioning_1: list[Any], conditioning_2: list[Any]) -> tuple[list[Any]]:
     return (list(conditioning_1) + list(conditioning_2),)
-
-
-NODES: dict[str, NodeImpl] = {
-    "CLIPTextEncode": clip_text_encode,
-    "ConditioningCombine": conditioning_combine,
-}

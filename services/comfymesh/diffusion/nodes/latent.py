@@ -7,13 +7,23 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from comfymesh.catalog.schema import Combo, Float, Int, Link, Output
 from comfymesh.diffusion.nodes.failures import node
+from comfymesh.diffusion.nodes.registry import nodes
 from comfymesh.errors import NodeInputError
-from comfymesh.stage.node import NodeContext, NodeImpl
+from comfymesh.stage.node import NodeContext
 
 LATENT_UPSCALE_METHODS = ("nearest-exact", "bilinear", "area", "bicubic", "bislerp")
 
 
+@nodes.define("EmptyLatentImage", category="latent", display_name="Empty Latent Image",
+    inputs=[
+        Int("width", 512, min=16, max=16384, step=8),
+        Int("height", 512, min=16, max=16384, step=8),
+        Int("batch_size", 1, min=1, max=4096),
+    ],
+    outputs=[Output("LATENT")],
+)
 @node
 def empty_latent_image(ctx: NodeContext, width: int, height: int, batch_size: int = 1) -> tuple[dict[str, Any]]:
     return ({"samples": torch.zeros([batch_size, 4, height // 8, width // 8], dtype=torch.float32)},)
@@ -37,6 +47,16 @@ def _upscale(samples: torch.Tensor, width: int, height: int, method: str, crop: 
     return F.interpolate(s, size=(height, width), mode=method)
 
 
+@nodes.define("LatentUpscale", category="latent", display_name="Upscale Latent",
+    inputs=[
+        Link("samples", "LATENT"),
+        Combo("upscale_method", ["nearest-exact", "bilinear", "area", "bicubic", "bislerp"]),
+        Int("width", 512, min=0, max=16384, step=8),
+        Int("height", 512, min=0, max=16384, step=8),
+        Combo("crop", ["disabled", "center"]),
+    ],
+    outputs=[Output("LATENT")],
+)
 @node
 def latent_upscale(ctx: NodeContext, samples: dict[str, Any], upscale_method: str, width: int, height: int,
                    crop: str = "disabled") -> tuple[dict[str, Any]]:
@@ -54,16 +74,17 @@ def latent_upscale(ctx: NodeContext, samples: dict[str, Any], upscale_method: st
     return ({**samples, "samples": _upscale(z, width // 8, height // 8, upscale_method, crop)},)
 
 
+@nodes.define("LatentUpscaleBy", category="latent", display_name="Upscale Latent By",
+    inputs=[
+        Link("samples", "LATENT"),
+        Combo("upscale_method", ["nearest-exact", "bilinear", "area", "bicubic", "bislerp"]),
+        Float("scale_by", 1.5, min=0.01, max=8.0, step=0.01),
+    ],
+    outputs=[Output("LATENT")],
+)
 @node
 def latent_upscale_by(ctx: NodeContext, samples: dict[str, Any], upscale_method: str,
                       scale_by: float) -> tuple[dict[str, Any]]:
     z = torch.as_tensor(samples["samples"]).float()
     width, height = round(z.shape[-1] * scale_by), round(z.shape[-2] * scale_by)
     return ({**samples, "samples": _upscale(z, width, height, upscale_method, "disabled")},)
-
-
-NODES: dict[str, NodeImpl] = {
-    "EmptyLatentImage": empty_latent_image,
-    "LatentUpscale": latent_upscale,
-    "LatentUpscaleBy": latent_upscale_by,
-}

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+from comfymesh.catalog.schema import Combo, Float, Int, Link, Output, Source
 from comfymesh.diffusion.models.cache import get_model_cache
 from comfymesh.diffusion.nodes.failures import node
 from comfymesh.diffusion.nodes.handles import Handle, checkpoint_of, expect_handle
 from comfymesh.diffusion.nodes.model_files import resolve_file
+from comfymesh.diffusion.nodes.registry import nodes
 from comfymesh.errors import NodeInputError
-from comfymesh.stage.node import NodeContext, NodeImpl
+from comfymesh.stage.node import NodeContext
 
 
+@nodes.define("CheckpointLoaderSimple", category="loaders", display_name="Load Checkpoint",
+    inputs=[
+        Combo("ckpt_name", Source("models/checkpoints"), {}),
+    ],
+    outputs=[Output("MODEL"), Output("CLIP"), Output("VAE")],
+)
 @node
 def checkpoint_loader_simple(ctx: NodeContext, ckpt_name: str) -> tuple[Handle, Handle, Handle]:
     ckpt = get_model_cache().get(resolve_file(ctx, "checkpoints", ckpt_name))
@@ -19,6 +27,12 @@ def checkpoint_loader_simple(ctx: NodeContext, ckpt_name: str) -> tuple[Handle, 
             {"kind": "vae", **base})
 
 
+@nodes.define("VAELoader", category="loaders", display_name="Load VAE",
+    inputs=[
+        Combo("vae_name", Source("models/vae")),
+    ],
+    outputs=[Output("VAE")],
+)
 @node
 def vae_loader(ctx: NodeContext, vae_name: str) -> tuple[Handle]:
     if vae_name in ("pixel_space", "taesd", "taesdxl", "taesd3", "taef1"):
@@ -27,6 +41,16 @@ def vae_loader(ctx: NodeContext, vae_name: str) -> tuple[Handle]:
     return ({"kind": "vae", "file": vae_name, "digest": digest},)
 
 
+@nodes.define("LoraLoader", category="loaders", display_name="Load LoRA",
+    inputs=[
+        Link("model", "MODEL", {}),
+        Link("clip", "CLIP", {}),
+        Combo("lora_name", Source("models/loras"), {}),
+        Float("strength_model", 1.0, min=-100.0, max=100.0, step=0.01),
+        Float("strength_clip", 1.0, min=-100.0, max=100.0, step=0.01),
+    ],
+    outputs=[Output("MODEL"), Output("CLIP")],
+)
 @node
 def lora_loader(ctx: NodeContext, model: Handle, clip: Handle, lora_name: str, strength_model: float,
                 strength_clip: float) -> tuple[Handle, Handle]:
@@ -40,6 +64,13 @@ def lora_loader(ctx: NodeContext, model: Handle, clip: Handle, lora_name: str, s
     return new_model, new_clip
 
 
+@nodes.define("CLIPSetLastLayer", category="conditioning", display_name="CLIP Set Last Layer",
+    inputs=[
+        Link("clip", "CLIP"),
+        Int("stop_at_clip_layer", -1, min=-24, max=-1, step=1),
+    ],
+    outputs=[Output("CLIP")],
+)
 @node
 def clip_set_last_layer(ctx: NodeContext, clip: Handle, stop_at_clip_layer: int) -> tuple[Handle]:
     clip = expect_handle(ctx, clip, "clip")
@@ -47,11 +78,3 @@ def clip_set_last_layer(ctx: NodeContext, clip: Handle, stop_at_clip_layer: int)
         raise NodeInputError(f"stop_at_clip_layer must be between -24 and -1, got {stop_at_clip_layer}",
                              node_id=ctx.node_id)
     return ({**clip, "stop_at_clip_layer": int(stop_at_clip_layer)},)
-
-
-NODES: dict[str, NodeImpl] = {
-    "CheckpointLoaderSimple": checkpoint_loader_simple,
-    "VAELoader": vae_loader,
-    "LoraLoader": lora_loader,
-    "CLIPSetLastLayer": clip_set_last_layer,
-}

@@ -6,13 +6,17 @@ from typing import Any
 
 import torch
 
+from comfymesh.catalog.schema import Combo, Float, Int, Link, Output
 from comfymesh.diffusion.latents.previews import latent_rgb_tensor
 from comfymesh.diffusion.models.cache import get_model_cache
 from comfymesh.diffusion.nodes.failures import node
 from comfymesh.diffusion.nodes.handles import Handle, checkpoint_of, expect_handle, loras_of
+from comfymesh.diffusion.nodes.registry import nodes
 from comfymesh.diffusion.sampling.batching import sample_latent
+from comfymesh.diffusion.sampling.samplers import IMPLEMENTED_SAMPLERS as SAMPLER_CHOICES
+from comfymesh.diffusion.sampling.schedulers import SCHEDULER_NAMES
 from comfymesh.diffusion.sampling.step_reporter import StepReporter
-from comfymesh.stage.node import NodeContext, NodeImpl
+from comfymesh.stage.node import NodeContext
 
 
 def _sample(ctx: NodeContext, model: Handle, latent_image: dict[str, Any], **kwargs: Any) -> tuple[dict[str, Any]]:
@@ -33,6 +37,21 @@ def _sample(ctx: NodeContext, model: Handle, latent_image: dict[str, Any], **kwa
     return (out,)
 
 
+@nodes.define("KSampler", category="sampling",
+    inputs=[
+        Link("model", "MODEL", {}),
+        Int("seed", 0, min=0, max=18446744073709551615, control_after_generate=True),
+        Int("steps", 20, min=1, max=10000),
+        Float("cfg", 8.0, min=0.0, max=100.0, step=0.1, round=0.01),
+        Combo("sampler_name", SAMPLER_CHOICES, {}),
+        Combo("scheduler", SCHEDULER_NAMES, {}),
+        Link("positive", "CONDITIONING", {}),
+        Link("negative", "CONDITIONING", {}),
+        Link("latent_image", "LATENT", {}),
+        Float("denoise", 1.0, min=0.0, max=1.0, step=0.01),
+    ],
+    outputs=[Output("LATENT")],
+)
 @node
 def ksampler_node(ctx: NodeContext, model: Handle, seed: int, steps: int, cfg: float, sampler_name: str,
                   scheduler: str, positive: list[Any], negative: list[Any], latent_image: dict[str, Any],
@@ -42,6 +61,24 @@ def ksampler_node(ctx: NodeContext, model: Handle, seed: int, steps: int, cfg: f
                    denoise=float(denoise))
 
 
+@nodes.define("KSamplerAdvanced", category="sampling", display_name="KSampler (Advanced)",
+    inputs=[
+        Link("model", "MODEL"),
+        Combo("add_noise", ["enable", "disable"]),
+        Int("noise_seed", 0, min=0, max=18446744073709551615, control_after_generate=True),
+        Int("steps", 20, min=1, max=10000),
+        Float("cfg", 8.0, min=0.0, max=100.0, step=0.1, round=0.01),
+        Combo("sampler_name", SAMPLER_CHOICES),
+        Combo("scheduler", SCHEDULER_NAMES),
+        Link("positive", "CONDITIONING"),
+        Link("negative", "CONDITIONING"),
+        Link("latent_image", "LATENT"),
+        Int("start_at_step", 0, min=0, max=10000),
+        Int("end_at_step", 10000, min=0, max=10000),
+        Combo("return_with_leftover_noise", ["disable", "enable"]),
+    ],
+    outputs=[Output("LATENT")],
+)
 @node
 def ksampler_advanced(ctx: NodeContext, model: Handle, add_noise: str, noise_seed: int, steps: int, cfg: float,
                       sampler_name: str, scheduler: str, positive: list[Any], negative: list[Any],
@@ -51,9 +88,3 @@ def ksampler_advanced(ctx: NodeContext, model: Handle, add_noise: str, noise_see
                    sampler_name=sampler_name, scheduler=scheduler, positive=positive, negative=negative,
                    denoise=1.0, add_noise=add_noise != "disable", start_step=int(start_at_step),
                    last_step=int(end_at_step), force_full_denoise=return_with_leftover_noise != "enable")
-
-
-NODES: dict[str, NodeImpl] = {
-    "KSampler": ksampler_node,
-    "KSamplerAdvanced": ksampler_advanced,
-}

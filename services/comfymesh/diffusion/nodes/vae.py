@@ -6,14 +6,16 @@ from typing import Any
 
 import torch
 
+from comfymesh.catalog.schema import Link, Output
 from comfymesh.diffusion.fast.decoder import FastDecoder
 from comfymesh.diffusion.latents import vae_codec
 from comfymesh.diffusion.models.cache import get_model_cache
 from comfymesh.diffusion.nodes.failures import node
 from comfymesh.diffusion.nodes.handles import Handle, checkpoint_of, expect_handle
 from comfymesh.diffusion.nodes.model_files import resolve_file
+from comfymesh.diffusion.nodes.registry import nodes
 from comfymesh.errors import ModelError
-from comfymesh.stage.node import NodeContext, NodeImpl
+from comfymesh.stage.node import NodeContext
 
 
 def _vae(ctx: NodeContext, handle: Handle) -> tuple[torch.nn.Module, FastDecoder | None]:
@@ -28,18 +30,26 @@ def _vae(ctx: NodeContext, handle: Handle) -> tuple[torch.nn.Module, FastDecoder
     return ckpt.parts.vae, get_model_cache().decoder(ckpt)
 
 
+@nodes.define("VAEDecode", category="latent", display_name="VAE Decode",
+    inputs=[
+        Link("samples", "LATENT", {}),
+        Link("vae", "VAE", {}),
+    ],
+    outputs=[Output("IMAGE")],
+)
 @node
 def vae_decode(ctx: NodeContext, samples: dict[str, Any], vae: Handle) -> tuple[torch.Tensor]:
     module, decoder = _vae(ctx, vae)
     return (vae_codec.decode(module, torch.as_tensor(samples["samples"]), decoder),)
 
 
+@nodes.define("VAEEncode", category="latent", display_name="VAE Encode",
+    inputs=[
+        Link("pixels", "IMAGE"),
+        Link("vae", "VAE"),
+    ],
+    outputs=[Output("LATENT")],
+)
 @node
 def vae_encode(ctx: NodeContext, pixels: Any, vae: Handle) -> tuple[dict[str, Any]]:
     return ({"samples": vae_codec.encode(_vae(ctx, vae)[0], torch.as_tensor(pixels))},)
-
-
-NODES: dict[str, NodeImpl] = {
-    "VAEDecode": vae_decode,
-    "VAEEncode": vae_encode,
-}
