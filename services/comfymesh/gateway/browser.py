@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
+from functools import lru_cache
 from urllib.parse import urlsplit
 
-from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from comfymesh.config import Settings
@@ -20,7 +20,7 @@ from comfymesh.gateway.refusal import refuse
 _STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 # the frontend needs scripts, workers and inline styles; clickjacking is what a policy must stop on its pages
-_FRAMING = "frame-ancestors 'self'"
+_ADDED = ((b"x-content-type-options", b"nosniff"), (b"content-security-policy", b"frame-ancestors 'self'"))
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,7 @@ class Origin:
     port: int
 
 
+@lru_cache(maxsize=1024)  # a browser sends the same few values again and again
 def parse_origin(url: str) -> Origin | None:
     """The origin of an `Origin` or `Referer` value; None for `null` or anything not http(s)."""
     try:
@@ -42,6 +43,7 @@ def parse_origin(url: str) -> Origin | None:
     return Origin(parts.scheme, parts.hostname.lower(), port or _DEFAULT_PORTS[parts.scheme])
 
 
+@lru_cache(maxsize=1024)
 def _split_host(value: str) -> tuple[str, int | None] | None:
     """(name, port) of a Host header; None when it is malformed."""
     try:
@@ -54,6 +56,7 @@ def _split_host(value: str) -> tuple[str, int | None] | None:
     return parts.hostname.lower(), port
 
 
+@lru_cache(maxsize=1024)
 def _is_ip(name: str) -> bool:
     try:
         ipaddress.ip_address(name)
@@ -84,17 +87,18 @@ class BrowserPolicy:
 
     def refusal(self, scope: Scope) -> str | None:
         """Why the request is refused, or None."""
-        headers = Headers(scope=scope)
-        host_value = headers.get("host")
+        headers = {name: value for name, value in scope["headers"] if name in (b"host", b"origin", b"referer")}
+        host_value = headers[b"host"].decode("latin-1") if b"host" in headers else None
         host = _split_host(host_value) if host_value is not None else None
         if host_value is not None and (host is None or not self.serves(host[0])):
             return (f"this server does not answer to Host {host_value[:100]!r}, so that a site that points its "
                     "name at this machine (DNS rebinding) cannot reach it: browse to its IP address or localhost, "
                     "or list the name in COMFYMESH_ALLOWED_HOSTS")
-        origin = headers.get("origin")
+        sent = headers.get(b"origin")
         # without Origin (old browsers, non-browser clients), a state-changing request is judged by its Referer
-        if origin is None and scope["type"] == "http" and scope["method"] in _STATE_CHANGING:
-            origin = headers.get("referer")
+        if sent is None and scope["type"] == "http" and scope["method"] in _STATE_CHANGING:
+            sent = headers.get(b"referer")
+        origin = sent.decode("latin-1") if sent is not None else None
         if origin is not None and not self.allows(parse_origin(origin), host):
             shown = parse_origin(origin)
             site = f"{shown.scheme}://{shown.host}:{shown.port}" if shown else repr(origin[:100])
@@ -119,9 +123,9 @@ class BrowserGuardMiddleware:
 
         async def send_guarded(message: Message) -> None:
             if message["type"] in ("http.response.start", "websocket.http.response.start"):
-                headers = MutableHeaders(scope=message)
-                headers.setdefault("x-content-type-options", "nosniff")
-                headers.setdefault("content-security-policy", _FRAMING)
+                headers = list(message.get("headers", ()))
+                present = {name.lower() for name, _ in headers}
+                message["headers"] = headers + [header for header in _ADDED if header[0] not in present]
             await send(message)
 
         reason = self.policy.refusal(scope)
