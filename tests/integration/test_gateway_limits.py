@@ -184,3 +184,12 @@ def test_a_large_preview_leaves_no_memory_behind(imaging_mesh: Mesh) -> None:
         grown.append(rss_mib(imaging_mesh) - baseline)
     # one decode of this image takes 64 MiB per copy; a gateway that kept them grew by hundreds of MiB
     assert grown[-1] < 32, grown
+
+
+def test_userdata_written_over_a_folder_is_a_409(imaging_mesh: Mesh) -> None:
+    http = imaging_mesh.http
+    assert http.post("/api/userdata/folder%2Fa.json", content=b"{}").status_code == 200
+    for path in ("/api/userdata/folder", "/api/userdata/folder%2Fa.json%2Fb.json",
+                 "/api/userdata/folder%2Fa.json/move/folder"):
+        reply = http.post(path, content=b"{}")
+        assert reply.status_code == 409 and str(imaging_mesh.home) not in reply.text, (path, reply.text)

@@ -221,17 +221,23 @@ async def post_userdata(request: Request, file: str) -> Any:
     assert target is not None
     if target.exists() and not _flag(request, "overwrite", True):
         return _error(409, "File already exists")
-    if len(paths) == 2:  # POST {file}/move/{dest}
-        source = paths[0]
-        assert source is not None
-        if not source.is_file():
-            return _error(404, "Source file not found")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(source, target)
-    else:
-        body = await request.body()
-        target.parent.mkdir(parents=True, exist_ok=True)
-        await asyncio.to_thread(target.write_bytes, body)
+    in_the_way = _error(409, "a folder or file of that name is in the way: choose another path")
+    if target.is_dir():  # a move would go into it, a write would fail
+        return in_the_way
+    try:
+        if len(paths) == 2:  # POST {file}/move/{dest}
+            source = paths[0]
+            assert source is not None
+            if not source.is_file():
+                return _error(404, "Source file not found")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(source, target)
+        else:
+            body = await request.body()
+            target.parent.mkdir(parents=True, exist_ok=True)
+            await asyncio.to_thread(target.write_bytes, body)
+    except (NotADirectoryError, FileExistsError):  # a file where a folder of the path should be
+        return in_the_way
     if _flag(request, "full_info", False):
         return _info(root, target)
     return JSONResponse(target.relative_to(root.resolve()).as_posix())
