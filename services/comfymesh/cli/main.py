@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
-import signal
+import sys
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -15,12 +16,32 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from comfymesh.cli.supervisor import ServiceSpec, Supervisor
+from comfymesh.cli.supervisor import ServiceSpec, Supervisor, ignore_stop_signals, interrupt_on_stop_signals
 from comfymesh.config import get_settings
 
 app = typer.Typer(help="comfymesh: run ComfyUI workflows on a gRPC service mesh.", no_args_is_help=True,
                   add_completion=False)
-console = Console(stderr=True)
+
+
+class _Terminal(Console):
+    """Rich's console, except that a closed pipe silences it instead of exiting the process (rich raises
+    SystemExit, which in `up` would skip the services' shutdown, or end a relay thread)."""
+
+    def on_broken_pipe(self) -> None:
+        _silence(self)
+
+
+def _silence(terminal: Console) -> None:
+    """Send everything this process writes to /dev/null: its terminal or pipe is gone."""
+    terminal.quiet = True
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a stream closed or replaced
+            os.dup2(devnull, stream.fileno())
+    os.close(devnull)
+
+
+console = _Terminal(stderr=True)
 DATA_FOLDERS = ("models/checkpoints", "models/loras", "models/vae", "input", "output", "temp", "artifacts")
 
 
@@ -46,29 +67,42 @@ def up(
     if not without_diffusion and _diffusion_available():
         specs.append(ServiceSpec("diffusion", ["comfymesh.diffusion", "--listen", settings.replicas("diffusion")[0]]))
     elif not without_diffusion:
-        console.print("[yellow]torch/diffusers are not installed: starting without the diffusion stage[/]")
+        _say("[yellow]torch/diffusers are not installed: starting without the diffusion stage[/]")
     specs += [ServiceSpec("orchestrator", ["comfymesh.orchestrator", "--listen", settings.orchestrator]),
               ServiceSpec("gateway", ["comfymesh.gateway", "--host", settings.host, "--port", str(settings.port)])]
 
     def echo(name: str, line: str) -> None:
-        console.print(f"[dim]{name:>12}[/] {line}", markup=True, highlight=False, soft_wrap=True)
+        _say(f"[dim]{name:>12}[/] {line}", markup=True, highlight=False, soft_wrap=True)
 
     supervisor = Supervisor(specs, env, echo)
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    interrupt_on_stop_signals()
+    failed = False
     try:
         supervisor.start_all()
         url = f"http://{settings.host}:{settings.port}"
         _wait_ready(url)
-        console.print(f"\n[bold green]comfymesh is up:[/] {url}  (API docs {url}/v1/docs, data in {settings.home})\n"
-                      "Press Ctrl+C to stop.")
+        _say(f"\n[bold green]comfymesh is up:[/] {url}  (API docs {url}/v1/docs, data in {settings.home})\n"
+             "Press Ctrl+C to stop.")
         supervisor.watch()
     except KeyboardInterrupt:
-        console.print("\nstopping comfymesh ...")
+        _say("\nstopping comfymesh ...")
     except RuntimeError as exc:
-        console.print(f"[red]{exc}[/]")
+        _say(f"[red]{exc}[/]")
+        failed = True
+    finally:  # whatever ended the wait, the services stop with `up`
+        ignore_stop_signals()
         supervisor.stop()
-        raise typer.Exit(1) from exc
-    supervisor.stop()
+    if failed:
+        raise typer.Exit(1)
+
+
+def _say(text: str, **options: Any) -> None:
+    """Print to the terminal. Once it is gone (a closed pipe, a hung-up terminal), output goes to /dev/null
+    instead: a failed write must never skip the services' shutdown."""
+    try:
+        console.print(text, **options)
+    except (OSError, ValueError):  # EIO from a hung-up terminal, a closed file (rich handles EPIPE itself)
+        _silence(console)
 
 
 def _wait_ready(url: str, timeout: float = 60.0) -> None:

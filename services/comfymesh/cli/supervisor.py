@@ -1,10 +1,14 @@
 """Run every service as its own process, restart one that dies (with backoff), stop all on Ctrl+C.
 
 This module must not import grpc: children are started with fork+exec, and grpc does not survive a fork.
+Children die with the supervisor, however it ends (even kill -9): the kernel sends them SIGKILL when it
+goes (Linux's parent-death signal; the services are safe to kill -9).
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
 import signal
 import subprocess
@@ -13,6 +17,25 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """A pre-exec step that makes the child get SIGKILL when the thread that started it ends (None off Linux).
+
+    It runs in the child between fork and exec, so it only calls prctl, resolved here beforehand."""
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    parent = os.getpid()
+
+    def arm() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:  # the supervisor died before the signal was armed
+            os._exit(1)
+
+    return arm
 
 
 @dataclass
@@ -38,12 +61,17 @@ class Supervisor:
         self.env = env
         self.echo = echo
         self.stopping = threading.Event()
+        self._die_with_parent = _die_with_parent()
 
     def _start(self, service: Supervised) -> None:
+        """Start a service in its own session (a terminal's signals reach the supervisor only, which
+        stops the services in order). The parent-death signal is tied to the calling thread: call
+        this from a thread that lives as long as the supervisor (`up` and the tests use the main thread)."""
         service.ready.clear()
         service.process = subprocess.Popen(
             [sys.executable, "-m", *service.spec.args], env=self.env, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, text=True, bufsize=1, start_new_session=True)
+            stderr=subprocess.STDOUT, text=True, bufsize=1, start_new_session=True,
+            preexec_fn=self._die_with_parent)
         service.started_at = time.monotonic()
         threading.Thread(target=self._relay, args=(service, service.process), daemon=True).start()
 
@@ -79,10 +107,11 @@ class Supervisor:
                 self._start(service)
 
     def stop(self, grace: float = 10.0) -> None:
+        """SIGTERM every service's process group, SIGKILL what is left after `grace` seconds."""
         self.stopping.set()
         for service in reversed(self.services):
             if service.process and service.process.poll() is None:
-                os.killpg(service.process.pid, signal.SIGTERM)
+                _signal_group(service.process.pid, signal.SIGTERM)
         deadline = time.monotonic() + grace
         for service in self.services:
             if service.process is None:
@@ -90,5 +119,30 @@ class Supervisor:
             try:
                 service.process.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                os.killpg(service.process.pid, signal.SIGKILL)
+                _signal_group(service.process.pid, signal.SIGKILL)
                 service.process.wait()
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def interrupt_on_stop_signals() -> None:
+    """Make SIGINT, SIGTERM and SIGHUP (a closed terminal, a dropped ssh session) raise KeyboardInterrupt in
+    the main thread, whatever was inherited: under a parent that ignores SIGINT, Python leaves it ignored.
+    A SIGHUP ignored on purpose (`nohup`) stays ignored."""
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
+    if signal.getsignal(signal.SIGHUP) != signal.SIG_IGN:
+        signal.signal(signal.SIGHUP, _interrupt)
+
+
+def ignore_stop_signals() -> None:
+    """While stopping: a second Ctrl+C (or the SIGHUP that follows a closed terminal) must not cut it short."""
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_IGN)
+
+
+def _signal_group(pid: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError):  # it ended meanwhile
+        os.killpg(pid, signum)

@@ -49,6 +49,7 @@ def load_secret(home: Path) -> bytes:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as handle:
             handle.write(secrets.token_urlsafe(32))
+    os.chmod(path, 0o600)  # one written by hand, or by an older version, is tightened too
     return path.read_text().strip().encode()
 
 
