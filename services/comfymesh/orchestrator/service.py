@@ -16,9 +16,23 @@ from comfymesh.jobs.options import STORED_KEY, InvalidJobOptions, JobOptions
 from comfymesh.jobs.store import FINISHED
 from comfymesh.orchestrator.devices import free_models, list_devices
 from comfymesh.orchestrator.scheduler import Scheduler, dumps
+from comfymesh.rpc.channels import max_message_bytes
 from comfymesh.v1 import common_pb2, orchestrator_pb2, orchestrator_pb2_grpc, stage_pb2
 
 Context: TypeAlias = grpc.aio.ServicerContext
+
+
+def _too_large(size: int, limit: int) -> dict[str, object] | None:
+    """ComfyUI's error body for a prompt the control plane could not carry once accepted (None: it can).
+
+    A stage call carries the prompt twice (its nodes' inputs, and the whole as PNG metadata), and a job's
+    record adds its node states: past a third of the message bound, its stage call and every read of the
+    job would fail."""
+    if size <= limit // 3:
+        return None
+    return {"type": "prompt_too_large", "message": "Prompt is too large",
+            "details": f"the prompt takes {size} bytes; this server takes at most {limit // 3} (a third of "
+                       "COMFYMESH_GRPC_MAX_MESSAGE_BYTES)", "extra_info": {}}
 
 
 def _failure(error: dict[str, object] | None) -> common_pb2.Failure | None:
@@ -38,6 +52,8 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServicer):
     async def ExecuteWorkflow(self, request: orchestrator_pb2.WorkflowRequest,
                               context: Context) -> orchestrator_pb2.WorkflowResponse:
         trace.mark("orchestrator.submit")
+        if error := _too_large(len(request.prompt_json), max_message_bytes()):
+            return orchestrator_pb2.WorkflowResponse(accepted=False, error_json=dumps(error), node_errors_json="{}")
         try:
             prompt = wirejson.loads(request.prompt_json) if request.prompt_json else None
             extra = wirejson.loads(request.extra_data_json) if request.extra_data_json else {}
@@ -147,17 +163,21 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServicer):
                               context: Context) -> orchestrator_pb2.ListCheckpointsResponse:
         folder = request.folder or "checkpoints"
         catalog = self.scheduler.catalog
-        root = catalog.home / "models" / folder
 
         def listing() -> list[orchestrator_pb2.CheckpointFile]:
-            return [orchestrator_pb2.CheckpointFile(name=name, size=(root / name).stat().st_size,
-                                                    digest=file_digest(root / name), folder=folder)
-                    for name in catalog.model_files(folder)]
+            files = []
+            for name in catalog.model_files(folder):
+                path = catalog.folders.resolve(folder, name)
+                if path is not None:  # None: removed since it was listed
+                    files.append(orchestrator_pb2.CheckpointFile(name=name, size=path.stat().st_size,
+                                                                 digest=file_digest(path), folder=folder))
+            return files
 
         return orchestrator_pb2.ListCheckpointsResponse(files=await asyncio.to_thread(listing))
 
     async def GetNodeCatalog(self, request: orchestrator_pb2.GetNodeCatalogRequest,
                              context: Context) -> orchestrator_pb2.GetNodeCatalogResponse:
+        await self.scheduler.node_catalog.ready(timeout=5.0)  # a stage still starting, not one that is down
         info = await asyncio.to_thread(self.scheduler.catalog.object_info)
         return orchestrator_pb2.GetNodeCatalogResponse(object_info_json=json.dumps(info))
 
