@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import ipaddress
 import os
 import re
 import secrets
@@ -24,6 +23,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from comfymesh.addresses import is_loopback
 from comfymesh.config import Settings
 from comfymesh.gateway.lockout import Lockout
 from comfymesh.gateway.refusal import refuse
@@ -273,15 +273,6 @@ class AuthMiddleware:
         await refuse(scope, send, 401, {"detail": f"{reason}: {_HOW_TO}"}, [(b"www-authenticate", challenge.encode())])
 
 
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False  # a host name may resolve to any interface
-
-
 def check_bind(host: str, settings: Settings) -> None:
     """Refuse to listen beyond this machine with no credentials configured (raises ValueError)."""
     if is_loopback(host) or settings.auth_configured:
@@ -294,4 +285,4 @@ def check_bind(host: str, settings: Settings) -> None:
 
 
 __all__ = ["SESSION_COOKIE", "AuthError", "AuthMiddleware", "Authenticator", "LockedOut", "Principal", "authenticate",
-           "check_bind", "is_loopback", "load_jwt_keys", "without_token"]
+           "check_bind", "load_jwt_keys", "without_token"]
