@@ -35,7 +35,8 @@ class Mesh:
         self.port = free_port()
         orchestrator = f"127.0.0.1:{free_port()}"
         imaging = [f"127.0.0.1:{free_port()}" for _ in range(imaging_replicas)]
-        diffusion = [f"127.0.0.1:{free_port()}" for _ in range(diffusion_replicas)]
+        # a stage that is not started is not configured (the orchestrator would wait for its nodes)
+        diffusion = [f"127.0.0.1:{free_port()}" for _ in range(diffusion_replicas)] if "diffusion" in stages else []
         self.env = {**os.environ, "COMFYMESH_HOME": str(home), "COMFYMESH_ORCHESTRATOR": orchestrator,
                     "COMFYMESH_IMAGING_REPLICAS": ",".join(imaging), "COMFYMESH_DIFFUSION_REPLICAS": ",".join(diffusion),
                     "COMFYMESH_PORT": str(self.port), "COMFYMESH_LOG_JSON": "true",

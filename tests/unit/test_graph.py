@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
-from comfymesh.catalog import Catalog
 from comfymesh.graph import plan_groups, plan_prompt, validate_prompt
+from tests.catalogs import builtin_catalog
 from tests.mesh import SHARED
 
 ACCEPT_FILES = {("LoadImage", "image"): lambda v: None, ("CheckpointLoaderSimple", "ckpt_name"): lambda v: None}
 
 
-def plan_of(name: str, catalog: Catalog):  # type: ignore[no-untyped-def]
+def plan_of(name: str, catalog: Any):  # type: ignore[no-untyped-def]
     prompt = json.loads((SHARED / "workflows" / f"{name}.json").read_text())
     result = validate_prompt(prompt, catalog, custom_checks=ACCEPT_FILES)
     assert result.ok, result.response()
@@ -20,7 +21,7 @@ def plan_of(name: str, catalog: Catalog):  # type: ignore[no-untyped-def]
 
 
 def test_txt2img_is_one_diffusion_call(tmp_path: Path) -> None:
-    plan = plan_of("txt2img_sd15", Catalog(tmp_path))
+    plan = plan_of("txt2img_sd15", builtin_catalog(tmp_path))
     groups = plan_groups(plan, set(plan.nodes))
     assert [(g.stage, sorted(g.node_ids)) for g in groups] == [("diffusion", ["3", "4", "5", "6", "7", "8", "9"])]
     # SaveImage runs in the stage that produced its image
@@ -28,7 +29,7 @@ def test_txt2img_is_one_diffusion_call(tmp_path: Path) -> None:
 
 
 def test_hires_fix_splits_by_stage_without_cycles(tmp_path: Path) -> None:
-    plan = plan_of("hires_fix_branches_sd15", Catalog(tmp_path))
+    plan = plan_of("hires_fix_branches_sd15", builtin_catalog(tmp_path))
     groups = {g.group_id: g for g in plan_groups(plan, set(plan.nodes))}
     by_stage = {g.stage: g for g in groups.values()}
     assert sorted(by_stage["imaging"].node_ids) == ["11", "12", "13"]
@@ -37,7 +38,7 @@ def test_hires_fix_splits_by_stage_without_cycles(tmp_path: Path) -> None:
 
 
 def test_cached_nodes_become_bound_inputs(tmp_path: Path) -> None:
-    plan = plan_of("txt2img_sd15", Catalog(tmp_path))
+    plan = plan_of("txt2img_sd15", builtin_catalog(tmp_path))
     to_run = {"3", "8", "9"}  # a new seed: loader and text encodes come from cache
     groups = plan_groups(plan, to_run)
     assert [sorted(g.node_ids) for g in groups] == [["3", "8", "9"]]
@@ -51,7 +52,7 @@ def test_imaging_fan_out_runs_as_parallel_calls(tmp_path: Path) -> None:
         "4": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
         "5": {"class_type": "PreviewImage", "inputs": {"images": ["4", 0]}},
     }
-    catalog = Catalog(tmp_path)
+    catalog = builtin_catalog(tmp_path)
     result = validate_prompt(prompt, catalog)
     plan = plan_prompt(result.prompt, result.outputs, catalog)
     groups = plan_groups(plan, set(plan.nodes))
@@ -60,7 +61,7 @@ def test_imaging_fan_out_runs_as_parallel_calls(tmp_path: Path) -> None:
 
 
 def test_signature_changes_with_seed_code_and_files_only_where_they_matter(tmp_path: Path) -> None:
-    catalog = Catalog(tmp_path)
+    catalog = builtin_catalog(tmp_path)
     prompt = json.loads((SHARED / "workflows" / "txt2img_sd15.json").read_text())
     first = plan_prompt(validate_prompt(prompt, catalog, custom_checks=ACCEPT_FILES).prompt, ["9"], catalog)
     prompt["3"]["inputs"]["seed"] = 8
@@ -80,13 +81,13 @@ def test_literals_are_coerced_like_comfyui(tmp_path: Path) -> None:
     prompt = {"1": {"class_type": "EmptyImage", "inputs": {"width": "64", "height": 64.0, "batch_size": 1,
                                                            "color": 0}},
               "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}}}
-    result = validate_prompt(prompt, Catalog(tmp_path))
+    result = validate_prompt(prompt, builtin_catalog(tmp_path))
     assert result.ok
     assert result.prompt["1"]["inputs"]["width"] == 64 and isinstance(result.prompt["1"]["inputs"]["height"], int)
 
 
 def test_combo_lists_come_from_the_data_root(tmp_path: Path) -> None:
-    catalog = Catalog(tmp_path)
+    catalog = builtin_catalog(tmp_path)
     (tmp_path / "models" / "checkpoints").mkdir(parents=True)
     (tmp_path / "models" / "checkpoints" / "b.safetensors").write_bytes(b"x")
     (tmp_path / "models" / "checkpoints" / "a.safetensors").write_bytes(b"x")
@@ -108,7 +109,7 @@ def chain(length: int) -> dict[str, dict[str, object]]:
 
 def test_a_chain_of_thousands_of_nodes_validates_plans_and_groups(tmp_path: Path) -> None:
     # the walk was recursive: a chain of 494 nodes raised RecursionError
-    catalog = Catalog(tmp_path)
+    catalog = builtin_catalog(tmp_path)
     result = validate_prompt(chain(3000), catalog)
     assert result.ok, result.response()
     plan = plan_prompt(result.prompt, result.outputs, catalog)
@@ -118,7 +119,7 @@ def test_a_chain_of_thousands_of_nodes_validates_plans_and_groups(tmp_path: Path
 
 
 def test_errors_at_the_bottom_of_a_long_chain_reach_its_output(tmp_path: Path) -> None:
-    catalog = Catalog(tmp_path)
+    catalog = builtin_catalog(tmp_path)
     broken = chain(3000)
     broken["0"]["inputs"] = {"width": 8, "height": 8, "batch_size": 1, "color": "red"}
     result = validate_prompt(broken, catalog)

@@ -6,7 +6,7 @@ import os
 import time
 from pathlib import Path
 
-from comfymesh.catalog import Catalog
+from tests.catalogs import builtin_catalog
 
 
 def _age(path: Path, seconds: float) -> None:
@@ -22,7 +22,7 @@ def test_listing_is_kept_until_a_directory_changes(tmp_path: Path) -> None:
     (root / "notes.txt").write_text("not a model")
     for folder in (root / "sub", root):
         _age(folder, 60)
-    catalog = Catalog(tmp_path)
+    catalog = builtin_catalog(tmp_path)
     assert catalog.model_files("checkpoints") == ["a.safetensors", "sub/b.safetensors"]
 
     # a file appearing without its directory's mtime moving is not seen: proof the listing was kept
@@ -42,7 +42,7 @@ def test_listing_is_kept_until_a_directory_changes(tmp_path: Path) -> None:
 
 
 def test_a_missing_folder_lists_nothing_until_it_appears(tmp_path: Path) -> None:
-    catalog = Catalog(tmp_path)
+    catalog = builtin_catalog(tmp_path)
     assert catalog.model_files("loras") == []
     (tmp_path / "models" / "loras").mkdir(parents=True)
     (tmp_path / "models" / "loras" / "style.safetensors").write_bytes(b"x")

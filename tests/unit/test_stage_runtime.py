@@ -10,11 +10,11 @@ from typing import Any
 import numpy as np
 
 from comfymesh.artifacts import ArtifactStore, decode_value
-from comfymesh.catalog import Catalog
 from comfymesh.graph.limits import OutputLimits
 from comfymesh.stage.node import NodeContext
 from comfymesh.stage.runtime import GroupRun, data_relative
 from comfymesh.v1 import stage_pb2
+from tests.catalogs import builtin_catalog
 
 
 def _latent(ctx: NodeContext, width: int, height: int, batch_size: int) -> tuple[Any, ...]:
@@ -31,7 +31,7 @@ def _request(*node_ids: str) -> stage_pb2.StageRequest:
 
 def _run(tmp_path: Path, store_url: str, *node_ids: str) -> list[stage_pb2.StageEvent]:
     events: list[stage_pb2.StageEvent] = []
-    GroupRun(_request(*node_ids), {"EmptyLatentImage": _latent}, Catalog(tmp_path), ArtifactStore(store_url),
+    GroupRun(_request(*node_ids), {"EmptyLatentImage": _latent}, builtin_catalog(tmp_path), ArtifactStore(store_url),
              tmp_path, events.append, threading.Event(), OutputLimits(max_pixels=2**24, max_batch=64)).run()
     return events
 
@@ -61,7 +61,7 @@ def test_an_output_over_the_limits_fails_its_node_before_anything_uses_it(tmp_pa
     store = tmp_path / "artifacts"
     events: list[stage_pb2.StageEvent] = []
     # a batch of 2 latents of 64x32 image pixels: 4096 pixels, over a limit of 4000
-    GroupRun(_request("1", "2"), {"EmptyLatentImage": _latent}, Catalog(tmp_path), ArtifactStore(str(store)),
+    GroupRun(_request("1", "2"), {"EmptyLatentImage": _latent}, builtin_catalog(tmp_path), ArtifactStore(str(store)),
              tmp_path, events.append, threading.Event(), OutputLimits(max_pixels=4000, max_batch=64)).run()
     assert [event.WhichOneof("event") for event in events] == ["started", "failure"]
     failure = events[-1].failure
@@ -78,7 +78,7 @@ def test_failure_messages_name_files_relative_to_the_data_root(tmp_path: Path) -
     events: list[stage_pb2.StageEvent] = []
     request = stage_pb2.StageRequest(job_id="job-1", group_id="g")
     request.nodes.add(node_id="4", class_type="Unreadable")
-    GroupRun(request, {"Unreadable": unreadable}, Catalog(tmp_path), ArtifactStore(str(tmp_path / "a")),
+    GroupRun(request, {"Unreadable": unreadable}, builtin_catalog(tmp_path), ArtifactStore(str(tmp_path / "a")),
              tmp_path, events.append, threading.Event(), OutputLimits(max_pixels=2**24, max_batch=64)).run()
     assert events[-1].failure.message == "PermissionError: [Errno 13] Permission denied: 'input/x.png'"
 

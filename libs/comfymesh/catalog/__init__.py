@@ -79,13 +79,18 @@ class Catalog:
         self.nodes: dict[str, NodeDef] = {}
         # per model folder: the listing and the mtime of every directory it walked
         self._listings: dict[str, tuple[dict[str, int], list[str]]] = {}
-        self.update(_legacy_entries() if entries is None else entries)
+        self.update(entries or {})
 
     def update(self, entries: Mapping[str, Mapping[str, Any]]) -> None:
         """Add or replace node entries (a stage described itself, perhaps with new code)."""
         for name, entry in entries.items():
             self.nodes[name] = node_def(name, entry)
             self._entries[name] = entry
+
+    def replace(self, entries: Mapping[str, Mapping[str, Any]]) -> None:
+        """Serve exactly these node entries from now on."""
+        self.nodes, self._entries = {}, {}
+        self.update(entries)
 
     def entries(self) -> dict[str, Mapping[str, Any]]:
         return dict(self._entries)
@@ -165,25 +170,6 @@ class Catalog:
 
 
 _SETTLED_NS = 2_000_000_000
-_LEGACY = {"<files in models/checkpoints>": "models/checkpoints", "<files in models/loras>": "models/loras",
-           "pixel_space": "models/vae", "example.png": INPUT_IMAGES}
-
-
-def _legacy_entries() -> dict[str, Any]:
-    import json
-
-    entries = json.loads((Path(__file__).parent / "nodes.json").read_text())
-    for entry in entries.values():
-        for section in ("required", "optional"):
-            for spec in entry["input"].get(section, {}).values():
-                head = spec[0]
-                if isinstance(head, list) and head and head[0] in _LEGACY:
-                    spec[0] = [{SOURCE_KEY: _LEGACY[head[0]]}]
-                elif head == ["<SAMPLERS>"] or head == ["<SCHEDULERS>"]:
-                    from comfymesh.catalog.legacy_lists import SAMPLERS, SCHEDULERS
-
-                    spec[0] = list(SAMPLERS if head == ["<SAMPLERS>"] else SCHEDULERS)
-    return entries
 
 
 def _mtime_ns(path: str) -> int:

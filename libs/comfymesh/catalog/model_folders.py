@@ -15,7 +15,10 @@ import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from comfymesh.config import Settings
 
 SAFE_SUFFIXES = (".safetensors", ".sft")
 # folder -> the sub-folders of `<home>/models` it reads, first one first (ComfyUI's layout and aliases)
@@ -98,6 +101,12 @@ class ModelFolders:
                                   if self.accepts(name) and os.path.isfile(os.path.join(directory, name))]
 
 
+def model_folders(settings: Settings) -> ModelFolders:
+    """The registry the settings describe: `<home>/models`, plus COMFYMESH_EXTRA_MODEL_PATHS (by default
+    `<home>/extra_model_paths.yaml`, when it exists)."""
+    return ModelFolders.load(settings.home, settings.extra_model_paths_file)
+
+
 def read_extra_paths(path: Path) -> dict[str, tuple[Path, ...]]:
     """Folders from an `extra_model_paths.yaml`: sections with an optional `base_path` (relative to the
     file) and folder names mapped to one path or several (one per line), relative to `base_path`."""
@@ -139,5 +148,5 @@ def _entries(path: Path, section: str, key: str, value: Any) -> list[str]:
     return [line.strip() for line in value.splitlines() if line.strip()]
 
 
-__all__ = ["ALIASES", "FOLDERS", "SAFE_SUFFIXES", "ExtraPathsError", "ModelFolders", "canonical",
+__all__ = ["ALIASES", "FOLDERS", "SAFE_SUFFIXES", "ExtraPathsError", "ModelFolders", "canonical", "model_folders",
            "read_extra_paths"]

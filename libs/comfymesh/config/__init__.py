@@ -34,6 +34,8 @@ class Settings(BaseSettings):
     diffusion_replicas: str = Field("127.0.0.1:50071", description="comma-separated diffusion stage addresses")
     artifacts_url: str = Field("", description="fsspec URL of the artifact store; default <home>/artifacts")
     database: str = Field("", description="SQLite file of the job store; default <home>/comfymesh.db")
+    extra_model_paths: str = Field("", description="more model folders, in ComfyUI's extra_model_paths.yaml "
+                                                   "format; default <home>/extra_model_paths.yaml when it exists")
     stage_slots: int = Field(2, ge=1, le=64, description="stage calls one stage replica runs at once")
     gil_switch_interval_s: float = Field(0.0005, gt=0, le=1,
                                          description="a stage process's GIL switch interval (sys.setswitchinterval)")
@@ -102,6 +104,11 @@ class Settings(BaseSettings):
     @property
     def artifacts(self) -> str:
         return self.artifacts_url or (self.home / "artifacts").as_uri()
+
+    @property
+    def extra_model_paths_file(self) -> Path:
+        return Path(self.extra_model_paths).expanduser() if self.extra_model_paths else \
+            self.home / "extra_model_paths.yaml"
 
     @property
     def database_path(self) -> Path:

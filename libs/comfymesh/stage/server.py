@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import inspect
 import logging
 import signal
 import sys
@@ -14,21 +15,35 @@ from pathlib import Path
 
 import grpc
 
-from comfymesh import gctune, trace
+from comfymesh import gctune, trace, wirejson
 from comfymesh.artifacts import ArtifactStore
 from comfymesh.catalog import Catalog
+from comfymesh.catalog.model_folders import model_folders
+from comfymesh.catalog.schema import NodeSet
 from comfymesh.config import Settings
 from comfymesh.graph.limits import OutputLimits
 from comfymesh.logs import log_fields
-from comfymesh.outputs import preview_image, save_image
+from comfymesh.outputs import output_nodes
 from comfymesh.rpc import start_server
 from comfymesh.rpc.server import ServerConfigError, server_credentials
-from comfymesh.rpc.server import ServerConfigError, server_credentials
 from comfymesh.stage.node import NodeImpl
+from comfymesh.stage.plugins import load_plugins
 from comfymesh.stage.runtime import GroupRun
 from comfymesh.v1 import stage_pb2, stage_pb2_grpc
 
 log = logging.getLogger("comfymesh.stage")
+
+
+def plugin_version(version: str, served: NodeSet, own: NodeSet) -> str:
+    """The stage's code version, changed by the source of every plugin node it serves too."""
+    plugins = sorted(name for name in served.impls if name not in own.impls and name not in output_nodes.impls)
+    if not plugins:
+        return version
+    digest = hashlib.sha256(version.encode())
+    for name in plugins:
+        source = inspect.getsourcefile(served.impls[name])
+        digest.update(Path(source).read_bytes() if source else name.encode())
+    return digest.hexdigest()[:16]
 
 
 def code_version(package_dir: Path) -> str:
@@ -42,15 +57,20 @@ def code_version(package_dir: Path) -> str:
 class StageServicer(stage_pb2_grpc.StageServicer):
     """Runs groups with at most `slots` at once; a cancelled call stops its nodes at the next step."""
 
-    def __init__(self, stage: str, nodes: dict[str, NodeImpl], settings: Settings, version: str,
+    def __init__(self, stage: str, nodes: NodeSet, settings: Settings, version: str,
                  device: str = "cpu") -> None:
         self.stage = stage
         # output nodes run in whichever stage produced their image, so every stage hosts them
-        self.nodes = {"SaveImage": save_image, "PreviewImage": preview_image, **nodes}
+        self.node_set = NodeSet(stage)
+        self.node_set.extend(output_nodes)
+        self.node_set.extend(nodes)
+        self.plugin_errors = load_plugins(stage, self.node_set)
+        self.nodes: dict[str, NodeImpl] = self.node_set.impls
         self.settings = settings
-        self.version = version
+        self.version = plugin_version(version, self.node_set, nodes)
         self.device = device
-        self.catalog = Catalog(settings.home)
+        self.declared = self.node_set.object_info()
+        self.catalog = Catalog(settings.home, self.declared, model_folders(settings))
         self.store = ArtifactStore(settings.artifacts)
         self.limits = OutputLimits(settings.max_pixels, settings.max_batch)
         self.slots = asyncio.Semaphore(settings.stage_slots)
@@ -90,7 +110,8 @@ class StageServicer(stage_pb2_grpc.StageServicer):
                        context: grpc.aio.ServicerContext) -> stage_pb2.DescribeResponse:
         return stage_pb2.DescribeResponse(stage=self.stage, node_types=sorted(self.nodes),
                                           slots=self.settings.stage_slots, code_version=self.version,
-                                          device=self.device)
+                                          device=self.device, nodes_json=wirejson.dumps(self.declared),
+                                          plugin_errors=[str(error) for error in self.plugin_errors])
 
 
 async def serve_stage(servicer: StageServicer, listen: str,
@@ -110,7 +131,7 @@ async def serve_stage(servicer: StageServicer, listen: str,
     await server.stop(grace=2)
 
 
-def stage_main(stage: str, load_nodes: Callable[[], dict[str, NodeImpl]], package_dir: Path,
+def stage_main(stage: str, load_nodes: Callable[[], NodeSet], package_dir: Path,
                default_listen: str, device: Callable[[], str] = lambda: "cpu",
                extra: Callable[[StageServicer], tuple[list[Callable[[grpc.aio.Server], None]], list[str]]]
                | None = None) -> None:
@@ -126,10 +147,6 @@ def stage_main(stage: str, load_nodes: Callable[[], dict[str, NodeImpl]], packag
     args = parser.parse_args()
     settings = get_settings()
     setup_logging(stage, settings.log_level, settings.log_json)
-    try:
-        server_credentials(args.listen, settings)  # refused before the slow start-up (a model warm-up)
-    except ServerConfigError as exc:
-        sys.exit(f"comfymesh {stage} stage: {exc}")
     try:
         server_credentials(args.listen, settings)  # refused before the slow start-up (a model warm-up)
     except ServerConfigError as exc:

@@ -7,17 +7,17 @@ from pathlib import Path
 
 import grpc
 
+from comfymesh.catalog.schema import NodeSet
 from comfymesh.config import get_settings
-from comfymesh.stage.node import NodeImpl
 from comfymesh.stage.server import StageServicer, stage_main
 
 
-def _nodes() -> dict[str, NodeImpl]:
+def _nodes() -> NodeSet:
     from comfymesh.diffusion.nodes import nodes
     from comfymesh.diffusion.warmup import start_warmup
 
     start_warmup(get_settings().home)
-    return nodes.impls
+    return nodes
 
 
 def _device() -> str:
@@ -31,7 +31,7 @@ def _model_runner(stage: StageServicer) -> tuple[list, list[str]]:
     from comfymesh.diffusion.model_runner import ModelRunnerServicer
     from comfymesh.v1 import model_runner_pb2_grpc
 
-    servicer = ModelRunnerServicer(stage.settings.home, stage.nodes, stage.store)
+    servicer = ModelRunnerServicer(stage.settings.home, stage.nodes, stage.store, stage.catalog)
 
     def register(server: grpc.aio.Server) -> None:
         model_runner_pb2_grpc.add_ModelRunnerServicer_to_server(servicer, server)

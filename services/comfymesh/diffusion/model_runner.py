@@ -38,12 +38,12 @@ def device_memory(device: torch.device) -> tuple[int, int]:
 
 
 class ModelRunnerServicer(model_runner_pb2_grpc.ModelRunnerServicer):
-    def __init__(self, home: Path, nodes: dict[str, NodeImpl], store: ArtifactStore,
+    def __init__(self, home: Path, nodes: dict[str, NodeImpl], store: ArtifactStore, catalog: Catalog,
                  cache: ModelCache | None = None) -> None:
         self.home = home
         self.nodes = nodes
         self.store = store
-        self.catalog = Catalog(home)
+        self.catalog = catalog
         self.cache = cache or get_model_cache()
 
     def _info(self, entry: dict[str, Any], loaded: bool) -> model_runner_pb2.ModelInfo:

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from comfymesh.catalog.schema import NodeSet
 from comfymesh.config import get_settings
-from comfymesh.stage.node import NodeImpl
 from comfymesh.stage.server import stage_main
 
 
-def _nodes() -> dict[str, NodeImpl]:
+def _nodes() -> NodeSet:
     from comfymesh.imaging.nodes import nodes
 
-    return nodes.impls
+    return nodes
 
 
 def main() -> None:

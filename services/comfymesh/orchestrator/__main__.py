@@ -49,12 +49,14 @@ async def serve(listen: str) -> None:
     print(f"comfymesh orchestrator listening on {listen.rsplit(':', 1)[0]}:{port} "
           f"(jobs in {settings.database_path})", flush=True)
     queue = asyncio.create_task(scheduler.run_forever())
+    described = asyncio.create_task(scheduler.node_catalog.describe_all())  # the stages' node declarations
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     queue.cancel()
+    described.cancel()
     await server.stop(grace=2)
     store.close()
 

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import grpc
@@ -42,14 +43,17 @@ class ReplicaPool:
             for stage, addresses in replicas.items()}
         self._changed = asyncio.Condition()
         self._turns: dict[str, int] = {}
+        # told every Describe answer (the node catalog keeps the stages' node declarations)
+        self.on_describe: Callable[[str, stage_pb2.DescribeResponse], None] | None = None
 
-    async def describe(self, stage: str, timeout: float = 30.0) -> str:
-        """The stage's code version (asks a live replica; waits for one to come up, within `timeout`)."""
+    async def describe(self, stage: str, timeout: float = 30.0, fresh: bool = False) -> str:
+        """The stage's code version (asks a live replica, waiting for one up to `timeout`, unless a
+        replica answered before and `fresh` is not asked for)."""
         replicas = self.replicas.get(stage)
         if not replicas:
             raise StageUnavailableError(f"no {stage} stage is configured (set COMFYMESH_{stage.upper()}_REPLICAS)")
         known = [r.code_version for r in replicas if r.code_version]
-        if known:
+        if known and not fresh:
             return known[0]
         deadline = time.monotonic() + timeout
         while True:
@@ -59,6 +63,8 @@ class ReplicaPool:
                 except grpc.aio.AioRpcError:
                     continue
                 replica.slots, replica.code_version, replica.device = max(1, info.slots), info.code_version, info.device
+                if self.on_describe is not None:
+                    self.on_describe(stage, info)
                 return info.code_version
             if time.monotonic() > deadline:
                 raise StageUnavailableError(f"no {stage} stage replica answers at "

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import json
 import logging
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -15,7 +14,7 @@ from comfymesh import trace, wirejson
 from comfymesh.artifacts import ArtifactStore
 from comfymesh.artifacts.codec import ref_from_proto
 from comfymesh.catalog import Catalog
-from comfymesh.catalog.files import file_digest, input_file
+from comfymesh.catalog.files import file_digest
 from comfymesh.config import Settings
 from comfymesh.errors import ComfymeshError, StageUnavailableError, TimeoutExceededError
 from comfymesh.graph import Plan, StageGroup, plan_groups, plan_prompt, sign_plan
@@ -32,12 +31,12 @@ _UNAVAILABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.Sta
                 grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.INTERNAL}
 
 
-def fingerprint_files(home: Path) -> Any:
+def fingerprint_files(catalog: Catalog) -> Any:
     """Cache signatures include the digest of every file a node reads (checkpoint, LoRA, input image)."""
     def fingerprint(class_type: str, literals: dict[str, Any]) -> str:
         parts = []
         for name, value in sorted(literals.items()):
-            path = input_file(home, class_type, name, value)
+            path = catalog.file_of(class_type, name, value)
             if path is not None:
                 parts.append(f"{name}={file_digest(path)}")
         return ";".join(parts)
@@ -167,7 +166,7 @@ class JobRunner:
         stages = {node.stage for node in plan.nodes.values()}
         versions = {stage: await self.pool.describe(stage) for stage in stages if stage in self.pool.replicas}
         versions.setdefault("any", "")
-        sign_plan(plan, versions, fingerprint_files(self.settings.home))
+        sign_plan(plan, versions, fingerprint_files(self.catalog))
         self.plan = plan
         trace.mark("orchestrator.planned")
         # a local store answers in microseconds: no worker-thread hop; a remote one (S3) goes off the loop

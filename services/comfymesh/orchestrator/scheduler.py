@@ -14,8 +14,9 @@ from typing import Any
 
 from comfymesh import trace
 from comfymesh.artifacts import ArtifactStore
-from comfymesh.catalog import Catalog
+from comfymesh.catalog import INPUT_IMAGES, Catalog
 from comfymesh.catalog.files import resolve_image_name
+from comfymesh.catalog.model_folders import model_folders
 from comfymesh.config import Settings
 from comfymesh.graph import Plan, plan_prompt, validate_prompt
 from comfymesh.graph.limits import resource_limits
@@ -23,6 +24,7 @@ from comfymesh.jobs import JobRecord, JobStatus, JobStore
 from comfymesh.jobs.options import STORED_KEY, InvalidJobOptions, JobOptions
 from comfymesh.logs import log_fields
 from comfymesh.orchestrator.events import EventBus
+from comfymesh.orchestrator.node_catalog import NodeCatalog
 from comfymesh.orchestrator.replicas import ReplicaPool
 from comfymesh.orchestrator.retention import RetentionPolicy, collect
 from comfymesh.orchestrator.runner import JobRunner
@@ -52,7 +54,8 @@ class Scheduler:
         self.store = store
         self.pool = pool
         self.bus = EventBus(store)
-        self.catalog = Catalog(settings.home)
+        self.catalog = Catalog(settings.home, {}, model_folders(settings))
+        self.node_catalog = NodeCatalog(self.catalog, pool, settings.home / "cache" / "node_catalog.json")
         self.artifacts = ArtifactStore(settings.artifacts)
         self.running: dict[str, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
@@ -75,12 +78,15 @@ class Scheduler:
             path = resolve_image_name(home, str(value))
             return None if path is not None and path.is_file() else f"Invalid image file: {value}"
 
-        return {("LoadImage", "image"): image_exists}
+        # an input image may also be `sub/x.png` or `x.png [output]`, beyond the input folder's listing
+        return {(node.name, spec.name): image_exists for node in self.catalog.nodes.values()
+                for spec in node.inputs.values() if spec.source == INPUT_IMAGES}
 
     async def submit(self, prompt: Any, extra_data: dict[str, Any], options: JobOptions, *, client_id: str = "",
                      targets: list[str] | None = None) -> Submission:
         """Validate and persist a job (`options` were validated on construction)."""
         job_id, user = options.job_id, options.user
+        await self.node_catalog.knows(_class_types(prompt))
         async with self._submit_lock:
             # small lookups run on the loop (a thread hop costs more than they do)
             if job_id:
@@ -221,6 +227,7 @@ class Scheduler:
     async def _drive(self, job: JobRecord) -> None:
         runner: JobRunner | None = None
         try:
+            await self.node_catalog.knows(_class_types(job.prompt))
             runner = JobRunner(job, self.settings, self.catalog, self.artifacts, self.bus, self.pool,
                                plan=self._plans.pop(job.id, None))
             await runner.run()
@@ -255,6 +262,14 @@ class Scheduler:
         except Exception:  # still queued in the store: leave it there rather than fail it again and again
             log.exception("the job's failure could not be recorded", extra=log_fields(job=job_id))
             self._unrecordable.add(job_id)
+
+
+def _class_types(prompt: Any) -> set[str]:
+    """The node classes a prompt names (whatever its shape: validation reports what is malformed)."""
+    if not isinstance(prompt, dict):
+        return set()
+    return {node["class_type"] for node in prompt.values()
+            if isinstance(node, dict) and isinstance(node.get("class_type"), str)}
 
 
 def _webhook_url(job: JobRecord) -> str:

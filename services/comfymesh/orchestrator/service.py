@@ -163,17 +163,21 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServicer):
                               context: Context) -> orchestrator_pb2.ListCheckpointsResponse:
         folder = request.folder or "checkpoints"
         catalog = self.scheduler.catalog
-        root = catalog.home / "models" / folder
 
         def listing() -> list[orchestrator_pb2.CheckpointFile]:
-            return [orchestrator_pb2.CheckpointFile(name=name, size=(root / name).stat().st_size,
-                                                    digest=file_digest(root / name), folder=folder)
-                    for name in catalog.model_files(folder)]
+            files = []
+            for name in catalog.model_files(folder):
+                path = catalog.folders.resolve(folder, name)
+                if path is not None:  # None: removed since it was listed
+                    files.append(orchestrator_pb2.CheckpointFile(name=name, size=path.stat().st_size,
+                                                                 digest=file_digest(path), folder=folder))
+            return files
 
         return orchestrator_pb2.ListCheckpointsResponse(files=await asyncio.to_thread(listing))
 
     async def GetNodeCatalog(self, request: orchestrator_pb2.GetNodeCatalogRequest,
                              context: Context) -> orchestrator_pb2.GetNodeCatalogResponse:
+        await self.scheduler.node_catalog.ready(timeout=5.0)  # a stage still starting, not one that is down
         info = await asyncio.to_thread(self.scheduler.catalog.object_info)
         return orchestrator_pb2.GetNodeCatalogResponse(object_info_json=json.dumps(info))
 
