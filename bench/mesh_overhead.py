@@ -18,7 +18,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from comfymesh.imaging.nodes import NODES  # noqa: E402
+from comfymesh.imaging.nodes import nodes  # noqa: E402
 from comfymesh.outputs import save_image  # noqa: E402
 from comfymesh.stage.node import NodeContext  # noqa: E402
 from tests.mesh import SHARED, Mesh  # noqa: E402
@@ -39,7 +39,7 @@ def run_in_process(home: Path, prompt: dict) -> None:
         ctx = NodeContext(job_id="bench", node_id=node_id, class_type=node["class_type"], home=home,
                           prompt=prompt, attempt_key=f"{time.time_ns()}")
         ctx.job_id = f"bench-{time.time_ns()}"
-        impl = save_image if node["class_type"] == "SaveImage" else NODES[node["class_type"]]
+        impl = save_image if node["class_type"] == "SaveImage" else nodes.impls[node["class_type"]]
         for slot, value in enumerate(impl(ctx, **inputs)):
             values[(node_id, slot)] = value
 
