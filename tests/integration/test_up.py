@@ -91,7 +91,10 @@ class Up:
         show no command line while its sockets are still open: both are polled)."""
         self.process.wait(timeout)
         deadline = time.monotonic() + 15
-        while (pids := self.service_pids()) or (held := self.ports_held()):
+        while True:
+            pids, held = self.service_pids(), self.ports_held()
+            if not pids and not held:
+                return
             assert time.monotonic() < deadline, f"left behind: services {pids}, ports {held}"
             time.sleep(0.1)
 

@@ -1,8 +1,8 @@
 """Run every service as its own process, restart one that dies (with backoff), stop all on Ctrl+C.
 
 This module must not import grpc: children are started with fork+exec, and grpc does not survive a fork.
-Children die with the supervisor, however it ends (even kill -9): the kernel sends them SIGKILL when it
-goes (Linux's parent-death signal; the services are safe to kill -9).
+Children started by the main thread die with the supervisor, however it ends (even kill -9): the kernel
+sends them SIGKILL when it goes (Linux's parent-death signal; the services are safe to kill -9).
 """
 
 from __future__ import annotations
@@ -65,13 +65,15 @@ class Supervisor:
 
     def _start(self, service: Supervised) -> None:
         """Start a service in its own session (a terminal's signals reach the supervisor only, which
-        stops the services in order). The parent-death signal is tied to the calling thread: call
-        this from a thread that lives as long as the supervisor (`up` and the tests use the main thread)."""
+        stops the services in order). The kernel sends the parent-death signal when the *thread* that
+        started the child ends, so it is armed only for children started by the main thread (`up`'s);
+        a test harness restarting services from a worker thread must stop them itself."""
         service.ready.clear()
+        main_thread = threading.current_thread() is threading.main_thread()
         service.process = subprocess.Popen(
             [sys.executable, "-m", *service.spec.args], env=self.env, stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, text=True, bufsize=1, start_new_session=True,
-            preexec_fn=self._die_with_parent)
+            preexec_fn=self._die_with_parent if main_thread else None)
         service.started_at = time.monotonic()
         threading.Thread(target=self._relay, args=(service, service.process), daemon=True).start()
 
