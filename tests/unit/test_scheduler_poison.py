@@ -102,3 +102,26 @@ def test_options_that_may_be_set() -> None:
     for bad in ({"priority": float("inf")}, {"job_id": "x" * 129}, {"job_id": "a\nb"}, {"user": "\x1b[31m"}):
         with pytest.raises(InvalidJobOptions):
             JobOptions(**bad)
+
+
+async def test_a_job_whose_row_cannot_be_read_fails_alone(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    settings = Settings(home=tmp_path, max_running_jobs=1)
+    store = JobStore(settings.database_path)
+    store.add_job("damaged", 0, PROMPT, {}, "", ["3"], NODES)
+    store.add_job("normal", 1, PROMPT, {}, "", ["3"], NODES)
+    store._db.execute("UPDATE jobs SET prompt_json = '{\"1\": {trunc' WHERE id = 'damaged'")
+    store._db.commit()
+    scheduler = Scheduler(settings, store, ReplicaPool({}))
+    dispatcher = asyncio.create_task(scheduler.run_forever())
+    try:
+        with caplog.at_level(logging.ERROR, logger="comfymesh.orchestrator"):
+            normal = await wait_until_finished(store, "normal")
+        assert not dispatcher.done()
+        row = store._db.execute("SELECT status, error_json FROM jobs WHERE id = 'damaged'").fetchone()
+    finally:
+        dispatcher.cancel()
+        await asyncio.gather(dispatcher, return_exceptions=True)
+        store.close()
+    assert row["status"] == "failed" and "unreadable_job" in row["error_json"]
+    assert any("could not be read" in record.getMessage() for record in caplog.records)
+    assert normal.status == "failed" and normal.error["type"] == "stage_unavailable"  # taken up after it

@@ -127,6 +127,14 @@ def _event(row: sqlite3.Row) -> EventRecord:
                        row["ts"])
 
 
+class UnreadableJob(Exception):
+    """One job's row cannot be read back (its JSON is damaged); the dispatcher fails that job alone."""
+
+    def __init__(self, job_id: str, cause: Exception) -> None:
+        super().__init__(f"the stored job {job_id} cannot be read ({cause}); submit it again")
+        self.job_id = job_id
+
+
 class DamagedDatabaseError(Exception):
     """The job database cannot be trusted; the message names the file and what to do."""
 
@@ -242,7 +250,10 @@ class JobStore:
                 (len(exclude) + 1,)).fetchall()
         for row in rows:
             if row["id"] not in exclude:
-                return _job(row)
+                try:
+                    return _job(row)
+                except ValueError as exc:  # JSON a bad disk or an old bug wrote: only this job is lost
+                    raise UnreadableJob(row["id"], exc) from exc
         return None
 
     def jobs_in(self, status: str) -> list[JobRecord]:

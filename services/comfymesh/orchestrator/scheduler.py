@@ -20,7 +20,7 @@ from comfymesh.catalog.model_folders import model_folders
 from comfymesh.config import Settings
 from comfymesh.graph import Plan, plan_prompt, validate_prompt
 from comfymesh.graph.limits import resource_limits
-from comfymesh.jobs import JobRecord, JobStatus, JobStore
+from comfymesh.jobs import JobRecord, JobStatus, JobStore, UnreadableJob
 from comfymesh.jobs.options import STORED_KEY, InvalidJobOptions, JobOptions
 from comfymesh.logs import log_fields
 from comfymesh.orchestrator.events import EventBus
@@ -192,7 +192,11 @@ class Scheduler:
         """Start queued jobs, best first, while there is room."""
         while len(self.running) < self.settings.max_running_jobs:
             # one indexed query: cheaper than a thread hop
-            job = self.store.next_queued(set(self.running) | self._unrecordable)
+            try:
+                job = self.store.next_queued(set(self.running) | self._unrecordable)
+            except UnreadableJob as exc:
+                await self._fail_alone(exc.job_id, exc)
+                continue
             if job is None:
                 return
             if job.id in self._expiring:
@@ -253,6 +257,10 @@ class Scheduler:
             log.error("job could not be prepared", extra=log_fields(job=job_id, error=str(exc)))
             error = {"type": "invalid_options", "node_id": "", "details": "prepare", "non_retryable": True,
                      "message": f"the job's stored options are invalid ({exc}); submit it again"}
+        elif isinstance(exc, UnreadableJob):  # damaged on disk: nothing of it can be run
+            log.error("job could not be read", extra=log_fields(job=job_id, error=str(exc)))
+            error = {"type": "unreadable_job", "node_id": "", "details": "prepare", "non_retryable": True,
+                     "message": str(exc)}
         else:
             log.exception("job crashed", extra=log_fields(job=job_id))
             error = {"type": "internal_error", "message": f"{type(exc).__name__}: {exc}", "node_id": ""}
