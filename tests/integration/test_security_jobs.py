@@ -9,6 +9,7 @@ import json
 from typing import Any
 
 from comfymesh.gateway.client import OrchestratorClient
+from comfymesh.gateway.engine import NewJob
 from comfymesh.jobs import JobStore
 from tests.mesh import SHARED, Mesh
 
@@ -46,7 +47,7 @@ def test_the_orchestrator_refuses_bad_options_itself(imaging_mesh: Mesh) -> None
     async def submit(**options: Any) -> Any:
         client = OrchestratorClient(imaging_mesh.env["COMFYMESH_ORCHESTRATOR"])
         try:
-            return await client.submit(pipeline("grpc"), options.pop("extra_data", {}), **options)
+            return await client.submit(NewJob(pipeline("grpc"), **options))
         finally:
             await client.close()
 

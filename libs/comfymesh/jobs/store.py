@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from comfymesh import wirejson
+from comfymesh.contracts.job_order import JobOrder
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -75,6 +76,11 @@ class JobStatus(StrEnum):
 FINISHED = (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED)
 # the event that ends a job's event stream (one per job, named like its final status)
 TERMINAL_EVENTS = frozenset(FINISHED)
+# a job's execution time; 0 until it has both ends
+_DURATION = "(CASE WHEN finished IS NULL OR started IS NULL THEN 0 ELSE finished - started END)"
+_ORDERS = {JobOrder.QUEUE: "number, seq", JobOrder.NEWEST: "created DESC, seq DESC",
+           JobOrder.OLDEST: "created, seq", JobOrder.LONGEST: f"{_DURATION} DESC, created DESC, seq DESC",
+           JobOrder.SHORTEST: f"{_DURATION}, created DESC, seq DESC"}
 
 
 @dataclass
@@ -204,7 +210,8 @@ class JobStore:
             self._db.executemany(
                 "INSERT INTO node_states (job_id, node_id, class_type, state) VALUES (?, ?, ?, 'pending')",
                 [(job_id, node_id, class_type) for node_id, class_type in nodes.items()])
-            return self._append(job_id, "queued", "", {"number": number}, now)
+            # what a client shows for a new job, so it need not read the job back
+            return self._append(job_id, "queued", "", {"number": number, "client_id": client_id}, now)
 
     def get_job(self, job_id: str) -> JobRecord | None:
         with self._lock:
@@ -217,16 +224,24 @@ class JobStore:
         return str(row[0]) if row else None
 
     def list_jobs(self, statuses: list[str] | None = None, limit: int = 0, offset: int = 0,
-                  newest_first: bool = False) -> tuple[list[JobRecord], int]:
-        where, args = "", []
+                  order: JobOrder = JobOrder.QUEUE, workflow_id: str | None = None,
+                  count_only: bool = False) -> tuple[list[JobRecord], int]:
+        """One page of the jobs in `statuses` (all when None), in `order` (limit 0: to the end), and how
+        many jobs match; `workflow_id`: only jobs of that frontend workflow (extra_pnginfo.workflow.id)."""
+        conditions, args = [], []
         if statuses:
-            where = f"WHERE status IN ({','.join('?' * len(statuses))})"
-            args = list(statuses)
-        order = "created DESC, seq DESC" if newest_first else "number, seq"
-        page = f"LIMIT {int(limit)} OFFSET {int(offset)}" if limit else ""
+            conditions.append(f"status IN ({','.join('?' * len(statuses))})")
+            args += list(statuses)
+        if workflow_id is not None:
+            conditions.append("json_extract(extra_data_json, '$.extra_pnginfo.workflow.id') = ?")
+            args.append(workflow_id)
+        where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
+        page = f"LIMIT {int(limit)} OFFSET {int(offset)}" if limit else f"LIMIT -1 OFFSET {int(offset)}"
         with self._lock:
             total = self._db.execute(f"SELECT COUNT(*) FROM jobs {where}", args).fetchone()[0]
-            rows = self._db.execute(f"SELECT * FROM jobs {where} ORDER BY {order} {page}", args).fetchall()
+            if count_only:
+                return [], int(total)
+            rows = self._db.execute(f"SELECT * FROM jobs {where} ORDER BY {_ORDERS[order]} {page}", args).fetchall()
         return [_job(row) for row in rows], int(total)
 
     def jobs_awaiting_webhook(self) -> list[str]:
@@ -268,10 +283,14 @@ class JobStore:
     def start_job(self, job_id: str, cached: dict[str, dict[str, Any] | None]) -> list[EventRecord]:
         """Mark a job running (`started`) and the nodes served from cache (`cached`), in one transaction."""
         with self._transaction() as now:
-            records = [self._set_status(job_id, JobStatus.RUNNING, now, event="started")]
+            row = self._db.execute("SELECT client_id, number FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            started = {"client_id": row["client_id"], "number": row["number"]} if row else {}
+            records = [self._set_status(job_id, JobStatus.RUNNING, now, event="started", data=started)]
             if cached:
+                # the cached output nodes' UI results ride along: a client replays them as ComfyUI does
                 records.append(self._set_node_states(job_id, cached, "cached", now, event="cached",
-                                                     data={"nodes": list(cached)}))
+                                                     data={"nodes": list(cached),
+                                                           "ui": {node: ui for node, ui in cached.items() if ui}}))
         return [record for record in records if record is not None]
 
     @contextmanager

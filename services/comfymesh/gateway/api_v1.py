@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlencode
 
-import orjson
 from fastapi import APIRouter, Header, HTTPException, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
@@ -17,8 +15,10 @@ from sse_starlette.sse import EventSourceResponse, ServerSentEvent
 
 from comfymesh import trace
 from comfymesh.catalog.files import resolve_inside
-from comfymesh.gateway.client import OrchestratorClient, OrchestratorUnavailable
-from comfymesh.gateway.files import file_response, served_file
+from comfymesh.contracts.events import JobStatus, is_terminal
+from comfymesh.contracts.job_order import JobOrder
+from comfymesh.gateway.engine import Job, JobQuery, NewJob
+from comfymesh.gateway.jobs_service import JobService
 from comfymesh.gateway.models import (
     CheckpointList,
     CheckpointModel,
@@ -31,43 +31,11 @@ from comfymesh.gateway.models import (
     WorkflowAccepted,
     WorkflowSubmission,
 )
-from comfymesh.jobs.store import TERMINAL_EVENTS
+from comfymesh.gateway.request_io import catalog_of, comfy_error, jobs_of, principal_of, read_json_body
+from comfymesh.gateway.stored_files import file_response, served_file
 
 router = APIRouter(prefix="/v1", tags=["v1"])
-
-
-def client_of(request: Request) -> OrchestratorClient:
-    return request.app.state.client  # type: ignore[no-any-return]
-
-
-def principal_of(request: Request) -> str:
-    """Who made the request ("" with auth off): the name AuthMiddleware put in the scope."""
-    return str(request.scope.get("state", {}).get("principal") or "")
-
-
-def comfy_error(type_: str, message: str, details: str = "", status: int = 400) -> JSONResponse:
-    return JSONResponse({"error": {"type": type_, "message": message, "details": details, "extra_info": {}},
-                         "node_errors": {}}, status_code=status)
-
-
-def refuse_plain_text(request: Request) -> None:
-    """A JSON body labelled `text/plain` is refused (415): it is what an HTML form or a no-cors fetch of another
-    site sends without a CORS preflight, so no browser page of another site gets one in, Origin or not."""
-    if request.headers.get("content-type", "").partition(";")[0].strip().lower() == "text/plain":
-        raise HTTPException(415, detail={"error": {
-            "type": "unsupported_media_type", "message": "A JSON body must not be sent as text/plain",
-            "details": "send it with Content-Type: application/json", "extra_info": {}}, "node_errors": {}})
-
-
-async def read_json_body(request: Request) -> Any:
-    """The body as JSON (BodyLimitMiddleware bounds its size), or a ComfyUI-shaped 4xx that says what is wrong."""
-    refuse_plain_text(request)
-    raw = await request.body()
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise HTTPException(400, detail={"error": {"type": "invalid_prompt", "message": "Request body is not valid JSON",
-                                                   "details": str(exc), "extra_info": {}}, "node_errors": {}}) from exc
+TOTAL_HEADER = "X-Total-Count"
 
 
 def image_url(request: Request, image: dict[str, Any]) -> str:
@@ -81,9 +49,17 @@ def view_path(image: dict[str, Any]) -> str:
                                  "type": image.get("type", "output")})
 
 
-def output_images(outputs: dict[str, Any], order: list[str]) -> list[dict[str, Any]]:
-    ordered = [n for n in order if n in outputs] + [n for n in outputs if n not in order]
-    return [image for node_id in ordered for image in (outputs[node_id] or {}).get("images", [])]
+def job_view(request: Request, job: Job) -> JobView:
+    error = None
+    if job.error is not None:
+        error = JobFailure(type=job.error.type, node_id=job.error.node_id, node_type=job.error.node_type,
+                           message=job.error.message, details=job.error.details,
+                           non_retryable=job.error.non_retryable)
+    return JobView(job_id=job.job_id, status=job.status, created=job.created, started=job.started,
+                   finished=job.finished,
+                   nodes=[NodeStateModel(node_id=n.node_id, class_type=n.class_type, state=n.state) for n in job.nodes],
+                   outputs=job.outputs, images=[OutputImage(**image, url=image_url(request, image))
+                                                for image in job.images()], error=error)
 
 
 @router.post("/workflows", status_code=202, response_model=WorkflowAccepted,
@@ -104,12 +80,12 @@ async def submit_workflow(request: Request, response: Response,
         submission = WorkflowSubmission(prompt=body)
     else:
         return comfy_error("no_prompt", "No prompt provided", "the body must be a JSON object")
-    result = await client_of(request).submit(
+    result = await jobs_of(request).submit(NewJob(
         submission.prompt, submission.extra_data, client_id=submission.client_id,
         job_id=submission.job_id or idempotency_key or "", priority=submission.priority, front=submission.front,
-        timeout_s=submission.timeout_s, webhook_url=submission.webhook_url, user=principal_of(request))
+        timeout_s=submission.timeout_s, webhook_url=submission.webhook_url, user=principal_of(request)))
     if not result.accepted:
-        return JSONResponse({"error": result.error, "node_errors": result.node_errors}, status_code=400)
+        return JSONResponse(result.refusal(), status_code=400)
     response.headers["Location"] = f"/v1/jobs/{result.job_id}"
     return WorkflowAccepted(job_id=result.job_id, number=result.number, node_errors=result.node_errors,
                             status_url=f"/v1/jobs/{result.job_id}", events_url=f"/v1/jobs/{result.job_id}/events",
@@ -119,40 +95,28 @@ async def submit_workflow(request: Request, response: Response,
 @router.get("/jobs/{job_id}", response_model=JobView, responses={404: {"model": Problem}},
             summary="A job's status, node states, outputs and error")
 async def get_job(job_id: str, request: Request) -> JobView:
-    job = await client_of(request).get_job(job_id)
+    job = await jobs_of(request).job(job_id)
     if job is None:
         raise HTTPException(404, f"no job {job_id!r}")
-    outputs = json.loads(job.outputs_json or "{}")
-    images = [OutputImage(**image, url=image_url(request, image))
-              for image in output_images(outputs, list(job.output_node_ids))]
-    error = None
-    if job.HasField("error"):
-        error = JobFailure(type=job.error.type, node_id=job.error.node_id, node_type=job.error.node_type,
-                           message=job.error.message, details=job.error.details,
-                           non_retryable=job.error.non_retryable)
-    return JobView(job_id=job.job_id, status=job.status, created=job.created, started=job.started or None,
-                   finished=job.finished or None,
-                   nodes=[NodeStateModel(node_id=n.node_id, class_type=n.class_type, state=n.state) for n in job.nodes],
-                   outputs=outputs, images=images, error=error)
+    return job_view(request, job)
 
 
 @router.post("/jobs/{job_id}/cancel", response_model=JobView, responses={404: {"model": Problem}},
              summary="Cancel a job, queued or running (a running sampler stops within one step)")
 async def cancel_job(job_id: str, request: Request) -> JobView:
-    client = client_of(request)
-    if await client.get_job(job_id, status_only=True) is None:
+    job = await jobs_of(request).cancel(job_id)
+    if job is None:
         raise HTTPException(404, f"no job {job_id!r}")
-    await client.cancel(job_id)
-    return await get_job(job_id, request)
+    return job_view(request, job)
 
 
 @router.get("/jobs/{job_id}/output", response_class=FileResponse, responses={404: {"model": Problem},
             409: {"model": Problem}, 200: {"content": {"image/png": {}}}}, summary="A job's output image")
 async def get_output(job_id: str, request: Request, index: int = Query(0, ge=0, le=100_000)) -> Response:
-    job = await client_of(request).get_job(job_id)
+    job = await jobs_of(request).job(job_id)
     if job is None:
         raise HTTPException(404, f"no job {job_id!r}")
-    images = output_images(json.loads(job.outputs_json or "{}"), list(job.output_node_ids))
+    images = job.images()
     if not images:
         raise HTTPException(409, f"job {job_id} has no output image yet (status: {job.status})")
     if index >= len(images):
@@ -171,7 +135,7 @@ async def get_output(job_id: str, request: Request, index: int = Query(0, ge=0, 
 
 @router.get("/checkpoints", response_model=CheckpointList, summary="Checkpoint files with size and digest")
 async def list_checkpoints(request: Request) -> CheckpointList:
-    files = await client_of(request).checkpoints()
+    files = await catalog_of(request).checkpoints()
     return CheckpointList(checkpoints=[CheckpointModel(name=f.name, size=f.size, digest=f.digest) for f in files])
 
 
@@ -184,53 +148,41 @@ def _resume_point(last_event_id: str | None, after: int | None) -> int:
         raise HTTPException(400, "Last-Event-ID must be an event id (an integer)") from None
 
 
-async def _sse(client: OrchestratorClient, job_id: str, after: int) -> AsyncIterator[ServerSentEvent]:
-    """Relay the event log; if the orchestrator restarts, resume after the last event sent."""
-    last = after
-    while True:
-        try:
-            async for event in client.events(job_id=job_id, after=last, follow=True):
-                last = event.id
-                payload = {"job_id": event.job_id, "node_id": event.node_id, "ts": event.ts, **event.data}
-                if isinstance(payload.get("images"), list):  # `completed`: where to fetch each image
-                    payload["images"] = [{**image, "url": view_path(image)} for image in payload["images"]
-                                         if isinstance(image, dict)]
-                yield ServerSentEvent(data=json.dumps(payload), event=event.type, id=str(event.id))
-                if job_id and event.type in TERMINAL_EVENTS:
-                    trace.mark("gateway.sse_final_event")
-                    return  # close at once: the client need not wait for the orchestrator's stream to end
-            return  # a job's stream ends with the job
-        except OrchestratorUnavailable:
-            await asyncio.sleep(0.5)
+async def _sse(jobs: JobService, job_id: str, after: int) -> AsyncIterator[ServerSentEvent]:
+    """Relay the event log as it is written: each event carries what a client shows, no job is read back."""
+    async for event in jobs.follow(job_id, after):
+        payload = {"job_id": event.job_id, "node_id": event.node_id, "ts": event.ts, **event.data}
+        if isinstance(payload.get("images"), list):  # `completed`: where to fetch each image
+            payload["images"] = [{**image, "url": view_path(image)} for image in payload["images"]
+                                 if isinstance(image, dict)]
+        yield ServerSentEvent(data=json.dumps(payload), event=event.type, id=str(event.id))
+        if job_id and is_terminal(event.type):
+            trace.mark("gateway.sse_final_event")
 
 
 @router.get("/events", response_class=EventSourceResponse, summary="Every job's events (SSE)",
             responses={200: {"content": {"text/event-stream": {}}}})
 async def all_events(request: Request, last_event_id: str | None = Header(None),
                      after: int | None = Query(None, ge=0, description="resume after this event id")) -> Any:
-    return EventSourceResponse(_sse(client_of(request), "", _resume_point(last_event_id, after)), ping=15)
+    return EventSourceResponse(_sse(jobs_of(request), "", _resume_point(last_event_id, after)), ping=15)
 
 
 @router.get("/jobs/{job_id}/events", response_class=EventSourceResponse, summary="One job's events (SSE)",
             responses={200: {"content": {"text/event-stream": {}}}, 404: {"model": Problem}})
 async def job_events(job_id: str, request: Request, last_event_id: str | None = Header(None),
                      after: int | None = Query(None, ge=0, description="resume after this event id")) -> Any:
-    client = client_of(request)
-    if await client.get_job(job_id, status_only=True) is None:
+    jobs = jobs_of(request)
+    if not await jobs.exists(job_id):
         raise HTTPException(404, f"no job {job_id!r}")
-    return EventSourceResponse(_sse(client, job_id, _resume_point(last_event_id, after)), ping=15)
+    return EventSourceResponse(_sse(jobs, job_id, _resume_point(last_event_id, after)), ping=15)
 
 
-@router.get("/jobs", summary="Jobs, newest first", response_model=list[JobView])
-async def list_jobs(request: Request, status: str | None = Query(None, pattern="^(queued|running|completed|failed|cancelled)$"),
+@router.get("/jobs", summary="Jobs, newest first", response_model=list[JobView],
+            responses={200: {"headers": {TOTAL_HEADER: {"description": "how many jobs match, on every page",
+                                                        "schema": {"type": "integer"}}}}})
+async def list_jobs(request: Request, response: Response, status: JobStatus | None = Query(None),
                     limit: int = Query(50, ge=1, le=1000), offset: int = Query(0, ge=0, le=1_000_000)) -> list[JobView]:
-    reply = await client_of(request).list_jobs([status] if status else None, limit, offset, newest_first=True)
-    views = []
-    for job in reply.jobs:
-        outputs = json.loads(job.outputs_json or "{}")
-        views.append(JobView(
-            job_id=job.job_id, status=job.status, created=job.created, started=job.started or None,
-            finished=job.finished or None, nodes=[], outputs=outputs,
-            images=[OutputImage(**image, url=image_url(request, image))
-                    for image in output_images(outputs, list(job.output_node_ids))]))
-    return views
+    page = await jobs_of(request).page(JobQuery(statuses=(status,) if status else (), order=JobOrder.NEWEST,
+                                                offset=offset, limit=limit))
+    response.headers[TOTAL_HEADER] = str(page.total)
+    return [job_view(request, job) for job in page.jobs]

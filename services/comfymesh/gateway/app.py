@@ -10,24 +10,33 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from comfymesh.catalog.model_folders import model_folders
 from comfymesh.config import Settings
+from comfymesh.contracts.comfy_errors import error_body
 from comfymesh.gateway import api_v1, comfy, files, login
 from comfymesh.gateway.auth import Authenticator, AuthMiddleware
 from comfymesh.gateway.bodylimit import BodyLimitMiddleware
 from comfymesh.gateway.browser import BrowserGuardMiddleware, BrowserPolicy
-from comfymesh.gateway.client import OrchestratorClient, OrchestratorUnavailable, PromptTooLarge, QueueFull
+from comfymesh.gateway.catalog_service import CatalogService
+from comfymesh.gateway.client import OrchestratorClient
+from comfymesh.gateway.engine import Engine, OrchestratorUnavailable, PromptTooLarge, QueueFull
+from comfymesh.gateway.jobs_service import JobService
 from comfymesh.gateway.lockout import Lockout
 from comfymesh.gateway.models import Health, Problem
 from comfymesh.gateway.ratelimit import RateLimitMiddleware
 
 
-def create_app(settings: Settings, client: OrchestratorClient | None = None) -> FastAPI:
+def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
+    """The gateway over `engine` (by default, the orchestrator at `settings.orchestrator`, over gRPC)."""
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.client = client or OrchestratorClient(settings.orchestrator)
+        used: Engine = engine or OrchestratorClient(settings.orchestrator)
+        app.state.engine = used
+        app.state.jobs = JobService(used)
+        app.state.catalog = CatalogService(used, model_folders(settings))
         yield
         await comfy.shutdown(app)
-        await app.state.client.close()
+        await used.close()
 
     app = FastAPI(title="comfymesh", version="0.1.0", docs_url="/v1/docs", redoc_url=None,
                   openapi_url="/v1/openapi.json", lifespan=lifespan,
@@ -59,14 +68,12 @@ def create_app(settings: Settings, client: OrchestratorClient | None = None) -> 
 
     @app.exception_handler(QueueFull)
     async def queue_full(request: Request, exc: QueueFull) -> JSONResponse:
-        return JSONResponse({"error": {"type": "queue_full", "message": "The queue is full",
-                                       "details": "retry after the Retry-After delay", "extra_info": {}},
-                             "node_errors": {}}, status_code=429, headers={"Retry-After": "5"})
+        return JSONResponse(error_body("queue_full", "The queue is full", "retry after the Retry-After delay"),
+                            status_code=429, headers={"Retry-After": "5"})
 
     @app.exception_handler(PromptTooLarge)
     async def prompt_too_large(request: Request, exc: PromptTooLarge) -> JSONResponse:
-        return JSONResponse({"error": {"type": "request_too_large", "message": "Prompt too large",
-                                       "details": str(exc), "extra_info": {}}, "node_errors": {}}, status_code=413)
+        return JSONResponse(error_body("request_too_large", "Prompt too large", str(exc)), status_code=413)
 
     @app.exception_handler(OrchestratorUnavailable)
     async def unavailable(request: Request, exc: OrchestratorUnavailable) -> JSONResponse:
@@ -79,7 +86,7 @@ def create_app(settings: Settings, client: OrchestratorClient | None = None) -> 
     @app.get("/readyz", response_model=Health, tags=["health"], summary="The orchestrator answers",
              responses={503: {"model": Health}})
     async def readyz(request: Request) -> Any:
-        if await request.app.state.client.ready():
+        if await request.app.state.engine.ready():
             return Health(status="ready")
         return JSONResponse({"status": "orchestrator unavailable"}, status_code=503)
 

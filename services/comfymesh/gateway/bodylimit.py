@@ -9,6 +9,7 @@ from __future__ import annotations
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from comfymesh.contracts.comfy_errors import error_body
 from comfymesh.gateway.refusal import refuse
 
 
@@ -57,7 +58,6 @@ class BodyLimitMiddleware:
                 raise
 
     async def _refuse(self, scope: Scope, send: Send) -> None:
-        await refuse(scope, send, 413, {"error": {
-            "type": "request_too_large", "message": "Request body too large",
-            "details": f"the limit is {self.limit} bytes (COMFYMESH_MAX_BODY_BYTES); send a smaller body",
-            "extra_info": {}}, "node_errors": {}})
+        await refuse(scope, send, 413, error_body(
+            "request_too_large", "Request body too large",
+            f"the limit is {self.limit} bytes (COMFYMESH_MAX_BODY_BYTES); send a smaller body"))

@@ -1,60 +1,72 @@
-"""The gateway's one seam to the engine: an orchestrator client (gRPC implementation)."""
+"""The gRPC implementation of the gateway's `Engine`: the one gateway module that speaks protobuf.
+
+Every answer is turned into the domain objects of `comfymesh.gateway.engine` here, so nothing past this
+module sees a pb2 message.
+"""
 
 from __future__ import annotations
 
-import json
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from comfymesh import wirejson
-from comfymesh.jobs import EventRecord
+from comfymesh.contracts import wirejson
+from comfymesh.contracts.comfy_errors import error_detail
+from comfymesh.contracts.events import JobEvent, JobStatus
+from comfymesh.contracts.job_order import JobOrder
+from comfymesh.gateway.engine import (
+    Device,
+    Failure,
+    Job,
+    JobPage,
+    JobQuery,
+    ModelFile,
+    NewJob,
+    NodeInfo,
+    OrchestratorUnavailable,
+    PromptTooLarge,
+    QueueFull,
+    Submission,
+)
 from comfymesh.rpc import open_channel
 from comfymesh.rpc.channels import max_message_bytes
+from comfymesh.rpc.status_codes import is_unavailable
 from comfymesh.v1 import orchestrator_pb2, orchestrator_pb2_grpc
 
 DEADLINE = 30.0
+_ORDERS = {JobOrder.QUEUE: orchestrator_pb2.JOB_ORDER_QUEUE, JobOrder.NEWEST: orchestrator_pb2.JOB_ORDER_NEWEST,
+           JobOrder.OLDEST: orchestrator_pb2.JOB_ORDER_OLDEST, JobOrder.LONGEST: orchestrator_pb2.JOB_ORDER_LONGEST,
+           JobOrder.SHORTEST: orchestrator_pb2.JOB_ORDER_SHORTEST}
 
 
-@dataclass
-class SubmitResult:
-    job_id: str
-    number: float
-    accepted: bool
-    error: dict[str, Any] | None
-    node_errors: dict[str, Any]
-    existing: bool
+def _json(text: str, empty: Any) -> Any:
+    return wirejson.loads(text) if text else empty
 
 
-# the gateway sees the same event records the job store keeps
-JobEvent = EventRecord
-
-
-class QueueFull(Exception):
-    """The orchestrator refused a submit: its queue is at the configured limit (HTTP 429)."""
-
-
-class PromptTooLarge(Exception):
-    """A submit larger than the control plane's message limit (HTTP 413); the orchestrator never saw it."""
-
-
-class OrchestratorUnavailable(Exception):
-    """The orchestrator cannot be reached; the gateway answers 503 and the client retries."""
+def _job(message: orchestrator_pb2.Job) -> Job:
+    error = None
+    if message.HasField("error"):
+        error = Failure(type=message.error.type, node_id=message.error.node_id, message=message.error.message,
+                        node_type=message.error.node_type, details=message.error.details,
+                        non_retryable=message.error.non_retryable)
+    return Job(job_id=message.job_id, status=message.status, number=message.number, created=message.created,
+               started=message.started or None, finished=message.finished or None, client_id=message.client_id,
+               prompt=_json(message.prompt_json, {}), extra_data=_json(message.extra_data_json, {}),
+               outputs=_json(message.outputs_json, {}), output_node_ids=list(message.output_node_ids),
+               nodes=[NodeInfo(n.node_id, n.class_type, n.state, _json(n.ui_json, None)) for n in message.nodes],
+               error=error)
 
 
 def _event(message: orchestrator_pb2.JobEvent) -> JobEvent:
-    return JobEvent(message.id, message.job_id, message.type, message.node_id,
-                    wirejson.loads(message.data_json) if message.data_json else {}, message.ts)
-
-
-def _unavailable(exc: grpc.aio.AioRpcError) -> bool:
-    return exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+    return JobEvent(message.id, message.job_id, message.type, message.node_id, _json(message.data_json, {}),
+                    message.ts)
 
 
 class OrchestratorClient:
+    """`Engine` over the orchestrator's gRPC API."""
+
     def __init__(self, address: str) -> None:
         self.address = address
         self.channel = open_channel(address)
@@ -64,12 +76,15 @@ class OrchestratorClient:
     async def close(self) -> None:
         await self.channel.close()
 
+    def _unavailable(self, exc: grpc.aio.AioRpcError) -> OrchestratorUnavailable:
+        return OrchestratorUnavailable(f"orchestrator at {self.address} is unavailable: {exc.details()}")
+
     async def _call(self, method: Any, request: Any) -> Any:
         try:
             return await method(request, timeout=DEADLINE, wait_for_ready=True)
         except grpc.aio.AioRpcError as exc:
-            if _unavailable(exc):
-                raise OrchestratorUnavailable(f"orchestrator at {self.address} is unavailable: {exc.details()}") from exc
+            if is_unavailable(exc):
+                raise self._unavailable(exc) from exc
             raise
 
     async def ready(self) -> bool:
@@ -79,13 +94,12 @@ class OrchestratorClient:
             return False
         return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
-    async def submit(self, prompt: Any, extra_data: dict[str, Any], *, client_id: str = "", job_id: str = "",
-                     priority: float | None = None, front: bool = False, targets: list[str] | None = None,
-                     timeout_s: float = 0.0, webhook_url: str = "", user: str = "") -> SubmitResult:
+    async def submit(self, job: NewJob) -> Submission:
         request = orchestrator_pb2.WorkflowRequest(
-            prompt_json=wirejson.dumps(prompt), extra_data_json=wirejson.dumps(extra_data), client_id=client_id,
-            job_id=job_id, priority=priority or 0.0, has_priority=priority is not None, front=front,
-            partial_execution_targets=targets or [], timeout_s=timeout_s, webhook_url=webhook_url, user=user)
+            prompt_json=wirejson.dumps(job.prompt), extra_data_json=wirejson.dumps(job.extra_data),
+            client_id=job.client_id, job_id=job.job_id, priority=job.priority or 0.0,
+            has_priority=job.priority is not None, front=job.front, partial_execution_targets=job.targets or [],
+            timeout_s=job.timeout_s, webhook_url=job.webhook_url, user=job.user)
         try:
             reply = await self._call(self.stub.ExecuteWorkflow, request)
         except grpc.aio.AioRpcError as exc:
@@ -93,61 +107,68 @@ class OrchestratorClient:
                 raise PromptTooLarge(f"the prompt and its options take {request.ByteSize()} bytes on the wire; "
                                      f"the limit is {max_message_bytes()} (COMFYMESH_GRPC_MAX_MESSAGE_BYTES)") from exc
             if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:  # refused before anything was stored: HTTP 400
-                error: dict[str, Any] = {"type": "invalid_prompt", "message": "Invalid job options",
-                                         "details": exc.details() or "", "extra_info": {}}
-                return SubmitResult("", 0.0, False, error, {}, False)
+                return Submission("", 0.0, False, error_detail("invalid_prompt", "Invalid job options",
+                                                               exc.details() or ""), {})
             raise
         if reply.queue_full:
             raise QueueFull("the queue is full; retry later")
-        return SubmitResult(reply.job_id, reply.number, reply.accepted,
-                            json.loads(reply.error_json) if reply.error_json else None,
-                            json.loads(reply.node_errors_json) if reply.node_errors_json else {}, reply.existing)
+        return Submission(reply.job_id, reply.number, reply.accepted, _json(reply.error_json, None),
+                          _json(reply.node_errors_json, {}), reply.existing)
 
-    async def get_job(self, job_id: str, status_only: bool = False) -> orchestrator_pb2.Job | None:
-        """The job (None if there is none); `status_only` fills only its id and status, cheaply."""
+    async def get_job(self, job_id: str, status_only: bool = False) -> Job | None:
         try:
-            return await self._call(self.stub.GetJob, orchestrator_pb2.GetJobRequest(job_id=job_id,
-                                                                                     status_only=status_only))
+            reply = await self._call(self.stub.GetJob, orchestrator_pb2.GetJobRequest(job_id=job_id,
+                                                                                      status_only=status_only))
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.NOT_FOUND:
                 return None
             raise
+        return _job(reply)
 
-    async def list_jobs(self, statuses: list[str] | None = None, limit: int = 0, offset: int = 0,
-                        newest_first: bool = False) -> orchestrator_pb2.ListJobsResponse:
-        request = orchestrator_pb2.ListJobsRequest(statuses=statuses or [], limit=limit, offset=offset,
-                                                   newest_first=newest_first)
-        listing = orchestrator_pb2.ListJobsResponse()
+    async def _list(self, request: orchestrator_pb2.ListJobsRequest) -> tuple[list[Job], int]:
+        jobs, total = [], 0
         try:
             async for chunk in self.stub.ListJobs(request, timeout=DEADLINE, wait_for_ready=True):
-                listing.jobs.extend(chunk.jobs)
-                listing.total = chunk.total
+                jobs += [_job(job) for job in chunk.jobs]
+                total = chunk.total
         except grpc.aio.AioRpcError as exc:
-            if _unavailable(exc):
-                raise OrchestratorUnavailable(f"orchestrator at {self.address} is unavailable: {exc.details()}") from exc
+            if is_unavailable(exc):
+                raise self._unavailable(exc) from exc
             raise
-        return listing
+        return jobs, total
+
+    async def list_jobs(self, query: JobQuery) -> JobPage:
+        jobs, total = await self._list(orchestrator_pb2.ListJobsRequest(
+            statuses=list(query.statuses), limit=query.limit or 0, offset=query.offset, order=_ORDERS[query.order],
+            workflow_id=query.workflow_id or ""))
+        return JobPage(jobs, total, query.offset)
+
+    async def count_jobs(self, statuses: Sequence[JobStatus]) -> int:
+        _, total = await self._list(orchestrator_pb2.ListJobsRequest(statuses=list(statuses), count_only=True))
+        return total
 
     async def cancel(self, job_id: str = "") -> list[str]:
         reply = await self._call(self.stub.CancelJob, orchestrator_pb2.CancelJobRequest(job_id=job_id))
         return list(reply.cancelled)
 
-    async def delete_jobs(self, job_ids: list[str], all_finished: bool = False, all_queued: bool = False) -> int:
+    async def delete_jobs(self, job_ids: Sequence[str], all_finished: bool = False, all_queued: bool = False) -> int:
         reply = await self._call(self.stub.DeleteJobs, orchestrator_pb2.DeleteJobsRequest(
-            job_ids=job_ids, all_finished=all_finished, all_queued=all_queued))
+            job_ids=list(job_ids), all_finished=all_finished, all_queued=all_queued))
         return int(reply.deleted)
 
-    async def checkpoints(self, folder: str = "checkpoints") -> list[orchestrator_pb2.CheckpointFile]:
-        reply = await self._call(self.stub.ListCheckpoints, orchestrator_pb2.ListCheckpointsRequest(folder=folder))
-        return list(reply.files)
+    async def model_files(self, folder: str, digests: bool = False) -> list[ModelFile]:
+        reply = await self._call(self.stub.ListCheckpoints, orchestrator_pb2.ListCheckpointsRequest(
+            folder=folder, digests=digests))
+        return [ModelFile(f.name, f.size, f.modified, f.created, f.digest) for f in reply.files]
 
     async def object_info(self) -> dict[str, Any]:
         reply = await self._call(self.stub.GetNodeCatalog, orchestrator_pb2.GetNodeCatalogRequest())
-        return dict(json.loads(reply.object_info_json))
+        return dict(wirejson.loads(reply.object_info_json))
 
-    async def devices(self) -> list[orchestrator_pb2.Device]:
+    async def devices(self) -> list[Device]:
         reply = await self._call(self.stub.ListDevices, orchestrator_pb2.ListDevicesRequest())
-        return list(reply.devices)
+        return [Device(d.name, d.type, d.index, d.vram_total, d.vram_free, d.torch_vram_total, d.torch_vram_free)
+                for d in reply.devices]
 
     async def free(self, unload_models: bool = True, free_memory: bool = False) -> list[str]:
         reply = await self._call(self.stub.FreeMemory, orchestrator_pb2.FreeMemoryRequest(
@@ -162,6 +183,6 @@ class OrchestratorClient:
             async for message in self.stub.StreamStatus(request, wait_for_ready=True):
                 yield _event(message)
         except grpc.aio.AioRpcError as exc:
-            if _unavailable(exc):
-                raise OrchestratorUnavailable(str(exc.details())) from exc
+            if is_unavailable(exc):
+                raise self._unavailable(exc) from exc
             raise

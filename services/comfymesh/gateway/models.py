@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field, field_validator
 
-from comfymesh.jobs.options import MAX_JOB_ID_LENGTH, MAX_TIMEOUT_S, STORED_KEY
+from comfymesh.contracts.job_options import MAX_JOB_ID_LENGTH, MAX_TIMEOUT_S, STORED_KEY
 from comfymesh.outbound import MAX_URL_LENGTH, OutboundRefused, parse_url
 
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from comfymesh.contracts.comfy_errors import error_body
 from comfymesh.gateway.refusal import refuse
 
 _MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -45,7 +46,7 @@ class RateLimitMiddleware:
             await self.app(scope, receive, send)
             return
         retry = max(1, math.ceil((1 - bucket.tokens) / self.rate))
-        await refuse(scope, send, 429, {"error": {
-            "type": "rate_limited", "message": "Too many requests",
-            "details": "this client is over COMFYMESH_RATE_LIMIT_PER_MIN; retry after Retry-After seconds",
-            "extra_info": {}}, "node_errors": {}}, [(b"retry-after", str(retry).encode())])
+        await refuse(scope, send, 429, error_body(
+            "rate_limited", "Too many requests",
+            "this client is over COMFYMESH_RATE_LIMIT_PER_MIN; retry after Retry-After seconds"),
+            [(b"retry-after", str(retry).encode())])

@@ -11,15 +11,20 @@ import grpc
 
 from comfymesh import trace, wirejson
 from comfymesh.catalog.files import file_digest
+from comfymesh.contracts.comfy_errors import error_detail
+from comfymesh.contracts.events import FINISHED_STATUSES, JobStatus
+from comfymesh.contracts.job_options import STORED_KEY, InvalidJobOptions, JobOptions
+from comfymesh.contracts.job_order import JobOrder
 from comfymesh.jobs import JobRecord
-from comfymesh.jobs.options import STORED_KEY, InvalidJobOptions, JobOptions
-from comfymesh.jobs.store import FINISHED
 from comfymesh.orchestrator.devices import free_models, list_devices
 from comfymesh.orchestrator.scheduler import Scheduler, dumps
 from comfymesh.rpc.channels import max_message_bytes
 from comfymesh.v1 import common_pb2, orchestrator_pb2, orchestrator_pb2_grpc, stage_pb2
 
 Context: TypeAlias = grpc.aio.ServicerContext
+_ORDERS = {orchestrator_pb2.JOB_ORDER_QUEUE: JobOrder.QUEUE, orchestrator_pb2.JOB_ORDER_NEWEST: JobOrder.NEWEST,
+           orchestrator_pb2.JOB_ORDER_OLDEST: JobOrder.OLDEST, orchestrator_pb2.JOB_ORDER_LONGEST: JobOrder.LONGEST,
+           orchestrator_pb2.JOB_ORDER_SHORTEST: JobOrder.SHORTEST}
 
 
 def _too_large(size: int, limit: int) -> dict[str, object] | None:
@@ -30,9 +35,9 @@ def _too_large(size: int, limit: int) -> dict[str, object] | None:
     job would fail."""
     if size <= limit // 3:
         return None
-    return {"type": "prompt_too_large", "message": "Prompt is too large",
-            "details": f"the prompt takes {size} bytes; this server takes at most {limit // 3} (a third of "
-                       "COMFYMESH_GRPC_MAX_MESSAGE_BYTES)", "extra_info": {}}
+    return error_detail("prompt_too_large", "Prompt is too large",
+                        f"the prompt takes {size} bytes; this server takes at most {limit // 3} (a third of "
+                        "COMFYMESH_GRPC_MAX_MESSAGE_BYTES)")
 
 
 def _failure(error: dict[str, object] | None) -> common_pb2.Failure | None:
@@ -65,7 +70,7 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServicer):
             targets=list(request.partial_execution_targets) or None)
         return orchestrator_pb2.WorkflowResponse(queue_full=submission.queue_full,
             job_id=submission.job_id, number=submission.number, accepted=submission.error is None,
-            error_json=dumps(submission.error), node_errors_json=json.dumps(submission.node_errors),
+            error_json=dumps(submission.error), node_errors_json=wirejson.dumps(submission.node_errors),
             existing=submission.existing)
 
     async def _options(self, request: orchestrator_pb2.WorkflowRequest, extra: object,
@@ -109,8 +114,8 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServicer):
     def _job_message(self, job: JobRecord, with_nodes: bool) -> orchestrator_pb2.Job:
         message = orchestrator_pb2.Job(
             job_id=job.id, status=job.status, created=job.created, started=job.started or 0,
-            finished=job.finished or 0, number=job.number, prompt_json=json.dumps(job.prompt),
-            extra_data_json=json.dumps(job.extra_data), outputs_json=json.dumps(job.outputs),
+            finished=job.finished or 0, number=job.number, prompt_json=wirejson.dumps(job.prompt),
+            extra_data_json=wirejson.dumps(job.extra_data), outputs_json=wirejson.dumps(job.outputs),
             client_id=job.client_id, output_node_ids=job.outputs_to_run)
         failure = _failure(job.error)
         if failure is not None:
@@ -124,10 +129,13 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServicer):
     async def GetJob(self, request: orchestrator_pb2.GetJobRequest,
                      context: Context) -> orchestrator_pb2.Job:
         if request.status_only:
+            trace.mark("orchestrator.job_status")
             status = await asyncio.to_thread(self.store.job_status, request.job_id)
             if status is None:
                 await context.abort(grpc.StatusCode.NOT_FOUND, f"no job {request.job_id!r}")
             return orchestrator_pb2.Job(job_id=request.job_id, status=status)
+        # counted by tests: a client following events never needs to read the job back for one
+        trace.mark("orchestrator.get_job")
         job = await asyncio.to_thread(self.store.get_job, request.job_id)
         if job is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no job {request.job_id!r}")
@@ -136,8 +144,9 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServicer):
 
     async def ListJobs(self, request: orchestrator_pb2.ListJobsRequest,
                        context: Context) -> AsyncIterator[orchestrator_pb2.ListJobsResponse]:
-        jobs, total = await asyncio.to_thread(self.store.list_jobs, list(request.statuses) or None, request.limit,
-                                              request.offset, request.newest_first)
+        jobs, total = await asyncio.to_thread(
+            self.store.list_jobs, list(request.statuses) or None, max(request.limit, 0), max(request.offset, 0),
+            _ORDERS.get(request.order, JobOrder.QUEUE), request.workflow_id or None, request.count_only)
         if not jobs:
             yield orchestrator_pb2.ListJobsResponse(total=total)
         for job in jobs:
@@ -150,10 +159,11 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServicer):
     async def DeleteJobs(self, request: orchestrator_pb2.DeleteJobsRequest,
                          context: Context) -> orchestrator_pb2.DeleteJobsResponse:
         ids = list(request.job_ids)
-        if request.all_finished or request.all_queued:
-            jobs, _ = await asyncio.to_thread(self.store.list_jobs)
-            ids += [job.id for job in jobs if (request.all_finished and job.status in FINISHED)
-                    or (request.all_queued and job.status == "queued")]
+        statuses = [*(FINISHED_STATUSES if request.all_finished else ()),
+                    *((JobStatus.QUEUED,) if request.all_queued else ())]
+        if statuses:
+            jobs, _ = await asyncio.to_thread(self.store.list_jobs, statuses)
+            ids += [job.id for job in jobs]
         for job_id in ids:
             await self.scheduler.cancel(job_id)
         deleted = await asyncio.to_thread(self.store.delete_jobs, ids) if ids else 0
@@ -166,11 +176,18 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServicer):
 
         def listing() -> list[orchestrator_pb2.CheckpointFile]:
             files = []
-            for name in catalog.model_files(folder):
+            for name in catalog.model_files(folder):  # what validation accepts, so nothing listed is refused
                 path = catalog.folders.resolve(folder, name)
-                if path is not None:  # None: removed since it was listed
-                    files.append(orchestrator_pb2.CheckpointFile(name=name, size=path.stat().st_size,
-                                                                 digest=file_digest(path), folder=folder))
+                if path is None:
+                    continue  # removed since it was listed
+                try:
+                    stat = path.stat()
+                    digest = file_digest(path) if request.digests else ""
+                except FileNotFoundError:
+                    continue
+                files.append(orchestrator_pb2.CheckpointFile(name=name, size=stat.st_size, digest=digest,
+                                                             folder=folder, modified=stat.st_mtime,
+                                                             created=stat.st_ctime))
             return files
 
         return orchestrator_pb2.ListCheckpointsResponse(files=await asyncio.to_thread(listing))
@@ -179,7 +196,7 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServicer):
                              context: Context) -> orchestrator_pb2.GetNodeCatalogResponse:
         await self.scheduler.node_catalog.ready(timeout=5.0)  # a stage still starting, not one that is down
         info = await asyncio.to_thread(self.scheduler.catalog.object_info)
-        return orchestrator_pb2.GetNodeCatalogResponse(object_info_json=json.dumps(info))
+        return orchestrator_pb2.GetNodeCatalogResponse(object_info_json=wirejson.dumps(info))
 
     async def ListDevices(self, request: orchestrator_pb2.ListDevicesRequest,
                           context: Context) -> orchestrator_pb2.ListDevicesResponse:

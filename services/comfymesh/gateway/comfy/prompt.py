@@ -7,16 +7,16 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from comfymesh.gateway.api_v1 import client_of, comfy_error, principal_of, read_json_body
-from comfymesh.jobs.options import STORED_KEY, InvalidJobOptions, requested_options
+from comfymesh.contracts.job_options import STORED_KEY, InvalidJobOptions, requested_options
+from comfymesh.gateway.engine import NewJob
+from comfymesh.gateway.request_io import comfy_error, jobs_of, principal_of, read_json_body
 
 router = APIRouter(include_in_schema=False)
 
 
 @router.get("/prompt")
 async def queue_info(request: Request) -> dict[str, Any]:
-    reply = await client_of(request).list_jobs(["queued", "running"], limit=1)
-    return {"exec_info": {"queue_remaining": int(reply.total)}}
+    return {"exec_info": {"queue_remaining": await jobs_of(request).queue_remaining()}}
 
 
 @router.post("/prompt")
@@ -33,14 +33,14 @@ async def queue_prompt(request: Request) -> Any:
     number = body.get("number")
     priority = float(number) if isinstance(number, int | float) and not isinstance(number, bool) else None
     targets = body.get("partial_execution_targets")
-    result = await client_of(request).submit(
+    result = await jobs_of(request).submit(NewJob(
         body["prompt"], extra_data, client_id=str(client_id) if client_id else "",
         job_id=str(body["prompt_id"]) if body.get("prompt_id") is not None else "",
         priority=priority, front=bool(body.get("front")),
         targets=[str(t) for t in targets] if isinstance(targets, list) else None, user=principal_of(request),
-        **options)
+        **options))
     if not result.accepted:
-        return JSONResponse({"error": result.error, "node_errors": result.node_errors}, status_code=400)
+        return JSONResponse(result.refusal(), status_code=400)
     # ComfyUI answers the number it chose as an int and a caller's number as the float it stored
     answered: float | int = result.number if priority is not None else int(result.number)
     return {"prompt_id": result.job_id, "number": answered, "node_errors": result.node_errors}

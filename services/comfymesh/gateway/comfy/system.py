@@ -11,22 +11,14 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from comfymesh.config import Settings
-from comfymesh.gateway.api_v1 import client_of
-from comfymesh.gateway.client import OrchestratorUnavailable
 from comfymesh.gateway.comfy.features import server_features
+from comfymesh.gateway.engine import OrchestratorUnavailable
+from comfymesh.gateway.request_io import catalog_of
 
 router = APIRouter(include_in_schema=False)
 internal_router = APIRouter(include_in_schema=False)
 
 FRONTEND_VERSION = "1.58.1"
-# ComfyUI's model folders (§9.5), with the legacy aliases it still answers to
-MODEL_FOLDERS = ["checkpoints", "configs", "loras", "vae", "text_encoders", "diffusion_models", "clip_vision",
-                 "style_models", "embeddings", "diffusers", "vae_approx", "controlnet", "gligen",
-                 "upscale_models", "latent_upscale_models", "custom_nodes", "hypernetworks", "photomaker",
-                 "classifiers", "model_patches", "audio_encoders"]
-_ALIASES = {"unet": "diffusion_models", "clip": "text_encoders"}
-MODEL_SUFFIXES = (".ckpt", ".pt", ".pt2", ".bin", ".pth", ".safetensors", ".pkl", ".sft")
 
 
 def _memory() -> tuple[int, int]:
@@ -51,7 +43,7 @@ async def system_stats(request: Request) -> dict[str, Any]:
     total, free = _memory()
     devices: list[dict[str, Any]] = []
     try:
-        for device in await client_of(request).devices():
+        for device in await catalog_of(request).devices():
             devices.append({"name": device.name, "type": device.type, "index": device.index,
                             "vram_total": device.vram_total, "vram_free": device.vram_free,
                             "torch_vram_total": device.torch_vram_total, "torch_vram_free": device.torch_vram_free})
@@ -68,13 +60,12 @@ async def system_stats(request: Request) -> dict[str, Any]:
 
 @router.get("/object_info")
 async def object_info(request: Request) -> dict[str, Any]:
-    return await client_of(request).object_info()
+    return await catalog_of(request).object_info()
 
 
 @router.get("/object_info/{class_type}")
 async def object_info_of(class_type: str, request: Request) -> dict[str, Any]:
-    info = await client_of(request).object_info()
-    return {class_type: info[class_type]} if class_type in info else {}
+    return await catalog_of(request).node_info(class_type)
 
 
 @router.get("/features")
@@ -82,61 +73,45 @@ async def features(request: Request) -> dict[str, Any]:
     return server_features(request.app.state.settings)
 
 
-def _folder(settings: Settings, name: str) -> Path | None:
-    name = _ALIASES.get(name, name)
-    return settings.home / "models" / name if name in MODEL_FOLDERS else None
-
-
-def _model_files(root: Path, suffixes: tuple[str, ...] = MODEL_SUFFIXES) -> list[Path]:
-    if not root.is_dir():
-        return []
-    return sorted((p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in suffixes),
-                  key=lambda p: p.relative_to(root).as_posix())
+def _unknown_folder(folder: str) -> JSONResponse:
+    return JSONResponse({"error": f"unknown model folder {folder!r}"}, status_code=404)
 
 
 @router.get("/embeddings")
 async def embeddings(request: Request) -> list[str]:
-    root = request.app.state.settings.home / "models" / "embeddings"
-    return [p.relative_to(root).with_suffix("").as_posix() for p in _model_files(root)]
+    return await catalog_of(request).embeddings()
 
 
 @router.get("/models")
-async def model_folders() -> list[str]:
-    return MODEL_FOLDERS
+async def model_folders(request: Request) -> list[str]:
+    return catalog_of(request).folder_names()
 
 
 @router.get("/models/{folder}")
 async def models_in(folder: str, request: Request) -> Any:
-    root = _folder(request.app.state.settings, folder)
-    if root is None:
-        return JSONResponse({"error": f"unknown model folder {folder!r}"}, status_code=404)
-    return [p.relative_to(root).as_posix() for p in _model_files(root)]
+    catalog = catalog_of(request)
+    if not catalog.is_folder(folder):
+        return _unknown_folder(folder)
+    return [f.name for f in await catalog.model_files(folder)]
 
 
 @router.get("/experiment/models")
 async def experiment_models(request: Request) -> list[dict[str, Any]]:
-    home = request.app.state.settings.home
-    return [{"name": name, "folders": [str(home / "models" / name)]} for name in MODEL_FOLDERS
-            if name not in ("configs", "custom_nodes")]
+    return [{"name": name, "folders": paths} for name, paths in catalog_of(request).folder_paths().items()]
 
 
 @router.get("/experiment/models/{folder}")
 async def experiment_models_in(folder: str, request: Request) -> Any:
-    root = _folder(request.app.state.settings, folder)
-    if root is None:
-        return JSONResponse({"error": f"unknown model folder {folder!r}"}, status_code=404)
-    out = []
-    for path in _model_files(root):
-        stat = path.stat()
-        out.append({"name": path.relative_to(root).as_posix(), "pathIndex": 0, "modified": stat.st_mtime,
-                    "created": stat.st_ctime, "size": stat.st_size})
-    return out
+    catalog = catalog_of(request)
+    if not catalog.is_folder(folder):
+        return _unknown_folder(folder)
+    return [{"name": f.name, "pathIndex": 0, "modified": f.modified, "created": f.created, "size": f.size}
+            for f in await catalog.model_files(folder)]
 
 
 @internal_router.get("/internal/folder_paths")
 async def folder_paths(request: Request) -> dict[str, list[str]]:
-    home = request.app.state.settings.home
-    return {name: [str(home / "models" / name)] for name in MODEL_FOLDERS}
+    return catalog_of(request).folder_paths()
 
 
 @internal_router.get("/internal/files/{directory}")

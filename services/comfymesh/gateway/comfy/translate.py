@@ -1,7 +1,8 @@
 """Our job events → ComfyUI websocket messages, in ComfyUI's order (reference §4.3, §4.4).
 
-Pure: the hub feeds events in log order together with the facts it looked up (a job's client id,
-cached nodes' UI results, the queue length) and sends what comes back.
+Pure: the hub feeds events in log order, with the queue length, and sends what comes back. Events carry
+what the frames need (client id on `queued`/`started`, class types, the cached nodes' UI results on
+`cached`), so no job is read back.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from comfymesh.gateway.client import JobEvent
+from comfymesh.contracts.events import EventType, JobEvent, JobStatus
 
 # binary frame event types (§4.5)
 PREVIEW_IMAGE = 1
@@ -76,49 +77,49 @@ def _finish(job: JobState, queue_remaining: int) -> list[Outgoing]:
             _sid("executing", {"node": None, "prompt_id": job.prompt_id})]
 
 
-def translate(event: JobEvent, job: JobState, *, queue_remaining: int,
-              cached_ui: dict[str, dict[str, Any] | None] | None = None) -> list[Outgoing]:
-    """The ComfyUI frames for one event. `cached_ui`: UI results of the nodes a `cached` event names."""
+def translate(event: JobEvent, job: JobState, *, queue_remaining: int) -> list[Outgoing]:
+    """The ComfyUI frames for one event."""
     out: list[Outgoing] = []
     kind, data, node = event.type, event.data, event.node_id
     prompt_id = job.prompt_id
     # ComfyUI always sends execution_cached right after execution_start; ours only exists when
     # something was cached, so an empty one goes out before whatever follows the start instead.
-    if job.started and not job.cached_sent and kind not in ("cached", "started"):
+    if job.started and not job.cached_sent and kind not in (EventType.CACHED, EventType.STARTED):
         out.append(_cached(job, [], event.ts))
 
-    if kind in ("queued", "requeued"):
+    if kind in (EventType.QUEUED, EventType.REQUEUED):
         out.append(Outgoing("all", status_message(queue_remaining)))
-    elif kind == "started":
+    elif kind == EventType.STARTED:
         job.started = True
         out.append(Outgoing("all", status_message(queue_remaining)))
         out.append(_sid("execution_start", {"prompt_id": prompt_id, "timestamp": _ms(event.ts)}))
-    elif kind == "cached":
+    elif kind == EventType.CACHED:
         nodes = [str(n) for n in data.get("nodes", [])]
         out.append(_cached(job, nodes, event.ts))
+        cached_ui = data.get("ui") or {}
         for node_id in nodes:
-            ui = (cached_ui or {}).get(node_id)
+            ui = cached_ui.get(node_id)
             if ui:  # a cached output node replays its UI result, without `executing`
                 out.append(_sid("executed", {"node": node_id, "display_node": node_id, "output": ui,
                                              "prompt_id": prompt_id}))
                 job.progress[node_id] = {"value": 1, "max": 1, "state": "finished"}
                 out.append(_progress_state(job))
-    elif kind == "node_running":
+    elif kind == EventType.NODE_RUNNING:
         job.current_node = node
         job.class_types[node] = str(data.get("class_type", ""))
         job.progress[node] = {"value": 0, "max": 1, "state": "running"}
         out.append(_progress_state(job))
         out.append(_sid("executing", {"node": node, "display_node": node, "prompt_id": prompt_id}))
-    elif kind == "node_progress":
+    elif kind == EventType.NODE_PROGRESS:
         value, maximum = data.get("value", 0), data.get("max", 1)
         job.progress[node] = {"value": value, "max": maximum, "state": "running"}
         out.append(_progress_state(job))
         out.append(Outgoing("sid_or_all", {"type": "progress", "data": {
             "value": value, "max": maximum, "prompt_id": prompt_id, "node": node}}))
-    elif kind == "node_preview":
+    elif kind == EventType.NODE_PREVIEW:
         out.append(Outgoing("sid_or_all", preview=(node, str(data.get("format", "JPEG")),
                                                    bytes.fromhex(str(data.get("data", ""))))))
-    elif kind == "node_done":
+    elif kind == EventType.NODE_DONE:
         job.executed.append(node)
         output = data.get("output")
         if output:
@@ -127,10 +128,10 @@ def translate(event: JobEvent, job: JobState, *, queue_remaining: int,
         entry = job.progress.get(node, {"max": 1})
         job.progress[node] = {"value": entry.get("max", 1), "max": entry.get("max", 1), "state": "finished"}
         out.append(_progress_state(job))
-    elif kind == "completed":
+    elif kind == EventType.COMPLETED:
         out.append(_sid("execution_success", {"prompt_id": prompt_id, "timestamp": _ms(event.ts)}))
         out += _finish(job, queue_remaining)
-    elif kind == "failed":
+    elif kind == EventType.FAILED:
         failed_node = str(data.get("node_id") or job.current_node or "")
         out.append(_sid("execution_error", {
             "prompt_id": prompt_id, "node_id": failed_node,
@@ -139,8 +140,8 @@ def translate(event: JobEvent, job: JobState, *, queue_remaining: int,
             "exception_type": str(data.get("type", "")), "traceback": [], "current_inputs": {},
             "current_outputs": [], "timestamp": _ms(event.ts)}))
         out += _finish(job, queue_remaining)
-    elif kind == "cancelled":
-        if data.get("while") == "queued" or not job.started:
+    elif kind == EventType.CANCELLED:
+        if data.get("while") == JobStatus.QUEUED or not job.started:
             out.append(Outgoing("all", status_message(queue_remaining)))
         else:
             stopped = job.current_node or ""
@@ -160,5 +161,3 @@ def preview_frame(node_id: str, prompt_id: str, image_format: str, image: bytes,
                            "parent_node_id": None, "real_node_id": node_id, "image_type": mime}).encode()
     return struct.pack(">II", PREVIEW_IMAGE_WITH_METADATA, len(metadata)) + metadata + image
 
-
-TERMINAL = frozenset({"completed", "failed", "cancelled"})

@@ -16,8 +16,8 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
 from comfymesh.catalog.files import resolve_inside
-from comfymesh.gateway.api_v1 import read_json_body
-from comfymesh.gateway.files import file_response, served_file
+from comfymesh.gateway.request_io import read_json_body
+from comfymesh.gateway.stored_files import file_response, served_file
 
 router = APIRouter(include_in_schema=False)
 SETTINGS_FILE = "comfy.settings.json"

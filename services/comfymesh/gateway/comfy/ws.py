@@ -2,6 +2,8 @@
 
 The hub follows the log from "now" and routes each prompt's messages to whichever socket currently
 holds the prompt's client id, so a client that reconnects with the same `clientId` keeps receiving.
+A prompt's client id comes with its `queued` and `started` events: the hub reads a job back only for a
+prompt whose start went by before the hub listened (once per such prompt, never per event).
 """
 
 from __future__ import annotations
@@ -16,14 +18,19 @@ from typing import Any
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
-from comfymesh.gateway.client import JobEvent, OrchestratorClient, OrchestratorUnavailable
+from comfymesh.contracts.events import TERMINAL_EVENTS, EventType, JobEvent, is_terminal
 from comfymesh.gateway.comfy.features import server_features
-from comfymesh.gateway.comfy.translate import TERMINAL, JobState, Outgoing, preview_frame, status_message, translate
+from comfymesh.gateway.comfy.translate import JobState, Outgoing, preview_frame, status_message, translate
+from comfymesh.gateway.engine import OrchestratorUnavailable
+from comfymesh.gateway.jobs_service import RESUBSCRIBE_DELAY_S, JobService
+from comfymesh.gateway.request_io import jobs_of
 
 log = logging.getLogger("comfymesh.gateway")
 router = APIRouter(include_in_schema=False)
 # a slow socket loses frames rather than holding up every other client
 _SEND_QUEUE = 1024
+# the events that change the queue's length, each followed by a status frame with it
+_QUEUE_CHANGES = frozenset({EventType.QUEUED, EventType.REQUEUED, EventType.STARTED}) | TERMINAL_EVENTS
 
 
 @dataclass
@@ -41,8 +48,8 @@ class Session:
 class Hub:
     """Every connected session, and the task that turns log events into their frames."""
 
-    def __init__(self, client: OrchestratorClient) -> None:
-        self.client = client
+    def __init__(self, jobs: JobService) -> None:
+        self.service = jobs
         self.sessions: dict[str, Session] = {}
         self.jobs: dict[str, JobState] = {}
         self._task: asyncio.Task[None] | None = None
@@ -58,8 +65,7 @@ class Hub:
                 await self._task
 
     async def queue_remaining(self) -> int:
-        reply = await self.client.list_jobs(["queued", "running"], limit=1)
-        return int(reply.total)
+        return await self.service.queue_remaining()
 
     def running_node_of(self, sid: str) -> str | None:
         for job in self.jobs.values():
@@ -71,7 +77,7 @@ class Hub:
         after = -1  # from now on; after a lost stream, resume where we were
         while True:
             try:
-                async for event in self.client.events(after=after, follow=True, previews=True):
+                async for event in self.service.follow(after=after, previews=True):
                     if event.id:
                         after = event.id
                     try:
@@ -86,33 +92,36 @@ class Hub:
                 raise
             except Exception:
                 log.exception("event stream broke; resubscribing")
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(RESUBSCRIBE_DELAY_S)
 
-    async def _job(self, job_id: str) -> JobState:
-        job = self.jobs.get(job_id)
-        if job is None:
-            record = await self.client.get_job(job_id)
-            client_id = record.client_id if record is not None else ""
-            job = JobState(prompt_id=job_id, client_id=client_id)
-            if record is not None:
-                job.class_types = {n.node_id: n.class_type for n in record.nodes}
-            self.jobs[job_id] = job
+    async def _job(self, event: JobEvent, listening: bool) -> JobState | None:
+        """The prompt's state: from its `queued` or `started` event, else (only with someone listening) read
+        once from the orchestrator, for a prompt that started before this hub listened."""
+        job = self.jobs.get(event.job_id)
+        if job is None and "client_id" in event.data:
+            job = JobState(prompt_id=event.job_id, client_id=str(event.data["client_id"]))
+        elif job is None and listening:
+            record = await self.service.job(event.job_id)
+            job = JobState(prompt_id=event.job_id, client_id=record.client_id if record else "",
+                           class_types={n.node_id: n.class_type for n in record.nodes} if record else {})
+        if job is not None:
+            self.jobs[event.job_id] = job
         return job
 
     async def _dispatch(self, event: JobEvent) -> None:
-        if event.type == "retrying" or not self.sessions:
-            return  # nobody listens: no lookups on the jobs' critical path (a later client asks afresh)
-        job = await self._job(event.job_id)
-        cached_ui: dict[str, Any] = {}
-        if event.type == "cached":
-            record = await self.client.get_job(event.job_id)
-            if record is not None:
-                cached_ui = {n.node_id: json.loads(n.ui_json) for n in record.nodes if n.ui_json}
-        needs_count = event.type in ("queued", "requeued", "started") or event.type in TERMINAL
-        remaining = await self.queue_remaining() if needs_count else 0
-        for frame in translate(event, job, queue_remaining=remaining, cached_ui=cached_ui):
-            self._send(frame, job)
-        if event.type in TERMINAL:
+        listening = bool(self.sessions)
+        if event.type == EventType.RETRYING or (event.type == EventType.NODE_PREVIEW and not listening):
+            return
+        job = await self._job(event, listening)
+        if job is None:
+            return  # nobody listens: nothing looked up on the jobs' critical path (a later client asks afresh)
+        # with nobody listening the state still follows the prompt, for a client that connects during it
+        remaining = await self.queue_remaining() if listening and event.type in _QUEUE_CHANGES else 0
+        frames = translate(event, job, queue_remaining=remaining)
+        if listening:
+            for frame in frames:
+                self._send(frame, job)
+        if is_terminal(event.type):
             self.jobs.pop(event.job_id, None)
 
     def _send(self, frame: Outgoing, job: JobState) -> None:
@@ -137,7 +146,7 @@ def hub_of(socket: WebSocket) -> Hub:
     app = socket.app
     hub: Hub | None = getattr(app.state, "comfy_hub", None)
     if hub is None:
-        hub = app.state.comfy_hub = Hub(app.state.client)
+        hub = app.state.comfy_hub = Hub(jobs_of(socket))
     hub.start()
     return hub
 
