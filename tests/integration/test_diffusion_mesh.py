@@ -174,3 +174,39 @@ def test_model_runner_lists_loads_and_unloads(mesh: Mesh) -> None:
     assert [m.name for m in resident] == ["sd15.safetensors"] and listed.memory_used_bytes > 0
     assert listed.device == "cpu" and listed.device_total_bytes > 0
     assert missing == grpc.StatusCode.NOT_FOUND
+
+
+def pixels_by_prefix(mesh: Mesh, job: dict[str, Any]) -> dict[str, bytes]:
+    return {image["filename"].split("_")[0]: Image.open(io.BytesIO(mesh.http.get(
+        f"/v1/jobs/{job['job_id']}/output", params={"index": i}).content)).tobytes()
+        for i, image in enumerate(job["images"])}
+
+
+def test_custom_sampling_txt2img_reproduces_ksampler(mesh: Mesh) -> None:
+    """KSamplerSelect + RandomNoise + BasicScheduler + CFGGuider → SamplerCustomAdvanced, sent to /prompt as a
+    client would: its SIGMAS, GUIDER, SAMPLER and NOISE values are stored for the cache like any output."""
+    ksampler = small("txt2img_sd15")
+    ksampler["9"]["inputs"]["filename_prefix"] = "ksampler"
+    seed, steps = ksampler["3"]["inputs"]["seed"], ksampler["3"]["inputs"]["steps"]
+    custom = small("txt2img_sd15")
+    custom.update({
+        "10": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}},
+        "11": {"class_type": "RandomNoise", "inputs": {"noise_seed": seed}},
+        "12": {"class_type": "BasicScheduler", "inputs": {"model": ["4", 0], "scheduler": "normal", "steps": steps,
+                                                          "denoise": 1.0}},
+        "13": {"class_type": "CFGGuider", "inputs": {"model": ["4", 0], "positive": ["6", 0], "negative": ["7", 0],
+                                                     "cfg": 8.0}},
+        "3": {"class_type": "SamplerCustomAdvanced", "inputs": {"noise": ["11", 0], "guider": ["13", 0],
+                                                                "sampler": ["10", 0], "sigmas": ["12", 0],
+                                                                "latent_image": ["5", 0]}},
+        "14": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 1], "vae": ["4", 2]}},
+        "15": {"class_type": "SaveImage", "inputs": {"images": ["14", 0], "filename_prefix": "denoised"}},
+    })
+    custom["9"]["inputs"]["filename_prefix"] = "custom"
+    reply = mesh.http.post("/prompt", json={"prompt": custom})
+    assert reply.status_code == 200, reply.text
+    job = mesh.wait(reply.json()["prompt_id"], timeout=300)
+    assert job["status"] == "completed", job["error"]
+    images = pixels_by_prefix(mesh, job)
+    assert set(images) == {"custom", "denoised"}
+    assert images["custom"] == pixels_by_prefix(mesh, run(mesh, ksampler))["ksampler"]

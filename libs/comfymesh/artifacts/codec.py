@@ -11,7 +11,8 @@ from comfymesh.artifacts.store import ArtifactStore, TensorRef
 from comfymesh.v1 import common_pb2
 
 # Types whose values are tensor bundles; every other type is a JSON value (literals, model handles).
-TENSOR_TYPES = frozenset({"IMAGE", "MASK", "LATENT", "CONDITIONING"})
+# A GUIDER is a JSON spec holding CONDITIONING values under "conds", so its tensors are stored too.
+TENSOR_TYPES = frozenset({"IMAGE", "MASK", "LATENT", "CONDITIONING", "SIGMAS", "GUIDER"})
 
 
 def to_numpy(value: Any) -> np.ndarray:
@@ -29,8 +30,14 @@ def _is_array(value: Any) -> bool:
 
 
 def _bundle(type_name: str, value: Any) -> tuple[dict[str, np.ndarray], dict[str, Any], str]:
-    if type_name in ("IMAGE", "MASK"):
+    if type_name in ("IMAGE", "MASK", "SIGMAS"):
         return {"value": to_numpy(value)}, {}, "value"
+    if type_name == "GUIDER":
+        tensors, conds = {}, {}
+        for role, conditioning in value["conds"].items():
+            parts, conds[role], _ = _bundle("CONDITIONING", conditioning)
+            tensors.update({f"{role}/{name}": array for name, array in parts.items()})
+        return tensors, {"spec": {k: v for k, v in value.items() if k != "conds"}, "conds": conds}, ""
     if type_name == "LATENT":
         tensors = {key: to_numpy(item) for key, item in value.items() if _is_array(item)}
         extras = {key: item for key, item in value.items() if not _is_array(item)}
@@ -50,8 +57,13 @@ def _bundle(type_name: str, value: Any) -> tuple[dict[str, np.ndarray], dict[str
 
 
 def _unbundle(type_name: str, tensors: dict[str, np.ndarray], extras: dict[str, Any]) -> Any:
-    if type_name in ("IMAGE", "MASK"):
+    if type_name in ("IMAGE", "MASK", "SIGMAS"):
         return tensors["value"]
+    if type_name == "GUIDER":
+        conds = {role: _unbundle("CONDITIONING", {name.removeprefix(f"{role}/"): array for name, array in tensors.items()
+                                                  if name.startswith(f"{role}/")}, plain)
+                 for role, plain in extras["conds"].items()}
+        return {**extras["spec"], "conds": conds}
     if type_name == "LATENT":
         return {**tensors, **extras}
     entries = []

@@ -134,7 +134,10 @@ class Catalog:
         if spec.source is not None:
             return self._source(spec.source)
         entry = self._entries[class_type]["input"]
-        return list((entry.get("required", {}) | entry.get("optional", {}))[input_name][0])
+        head, *options = (entry.get("required", {}) | entry.get("optional", {}))[input_name]
+        if head == "COMBO":  # a V3 node's form: the choices are among the options
+            return list(options[0].get("options", [])) if options else []
+        return list(head)
 
     def file_of(self, class_type: str, input_name: str, value: object) -> Path | None:
         """The existing file an input's value names (a model file, an input image), or None."""

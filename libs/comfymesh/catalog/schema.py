@@ -50,12 +50,16 @@ class Input:
     options: Mapping[str, Any] | None = None
     choices: Sequence[Any] | Source | None = None
     section: str = "required"  # required | optional | hidden
+    # a COMBO of a V3 node shows as `["COMBO", {"multiselect": false, "options": [...], ...}]`
+    v3_combo: bool = False
 
     def spec(self) -> list[Any] | str:
         """The `/object_info` form: `[type or choices, options]` (a hidden input is its bare type)."""
         if self.section == "hidden":
             return self.type
         head: Any = self.type
+        if self.v3_combo and not isinstance(self.choices, Source):
+            return [head, {"multiselect": False, "options": list(self.choices or ()), **(self.options or {})}]
         if self.type == "COMBO":
             head = [{SOURCE_KEY: self.choices.name}] if isinstance(self.choices, Source) else list(self.choices or ())
         return [head] if self.options is None else [head, dict(self.options)]
@@ -83,6 +87,11 @@ def Combo(name: str, choices: Sequence[Any] | Source, opts: Mapping[str, Any] | 
           section: str = "required", **options: Any) -> Input:
     """A list-of-choices input, static or read from a `Source` at request time."""
     return Input(name, "COMBO", _options(opts, options), choices=choices, section=section)
+
+
+def ComboV3(name: str, choices: Sequence[Any], *, section: str = "required", **options: Any) -> Input:
+    """A list-of-choices input as ComfyUI's V3 nodes declare it (`io.Combo.Input`)."""
+    return Input(name, "COMBO", options or None, choices=choices, section=section, v3_combo=True)
 
 
 def Link(name: str, type: str, opts: Mapping[str, Any] | None = None, *,
@@ -124,7 +133,9 @@ class NodeSchema:
         sections: dict[str, dict[str, Any]] = {}
         for item in self.inputs:
             sections.setdefault(item.section, {})[item.name] = item.spec()
-        ordered = {section: sections[section] for section in ("required", "optional", "hidden") if section in sections}
+        # "required" is always there, if empty (a node without inputs), as in ComfyUI
+        ordered = {section: sections.get(section, {}) for section in ("required", "optional", "hidden")
+                   if section in sections or section == "required"}
         return {"input": ordered, "input_order": {section: list(names) for section, names in ordered.items()},
                 "output": [o.type for o in self.outputs], "output_is_list": [o.is_list for o in self.outputs],
                 "output_name": [o.name or o.type for o in self.outputs], "name": self.name,
@@ -193,5 +204,5 @@ def check_schema(schema: NodeSchema) -> None:
         raise DeclarationError(f"node {schema.name!r} has no outputs and is not an output node")
 
 
-__all__ = ["ANY_STAGE", "SOURCE_KEY", "WIDGET_TYPES", "Boolean", "Combo", "DeclarationError", "Float", "Hidden",
+__all__ = ["ANY_STAGE", "SOURCE_KEY", "WIDGET_TYPES", "Boolean", "Combo", "ComboV3", "DeclarationError", "Float", "Hidden",
            "Input", "Int", "Link", "NodeSchema", "NodeSet", "Output", "Source", "String", "check_schema"]

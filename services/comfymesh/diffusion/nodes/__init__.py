@@ -4,7 +4,14 @@ MODEL / CLIP / VAE values are handles (see `handles`) that the model cache resol
 
 from __future__ import annotations
 
-from comfymesh.diffusion.nodes import conditioning, latent, loaders, sampling, vae  # noqa: F401  (they declare)
+from comfymesh.diffusion.nodes import (  # noqa: F401  (they declare)
+    conditioning,
+    custom_sampling,
+    latent,
+    loaders,
+    sampling,
+    vae,
+)
 from comfymesh.diffusion.nodes.registry import nodes
 
 __all__ = ["nodes"]

@@ -14,7 +14,7 @@ from comfymesh.diffusion.latents.formats import LatentFormat
 from comfymesh.diffusion.sampling.guidance import CondEntry, GuidedDenoiser, MaskedDenoiser, UNetFn
 from comfymesh.diffusion.sampling.model_sampling import ModelSampling
 from comfymesh.diffusion.sampling.noise import initial_noise
-from comfymesh.diffusion.sampling.samplers import SAMPLER_NAMES, SAMPLERS, Sampler, SamplerEnv
+from comfymesh.diffusion.sampling.samplers import SAMPLER_NAMES, SAMPLERS, Denoiser, Sampler, SamplerEnv
 from comfymesh.diffusion.sampling.schedulers import ksampler_sigmas
 from comfymesh.errors import NodeInputError, ResourceExhaustedError
 
@@ -121,22 +121,31 @@ def prepare_sample(model: SamplingModel, *, seed: int, steps: int, cfg: float, s
                    last_step: int | None = None, force_full_denoise: bool = False,
                    ) -> PreparedSample | dict[str, Any]:
     """Schedule, initial noise, start point and conditioning of one call; a LATENT when nothing samples."""
+    sigmas = ksampler_sigmas(model.sampling, scheduler, steps, sampler_name, denoise,
+                             start_step, last_step, force_full_denoise)
+    return prepare_with_sigmas(model, torch.zeros(0) if sigmas is None else sigmas, seed=seed, cfg=cfg,
+                               sampler_name=sampler_name, positive=positive, negative=negative, latent=latent,
+                               add_noise=add_noise)
+
+
+def prepare_with_sigmas(model: SamplingModel, sigmas: torch.Tensor, *, seed: int, cfg: float, sampler_name: str,
+                        positive: Sequence[Any], negative: Sequence[Any] | None, latent: dict[str, Any],
+                        add_noise: bool = True) -> PreparedSample | dict[str, Any]:
+    """One call on a given schedule (CPU float32); no negative (None) for guidance by the positive alone."""
     _check_fault()
     sampler = SAMPLERS.get(sampler_name)
     if sampler is None:
         known = "is not implemented yet" if sampler_name in SAMPLER_NAMES else "is unknown"
         raise NodeInputError(f"sampler {sampler_name!r} {known}")
     samples = torch.as_tensor(latent["samples"]).float()
-    sigmas = ksampler_sigmas(model.sampling, scheduler, steps, sampler_name, denoise,
-                             start_step, last_step, force_full_denoise)
-    if sigmas is None or len(sigmas) == 0:
+    if len(sigmas) == 0:
         return {**latent, "samples": samples}
     batch_index = latent.get("batch_index")
     noise = (initial_noise(samples, seed, list(batch_index) if batch_index is not None else None)
              if add_noise else torch.zeros_like(samples))
     hw = (samples.shape[2], samples.shape[3])
     pos = cond_entries(positive, model, hw, "positive")
-    neg = cond_entries(negative, model, hw, "negative")
+    neg = [] if negative is None else cond_entries(negative, model, hw, "negative")
     scaled = model.latent_format.process_in(samples).to(model.device)
     noise = noise.to(model.device)
     mask = None
@@ -157,10 +166,10 @@ def finish_sample(prep: PreparedSample, out: torch.Tensor) -> dict[str, Any]:
 
 
 def run_prepared(prep: PreparedSample, on_step: StepHook | None = None,
-                 check_cancelled: Callable[[], None] | None = None) -> dict[str, Any]:
-    """Sample one prepared call on its own."""
+                 check_cancelled: Callable[[], None] | None = None, guide: Denoiser | None = None) -> dict[str, Any]:
+    """Sample one prepared call on its own; `guide` replaces CFG on the call's conditioning when given."""
     model = prep.model
-    denoiser: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = GuidedDenoiser(
+    denoiser: Denoiser = guide or GuidedDenoiser(
         model.unet, model.sampling, model.prediction, prep.positive, prep.negative, prep.cfg, model.dtype,
         before_eval=check_cancelled)
     if prep.mask is not None:

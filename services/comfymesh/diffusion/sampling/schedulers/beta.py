@@ -1,4 +1,4 @@
-"""beta (α = β = 0.6): timesteps at Beta-distribution quantiles, duplicates dropped, then 0."""
+"""beta (α = β = 0.6 unless given): timesteps at Beta-distribution quantiles, duplicates dropped, then 0."""
 
 import numpy as np
 import torch
@@ -9,12 +9,13 @@ ALPHA = 0.6
 BETA = 0.6
 
 
-def schedule(ms: ModelSampling, steps: int) -> torch.Tensor:
+def schedule(ms: ModelSampling, steps: int, alpha: float = ALPHA, beta: float = BETA) -> torch.Tensor:
+    """The scheduler, or the BetaSamplingScheduler node with its own α and β."""
     total = len(ms.sigmas) - 1
     u = 1.0 - np.arange(steps, dtype=np.float64) / steps
     import scipy.stats  # here, not at module level: scipy adds ~1 s to every stage start
 
-    ts = np.rint(scipy.stats.beta.ppf(u, ALPHA, BETA) * total)  # rint rounds half to even
+    ts = np.rint(scipy.stats.beta.ppf(u, alpha, beta) * total)  # rint rounds half to even
     values: list[float] = []
     last = -1
     for t in ts:

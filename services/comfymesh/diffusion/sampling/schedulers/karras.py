@@ -7,9 +7,13 @@ from comfymesh.diffusion.sampling.model_sampling import ModelSampling
 RHO = 7.0
 
 
-def schedule(ms: ModelSampling, steps: int) -> torch.Tensor:
-    sigma_min, sigma_max = float(ms.sigma_min), float(ms.sigma_max)
+def karras_sigmas(steps: int, sigma_min: float, sigma_max: float, rho: float = RHO) -> torch.Tensor:
+    """The schedule between any two sigmas (the KarrasScheduler node's)."""
     ramp = torch.linspace(0, 1, steps)
-    lo, hi = sigma_min ** (1 / RHO), sigma_max ** (1 / RHO)
-    sigmas = (hi + ramp * (lo - hi)) ** RHO
+    lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+    sigmas = (hi + ramp * (lo - hi)) ** rho
     return torch.cat([sigmas, torch.zeros(1)]).to(torch.float32)
+
+
+def schedule(ms: ModelSampling, steps: int) -> torch.Tensor:
+    return karras_sigmas(steps, float(ms.sigma_min), float(ms.sigma_max))
