@@ -110,6 +110,7 @@ def png_bytes(image: Any) -> bytes:
 def inproc_and_pipeline(path: Path, args: argparse.Namespace) -> None:
     import torch
 
+    from comfymesh.config.fast_path import FastPathSettings
     from comfymesh.diffusion.latents import vae_codec
     from comfymesh.diffusion.models.cache import ModelCache
     from comfymesh.diffusion.sampling import ksampler
@@ -117,8 +118,7 @@ def inproc_and_pipeline(path: Path, args: argparse.Namespace) -> None:
     from comfymesh.outputs import encode_png, frames_uint8
 
     device = torch.device(args.device)
-    os.environ["COMFYMESH_FAST_PATH"] = "0"
-    cache = ModelCache(device=device)
+    cache = ModelCache(device=device, fast=FastPathSettings(fast_path=False))
     start = time.perf_counter()
     ckpt = cache.get(path)
     say(f"in-process load {time.perf_counter() - start:.1f} s on {device}")

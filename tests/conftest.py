@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from comfymesh.config import Settings, get_settings
 from tests.mesh import SHARED, Mesh
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -25,6 +26,21 @@ def imaging_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
         yield mesh.start()
     finally:
         mesh.stop()
+
+
+@pytest.fixture
+def configure(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Settings]]:
+    """`configure(trace="1", ...)`: set those COMFYMESH_* variables for this test and read the process's
+    settings again, as a service started with them would (both undone afterwards)."""
+
+    def apply(**values: str) -> Settings:
+        for name, value in values.items():
+            monkeypatch.setenv(f"COMFYMESH_{name.upper()}", value)
+        get_settings.cache_clear()
+        return get_settings()
+
+    yield apply
+    get_settings.cache_clear()  # before monkeypatch restores the variables: the next read sees them restored
 
 
 @pytest.fixture

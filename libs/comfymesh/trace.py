@@ -11,12 +11,10 @@ from __future__ import annotations
 import sys
 import time
 
-from comfymesh.config import env_flag
-
-ENABLED = env_flag("COMFYMESH_TRACE", False)
+from comfymesh.config import get_settings
 
 
 def mark(point: str) -> None:
     """Record that this process reached `point` (a dotted name without quotes) now."""
-    if ENABLED:
+    if get_settings().trace:
         sys.stderr.write(f'{{"trace": "{point}", "t": {time.time():.6f}}}\n')

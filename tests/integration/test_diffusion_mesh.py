@@ -9,6 +9,7 @@ import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,15 +18,27 @@ from PIL import Image
 from tests.mesh import SHARED, Mesh
 
 CHECKPOINTS = {"sd15.safetensors": "sd15", "sdxl.safetensors": "sdxl"}
+# a checkpoint only in a folder that an extra_model_paths.yaml (ComfyUI's format) names, outside the data root
+EXTRA_CHECKPOINT = "elsewhere/extra_sd15.safetensors"
+ALL_CHECKPOINTS = sorted([*CHECKPOINTS, EXTRA_CHECKPOINT])
+
+
+def tiny_checkpoint(family: str, path: Path) -> None:
+    subprocess.run([sys.executable, "-m", "comfymesh.diffusion.models.tiny_checkpoint", "--family", family,
+                    "--seed", "1", str(path)], check=True, capture_output=True)
 
 
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     home = tmp_path_factory.mktemp("diffusion-home")
-    mesh = Mesh(home, stages=("imaging", "diffusion"), diffusion_replicas=2)
+    models = tmp_path_factory.mktemp("my-comfyui") / "models"
+    tiny_checkpoint("sd15", models / "checkpoints" / EXTRA_CHECKPOINT)
+    extra_paths = models.parent / "extra_model_paths.yaml"
+    extra_paths.write_text("my_comfyui:\n  base_path: models\n  checkpoints: checkpoints\n")
+    mesh = Mesh(home, stages=("imaging", "diffusion"), diffusion_replicas=2,
+                env={"COMFYMESH_EXTRA_MODEL_PATHS": str(extra_paths)})
     for name, family in CHECKPOINTS.items():
-        subprocess.run([sys.executable, "-m", "comfymesh.diffusion.models.tiny_checkpoint", "--family", family,
-                        "--seed", "1", str(home / "models" / "checkpoints" / name)], check=True, capture_output=True)
+        tiny_checkpoint(family, home / "models" / "checkpoints" / name)
     shutil.copy(SHARED / "data" / "coffee.png", home / "input" / "example.png")
     try:
         yield mesh.start()
@@ -121,11 +134,20 @@ def test_checkpoints_endpoint_gives_size_and_digest(mesh: Mesh) -> None:
     import hashlib
 
     listing = mesh.http.get("/v1/checkpoints").json()["checkpoints"]
-    assert [c["name"] for c in listing] == sorted(CHECKPOINTS)
+    assert [c["name"] for c in listing] == ALL_CHECKPOINTS
     path = mesh.home / "models" / "checkpoints" / "sd15.safetensors"
     entry = next(c for c in listing if c["name"] == "sd15.safetensors")
     assert entry["size"] == path.stat().st_size
     assert entry["digest"] == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_a_checkpoint_in_an_extra_model_path_is_listed_and_loads(mesh: Mesh) -> None:
+    info = mesh.http.get("/object_info/CheckpointLoaderSimple").json()
+    assert info["CheckpointLoaderSimple"]["input"]["required"]["ckpt_name"][0] == ALL_CHECKPOINTS
+    prompt = small("txt2img_sd15")
+    prompt["4"]["inputs"]["ckpt_name"] = EXTRA_CHECKPOINT
+    job = run(mesh, prompt)
+    assert sizes(mesh, job) == [(64, 64)]
 
 
 def replicas_that_ran(mesh: Mesh, job_id: str) -> set[str]:
@@ -168,7 +190,7 @@ def test_model_runner_lists_loads_and_unloads(mesh: Mesh) -> None:
 
     empty, loaded, listed, missing = asyncio.run(session())
     assert not any(m.loaded for m in empty.models)
-    assert {m.name for m in empty.models} == set(CHECKPOINTS)
+    assert sorted(m.name for m in empty.models) == ALL_CHECKPOINTS
     assert loaded.loaded and loaded.family and len(loaded.digest) == 64 and loaded.bytes > 0
     resident = [m for m in listed.models if m.loaded]
     assert [m.name for m in resident] == ["sd15.safetensors"] and listed.memory_used_bytes > 0

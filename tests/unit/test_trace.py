@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 
 import pytest
 
 from comfymesh import trace
+from comfymesh.config import Settings
 
 
-def test_marks_are_json_lines_with_wall_clock_times(monkeypatch: pytest.MonkeyPatch,
+def test_marks_are_json_lines_with_wall_clock_times(configure: Callable[..., Settings],
                                                     capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setattr(trace, "ENABLED", True)
+    configure(trace="1")
     before = time.time()
     trace.mark("stage.node.KSampler")
     trace.mark("gateway.view")
@@ -21,7 +23,9 @@ def test_marks_are_json_lines_with_wall_clock_times(monkeypatch: pytest.MonkeyPa
     assert before <= lines[0]["t"] <= lines[1]["t"] <= time.time()
 
 
-def test_off_by_default_writes_nothing(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setattr(trace, "ENABLED", False)
+def test_off_by_default_writes_nothing(monkeypatch: pytest.MonkeyPatch, configure: Callable[..., Settings],
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.delenv("COMFYMESH_TRACE", raising=False)
+    configure()
     trace.mark("gateway.view")
     assert capsys.readouterr().err == ""

@@ -1,22 +1,29 @@
-"""One frozen settings object for every service, read once from `COMFYMESH_*` environment variables."""
+"""One frozen settings object for every service, read once from `COMFYMESH_*` environment variables.
+
+Fields of one concern live in their own module (`fast_path`, `batching`, `diffusion`, `testing`) and
+`Settings` joins them, so each variable keeps its flat `COMFYMESH_<FIELD>` name.
+"""
 
 from __future__ import annotations
 
-import os
 from functools import lru_cache
 from pathlib import Path
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from comfymesh.config.batching import BatchingSettings
+from comfymesh.config.diffusion import DiffusionSettings
+from comfymesh.config.fast_path import FastPathSettings
 from comfymesh.config.policies import RetryPolicy, TimeoutPolicy
+from comfymesh.config.testing import FaultSwitches
 
 # shorter tokens and secrets are refused at start-up: they fall to guessing
 MIN_SECRET_LENGTH = 16
 MAKE_SECRET = "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
 
 
-class Settings(BaseSettings):
+class Settings(FastPathSettings, BatchingSettings, DiffusionSettings, FaultSwitches, BaseSettings):
     """Zero-configuration defaults that run the whole mesh on one machine."""
 
     model_config = SettingsConfigDict(env_prefix="COMFYMESH_", frozen=True, extra="ignore")
@@ -63,6 +70,11 @@ class Settings(BaseSettings):
     outbound_allow: str = Field("", description="comma-separated networks (CIDR) and host names that outbound "
                                                 "requests (webhooks) may reach although they are loopback, "
                                                 "private or link-local (empty: public addresses only)")
+    grpc_max_message_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="largest gRPC message, both ways "
+                                                                              "(tensors never cross gRPC)")
+    trace: bool = Field(False, description="every service writes a JSON mark to stderr at each hop of a job "
+                                           "(comfymesh.trace)")
+    node_timings: bool = Field(False, description="stages log each node's wall-clock start and duration")
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
     log_json: bool = Field(True, description="structured JSON logs (false: plain text)")
     # secrets are SecretStr so that a logged or printed Settings shows '**********', never the value
@@ -71,6 +83,8 @@ class Settings(BaseSettings):
                                                           "public keys (RS256/ES256) that sign accepted JWTs")
     jwt_allowed_users: str = Field("", description="comma-separated JWT `sub` values allowed in (empty: any)")
     session_ttl_s: float = Field(12 * 3600.0, gt=0, description="lifetime of a browser login's session cookie")
+    webhook_secret: SecretStr = Field(SecretStr(""), description="signs webhooks (empty: a random secret kept "
+                                                                 "in <home>/webhook_secret)")
     internal_secret: SecretStr = Field(SecretStr(""), description="shared secret every gRPC call between "
                                                                   "services must carry")
     grpc_tls_cert: str = Field("", description="PEM certificate chain a gRPC service presents (with grpc_tls_key)")
@@ -158,16 +172,6 @@ def configuration_problems(exc: ValidationError) -> str:
     return "comfymesh: invalid configuration\n  " + "\n  ".join(lines)
 
 
-__all__ = ["RetryPolicy", "Settings", "TimeoutPolicy", "get_settings"]
+__all__ = ["BatchingSettings", "DiffusionSettings", "FastPathSettings", "FaultSwitches", "RetryPolicy", "Settings",
+           "TimeoutPolicy", "get_settings"]
 
-
-def env_flag(name: str, default: bool) -> bool:
-    """A yes/no switch from the environment (1/true/yes/on, 0/false/no/off); `default` when unset or unclear.
-
-    For per-process tuning switches read where they act (fast path, batching), not part of Settings."""
-    value = os.environ.get(name, "").strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off"):
-        return False
-    return default

@@ -3,7 +3,6 @@ when COMFYMESH_GRPC_TLS_CA names the CA to verify services against."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import grpc
@@ -14,7 +13,7 @@ from comfymesh.rpc.auth import client_interceptors
 
 def max_message_bytes() -> int:
     """Control-plane bound; tests lower it (COMFYMESH_GRPC_MAX_MESSAGE_BYTES) to prove no tensor travels."""
-    return int(os.environ.get("COMFYMESH_GRPC_MAX_MESSAGE_BYTES", str(4 * 1024 * 1024)))
+    return get_settings().grpc_max_message_bytes
 
 
 def channel_options() -> list[tuple[str, int]]:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from comfymesh.catalog.model_folders import ModelFolders
 from comfymesh.errors import InterruptedError_
 from comfymesh.graph.limits import OutputLimits
 
@@ -47,6 +48,13 @@ class NodeContext:
     extras: dict[str, Any] = field(default_factory=dict)
     # set by the stage runtime; a context made by hand (tests, tools) has no limits
     limits: OutputLimits | None = None
+    # set by the stage runtime (with the extra model paths); a context made by hand reads <home>/models only
+    model_folders: ModelFolders | None = None
+
+    @property
+    def models(self) -> ModelFolders:
+        """The model-folder registry the node resolves model files in."""
+        return self.model_folders or ModelFolders(self.home, {})
 
     def check_cancelled(self) -> None:
         """Raise if the job was cancelled; long loops call this once per step."""

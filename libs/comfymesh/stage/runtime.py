@@ -24,6 +24,8 @@ from typing import Any
 from comfymesh import trace, wirejson
 from comfymesh.artifacts import ArtifactStore, decode_value, encode_value
 from comfymesh.catalog import Catalog
+from comfymesh.config import get_settings
+from comfymesh.config.testing import node_hangs
 from comfymesh.errors import NodeInputError
 from comfymesh.graph.limits import OutputLimits
 from comfymesh.logs import log_fields
@@ -32,10 +34,6 @@ from comfymesh.stage.node import NodeContext, NodeImpl
 from comfymesh.v1 import stage_pb2
 
 log = logging.getLogger("comfymesh.stage")
-# Benchmarks: log each node's wall-clock start and duration (the mesh-overhead split in bench/)
-_TIMINGS = os.environ.get("COMFYMESH_NODE_TIMINGS") == "1"
-# Test-only fault switch: node classes that hang silently (no progress) until cancelled.
-_HANG_NODES = frozenset(filter(None, os.environ.get("COMFYMESH_TEST_HANG_NODES", "").split(",")))
 
 
 def _hang(ctx: NodeContext) -> None:
@@ -138,13 +136,15 @@ class GroupRun:
                 progress=stage_pb2.NodeProgress(node_id=call.node_id, value=value, max=maximum))),
             report_preview=self._preview_reporter(call.node_id),
             is_cancelled=self.cancelled.is_set,
-            attempt_key=f"{self.request.job_id}:{call.node_id}", limits=self.limits)
-        if call.class_type in _HANG_NODES:
+            attempt_key=f"{self.request.job_id}:{call.node_id}", limits=self.limits,
+            model_folders=self.catalog.folders)
+        settings = get_settings()
+        if node_hangs(settings, call.class_type):
             _hang(ctx)
         trace.mark(f"stage.node.{call.class_type}")
         started, clock = time.time(), time.perf_counter()
         outputs = impl(ctx, **inputs)
-        if _TIMINGS:
+        if settings.node_timings:  # benchmarks: the mesh-overhead split in bench/
             log.info("node timing", extra=log_fields(job=self.request.job_id, node=call.node_id, class_type=call.class_type,
                                                      start=started, ms=round((time.perf_counter() - clock) * 1000, 3)))
         definition = self.catalog.get(call.class_type)

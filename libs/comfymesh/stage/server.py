@@ -55,10 +55,11 @@ def code_version(package_dir: Path) -> str:
 
 
 class StageServicer(stage_pb2_grpc.StageServicer):
-    """Runs groups with at most `slots` at once; a cancelled call stops its nodes at the next step."""
+    """Runs groups with at most `slots` at once (default COMFYMESH_STAGE_SLOTS); a cancelled call stops its
+    nodes at the next step."""
 
     def __init__(self, stage: str, nodes: NodeSet, settings: Settings, version: str,
-                 device: str = "cpu") -> None:
+                 device: str = "cpu", slots: int | None = None) -> None:
         self.stage = stage
         # output nodes run in whichever stage produced their image, so every stage hosts them
         self.node_set = NodeSet(stage)
@@ -73,8 +74,9 @@ class StageServicer(stage_pb2_grpc.StageServicer):
         self.catalog = Catalog(settings.home, self.declared, model_folders(settings))
         self.store = ArtifactStore(settings.artifacts)
         self.limits = OutputLimits(settings.max_pixels, settings.max_batch)
-        self.slots = asyncio.Semaphore(settings.stage_slots)
-        self.executor = ThreadPoolExecutor(max_workers=settings.stage_slots, thread_name_prefix=stage)
+        self.slot_count = slots or settings.stage_slots
+        self.slots = asyncio.Semaphore(self.slot_count)
+        self.executor = ThreadPoolExecutor(max_workers=self.slot_count, thread_name_prefix=stage)
 
     async def RunStage(self, request: stage_pb2.StageRequest,
                        context: grpc.aio.ServicerContext) -> AsyncIterator[stage_pb2.StageEvent]:
@@ -109,7 +111,7 @@ class StageServicer(stage_pb2_grpc.StageServicer):
     async def Describe(self, request: stage_pb2.DescribeRequest,
                        context: grpc.aio.ServicerContext) -> stage_pb2.DescribeResponse:
         return stage_pb2.DescribeResponse(stage=self.stage, node_types=sorted(self.nodes),
-                                          slots=self.settings.stage_slots, code_version=self.version,
+                                          slots=self.slot_count, code_version=self.version,
                                           device=self.device, nodes_json=wirejson.dumps(self.declared),
                                           plugin_errors=[str(error) for error in self.plugin_errors])
 
@@ -134,8 +136,9 @@ async def serve_stage(servicer: StageServicer, listen: str,
 def stage_main(stage: str, load_nodes: Callable[[], NodeSet], package_dir: Path,
                default_listen: str, device: Callable[[], str] = lambda: "cpu",
                extra: Callable[[StageServicer], tuple[list[Callable[[grpc.aio.Server], None]], list[str]]]
-               | None = None) -> None:
-    """Command-line entry of a stage service: `--help`, `--listen`, logging, serve."""
+               | None = None, slots: Callable[[Settings], int] | None = None) -> None:
+    """Command-line entry of a stage service: `--help`, `--listen`, logging, serve. `slots`: how many calls
+    the stage runs at once, from the settings (default COMFYMESH_STAGE_SLOTS)."""
     import argparse
 
     from comfymesh.config import get_settings
@@ -158,7 +161,8 @@ def stage_main(stage: str, load_nodes: Callable[[], NodeSet], package_dir: Path,
     sys.setswitchinterval(settings.gil_switch_interval_s)
 
     async def run() -> None:
-        servicer = StageServicer(stage, load_nodes(), settings, code_version(package_dir), device())
+        servicer = StageServicer(stage, load_nodes(), settings, code_version(package_dir), device(),
+                                 slots(settings) if slots else None)
         registrars, names = extra(servicer) if extra else ([], [])
         gctune.settle(gctune.parse_thresholds(settings.gc_thresholds))
         await serve_stage(servicer, args.listen, registrars, names)

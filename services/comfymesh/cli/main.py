@@ -18,6 +18,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from comfymesh.cli.supervisor import ServiceSpec, Supervisor, ignore_stop_signals, interrupt_on_stop_signals
 from comfymesh.config import get_settings
+from comfymesh.config.process_env import child_environment
 
 app = typer.Typer(help="comfymesh: run ComfyUI workflows on a gRPC service mesh.", no_args_is_help=True,
                   add_completion=False)
@@ -59,7 +60,7 @@ def up(
     settings = get_settings()
     for folder in DATA_FOLDERS:
         settings.folder(folder)
-    env = {**os.environ, "COMFYMESH_HOME": str(settings.home), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    env = child_environment({"COMFYMESH_HOME": str(settings.home), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
     if not settings.internal_secret.get_secret_value():
         # one random secret per `up`, shared by the children only: no other local process can call them
         env["COMFYMESH_INTERNAL_SECRET"] = secrets.token_urlsafe(32)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import grpc
 
 from comfymesh.catalog.schema import NodeSet
-from comfymesh.config import get_settings
+from comfymesh.config import Settings, get_settings
 from comfymesh.stage.server import StageServicer, stage_main
 
 
@@ -16,7 +15,7 @@ def _nodes() -> NodeSet:
     from comfymesh.diffusion.nodes import nodes
     from comfymesh.diffusion.warmup import start_warmup
 
-    start_warmup(get_settings().home)
+    start_warmup(get_settings())
     return nodes
 
 
@@ -39,22 +38,17 @@ def _model_runner(stage: StageServicer) -> tuple[list, list[str]]:
     return [register], ["comfymesh.v1.ModelRunner"]
 
 
-def _batching_slots() -> None:
-    """With cross-job batching on, let as many calls run at once as may share a batch (Describe reports it,
-    so the orchestrator sends that many); stage_main reads the settings after this."""
-    from comfymesh.diffusion.sampling.batching import batch_config
-
-    config = batch_config()
-    slots = get_settings().stage_slots
-    if config.enabled and config.max_jobs > slots:
-        os.environ["COMFYMESH_STAGE_SLOTS"] = str(min(64, config.max_jobs))
-        get_settings.cache_clear()  # read once at start-up: this is still start-up
+def batching_slots(settings: Settings) -> int:
+    """Calls the stage runs at once: with cross-job batching on, as many as may share a batch (Describe
+    reports it, so the orchestrator sends that many), else COMFYMESH_STAGE_SLOTS."""
+    if settings.batching_enabled:
+        return max(settings.stage_slots, settings.batch_max)
+    return settings.stage_slots
 
 
 def main() -> None:
-    _batching_slots()
     stage_main("diffusion", _nodes, Path(__file__).parent, get_settings().diffusion_replicas.split(",")[0],
-               device=_device, extra=_model_runner)
+               device=_device, extra=_model_runner, slots=batching_slots)
 
 
 if __name__ == "__main__":

@@ -55,8 +55,8 @@ class ModelRunnerServicer(model_runner_pb2_grpc.ModelRunnerServicer):
                          context: grpc.aio.ServicerContext) -> model_runner_pb2.ListModelsResponse:
         loaded = await asyncio.to_thread(self.cache.list)
         names = {entry["name"] for entry in loaded}
-        on_disk = [{"name": name, "bytes": (self.home / "models" / "checkpoints" / name).stat().st_size}
-                   for name in self.catalog.model_files("checkpoints") if name not in names]
+        on_disk = [{"name": name, "bytes": path.stat().st_size} for name in self.catalog.model_files("checkpoints")
+                   if name not in names and (path := self.catalog.folders.resolve("checkpoints", name))]
         total, free = await asyncio.to_thread(device_memory, self.cache.device)
         return model_runner_pb2.ListModelsResponse(
             models=[self._info(e, True) for e in loaded] + [self._info(e, False) for e in on_disk],
@@ -65,10 +65,12 @@ class ModelRunnerServicer(model_runner_pb2_grpc.ModelRunnerServicer):
 
     async def LoadModel(self, request: model_runner_pb2.LoadModelRequest,
                         context: grpc.aio.ServicerContext) -> model_runner_pb2.ModelInfo:
-        if request.name not in self.catalog.model_files("checkpoints"):
+        path = self.catalog.folders.resolve("checkpoints", request.name)
+        if path is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no checkpoint {request.name!r} in models/checkpoints")
+        assert path is not None
         try:
-            loaded = await asyncio.to_thread(self.cache.load, request.name, self.home / "models" / "checkpoints")
+            loaded = await asyncio.to_thread(self.cache.get, path)
         except ComfymeshError as exc:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, exc.message)
         return model_runner_pb2.ModelInfo(name=loaded.name, digest=loaded.digest, bytes=loaded.nbytes,
@@ -92,7 +94,8 @@ class ModelRunnerServicer(model_runner_pb2_grpc.ModelRunnerServicer):
         def run() -> model_runner_pb2.InferResponse:
             inputs: dict[str, Any] = json.loads(request.literal_inputs_json or "{}")
             inputs.update({name: decode_value(value, self.store) for name, value in request.inputs.items()})
-            ctx = NodeContext(job_id="infer", node_id="infer", class_type=request.class_type, home=self.home)
+            ctx = NodeContext(job_id="infer", node_id="infer", class_type=request.class_type, home=self.home,
+                              model_folders=self.catalog.folders)
             try:
                 outputs = impl(ctx, **inputs)
             except Exception as exc:

@@ -3,41 +3,47 @@
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from pathlib import Path
 from typing import Any
 
+from comfymesh.catalog.model_folders import model_folders
+from comfymesh.config import Settings
 from comfymesh.diffusion.fast.compile_cache import compile_cache_dir
 from comfymesh.diffusion.fast.manifest import WarmTarget, warmup_from_manifest
-from comfymesh.diffusion.fast.switches import MANIFEST_ENV, fast_enabled
 from comfymesh.diffusion.models.cache import get_model_cache
 from comfymesh.diffusion.models.convert import import_model_code
+from comfymesh.errors import ModelError
 from comfymesh.logs import log_fields
 
 log = logging.getLogger(__name__)
 
 
-def start_warmup(home: Path) -> None:
+def start_warmup(settings: Settings) -> None:
     """Stage start on a GPU: import the model code before serving (so the first request pays only for
     its model's load, like a started ComfyUI), point the compile caches at <home>, and build the buckets
-    of the warm-up manifest ($COMFYMESH_WARMUP_MANIFEST) in the background. CPU stages (tests, laptops)
+    of the warm-up manifest (COMFYMESH_WARMUP_MANIFEST) in the background. CPU stages (tests, laptops)
     start at once and import on first use."""
     cache = get_model_cache()
-    if not fast_enabled(cache.device):
+    if not cache.fast.fast_enabled(cache.device.type):
         return
     log.info("model code imported", extra=log_fields(seconds=round(import_model_code(), 2)))
-    compile_cache_dir(home)
-    if not os.environ.get(MANIFEST_ENV):
+    compile_cache_dir(settings.home)
+    if not settings.warmup_manifest:
         return
+    folders = model_folders(settings)
+    manifest = Path(settings.warmup_manifest)
 
     def load(name: str) -> WarmTarget:
-        ckpt = cache.get(home / "models" / "checkpoints" / name)
+        path = folders.resolve("checkpoints", name)
+        if path is None:
+            raise ModelError(f"warm-up manifest names checkpoint {name!r}, which is not in models/checkpoints")
+        ckpt = cache.get(path)
         vae: Any = ckpt.parts.vae
         return WarmTarget(cache.sampling_model(ckpt), cache.decoder(ckpt), vae.config.latent_channels)
 
     def run() -> None:
-        started = warmup_from_manifest(load)
+        started = warmup_from_manifest(load, manifest)
         log.info("warm-up manifest: building %s", ", ".join(started) or "nothing")
 
     threading.Thread(target=run, name="comfymesh-warmup", daemon=True).start()

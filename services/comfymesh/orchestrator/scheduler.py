@@ -64,7 +64,7 @@ class Scheduler:
         self._user_cancelled: set[str] = set()
         self._gc: asyncio.Task[None] | None = None
         self.outbound = OutboundPolicy.parse(settings.outbound_allow)
-        self.webhooks = WebhookSender(load_secret(settings.home), self.bus, self.outbound)
+        self.webhooks = WebhookSender(load_secret(settings), self.bus, self.outbound)
         self._limits = resource_limits(settings.max_pixels, settings.max_batch, settings.max_steps)
         self._recovered = False  # jobs start straight from submit only once recovery has re-queued old ones
         self._expiring: set[str] = set()

@@ -17,11 +17,11 @@ import logging
 import os
 import secrets
 import time
-from pathlib import Path
 from typing import Any
 
 import httpx
 
+from comfymesh.config import Settings
 from comfymesh.config.policies import RetryPolicy
 from comfymesh.logs import log_fields
 from comfymesh.orchestrator.events import EventBus
@@ -38,11 +38,12 @@ def sign(secret: bytes, message_id: str, timestamp: int, body: bytes) -> str:
     return "v1," + base64.b64encode(digest).decode()
 
 
-def load_secret(home: Path) -> bytes:
+def load_secret(settings: Settings) -> bytes:
     """COMFYMESH_WEBHOOK_SECRET, or a random secret kept in <home>/webhook_secret (created once, mode 600)."""
-    configured = os.environ.get("COMFYMESH_WEBHOOK_SECRET")
+    configured = settings.webhook_secret.get_secret_value()
     if configured:
         return configured.encode()
+    home = settings.home
     path = home / "webhook_secret"
     if not path.exists():
         home.mkdir(parents=True, exist_ok=True)

@@ -16,10 +16,13 @@ from typing import Any
 import pytest
 import torch
 
+from comfymesh.config import Settings
+from comfymesh.config.batching import BatchingSettings
+from comfymesh.diffusion.__main__ import batching_slots
 from comfymesh.diffusion.models.cache import ModelCache
 from comfymesh.diffusion.nodes import nodes
 from comfymesh.diffusion.sampling import batching
-from comfymesh.diffusion.sampling.batching import SamplingBatcher, batch_config, set_batcher
+from comfymesh.diffusion.sampling.batching import SamplingBatcher, set_batcher
 from comfymesh.errors import InterruptedError_
 from comfymesh.stage.node import NodeContext
 
@@ -228,40 +231,21 @@ def test_everyone_cancelled_stops_the_loop(tiny_home: Path, handles: dict[str, A
     assert len(forwards) == 1
 
 
-def test_window_zero_means_no_batching(tiny_home: Path, handles: dict[str, Any], forwards: list[int],
-                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(batching.WINDOW_ENV, raising=False)
-    assert not batch_config().enabled  # opt-in on every device
-    monkeypatch.setenv(batching.WINDOW_ENV, "20")
-    monkeypatch.setenv(batching.MAX_ENV, "4")
-    assert batch_config() == batching.BatchConfig(0.02, 4)
-    monkeypatch.setenv(batching.WINDOW_ENV, "0")
-    set_batcher(None)  # the process-wide one, from the environment: off
+def test_window_zero_means_no_batching(tiny_home: Path, handles: dict[str, Any], forwards: list[int]) -> None:
+    assert not BatchingSettings().batching_enabled  # opt-in on every device
+    assert BatchingSettings(batch_window_ms=20, batch_max=4).batch_window_s == 0.02
+    assert not BatchingSettings(batch_window_ms=20, batch_max=1).batching_enabled
+    set_batcher(None)  # the process-wide one, from the settings: off by default
     run_concurrently(tiny_home, handles, [Job(1), Job(2)])
     batcher = batching.get_batcher()
     assert batcher.stats.batches == 0 and batcher.stats.solo_calls == 2
     assert forwards == [2] * 6
 
 
-def test_stage_slots_rise_with_batching(monkeypatch: pytest.MonkeyPatch) -> None:
-    from comfymesh.config import get_settings
-    from comfymesh.diffusion.__main__ import _batching_slots
-
-    monkeypatch.setenv("COMFYMESH_STAGE_SLOTS", "2")
-    monkeypatch.setenv(batching.WINDOW_ENV, "15")
-    monkeypatch.setenv(batching.MAX_ENV, "6")
-    get_settings.cache_clear()
-    try:
-        _batching_slots()
-        assert get_settings().stage_slots == 6
-        monkeypatch.setenv("COMFYMESH_STAGE_SLOTS", "2")
-        monkeypatch.setenv(batching.WINDOW_ENV, "0")
-        get_settings.cache_clear()
-        _batching_slots()
-        assert get_settings().stage_slots == 2
-    finally:
-        monkeypatch.undo()
-        get_settings.cache_clear()
+def test_stage_slots_rise_with_batching() -> None:
+    assert batching_slots(Settings(stage_slots=2, batch_window_ms=15, batch_max=6)) == 6
+    assert batching_slots(Settings(stage_slots=2, batch_window_ms=0, batch_max=6)) == 2
+    assert batching_slots(Settings(stage_slots=12, batch_window_ms=15, batch_max=6)) == 12
 
 
 @pytest.mark.usefixtures("batch_invariant_unet")
@@ -284,7 +268,7 @@ def test_a_call_on_an_idle_gpu_starts_at_once(tiny_home: Path, handles: dict[str
     run_concurrently(tiny_home, handles, [Job(31, steps=2)])
     assert time.monotonic() - start < 20 and batcher.stats.solo_calls == 1 and batcher.stats.batches == 0
     # while a loop keeps the GPU busy (held open here), the next arrivals gather and run as one batch
-    batcher.config = batching.BatchConfig(5.0, 2)
+    batcher.config = BatchingSettings(batch_window_ms=5000, batch_max=2)
     with batcher._lock:
         batcher._sampling += 1
     try:

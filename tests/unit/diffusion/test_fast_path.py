@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from comfymesh.diffusion.fast import builder, compile_cache, switches
+from comfymesh.config.fast_path import FastPathSettings
+from comfymesh.diffusion.fast import builder, compile_cache
 from comfymesh.diffusion.fast.decoder import FastDecoder
 from comfymesh.diffusion.fast.manifest import WarmTarget, unet_inputs, warmup_from_manifest
 from comfymesh.diffusion.fast.unet import FastUNet
@@ -45,13 +46,13 @@ def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def test_fast_path_off_on_cpu_by_default(monkeypatch: pytest.MonkeyPatch, tiny_home: Path,
                                          cpu_cache: ModelCache) -> None:
-    monkeypatch.delenv(switches.FAST_ENV, raising=False)
-    assert not switches.fast_enabled(torch.device("cpu"))
-    assert switches.fast_enabled(torch.device("cuda"))
-    monkeypatch.setenv(switches.FAST_ENV, "0")
-    assert not switches.fast_enabled(torch.device("cuda"))
+    default = FastPathSettings()
+    assert not default.fast_enabled("cpu") and default.fast_enabled("cuda")
+    assert FastPathSettings(fast_path="auto") == default
+    assert not FastPathSettings(fast_path="0").fast_enabled("cuda")
+    assert not FastPathSettings(compile=False).compile_enabled("cuda") and default.compile_enabled("cuda")
     ckpt = cpu_cache.get(tiny_home / "models" / "checkpoints" / "sd15.safetensors")
-    monkeypatch.delenv(switches.FAST_ENV)
+    monkeypatch.setattr(cpu_cache, "fast", default)
     assert not isinstance(cpu_cache.sampling_model(ckpt).unet, FastUNet)
 
 
@@ -60,7 +61,7 @@ def test_compiled_bucket_matches_eager(monkeypatch: pytest.MonkeyPatch, tiny_hom
     ckpt = cpu_cache.get(tiny_home / "models" / "checkpoints" / "sd15.safetensors")
     with torch.no_grad():
         eager = _sample(cpu_cache.sampling_model(ckpt), cpu_cache, ckpt)
-        monkeypatch.setenv(switches.FAST_ENV, "1")
+        monkeypatch.setattr(cpu_cache, "fast", FastPathSettings(fast_path=True))
         model = cpu_cache.sampling_model(ckpt)
         fast = model.unet
         assert isinstance(fast, FastUNet)
@@ -91,9 +92,7 @@ def test_failed_build_stays_eager(tiny_home: Path, cpu_cache: ModelCache) -> Non
 
 def test_warmup_manifest_starts_buckets(tmp_path: Path, tiny_home: Path, cpu_cache: ModelCache,
                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(switches.FAST_ENV, "1")
-    monkeypatch.setenv(switches.COMPILE_ENV, "1")
-    monkeypatch.setenv(switches.BACKEND_ENV, "eager")
+    monkeypatch.setattr(cpu_cache, "fast", FastPathSettings(fast_path=True, compile=True, compile_backend="eager"))
     manifest = tmp_path / "warmup.json"
     manifest.write_text(json.dumps([{"ckpt": "sd15.safetensors", "width": 64, "height": 64, "batch": 2}]))
 
@@ -113,8 +112,7 @@ def test_warmup_manifest_starts_buckets(tmp_path: Path, tiny_home: Path, cpu_cac
 
 def test_compiled_decoder_matches_eager(monkeypatch: pytest.MonkeyPatch, tiny_home: Path,
                                         cpu_cache: ModelCache) -> None:
-    monkeypatch.setenv(switches.FAST_ENV, "1")
-    monkeypatch.setenv(switches.COMPILE_ENV, "1")
+    monkeypatch.setattr(cpu_cache, "fast", FastPathSettings(fast_path=True, compile=True))
     ckpt = cpu_cache.get(tiny_home / "models" / "checkpoints" / "sd15.safetensors")
     latent = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(5)) * 4
     with torch.no_grad():
@@ -135,11 +133,9 @@ def test_compiled_decoder_matches_eager(monkeypatch: pytest.MonkeyPatch, tiny_ho
 def test_no_decoder_without_compilation(monkeypatch: pytest.MonkeyPatch, tiny_home: Path,
                                         cpu_cache: ModelCache) -> None:
     ckpt = cpu_cache.get(tiny_home / "models" / "checkpoints" / "sd15.safetensors")
-    monkeypatch.setenv(switches.FAST_ENV, "1")
-    monkeypatch.setenv(switches.COMPILE_ENV, "0")  # CUDA graphs only: the VAE decodes eagerly
-    assert cpu_cache.decoder(ckpt) is None
-    monkeypatch.setenv(switches.COMPILE_ENV, "1")
-    monkeypatch.setenv(switches.FAST_ENV, "0")
+    monkeypatch.setattr(cpu_cache, "fast", FastPathSettings(fast_path=True, compile=False))
+    assert cpu_cache.decoder(ckpt) is None  # CUDA graphs only: the VAE decodes eagerly
+    monkeypatch.setattr(cpu_cache, "fast", FastPathSettings(fast_path=False, compile=True))
     assert cpu_cache.decoder(ckpt) is None
 
 
@@ -165,11 +161,10 @@ def test_compile_cache_dir_under_home(tmp_path: Path, monkeypatch: pytest.Monkey
 
 
 def test_compilation_waits_for_a_quiet_moment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(switches.IDLE_ENV, "0.3")
-    monkeypatch.setenv(switches.MAX_DEFER_ENV, "5")
+    settings = FastPathSettings(compile_idle_s=0.3, compile_max_defer_s=5)
     monkeypatch.setitem(builder._activity, "last_call", 0.0)
     start = time.monotonic()
-    builder._wait_until_idle()  # nothing ran lately: at once
+    builder._wait_until_idle(settings)  # nothing ran lately: at once
     assert time.monotonic() - start < 0.2
     # UNet calls keep coming for a second: the compilation waits for them to stop, then 0.3 s more
     stop = time.monotonic() + 1.0
@@ -182,13 +177,12 @@ def test_compilation_waits_for_a_quiet_moment(monkeypatch: pytest.MonkeyPatch) -
     worker = threading.Thread(target=busy)
     worker.start()
     start = time.monotonic()
-    builder._wait_until_idle()
+    builder._wait_until_idle(settings)
     waited = time.monotonic() - start
     worker.join()
     assert 1.1 <= waited < 3.0
     # under constant load it gives up waiting after COMFYMESH_COMPILE_MAX_DEFER_S
-    monkeypatch.setenv(switches.MAX_DEFER_ENV, "0.5")
     builder._activity["last_call"] = time.monotonic() + 60  # "just now", for the next minute
     start = time.monotonic()
-    builder._wait_until_idle()
+    builder._wait_until_idle(FastPathSettings(compile_idle_s=0.3, compile_max_defer_s=0.5))
     assert 0.4 <= time.monotonic() - start < 1.5

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -11,9 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
+from comfymesh.config import Settings
 from comfymesh.diffusion.models.cache import ModelCache
 from comfymesh.diffusion.nodes import nodes
-from comfymesh.diffusion.sampling import ksampler
 from comfymesh.errors import InterruptedError_, ModelError, NodeInputError, ResourceExhaustedError
 from comfymesh.stage.node import NodeContext
 
@@ -72,23 +73,21 @@ def test_cancel_stops_within_one_step(tiny_home: Path, model_cache: ModelCache) 
     assert info.value.node_id == "3"
 
 
-def test_oom_fault_switch(node_ctx: NodeContext, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(ksampler, "fault_oom", True)
-    with pytest.raises(ResourceExhaustedError) as info:
+def test_oom_fault_switch(node_ctx: NodeContext, configure: Callable[..., Settings]) -> None:
+    configure(test_fault_oom="1")
+    with pytest.raises(ResourceExhaustedError, match="COMFYMESH_TEST_FAULT_OOM") as info:
         txt2img(node_ctx, "sd15.safetensors")
     assert info.value.non_retryable is False and info.value.node_id == "7"
-    monkeypatch.setattr(ksampler, "fault_oom", False)
-    monkeypatch.setenv("COMFYMESH_FAULT_OOM", "1")
-    with pytest.raises(ResourceExhaustedError):
-        txt2img(node_ctx, "sd15.safetensors")
 
 
 def test_missing_checkpoint_lists_existing(node_ctx: NodeContext) -> None:
     with pytest.raises(NodeInputError, match=r"'nope.safetensors' not found.*sd15.safetensors") as info:
         nodes.impls["CheckpointLoaderSimple"](node_ctx, ckpt_name="nope.safetensors")
     assert info.value.node_id == "7"
-    with pytest.raises(NodeInputError, match="invalid"):
+    with pytest.raises(NodeInputError, match=r"not found in models/checkpoints;"):
         nodes.impls["CheckpointLoaderSimple"](node_ctx, ckpt_name="../x.safetensors")
+    with pytest.raises(NodeInputError, match=r"only \.safetensors and \.sft files load"):
+        nodes.impls["CheckpointLoaderSimple"](node_ctx, ckpt_name="x.ckpt")
 
 
 def test_advanced_split_equals_single_run(node_ctx: NodeContext) -> None:

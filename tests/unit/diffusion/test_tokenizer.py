@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 
+from comfymesh.config import Settings
 from comfymesh.diffusion.text import tokenizer
 from comfymesh.diffusion.text.encode import tokenize_weighted, windows
 from comfymesh.diffusion.text.tokenizer_build import byte_symbols
@@ -38,8 +40,8 @@ def test_vocab_layout(tokenizer_ready: Path) -> None:
     assert vocab["!"] == 0 and vocab["!</w>"] == 256 and vocab["<|endoftext|>"] == 49407
 
 
-def test_missing_dir_says_how_to_build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("COMFYMESH_TOKENIZER_DIR", str(tmp_path / "none"))
+def test_missing_dir_says_how_to_build(tmp_path: Path, configure: Callable[..., Settings]) -> None:
+    configure(tokenizer_dir=str(tmp_path / "none"))
     with pytest.raises(ModelError, match="tokenizer_build"):
         tokenizer.get_tokenizer()
 

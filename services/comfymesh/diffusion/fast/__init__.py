@@ -9,7 +9,9 @@ the best tier in place, so compilation never blocks serving and a restarted stag
 within seconds while it recompiles. Captures of new buckets go before compilations. A failed tier leaves
 the bucket on the tier it had (logged once).
 
-Modules: `switches` (the environment switches), `tiers` (buckets and `FastModule`), `builder` (the
+Its switches are `comfymesh.config.fast_path.FastPathSettings`, part of the settings.
+
+Modules: `tiers` (buckets and `FastModule`), `builder` (the
 builder thread and its wait for a quiet moment), `compile_cache` (the persisted compile caches), `unet`
 and `decoder` (the fast modules), `manifest` (buckets to build at stage start).
 """

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import itertools
 import logging
-import os
 import queue
 import threading
 import time
 from collections.abc import Callable
 
-from comfymesh.diffusion.fast.switches import IDLE_ENV, MAX_DEFER_ENV
+from comfymesh.config import get_settings
+from comfymesh.config.fast_path import FastPathSettings
 
 log = logging.getLogger(__name__)
 
@@ -38,20 +38,19 @@ class _Builder:
         while True:
             priority, _, work = self._queue.get()
             if priority == COMPILE:
-                _wait_until_idle()
+                _wait_until_idle(get_settings())
             try:
                 work()
             except Exception:  # one bad build must not stop the builder for every other bucket
                 log.exception("fast path build step failed")
 
 
-def _wait_until_idle() -> None:
+def _wait_until_idle(settings: FastPathSettings) -> None:
     """Hold a compilation back until no UNet call ran for COMFYMESH_COMPILE_IDLE_S (default 2 s), at most
     COMFYMESH_COMPILE_MAX_DEFER_S (default 300 s): tracing holds the GIL for seconds at a time, and jobs
     then crawl, so it goes into a quiet moment (after a restart, the first jobs run on the graphed tier)."""
-    idle_s = float(os.environ.get(IDLE_ENV) or 2.0)
-    give_up = time.monotonic() + float(os.environ.get(MAX_DEFER_ENV) or 300.0)
-    while time.monotonic() < give_up and time.monotonic() - _activity["last_call"] < idle_s:
+    give_up = time.monotonic() + settings.compile_max_defer_s
+    while time.monotonic() < give_up and time.monotonic() - _activity["last_call"] < settings.compile_idle_s:
         time.sleep(0.2)
 
 

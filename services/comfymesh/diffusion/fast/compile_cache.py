@@ -8,12 +8,13 @@ rebuilds a bucket from cache (seconds) instead of from scratch (minutes).
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from comfymesh.config.process_env import default_library_variable
 
 log = logging.getLogger(__name__)
 
@@ -24,19 +25,17 @@ _cache_lock = threading.Lock()
 
 
 def compile_cache_dir(home: Path | None = None) -> Path | None:
-    """Point inductor's caches at <home>/cache/torch-compile (once; cheap, so stage start-up may call it)."""
+    """Point inductor's caches at <home>/cache/torch-compile (once; cheap, so stage start-up may call it).
+    Without `home`: the folder pointed at before, if any (the stage points it at start-up)."""
     with _cache_lock:
         if _cache_state["dir"] is not None:
             return Path(_cache_state["dir"])
         if home is None:
-            env_home = os.environ.get("COMFYMESH_HOME")
-            if not env_home:
-                return None
-            home = Path(env_home)
+            return None
         root = Path(home) / "cache" / "torch-compile"
         root.mkdir(parents=True, exist_ok=True)
-        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(root / "inductor"))
-        os.environ.setdefault("TRITON_CACHE_DIR", str(root / "triton"))
+        default_library_variable("TORCHINDUCTOR_CACHE_DIR", str(root / "inductor"))
+        default_library_variable("TRITON_CACHE_DIR", str(root / "triton"))
         _cache_state["dir"] = str(root)
         return root
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +12,6 @@ from typing import Any
 import torch
 
 from comfymesh.diffusion.fast.decoder import FastDecoder
-from comfymesh.diffusion.fast.switches import MANIFEST_ENV
 from comfymesh.diffusion.fast.unet import FastUNet
 from comfymesh.diffusion.latents import vae_codec
 
@@ -47,7 +45,7 @@ class WarmTarget:
     latent_channels: int = 4
 
 
-def warmup_from_manifest(load: Callable[[str], WarmTarget], manifest: Path | None = None) -> list[str]:
+def warmup_from_manifest(load: Callable[[str], WarmTarget], manifest: Path) -> list[str]:
     """Start building the buckets listed in a JSON manifest: [{"ckpt", "width", "height", "batch", "cfg",
     "compile"}] ("compile": false = graphed tier only; "batch" counts latents, so a batched KSampler of
     n jobs × 1 latent with CFG is "batch": n, padded to a power of two). Each entry starts a UNet bucket
@@ -56,14 +54,13 @@ def warmup_from_manifest(load: Callable[[str], WarmTarget], manifest: Path | Non
     `load(ckpt_name)` returns the checkpoint's WarmTarget (its model's unet must be a FastUNet).
     Returns the names it started; errors are logged, never raised (serving goes on).
     """
-    path = manifest or (Path(os.environ[MANIFEST_ENV]) if os.environ.get(MANIFEST_ENV) else None)
-    if path is None or not path.is_file():
+    if not manifest.is_file():
         return []
     started = []
     try:
-        entries = json.loads(path.read_text())
+        entries = json.loads(manifest.read_text())
     except ValueError as exc:
-        log.warning("warm-up manifest %s is not JSON: %s", path, exc)
+        log.warning("warm-up manifest %s is not JSON: %s", manifest, exc)
         return []
     for entry in entries:
         try:

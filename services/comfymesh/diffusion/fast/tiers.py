@@ -7,7 +7,6 @@ when graphs are on); `builder` builds them in the background while calls go on e
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import threading
 import time
@@ -17,11 +16,11 @@ from typing import Any
 
 import torch
 
-from comfymesh.config import env_flag
+from comfymesh.config import get_settings
+from comfymesh.config.fast_path import FastPathSettings
 from comfymesh.diffusion.fast import builder
 from comfymesh.diffusion.fast.builder import CAPTURE, COMPILE
 from comfymesh.diffusion.fast.compile_cache import compile_cache_dir, load_compile_cache, save_compile_cache
-from comfymesh.diffusion.fast.switches import BACKEND_ENV, COMPILE_ENV, GRAPHS_ENV, MODE_ENV
 
 log = logging.getLogger(__name__)
 
@@ -65,21 +64,23 @@ class FastModule:
 
     `eager` serves calls until a bucket has a fast tier; `fast` is what gets CUDA-graphed and compiled (the
     same function, or one over a copy of the module in a layout that suits the compiler). `graphed_tier`
-    False skips the CUDA graph of the eager `fast` (worth it only where launches, not kernels, dominate)."""
+    False skips the CUDA graph of the eager `fast` (worth it only where launches, not kernels, dominate).
+    `settings` (default: the process's) gives what `compile`, `backend`, `mode` and `graphs` leave open."""
 
     def __init__(self, name: str, eager: Callable[..., torch.Tensor], fast: Callable[..., torch.Tensor],
                  device: torch.device, *, compile: bool | None = None, backend: str | None = None,
                  mode: str | None = None, graphs: bool | None = None, graphed_tier: bool = True,
-                 background: bool = True) -> None:
+                 background: bool = True, settings: FastPathSettings | None = None) -> None:
         self.name = name
         self._eager = eager
         self._fast = fast
         self.device = device
-        cuda = device.type == "cuda"
-        self.compile = env_flag(COMPILE_ENV, cuda) if compile is None else compile
-        self.backend = backend or os.environ.get(BACKEND_ENV) or "inductor"
-        self.mode = mode or os.environ.get(MODE_ENV) or "default"
-        self.graphs = cuda and (env_flag(GRAPHS_ENV, True) if graphs is None else graphs)
+        switches = settings or get_settings()
+        self.settings = switches
+        self.compile = switches.compile_enabled(device.type) if compile is None else compile
+        self.backend = backend or switches.compile_backend
+        self.mode = mode or switches.compile_mode
+        self.graphs = device.type == "cuda" and (switches.cuda_graphs if graphs is None else graphs)
         self.graphed_tier = graphed_tier and self.graphs
         self.background = background
         self.buckets: dict[BucketKey, Bucket] = {}

@@ -6,7 +6,6 @@ changes cached base weights: patched tensors live in their own entry and are swa
 
 from __future__ import annotations
 
-import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -19,8 +18,10 @@ from torch import nn
 from torch.func import functional_call
 
 from comfymesh.catalog.files import file_digest
+from comfymesh.config import get_settings
+from comfymesh.config.diffusion import DiffusionSettings
+from comfymesh.config.fast_path import FastPathSettings
 from comfymesh.diffusion.fast.decoder import FastDecoder
-from comfymesh.diffusion.fast.switches import compile_enabled, fast_enabled
 from comfymesh.diffusion.fast.unet import FastUNet
 from comfymesh.diffusion.latents.formats import LatentFormat, for_family
 from comfymesh.diffusion.models import lora as lora_mod
@@ -32,17 +33,15 @@ from comfymesh.diffusion.sampling.model_sampling import ModelSampling
 from comfymesh.diffusion.text.encode import ClipRunner, Runner, TextEncoders
 from comfymesh.errors import ModelError
 
-BUDGET_ENV = "COMFYMESH_MODEL_CACHE_BYTES"
-DEVICE_ENV = "COMFYMESH_DEVICE"
 DEFAULT_CPU_BUDGET = 16 * 2**30
 
 LoraSpec = tuple[Path, float]  # (file, strength)
 
 
-def default_device() -> torch.device:
-    name = os.environ.get(DEVICE_ENV)
-    if name:
-        return torch.device(name)
+def default_device(settings: DiffusionSettings) -> torch.device:
+    """COMFYMESH_DEVICE, else CUDA when there is one, else the CPU."""
+    if settings.device:
+        return torch.device(settings.device)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
@@ -78,17 +77,20 @@ class _Entry:
 
 
 class ModelCache:
-    """Process-wide cache of model weights (thread-safe; loads happen under one lock)."""
+    """Process-wide cache of model weights (thread-safe; loads happen under one lock).
+
+    What the arguments leave open comes from the settings (COMFYMESH_DEVICE, COMFYMESH_MODEL_CACHE_BYTES);
+    `fast` switches the fast path of the models it hands out (default: the settings' fast-path part)."""
 
     def __init__(self, budget_bytes: int | None = None, device: torch.device | None = None,
-                 checkpoints_dir: Path | None = None) -> None:
-        self.device = device or default_device()
+                 fast: FastPathSettings | None = None) -> None:
+        settings = get_settings()
+        self.device = device or default_device(settings)
         self.placement = Placement.for_device(self.device)
-        self.checkpoints_dir = checkpoints_dir
+        self.fast = fast or settings
         if budget_bytes is None:
-            env = os.environ.get(BUDGET_ENV)
-            if env:
-                budget_bytes = int(env)
+            if settings.model_cache_bytes is not None:
+                budget_bytes = settings.model_cache_bytes
             elif self.device.type == "cuda":
                 budget_bytes = int(torch.cuda.get_device_properties(self.device).total_memory * 0.8)
             else:
@@ -155,13 +157,6 @@ class ModelCache:
         with self._lock:
             return [{k: e.info[k] for k in ("name", "digest", "bytes", "device", "family")}
                     for e in self._entries.values() if e.info.get("kind") == "checkpoint"]
-
-    def load(self, name: str, checkpoints_dir: Path | None = None) -> LoadedCheckpoint:
-        """Load a checkpoint by file name from `checkpoints_dir` (default: the one given at construction)."""
-        root = checkpoints_dir or self.checkpoints_dir
-        if root is None:
-            raise ModelError(f"cannot load {name!r}: no checkpoints folder configured")
-        return self.get(root / name)
 
     def unload(self, name: str | None = None) -> int:
         """Drop one checkpoint (by file name or digest) with its patches, or everything (None)."""
@@ -250,11 +245,11 @@ class ModelCache:
         overrides = self._patches(ckpt, "unet", loras).get("unet", {})
         rec = ckpt.parts.recognition
         unet: UNetFn = _unet_fn(ckpt.parts.unet, overrides)
-        if not overrides and fast_enabled(ckpt.device):
+        if not overrides and self.fast.fast_enabled(ckpt.device.type):
             # LoRA-patched weights go through functional_call and stay eager
             with self._lock:
                 if ckpt.fast is None:
-                    ckpt.fast = FastUNet(ckpt.parts.unet, ckpt.device)
+                    ckpt.fast = FastUNet(ckpt.parts.unet, ckpt.device, settings=self.fast)
             unet = ckpt.fast
         return SamplingModel(
             unet=unet, sampling=ckpt.sampling, prediction=rec.prediction,
@@ -265,11 +260,11 @@ class ModelCache:
     def decoder(self, ckpt: LoadedCheckpoint) -> FastDecoder | None:
         """The checkpoint VAE's compiled decoder where the fast path compiles (None: decode eagerly; a VAE
         from its own file always decodes eagerly)."""
-        if not compile_enabled(ckpt.device):
+        if not self.fast.compile_enabled(ckpt.device.type):
             return None
         with self._lock:
             if ckpt.fast_decoder is None:
-                ckpt.fast_decoder = FastDecoder(ckpt.parts.vae, ckpt.device)
+                ckpt.fast_decoder = FastDecoder(ckpt.parts.vae, ckpt.device, settings=self.fast)
         return ckpt.fast_decoder
 
     def text_encoders(self, ckpt: LoadedCheckpoint, loras: Sequence[LoraSpec] = ()) -> TextEncoders:
@@ -317,7 +312,7 @@ _cache_lock = threading.Lock()
 
 
 def get_model_cache() -> ModelCache:
-    """The process-wide cache (created on first use from the environment)."""
+    """The process-wide cache (created on first use from the settings)."""
     global _cache
     with _cache_lock:
         if _cache is None:

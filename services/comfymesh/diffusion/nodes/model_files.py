@@ -1,35 +1,26 @@
-"""The model files a node may name: files under <home>/models/<kind> with a model suffix."""
+"""The model files a node may name, found through the model-folder registry (`comfymesh.catalog.model_folders`):
+<home>/models/<folder> first, then the folders of the extra model paths file."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from comfymesh.catalog.model_folders import SAFE_SUFFIXES, canonical
 from comfymesh.errors import NodeInputError
 from comfymesh.stage.node import NodeContext
 
-MODEL_EXTENSIONS = (".safetensors", ".sft")
 
-
-def model_dir(ctx: NodeContext, kind: str) -> Path:
-    return ctx.home / "models" / kind
-
-
-def list_model_files(root: Path) -> list[str]:
-    if not root.is_dir():
-        return []
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.suffix in MODEL_EXTENSIONS)
-
-
-def resolve_file(ctx: NodeContext, kind: str, name: str) -> Path:
-    """The file `name` under models/<kind>; NodeInputError naming it and listing what exists."""
-    root = model_dir(ctx, kind)
-    path = (root / name).resolve()
-    if not name or ".." in Path(name).parts or root.resolve() not in path.parents:
-        raise NodeInputError(f"invalid {kind} file name {name!r}", node_id=ctx.node_id)
-    if not path.is_file():
-        existing = list_model_files(root)
-        raise NodeInputError(
-            f"{kind} file {name!r} not found in {root}; available: {', '.join(existing) or 'none'}",
-            node_id=ctx.node_id,
-        )
+def resolve_file(ctx: NodeContext, folder: str, name: str) -> Path:
+    """The file `name` of a model folder; NodeInputError naming the folder (never where it lives on the
+    server) and listing the files it holds."""
+    models = ctx.models
+    if not models.accepts(name):
+        raise NodeInputError(f"{folder} file {name!r}: only {' and '.join(SAFE_SUFFIXES)} files load (the pickle "
+                             "formats can run code when loaded)", node_id=ctx.node_id)
+    path = models.resolve(folder, name)
+    if path is None:
+        where = f"models/{folder}" + (" or the extra model paths" if models.extra.get(canonical(folder) or "") else "")
+        existing = sorted({found for _, names in models.walk(folder) for found in names})
+        raise NodeInputError(f"{folder} file {name!r} not found in {where}; available: {', '.join(existing) or 'none'}",
+                             node_id=ctx.node_id)
     return path

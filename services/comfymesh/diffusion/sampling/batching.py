@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import threading
 from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import Future
@@ -39,7 +38,8 @@ from typing import Any
 
 import torch
 
-from comfymesh.config import env_flag
+from comfymesh.config import get_settings
+from comfymesh.config.batching import BatchingSettings
 from comfymesh.diffusion.sampling.guidance import MaskedDenoiser, _average, _tile_to, sigma_and_timestep
 from comfymesh.diffusion.sampling.ksampler import (
     PreparedSample,
@@ -54,33 +54,9 @@ from comfymesh.diffusion.sampling.samplers.base import SamplerEnv, SdeNoise, Ste
 from comfymesh.errors import ResourceExhaustedError
 from comfymesh.logs import log_fields
 
-WINDOW_ENV = "COMFYMESH_BATCH_WINDOW_MS"
-MAX_ENV = "COMFYMESH_BATCH_MAX"
-PAD_ENV = "COMFYMESH_BATCH_PAD"
-IDLE_START_ENV = "COMFYMESH_BATCH_IDLE_START"
-DEFAULT_MAX = 8
+DEFAULT_MAX = BatchingSettings().batch_max
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class BatchConfig:
-    window_s: float
-    max_jobs: int
-
-    @property
-    def enabled(self) -> bool:
-        return self.window_s > 0 and self.max_jobs > 1
-
-
-def batch_config() -> BatchConfig:
-    """The gather window and batch size from the environment. Off by default: on an H100 a cold burst of
-    16 jobs ran slower batched (each new batch size needs its own CUDA graph) — see bench/README.md."""
-    raw = os.environ.get(WINDOW_ENV, "").strip()
-    window_ms = float(raw) if raw else 0.0
-    raw_max = os.environ.get(MAX_ENV, "").strip()
-    most = int(raw_max) if raw_max else DEFAULT_MAX
-    return BatchConfig(max(0.0, window_ms) / 1000.0, max(1, most))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -320,7 +296,7 @@ class SamplingBatcher:
         """`solo_when_idle`: a call that finds no other sampling loop running starts at once instead of
         waiting out the window (only calls arriving while the GPU is busy gather); `pad`: UNet batches
         padded to powers of two (see BatchedGuidedDenoiser)."""
-        self.config = BatchConfig(window_s, max_jobs)
+        self.config = BatchingSettings(batch_window_ms=window_s * 1000.0, batch_max=max_jobs)
         self.solo_when_idle = solo_when_idle
         self.pad = pad
         self.stats = BatcherStats()
@@ -331,7 +307,7 @@ class SamplingBatcher:
     def sample(self, model_key: Hashable, prep: PreparedSample, *, job: str = "", on_step: StepHook | None = None,
                check_cancelled: Callable[[], None] | None = None) -> dict[str, Any]:
         """Sample `prep`, batched with compatible calls that arrive within the window; blocks until done."""
-        if not self.config.enabled:
+        if not self.config.batching_enabled:
             return self._solo(prep, on_step, check_cancelled)
         key = compat_key(model_key, prep)
         member = _Member(prep, job, on_step, check_cancelled)
@@ -345,12 +321,12 @@ class SamplingBatcher:
             if gather is None:
                 gather = self._open[key] = _Gather(key)
             gather.members.append(member)
-            if len(gather.members) >= self.config.max_jobs:
+            if len(gather.members) >= self.config.batch_max:
                 del self._open[key]
                 gather.full.set()
         if not leader:
             return self._wait(member)
-        gather.full.wait(self.config.window_s)
+        gather.full.wait(self.config.batch_window_s)
         with self._lock:
             if self._open.get(key) is gather:
                 del self._open[key]
@@ -401,18 +377,18 @@ _batcher_lock = threading.Lock()
 
 
 def get_batcher() -> SamplingBatcher:
-    """The process-wide batcher (configured from the environment on first use)."""
+    """The process-wide batcher (configured from the settings on first use)."""
     global _batcher
     with _batcher_lock:
         if _batcher is None:
-            config = batch_config()
-            _batcher = SamplingBatcher(config.window_s, config.max_jobs, solo_when_idle=env_flag(IDLE_START_ENV, True),
-                                       pad=env_flag(PAD_ENV, True))
+            settings = get_settings()
+            _batcher = SamplingBatcher(settings.batch_window_s, settings.batch_max,
+                                       solo_when_idle=settings.batch_idle_start, pad=settings.batch_pad)
         return _batcher
 
 
 def set_batcher(batcher: SamplingBatcher | None) -> None:
-    """Replace the process-wide batcher (tests; None: configure again from the environment)."""
+    """Replace the process-wide batcher (tests; None: configure again from the settings)."""
     global _batcher
     with _batcher_lock:
         _batcher = batcher

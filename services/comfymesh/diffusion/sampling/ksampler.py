@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from comfymesh.config import get_settings
+from comfymesh.config.testing import sampling_out_of_memory
 from comfymesh.diffusion.latents.formats import LatentFormat
 from comfymesh.diffusion.sampling.guidance import CondEntry, GuidedDenoiser, MaskedDenoiser, UNetFn
 from comfymesh.diffusion.sampling.model_sampling import ModelSampling
@@ -17,10 +18,6 @@ from comfymesh.diffusion.sampling.noise import initial_noise
 from comfymesh.diffusion.sampling.samplers import SAMPLER_NAMES, SAMPLERS, Denoiser, Sampler, SamplerEnv
 from comfymesh.diffusion.sampling.schedulers import ksampler_sigmas
 from comfymesh.errors import NodeInputError, ResourceExhaustedError
-
-FAULT_ENV = "COMFYMESH_FAULT_OOM"
-fault_oom = False
-"""Test switch: when set (or $COMFYMESH_FAULT_OOM=1) sampling fails as a CUDA out-of-memory would."""
 
 StepHook = Callable[[int, int, torch.Tensor], None]
 """(step index, total steps, D_i in the scaled latent space) after each step's first evaluation."""
@@ -88,8 +85,8 @@ def cond_entries(conditioning: Sequence[Any], model: SamplingModel, latent_hw: t
 
 
 def _check_fault() -> None:
-    if fault_oom or os.environ.get(FAULT_ENV) == "1":
-        raise ResourceExhaustedError("CUDA out of memory (injected by COMFYMESH_FAULT_OOM)")
+    if sampling_out_of_memory(get_settings()):
+        raise ResourceExhaustedError("CUDA out of memory (injected by COMFYMESH_TEST_FAULT_OOM)")
 
 
 @dataclass

@@ -10,25 +10,25 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
-import os
 import subprocess
 import sys
 import tempfile
 import zipfile
 from pathlib import Path
 
+from comfymesh.config import get_settings
+
 OPEN_CLIP_WHEEL = "open-clip-torch==3.3.0"
 BPE_MEMBER = "open_clip/bpe_simple_vocab_16e6.txt.gz"
 MERGE_COUNT = 48_894  # 49 408 tokens − 256 bytes − 256 bytes with </w> − 2 specials
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
-ENV_DIR = "COMFYMESH_TOKENIZER_DIR"
 
 
 def default_tokenizer_dir() -> Path:
-    """Where the tokenizer lives: $COMFYMESH_TOKENIZER_DIR, else inside the active environment."""
-    env = os.environ.get(ENV_DIR)
-    if env:
-        return Path(env)
+    """Where the tokenizer lives: COMFYMESH_TOKENIZER_DIR, else inside the active environment."""
+    configured = get_settings().tokenizer_dir
+    if configured:
+        return Path(configured)
     return Path(sys.prefix) / "share" / "comfymesh" / "clip_tokenizer"
 
 
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         description="Build the CLIP tokenizer files (vocab.json, merges.txt) used by the diffusion stage.",
     )
     parser.add_argument("--dest", type=Path, default=None,
-                        help=f"target folder (default: ${ENV_DIR} or <venv>/share/comfymesh/clip_tokenizer)")
+                        help="target folder (default: $COMFYMESH_TOKENIZER_DIR or <venv>/share/comfymesh/clip_tokenizer)")
     parser.add_argument("--wheel", type=Path, default=None,
                         help="use an already downloaded open_clip_torch wheel instead of pip download")
     parser.add_argument("--if-missing", action="store_true", help="do nothing when the files already exist")
