@@ -94,7 +94,10 @@ def test_start_job_writes_started_then_cached_together(tmp_path: Path) -> None:
     store.add_job("a", 1, {"1": {"class_type": "X", "inputs": {}}, "2": {"class_type": "Y", "inputs": {}}}, {},
                   "client", ["2"], {"1": "X", "2": "Y"})
     records = store.start_job("a", {"1": None, "2": {"images": [{"filename": "old.png"}]}})
-    assert [(r.type, r.data) for r in records] == [("started", {}), ("cached", {"nodes": ["1", "2"]})]
+    # what a client shows comes with the events: the job's client and number, the cached nodes' UI results
+    assert [(r.type, r.data) for r in records] == [
+        ("started", {"client_id": "client", "number": 1}),
+        ("cached", {"nodes": ["1", "2"], "ui": {"2": {"images": [{"filename": "old.png"}]}}})]
     assert [e.id for e in store.events_after(0, "a")][-2:] == [r.id for r in records]
     job = store.get_job("a")
     assert job is not None and job.status == JobStatus.RUNNING and job.started is not None
