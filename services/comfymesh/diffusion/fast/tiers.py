@@ -76,7 +76,6 @@ class FastModule:
         self._fast = fast
         self.device = device
         switches = settings or get_settings()
-        self.settings = switches
         self.compile = switches.compile_enabled(device.type) if compile is None else compile
         self.backend = backend or switches.compile_backend
         self.mode = mode or switches.compile_mode
