@@ -9,8 +9,8 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+from comfymesh.contracts.events import FINISHED_STATUSES, TERMINAL_EVENTS
 from comfymesh.jobs import EventRecord, JobStore
-from comfymesh.jobs.store import FINISHED, TERMINAL_EVENTS
 
 
 class EventBus:
@@ -66,7 +66,7 @@ class EventBus:
                 job = await asyncio.to_thread(self.store.get_job, job_id)
                 if job is None:
                     return
-                if job.status in FINISHED:
+                if job.status in FINISHED_STATUSES:
                     # it finished after the replay read the log: send what came since, then stop
                     for event in await asyncio.to_thread(self.store.events_after, last, job_id):
                         yield event
