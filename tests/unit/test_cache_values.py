@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from google.protobuf import json_format
 
-from comfymesh.orchestrator.runner import value_from_dict, value_to_dict
+from comfymesh.contracts.values import value_from_dict, value_to_dict
 from comfymesh.v1 import common_pb2
 
 VALUES = [

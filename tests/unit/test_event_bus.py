@@ -6,7 +6,8 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from comfymesh.jobs import JobStatus, JobStore
+from comfymesh.contracts.events import JobStatus
+from comfymesh.jobs import JobStore
 from comfymesh.orchestrator.events import EventBus
 
 

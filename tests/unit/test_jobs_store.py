@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from comfymesh.jobs import CacheEntry, DamagedDatabaseError, JobStatus, JobStore
+from comfymesh.contracts.events import JobStatus
+from comfymesh.jobs import CacheEntry, DamagedDatabaseError, JobStore
 
 
 def add(store: JobStore, job_id: str, number: float) -> None:

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from comfymesh.errors import NodeInputError
+from comfymesh.contracts.errors import NodeInputError
 from comfymesh.outputs import (
     OutputIdentity,
     frames_uint8,

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from comfymesh import wirejson
+from comfymesh.contracts import wirejson
 
 
 def test_round_trips_like_the_standard_library() -> None:

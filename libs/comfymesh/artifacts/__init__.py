@@ -1,6 +1,6 @@
 """The data plane: tensors stored by content in an fsspec store, passed between services as refs."""
 
-from comfymesh.artifacts.codec import TENSOR_TYPES, decode_value, encode_value, to_numpy
-from comfymesh.artifacts.store import ArtifactStore, TensorRef
+from comfymesh.artifacts.codec import decode_value, encode_value, to_numpy
+from comfymesh.artifacts.store import ArtifactStore
 
-__all__ = ["TENSOR_TYPES", "ArtifactStore", "TensorRef", "decode_value", "encode_value", "to_numpy"]
+__all__ = ["ArtifactStore", "decode_value", "encode_value", "to_numpy"]

@@ -7,12 +7,9 @@ from typing import Any
 
 import numpy as np
 
-from comfymesh.artifacts.store import ArtifactStore, TensorRef
+from comfymesh.artifacts.store import ArtifactStore
+from comfymesh.contracts.values import TENSOR_TYPES, TensorRef
 from comfymesh.v1 import common_pb2
-
-# Types whose values are tensor bundles; every other type is a JSON value (literals, model handles).
-# A GUIDER is a JSON spec holding CONDITIONING values under "conds", so its tensors are stored too.
-TENSOR_TYPES = frozenset({"IMAGE", "MASK", "LATENT", "CONDITIONING", "SIGMAS", "GUIDER"})
 
 
 def to_numpy(value: Any) -> np.ndarray:
@@ -83,22 +80,13 @@ def encode_value(type_name: str, value: Any, store: ArtifactStore) -> common_pb2
     tensors, extras, primary = _bundle(type_name, value)
     ref = store.put_bundle(tensors, {"type": type_name, "extras": json.dumps(extras, sort_keys=True)},
                            primary or None)
-    return common_pb2.Value(type=type_name, tensor=ref_to_proto(ref))
+    return common_pb2.Value(type=type_name, tensor=ref.to_proto())
 
 
 def decode_value(message: common_pb2.Value, store: ArtifactStore) -> Any:
     """The node value behind a wire `Value` (numpy arrays for tensors)."""
     if message.WhichOneof("payload") == "tensor":
-        tensors, metadata = store.get_bundle(ref_from_proto(message.tensor))
+        tensors, metadata = store.get_bundle(TensorRef.from_proto(message.tensor))
         return _unbundle(message.type, tensors, json.loads(metadata.get("extras", "{}")))
     return json.loads(message.json) if message.json else None
 
-
-def ref_to_proto(ref: TensorRef) -> common_pb2.TensorRef:
-    return common_pb2.TensorRef(uri=ref.uri, dtype=ref.dtype, shape=list(ref.shape), digest=ref.digest,
-                                nbytes=ref.nbytes)
-
-
-def ref_from_proto(message: common_pb2.TensorRef) -> TensorRef:
-    return TensorRef(uri=message.uri, dtype=message.dtype, shape=tuple(message.shape),
-                     digest=message.digest, nbytes=message.nbytes)

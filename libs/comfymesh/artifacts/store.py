@@ -7,12 +7,13 @@ import json
 import threading
 import uuid
 from collections import OrderedDict
-from dataclasses import dataclass
 
 import fsspec
 import numpy as np
 from safetensors.numpy import load as load_safetensors
 from safetensors.numpy import save as save_safetensors
+
+from comfymesh.contracts.values import TensorRef
 
 _DTYPE_NAMES = {
     np.dtype("float32"): "F32", np.dtype("float16"): "F16", np.dtype("float64"): "F64",
@@ -20,17 +21,6 @@ _DTYPE_NAMES = {
 }
 
 _META_KEY = "comfymesh"
-
-
-@dataclass(frozen=True)
-class TensorRef:
-    """Where a stored bundle lives and what its primary tensor looks like."""
-
-    uri: str
-    dtype: str
-    shape: tuple[int, ...]
-    digest: str
-    nbytes: int
 
 
 class ArtifactStore:

@@ -20,12 +20,13 @@ FINISHED_STATUSES = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.
 
 
 class NodeState(StrEnum):
+    """A node's state in a job's record (a node cut short by a failure or a cancel goes back to pending)."""
+
     PENDING = "pending"
     RUNNING = "running"
     CACHED = "cached"
     DONE = "done"
     FAILED = "failed"
-    CANCELLED = "cancelled"
 
 
 class EventType(StrEnum):

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from comfymesh.errors import NodeInputError
+from comfymesh.contracts.errors import NodeInputError
 
 NodeCheck = Callable[[str, dict[str, Any]], list[dict[str, Any]]]
 _SIZED = {"EmptyLatentImage", "EmptyImage", "ImageScale", "LatentUpscale", "ImageCrop"}

@@ -13,11 +13,12 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from comfymesh import wirejson
+from comfymesh.contracts import wirejson
+from comfymesh.contracts.events import FINISHED_STATUSES, EventType, JobEvent, JobStatus, NodeState
+from comfymesh.contracts.events import TERMINAL_EVENTS as TERMINAL_EVENTS  # shim: the gateway's import (issue 13)
 from comfymesh.contracts.job_order import JobOrder
 
 _SCHEMA = """
@@ -65,17 +66,6 @@ CREATE TABLE IF NOT EXISTS node_cache (
 """
 
 
-class JobStatus(StrEnum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    COMPLETED = "completed"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-
-FINISHED = (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED)
-# the event that ends a job's event stream (one per job, named like its final status)
-TERMINAL_EVENTS = frozenset(FINISHED)
 # a job's execution time; 0 until it has both ends
 _DURATION = "(CASE WHEN finished IS NULL OR started IS NULL THEN 0 ELSE finished - started END)"
 _ORDERS = {JobOrder.QUEUE: "number, seq", JobOrder.NEWEST: "created DESC, seq DESC",
@@ -109,16 +99,6 @@ class CacheEntry:
     ui: dict[str, Any] | None
 
 
-@dataclass
-class EventRecord:
-    id: int
-    job_id: str
-    type: str
-    node_id: str
-    data: dict[str, Any]
-    ts: float
-
-
 def _job(row: sqlite3.Row) -> JobRecord:
     return JobRecord(
         id=row["id"], status=row["status"], number=row["number"], created=row["created"],
@@ -128,9 +108,9 @@ def _job(row: sqlite3.Row) -> JobRecord:
         error=wirejson.loads(row["error_json"]) if row["error_json"] else None)
 
 
-def _event(row: sqlite3.Row) -> EventRecord:
-    return EventRecord(row["id"], row["job_id"], row["type"], row["node_id"], wirejson.loads(row["data_json"]),
-                       row["ts"])
+def _event(row: sqlite3.Row) -> JobEvent:
+    return JobEvent(row["id"], row["job_id"], row["type"], row["node_id"], wirejson.loads(row["data_json"]),
+                    row["ts"])
 
 
 class UnreadableJob(Exception):
@@ -199,7 +179,7 @@ class JobStore:
 
     # jobs ------------------------------------------------------------------------------------
     def add_job(self, job_id: str, number: float, prompt: dict[str, Any], extra_data: dict[str, Any],
-                client_id: str, outputs_to_run: list[str], nodes: dict[str, str]) -> EventRecord:
+                client_id: str, outputs_to_run: list[str], nodes: dict[str, str]) -> JobEvent:
         """Persist a job, its node list and its `queued` event in one transaction."""
         with self._transaction() as now:
             self._db.execute(
@@ -208,10 +188,10 @@ class JobStore:
                 (job_id, JobStatus.QUEUED, number, now, wirejson.dumps(prompt), wirejson.dumps(extra_data),
                  client_id, wirejson.dumps(outputs_to_run)))
             self._db.executemany(
-                "INSERT INTO node_states (job_id, node_id, class_type, state) VALUES (?, ?, ?, 'pending')",
-                [(job_id, node_id, class_type) for node_id, class_type in nodes.items()])
+                "INSERT INTO node_states (job_id, node_id, class_type, state) VALUES (?, ?, ?, ?)",
+                [(job_id, node_id, class_type, NodeState.PENDING) for node_id, class_type in nodes.items()])
             # what a client shows for a new job, so it need not read the job back
-            return self._append(job_id, "queued", "", {"number": number, "client_id": client_id}, now)
+            return self._append(job_id, EventType.QUEUED, "", {"number": number, "client_id": client_id}, now)
 
     def get_job(self, job_id: str) -> JobRecord | None:
         with self._lock:
@@ -248,9 +228,10 @@ class JobStore:
         """Finished jobs that asked for a webhook whose delivery never ended (the sender died first)."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT id FROM jobs WHERE status IN ('completed', 'failed', 'cancelled') "
+                "SELECT id FROM jobs WHERE status IN (?, ?, ?) "
                 "AND extra_data_json LIKE '%\"webhook_url\"%' AND id NOT IN "
-                "(SELECT job_id FROM events WHERE type IN ('webhook_delivered', 'webhook_failed'))").fetchall()
+                "(SELECT job_id FROM events WHERE type IN (?, ?))",
+                (*FINISHED_STATUSES, EventType.WEBHOOK_DELIVERED, EventType.WEBHOOK_FAILED)).fetchall()
         return [row[0] for row in rows]
 
     def count_jobs(self, status: str) -> int:
@@ -261,8 +242,8 @@ class JobStore:
         """The queued job with the smallest number (then oldest), skipping ones already taken."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT * FROM jobs WHERE status = 'queued' ORDER BY number, seq LIMIT ?",
-                (len(exclude) + 1,)).fetchall()
+                "SELECT * FROM jobs WHERE status = ? ORDER BY number, seq LIMIT ?",
+                (JobStatus.QUEUED, len(exclude) + 1)).fetchall()
         for row in rows:
             if row["id"] not in exclude:
                 try:
@@ -275,20 +256,20 @@ class JobStore:
         return self.list_jobs([status])[0]
 
     def set_status(self, job_id: str, status: str, *, error: dict[str, Any] | None = None,
-                   event: str | None = None, data: dict[str, Any] | None = None) -> EventRecord | None:
+                   event: str | None = None, data: dict[str, Any] | None = None) -> JobEvent | None:
         """Change a job's status and append its event atomically."""
         with self._transaction() as now:
             return self._set_status(job_id, status, now, error=error, event=event, data=data)
 
-    def start_job(self, job_id: str, cached: dict[str, dict[str, Any] | None]) -> list[EventRecord]:
+    def start_job(self, job_id: str, cached: dict[str, dict[str, Any] | None]) -> list[JobEvent]:
         """Mark a job running (`started`) and the nodes served from cache (`cached`), in one transaction."""
         with self._transaction() as now:
             row = self._db.execute("SELECT client_id, number FROM jobs WHERE id = ?", (job_id,)).fetchone()
             started = {"client_id": row["client_id"], "number": row["number"]} if row else {}
-            records = [self._set_status(job_id, JobStatus.RUNNING, now, event="started", data=started)]
+            records = [self._set_status(job_id, JobStatus.RUNNING, now, event=EventType.STARTED, data=started)]
             if cached:
                 # the cached output nodes' UI results ride along: a client replays them as ComfyUI does
-                records.append(self._set_node_states(job_id, cached, "cached", now, event="cached",
+                records.append(self._set_node_states(job_id, cached, NodeState.CACHED, now, event=EventType.CACHED,
                                                      data={"nodes": list(cached),
                                                            "ui": {node: ui for node, ui in cached.items() if ui}}))
         return [record for record in records if record is not None]
@@ -306,13 +287,13 @@ class JobStore:
                 raise
 
     def _set_status(self, job_id: str, status: str, now: float, *, error: dict[str, Any] | None = None,
-                    event: str | None = None, data: dict[str, Any] | None = None) -> EventRecord | None:
+                    event: str | None = None, data: dict[str, Any] | None = None) -> JobEvent | None:
         fields = ["status = ?"]
         args: list[Any] = [status]
         if status == JobStatus.RUNNING:
             fields.append("started = COALESCE(started, ?)")
             args.append(now)
-        if status in FINISHED:
+        if status in FINISHED_STATUSES:
             fields.append("finished = ?")
             args.append(now)
         if error is not None:
@@ -323,26 +304,28 @@ class JobStore:
 
     def set_node_state(self, job_id: str, node_id: str, state: str, ui: dict[str, Any] | None = None,
                        event: str | None = None, data: dict[str, Any] | None = None,
-                       cache: CacheEntry | None = None) -> EventRecord | None:
+                       cache: CacheEntry | None = None) -> JobEvent | None:
         """Change one node's state (and its UI result), append its event and, given `cache`, store the
         node's outputs in the cache: one transaction."""
         return self.set_node_states(job_id, {node_id: ui}, state, event=event, event_node=node_id, data=data,
                                     cache=[cache] if cache else [])
 
     def finish_node(self, job_id: str, node_id: str, ui: dict[str, Any] | None, *, data: dict[str, Any],
-                    cache: CacheEntry | None = None, completed: dict[str, Any] | None = None) -> list[EventRecord]:
+                    cache: CacheEntry | None = None, completed: dict[str, Any] | None = None) -> list[JobEvent]:
         """A node's result (state `done`, UI result, `node_done` event, cache entry) and, given `completed`
         (the event's data), the job's completion: one transaction, so a job's last result costs one commit."""
         with self._transaction() as now:
-            records = [self._set_node_states(job_id, {node_id: ui}, "done", now, event="node_done",
+            records = [self._set_node_states(job_id, {node_id: ui}, NodeState.DONE, now,
+                                             event=EventType.NODE_DONE,
                                              event_node=node_id, data=data, cache=[cache] if cache else [])]
             if completed is not None:
-                records.append(self._set_status(job_id, JobStatus.COMPLETED, now, event="completed", data=completed))
+                records.append(self._set_status(job_id, JobStatus.COMPLETED, now, event=EventType.COMPLETED,
+                                                data=completed))
         return [record for record in records if record is not None]
 
     def set_node_states(self, job_id: str, nodes: dict[str, dict[str, Any] | None], state: str, *,
                         event: str | None = None, event_node: str = "", data: dict[str, Any] | None = None,
-                        cache: list[CacheEntry] | None = None) -> EventRecord | None:
+                        cache: list[CacheEntry] | None = None) -> JobEvent | None:
         """Set several nodes to `state` (with their UI results) and append at most one event, atomically."""
         with self._transaction() as now:
             return self._set_node_states(job_id, nodes, state, now, event=event, event_node=event_node,
@@ -350,7 +333,7 @@ class JobStore:
 
     def _set_node_states(self, job_id: str, nodes: dict[str, dict[str, Any] | None], state: str, now: float, *,
                          event: str | None = None, event_node: str = "", data: dict[str, Any] | None = None,
-                         cache: list[CacheEntry] | None = None) -> EventRecord | None:
+                         cache: list[CacheEntry] | None = None) -> JobEvent | None:
         self._db.executemany("UPDATE node_states SET state = ?, ui_json = COALESCE(?, ui_json) "
                              "WHERE job_id = ? AND node_id = ?",
                              [(state, wirejson.dumps(ui) if ui is not None else None, job_id, node_id)
@@ -379,17 +362,17 @@ class JobStore:
         return int(count)
 
     # events ----------------------------------------------------------------------------------
-    def _append(self, job_id: str, type_: str, node_id: str, data: dict[str, Any], ts: float) -> EventRecord:
+    def _append(self, job_id: str, type_: str, node_id: str, data: dict[str, Any], ts: float) -> JobEvent:
         cursor = self._db.execute("INSERT INTO events (job_id, type, node_id, data_json, ts) VALUES (?, ?, ?, ?, ?)",
                                   (job_id, type_, node_id, wirejson.dumps(data), ts))
-        return EventRecord(int(cursor.lastrowid or 0), job_id, type_, node_id, data, ts)
+        return JobEvent(int(cursor.lastrowid or 0), job_id, type_, node_id, data, ts)
 
     def append_event(self, job_id: str, type_: str, node_id: str = "",
-                     data: dict[str, Any] | None = None) -> EventRecord:
+                     data: dict[str, Any] | None = None) -> JobEvent:
         with self._lock:
             return self._append(job_id, type_, node_id, data or {}, time.time())
 
-    def events_after(self, after_id: int, job_id: str | None = None, limit: int = 1000) -> list[EventRecord]:
+    def events_after(self, after_id: int, job_id: str | None = None, limit: int = 1000) -> list[JobEvent]:
         with self._lock:
             if job_id:
                 rows = self._db.execute("SELECT * FROM events WHERE id > ? AND job_id = ? ORDER BY id LIMIT ?",

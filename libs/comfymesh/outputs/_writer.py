@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from comfymesh import trace
-from comfymesh.errors import NodeInputError
+from comfymesh.contracts.errors import NodeInputError
 from comfymesh.outputs._files import exclusive_lock, write_atomically
 from comfymesh.outputs._naming import (
     BadFilenamePrefix,

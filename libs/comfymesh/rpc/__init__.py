@@ -1,7 +1,7 @@
-"""Hand-written helpers around the generated `comfymesh.v1` stubs: channels, servers, failures."""
+"""Hand-written helpers around the generated `comfymesh.v1` stubs: channels, servers, status codes."""
 
 from comfymesh.rpc.channels import channel_options, open_channel
-from comfymesh.rpc.failures import exception_from_failure, failure_from_exception
 from comfymesh.rpc.server import start_server
+from comfymesh.rpc.status_codes import UNAVAILABLE_CODES, is_unavailable
 
-__all__ = ["channel_options", "exception_from_failure", "failure_from_exception", "open_channel", "start_server"]
+__all__ = ["UNAVAILABLE_CODES", "channel_options", "is_unavailable", "open_channel", "start_server"]

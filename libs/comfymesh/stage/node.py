@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from comfymesh.catalog.model_folders import ModelFolders
-from comfymesh.errors import InterruptedError_
+from comfymesh.contracts.errors import InterruptedError_
 from comfymesh.graph.limits import OutputLimits
 
 

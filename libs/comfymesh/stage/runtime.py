@@ -21,15 +21,16 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from comfymesh import trace, wirejson
+from comfymesh import trace
 from comfymesh.artifacts import ArtifactStore, decode_value, encode_value
 from comfymesh.catalog import Catalog
 from comfymesh.config import get_settings
 from comfymesh.config.testing import node_hangs
-from comfymesh.errors import NodeInputError
+from comfymesh.contracts import wirejson
+from comfymesh.contracts.errors import NodeInputError
+from comfymesh.contracts.failures import failure_from_exception
 from comfymesh.graph.limits import OutputLimits
 from comfymesh.logs import log_fields
-from comfymesh.rpc.failures import failure_from_exception
 from comfymesh.stage.node import NodeContext, NodeImpl
 from comfymesh.v1 import stage_pb2
 
@@ -123,7 +124,7 @@ class GroupRun:
         if impl is None:
             raise NodeInputError(f"this stage does not run {call.class_type}", node_id=call.node_id)
         if self.cancelled.is_set():
-            from comfymesh.errors import InterruptedError_
+            from comfymesh.contracts.errors import InterruptedError_
             raise InterruptedError_("Processing interrupted", node_id=call.node_id)
         self.emit(stage_pb2.StageEvent(started=stage_pb2.NodeStarted(node_id=call.node_id)))
         inputs: dict[str, Any] = wirejson.loads(call.literal_inputs_json) if call.literal_inputs_json else {}

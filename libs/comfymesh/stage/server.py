@@ -15,12 +15,13 @@ from pathlib import Path
 
 import grpc
 
-from comfymesh import gctune, trace, wirejson
+from comfymesh import gctune, trace
 from comfymesh.artifacts import ArtifactStore
 from comfymesh.catalog import Catalog
 from comfymesh.catalog.model_folders import model_folders
 from comfymesh.catalog.schema import NodeSet
 from comfymesh.config import Settings
+from comfymesh.contracts import wirejson
 from comfymesh.graph.limits import OutputLimits
 from comfymesh.logs import log_fields
 from comfymesh.outputs import output_nodes

@@ -19,6 +19,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from comfymesh.cli.supervisor import ServiceSpec, Supervisor, ignore_stop_signals, interrupt_on_stop_signals
 from comfymesh.config import get_settings
 from comfymesh.config.process_env import child_environment
+from comfymesh.contracts.events import TERMINAL_EVENTS, EventType
 
 app = typer.Typer(help="comfymesh: run ComfyUI workflows on a gRPC service mesh.", no_args_is_help=True,
                   add_completion=False)
@@ -145,7 +146,7 @@ def run(
         job_id = reply.json()["job_id"]
         status = _follow(http, job_id)
         job = http.get(f"/v1/jobs/{job_id}").json()
-        if status != "completed":
+        if status != EventType.COMPLETED:
             console.print(f"[red]job {job_id} {status}:[/] {json.dumps(job.get('error'), indent=2)}")
             raise typer.Exit(1)
         out.mkdir(parents=True, exist_ok=True)
@@ -170,17 +171,17 @@ def _follow(http: httpx.Client, job_id: str) -> str:
                 event_type = line[6:].strip()
             elif line.startswith("data:"):
                 data = json.loads(line[5:])
-                if event_type in ("node_done",):
+                if event_type == EventType.NODE_DONE:
                     done += 1
                     progress.update(nodes, completed=done)
-                elif event_type == "cached":
+                elif event_type == EventType.CACHED:
                     done += len(data.get("nodes", []))
                     progress.update(nodes, completed=done)
-                elif event_type == "node_running":
+                elif event_type == EventType.NODE_RUNNING:
                     progress.update(nodes, description=f"{data.get('class_type', '')} ({data['node_id']})")
-                elif event_type == "node_progress":
+                elif event_type == EventType.NODE_PROGRESS:
                     progress.update(steps, visible=True, completed=data["value"], total=data["max"])
-                elif event_type in ("completed", "failed", "cancelled"):
+                elif event_type in TERMINAL_EVENTS:
                     return event_type
     return "unknown"
 

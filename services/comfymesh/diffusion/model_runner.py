@@ -12,9 +12,9 @@ import torch
 
 from comfymesh.artifacts import ArtifactStore, decode_value, encode_value
 from comfymesh.catalog import Catalog
+from comfymesh.contracts.errors import ComfymeshError
+from comfymesh.contracts.failures import failure_from_exception
 from comfymesh.diffusion.models.cache import ModelCache, get_model_cache
-from comfymesh.errors import ComfymeshError
-from comfymesh.rpc.failures import failure_from_exception
 from comfymesh.stage.node import NodeContext, NodeImpl
 from comfymesh.v1 import model_runner_pb2, model_runner_pb2_grpc
 

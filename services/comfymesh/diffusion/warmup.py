@@ -9,11 +9,11 @@ from typing import Any
 
 from comfymesh.catalog.model_folders import model_folders
 from comfymesh.config import Settings
+from comfymesh.contracts.errors import ModelError
 from comfymesh.diffusion.fast.compile_cache import compile_cache_dir
 from comfymesh.diffusion.fast.manifest import WarmTarget, warmup_from_manifest
 from comfymesh.diffusion.models.cache import get_model_cache
 from comfymesh.diffusion.models.convert import import_model_code
-from comfymesh.errors import ModelError
 from comfymesh.logs import log_fields
 
 log = logging.getLogger(__name__)

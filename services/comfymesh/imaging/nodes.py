@@ -11,7 +11,7 @@ import numpy as np
 
 from comfymesh.catalog.files import FileRefused, open_inside, split_image_name
 from comfymesh.catalog.schema import Combo, Float, Int, Link, NodeSet, Output, Source
-from comfymesh.errors import NodeInputError
+from comfymesh.contracts.errors import NodeInputError
 from comfymesh.imaging import ops
 from comfymesh.outputs import as_image_batch
 from comfymesh.stage.node import NodeContext

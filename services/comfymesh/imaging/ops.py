@@ -18,7 +18,7 @@ from wand.color import Color
 from wand.exceptions import WandException
 from wand.image import STORAGE_TYPES, Image
 
-from comfymesh.errors import StageRequestError
+from comfymesh.contracts.errors import StageRequestError
 
 # ComfyUI's upscale methods as ImageMagick resize filters. ImageMagick maps pixel centres the way
 # torch does with align_corners=False, so upscales agree; on downscales ImageMagick widens the filter

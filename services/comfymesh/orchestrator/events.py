@@ -9,15 +9,15 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from comfymesh.contracts.events import FINISHED_STATUSES, TERMINAL_EVENTS
-from comfymesh.jobs import EventRecord, JobStore
+from comfymesh.contracts.events import FINISHED_STATUSES, TERMINAL_EVENTS, JobEvent
+from comfymesh.jobs import JobStore
 
 
 class EventBus:
     def __init__(self, store: JobStore) -> None:
         self.store = store
         self._write_lock = asyncio.Lock()
-        self._subscribers: set[asyncio.Queue[EventRecord]] = set()
+        self._subscribers: set[asyncio.Queue[JobEvent]] = set()
 
     async def record(self, write: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run a store write that appends an event (or a list of them), then publish what it appended.
@@ -36,18 +36,18 @@ class EventBus:
 
     def emit_transient(self, job_id: str, type_: str, node_id: str, data: dict[str, Any]) -> None:
         """Live-only events (previews): id 0, not persisted, dropped for slow subscribers."""
-        self._publish(EventRecord(0, job_id, type_, node_id, data, 0.0))
+        self._publish(JobEvent(0, job_id, type_, node_id, data, 0.0))
 
-    def _publish(self, event: EventRecord) -> None:
+    def _publish(self, event: JobEvent) -> None:
         for queue in list(self._subscribers):
             if event.id == 0 and queue.qsize() > 64:
                 continue
             queue.put_nowait(event)
 
     async def stream(self, job_id: str | None, after_id: int, follow: bool,
-                     include_transient: bool = False) -> AsyncIterator[EventRecord]:
+                     include_transient: bool = False) -> AsyncIterator[JobEvent]:
         """Replay the log after `after_id`, then (if `follow`) live events; a job's stream ends with it."""
-        queue: asyncio.Queue[EventRecord] = asyncio.Queue()
+        queue: asyncio.Queue[JobEvent] = asyncio.Queue()
         self._subscribers.add(queue)
         try:
             last = after_id

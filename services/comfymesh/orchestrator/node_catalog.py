@@ -16,9 +16,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from comfymesh import wirejson
 from comfymesh.catalog import Catalog
-from comfymesh.errors import StageUnavailableError
+from comfymesh.contracts import wirejson
+from comfymesh.contracts.errors import StageUnavailableError
 from comfymesh.orchestrator.replicas import ReplicaPool
 from comfymesh.v1 import stage_pb2
 

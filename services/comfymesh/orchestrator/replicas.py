@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from comfymesh.errors import StageUnavailableError
+from comfymesh.contracts.errors import StageUnavailableError
 from comfymesh.rpc import open_channel
 from comfymesh.v1 import stage_pb2, stage_pb2_grpc
 

@@ -10,20 +10,22 @@ from typing import Any
 
 import grpc
 
-from comfymesh import trace, wirejson
+from comfymesh import trace
 from comfymesh.artifacts import ArtifactStore
-from comfymesh.artifacts.codec import ref_from_proto
 from comfymesh.catalog import Catalog
 from comfymesh.catalog.files import file_digest
 from comfymesh.config import Settings
-from comfymesh.errors import ComfymeshError, StageUnavailableError, TimeoutExceededError
+from comfymesh.contracts import wirejson
+from comfymesh.contracts.errors import ComfymeshError, StageUnavailableError, TimeoutExceededError
+from comfymesh.contracts.events import JobStatus
+from comfymesh.contracts.failures import exception_from_failure
+from comfymesh.contracts.values import TensorRef, value_from_dict, value_to_dict
 from comfymesh.graph import Plan, StageGroup, plan_groups, plan_prompt, sign_plan
-from comfymesh.jobs import CacheEntry, JobRecord, JobStatus
+from comfymesh.jobs import CacheEntry, JobRecord
 from comfymesh.jobs.options import JobOptions
 from comfymesh.logs import log_fields
 from comfymesh.orchestrator.events import EventBus
 from comfymesh.orchestrator.replicas import ReplicaPool
-from comfymesh.rpc.failures import exception_from_failure
 from comfymesh.v1 import common_pb2, stage_pb2
 
 log = logging.getLogger("comfymesh.orchestrator")
@@ -56,32 +58,6 @@ def _drain(stream: Any) -> None:
     task = asyncio.get_running_loop().create_task(drain())
     _draining.add(task)
     task.add_done_callback(_draining.discard)
-
-
-def value_to_dict(value: common_pb2.Value) -> dict[str, Any]:
-    """A node output as a cache entry holds it: protobuf's JSON mapping (int64 as strings), by hand,
-    since json_format costs ~50 µs a value on the path of every cached node."""
-    out: dict[str, Any] = {"type": value.type}
-    kind = value.WhichOneof("payload")
-    if kind == "tensor":
-        ref = value.tensor
-        out["tensor"] = {"uri": ref.uri, "dtype": ref.dtype, "shape": [str(d) for d in ref.shape],
-                         "digest": ref.digest, "nbytes": str(ref.nbytes)}
-    elif kind == "json":
-        out["json"] = value.json
-    return out
-
-
-def value_from_dict(data: dict[str, Any]) -> common_pb2.Value:
-    """The inverse of value_to_dict; also reads entries json_format wrote (fields at defaults left out)."""
-    ref = data.get("tensor")
-    if ref is not None:
-        return common_pb2.Value(type=data.get("type", ""), tensor=common_pb2.TensorRef(
-            uri=ref.get("uri", ""), dtype=ref.get("dtype", ""), shape=[int(d) for d in ref.get("shape", [])],
-            digest=ref.get("digest", ""), nbytes=int(ref.get("nbytes", 0))))
-    if "json" in data:
-        return common_pb2.Value(type=data.get("type", ""), json=data["json"])
-    return common_pb2.Value(type=data.get("type", ""))
 
 
 class JobRunner:
@@ -242,7 +218,7 @@ class JobRunner:
             if hit is None:
                 continue
             outputs = [value_from_dict(item) for item in hit[0]]
-            if not all(self.artifacts.exists(ref_from_proto(v.tensor)) for v in outputs
+            if not all(self.artifacts.exists(TensorRef.from_proto(v.tensor)) for v in outputs
                        if v.WhichOneof("payload") == "tensor"):
                 continue
             if plan.nodes[node_id].is_output and not hit[1]:

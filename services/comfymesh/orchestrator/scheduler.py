@@ -18,9 +18,12 @@ from comfymesh.catalog import INPUT_IMAGES, Catalog
 from comfymesh.catalog.files import resolve_image_name
 from comfymesh.catalog.model_folders import model_folders
 from comfymesh.config import Settings
+from comfymesh.contracts.errors import ComfymeshError, TimeoutExceededError
+from comfymesh.contracts.events import EventType, JobStatus
+from comfymesh.contracts.failures import failure_record
 from comfymesh.graph import Plan, plan_prompt, validate_prompt
 from comfymesh.graph.limits import resource_limits
-from comfymesh.jobs import JobRecord, JobStatus, JobStore, UnreadableJob
+from comfymesh.jobs import JobRecord, JobStore, UnreadableJob
 from comfymesh.jobs.options import STORED_KEY, InvalidJobOptions, JobOptions
 from comfymesh.logs import log_fields
 from comfymesh.orchestrator.events import EventBus
@@ -93,7 +96,7 @@ class Scheduler:
                 existing = self.store.get_job(job_id)
                 if existing is not None:
                     return Submission(existing.id, existing.number, existing=True)
-            if self.store.count_jobs("queued") >= self.settings.max_queue:
+            if self.store.count_jobs(JobStatus.QUEUED) >= self.settings.max_queue:
                 return Submission(queue_full=True)
             # ComfyUI's counter moves even when validation then fails
             self._counter += 1
@@ -145,8 +148,8 @@ class Scheduler:
                 continue
             job = await asyncio.to_thread(self.store.get_job, target)
             if job is not None and job.status == JobStatus.QUEUED:
-                await self.bus.record(self.store.set_status, target, JobStatus.CANCELLED, event="cancelled",
-                                      data={"while": "queued"})
+                await self.bus.record(self.store.set_status, target, JobStatus.CANCELLED,
+                                      event=EventType.CANCELLED, data={"while": JobStatus.QUEUED})
                 cancelled.append(target)
                 await self._finished(target)
         return cancelled
@@ -154,7 +157,7 @@ class Scheduler:
     async def recover(self) -> None:
         """After a restart: jobs that were running are queued again; the cache skips finished work."""
         for job in await asyncio.to_thread(self.store.jobs_in, JobStatus.RUNNING):
-            await self.bus.record(self.store.set_status, job.id, JobStatus.QUEUED, event="requeued")
+            await self.bus.record(self.store.set_status, job.id, JobStatus.QUEUED, event=EventType.REQUEUED)
             log.info("job re-queued after restart", extra=log_fields(job=job.id))
         jobs, _ = await asyncio.to_thread(self.store.list_jobs)
         self._counter = int(max((abs(job.number) for job in jobs), default=0))
@@ -211,9 +214,11 @@ class Scheduler:
             self.running[job.id] = asyncio.create_task(self._drive(job))
 
     async def _expire(self, job: JobRecord) -> None:
-        error = {"type": "timeout", "node_id": "", "details": "queue_wait", "non_retryable": True,
-                 "message": f"the job waited longer than its {self.settings.queue_wait_timeout_s:g} s queue timeout"}
-        await self.bus.record(self.store.set_status, job.id, JobStatus.FAILED, error=error, event="failed", data=error)
+        error = failure_record(TimeoutExceededError(
+            f"the job waited longer than its {self.settings.queue_wait_timeout_s:g} s queue timeout",
+            details="queue_wait"))
+        await self.bus.record(self.store.set_status, job.id, JobStatus.FAILED, error=error, event=EventType.FAILED,
+                              data=error)
         await self._finished(job.id)
 
     async def _finished(self, job_id: str, asked: JobRecord | None = None) -> None:
@@ -241,8 +246,8 @@ class Scheduler:
             self._user_cancelled.discard(job.id)
             # a cancel that lands after the last result was recorded leaves the job completed
             if runner is None or not runner.completed:
-                await self.bus.record(self.store.set_status, job.id, JobStatus.CANCELLED, event="cancelled",
-                                      data={"while": "running"})
+                await self.bus.record(self.store.set_status, job.id, JobStatus.CANCELLED,
+                                      event=EventType.CANCELLED, data={"while": JobStatus.RUNNING})
         except Exception as exc:  # a job that cannot be prepared, or a bug while it runs, fails this job alone
             if runner is None or not runner.completed:
                 await self._fail_alone(job.id, exc)
@@ -255,18 +260,17 @@ class Scheduler:
         """Fail a job that raised while it was prepared or run, and only that job."""
         if isinstance(exc, InvalidJobOptions):  # stored by an older version, before options were checked
             log.error("job could not be prepared", extra=log_fields(job=job_id, error=str(exc)))
-            error = {"type": "invalid_options", "node_id": "", "details": "prepare", "non_retryable": True,
-                     "message": f"the job's stored options are invalid ({exc}); submit it again"}
+            error = failure_record(ComfymeshError(f"the job's stored options are invalid ({exc}); submit it again",
+                                                  type="invalid_options", details="prepare"))
         elif isinstance(exc, UnreadableJob):  # damaged on disk: nothing of it can be run
             log.error("job could not be read", extra=log_fields(job=job_id, error=str(exc)))
-            error = {"type": "unreadable_job", "node_id": "", "details": "prepare", "non_retryable": True,
-                     "message": str(exc)}
+            error = failure_record(ComfymeshError(str(exc), type="unreadable_job", details="prepare"))
         else:
             log.exception("job crashed", extra=log_fields(job=job_id))
-            error = {"type": "internal_error", "message": f"{type(exc).__name__}: {exc}", "node_id": ""}
+            error = failure_record(ComfymeshError(f"{type(exc).__name__}: {exc}"))
         try:
-            await self.bus.record(self.store.set_status, job_id, JobStatus.FAILED, error=error, event="failed",
-                                  data=error)
+            await self.bus.record(self.store.set_status, job_id, JobStatus.FAILED, error=error,
+                                  event=EventType.FAILED, data=error)
         except Exception:  # still queued in the store: leave it there rather than fail it again and again
             log.exception("the job's failure could not be recorded", extra=log_fields(job=job_id))
             self._unrecordable.add(job_id)

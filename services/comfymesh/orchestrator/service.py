@@ -13,13 +13,14 @@ from comfymesh import trace, wirejson
 from comfymesh.catalog.files import file_digest
 from comfymesh.contracts.comfy_errors import error_detail
 from comfymesh.contracts.events import FINISHED_STATUSES, JobStatus
+from comfymesh.contracts.failures import failure_from_dict
 from comfymesh.contracts.job_options import STORED_KEY, InvalidJobOptions, JobOptions
 from comfymesh.contracts.job_order import JobOrder
 from comfymesh.jobs import JobRecord
 from comfymesh.orchestrator.devices import free_models, list_devices
 from comfymesh.orchestrator.scheduler import Scheduler, dumps
 from comfymesh.rpc.channels import max_message_bytes
-from comfymesh.v1 import common_pb2, orchestrator_pb2, orchestrator_pb2_grpc, stage_pb2
+from comfymesh.v1 import orchestrator_pb2, orchestrator_pb2_grpc, stage_pb2
 
 Context: TypeAlias = grpc.aio.ServicerContext
 _ORDERS = {orchestrator_pb2.JOB_ORDER_QUEUE: JobOrder.QUEUE, orchestrator_pb2.JOB_ORDER_NEWEST: JobOrder.NEWEST,
@@ -38,15 +39,6 @@ def _too_large(size: int, limit: int) -> dict[str, object] | None:
     return error_detail("prompt_too_large", "Prompt is too large",
                         f"the prompt takes {size} bytes; this server takes at most {limit // 3} (a third of "
                         "COMFYMESH_GRPC_MAX_MESSAGE_BYTES)")
-
-
-def _failure(error: dict[str, object] | None) -> common_pb2.Failure | None:
-    if not error:
-        return None
-    return common_pb2.Failure(type=str(error.get("type", "")), node_id=str(error.get("node_id", "")),
-                              message=str(error.get("message", "")), details=str(error.get("details", "")),
-                              non_retryable=bool(error.get("non_retryable", True)),
-                              node_type=str(error.get("node_type", "")))
 
 
 class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServicer):
@@ -117,9 +109,8 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServicer):
             finished=job.finished or 0, number=job.number, prompt_json=wirejson.dumps(job.prompt),
             extra_data_json=wirejson.dumps(job.extra_data), outputs_json=wirejson.dumps(job.outputs),
             client_id=job.client_id, output_node_ids=job.outputs_to_run)
-        failure = _failure(job.error)
-        if failure is not None:
-            message.error.CopyFrom(failure)
+        if job.error:
+            message.error.CopyFrom(failure_from_dict(job.error))
         if with_nodes:
             for node in self.store.node_states(job.id):
                 message.nodes.add(node_id=node["node_id"], class_type=node["class_type"], state=node["state"],

@@ -23,6 +23,7 @@ import httpx
 
 from comfymesh.config import Settings
 from comfymesh.config.policies import RetryPolicy
+from comfymesh.contracts.events import EventType
 from comfymesh.logs import log_fields
 from comfymesh.orchestrator.events import EventBus
 from comfymesh.outbound import OutboundClient, OutboundPolicy, OutboundRefused
@@ -89,11 +90,11 @@ class WebhookSender:
                                 extra=log_fields(job=job_id, attempt=attempt, error=f"{type(exc).__name__}: {exc}"))
                 else:
                     if status < 300:
-                        await self.bus.emit(job_id, "webhook_delivered", data={"attempt": attempt})
+                        await self.bus.emit(job_id, EventType.WEBHOOK_DELIVERED, data={"attempt": attempt})
                         return
                     log.warning("webhook delivery failed", extra=log_fields(job=job_id, attempt=attempt, status=status))
                     if status < 400:  # a redirect is not followed, and answers the same when tried again
                         break
                 if attempt < self.policy.max_attempts:
                     await asyncio.sleep(self.policy.backoff(attempt))
-        await self.bus.emit(job_id, "webhook_failed", data={"error": error})
+        await self.bus.emit(job_id, EventType.WEBHOOK_FAILED, data={"error": error})

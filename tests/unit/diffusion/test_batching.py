@@ -18,12 +18,12 @@ import torch
 
 from comfymesh.config import Settings
 from comfymesh.config.batching import BatchingSettings
+from comfymesh.contracts.errors import InterruptedError_
 from comfymesh.diffusion.__main__ import batching_slots
 from comfymesh.diffusion.models.cache import ModelCache
 from comfymesh.diffusion.nodes import nodes
 from comfymesh.diffusion.sampling import batching
 from comfymesh.diffusion.sampling.batching import SamplingBatcher, set_batcher
-from comfymesh.errors import InterruptedError_
 from comfymesh.stage.node import NodeContext
 
 CKPT = "sd15.safetensors"

@@ -9,11 +9,11 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from comfymesh.contracts.errors import ModelError
 from comfymesh.diffusion.models.checkpoint import load_checkpoint
 from comfymesh.diffusion.models.recognise import recognise
 from comfymesh.diffusion.models.tensor_source import TensorSource
 from comfymesh.diffusion.models.tiny_checkpoint import make_state_dict, make_tiny_checkpoint
-from comfymesh.errors import ModelError
 
 
 @pytest.mark.parametrize(

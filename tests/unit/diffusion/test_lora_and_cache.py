@@ -8,10 +8,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from comfymesh.contracts.errors import NodeInputError
 from comfymesh.diffusion.models.cache import ModelCache
 from comfymesh.diffusion.models.tiny_checkpoint import make_tiny_checkpoint
 from comfymesh.diffusion.nodes import nodes
-from comfymesh.errors import NodeInputError
 from comfymesh.stage.node import NodeContext
 
 

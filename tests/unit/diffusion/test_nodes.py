@@ -13,9 +13,9 @@ import torch
 from PIL import Image
 
 from comfymesh.config import Settings
+from comfymesh.contracts.errors import InterruptedError_, ModelError, NodeInputError, ResourceExhaustedError
 from comfymesh.diffusion.models.cache import ModelCache
 from comfymesh.diffusion.nodes import nodes
-from comfymesh.errors import InterruptedError_, ModelError, NodeInputError, ResourceExhaustedError
 from comfymesh.stage.node import NodeContext
 
 

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from comfymesh.config import Settings
+from comfymesh.contracts.errors import ModelError
 from comfymesh.diffusion.text import tokenizer
 from comfymesh.diffusion.text.encode import tokenize_weighted, windows
 from comfymesh.diffusion.text.tokenizer_build import byte_symbols
-from comfymesh.errors import ModelError
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,7 @@ from PIL import Image
 from wand.color import Color
 from wand.image import Image as WandImage
 
-from comfymesh.errors import NodeInputError
+from comfymesh.contracts.errors import NodeInputError
 from comfymesh.graph.limits import OutputLimits
 from comfymesh.imaging import ops
 from comfymesh.imaging.nodes import nodes

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from comfymesh.errors import ResourceExhaustedError
+from comfymesh.contracts.errors import ResourceExhaustedError
 
 
 def spatial_factor(vae: Any) -> int:

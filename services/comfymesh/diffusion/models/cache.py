@@ -21,6 +21,7 @@ from comfymesh.catalog.files import file_digest
 from comfymesh.config import get_settings
 from comfymesh.config.diffusion import DiffusionSettings
 from comfymesh.config.fast_path import FastPathSettings
+from comfymesh.contracts.errors import ModelError
 from comfymesh.diffusion.fast.decoder import FastDecoder
 from comfymesh.diffusion.fast.unet import FastUNet
 from comfymesh.diffusion.latents.formats import LatentFormat, for_family
@@ -31,7 +32,6 @@ from comfymesh.diffusion.sampling.guidance import UNetFn
 from comfymesh.diffusion.sampling.ksampler import SamplingModel
 from comfymesh.diffusion.sampling.model_sampling import ModelSampling
 from comfymesh.diffusion.text.encode import ClipRunner, Runner, TextEncoders
-from comfymesh.errors import ModelError
 
 DEFAULT_CPU_BUDGET = 16 * 2**30
 

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import torch
 
+from comfymesh.contracts.errors import ModelError
 from comfymesh.diffusion.models.convert import Placement, build_clip, build_unet, build_vae, unet_module_map
 from comfymesh.diffusion.models.recognise import VAE_PREFIX, Recognition, found_summary, parse_vae, recognise
 from comfymesh.diffusion.models.tensor_source import TensorSource
-from comfymesh.errors import ModelError
 from comfymesh.logs import log_fields
 
 log = logging.getLogger(__name__)

@@ -10,9 +10,9 @@ from typing import Any
 
 import torch
 
+from comfymesh.contracts.errors import ModelError
 from comfymesh.diffusion.models.recognise import UNET_PREFIX, ClipLayout, Recognition, UNetLayout, VAELayout
 from comfymesh.diffusion.models.tensor_source import TensorSource
-from comfymesh.errors import ModelError
 
 
 def unet_config(layout: UNetLayout, family: str) -> dict[str, Any]:

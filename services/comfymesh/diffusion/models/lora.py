@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from comfymesh.errors import ModelError, NodeInputError
+from comfymesh.contracts.errors import ModelError, NodeInputError
 
 log = logging.getLogger(__name__)
 

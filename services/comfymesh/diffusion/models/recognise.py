@@ -11,8 +11,8 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from comfymesh.contracts.errors import ModelError
 from comfymesh.diffusion.models.tensor_source import TensorSource
-from comfymesh.errors import ModelError
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."

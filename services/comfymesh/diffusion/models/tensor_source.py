@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from comfymesh.errors import ModelError
+from comfymesh.contracts.errors import ModelError
 
 
 class TensorSource:

@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from comfymesh.catalog.schema import Link, Output, String
+from comfymesh.contracts.handles import HandleKind, ModelHandle
 from comfymesh.diffusion.models.cache import get_model_cache
 from comfymesh.diffusion.nodes.failures import node
-from comfymesh.diffusion.nodes.handles import Handle, checkpoint_of, expect_handle, loras_of
+from comfymesh.diffusion.nodes.handles import checkpoint_of, expect_handle, loras_of
 from comfymesh.diffusion.nodes.registry import nodes
 from comfymesh.diffusion.text.encode import encode_prompt
 from comfymesh.stage.node import NodeContext
@@ -21,8 +22,8 @@ from comfymesh.stage.node import NodeContext
     outputs=[Output("CONDITIONING")],
 )
 @node
-def clip_text_encode(ctx: NodeContext, text: str, clip: Handle) -> tuple[list[Any]]:
-    clip = expect_handle(ctx, clip, "clip")
+def clip_text_encode(ctx: NodeContext, text: str, clip: ModelHandle) -> tuple[list[Any]]:
+    clip = expect_handle(ctx, clip, HandleKind.CLIP)
     ckpt = checkpoint_of(ctx, clip)
     encoders = get_model_cache().text_encoders(ckpt, loras_of(ctx, clip))
     cond, pooled = encode_prompt(encoders, text, clip.get("stop_at_clip_layer"))

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from comfymesh.errors import ComfymeshError, ResourceExhaustedError
+from comfymesh.contracts.errors import ComfymeshError, ResourceExhaustedError
 from comfymesh.stage.node import NodeContext, NodeImpl
 
 

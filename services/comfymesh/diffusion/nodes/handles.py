@@ -1,19 +1,18 @@
-"""MODEL / CLIP / VAE handles: small deterministic JSON values naming files by name and digest, which the
-process-wide ModelCache turns into resident weights."""
+"""MODEL / CLIP / VAE handles (`comfymesh.contracts.handles`) turned into resident weights by the
+process-wide ModelCache, after checking that the files they name are still the ones they were made from."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from comfymesh.contracts.errors import ModelError, NodeInputError
+from comfymesh.contracts.handles import HandleKind, ModelHandle, is_handle
 from comfymesh.diffusion.models.cache import LoadedCheckpoint, LoraSpec, get_model_cache
 from comfymesh.diffusion.nodes.model_files import resolve_file
-from comfymesh.errors import ModelError, NodeInputError
 from comfymesh.stage.node import NodeContext
 
-Handle = dict[str, Any]
 
-
-def checkpoint_of(ctx: NodeContext, handle: Handle) -> LoadedCheckpoint:
+def checkpoint_of(ctx: NodeContext, handle: ModelHandle) -> LoadedCheckpoint:
     ckpt = get_model_cache().get(resolve_file(ctx, "checkpoints", handle["ckpt"]))
     if ckpt.digest != handle["digest"]:
         raise ModelError(f"checkpoint {handle['ckpt']} changed on disk since it was loaded; run the loader again",
@@ -21,7 +20,7 @@ def checkpoint_of(ctx: NodeContext, handle: Handle) -> LoadedCheckpoint:
     return ckpt
 
 
-def loras_of(ctx: NodeContext, handle: Handle) -> list[LoraSpec]:
+def loras_of(ctx: NodeContext, handle: ModelHandle) -> list[LoraSpec]:
     out = []
     for name, digest, strength in handle.get("loras", []):
         path = resolve_file(ctx, "loras", name)
@@ -31,7 +30,7 @@ def loras_of(ctx: NodeContext, handle: Handle) -> list[LoraSpec]:
     return out
 
 
-def expect_handle(ctx: NodeContext, handle: Any, kind: str) -> Handle:
-    if not isinstance(handle, dict) or handle.get("kind") != kind:
+def expect_handle(ctx: NodeContext, handle: Any, kind: HandleKind) -> ModelHandle:
+    if not is_handle(handle, kind):
         raise NodeInputError(f"expected a {kind.upper()} input, got {type(handle).__name__}", node_id=ctx.node_id)
     return handle

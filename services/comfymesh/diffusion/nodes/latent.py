@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 
 from comfymesh.catalog.schema import Combo, Float, Int, Link, Output
+from comfymesh.contracts.errors import NodeInputError
 from comfymesh.diffusion.nodes.failures import node
 from comfymesh.diffusion.nodes.registry import nodes
-from comfymesh.errors import NodeInputError
 from comfymesh.stage.node import NodeContext
 
 LATENT_UPSCALE_METHODS = ("nearest-exact", "bilinear", "area", "bicubic", "bislerp")

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from comfymesh.catalog.schema import Combo, Float, Int, Link, Output, Source
+from comfymesh.contracts.errors import NodeInputError
+from comfymesh.contracts.handles import HandleKind, ModelHandle, checkpoint_handle, vae_file_handle
 from comfymesh.diffusion.models.cache import get_model_cache
 from comfymesh.diffusion.nodes.failures import node
-from comfymesh.diffusion.nodes.handles import Handle, checkpoint_of, expect_handle
+from comfymesh.diffusion.nodes.handles import checkpoint_of, expect_handle
 from comfymesh.diffusion.nodes.model_files import resolve_file
 from comfymesh.diffusion.nodes.registry import nodes
-from comfymesh.errors import NodeInputError
 from comfymesh.stage.node import NodeContext
 
 
@@ -19,12 +20,11 @@ from comfymesh.stage.node import NodeContext
     outputs=[Output("MODEL"), Output("CLIP"), Output("VAE")],
 )
 @node
-def checkpoint_loader_simple(ctx: NodeContext, ckpt_name: str) -> tuple[Handle, Handle, Handle]:
-    ckpt = get_model_cache().get(resolve_file(ctx, "checkpoints", ckpt_name))
-    base = {"ckpt": ckpt_name, "digest": ckpt.digest}
-    return ({"kind": "model", **base, "loras": []},
-            {"kind": "clip", **base, "loras": [], "stop_at_clip_layer": None},
-            {"kind": "vae", **base})
+def checkpoint_loader_simple(ctx: NodeContext, ckpt_name: str) -> tuple[ModelHandle, ModelHandle, ModelHandle]:
+    digest = get_model_cache().get(resolve_file(ctx, "checkpoints", ckpt_name)).digest
+    return (checkpoint_handle(HandleKind.MODEL, ckpt_name, digest, loras=[]),
+            checkpoint_handle(HandleKind.CLIP, ckpt_name, digest, loras=[], stop_at_clip_layer=None),
+            checkpoint_handle(HandleKind.VAE, ckpt_name, digest))
 
 
 @nodes.define("VAELoader", category="loaders", display_name="Load VAE",
@@ -34,11 +34,11 @@ def checkpoint_loader_simple(ctx: NodeContext, ckpt_name: str) -> tuple[Handle, 
     outputs=[Output("VAE")],
 )
 @node
-def vae_loader(ctx: NodeContext, vae_name: str) -> tuple[Handle]:
+def vae_loader(ctx: NodeContext, vae_name: str) -> tuple[ModelHandle]:
     if vae_name in ("pixel_space", "taesd", "taesdxl", "taesd3", "taef1"):
         raise NodeInputError(f"VAE {vae_name!r} is not supported yet", node_id=ctx.node_id)
     digest, _ = get_model_cache().vae_file(resolve_file(ctx, "vae", vae_name))
-    return ({"kind": "vae", "file": vae_name, "digest": digest},)
+    return (vae_file_handle(vae_name, digest),)
 
 
 @nodes.define("LoraLoader", category="loaders", display_name="Load LoRA",
@@ -52,10 +52,10 @@ def vae_loader(ctx: NodeContext, vae_name: str) -> tuple[Handle]:
     outputs=[Output("MODEL"), Output("CLIP")],
 )
 @node
-def lora_loader(ctx: NodeContext, model: Handle, clip: Handle, lora_name: str, strength_model: float,
-                strength_clip: float) -> tuple[Handle, Handle]:
-    model = expect_handle(ctx, model, "model")
-    clip = expect_handle(ctx, clip, "clip")
+def lora_loader(ctx: NodeContext, model: ModelHandle, clip: ModelHandle, lora_name: str, strength_model: float,
+                strength_clip: float) -> tuple[ModelHandle, ModelHandle]:
+    model = expect_handle(ctx, model, HandleKind.MODEL)
+    clip = expect_handle(ctx, clip, HandleKind.CLIP)
     path = resolve_file(ctx, "loras", lora_name)
     get_model_cache().check_lora(checkpoint_of(ctx, model), path)
     digest = get_model_cache().digest(path)
@@ -72,8 +72,8 @@ def lora_loader(ctx: NodeContext, model: Handle, clip: Handle, lora_name: str, s
     outputs=[Output("CLIP")],
 )
 @node
-def clip_set_last_layer(ctx: NodeContext, clip: Handle, stop_at_clip_layer: int) -> tuple[Handle]:
-    clip = expect_handle(ctx, clip, "clip")
+def clip_set_last_layer(ctx: NodeContext, clip: ModelHandle, stop_at_clip_layer: int) -> tuple[ModelHandle]:
+    clip = expect_handle(ctx, clip, HandleKind.CLIP)
     if not -24 <= int(stop_at_clip_layer) <= -1:
         raise NodeInputError(f"stop_at_clip_layer must be between -24 and -1, got {stop_at_clip_layer}",
                              node_id=ctx.node_id)

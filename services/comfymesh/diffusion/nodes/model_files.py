@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from comfymesh.catalog.model_folders import SAFE_SUFFIXES, canonical
-from comfymesh.errors import NodeInputError
+from comfymesh.contracts.errors import NodeInputError
 from comfymesh.stage.node import NodeContext
 
 

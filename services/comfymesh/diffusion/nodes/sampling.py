@@ -7,10 +7,11 @@ from typing import Any
 import torch
 
 from comfymesh.catalog.schema import Combo, Float, Int, Link, Output
+from comfymesh.contracts.handles import HandleKind, ModelHandle
 from comfymesh.diffusion.latents.previews import latent_rgb_tensor
 from comfymesh.diffusion.models.cache import get_model_cache
 from comfymesh.diffusion.nodes.failures import node
-from comfymesh.diffusion.nodes.handles import Handle, checkpoint_of, expect_handle, loras_of
+from comfymesh.diffusion.nodes.handles import checkpoint_of, expect_handle, loras_of
 from comfymesh.diffusion.nodes.registry import nodes
 from comfymesh.diffusion.sampling.batching import sample_latent
 from comfymesh.diffusion.sampling.samplers import IMPLEMENTED_SAMPLERS as SAMPLER_CHOICES
@@ -19,8 +20,9 @@ from comfymesh.diffusion.sampling.step_reporter import StepReporter
 from comfymesh.stage.node import NodeContext
 
 
-def _sample(ctx: NodeContext, model: Handle, latent_image: dict[str, Any], **kwargs: Any) -> tuple[dict[str, Any]]:
-    model = expect_handle(ctx, model, "model")
+def _sample(ctx: NodeContext, model: ModelHandle, latent_image: dict[str, Any],
+            **kwargs: Any) -> tuple[dict[str, Any]]:
+    model = expect_handle(ctx, model, HandleKind.MODEL)
     ckpt = checkpoint_of(ctx, model)
     sm = get_model_cache().sampling_model(ckpt, loras_of(ctx, model))
     fmt = sm.latent_format
@@ -53,7 +55,7 @@ def _sample(ctx: NodeContext, model: Handle, latent_image: dict[str, Any], **kwa
     outputs=[Output("LATENT")],
 )
 @node
-def ksampler_node(ctx: NodeContext, model: Handle, seed: int, steps: int, cfg: float, sampler_name: str,
+def ksampler_node(ctx: NodeContext, model: ModelHandle, seed: int, steps: int, cfg: float, sampler_name: str,
                   scheduler: str, positive: list[Any], negative: list[Any], latent_image: dict[str, Any],
                   denoise: float = 1.0) -> tuple[dict[str, Any]]:
     return _sample(ctx, model, latent_image, seed=int(seed), steps=int(steps), cfg=float(cfg),
@@ -80,7 +82,7 @@ def ksampler_node(ctx: NodeContext, model: Handle, seed: int, steps: int, cfg: f
     outputs=[Output("LATENT")],
 )
 @node
-def ksampler_advanced(ctx: NodeContext, model: Handle, add_noise: str, noise_seed: int, steps: int, cfg: float,
+def ksampler_advanced(ctx: NodeContext, model: ModelHandle, add_noise: str, noise_seed: int, steps: int, cfg: float,
                       sampler_name: str, scheduler: str, positive: list[Any], negative: list[Any],
                       latent_image: dict[str, Any], start_at_step: int = 0, end_at_step: int = 10000,
                       return_with_leftover_noise: str = "disable") -> tuple[dict[str, Any]]:

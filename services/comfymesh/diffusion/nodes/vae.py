@@ -7,20 +7,21 @@ from typing import Any
 import torch
 
 from comfymesh.catalog.schema import Link, Output
+from comfymesh.contracts.errors import ModelError
+from comfymesh.contracts.handles import HandleKind, ModelHandle
 from comfymesh.diffusion.fast.decoder import FastDecoder
 from comfymesh.diffusion.latents import vae_codec
 from comfymesh.diffusion.models.cache import get_model_cache
 from comfymesh.diffusion.nodes.failures import node
-from comfymesh.diffusion.nodes.handles import Handle, checkpoint_of, expect_handle
+from comfymesh.diffusion.nodes.handles import checkpoint_of, expect_handle
 from comfymesh.diffusion.nodes.model_files import resolve_file
 from comfymesh.diffusion.nodes.registry import nodes
-from comfymesh.errors import ModelError
 from comfymesh.stage.node import NodeContext
 
 
-def _vae(ctx: NodeContext, handle: Handle) -> tuple[torch.nn.Module, FastDecoder | None]:
+def _vae(ctx: NodeContext, handle: ModelHandle) -> tuple[torch.nn.Module, FastDecoder | None]:
     """The VAE of a handle and, for a checkpoint's VAE on the fast path, its compiled decoder."""
-    handle = expect_handle(ctx, handle, "vae")
+    handle = expect_handle(ctx, handle, HandleKind.VAE)
     if "file" in handle:
         digest, file_vae = get_model_cache().vae_file(resolve_file(ctx, "vae", handle["file"]))
         if digest != handle["digest"]:
@@ -38,7 +39,7 @@ def _vae(ctx: NodeContext, handle: Handle) -> tuple[torch.nn.Module, FastDecoder
     outputs=[Output("IMAGE")],
 )
 @node
-def vae_decode(ctx: NodeContext, samples: dict[str, Any], vae: Handle) -> tuple[torch.Tensor]:
+def vae_decode(ctx: NodeContext, samples: dict[str, Any], vae: ModelHandle) -> tuple[torch.Tensor]:
     module, decoder = _vae(ctx, vae)
     return (vae_codec.decode(module, torch.as_tensor(samples["samples"]), decoder),)
 
@@ -51,5 +52,5 @@ def vae_decode(ctx: NodeContext, samples: dict[str, Any], vae: Handle) -> tuple[
     outputs=[Output("LATENT")],
 )
 @node
-def vae_encode(ctx: NodeContext, pixels: Any, vae: Handle) -> tuple[dict[str, Any]]:
+def vae_encode(ctx: NodeContext, pixels: Any, vae: ModelHandle) -> tuple[dict[str, Any]]:
     return ({"samples": vae_codec.encode(_vae(ctx, vae)[0], torch.as_tensor(pixels))},)

@@ -40,6 +40,7 @@ import torch
 
 from comfymesh.config import get_settings
 from comfymesh.config.batching import BatchingSettings
+from comfymesh.contracts.errors import ResourceExhaustedError
 from comfymesh.diffusion.sampling.guidance import MaskedDenoiser, _average, _tile_to, sigma_and_timestep
 from comfymesh.diffusion.sampling.ksampler import (
     PreparedSample,
@@ -51,7 +52,6 @@ from comfymesh.diffusion.sampling.ksampler import (
 )
 from comfymesh.diffusion.sampling.noise import BrownianNoise, DefaultNoise
 from comfymesh.diffusion.sampling.samplers.base import SamplerEnv, SdeNoise, StepNoise
-from comfymesh.errors import ResourceExhaustedError
 from comfymesh.logs import log_fields
 
 DEFAULT_MAX = BatchingSettings().batch_max

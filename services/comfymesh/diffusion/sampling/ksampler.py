@@ -11,13 +11,13 @@ import torch
 
 from comfymesh.config import get_settings
 from comfymesh.config.testing import sampling_out_of_memory
+from comfymesh.contracts.errors import NodeInputError, ResourceExhaustedError
 from comfymesh.diffusion.latents.formats import LatentFormat
 from comfymesh.diffusion.sampling.guidance import CondEntry, GuidedDenoiser, MaskedDenoiser, UNetFn
 from comfymesh.diffusion.sampling.model_sampling import ModelSampling
 from comfymesh.diffusion.sampling.noise import initial_noise
 from comfymesh.diffusion.sampling.samplers import SAMPLER_NAMES, SAMPLERS, Denoiser, Sampler, SamplerEnv
 from comfymesh.diffusion.sampling.schedulers import ksampler_sigmas
-from comfymesh.errors import NodeInputError, ResourceExhaustedError
 
 StepHook = Callable[[int, int, torch.Tensor], None]
 """(step index, total steps, D_i in the scaled latent space) after each step's first evaluation."""

@@ -6,8 +6,8 @@ import functools
 from pathlib import Path
 from typing import Any
 
+from comfymesh.contracts.errors import ModelError
 from comfymesh.diffusion.text.tokenizer_build import default_tokenizer_dir
-from comfymesh.errors import ModelError
 
 BOS_ID = 49406
 EOS_ID = 49407

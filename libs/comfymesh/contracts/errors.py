@@ -1,6 +1,6 @@
 """One error hierarchy for every service: a `type`, a node id and whether a retry can help.
 
-Converted to and from the wire in one place (`comfymesh.rpc.failures`), so a stage's error reaches
+Converted to and from the wire in one place (`comfymesh.contracts.failures`), so a stage's error reaches
 the gateway with its type and node intact.
 """
 

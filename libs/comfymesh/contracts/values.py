@@ -1,0 +1,70 @@
+"""Node values between services, with their one codec: a reference to a stored tensor bundle, or a small
+JSON value (literals, model handles).
+
+A value crosses gRPC as `common_pb2.Value`; in Python a stored bundle is a `TensorRef`; a cache entry keeps
+a value in protobuf's JSON mapping (`value_to_dict`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from comfymesh.v1 import common_pb2
+
+# ComfyUI types whose values are tensor bundles; every other type is a JSON value (literals, model handles).
+# A GUIDER is a JSON spec holding CONDITIONING values under "conds", so its tensors are stored too.
+TENSOR_TYPES = frozenset({"IMAGE", "MASK", "LATENT", "CONDITIONING", "SIGMAS", "GUIDER"})
+
+
+@dataclass(frozen=True)
+class TensorRef:
+    """Where a stored bundle lives and what its primary tensor looks like."""
+
+    uri: str
+    dtype: str
+    shape: tuple[int, ...]
+    digest: str
+    nbytes: int
+
+    def to_proto(self) -> common_pb2.TensorRef:
+        return common_pb2.TensorRef(uri=self.uri, dtype=self.dtype, shape=list(self.shape), digest=self.digest,
+                                    nbytes=self.nbytes)
+
+    @classmethod
+    def from_proto(cls, message: common_pb2.TensorRef) -> TensorRef:
+        return cls(uri=message.uri, dtype=message.dtype, shape=tuple(message.shape), digest=message.digest,
+                   nbytes=message.nbytes)
+
+
+def value_to_dict(value: common_pb2.Value) -> dict[str, Any]:
+    """A node output as a cache entry holds it: protobuf's JSON mapping (int64 as strings), by hand,
+    since json_format costs ~50 µs a value on the path of every cached node."""
+    out: dict[str, Any] = {"type": value.type}
+    kind = value.WhichOneof("payload")
+    if kind == "tensor":
+        ref = value.tensor
+        out["tensor"] = {"uri": ref.uri, "dtype": ref.dtype, "shape": [str(d) for d in ref.shape],
+                         "digest": ref.digest, "nbytes": str(ref.nbytes)}
+    elif kind == "json":
+        out["json"] = value.json
+    return out
+
+
+def value_from_dict(data: dict[str, Any]) -> common_pb2.Value:
+    """The inverse of value_to_dict; also reads entries json_format wrote (fields at defaults left out)."""
+    ref = data.get("tensor")
+    if ref is not None:
+        return common_pb2.Value(type=data.get("type", ""), tensor=common_pb2.TensorRef(
+            uri=ref.get("uri", ""), dtype=ref.get("dtype", ""), shape=[int(d) for d in ref.get("shape", [])],
+            digest=ref.get("digest", ""), nbytes=int(ref.get("nbytes", 0))))
+    if "json" in data:
+        return common_pb2.Value(type=data.get("type", ""), json=data["json"])
+    return common_pb2.Value(type=data.get("type", ""))
+
+
+def tensor_of(value: common_pb2.Value) -> TensorRef | None:
+    """The stored bundle a value refers to; None for a JSON value."""
+    return TensorRef.from_proto(value.tensor) if value.HasField("tensor") else None
+
+
+__all__ = ["TENSOR_TYPES", "TensorRef", "tensor_of", "value_from_dict", "value_to_dict"]
