@@ -18,7 +18,6 @@ from typing import Any
 
 from comfymesh.contracts import wirejson
 from comfymesh.contracts.events import FINISHED_STATUSES, EventType, JobEvent, JobStatus, NodeState
-from comfymesh.contracts.events import TERMINAL_EVENTS as TERMINAL_EVENTS  # shim: the gateway's import (issue 13)
 from comfymesh.contracts.job_order import JobOrder
 
 _SCHEMA = """

@@ -9,8 +9,9 @@ from typing import TypeAlias
 
 import grpc
 
-from comfymesh import trace, wirejson
+from comfymesh import trace
 from comfymesh.catalog.files import file_digest
+from comfymesh.contracts import wirejson
 from comfymesh.contracts.comfy_errors import error_detail
 from comfymesh.contracts.events import FINISHED_STATUSES, JobStatus
 from comfymesh.contracts.failures import failure_from_dict
