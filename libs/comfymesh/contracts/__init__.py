@@ -3,7 +3,7 @@ and model handles, ComfyUI's error body and the wire JSON codec. Every service i
 nothing of theirs."""
 
 from comfymesh.contracts import wirejson
-from comfymesh.contracts.comfy_errors import error_body, error_detail
+from comfymesh.contracts.comfy_errors import error_body, error_detail, error_response
 from comfymesh.contracts.errors import (
     ComfymeshError,
     InterruptedError_,
@@ -63,6 +63,7 @@ __all__ = [
     "checkpoint_named",
     "error_body",
     "error_detail",
+    "error_response",
     "exception_from_failure",
     "failure_from_dict",
     "failure_from_exception",

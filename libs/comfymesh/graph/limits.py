@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from comfymesh.contracts.comfy_errors import error_detail
 from comfymesh.contracts.errors import NodeInputError
 
 NodeCheck = Callable[[str, dict[str, Any]], list[dict[str, Any]]]
@@ -23,10 +24,10 @@ LATENT_SCALE = 8
 
 
 def _too_big(input_name: str, value: Any, limit: int, what: str) -> dict[str, Any]:
-    return {"type": "value_bigger_than_max", "message": f"Value {value} bigger than max of {limit}",
-            "details": f"{input_name}: the server allows at most {limit} {what} (ask the operator to raise "
-                       "the COMFYMESH_MAX_* limit)",
-            "extra_info": {"input_name": input_name, "received_value": value, "server_limit": limit}}
+    return error_detail("value_bigger_than_max", f"Value {value} bigger than max of {limit}",
+                        f"{input_name}: the server allows at most {limit} {what} (ask the operator to raise "
+                        "the COMFYMESH_MAX_* limit)",
+                        {"input_name": input_name, "received_value": value, "server_limit": limit})
 
 
 def resource_limits(max_pixels: int, max_batch: int, max_steps: int) -> NodeCheck:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from comfymesh.catalog import Catalog, InputSpec, NodeDef
+from comfymesh.contracts.comfy_errors import error_detail, error_response
 from comfymesh.graph.limits import NodeCheck
 
 Prompt = dict[str, dict[str, Any]]
@@ -34,15 +35,11 @@ class ValidationResult:
 
     def response(self) -> dict[str, Any]:
         """The body ComfyUI answers with: `{"error": ..., "node_errors": ...}`."""
-        return {"error": self.error, "node_errors": self.node_errors}
-
-
-def _error(type_: str, message: str, details: str = "", **extra: Any) -> dict[str, Any]:
-    return {"type": type_, "message": message, "details": details, "extra_info": extra}
+        return error_response(self.error, self.node_errors)
 
 
 def _top_level(type_: str, message: str, details: str) -> ValidationResult:
-    return ValidationResult(error=_error(type_, message, details), node_errors={})
+    return ValidationResult(error=error_detail(type_, message, details), node_errors={})
 
 
 def _unwrap(value: Any) -> Any:
@@ -116,8 +113,8 @@ class _Validator:
             return self.valid[node_id]
         if node_id in self.visiting:
             self.errors.setdefault(node_id, []).append(
-                _error("dependency_cycle", "Dependency cycle detected",
-                       f"Node '{node_id}' depends on itself through its links"))
+                error_detail("dependency_cycle", "Dependency cycle detected",
+                             f"Node '{node_id}' depends on itself through its links"))
             return False
         return None
 
@@ -132,8 +129,8 @@ class _Validator:
         for name, spec in definition.inputs.items():
             if name not in inputs:
                 if spec.required:
-                    errors.append(_error("required_input_missing", "Required input is missing", name,
-                                         input_name=name))
+                    errors.append(error_detail("required_input_missing", "Required input is missing", name,
+                                               {"input_name": name}))
                 continue
             value = inputs[name]
             if isinstance(value, list):
@@ -164,9 +161,9 @@ class _Validator:
         config = self._input_config(node_def, spec)
         if len(value) != 2 or not isinstance(value[0], str | int) or isinstance(value[1], bool) \
                 or not isinstance(value[1], int):
-            errors.append(_error("bad_linked_input",
-                                 "Bad linked input, must be a length-2 list of [node_id, slot_index]", name,
-                                 input_name=name, input_config=config, received_value=value))
+            errors.append(error_detail("bad_linked_input",
+                                       "Bad linked input, must be a length-2 list of [node_id, slot_index]", name,
+                                       {"input_name": name, "input_config": config, "received_value": value}))
             return False
         source_id, slot = str(value[0]), value[1]
         source = self.prompt.get(source_id)
@@ -174,17 +171,18 @@ class _Validator:
         if source_def is None or not 0 <= slot < len(source_def.outputs):
             reason = (f"node '{source_id}' does not exist" if source_def is None
                       else f"node '{source_id}' ({source_def.name}) has no output {slot}")
-            errors.append(_error("exception_during_inner_validation", "Exception when validating inner node",
-                                 f"{name}: {reason}", input_name=name, input_config=config,
-                                 exception_message=reason, exception_type="KeyError", traceback=[],
-                                 linked_node=[source_id, slot]))
+            errors.append(error_detail("exception_during_inner_validation", "Exception when validating inner node",
+                                       f"{name}: {reason}",
+                                       {"input_name": name, "input_config": config, "exception_message": reason,
+                                        "exception_type": "KeyError", "traceback": [],
+                                        "linked_node": [source_id, slot]}))
             return False
         received = source_def.outputs[slot]
         if not _types_match(received, spec.type if spec.type != "COMBO" else "COMBO"):
-            errors.append(_error("return_type_mismatch", "Return type mismatch between linked nodes",
-                                 f"{name}, received_type({received}) mismatch input_type({spec.type})",
-                                 input_name=name, input_config=config, received_type=received,
-                                 linked_node=[source_id, slot]))
+            errors.append(error_detail("return_type_mismatch", "Return type mismatch between linked nodes",
+                                       f"{name}, received_type({received}) mismatch input_type({spec.type})",
+                                       {"input_name": name, "input_config": config, "received_type": received,
+                                        "linked_node": [source_id, slot]}))
             return False
         return (yield source_id)
 
@@ -192,41 +190,44 @@ class _Validator:
                  errors: list[dict[str, Any]]) -> None:
         config = self._input_config(node_def, spec)
         if not spec.is_widget:
-            errors.append(_error("bad_linked_input",
-                                 "Bad linked input, must be a length-2 list of [node_id, slot_index]", name,
-                                 input_name=name, input_config=config, received_value=value))
+            errors.append(error_detail("bad_linked_input",
+                                       "Bad linked input, must be a length-2 list of [node_id, slot_index]", name,
+                                       {"input_name": name, "input_config": config, "received_value": value}))
             return
         try:
             value = _coerce(spec, value)
         except (TypeError, ValueError, OverflowError) as exc:
-            errors.append(_error("invalid_input_type", f"Failed to convert an input value to a {spec.type} value",
-                                 f"{name}, {value}, {exc}", input_name=name, input_config=config,
-                                 received_value=value, exception_message=str(exc)))
+            errors.append(error_detail("invalid_input_type",
+                                       f"Failed to convert an input value to a {spec.type} value",
+                                       f"{name}, {value}, {exc}",
+                                       {"input_name": name, "input_config": config, "received_value": value,
+                                        "exception_message": str(exc)}))
             return
         node["inputs"][name] = value
         check = self.custom_checks.get((node_def.name, name))
         if check is not None:
             problem = check(value)
             if problem:
-                errors.append(_error("custom_validation_failed", "Custom validation failed for node",
-                                     f"{name} - {problem}", input_name=name))
+                errors.append(error_detail("custom_validation_failed", "Custom validation failed for node",
+                                           f"{name} - {problem}", {"input_name": name}))
             return
         if spec.type in ("INT", "FLOAT"):
             if "min" in spec.options and value < spec.options["min"]:
-                errors.append(_error("value_smaller_than_min",
-                                     f"Value {value} smaller than min of {spec.options['min']}", name,
-                                     input_name=name, input_config=config, received_value=value))
+                errors.append(error_detail("value_smaller_than_min",
+                                           f"Value {value} smaller than min of {spec.options['min']}", name,
+                                           {"input_name": name, "input_config": config, "received_value": value}))
             if "max" in spec.options and value > spec.options["max"]:
-                errors.append(_error("value_bigger_than_max",
-                                     f"Value {value} bigger than max of {spec.options['max']}", name,
-                                     input_name=name, input_config=config, received_value=value))
+                errors.append(error_detail("value_bigger_than_max",
+                                           f"Value {value} bigger than max of {spec.options['max']}", name,
+                                           {"input_name": name, "input_config": config, "received_value": value}))
         elif spec.type == "COMBO":
             choices = config[0]
             if value not in choices:
                 listed = choices if len(choices) <= 20 else f"(list of length {len(choices)})"
-                errors.append(_error("value_not_in_list", "Value not in list", f"{name}: '{value}' not in {listed}",
-                                     input_name=name, input_config=config if len(choices) <= 20 else None,
-                                     received_value=value))
+                errors.append(error_detail("value_not_in_list", "Value not in list",
+                                           f"{name}: '{value}' not in {listed}",
+                                           {"input_name": name, "input_config": config if len(choices) <= 20 else None,
+                                            "received_value": value}))
 
 
 def _dependents(prompt: Prompt, output_id: str) -> set[str]:
@@ -284,5 +285,5 @@ def validate_prompt(prompt: Any, catalog: Catalog, *, targets: list[str] | None 
         return ValidationResult(prompt=normalized, outputs=good, node_errors=node_errors)
     details = "\n".join(f"{e['message']}: {e['details']}" for o in outputs for e in validator.errors.get(o, []))
     return ValidationResult(
-        error=_error("prompt_outputs_failed_validation", "Prompt outputs failed validation", details),
+        error=error_detail("prompt_outputs_failed_validation", "Prompt outputs failed validation", details),
         node_errors=node_errors)
