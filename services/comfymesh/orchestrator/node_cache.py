@@ -1,0 +1,38 @@
+"""The node-output cache as a job sees it: the planned nodes it can serve, and the entry a node leaves."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from comfymesh.artifacts import ArtifactStore
+from comfymesh.contracts.values import tensor_of, value_from_dict, value_to_dict
+from comfymesh.graph import Plan, PlannedNode
+from comfymesh.jobs import CacheEntry, JobStore
+from comfymesh.v1 import common_pb2
+
+Outputs = dict[str, list[common_pb2.Value]]
+UiResults = dict[str, dict[str, Any] | None]
+
+
+def cached_nodes(plan: Plan, store: JobStore, artifacts: ArtifactStore) -> tuple[Outputs, UiResults]:
+    """The nodes whose outputs (and stored tensors) the cache still holds: their outputs and UI results."""
+    outputs: Outputs = {}
+    ui: UiResults = {}
+    hits = store.cache_get_many([plan.nodes[node_id].signature for node_id in plan.order])
+    for node_id in plan.order:
+        hit = hits.get(plan.nodes[node_id].signature)
+        if hit is None:
+            continue
+        values = [value_from_dict(item) for item in hit[0]]
+        if not all(artifacts.exists(ref) for ref in map(tensor_of, values) if ref is not None):
+            continue
+        if plan.nodes[node_id].is_output and not hit[1]:
+            continue
+        outputs[node_id] = values
+        ui[node_id] = hit[1]
+    return outputs, ui
+
+
+def cache_entry(node: PlannedNode, outputs: list[common_pb2.Value], ui: dict[str, Any] | None) -> CacheEntry:
+    """What a finished node leaves in the cache, under its signature."""
+    return CacheEntry(node.signature, node.class_type, [value_to_dict(value) for value in outputs], ui)

@@ -1,0 +1,70 @@
+"""What of a job's plan runs, and where: file digests in the cache signatures, the nodes left to run after
+the cache, the outputs worth storing, and the checkpoint a stage group needs (for replica affinity)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from comfymesh.catalog import MODELS_PREFIX, Catalog
+from comfymesh.catalog.files import file_digest
+from comfymesh.contracts.handles import checkpoint_named
+from comfymesh.graph import Plan, StageGroup
+from comfymesh.graph.planning import ExternalFingerprint
+from comfymesh.v1 import common_pb2
+
+CHECKPOINTS = f"{MODELS_PREFIX}checkpoints"
+
+
+def fingerprint_files(catalog: Catalog) -> ExternalFingerprint:
+    """Cache signatures include the digest of every file a node reads (checkpoint, LoRA, input image)."""
+    def fingerprint(class_type: str, literals: dict[str, Any]) -> str:
+        parts = []
+        for name, value in sorted(literals.items()):
+            path = catalog.file_of(class_type, name, value)
+            if path is not None:
+                parts.append(f"{name}={file_digest(path)}")
+        return ";".join(parts)
+    return fingerprint
+
+
+def nodes_to_run(plan: Plan, cached: set[str]) -> set[str]:
+    """Walk up from the outputs not served from cache, stopping at cached nodes."""
+    to_run: set[str] = set()
+    stack = [node_id for node_id in plan.outputs if node_id not in cached]
+    while stack:
+        node_id = stack.pop()
+        if node_id in to_run or node_id in cached:
+            continue
+        to_run.add(node_id)
+        stack.extend(source for source, _ in plan.nodes[node_id].links.values())
+    return to_run
+
+
+def exports(plan: Plan, group: StageGroup, remaining: list[str]) -> list[str]:
+    """Outputs worth storing: what other groups read, and everything but images (small, costly to
+    recompute: conditioning, latents, model handles). Images inside a group stay in the stage's memory."""
+    stored = []
+    for node_id in remaining:
+        node = plan.nodes[node_id]
+        leaves_group = any(c not in group.node_ids for c in plan.consumers[node_id])
+        if leaves_group or not set(node.outputs) & {"IMAGE", "MASK"}:
+            stored.append(node_id)
+    return stored
+
+
+def group_checkpoint(plan: Plan, group: StageGroup, values: dict[str, list[common_pb2.Value]],
+                     catalog: Catalog) -> str:
+    """The checkpoint a group uses: named by a checkpoint input of one of its nodes (a loader), or by a model
+    handle one of them is given; "" when none."""
+    for node_id in group.node_ids:
+        node = plan.nodes[node_id]
+        definition = catalog.nodes.get(node.class_type)
+        for name, value in node.literals.items():
+            spec = definition.inputs.get(name) if definition else None
+            if spec is not None and spec.source == CHECKPOINTS:
+                return str(value)
+        for source, slot in node.links.values():
+            value = values.get(source, [])[slot:slot + 1]
+            if value and (checkpoint := checkpoint_named(value[0])):
+                return checkpoint
+    return ""
