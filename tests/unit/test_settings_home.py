@@ -17,7 +17,7 @@ SOURCES = (REPO / "libs", REPO / "services")
 CONFIG_PACKAGE = REPO / "libs" / "comfymesh" / "config"
 LIBRARY_ENV_MODULE = CONFIG_PACKAGE / "process_env.py"
 # still reading the environment on their own, until their migration lands; empty it then
-NOT_YET_MIGRATED = (REPO / "services" / "comfymesh" / "gateway",)
+NOT_YET_MIGRATED: tuple[Path, ...] = ()
 _ENV_NAMES = {"environ", "getenv", "putenv", "unsetenv", "environb", "getenvb"}
 _WRITING_METHODS = {"setdefault", "update", "pop", "popitem", "clear", "__setitem__", "__delitem__"}
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Any
 
 from comfymesh.contracts.events import JobStatus, NodeState
@@ -9,9 +10,22 @@ from comfymesh.gateway.engine import Job
 
 # credentials for partner nodes never leave the server (§5.1)
 _SECRET_KEYS = ("auth_token_comfy_org", "api_key_comfy_org")
-# our status -> the jobs API's status (`cancelled` as newer upstream reports interrupts)
-JOB_STATUS: dict[str, str] = {JobStatus.QUEUED: "pending", JobStatus.RUNNING: "in_progress", JobStatus.COMPLETED: "completed",
-              JobStatus.FAILED: "failed", JobStatus.CANCELLED: "cancelled"}
+
+
+class ComfyJobStatus(StrEnum):
+    """A job's status in ComfyUI's jobs API (`/api/jobs`): its vocabulary, not ours."""
+
+    PENDING = "pending"
+    IN_PROGRESS = "in_progress"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"  # as newer upstream reports interrupts
+
+
+# our status -> the jobs API's status
+JOB_STATUS: dict[str, str] = {JobStatus.QUEUED: ComfyJobStatus.PENDING, JobStatus.RUNNING: ComfyJobStatus.IN_PROGRESS,
+                              JobStatus.COMPLETED: ComfyJobStatus.COMPLETED, JobStatus.FAILED: ComfyJobStatus.FAILED,
+                              JobStatus.CANCELLED: ComfyJobStatus.CANCELLED}
 OUR_STATUS = {theirs: ours for ours, theirs in JOB_STATUS.items()}
 _PREVIEWABLE = ("images", "video", "audio", "3d")
 

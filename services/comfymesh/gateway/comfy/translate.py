@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import struct
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any, Literal
 
 from comfymesh.contracts.events import EventType, JobEvent, JobStatus
@@ -20,6 +21,13 @@ PREVIEW_IMAGE_WITH_METADATA = 4
 _IMAGE_FORMATS = {"JPEG": (1, "image/jpeg"), "JPG": (1, "image/jpeg"), "PNG": (2, "image/png")}
 
 Target = Literal["sid", "all", "sid_or_all"]
+
+
+class ProgressState(StrEnum):
+    """A node's state in ComfyUI's `progress_state` message: its vocabulary, not ours."""
+
+    RUNNING = "running"
+    FINISHED = "finished"
 
 
 @dataclass
@@ -102,17 +110,17 @@ def translate(event: JobEvent, job: JobState, *, queue_remaining: int) -> list[O
             if ui:  # a cached output node replays its UI result, without `executing`
                 out.append(_sid("executed", {"node": node_id, "display_node": node_id, "output": ui,
                                              "prompt_id": prompt_id}))
-                job.progress[node_id] = {"value": 1, "max": 1, "state": "finished"}
+                job.progress[node_id] = {"value": 1, "max": 1, "state": ProgressState.FINISHED}
                 out.append(_progress_state(job))
     elif kind == EventType.NODE_RUNNING:
         job.current_node = node
         job.class_types[node] = str(data.get("class_type", ""))
-        job.progress[node] = {"value": 0, "max": 1, "state": "running"}
+        job.progress[node] = {"value": 0, "max": 1, "state": ProgressState.RUNNING}
         out.append(_progress_state(job))
         out.append(_sid("executing", {"node": node, "display_node": node, "prompt_id": prompt_id}))
     elif kind == EventType.NODE_PROGRESS:
         value, maximum = data.get("value", 0), data.get("max", 1)
-        job.progress[node] = {"value": value, "max": maximum, "state": "running"}
+        job.progress[node] = {"value": value, "max": maximum, "state": ProgressState.RUNNING}
         out.append(_progress_state(job))
         out.append(Outgoing("sid_or_all", {"type": "progress", "data": {
             "value": value, "max": maximum, "prompt_id": prompt_id, "node": node}}))
@@ -126,7 +134,7 @@ def translate(event: JobEvent, job: JobState, *, queue_remaining: int) -> list[O
             out.append(_sid("executed", {"node": node, "display_node": node, "output": output,
                                          "prompt_id": prompt_id}))
         entry = job.progress.get(node, {"max": 1})
-        job.progress[node] = {"value": entry.get("max", 1), "max": entry.get("max", 1), "state": "finished"}
+        job.progress[node] = {"value": entry.get("max", 1), "max": entry.get("max", 1), "state": ProgressState.FINISHED}
         out.append(_progress_state(job))
     elif kind == EventType.COMPLETED:
         out.append(_sid("execution_success", {"prompt_id": prompt_id, "timestamp": _ms(event.ts)}))
