@@ -233,6 +233,11 @@ class JobStore:
                 (*FINISHED_STATUSES, EventType.WEBHOOK_DELIVERED, EventType.WEBHOOK_FAILED)).fetchall()
         return [row[0] for row in rows]
 
+    def highest_number(self) -> float:
+        """The largest queue number in use, either sign (read without any job's JSON, damaged or not)."""
+        with self._lock:
+            return float(self._db.execute("SELECT COALESCE(MAX(ABS(number)), 0) FROM jobs").fetchone()[0])
+
     def count_jobs(self, status: str) -> int:
         with self._lock:
             return int(self._db.execute("SELECT COUNT(*) FROM jobs WHERE status = ?", (status,)).fetchone()[0])

@@ -4,7 +4,6 @@ outputs)."""
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import time
@@ -12,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from comfymesh.artifacts import ArtifactStore
+from comfymesh.contracts import wirejson
+from comfymesh.contracts.values import tensor_of, value_from_dict
 from comfymesh.jobs import JobStore
 from comfymesh.logs import log_fields
 from comfymesh.outputs import LEDGER_DIR
@@ -49,12 +50,9 @@ class RetentionReport:
 
 
 def _tensor_refs(outputs_json: str) -> list[tuple[str, int]]:
-    refs = []
-    for value in json.loads(outputs_json):
-        tensor = value.get("tensor")
-        if tensor:
-            refs.append((tensor["digest"], int(tensor.get("nbytes", 0))))
-    return refs
+    """(digest, size) of the stored bundles a cache entry's outputs refer to."""
+    refs = [tensor_of(value_from_dict(item)) for item in wirejson.loads(outputs_json)]
+    return [(ref.digest, ref.nbytes) for ref in refs if ref is not None]
 
 
 def collect(store: JobStore, artifacts: ArtifactStore, home: Path, policy: RetentionPolicy,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import json
 import logging
 import time
 import uuid
@@ -18,7 +17,7 @@ from comfymesh.catalog import INPUT_IMAGES, Catalog
 from comfymesh.catalog.files import resolve_image_name
 from comfymesh.catalog.model_folders import model_folders
 from comfymesh.config import Settings
-from comfymesh.contracts.errors import ComfymeshError, TimeoutExceededError
+from comfymesh.contracts.errors import ComfymeshError, StageUnavailableError, TimeoutExceededError
 from comfymesh.contracts.events import EventType, JobStatus
 from comfymesh.contracts.failures import failure_record
 from comfymesh.graph import Plan, plan_prompt, validate_prompt
@@ -159,8 +158,7 @@ class Scheduler:
         for job in await asyncio.to_thread(self.store.jobs_in, JobStatus.RUNNING):
             await self.bus.record(self.store.set_status, job.id, JobStatus.QUEUED, event=EventType.REQUEUED)
             log.info("job re-queued after restart", extra=log_fields(job=job.id))
-        jobs, _ = await asyncio.to_thread(self.store.list_jobs)
-        self._counter = int(max((abs(job.number) for job in jobs), default=0))
+        self._counter = int(await asyncio.to_thread(self.store.highest_number))
         # webhooks are at-least-once: deliveries cut short by a crash are sent again
         for job_id in await asyncio.to_thread(self.store.jobs_awaiting_webhook):
             await self._finished(job_id)
@@ -236,9 +234,9 @@ class Scheduler:
     async def _drive(self, job: JobRecord) -> None:
         runner: JobRunner | None = None
         try:
-            await self.node_catalog.knows(_class_types(job.prompt))
             runner = JobRunner(job, self.settings, self.catalog, self.artifacts, self.bus, self.pool,
                                plan=self._plans.pop(job.id, None))
+            await self._check_stages_declare(_class_types(job.prompt))
             await runner.run()
         except asyncio.CancelledError:
             if job.id not in self._user_cancelled:
@@ -256,6 +254,14 @@ class Scheduler:
             self._wake.set()
         await self._finished(job.id, job)
 
+    async def _check_stages_declare(self, class_types: set[str]) -> None:
+        """Raise StageUnavailableError when no stage that is up declares some of a job's node classes (a job
+        queued before a restart whose stage is not back, or was started without the plugin that declares it)."""
+        if not await self.node_catalog.knows(class_types):
+            missing = ", ".join(sorted(class_types - self.catalog.nodes.keys()))
+            raise StageUnavailableError(f"no stage that is up runs {missing}: start the stage that declares "
+                                        "these nodes (with its plugins), then submit the job again")
+
     async def _fail_alone(self, job_id: str, exc: Exception) -> None:
         """Fail a job that raised while it was prepared or run, and only that job."""
         if isinstance(exc, InvalidJobOptions):  # stored by an older version, before options were checked
@@ -265,6 +271,9 @@ class Scheduler:
         elif isinstance(exc, UnreadableJob):  # damaged on disk: nothing of it can be run
             log.error("job could not be read", extra=log_fields(job=job_id, error=str(exc)))
             error = failure_record(ComfymeshError(str(exc), type="unreadable_job", details="prepare"))
+        elif isinstance(exc, ComfymeshError):  # refused before it ran (no stage runs its nodes)
+            log.error("job could not be started", extra=log_fields(job=job_id, error=str(exc)))
+            error = failure_record(exc)
         else:
             log.exception("job crashed", extra=log_fields(job=job_id))
             error = failure_record(ComfymeshError(f"{type(exc).__name__}: {exc}"))
@@ -305,7 +314,3 @@ async def supervise(name: str, forever: Callable[[], Awaitable[None]], max_backo
             log.exception(f"the {name} died; starting it again")
         failures = 1 if time.monotonic() - started > 60 else failures + 1
         await asyncio.sleep(min(max_backoff_s, 0.05 * 2 ** failures))
-
-
-def dumps(value: Any) -> str:
-    return json.dumps(value) if value is not None else ""

@@ -19,7 +19,7 @@ from comfymesh.contracts.job_options import STORED_KEY, InvalidJobOptions, JobOp
 from comfymesh.contracts.job_order import JobOrder
 from comfymesh.jobs import JobRecord
 from comfymesh.orchestrator.devices import free_models, list_devices
-from comfymesh.orchestrator.scheduler import Scheduler, dumps
+from comfymesh.orchestrator.scheduler import Scheduler
 from comfymesh.rpc.channels import max_message_bytes
 from comfymesh.v1 import orchestrator_pb2, orchestrator_pb2_grpc, stage_pb2
 
@@ -51,7 +51,7 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServicer):
                               context: Context) -> orchestrator_pb2.WorkflowResponse:
         trace.mark("orchestrator.submit")
         if error := _too_large(len(request.prompt_json), max_message_bytes()):
-            return orchestrator_pb2.WorkflowResponse(accepted=False, error_json=dumps(error), node_errors_json="{}")
+            return orchestrator_pb2.WorkflowResponse(accepted=False, error_json=wirejson.dumps(error), node_errors_json="{}")
         try:
             prompt = wirejson.loads(request.prompt_json) if request.prompt_json else None
             extra = wirejson.loads(request.extra_data_json) if request.extra_data_json else {}
@@ -63,7 +63,7 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServicer):
             targets=list(request.partial_execution_targets) or None)
         return orchestrator_pb2.WorkflowResponse(queue_full=submission.queue_full,
             job_id=submission.job_id, number=submission.number, accepted=submission.error is None,
-            error_json=dumps(submission.error), node_errors_json=wirejson.dumps(submission.node_errors),
+            error_json=wirejson.dumps(submission.error) if submission.error else "", node_errors_json=wirejson.dumps(submission.node_errors),
             existing=submission.existing)
 
     async def _options(self, request: orchestrator_pb2.WorkflowRequest, extra: object,
