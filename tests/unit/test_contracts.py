@@ -108,7 +108,8 @@ def test_a_failure_crosses_the_wire_with_its_cause_chain() -> None:
     assert (back.type, back.node_id, back.message, back.details, back.non_retryable) == \
         ("model_error", "4", "checkpoint sd15.safetensors is unreadable; copy it again", "load", True)
     cause = back.__cause__
-    assert isinstance(cause, NodeInputError) and cause.node_id == "4" and cause.message == "cannot read sd15.safetensors"
+    assert isinstance(cause, NodeInputError)
+    assert (cause.node_id, cause.message) == ("4", "cannot read sd15.safetensors")
     root = cause.__cause__
     assert isinstance(root, ComfymeshError) and root.type == "execution_error"
     assert root.message == "OSError: the disk went away" and root.__cause__ is None

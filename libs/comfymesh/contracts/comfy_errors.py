@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 
-def error_detail(type: str, message: str, details: str = "", extra_info: dict[str, Any] | None = None) -> dict[str, Any]:
+def error_detail(type: str, message: str, details: str = "",
+                 extra_info: dict[str, Any] | None = None) -> dict[str, Any]:
     """One error as ComfyUI writes it, inside the body and in each node's `errors` list."""
     return {"type": type, "message": message, "details": details, "extra_info": extra_info or {}}
 

@@ -51,7 +51,8 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServicer):
                               context: Context) -> orchestrator_pb2.WorkflowResponse:
         trace.mark("orchestrator.submit")
         if error := _too_large(len(request.prompt_json), max_message_bytes()):
-            return orchestrator_pb2.WorkflowResponse(accepted=False, error_json=wirejson.dumps(error), node_errors_json="{}")
+            return orchestrator_pb2.WorkflowResponse(accepted=False, error_json=wirejson.dumps(error),
+                                                     node_errors_json="{}")
         try:
             prompt = wirejson.loads(request.prompt_json) if request.prompt_json else None
             extra = wirejson.loads(request.extra_data_json) if request.extra_data_json else {}
@@ -63,7 +64,8 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServicer):
             targets=list(request.partial_execution_targets) or None)
         return orchestrator_pb2.WorkflowResponse(queue_full=submission.queue_full,
             job_id=submission.job_id, number=submission.number, accepted=submission.error is None,
-            error_json=wirejson.dumps(submission.error) if submission.error else "", node_errors_json=wirejson.dumps(submission.node_errors),
+            error_json=wirejson.dumps(submission.error) if submission.error else "",
+            node_errors_json=wirejson.dumps(submission.node_errors),
             existing=submission.existing)
 
     async def _options(self, request: orchestrator_pb2.WorkflowRequest, extra: object,
