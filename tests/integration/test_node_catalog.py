@@ -24,9 +24,13 @@ PLUGINS = REPO / "tests" / "plugins"
 
 
 def install_plugins(target: Path) -> None:
-    """pip-install the example and the broken plugin packages into `target` (no index, no build isolation)."""
+    """pip-install the example and the broken plugin packages into `target` (no index, no build isolation),
+    built from copies so the build leaves nothing in the repository."""
+    sources = target.parent / f"{target.name}-src"
+    for name in ("example_plugin", "broken_plugin"):
+        shutil.copytree(PLUGINS / name, sources / name)
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index",
-                    "--target", str(target), str(PLUGINS / "example_plugin"), str(PLUGINS / "broken_plugin")],
+                    "--target", str(target), str(sources / "example_plugin"), str(sources / "broken_plugin")],
                    check=True, capture_output=True)
 
 
