@@ -29,8 +29,12 @@ IMAGING = {
 }
 
 
-def queue_prompt(server: str, prompt: dict[str, Any], client_id: str) -> dict[str, Any]:
-    data = json.dumps({"prompt": prompt, "client_id": client_id}).encode("utf-8")
+def queue_prompt(server: str, prompt: dict[str, Any], client_id: str,
+                 extra_data: dict[str, Any] | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {"prompt": prompt, "client_id": client_id}
+    if extra_data is not None:
+        body["extra_data"] = extra_data
+    data = json.dumps(body).encode("utf-8")
     request = urllib.request.Request(f"http://{server}/prompt", data=data)
     return dict(json.loads(urllib.request.urlopen(request).read()))
 
@@ -166,6 +170,28 @@ def test_interrupt_stops_the_running_prompt_and_empties_the_queue(imaging_mesh: 
     assert job["status"] == "cancelled"
 
 
+def test_queue_history_and_jobs_return_the_prompt_as_submitted(imaging_mesh: Mesh) -> None:
+    """Titles in `_meta` and values as sent (a number where a STRING goes, which validation coerces)."""
+    prompt = _slow_prompt("", blurs=1)
+    prompt["3"]["inputs"]["filename_prefix"] = 7
+    for node_id, node in prompt.items():
+        node["_meta"] = {"title": f"My {node['class_type']} {node_id}"}
+    http = imaging_mesh.http
+    prompt_id = http.post("/prompt", json={"prompt": prompt}).json()["prompt_id"]
+    deadline, queued = time.monotonic() + 30, []
+    while not queued and time.monotonic() < deadline:
+        queue = http.get("/queue").json()
+        queued = [entry for entry in queue["queue_running"] + queue["queue_pending"] if entry[1] == prompt_id]
+    assert queued, "the prompt never showed in /queue"
+    assert queued[0][2] == prompt
+    deadline, entry = time.monotonic() + 60, {}
+    while not entry and time.monotonic() < deadline:
+        entry = http.get(f"/history/{prompt_id}").json().get(prompt_id, {})
+        time.sleep(0.05)  # poll interval
+    assert entry["prompt"][2] == prompt and entry["status"]["status_str"] == "success"
+    assert http.get(f"/api/jobs/{prompt_id}").json()["workflow"]["prompt"] == prompt
+
+
 def test_failed_prompt_sends_execution_error(imaging_mesh: Mesh) -> None:
     prompt = json.loads(json.dumps(IMAGING))
     prompt["3"]["inputs"]["filename_prefix"] = "../escape"  # leaving output is an execution error
@@ -263,21 +289,35 @@ def diffusion_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
         mesh.stop()
 
 
-def test_sampler_progress_and_previews_reach_the_client(diffusion_mesh: Mesh) -> None:
-    prompt = json.loads((SHARED / "workflows" / "txt2img_sd15.json").read_text())
+def tiny_txt2img(prefix: str = "ComfyUI") -> dict[str, Any]:
+    """The SD1.5 txt2img graph on the tiny checkpoint (3 steps, 64x64, a fresh seed: nothing cached), with
+    ComfyUI's `_meta` titles."""
+    prompt: dict[str, Any] = json.loads((SHARED / "workflows" / "txt2img_sd15.json").read_text())
     prompt["4"]["inputs"]["ckpt_name"] = "tiny_sd15.safetensors"
-    prompt["3"]["inputs"]["steps"] = 3
+    prompt["3"]["inputs"].update(steps=3, seed=uuid.uuid4().int % 2**48)
     prompt["5"]["inputs"].update(width=64, height=64)
-    server, client_id = server_of(diffusion_mesh), uuid.uuid4().hex
+    prompt["9"]["inputs"]["filename_prefix"] = prefix
+    for node in prompt.values():
+        node["_meta"] = {"title": "Save Image" if node["class_type"] == "SaveImage" else node["class_type"]}
+    return prompt
+
+
+def run_diffusion(mesh: Mesh, extra_data: dict[str, Any] | None) -> tuple[str, list[dict[str, Any]]]:
+    """Run tiny_txt2img through /ws as a client that asked for preview metadata; every message it got."""
+    server, client_id = server_of(mesh), uuid.uuid4().hex
     ws = websocket.WebSocket()
     ws.connect(f"ws://{server}/ws?clientId={client_id}", timeout=120)
     try:
         ws.recv()
         ws.send(json.dumps({"type": "feature_flags", "data": {"supports_preview_metadata": True}}))
-        prompt_id = queue_prompt(server, prompt, client_id)["prompt_id"]
-        messages = read_until_done(ws, prompt_id)
+        prompt_id = queue_prompt(server, tiny_txt2img(), client_id, extra_data)["prompt_id"]
+        return prompt_id, read_until_done(ws, prompt_id)
     finally:
         ws.close()
+
+
+def test_sampler_progress_and_previews_reach_the_client(diffusion_mesh: Mesh) -> None:
+    prompt_id, messages = run_diffusion(diffusion_mesh, {"preview_method": "auto"})
     progress = [m["data"] for m in messages if m["type"] == "progress"]
     assert [(p["value"], p["max"], p["node"]) for p in progress] == [(1, 3, "3"), (2, 3, "3"), (3, 3, "3")]
     previews = [m["binary"] for m in messages if m["type"] == "binary"]
@@ -288,3 +328,32 @@ def test_sampler_progress_and_previews_reach_the_client(diffusion_mesh: Mesh) ->
     assert "execution_success" in kinds(messages, prompt_id)
     devices = diffusion_mesh.http.get("/system_stats").json()["devices"]
     assert devices and devices[0]["type"] in ("cpu", "cuda", "mps") and devices[0]["vram_total"] > 0
+
+
+def test_no_previews_unless_asked(diffusion_mesh: Mesh) -> None:
+    """ComfyUI sends no previews unless its preview method is set (COMFYMESH_PREVIEW_METHOD: none)."""
+    for extra_data in (None, {"preview_method": "default"}, {"preview_method": "none"}):
+        prompt_id, messages = run_diffusion(diffusion_mesh, extra_data)
+        assert "execution_success" in kinds(messages, prompt_id)
+        assert [m for m in messages if m["type"] == "progress"], "the sampler's progress still comes"
+        assert not [m for m in messages if m["type"] == "binary"], f"previews sent for {extra_data}"
+
+
+def test_bad_preview_method_is_a_comfy_400(diffusion_mesh: Mesh) -> None:
+    reply = diffusion_mesh.http.post("/prompt", json={"prompt": tiny_txt2img(),
+                                                      "extra_data": {"preview_method": "fancy"}})
+    assert reply.status_code == 400
+    body = reply.json()
+    assert body["error"]["type"] == "invalid_prompt" and "preview_method" in body["error"]["details"]
+    assert body["node_errors"] == {}
+
+
+def test_comfy_api_simplified_gets_one_image_per_save_image(diffusion_mesh: Mesh) -> None:
+    """It reads every binary frame as an output image: previews would come back as extra "images"."""
+    from comfy_api_simplified import ComfyApiWrapper, ComfyWorkflowWrapper
+
+    api = ComfyApiWrapper(diffusion_mesh.url)
+    workflow = ComfyWorkflowWrapper(tiny_txt2img(prefix="simplified"))
+    images = api.queue_and_wait_images(workflow, "Save Image")
+    (filename, data), = images.items()
+    assert filename.startswith("simplified_") and data[:8] == b"\x89PNG\r\n\x1a\n"

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import sqlite3
 from pathlib import Path
 
 import pytest
 
 from comfymesh.contracts.events import JobStatus
 from comfymesh.jobs import CacheEntry, DamagedDatabaseError, JobStore
+from comfymesh.jobs.store import _SCHEMA
 
 
 def add(store: JobStore, job_id: str, number: float) -> None:
@@ -151,3 +154,20 @@ def test_a_damaged_file_is_refused_with_what_to_do(tmp_path: Path) -> None:
     with pytest.raises(DamagedDatabaseError, match="is damaged") as refused:
         JobStore(path)
     assert str(path) in str(refused.value) and "backup" in str(refused.value) and ".recover" in str(refused.value)
+
+
+def test_submitted_prompt_kept_beside_the_validated_one_and_old_stores_upgraded(tmp_path: Path) -> None:
+    validated = {"1": {"class_type": "X", "inputs": {"n": 7}}}
+    submitted = {"1": {"class_type": "X", "inputs": {"n": "7"}, "_meta": {"title": "Mine"}}}
+    path = tmp_path / "jobs.db"
+    old = sqlite3.connect(path)  # a store made before jobs kept their submitted prompt
+    old.executescript(_SCHEMA.replace(",\n    submitted_json TEXT", ""))
+    old.execute("INSERT INTO jobs (id, status, number, created, prompt_json, extra_data_json, outputs_to_run) "
+                "VALUES ('old', 'queued', 1, 0, ?, '{}', '[]')", (json.dumps(validated),))
+    old.commit()
+    old.close()
+    store = JobStore(path)
+    store.add_job("new", 2, validated, {}, "", ["1"], {"1": "X"}, submitted=submitted)
+    old_job, new_job = store.get_job("old"), store.get_job("new")
+    assert old_job is not None and old_job.submitted == old_job.prompt == validated
+    assert new_job is not None and new_job.prompt == validated and new_job.submitted == submitted

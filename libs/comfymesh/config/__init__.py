@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -50,6 +51,9 @@ class Settings(FastPathSettings, BatchingSettings, DiffusionSettings, FaultSwitc
                                description="every service's garbage-collector thresholds (young,middle,old; "
                                            "set after start-up froze its heap; empty: Python's collector untouched)")
     max_running_jobs: int = Field(4, ge=1, le=256, description="jobs the orchestrator drives at once")
+    preview_method: Literal["none", "auto", "latent2rgb", "taesd"] = Field(
+        "none", description="step previews on /ws for prompts whose extra_data names no preview_method, as "
+                            "ComfyUI's --preview-method (none: no previews; taesd is served as latent2rgb)")
     max_attempts: int = Field(3, ge=1, le=20, description="attempts per stage call before a job fails")
     queue_wait_timeout_s: float = Field(24 * 3600.0, gt=0, description="longest a job may wait in the queue")
     attempt_timeout_s: float = Field(30 * 60.0, gt=0, description="longest one stage call may run")

@@ -34,7 +34,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     client_id TEXT NOT NULL DEFAULT '',
     outputs_to_run TEXT NOT NULL,
     outputs_json TEXT NOT NULL DEFAULT '{}',
-    error_json TEXT
+    error_json TEXT,
+    submitted_json TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_queue ON jobs(status, number, seq);
 CREATE TABLE IF NOT EXISTS events (
@@ -86,6 +87,9 @@ class JobRecord:
     outputs_to_run: list[str]
     outputs: dict[str, Any]
     error: dict[str, Any] | None
+    # the prompt as the client sent it (titles in `_meta`, values uncoerced): what clients read back and
+    # what PNGs record; `prompt` (validated) drives execution and cache signatures
+    submitted: dict[str, Any]
 
 
 @dataclass
@@ -104,7 +108,8 @@ def _job(row: sqlite3.Row) -> JobRecord:
         started=row["started"], finished=row["finished"], prompt=wirejson.loads(row["prompt_json"]),
         extra_data=wirejson.loads(row["extra_data_json"]), client_id=row["client_id"],
         outputs_to_run=wirejson.loads(row["outputs_to_run"]), outputs=wirejson.loads(row["outputs_json"]),
-        error=wirejson.loads(row["error_json"]) if row["error_json"] else None)
+        error=wirejson.loads(row["error_json"]) if row["error_json"] else None,
+        submitted=wirejson.loads(row["submitted_json"] or row["prompt_json"]))
 
 
 def _event(row: sqlite3.Row) -> JobEvent:
@@ -171,6 +176,9 @@ class JobStore:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
+            columns = {row["name"] for row in self._db.execute("PRAGMA table_info(jobs)")}
+            if "submitted_json" not in columns:  # a store made before jobs kept their submitted prompt
+                self._db.execute("ALTER TABLE jobs ADD COLUMN submitted_json TEXT")
 
     def close(self) -> None:
         with self._lock:
@@ -178,14 +186,17 @@ class JobStore:
 
     # jobs ------------------------------------------------------------------------------------
     def add_job(self, job_id: str, number: float, prompt: dict[str, Any], extra_data: dict[str, Any],
-                client_id: str, outputs_to_run: list[str], nodes: dict[str, str]) -> JobEvent:
-        """Persist a job, its node list and its `queued` event in one transaction."""
+                client_id: str, outputs_to_run: list[str], nodes: dict[str, str],
+                submitted: dict[str, Any] | None = None) -> JobEvent:
+        """Persist a job, its node list and its `queued` event in one transaction. `prompt` is the validated
+        prompt; `submitted` the prompt as sent (None: the same)."""
         with self._transaction() as now:
             self._db.execute(
                 "INSERT INTO jobs (id, status, number, created, prompt_json, extra_data_json, client_id, "
-                "outputs_to_run) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "outputs_to_run, submitted_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (job_id, JobStatus.QUEUED, number, now, wirejson.dumps(prompt), wirejson.dumps(extra_data),
-                 client_id, wirejson.dumps(outputs_to_run)))
+                 client_id, wirejson.dumps(outputs_to_run),
+                 None if submitted is None else wirejson.dumps(submitted)))
             self._db.executemany(
                 "INSERT INTO node_states (job_id, node_id, class_type, state) VALUES (?, ?, ?, ?)",
                 [(job_id, node_id, class_type, NodeState.PENDING) for node_id, class_type in nodes.items()])

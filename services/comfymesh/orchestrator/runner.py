@@ -19,6 +19,7 @@ from comfymesh.orchestrator.events import EventBus
 from comfymesh.orchestrator.job_recorder import JobRecorder
 from comfymesh.orchestrator.node_cache import cached_nodes
 from comfymesh.orchestrator.planning import fingerprint_files, group_checkpoint, nodes_to_run
+from comfymesh.orchestrator.preview_method import wants_previews
 from comfymesh.orchestrator.replicas import ReplicaPool
 from comfymesh.orchestrator.stage_call import GroupCall
 from comfymesh.orchestrator.stage_request import stage_request
@@ -40,7 +41,7 @@ class JobRunner:
         # checked again here: a job stored by an older version may hold any value (the scheduler fails it)
         self.options = JobOptions.from_stored(job.extra_data)
         self.timeouts = settings.timeout_policy.with_overall(self.options.timeout_s)
-        self.previews = bool(job.extra_data.get("preview_method", "auto") != "none")
+        self.previews = wants_previews(job.extra_data, settings.preview_method)
         self.plan: Plan | None = None
         self.recorder = JobRecorder(job, bus)
         self.calls = GroupCall(self.recorder, pool, self.timeouts, settings.retry_policy, self._request)

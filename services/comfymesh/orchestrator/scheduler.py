@@ -27,6 +27,7 @@ from comfymesh.jobs.options import STORED_KEY, InvalidJobOptions, JobOptions
 from comfymesh.logs import log_fields
 from comfymesh.orchestrator.events import EventBus
 from comfymesh.orchestrator.node_catalog import NodeCatalog
+from comfymesh.orchestrator.preview_method import preview_method_error
 from comfymesh.orchestrator.replicas import ReplicaPool
 from comfymesh.orchestrator.retention import RetentionPolicy, collect
 from comfymesh.orchestrator.runner import JobRunner
@@ -101,6 +102,8 @@ class Scheduler:
             self._counter += 1
             number = options.priority if options.priority is not None else \
                 (-self._counter if options.front else self._counter)
+            if error := preview_method_error(extra_data):
+                return Submission(error=error, number=number)
             validate = functools.partial(validate_prompt, prompt, self.catalog, targets=targets,
                                          custom_checks=self._custom_checks(), node_check=self._limits)
             # typical prompts validate in well under a millisecond; only big ones go to a worker thread
@@ -118,7 +121,7 @@ class Scheduler:
             if options.stored():
                 extra[STORED_KEY] = options.stored()
             await self.bus.record(self.store.add_job, job_id, number, result.prompt, extra, client_id,
-                                  result.outputs, nodes)
+                                  result.outputs, nodes, submitted=prompt)
         trace.mark("orchestrator.persisted")
         log.info("job accepted", extra=log_fields(job=job_id, nodes=len(nodes), number=number, user=user))
         if self._recovered:

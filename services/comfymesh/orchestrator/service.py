@@ -109,7 +109,7 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServicer):
     def _job_message(self, job: JobRecord, with_nodes: bool) -> orchestrator_pb2.Job:
         message = orchestrator_pb2.Job(
             job_id=job.id, status=job.status, created=job.created, started=job.started or 0,
-            finished=job.finished or 0, number=job.number, prompt_json=wirejson.dumps(job.prompt),
+            finished=job.finished or 0, number=job.number, prompt_json=wirejson.dumps(job.submitted),
             extra_data_json=wirejson.dumps(job.extra_data), outputs_json=wirejson.dumps(job.outputs),
             client_id=job.client_id, output_node_ids=job.outputs_to_run)
         if job.error:

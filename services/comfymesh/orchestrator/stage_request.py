@@ -17,7 +17,7 @@ def stage_request(job: JobRecord, plan: Plan, group: StageGroup, values: Outputs
     remaining = [n for n in group.node_ids if n not in values]
     request = stage_pb2.StageRequest(
         job_id=job.id, group_id=group.group_id, attempt=attempt,
-        prompt_json=wirejson.dumps(job.prompt),
+        prompt_json=wirejson.dumps(job.submitted),
         extra_pnginfo_json=wirejson.dumps(job.extra_data.get("extra_pnginfo") or {}),
         export_node_ids=exports(plan, group, remaining), previews=previews, user=user)
     for node_id in remaining:
