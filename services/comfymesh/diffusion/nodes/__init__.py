@@ -6,9 +6,12 @@ from __future__ import annotations
 
 from comfymesh.diffusion.nodes import (  # noqa: F401  (they declare)
     conditioning,
+    conditioning_ops,
     custom_sampling,
     latent,
+    latent_ops,
     loaders,
+    model_patches,
     sampling,
     vae,
 )

@@ -18,6 +18,7 @@ from comfymesh.diffusion.latents.previews import latent_rgb_tensor
 from comfymesh.diffusion.models.cache import get_model_cache
 from comfymesh.diffusion.nodes.failures import node
 from comfymesh.diffusion.nodes.handles import checkpoint_of, expect_handle, loras_of
+from comfymesh.diffusion.nodes.model_patches import apply_model_sampling
 from comfymesh.diffusion.nodes.registry import nodes
 from comfymesh.diffusion.sampling import custom
 from comfymesh.diffusion.sampling.batching import get_batcher
@@ -44,7 +45,8 @@ def define(name: str, category: str, inputs: list[Input], outputs: list[Output])
 
 def _sampling_model(ctx: NodeContext, model: Any) -> tuple[ModelHandle, SamplingModel]:
     model = expect_handle(ctx, model, HandleKind.MODEL)
-    return model, get_model_cache().sampling_model(checkpoint_of(ctx, model), loras_of(ctx, model))
+    sm = get_model_cache().sampling_model(checkpoint_of(ctx, model), loras_of(ctx, model))
+    return model, apply_model_sampling(ctx, model, sm)
 
 
 # --- samplers and noise ---------------------------------------------------------------------------------
@@ -207,8 +209,10 @@ def step_reporter(ctx: NodeContext, sm: SamplingModel) -> StepReporter:
 
 
 def weights_key(model: ModelHandle) -> Hashable:
-    """Same checkpoint digest and LoRA patches ⇔ same weights: such calls of other jobs may share the loop."""
-    return model["digest"], tuple((digest, float(strength)) for _, digest, strength in model["loras"])
+    """Same checkpoint digest, LoRA patches and model sampling ⇔ same denoiser: such calls of other jobs may
+    share the loop."""
+    return (model["digest"], tuple((digest, float(strength)) for _, digest, strength in model["loras"]),
+            tuple(sorted((model.get("model_sampling") or {}).items())))
 
 
 def sample_custom(ctx: NodeContext, noise: Any, guider: Any, sampler: Any, sigmas: Any,

@@ -12,6 +12,7 @@ from comfymesh.diffusion.latents.previews import latent_rgb_tensor
 from comfymesh.diffusion.models.cache import get_model_cache
 from comfymesh.diffusion.nodes.failures import node
 from comfymesh.diffusion.nodes.handles import checkpoint_of, expect_handle, loras_of
+from comfymesh.diffusion.nodes.model_patches import apply_model_sampling
 from comfymesh.diffusion.nodes.registry import nodes
 from comfymesh.diffusion.sampling.batching import sample_latent
 from comfymesh.diffusion.sampling.samplers import IMPLEMENTED_SAMPLERS as SAMPLER_CHOICES
@@ -24,14 +25,16 @@ def _sample(ctx: NodeContext, model: ModelHandle, latent_image: dict[str, Any],
             **kwargs: Any) -> tuple[dict[str, Any]]:
     model = expect_handle(ctx, model, HandleKind.MODEL)
     ckpt = checkpoint_of(ctx, model)
-    sm = get_model_cache().sampling_model(ckpt, loras_of(ctx, model))
+    sm = apply_model_sampling(ctx, model, get_model_cache().sampling_model(ckpt, loras_of(ctx, model)))
     fmt = sm.latent_format
     want_previews = ctx.extras.get("previews", True)
     # progress and previews from CUDA events: the step loop never waits on the GPU for them
     reporter = StepReporter(ctx.report_progress, ctx.report_preview if want_previews else None,
                             lambda denoised: latent_rgb_tensor(denoised, fmt), sm.device)
-    # same weights ⇔ same checkpoint digest and LoRA patches: such calls of other jobs may share the loop
-    model_key = (model["digest"], tuple((digest, float(strength)) for _, digest, strength in model["loras"]))
+    # same weights and prediction ⇔ same checkpoint digest, LoRA patches and model sampling: such calls of
+    # other jobs may share the loop
+    model_key = (model["digest"], tuple((digest, float(strength)) for _, digest, strength in model["loras"]),
+                 sm.prediction)
     with torch.no_grad():
         out = sample_latent(sm, model_key, job=ctx.job_id, latent=latent_image, on_step=reporter,
                             check_cancelled=ctx.check_cancelled, **kwargs)
