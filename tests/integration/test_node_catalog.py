@@ -57,6 +57,7 @@ def test_object_info_of_the_built_in_nodes_is_unchanged(mesh: Mesh) -> None:
     # the plugin's, and nothing else but the nodes added since (each checked against its own golden table)
     later = json.loads((GOLDEN.parent / "custom_sampling_object_info.json").read_text())
     later |= json.loads((GOLDEN.parent / "diffusion_core_object_info.json").read_text())
+    later |= json.loads((GOLDEN.parent / "imaging_core_object_info.json").read_text())
     assert set(served) - set(golden) - set(later) == {"ExampleSolarize"}
 
 

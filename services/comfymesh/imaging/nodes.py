@@ -5,20 +5,31 @@ Inputs follow /object_info (comfyui-api.md §8.4); the pixel work is in `ops` (I
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import numpy as np
 
 from comfymesh.catalog.files import FileRefused, open_inside, split_image_name
-from comfymesh.catalog.schema import Combo, Float, Int, Link, NodeSet, Output, Source
+from comfymesh.catalog.schema import Combo, Float, Input, Int, Link, NodeSet, Output, Source
 from comfymesh.contracts.errors import NodeInputError
 from comfymesh.imaging import ops
 from comfymesh.outputs import as_image_batch
 from comfymesh.stage.node import NodeContext
 
 nodes = NodeSet("imaging")
+NodeFn = TypeVar("NodeFn", bound=Callable[..., Any])
 
-def _read_input(ctx: NodeContext, image: str) -> bytes:
+
+def define_v3(name: str, module: str, category: str, inputs: list[Input], outputs: list[Output],
+              display_name: str | None = None, **fields: Any) -> Callable[[NodeFn], NodeFn]:
+    """Declare a node ComfyUI 0.8.0 declares as a V3 node of `comfy_extras.<module>` (its extra fields)."""
+    return nodes.define(name, category=category, display_name=display_name, python_module=f"comfy_extras.{module}",
+                        inputs=inputs, outputs=outputs, deprecated=False, experimental=False, api_node=False,
+                        output_matchtypes=None, output_tooltips=[None] * len(outputs), **fields)
+
+
+def read_input(ctx: NodeContext, image: str) -> bytes:
     """The bytes of the file LoadImage's `name`, `sub/name` or `name [output|input|temp]` names."""
     folder, name = split_image_name(image)
     try:
@@ -42,7 +53,7 @@ def load_image(ctx: NodeContext, image: str) -> tuple[np.ndarray, np.ndarray]:
 
     The header is read first: a file whose frames would be over the per-node limits is never decoded.
     """
-    data = _read_input(ctx, image)
+    data = read_input(ctx, image)
     try:
         ctx.check_size(*ops.image_extent(data))
         pixels, alpha = ops.decode_image(data)
@@ -209,3 +220,7 @@ def empty_image(ctx: NodeContext, width: int, height: int, batch_size: int = 1,
     # Divide in float64, then round once to float32, as ComfyUI's Python floats do.
     rgb = (np.array([(color >> 16) & 0xFF, (color >> 8) & 0xFF, color & 0xFF]) / 255.0).astype(np.float32)
     return (np.broadcast_to(rgb, (batch_size, height, width, 3)).copy(),)
+
+
+# The stage's other node groups declare into `nodes` as they are imported (each imports `nodes` from here).
+from comfymesh.imaging import image_nodes, mask_nodes, primitive_nodes  # noqa: E402, F401
