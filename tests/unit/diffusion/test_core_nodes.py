@@ -177,3 +177,16 @@ def test_lora_loader_model_only_patches_the_model_alone(node_ctx: NodeContext) -
                   strength_model=0.5)
     assert [entry[0] for entry in patched["loras"]] == ["tiny_sd15.safetensors"] and patched["loras"][0][2] == 0.5
     assert model["loras"] == []
+
+
+def test_an_empty_sd3_latent_samples_on_a_4_channel_model_as_an_empty_latent_does(node_ctx: NodeContext) -> None:
+    model, clip, _ = nodes.impls["CheckpointLoaderSimple"](node_ctx, ckpt_name="sd15.safetensors")
+    pos = run(node_ctx, "CLIPTextEncode", text="a", clip=clip)
+
+    def sample(latent: dict[str, Any]) -> torch.Tensor:
+        return run(node_ctx, "KSampler", model=model, seed=3, steps=2, cfg=1.0, sampler_name="euler",
+                   scheduler="normal", positive=pos, negative=pos, latent_image=latent)["samples"]
+
+    sd3 = sample(run(node_ctx, "EmptySD3LatentImage", width=64, height=64, batch_size=1))
+    assert sd3.shape == (1, 4, 8, 8)
+    assert torch.equal(sd3, sample(run(node_ctx, "EmptyLatentImage", width=64, height=64, batch_size=1)))

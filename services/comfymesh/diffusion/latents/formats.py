@@ -13,6 +13,10 @@ class LatentFormat:
     rgb_factors: tuple[tuple[float, float, float], ...]  # rows: latent channels; columns: R, G, B
     rgb_bias: tuple[float, float, float] | None = None
 
+    @property
+    def channels(self) -> int:
+        return len(self.rgb_factors)
+
     def process_in(self, latent: torch.Tensor) -> torch.Tensor:
         return latent * self.scale_factor
 

@@ -135,6 +135,11 @@ def prepare_with_sigmas(model: SamplingModel, sigmas: torch.Tensor, *, seed: int
         known = "is not implemented yet" if sampler_name in SAMPLER_NAMES else "is unknown"
         raise NodeInputError(f"sampler {sampler_name!r} {known}")
     samples = torch.as_tensor(latent["samples"]).float()
+    channels = model.latent_format.channels
+    if samples.ndim == 4 and samples.shape[1] != channels and not samples.any():
+        # an empty latent made for another family (EmptySD3LatentImage's 16 channels): as ComfyUI does, an
+        # all-zero latent takes the model's channel count
+        samples = samples.new_zeros(samples.shape[0], channels, *samples.shape[2:])
     if len(sigmas) == 0:
         return {**latent, "samples": samples}
     batch_index = latent.get("batch_index")
