@@ -1,7 +1,8 @@
 """Model handles: the small JSON values that MODEL, CLIP and VAE outputs carry between nodes and services.
 
 A handle names model files by name and digest, never weights: `{"kind": "model", "ckpt", "digest",
-"loras": [[name, digest, strength], ...]}`; a CLIP handle adds `stop_at_clip_layer`; a VAE handle names
+"loras": [[name, digest, strength], ...]}`, plus `model_sampling` once a ModelSampling* node patched it
+(the record the sampler applies); a CLIP handle adds `stop_at_clip_layer`; a VAE handle names
 its checkpoint (`ckpt`) or a VAE file (`file`). The diffusion stage makes and reads them; the orchestrator
 reads the checkpoint a handle names, to send the work to a replica that already holds its weights.
 """
