@@ -46,13 +46,16 @@ def _spec(raw: Any) -> tuple[Any, dict[str, Any]]:
 
 
 def _widget(draw: st.DrawFn, kind: Any, options: dict[str, Any]) -> Any:
+    if kind == "COMBO":  # ComfyUI's newer form: ["COMBO", {"options": [...]}]
+        kind = list(options.get("options") or [])
     if isinstance(kind, list):
         return draw(st.sampled_from(kind)) if kind else draw(st.text(max_size=8))
     low, high = options.get("min", 0), options.get("max", 64)
     if kind == "INT":
         return draw(st.integers(low, min(high, low + 200)))  # small: valid graphs must run quickly
     if kind == "FLOAT":
-        return draw(st.floats(low, min(high, low + 4.0)))
+        # as floats first: a bound such as -(2**63 - 1) has no exact float, which hypothesis refuses
+        return draw(st.floats(float(low), float(min(high, low + 4.0))))
     if kind == "BOOLEAN":
         return draw(st.booleans())
     return draw(st.text(max_size=16))
