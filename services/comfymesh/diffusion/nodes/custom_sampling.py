@@ -7,19 +7,18 @@ seed give KSampler's result; basic and dual-CFG guiders sample on their own."""
 
 from __future__ import annotations
 
-from collections.abc import Hashable
 from typing import Any
 
 import torch
 
 from comfymesh.catalog.schema import Boolean, ComboV3, Float, Input, Int, Link, Output
 from comfymesh.contracts.handles import HandleKind, ModelHandle
-from comfymesh.diffusion.latents.previews import latent_rgb_tensor
 from comfymesh.diffusion.models.cache import get_model_cache
 from comfymesh.diffusion.nodes.failures import node
 from comfymesh.diffusion.nodes.handles import checkpoint_of, expect_handle, loras_of
 from comfymesh.diffusion.nodes.model_patches import apply_model_sampling
 from comfymesh.diffusion.nodes.registry import nodes
+from comfymesh.diffusion.nodes.sampling import step_reporter, weights_key
 from comfymesh.diffusion.sampling import custom
 from comfymesh.diffusion.sampling.batching import get_batcher
 from comfymesh.diffusion.sampling.ksampler import SamplingModel, cond_entries, prepare_with_sigmas, run_prepared
@@ -28,7 +27,6 @@ from comfymesh.diffusion.sampling.schedulers import SCHEDULER_NAMES
 from comfymesh.diffusion.sampling.schedulers.beta import schedule as beta_schedule
 from comfymesh.diffusion.sampling.schedulers.exponential import exponential_sigmas
 from comfymesh.diffusion.sampling.schedulers.karras import karras_sigmas
-from comfymesh.diffusion.sampling.step_reporter import StepReporter
 from comfymesh.stage.node import NodeContext
 
 MODULE = "comfy_extras.nodes_custom_sampler"
@@ -199,20 +197,6 @@ def basic_guider(ctx: NodeContext, model: Any, conditioning: list[Any]) -> tuple
 
 
 # --- sampling -------------------------------------------------------------------------------------------
-
-
-def step_reporter(ctx: NodeContext, sm: SamplingModel) -> StepReporter:
-    """Progress, and previews unless the job asked for none, from CUDA events (no per-step GPU wait)."""
-    fmt = sm.latent_format
-    return StepReporter(ctx.report_progress, ctx.report_preview if ctx.extras.get("previews", True) else None,
-                        lambda denoised: latent_rgb_tensor(denoised, fmt), sm.device)
-
-
-def weights_key(model: ModelHandle) -> Hashable:
-    """Same checkpoint digest, LoRA patches and model sampling ⇔ same denoiser: such calls of other jobs may
-    share the loop."""
-    return (model["digest"], tuple((digest, float(strength)) for _, digest, strength in model["loras"]),
-            tuple(sorted((model.get("model_sampling") or {}).items())))
 
 
 def sample_custom(ctx: NodeContext, noise: Any, guider: Any, sampler: Any, sigmas: Any,

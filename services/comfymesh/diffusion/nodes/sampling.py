@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from typing import Any
 
 import torch
@@ -15,10 +16,25 @@ from comfymesh.diffusion.nodes.handles import checkpoint_of, expect_handle, lora
 from comfymesh.diffusion.nodes.model_patches import apply_model_sampling
 from comfymesh.diffusion.nodes.registry import nodes
 from comfymesh.diffusion.sampling.batching import sample_latent
+from comfymesh.diffusion.sampling.ksampler import SamplingModel
 from comfymesh.diffusion.sampling.samplers import IMPLEMENTED_SAMPLERS as SAMPLER_CHOICES
 from comfymesh.diffusion.sampling.schedulers import SCHEDULER_NAMES
 from comfymesh.diffusion.sampling.step_reporter import StepReporter
 from comfymesh.stage.node import NodeContext
+
+
+def step_reporter(ctx: NodeContext, sm: SamplingModel) -> StepReporter:
+    """Progress, and previews unless the job asked for none, from CUDA events (no per-step GPU wait)."""
+    fmt = sm.latent_format
+    return StepReporter(ctx.report_progress, ctx.report_preview if ctx.extras.get("previews", True) else None,
+                        lambda denoised: latent_rgb_tensor(denoised, fmt), sm.device)
+
+
+def weights_key(model: ModelHandle) -> Hashable:
+    """Same checkpoint digest, LoRA patches and model sampling ⇔ same denoiser: such calls of other jobs may
+    share the loop."""
+    return (model["digest"], tuple((digest, float(strength)) for _, digest, strength in model["loras"]),
+            tuple(sorted((model.get("model_sampling") or {}).items())))
 
 
 def _sample(ctx: NodeContext, model: ModelHandle, latent_image: dict[str, Any],
@@ -26,17 +42,9 @@ def _sample(ctx: NodeContext, model: ModelHandle, latent_image: dict[str, Any],
     model = expect_handle(ctx, model, HandleKind.MODEL)
     ckpt = checkpoint_of(ctx, model)
     sm = apply_model_sampling(ctx, model, get_model_cache().sampling_model(ckpt, loras_of(ctx, model)))
-    fmt = sm.latent_format
-    want_previews = ctx.extras.get("previews", True)
-    # progress and previews from CUDA events: the step loop never waits on the GPU for them
-    reporter = StepReporter(ctx.report_progress, ctx.report_preview if want_previews else None,
-                            lambda denoised: latent_rgb_tensor(denoised, fmt), sm.device)
-    # same weights and prediction ⇔ same checkpoint digest, LoRA patches and model sampling: such calls of
-    # other jobs may share the loop
-    model_key = (model["digest"], tuple((digest, float(strength)) for _, digest, strength in model["loras"]),
-                 sm.prediction)
+    reporter = step_reporter(ctx, sm)
     with torch.no_grad():
-        out = sample_latent(sm, model_key, job=ctx.job_id, latent=latent_image, on_step=reporter,
+        out = sample_latent(sm, weights_key(model), job=ctx.job_id, latent=latent_image, on_step=reporter,
                             check_cancelled=ctx.check_cancelled, **kwargs)
     reporter.finish()
     return (out,)
