@@ -92,9 +92,6 @@ class Catalog:
         self.nodes, self._entries = {}, {}
         self.update(entries)
 
-    def entries(self) -> dict[str, Mapping[str, Any]]:
-        return dict(self._entries)
-
     def get(self, class_type: str) -> NodeDef | None:
         return self.nodes.get(class_type)
 

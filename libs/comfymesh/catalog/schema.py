@@ -22,6 +22,8 @@ from typing import Any, TypeVar
 WIDGET_TYPES = frozenset({"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"})
 # the marker a dynamic COMBO list carries in a serialised declaration: [{SOURCE_KEY: "models/loras"}]
 SOURCE_KEY = "$source"
+# ComfyUI's largest width or height a size widget offers (its MAX_RESOLUTION)
+MAX_RESOLUTION = 16384
 # the stage name of nodes every stage hosts (output nodes run where their image was made)
 ANY_STAGE = "any"
 
@@ -204,5 +206,5 @@ def check_schema(schema: NodeSchema) -> None:
         raise DeclarationError(f"node {schema.name!r} has no outputs and is not an output node")
 
 
-__all__ = ["ANY_STAGE", "SOURCE_KEY", "WIDGET_TYPES", "Boolean", "Combo", "ComboV3", "DeclarationError", "Float", "Hidden",
+__all__ = ["ANY_STAGE", "MAX_RESOLUTION", "SOURCE_KEY", "WIDGET_TYPES", "Boolean", "Combo", "ComboV3", "DeclarationError", "Float", "Hidden",
            "Input", "Int", "Link", "NodeSchema", "NodeSet", "Output", "Source", "String", "check_schema"]

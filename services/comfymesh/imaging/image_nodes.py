@@ -8,9 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from comfymesh.catalog.schema import Boolean, ComboV3, Int, Link, Output
+from comfymesh.catalog.schema import MAX_RESOLUTION, Boolean, ComboV3, Int, Link, Output
 from comfymesh.imaging import ops
-from comfymesh.imaging.mask_nodes import MAX_RESOLUTION, as_mask_batch
+from comfymesh.imaging.mask_nodes import as_mask_batch
 from comfymesh.imaging.nodes import define_v3, nodes
 from comfymesh.outputs import as_image_batch
 from comfymesh.stage.node import NodeContext

@@ -11,14 +11,13 @@ from typing import Any
 import numpy as np
 import scipy.ndimage
 
-from comfymesh.catalog.schema import Boolean, Combo, ComboV3, Float, Hidden, Int, Link, Output, Source
+from comfymesh.catalog.schema import MAX_RESOLUTION, Boolean, Combo, ComboV3, Float, Hidden, Int, Link, Output, Source
 from comfymesh.contracts.errors import NodeInputError
 from comfymesh.imaging import ops
 from comfymesh.imaging.nodes import define_v3, nodes, read_input
 from comfymesh.outputs import as_image_batch, preview_image
 from comfymesh.stage.node import NodeContext
 
-MAX_RESOLUTION = 16384
 CHANNELS = ["red", "green", "blue", "alpha"]
 COMPOSITE_OPERATIONS = ["multiply", "add", "subtract", "and", "or", "xor"]
 

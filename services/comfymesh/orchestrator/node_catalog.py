@@ -40,7 +40,6 @@ class NodeCatalog:
         self._stages: dict[str, dict[str, Any]] = self._load()
         self._described = {stage: asyncio.Event() for stage, replicas in pool.replicas.items() if replicas}
         self._started = time.monotonic()
-        self._live: set[str] = set()  # stages that answered this process (not only the file)
         self._changed = asyncio.Condition()
         self._rebuild()
         pool.on_describe = self._described_by
@@ -66,7 +65,6 @@ class NodeCatalog:
         if not info.nodes_json:
             return
         entries = wirejson.loads(info.nodes_json)
-        self._live.add(stage)
         if entries == self._stages.get(stage):
             return
         self._stages[stage] = entries

@@ -8,13 +8,12 @@ from typing import Any
 
 import torch
 
-from comfymesh.catalog.schema import Combo, Float, Int, Link, Output
+from comfymesh.catalog.schema import MAX_RESOLUTION, Combo, Float, Int, Link, Output
 from comfymesh.diffusion.nodes.failures import node
 from comfymesh.diffusion.nodes.latent import _upscale
 from comfymesh.diffusion.nodes.registry import nodes
 from comfymesh.stage.node import NodeContext
 
-MAX_RESOLUTION = 16384
 Latent = dict[str, Any]
 
 

@@ -10,13 +10,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from comfymesh.catalog.schema import Boolean, Combo, Float, Int, Link, Output, Source
+from comfymesh.catalog.schema import MAX_RESOLUTION, Boolean, Combo, Float, Int, Link, Output, Source
 from comfymesh.contracts.errors import NodeInputError
 from comfymesh.contracts.handles import HandleKind, ModelHandle
 from comfymesh.diffusion.models.cache import get_model_cache
 from comfymesh.diffusion.nodes.failures import node
 from comfymesh.diffusion.nodes.handles import checkpoint_of, expect_handle
-from comfymesh.diffusion.nodes.latent_ops import MAX_RESOLUTION
 from comfymesh.diffusion.nodes.model_files import resolve_file
 from comfymesh.diffusion.nodes.registry import nodes
 from comfymesh.diffusion.sampling.ksampler import SamplingModel
