@@ -1,0 +1,147 @@
+"""Official ComfyUI templates, end to end: each one as the pinned `comfyui-workflow-templates-json` package ships
+it, turned into an API prompt by the official frontend itself (`app.loadGraphData`, then `app.graphToPrompt`, in
+headless chromium: subgraphs, primitive widgets and links resolved exactly as the Run button does), shrunk to a
+CPU-friendly size, queued through `/prompt` and run by a real mesh with tiny random-weight checkpoints under the
+file names the template asks for.
+
+A template is listed here once every node type it uses is served and runs; `bench/template_coverage.py` counts
+the rest. Models of an architecture we have no tiny form of yet stand in with the nearest one (the SDXL refiner
+file is a tiny SDXL base), which the names below say.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.mesh import SHARED, Mesh
+
+playwright = pytest.importorskip("playwright.sync_api")
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+TEMPLATES = "comfyui_workflow_templates_json"
+
+# checkpoint file → the tiny family that stands in for it
+CHECKPOINTS = {
+    "sd_xl_base_1.0.safetensors": "sdxl",
+    "sd_xl_refiner_1.0.safetensors": "sdxl",  # no tiny refiner form yet: a tiny SDXL base under its name
+    "sd_xl_turbo_1.0_fp16.safetensors": "sdxl",
+}
+# the images templates load from the input folder → the test photo copied under that name
+INPUTS = {"example.png": "astronaut.png", "pray.png": "coffee.png", "angle_1.png": "astronaut.png",
+          "angle_2.png": "coffee.png", "angle_3.png": "astronaut.png", "angle_4.png": "coffee.png"}
+
+# template → the output nodes' class types we expect images from
+RUNNABLE = {
+    "image_sdxl_simple": {"SaveImage"},
+    "sdxl_simple_example": {"SaveImage"},
+    "sdxl_refiner_prompt_example": {"SaveImage"},
+    "sdxlturbo_example": {"SaveImage"},
+    "basic_mask_operations_and_compositing": {"PreviewImage"},
+}
+
+SIZE_INPUTS = {"width": 64, "height": 64, "batch_size": 1}
+STEP_INPUTS = {"steps": 2, "end_at_step": 2}
+
+TO_PROMPT = """async (workflow) => {
+    await window.app.loadGraphData(workflow, true, false);
+    const { output } = await window.app.graphToPrompt();
+    return output;
+}"""
+
+
+def template(name: str) -> dict[str, Any]:
+    return json.loads(resources.files(TEMPLATES).joinpath("templates", f"{name}.json").read_text())
+
+
+def shrink(prompt: dict[str, Any]) -> dict[str, Any]:
+    """What a user on a CPU does in the widgets: 64×64 latents, one image, two steps (denoise kept)."""
+    for node in prompt.values():
+        inputs = node["inputs"]
+        for name, value in list(inputs.items()):
+            if isinstance(value, list):
+                continue  # a link
+            if name in SIZE_INPUTS and node["class_type"].endswith("LatentImage"):
+                inputs[name] = SIZE_INPUTS[name]
+            elif name in STEP_INPUTS and isinstance(value, int):
+                # KSamplerAdvanced pairs (start, end) keep their order within the two steps
+                inputs[name] = min(value, STEP_INPUTS[name]) if name == "end_at_step" else STEP_INPUTS[name]
+            elif name == "start_at_step" and isinstance(value, int):
+                inputs[name] = min(value, 1)
+    return prompt
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
+    home = tmp_path_factory.mktemp("templates-home")
+    mesh = Mesh(home, stages=("imaging", "diffusion"))
+    for name, family in CHECKPOINTS.items():
+        subprocess.run([sys.executable, "-m", "comfymesh.diffusion.models.tiny_checkpoint", "--family", family,
+                        str(home / "models" / "checkpoints" / name)], check=True, capture_output=True)
+    for name, photo in INPUTS.items():
+        shutil.copy(SHARED / "data" / photo, home / "input" / name)
+    try:
+        yield mesh.start()
+    finally:
+        mesh.stop()
+
+
+@pytest.fixture(scope="module")
+def prompts(mesh: Mesh, tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
+    """Every runnable template as the frontend turns it into an API prompt."""
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: run `make system-deps` (apt-get install chromium)")
+    converted: dict[str, dict[str, Any]] = {}
+    errors: list[str] = []
+    with playwright.sync_playwright() as driver:
+        context = driver.chromium.launch_persistent_context(
+            user_data_dir=str(tmp_path_factory.mktemp("profile")), executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = context.new_page()
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.goto(mesh.url + "/")
+            page.wait_for_function("() => window.app?.graph && window.app.vueAppReady !== false", timeout=60_000)
+            for name in RUNNABLE:
+                converted[name] = page.evaluate(TO_PROMPT, template(name))
+        finally:
+            context.close()
+    assert not errors, errors
+    return converted
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize("name", sorted(RUNNABLE))
+def test_official_template_runs_end_to_end(name: str, mesh: Mesh, prompts: dict[str, dict[str, Any]]) -> None:
+    prompt = shrink(prompts[name])
+    info = mesh.http.get("/object_info").json()
+    unknown = {node["class_type"] for node in prompt.values()} - set(info)
+    assert not unknown, f"{name} uses node types we do not serve: {unknown}"
+
+    reply = mesh.http.post("/prompt", json={"prompt": prompt, "client_id": "templates"})
+    assert reply.status_code == 200, reply.text
+    assert not reply.json().get("node_errors"), reply.json()
+    job = mesh.wait(reply.json()["prompt_id"], timeout=300)
+    assert job["status"] == "completed", job["error"]
+
+    history = mesh.http.get(f"/history/{reply.json()['prompt_id']}").json()[reply.json()["prompt_id"]]
+    assert history["status"]["status_str"] == "success"
+    outputs = history["outputs"]
+    expected = {node_id for node_id, node in prompt.items() if node["class_type"] in RUNNABLE[name]}
+    assert expected and expected <= set(outputs), (expected, outputs)
+    for node_id in expected:
+        images = outputs[node_id]["images"]
+        assert images, f"{name}: output node {node_id} made no image"
+        for image in images:
+            served = mesh.http.get("/view", params={"filename": image["filename"], "subfolder": image["subfolder"],
+                                                    "type": image["type"]})
+            assert served.status_code == 200 and served.content.startswith(b"\x89PNG"), (image, served.status_code)
