@@ -198,7 +198,8 @@ def check_schema(schema: NodeSchema) -> None:
         seen.add(item.name)
         if item.section not in ("required", "optional", "hidden"):
             raise DeclarationError(f"node {schema.name!r} input {item.name!r}: unknown section {item.section!r}")
-        if not item.type or not item.type.replace("_", "").replace("*", "").isalnum():
+        # "*" alone is ComfyUI's any-type socket (PreviewAny's source)
+        if item.type != "*" and not item.type.replace("_", "").replace("*", "").isalnum():
             raise DeclarationError(f"node {schema.name!r} input {item.name!r}: bad type {item.type!r}")
         if item.type == "COMBO" and item.choices is None:
             raise DeclarationError(f"node {schema.name!r} input {item.name!r}: a COMBO needs choices")

@@ -26,13 +26,13 @@ def repeat_to_batch(array: np.ndarray, size: int) -> np.ndarray:
     return array[:size]
 
 
-def _resize_mask(mask: np.ndarray, width: int, height: int) -> np.ndarray:
+def resize_mask(mask: np.ndarray, width: int, height: int) -> np.ndarray:
     """Masks resized bilinearly, as grey images."""
     grey = np.repeat(mask[..., None], 3, axis=3)
     return ops.resize(grey, width, height, "bilinear")[..., 0]
 
 
-def _alpha_fix(destination: np.ndarray, source: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def alpha_fix(destination: np.ndarray, source: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The source given the destination's channel count: alpha dropped, or an opaque alpha added."""
     if destination.shape[3] < source.shape[3]:
         return destination, source[..., :destination.shape[3]]
@@ -51,7 +51,7 @@ def image_composite_masked(ctx: NodeContext, destination: Any, source: Any, x: i
                            mask: Any = None) -> tuple[np.ndarray]:
     """ImageCompositeMasked: source blended over destination at (x, y) by the mask (bilinearly resized to
     the source), source and mask repeated or cut to the destination's batch."""
-    dst, src = _alpha_fix(as_image_batch(destination).copy(), as_image_batch(source))
+    dst, src = alpha_fix(as_image_batch(destination).copy(), as_image_batch(source))
     batch, dst_height, dst_width = dst.shape[:3]
     if resize_source:
         src = ops.resize(src, dst_width, dst_height, "bilinear")
@@ -60,7 +60,7 @@ def image_composite_masked(ctx: NodeContext, destination: Any, source: Any, x: i
     if mask is None:
         weight = np.ones(src.shape[:3], np.float32)
     else:
-        weight = repeat_to_batch(_resize_mask(as_mask_batch(mask), src_width, src_height), batch)
+        weight = repeat_to_batch(resize_mask(as_mask_batch(mask), src_width, src_height), batch)
     x, y = min(x, dst_width), min(y, dst_height)
     visible_height, visible_width = min(src_height, dst_height - y), min(src_width, dst_width - x)
     if visible_height > 0 and visible_width > 0:

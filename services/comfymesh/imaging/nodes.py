@@ -67,7 +67,7 @@ def load_image(ctx: NodeContext, image: str) -> tuple[np.ndarray, np.ndarray]:
     return pixels, mask
 
 
-def _upscale(images: np.ndarray, method: str, width: int, height: int, crop: str) -> np.ndarray:
+def upscale(images: np.ndarray, method: str, width: int, height: int, crop: str) -> np.ndarray:
     """ComfyUI's common upscale for images: optional centre crop to the target aspect, then resize."""
     if method not in ops.RESIZE_FILTERS:
         raise NodeInputError(f"Unknown upscale_method {method!r}")
@@ -99,7 +99,7 @@ def image_scale(ctx: NodeContext, image: Any, upscale_method: str, width: int, h
     elif height == 0:
         height = max(1, round(images.shape[1] * width / images.shape[2]))
     ctx.check_size(width, height, images.shape[0])
-    return (_upscale(images, upscale_method, width, height, crop),)
+    return (upscale(images, upscale_method, width, height, crop),)
 
 
 @nodes.define("ImageScaleBy", category="image/upscaling", display_name="Upscale Image By",
@@ -116,7 +116,7 @@ def image_scale_by(ctx: NodeContext, image: Any, upscale_method: str, scale_by: 
     width = max(1, round(images.shape[2] * scale_by))
     height = max(1, round(images.shape[1] * scale_by))
     ctx.check_size(width, height, images.shape[0])
-    return (_upscale(images, upscale_method, width, height, "disabled"),)
+    return (upscale(images, upscale_method, width, height, "disabled"),)
 
 
 @nodes.define("ImageInvert", category="image", display_name="Invert Image",
@@ -200,7 +200,7 @@ def image_batch(ctx: NodeContext, image1: Any, image2: Any) -> tuple[np.ndarray]
             f"Cannot batch images with {first.shape[3]} and {second.shape[3]} channels", node_id=ctx.node_id)
     ctx.check_size(first.shape[2], first.shape[1], first.shape[0] + second.shape[0])
     if first.shape[1:3] != second.shape[1:3]:
-        second = _upscale(second, "bilinear", first.shape[2], first.shape[1], "center")
+        second = upscale(second, "bilinear", first.shape[2], first.shape[1], "center")
     return (np.concatenate([first, second]),)
 
 
@@ -223,4 +223,4 @@ def empty_image(ctx: NodeContext, width: int, height: int, batch_size: int = 1,
 
 
 # The stage's other node groups declare into `nodes` as they are imported (each imports `nodes` from here).
-from comfymesh.imaging import image_nodes, mask_nodes, primitive_nodes  # noqa: E402, F401
+from comfymesh.imaging import filter_nodes, image_nodes, mask_nodes, primitive_nodes, size_nodes, string_nodes  # noqa: E402, F401
