@@ -18,7 +18,7 @@ from typing import Any
 
 from comfymesh.catalog.files import resolve_image_name
 from comfymesh.catalog.model_folders import ModelFolders
-from comfymesh.catalog.schema import ANY_STAGE, SOURCE_KEY, WIDGET_TYPES
+from comfymesh.catalog.schema import ALWAYS_CHANGED_KEY, ANY_STAGE, SOURCE_KEY, WIDGET_TYPES
 
 # a Source naming LoadImage's list of input images; every other source is `models/<folder>`
 INPUT_IMAGES = "input/images"
@@ -49,6 +49,16 @@ class NodeDef:
     inputs: dict[str, InputSpec]
     outputs: tuple[str, ...]
     output_node: bool
+    # ComfyUI's execution flags: list outputs and inputs (map over lists), and a result that depends on more
+    # than the inputs (IS_CHANGED always "changed": never served from cache)
+    output_is_list: tuple[bool, ...] = ()
+    input_is_list: bool = False
+    always_changed: bool = False
+
+    @property
+    def lazy_inputs(self) -> frozenset[str]:
+        """Inputs evaluated only when the node asks for them (ComfyUI's `lazy` option)."""
+        return frozenset(name for name, spec in self.inputs.items() if spec.options.get("lazy"))
 
 
 def _input_spec(name: str, spec: Any, required: bool) -> InputSpec:
@@ -65,7 +75,9 @@ def node_def(name: str, entry: Mapping[str, Any]) -> NodeDef:
     for section in ("required", "optional"):
         for input_name, spec in entry["input"].get(section, {}).items():
             inputs[input_name] = _input_spec(input_name, spec, section == "required")
-    return NodeDef(name, str(entry["stage"]), inputs, tuple(entry["output"]), bool(entry["output_node"]))
+    return NodeDef(name, str(entry["stage"]), inputs, tuple(entry["output"]), bool(entry["output_node"]),
+                   tuple(bool(flag) for flag in entry.get("output_is_list", ())), bool(entry.get("is_input_list")),
+                   bool(entry.get(ALWAYS_CHANGED_KEY)))
 
 
 class Catalog:
@@ -161,6 +173,7 @@ class Catalog:
                 continue
             entry = copy.deepcopy(dict(self._entries[name]))
             entry.pop("stage", None)
+            entry.pop(ALWAYS_CHANGED_KEY, None)
             for input_name, spec in self.nodes[name].inputs.items():
                 if spec.source is not None:
                     section = "required" if spec.required else "optional"

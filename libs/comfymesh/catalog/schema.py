@@ -26,6 +26,10 @@ SOURCE_KEY = "$source"
 MAX_RESOLUTION = 16384
 # the stage name of nodes every stage hosts (output nodes run where their image was made)
 ANY_STAGE = "any"
+# the stage name of nodes the orchestrator evaluates itself (no tensors: the switch)
+ORCHESTRATOR_STAGE = "orchestrator"
+# the Describe-only field of a node whose result depends on more than its inputs (not in /object_info)
+ALWAYS_CHANGED_KEY = "$always_changed"
 
 
 class DeclarationError(ValueError):
@@ -127,8 +131,10 @@ class NodeSchema:
     description: str = ""
     output_node: bool = False
     python_module: str = "nodes"
-    # further `/object_info` fields shown verbatim (deprecated, experimental, output_tooltips, ...)
+    # further `/object_info` fields shown verbatim (deprecated, experimental, output_tooltips, is_input_list...)
     extra: Mapping[str, Any] = field(default_factory=dict)
+    # ComfyUI's IS_CHANGED answering NaN: the node runs every time (random sources, live reads)
+    always_changed: bool = False
 
     def object_info(self) -> dict[str, Any]:
         """This node's `/object_info` entry, dynamic choices still as `{SOURCE_KEY: ...}` markers."""
@@ -159,11 +165,11 @@ class NodeSet:
 
     def define(self, name: str, *, inputs: Iterable[Input], outputs: Iterable[Output] = (), category: str = "",
                display_name: str | None = "", description: str = "", output_node: bool = False,
-               python_module: str = "nodes", stage: str | None = None,
+               python_module: str = "nodes", stage: str | None = None, always_changed: bool = False,
                **extra: Any) -> Callable[[NodeFn], NodeFn]:
         """Declare node `name` and register the decorated function as its implementation."""
         schema = NodeSchema(name, stage or self.stage, tuple(inputs), tuple(outputs), category, display_name,
-                            description, output_node, python_module, extra)
+                            description, output_node, python_module, extra, always_changed)
 
         def register(fn: NodeFn) -> NodeFn:
             self.add(schema, fn)
@@ -184,7 +190,9 @@ class NodeSet:
 
     def object_info(self) -> dict[str, dict[str, Any]]:
         """Every node's `/object_info` entry with its `stage` (what the Describe RPC sends)."""
-        return {name: {**schema.object_info(), "stage": schema.stage} for name, schema in self.schemas.items()}
+        return {name: {**schema.object_info(), "stage": schema.stage,
+                       **({ALWAYS_CHANGED_KEY: True} if schema.always_changed else {})}
+                for name, schema in self.schemas.items()}
 
 
 def check_schema(schema: NodeSchema) -> None:
@@ -207,5 +215,5 @@ def check_schema(schema: NodeSchema) -> None:
         raise DeclarationError(f"node {schema.name!r} has no outputs and is not an output node")
 
 
-__all__ = ["ANY_STAGE", "MAX_RESOLUTION", "SOURCE_KEY", "WIDGET_TYPES", "Boolean", "Combo", "ComboV3", "DeclarationError", "Float", "Hidden",
+__all__ = ["ALWAYS_CHANGED_KEY", "ANY_STAGE", "MAX_RESOLUTION", "ORCHESTRATOR_STAGE", "SOURCE_KEY", "WIDGET_TYPES", "Boolean", "Combo", "ComboV3", "DeclarationError", "Float", "Hidden",
            "Input", "Int", "Link", "NodeSchema", "NodeSet", "Output", "Source", "String", "check_schema"]

@@ -6,6 +6,7 @@ a value in protobuf's JSON mapping (`value_to_dict`)."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,4 +68,56 @@ def tensor_of(value: common_pb2.Value) -> TensorRef | None:
     return TensorRef.from_proto(value.tensor) if value.HasField("tensor") else None
 
 
-__all__ = ["TENSOR_TYPES", "TensorRef", "tensor_of", "value_from_dict", "value_to_dict"]
+# Two JSON forms that are not node values but execution markers (ComfyUI's execution semantics): a list
+# output's items (OUTPUT_IS_LIST), and an ExecutionBlocker. Plain values never start with these keys.
+LIST_KEY = "$list"
+BLOCKED_KEY = "$blocked"
+
+
+@dataclass(frozen=True)
+class ExecutionBlocker:
+    """ComfyUI's ExecutionBlocker: a node given one does not run and its outputs are blocked in turn; an
+    output node given one does nothing, or fails with `message` when there is one."""
+
+    message: str | None = None
+
+
+def _marker(value: common_pb2.Value, key: str) -> Any:
+    if value.WhichOneof("payload") != "json" or not value.json.startswith(f'{{"{key}"'):
+        return None
+    return json.loads(value.json)
+
+
+def list_value(type_name: str, items: list[common_pb2.Value]) -> common_pb2.Value:
+    """A list output (one value per item) as one wire value."""
+    return common_pb2.Value(type=type_name, json=json.dumps({LIST_KEY: [value_to_dict(item) for item in items]}))
+
+
+def list_items(value: common_pb2.Value) -> list[common_pb2.Value] | None:
+    """The items of a list value; None for any other value."""
+    data = _marker(value, LIST_KEY)
+    return None if data is None else [value_from_dict(item) for item in data[LIST_KEY]]
+
+
+def blocked_value(type_name: str, blocker: ExecutionBlocker) -> common_pb2.Value:
+    """An ExecutionBlocker as a wire value."""
+    return common_pb2.Value(type=type_name, json=json.dumps({BLOCKED_KEY: blocker.message}))
+
+
+def blocker_of(value: common_pb2.Value) -> ExecutionBlocker | None:
+    """The ExecutionBlocker a value stands for; None for any other value."""
+    data = _marker(value, BLOCKED_KEY)
+    return None if data is None else ExecutionBlocker(data[BLOCKED_KEY])
+
+
+def tensors_in(value: common_pb2.Value) -> list[TensorRef]:
+    """Every stored bundle a value refers to, a list's items included (what a cache hit needs to exist)."""
+    items = list_items(value)
+    if items is not None:
+        return [ref for item in items for ref in tensors_in(item)]
+    ref = tensor_of(value)
+    return [] if ref is None else [ref]
+
+
+__all__ = ["BLOCKED_KEY", "LIST_KEY", "TENSOR_TYPES", "ExecutionBlocker", "TensorRef", "blocked_value",
+           "blocker_of", "list_items", "list_value", "tensor_of", "tensors_in", "value_from_dict", "value_to_dict"]

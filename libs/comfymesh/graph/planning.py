@@ -10,6 +10,7 @@ from graphlib import TopologicalSorter
 from typing import Any
 
 from comfymesh.catalog import ANY_STAGE, Catalog
+from comfymesh.catalog.schema import ORCHESTRATOR_STAGE
 
 
 @dataclass
@@ -88,7 +89,9 @@ def plan_prompt(prompt: dict[str, dict[str, Any]], outputs: list[str], catalog: 
             consumers[source].add(node_id)
         if node.stage == ANY_STAGE:
             # output nodes run where their input was produced
-            producers = [nodes[source].stage for source, _ in node.links.values()]
+            # (the orchestrator's own nodes run no output node: theirs goes to imaging)
+            producers = [nodes[source].stage for source, _ in node.links.values()
+                         if nodes[source].stage != ORCHESTRATOR_STAGE]
             node.stage = producers[0] if producers else "imaging"
     plan = Plan(nodes=nodes, order=order, outputs=list(outputs), consumers=consumers)
     if sign:

@@ -68,8 +68,12 @@ def _coerce(spec: InputSpec, value: Any) -> Any:
     return value
 
 
+# V3's MatchType: an input or output that takes the type of what it is linked to (the switch's)
+MATCH_TYPE = "COMFY_MATCHTYPE_V3"
+
+
 def _types_match(received: str, expected: str) -> bool:
-    if "*" in (received, expected):
+    if "*" in (received, expected) or MATCH_TYPE in (received, expected):
         return True
     return bool(set(received.split(",")) & set(expected.split(",")))
 

@@ -29,10 +29,12 @@ from comfymesh.config.testing import node_hangs
 from comfymesh.contracts import wirejson
 from comfymesh.contracts.errors import NodeInputError
 from comfymesh.contracts.failures import failure_from_exception
+from comfymesh.contracts.values import ExecutionBlocker, blocked_value, blocker_of, list_items, list_value
 from comfymesh.graph.limits import OutputLimits
 from comfymesh.logs import log_fields
+from comfymesh.stage.lists import ValueList, map_node, merge_ui
 from comfymesh.stage.node import NodeContext, NodeImpl
-from comfymesh.v1 import stage_pb2
+from comfymesh.v1 import common_pb2, stage_pb2
 
 log = logging.getLogger("comfymesh.stage")
 
@@ -116,8 +118,23 @@ class GroupRun:
             if bound is None:
                 raise NodeInputError(f"input '{name}' links to {link.node_id}:{link.slot}, which this call "
                                      "neither runs nor was given", node_id=call.node_id)
-            self.values[key] = decode_value(bound, self.store)
+            self.values[key] = self._decode(bound)
         return self.values[key]
+
+    def _decode(self, message: common_pb2.Value) -> Any:
+        """A bound value: a list's items and a blocker keep their execution meaning."""
+        items = list_items(message)
+        if items is not None:
+            return ValueList(self._decode(item) for item in items)
+        blocker = blocker_of(message)
+        return blocker if blocker is not None else decode_value(message, self.store)
+
+    def _encode(self, type_name: str, value: Any) -> common_pb2.Value:
+        if isinstance(value, ValueList):
+            return list_value(type_name, [self._encode(type_name, item) for item in value])
+        if isinstance(value, ExecutionBlocker):
+            return blocked_value(type_name, value)
+        return encode_value(type_name, value, self.store)
 
     def _run_node(self, call: stage_pb2.NodeCall) -> None:
         impl = self.nodes.get(call.class_type)
@@ -143,15 +160,29 @@ class GroupRun:
         if node_hangs(settings, call.class_type):
             _hang(ctx)
         trace.mark(f"stage.node.{call.class_type}")
+        definition = self.catalog.get(call.class_type)
+        types = definition.outputs if definition else ()
+        _refuse_blocked_output(call, definition.output_node if definition else call.is_output, inputs)
         started, clock = time.time(), time.perf_counter()
-        outputs = impl(ctx, **inputs)
+        uis: list[dict[str, Any]] = []
+
+        def once(args: dict[str, Any]) -> tuple[Any, ...]:
+            ctx.ui = None
+            result = impl(ctx, **args)
+            if ctx.ui:
+                uis.append(ctx.ui)
+            return tuple(result)
+
+        outputs, _ = map_node(once, inputs, len(types), definition.output_is_list if definition else (),
+                              definition.input_is_list if definition else False)
+        ctx.ui = merge_ui(uis)
         if settings.node_timings:  # benchmarks: the mesh-overhead split in bench/
             log.info("node timing", extra=log_fields(job=self.request.job_id, node=call.node_id, class_type=call.class_type,
                                                      start=started, ms=round((time.perf_counter() - clock) * 1000, 3)))
-        definition = self.catalog.get(call.class_type)
-        types = definition.outputs if definition else ()
         for type_name, value in zip(types, outputs, strict=False):  # before any other node or export sees it
-            self.limits.check_value(call.node_id, call.class_type, type_name, value)
+            for item in value if isinstance(value, ValueList) else (value,):
+                if not isinstance(item, ExecutionBlocker):
+                    self.limits.check_value(call.node_id, call.class_type, type_name, item)
         for slot, value in enumerate(outputs):
             self.values[(call.node_id, slot)] = value
         trace.mark(f"stage.node_done.{call.class_type}")
@@ -164,7 +195,7 @@ class GroupRun:
     def _export(self, call: stage_pb2.NodeCall, types: tuple[str, ...], outputs: tuple[Any, ...],
                 done: stage_pb2.NodeDone) -> None:
         """Store a node's outputs, then report it done (on the writer thread)."""
-        done.outputs.extend(encode_value(types[slot], value, self.store) for slot, value in enumerate(outputs))
+        done.outputs.extend(self._encode(types[slot], value) for slot, value in enumerate(outputs))
         for value in done.outputs:
             if value.WhichOneof("payload") == "tensor":  # audit trail of every artifact write
                 log.info("artifact written", extra=log_fields(job=self.request.job_id, user=self.request.user,
@@ -177,3 +208,14 @@ class GroupRun:
             return lambda data, fmt: None
         return lambda data, fmt: self.emit(stage_pb2.StageEvent(
             preview=stage_pb2.NodePreview(node_id=node_id, format=fmt, data=data)))
+
+
+def _refuse_blocked_output(call: stage_pb2.NodeCall, output_node: bool, inputs: dict[str, Any]) -> None:
+    """An output node given an ExecutionBlocker that carries a message fails with it, as in ComfyUI (one
+    without a message just leaves the node's calls undone)."""
+    if not output_node:
+        return
+    for value in inputs.values():
+        for item in value if isinstance(value, ValueList) else (value,):
+            if isinstance(item, ExecutionBlocker) and item.message is not None:
+                raise NodeInputError(item.message, node_id=call.node_id)

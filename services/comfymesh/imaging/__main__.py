@@ -10,6 +10,7 @@ from comfymesh.stage.server import stage_main
 
 
 def _nodes() -> NodeSet:
+    from comfymesh.imaging import list_nodes  # noqa: F401  (declares into `nodes` as it is imported)
     from comfymesh.imaging.nodes import nodes
 
     return nodes

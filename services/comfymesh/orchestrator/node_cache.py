@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from comfymesh.artifacts import ArtifactStore
-from comfymesh.contracts.values import tensor_of, value_from_dict, value_to_dict
+from comfymesh.contracts.values import tensors_in, value_from_dict, value_to_dict
 from comfymesh.graph import Plan, PlannedNode
 from comfymesh.jobs import CacheEntry, JobStore
 from comfymesh.v1 import common_pb2
@@ -24,7 +24,7 @@ def cached_nodes(plan: Plan, store: JobStore, artifacts: ArtifactStore) -> tuple
         if hit is None:
             continue
         values = [value_from_dict(item) for item in hit[0]]
-        if not all(artifacts.exists(ref) for ref in map(tensor_of, values) if ref is not None):
+        if not all(artifacts.exists(ref) for value in values for ref in tensors_in(value)):
             continue
         if plan.nodes[node_id].is_output and not hit[1]:
             continue

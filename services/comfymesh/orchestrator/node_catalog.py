@@ -19,6 +19,7 @@ from typing import Any
 from comfymesh.catalog import Catalog
 from comfymesh.contracts import wirejson
 from comfymesh.contracts.errors import StageUnavailableError
+from comfymesh.orchestrator.local_nodes import local_entries
 from comfymesh.orchestrator.replicas import ReplicaPool
 from comfymesh.v1 import stage_pb2
 
@@ -52,7 +53,7 @@ class NodeCatalog:
         return {}
 
     def _rebuild(self) -> None:
-        merged: dict[str, Any] = {}
+        merged: dict[str, Any] = local_entries()  # the nodes the orchestrator evaluates itself
         for stage, entries in self._stages.items():
             merged |= entries
             if stage in self._described:

@@ -23,6 +23,7 @@ from comfymesh.orchestrator.preview_method import wants_previews
 from comfymesh.orchestrator.replicas import ReplicaPool
 from comfymesh.orchestrator.stage_call import GroupCall
 from comfymesh.orchestrator.stage_request import stage_request
+from comfymesh.orchestrator.waves import Waves, needs_waves
 from comfymesh.v1 import stage_pb2
 
 
@@ -83,6 +84,11 @@ class JobRunner:
         skipped = [node_id for node_id in plan.order if node_id not in to_run]
         recorder.ui.update({node_id: ui for node_id, ui in cached.items() if ui})
         recorder.cached_ui = {node_id: cached.get(node_id) for node_id in skipped}
+        if needs_waves(plan, self.catalog):
+            recorder.to_run = set(plan.nodes)  # the job completes after its last wave, not at a node's end
+            await recorder.record_start()
+            await Waves(plan, self.catalog, recorder, self._run_groups).run(set(cached))
+            return
         groups = {group.group_id: group for group in plan_groups(plan, to_run)}
         if len(groups) == 1:
             # the usual case (one stage does everything): no task and wait machinery around the call, and
