@@ -58,3 +58,38 @@ def test_primitives_feed_widgets_and_a_mask_chain_is_saved(imaging_mesh: Mesh) -
     # 24 wide from the primitive; the left 8 columns masked off, then eroded 2 more (edges reflect)
     assert pixels.shape == (16, 24)
     assert (pixels[:, :10] == 255).all() and (pixels[:, 10:] == 0).all()
+
+
+def test_utility_nodes_size_stitch_canny_and_preview_text(imaging_mesh: Mesh) -> None:
+    prompt = {
+        "1": {"class_type": "LoadImage", "inputs": {"image": "coffee.png"}},  # 600x400
+        "2": {"class_type": "ImageScaleToTotalPixels", "inputs": {"image": ["1", 0], "upscale_method": "area",
+                                                                   "megapixels": 0.06, "resolution_steps": 8}},
+        "3": {"class_type": "Canny", "inputs": {"image": ["2", 0], "low_threshold": 0.4, "high_threshold": 0.8}},
+        "4": {"class_type": "ImageStitch", "inputs": {"image1": ["2", 0], "image2": ["3", 0], "direction": "right",
+                                                       "match_image_size": True, "spacing_width": 0,
+                                                       "spacing_color": "white"}},
+        "5": {"class_type": "GetImageSize", "inputs": {"image": ["4", 0]}},
+        "6": {"class_type": "StringLength", "inputs": {"string": "a cat"}},
+        "7": {"class_type": "PreviewAny", "inputs": {"source": ["5", 0]}},
+        "8": {"class_type": "RegexReplace", "inputs": {"string": "size WxH", "regex_pattern": "W",
+                                                        "replace": "wide", "case_insensitive": False}},
+        "9": {"class_type": "PreviewAny", "inputs": {"source": ["8", 0]}},
+        "10": {"class_type": "SaveImage", "inputs": {"images": ["4", 0], "filename_prefix": "stitched"}},
+    }
+    reply = imaging_mesh.http.post("/prompt", json={"prompt": prompt})
+    assert reply.status_code == 200, reply.text
+    prompt_id = reply.json()["prompt_id"]
+    job = imaging_mesh.wait(prompt_id)
+    assert job["status"] == "completed", job["error"]
+
+    outputs = imaging_mesh.http.get(f"/history/{prompt_id}").json()[prompt_id]["outputs"]
+    # sqrt(0.06·1024² / 240000) = 0.5131: 307.9 -> 304, 205.2 -> 208 in steps of 8; stitched twice as wide
+    assert outputs["7"]["text"] == ["608"]
+    assert outputs["9"]["text"] == ["size widexH"]
+    (saved,) = outputs["10"]["images"]
+    png = imaging_mesh.http.get("/view", params={"filename": saved["filename"], "type": "output"}).content
+    pixels = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+    assert pixels.shape == (208, 608, 3)
+    edges = pixels[:, 304:]
+    assert set(np.unique(edges)) == {0, 255} and 500 < (edges[..., 0] == 255).sum() < 0.25 * edges[..., 0].size
