@@ -87,10 +87,10 @@ def load_templates(wheel: Path | None = None) -> Templates:
 
 
 def core_nodes() -> set[str]:
-    """Core ComfyUI's node types at the recorded version (and the later ones up to 0.8.1 the file lists)."""
+    """Core ComfyUI's node types at the recorded version (0.8.0)."""
     record = json.loads((REPO / "bench" / "comfyui_core_nodes.json").read_text())
     extras = {name for names in record["comfy_extras"].values() for name in names}
-    return set(record["nodes_py"]) | extras | set(record["later"])
+    return set(record["nodes_py"]) | extras | set(record.get("later", {}))
 
 
 def family_nodes() -> dict[str, int]:
