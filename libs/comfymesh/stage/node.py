@@ -50,6 +50,13 @@ class NodeContext:
     limits: OutputLimits | None = None
     # set by the stage runtime (with the extra model paths); a context made by hand reads <home>/models only
     model_folders: ModelFolders | None = None
+    # which call of the node this is, when it runs once per item of a list input (0 for the first or only)
+    call_index: int = 0
+
+    @property
+    def output_key(self) -> str:
+        """What names this call's saved files for a retry (a node run over a list saves each call's own)."""
+        return self.node_id if self.call_index == 0 else f"{self.node_id}#{self.call_index}"
 
     @property
     def models(self) -> ModelFolders:

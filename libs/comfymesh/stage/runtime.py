@@ -169,6 +169,7 @@ class GroupRun:
         def once(args: dict[str, Any]) -> tuple[Any, ...]:
             ctx.ui = None
             result = impl(ctx, **args)
+            ctx.call_index += 1
             if ctx.ui:
                 uis.append(ctx.ui)
             return tuple(result)
