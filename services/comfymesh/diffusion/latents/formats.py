@@ -1,4 +1,4 @@
-"""Latent formats per family: the scale applied around sampling and the Latent2RGB preview factors."""
+"""Latent formats per family: the scale (and shift) applied around sampling and the Latent2RGB preview factors."""
 
 from __future__ import annotations
 
@@ -12,16 +12,17 @@ class LatentFormat:
     scale_factor: float
     rgb_factors: tuple[tuple[float, float, float], ...]  # rows: latent channels; columns: R, G, B
     rgb_bias: tuple[float, float, float] | None = None
+    shift_factor: float = 0.0  # the 16-channel VAEs' latents are centred before scaling
 
     @property
     def channels(self) -> int:
         return len(self.rgb_factors)
 
     def process_in(self, latent: torch.Tensor) -> torch.Tensor:
-        return latent * self.scale_factor
+        return (latent - self.shift_factor) * self.scale_factor
 
     def process_out(self, latent: torch.Tensor) -> torch.Tensor:
-        return latent / self.scale_factor
+        return latent / self.scale_factor + self.shift_factor
 
 
 SD15 = LatentFormat(
@@ -34,6 +35,20 @@ SDXL = LatentFormat(
     (0.1084, -0.0175, -0.0011),
 )
 
+# FLUX.1's 16-channel VAE (ae.safetensors), shared by Z-Image
+FLUX = LatentFormat(
+    0.3611,
+    ((-0.0346, 0.0244, 0.0681), (0.0034, 0.0210, 0.0687), (0.0275, -0.0668, -0.0433), (-0.0174, 0.0160, 0.0617),
+     (0.0859, 0.0721, 0.0329), (0.0004, 0.0383, 0.0115), (0.0405, 0.0861, 0.0915), (-0.0236, -0.0185, -0.0259),
+     (-0.0245, 0.0250, 0.1180), (0.1008, 0.0755, -0.0421), (-0.0515, 0.0201, 0.0011), (0.0428, -0.0012, -0.0036),
+     (0.0817, 0.0765, 0.0749), (-0.1264, -0.0522, -0.1103), (-0.0280, -0.0881, -0.0499), (-0.1262, -0.0982, -0.0778)),
+    (-0.0329, -0.0718, -0.0851),
+    shift_factor=0.1159,
+)
+FLUX_FAMILIES = frozenset({"zimage"})
+
 
 def for_family(family: str) -> LatentFormat:
+    if family in FLUX_FAMILIES:
+        return FLUX
     return SDXL if family.startswith("sdxl") else SD15

@@ -59,13 +59,14 @@ class GuidedDenoiser:
     def _to_x0(self, x: torch.Tensor, sigma: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         if self.prediction == "v":
             return x / (sigma**2 + 1.0) - out * sigma / (sigma**2 + 1.0) ** 0.5
-        return x - out * sigma
+        return x - out * sigma  # eps, and flow (CONST: the model's output is x − x0 per unit σ)
 
     def _run(self, x: torch.Tensor, sigma: torch.Tensor, entries: list[CondEntry]) -> list[torch.Tensor]:
         """One x0 prediction per entry, batching entries into one UNet call when their lengths tile."""
         batch = x.shape[0]
         s, t = sigma_and_timestep(self.sampling, sigma, x.device)
-        x_in = (x / (s**2 + 1.0) ** 0.5).to(self.dtype)
+        # flow models (CONST) take x as it is; eps and v models take it scaled to unit variance
+        x_in = (x if self.prediction == "flow" else x / (s**2 + 1.0) ** 0.5).to(self.dtype)
         lengths = [e.context.shape[1] for e in entries]
         lcm = math.lcm(*lengths)
         groups = [entries] if lcm <= 4 * min(lengths) else [[e] for e in entries]

@@ -13,6 +13,7 @@ from comfymesh.config import get_settings
 from comfymesh.config.testing import sampling_out_of_memory
 from comfymesh.contracts.errors import NodeInputError, ResourceExhaustedError
 from comfymesh.diffusion.latents.formats import LatentFormat
+from comfymesh.diffusion.sampling.flow_sampling import inverse_noise_scaling, noise_scaling
 from comfymesh.diffusion.sampling.guidance import CondEntry, GuidedDenoiser, MaskedDenoiser, UNetFn
 from comfymesh.diffusion.sampling.model_sampling import ModelSampling
 from comfymesh.diffusion.sampling.noise import initial_noise
@@ -29,7 +30,7 @@ class SamplingModel:
 
     unet: UNetFn
     sampling: ModelSampling
-    prediction: str  # "eps" or "v"
+    prediction: str  # "eps", "v" or "flow" (CONST: x0 = x − σ·out, x = σ·noise + (1 − σ)·x0)
     latent_format: LatentFormat
     family: str
     context_dim: int
@@ -154,7 +155,9 @@ def prepare_with_sigmas(model: SamplingModel, sigmas: torch.Tensor, *, seed: int
     if latent.get("noise_mask") is not None:
         mask = MaskedDenoiser.prepare_mask(torch.as_tensor(latent["noise_mask"]), scaled.shape, model.device)
     sigma0, sigma_max = float(sigmas[0]), float(model.sampling.sigma_max)
-    if sigma0 > sigma_max or math.isclose(sigma0, sigma_max, rel_tol=1e-5):
+    if model.prediction == "flow":
+        x = noise_scaling(sigmas[0].to(model.device), noise, scaled)
+    elif sigma0 > sigma_max or math.isclose(sigma0, sigma_max, rel_tol=1e-5):
         x = noise * torch.sqrt(1.0 + sigmas[0] ** 2.0).to(model.device) + scaled
     else:
         x = noise * sigmas[0].to(model.device) + scaled
@@ -163,6 +166,8 @@ def prepare_with_sigmas(model: SamplingModel, sigmas: torch.Tensor, *, seed: int
 
 def finish_sample(prep: PreparedSample, out: torch.Tensor) -> dict[str, Any]:
     """The node's LATENT from the sampler's output rows of this call."""
+    if prep.model.prediction == "flow" and float(prep.sigmas[-1]) > 0.0:
+        out = inverse_noise_scaling(prep.sigmas[-1].to(out.device), out)  # stopped early: leftover noise
     result = prep.model.latent_format.process_out(out).float().cpu()
     return {**prep.latent, "samples": result}
 

@@ -12,6 +12,7 @@ from comfymesh.diffusion.sampling.samplers.euler import sample_euler, sample_eul
 from comfymesh.diffusion.sampling.samplers.heun import sample_heun
 from comfymesh.diffusion.sampling.samplers.lcm import sample_ddpm, sample_lcm
 from comfymesh.diffusion.sampling.samplers.lms import sample_lms
+from comfymesh.diffusion.sampling.samplers.res_multistep import sample_res_multistep
 from comfymesh.diffusion.sampling.samplers.uni_pc import make_uni_pc
 
 SAMPLER_NAMES: tuple[str, ...] = (
@@ -44,6 +45,7 @@ SAMPLERS: dict[str, Sampler] = {
     "dpmpp_3m_sde_gpu": make_dpmpp_3m_sde(on_device=True),
     "ddpm": sample_ddpm,
     "lcm": sample_lcm,
+    "res_multistep": sample_res_multistep,
     "ddim": sample_euler,  # same update; only ComfyUI's inpainting re-noise differs
     "uni_pc": make_uni_pc("bh1"),
     "uni_pc_bh2": make_uni_pc("bh2"),

@@ -1,0 +1,152 @@
+"""Z-Image (Tongyi's NextDiT variant, ComfyUI's `lumina2` image model with Z-Image modulation): recognise a
+diffusion-model file in ComfyUI's key layout from its keys and shapes, build diffusers'
+ZImageTransformer2DModel from them, and call it with ComfyUI's conventions.
+
+The layout (`layers.N.attention.qkv`, `cap_embedder.1`, `x_pad_token`, ...) is read at any depth and width, so
+reduced test models load. What the shapes cannot tell is fixed as ComfyUI fixes it for Z-Image: RoPE θ 256, the
+head split 1:1.5:1.5 over (caption, height, width) axes, time scale 1000, 2×2 patches.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from comfymesh.contracts.errors import ModelError
+from comfymesh.diffusion.models.tensor_source import TensorSource
+from comfymesh.diffusion.sampling.guidance import UNetFn
+
+FAMILY = "zimage"
+PATCH = 2
+ROPE_THETA = 256.0
+AXES_LENS = (1536, 512, 512)
+NORM_EPS = 1e-5
+PREFIXES = ("", "model.diffusion_model.")
+_MARKER = "layers.0.adaLN_modulation.0.weight"  # Lumina 2 modulates through SiLU first: `adaLN_modulation.1`
+
+
+@dataclass(frozen=True)
+class ZImageLayout:
+    prefix: str
+    dim: int
+    cap_feat_dim: int
+    in_channels: int
+    n_layers: int
+    n_refiner_layers: int
+    head_dim: int
+    n_heads: int
+    n_kv_heads: int
+    t_mid: int  # the timestep MLP's hidden width (ComfyUI: min(dim, 1024); diffusers assumes 1024)
+
+    @property
+    def axes_dims(self) -> tuple[int, int, int]:
+        # Z-Image splits its 128-wide heads 32/48/48; reduced heads keep the proportions
+        return self.head_dim // 4, self.head_dim * 3 // 8, self.head_dim * 3 // 8
+
+    def describe(self) -> str:
+        return (f"Z-Image (width {self.dim}, {self.n_layers} layers, {self.n_heads} heads, caption width "
+                f"{self.cap_feat_dim})")
+
+
+def zimage_prefix(src: TensorSource) -> str | None:
+    """The prefix of a Z-Image diffusion model in the file, None if it holds none."""
+    for prefix in PREFIXES:
+        if src.has(prefix + "cap_embedder.1.weight") and src.has(prefix + _MARKER):
+            return prefix
+    return None
+
+
+def _count(keys: list[str], prefix: str, group: str) -> int:
+    rx = re.compile(re.escape(prefix + group) + r"\.(\d+)\.")
+    return len({m.group(1) for k in keys if (m := rx.match(k))})
+
+
+def parse_zimage(src: TensorSource) -> ZImageLayout | None:
+    """The Z-Image layout of a file, None if it is not one; ModelError if it is one we cannot build."""
+    prefix = zimage_prefix(src)
+    if prefix is None:
+        return None
+    p = prefix
+    dim, cap_dim = src.shape(p + "cap_embedder.1.weight")
+    head_dim = src.shape(p + "layers.0.attention.q_norm.weight")[0]
+    qkv_rows = src.shape(p + "layers.0.attention.qkv.weight")[0]
+    n_heads = dim // head_dim
+    n_kv = (qkv_rows // head_dim - n_heads) // 2
+    layout = ZImageLayout(
+        prefix=p, dim=dim, cap_feat_dim=cap_dim, in_channels=src.shape(p + "x_embedder.weight")[1] // PATCH**2,
+        n_layers=_count(src.keys, p, "layers"), n_refiner_layers=_count(src.keys, p, "noise_refiner"),
+        head_dim=head_dim, n_heads=n_heads, n_kv_heads=n_kv, t_mid=src.shape(p + "t_embedder.mlp.0.weight")[0],
+    )
+    if n_kv != n_heads or head_dim % 16 or dim < 256:
+        raise ModelError(f"{src.path.name}: {layout.describe()} has a shape this stage cannot build "
+                         f"(kv heads {n_kv}, head width {head_dim}; needs kv heads = heads, head width a multiple "
+                         "of 16, width ≥ 256)")
+    return layout
+
+
+def model_config(layout: ZImageLayout) -> dict[str, Any]:
+    return {
+        "all_patch_size": (PATCH,), "all_f_patch_size": (1,), "in_channels": layout.in_channels, "dim": layout.dim,
+        "n_layers": layout.n_layers, "n_refiner_layers": layout.n_refiner_layers, "n_heads": layout.n_heads,
+        "n_kv_heads": layout.n_kv_heads, "norm_eps": NORM_EPS, "qk_norm": True, "cap_feat_dim": layout.cap_feat_dim,
+        "rope_theta": ROPE_THETA, "t_scale": 1000.0, "axes_dims": list(layout.axes_dims),
+        "axes_lens": list(AXES_LENS),
+    }
+
+
+def _new_model(layout: ZImageLayout) -> torch.nn.Module:
+    from diffusers import ZImageTransformer2DModel
+    from diffusers.models.transformers.transformer_z_image import TimestepEmbedder
+
+    model: Any = ZImageTransformer2DModel(**model_config(layout))
+    if layout.t_mid != model.t_embedder.mlp[0].out_features:
+        model.t_embedder = TimestepEmbedder(min(layout.dim, 256), mid_size=layout.t_mid)
+    module: torch.nn.Module = model
+    return module
+
+
+def build_zimage(src: TensorSource, layout: ZImageLayout, device: torch.device,
+                 dtype: torch.dtype) -> torch.nn.Module:
+    """The diffusers model with the file's weights, on `device` in `dtype` (fp8 files are computed upcast)."""
+    from diffusers.loaders.single_file_utils import convert_z_image_transformer_checkpoint_to_diffusers
+
+    raw = {k[len(layout.prefix):]: v for k, v in src.with_prefix(layout.prefix).items()}
+    state = convert_z_image_transformer_checkpoint_to_diffusers(raw)
+    state = {k: v.to(device=device, dtype=dtype) for k, v in state.items()}
+    with torch.device("meta"):
+        model = _new_model(layout)
+    result = model.load_state_dict(state, strict=False, assign=True)
+    if result.missing_keys or result.unexpected_keys:
+        raise ModelError(f"{src.path.name}: the Z-Image weights do not fit the layout read from the file (missing "
+                         f"{result.missing_keys[:4]}, unexpected {result.unexpected_keys[:4]})")
+    return model.eval().requires_grad_(False)
+
+
+def compute_dtype(device: torch.device) -> torch.dtype:
+    """ComfyUI runs Z-Image in bf16 (no fp16 on most cards) on a GPU, float32 on the CPU."""
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def zimage_fn(model: torch.nn.Module) -> UNetFn:
+    """The model as the denoiser calls it: (x [N, C, h, w], timestep σ·multiplier [N], caption features
+    [N, T, D], unused y) → ComfyUI's output, the negated velocity, so that x0 = x − σ·out.
+
+    The transformer counts time the other way (t = 1 − timestep) and pads odd latents circularly to whole
+    patches, as ComfyUI's NextDiT does."""
+
+    def run(x: torch.Tensor, t: torch.Tensor, ctx: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        pad_h, pad_w = (-h) % PATCH, (-w) % PATCH
+        if pad_h or pad_w:
+            x = F.pad(x, (0, pad_w, 0, pad_h), mode="circular")
+        images = list(x.unsqueeze(2).unbind(0))
+        captions = list(ctx.unbind(0))
+        out = model(images, 1.0 - t.float(), captions, return_dict=False)[0]
+        img: torch.Tensor = torch.stack(list(out)).squeeze(2)[:, :, :h, :w]
+        return -img
+
+    return run

