@@ -183,3 +183,31 @@ def test_golden_logic_and_list_entries(tmp_path: Path) -> None:
     served = catalog(tmp_path).object_info()
     assert {name: served[name] for name in golden if name != "_about"} == \
         {name: entry for name, entry in golden.items() if name != "_about"}
+
+
+def test_a_node_always_changed_is_never_cached_nor_what_follows_it(tmp_path: Path) -> None:
+    from comfymesh.catalog.schema import Int, NodeSet, Output
+    from comfymesh.orchestrator.planning import fingerprint_files
+
+    extra = NodeSet("imaging")
+
+    @extra.define("TestRandomColor", category="testing", inputs=[Int("seed", 0)], outputs=[Output("INT")],
+                  always_changed=True)
+    def random_color(ctx: Any, seed: int) -> tuple[int]:
+        return (seed,)
+
+    entries = builtin_nodes().object_info() | extra.object_info()
+    cat = Catalog(tmp_path, entries)
+    assert cat.nodes["TestRandomColor"].always_changed and not cat.nodes["EmptyImage"].always_changed
+    assert "$always_changed" not in cat.object_info("TestRandomColor")["TestRandomColor"]
+    prompt = {"1": {"class_type": "TestRandomColor", "inputs": {"seed": 3}},
+              "2": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": ["1", 0]}},
+              "3": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 5}},
+              "4": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "a"}},
+              "5": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "b"}}}
+    result = validate_prompt(prompt, cat)
+    assert result.ok, result.response()
+    first, second = (plan_prompt(result.prompt, result.outputs, cat, fingerprint=fingerprint_files(cat))
+                     for _ in range(2))
+    changed = {n for n in first.nodes if first.nodes[n].signature != second.nodes[n].signature}
+    assert changed == {"1", "2", "4"}

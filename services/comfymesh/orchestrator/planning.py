@@ -3,6 +3,7 @@ the cache, the outputs worth storing, and the checkpoint a stage group needs (fo
 
 from __future__ import annotations
 
+import secrets
 from typing import Any
 
 from comfymesh.catalog import MODELS_PREFIX, Catalog
@@ -16,8 +17,13 @@ CHECKPOINTS = f"{MODELS_PREFIX}checkpoints"
 
 
 def fingerprint_files(catalog: Catalog) -> ExternalFingerprint:
-    """Cache signatures include the digest of every file a node reads (checkpoint, LoRA, input image)."""
+    """Cache signatures include the digest of every file a node reads (checkpoint, LoRA, input image): ComfyUI's
+    IS_CHANGED of its file loaders. A node declared always changed (IS_CHANGED answering NaN, which equals
+    nothing) gets a fresh token, so neither it nor anything downstream of it is ever served from cache."""
     def fingerprint(class_type: str, literals: dict[str, Any]) -> str:
+        definition = catalog.nodes.get(class_type)
+        if definition is not None and definition.always_changed:
+            return f"changed:{secrets.token_hex(16)}"
         parts = []
         for name, value in sorted(literals.items()):
             path = catalog.file_of(class_type, name, value)
