@@ -6,7 +6,8 @@ one of them shows is a file the others accept. Folders follow ComfyUI's names, l
 come from a file in ComfyUI's `extra_model_paths.yaml` format, so users point at the models they have.
 
 Only safetensors files are accepted: the pickle formats ComfyUI also lists (.ckpt, .pt, .bin, .pth)
-can run code when loaded.
+can run code when loaded. The exception is `.pth` upscale models (most are published only so), which
+their loader reads with `torch.load(weights_only=True)`: tensors only, any other pickled object refused.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ if TYPE_CHECKING:
     from comfymesh.config import Settings
 
 SAFE_SUFFIXES = (".safetensors", ".sft")
+# folders whose loader also reads pickles, tensors only (see the module docstring)
+TENSOR_PICKLE_SUFFIXES: dict[str, tuple[str, ...]] = {"upscale_models": (".pth",)}
 # folder -> the sub-folders of `<home>/models` it reads, first one first (ComfyUI's layout and aliases)
 FOLDERS: dict[str, tuple[str, ...]] = {
     "checkpoints": ("checkpoints",),
@@ -76,14 +79,15 @@ class ModelFolders:
         own = [self.home / "models" / sub for sub in FOLDERS[name]]
         return own + [path for path in self.extra.get(name, ()) if path not in own]
 
-    def accepts(self, filename: str) -> bool:
-        return filename.lower().endswith(SAFE_SUFFIXES)
+    def accepts(self, filename: str, folder: str | None = None) -> bool:
+        suffixes = SAFE_SUFFIXES + TENSOR_PICKLE_SUFFIXES.get(canonical(folder) or "", ()) if folder else SAFE_SUFFIXES
+        return filename.lower().endswith(suffixes)
 
     def resolve(self, folder: str, name: str) -> Path | None:
         """The file `name` of `folder` (first root that has it), never outside its root; None if absent."""
         from comfymesh.catalog.files import resolve_inside
 
-        if not self.accepts(name):
+        if not self.accepts(name, folder):
             return None
         for root in self.roots(folder):
             path = resolve_inside(root, name)
@@ -98,7 +102,7 @@ class ModelFolders:
             for directory, _, names in os.walk(root, followlinks=True):
                 relative = os.path.relpath(directory, root).replace(os.sep, "/")
                 yield directory, [name if relative == "." else f"{relative}/{name}" for name in names
-                                  if self.accepts(name) and os.path.isfile(os.path.join(directory, name))]
+                                  if self.accepts(name, folder) and os.path.isfile(os.path.join(directory, name))]
 
 
 def model_folders(settings: Settings) -> ModelFolders:

@@ -185,6 +185,18 @@ class ModelCache:
 
         return digest, self._get_or_load(f"vae:{digest}", load)
 
+    def model_file(self, kind: str, path: Path, load: Callable[[Path], Any]) -> tuple[str, Any]:
+        """A resident model of its own file (upscale, CLIP vision, style models): `load` builds it once per
+        digest, an nn.Module or a wrapper holding one as `.model` (spandrel's descriptors)."""
+        digest = self.digest(path)
+
+        def build() -> tuple[Any, int, dict[str, Any]]:
+            model = load(path)
+            nbytes = module_bytes(model if isinstance(model, nn.Module) else model.model)
+            return model, nbytes, {"name": path.name, "digest": digest, "kind": kind}
+
+        return digest, self._get_or_load(f"{kind}:{digest}", build)
+
     def lora_file(self, path: Path) -> tuple[str, dict[str, lora_mod.LoraPair]]:
         digest = self.digest(path)
 

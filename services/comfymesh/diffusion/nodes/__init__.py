@@ -13,6 +13,7 @@ from comfymesh.diffusion.nodes import (  # noqa: F401  (they declare)
     loaders,
     model_patches,
     sampling,
+    upscale,
     vae,
 )
 from comfymesh.diffusion.nodes.registry import nodes

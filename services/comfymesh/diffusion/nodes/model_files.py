@@ -14,7 +14,7 @@ def resolve_file(ctx: NodeContext, folder: str, name: str) -> Path:
     """The file `name` of a model folder; NodeInputError naming the folder (never where it lives on the
     server) and listing the files it holds."""
     models = ctx.models
-    if not models.accepts(name):
+    if not models.accepts(name, folder):
         raise NodeInputError(f"{folder} file {name!r}: only {' and '.join(SAFE_SUFFIXES)} files load (the pickle "
                              "formats can run code when loaded)", node_id=ctx.node_id)
     path = models.resolve(folder, name)
