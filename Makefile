@@ -35,6 +35,9 @@ $(BIN)/python:
 # torch is pinned in this same pip call so a CPU build is taken, never a multi-GB CUDA download.
 $(VENV)/.installed: pyproject.toml constraints.txt | $(BIN)/python
 	$(BIN)/pip install -q -c constraints.txt torch==2.13.0 -e '.[gateway,orchestrator,imaging,diffusion,dev]'
+	# spandrel (upscale models) without its torchvision: PyPI's torchvision is a CUDA build that cannot load
+	# beside a CPU torch, and transformers fails to import once a broken torchvision is installed
+	$(BIN)/pip install -q --no-deps -c constraints.txt spandrel==0.4.2 einops==0.8.2
 	touch $@
 
 venv: $(VENV)/.installed  ## create .venv and install the project with every role's extras

@@ -11,6 +11,7 @@ COPY services ./services
 RUN pip install --no-cache-dir -c constraints.txt grpcio-tools \
  && python -m grpc_tools.protoc -I proto --python_out=libs --grpc_python_out=libs --pyi_out=libs proto/comfymesh/v1/*.proto \
  && touch libs/comfymesh/v1/__init__.py \
- && pip install --no-cache-dir --extra-index-url https://download.pytorch.org/whl/cpu -c constraints.txt torch==2.13.0 '.[diffusion]'
+ && pip install --no-cache-dir --extra-index-url https://download.pytorch.org/whl/cpu -c constraints.txt torch==2.13.0 '.[diffusion]' \
+ && pip install --no-cache-dir --no-deps -c constraints.txt spandrel==0.4.2 einops==0.8.2
 RUN python -m comfymesh.diffusion.text.tokenizer_build --if-missing
 CMD ["python", "-m", "comfymesh.diffusion", "--listen", "0.0.0.0:50071"]

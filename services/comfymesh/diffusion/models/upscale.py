@@ -48,9 +48,10 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _spandrel() -> types.ModuleType:
-    """spandrel, importable where torchvision is missing or cannot load (a CUDA torchvision beside a CPU
-    torch): only two architectures it registers use torchvision (LaMa, RestoreFormer), so while spandrel
-    imports they get a stand-in that fails when called, and the stand-in leaves sys.modules afterwards."""
+    """spandrel, importable without torchvision (installed without it: PyPI's torchvision is a CUDA build
+    that cannot load beside a CPU torch, and breaks transformers' imports once there): only two
+    architectures it registers use torchvision (LaMa, RestoreFormer), so while spandrel imports they get a
+    stand-in that fails when called, and the stand-in leaves sys.modules afterwards."""
     if "spandrel" in sys.modules:
         return sys.modules["spandrel"]
     try:
