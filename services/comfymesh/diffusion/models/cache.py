@@ -266,7 +266,7 @@ class ModelCache:
         return SamplingModel(
             unet=unet, sampling=ckpt.sampling, prediction=rec.prediction,
             latent_format=ckpt.latent_format, family=rec.family, context_dim=rec.unet.context_dim,
-            adm=rec.unet.adm, device=ckpt.device, dtype=ckpt.unet_dtype,
+            adm=rec.unet.adm, device=ckpt.device, dtype=ckpt.unet_dtype, in_channels=rec.unet.in_channels,
         )
 
     def decoder(self, ckpt: LoadedCheckpoint) -> FastDecoder | None:

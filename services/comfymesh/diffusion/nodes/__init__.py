@@ -8,6 +8,7 @@ from comfymesh.diffusion.nodes import (  # noqa: F401  (they declare)
     conditioning,
     conditioning_ops,
     custom_sampling,
+    inpaint,
     latent,
     latent_ops,
     loaders,

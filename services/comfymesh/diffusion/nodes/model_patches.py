@@ -109,7 +109,10 @@ def model_sampling_flux(ctx: NodeContext, model: ModelHandle, max_shift: float, 
 
 
 def apply_model_sampling(ctx: NodeContext, model: ModelHandle, sm: SamplingModel) -> SamplingModel:
-    """The sampling model as the handle's `model_sampling` record asks, or a NodeInputError saying why not."""
+    """The sampling model as the handle's `model_sampling` record (and DifferentialDiffusion's
+    `differential_diffusion` strength) asks, or a NodeInputError saying why not."""
+    if model.get("differential_diffusion") is not None:
+        sm = dataclasses.replace(sm, mask_strength=float(model["differential_diffusion"]))
     record = model.get("model_sampling")
     if not record:
         return sm

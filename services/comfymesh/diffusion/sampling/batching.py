@@ -47,6 +47,7 @@ from comfymesh.diffusion.sampling.ksampler import (
     SamplingModel,
     StepHook,
     finish_sample,
+    mask_fn,
     prepare_sample,
     run_prepared,
 )
@@ -123,6 +124,7 @@ class _Block:
     rows: slice
     context: torch.Tensor
     y: torch.Tensor | None
+    concat: torch.Tensor | None = None  # the entry's extra UNet input channels (inpainting, ip2p)
 
 
 class BatchedGuidedDenoiser:
@@ -142,7 +144,7 @@ class BatchedGuidedDenoiser:
             self.skip_negative.append(skip)
             sides = [("pos", m.prep.positive)] if skip else [("neg", m.prep.negative), ("pos", m.prep.positive)]
             for side, entries in sides:
-                self.blocks += [_Block(j, side, m.rows, e.context, e.y) for e in entries]
+                self.blocks += [_Block(j, side, m.rows, e.context, e.y, e.concat) for e in entries]
             cfgs.append(torch.full((m.prep.rows, 1, 1, 1), m.prep.cfg, dtype=torch.float32))
         self.cfg = torch.cat(cfgs).to(model.device)
         lengths = [b.context.shape[1] for b in self.blocks]
@@ -169,7 +171,8 @@ class BatchedGuidedDenoiser:
             ys = [b.y.expand(n, -1) for b, n in zip(blocks, sizes, strict=True) if b.y is not None]
             y = torch.cat(ys).to(model.dtype) if ys else None
             total = sum(sizes)
-            rows = torch.cat([x_in[b.rows] for b in blocks])
+            rows = torch.cat([x_in[b.rows] if b.concat is None else torch.cat([x_in[b.rows], b.concat.to(x_in.dtype)], 1)
+                              for b in blocks])
             padded = 1 << (total - 1).bit_length() if self.pad else total
             if padded > total:
                 # a few fixed UNet batch sizes (powers of two), each with its CUDA graph prepared up front,
@@ -242,7 +245,7 @@ def run_batch(members: Sequence[_Member], pad: bool = False) -> None:
             if first.mask is not None:
                 denoiser = MaskedDenoiser(denoiser, torch.cat([m.prep.mask for m in members if m.prep.mask is not None]),
                                           torch.cat([m.prep.scaled for m in members]),
-                                          torch.cat([m.prep.noise for m in members]))
+                                          torch.cat([m.prep.noise for m in members]), mask_fn(first))
             x = torch.cat([m.prep.x for m in members])
             out = first.sampler(denoiser, x, first.sigmas, _BatchEnv(seed=first.seed, callback=step, members=members))
             for m in members:
@@ -284,7 +287,8 @@ class BatcherStats:
 def compat_key(model_key: Hashable, prep: PreparedSample) -> Hashable:
     """Calls with equal keys can share every UNet forward."""
     model = prep.model
-    return (model_key, str(model.device), str(model.dtype), model.prediction, model.adm, prep.sampler_name,
+    return (model_key, str(model.device), str(model.dtype), model.prediction, model.adm, model.mask_strength,
+            prep.sampler_name,
             tuple(prep.sigmas.tolist()), tuple(prep.x.shape[1:]), prep.mask is not None)
 
 

@@ -21,6 +21,8 @@ class CondEntry:
 
     context: torch.Tensor
     y: torch.Tensor | None = None
+    # extra input channels [B, c, h, w] appended to x_in (inpainting / instruct-pix2pix models; see `concat`)
+    concat: torch.Tensor | None = None
 
 
 def _tile_to(ctx: torch.Tensor, length: int) -> torch.Tensor:
@@ -77,7 +79,10 @@ class GuidedDenoiser:
             ys = [e.y for e in group]
             y = None if ys[0] is None else torch.cat([yy.expand(batch, -1) for yy in ys if yy is not None])
             n = len(group)
-            out = self.unet(x_in.repeat(n, 1, 1, 1), t.expand(n * batch), ctx.to(self.dtype),
+            rows = x_in.repeat(n, 1, 1, 1)
+            if group[0].concat is not None:
+                rows = torch.cat([rows, torch.cat([e.concat for e in group if e.concat is not None]).to(self.dtype)], 1)
+            out = self.unet(rows, t.expand(n * batch), ctx.to(self.dtype),
                             None if y is None else y.to(self.dtype)).float()
             x0 = self._to_x0(x.repeat(n, 1, 1, 1), s, out)
             outs.extend(x0.chunk(n))
@@ -105,11 +110,14 @@ class MaskedDenoiser:
     """Inpainting with a noise_mask (1 = regenerate): outside the mask x follows the re-noised original."""
 
     def __init__(self, inner: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], mask: torch.Tensor,
-                 latent: torch.Tensor, noise: torch.Tensor) -> None:
+                 latent: torch.Tensor, noise: torch.Tensor,
+                 mask_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> None:
+        """`mask_fn(mask, σ)`, where given, makes each evaluation's mask (DifferentialDiffusion)."""
         self.inner = inner
         self.mask = mask
         self.latent = latent
         self.noise = noise
+        self.mask_fn = mask_fn
 
     @staticmethod
     def prepare_mask(mask: torch.Tensor, shape: torch.Size, device: torch.device) -> torch.Tensor:
@@ -120,7 +128,8 @@ class MaskedDenoiser:
         return m.repeat(reps, 1, 1, 1)[: shape[0]].to(device)
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        keep = 1.0 - self.mask
+        mask = self.mask if self.mask_fn is None else self.mask_fn(self.mask, sigma)
+        keep = 1.0 - mask
         s = sigma.to(x.device, non_blocking=True)
-        x = x * self.mask + (self.latent + self.noise * s) * keep
-        return self.inner(x, sigma) * self.mask + self.latent * keep
+        x = x * mask + (self.latent + self.noise * s) * keep
+        return self.inner(x, sigma) * mask + self.latent * keep

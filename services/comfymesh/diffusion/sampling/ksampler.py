@@ -13,6 +13,8 @@ from comfymesh.config import get_settings
 from comfymesh.config.testing import sampling_out_of_memory
 from comfymesh.contracts.errors import NodeInputError, ResourceExhaustedError
 from comfymesh.diffusion.latents.formats import LatentFormat
+from comfymesh.diffusion.sampling.concat import concat_kind, with_concat
+from comfymesh.diffusion.sampling.differential import MaskFn, differential_mask_fn
 from comfymesh.diffusion.sampling.flow_sampling import inverse_noise_scaling, noise_scaling
 from comfymesh.diffusion.sampling.guidance import CondEntry, GuidedDenoiser, MaskedDenoiser, UNetFn
 from comfymesh.diffusion.sampling.model_sampling import ModelSampling
@@ -37,6 +39,8 @@ class SamplingModel:
     adm: int | None
     device: torch.device
     dtype: torch.dtype
+    in_channels: int = 4  # the UNet's: 9 (inpainting) and 8 (instruct-pix2pix) also take concat channels
+    mask_strength: float | None = None  # DifferentialDiffusion's strength (None: the noise mask as it is)
 
 
 def size_embedding(value: float, width: int = 256) -> torch.Tensor:
@@ -154,6 +158,10 @@ def prepare_with_sigmas(model: SamplingModel, sigmas: torch.Tensor, *, seed: int
     mask = None
     if latent.get("noise_mask") is not None:
         mask = MaskedDenoiser.prepare_mask(torch.as_tensor(latent["noise_mask"]), scaled.shape, model.device)
+    kind = concat_kind(model.in_channels)
+    pos = with_concat(pos, positive, kind, model.latent_format, model.family, scaled, mask)
+    if negative is not None:
+        neg = with_concat(neg, negative, kind, model.latent_format, model.family, scaled, mask)
     sigma0, sigma_max = float(sigmas[0]), float(model.sampling.sigma_max)
     if model.prediction == "flow":
         x = noise_scaling(sigmas[0].to(model.device), noise, scaled)
@@ -162,6 +170,12 @@ def prepare_with_sigmas(model: SamplingModel, sigmas: torch.Tensor, *, seed: int
     else:
         x = noise * sigmas[0].to(model.device) + scaled
     return PreparedSample(model, sampler_name, sampler, sigmas, seed, cfg, pos, neg, x, scaled, noise, mask, latent)
+
+
+def mask_fn(prep: PreparedSample) -> MaskFn | None:
+    """The per-evaluation noise mask of a DifferentialDiffusion-patched model, else None."""
+    strength = prep.model.mask_strength
+    return None if strength is None else differential_mask_fn(prep.model.sampling, prep.sigmas, strength)
 
 
 def finish_sample(prep: PreparedSample, out: torch.Tensor) -> dict[str, Any]:
@@ -180,7 +194,7 @@ def run_prepared(prep: PreparedSample, on_step: StepHook | None = None,
         model.unet, model.sampling, model.prediction, prep.positive, prep.negative, prep.cfg, model.dtype,
         before_eval=check_cancelled)
     if prep.mask is not None:
-        denoiser = MaskedDenoiser(denoiser, prep.mask, prep.scaled, prep.noise)
+        denoiser = MaskedDenoiser(denoiser, prep.mask, prep.scaled, prep.noise, mask_fn(prep))
     total = len(prep.sigmas) - 1
 
     def step(i: int, denoised: torch.Tensor, _x: torch.Tensor) -> None:
