@@ -11,6 +11,9 @@ from comfymesh.artifacts.store import ArtifactStore
 from comfymesh.contracts.values import TENSOR_TYPES, TensorRef
 from comfymesh.v1 import common_pb2
 
+# the types whose values are dicts of arrays (and JSON values), with the array a TensorRef describes
+DICT_PRIMARY = {"LATENT": "samples", "CLIP_VISION_OUTPUT": "image_embeds"}
+
 
 def to_numpy(value: Any) -> np.ndarray:
     """An array from numpy or torch without importing torch (the imaging stage has none)."""
@@ -35,10 +38,10 @@ def _bundle(type_name: str, value: Any) -> tuple[dict[str, np.ndarray], dict[str
             parts, conds[role], _ = _bundle("CONDITIONING", conditioning)
             tensors.update({f"{role}/{name}": array for name, array in parts.items()})
         return tensors, {"spec": {k: v for k, v in value.items() if k != "conds"}, "conds": conds}, ""
-    if type_name == "LATENT":
+    if type_name in DICT_PRIMARY:
         tensors = {key: to_numpy(item) for key, item in value.items() if _is_array(item)}
         extras = {key: item for key, item in value.items() if not _is_array(item)}
-        return tensors, extras, "samples"
+        return tensors, extras, DICT_PRIMARY[type_name]
     # CONDITIONING: [[cond, {extras}], ...]
     tensors, extras_list = {}, []
     for index, (cond, extras) in enumerate(value):
@@ -61,7 +64,7 @@ def _unbundle(type_name: str, tensors: dict[str, np.ndarray], extras: dict[str, 
                                                   if name.startswith(f"{role}/")}, plain)
                  for role, plain in extras["conds"].items()}
         return {**extras["spec"], "conds": conds}
-    if type_name == "LATENT":
+    if type_name in DICT_PRIMARY:
         return {**tensors, **extras}
     entries = []
     for index, plain in enumerate(extras.get("entries", [])):

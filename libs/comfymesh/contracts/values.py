@@ -14,7 +14,8 @@ from comfymesh.v1 import common_pb2
 
 # ComfyUI types whose values are tensor bundles; every other type is a JSON value (literals, model handles).
 # A GUIDER is a JSON spec holding CONDITIONING values under "conds", so its tensors are stored too.
-TENSOR_TYPES = frozenset({"IMAGE", "MASK", "LATENT", "CONDITIONING", "SIGMAS", "GUIDER"})
+# A CLIP_VISION_OUTPUT is a dict of arrays (image_embeds, last_hidden_state, penultimate_hidden_states).
+TENSOR_TYPES = frozenset({"IMAGE", "MASK", "LATENT", "CONDITIONING", "SIGMAS", "GUIDER", "CLIP_VISION_OUTPUT"})
 
 
 @dataclass(frozen=True)

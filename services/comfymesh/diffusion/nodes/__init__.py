@@ -16,6 +16,7 @@ from comfymesh.diffusion.nodes import (  # noqa: F401  (they declare)
     sampling,
     upscale,
     vae,
+    vision,
 )
 from comfymesh.diffusion.nodes.registry import nodes
 

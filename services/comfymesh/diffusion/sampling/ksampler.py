@@ -13,6 +13,7 @@ from comfymesh.config import get_settings
 from comfymesh.config.testing import sampling_out_of_memory
 from comfymesh.contracts.errors import NodeInputError, ResourceExhaustedError
 from comfymesh.diffusion.latents.formats import LatentFormat
+from comfymesh.diffusion.models.unclip import sdxl_pooled
 from comfymesh.diffusion.sampling.concat import concat_kind, with_concat
 from comfymesh.diffusion.sampling.differential import MaskFn, differential_mask_fn
 from comfymesh.diffusion.sampling.flow_sampling import inverse_noise_scaling, noise_scaling
@@ -62,8 +63,9 @@ def sdxl_y(pooled: torch.Tensor, extras: dict[str, Any], latent_hw: tuple[int, i
 
 
 def cond_entries(conditioning: Sequence[Any], model: SamplingModel, latent_hw: tuple[int, int],
-                 which: str) -> list[CondEntry]:
-    """CONDITIONING values (lists of [context, extras]) as UNet-ready entries on the model's device."""
+                 which: str, seed: int = 0) -> list[CondEntry]:
+    """CONDITIONING values (lists of [context, extras]) as UNet-ready entries on the model's device; `seed`
+    (the sampler's) draws the noise of unCLIP image embeds (see models.unclip)."""
     if not conditioning:
         raise NodeInputError(f"{which} conditioning is empty")
     out = []
@@ -77,7 +79,7 @@ def cond_entries(conditioning: Sequence[Any], model: SamplingModel, latent_hw: t
             )
         y = None
         if model.adm is not None:
-            pooled = extras.get("pooled_output")
+            pooled = sdxl_pooled(extras, seed)
             if pooled is None:
                 raise NodeInputError(f"{which} conditioning has no pooled output, which {model.family} needs")
             y = sdxl_y(torch.as_tensor(pooled), extras, latent_hw)
@@ -151,8 +153,8 @@ def prepare_with_sigmas(model: SamplingModel, sigmas: torch.Tensor, *, seed: int
     noise = (initial_noise(samples, seed, list(batch_index) if batch_index is not None else None)
              if add_noise else torch.zeros_like(samples))
     hw = (samples.shape[2], samples.shape[3])
-    pos = cond_entries(positive, model, hw, "positive")
-    neg = [] if negative is None else cond_entries(negative, model, hw, "negative")
+    pos = cond_entries(positive, model, hw, "positive", seed)
+    neg = [] if negative is None else cond_entries(negative, model, hw, "negative", seed)
     scaled = model.latent_format.process_in(samples).to(model.device)
     noise = noise.to(model.device)
     mask = None
