@@ -40,8 +40,9 @@ class Mesh:
         self.env = {**os.environ, "COMFYMESH_HOME": str(home), "COMFYMESH_ORCHESTRATOR": orchestrator,
                     "COMFYMESH_IMAGING_REPLICAS": ",".join(imaging), "COMFYMESH_DIFFUSION_REPLICAS": ",".join(diffusion),
                     "COMFYMESH_PORT": str(self.port), "COMFYMESH_LOG_JSON": "true",
-                    # tensors must never cross gRPC: any message over 64 KiB fails the call
-                    "COMFYMESH_GRPC_MAX_MESSAGE_BYTES": "65536",
+                    # tensors must never cross gRPC: any message over 512 KiB fails the call (the node catalog,
+                    # every declaration with ComfyUI's tooltips, is the largest control message: 74 KB at 125 nodes)
+                    "COMFYMESH_GRPC_MAX_MESSAGE_BYTES": "524288",
                     # tests post hundreds of requests a second; the limiter has its own test
                     "COMFYMESH_RATE_LIMIT_PER_MIN": "0",
                     "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **(env or {})}

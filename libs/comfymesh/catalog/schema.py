@@ -56,13 +56,14 @@ class Input:
     options: Mapping[str, Any] | None = None
     choices: Sequence[Any] | Source | None = None
     section: str = "required"  # required | optional | hidden
-    # a COMBO of a V3 node shows as `["COMBO", {"multiselect": false, "options": [...], ...}]`
+    # a V3 node's input: a COMBO shows as `["COMBO", {"multiselect": false, "options": [...], ...}]`, a hidden
+    # input as `["PROMPT"]` (ComfyUI 0.8.0's V3 schema emits a one-item tuple where V1 nodes give the bare type)
     v3_combo: bool = False
 
     def spec(self) -> list[Any] | str:
-        """The `/object_info` form: `[type or choices, options]` (a hidden input is its bare type)."""
+        """The `/object_info` form: `[type or choices, options]` (a V1 hidden input is its bare type)."""
         if self.section == "hidden":
-            return self.type
+            return [self.type] if self.v3_combo else self.type
         head: Any = self.type
         if self.v3_combo and not isinstance(self.choices, Source):
             return [head, {"multiselect": False, "options": list(self.choices or ()), **(self.options or {})}]
@@ -106,9 +107,9 @@ def Link(name: str, type: str, opts: Mapping[str, Any] | None = None, *,
     return Input(name, type, _options(opts, options), section=section)
 
 
-def Hidden(name: str, type: str) -> Input:
-    """An input the server fills in (PROMPT, EXTRA_PNGINFO, UNIQUE_ID)."""
-    return Input(name, type, section="hidden")
+def Hidden(name: str, type: str, *, v3: bool = False) -> Input:
+    """An input the server fills in (PROMPT, EXTRA_PNGINFO, UNIQUE_ID); `v3` for a V3 node's."""
+    return Input(name, type, section="hidden", v3_combo=v3)
 
 
 @dataclass(frozen=True)

@@ -17,9 +17,11 @@ output_nodes = NodeSet(ANY_STAGE)
 
 
 @output_nodes.define("SaveImage", category="image", display_name="Save Image", output_node=True,
+    description="Saves the input images to your ComfyUI output directory.",
     inputs=[
-        Link("images", "IMAGE", {}),
-        String("filename_prefix", "ComfyUI"),
+        Link("images", "IMAGE", tooltip="The images to save."),
+        String("filename_prefix", "ComfyUI",
+               tooltip="The prefix for the file to save. This may include formatting information such as %date:yyyy-MM-dd% or %Empty Latent Image.width% to include values from nodes."),
         Hidden("prompt", "PROMPT"),
         Hidden("extra_pnginfo", "EXTRA_PNGINFO"),
     ],
@@ -37,7 +39,9 @@ def save_image(ctx: NodeContext, images: Any, filename_prefix: str = "ComfyUI") 
     return ()
 
 
+# ComfyUI's PreviewImage inherits SaveImage's description
 @output_nodes.define("PreviewImage", category="image", display_name="Preview Image", output_node=True,
+    description="Saves the input images to your ComfyUI output directory.",
     inputs=[
         Link("images", "IMAGE"),
         Hidden("prompt", "PROMPT"),

@@ -177,8 +177,8 @@ def load_image_mask(ctx: NodeContext, image: str, channel: str) -> tuple[np.ndar
     return (mask[None].astype(np.float32),)
 
 
-@_define("MaskPreview", [Link("mask", "MASK", {}), Hidden("prompt", "PROMPT"),
-                         Hidden("extra_pnginfo", "EXTRA_PNGINFO")], [], display_name="Preview Mask",
+@_define("MaskPreview", [Link("mask", "MASK", {}), Hidden("prompt", "PROMPT", v3=True),
+                         Hidden("extra_pnginfo", "EXTRA_PNGINFO", v3=True)], [], display_name="Preview Mask",
          description="Saves the input images to your ComfyUI output directory.", output_node=True)
 def mask_preview(ctx: NodeContext, mask: Any) -> tuple[()]:
     """MaskPreview: the mask as a grey image, saved as PreviewImage saves (temp/, random prefix)."""

@@ -24,7 +24,7 @@ SPACING_COLORS: dict[str, float | tuple[float, float, float]] = {
 
 @define_v3("GetImageSize", "nodes_images", "image", display_name="Get Image Size",
            description="Returns width and height of the image, and passes it through unchanged.",
-           inputs=[Link("image", "IMAGE", {}), Hidden("unique_id", "UNIQUE_ID")],
+           inputs=[Link("image", "IMAGE", {}), Hidden("unique_id", "UNIQUE_ID", v3=True)],
            outputs=[Output("INT", "width"), Output("INT", "height"), Output("INT", "batch_size")])
 def get_image_size(ctx: NodeContext, image: Any) -> tuple[int, int, int]:
     """GetImageSize: (width, height, batch size)."""

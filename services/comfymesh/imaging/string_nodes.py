@@ -159,11 +159,10 @@ def preview_text(source: Any) -> str:
         return str(source)
 
 
-@nodes.define("PreviewAny", category="utilities", display_name="Preview Any", output_node=True,
-              python_module="comfy_extras.nodes_preview_any",
-              inputs=[Link("source", "*", {})], outputs=[Output("STRING")])
-def preview_any(ctx: NodeContext, source: Any = None) -> tuple[str]:
-    """PreviewAny: the value as text, shown on the node (ui `text`) and passed on."""
-    value = preview_text(source)
-    ctx.ui = {"text": [value]}
-    return (value,)
+# ComfyUI 0.8.0: "Preview as Text" in `utils`, an output node with no outputs (the text goes to the UI only)
+@nodes.define("PreviewAny", category="utils", display_name="Preview as Text", output_node=True,
+              python_module="comfy_extras.nodes_preview_any", inputs=[Link("source", "*", {})], outputs=[])
+def preview_any(ctx: NodeContext, source: Any = None) -> tuple[()]:
+    """PreviewAny: the value as text, shown on the node (ui `text`)."""
+    ctx.ui = {"text": [preview_text(source)]}
+    return ()

@@ -15,11 +15,13 @@ from comfymesh.stage.node import NodeContext
 
 
 @nodes.define("CLIPTextEncode", category="conditioning", display_name="CLIP Text Encode (Prompt)",
+    description="Encodes a text prompt using a CLIP model into an embedding that can be used to guide the diffusion model towards generating specific images.",
     inputs=[
-        String("text", multiline=True, dynamicPrompts=True),
-        Link("clip", "CLIP", {}),
+        String("text", multiline=True, dynamicPrompts=True, tooltip="The text to be encoded."),
+        Link("clip", "CLIP", tooltip="The CLIP model used for encoding the text."),
     ],
     outputs=[Output("CONDITIONING")],
+    output_tooltips=["A conditioning containing the embedded text used to guide the diffusion model."],
 )
 @node
 def clip_text_encode(ctx: NodeContext, text: str, clip: ModelHandle) -> tuple[list[Any]]:

@@ -17,12 +17,14 @@ LATENT_UPSCALE_METHODS = ("nearest-exact", "bilinear", "area", "bicubic", "bisle
 
 
 @nodes.define("EmptyLatentImage", category="latent", display_name="Empty Latent Image",
+    description="Create a new batch of empty latent images to be denoised via sampling.",
     inputs=[
-        Int("width", 512, min=16, max=16384, step=8),
-        Int("height", 512, min=16, max=16384, step=8),
-        Int("batch_size", 1, min=1, max=4096),
+        Int("width", 512, min=16, max=16384, step=8, tooltip="The width of the latent images in pixels."),
+        Int("height", 512, min=16, max=16384, step=8, tooltip="The height of the latent images in pixels."),
+        Int("batch_size", 1, min=1, max=4096, tooltip="The number of latent images in the batch."),
     ],
     outputs=[Output("LATENT")],
+    output_tooltips=["The empty latent image batch."],
 )
 @node
 def empty_latent_image(ctx: NodeContext, width: int, height: int, batch_size: int = 1) -> tuple[dict[str, Any]]:

@@ -31,12 +31,13 @@ def vae_of(ctx: NodeContext, handle: ModelHandle) -> tuple[torch.nn.Module, Fast
     return ckpt.parts.vae, get_model_cache().decoder(ckpt)
 
 
-@nodes.define("VAEDecode", category="latent", display_name="VAE Decode",
+@nodes.define("VAEDecode", category="latent", display_name="VAE Decode", description="Decodes latent images back into pixel space images.",
     inputs=[
-        Link("samples", "LATENT", {}),
-        Link("vae", "VAE", {}),
+        Link("samples", "LATENT", tooltip="The latent to be decoded."),
+        Link("vae", "VAE", tooltip="The VAE model used for decoding the latent."),
     ],
     outputs=[Output("IMAGE")],
+    output_tooltips=["The decoded image."],
 )
 @node
 def vae_decode(ctx: NodeContext, samples: dict[str, Any], vae: ModelHandle) -> tuple[torch.Tensor]:
