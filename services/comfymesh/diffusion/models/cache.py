@@ -28,7 +28,7 @@ from comfymesh.diffusion.latents.formats import LatentFormat, for_family
 from comfymesh.diffusion.models import lora as lora_mod
 from comfymesh.diffusion.models.checkpoint import CheckpointParts, load_checkpoint, load_vae_file
 from comfymesh.diffusion.models.convert import Placement
-from comfymesh.diffusion.sampling.guidance import UNetFn
+from comfymesh.diffusion.sampling.guidance import ResidualUNetFn, UNetFn
 from comfymesh.diffusion.sampling.ksampler import SamplingModel
 from comfymesh.diffusion.sampling.model_sampling import ModelSampling
 from comfymesh.diffusion.text.encode import ClipRunner, Runner, TextEncoders
@@ -267,6 +267,7 @@ class ModelCache:
             unet=unet, sampling=ckpt.sampling, prediction=rec.prediction,
             latent_format=ckpt.latent_format, family=rec.family, context_dim=rec.unet.context_dim,
             adm=rec.unet.adm, device=ckpt.device, dtype=ckpt.unet_dtype, in_channels=rec.unet.in_channels,
+            residual_unet=_residual_unet_fn(ckpt.parts.unet, overrides),
         )
 
     def decoder(self, ckpt: LoadedCheckpoint) -> FastDecoder | None:
@@ -298,6 +299,19 @@ class ModelCache:
 def _unet_fn(unet: nn.Module, overrides: dict[str, torch.Tensor]) -> UNetFn:
     def run(x: torch.Tensor, t: torch.Tensor, ctx: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         kwargs = {"encoder_hidden_states": ctx, "class_labels": y, "return_dict": False}
+        out = functional_call(unet, overrides, (x, t), kwargs, strict=False) if overrides else unet(x, t, **kwargs)
+        result: torch.Tensor = out[0]
+        return result
+
+    return run
+
+
+def _residual_unet_fn(unet: nn.Module, overrides: dict[str, torch.Tensor]) -> ResidualUNetFn:
+    """The eager UNet adding ControlNet residuals to its down-block skips and middle block."""
+    def run(x: torch.Tensor, t: torch.Tensor, ctx: torch.Tensor, y: torch.Tensor | None, down: list[torch.Tensor],
+            mid: torch.Tensor) -> torch.Tensor:
+        kwargs = {"encoder_hidden_states": ctx, "class_labels": y, "return_dict": False,
+                  "down_block_additional_residuals": tuple(down), "mid_block_additional_residual": mid}
         out = functional_call(unet, overrides, (x, t), kwargs, strict=False) if overrides else unet(x, t, **kwargs)
         result: torch.Tensor = out[0]
         return result

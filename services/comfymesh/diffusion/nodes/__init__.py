@@ -7,6 +7,7 @@ from __future__ import annotations
 from comfymesh.diffusion.nodes import (  # noqa: F401  (they declare)
     conditioning,
     conditioning_ops,
+    controlnet,
     custom_sampling,
     inpaint,
     latent,

@@ -1,8 +1,5 @@
-"""Conditioning arithmetic of ComfyUI's nodes.py: zeroing, averaging and concatenating CONDITIONING values.
-
-Area, mask, strength and timestep-range conditioning are not offered: the sampler's guidance
-(`sampling.guidance`) does not honour those keys yet, and a node whose effect is silently dropped is worse
-than an unknown node."""
+"""Conditioning arithmetic of ComfyUI's nodes.py: zeroing, averaging and concatenating CONDITIONING values,
+and the area, mask, strength and timestep-range keys that the sampler's guidance weighs (`sampling.regions`)."""
 
 from __future__ import annotations
 
@@ -11,7 +8,7 @@ from typing import Any
 
 import torch
 
-from comfymesh.catalog.schema import Float, Link, Output
+from comfymesh.catalog.schema import MAX_RESOLUTION, Combo, Float, Int, Link, Output
 from comfymesh.contracts.errors import NodeInputError
 from comfymesh.diffusion.nodes.failures import node
 from comfymesh.diffusion.nodes.registry import nodes
@@ -79,7 +76,7 @@ def conditioning_average(ctx: NodeContext, conditioning_to: Conditioning, condit
     return (out,)
 
 
-@nodes.define("ConditioningConcat", category="conditioning", display_name="Conditioning (Concat)",
+@nodes.define("ConditioningConcat", category="conditioning",
     inputs=[
         Link("conditioning_to", "CONDITIONING"),
         Link("conditioning_from", "CONDITIONING"),
@@ -92,3 +89,91 @@ def conditioning_concat(ctx: NodeContext, conditioning_to: Conditioning,
     cond_from, _ = _first_of(ctx, conditioning_from, "ConditioningConcat")
     return ([[torch.cat((context, cond_from), 1), extras]
              for context, extras in _entries(ctx, conditioning_to, "conditioning_to")],)
+
+
+def _set_values(ctx: NodeContext, conditioning: Conditioning, **values: Any) -> tuple[Conditioning]:
+    """Every entry with `values` set in a copy of its extras (ComfyUI's conditioning_set_values)."""
+    return ([[context, {**extras, **values}] for context, extras in _entries(ctx, conditioning, "conditioning")],)
+
+
+_STRENGTH = Float("strength", 1.0, min=0.0, max=10.0, step=0.01)
+
+
+@nodes.define("ConditioningSetArea", category="conditioning", display_name="Conditioning (Set Area)",
+    inputs=[
+        Link("conditioning", "CONDITIONING"),
+        Int("width", 64, min=64, max=MAX_RESOLUTION, step=8),
+        Int("height", 64, min=64, max=MAX_RESOLUTION, step=8),
+        Int("x", 0, min=0, max=MAX_RESOLUTION, step=8),
+        Int("y", 0, min=0, max=MAX_RESOLUTION, step=8),
+        _STRENGTH,
+    ],
+    outputs=[Output("CONDITIONING")],
+)
+@node
+def conditioning_set_area(ctx: NodeContext, conditioning: Conditioning, width: int, height: int, x: int, y: int,
+                          strength: float) -> tuple[Conditioning]:
+    # pixels to latent pixels, rounded down as ComfyUI does
+    return _set_values(ctx, conditioning, area=[height // 8, width // 8, y // 8, x // 8], strength=float(strength),
+                       set_area_to_bounds=False)
+
+
+@nodes.define("ConditioningSetAreaPercentage", category="conditioning",
+    display_name="Conditioning (Set Area with Percentage)",
+    inputs=[
+        Link("conditioning", "CONDITIONING"),
+        Float("width", 1.0, min=0, max=1.0, step=0.01),
+        Float("height", 1.0, min=0, max=1.0, step=0.01),
+        Float("x", 0, min=0, max=1.0, step=0.01),
+        Float("y", 0, min=0, max=1.0, step=0.01),
+        _STRENGTH,
+    ],
+    outputs=[Output("CONDITIONING")],
+)
+@node
+def conditioning_set_area_percentage(ctx: NodeContext, conditioning: Conditioning, width: float, height: float,
+                                     x: float, y: float, strength: float) -> tuple[Conditioning]:
+    return _set_values(ctx, conditioning, area=["percentage", float(height), float(width), float(y), float(x)],
+                       strength=float(strength), set_area_to_bounds=False)
+
+
+@nodes.define("ConditioningSetAreaStrength", category="conditioning",
+    inputs=[Link("conditioning", "CONDITIONING"), _STRENGTH],
+    outputs=[Output("CONDITIONING")],
+)
+@node
+def conditioning_set_area_strength(ctx: NodeContext, conditioning: Conditioning, strength: float) -> tuple[Conditioning]:
+    return _set_values(ctx, conditioning, strength=float(strength))
+
+
+@nodes.define("ConditioningSetMask", category="conditioning", display_name="Conditioning (Set Mask)",
+    inputs=[
+        Link("conditioning", "CONDITIONING"),
+        Link("mask", "MASK"),
+        _STRENGTH,
+        Combo("set_cond_area", ["default", "mask bounds"]),
+    ],
+    outputs=[Output("CONDITIONING")],
+)
+@node
+def conditioning_set_mask(ctx: NodeContext, conditioning: Conditioning, mask: Any, strength: float,
+                          set_cond_area: str) -> tuple[Conditioning]:
+    m = torch.as_tensor(mask).float()
+    if m.ndim < 3:
+        m = m.unsqueeze(0)
+    return _set_values(ctx, conditioning, mask=m, set_area_to_bounds=set_cond_area != "default",
+                       mask_strength=float(strength))
+
+
+@nodes.define("ConditioningSetTimestepRange", category="advanced/conditioning",
+    inputs=[
+        Link("conditioning", "CONDITIONING"),
+        Float("start", 0.0, min=0.0, max=1.0, step=0.001),
+        Float("end", 1.0, min=0.0, max=1.0, step=0.001),
+    ],
+    outputs=[Output("CONDITIONING")],
+)
+@node
+def conditioning_set_timestep_range(ctx: NodeContext, conditioning: Conditioning, start: float,
+                                    end: float) -> tuple[Conditioning]:
+    return _set_values(ctx, conditioning, start_percent=float(start), end_percent=float(end))

@@ -14,6 +14,7 @@ import torch
 from comfymesh.catalog.schema import Boolean, ComboV3, Float, Input, Int, Link, Output
 from comfymesh.contracts.handles import HandleKind, ModelHandle
 from comfymesh.diffusion.models.cache import get_model_cache
+from comfymesh.diffusion.nodes.controlnet import bind_controls
 from comfymesh.diffusion.nodes.failures import node
 from comfymesh.diffusion.nodes.handles import checkpoint_of, expect_handle, loras_of
 from comfymesh.diffusion.nodes.model_patches import apply_model_sampling
@@ -207,6 +208,7 @@ def sample_custom(ctx: NodeContext, noise: Any, guider: Any, sampler: Any, sigma
     sampler_name = custom.expect_value(sampler, "sampler")["name"]
     model, sm = _sampling_model(ctx, guider["model"])
     conds, kind = guider["conds"], guider["type"]
+    conds = bind_controls(ctx, sm, **conds)
     prep = prepare_with_sigmas(sm, custom.as_sigmas(sigmas), seed=noise["seed"], cfg=guider["cfg"],
                                sampler_name=sampler_name, positive=conds["positive"], negative=conds.get("negative"),
                                latent=latent_image, add_noise=not noise["disabled"])

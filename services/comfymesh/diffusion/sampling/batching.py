@@ -311,7 +311,7 @@ class SamplingBatcher:
     def sample(self, model_key: Hashable, prep: PreparedSample, *, job: str = "", on_step: StepHook | None = None,
                check_cancelled: Callable[[], None] | None = None) -> dict[str, Any]:
         """Sample `prep`, batched with compatible calls that arrive within the window; blocks until done."""
-        if not self.config.batching_enabled:
+        if not self.config.batching_enabled or not prep.batchable:
             return self._solo(prep, on_step, check_cancelled)
         key = compat_key(model_key, prep)
         member = _Member(prep, job, on_step, check_cancelled)

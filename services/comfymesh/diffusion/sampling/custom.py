@@ -22,7 +22,7 @@ import torch
 
 from comfymesh.contracts.errors import NodeInputError
 from comfymesh.contracts.handles import ModelHandle
-from comfymesh.diffusion.sampling.guidance import CondEntry, GuidedDenoiser, UNetFn, _average
+from comfymesh.diffusion.sampling.guidance import CondEntry, GuidedDenoiser, UNetFn
 from comfymesh.diffusion.sampling.model_sampling import ModelSampling
 from comfymesh.diffusion.sampling.schedulers import calculate_sigmas
 
@@ -142,12 +142,7 @@ class DualCFGDenoiser(GuidedDenoiser):
         skip_negative = not self.nested and math.isclose(self.cfg2, 1.0)
         skip_middle = skip_negative and math.isclose(self.cfg, 1.0)
         groups = [[] if skip_negative else self.negative, [] if skip_middle else self.middle, self.positive]
-        outs = self._run(x, sigma, [entry for group in groups for entry in group])
-        preds, start = [], 0
-        for group in groups:
-            preds.append(_average(outs[start:start + len(group)]) if group else torch.zeros_like(x))
-            start += len(group)
-        n, m, p = preds
+        n, m, p = self._predict(x, sigma, groups)
         if self.nested:
             return n + self.cfg2 * (m + (p - m) * self.cfg - n)
         return n + (m - n) * self.cfg2 + (p - m) * self.cfg

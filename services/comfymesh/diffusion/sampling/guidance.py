@@ -10,9 +10,20 @@ import torch
 import torch.nn.functional as F
 
 from comfymesh.diffusion.sampling.model_sampling import ModelSampling
+from comfymesh.diffusion.sampling.regions import Region, weighted_sum
 
 UNetFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
 """(x_in [N, C, h, w] in the UNet dtype, timesteps [N], context [N, T, D], y [N, adm] or None) → output."""
+
+ResidualUNetFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, list[torch.Tensor],
+                          torch.Tensor], torch.Tensor]
+"""UNetFn with ControlNet residuals: (x_in, timesteps, context, y, one residual per down-block output, the
+middle block's residual) → output."""
+
+ControlledUNet = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor, int],
+                          torch.Tensor | None]
+"""(x_in, timesteps, context, y as for UNetFn, the step's σ, entries in the call) → the UNet output with the
+entry's ControlNet residuals added, or None where no ControlNet of its chain applies at this σ."""
 
 
 @dataclass
@@ -23,6 +34,10 @@ class CondEntry:
     y: torch.Tensor | None = None
     # extra input channels [B, c, h, w] appended to x_in (inpainting / instruct-pix2pix models; see `concat`)
     concat: torch.Tensor | None = None
+    # where and when the entry counts (ConditioningSetArea/Mask/AreaStrength/TimestepRange; see `regions`)
+    region: Region | None = None
+    # the UNet with this entry's ControlNet chain (see `ControlledUNet`)
+    control: ControlledUNet | None = None
 
 
 def _tile_to(ctx: torch.Tensor, length: int) -> torch.Tensor:
@@ -64,39 +79,70 @@ class GuidedDenoiser:
         return x - out * sigma  # eps, and flow (CONST: the model's output is x − x0 per unit σ)
 
     def _run(self, x: torch.Tensor, sigma: torch.Tensor, entries: list[CondEntry]) -> list[torch.Tensor]:
-        """One x0 prediction per entry, batching entries into one UNet call when their lengths tile."""
-        batch = x.shape[0]
+        """One x0 prediction per entry (on its area), batching entries into one UNet call when they share
+        area and ControlNet and their lengths tile."""
         s, t = sigma_and_timestep(self.sampling, sigma, x.device)
         # flow models (CONST) take x as it is; eps and v models take it scaled to unit variance
         x_in = (x if self.prediction == "flow" else x / (s**2 + 1.0) ** 0.5).to(self.dtype)
-        lengths = [e.context.shape[1] for e in entries]
-        lcm = math.lcm(*lengths)
-        groups = [entries] if lcm <= 4 * min(lengths) else [[e] for e in entries]
-        outs: list[torch.Tensor] = []
-        for group in groups:
-            length = max(e.context.shape[1] for e in group) if len(group) == 1 else lcm
-            ctx = torch.cat([_tile_to(e.context, length).expand(batch, -1, -1) for e in group])
-            ys = [e.y for e in group]
-            y = None if ys[0] is None else torch.cat([yy.expand(batch, -1) for yy in ys if yy is not None])
-            n = len(group)
-            rows = x_in.repeat(n, 1, 1, 1)
-            if group[0].concat is not None:
-                rows = torch.cat([rows, torch.cat([e.concat for e in group if e.concat is not None]).to(self.dtype)], 1)
-            out = self.unet(rows, t.expand(n * batch), ctx.to(self.dtype),
-                            None if y is None else y.to(self.dtype)).float()
-            x0 = self._to_x0(x.repeat(n, 1, 1, 1), s, out)
-            outs.extend(x0.chunk(n))
+        outs: list[torch.Tensor] = [x] * len(entries)
+        for indexes in _call_groups(entries):
+            for i, x0 in zip(indexes, self._run_call(x, x_in, s, t, sigma, [entries[i] for i in indexes]),
+                             strict=True):
+                outs[i] = x0
         return outs
+
+    def _run_call(self, x: torch.Tensor, x_in: torch.Tensor, s: torch.Tensor, t: torch.Tensor, sigma: torch.Tensor,
+                  group: list[CondEntry]) -> tuple[torch.Tensor, ...]:
+        """The x0 predictions of entries sharing one UNet call (same area, same ControlNet)."""
+        region = group[0].region
+        if region is not None:
+            x, x_in = region.crop(x), region.crop(x_in)
+        batch = x.shape[0]
+        lengths = [e.context.shape[1] for e in group]
+        length = max(lengths) if len(group) == 1 else math.lcm(*lengths)
+        ctx = torch.cat([_tile_to(e.context, length).expand(batch, -1, -1) for e in group])
+        ys = [e.y for e in group]
+        y = None if ys[0] is None else torch.cat([yy.expand(batch, -1) for yy in ys if yy is not None])
+        n = len(group)
+        rows = x_in.repeat(n, 1, 1, 1)
+        if group[0].concat is not None:
+            concat = torch.cat([e.concat for e in group if e.concat is not None])
+            rows = torch.cat([rows, (concat if region is None else region.crop(concat)).to(self.dtype)], 1)
+        y = None if y is None else y.to(self.dtype)
+        control = group[0].control
+        out = None if control is None else control(rows, t.expand(n * batch), ctx.to(self.dtype), y, sigma, n)
+        if out is None:
+            out = self.unet(rows, t.expand(n * batch), ctx.to(self.dtype), y)
+        out = out.float()
+        x0 = self._to_x0(x.repeat(n, 1, 1, 1), s, out)
+        return x0.chunk(n)
+
+    def _predict(self, x: torch.Tensor, sigma: torch.Tensor, sides: list[list[CondEntry]]) -> list[torch.Tensor]:
+        """Each side's x0 prediction from its entries, all evaluated together: a plain average, or ComfyUI's
+        area/mask/strength weighting once any entry has a Region (entries outside their timestep range
+        skipped); an empty side predicts 0."""
+        if any(e.region is not None for side in sides for e in side):
+            step_sigma = float(sigma.reshape(-1)[0])
+            sides = [[e for e in side if e.region is None or e.region.active(step_sigma)] for side in sides]
+            outs = self._run(x, sigma, [e for side in sides for e in side])
+            preds, start = [], 0
+            for side in sides:
+                preds.append(weighted_sum(x, [e.region for e in side], outs[start:start + len(side)]))
+                start += len(side)
+            return preds
+        outs = self._run(x, sigma, [e for side in sides for e in side])
+        preds, start = [], 0
+        for side in sides:
+            preds.append(_average(outs[start:start + len(side)]) if side else torch.zeros_like(x))
+            start += len(side)
+        return preds
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         if self.before_eval is not None:
             self.before_eval()
-        entries = self.positive if self.skip_negative else self.negative + self.positive
-        outs = self._run(x, sigma, entries)
-        pos = _average(outs[len(outs) - len(self.positive):])
         if self.skip_negative:
-            return pos
-        neg = _average(outs[: len(self.negative)])
+            return self._predict(x, sigma, [self.positive])[0]
+        neg, pos = self._predict(x, sigma, [self.negative, self.positive])
         return neg + (pos - neg) * self.cfg
 
 
@@ -104,6 +150,20 @@ def _average(outs: list[torch.Tensor]) -> torch.Tensor:
     if len(outs) == 1:
         return outs[0]
     return torch.stack(outs).sum(0) / len(outs)
+
+
+def _call_groups(entries: list[CondEntry]) -> list[list[int]]:
+    """Indexes of the entries that share one UNet call: same area and same ControlNet, then, as before, all
+    of them when their context lengths tile to a common length (lcm ≤ 4 × the shortest), else one by one."""
+    parts: dict[tuple[object, int], list[int]] = {}
+    for i, e in enumerate(entries):
+        area = None if e.region is None else e.region.area
+        parts.setdefault((area, id(e.control)), []).append(i)
+    groups: list[list[int]] = []
+    for indexes in parts.values():
+        lengths = [entries[i].context.shape[1] for i in indexes]
+        groups += [indexes] if math.lcm(*lengths) <= 4 * min(lengths) else [[i] for i in indexes]
+    return groups
 
 
 class MaskedDenoiser:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -17,9 +18,10 @@ from comfymesh.diffusion.models.unclip import sdxl_pooled
 from comfymesh.diffusion.sampling.concat import concat_kind, with_concat
 from comfymesh.diffusion.sampling.differential import MaskFn, differential_mask_fn
 from comfymesh.diffusion.sampling.flow_sampling import inverse_noise_scaling, noise_scaling
-from comfymesh.diffusion.sampling.guidance import CondEntry, GuidedDenoiser, MaskedDenoiser, UNetFn
+from comfymesh.diffusion.sampling.guidance import CondEntry, GuidedDenoiser, MaskedDenoiser, ResidualUNetFn, UNetFn
 from comfymesh.diffusion.sampling.model_sampling import ModelSampling
 from comfymesh.diffusion.sampling.noise import initial_noise
+from comfymesh.diffusion.sampling.regions import add_opposite_areas, region_of
 from comfymesh.diffusion.sampling.samplers import SAMPLER_NAMES, SAMPLERS, Denoiser, Sampler, SamplerEnv
 from comfymesh.diffusion.sampling.schedulers import ksampler_sigmas
 
@@ -42,6 +44,7 @@ class SamplingModel:
     dtype: torch.dtype
     in_channels: int = 4  # the UNet's: 9 (inpainting) and 8 (instruct-pix2pix) also take concat channels
     mask_strength: float | None = None  # DifferentialDiffusion's strength (None: the noise mask as it is)
+    residual_unet: ResidualUNetFn | None = None  # the eager UNet taking ControlNet residuals
 
 
 def size_embedding(value: float, width: int = 256) -> torch.Tensor:
@@ -87,8 +90,18 @@ def cond_entries(conditioning: Sequence[Any], model: SamplingModel, latent_hw: t
                 raise NodeInputError(f"{which} conditioning gives a {y.shape[1]}-wide ADM vector, "
                                      f"the model expects {model.adm}")
             y = y.to(model.device)
-        out.append(CondEntry(context.to(model.device), y))
+        control = extras.get("control")
+        if control is not None and not callable(control):
+            raise NodeInputError(f"{which} conditioning carries a ControlNet that was not bound to the model")
+        region = region_of(extras, model.sampling, latent_hw, which, model.device)
+        out.append(CondEntry(context.to(model.device), y, region=region, control=control))
     return out
+
+
+def match_areas(positive: list[CondEntry], negative: list[CondEntry]) -> None:
+    """Give each area of one side an entry of the same area on the other (ComfyUI's opposite areas)."""
+    add_opposite_areas([positive, negative], lambda e: e.region,
+                       lambda e, donor: dataclasses.replace(e, context=donor.context, y=donor.y, concat=donor.concat))
 
 
 def _check_fault() -> None:
@@ -117,6 +130,12 @@ class PreparedSample:
     @property
     def rows(self) -> int:
         return int(self.x.shape[0])
+
+    @property
+    def batchable(self) -> bool:
+        """Whether other jobs' calls may share its loop: the cross-job batcher knows neither regions nor
+        ControlNets."""
+        return not any(e.region is not None or e.control is not None for e in (*self.positive, *self.negative))
 
 
 def prepare_sample(model: SamplingModel, *, seed: int, steps: int, cfg: float, sampler_name: str,
@@ -164,6 +183,7 @@ def prepare_with_sigmas(model: SamplingModel, sigmas: torch.Tensor, *, seed: int
     pos = with_concat(pos, positive, kind, model.latent_format, model.family, scaled, mask)
     if negative is not None:
         neg = with_concat(neg, negative, kind, model.latent_format, model.family, scaled, mask)
+    match_areas(pos, neg)
     sigma0, sigma_max = float(sigmas[0]), float(model.sampling.sigma_max)
     if model.prediction == "flow":
         x = noise_scaling(sigmas[0].to(model.device), noise, scaled)
