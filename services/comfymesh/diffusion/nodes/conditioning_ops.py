@@ -76,7 +76,7 @@ def conditioning_average(ctx: NodeContext, conditioning_to: Conditioning, condit
     return (out,)
 
 
-@nodes.define("ConditioningConcat", category="conditioning",
+@nodes.define("ConditioningConcat", category="conditioning", display_name="Conditioning (Concat)",
     inputs=[
         Link("conditioning_to", "CONDITIONING"),
         Link("conditioning_from", "CONDITIONING"),
