@@ -1,6 +1,7 @@
 """Weights loaded once and kept resident, keyed by file digest, evicted LRU within a memory budget.
 
-Checkpoints, standalone VAEs, LoRA files and LoRA-patched weight sets share one budget. A LoRA never
+Checkpoints, the split loaders' files (diffusion models, text encoder sets, VAEs), LoRA files and
+LoRA-patched weight sets share one budget. A LoRA never
 changes cached base weights: patched tensors live in their own entry and are swapped in per call.
 """
 
@@ -26,9 +27,18 @@ from comfymesh.diffusion.fast.decoder import FastDecoder
 from comfymesh.diffusion.fast.unet import FastUNet
 from comfymesh.diffusion.latents.formats import LatentFormat, for_family
 from comfymesh.diffusion.models import lora as lora_mod
-from comfymesh.diffusion.models.checkpoint import CheckpointParts, load_checkpoint, load_vae_file
+from comfymesh.diffusion.models.checkpoint import (
+    CheckpointParts,
+    load_checkpoint,
+    load_text_encoders,
+    load_unet_file,
+    load_vae_file,
+)
 from comfymesh.diffusion.models.convert import Placement
-from comfymesh.diffusion.sampling.guidance import ResidualUNetFn, UNetFn
+from comfymesh.diffusion.models.recognise import Recognition
+from comfymesh.diffusion.models.split_files import assign_encoders
+from comfymesh.diffusion.models.tensor_source import TensorSource
+from comfymesh.diffusion.sampling.guidance import UNetFn
 from comfymesh.diffusion.sampling.ksampler import SamplingModel
 from comfymesh.diffusion.sampling.model_sampling import ModelSampling
 from comfymesh.diffusion.text.encode import ClipRunner, Runner, TextEncoders
@@ -36,6 +46,8 @@ from comfymesh.diffusion.text.encode import ClipRunner, Runner, TextEncoders
 DEFAULT_CPU_BUDGET = 16 * 2**30
 
 LoraSpec = tuple[Path, float]  # (file, strength)
+# the entries list() shows and unload() drops by name: whole checkpoints and the split loaders' model files
+RESIDENT_KINDS = ("checkpoint", "diffusion_model", "text_encoders")
 
 
 def default_device(settings: DiffusionSettings) -> torch.device:
@@ -51,6 +63,9 @@ def module_bytes(*modules: nn.Module) -> int:
 
 @dataclass
 class LoadedCheckpoint:
+    """Resident weights of one checkpoint, or of one split loader's files (a diffusion model in one weight
+    dtype; a set of text encoders): `key` tells entries of the same files apart (patches are cached by it)."""
+
     name: str
     path: Path
     digest: str
@@ -61,12 +76,21 @@ class LoadedCheckpoint:
     nbytes: int
     sampling: ModelSampling
     latent_format: LatentFormat
+    family: str
+    key: str
     fast: FastUNet | None = None  # the bucketed compiled UNet (fast path), made on first use
     fast_decoder: FastDecoder | None = None  # the VAE's compiled decode (fast path), on first use
 
-    @property
-    def family(self) -> str:
-        return self.parts.recognition.family
+    def unet(self) -> tuple[nn.Module, Recognition]:
+        """The diffusion model and its recognition; ModelError for a CLIP-only entry."""
+        if self.parts.unet is None or self.parts.recognition is None:
+            raise ModelError(f"{self.name} holds no diffusion model")
+        return self.parts.unet, self.parts.recognition
+
+    def vae(self) -> nn.Module:
+        if self.parts.vae is None:
+            raise ModelError(f"{self.name} holds no VAE")
+        return self.parts.vae
 
 
 @dataclass
@@ -134,29 +158,55 @@ class ModelCache:
         ckpt_path = Path(ckpt_path)
         digest = self.digest(ckpt_path)
 
+        return self._resident(f"ckpt:{digest}", "checkpoint", ckpt_path, digest,
+                              lambda: load_checkpoint(ckpt_path, self.placement))
+
+    def unet_file(self, path: Path, weight_dtype: str = "default") -> LoadedCheckpoint:
+        """The resident diffusion model of a file (UNETLoader), in `weight_dtype`."""
+        path = Path(path)
+        digest = self.digest(path)
+        return self._resident(f"unet:{digest}:{weight_dtype}", "diffusion_model", path, digest,
+                              lambda: load_unet_file(path, self.placement, weight_dtype))
+
+    def text_encoder_files(self, paths: Sequence[Path], clip_type: str) -> LoadedCheckpoint:
+        """The resident text encoders of CLIP loader files of `clip_type` (ModelError if the files do not
+        make one, or the type is not supported yet)."""
+        paths = [Path(p) for p in paths]
+        digest = "+".join(self.digest(p) for p in paths)
+
+        def load() -> CheckpointParts:
+            family, encoders = assign_encoders(clip_type, [TensorSource(p) for p in paths])
+            return load_text_encoders(family, encoders, self.placement)
+
+        return self._resident(f"clip:{clip_type}:{digest}", "text_encoders", paths[0], digest, load)
+
+    def _resident(self, key: str, kind: str, path: Path, digest: str,
+                  build: Callable[[], CheckpointParts]) -> LoadedCheckpoint:
         def load() -> tuple[Any, int, dict[str, Any]]:
-            parts = load_checkpoint(ckpt_path, self.placement)
-            loaded = self._describe(ckpt_path, digest, parts)
-            info = {"name": ckpt_path.name, "digest": digest, "bytes": loaded.nbytes, "device": str(self.device),
-                    "family": loaded.family, "kind": "checkpoint"}
+            loaded = self._describe(path, digest, build(), key)
+            info = {"name": path.name, "digest": digest, "bytes": loaded.nbytes, "device": str(self.device),
+                    "family": loaded.family, "kind": kind}
             return loaded, loaded.nbytes, info
 
-        value: LoadedCheckpoint = self._get_or_load(f"ckpt:{digest}", load)
+        value: LoadedCheckpoint = self._get_or_load(key, load)
         return value
 
-    def _describe(self, path: Path, digest: str, parts: CheckpointParts) -> LoadedCheckpoint:
+    def _describe(self, path: Path, digest: str, parts: CheckpointParts, key: str) -> LoadedCheckpoint:
         rec = parts.recognition
+        family = rec.family if rec is not None else parts.family
         place = self.placement
+        modules = [m for m in (parts.unet, parts.vae, *parts.clips.values()) if m is not None]
         return LoadedCheckpoint(
             name=path.name, path=path, digest=digest, parts=parts, device=self.device, unet_dtype=place.unet_dtype,
-            vae_dtype=place.vae_dtype, nbytes=module_bytes(parts.unet, parts.vae, *parts.clips.values()),
-            sampling=ModelSampling(zero_terminal_snr=rec.ztsnr), latent_format=for_family(rec.family),
+            vae_dtype=place.vae_dtype, nbytes=module_bytes(*modules),
+            sampling=ModelSampling(zero_terminal_snr=rec is not None and rec.ztsnr), latent_format=for_family(family),
+            family=family, key=key,
         )
 
     def list(self) -> list[dict[str, Any]]:
         with self._lock:
             return [{k: e.info[k] for k in ("name", "digest", "bytes", "device", "family")}
-                    for e in self._entries.values() if e.info.get("kind") == "checkpoint"]
+                    for e in self._entries.values() if e.info.get("kind") in RESIDENT_KINDS]
 
     def unload(self, name: str | None = None) -> int:
         """Drop one checkpoint (by file name or digest) with its patches, or everything (None)."""
@@ -166,7 +216,7 @@ class ModelCache:
                 self._entries.clear()
             else:
                 digests = {e.info["digest"] for e in self._entries.values()
-                           if e.info.get("kind") == "checkpoint" and name in (e.info["name"], e.info["digest"])}
+                           if e.info.get("kind") in RESIDENT_KINDS and name in (e.info["name"], e.info["digest"])}
                 drop = [k for k in self._entries if any(d in k for d in digests)]
                 for k in drop:
                     del self._entries[k]
@@ -216,7 +266,7 @@ class ModelCache:
         if not active:
             return {}
         specs = [(self.lora_file(p), p.name, s) for p, s in active]
-        key = f"patch:{part}:{ckpt.digest}:" + ",".join(f"{d}@{s!r}" for (d, _), _, s in specs)
+        key = f"patch:{part}:{ckpt.key}:" + ",".join(f"{d}@{s!r}" for (d, _), _, s in specs)
 
         def load() -> tuple[Any, int, dict[str, Any]]:
             targets = self._lora_targets(ckpt, part)
@@ -232,19 +282,22 @@ class ModelCache:
         value: dict[str, dict[str, torch.Tensor]] = self._get_or_load(key, load)
         return value
 
-    def check_lora(self, ckpt: LoadedCheckpoint, path: Path) -> None:
-        """NodeInputError if the LoRA file fits no layer of the checkpoint (UNet or text encoders)."""
+    def check_lora(self, path: Path, *models: LoadedCheckpoint) -> None:
+        """NodeInputError if the LoRA file fits no layer of the models (UNets or text encoders)."""
         _, pairs = self.lora_file(path)
         used: set[str] = set()
-        for part in ("unet", "clip"):
-            for module, lookup in self._lora_targets(ckpt, part).values():
-                used |= lora_mod.fitting(module, lookup, pairs)
+        for ckpt in models:
+            for part in ("unet", "clip"):
+                for module, lookup in self._lora_targets(ckpt, part).values():
+                    used |= lora_mod.fitting(module, lookup, pairs)
         lora_mod.check_fit(path.name, pairs, used)
 
     @staticmethod
     def _lora_targets(ckpt: LoadedCheckpoint, part: str) -> dict[str, tuple[nn.Module, dict[str, str]]]:
         parts = ckpt.parts
         if part == "unet":
+            if parts.unet is None:
+                return {}
             return {"unet": (parts.unet, lora_mod.module_lookup(parts.unet, "lora_unet_", parts.unet_modules))}
         if len(parts.clips) > 1:
             prefixes = {"l": "lora_te1_", "g": "lora_te2_"}
@@ -254,20 +307,19 @@ class ModelCache:
                 for role, clip in parts.clips.items()}
 
     def sampling_model(self, ckpt: LoadedCheckpoint, loras: Sequence[LoraSpec] = ()) -> SamplingModel:
+        module, rec = ckpt.unet()
         overrides = self._patches(ckpt, "unet", loras).get("unet", {})
-        rec = ckpt.parts.recognition
-        unet: UNetFn = _unet_fn(ckpt.parts.unet, overrides)
+        unet: UNetFn = _unet_fn(module, overrides)
         if not overrides and self.fast.fast_enabled(ckpt.device.type):
             # LoRA-patched weights go through functional_call and stay eager
             with self._lock:
                 if ckpt.fast is None:
-                    ckpt.fast = FastUNet(ckpt.parts.unet, ckpt.device, settings=self.fast)
+                    ckpt.fast = FastUNet(module, ckpt.device, settings=self.fast)
             unet = ckpt.fast
         return SamplingModel(
             unet=unet, sampling=ckpt.sampling, prediction=rec.prediction,
             latent_format=ckpt.latent_format, family=rec.family, context_dim=rec.unet.context_dim,
-            adm=rec.unet.adm, device=ckpt.device, dtype=ckpt.unet_dtype, in_channels=rec.unet.in_channels,
-            residual_unet=_residual_unet_fn(ckpt.parts.unet, overrides),
+            adm=rec.unet.adm, device=ckpt.device, dtype=ckpt.unet_dtype,
         )
 
     def decoder(self, ckpt: LoadedCheckpoint) -> FastDecoder | None:
@@ -277,7 +329,7 @@ class ModelCache:
             return None
         with self._lock:
             if ckpt.fast_decoder is None:
-                ckpt.fast_decoder = FastDecoder(ckpt.parts.vae, ckpt.device, settings=self.fast)
+                ckpt.fast_decoder = FastDecoder(ckpt.vae(), ckpt.device, settings=self.fast)
         return ckpt.fast_decoder
 
     def text_encoders(self, ckpt: LoadedCheckpoint, loras: Sequence[LoraSpec] = ()) -> TextEncoders:
@@ -299,19 +351,6 @@ class ModelCache:
 def _unet_fn(unet: nn.Module, overrides: dict[str, torch.Tensor]) -> UNetFn:
     def run(x: torch.Tensor, t: torch.Tensor, ctx: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         kwargs = {"encoder_hidden_states": ctx, "class_labels": y, "return_dict": False}
-        out = functional_call(unet, overrides, (x, t), kwargs, strict=False) if overrides else unet(x, t, **kwargs)
-        result: torch.Tensor = out[0]
-        return result
-
-    return run
-
-
-def _residual_unet_fn(unet: nn.Module, overrides: dict[str, torch.Tensor]) -> ResidualUNetFn:
-    """The eager UNet adding ControlNet residuals to its down-block skips and middle block."""
-    def run(x: torch.Tensor, t: torch.Tensor, ctx: torch.Tensor, y: torch.Tensor | None, down: list[torch.Tensor],
-            mid: torch.Tensor) -> torch.Tensor:
-        kwargs = {"encoder_hidden_states": ctx, "class_labels": y, "return_dict": False,
-                  "down_block_additional_residuals": tuple(down), "mid_block_additional_residual": mid}
         out = functional_call(unet, overrides, (x, t), kwargs, strict=False) if overrides else unet(x, t, **kwargs)
         result: torch.Tensor = out[0]
         return result

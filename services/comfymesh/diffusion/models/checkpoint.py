@@ -1,4 +1,5 @@
-"""Load a single-file checkpoint or a standalone VAE file: recognise it, then build its modules."""
+"""Load a single-file checkpoint, or the separate files of the split loaders (a diffusion model, text encoders,
+a VAE): recognise each, then build its modules."""
 
 from __future__ import annotations
 
@@ -11,7 +12,15 @@ import torch
 
 from comfymesh.contracts.errors import ModelError
 from comfymesh.diffusion.models.convert import Placement, build_clip, build_unet, build_vae, unet_module_map
-from comfymesh.diffusion.models.recognise import VAE_PREFIX, Recognition, found_summary, parse_vae, recognise
+from comfymesh.diffusion.models.recognise import (
+    VAE_PREFIX,
+    ClipLayout,
+    Recognition,
+    found_summary,
+    parse_vae,
+    recognise,
+)
+from comfymesh.diffusion.models.split_files import recognise_unet_file
 from comfymesh.diffusion.models.tensor_source import TensorSource
 from comfymesh.logs import log_fields
 
@@ -20,13 +29,15 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class CheckpointParts:
-    """The modules of one checkpoint (float32 on the CPU until placed by the model cache)."""
+    """The modules of one checkpoint, or of one split file (a diffusion model: no VAE, no text encoders;
+    text encoders: no recognition, UNet or VAE)."""
 
-    recognition: Recognition
-    unet: torch.nn.Module
-    vae: torch.nn.Module
+    recognition: Recognition | None
+    unet: torch.nn.Module | None
+    vae: torch.nn.Module | None
     clips: dict[str, torch.nn.Module] = field(default_factory=dict)  # role → module
     unet_modules: dict[str, str] = field(default_factory=dict)  # LDM → diffusers module names
+    family: str = ""  # text encoders without a UNet: the family their files make
 
 
 def load_checkpoint(path: Path, place: Placement | None = None) -> CheckpointParts:
@@ -81,3 +92,50 @@ def load_vae_file(path: Path, place: Placement | None = None) -> torch.nn.Module
     except Exception as exc:
         raise ModelError(f"{path.name}: VAE could not be converted: {exc}") from exc
     return vae.eval().requires_grad_(False)
+
+
+# UNETLoader's weight_dtype: the dtype the diffusion model's weights are held in (None: the placement's)
+WEIGHT_DTYPES: dict[str, torch.dtype | None] = {
+    "default": None, "fp8_e4m3fn": torch.float8_e4m3fn, "fp8_e4m3fn_fast": torch.float8_e4m3fn,
+    "fp8_e5m2": torch.float8_e5m2,
+}
+
+
+def load_unet_file(path: Path, place: Placement | None = None, weight_dtype: str = "default") -> CheckpointParts:
+    """A diffusion-model file (UNETLoader); an fp8 `weight_dtype` rounds every weight to that format, computed
+    in the placement's dtype."""
+    place = place or Placement()
+    if not path.is_file():
+        raise ModelError(f"diffusion model file {path} does not exist")
+    src = TensorSource(path)
+    rec, prefix = recognise_unet_file(src)
+    try:
+        unet = build_unet(src, rec, place, prefix)
+        modules = unet_module_map(src, rec, prefix)
+    except ModelError:
+        raise
+    except Exception as exc:
+        raise ModelError(f"{path.name}: {rec.family} diffusion model could not be converted: {exc}") from exc
+    unet.eval().requires_grad_(False)
+    storage = WEIGHT_DTYPES[weight_dtype]
+    if storage is not None:
+        with torch.no_grad():
+            for tensor in (*unet.parameters(), *unet.buffers()):
+                if tensor.is_floating_point():
+                    tensor.copy_(tensor.to(storage).to(tensor.dtype))
+    return CheckpointParts(rec, unet, None, {}, modules)
+
+
+def load_text_encoders(family: str, layouts: dict[str, tuple[TensorSource, ClipLayout]],
+                       place: Placement | None = None) -> CheckpointParts:
+    """Text encoder files (CLIPLoader / DualCLIPLoader) of `family`, one per role."""
+    place = place or Placement()
+    clips: dict[str, torch.nn.Module] = {}
+    for role, (src, layout) in layouts.items():
+        try:
+            clips[role] = build_clip(src, layout, place).eval().requires_grad_(False)
+        except ModelError:
+            raise
+        except Exception as exc:
+            raise ModelError(f"{src.path.name}: text encoder could not be converted: {exc}") from exc
+    return CheckpointParts(None, None, None, clips, family=family)

@@ -84,7 +84,8 @@ def clip_config(layout: ClipLayout) -> Any:
         num_hidden_layers=layout.layers,
         num_attention_heads=heads,
         max_position_embeddings=layout.positions,
-        hidden_act="gelu" if layout.openclip else "quick_gelu",
+        # OpenAI's CLIP-L uses quick GELU, the OpenCLIP towers (H, bigG) exact GELU, whatever their files' naming
+        hidden_act="quick_gelu" if layout.role == "l" and not layout.openclip else "gelu",
         layer_norm_eps=1e-5,
         projection_dim=layout.projection or layout.width,
         bos_token_id=49406,
@@ -136,22 +137,29 @@ def import_model_code() -> float:
     return time.perf_counter() - start
 
 
-def build_unet(src: TensorSource, rec: Recognition, place: Placement) -> torch.nn.Module:
+def build_unet(src: TensorSource, rec: Recognition, place: Placement, prefix: str = UNET_PREFIX) -> torch.nn.Module:
+    """The UNet of a checkpoint, or of a diffusion-model file (`prefix` "" for a bare one)."""
     from diffusers import UNet2DConditionModel
     from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
 
     cfg = unet_config(rec.unet, rec.family)
-    state = convert_ldm_unet_checkpoint(src.with_prefix(UNET_PREFIX), cfg)
+    # the converter reads checkpoint keys: a bare UNet file gets the prefix it expects
+    raw = {UNET_PREFIX + k[len(prefix):]: v for k, v in src.with_prefix(prefix).items() if _is_unet_key(k, prefix)}
+    state = convert_ldm_unet_checkpoint(raw, cfg)
     return _materialise(lambda: UNet2DConditionModel(**cfg), state, "UNet", src.path.name, place.device,
                         place.unet_dtype)
 
 
-def unet_module_map(src: TensorSource, rec: Recognition) -> dict[str, str]:
+def _is_unet_key(key: str, prefix: str) -> bool:
+    return key.startswith(prefix) and (bool(prefix) or "." in key)  # a bare file's markers (v_pred) are no weights
+
+
+def unet_module_map(src: TensorSource, rec: Recognition, prefix: str = UNET_PREFIX) -> dict[str, str]:
     """LDM module name → diffusers module name (for LDM-named LoRA keys), found by running the converter
     on the checkpoint's own keys and matching the tensors it moved."""
     from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
 
-    markers = {k: torch.empty(0) for k in src.keys if k.startswith(UNET_PREFIX)}
+    markers = {UNET_PREFIX + k[len(prefix):]: torch.empty(0) for k in src.keys if _is_unet_key(k, prefix)}
     by_id = {id(v): k[len(UNET_PREFIX):] for k, v in markers.items()}
     out: dict[str, str] = {}
     for new_key, tensor in convert_ldm_unet_checkpoint(markers, unet_config(rec.unet, rec.family)).items():
@@ -190,6 +198,8 @@ def build_clip(src: TensorSource, layout: ClipLayout, place: Placement) -> torch
         with torch.device("meta"):
             probe = CLIPTextModel(cfg)
         state = convert_open_clip_checkpoint(probe, neutral, prefix="te.")
+    elif not layout.prefix:  # a text encoder file of its own: already transformers' naming
+        state = dict(raw)
     else:
         if not any(k.startswith(layout.prefix + "text_model.") for k in raw):
             raw = {layout.prefix + "text_model." + k[len(layout.prefix):]: v for k, v in raw.items()}

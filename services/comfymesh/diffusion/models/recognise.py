@@ -161,7 +161,9 @@ def parse_clip(src: TensorSource, role: str, prefix: str) -> ClipLayout | None:
     layers = _count(keys, rf"{inner}encoder\.layers\.(\d+)\.")
     inter = src.shape(f"{prefix}{inner}encoder.layers.0.mlp.fc1.weight")[0]
     positions = src.shape(f"{prefix}{inner}embeddings.position_embedding.weight")[0]
-    return ClipLayout(role, prefix, False, vocab, width, layers, inter, positions, None)
+    # a CLIPTextModelWithProjection file (ComfyUI's clip_g.safetensors) keeps its projection beside text_model
+    proj = src.shape(prefix + "text_projection.weight")[0] if src.has(prefix + "text_projection.weight") else None
+    return ClipLayout(role, prefix, False, vocab, width, layers, inter, positions, proj)
 
 
 def parse_vae(src: TensorSource, prefix: str) -> VAELayout | None:
@@ -209,8 +211,9 @@ def recognise(src: TensorSource) -> Recognition:
         unet = parse_unet(src)
     except (KeyError, StopIteration, IndexError) as exc:
         raise ModelError(f"{name}: unknown UNet architecture (missing {exc})") from exc
-    if unet.in_channels not in (4, 8, 9):  # 9: inpainting, 8: instruct-pix2pix (sampling adds the channels)
-        raise ModelError(f"{name} is an unknown model ({unet.in_channels} UNet input channels): not supported")
+    if unet.in_channels != 4:
+        kind = {9: "an inpainting", 8: "an instruct-pix2pix"}.get(unet.in_channels, "an unknown")
+        raise ModelError(f"{name} is {kind} model ({unet.in_channels} UNet input channels): not supported yet")
     clip_l1 = parse_clip(src, "l", CLIP_L_SD1)
     clip_h = parse_clip(src, "h", CLIP_H_SD2)
     clip_lx = parse_clip(src, "l", CLIP_L_SDXL)
@@ -243,22 +246,22 @@ def recognise(src: TensorSource) -> Recognition:
             raise ModelError(f"{name}: EDM-parameterised model ({key}) not supported yet")
     prediction = "eps"
     if family == "sd2":
-        prediction = "v" if _sd2_is_vpred(src) else "eps"
+        prediction = "v" if sd2_is_vpred(src) else "eps"
     elif family == "sdxl" and src.has("v_pred"):
         prediction = "v"
     return Recognition(family, prediction, family == "sdxl" and src.has("ztsnr"), unet, clips, vae)
 
 
-def vpred_probe_key(keys: list[str]) -> str | None:
+def vpred_probe_key(keys: list[str], prefix: str = UNET_PREFIX) -> str | None:
     """The bias ComfyUI inspects to tell SD2 768-v from 512-base: the first transformer's norm1 bias in the
     last output block (block 11 in the real layout); for other layouts, the last output block that has one."""
-    rx = re.compile(r"model\.diffusion_model\.output_blocks\.(\d+)\.1\.transformer_blocks\.0\.norm1\.bias$")
+    rx = re.compile(re.escape(prefix) + r"output_blocks\.(\d+)\.1\.transformer_blocks\.0\.norm1\.bias$")
     found = sorted((int(m.group(1)), k) for k in keys if (m := rx.match(k)))
     return found[-1][1] if found else None
 
 
-def _sd2_is_vpred(src: TensorSource) -> bool:
-    key = vpred_probe_key(src.keys)
+def sd2_is_vpred(src: TensorSource, prefix: str = UNET_PREFIX) -> bool:
+    key = vpred_probe_key(src.keys, prefix)
     if key is None:
         return False
     return float(src.get(key).float().std(unbiased=False)) > 0.09

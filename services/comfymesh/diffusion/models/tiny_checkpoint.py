@@ -362,6 +362,70 @@ def make_tiny_lora(path: str | Path, checkpoint: str | Path, seed: int = 0, rank
     return path
 
 
+# where each family's text encoders sit in its checkpoint, and the file ComfyUI ships each as
+_SPLIT_ENCODERS = {
+    "cond_stage_model.transformer.": "clip_l", "conditioner.embedders.0.transformer.": "clip_l",
+    "cond_stage_model.model.": "clip_h", "conditioner.embedders.1.model.": "clip_g",
+}
+
+
+def _openclip_to_hf(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """An OpenCLIP text tower in CLIPTextModelWithProjection naming (how clip_g.safetensors ships)."""
+    out: dict[str, torch.Tensor] = {}
+    names = {"ln_1": "layer_norm1", "ln_2": "layer_norm2", "mlp.c_fc": "mlp.fc1", "mlp.c_proj": "mlp.fc2",
+             "attn.out_proj": "self_attn.out_proj"}
+    for key, tensor in sd.items():
+        if key.startswith("transformer.resblocks."):
+            index, rest = key[len("transformer.resblocks."):].split(".", 1)
+            layer = f"text_model.encoder.layers.{index}."
+            if rest.startswith("attn.in_proj_"):
+                kind = rest.rsplit("_", 1)[1]  # weight or bias
+                for proj, part in zip(("q_proj", "k_proj", "v_proj"), tensor.chunk(3), strict=True):
+                    out[f"{layer}self_attn.{proj}.{kind}"] = part.clone()
+                continue
+            module, leaf = rest.rsplit(".", 1)
+            out[f"{layer}{names[module]}.{leaf}"] = tensor
+        elif key == "token_embedding.weight":
+            out["text_model.embeddings.token_embedding.weight"] = tensor
+        elif key == "positional_embedding":
+            out["text_model.embeddings.position_embedding.weight"] = tensor
+        elif key.startswith("ln_final."):
+            out["text_model.final_layer_norm." + key.split(".", 1)[1]] = tensor
+        elif key == "text_projection":
+            out["text_projection.weight"] = tensor.t().contiguous()
+    return out
+
+
+def write_split(checkpoint: str | Path, home: str | Path, name: str) -> dict[str, Path]:
+    """Write the weights of a checkpoint as ComfyUI's split files under `home`: diffusion_models/<name>.safetensors
+    (the bare UNet), text_encoders/clip_l, clip_h or clip_g.safetensors (CLIP-L in Hugging Face naming, CLIP-H in
+    OpenCLIP naming, CLIP-G in CLIPTextModelWithProjection naming, as ComfyUI's files ship) and
+    vae/<name>.safetensors. Returns the paths by part ("unet", "vae", "clip_l", ...)."""
+    from safetensors.torch import load_file
+
+    sd = load_file(str(checkpoint))
+    home = Path(home)
+    parts: dict[str, dict[str, torch.Tensor]] = {"unet": {}, "vae": {}}
+    for key, tensor in sd.items():
+        if key.startswith("model.diffusion_model."):
+            parts["unet"][key[len("model.diffusion_model."):]] = tensor
+        elif key.startswith("first_stage_model."):
+            parts["vae"][key[len("first_stage_model."):]] = tensor
+        for prefix, encoder in _SPLIT_ENCODERS.items():
+            if key.startswith(prefix):
+                parts.setdefault(encoder, {})[key[len(prefix):]] = tensor
+    if "clip_g" in parts:
+        parts["clip_g"] = _openclip_to_hf(parts["clip_g"])
+    folders = {"unet": ("diffusion_models", name), "vae": ("vae", name)}
+    out: dict[str, Path] = {}
+    for part, tensors in parts.items():
+        folder, stem = folders.get(part, ("text_encoders", part))
+        out[part] = home / folder / f"{stem}.safetensors"
+        out[part].parent.mkdir(parents=True, exist_ok=True)
+        save_file(tensors, str(out[part]), metadata={"format": "pt"})
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m comfymesh.diffusion.models.tiny_checkpoint",
@@ -377,12 +441,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", help="where to draw the random numbers (e.g. cuda)")
     parser.add_argument("--lora-for", type=Path, default=None, metavar="CKPT",
                         help="write a tiny kohya LoRA fitting CKPT instead of a checkpoint")
+    parser.add_argument("--split", type=Path, default=None, metavar="DIR",
+                        help="also write the checkpoint's weights as ComfyUI's split files under DIR "
+                             "(diffusion_models/, text_encoders/, vae/)")
     args = parser.parse_args(argv)
     if args.lora_for is not None:
         make_tiny_lora(args.out, args.lora_for, seed=args.seed)
     else:
         make_tiny_checkpoint(args.out, args.family, args.seed, torch.float32 if args.fp32 else torch.float16,
                              vpred=args.vpred, full=args.full, device=args.device)
+        if args.split is not None:
+            for path in write_split(args.out, args.split, Path(args.out).stem).values():
+                print(path)
     print(args.out)
     return 0
 

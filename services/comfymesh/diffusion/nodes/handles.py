@@ -1,8 +1,12 @@
 """MODEL / CLIP / VAE handles (`comfymesh.contracts.handles`) turned into resident weights by the
-process-wide ModelCache, after checking that the files they name are still the ones they were made from."""
+process-wide ModelCache, after checking that the files they name are still the ones they were made from.
+
+Every node reads handles through these helpers, so a handle to a whole checkpoint and one to the split
+loaders' files (a diffusion model, text encoders, a VAE) work wherever the other does."""
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from typing import Any
 
 from comfymesh.contracts.errors import ModelError, NodeInputError
@@ -13,11 +17,25 @@ from comfymesh.stage.node import NodeContext
 
 
 def checkpoint_of(ctx: NodeContext, handle: ModelHandle) -> LoadedCheckpoint:
-    ckpt = get_model_cache().get(resolve_file(ctx, "checkpoints", handle["ckpt"]))
-    if ckpt.digest != handle["digest"]:
-        raise ModelError(f"checkpoint {handle['ckpt']} changed on disk since it was loaded; run the loader again",
-                         node_id=ctx.node_id)
+    """The resident weights a MODEL, CLIP or VAE handle names: its checkpoint, or its split files."""
+    cache = get_model_cache()
+    if "unet_file" in handle:
+        path = resolve_file(ctx, "diffusion_models", handle["unet_file"])
+        _check_unchanged(ctx, handle, cache.digest(path), f"diffusion model {handle['unet_file']}")
+        return cache.unet_file(path, handle.get("weight_dtype", "default"))
+    if "clip_files" in handle:
+        paths = [resolve_file(ctx, "text_encoders", name) for name in handle["clip_files"]]
+        _check_unchanged(ctx, handle, "+".join(cache.digest(p) for p in paths),
+                         f"text encoder {' / '.join(handle['clip_files'])}")
+        return cache.text_encoder_files(paths, handle["type"])
+    ckpt = cache.get(resolve_file(ctx, "checkpoints", handle["ckpt"]))
+    _check_unchanged(ctx, handle, ckpt.digest, f"checkpoint {handle['ckpt']}")
     return ckpt
+
+
+def _check_unchanged(ctx: NodeContext, handle: ModelHandle, digest: str, what: str) -> None:
+    if digest != handle["digest"]:
+        raise ModelError(f"{what} changed on disk since it was loaded; run the loader again", node_id=ctx.node_id)
 
 
 def loras_of(ctx: NodeContext, handle: ModelHandle) -> list[LoraSpec]:
@@ -28,6 +46,13 @@ def loras_of(ctx: NodeContext, handle: ModelHandle) -> list[LoraSpec]:
             raise ModelError(f"LoRA {name} changed on disk since it was loaded", node_id=ctx.node_id)
         out.append((path, float(strength)))
     return out
+
+
+def weights_identity(model: ModelHandle) -> Hashable:
+    """Same model files (and weight dtype), LoRA patches and model sampling ⇔ same denoiser."""
+    return (model["digest"], model.get("weight_dtype", "default"),
+            tuple((digest, float(strength)) for _, digest, strength in model["loras"]),
+            tuple(sorted((model.get("model_sampling") or {}).items())))
 
 
 def expect_handle(ctx: NodeContext, handle: Any, kind: HandleKind) -> ModelHandle:

@@ -44,7 +44,7 @@ def lora_loader_model_only(ctx: NodeContext, model: ModelHandle, lora_name: str,
                            strength_model: float) -> tuple[ModelHandle]:
     model = expect_handle(ctx, model, HandleKind.MODEL)
     path = resolve_file(ctx, "loras", lora_name)
-    get_model_cache().check_lora(checkpoint_of(ctx, model), path)
+    get_model_cache().check_lora(path, checkpoint_of(ctx, model))
     digest = get_model_cache().digest(path)
     return ({**model, "loras": [*model["loras"], [lora_name, digest, float(strength_model)]]},)
 
@@ -109,10 +109,7 @@ def model_sampling_flux(ctx: NodeContext, model: ModelHandle, max_shift: float, 
 
 
 def apply_model_sampling(ctx: NodeContext, model: ModelHandle, sm: SamplingModel) -> SamplingModel:
-    """The sampling model as the handle's `model_sampling` record (and DifferentialDiffusion's
-    `differential_diffusion` strength) asks, or a NodeInputError saying why not."""
-    if model.get("differential_diffusion") is not None:
-        sm = dataclasses.replace(sm, mask_strength=float(model["differential_diffusion"]))
+    """The sampling model as the handle's `model_sampling` record asks, or a NodeInputError saying why not."""
     record = model.get("model_sampling")
     if not record:
         return sm
