@@ -124,3 +124,17 @@ def test_declarations_match_comfyuis_object_info() -> None:
     golden = json.loads(GOLDEN.read_text())
     golden.pop("_about")
     assert {name: nodes.schemas[name].object_info() for name in golden} == golden
+
+
+@pytest.mark.parametrize(("name", "inputs", "instead"), [
+    ("CheckpointLoader", {"config_name": "v1-inference.yaml", "ckpt_name": "sd15.safetensors"}, "Load Checkpoint"),
+    ("DiffusersLoader", {"model_path": "sd15"}, "Load Checkpoint"),
+    ("GLIGENLoader", {"gligen_name": "gligen.safetensors"}, "Set Area"),
+    ("GLIGENTextBoxApply", {"conditioning_to": [], "clip": {}, "gligen_textbox_model": {}, "text": "a",
+                            "width": 64, "height": 64, "x": 0, "y": 0}, "Set Area"),
+])
+def test_deprecated_loaders_and_gligen_refuse_saying_what_to_use(node_ctx: NodeContext, name: str,
+                                                                  inputs: dict[str, Any], instead: str) -> None:
+    with pytest.raises(NodeInputError, match=instead) as caught:
+        run(node_ctx, name, **inputs)
+    assert caught.value.node_id == node_ctx.node_id

@@ -9,6 +9,7 @@ from comfymesh.diffusion.nodes import (  # noqa: F401  (they declare)
     conditioning_ops,
     controlnet,
     custom_sampling,
+    deprecated,
     inpaint,
     latent,
     latent_ops,
