@@ -7,11 +7,13 @@ seed give KSampler's result; basic and dual-CFG guiders sample on their own."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import torch
 
-from comfymesh.catalog.schema import Boolean, ComboV3, Float, Input, Int, Link, Output
+from comfymesh.catalog.schema import Boolean, ComboV3, Float, Input, Int, Link, Output, String
+from comfymesh.contracts.errors import NodeInputError
 from comfymesh.contracts.handles import HandleKind, ModelHandle
 from comfymesh.diffusion.models.cache import get_model_cache
 from comfymesh.diffusion.nodes.controlnet import bind_controls
@@ -156,6 +158,22 @@ def flip_sigmas(ctx: NodeContext, sigmas: Any) -> tuple[torch.Tensor]:
 @node
 def set_first_sigma(ctx: NodeContext, sigmas: Any, sigma: float) -> tuple[torch.Tensor]:
     return (custom.set_first_sigma(custom.as_sigmas(sigmas), float(sigma)),)
+
+
+# ComfyUI's pattern for the numbers of a ManualSigmas string (any separators between them)
+SIGMA_NUMBER = re.compile(r"[-+]?(?:\d*\.*\d+)")
+
+
+@nodes.define("ManualSigmas", category="_for_testing/custom_sampling", display_name=None, python_module=MODULE,
+              inputs=[String("sigmas", "1, 0.5", multiline=False)], outputs=[Output("SIGMAS")], deprecated=False,
+              experimental=True, api_node=False, output_matchtypes=None, output_tooltips=[None])
+@node
+def manual_sigmas(ctx: NodeContext, sigmas: str) -> tuple[torch.Tensor]:
+    numbers = SIGMA_NUMBER.findall(str(sigmas))
+    try:
+        return (torch.tensor([float(number) for number in numbers], dtype=torch.float32),)
+    except ValueError as exc:
+        raise NodeInputError(f"sigmas: {exc} (write numbers such as '14.6, 7.2, 0')", node_id=ctx.node_id) from exc
 
 
 # --- guiders --------------------------------------------------------------------------------------------

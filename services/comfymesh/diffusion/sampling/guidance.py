@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from comfymesh.diffusion.sampling.model_sampling import ModelSampling
+from comfymesh.diffusion.sampling.post_cfg import PostCfg, apply_post_cfg
 from comfymesh.diffusion.sampling.regions import Region, weighted_sum
 
 UNetFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
@@ -58,7 +59,10 @@ def sigma_and_timestep(sampling: ModelSampling, sigma: torch.Tensor, device: tor
 
 
 class GuidedDenoiser:
-    """Classifier-free guided x0 prediction; negative and positive run in one UNet call when possible."""
+    """Classifier-free guided x0 prediction; negative and positive run in one UNet call when possible.
+    `post_cfg` (a model patch such as CFGNorm) then rewrites the guided prediction."""
+
+    post_cfg: tuple[PostCfg, ...] = ()
 
     def __init__(self, unet: UNetFn, sampling: ModelSampling, prediction: str, positive: list[CondEntry],
                  negative: list[CondEntry], cfg: float, dtype: torch.dtype,
@@ -141,9 +145,10 @@ class GuidedDenoiser:
         if self.before_eval is not None:
             self.before_eval()
         if self.skip_negative:
-            return self._predict(x, sigma, [self.positive])[0]
+            pos = self._predict(x, sigma, [self.positive])[0]
+            return apply_post_cfg(self.post_cfg, pos, pos)
         neg, pos = self._predict(x, sigma, [self.negative, self.positive])
-        return neg + (pos - neg) * self.cfg
+        return apply_post_cfg(self.post_cfg, pos, neg + (pos - neg) * self.cfg)
 
 
 def _average(outs: list[torch.Tensor]) -> torch.Tensor:

@@ -21,6 +21,7 @@ from comfymesh.diffusion.sampling.flow_sampling import inverse_noise_scaling, no
 from comfymesh.diffusion.sampling.guidance import CondEntry, GuidedDenoiser, MaskedDenoiser, ResidualUNetFn, UNetFn
 from comfymesh.diffusion.sampling.model_sampling import ModelSampling
 from comfymesh.diffusion.sampling.noise import initial_noise
+from comfymesh.diffusion.sampling.post_cfg import PostCfg
 from comfymesh.diffusion.sampling.regions import add_opposite_areas, region_of
 from comfymesh.diffusion.sampling.samplers import SAMPLER_NAMES, SAMPLERS, Denoiser, Sampler, SamplerEnv
 from comfymesh.diffusion.sampling.schedulers import ksampler_sigmas
@@ -42,6 +43,7 @@ class SamplingModel:
     adm: int | None
     device: torch.device
     dtype: torch.dtype
+    post_cfg: tuple[PostCfg, ...] = ()  # post-CFG patches of the MODEL handle (CFGNorm), in order
     in_channels: int = 4  # the UNet's: 9 (inpainting) and 8 (instruct-pix2pix) also take concat channels
     mask_strength: float | None = None  # DifferentialDiffusion's strength (None: the noise mask as it is)
     residual_unet: ResidualUNetFn | None = None  # the eager UNet taking ControlNet residuals
@@ -134,8 +136,8 @@ class PreparedSample:
     @property
     def batchable(self) -> bool:
         """Whether other jobs' calls may share its loop: the cross-job batcher knows neither regions nor
-        ControlNets."""
-        return not any(e.region is not None or e.control is not None for e in (*self.positive, *self.negative))
+        ControlNets nor post-CFG patches."""
+        return not self.model.post_cfg and not any(e.region is not None or e.control is not None for e in (*self.positive, *self.negative))
 
 
 def prepare_sample(model: SamplingModel, *, seed: int, steps: int, cfg: float, sampler_name: str,
@@ -215,6 +217,8 @@ def run_prepared(prep: PreparedSample, on_step: StepHook | None = None,
     denoiser: Denoiser = guide or GuidedDenoiser(
         model.unet, model.sampling, model.prediction, prep.positive, prep.negative, prep.cfg, model.dtype,
         before_eval=check_cancelled)
+    if isinstance(denoiser, GuidedDenoiser):
+        denoiser.post_cfg = model.post_cfg
     if prep.mask is not None:
         denoiser = MaskedDenoiser(denoiser, prep.mask, prep.scaled, prep.noise, mask_fn(prep))
     total = len(prep.sigmas) - 1
