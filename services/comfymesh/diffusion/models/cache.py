@@ -38,7 +38,7 @@ from comfymesh.diffusion.models.convert import Placement
 from comfymesh.diffusion.models.recognise import Recognition
 from comfymesh.diffusion.models.split_files import assign_encoders
 from comfymesh.diffusion.models.tensor_source import TensorSource
-from comfymesh.diffusion.sampling.guidance import UNetFn
+from comfymesh.diffusion.sampling.guidance import ResidualUNetFn, UNetFn
 from comfymesh.diffusion.sampling.ksampler import SamplingModel
 from comfymesh.diffusion.sampling.model_sampling import ModelSampling
 from comfymesh.diffusion.text.encode import ClipRunner, Runner, TextEncoders
@@ -319,7 +319,8 @@ class ModelCache:
         return SamplingModel(
             unet=unet, sampling=ckpt.sampling, prediction=rec.prediction,
             latent_format=ckpt.latent_format, family=rec.family, context_dim=rec.unet.context_dim,
-            adm=rec.unet.adm, device=ckpt.device, dtype=ckpt.unet_dtype,
+            adm=rec.unet.adm, device=ckpt.device, dtype=ckpt.unet_dtype, in_channels=rec.unet.in_channels,
+            residual_unet=_residual_unet_fn(module, overrides),
         )
 
     def decoder(self, ckpt: LoadedCheckpoint) -> FastDecoder | None:
@@ -351,6 +352,19 @@ class ModelCache:
 def _unet_fn(unet: nn.Module, overrides: dict[str, torch.Tensor]) -> UNetFn:
     def run(x: torch.Tensor, t: torch.Tensor, ctx: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         kwargs = {"encoder_hidden_states": ctx, "class_labels": y, "return_dict": False}
+        out = functional_call(unet, overrides, (x, t), kwargs, strict=False) if overrides else unet(x, t, **kwargs)
+        result: torch.Tensor = out[0]
+        return result
+
+    return run
+
+
+def _residual_unet_fn(unet: nn.Module, overrides: dict[str, torch.Tensor]) -> ResidualUNetFn:
+    """The eager UNet adding ControlNet residuals to its down-block skips and middle block."""
+    def run(x: torch.Tensor, t: torch.Tensor, ctx: torch.Tensor, y: torch.Tensor | None, down: list[torch.Tensor],
+            mid: torch.Tensor) -> torch.Tensor:
+        kwargs = {"encoder_hidden_states": ctx, "class_labels": y, "return_dict": False,
+                  "down_block_additional_residuals": tuple(down), "mid_block_additional_residual": mid}
         out = functional_call(unet, overrides, (x, t), kwargs, strict=False) if overrides else unet(x, t, **kwargs)
         result: torch.Tensor = out[0]
         return result

@@ -211,9 +211,8 @@ def recognise(src: TensorSource) -> Recognition:
         unet = parse_unet(src)
     except (KeyError, StopIteration, IndexError) as exc:
         raise ModelError(f"{name}: unknown UNet architecture (missing {exc})") from exc
-    if unet.in_channels != 4:
-        kind = {9: "an inpainting", 8: "an instruct-pix2pix"}.get(unet.in_channels, "an unknown")
-        raise ModelError(f"{name} is {kind} model ({unet.in_channels} UNet input channels): not supported yet")
+    if unet.in_channels not in (4, 8, 9):  # 9: inpainting, 8: instruct-pix2pix (sampling adds the channels)
+        raise ModelError(f"{name} is an unknown model ({unet.in_channels} UNet input channels): not supported")
     clip_l1 = parse_clip(src, "l", CLIP_L_SD1)
     clip_h = parse_clip(src, "h", CLIP_H_SD2)
     clip_lx = parse_clip(src, "l", CLIP_L_SDXL)

@@ -24,10 +24,12 @@ from comfymesh.stage.node import NodeContext
 
 
 @nodes.define("CheckpointLoaderSimple", category="loaders", display_name="Load Checkpoint",
+    description="Loads a diffusion model checkpoint, diffusion models are used to denoise latents.",
     inputs=[
-        Combo("ckpt_name", Source("models/checkpoints"), {}),
+        Combo("ckpt_name", Source("models/checkpoints"), tooltip="The name of the checkpoint (model) to load."),
     ],
     outputs=[Output("MODEL"), Output("CLIP"), Output("VAE")],
+    output_tooltips=["The model used for denoising latents.", "The CLIP model used for encoding text prompts.", "The VAE model used for encoding and decoding images to and from latent space."],
 )
 @node
 def checkpoint_loader_simple(ctx: NodeContext, ckpt_name: str) -> tuple[ModelHandle, ModelHandle, ModelHandle]:
@@ -121,14 +123,18 @@ def vae_loader(ctx: NodeContext, vae_name: str) -> tuple[ModelHandle]:
 
 
 @nodes.define("LoraLoader", category="loaders", display_name="Load LoRA",
+    description="LoRAs are used to modify diffusion and CLIP models, altering the way in which latents are denoised such as applying styles. Multiple LoRA nodes can be linked together.",
     inputs=[
-        Link("model", "MODEL", {}),
-        Link("clip", "CLIP", {}),
-        Combo("lora_name", Source("models/loras"), {}),
-        Float("strength_model", 1.0, min=-100.0, max=100.0, step=0.01),
-        Float("strength_clip", 1.0, min=-100.0, max=100.0, step=0.01),
+        Link("model", "MODEL", tooltip="The diffusion model the LoRA will be applied to."),
+        Link("clip", "CLIP", tooltip="The CLIP model the LoRA will be applied to."),
+        Combo("lora_name", Source("models/loras"), tooltip="The name of the LoRA."),
+        Float("strength_model", 1.0, min=-100.0, max=100.0, step=0.01,
+              tooltip="How strongly to modify the diffusion model. This value can be negative."),
+        Float("strength_clip", 1.0, min=-100.0, max=100.0, step=0.01,
+              tooltip="How strongly to modify the CLIP model. This value can be negative."),
     ],
     outputs=[Output("MODEL"), Output("CLIP")],
+    output_tooltips=["The modified diffusion model.", "The modified CLIP model."],
 )
 @node
 def lora_loader(ctx: NodeContext, model: ModelHandle, clip: ModelHandle, lora_name: str, strength_model: float,

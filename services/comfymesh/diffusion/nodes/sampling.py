@@ -11,6 +11,7 @@ from comfymesh.catalog.schema import Combo, Float, Int, Link, Output
 from comfymesh.contracts.handles import HandleKind, ModelHandle
 from comfymesh.diffusion.latents.previews import latent_rgb_tensor
 from comfymesh.diffusion.models.cache import get_model_cache
+from comfymesh.diffusion.nodes.controlnet import bind_controls
 from comfymesh.diffusion.nodes.failures import node
 from comfymesh.diffusion.nodes.handles import checkpoint_of, expect_handle, loras_of, weights_identity
 from comfymesh.diffusion.nodes.model_patches import apply_model_sampling
@@ -41,6 +42,7 @@ def _sample(ctx: NodeContext, model: ModelHandle, latent_image: dict[str, Any],
     model = expect_handle(ctx, model, HandleKind.MODEL)
     ckpt = checkpoint_of(ctx, model)
     sm = apply_model_sampling(ctx, model, get_model_cache().sampling_model(ckpt, loras_of(ctx, model)))
+    kwargs |= bind_controls(ctx, sm, positive=kwargs["positive"], negative=kwargs["negative"])
     reporter = step_reporter(ctx, sm)
     with torch.no_grad():
         out = sample_latent(sm, weights_key(model), job=ctx.job_id, latent=latent_image, on_step=reporter,
@@ -49,20 +51,24 @@ def _sample(ctx: NodeContext, model: ModelHandle, latent_image: dict[str, Any],
     return (out,)
 
 
-@nodes.define("KSampler", category="sampling",
+@nodes.define("KSampler", category="sampling", description="Uses the provided model, positive and negative conditioning to denoise the latent image.",
     inputs=[
-        Link("model", "MODEL", {}),
-        Int("seed", 0, min=0, max=18446744073709551615, control_after_generate=True),
-        Int("steps", 20, min=1, max=10000),
-        Float("cfg", 8.0, min=0.0, max=100.0, step=0.1, round=0.01),
-        Combo("sampler_name", SAMPLER_CHOICES, {}),
-        Combo("scheduler", SCHEDULER_NAMES, {}),
-        Link("positive", "CONDITIONING", {}),
-        Link("negative", "CONDITIONING", {}),
-        Link("latent_image", "LATENT", {}),
-        Float("denoise", 1.0, min=0.0, max=1.0, step=0.01),
+        Link("model", "MODEL", tooltip="The model used for denoising the input latent."),
+        Int("seed", 0, min=0, max=18446744073709551615, control_after_generate=True,
+            tooltip="The random seed used for creating the noise."),
+        Int("steps", 20, min=1, max=10000, tooltip="The number of steps used in the denoising process."),
+        Float("cfg", 8.0, min=0.0, max=100.0, step=0.1, round=0.01,
+              tooltip="The Classifier-Free Guidance scale balances creativity and adherence to the prompt. Higher values result in images more closely matching the prompt however too high values will negatively impact quality."),
+        Combo("sampler_name", SAMPLER_CHOICES, tooltip="The algorithm used when sampling, this can affect the quality, speed, and style of the generated output."),
+        Combo("scheduler", SCHEDULER_NAMES, tooltip="The scheduler controls how noise is gradually removed to form the image."),
+        Link("positive", "CONDITIONING", tooltip="The conditioning describing the attributes you want to include in the image."),
+        Link("negative", "CONDITIONING", tooltip="The conditioning describing the attributes you want to exclude from the image."),
+        Link("latent_image", "LATENT", tooltip="The latent image to denoise."),
+        Float("denoise", 1.0, min=0.0, max=1.0, step=0.01,
+              tooltip="The amount of denoising applied, lower values will maintain the structure of the initial image allowing for image to image sampling."),
     ],
     outputs=[Output("LATENT")],
+    output_tooltips=["The denoised latent."],
 )
 @node
 def ksampler_node(ctx: NodeContext, model: ModelHandle, seed: int, steps: int, cfg: float, sampler_name: str,

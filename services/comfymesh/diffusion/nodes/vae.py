@@ -1,4 +1,4 @@
-"""VAE nodes: decode latents to images and encode images to latents."""
+"""VAE nodes: decode latents to images and encode images to latents, whole or in tiles."""
 
 from __future__ import annotations
 
@@ -6,11 +6,11 @@ from typing import Any
 
 import torch
 
-from comfymesh.catalog.schema import Link, Output
+from comfymesh.catalog.schema import Input, Int, Link, Output
 from comfymesh.contracts.errors import ModelError
 from comfymesh.contracts.handles import HandleKind, ModelHandle
 from comfymesh.diffusion.fast.decoder import FastDecoder
-from comfymesh.diffusion.latents import vae_codec
+from comfymesh.diffusion.latents import tiled, vae_codec
 from comfymesh.diffusion.models.cache import get_model_cache
 from comfymesh.diffusion.nodes.failures import node
 from comfymesh.diffusion.nodes.handles import checkpoint_of, expect_handle
@@ -19,7 +19,7 @@ from comfymesh.diffusion.nodes.registry import nodes
 from comfymesh.stage.node import NodeContext
 
 
-def _vae(ctx: NodeContext, handle: ModelHandle) -> tuple[torch.nn.Module, FastDecoder | None]:
+def vae_of(ctx: NodeContext, handle: ModelHandle) -> tuple[torch.nn.Module, FastDecoder | None]:
     """The VAE of a handle and, for a checkpoint's VAE on the fast path, its compiled decoder."""
     handle = expect_handle(ctx, handle, HandleKind.VAE)
     if "file" in handle:
@@ -31,16 +31,17 @@ def _vae(ctx: NodeContext, handle: ModelHandle) -> tuple[torch.nn.Module, FastDe
     return ckpt.vae(), get_model_cache().decoder(ckpt)
 
 
-@nodes.define("VAEDecode", category="latent", display_name="VAE Decode",
+@nodes.define("VAEDecode", category="latent", display_name="VAE Decode", description="Decodes latent images back into pixel space images.",
     inputs=[
-        Link("samples", "LATENT", {}),
-        Link("vae", "VAE", {}),
+        Link("samples", "LATENT", tooltip="The latent to be decoded."),
+        Link("vae", "VAE", tooltip="The VAE model used for decoding the latent."),
     ],
     outputs=[Output("IMAGE")],
+    output_tooltips=["The decoded image."],
 )
 @node
 def vae_decode(ctx: NodeContext, samples: dict[str, Any], vae: ModelHandle) -> tuple[torch.Tensor]:
-    module, decoder = _vae(ctx, vae)
+    module, decoder = vae_of(ctx, vae)
     return (vae_codec.decode(module, torch.as_tensor(samples["samples"]), decoder),)
 
 
@@ -53,4 +54,47 @@ def vae_decode(ctx: NodeContext, samples: dict[str, Any], vae: ModelHandle) -> t
 )
 @node
 def vae_encode(ctx: NodeContext, pixels: Any, vae: ModelHandle) -> tuple[dict[str, Any]]:
-    return ({"samples": vae_codec.encode(_vae(ctx, vae)[0], torch.as_tensor(pixels))},)
+    return ({"samples": vae_codec.encode(vae_of(ctx, vae)[0], torch.as_tensor(pixels))},)
+
+def _temporal(what: str) -> list[Input]:
+    return [Int("temporal_size", 64, min=8, max=4096, step=4,
+                tooltip=f"Only used for video VAEs: Amount of frames to {what} at a time."),
+            Int("temporal_overlap", 8, min=4, max=4096, step=4,
+                tooltip="Only used for video VAEs: Amount of frames to overlap.")]
+
+
+@nodes.define("VAEDecodeTiled", category="_for_testing", display_name="VAE Decode (Tiled)",
+    inputs=[
+        Link("samples", "LATENT"),
+        Link("vae", "VAE"),
+        Int("tile_size", 512, min=64, max=4096, step=32),
+        Int("overlap", 64, min=0, max=4096, step=32),
+        *_temporal("decode"),
+    ],
+    outputs=[Output("IMAGE")],
+)
+@node
+def vae_decode_tiled(ctx: NodeContext, samples: dict[str, Any], vae: ModelHandle, tile_size: int, overlap: int = 64,
+                     temporal_size: int = 64, temporal_overlap: int = 8) -> tuple[torch.Tensor]:
+    # the temporal sizes only concern video VAEs; an overlap over a quarter of the tile is cut to a quarter
+    module = vae_of(ctx, vae)[0]
+    if tile_size < overlap * 4:
+        overlap = tile_size // 4
+    factor = vae_codec.spatial_factor(module)
+    return (tiled.decode_tiled(module, torch.as_tensor(samples["samples"]), tile_size // factor, overlap // factor),)
+
+
+@nodes.define("VAEEncodeTiled", category="_for_testing", display_name="VAE Encode (Tiled)",
+    inputs=[
+        Link("pixels", "IMAGE"),
+        Link("vae", "VAE"),
+        Int("tile_size", 512, min=64, max=4096, step=64),
+        Int("overlap", 64, min=0, max=4096, step=32),
+        *_temporal("encode"),
+    ],
+    outputs=[Output("LATENT")],
+)
+@node
+def vae_encode_tiled(ctx: NodeContext, pixels: Any, vae: ModelHandle, tile_size: int, overlap: int = 64,
+                     temporal_size: int = 64, temporal_overlap: int = 8) -> tuple[dict[str, Any]]:
+    return ({"samples": tiled.encode_tiled(vae_of(ctx, vae)[0], torch.as_tensor(pixels), tile_size, overlap)},)
