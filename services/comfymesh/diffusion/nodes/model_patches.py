@@ -1,5 +1,5 @@
-"""MODEL-handle patches: LoraLoaderModelOnly, and the model-sampling nodes of
-comfy_extras.nodes_model_advanced recorded in the handle under `model_sampling`.
+"""MODEL-handle patches: LoraLoaderModelOnly, the model-sampling nodes of comfy_extras.nodes_model_advanced
+recorded in the handle under `model_sampling`, and CFGNorm recorded under `post_cfg` (sampling.post_cfg).
 
 Sampling applies the record (`apply_model_sampling`): eps / v_prediction switch an SD1/SD2/SDXL model's
 prediction; the other discrete modes and the flow shifts (SD3, AuraFlow, Flux) are refused on the families
@@ -19,6 +19,7 @@ from comfymesh.diffusion.nodes.handles import checkpoint_of, expect_handle
 from comfymesh.diffusion.nodes.model_files import resolve_file
 from comfymesh.diffusion.nodes.registry import nodes
 from comfymesh.diffusion.sampling.ksampler import SamplingModel
+from comfymesh.diffusion.sampling.post_cfg import post_cfg_functions
 from comfymesh.stage.node import NodeContext
 
 ADVANCED = "comfy_extras.nodes_model_advanced"
@@ -108,11 +109,24 @@ def model_sampling_flux(ctx: NodeContext, model: ModelHandle, max_shift: float, 
     return _patched(ctx, model, kind="flux", shift=flux_shift(max_shift, base_shift, width, height))
 
 
+@nodes.define("CFGNorm", category="advanced/guidance", display_name=None, python_module="comfy_extras.nodes_cfg",
+    inputs=[Link("model", "MODEL", {}), Float("strength", 1.0, min=0.0, max=100.0, step=0.01)],
+    outputs=[Output("MODEL", "patched_model")], deprecated=False, experimental=True, api_node=False,
+    output_matchtypes=None, output_tooltips=[None],
+)
+@node
+def cfg_norm(ctx: NodeContext, model: ModelHandle, strength: float) -> tuple[ModelHandle]:
+    model = expect_handle(ctx, model, HandleKind.MODEL)
+    return ({**model, "post_cfg": [*model.get("post_cfg", []), ["cfg_norm", float(strength)]]},)
+
+
 def apply_model_sampling(ctx: NodeContext, model: ModelHandle, sm: SamplingModel) -> SamplingModel:
     """The sampling model as the handle's `model_sampling` record (and DifferentialDiffusion's
-    `differential_diffusion` strength) asks, or a NodeInputError saying why not."""
+    `differential_diffusion` strength, CFGNorm's `post_cfg`) asks, or a NodeInputError saying why not."""
     if model.get("differential_diffusion") is not None:
         sm = dataclasses.replace(sm, mask_strength=float(model["differential_diffusion"]))
+    if model.get("post_cfg"):
+        sm = dataclasses.replace(sm, post_cfg=post_cfg_functions(model["post_cfg"]))
     record = model.get("model_sampling")
     if not record:
         return sm
