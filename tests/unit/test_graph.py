@@ -131,3 +131,29 @@ def test_errors_at_the_bottom_of_a_long_chain_reach_its_output(tmp_path: Path) -
     result = validate_prompt(looped, catalog)
     assert result.error is not None
     assert [e["type"] for e in result.node_errors["2999"]["errors"]] == ["dependency_cycle"]
+
+
+def test_the_resident_model_of_a_group_is_its_checkpoint_or_its_split_diffusion_model(tmp_path: Path) -> None:
+    from comfymesh.orchestrator.planning import group_checkpoint
+
+    catalog = builtin_catalog(tmp_path)
+    plan = plan_of("txt2img_sd15", catalog)
+    group = plan_groups(plan, set(plan.nodes))[0]
+    ckpt = next(n.literals["ckpt_name"] for n in plan.nodes.values() if n.class_type == "CheckpointLoaderSimple")
+    assert group_checkpoint(plan, group, {}, catalog) == ckpt
+
+    split = {"1": {"class_type": "UNETLoader", "inputs": {"unet_name": "z.safetensors", "weight_dtype": "default"}},
+             "2": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+             "3": {"class_type": "KSamplerAdvanced", "inputs": {
+                 "model": ["1", 0], "add_noise": "enable", "noise_seed": 1, "steps": 2, "cfg": 1.0,
+                 "sampler_name": "euler", "scheduler": "normal", "positive": ["4", 0], "negative": ["4", 0],
+                 "latent_image": ["2", 0], "start_at_step": 0, "end_at_step": 2,
+                 "return_with_leftover_noise": "disable"}},
+             "4": {"class_type": "ConditioningZeroOut", "inputs": {"conditioning": ["5", 0]}},
+             "5": {"class_type": "CLIPTextEncode", "inputs": {"text": "x", "clip": ["6", 0]}},
+             "6": {"class_type": "CLIPLoader", "inputs": {"clip_name": "c.safetensors", "type": "stable_diffusion"}},
+             "7": {"class_type": "LatentUpscaleBy", "inputs": {"samples": ["3", 0], "upscale_method": "nearest-exact",
+                                                              "scale_by": 1.0}}}
+    plan = plan_prompt(split, ["7"], catalog)
+    group = plan_groups(plan, set(plan.nodes))[0]
+    assert group_checkpoint(plan, group, {}, catalog) == "z.safetensors"

@@ -14,6 +14,8 @@ from comfymesh.graph.planning import ExternalFingerprint
 from comfymesh.v1 import common_pb2
 
 CHECKPOINTS = f"{MODELS_PREFIX}checkpoints"
+# the folders whose files a replica keeps resident: a whole checkpoint, or the diffusion model of split files
+RESIDENT_MODELS = (CHECKPOINTS, f"{MODELS_PREFIX}diffusion_models")
 
 
 def fingerprint_files(catalog: Catalog) -> ExternalFingerprint:
@@ -60,14 +62,14 @@ def exports(plan: Plan, group: StageGroup, remaining: list[str]) -> list[str]:
 
 def group_checkpoint(plan: Plan, group: StageGroup, values: dict[str, list[common_pb2.Value]],
                      catalog: Catalog) -> str:
-    """The checkpoint a group uses: named by a checkpoint input of one of its nodes (a loader), or by a model
-    handle one of them is given; "" when none."""
+    """The checkpoint (or split diffusion-model file) a group uses: named by a loader's file input, or by a
+    model handle one of its nodes is given; "" when none."""
     for node_id in group.node_ids:
         node = plan.nodes[node_id]
         definition = catalog.nodes.get(node.class_type)
         for name, value in node.literals.items():
             spec = definition.inputs.get(name) if definition else None
-            if spec is not None and spec.source == CHECKPOINTS:
+            if spec is not None and spec.source in RESIDENT_MODELS:
                 return str(value)
         for source, slot in node.links.values():
             value = values.get(source, [])[slot:slot + 1]
