@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from comfymesh.diffusion.models.clip_vision import make_tiny_clip_vision
 from tests.mesh import SHARED, Mesh
 
 playwright = pytest.importorskip("playwright.sync_api")
@@ -39,7 +40,11 @@ CHECKPOINTS = {
 }
 # the images templates load from the input folder → the test photo copied under that name
 INPUTS = {"example.png": "astronaut.png", "pray.png": "coffee.png", "angle_1.png": "astronaut.png",
-          "angle_2.png": "coffee.png", "angle_3.png": "astronaut.png", "angle_4.png": "coffee.png"}
+          "angle_2.png": "coffee.png", "angle_3.png": "astronaut.png", "angle_4.png": "coffee.png",
+          "sdxl_revision_text_prompts_ref_image1.png": "astronaut.png",
+          "sdxl_revision_text_prompts_ref_image2.png": "coffee.png"}
+# CLIP vision file → a tiny HF CLIP vision model whose image embeds are as wide as the tiny SDXL's pooled output
+CLIP_VISION = ("clip_vision_g.safetensors",)
 
 # template → the output nodes' class types we expect images from
 RUNNABLE = {
@@ -48,6 +53,7 @@ RUNNABLE = {
     "sdxl_refiner_prompt_example": {"SaveImage"},
     "sdxlturbo_example": {"SaveImage"},
     "basic_mask_operations_and_compositing": {"PreviewImage"},
+    "sdxl_revision_text_prompts": {"SaveImage"},
 }
 
 SIZE_INPUTS = {"width": 64, "height": 64, "batch_size": 1}
@@ -90,6 +96,8 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
                         str(home / "models" / "checkpoints" / name)], check=True, capture_output=True)
     for name, photo in INPUTS.items():
         shutil.copy(SHARED / "data" / photo, home / "input" / name)
+    for name in CLIP_VISION:
+        make_tiny_clip_vision(home / "models" / "clip_vision" / name)
     try:
         yield mesh.start()
     finally:
