@@ -79,9 +79,13 @@ class ModelFolders:
         own = [self.home / "models" / sub for sub in FOLDERS[name]]
         return own + [path for path in self.extra.get(name, ()) if path not in own]
 
+    @staticmethod
+    def suffixes(folder: str | None = None) -> tuple[str, ...]:
+        """The file suffixes `folder` loads (any folder's when None)."""
+        return SAFE_SUFFIXES + TENSOR_PICKLE_SUFFIXES.get(canonical(folder or "") or "", ())
+
     def accepts(self, filename: str, folder: str | None = None) -> bool:
-        suffixes = SAFE_SUFFIXES + TENSOR_PICKLE_SUFFIXES.get(canonical(folder) or "", ()) if folder else SAFE_SUFFIXES
-        return filename.lower().endswith(suffixes)
+        return filename.lower().endswith(self.suffixes(folder))
 
     def resolve(self, folder: str, name: str) -> Path | None:
         """The file `name` of `folder` (first root that has it), never outside its root; None if absent."""

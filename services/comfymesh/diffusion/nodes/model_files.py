@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from comfymesh.catalog.model_folders import SAFE_SUFFIXES, canonical
+from comfymesh.catalog.model_folders import canonical
 from comfymesh.contracts.errors import NodeInputError
 from comfymesh.stage.node import NodeContext
 
@@ -15,8 +15,9 @@ def resolve_file(ctx: NodeContext, folder: str, name: str) -> Path:
     server) and listing the files it holds."""
     models = ctx.models
     if not models.accepts(name, folder):
-        raise NodeInputError(f"{folder} file {name!r}: only {' and '.join(SAFE_SUFFIXES)} files load (the pickle "
-                             "formats can run code when loaded)", node_id=ctx.node_id)
+        *first, last = models.suffixes(folder)
+        raise NodeInputError(f"{folder} file {name!r}: only {', '.join(first)} and {last} files load (the other "
+                             "pickle formats can run code when loaded)", node_id=ctx.node_id)
     path = models.resolve(folder, name)
     if path is None:
         where = f"models/{folder}" + (" or the extra model paths" if models.extra.get(canonical(folder) or "") else "")
