@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from comfymesh.catalog.schema import MAX_RESOLUTION, Combo, Float, Int, Link, Output
+from comfymesh.catalog.schema import MAX_RESOLUTION, Combo, ComboV3, Float, Int, Link, Output
 from comfymesh.diffusion.nodes.failures import node
 from comfymesh.diffusion.nodes.latent import _upscale
 from comfymesh.diffusion.nodes.registry import nodes
@@ -206,3 +206,59 @@ def set_latent_noise_mask(ctx: NodeContext, samples: Latent, mask: Any) -> tuple
 @node
 def empty_sd3_latent_image(ctx: NodeContext, width: int, height: int, batch_size: int = 1) -> tuple[Latent]:
     return ({"samples": torch.zeros([batch_size, 16, height // 8, width // 8], dtype=torch.float32)},)
+
+
+NODES_LATENT: dict[str, Any] = {"python_module": "comfy_extras.nodes_latent", "display_name": None, "deprecated": False,
+                "experimental": False, "api_node": False, "output_matchtypes": None, "output_tooltips": [None]}
+
+
+def _axis(samples: torch.Tensor, dim: str) -> int:
+    """ComfyUI's x / y / t axis counted from the end: on a 4-D image latent "t" lands on the channels."""
+    return samples.ndim - {"x": 1, "y": 2, "t": 3}[dim]
+
+
+@nodes.define("LatentCut", category="latent/advanced",
+    inputs=[
+        Link("samples", "LATENT", {}),
+        ComboV3("dim", ["x", "y", "t"]),
+        Int("index", 0, min=-MAX_RESOLUTION, max=MAX_RESOLUTION, step=1),
+        Int("amount", 1, min=1, max=MAX_RESOLUTION, step=1),
+    ],
+    outputs=[Output("LATENT")], **NODES_LATENT,
+)
+@node
+def latent_cut(ctx: NodeContext, samples: Latent, dim: str, index: int, amount: int) -> tuple[Latent]:
+    s = torch.as_tensor(samples["samples"])
+    axis = _axis(s, dim)
+    size = s.shape[axis]
+    # an index past either end is pulled back inside, and the amount shortened to what is left
+    if index >= 0:
+        index = min(index, size - 1)
+        amount = min(size - index, amount)
+    else:
+        index = max(index, -size)
+        amount = min(-index, amount)
+    return ({**samples, "samples": torch.narrow(s, axis, index, amount)},)
+
+
+@nodes.define("LatentCutToBatch", category="latent/advanced",
+    inputs=[
+        Link("samples", "LATENT", {}),
+        ComboV3("dim", ["t", "x", "y"]),
+        Int("slice_size", 1, min=1, max=MAX_RESOLUTION, step=1),
+    ],
+    outputs=[Output("LATENT")], **NODES_LATENT,
+)
+@node
+def latent_cut_to_batch(ctx: NodeContext, samples: Latent, dim: str, slice_size: int) -> tuple[Latent]:
+    s = torch.as_tensor(samples["samples"])
+    axis = _axis(s, dim)
+    if axis < 2:  # "t" of an image latent: ComfyUI returns the latent as it came
+        return (samples,)
+    moved = s.movedim(axis, 1)
+    if moved.shape[1] < slice_size:
+        slice_size = moved.shape[1]
+    else:  # a remainder shorter than one slice is dropped
+        moved = moved[:, :moved.shape[1] // slice_size * slice_size]
+    cut = moved.reshape([-1, slice_size, *moved.shape[2:]]).movedim(1, axis)
+    return ({**samples, "samples": cut},)
