@@ -20,8 +20,10 @@ from comfymesh.catalog.files import resolve_image_name
 from comfymesh.catalog.model_folders import ModelFolders
 from comfymesh.catalog.schema import ALWAYS_CHANGED_KEY, ANY_STAGE, SOURCE_KEY, WIDGET_TYPES
 
-# a Source naming LoadImage's list of input images; every other source is `models/<folder>`
+# a Source naming LoadImage's list of input images, one naming LoadLatent's .latent files of the input
+# folder; every other source is `models/<folder>`
 INPUT_IMAGES = "input/images"
+INPUT_LATENTS = "input/latents"
 MODELS_PREFIX = "models/"
 
 
@@ -137,6 +139,13 @@ class Catalog:
         return sorted(path.name for path in root.iterdir() if path.is_file()
                       and (mimetypes.guess_type(path.name)[0] or "").startswith("image/"))
 
+    def input_latents(self) -> list[str]:
+        """`.latent` files directly in the input folder (what LoadLatent lists), sorted as ComfyUI sorts."""
+        root = self.home / "input"
+        if not root.is_dir():
+            return []
+        return sorted(path.name for path in root.iterdir() if path.is_file() and path.name.endswith(".latent"))
+
     def choices(self, class_type: str, input_name: str) -> list[Any]:
         """The live COMBO list of one input."""
         spec = self.nodes[class_type].inputs[input_name]
@@ -154,7 +163,7 @@ class Catalog:
         spec = definition.inputs.get(input_name) if definition else None
         if spec is None or spec.source is None or not isinstance(value, str):
             return None
-        if spec.source == INPUT_IMAGES:
+        if spec.source in (INPUT_IMAGES, INPUT_LATENTS):  # both take `name [input|output|temp]`
             path = resolve_image_name(self.home, value)
             return path if path is not None and path.is_file() else None
         return self.folders.resolve(spec.source.removeprefix(MODELS_PREFIX), value)
@@ -162,6 +171,8 @@ class Catalog:
     def _source(self, source: str) -> list[Any]:
         if source == INPUT_IMAGES:
             return self.input_images()
+        if source == INPUT_LATENTS:
+            return self.input_latents()
         return self.model_files(source.removeprefix(MODELS_PREFIX))
 
     def object_info(self, class_type: str | None = None) -> dict[str, Any]:
@@ -196,4 +207,4 @@ def _unchanged(mtimes: dict[str, int]) -> bool:
     return all(_mtime_ns(path) == mtime for path, mtime in mtimes.items())
 
 
-__all__ = ["ANY_STAGE", "INPUT_IMAGES", "Catalog", "InputSpec", "NodeDef", "node_def"]
+__all__ = ["ANY_STAGE", "INPUT_IMAGES", "INPUT_LATENTS", "Catalog", "InputSpec", "NodeDef", "node_def"]

@@ -17,6 +17,7 @@ FILE_INPUTS: dict[tuple[str, str], str] = {
     ("LoraLoader", "lora_name"): "models/loras",
     ("VAELoader", "vae_name"): "models/vae",
     ("LoadImage", "image"): "input",
+    ("LoadLatent", "latent"): "input",
 }
 _ANNOTATIONS = {"[input]": "input", "[output]": "output", "[temp]": "temp"}
 

@@ -80,6 +80,6 @@ def next_counter(folder: Path, file_prefix: str) -> int:
     return highest + 1
 
 
-def batch_filename(file_prefix: str, batch_index: int, counter: int) -> str:
-    """The file name of one image of the batch."""
-    return f"{file_prefix.replace(BATCH_TOKEN, str(batch_index))}_{counter:05}_.png"
+def batch_filename(file_prefix: str, batch_index: int, counter: int, extension: str = "png") -> str:
+    """The file name of one image of the batch (SaveLatent's one file: extension "latent")."""
+    return f"{file_prefix.replace(BATCH_TOKEN, str(batch_index))}_{counter:05}_.{extension}"

@@ -12,6 +12,7 @@ from comfymesh.contracts.errors import NodeInputError
 from comfymesh.outputs._files import exclusive_lock, write_atomically
 from comfymesh.outputs._naming import (
     BadFilenamePrefix,
+    SaveTarget,
     batch_filename,
     expand_tokens,
     next_counter,
@@ -36,11 +37,16 @@ FolderType = Literal["output", "temp"]
 _expected: dict[tuple[str, str], int] = {}
 
 
+# the extensions our writers use: one prefix's counter is shared by all of them, as ComfyUI's ignores it
+_EXTENSIONS = ("png", "latent")
+
+
 def _next_free_counter(folder: Path, file_prefix: str, count: int) -> int:
     """ComfyUI's counter (1 + the highest in the folder), remembered between saves; call under the lock."""
     key = (str(folder), file_prefix)
     counter = _expected.get(key)
-    if counter is None or any((folder / batch_filename(file_prefix, i, counter + i)).exists() for i in range(count)):
+    if counter is None or any((folder / batch_filename(file_prefix, i, counter + i, ext)).exists()
+                              for i in range(count) for ext in _EXTENSIONS):
         counter = next_counter(folder, file_prefix)
     _expected[key] = counter + count
     return counter
@@ -85,6 +91,23 @@ def write_pngs(
     encoded = [encode_png(frame, compress_level=compress_level, metadata=metadata) for frame in frames]
 
     trace.mark("save.encoded")
+    return write_files(encoded, home, target, folder_type=folder_type, identity=tracked, extension="png")
+
+
+def write_files(
+    encoded: list[bytes],
+    home: Path,
+    target: SaveTarget,
+    *,
+    folder_type: FolderType = "output",
+    identity: OutputIdentity | None = None,
+    extension: str = "png",
+) -> list[SavedImage]:
+    """Name, number and write finished files (PNGs, SaveLatent's .latent) under `target` with ComfyUI's
+    counter, under the folder's lock; with a job `identity` a retried node gets its first files back."""
+    base = home / folder_type
+    tracked = identity if identity is not None and identity.job_id else None
+    receipt = receipt_path(home, tracked, folder_type) if tracked is not None else None
     with exclusive_lock(home / LEDGER_DIR / f"{folder_type}.lock"):
         # A concurrent attempt of the same node may have finished while this one encoded.
         if receipt is not None and (done := read_receipt(receipt, base)) is not None:
@@ -96,7 +119,7 @@ def write_pngs(
             saved = planned
         else:
             counter = _next_free_counter(target.folder, target.file_prefix, len(encoded))
-            saved = [SavedImage(filename=batch_filename(target.file_prefix, index, counter + index),
+            saved = [SavedImage(filename=batch_filename(target.file_prefix, index, counter + index, extension),
                                 subfolder=target.subfolder, type=folder_type) for index in range(len(encoded))]
             if tracked is not None and receipt is not None:
                 # the receipt goes first, so a crash between files cannot lead a retry to new names

@@ -12,6 +12,7 @@ from comfymesh.diffusion.nodes import (  # noqa: F401  (they declare)
     deprecated,
     inpaint,
     latent,
+    latent_files,
     latent_ops,
     loaders,
     model_patches,
