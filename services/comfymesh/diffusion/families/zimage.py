@@ -17,10 +17,15 @@ import torch
 import torch.nn.functional as F
 
 from comfymesh.contracts.errors import ModelError
+from comfymesh.diffusion.latents.formats import FLUX
+from comfymesh.diffusion.models.recognise import Recognition, UNetLayout
 from comfymesh.diffusion.models.tensor_source import TensorSource
+from comfymesh.diffusion.sampling.flow_sampling import FlowModelSampling
 from comfymesh.diffusion.sampling.guidance import UNetFn
+from comfymesh.diffusion.sampling.ksampler import SamplingModel
 
 FAMILY = "zimage"
+SHIFT, MULTIPLIER = 3.0, 1.0  # ComfyUI's Z-Image sampling settings (the model takes σ itself as its time)
 PATCH = 2
 ROPE_THETA = 256.0
 AXES_LENS = (1536, 512, 512)
@@ -150,3 +155,39 @@ def zimage_fn(model: torch.nn.Module) -> UNetFn:
         return -img
 
     return run
+
+
+def recognition(layout: ZImageLayout) -> Recognition:
+    """What the model cache keeps of the file: the family, the flow prediction, and the sizes sampling reads
+    (latent channels, caption width; no ADM vector)."""
+    summary = UNetLayout(in_channels=layout.in_channels, out_channels=layout.in_channels, model_channels=layout.dim,
+                         level_channels=(), res_blocks=0, depth=(), up_depth=(), mid_depth=0,
+                         context_dim=layout.cap_feat_dim, linear_proj=True, adm=None)
+    return Recognition(FAMILY, "flow", False, summary, (), None)
+
+
+def load_zimage(src: TensorSource, layout: ZImageLayout, device: torch.device,
+                storage: torch.dtype | None = None) -> torch.nn.Module:
+    """The model in its compute dtype; an fp8 `storage` (UNETLoader's weight_dtype) rounds its weights to
+    that format first."""
+    try:
+        model = build_zimage(src, layout, device, compute_dtype(device))
+    except ModelError:
+        raise
+    except Exception as exc:
+        raise ModelError(f"{src.path.name}: Z-Image diffusion model could not be converted: {exc}") from exc
+    if storage is not None:
+        with torch.no_grad():
+            for tensor in model.parameters():
+                tensor.copy_(tensor.to(storage).to(tensor.dtype))
+    return model
+
+
+def sampling_model(model: torch.nn.Module, rec: Recognition, device: torch.device) -> SamplingModel:
+    """The denoiser's view of a loaded Z-Image model, with ComfyUI's default flow sampling (shift 3, σ as time)."""
+    param = next(model.parameters())
+    return SamplingModel(
+        unet=zimage_fn(model), sampling=FlowModelSampling(SHIFT, MULTIPLIER), prediction="flow", latent_format=FLUX,
+        family=FAMILY, context_dim=rec.unet.context_dim, adm=None, device=device, dtype=param.dtype,
+        in_channels=rec.unet.in_channels,
+    )

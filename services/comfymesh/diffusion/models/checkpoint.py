@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from comfymesh.contracts.errors import ModelError
+from comfymesh.diffusion.families import zimage
 from comfymesh.diffusion.models.convert import Placement, build_clip, build_unet, build_vae, unet_module_map
 from comfymesh.diffusion.models.recognise import (
     VAE_PREFIX,
@@ -22,6 +23,7 @@ from comfymesh.diffusion.models.recognise import (
 )
 from comfymesh.diffusion.models.split_files import recognise_unet_file
 from comfymesh.diffusion.models.tensor_source import TensorSource
+from comfymesh.diffusion.text.qwen3 import load_qwen3_file
 from comfymesh.logs import log_fields
 
 log = logging.getLogger(__name__)
@@ -108,6 +110,10 @@ def load_unet_file(path: Path, place: Placement | None = None, weight_dtype: str
     if not path.is_file():
         raise ModelError(f"diffusion model file {path} does not exist")
     src = TensorSource(path)
+    layout = zimage.parse_zimage(src)
+    if layout is not None:
+        model = zimage.load_zimage(src, layout, place.device, WEIGHT_DTYPES[weight_dtype])
+        return CheckpointParts(zimage.recognition(layout), model, None)
     rec, prefix = recognise_unet_file(src)
     try:
         unet = build_unet(src, rec, place, prefix)
@@ -139,3 +145,12 @@ def load_text_encoders(family: str, layouts: dict[str, tuple[TensorSource, ClipL
         except Exception as exc:
             raise ModelError(f"{src.path.name}: text encoder could not be converted: {exc}") from exc
     return CheckpointParts(None, None, None, clips, family=family)
+
+
+def load_qwen3_encoder(paths: list[Path], place: Placement | None = None) -> CheckpointParts:
+    """CLIPLoader type `lumina2` with a Qwen3 file: Z-Image's text encoder (ComfyUI tells it by the file)."""
+    place = place or Placement()
+    if len(paths) != 1:
+        raise ModelError(f"CLIP type 'lumina2' takes one text encoder file, got {len(paths)}")
+    return CheckpointParts(None, None, None, {"qwen3": load_qwen3_file(TensorSource(paths[0]), place.device)},
+                           family=zimage.FAMILY)

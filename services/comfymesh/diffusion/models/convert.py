@@ -174,6 +174,8 @@ def build_vae(src: TensorSource, layout: VAELayout, prefix: str, place: Placemen
     from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 
     cfg = vae_config(layout)
+    if not src.has(prefix + "quant_conv.weight"):  # FLUX's 16-channel ae.safetensors has no quant convs
+        cfg.update(use_quant_conv=False, use_post_quant_conv=False)
     raw = src.with_prefix(prefix)
     if layout.diffusers_naming:
         state = {k[len(prefix):]: v for k, v in raw.items()}

@@ -91,7 +91,8 @@ def _what_it_holds(src: TensorSource) -> str:
 
 
 # CLIP loader types this build runs, with the family each gives (the model-family issues add the others)
-SUPPORTED_CLIP_TYPES = {"stable_diffusion": ("sd1", "sd2"), "sdxl": ("sdxl",)}
+SUPPORTED_CLIP_TYPES = {"stable_diffusion": ("sd1", "sd2"), "sdxl": ("sdxl",), "lumina2": ("zimage",)}
+QWEN3_CLIP_TYPES = frozenset({"lumina2"})  # one Qwen3 file (Z-Image), not CLIP towers
 
 
 class UnsupportedClipType(ModelError):

@@ -18,6 +18,7 @@ from comfymesh.diffusion.nodes.failures import node
 from comfymesh.diffusion.nodes.handles import checkpoint_of, expect_handle
 from comfymesh.diffusion.nodes.model_files import resolve_file
 from comfymesh.diffusion.nodes.registry import nodes
+from comfymesh.diffusion.sampling.flow_sampling import FlowModelSampling
 from comfymesh.diffusion.sampling.ksampler import SamplingModel
 from comfymesh.diffusion.sampling.post_cfg import post_cfg_functions
 from comfymesh.stage.node import NodeContext
@@ -130,6 +131,8 @@ def apply_model_sampling(ctx: NodeContext, model: ModelHandle, sm: SamplingModel
     record = model.get("model_sampling")
     if not record:
         return sm
+    if sm.prediction == "flow":
+        return _flow_sampling(ctx, record, sm)
     if record["kind"] == "discrete" and not record["zsnr"] and record["sampling"] in PREDICTION_OF:
         return dataclasses.replace(sm, prediction=PREDICTION_OF[record["sampling"]])
     if record["kind"] == "discrete":
@@ -139,3 +142,12 @@ def apply_model_sampling(ctx: NodeContext, model: ModelHandle, sm: SamplingModel
     raise NodeInputError(f"a flow model-sampling shift (ModelSampling{'Flux' if record['kind'] == 'flux' else 'SD3/AuraFlow'})"
                          f" cannot apply to the {sm.family} model, which is not a flow model: remove that node "
                          "or load a flow model", node_id=ctx.node_id)
+
+
+def _flow_sampling(ctx: NodeContext, record: dict[str, Any], sm: SamplingModel) -> SamplingModel:
+    """ModelSamplingSD3 / AuraFlow on a flow model: its σ table with the node's shift and multiplier."""
+    if record["kind"] == "flow":
+        return dataclasses.replace(sm, sampling=FlowModelSampling(record["shift"], record["multiplier"]))
+    what = "ModelSamplingFlux" if record["kind"] == "flux" else f"ModelSamplingDiscrete {record['sampling']!r}"
+    raise NodeInputError(f"{what} on the {sm.family} flow model is not supported yet: use ModelSamplingAuraFlow "
+                         "or ModelSamplingSD3", node_id=ctx.node_id)

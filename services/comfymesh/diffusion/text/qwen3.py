@@ -97,9 +97,10 @@ def template_ids(text: str) -> list[int]:
     return qwen_token_ids(CHAT_TEMPLATE.format(text))
 
 
-def encode_qwen3(model: torch.nn.Module, text: str, vocab: int) -> torch.Tensor:
+def encode_qwen3(model: Any, text: str) -> torch.Tensor:
     """Caption features [1, T, D] (float32, CPU) of one prompt."""
     ids = template_ids(text)
+    vocab = int(model.get_input_embeddings().weight.shape[0])
     if max(ids) >= vocab:
         raise ModelError(f"the prompt has token id {max(ids)} but the text encoder's vocabulary has {vocab} entries")
     device = next(model.parameters()).device
@@ -107,3 +108,19 @@ def encode_qwen3(model: torch.nn.Module, text: str, vocab: int) -> torch.Tensor:
         out = model(input_ids=torch.tensor([ids], device=device), output_hidden_states=True)
     hidden: torch.Tensor = out.hidden_states[HIDDEN_LAYER]
     return hidden.float().cpu()
+
+
+def load_qwen3_file(src: TensorSource, device: torch.device) -> torch.nn.Module:
+    """The Qwen3 encoder of a CLIPLoader file (bf16 on a GPU, float32 on the CPU, as ComfyUI computes it);
+    ModelError when the file holds something else."""
+    layout = parse_qwen3(src)
+    if layout is None:
+        raise ModelError(f"{src.path.name} is not a Qwen3 text encoder (CLIP type 'lumina2' with Z-Image takes "
+                         "qwen_3_4b)")
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    try:
+        return build_qwen3(src, layout, device, dtype)
+    except ModelError:
+        raise
+    except Exception as exc:
+        raise ModelError(f"{src.path.name}: Qwen3 text encoder could not be converted: {exc}") from exc
