@@ -114,3 +114,38 @@ def test_res_multistep_second_step() -> None:
     b1, b2 = phi1 - phi2 / c2, phi2 / c2
     x2 = math.exp(-h) * x1 + h * (b1 * d1 + b2 * d0)
     assert float(out) == pytest.approx(x2, rel=1e-5)
+
+
+def test_euler_ancestral_takes_the_rectified_flow_form() -> None:
+    from comfymesh.diffusion.sampling.noise import DefaultNoise
+    from comfymesh.diffusion.sampling.samplers import FLOW_SAMPLERS
+
+    x = torch.full((1, 1, 2, 2), 0.4)
+    out = FLOW_SAMPLERS["euler_ancestral"](_flow_denoiser([]), x, torch.tensor([1.0, 0.5]), SamplerEnv(seed=7))
+    d0 = 0.4 - 1.0 * (0.5 * 0.4 + 0.2)
+    sigma_down = 0.5 * (1 + (0.5 / 1.0 - 1))  # η = 1
+    ratio = sigma_down / 1.0
+    alpha_next, alpha_down = 0.5, 1 - sigma_down
+    renoise = (0.5**2 - sigma_down**2 * alpha_next**2 / alpha_down**2) ** 0.5
+    drawn = DefaultNoise(x, 7)(x)
+    expected = (alpha_next / alpha_down) * (ratio * 0.4 + (1 - ratio) * d0) + drawn * renoise
+    assert torch.allclose(out, expected, atol=1e-6)
+
+
+def test_samplers_without_a_flow_form_are_refused_on_flow_models() -> None:
+    from comfymesh.contracts.errors import NodeInputError
+    from comfymesh.diffusion.sampling.ksampler import SamplingModel, prepare_with_sigmas
+
+    model = SamplingModel(unet=lambda x, t, c, y: x, sampling=FlowModelSampling(3.0, 1.0), prediction="flow",
+                          latent_format=FLUX, family="zimage", context_dim=8, adm=None, device=torch.device("cpu"),
+                          dtype=torch.float32, in_channels=16)
+    latent = {"samples": torch.zeros(1, 16, 4, 4)}
+    cond = [[torch.zeros(1, 3, 8), {}]]
+    with pytest.raises(NodeInputError, match="not implemented yet for flow models"):
+        prepare_with_sigmas(model, torch.tensor([1.0, 0.0]), seed=0, cfg=1.0, sampler_name="dpmpp_2m_sde",
+                            positive=cond, negative=cond, latent=latent)
+    prep = prepare_with_sigmas(model, torch.tensor([0.75, 0.0]), seed=0, cfg=1.0, sampler_name="euler",
+                               positive=cond, negative=cond, latent=latent)
+    assert not isinstance(prep, dict)
+    # the start point is the flow's noise scaling of the scaled empty latent
+    assert torch.allclose(prep.x, 0.75 * prep.noise + 0.25 * FLUX.process_in(latent["samples"]))

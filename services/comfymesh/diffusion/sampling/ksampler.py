@@ -23,7 +23,15 @@ from comfymesh.diffusion.sampling.model_sampling import ModelSampling
 from comfymesh.diffusion.sampling.noise import initial_noise
 from comfymesh.diffusion.sampling.post_cfg import PostCfg
 from comfymesh.diffusion.sampling.regions import add_opposite_areas, region_of
-from comfymesh.diffusion.sampling.samplers import SAMPLER_NAMES, SAMPLERS, Denoiser, Sampler, SamplerEnv
+from comfymesh.diffusion.sampling.samplers import (
+    FLOW_NOT_YET,
+    FLOW_SAMPLERS,
+    SAMPLER_NAMES,
+    SAMPLERS,
+    Denoiser,
+    Sampler,
+    SamplerEnv,
+)
 from comfymesh.diffusion.sampling.schedulers import ksampler_sigmas
 
 StepHook = Callable[[int, int, torch.Tensor], None]
@@ -162,6 +170,10 @@ def prepare_with_sigmas(model: SamplingModel, sigmas: torch.Tensor, *, seed: int
     if sampler is None:
         known = "is not implemented yet" if sampler_name in SAMPLER_NAMES else "is unknown"
         raise NodeInputError(f"sampler {sampler_name!r} {known}")
+    if model.prediction == "flow":
+        if sampler_name in FLOW_NOT_YET:
+            raise NodeInputError(f"sampler {sampler_name!r} is not implemented yet for flow models ({model.family})")
+        sampler = FLOW_SAMPLERS.get(sampler_name, sampler)
     samples = torch.as_tensor(latent["samples"]).float()
     channels = model.latent_format.channels
     if samples.ndim == 4 and samples.shape[1] != channels and not samples.any():

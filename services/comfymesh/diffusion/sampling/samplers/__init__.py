@@ -12,6 +12,7 @@ from comfymesh.diffusion.sampling.samplers.euler import sample_euler, sample_eul
 from comfymesh.diffusion.sampling.samplers.heun import sample_heun
 from comfymesh.diffusion.sampling.samplers.lcm import sample_ddpm, sample_lcm
 from comfymesh.diffusion.sampling.samplers.lms import sample_lms
+from comfymesh.diffusion.sampling.samplers.rectified_flow import sample_euler_ancestral_rf
 from comfymesh.diffusion.sampling.samplers.res_multistep import sample_res_multistep
 from comfymesh.diffusion.sampling.samplers.uni_pc import make_uni_pc
 
@@ -51,6 +52,12 @@ SAMPLERS: dict[str, Sampler] = {
     "uni_pc_bh2": make_uni_pc("bh2"),
 }
 IMPLEMENTED_SAMPLERS: tuple[str, ...] = tuple(n for n in SAMPLER_NAMES if n in SAMPLERS)
+# ComfyUI runs these in their rectified-flow form on flow (CONST) models
+FLOW_SAMPLERS: dict[str, Sampler] = {"euler_ancestral": sample_euler_ancestral_rf}
+# and these in half-log-SNR time, or re-noised by the flow's noise scaling: not written for flow models yet
+FLOW_NOT_YET = frozenset({"dpm_2_ancestral", "dpmpp_2s_ancestral", "dpmpp_sde", "dpmpp_sde_gpu", "dpmpp_2m_sde",
+                          "dpmpp_2m_sde_gpu", "dpmpp_2m_sde_heun", "dpmpp_2m_sde_heun_gpu", "dpmpp_3m_sde",
+                          "dpmpp_3m_sde_gpu", "lcm"})
 
-__all__ = ["IMPLEMENTED_SAMPLERS", "SAMPLERS", "SAMPLER_NAMES", "Denoiser", "Sampler", "SamplerEnv",
-           "StepCallback"]
+__all__ = ["FLOW_NOT_YET", "FLOW_SAMPLERS", "IMPLEMENTED_SAMPLERS", "SAMPLERS", "SAMPLER_NAMES", "Denoiser", "Sampler",
+           "SamplerEnv", "StepCallback"]
