@@ -60,6 +60,16 @@ def test_a_safetensors_model_of_another_scale(node_ctx: NodeContext, upscale_hom
     assert out.shape == (1, 16, 16, 3)
 
 
+def test_real_esrgans_key_naming_loads_to_the_same_model(tmp_path: Path) -> None:
+    old = upscale.load_upscale_model(upscale.make_tiny_esrgan(tmp_path / "old.pth", blocks=2, seed=8))
+    new_path = upscale.make_tiny_esrgan(tmp_path / "RealESRGAN_x4plus.safetensors", blocks=2, seed=8, naming="basicsr")
+    assert "conv_first.weight" in upscale.read_state_dict(new_path)
+    new = upscale.load_upscale_model(new_path)
+    image = torch.rand(1, 3, 12, 10)
+    with torch.no_grad():
+        torch.testing.assert_close(new(image), old(image))
+
+
 def test_tiles_blend_back_to_the_whole_image_for_a_pointwise_model() -> None:
     # nearest-neighbour upscaling is exact per tile, so the feathered average must give the whole-image result
     image = torch.rand(2, 3, 70, 45, generator=torch.Generator().manual_seed(1))

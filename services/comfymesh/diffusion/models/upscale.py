@@ -150,10 +150,11 @@ def tile_count(height: int, width: int, tile: int = TILE, overlap: int = OVERLAP
 
 
 def make_tiny_esrgan(path: Path, *, scale: int = 4, nf: int = 8, blocks: int = 1, seed: int = 0,
-                     in_nc: int = 3, out_nc: int = 3) -> Path:
+                     in_nc: int = 3, out_nc: int = 3, naming: str = "esrgan") -> Path:
     """A random-weight ESRGAN (RRDBNet) in the original release's key naming (`model.0`, `model.1.sub.N.RDBk.
-    convj.0`, upsampling convs every third index), `blocks` RRDB blocks deep, with ESRGAN's 32 growth channels
-    (the loaders assume them); `.pth` or `.safetensors` by suffix."""
+    convj.0`, upsampling convs every third index) or, with naming="basicsr", Real-ESRGAN's (`conv_first`,
+    `body.N.rdbk.convj`, `conv_body`, `conv_upK`, `conv_hr`, `conv_last`); `blocks` RRDB blocks deep, with
+    ESRGAN's 32 growth channels (the loaders assume them); `.pth` or `.safetensors` by suffix."""
     gc = 32
     if scale not in (2, 4, 8):
         raise ValueError("an ESRGAN upscales by 2, 4 or 8")
@@ -172,6 +173,8 @@ def make_tiny_esrgan(path: Path, *, scale: int = 4, nf: int = 8, blocks: int = 1
         layers[f"model.{3 * k}"] = conv(nf, nf)
     layers[f"model.{3 * ups + 2}"] = conv(nf, nf)
     layers[f"model.{3 * ups + 4}"] = conv(nf, out_nc)
+    if naming == "basicsr":
+        layers = {_basicsr_name(name, blocks, ups): params for name, params in layers.items()}
     state = {f"{name}.{kind}": tensor.contiguous() for name, params in layers.items() for kind, tensor in params.items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".safetensors":
@@ -179,3 +182,16 @@ def make_tiny_esrgan(path: Path, *, scale: int = 4, nf: int = 8, blocks: int = 1
     else:
         torch.save(state, str(path))
     return path
+
+
+def _basicsr_name(name: str, blocks: int, ups: int) -> str:
+    """Real-ESRGAN's name for an original-release ESRGAN layer name."""
+    parts = name.split(".")
+    if name == "model.0":
+        return "conv_first"
+    if name == f"model.1.sub.{blocks}":
+        return "conv_body"
+    if parts[1] == "1":  # model.1.sub.<block>.RDB<r>.conv<j>.0
+        return f"body.{parts[3]}.{parts[4].lower()}.{parts[5]}"
+    index = int(parts[1])
+    return {3 * ups + 2: "conv_hr", 3 * ups + 4: "conv_last"}.get(index, f"conv_up{index // 3}")
