@@ -76,8 +76,20 @@ def _unbundle(type_name: str, tensors: dict[str, np.ndarray], extras: dict[str, 
     return entries
 
 
+# a V3 MatchType output (ResizeImageMaskNode's) has the type of what the node was given
+MATCH_TYPE = "COMFY_MATCHTYPE_V3"
+
+
+def _matched_type(value: Any) -> str:
+    """An IMAGE [B,H,W,C] or a MASK [B,H,W] array by its dimensions, as ComfyUI tells them apart."""
+    dims = len(getattr(value, "shape", ()))
+    return "IMAGE" if dims == 4 else "MASK" if dims in (2, 3) else MATCH_TYPE
+
+
 def encode_value(type_name: str, value: Any, store: ArtifactStore) -> common_pb2.Value:
     """Store a node output and return the small message that refers to it."""
+    if type_name == MATCH_TYPE:
+        type_name = _matched_type(value)
     if type_name not in TENSOR_TYPES:
         return common_pb2.Value(type=type_name, json=json.dumps(value, sort_keys=True))
     tensors, extras, primary = _bundle(type_name, value)

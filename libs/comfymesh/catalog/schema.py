@@ -59,12 +59,16 @@ class Input:
     # a V3 node's input: a COMBO shows as `["COMBO", {"multiselect": false, "options": [...], ...}]`, a hidden
     # input as `["PROMPT"]` (ComfyUI 0.8.0's V3 schema emits a one-item tuple where V1 nodes give the bare type)
     v3_combo: bool = False
+    # a COMBO whose choices the frontend fetches from this route (LoadImageOutput's): `["COMBO", {...}]`
+    remote: str | None = None
 
     def spec(self) -> list[Any] | str:
         """The `/object_info` form: `[type or choices, options]` (a V1 hidden input is its bare type)."""
         if self.section == "hidden":
             return [self.type] if self.v3_combo else self.type
         head: Any = self.type
+        if self.remote is not None:
+            return [head, dict(self.options or {})]
         if self.v3_combo and not isinstance(self.choices, Source):
             return [head, {"multiselect": False, "options": list(self.choices or ()), **(self.options or {})}]
         if self.type == "COMBO":
@@ -99,6 +103,27 @@ def Combo(name: str, choices: Sequence[Any] | Source, opts: Mapping[str, Any] | 
 def ComboV3(name: str, choices: Sequence[Any], *, section: str = "required", **options: Any) -> Input:
     """A list-of-choices input as ComfyUI's V3 nodes declare it (`io.Combo.Input`)."""
     return Input(name, "COMBO", options or None, choices=choices, section=section, v3_combo=True)
+
+
+def RemoteCombo(name: str, route: str, **options: Any) -> Input:
+    """A COMBO whose choices the frontend reads from `route` (ComfyUI's `remote` option); the value is
+    checked by the server, not against a list."""
+    remote = {"route": route, **options.pop("remote", {})}
+    return Input(name, "COMBO", {**options, "remote": remote}, remote=route)
+
+
+def DynamicCombo(name: str, options: Mapping[str, Sequence[Input]]) -> Input:
+    """ComfyUI's V3 DynamicCombo: choosing a key adds that option's inputs, named `name.input` in a prompt."""
+    return Input(name, "COMFY_DYNAMICCOMBO_V3", {"options": [
+        {"key": key, "inputs": {"required": {item.name: item.spec() for item in inputs}}}
+        for key, inputs in options.items()]})
+
+
+def Autogrow(name: str, template: Input, prefix: str, least: int, most: int) -> Input:
+    """ComfyUI's V3 Autogrow: `template` repeated as `name.<prefix>0`, `name.<prefix>1`, ... in a prompt,
+    at least `least` (required) and at most `most`."""
+    return Input(name, "COMFY_AUTOGROW_V3", {"template": {
+        "input": {"required": {template.name: template.spec()}}, "prefix": prefix, "min": least, "max": most}})
 
 
 def Link(name: str, type: str, opts: Mapping[str, Any] | None = None, *,
@@ -210,11 +235,11 @@ def check_schema(schema: NodeSchema) -> None:
         # "*" alone is ComfyUI's any-type socket (PreviewAny's source)
         if item.type != "*" and not item.type.replace("_", "").replace("*", "").isalnum():
             raise DeclarationError(f"node {schema.name!r} input {item.name!r}: bad type {item.type!r}")
-        if item.type == "COMBO" and item.choices is None:
+        if item.type == "COMBO" and item.choices is None and item.remote is None:
             raise DeclarationError(f"node {schema.name!r} input {item.name!r}: a COMBO needs choices")
     if not schema.outputs and not schema.output_node:
         raise DeclarationError(f"node {schema.name!r} has no outputs and is not an output node")
 
 
-__all__ = ["ALWAYS_CHANGED_KEY", "ANY_STAGE", "MAX_RESOLUTION", "ORCHESTRATOR_STAGE", "SOURCE_KEY", "WIDGET_TYPES", "Boolean", "Combo", "ComboV3", "DeclarationError", "Float", "Hidden",
-           "Input", "Int", "Link", "NodeSchema", "NodeSet", "Output", "Source", "String", "check_schema"]
+__all__ = ["ALWAYS_CHANGED_KEY", "ANY_STAGE", "MAX_RESOLUTION", "ORCHESTRATOR_STAGE", "SOURCE_KEY", "WIDGET_TYPES", "Autogrow", "Boolean", "Combo", "ComboV3", "DeclarationError", "DynamicCombo", "Float", "Hidden",
+           "Input", "Int", "Link", "NodeSchema", "NodeSet", "Output", "RemoteCombo", "Source", "String", "check_schema"]

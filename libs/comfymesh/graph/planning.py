@@ -11,6 +11,7 @@ from typing import Any
 
 from comfymesh.catalog import ANY_STAGE, Catalog
 from comfymesh.catalog.schema import ORCHESTRATOR_STAGE
+from comfymesh.graph.dynamic import is_dynamic_path
 
 
 @dataclass
@@ -76,7 +77,8 @@ def plan_prompt(prompt: dict[str, dict[str, Any]], outputs: list[str], catalog: 
         links = {name: (str(value[0]), int(value[1])) for name, value in raw["inputs"].items()
                  if isinstance(value, list)}
         literals = {name: value for name, value in raw["inputs"].items()
-                    if not isinstance(value, list) and name in definition.inputs}
+                    if not isinstance(value, list)
+                    and (name in definition.inputs or is_dynamic_path(name, definition.inputs))}
         nodes[node_id] = PlannedNode(node_id, raw["class_type"], definition.stage, literals, links,
                                      definition.outputs, node_id in outputs)
         graph[node_id] = {source for source, _ in links.values()}

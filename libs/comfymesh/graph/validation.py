@@ -9,6 +9,7 @@ from typing import Any
 
 from comfymesh.catalog import Catalog, InputSpec, NodeDef
 from comfymesh.contracts.comfy_errors import error_detail, error_response
+from comfymesh.graph.dynamic import expand
 from comfymesh.graph.limits import NodeCheck
 
 Prompt = dict[str, dict[str, Any]]
@@ -130,7 +131,7 @@ class _Validator:
         inputs = node.setdefault("inputs", {})
         errors: list[dict[str, Any]] = []
         upstream_ok = True
-        for name, spec in definition.inputs.items():
+        for name, spec in expand(definition.inputs, inputs).items():  # V3 dynamic inputs as the prompt has them
             if name not in inputs:
                 if spec.required:
                     errors.append(error_detail("required_input_missing", "Required input is missing", name,
@@ -153,8 +154,9 @@ class _Validator:
         if spec.type == "COMBO":
             # live lists come from folder listings: read each once per validation, not once per node
             key = (node_def.name, spec.name)
-            if key not in self._choices:
-                self._choices[key] = self.catalog.choices(node_def.name, spec.name)
+            if key not in self._choices:  # a dynamic input's choices are its own (`resize_type.crop`)
+                self._choices[key] = (self.catalog.choices(node_def.name, spec.name)
+                                      if node_def.inputs.get(spec.name) is spec else list(spec.options["options"]))
             return [self._choices[key], spec.options]
         return [spec.type, spec.options]
 

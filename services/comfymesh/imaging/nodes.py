@@ -223,4 +223,12 @@ def empty_image(ctx: NodeContext, width: int, height: int, batch_size: int = 1,
 
 
 # The stage's other node groups declare into `nodes` as they are imported (each imports `nodes` from here).
-from comfymesh.imaging import filter_nodes, image_nodes, mask_nodes, primitive_nodes, size_nodes, string_nodes  # noqa: E402, F401
+from comfymesh.imaging import (  # noqa: E402, F401
+    filter_nodes,
+    image_nodes,
+    mask_nodes,
+    primitive_nodes,
+    resize_nodes,
+    size_nodes,
+    string_nodes,
+)

@@ -81,9 +81,10 @@ class Scheduler:
             path = resolve_image_name(home, str(value))
             return None if path is not None and path.is_file() else f"Invalid image file: {value}"
 
-        # an input image may also be `sub/x.png` or `x.png [output]`, beyond the input folder's listing
+        # an input image may also be `sub/x.png` or `x.png [output]`, beyond the input folder's listing;
+        # an upload widget with no listed choices (LoadImageOutput's) names its file the same way
         return {(node.name, spec.name): image_exists for node in self.catalog.nodes.values()
-                for spec in node.inputs.values() if spec.source == INPUT_IMAGES}
+                for spec in node.inputs.values() if spec.source == INPUT_IMAGES or spec.options.get("image_upload")}
 
     async def submit(self, prompt: Any, extra_data: dict[str, Any], options: JobOptions, *, client_id: str = "",
                      targets: list[str] | None = None) -> Submission:
