@@ -69,13 +69,46 @@ def test_encode_gives_the_three_outputs_comfyui_reads(node_ctx: NodeContext, vis
     torch.testing.assert_close(out["last_hidden_state"], hf.hidden_states[2])
 
 
-def test_a_file_of_another_naming_is_refused(node_ctx: NodeContext, vision_home: Path) -> None:
+def _to_open_clip(hf: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The OpenCLIP form of an HF CLIP vision state dict, written out by hand from OpenCLIP's layout."""
+    top = {"embeddings.class_embedding": "class_embedding", "embeddings.patch_embedding.weight": "conv1.weight",
+           "embeddings.position_embedding.weight": "positional_embedding", "pre_layrnorm": "ln_pre",
+           "post_layernorm": "ln_post", "layer_norm1": "ln_1", "layer_norm2": "ln_2", "self_attn.out_proj": "attn.out_proj",
+           "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj"}
+    out = {"visual.proj": hf["visual_projection.weight"].t().contiguous()}
+    for key, value in hf.items():
+        name = key.removeprefix("vision_model.").replace("encoder.layers.", "transformer.resblocks.")
+        if "self_attn.q_proj" in name:
+            kind = name.rsplit(".", 1)[1]
+            fused = torch.cat([hf[key.replace("q_proj", p)] for p in ("q_proj", "k_proj", "v_proj")])
+            out["visual." + name.replace("self_attn.q_proj." + kind, f"attn.in_proj_{kind}")] = fused
+        elif key.startswith("vision_model.") and "_proj." not in name.replace("out_proj.", ""):
+            for hf_part, open_part in top.items():
+                name = name.replace(hf_part, open_part)
+            out["visual." + name] = value
+    return out
+
+
+def test_an_open_clip_file_loads_to_the_same_model(node_ctx: NodeContext, vision_home: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    folder = vision_home / "models" / "clip_vision"
+    open_clip = _to_open_clip(load_file(str(folder / "tiny_vit.safetensors")))
+    assert "visual.transformer.resblocks.1.attn.in_proj_weight" in open_clip
+    save_file(open_clip, str(folder / "open_clip.safetensors"))
+    image = torch.rand(1, 40, 30, 3)
+    outputs = [run(node_ctx, "CLIPVisionEncode", clip_vision=run(node_ctx, "CLIPVisionLoader", clip_name=name),
+                   image=image, crop="center") for name in ("tiny_vit.safetensors", "open_clip.safetensors")]
+    for key in outputs[0]:
+        torch.testing.assert_close(outputs[1][key], outputs[0][key])
+
+
+def test_a_file_that_is_no_clip_vision_model_is_refused(node_ctx: NodeContext, vision_home: Path) -> None:
     from safetensors.torch import save_file
 
-    save_file({"visual.transformer.resblocks.0.attn.in_proj_weight": torch.zeros(3, 3)},
-              str(vision_home / "models" / "clip_vision" / "open_clip.safetensors"))
-    with pytest.raises(ModelError, match="OpenCLIP"):
-        run(node_ctx, "CLIPVisionLoader", clip_name="open_clip.safetensors")
+    save_file({"something.weight": torch.zeros(3, 3)}, str(vision_home / "models" / "clip_vision" / "other.safetensors"))
+    with pytest.raises(ModelError, match="not a CLIP vision model"):
+        run(node_ctx, "CLIPVisionLoader", clip_name="other.safetensors")
 
 
 def _alpha_bar(t: float) -> float:

@@ -1,6 +1,6 @@
 """CLIP vision models (models/clip_vision) in the HF CLIPVisionModelWithProjection naming
-(`vision_model.…`, `visual_projection.weight`), built with transformers from the file's shapes, and
-ComfyUI's image preprocessing and encode outputs.
+(`vision_model.…`, `visual_projection.weight`) or OpenCLIP's (`visual.…`, converted), built with
+transformers from the file's shapes, and ComfyUI's image preprocessing and encode outputs.
 
 CLIP_VISION_OUTPUT, the value CLIPVisionEncode passes on, is a dict of arrays: `image_embeds` [B, P],
 `last_hidden_state` [B, T, H] and `penultimate_hidden_states` [B, T, H] (the second-to-last layer's output)."""
@@ -45,14 +45,48 @@ def _layers(state: dict[str, torch.Tensor]) -> int:
     return 1 + max(int(key.split(".")[3]) for key in state if key.startswith(f"{PREFIX}encoder.layers."))
 
 
+OPEN_CLIP = "visual."
+# OpenCLIP's visual tower names → HF's, for the tensors that only move (attention's fused qkv is split apart)
+_OPEN_CLIP_NAMES = {"class_embedding": "embeddings.class_embedding", "conv1.weight": "embeddings.patch_embedding.weight",
+                    "positional_embedding": "embeddings.position_embedding.weight",
+                    "ln_pre.weight": "pre_layrnorm.weight", "ln_pre.bias": "pre_layrnorm.bias",
+                    "ln_post.weight": "post_layernorm.weight", "ln_post.bias": "post_layernorm.bias"}
+_OPEN_CLIP_BLOCK = {"ln_1": "layer_norm1", "ln_2": "layer_norm2", "attn.out_proj": "self_attn.out_proj",
+                    "mlp.c_fc": "mlp.fc1", "mlp.c_proj": "mlp.fc2"}
+
+
+def from_open_clip(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """An OpenCLIP visual tower (`visual.…`) in the HF naming, as ComfyUI converts it: `proj` transposed into
+    `visual_projection.weight`, each block's fused `in_proj` split into q, k and v."""
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if not key.startswith(OPEN_CLIP):
+            continue
+        name = key.removeprefix(OPEN_CLIP)
+        if name == "proj":
+            out["visual_projection.weight"] = value.t().contiguous()
+        elif name.startswith("transformer.resblocks."):
+            _, _, block, rest = name.split(".", 3)
+            layer = f"{PREFIX}encoder.layers.{block}."
+            if rest.startswith("attn.in_proj_"):
+                kind = rest.rsplit("_", 1)[1]
+                for part, chunk in zip(("q", "k", "v"), value.chunk(3), strict=True):
+                    out[f"{layer}self_attn.{part}_proj.{kind}"] = chunk.contiguous()
+            else:
+                module, kind = rest.rsplit(".", 1)
+                out[f"{layer}{_OPEN_CLIP_BLOCK[module]}.{kind}"] = value
+        elif name in _OPEN_CLIP_NAMES:
+            out[PREFIX + _OPEN_CLIP_NAMES[name]] = value
+    return out
+
+
 def load_clip_vision(path: Path) -> ClipVision:
     """The model of a clip_vision file; ModelError when its keys are not the HF CLIP vision naming."""
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
     state = load_file(str(path))
-    if "visual.transformer.resblocks.0.attn.in_proj_weight" in state:
-        raise ModelError(f"clip_vision file {path.name} is in the OpenCLIP naming, which is not supported yet: "
-                         "use the HF CLIPVisionModelWithProjection export of the same model")
+    if f"{OPEN_CLIP}transformer.resblocks.0.attn.in_proj_weight" in state:
+        state = from_open_clip(state)
     patch = state.get(f"{PREFIX}embeddings.patch_embedding.weight")
     if patch is None or "visual_projection.weight" not in state:
         raise ModelError(f"clip_vision file {path.name} is not a CLIP vision model (no {PREFIX}embeddings."
