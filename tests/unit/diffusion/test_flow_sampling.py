@@ -149,3 +149,39 @@ def test_samplers_without_a_flow_form_are_refused_on_flow_models() -> None:
     assert not isinstance(prep, dict)
     # the start point is the flow's noise scaling of the scaled empty latent
     assert torch.allclose(prep.x, 0.75 * prep.noise + 0.25 * FLUX.process_in(latent["samples"]))
+
+
+def test_joint_context_entries_of_other_lengths_run_apart() -> None:
+    lengths: list[int] = []
+
+    def unet(x: torch.Tensor, t: torch.Tensor, ctx: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        lengths.append(ctx.shape[1])
+        return torch.zeros_like(x)
+
+    pos, neg = CondEntry(torch.ones(1, 2, 8)), CondEntry(torch.ones(1, 4, 8))
+    d = GuidedDenoiser(unet, FlowModelSampling(3.0, 1.0), "flow", [pos], [neg], 4.0, torch.float32)
+    d.tile_context = False  # Z-Image: captions are tokens of the sequence, not keys to repeat
+    d(torch.zeros(1, 16, 2, 2), torch.tensor(0.5))
+    assert sorted(lengths) == [2, 4]
+    lengths.clear()
+    d.tile_context = True
+    d(torch.zeros(1, 16, 2, 2), torch.tensor(0.5))
+    assert lengths == [4]
+
+
+def test_inpainting_renoises_the_original_as_a_flow_start_point() -> None:
+    from comfymesh.diffusion.sampling.guidance import MaskedDenoiser
+
+    seen: list[torch.Tensor] = []
+
+    def inner(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        seen.append(x.clone())
+        return torch.zeros_like(x)
+
+    mask = torch.tensor([[[[1.0, 0.0]]]])
+    latent, noise = torch.full((1, 1, 1, 2), 2.0), torch.full((1, 1, 1, 2), -1.0)
+    masked = MaskedDenoiser(inner, mask, latent, noise)
+    masked.flow = True
+    out = masked(torch.full((1, 1, 1, 2), 5.0), torch.tensor(0.25))
+    assert seen[0].tolist() == [[[[5.0, 0.25 * -1.0 + 0.75 * 2.0]]]]
+    assert out.tolist() == [[[[0.0, 2.0]]]]

@@ -189,5 +189,5 @@ def sampling_model(model: torch.nn.Module, rec: Recognition, device: torch.devic
     return SamplingModel(
         unet=zimage_fn(model), sampling=FlowModelSampling(SHIFT, MULTIPLIER), prediction="flow", latent_format=FLUX,
         family=FAMILY, context_dim=rec.unet.context_dim, adm=None, device=device, dtype=param.dtype,
-        in_channels=rec.unet.in_channels,
+        in_channels=rec.unet.in_channels, joint_context=True,
     )

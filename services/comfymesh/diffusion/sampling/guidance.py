@@ -76,6 +76,7 @@ class GuidedDenoiser:
         self.dtype = dtype
         self.before_eval = before_eval
         self.skip_negative = math.isclose(cfg, 1.0)
+        self.tile_context = True  # False: only entries of equal context length share a UNet call
 
     def _to_x0(self, x: torch.Tensor, sigma: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         if self.prediction == "v":
@@ -89,7 +90,7 @@ class GuidedDenoiser:
         # flow models (CONST) take x as it is; eps and v models take it scaled to unit variance
         x_in = (x if self.prediction == "flow" else x / (s**2 + 1.0) ** 0.5).to(self.dtype)
         outs: list[torch.Tensor] = [x] * len(entries)
-        for indexes in _call_groups(entries):
+        for indexes in _call_groups(entries, self.tile_context):
             for i, x0 in zip(indexes, self._run_call(x, x_in, s, t, sigma, [entries[i] for i in indexes]),
                              strict=True):
                 outs[i] = x0
@@ -157,9 +158,10 @@ def _average(outs: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack(outs).sum(0) / len(outs)
 
 
-def _call_groups(entries: list[CondEntry]) -> list[list[int]]:
+def _call_groups(entries: list[CondEntry], tile: bool = True) -> list[list[int]]:
     """Indexes of the entries that share one UNet call: same area and same ControlNet, then, as before, all
-    of them when their context lengths tile to a common length (lcm ≤ 4 × the shortest), else one by one."""
+    of them when their context lengths tile to a common length (lcm ≤ 4 × the shortest; with `tile` off only
+    when they are equal), else one by one."""
     parts: dict[tuple[object, int], list[int]] = {}
     for i, e in enumerate(entries):
         area = None if e.region is None else e.region.area
@@ -167,7 +169,8 @@ def _call_groups(entries: list[CondEntry]) -> list[list[int]]:
     groups: list[list[int]] = []
     for indexes in parts.values():
         lengths = [entries[i].context.shape[1] for i in indexes]
-        groups += [indexes] if math.lcm(*lengths) <= 4 * min(lengths) else [[i] for i in indexes]
+        together = len(set(lengths)) == 1 or (tile and math.lcm(*lengths) <= 4 * min(lengths))
+        groups += [indexes] if together else [[i] for i in indexes]
     return groups
 
 
@@ -183,6 +186,7 @@ class MaskedDenoiser:
         self.latent = latent
         self.noise = noise
         self.mask_fn = mask_fn
+        self.flow = False  # True: the original is re-noised as a flow model's start point, σ·noise + (1 − σ)·x0
 
     @staticmethod
     def prepare_mask(mask: torch.Tensor, shape: torch.Size, device: torch.device) -> torch.Tensor:
@@ -196,5 +200,6 @@ class MaskedDenoiser:
         mask = self.mask if self.mask_fn is None else self.mask_fn(self.mask, sigma)
         keep = 1.0 - mask
         s = sigma.to(x.device, non_blocking=True)
-        x = x * mask + (self.latent + self.noise * s) * keep
+        renoised = s * self.noise + (1.0 - s) * self.latent if self.flow else self.latent + self.noise * s
+        x = x * mask + renoised * keep
         return self.inner(x, sigma) * mask + self.latent * keep

@@ -55,6 +55,8 @@ class SamplingModel:
     in_channels: int = 4  # the UNet's: 9 (inpainting) and 8 (instruct-pix2pix) also take concat channels
     mask_strength: float | None = None  # DifferentialDiffusion's strength (None: the noise mask as it is)
     residual_unet: ResidualUNetFn | None = None  # the eager UNet taking ControlNet residuals
+    # caption tokens join the image's in one sequence (Z-Image): contexts of other lengths never share a call
+    joint_context: bool = False
 
 
 def size_embedding(value: float, width: int = 256) -> torch.Tensor:
@@ -145,7 +147,7 @@ class PreparedSample:
     def batchable(self) -> bool:
         """Whether other jobs' calls may share its loop: the cross-job batcher knows neither regions nor
         ControlNets nor post-CFG patches."""
-        return not self.model.post_cfg and not any(e.region is not None or e.control is not None for e in (*self.positive, *self.negative))
+        return not self.model.post_cfg and not self.model.joint_context and not any(e.region is not None or e.control is not None for e in (*self.positive, *self.negative))
 
 
 def prepare_sample(model: SamplingModel, *, seed: int, steps: int, cfg: float, sampler_name: str,
@@ -231,8 +233,10 @@ def run_prepared(prep: PreparedSample, on_step: StepHook | None = None,
         before_eval=check_cancelled)
     if isinstance(denoiser, GuidedDenoiser):
         denoiser.post_cfg = model.post_cfg
+        denoiser.tile_context = not model.joint_context
     if prep.mask is not None:
         denoiser = MaskedDenoiser(denoiser, prep.mask, prep.scaled, prep.noise, mask_fn(prep))
+        denoiser.flow = model.prediction == "flow"
     total = len(prep.sigmas) - 1
 
     def step(i: int, denoised: torch.Tensor, _x: torch.Tensor) -> None:
