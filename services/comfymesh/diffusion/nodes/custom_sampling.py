@@ -228,7 +228,7 @@ def sample_custom(ctx: NodeContext, noise: Any, guider: Any, sampler: Any, sigma
     conds, kind = guider["conds"], guider["type"]
     conds = bind_controls(ctx, sm, **conds)
     prep = prepare_with_sigmas(sm, custom.as_sigmas(sigmas), seed=noise["seed"], cfg=guider["cfg"],
-                               sampler_name=sampler_name, positive=conds["positive"], negative=conds.get("negative"),
+                               sampler_name=sampler_name, positive=conds["positive"] or [], negative=conds.get("negative"),
                                latent=latent_image, add_noise=not noise["disabled"])
     if isinstance(prep, dict):
         return prep, prep
@@ -248,7 +248,7 @@ def sample_custom(ctx: NodeContext, noise: Any, guider: Any, sampler: Any, sigma
             if kind == "dual":
                 hw = (prep.x.shape[2], prep.x.shape[3])
                 guide = custom.DualCFGDenoiser(
-                    sm.unet, sm.sampling, sm.prediction, prep.positive, cond_entries(conds["middle"], sm, hw, "cond2"),
+                    sm.unet, sm.sampling, sm.prediction, prep.positive, cond_entries(conds["middle"] or [], sm, hw, "cond2"),
                     prep.negative, prep.cfg, float(guider["cfg2"]), guider.get("style") == "nested", sm.dtype,
                     before_eval=ctx.check_cancelled)
             out = run_prepared(prep, on_step, ctx.check_cancelled, guide=guide)

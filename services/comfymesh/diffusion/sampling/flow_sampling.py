@@ -23,7 +23,7 @@ class FlowModelSampling(ModelSampling):
     """σ table and maps of a flow model with `shift` and timestep `multiplier` (1000 for SD3, 1 for Z-Image and
     AuraFlow, whose models take σ itself)."""
 
-    def __init__(self, shift: float = 1.0, multiplier: float = 1000.0) -> None:  # noqa: super().__init__ not wanted
+    def __init__(self, shift: float = 1.0, multiplier: float = 1000.0) -> None:  # no super().__init__(): the flow σ table replaces the discrete one
         self.shift = float(shift)
         self.multiplier = float(multiplier)
         steps = torch.arange(1, NUM_TIMESTEPS + 1, dtype=torch.float32) / NUM_TIMESTEPS
