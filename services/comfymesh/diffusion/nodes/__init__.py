@@ -15,6 +15,7 @@ from comfymesh.diffusion.nodes import (  # noqa: F401  (they declare)
     latent_files,
     latent_ops,
     loaders,
+    lotus,
     model_patches,
     sampling,
     upscale,
