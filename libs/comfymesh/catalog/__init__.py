@@ -18,7 +18,7 @@ from typing import Any
 
 from comfymesh.catalog.files import resolve_image_name
 from comfymesh.catalog.model_folders import ModelFolders
-from comfymesh.catalog.schema import ALWAYS_CHANGED_KEY, ANY_STAGE, SOURCE_KEY, WIDGET_TYPES
+from comfymesh.catalog.schema import ALWAYS_CHANGED_KEY, ANY_STAGE, INPUT_IS_LIST_KEY, SOURCE_KEY, WIDGET_TYPES
 
 # a Source naming LoadImage's list of input images, one naming LoadLatent's .latent files of the input
 # folder; every other source is `models/<folder>`
@@ -78,7 +78,7 @@ def node_def(name: str, entry: Mapping[str, Any]) -> NodeDef:
         for input_name, spec in entry["input"].get(section, {}).items():
             inputs[input_name] = _input_spec(input_name, spec, section == "required")
     return NodeDef(name, str(entry["stage"]), inputs, tuple(entry["output"]), bool(entry["output_node"]),
-                   tuple(bool(flag) for flag in entry.get("output_is_list", ())), bool(entry.get("is_input_list")),
+                   tuple(bool(flag) for flag in entry.get("output_is_list", ())), bool(entry.get(INPUT_IS_LIST_KEY)),
                    bool(entry.get(ALWAYS_CHANGED_KEY)))
 
 
@@ -185,6 +185,7 @@ class Catalog:
             entry = copy.deepcopy(dict(self._entries[name]))
             entry.pop("stage", None)
             entry.pop(ALWAYS_CHANGED_KEY, None)
+            entry.pop(INPUT_IS_LIST_KEY, None)
             for input_name, spec in self.nodes[name].inputs.items():
                 if spec.source is not None:
                     section = "required" if spec.required else "optional"

@@ -30,6 +30,9 @@ ANY_STAGE = "any"
 ORCHESTRATOR_STAGE = "orchestrator"
 # the Describe-only field of a node whose result depends on more than its inputs (not in /object_info)
 ALWAYS_CHANGED_KEY = "$always_changed"
+# the Describe-only field of a node that takes its inputs as whole lists (ComfyUI's INPUT_IS_LIST, which
+# 0.8.0's /object_info does not show)
+INPUT_IS_LIST_KEY = "$input_is_list"
 
 
 class DeclarationError(ValueError):
@@ -157,10 +160,12 @@ class NodeSchema:
     description: str = ""
     output_node: bool = False
     python_module: str = "nodes"
-    # further `/object_info` fields shown verbatim (deprecated, experimental, output_tooltips, is_input_list...)
+    # further `/object_info` fields shown verbatim (deprecated, experimental, output_tooltips, ...)
     extra: Mapping[str, Any] = field(default_factory=dict)
     # ComfyUI's IS_CHANGED answering NaN: the node runs every time (random sources, live reads)
     always_changed: bool = False
+    # ComfyUI's INPUT_IS_LIST: the node runs once on whole lists instead of once per list item
+    input_is_list: bool = False
 
     def object_info(self) -> dict[str, Any]:
         """This node's `/object_info` entry, dynamic choices still as `{SOURCE_KEY: ...}` markers."""
@@ -192,10 +197,10 @@ class NodeSet:
     def define(self, name: str, *, inputs: Iterable[Input], outputs: Iterable[Output] = (), category: str = "",
                display_name: str | None = "", description: str = "", output_node: bool = False,
                python_module: str = "nodes", stage: str | None = None, always_changed: bool = False,
-               **extra: Any) -> Callable[[NodeFn], NodeFn]:
+               input_is_list: bool = False, **extra: Any) -> Callable[[NodeFn], NodeFn]:
         """Declare node `name` and register the decorated function as its implementation."""
         schema = NodeSchema(name, stage or self.stage, tuple(inputs), tuple(outputs), category, display_name,
-                            description, output_node, python_module, extra, always_changed)
+                            description, output_node, python_module, extra, always_changed, input_is_list)
 
         def register(fn: NodeFn) -> NodeFn:
             self.add(schema, fn)
@@ -217,7 +222,8 @@ class NodeSet:
     def object_info(self) -> dict[str, dict[str, Any]]:
         """Every node's `/object_info` entry with its `stage` (what the Describe RPC sends)."""
         return {name: {**schema.object_info(), "stage": schema.stage,
-                       **({ALWAYS_CHANGED_KEY: True} if schema.always_changed else {})}
+                       **({ALWAYS_CHANGED_KEY: True} if schema.always_changed else {}),
+                       **({INPUT_IS_LIST_KEY: True} if schema.input_is_list else {})}
                 for name, schema in self.schemas.items()}
 
 
@@ -241,5 +247,5 @@ def check_schema(schema: NodeSchema) -> None:
         raise DeclarationError(f"node {schema.name!r} has no outputs and is not an output node")
 
 
-__all__ = ["ALWAYS_CHANGED_KEY", "ANY_STAGE", "MAX_RESOLUTION", "ORCHESTRATOR_STAGE", "SOURCE_KEY", "WIDGET_TYPES", "Autogrow", "Boolean", "Combo", "ComboV3", "DeclarationError", "DynamicCombo", "Float", "Hidden",
+__all__ = ["ALWAYS_CHANGED_KEY", "ANY_STAGE", "INPUT_IS_LIST_KEY", "MAX_RESOLUTION", "ORCHESTRATOR_STAGE", "SOURCE_KEY", "WIDGET_TYPES", "Autogrow", "Boolean", "Combo", "ComboV3", "DeclarationError", "DynamicCombo", "Float", "Hidden",
            "Input", "Int", "Link", "NodeSchema", "NodeSet", "Output", "RemoteCombo", "Source", "String", "check_schema"]

@@ -15,7 +15,7 @@ from comfymesh.stage.node import NodeContext
 
 @define_v3("RebatchImages", "nodes_rebatch", "image/batch", display_name="Rebatch Images",
            inputs=[Link("images", "IMAGE", {}), Int("batch_size", 1, min=1, max=4096)],
-           outputs=[Output("IMAGE", is_list=True)], is_input_list=True)
+           outputs=[Output("IMAGE", is_list=True)], input_is_list=True)
 def rebatch_images(ctx: NodeContext, images: list[Any], batch_size: list[int]) -> tuple[list[np.ndarray]]:
     """RebatchImages: every image of every input batch, in order, regrouped into batches of `batch_size`
     (the last one shorter); a list input, so `batch_size` comes as a list too (its first item counts)."""
