@@ -65,6 +65,10 @@ class NodeDef:
 
 def _input_spec(name: str, spec: Any, required: bool) -> InputSpec:
     head, options = spec[0], (spec[1] if len(spec) > 1 else {})
+    if head == "COMBO":  # a V3 node's COMBO: a file list is a marker among its options
+        listed = options.get("options", [])
+        source = listed[0].get(SOURCE_KEY) if len(listed) == 1 and isinstance(listed[0], dict) else None
+        return InputSpec(name, "COMBO", options, required, source)
     if not isinstance(head, list):
         return InputSpec(name, str(head), options, required)
     source = head[0].get(SOURCE_KEY) if len(head) == 1 and isinstance(head[0], dict) else None
@@ -189,7 +193,11 @@ class Catalog:
             for input_name, spec in self.nodes[name].inputs.items():
                 if spec.source is not None:
                     section = "required" if spec.required else "optional"
-                    entry["input"][section][input_name][0] = self._source(spec.source)
+                    declared = entry["input"][section][input_name]
+                    if declared[0] == "COMBO":
+                        declared[1]["options"] = self._source(spec.source)
+                    else:
+                        declared[0] = self._source(spec.source)
             info[name] = entry
         return info
 

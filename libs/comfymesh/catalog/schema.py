@@ -72,8 +72,9 @@ class Input:
         head: Any = self.type
         if self.remote is not None:
             return [head, dict(self.options or {})]
-        if self.v3_combo and not isinstance(self.choices, Source):
-            return [head, {"multiselect": False, "options": list(self.choices or ()), **(self.options or {})}]
+        if self.v3_combo:  # a file list of a V3 node stays a marker among its options until served
+            listed = [{SOURCE_KEY: self.choices.name}] if isinstance(self.choices, Source) else list(self.choices or ())
+            return [head, {"multiselect": False, "options": listed, **(self.options or {})}]
         if self.type == "COMBO":
             head = [{SOURCE_KEY: self.choices.name}] if isinstance(self.choices, Source) else list(self.choices or ())
         return [head] if self.options is None else [head, dict(self.options)]
@@ -103,7 +104,7 @@ def Combo(name: str, choices: Sequence[Any] | Source, opts: Mapping[str, Any] | 
     return Input(name, "COMBO", _options(opts, options), choices=choices, section=section)
 
 
-def ComboV3(name: str, choices: Sequence[Any], *, section: str = "required", **options: Any) -> Input:
+def ComboV3(name: str, choices: Sequence[Any] | Source, *, section: str = "required", **options: Any) -> Input:
     """A list-of-choices input as ComfyUI's V3 nodes declare it (`io.Combo.Input`)."""
     return Input(name, "COMBO", options or None, choices=choices, section=section, v3_combo=True)
 

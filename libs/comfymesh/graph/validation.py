@@ -157,7 +157,9 @@ class _Validator:
             if key not in self._choices:  # a dynamic input's choices are its own (`resize_type.crop`)
                 self._choices[key] = (self.catalog.choices(node_def.name, spec.name)
                                       if node_def.inputs.get(spec.name) is spec else list(spec.options["options"]))
-            return [self._choices[key], spec.options]
+            # a V3 COMBO's list is among its options: shown resolved there too, never as a file-list marker
+            options = {**spec.options, "options": self._choices[key]} if "options" in spec.options else spec.options
+            return [self._choices[key], options]
         return [spec.type, spec.options]
 
     def _link(self, node_id: str, name: str, spec: InputSpec, value: list[Any],

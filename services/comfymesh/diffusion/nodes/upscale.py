@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from comfymesh.catalog.schema import Combo, Link, Output, Source
+from comfymesh.catalog.schema import ComboV3, Link, Output, Source
 from comfymesh.contracts.errors import ResourceExhaustedError
 from comfymesh.diffusion.models import upscale
 from comfymesh.diffusion.nodes.failures import node
@@ -25,7 +25,7 @@ MIN_TILE = 128
 
 
 @nodes.define("UpscaleModelLoader", category="loaders", display_name="Load Upscale Model",
-              inputs=[Combo("model_name", Source(f"models/{FOLDER}"))], outputs=[Output("UPSCALE_MODEL")], **V3)
+              inputs=[ComboV3("model_name", Source(f"models/{FOLDER}"))], outputs=[Output("UPSCALE_MODEL")], **V3)
 @node
 def upscale_model_loader(ctx: NodeContext, model_name: str) -> tuple[dict[str, Any]]:
     digest, _ = resident(ctx, KIND, FOLDER, model_name, upscale.load_upscale_model)
@@ -33,7 +33,7 @@ def upscale_model_loader(ctx: NodeContext, model_name: str) -> tuple[dict[str, A
 
 
 @nodes.define("ImageUpscaleWithModel", category="image/upscaling", display_name="Upscale Image (using Model)",
-              inputs=[Link("upscale_model", "UPSCALE_MODEL"), Link("image", "IMAGE")], outputs=[Output("IMAGE")],
+              inputs=[Link("upscale_model", "UPSCALE_MODEL", {}), Link("image", "IMAGE", {})], outputs=[Output("IMAGE")],
               **V3)
 @node
 def image_upscale_with_model(ctx: NodeContext, upscale_model: Any, image: Any) -> tuple[torch.Tensor]:
