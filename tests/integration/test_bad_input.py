@@ -16,7 +16,7 @@ def base() -> dict[str, Any]:
 
 
 def job_count(mesh: Mesh) -> int:
-    return len(mesh.http.get("/v1/jobs", params={"limit": 1000}).json())
+    return int(mesh.http.get("/v1/jobs", params={"limit": 1}).json()["total"])
 
 
 def post(mesh: Mesh, prompt: Any) -> Any:

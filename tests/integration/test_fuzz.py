@@ -142,6 +142,9 @@ def assert_clear(reply: httpx.Response) -> None:
     assert reply.status_code < 500, reply.text[:500]
     if reply.status_code >= 400:
         body = reply.json()
+        if reply.request.url.path.startswith("/v1/"):  # /v1 answers RFC 9457 problems
+            assert reply.headers["content-type"] == "application/problem+json", reply.headers
+            assert body["status"] == reply.status_code and body["type"].startswith("urn:comfymesh:problem:"), body
         if isinstance(body.get("error"), dict):
             assert isinstance(body["error"]["type"], str) and body["error"]["message"], body
         else:

@@ -127,11 +127,16 @@ def test_job_lists_are_paged_by_the_orchestrator(mesh: Mesh) -> None:
     total = total_before + 30
 
     first = mesh.http.get("/v1/jobs", params={"limit": 5})
-    assert first.status_code == 200 and len(first.json()) == 5 and first.headers["X-Total-Count"] == str(total)
-    assert [job["job_id"] for job in first.json()] == ids[::-1][:5]  # newest first
-    pages = [mesh.http.get("/v1/jobs", params={"limit": 5, "offset": offset}).json() for offset in range(0, 30, 5)]
+    assert first.status_code == 200 and first.headers["X-Total-Count"] == str(total)
+    assert first.json()["total"] == total and len(first.json()["items"]) == 5
+    assert [job["job_id"] for job in first.json()["items"]] == ids[::-1][:5]  # newest first
+    pages, cursor = [], None
+    for _ in range(6):  # the cursors walk the 30 newest, 5 at a time
+        page = mesh.http.get("/v1/jobs", params={"limit": 5, **({"cursor": cursor} if cursor else {})}).json()
+        pages.append(page["items"])
+        cursor = page["next"]
     assert [job["job_id"] for page in pages for job in page] == ids[::-1]
-    assert mesh.http.get("/v1/jobs", params={"limit": 5, "offset": total}).json() == []
+    assert (cursor is None) == (total == 30)
 
     async def orchestrator_page() -> tuple[int, list[str]]:
         client = OrchestratorClient(mesh.env["COMFYMESH_ORCHESTRATOR"])

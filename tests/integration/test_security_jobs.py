@@ -35,7 +35,7 @@ def test_poison_prompts_are_refused_and_the_next_job_completes(imaging_mesh: Mes
     # /v1 has fields for them, and refuses the same values (and the reserved key) in its own format
     for body in ({"timeout_s": -1}, {"timeout_s": 8 * 24 * 3600}, {"extra_data": {"comfymesh": {"timeout_s": 60}}}):
         assert imaging_mesh.http.post("/v1/workflows", json={"prompt": pipeline("poison"), **body}).status_code == 422
-    assert imaging_mesh.http.get("/v1/jobs", params={"status": "queued"}).json() == []
+    assert imaging_mesh.http.get("/v1/jobs", params={"status": "queued"}).json()["items"] == []
     accepted = imaging_mesh.http.post("/prompt", json={"prompt": pipeline("after"),
                                                        "extra_data": {"comfymesh": {"timeout_s": 120}}})
     assert accepted.status_code == 200, accepted.text

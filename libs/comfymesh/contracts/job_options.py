@@ -9,6 +9,7 @@ which the gateway takes out and turns into fields: `requested_options`).
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +18,11 @@ from comfymesh.outbound import OutboundPolicy, OutboundRefused, parse_url
 MAX_TIMEOUT_S = 7 * 24 * 3600.0
 MAX_JOB_ID_LENGTH = 128
 MAX_USER_LENGTH = 256
+# an idempotency key: URL- and header-safe, so it can be logged, stored and echoed as is
+IDEMPOTENCY_KEY_PATTERN = r"^[A-Za-z0-9._~-]{1,128}$"
+MAX_IDEMPOTENCY_KEY_LENGTH = 128
+_IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
+_DIGEST = re.compile(r"^[0-9a-f]{64}$")
 STORED_KEY = "comfymesh"
 # what a ComfyUI-API client may set in extra_data.comfymesh
 CLIENT_KEYS = ("timeout_s", "webhook_url")
@@ -45,9 +51,16 @@ class JobOptions:
     timeout_s: float = 0.0
     webhook_url: str = ""
     user: str = ""
+    idempotency_key: str = ""
+    request_digest: str = ""   # sha256 (hex) of the body the key came with
 
     def __post_init__(self) -> None:
         _printable("job_id", self.job_id, MAX_JOB_ID_LENGTH)
+        if self.idempotency_key and not _IDEMPOTENCY_KEY.fullmatch(self.idempotency_key):
+            raise InvalidJobOptions(f"idempotency_key must be 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} characters of "
+                                    "A-Z a-z 0-9 . _ ~ -")
+        if self.idempotency_key and not _DIGEST.fullmatch(self.request_digest):
+            raise InvalidJobOptions("an idempotency_key needs the request_digest (sha256, hex) of its body")
         if self.priority is not None and not math.isfinite(self.priority):
             raise InvalidJobOptions("priority must be a finite number")
         if not (isinstance(self.timeout_s, int | float) and not isinstance(self.timeout_s, bool)

@@ -38,6 +38,14 @@ CREATE TABLE IF NOT EXISTS jobs (
     submitted_json TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_queue ON jobs(status, number, seq);
+CREATE TABLE IF NOT EXISTS idempotency_keys (
+    user TEXT NOT NULL,
+    key TEXT NOT NULL,
+    job_id TEXT NOT NULL,
+    request_digest TEXT NOT NULL,
+    PRIMARY KEY (user, key)
+);
+CREATE INDEX IF NOT EXISTS idempotency_job ON idempotency_keys(job_id);
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     job_id TEXT NOT NULL,
@@ -187,9 +195,11 @@ class JobStore:
     # jobs ------------------------------------------------------------------------------------
     def add_job(self, job_id: str, number: float, prompt: dict[str, Any], extra_data: dict[str, Any],
                 client_id: str, outputs_to_run: list[str], nodes: dict[str, str],
-                submitted: dict[str, Any] | None = None) -> JobEvent:
+                submitted: dict[str, Any] | None = None,
+                idempotency: tuple[str, str, str] | None = None) -> JobEvent:
         """Persist a job, its node list and its `queued` event in one transaction. `prompt` is the validated
-        prompt; `submitted` the prompt as sent (None: the same)."""
+        prompt; `submitted` the prompt as sent (None: the same); `idempotency`: (user, key, request digest)
+        to remember beside the job."""
         with self._transaction() as now:
             self._db.execute(
                 "INSERT INTO jobs (id, status, number, created, prompt_json, extra_data_json, client_id, "
@@ -197,6 +207,10 @@ class JobStore:
                 (job_id, JobStatus.QUEUED, number, now, wirejson.dumps(prompt), wirejson.dumps(extra_data),
                  client_id, wirejson.dumps(outputs_to_run),
                  None if submitted is None else wirejson.dumps(submitted)))
+            if idempotency is not None:
+                user, key, digest = idempotency
+                self._db.execute("INSERT INTO idempotency_keys (user, key, job_id, request_digest) VALUES (?, ?, ?, ?)",
+                                 (user, key, job_id, digest))
             self._db.executemany(
                 "INSERT INTO node_states (job_id, node_id, class_type, state) VALUES (?, ?, ?, ?)",
                 [(job_id, node_id, class_type, NodeState.PENDING) for node_id, class_type in nodes.items()])
@@ -207,6 +221,13 @@ class JobStore:
         with self._lock:
             row = self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return _job(row) if row else None
+
+    def idempotent_job(self, user: str, key: str) -> tuple[str, str] | None:
+        """(job id, request digest) of the job `user` made with idempotency `key`, or None."""
+        with self._lock:
+            row = self._db.execute("SELECT job_id, request_digest FROM idempotency_keys WHERE user = ? AND key = ?",
+                                   (user, key)).fetchone()
+        return (str(row[0]), str(row[1])) if row else None
 
     def job_status(self, job_id: str) -> str | None:
         with self._lock:
@@ -311,6 +332,9 @@ class JobStore:
         if status in FINISHED_STATUSES:
             fields.append("finished = ?")
             args.append(now)
+            # a node a cancel or failure cut short did not run to its end: it reads pending, never running
+            self._db.execute("UPDATE node_states SET state = ? WHERE job_id = ? AND state = ?",
+                             (NodeState.PENDING, job_id, NodeState.RUNNING))
         if error is not None:
             fields.append("error_json = ?")
             args.append(wirejson.dumps(error))
@@ -374,6 +398,7 @@ class JobStore:
             marks = ",".join("?" * len(job_ids))
             count = self._db.execute(f"DELETE FROM jobs WHERE id IN ({marks})", job_ids).rowcount
             self._db.execute(f"DELETE FROM node_states WHERE job_id IN ({marks})", job_ids)
+            self._db.execute(f"DELETE FROM idempotency_keys WHERE job_id IN ({marks})", job_ids)
         return int(count)
 
     # events ----------------------------------------------------------------------------------

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import AsyncIterator
 from typing import Any
-from urllib.parse import urlencode
 
 from fastapi import APIRouter, Header, HTTPException, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse
 from pydantic import ValidationError
 from sse_starlette.sse import EventSourceResponse, ServerSentEvent
 
@@ -18,20 +18,21 @@ from comfymesh.catalog.files import resolve_inside
 from comfymesh.contracts.events import JobStatus, is_terminal
 from comfymesh.contracts.job_order import JobOrder
 from comfymesh.gateway.engine import Job, JobQuery, NewJob
-from comfymesh.gateway.jobs_service import JobService
+from comfymesh.gateway.idempotency import HEADER, KEY_PATTERN, MAX_KEY_LENGTH, request_digest, valid_key
 from comfymesh.gateway.models import (
     CheckpointList,
     CheckpointModel,
     JobFailure,
+    JobList,
     JobView,
     NodeStateModel,
     OutputImage,
     Problem,
-    ValidationFailure,
     WorkflowAccepted,
     WorkflowSubmission,
 )
-from comfymesh.gateway.request_io import catalog_of, comfy_error, jobs_of, principal_of, read_json_body
+from comfymesh.gateway.problems import problem_response
+from comfymesh.gateway.request_io import catalog_of, jobs_of, principal_of, read_json_body
 from comfymesh.gateway.stored_files import file_response, served_file
 
 router = APIRouter(prefix="/v1", tags=["v1"])
@@ -39,14 +40,18 @@ TOTAL_HEADER = "X-Total-Count"
 
 
 def image_url(request: Request, image: dict[str, Any]) -> str:
+    """The absolute /view URL of an output image, under the base URL the client asked this gateway by."""
     return str(request.url_for("view_file").include_query_params(
         filename=image.get("filename", ""), subfolder=image.get("subfolder", ""), type=image.get("type", "output")))
 
 
-def view_path(image: dict[str, Any]) -> str:
-    """The /view address of an output image, relative to the gateway (for event payloads)."""
-    return "/view?" + urlencode({"filename": image.get("filename", ""), "subfolder": image.get("subfolder", ""),
-                                 "type": image.get("type", "output")})
+def job_url(request: Request, job_id: str, suffix: str = "") -> str:
+    return str(request.url_for("get_job", job_id=job_id)) + suffix
+
+
+def as_number(value: float) -> int | float:
+    """ComfyUI's `number` as JSON has it: an integer unless a client gave a fractional priority."""
+    return int(value) if float(value).is_integer() else value
 
 
 def job_view(request: Request, job: Job) -> JobView:
@@ -55,7 +60,8 @@ def job_view(request: Request, job: Job) -> JobView:
         error = JobFailure(type=job.error.type, node_id=job.error.node_id, node_type=job.error.node_type,
                            message=job.error.message, details=job.error.details,
                            non_retryable=job.error.non_retryable)
-    return JobView(job_id=job.job_id, status=job.status, created=job.created, started=job.started,
+    return JobView(job_id=job.job_id, status=job.status, number=as_number(job.number), created=job.created,
+                   started=job.started,
                    finished=job.finished,
                    nodes=[NodeStateModel(node_id=n.node_id, class_type=n.class_type, state=n.state) for n in job.nodes],
                    outputs=job.outputs, images=[OutputImage(**image, url=image_url(request, image))
@@ -63,11 +69,16 @@ def job_view(request: Request, job: Job) -> JobView:
 
 
 @router.post("/workflows", status_code=202, response_model=WorkflowAccepted,
-             responses={400: {"model": ValidationFailure}, 413: {"model": ValidationFailure},
-                        429: {"model": ValidationFailure}},
+             responses={400: {"description": "The workflow failed validation (`node_errors`)"},
+                        409: {"description": "This Idempotency-Key was used with a different body"},
+                        413: {"description": "The prompt is over the control plane's message limit"},
+                        429: {"description": "The queue is full; see Retry-After"}},
              summary="Submit an API-format workflow")
 async def submit_workflow(request: Request, response: Response,
-                          idempotency_key: str | None = Header(None)) -> Any:
+                          idempotency_key: str | None = Header(
+                              None, max_length=MAX_KEY_LENGTH, pattern=KEY_PATTERN,
+                              description="makes a resubmit of the same body return the same job "
+                                          "(per user); the same key with another body is a 409")) -> Any:
     trace.mark("gateway.submit")
     body = await read_json_body(request)
     if isinstance(body, dict) and isinstance(body.get("prompt"), dict):
@@ -79,16 +90,29 @@ async def submit_workflow(request: Request, response: Response,
     elif isinstance(body, dict):
         submission = WorkflowSubmission(prompt=body)
     else:
-        return comfy_error("no_prompt", "No prompt provided", "the body must be a JSON object")
+        raise RequestValidationError([{"loc": ("body",), "msg": "the body must be a JSON object",
+                                       "type": "dict_type"}])
+    key = idempotency_key or ""
+    if key and not valid_key(key):  # FastAPI checks the header too; this keeps the rule where it is used
+        raise HTTPException(422, f"{HEADER} must be 1 to {MAX_KEY_LENGTH} characters of A-Z a-z 0-9 . _ ~ -")
     result = await jobs_of(request).submit(NewJob(
         submission.prompt, submission.extra_data, client_id=submission.client_id,
-        job_id=submission.job_id or idempotency_key or "", priority=submission.priority, front=submission.front,
+        idempotency_key=key, request_digest=request_digest(body) if key else "",
+        priority=submission.priority, front=submission.front,
         timeout_s=submission.timeout_s, webhook_url=submission.webhook_url, user=principal_of(request)))
+    if result.conflict:
+        return problem_response(409, f"{HEADER} {key!r} was used with a different body; send a new key for a "
+                                     "new job", code="idempotency_conflict", instance=request.url.path)
     if not result.accepted:
-        return JSONResponse(result.refusal(), status_code=400)
-    response.headers["Location"] = f"/v1/jobs/{result.job_id}"
-    return WorkflowAccepted(job_id=result.job_id, number=result.number, node_errors=result.node_errors,
-                            status_url=f"/v1/jobs/{result.job_id}", events_url=f"/v1/jobs/{result.job_id}/events",
+        refusal = result.refusal()
+        error = refusal["error"]
+        detail = f"{error['message']}: {error['details']}" if error.get("details") else str(error["message"])
+        return problem_response(400, detail, code=error.get("type") or "invalid_prompt", title=error["message"],
+                                instance=request.url.path, node_errors=refusal["node_errors"])
+    status_url = job_url(request, result.job_id)
+    response.headers["Location"] = status_url
+    return WorkflowAccepted(job_id=result.job_id, number=as_number(result.number), node_errors=result.node_errors,
+                            status_url=status_url, events_url=job_url(request, result.job_id, "/events"),
                             existing=result.existing)
 
 
@@ -139,50 +163,73 @@ async def list_checkpoints(request: Request) -> CheckpointList:
     return CheckpointList(checkpoints=[CheckpointModel(name=f.name, size=f.size, digest=f.digest) for f in files])
 
 
-def _resume_point(last_event_id: str | None, after: int | None) -> int:
+def _resume_point(last_event_id: str | None, after: int | None, replay: int) -> int:
+    """The event id to follow from: `after`, else Last-Event-ID, else `replay` (-1: live only, 0: all)."""
     if after is not None:
         return after
     try:
-        return int(last_event_id) if last_event_id else 0
+        return int(last_event_id) if last_event_id else replay
     except ValueError:
         raise HTTPException(400, "Last-Event-ID must be an event id (an integer)") from None
 
 
-async def _sse(jobs: JobService, job_id: str, after: int) -> AsyncIterator[ServerSentEvent]:
+async def _sse(request: Request, job_id: str, after: int) -> AsyncIterator[ServerSentEvent]:
     """Relay the event log as it is written: each event carries what a client shows, no job is read back."""
-    async for event in jobs.follow(job_id, after):
+    async for event in jobs_of(request).follow(job_id, after):
         payload = {"job_id": event.job_id, "node_id": event.node_id, "ts": event.ts, **event.data}
         if isinstance(payload.get("images"), list):  # `completed`: where to fetch each image
-            payload["images"] = [{**image, "url": view_path(image)} for image in payload["images"]
+            payload["images"] = [{**image, "url": image_url(request, image)} for image in payload["images"]
                                  if isinstance(image, dict)]
         yield ServerSentEvent(data=json.dumps(payload), event=event.type, id=str(event.id))
         if job_id and is_terminal(event.type):
             trace.mark("gateway.sse_final_event")
 
 
-@router.get("/events", response_class=EventSourceResponse, summary="Every job's events (SSE)",
-            responses={200: {"content": {"text/event-stream": {}}}})
+@router.get("/events", response_class=EventSourceResponse,
+            summary="Every job's events (SSE), live from now unless `after` or Last-Event-ID asks for a replay",
+            responses={200: {"content": {"text/event-stream": {}}}, 400: {"description": "A bad Last-Event-ID"}})
 async def all_events(request: Request, last_event_id: str | None = Header(None),
-                     after: int | None = Query(None, ge=0, description="resume after this event id")) -> Any:
-    return EventSourceResponse(_sse(jobs_of(request), "", _resume_point(last_event_id, after)), ping=15)
+                     after: int | None = Query(None, ge=0, le=2**62, description="replay after this event id")) -> Any:
+    return EventSourceResponse(_sse(request, "", _resume_point(last_event_id, after, -1)), ping=15)
 
 
-@router.get("/jobs/{job_id}/events", response_class=EventSourceResponse, summary="One job's events (SSE)",
-            responses={200: {"content": {"text/event-stream": {}}}, 404: {"model": Problem}})
+@router.get("/jobs/{job_id}/events", response_class=EventSourceResponse,
+            summary="One job's events (SSE) from its first, ending with its terminal event",
+            responses={200: {"content": {"text/event-stream": {}}}, 400: {"description": "A bad Last-Event-ID"},
+                       404: {"model": Problem}})
 async def job_events(job_id: str, request: Request, last_event_id: str | None = Header(None),
-                     after: int | None = Query(None, ge=0, description="resume after this event id")) -> Any:
-    jobs = jobs_of(request)
-    if not await jobs.exists(job_id):
+                     after: int | None = Query(None, ge=0, le=2**62, description="resume after this event id")) -> Any:
+    if not await jobs_of(request).exists(job_id):
         raise HTTPException(404, f"no job {job_id!r}")
-    return EventSourceResponse(_sse(jobs, job_id, _resume_point(last_event_id, after)), ping=15)
+    return EventSourceResponse(_sse(request, job_id, _resume_point(last_event_id, after, 0)), ping=15)
 
 
-@router.get("/jobs", summary="Jobs, newest first", response_model=list[JobView],
+def _cursor(offset: int) -> str:
+    return base64.urlsafe_b64encode(f"o:{offset}".encode()).decode().rstrip("=")
+
+
+def _offset(cursor: str) -> int:
+    """The offset an opaque cursor of `_cursor` stands for; a cursor of ours only (422 otherwise)."""
+    try:
+        kind, _, value = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode().partition(":")
+        if kind == "o" and value.isdigit() and int(value) <= 1_000_000:
+            return int(value)
+    except ValueError:  # not base64, or not text (binascii.Error and UnicodeDecodeError are ValueErrors)
+        pass
+    raise HTTPException(422, "cursor is not one this API gave: pass the `next` of the previous page")
+
+
+@router.get("/jobs", summary="Jobs, newest first, a page at a time", response_model=JobList,
             responses={200: {"headers": {TOTAL_HEADER: {"description": "how many jobs match, on every page",
                                                         "schema": {"type": "integer"}}}}})
 async def list_jobs(request: Request, response: Response, status: JobStatus | None = Query(None),
-                    limit: int = Query(50, ge=1, le=1000), offset: int = Query(0, ge=0, le=1_000_000)) -> list[JobView]:
+                    limit: int = Query(50, ge=1, le=1000),
+                    cursor: str | None = Query(None, max_length=64, pattern=r"^[A-Za-z0-9_-]+$",
+                                                description="`next` of the previous page")
+                    ) -> JobList:
+    offset = _offset(cursor) if cursor else 0
     page = await jobs_of(request).page(JobQuery(statuses=(status,) if status else (), order=JobOrder.NEWEST,
                                                 offset=offset, limit=limit))
     response.headers[TOTAL_HEADER] = str(page.total)
-    return [job_view(request, job) for job in page.jobs]
+    return JobList(items=[job_view(request, job) for job in page.jobs], total=page.total,
+                   next=_cursor(offset + len(page.jobs)) if page.has_more else None)

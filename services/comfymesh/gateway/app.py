@@ -6,14 +6,15 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
 
 from comfymesh.catalog.model_folders import model_folders
 from comfymesh.config import Settings
 from comfymesh.contracts.comfy_errors import error_body
-from comfymesh.gateway import api_v1, comfy, files, login
+from comfymesh.gateway import api_docs, api_v1, comfy, files, login, v2
 from comfymesh.gateway.auth import Authenticator, AuthMiddleware
 from comfymesh.gateway.bodylimit import BodyLimitMiddleware
 from comfymesh.gateway.browser import BrowserGuardMiddleware, BrowserPolicy
@@ -23,6 +24,7 @@ from comfymesh.gateway.engine import Engine, OrchestratorUnavailable, PromptTooL
 from comfymesh.gateway.jobs_service import JobService
 from comfymesh.gateway.lockout import Lockout
 from comfymesh.gateway.models import Health, Problem
+from comfymesh.gateway.problems import answer, is_v1, problem_response
 from comfymesh.gateway.ratelimit import RateLimitMiddleware
 
 
@@ -38,7 +40,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         await comfy.shutdown(app)
         await used.close()
 
-    app = FastAPI(title="comfymesh", version="0.1.0", docs_url="/v1/docs", redoc_url=None,
+    app = FastAPI(title="comfymesh", version="0.1.0", docs_url=None, redoc_url=None,
                   openapi_url="/v1/openapi.json", lifespan=lifespan,
                   # BrowserGuardMiddleware's refusal, which any route may answer
                   responses={403: {"model": Problem, "description": "A page of another site, or a Host name this "
@@ -57,27 +59,32 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     # so it cannot lock the user out by sending wrong ones
     app.add_middleware(BrowserGuardMiddleware, policy=BrowserPolicy(settings))
 
+    # each error is answered in its API's shape: a problem (RFC 9457) on /v1, as before elsewhere
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
         body: Any = exc.detail if isinstance(exc.detail, dict) else {"detail": exc.detail}
-        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+        return answer(request.url.path, exc.status_code, body, exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse({"detail": jsonable_errors(exc)}, status_code=422)
+        errors = jsonable_errors(exc)
+        if is_v1(request.url.path):
+            return problem_response(422, "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors),
+                                    code="invalid_request", instance=request.url.path, errors=errors)
+        return JSONResponse({"detail": errors}, status_code=422)
 
     @app.exception_handler(QueueFull)
     async def queue_full(request: Request, exc: QueueFull) -> JSONResponse:
-        return JSONResponse(error_body("queue_full", "The queue is full", "retry after the Retry-After delay"),
-                            status_code=429, headers={"Retry-After": "5"})
+        return answer(request.url.path, 429, error_body("queue_full", "The queue is full",
+                                                        "retry after the Retry-After delay"), {"Retry-After": "5"})
 
     @app.exception_handler(PromptTooLarge)
     async def prompt_too_large(request: Request, exc: PromptTooLarge) -> JSONResponse:
-        return JSONResponse(error_body("request_too_large", "Prompt too large", str(exc)), status_code=413)
+        return answer(request.url.path, 413, error_body("request_too_large", "Prompt too large", str(exc)))
 
     @app.exception_handler(OrchestratorUnavailable)
     async def unavailable(request: Request, exc: OrchestratorUnavailable) -> JSONResponse:
-        return JSONResponse({"detail": f"{exc}; retry shortly"}, status_code=503, headers={"Retry-After": "2"})
+        return answer(request.url.path, 503, {"detail": f"{exc}; retry shortly"}, {"Retry-After": "2"})
 
     @app.get("/healthz", response_model=Health, tags=["health"], summary="The gateway process is alive")
     async def healthz() -> Health:
@@ -92,7 +99,9 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
 
     app.include_router(login.router)
     app.include_router(api_v1.router)
+    api_docs.install(app)
     app.include_router(files.router)
+    v2.install(app)  # Comfy API v2 at /api/v2, before ComfyUI's routes (some live under /api)
     comfy.install(app)  # last: it ends with the frontend's static mount, which catches every other path
     return app
 

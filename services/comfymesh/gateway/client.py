@@ -99,7 +99,8 @@ class OrchestratorClient:
             prompt_json=wirejson.dumps(job.prompt), extra_data_json=wirejson.dumps(job.extra_data),
             client_id=job.client_id, job_id=job.job_id, priority=job.priority or 0.0,
             has_priority=job.priority is not None, front=job.front, partial_execution_targets=job.targets or [],
-            timeout_s=job.timeout_s, webhook_url=job.webhook_url, user=job.user)
+            timeout_s=job.timeout_s, webhook_url=job.webhook_url, user=job.user,
+            idempotency_key=job.idempotency_key, request_digest=job.request_digest)
         try:
             reply = await self._call(self.stub.ExecuteWorkflow, request)
         except grpc.aio.AioRpcError as exc:
@@ -113,7 +114,7 @@ class OrchestratorClient:
         if reply.queue_full:
             raise QueueFull("the queue is full; retry later")
         return Submission(reply.job_id, reply.number, reply.accepted, _json(reply.error_json, None),
-                          _json(reply.node_errors_json, {}), reply.existing)
+                          _json(reply.node_errors_json, {}), reply.existing, reply.idempotency_conflict)
 
     async def get_job(self, job_id: str, status_only: bool = False) -> Job | None:
         try:

@@ -106,7 +106,9 @@ class NewJob:
     prompt: Any
     extra_data: dict[str, Any] = field(default_factory=dict)
     client_id: str = ""
-    job_id: str = ""
+    job_id: str = ""               # ComfyUI's caller-chosen prompt_id; /v1 leaves it to the orchestrator
+    idempotency_key: str = ""      # kept per user beside the job it made, never as its id
+    request_digest: str = ""       # of the body the key came with: another body under the key is a conflict
     priority: float | None = None
     front: bool = False
     targets: list[str] | None = None
@@ -125,6 +127,7 @@ class Submission:
     error: dict[str, Any] | None
     node_errors: dict[str, Any]
     existing: bool = False
+    conflict: bool = False  # the idempotency key was used with another body: nothing was queued
 
     def refusal(self) -> dict[str, Any]:
         """ComfyUI's body for a refused prompt."""

@@ -4,21 +4,30 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from comfymesh.contracts.job_options import MAX_JOB_ID_LENGTH, MAX_TIMEOUT_S, STORED_KEY
+from comfymesh.contracts.job_options import MAX_TIMEOUT_S, STORED_KEY
 from comfymesh.outbound import MAX_URL_LENGTH, OutboundRefused, parse_url
+
+# a body's example in the OpenAPI document: an imaging graph that runs on any mesh
+SUBMISSION_EXAMPLE: dict[str, Any] = {
+    "prompt": {"1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1,
+                                                             "color": 0}},
+               "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "example"}}},
+    "timeout_s": 60,
+}
 
 
 class WorkflowSubmission(BaseModel):
-    """A ComfyUI API-format prompt plus options. A bare prompt object is accepted too."""
+    """A ComfyUI API-format prompt plus options. A bare prompt object (no `prompt` key) is accepted too.
+    Unknown fields are refused (422). Send `Idempotency-Key` to make a resubmit return the same job."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [SUBMISSION_EXAMPLE]})
 
     prompt: dict[str, Any] = Field(description="API-format graph: {node_id: {class_type, inputs}}")
     extra_data: dict[str, Any] = Field(default_factory=dict, description="ComfyUI extra_data (extra_pnginfo, ...)")
     client_id: str = Field("", description="ComfyUI websocket client that receives this job's messages")
-    job_id: str = Field("", max_length=MAX_JOB_ID_LENGTH,
-                        description="optional caller-chosen id; resubmitting it returns the same job")
-    priority: float | None = Field(None, allow_inf_nan=False, description="smaller runs first (ComfyUI's `number`)")
+    priority: int | None = Field(None, description="smaller runs first (ComfyUI's `number`)")
     front: bool = Field(False, description="queue before every waiting job")
     timeout_s: float = Field(0.0, ge=0, le=MAX_TIMEOUT_S, allow_inf_nan=False,
                              description="this job's overall timeout in seconds (0: the configured default)")
@@ -47,25 +56,11 @@ class WorkflowSubmission(BaseModel):
 
 class WorkflowAccepted(BaseModel):
     job_id: str
-    number: float
+    number: int | float = Field(description="the job's place in the queue (ComfyUI's `number`)")
     node_errors: dict[str, Any] = Field(default_factory=dict)
-    status_url: str
-    events_url: str
-    existing: bool = False
-
-
-class ErrorDetail(BaseModel):
-    type: str
-    message: str
-    details: str = ""
-    extra_info: dict[str, Any] = Field(default_factory=dict)
-
-
-class ValidationFailure(BaseModel):
-    """ComfyUI's error format: a top-level error and every node's errors at once."""
-
-    error: ErrorDetail
-    node_errors: dict[str, Any] = Field(default_factory=dict)
+    status_url: str = Field(description="absolute URL of the job")
+    events_url: str = Field(description="absolute URL of the job's event stream")
+    existing: bool = Field(False, description="an Idempotency-Key seen before: this is the job it made")
 
 
 class NodeStateModel(BaseModel):
@@ -93,6 +88,7 @@ class OutputImage(BaseModel):
 class JobView(BaseModel):
     job_id: str
     status: str = Field(description="queued, running, completed, failed or cancelled")
+    number: int | float = Field(description="the job's place in the queue (ComfyUI's `number`)")
     created: float
     started: float | None = None
     finished: float | None = None
@@ -112,8 +108,44 @@ class CheckpointList(BaseModel):
     checkpoints: list[CheckpointModel]
 
 
+class JobList(BaseModel):
+    """A page of jobs, newest first: pass `next` as `cursor` for the following page."""
+
+    items: list[JobView]
+    total: int = Field(description="how many jobs match the filters, on every page")
+    next: str | None = Field(description="the cursor of the following page; null on the last page")
+
+
+class FieldError(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
 class Problem(BaseModel):
+    """An RFC 9457 problem: every /v1 error (media type application/problem+json)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = Field(description="urn:comfymesh:problem:<code>")
+    title: str
+    status: int
     detail: str
+    instance: str = Field(description="the path that was asked for")
+    code: str = Field(description="the short name of `type`")
+    errors: list[FieldError] | None = Field(None, description="each invalid field (code invalid_request)")
+    node_errors: dict[str, Any] | None = Field(None, description="each node's errors as ComfyUI gives them "
+                                                                 "(code invalid_prompt)")
+
+
+class SseEvent(BaseModel):
+    """The `data:` of a server-sent event (its `event:` field is the type; see the event catalog)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    job_id: str
+    node_id: str = Field(description="the node the event is about; empty for job events")
+    ts: float = Field(description="when it was recorded (Unix seconds)")
 
 
 class Health(BaseModel):

@@ -8,13 +8,16 @@ from typing import Any
 
 from starlette.types import Scope, Send
 
+from comfymesh.gateway.problems import problem_or_legacy
+
 
 async def refuse(scope: Scope, send: Send, status: int, body: dict[str, Any],
                  headers: list[tuple[bytes, bytes]] | None = None) -> None:
-    """A JSON answer; a websocket upgrade gets the same HTTP answer where the server can send one, else a
-    policy-violation close (the client then sees the handshake fail)."""
-    payload = json.dumps(body).encode()
-    all_headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
+    """A JSON answer (a problem on /v1, `body` as is elsewhere); a websocket upgrade gets the same HTTP answer
+    where the server can send one, else a policy-violation close (the client then sees the handshake fail)."""
+    shaped, media_type = problem_or_legacy(scope.get("path", ""), status, body)
+    payload = json.dumps(shaped).encode()
+    all_headers = [(b"content-type", media_type.encode()), (b"content-length", str(len(payload)).encode()),
                    *(headers or [])]
     if scope["type"] == "websocket":
         if "websocket.http.response" in (scope.get("extensions") or {}):

@@ -42,8 +42,10 @@ class Submission:
     """The outcome of a submit: a job id, or ComfyUI's error body (nothing persisted then)."""
 
     def __init__(self, job_id: str = "", number: float = 0, error: dict[str, Any] | None = None,
-                 node_errors: dict[str, Any] | None = None, existing: bool = False, queue_full: bool = False) -> None:
+                 node_errors: dict[str, Any] | None = None, existing: bool = False, queue_full: bool = False,
+                 idempotency_conflict: bool = False) -> None:
         self.queue_full = queue_full
+        self.idempotency_conflict = idempotency_conflict
         self.job_id = job_id
         self.number = number
         self.error = error
@@ -97,6 +99,13 @@ class Scheduler:
                 existing = self.store.get_job(job_id)
                 if existing is not None:
                     return Submission(existing.id, existing.number, existing=True)
+            if options.idempotency_key:
+                made = self.store.idempotent_job(user, options.idempotency_key)
+                if made is not None and made[1] != options.request_digest:
+                    return Submission(idempotency_conflict=True)
+                existing = self.store.get_job(made[0]) if made is not None else None
+                if existing is not None:
+                    return Submission(existing.id, existing.number, existing=True)
             if self.store.count_jobs(JobStatus.QUEUED) >= self.settings.max_queue:
                 return Submission(queue_full=True)
             # ComfyUI's counter moves even when validation then fails
@@ -121,8 +130,9 @@ class Scheduler:
                 extra["client_id"] = client_id
             if options.stored():
                 extra[STORED_KEY] = options.stored()
+            idempotency = (user, options.idempotency_key, options.request_digest) if options.idempotency_key else None
             await self.bus.record(self.store.add_job, job_id, number, result.prompt, extra, client_id,
-                                  result.outputs, nodes, submitted=prompt)
+                                  result.outputs, nodes, submitted=prompt, idempotency=idempotency)
         trace.mark("orchestrator.persisted")
         log.info("job accepted", extra=log_fields(job=job_id, nodes=len(nodes), number=number, user=user))
         if self._recovered:

@@ -66,7 +66,7 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServicer):
             job_id=submission.job_id, number=submission.number, accepted=submission.error is None,
             error_json=wirejson.dumps(submission.error) if submission.error else "",
             node_errors_json=wirejson.dumps(submission.node_errors),
-            existing=submission.existing)
+            existing=submission.existing, idempotency_conflict=submission.idempotency_conflict)
 
     async def _options(self, request: orchestrator_pb2.WorkflowRequest, extra: object,
                        context: Context) -> JobOptions:
@@ -76,7 +76,8 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServicer):
                 raise InvalidJobOptions(f"extra_data.{STORED_KEY} is reserved: pass job options as request fields")
             options = JobOptions(job_id=request.job_id, priority=request.priority if request.has_priority else None,
                                  front=request.front, timeout_s=request.timeout_s, webhook_url=request.webhook_url,
-                                 user=request.user)
+                                 user=request.user, idempotency_key=request.idempotency_key,
+                                 request_digest=request.request_digest)
             options.check_outbound(self.scheduler.outbound)
         except InvalidJobOptions as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"invalid job options: {exc}")

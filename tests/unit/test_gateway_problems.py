@@ -1,0 +1,30 @@
+"""The /v1 error shape and the documented event catalog: one home each, checked against what they describe."""
+
+from __future__ import annotations
+
+from comfymesh.contracts.comfy_errors import error_body
+from comfymesh.contracts.events import EventType
+from comfymesh.gateway.api_docs import EVENT_DATA
+from comfymesh.gateway.problems import CODES, from_legacy, problem_or_legacy
+
+
+def test_every_event_a_v1_stream_sends_is_documented() -> None:
+    # previews go to ComfyUI's /ws only, never to SSE
+    assert set(EVENT_DATA) == set(EventType) - {EventType.NODE_PREVIEW}
+
+
+def test_a_comfyui_body_reads_as_a_problem_on_v1_only() -> None:
+    body = error_body("queue_full", "The queue is full", "retry later", node_errors={"3": {"errors": []}})
+    problem, media = problem_or_legacy("/v1/workflows", 429, body)
+    assert media == "application/problem+json"
+    assert problem == {"type": "urn:comfymesh:problem:queue_full", "title": "The queue is full", "status": 429,
+                       "detail": "The queue is full: retry later", "instance": "/v1/workflows", "code": "queue_full",
+                       "node_errors": {"3": {"errors": []}}}
+    assert problem_or_legacy("/prompt", 429, body) == (body, "application/json")
+    assert problem_or_legacy("/v1x", 429, body)[1] == "application/json"
+
+
+def test_a_detail_body_keeps_its_words_and_codes_are_documented() -> None:
+    problem = from_legacy(401, {"detail": "authentication required: send a token"}, "/v1/jobs")
+    assert problem["detail"] == "authentication required: send a token" and problem["code"] == "unauthorized"
+    assert problem["code"] in CODES and "queue_full" in CODES and "idempotency_conflict" in CODES
