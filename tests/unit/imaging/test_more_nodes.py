@@ -162,3 +162,26 @@ def test_dynamic_inputs_are_validated_and_planned_as_the_prompt_names_them(tmp_p
     assert check(batch) == {}
     wrong = {"class_type": "BatchImagesNode", "inputs": {"images.image0": ["1", 0], "images.image1": "x.png"}}
     assert errors(wrong) == [("bad_linked_input", "images.image1")]
+
+
+def test_a_v3_combo_of_files_is_served_and_checked_in_comfyuis_v3_form(tmp_path: Path) -> None:
+    from comfymesh.catalog.schema import ComboV3, NodeSet, Source
+
+    extra = NodeSet("imaging")
+
+    @extra.define("TestV3Loader", category="testing", inputs=[ComboV3("name", Source("models/upscale_models"))],
+                  output_node=True)
+    def loader(ctx: Any, name: str) -> tuple[()]:
+        return ()
+
+    (tmp_path / "models" / "upscale_models").mkdir(parents=True)
+    (tmp_path / "models" / "upscale_models" / "x2.pth").write_bytes(b"x")
+    catalog = Catalog(tmp_path, extra.object_info())
+    served = catalog.object_info("TestV3Loader")["TestV3Loader"]["input"]["required"]["name"]
+    assert served == ["COMBO", {"multiselect": False, "options": ["x2.pth"]}]
+    assert catalog.choices("TestV3Loader", "name") == ["x2.pth"]
+    assert validate_prompt({"1": {"class_type": "TestV3Loader", "inputs": {"name": "x2.pth"}}}, catalog).ok
+    refused = validate_prompt({"1": {"class_type": "TestV3Loader", "inputs": {"name": "x4.pth"}}}, catalog)
+    (error,) = refused.node_errors["1"]["errors"]
+    assert error["type"] == "value_not_in_list"
+    assert error["extra_info"]["input_config"] == [["x2.pth"], {"multiselect": False, "options": ["x2.pth"]}]
