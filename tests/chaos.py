@@ -105,14 +105,18 @@ def run_chaos(home: Path, jobs: int, seed: int = 0, timeout: float = 600) -> Cha
     started = time.monotonic()
     deadline = started + timeout
     submitted: dict[str, float] = {}
+    indexes: dict[str, int] = {}  # job id -> its place in the run
     try:
         chaos.start()
         for i in range(jobs):
             prompt = _diffusion_job(i) if i % 5 == 4 else _imaging_job(i)
-            job_id = f"chaos-{seed}-{i}"
-            reply = _retrying(lambda p=prompt, j=job_id: http.post("/v1/workflows", json={"prompt": p, "job_id": j}),
-                              deadline)
+            # a submit retried after a gateway death must not make a second job: the key makes it the same one
+            key = f"chaos-{seed}-{i}"
+            reply = _retrying(lambda p=prompt, k=key: http.post("/v1/workflows", json={"prompt": p},
+                                                                headers={"Idempotency-Key": k}), deadline)
             assert reply.status_code == 202, reply.text
+            job_id = reply.json()["job_id"]
+            indexes[job_id] = i
             submitted[job_id] = time.monotonic()
             time.sleep(rng.uniform(0.1, 0.5))
         pending = set(submitted)
@@ -135,7 +139,7 @@ def run_chaos(home: Path, jobs: int, seed: int = 0, timeout: float = 600) -> Cha
         for job_id in submitted:
             job = _retrying(lambda j=job_id: http.get(f"/v1/jobs/{j}"), time.monotonic() + 60).json()
             report.statuses[job["status"]] += 1
-            index = int(job_id.rsplit("-", 1)[1])
+            index = indexes[job_id]
             prefix = f"chaos_d{index}_" if index % 5 == 4 else f"chaos_i{index}_"
             files = [p for p in (home / "output").glob(f"{prefix}*.png")]
             report.files_per_job[job_id] = len(files)

@@ -31,15 +31,17 @@ def test_unknown_class_type(imaging_mesh: Mesh) -> None:
     prompt = base()
     prompt["2"]["class_type"] = "NoSuchNode"
     body = post(imaging_mesh, prompt).json()
-    assert body["error"] == {"type": "invalid_prompt", "message": "Cannot execute because node NoSuchNode does not exist.",
-                             "details": "Node ID '#2'", "extra_info": {}}
+    # /v1 answers a problem: ComfyUI's error type as its code, the message as its title
+    assert (body["code"], body["title"], body["detail"]) == (
+        "invalid_prompt", "Cannot execute because node NoSuchNode does not exist.",
+        "Cannot execute because node NoSuchNode does not exist.: Node ID '#2'")
 
 
 def test_missing_class_type(imaging_mesh: Mesh) -> None:
     prompt = base()
     del prompt["2"]["class_type"]
     body = post(imaging_mesh, prompt).json()
-    assert body["error"]["type"] == "invalid_prompt" and "class_type" in body["error"]["message"]
+    assert body["code"] == "invalid_prompt" and "class_type" in body["title"]
 
 
 @pytest.mark.parametrize(("mutate", "node", "error_type"), [
@@ -66,7 +68,7 @@ def test_node_errors(imaging_mesh: Mesh, mutate: Any, node: str, error_type: str
     reply = post(imaging_mesh, prompt)
     assert reply.status_code == 400, reply.text
     body = reply.json()
-    assert body["error"]["type"] == "prompt_outputs_failed_validation"
+    assert body["code"] == "prompt_outputs_failed_validation"
     assert error_type in node_error_types(body)[node], body
     entry = body["node_errors"][node]
     assert entry["class_type"] == prompt[node]["class_type"] and entry["dependent_outputs"]
@@ -78,7 +80,7 @@ def test_cycle(imaging_mesh: Mesh) -> None:
     prompt["2"]["inputs"]["image"] = ["4", 0]
     prompt["4"] = {"class_type": "ImageInvert", "inputs": {"image": ["2", 0]}}
     body = post(imaging_mesh, prompt).json()
-    assert body["error"]["type"] == "prompt_outputs_failed_validation"
+    assert body["code"] == "prompt_outputs_failed_validation"
     assert any("dependency_cycle" in types for types in node_error_types(body).values())
 
 
@@ -94,7 +96,7 @@ def test_all_errors_at_once(imaging_mesh: Mesh) -> None:
     assert types["3"] == ["required_input_missing"]
     assert sorted(types["4"]) == ["value_bigger_than_max", "value_smaller_than_min"]
     assert body["node_errors"]["1"]["dependent_outputs"] == ["3", "5"]
-    assert "Required input is missing: filename_prefix" in body["error"]["details"]
+    assert "Required input is missing: filename_prefix" in body["detail"]
 
 
 def test_valid_outputs_still_run_when_another_fails(imaging_mesh: Mesh) -> None:
@@ -112,14 +114,15 @@ def test_no_output_node(imaging_mesh: Mesh) -> None:
     prompt = base()
     del prompt["3"]
     body = post(imaging_mesh, prompt).json()
-    assert body["error"]["type"] == "prompt_no_outputs"
+    assert body["code"] == "prompt_no_outputs"
 
 
 def test_empty_and_wrong_bodies(imaging_mesh: Mesh) -> None:
     reply = imaging_mesh.http.post("/v1/workflows", content=b"{not json", headers={"content-type": "application/json"})
-    assert reply.status_code == 400 and reply.json()["error"]["type"] == "invalid_prompt"
-    assert imaging_mesh.http.post("/v1/workflows", json=[1, 2]).json()["error"]["type"] == "no_prompt"
-    assert imaging_mesh.http.post("/v1/workflows", json={}).json()["error"]["type"] == "no_prompt"
+    assert reply.status_code == 400 and reply.json()["code"] == "invalid_prompt"
+    not_an_object = imaging_mesh.http.post("/v1/workflows", json=[1, 2])
+    assert not_an_object.status_code == 422 and not_an_object.json()["code"] == "invalid_request"
+    assert imaging_mesh.http.post("/v1/workflows", json={}).json()["code"] == "no_prompt"
 
 
 def test_body_over_limit_is_413(imaging_mesh: Mesh) -> None:
@@ -128,7 +131,7 @@ def test_body_over_limit_is_413(imaging_mesh: Mesh) -> None:
     prompt["3"]["inputs"]["filename_prefix"] = "x" * (17 * 1024 * 1024)
     reply = post(imaging_mesh, prompt)
     assert reply.status_code == 413
-    assert reply.json()["error"]["type"] == "request_too_large"
+    assert reply.json()["code"] == "request_too_large"
     assert job_count(imaging_mesh) == before
 
 

@@ -165,7 +165,7 @@ def test_full_queue_answers_429_with_retry_after(hanging_mesh: Mesh) -> None:
     assert queued.status_code == 202
     refused = hanging_mesh.http.post("/v1/workflows", json={"prompt": invert_graph("ImageInvert", "q3")})
     assert refused.status_code == 429 and int(refused.headers["retry-after"]) > 0
-    assert refused.json()["error"]["type"] == "queue_full"
+    assert refused.json()["code"] == "queue_full"
     comfy = hanging_mesh.http.post("/prompt", json={"prompt": invert_graph("ImageInvert", "q4")})
     assert comfy.status_code == 429
     for job_id in [*running, queued.json()["job_id"]]:
@@ -196,5 +196,5 @@ def test_rate_limit_per_client(hanging_mesh: Mesh) -> None:
     codes = [r.status_code for r in replies]
     assert 404 in codes and 429 in codes
     limited = next(r for r in replies if r.status_code == 429)
-    assert int(limited.headers["retry-after"]) >= 1 and limited.json()["error"]["type"] == "rate_limited"
+    assert int(limited.headers["retry-after"]) >= 1 and limited.json()["code"] == "rate_limited"
     assert hanging_mesh.http.get("/v1/jobs").status_code == 200  # reads are not limited

@@ -69,8 +69,8 @@ def test_webhooks_to_refused_addresses_are_refused_at_submit(mesh: Mesh, loopbac
                 "http://[::ffff:169.254.169.254]/", f"http://2130706433:{loopback.port}/hook"):
         reply = mesh.http.post("/v1/workflows", json={"prompt": PROMPT, "webhook_url": url})
         assert reply.status_code == 400, (url, reply.text)
-        error = reply.json()["error"]
-        assert error["type"] == "invalid_prompt" and "webhook_url is refused" in error["details"], error
+        problem = reply.json()
+        assert problem["code"] == "invalid_prompt" and "webhook_url is refused" in problem["detail"], problem
         # ComfyUI's API: the same options in extra_data.comfymesh get the same check
         comfy = mesh.http.post("/prompt", json={"prompt": PROMPT, "extra_data": {"comfymesh": {"webhook_url": url}}})
         assert comfy.status_code == 400 and "webhook_url is refused" in comfy.json()["error"]["details"], comfy.text
