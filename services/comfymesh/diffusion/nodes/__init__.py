@@ -15,7 +15,6 @@ from comfymesh.diffusion.nodes import (  # noqa: F401  (they declare)
     latent_files,
     latent_ops,
     loaders,
-    lotus,
     model_patches,
     sampling,
     upscale,
