@@ -171,3 +171,28 @@ def test_submitted_prompt_kept_beside_the_validated_one_and_old_stores_upgraded(
     old_job, new_job = store.get_job("old"), store.get_job("new")
     assert old_job is not None and old_job.submitted == old_job.prompt == validated
     assert new_job is not None and new_job.prompt == validated and new_job.submitted == submitted
+
+
+def test_idempotency_keys_live_beside_their_job_per_user(tmp_path: Path) -> None:
+    store = JobStore(tmp_path / "jobs.db")
+    store.add_job("job-1", 1, {"1": {"class_type": "X", "inputs": {}}}, {}, "", ["1"], {"1": "X"},
+                  idempotency=("alice", "key", "d" * 64))
+    assert store.idempotent_job("alice", "key") == ("job-1", "d" * 64)
+    assert store.idempotent_job("bob", "key") is None  # another user's key space
+    assert store.get_job("key") is None  # the key is not a job id
+    store.close()
+    reopened = JobStore(tmp_path / "jobs.db")
+    assert reopened.idempotent_job("alice", "key") == ("job-1", "d" * 64)
+    reopened.delete_jobs(["job-1"])
+    assert reopened.idempotent_job("alice", "key") is None  # a deleted job frees its key
+
+
+def test_a_finished_jobs_running_nodes_go_back_to_pending(tmp_path: Path) -> None:
+    store = JobStore(tmp_path / "jobs.db")
+    store.add_job("j", 1, {}, {}, "", ["2"], {"1": "Load", "2": "KSampler", "3": "Save"})
+    store.start_job("j", {})
+    store.set_node_state("j", "1", "done")
+    store.set_node_state("j", "2", "running")
+    store.set_status("j", JobStatus.CANCELLED, event="cancelled")
+    assert {n["node_id"]: n["state"] for n in store.node_states("j")} == {"1": "done", "2": "pending",
+                                                                           "3": "pending"}
