@@ -28,3 +28,30 @@ def test_a_detail_body_keeps_its_words_and_codes_are_documented() -> None:
     problem = from_legacy(401, {"detail": "authentication required: send a token"}, "/v1/jobs")
     assert problem["detail"] == "authentication required: send a token" and problem["code"] == "unauthorized"
     assert problem["code"] in CODES and "queue_full" in CODES and "idempotency_conflict" in CODES
+
+
+class _BrokenEngine:
+    """An engine whose job lookup has a bug: the gateway's answer to an unexpected exception."""
+
+    async def close(self) -> None:
+        return None
+
+    async def get_job(self, job_id: str, status_only: bool = False) -> None:
+        raise RuntimeError("a bug")
+
+
+def test_a_crash_on_v1_is_a_problem_and_elsewhere_starlettes_text() -> None:
+    from typing import Any, cast
+
+    from fastapi.testclient import TestClient
+
+    from comfymesh.config import Settings
+    from comfymesh.gateway.app import create_app
+
+    app = create_app(Settings(), engine=cast(Any, _BrokenEngine()))
+    with TestClient(app, base_url="http://127.0.0.1", raise_server_exceptions=False) as client:
+        crashed = client.get("/v1/jobs/x")
+        assert crashed.status_code == 500 and crashed.headers["content-type"] == "application/problem+json"
+        assert crashed.json()["code"] == "internal_error" and crashed.json()["instance"] == "/v1/jobs/x"
+        comfy = client.get("/api/jobs/x")
+        assert comfy.status_code == 500 and comfy.text == "Internal Server Error"

@@ -8,7 +8,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException
 
 from comfymesh.catalog.model_folders import model_folders
@@ -85,6 +85,14 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     @app.exception_handler(OrchestratorUnavailable)
     async def unavailable(request: Request, exc: OrchestratorUnavailable) -> JSONResponse:
         return answer(request.url.path, 503, {"detail": f"{exc}; retry shortly"}, {"Retry-After": "2"})
+
+    @app.exception_handler(500)
+    async def crashed(request: Request, exc: Exception) -> Response:
+        # a bug: Starlette still logs the traceback; /v1 says so as a problem, the rest as Starlette does
+        if is_v1(request.url.path):
+            return problem_response(500, "the gateway failed on this request; its log has the traceback",
+                                    code="internal_error", instance=request.url.path)
+        return PlainTextResponse("Internal Server Error", status_code=500)
 
     @app.get("/healthz", response_model=Health, tags=["health"], summary="The gateway process is alive")
     async def healthz() -> Health:

@@ -39,6 +39,7 @@ CODES: dict[str, str] = {
     "rate_limited": "over COMFYMESH_RATE_LIMIT_PER_MIN, or locked out after wrong tokens; see Retry-After",
     "queue_full": "the queue is at COMFYMESH_MAX_QUEUE; see Retry-After",
     "unavailable": "the orchestrator cannot be reached; see Retry-After",
+    "internal_error": "a bug in the gateway: its log has the traceback",
 }
 
 
