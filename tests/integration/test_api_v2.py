@@ -303,9 +303,18 @@ def test_the_job_list_pages_newest_first_with_a_cursor(mesh: Mesh, client: Comfy
     assert [s.id for s in summaries][:6] == [newer, *ids[::-1]]
     assert all(s.create_time is not None and s.status in {"queued", "running", "succeeded", "failed", "canceled"}
                for s in summaries)
+    labelled = client.submit(client.workflows.from_json(graph), metadata={"client": "acme", "run": "7"})
+    assert labelled.metadata == {"client": "acme", "run": "7"}
+    assert [s.id for s in client.list_jobs(metadata={"client": "acme"})] == [labelled.id]
+    many = {str(i): "x" for i in range(17)}
+    assert error_code(mesh.http.post(f"{V2}/jobs", json={"workflow": graph, "metadata": many}), 422) == \
+        "metadata_invalid"
     assert error_code(mesh.http.get(f"{V2}/jobs", params={"cursor": "bm9wZQ"}), 400) == "invalid_cursor"
-    only = mesh.http.get(f"{V2}/jobs", params={"status": "canceled", "limit": 100}).json()["jobs"]
-    assert only and {item["status"] for item in only} == {"canceled"}
+    labelled.wait(timeout=60)
+    succeeded = mesh.http.get(f"{V2}/jobs", params={"status": "succeeded", "limit": 100}).json()["jobs"]
+    assert labelled.id in {item["id"] for item in succeeded} and {item["status"] for item in succeeded} == {"succeeded"}
+    others = mesh.http.get(f"{V2}/jobs", params={"status": "canceled,failed", "limit": 100}).json()["jobs"]
+    assert {item["status"] for item in others} <= {"canceled", "failed"} and labelled.id not in str(others)
 
 
 def test_refusals_come_in_the_v2_envelope(mesh: Mesh) -> None:
