@@ -11,20 +11,30 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from comfymesh.contracts.errors import ModelError
-from comfymesh.diffusion.latents.formats import FLUX
+from comfymesh.contracts.handles import ModelHandle
+from comfymesh.diffusion.families.registry import (
+    BuiltModel,
+    Conditioning,
+    DiffusionFamily,
+    VaeKind,
+    flow_shift_sampling,
+)
+from comfymesh.diffusion.latents.formats import FLUX, LatentFormat
 from comfymesh.diffusion.models.recognise import Recognition, UNetLayout
 from comfymesh.diffusion.models.tensor_source import TensorSource
 from comfymesh.diffusion.sampling.flow_sampling import FlowModelSampling
 from comfymesh.diffusion.sampling.guidance import UNetFn
 from comfymesh.diffusion.sampling.ksampler import SamplingModel
+from comfymesh.diffusion.text.qwen3 import encode_qwen3, load_qwen3_file
 
-FAMILY = "zimage"
+NAME = "zimage"
 SHIFT, MULTIPLIER = 3.0, 1.0  # ComfyUI's Z-Image sampling settings (the model takes σ itself as its time)
 PATCH = 2
 ROPE_THETA = 256.0
@@ -163,7 +173,7 @@ def recognition(layout: ZImageLayout) -> Recognition:
     summary = UNetLayout(in_channels=layout.in_channels, out_channels=layout.in_channels, model_channels=layout.dim,
                          level_channels=(), res_blocks=0, depth=(), up_depth=(), mid_depth=0,
                          context_dim=layout.cap_feat_dim, linear_proj=True, adm=None)
-    return Recognition(FAMILY, "flow", False, summary, (), None)
+    return Recognition(NAME, "flow", False, summary, (), None)
 
 
 def load_zimage(src: TensorSource, layout: ZImageLayout, device: torch.device,
@@ -188,6 +198,46 @@ def sampling_model(model: torch.nn.Module, rec: Recognition, device: torch.devic
     param = next(model.parameters())
     return SamplingModel(
         unet=zimage_fn(model), sampling=FlowModelSampling(SHIFT, MULTIPLIER), prediction="flow", latent_format=FLUX,
-        family=FAMILY, context_dim=rec.unet.context_dim, adm=None, device=device, dtype=param.dtype,
-        in_channels=rec.unet.in_channels, joint_context=True,
+        family=NAME, context_dim=rec.unet.context_dim, adm=None, device=device, dtype=param.dtype,
+        in_channels=rec.unet.in_channels, joint_context=not ZImage.batches,
     )
+
+
+class ZImage:
+    """Z-Image in the family registry: CLIPLoader type `lumina2` with a Qwen3 file, FLUX's latents and 16-channel
+    VAE, flow sampling. Caption tokens join the image sequence, so calls never batch across jobs; no LoRA or
+    fast path yet."""
+
+    name = NAME
+    clip_types: tuple[str, ...] = ("lumina2",)
+    latent_format: LatentFormat = FLUX
+    vae_kind: VaeKind = "flux16"
+    batches = False
+    fast_path = False
+    lora = False
+
+    def recognise(self, src: TensorSource) -> ZImageLayout | None:
+        return parse_zimage(src)
+
+    def build(self, src: TensorSource, layout: ZImageLayout, device: torch.device,
+              weight_dtype: torch.dtype | None) -> BuiltModel:
+        return BuiltModel(recognition(layout), load_zimage(src, layout, device, weight_dtype))
+
+    def sampling_model(self, module: torch.nn.Module, rec: Recognition, device: torch.device) -> SamplingModel:
+        return sampling_model(module, rec, device)
+
+    def load_text_encoders(self, clip_type: str, paths: list[Path], device: torch.device) -> dict[str, Any]:
+        # ComfyUI tells lumina2's encoders apart by the file; this build runs Z-Image's Qwen3
+        if len(paths) != 1:
+            raise ModelError(f"CLIP type {clip_type!r} takes one text encoder file, got {len(paths)}")
+        return {"qwen3": load_qwen3_file(TensorSource(paths[0]), device)}
+
+    def encode(self, text: str, encoders: dict[str, Any], clip: ModelHandle) -> Conditioning:
+        # Qwen3 caption features; ComfyUI applies no prompt weights here and passes no pooled output
+        return [[encode_qwen3(encoders["qwen3"], text), {}]]
+
+    def model_sampling(self, record: dict[str, Any], sm: SamplingModel) -> SamplingModel:
+        return flow_shift_sampling(record, sm)
+
+
+FAMILY: DiffusionFamily = ZImage()

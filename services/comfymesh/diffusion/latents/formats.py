@@ -45,10 +45,13 @@ FLUX = LatentFormat(
     (-0.0329, -0.0718, -0.0851),
     shift_factor=0.1159,
 )
-FLUX_FAMILIES = frozenset({"zimage"})
 
 
 def for_family(family: str) -> LatentFormat:
-    if family in FLUX_FAMILIES:
-        return FLUX
+    """A registered family's own format; the UNet families' SD1.5 / SDXL formats."""
+    from comfymesh.diffusion.families import registry  # its families import these formats
+
+    registered = registry.get(family)
+    if registered is not None:
+        return registered.latent_format
     return SDXL if family.startswith("sdxl") else SD15

@@ -23,7 +23,7 @@ from comfymesh.config import get_settings
 from comfymesh.config.diffusion import DiffusionSettings
 from comfymesh.config.fast_path import FastPathSettings
 from comfymesh.contracts.errors import ModelError
-from comfymesh.diffusion.families import zimage
+from comfymesh.diffusion.families import registry as families
 from comfymesh.diffusion.fast.decoder import FastDecoder
 from comfymesh.diffusion.fast.unet import FastUNet
 from comfymesh.diffusion.latents.formats import LatentFormat, for_family
@@ -31,14 +31,14 @@ from comfymesh.diffusion.models import lora as lora_mod
 from comfymesh.diffusion.models.checkpoint import (
     CheckpointParts,
     load_checkpoint,
-    load_qwen3_encoder,
+    load_family_encoders,
     load_text_encoders,
     load_unet_file,
     load_vae_file,
 )
 from comfymesh.diffusion.models.convert import Placement
 from comfymesh.diffusion.models.recognise import Recognition
-from comfymesh.diffusion.models.split_files import QWEN3_CLIP_TYPES, assign_encoders
+from comfymesh.diffusion.models.split_files import assign_encoders
 from comfymesh.diffusion.models.tensor_source import TensorSource
 from comfymesh.diffusion.sampling.guidance import ResidualUNetFn, UNetFn
 from comfymesh.diffusion.sampling.ksampler import SamplingModel
@@ -177,8 +177,9 @@ class ModelCache:
         digest = "+".join(self.digest(p) for p in paths)
 
         def load() -> CheckpointParts:
-            if clip_type in QWEN3_CLIP_TYPES:
-                return load_qwen3_encoder(paths, self.placement)
+            registered = families.for_clip_type(clip_type)
+            if registered is not None:
+                return load_family_encoders(registered, clip_type, paths, self.placement)
             family, encoders = assign_encoders(clip_type, [TensorSource(p) for p in paths])
             return load_text_encoders(family, encoders, self.placement)
 
@@ -312,8 +313,9 @@ class ModelCache:
 
     def sampling_model(self, ckpt: LoadedCheckpoint, loras: Sequence[LoraSpec] = ()) -> SamplingModel:
         module, rec = ckpt.unet()
-        if rec.family == zimage.FAMILY:  # a flow transformer: no LoRA or fast path yet
-            return zimage.sampling_model(module, rec, ckpt.device)
+        family = families.get(rec.family)
+        if family is not None:  # its own model call; LoRA and the fast path run on the UNet families only so far
+            return family.sampling_model(module, rec, ckpt.device)
         overrides = self._patches(ckpt, "unet", loras).get("unet", {})
         unet: UNetFn = _unet_fn(module, overrides)
         if not overrides and self.fast.fast_enabled(ckpt.device.type):

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from comfymesh.contracts.errors import ModelError
-from comfymesh.diffusion.families import zimage
+from comfymesh.diffusion.families import registry as families
 from comfymesh.diffusion.models.convert import Placement, build_clip, build_unet, build_vae, unet_module_map
 from comfymesh.diffusion.models.recognise import (
     VAE_PREFIX,
@@ -23,7 +23,6 @@ from comfymesh.diffusion.models.recognise import (
 )
 from comfymesh.diffusion.models.split_files import recognise_unet_file
 from comfymesh.diffusion.models.tensor_source import TensorSource
-from comfymesh.diffusion.text.qwen3 import load_qwen3_file
 from comfymesh.logs import log_fields
 
 log = logging.getLogger(__name__)
@@ -110,10 +109,11 @@ def load_unet_file(path: Path, place: Placement | None = None, weight_dtype: str
     if not path.is_file():
         raise ModelError(f"diffusion model file {path} does not exist")
     src = TensorSource(path)
-    layout = zimage.parse_zimage(src)
-    if layout is not None:
-        model = zimage.load_zimage(src, layout, place.device, WEIGHT_DTYPES[weight_dtype])
-        return CheckpointParts(zimage.recognition(layout), model, None)
+    found = families.recognise(src)
+    if found is not None:
+        family, layout = found
+        built = family.build(src, layout, place.device, WEIGHT_DTYPES[weight_dtype])
+        return CheckpointParts(built.recognition, built.module, None, {}, built.unet_modules)
     rec, prefix = recognise_unet_file(src)
     try:
         unet = build_unet(src, rec, place, prefix)
@@ -147,10 +147,8 @@ def load_text_encoders(family: str, layouts: dict[str, tuple[TensorSource, ClipL
     return CheckpointParts(None, None, None, clips, family=family)
 
 
-def load_qwen3_encoder(paths: list[Path], place: Placement | None = None) -> CheckpointParts:
-    """CLIPLoader type `lumina2` with a Qwen3 file: Z-Image's text encoder (ComfyUI tells it by the file)."""
-    place = place or Placement()
-    if len(paths) != 1:
-        raise ModelError(f"CLIP type 'lumina2' takes one text encoder file, got {len(paths)}")
-    return CheckpointParts(None, None, None, {"qwen3": load_qwen3_file(TensorSource(paths[0]), place.device)},
-                           family=zimage.FAMILY)
+def load_family_encoders(family: families.DiffusionFamily, clip_type: str, paths: list[Path],
+                         place: Placement | None = None) -> CheckpointParts:
+    """A registered family's text encoder files (CLIPLoader and friends with one of its `clip_types`)."""
+    clips = family.load_text_encoders(clip_type, paths, (place or Placement()).device)
+    return CheckpointParts(None, None, None, clips, family=family.name)

@@ -9,6 +9,7 @@ A diffusion-model file is the LDM UNet state dict, bare (`input_blocks.…`) or 
 from __future__ import annotations
 
 from comfymesh.contracts.errors import ModelError
+from comfymesh.diffusion.families import registry as families
 from comfymesh.diffusion.models.recognise import (
     SDXL_ADM_SIZES,
     UNET_PREFIX,
@@ -90,9 +91,13 @@ def _what_it_holds(src: TensorSource) -> str:
     return f"found {found_summary(src)}"
 
 
-# CLIP loader types this build runs, with the family each gives (the model-family issues add the others)
-SUPPORTED_CLIP_TYPES = {"stable_diffusion": ("sd1", "sd2"), "sdxl": ("sdxl",), "lumina2": ("zimage",)}
-QWEN3_CLIP_TYPES = frozenset({"lumina2"})  # one Qwen3 file (Z-Image), not CLIP towers
+# the UNet families' CLIP loader types, with the family each gives; registered families add theirs
+UNET_CLIP_TYPES = {"stable_diffusion": ("sd1", "sd2"), "sdxl": ("sdxl",)}
+
+
+def supported_clip_types() -> list[str]:
+    """Every CLIP loader type this build runs: the UNet families' and the registered families'."""
+    return [*UNET_CLIP_TYPES, *(t for f in families.families() for t in f.clip_types)]
 
 
 class UnsupportedClipType(ModelError):
@@ -100,15 +105,18 @@ class UnsupportedClipType(ModelError):
 
 
 def check_clip_type(clip_type: str) -> None:
-    if clip_type not in SUPPORTED_CLIP_TYPES:
+    supported = supported_clip_types()
+    if clip_type not in supported:
         raise UnsupportedClipType(f"CLIP type {clip_type!r} is not supported yet (model families: issue 15); "
-                                  f"supported: {', '.join(SUPPORTED_CLIP_TYPES)}")
+                                  f"supported: {', '.join(supported)}")
 
 
 def assign_encoders(clip_type: str, sources: list[TensorSource]) -> tuple[str, dict[str, tuple[TensorSource, ClipLayout]]]:
     """The family and the encoder per role for a CLIP loader's files of `clip_type`, or ModelError naming each
     file and what it holds."""
-    check_clip_type(clip_type)
+    if clip_type not in UNET_CLIP_TYPES:
+        check_clip_type(clip_type)
+        raise ModelError(f"CLIP type {clip_type!r} loads through its family, not as CLIP towers")
     layouts = [(src, text_encoder_layout(src)) for src in sources]
     found = "; ".join(f"{src.path.name}: {describe_encoder(lay)}" for src, lay in layouts)
     if clip_type == "stable_diffusion":

@@ -6,13 +6,12 @@ from typing import Any
 
 from comfymesh.catalog.schema import Link, Output, String
 from comfymesh.contracts.handles import HandleKind, ModelHandle
-from comfymesh.diffusion.families import zimage
+from comfymesh.diffusion.families import registry as families
 from comfymesh.diffusion.models.cache import get_model_cache
 from comfymesh.diffusion.nodes.failures import node
 from comfymesh.diffusion.nodes.handles import checkpoint_of, expect_handle, loras_of
 from comfymesh.diffusion.nodes.registry import nodes
 from comfymesh.diffusion.text.encode import encode_prompt
-from comfymesh.diffusion.text.qwen3 import encode_qwen3
 from comfymesh.stage.node import NodeContext
 
 
@@ -29,8 +28,9 @@ from comfymesh.stage.node import NodeContext
 def clip_text_encode(ctx: NodeContext, text: str, clip: ModelHandle) -> tuple[list[Any]]:
     clip = expect_handle(ctx, clip, HandleKind.CLIP)
     ckpt = checkpoint_of(ctx, clip)
-    if ckpt.family == zimage.FAMILY:  # Qwen3 caption features; ComfyUI applies no prompt weights here
-        return ([[encode_qwen3(ckpt.parts.clips["qwen3"], text), {}]],)
+    family = families.get(ckpt.family)
+    if family is not None:
+        return (family.encode(text, ckpt.parts.clips, clip),)
     encoders = get_model_cache().text_encoders(ckpt, loras_of(ctx, clip))
     cond, pooled = encode_prompt(encoders, text, clip.get("stop_at_clip_layer"))
     return ([[cond, {"pooled_output": pooled}]],)

@@ -40,7 +40,7 @@ def checkpoint_loader_simple(ctx: NodeContext, ckpt_name: str) -> tuple[ModelHan
 
 
 # ComfyUI 0.8.0's type lists: declared whole so that graphs naming any of them load; the model-family issues
-# make more of them run (`split_files.SUPPORTED_CLIP_TYPES`)
+# make more of them run (`split_files.supported_clip_types`)
 CLIP_TYPES = ["stable_diffusion", "stable_cascade", "sd3", "stable_audio", "mochi", "ltxv", "pixart", "cosmos",
               "lumina2", "wan", "hidream", "chroma", "ace", "omnigen2", "qwen_image", "hunyuan_image", "flux2", "ovis"]
 DUAL_CLIP_TYPES = ["sdxl", "sd3", "flux", "hunyuan_video", "hidream", "hunyuan_image", "hunyuan_video_15", "kandinsky5",

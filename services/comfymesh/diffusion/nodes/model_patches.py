@@ -2,8 +2,8 @@
 recorded in the handle under `model_sampling`, and CFGNorm recorded under `post_cfg` (sampling.post_cfg).
 
 Sampling applies the record (`apply_model_sampling`): eps / v_prediction switch an SD1/SD2/SDXL model's
-prediction; the other discrete modes and the flow shifts (SD3, AuraFlow, Flux) are refused on the families
-served today with a message saying so, until the flow families arrive."""
+prediction; the other discrete modes and the flow shifts (SD3, AuraFlow, Flux) are refused on them with a message
+saying so. A registered family (families.registry) applies the record itself (`DiffusionFamily.model_sampling`)."""
 
 from __future__ import annotations
 
@@ -13,12 +13,13 @@ from typing import Any
 from comfymesh.catalog.schema import MAX_RESOLUTION, Boolean, Combo, Float, Int, Link, Output, Source
 from comfymesh.contracts.errors import NodeInputError
 from comfymesh.contracts.handles import HandleKind, ModelHandle
+from comfymesh.diffusion.families import registry as families
+from comfymesh.diffusion.families.registry import UnsupportedSampling
 from comfymesh.diffusion.models.cache import get_model_cache
 from comfymesh.diffusion.nodes.failures import node
 from comfymesh.diffusion.nodes.handles import checkpoint_of, expect_handle
 from comfymesh.diffusion.nodes.model_files import resolve_file
 from comfymesh.diffusion.nodes.registry import nodes
-from comfymesh.diffusion.sampling.flow_sampling import FlowModelSampling
 from comfymesh.diffusion.sampling.ksampler import SamplingModel
 from comfymesh.diffusion.sampling.post_cfg import post_cfg_functions
 from comfymesh.stage.node import NodeContext
@@ -131,8 +132,12 @@ def apply_model_sampling(ctx: NodeContext, model: ModelHandle, sm: SamplingModel
     record = model.get("model_sampling")
     if not record:
         return sm
-    if sm.prediction == "flow":
-        return _flow_sampling(ctx, record, sm)
+    family = families.get(sm.family)
+    if family is not None:
+        try:
+            return family.model_sampling(record, sm)
+        except UnsupportedSampling as exc:
+            raise NodeInputError(str(exc), node_id=ctx.node_id) from exc
     if record["kind"] == "discrete" and not record["zsnr"] and record["sampling"] in PREDICTION_OF:
         return dataclasses.replace(sm, prediction=PREDICTION_OF[record["sampling"]])
     if record["kind"] == "discrete":
@@ -142,12 +147,3 @@ def apply_model_sampling(ctx: NodeContext, model: ModelHandle, sm: SamplingModel
     raise NodeInputError(f"a flow model-sampling shift (ModelSampling{'Flux' if record['kind'] == 'flux' else 'SD3/AuraFlow'})"
                          f" cannot apply to the {sm.family} model, which is not a flow model: remove that node "
                          "or load a flow model", node_id=ctx.node_id)
-
-
-def _flow_sampling(ctx: NodeContext, record: dict[str, Any], sm: SamplingModel) -> SamplingModel:
-    """ModelSamplingSD3 / AuraFlow on a flow model: its σ table with the node's shift and multiplier."""
-    if record["kind"] == "flow":
-        return dataclasses.replace(sm, sampling=FlowModelSampling(record["shift"], record["multiplier"]))
-    what = "ModelSamplingFlux" if record["kind"] == "flux" else f"ModelSamplingDiscrete {record['sampling']!r}"
-    raise NodeInputError(f"{what} on the {sm.family} flow model is not supported yet: use ModelSamplingAuraFlow "
-                         "or ModelSamplingSD3", node_id=ctx.node_id)
