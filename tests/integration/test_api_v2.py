@@ -319,7 +319,11 @@ def test_the_job_list_pages_newest_first_with_a_cursor(mesh: Mesh, client: Comfy
 
 def test_refusals_come_in_the_v2_envelope(mesh: Mesh) -> None:
     http = mesh.http
-    assert error_code(http.get(f"{V2}/jobs/no-such-job"), 404) == "not_found"
+    missing_job = http.get(f"{V2}/jobs/no-such-job")
+    assert error_code(missing_job, 404) == "not_found"
+    assert missing_job.headers["x-content-type-options"] == "nosniff"  # the browser guard's headers stay
+    assert error_code(http.put(f"{V2}/jobs"), 405) == "method_not_allowed"
+    assert error_code(http.get(f"{V2}/no-such-route"), 404) == "not_found"
     assert error_code(http.post(f"{V2}/jobs/no-such-job/cancel"), 404) == "not_found"
     assert error_code(http.get(f"{V2}/jobs/no-such-job/events"), 404) == "not_found"
     ui = {"nodes": [], "links": [], "last_node_id": 0}
