@@ -123,7 +123,8 @@ def test_a_blocked_branch_saves_nothing_and_the_job_completes(mesh: Mesh, throug
             "4": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": prefix}},
         }
         if through_switch:  # the blocker crosses the orchestrator (a wire value) and back to a stage
-            nodes["5"] = {"class_type": "ComfySwitchNode", "inputs": {"switch": True, "on_true": ["2", 0]}}
+            nodes["5"] = {"class_type": "ComfySwitchNode", "inputs": {"switch": True, "on_true": ["2", 0],
+                                                                      "on_false": ["1", 0]}}
             nodes["3"]["inputs"]["image"] = ["5", 0]
         return nodes
 
@@ -141,6 +142,17 @@ def test_a_blocked_branch_saves_nothing_and_the_job_completes(mesh: Mesh, throug
 
 def test_the_switch_is_served_as_comfyui_declares_it(mesh: Mesh) -> None:
     entry = mesh.http.get("/object_info/ComfySwitchNode").json()["ComfySwitchNode"]
-    assert entry["input"]["optional"]["on_true"][1]["lazy"] is True
+    # both branches are required (ComfyUI 0.8.0 refuses a switch with one unlinked) and lazy
+    assert entry["input"]["required"]["on_true"][1]["lazy"] is True and "optional" not in entry["input"]
     assert entry["category"] == "logic" and entry["output_matchtypes"] == ["switch"]
     assert "stage" not in entry
+
+
+def test_a_switch_with_a_branch_unlinked_is_refused_before_it_runs(mesh: Mesh) -> None:
+    prompt = {"1": empty(0xFFFFFF),
+              "2": {"class_type": "ComfySwitchNode", "inputs": {"switch": True, "on_true": ["1", 0]}},
+              "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "one_branch"}}}
+    reply = mesh.http.post("/prompt", json={"prompt": prompt})
+    assert reply.status_code == 400
+    errors = reply.json()["node_errors"]["2"]["errors"]
+    assert [(e["type"], e["extra_info"]["input_name"]) for e in errors] == [("required_input_missing", "on_false")]

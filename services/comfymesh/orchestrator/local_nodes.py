@@ -73,8 +73,8 @@ def _switch_run(inputs: Inputs) -> list[common_pb2.Value]:
 @local_nodes.define(
     "ComfySwitchNode", category="logic", display_name="Switch", python_module="comfy_extras.nodes_logic",
     inputs=[Boolean("switch"),
-            Link("on_false", MATCH_TYPE, section="optional", lazy=True, template=_SWITCH_TEMPLATE),
-            Link("on_true", MATCH_TYPE, section="optional", lazy=True, template=_SWITCH_TEMPLATE)],
+            Link("on_false", MATCH_TYPE, lazy=True, template=_SWITCH_TEMPLATE),
+            Link("on_true", MATCH_TYPE, lazy=True, template=_SWITCH_TEMPLATE)],
     outputs=[Output(MATCH_TYPE, "output")],
     deprecated=False, experimental=True, api_node=False, output_matchtypes=["switch"], output_tooltips=[None])
 def comfy_switch_node(inputs: Inputs) -> list[common_pb2.Value]:
