@@ -57,6 +57,8 @@ class SamplingModel:
     residual_unet: ResidualUNetFn | None = None  # the eager UNet taking ControlNet residuals
     # caption tokens join the image's in one sequence (Z-Image): contexts of other lengths never share a call
     joint_context: bool = False
+    # y is the conditioning's pooled output as it is (SD3's CLIP-L ‖ CLIP-G), not SDXL's pooled ‖ size embeddings
+    pooled_y: bool = False
 
 
 def size_embedding(value: float, width: int = 256) -> torch.Tensor:
@@ -97,7 +99,8 @@ def cond_entries(conditioning: Sequence[Any], model: SamplingModel, latent_hw: t
             pooled = sdxl_pooled(extras, seed)
             if pooled is None:
                 raise NodeInputError(f"{which} conditioning has no pooled output, which {model.family} needs")
-            y = sdxl_y(torch.as_tensor(pooled), extras, latent_hw)
+            pooled = torch.as_tensor(pooled).float().reshape(1, -1)
+            y = pooled if model.pooled_y else sdxl_y(pooled, extras, latent_hw)
             if y.shape[1] != model.adm:
                 raise NodeInputError(f"{which} conditioning gives a {y.shape[1]}-wide ADM vector, "
                                      f"the model expects {model.adm}")

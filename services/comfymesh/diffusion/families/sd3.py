@@ -1,0 +1,316 @@
+"""SD3 / SD3.5 (Stability's MMDiT): recognise a diffusion model in ComfyUI's key layout from its keys and shapes,
+build diffusers' SD3Transformer2DModel from them, and call it with ComfyUI's conventions.
+
+The layout (`joint_blocks.N.{x_block,context_block}`, `x_embedder.proj`, `context_embedder`, `y_embedder`,
+`pos_embed`) is read at any depth and width, so reduced test models load. As in ComfyUI, heads are 64 wide
+(width / 64 heads), `ln_q` norms mean RMS q/k norms (SD3.5) and `x_block.attn2` marks the MMDiT-X blocks with a
+second self-attention (SD3.5 medium). The model takes σ·1000 as its time and predicts the flow velocity
+(x0 = x − σ·out); odd latents are padded circularly to whole patches and the learned position table is
+cropped around its centre, as ComfyUI's MMDiT does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from comfymesh.contracts.errors import ModelError
+from comfymesh.diffusion.latents.formats import LatentFormat
+from comfymesh.diffusion.models.fp8_scaled import dequantise_scaled_fp8
+from comfymesh.diffusion.models.recognise import ClipLayout, Recognition, UNetLayout
+from comfymesh.diffusion.models.tensor_source import TensorSource
+from comfymesh.diffusion.sampling.flow_sampling import FlowModelSampling
+from comfymesh.diffusion.sampling.guidance import UNetFn
+from comfymesh.diffusion.sampling.ksampler import SamplingModel
+from comfymesh.diffusion.text.sd3_text import T5Encode, sd3_conditioning
+
+log = logging.getLogger(__name__)
+
+NAME = "sd3"
+SHIFT, MULTIPLIER = 3.0, 1000.0  # ComfyUI's SD3 sampling settings: shift 3, the model's time is σ·1000
+HEAD_DIM = 64
+PREFIXES = ("", "model.diffusion_model.")
+_MARKER = "joint_blocks.0.context_block.attn.qkv.weight"
+
+# ComfyUI's SD3 latent format: the 16-channel SD3 VAE's latents centred by 0.0609, scaled by 1.5305
+SD3_LATENTS = LatentFormat(
+    1.5305,
+    ((-0.0922, -0.0175, 0.0749), (0.0311, 0.0633, 0.0954), (0.1994, 0.0927, 0.0458), (0.0856, 0.0339, 0.0902),
+     (0.0587, 0.0272, -0.0496), (-0.0006, 0.1104, 0.0309), (0.0978, 0.0306, 0.0427), (-0.0042, 0.1038, 0.1358),
+     (-0.0194, 0.0020, 0.0669), (-0.0488, 0.0130, -0.0268), (0.0922, 0.0988, 0.0951), (-0.0278, 0.0524, -0.0542),
+     (0.0332, 0.0456, 0.0895), (-0.0069, -0.0030, -0.0810), (-0.0596, -0.0465, -0.0293), (-0.1448, -0.1463, -0.1189)),
+    (0.2394, 0.2135, 0.1925),
+    shift_factor=0.0609,
+)
+
+
+@dataclass(frozen=True)
+class SD3Layout:
+    prefix: str
+    in_channels: int
+    out_channels: int
+    patch: int
+    width: int
+    n_blocks: int
+    context_dim: int  # the text features' width (CLIP-L ‖ CLIP-G padded, T5-XXL: 4096)
+    pooled_dim: int  # CLIP-L pooled ‖ CLIP-G pooled (2048)
+    pos_embed_max: int
+    dual_attention: tuple[int, ...]  # MMDiT-X blocks (SD3.5 medium)
+    qk_norm: bool  # RMS q/k norms (SD3.5)
+
+    @property
+    def heads(self) -> int:
+        return self.width // HEAD_DIM
+
+    @property
+    def variant(self) -> str:
+        if self.dual_attention:
+            return "SD3.5 medium (MMDiT-X)"
+        return "SD3.5 large" if self.qk_norm else "SD3 medium"
+
+    def describe(self) -> str:
+        return (f"{self.variant} (width {self.width}, {self.n_blocks} joint blocks, text width {self.context_dim}, "
+                f"pooled width {self.pooled_dim})")
+
+
+def sd3_prefix(src: TensorSource) -> str | None:
+    """The prefix of an MMDiT diffusion model in the file, None if it holds none."""
+    for prefix in PREFIXES:
+        if src.has(prefix + _MARKER) and src.has(prefix + "x_embedder.proj.weight"):
+            return prefix
+    return None
+
+
+def _blocks(keys: list[str], prefix: str) -> list[int]:
+    rx = re.compile(re.escape(prefix) + r"joint_blocks\.(\d+)\.")
+    return sorted({int(m.group(1)) for k in keys if (m := rx.match(k))})
+
+
+def parse_sd3(src: TensorSource) -> SD3Layout | None:
+    """The SD3 layout of a file, None if it is not one; ModelError if it is one we cannot build."""
+    p = sd3_prefix(src)
+    if p is None:
+        return None
+    width, in_channels, patch, _ = src.shape(p + "x_embedder.proj.weight")
+    blocks = _blocks(src.keys, p)
+    missing = [k for k in ("context_embedder.weight", "y_embedder.mlp.0.weight", "pos_embed",
+                           "final_layer.linear.weight") if not src.has(p + k)]
+    if missing or blocks != list(range(len(blocks))) or width % HEAD_DIM:
+        raise ModelError(f"{src.path.name}: an MMDiT (SD3) diffusion model this stage cannot build (width {width}, "
+                         f"blocks {blocks[:3]}…, missing {missing}); it needs 64-wide heads, a text and a pooled "
+                         "embedder and a learned position table")
+    if src.has(p + "context_processor.layers.0.attn.qkv.weight") or src.has(p + "register"):
+        raise ModelError(f"{src.path.name}: an MMDiT with a context processor or registers is not SD3: not supported")
+    n_patches = src.shape(p + "pos_embed")[1]
+    dual = tuple(i for i in blocks if src.has(f"{p}joint_blocks.{i}.x_block.attn2.qkv.weight"))
+    return SD3Layout(
+        prefix=p, in_channels=in_channels, out_channels=src.shape(p + "final_layer.linear.weight")[0] // patch**2,
+        patch=patch, width=width, n_blocks=len(blocks), context_dim=src.shape(p + "context_embedder.weight")[1],
+        pooled_dim=src.shape(p + "y_embedder.mlp.0.weight")[1], pos_embed_max=round(math.sqrt(n_patches)),
+        dual_attention=dual, qk_norm=src.has(p + _MARKER.replace("qkv.weight", "ln_q.weight")),
+    )
+
+
+def model_config(layout: SD3Layout) -> dict[str, Any]:
+    return {
+        "sample_size": 128, "patch_size": layout.patch, "in_channels": layout.in_channels,
+        "num_layers": layout.n_blocks, "attention_head_dim": HEAD_DIM, "num_attention_heads": layout.heads,
+        "joint_attention_dim": layout.context_dim, "caption_projection_dim": layout.width,
+        "pooled_projection_dim": layout.pooled_dim, "out_channels": layout.out_channels,
+        "pos_embed_max_size": layout.pos_embed_max, "dual_attention_layers": layout.dual_attention,
+        "qk_norm": "rms_norm" if layout.qk_norm else None,
+    }
+
+
+def build_sd3(src: TensorSource, layout: SD3Layout, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    """The diffusers model with the file's weights, on `device` in `dtype` (fp8 files computed upcast)."""
+    from diffusers import SD3Transformer2DModel
+    from diffusers.loaders.single_file_utils import convert_sd3_transformer_checkpoint_to_diffusers
+
+    raw = {k[len(layout.prefix):]: v for k, v in src.with_prefix(layout.prefix).items()}
+    raw = dequantise_scaled_fp8(raw)
+    state = convert_sd3_transformer_checkpoint_to_diffusers(raw)
+    state = {k: v.to(device=device, dtype=dtype) for k, v in state.items()}
+    with torch.device("meta"):
+        model: Any = SD3Transformer2DModel(**model_config(layout))
+    result = model.load_state_dict(state, strict=False, assign=True)
+    if result.missing_keys or result.unexpected_keys:
+        raise ModelError(f"{src.path.name}: the SD3 weights do not fit the layout read from the file (missing "
+                         f"{result.missing_keys[:4]}, unexpected {result.unexpected_keys[:4]})")
+    module: torch.nn.Module = model.eval().requires_grad_(False)
+    return module
+
+
+def compute_dtype(device: torch.device) -> torch.dtype:
+    """bf16 on a GPU (SD3.5 overflows fp16), float32 on the CPU, as ComfyUI computes it."""
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def load_sd3(src: TensorSource, layout: SD3Layout, device: torch.device,
+             storage: torch.dtype | None = None) -> torch.nn.Module:
+    """The model in its compute dtype; an fp8 `storage` (UNETLoader's weight_dtype) rounds its weights to
+    that format first."""
+    try:
+        model = build_sd3(src, layout, device, compute_dtype(device))
+    except ModelError:
+        raise
+    except Exception as exc:
+        raise ModelError(f"{src.path.name}: SD3 diffusion model could not be converted: {exc}") from exc
+    if storage is not None:
+        with torch.no_grad():
+            for tensor in model.parameters():
+                tensor.copy_(tensor.to(storage).to(tensor.dtype))
+    return model
+
+
+def sd3_fn(model: torch.nn.Module) -> UNetFn:
+    """The model as the denoiser calls it: (x [N, C, h, w], timestep σ·1000 [N], text features [N, T, D],
+    pooled y [N, P]) → the flow velocity, ComfyUI's output (x0 = x − σ·out)."""
+    config: Any = model.config
+
+    def run(x: torch.Tensor, t: torch.Tensor, ctx: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        if y is None:
+            raise ModelError("the SD3 model needs the conditioning's pooled output (CLIP-L ‖ CLIP-G)")
+        h, w = x.shape[-2:]
+        patch = int(config.patch_size)
+        pad_h, pad_w = (-h) % patch, (-w) % patch
+        if pad_h or pad_w:
+            x = F.pad(x, (0, pad_w, 0, pad_h), mode="circular")
+        out: torch.Tensor = model(hidden_states=x, encoder_hidden_states=ctx.to(x.dtype),
+                                  pooled_projections=y.to(x.dtype), timestep=t, return_dict=False)[0]
+        return out[:, :, :h, :w]
+
+    return run
+
+
+def recognition(layout: SD3Layout) -> Recognition:
+    """What the model cache keeps of the file: the family, the flow prediction, and the sizes sampling reads
+    (latent channels, text width, pooled width as the ADM size)."""
+    summary = UNetLayout(in_channels=layout.in_channels, out_channels=layout.out_channels,
+                         model_channels=layout.width, level_channels=(), res_blocks=0, depth=(), up_depth=(),
+                         mid_depth=0, context_dim=layout.context_dim, linear_proj=True, adm=layout.pooled_dim)
+    return Recognition(NAME, "flow", False, summary, (), None)
+
+
+def sampling_model(model: torch.nn.Module, rec: Recognition, device: torch.device) -> SamplingModel:
+    """The denoiser's view of a loaded SD3 model, with ComfyUI's default flow sampling (shift 3, time σ·1000).
+    Text tokens join the image's in one attention, so contexts of other lengths never share a call."""
+    param = next(model.parameters())
+    return SamplingModel(
+        unet=sd3_fn(model), sampling=FlowModelSampling(SHIFT, MULTIPLIER), prediction="flow",
+        latent_format=SD3_LATENTS, family=NAME, context_dim=rec.unet.context_dim, adm=rec.unet.adm, device=device,
+        dtype=param.dtype, in_channels=rec.unet.in_channels, joint_context=True, pooled_y=True,
+    )
+
+
+# --- text encoders: TripleCLIPLoader, CLIPLoader / DualCLIPLoader type "sd3", and the checkpoint's ---
+
+CHECKPOINT_ENCODERS = {"l": "text_encoders.clip_l.transformer.", "g": "text_encoders.clip_g.transformer.",
+                       "t5": "text_encoders.t5xxl.transformer."}
+CLIP_G_LAYERS = 32  # CLIP-G (bigG) has 32 blocks, CLIP-L 12: ComfyUI tells them apart by depth
+
+
+def is_t5(src: TensorSource, prefix: str = "") -> bool:
+    return src.has(prefix + "encoder.block.0.layer.0.SelfAttention.k.weight")
+
+
+def clip_roles(layouts: list[ClipLayout]) -> list[str]:
+    """Which CLIP tower is L and which G: by the released widths (768, 1280), else by depth (G is the
+    deeper, as ComfyUI tells them), else the narrower of two is L; one reduced tower with a projection is G."""
+    roles = []
+    for lay in layouts:
+        role = {768: "l", 1280: "g"}.get(lay.width)
+        if role is None and lay.layers >= CLIP_G_LAYERS:
+            role = "g"
+        roles.append(role)
+    if len(layouts) == 2 and None in roles:
+        narrow = min(range(2), key=lambda i: (layouts[i].width, layouts[i].layers))
+        roles = ["l" if i == narrow else "g" for i in range(2)]
+    return [r or ("g" if lay.projection is not None else "l") for r, lay in zip(roles, layouts, strict=True)]
+
+
+def load_text_encoder_files(paths: list[Path], device: torch.device) -> dict[str, Any]:
+    """Role ("l", "g", "t5") → encoder for the files of a CLIP loader of type sd3 (any of CLIP-L, CLIP-G,
+    T5-XXL, in any order); ModelError naming each file and what it holds."""
+    from comfymesh.diffusion.models.convert import Placement, build_clip
+    from comfymesh.diffusion.models.split_files import describe_encoder, text_encoder_layout
+
+    sources = [TensorSource(p) for p in paths]
+    t5s = [s for s in sources if is_t5(s)]
+    clips = [(s, text_encoder_layout(s)) for s in sources if not is_t5(s)]
+    roles = clip_roles([lay for _, lay in clips])
+    found = "; ".join([f"{s.path.name}: {describe_encoder(lay)}" for s, lay in clips]
+                      + [f"{s.path.name}: T5" for s in t5s])
+    if len(t5s) > 1 or len(set(roles)) != len(roles) or any(lay.openclip and lay.width == 1024 for _, lay in clips):
+        raise ModelError(f"CLIP type 'sd3' takes at most one each of CLIP-L, CLIP-G and T5-XXL; found {found}")
+    out: dict[str, Any] = {}
+    place = Placement(device)
+    for (src, lay), role in zip(clips, roles, strict=True):
+        try:
+            out[role] = build_clip(src, _as_role(lay, role), place).eval().requires_grad_(False)
+        except ModelError:
+            raise
+        except Exception as exc:
+            raise ModelError(f"{src.path.name}: text encoder could not be converted: {exc}") from exc
+    t5 = load_t5(t5s[0], "", device) if t5s else None
+    if t5 is not None:
+        out["t5"] = t5
+    return out
+
+
+def load_t5(src: TensorSource, prefix: str, device: torch.device) -> Any | None:
+    """The T5-XXL encoder of a file (at `prefix`); None, said in the log, until the T5 encoder lands: SD3 then
+    runs on CLIP-L and CLIP-G alone, as ComfyUI does without a T5 file."""
+    log.warning("T5-XXL in %s is not supported yet: SD3 prompts are encoded with CLIP-L and CLIP-G only",
+                src.path.name)
+    return None
+
+
+def load_checkpoint_encoders(src: TensorSource, device: torch.device) -> dict[str, Any]:
+    """The text encoders an all-in-one SD3 checkpoint holds (ComfyUI loads whichever are there)."""
+    from comfymesh.diffusion.models.convert import Placement, build_clip
+    from comfymesh.diffusion.models.recognise import parse_clip
+
+    out: dict[str, Any] = {}
+    for role in ("l", "g"):
+        layout = parse_clip(src, role, CHECKPOINT_ENCODERS[role])
+        if layout is not None:
+            out[role] = build_clip(src, layout, Placement(device)).eval().requires_grad_(False)
+    t5 = load_t5(src, CHECKPOINT_ENCODERS["t5"], device) if is_t5(src, CHECKPOINT_ENCODERS["t5"]) else None
+    if t5 is not None:
+        out["t5"] = t5
+    return out
+
+
+def _as_role(layout: ClipLayout, role: str) -> ClipLayout:
+    return dataclasses.replace(layout, role=role)
+
+
+def encode(text: str, encoders: dict[str, Any], stop_at_clip_layer: int | None = None) -> list[list[Any]]:
+    """CLIPTextEncode's conditioning with an SD3 CLIP: the same prompt to every encoder."""
+    cond, pooled = sd3_conditioning(encoders, text, text, text, stop_at_clip_layer, t5_encode=t5_encode_fn())
+    return [[cond, {"pooled_output": pooled}]]
+
+
+def encode_sd3_node(encoders: dict[str, Any], clip_l: str, clip_g: str, t5xxl: str, empty_padding: str,
+                    stop_at_clip_layer: int | None = None) -> list[list[Any]]:
+    """CLIPTextEncodeSD3: a prompt per encoder; with empty_padding "none" an empty prompt gives no tokens."""
+    def text(s: str) -> str | None:
+        return None if not s and empty_padding == "none" else s
+
+    cond, pooled = sd3_conditioning(encoders, text(clip_l), text(clip_g), text(t5xxl), stop_at_clip_layer,
+                                    t5_encode=t5_encode_fn())
+    return [[cond, {"pooled_output": pooled}]]
+
+
+def t5_encode_fn() -> T5Encode | None:
+    """SD3's T5-XXL encoding (77-token minimum, no attention mask); None until the T5 encoder lands."""
+    return None

@@ -1,0 +1,126 @@
+"""SD3's prompt conditioning as ComfyUI builds it (sd3_clip): CLIP-L and CLIP-G each give their penultimate
+hidden state (no final norm) over 77-token windows; the two are joined along features, padded to T5-XXL's
+width (4096) and followed, along tokens, by T5-XXL's output when a T5 encoder is loaded. The pooled vector
+is CLIP-L's pooled output (final norm at the first EOS, unprojected) ‖ CLIP-G's (projected).
+
+What is missing is filled as ComfyUI fills it: no CLIP-L → zero pooled (768) and CLIP-G's features shifted
+right by 768; no CLIP-G → zero pooled (1280); no T5 → the CLIP part alone; nothing at all → zeros [1, 77, 4096].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from comfymesh.contracts.errors import ModelError
+from comfymesh.diffusion.text.encode import (
+    ClipRunner,
+    EncoderSpec,
+    Token,
+    _encode_window,
+    block_index,
+    tokenize_weighted,
+    windows,
+)
+from comfymesh.diffusion.text.tokenizer import EOS_ID
+
+CONTEXT_WIDTH = 4096  # T5-XXL's width: the CLIP features are padded to it
+L_POOLED, G_POOLED = 768, 1280  # the pooled widths ComfyUI fills with zeros for a missing encoder
+CLIP_L = EncoderSpec("l", EOS_ID, -2, False)
+CLIP_G = EncoderSpec("g", 0, -2, False)
+Window = list[tuple[Token, float]]
+# (T5 encoder, prompt or None for no tokens) → features [1, T, D]; set when the T5 encoder module lands
+T5Encode = Callable[[Any, str | None], torch.Tensor]
+
+
+def clip_windows(text: str, spec: EncoderSpec) -> list[Window]:
+    """The prompt's 77-token windows for one CLIP encoder (weights kept per token)."""
+    return windows(tokenize_weighted(text), spec.pad_id)
+
+
+def encode_clip_windows(clip: nn.Module, spec: EncoderSpec, wins: list[Window], stop_at_clip_layer: int | None,
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(features [1, 77·k, D] with prompt weights applied against the empty prompt, pooled [1, P]): the pooled
+    output is the first window's final-norm state at its first EOS, through CLIP-G's projection."""
+    runner = ClipRunner(clip)
+    text: Any = runner.text()
+    device = next(clip.parameters()).device
+    layer = block_index(stop_at_clip_layer, spec.default_layer, text.config.num_hidden_layers)
+    width = text.config.hidden_size
+    weighted = any(w != 1.0 for win in wins for _, w in win)
+    outs = []
+    with torch.no_grad():
+        empty = None
+        if weighted:
+            empty = _encode_window(runner, windows([], spec.pad_id)[0], width, layer, spec.final_norm, device)[0]
+        first_last: torch.Tensor | None = None
+        for k, win in enumerate(wins):
+            z, last, _ = _encode_window(runner, win, width, layer, spec.final_norm, device)
+            if k == 0:
+                first_last = last
+            if empty is not None:
+                w = torch.tensor([wt for _, wt in win], dtype=z.dtype, device=device)[None, :, None]
+                z = torch.where(w != 1.0, empty + w * (z - empty), z)
+            outs.append(z)
+        assert first_last is not None
+        eos = next(j for j, (t, _) in enumerate(wins[0]) if isinstance(t, int) and t == EOS_ID)
+        pooled = first_last[:, eos]
+        projection: Any = getattr(clip, "text_projection", None)
+        if spec.role == "g" and projection is not None:
+            pooled = pooled @ projection.weight.float().T
+    return torch.cat(outs, dim=1).float().cpu(), pooled.float().cpu()
+
+
+def clip_tokens(l_text: str | None, g_text: str | None) -> tuple[list[Window], list[Window]]:
+    """CLIP-L's and CLIP-G's windows; None means no tokens (CLIPTextEncodeSD3's empty_padding "none" with an
+    empty text). The side with fewer windows is topped up with the empty prompt's, as ComfyUI does."""
+    wl = [] if l_text is None else clip_windows(l_text, CLIP_L)
+    wg = [] if g_text is None else clip_windows(g_text, CLIP_G)
+    if len(wl) != len(wg):
+        wl += windows([], CLIP_L.pad_id) * (len(wg) - len(wl))
+        wg += windows([], CLIP_G.pad_id) * (len(wl) - len(wg))
+    return wl, wg
+
+
+def sd3_conditioning(encoders: dict[str, Any], l_text: str | None, g_text: str | None, t5_text: str | None,
+                     stop_at_clip_layer: int | None = None, t5_encode: T5Encode | None = None,
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(features [1, T, 4096], pooled [1, 2048]) of the prompts for the loaded encoders (roles "l", "g", "t5")."""
+    wl, wg = clip_tokens(l_text, g_text)
+    lg: torch.Tensor | None = None
+    pooled: torch.Tensor | None = None
+    if wl or wg:
+        clip_l, clip_g = encoders.get("l"), encoders.get("g")
+        l_pooled = torch.zeros(1, L_POOLED)
+        if clip_l is not None:
+            lg, l_pooled = encode_clip_windows(clip_l, CLIP_L, wl, stop_at_clip_layer)
+        g_pooled = torch.zeros(1, G_POOLED)
+        if clip_g is not None:
+            g_out, g_pooled = encode_clip_windows(clip_g, CLIP_G, wg, stop_at_clip_layer)
+            if lg is not None:
+                n = min(lg.shape[1], g_out.shape[1])
+                lg = torch.cat([lg[:, :n], g_out[:, :n]], dim=-1)
+            else:
+                lg = F.pad(g_out, (L_POOLED, 0))
+        pooled = torch.cat([l_pooled, g_pooled], dim=-1)
+    t5 = encoders.get("t5")
+    t5_out = None
+    if t5 is not None:
+        if t5_encode is None:
+            raise ValueError("a T5 encoder is loaded but no T5 encode function was given")
+        t5_out = t5_encode(t5, t5_text).float().cpu()
+    width = CONTEXT_WIDTH if t5_out is None else t5_out.shape[-1]
+    if lg is not None:
+        if lg.shape[-1] > width:
+            raise ModelError(f"the CLIP-L ‖ CLIP-G features ({lg.shape[-1]} wide) do not fit the T5 encoder's width "
+                             f"{width}")
+        lg = F.pad(lg, (0, width - lg.shape[-1]))
+    parts = [p for p in (lg, t5_out) if p is not None]
+    cond = torch.cat(parts, dim=-2) if parts else torch.zeros(1, 77, CONTEXT_WIDTH)
+    if pooled is None:
+        pooled = torch.zeros(1, L_POOLED + G_POOLED)
+    return cond, pooled
