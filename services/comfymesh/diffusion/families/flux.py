@@ -1,0 +1,313 @@
+"""FLUX.1 (dev, schnell, Kontext, Krea): recognise a diffusion model in ComfyUI's key layout (`double_blocks`,
+`single_blocks`, `img_in`, `txt_in`, `time_in`, `vector_in`, `guidance_in` but on schnell), bare or under a
+checkpoint's `model.diffusion_model.`, build diffusers' FluxTransformer2DModel from its shapes, and call it with
+ComfyUI's conventions.
+
+Read at any width and depth so reduced test models load. What shapes cannot tell is fixed as ComfyUI fixes it:
+2×2 patches, RoPE θ 10 000 over (index, row, column) axes split 16:56:56 of a 128-wide head (reduced heads keep
+the proportions), timestep and guidance embedded at 1000·value. fp8 and scaled-fp8 weights stay fp8.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from comfymesh.contracts.errors import ModelError
+from comfymesh.diffusion.models.fp8_weights import (
+    converted_row_scales,
+    held_by_fp8_linear,
+    install_fp8_linears,
+    is_fp8,
+    split_scales,
+)
+from comfymesh.diffusion.models.recognise import Recognition, UNetLayout
+from comfymesh.diffusion.models.tensor_source import TensorSource
+
+NAME = "flux"
+PATCH = 2
+PREFIXES = ("", "model.diffusion_model.")
+_MARKERS = ("double_blocks.0.img_attn.norm.key_norm.scale", "img_in.weight", "vector_in.in_layer.weight")
+REF_METHODS = ("offset", "index", "uxo")  # FluxKontextMultiReferenceLatentMethod's choices (ComfyUI's default: offset)
+
+
+@dataclass(frozen=True)
+class FluxLayout:
+    prefix: str
+    width: int
+    heads: int
+    head_dim: int
+    depth: int
+    depth_single: int
+    in_channels: int
+    out_channels: int
+    vec_dim: int  # pooled CLIP-L width (vector_in)
+    context_dim: int  # T5 width (txt_in)
+    guidance: bool  # dev / Kontext / Krea embed distilled guidance; schnell does not
+    mlp: int
+
+    @property
+    def axes_dims(self) -> tuple[int, int, int]:
+        return self.head_dim // 8, self.head_dim * 7 // 16, self.head_dim * 7 // 16
+
+    def describe(self) -> str:
+        kind = "dev-type, guidance-distilled" if self.guidance else "schnell-type"
+        return (f"FLUX.1 {kind} (width {self.width}, {self.depth}+{self.depth_single} blocks, text width "
+                f"{self.context_dim})")
+
+
+def flux_prefix(src: TensorSource) -> str | None:
+    for prefix in PREFIXES:
+        if all(src.has(prefix + k) for k in _MARKERS):
+            return prefix
+    return None
+
+
+def _count(keys: list[str], prefix: str, group: str) -> int:
+    rx = re.compile(re.escape(prefix + group) + r"\.(\d+)\.")
+    return len({m.group(1) for k in keys if (m := rx.match(k))})
+
+
+def parse_flux(src: TensorSource) -> FluxLayout | None:
+    """The FLUX.1 layout of a file, None if it is not one; ModelError if it is one we cannot build."""
+    p = flux_prefix(src)
+    if p is None:
+        return None
+    width, patch_in = src.shape(p + "img_in.weight")
+    head_dim = src.shape(p + "double_blocks.0.img_attn.norm.key_norm.scale")[0]
+    layout = FluxLayout(
+        prefix=p, width=width, heads=width // head_dim, head_dim=head_dim, depth=_count(src.keys, p, "double_blocks"),
+        depth_single=_count(src.keys, p, "single_blocks"), in_channels=patch_in // PATCH**2,
+        out_channels=src.shape(p + "final_layer.linear.weight")[0] // PATCH**2,
+        vec_dim=src.shape(p + "vector_in.in_layer.weight")[1], context_dim=src.shape(p + "txt_in.weight")[1],
+        guidance=src.has(p + "guidance_in.in_layer.weight"), mlp=src.shape(p + "double_blocks.0.img_mlp.0.weight")[0],
+    )
+    if layout.in_channels != layout.out_channels:
+        raise ModelError(f"{src.path.name}: {layout.describe()} takes {layout.in_channels} input channels for "
+                         f"{layout.out_channels} out (a Fill/Canny/Depth model), which this stage cannot run yet")
+    if head_dim % 16 or layout.mlp != 4 * width:
+        raise ModelError(f"{src.path.name}: {layout.describe()} has a shape this stage cannot build (head width "
+                         f"{head_dim}, MLP width {layout.mlp}; needs a head width multiple of 16, MLP 4× the width)")
+    return layout
+
+
+def model_config(layout: FluxLayout) -> dict[str, Any]:
+    return {
+        "patch_size": 1, "in_channels": layout.in_channels * PATCH**2, "num_layers": layout.depth,
+        "num_single_layers": layout.depth_single, "attention_head_dim": layout.head_dim,
+        "num_attention_heads": layout.heads, "joint_attention_dim": layout.context_dim,
+        "pooled_projection_dim": layout.vec_dim, "guidance_embeds": layout.guidance,
+        "axes_dims_rope": layout.axes_dims,
+    }
+
+
+_DIFFUSERS_WIDTH = 3072  # the single-block split width diffusers' converter assumes
+
+
+def convert_flux(raw: dict[str, torch.Tensor], width: int) -> dict[str, torch.Tensor]:
+    """ComfyUI names → diffusers names with diffusers' converter. The converter splits each single block's
+    fused linear1 at FLUX.1's full width; that split is done on meta stand-ins and the real tensors split
+    at the file's width replace its results. Works on weights and on per-row scale vectors alike."""
+    from diffusers.loaders.single_file_utils import convert_flux_transformer_checkpoint_to_diffusers
+
+    state = dict(raw)
+    own: dict[str, torch.Tensor] = {}
+    fused = re.compile(r"single_blocks\.(\d+)\.linear1\.(weight|bias)$")
+    for key in [k for k in state if fused.match(k)]:
+        i, leaf = fused.match(key).groups()  # type: ignore[union-attr]
+        tensor = state.pop(key)
+        q, k, v, mlp = torch.split(tensor, [width, width, width, tensor.shape[0] - 3 * width], dim=0)
+        for name, part in (("attn.to_q", q), ("attn.to_k", k), ("attn.to_v", v), ("proj_mlp", mlp)):
+            own[f"single_transformer_blocks.{i}.{name}.{leaf}"] = part
+        stand_in_rows = 7 * _DIFFUSERS_WIDTH
+        state[key] = torch.empty((stand_in_rows, *tensor.shape[1:]), device="meta")
+    converted = convert_flux_transformer_checkpoint_to_diffusers(state)
+    for key in own:
+        converted.pop(key, None)
+    return {**{k: v for k, v in converted.items() if v.device.type != "meta"}, **own}
+
+
+def _new_model(layout: FluxLayout) -> torch.nn.Module:
+    from diffusers import FluxTransformer2DModel
+
+    model: Any = FluxTransformer2DModel(**model_config(layout))
+    if layout.guidance:
+        _allow_no_guidance(model)
+    module: torch.nn.Module = model
+    return module
+
+
+def _allow_no_guidance(model: Any) -> None:
+    """ComfyUI lets a guidance-distilled model run without guidance (FluxDisableGuidance): the guidance
+    embedding is then left out. diffusers' embedder takes guidance always; this subclass takes it or not."""
+    from diffusers.models.embeddings import CombinedTimestepGuidanceTextProjEmbeddings
+
+    class OptionalGuidanceEmbedding(CombinedTimestepGuidanceTextProjEmbeddings):  # type: ignore[misc]
+        def forward(self, timestep: torch.Tensor, *rest: torch.Tensor) -> torch.Tensor:
+            if len(rest) == 2:
+                return super().forward(timestep, *rest)  # type: ignore[no-any-return]
+            pooled = rest[0]
+            t = self.timestep_embedder(self.time_proj(timestep).to(dtype=pooled.dtype))
+            return t + self.text_embedder(pooled)  # type: ignore[no-any-return]
+
+    model.time_text_embed.__class__ = OptionalGuidanceEmbedding
+
+
+def build_flux(src: TensorSource, layout: FluxLayout, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    """The diffusers model with the file's weights on `device`: fp8 linears stay fp8 and compute in `dtype`,
+    the rest in `dtype`."""
+    raw = {k[len(layout.prefix):]: v for k, v in src.with_prefix(layout.prefix).items()}
+    weights, scales = split_scales(raw)
+    row_scales = converted_row_scales(lambda s: convert_flux(s, layout.width), weights, scales)
+    state = convert_flux(weights, layout.width)
+    with torch.device("meta"):
+        model = _new_model(layout)
+    rest = install_fp8_linears(model, {k: v.to(device) for k, v in state.items()},
+                               {k: v.to(device) for k, v in row_scales.items()}, dtype)
+    result = model.load_state_dict(rest, strict=False, assign=True)
+    missing = [k for k in result.missing_keys if not held_by_fp8_linear(model, k)]
+    if missing or result.unexpected_keys:
+        raise ModelError(f"{src.path.name}: the FLUX weights do not fit the layout read from the file (missing "
+                         f"{missing[:4]}, unexpected {result.unexpected_keys[:4]})")
+    return model.eval().requires_grad_(False)
+
+
+def compute_dtype(device: torch.device) -> torch.dtype:
+    """ComfyUI runs FLUX in bf16 on a GPU, float32 on the CPU."""
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def load_flux(src: TensorSource, layout: FluxLayout, device: torch.device,
+              storage: torch.dtype | None = None) -> torch.nn.Module:
+    """The model in its compute dtype; an fp8 `storage` (UNETLoader's weight_dtype) rounds bf16/fp16 weights
+    to that format first (fp8 files are fp8 already)."""
+    try:
+        model = build_flux(src, layout, device, compute_dtype(device))
+    except ModelError:
+        raise
+    except Exception as exc:
+        raise ModelError(f"{src.path.name}: FLUX diffusion model could not be converted: {exc}") from exc
+    if storage is not None:
+        with torch.no_grad():
+            for tensor in model.parameters():
+                if not is_fp8(tensor):
+                    tensor.copy_(tensor.to(storage).to(tensor.dtype))
+    return model
+
+
+def image_ids(h: int, w: int, index: float = 0.0, h_offset: int = 0, w_offset: int = 0) -> torch.Tensor:
+    """Position ids [tokens, 3] of an h×w latent's 2×2 patches: (index, row, column), offsets in latent
+    cells rounded to patches as ComfyUI's process_img does."""
+    h_len, w_len = (h + PATCH // 2) // PATCH, (w + PATCH // 2) // PATCH
+    h_off, w_off = (h_offset + PATCH // 2) // PATCH, (w_offset + PATCH // 2) // PATCH
+    ids = torch.zeros(h_len, w_len, 3)
+    ids[..., 0] = index
+    ids[..., 1] = torch.arange(h_len, dtype=torch.float32)[:, None] + h_off
+    ids[..., 2] = torch.arange(w_len, dtype=torch.float32)[None, :] + w_off
+    return ids.reshape(-1, 3)
+
+
+def _patches(x: torch.Tensor) -> torch.Tensor:
+    """[N, C, h, w] → [N, tokens, C·4] (circular padding to whole patches, (c, ph, pw) feature order)."""
+    x = F.pad(x, (0, (-x.shape[-1]) % PATCH, 0, (-x.shape[-2]) % PATCH), mode="circular")
+    n, c, h, w = x.shape
+    x = x.reshape(n, c, h // PATCH, PATCH, w // PATCH, PATCH).permute(0, 2, 4, 1, 3, 5)
+    return x.reshape(n, (h // PATCH) * (w // PATCH), c * PATCH**2)
+
+
+def reference_ids(refs: list[torch.Tensor], h: int, w: int, method: str) -> list[torch.Tensor]:
+    """Position ids of each reference latent (Kontext), placed as ComfyUI places them: `offset` (index 1,
+    each beside or below the ones before, whichever keeps the canvas squarer), `index` (index 1, 2, …, all
+    at the origin) or `uxo` (index 0, diagonally past the image and the references before)."""
+    if method not in REF_METHODS:
+        raise ModelError(f"unknown reference latent method {method!r} (one of {', '.join(REF_METHODS)})")
+    out = []
+    used_h = used_w = 0
+    index = 0.0
+    h_len, w_len = (h + PATCH // 2) // PATCH, (w + PATCH // 2) // PATCH
+    for ref in refs:
+        rh, rw = ref.shape[-2:]
+        if method == "index":
+            index += 1.0
+            h_off = w_off = 0
+        elif method == "uxo":
+            index = 0.0
+            h_off, w_off = h_len * PATCH + used_h, w_len * PATCH + used_w
+            used_h += rh
+            used_w += rw
+        else:
+            index = 1.0
+            h_off = w_off = 0
+            if rh + used_h > rw + used_w:
+                w_off = used_w
+            else:
+                h_off = used_h
+            used_h, used_w = max(used_h, rh + h_off), max(used_w, rw + w_off)
+        out.append(image_ids(rh, rw, index, h_off, w_off))
+    return out
+
+
+class FluxCall:
+    """The model as the denoiser calls it: (x [N, C, h, w], timestep σ [N], T5 context [N, T, D], y) → the
+    velocity, so that x0 = x − σ·out. y is the pooled CLIP-L vector [N, vec] followed, on guidance-distilled
+    models, by one guidance column (NaN: guidance disabled). `refs` are Kontext reference latents [1, C, h, w]
+    (already scaled into the model's space) whose tokens join the image's and are dropped from the output."""
+
+    def __init__(self, model: torch.nn.Module, layout: FluxLayout) -> None:
+        self.model = model
+        self.layout = layout
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, ctx: torch.Tensor, y: torch.Tensor | None,
+                 refs: list[torch.Tensor] | None = None, ref_method: str = "offset") -> torch.Tensor:
+        n, _, h, w = x.shape
+        dtype = x.dtype
+        img = _patches(x)
+        ids = image_ids(h, w)
+        tokens = img.shape[1]
+        if refs:
+            for ref, rid in zip(refs, reference_ids(refs, h, w, ref_method), strict=True):
+                img = torch.cat([img, _patches(ref.to(x.device, dtype)).expand(n, -1, -1)], dim=1)
+                ids = torch.cat([ids, rid])
+        pooled, guidance = self.split_y(y, n, x.device, dtype)
+        txt_ids = torch.zeros(ctx.shape[1], 3)
+        out = self.model(hidden_states=img, encoder_hidden_states=ctx.to(dtype), pooled_projections=pooled,
+                         timestep=t.to(x.device).float(), img_ids=ids.to(x.device), txt_ids=txt_ids.to(x.device),
+                         guidance=guidance, return_dict=False)[0]
+        out = out[:, :tokens]
+        hp, wp = (h + PATCH - 1) // PATCH, (w + PATCH - 1) // PATCH
+        c = out.shape[-1] // PATCH**2
+        out = out.reshape(n, hp, wp, c, PATCH, PATCH).permute(0, 3, 1, 4, 2, 5).reshape(n, c, hp * PATCH, wp * PATCH)
+        result: torch.Tensor = out[:, :, :h, :w]
+        return result
+
+    def split_y(self, y: torch.Tensor | None, n: int, device: torch.device, dtype: torch.dtype,
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(pooled [N, vec], guidance [N] or None) from y; a missing y is a zero pooled vector, as in ComfyUI."""
+        vec = self.layout.vec_dim
+        if y is None:
+            return torch.zeros(n, vec, device=device, dtype=dtype), None
+        pooled = y[:, :vec].to(device, dtype)
+        if not self.layout.guidance or y.shape[1] == vec or torch.isnan(y[:, vec]).any():
+            return pooled, None
+        return pooled, y[:, vec].to(device).float()
+
+
+def recognition(layout: FluxLayout) -> Recognition:
+    """What the model cache keeps of the file: the family, the flow prediction and the sizes sampling reads
+    (latent channels, T5 width, pooled width as the ADM size)."""
+    summary = UNetLayout(in_channels=layout.in_channels, out_channels=layout.out_channels,
+                         model_channels=layout.width, level_channels=(), res_blocks=0, depth=(), up_depth=(),
+                         mid_depth=0, context_dim=layout.context_dim, linear_proj=True, adm=layout.vec_dim)
+    return Recognition(NAME, "flow", False, summary, (), None)
+
+
+def flux_y(pooled: torch.Tensor | None, guidance: float | None, vec_dim: int) -> torch.Tensor:
+    """y for one conditioning entry: pooled [1, vec] (zeros if the entry has none) ‖ guidance (NaN when
+    FluxDisableGuidance removed it; ComfyUI's default, when no FluxGuidance set one, is 3.5)."""
+    p = torch.zeros(1, vec_dim) if pooled is None else torch.as_tensor(pooled).float().reshape(1, -1)
+    g = float("nan") if guidance is None else float(guidance)
+    return torch.cat([p, torch.tensor([[g]])], dim=1)

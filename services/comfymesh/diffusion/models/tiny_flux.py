@@ -1,0 +1,153 @@
+"""A tiny random-weight FLUX.1 set in ComfyUI's file layouts, under the official templates' file names: the
+diffusion model (`flux1-dev.safetensors`, ComfyUI's double/single-block keys; `--schnell` leaves out
+guidance_in), CLIP-L (`clip_l.safetensors`, Hugging Face keys), the T5-XXL encoder (`t5xxl_fp16.safetensors`,
+T5's full 32 128-entry vocabulary so real token ids fit) and the 16-channel VAE (`ae.safetensors`).
+
+The loaders know these files only by keys and shapes. Usage:
+`python -m comfymesh.diffusion.models.tiny_flux <models folder> [--schnell]` writes diffusion_models/,
+text_encoders/, vae/.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from comfymesh.diffusion.models.tiny_checkpoint import _init, clip_hf_shapes
+from comfymesh.diffusion.models.tiny_zimage import VAE, flux_vae_shapes
+
+DIFFUSION_MODEL = "flux1-dev.safetensors"
+SCHNELL_MODEL = "flux1-schnell.safetensors"
+CLIP_L = "clip_l.safetensors"
+T5 = "t5xxl_fp16.safetensors"
+T5_VOCAB = 32_128
+LATENT_CHANNELS = 16
+Shapes = dict[str, tuple[int, ...]]
+
+
+def flux_shapes(width: int = 256, head_dim: int = 128, depth: int = 1, depth_single: int = 1, context: int = 64,
+                vec: int = 32, guidance: bool = True, channels: int = LATENT_CHANNELS) -> Shapes:
+    """Every tensor of a FLUX.1 diffusion model in ComfyUI's layout (fused qkv, `linear1` = qkv ‖ MLP in)."""
+    s: Shapes = {}
+
+    def linear(name: str, n_in: int, n_out: int) -> None:
+        s[f"{name}.weight"] = (n_out, n_in)
+        s[f"{name}.bias"] = (n_out,)
+
+    def mlp_embedder(name: str, n_in: int) -> None:
+        linear(f"{name}.in_layer", n_in, width)
+        linear(f"{name}.out_layer", width, width)
+
+    linear("img_in", channels * 4, width)
+    linear("txt_in", context, width)
+    mlp_embedder("time_in", 256)
+    mlp_embedder("vector_in", vec)
+    if guidance:
+        mlp_embedder("guidance_in", 256)
+    for i in range(depth):
+        for stream in ("img", "txt"):
+            b = f"double_blocks.{i}.{stream}"
+            linear(f"{b}_mod.lin", width, 6 * width)
+            linear(f"{b}_attn.qkv", width, 3 * width)
+            linear(f"{b}_attn.proj", width, width)
+            s[f"{b}_attn.norm.query_norm.scale"] = (head_dim,)
+            s[f"{b}_attn.norm.key_norm.scale"] = (head_dim,)
+            linear(f"{b}_mlp.0", width, 4 * width)
+            linear(f"{b}_mlp.2", 4 * width, width)
+    for i in range(depth_single):
+        b = f"single_blocks.{i}"
+        linear(f"{b}.linear1", width, 3 * width + 4 * width)
+        linear(f"{b}.linear2", width + 4 * width, width)
+        linear(f"{b}.modulation.lin", width, 3 * width)
+        s[f"{b}.norm.query_norm.scale"] = (head_dim,)
+        s[f"{b}.norm.key_norm.scale"] = (head_dim,)
+    linear("final_layer.linear", width, channels * 4)
+    linear("final_layer.adaLN_modulation.1", width, 2 * width)
+    return s
+
+
+def t5_shapes(width: int = 64, layers: int = 2, heads: int = 4, head_dim: int = 16, ff: int = 128,
+              vocab: int = T5_VOCAB) -> Shapes:
+    """Every tensor of a T5 v1.1 encoder in the layout of ComfyUI's t5xxl files."""
+    s: Shapes = {"shared.weight": (vocab, width), "encoder.final_layer_norm.weight": (width,)}
+    inner = heads * head_dim
+    for i in range(layers):
+        b = f"encoder.block.{i}.layer"
+        for proj in ("q", "k", "v"):
+            s[f"{b}.0.SelfAttention.{proj}.weight"] = (inner, width)
+        s[f"{b}.0.SelfAttention.o.weight"] = (width, inner)
+        s[f"{b}.0.layer_norm.weight"] = (width,)
+        s[f"{b}.1.DenseReluDense.wi_0.weight"] = (ff, width)
+        s[f"{b}.1.DenseReluDense.wi_1.weight"] = (ff, width)
+        s[f"{b}.1.DenseReluDense.wo.weight"] = (width, ff)
+        s[f"{b}.1.layer_norm.weight"] = (width,)
+    s["encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"] = (32, heads)
+    return s
+
+
+def clip_l_shapes(width: int = 32, layers: int = 2) -> Shapes:
+    """CLIP-L as ComfyUI's clip_l.safetensors names it (Hugging Face keys under `text_model.`)."""
+    return clip_hf_shapes("text_model.", width, layers)
+
+
+def random_tensors(shapes: Shapes, seed: int, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    gen = torch.Generator("cpu").manual_seed(seed)
+    out = {}
+    for name, shape in sorted(shapes.items()):
+        # RMSNorm scales (`.scale`) near 1, like the other norms' weights
+        tensor = 1.0 + 0.01 * torch.randn(shape, generator=gen) if name.endswith(".scale") else _init(name, shape, gen)
+        out[name] = tensor.to(dtype)
+    return out
+
+
+def scaled_fp8(state: dict[str, torch.Tensor], seed: int = 0) -> dict[str, torch.Tensor]:
+    """The state as ComfyUI's "scaled fp8" files store it: each 2-D weight w as fp8(w / s) with a
+    per-tensor `scale_weight` s = max|w| / 448, and the `scaled_fp8` marker."""
+    out: dict[str, torch.Tensor] = {"scaled_fp8": torch.empty(0, dtype=torch.float8_e4m3fn)}
+    for k, v in state.items():
+        if k.endswith(".weight") and v.ndim == 2 and "embed" not in k and not k.startswith("shared."):
+            scale = v.float().abs().max() / 448.0
+            out[k] = (v.float() / scale).to(torch.float8_e4m3fn)
+            out[k[: -len(".weight")] + ".scale_weight"] = scale.reshape(())
+        else:
+            out[k] = v
+    return out
+
+
+def make_tiny_flux(models: str | Path, seed: int = 0, dtype: torch.dtype = torch.bfloat16,
+                   schnell: bool = False) -> dict[str, Path]:
+    """Write the four files under `models`; returns their paths by role."""
+    root = Path(models)
+    files = {
+        "diffusion_model": ("diffusion_models", SCHNELL_MODEL if schnell else DIFFUSION_MODEL,
+                            flux_shapes(guidance=not schnell)),
+        "clip_l": ("text_encoders", CLIP_L, clip_l_shapes()),
+        "t5": ("text_encoders", T5, t5_shapes()),
+        "vae": ("vae", VAE, flux_vae_shapes()),
+    }
+    paths = {}
+    for k, (role, (folder, name, shapes)) in enumerate(files.items()):
+        path = root / folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file(random_tensors(shapes, seed + k, dtype), str(path), metadata={"format": "pt"})
+        paths[role] = path
+    return paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m comfymesh.diffusion.models.tiny_flux",
+                                     description="Write a tiny random-weight FLUX.1 set in ComfyUI's file layouts.")
+    parser.add_argument("models", type=Path, help="models folder (diffusion_models/, text_encoders/, vae/ inside)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--schnell", action="store_true", help="no guidance embedder (FLUX.1 schnell's layout)")
+    args = parser.parse_args(argv)
+    for path in make_tiny_flux(args.models, args.seed, schnell=args.schnell).values():
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
