@@ -1,0 +1,102 @@
+"""The Wan 2.1 VAE, which ComfyUI's `qwen_image_vae.safetensors` is: recognised from its keys and shapes (any base
+width), built as diffusers' AutoencoderKLQwenImage (the same network, diffusers' names), and called as ComfyUI's
+VAE calls it.
+
+ComfyUI's conventions: latents are 5-D [B, 16, T, H/8, W/8]; a batch of B images is encoded as one clip of B
+frames ([1, 3, B, H, W], so four images after the first share a latent frame), pixels centre-cropped to
+multiples of 8 and mapped to [−1, 1], the posterior's mean kept; decoding returns T' = 1 + 4(T − 1) frames per
+latent, which VAEDecode lays out as images.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from comfymesh.contracts.errors import ModelError
+from comfymesh.diffusion.latents.vae_codec import crop_pixels
+from comfymesh.diffusion.models.tensor_source import TensorSource
+
+SPATIAL = 8  # pixels per latent cell
+_MARKER = "decoder.middle.0.residual.0.gamma"
+_WAN22_MARKER = "decoder.upsamples.0.upsamples.0.residual.2.weight"  # Wan 2.2's 48-channel VAE: not this one
+
+
+@dataclass(frozen=True)
+class Wan21VaeLayout:
+    dim: int
+    z_dim: int
+    image_channels: int
+
+    def describe(self) -> str:
+        return f"Wan 2.1 VAE (base width {self.dim}, {self.z_dim} latent channels)"
+
+
+def parse_wan21_vae(src: TensorSource) -> Wan21VaeLayout | None:
+    """The layout of a Wan 2.1 / Qwen-Image VAE file, None for any other file (ComfyUI's test: the decoder's
+    `middle.0.residual` norm, without Wan 2.2's nested upsamplers)."""
+    if not src.has(_MARKER) or src.has(_WAN22_MARKER):
+        return None
+    return Wan21VaeLayout(dim=src.shape("decoder.head.0.gamma")[0], z_dim=src.shape("conv2.weight")[0],
+                          image_channels=src.shape("encoder.conv1.weight")[1])
+
+
+def build_wan21_vae(src: TensorSource, layout: Wan21VaeLayout, device: torch.device,
+                    dtype: torch.dtype) -> torch.nn.Module:
+    from diffusers import AutoencoderKLQwenImage
+    from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
+
+    state = convert_wan_vae_to_diffusers({k: src.get(k) for k in src.keys})
+    state = {k: v.to(device=device, dtype=dtype) for k, v in state.items()}
+    with torch.device("meta"):
+        vae: Any = AutoencoderKLQwenImage(base_dim=layout.dim, z_dim=layout.z_dim, input_channels=layout.image_channels)
+    result = vae.load_state_dict(state, strict=False, assign=True)
+    if result.missing_keys or result.unexpected_keys:
+        raise ModelError(f"{src.path.name}: the Wan VAE weights do not fit {layout.describe()} (missing "
+                         f"{result.missing_keys[:4]}, unexpected {result.unexpected_keys[:4]})")
+    module: torch.nn.Module = vae.eval().requires_grad_(False)
+    return module
+
+
+def load_wan21_vae(src: TensorSource, device: torch.device) -> torch.nn.Module:
+    """The VAE in bf16 on a GPU, float32 on the CPU; ModelError when the file is no Wan 2.1 VAE."""
+    layout = parse_wan21_vae(src)
+    if layout is None:
+        raise ModelError(f"{src.path.name} is not a Wan 2.1 / Qwen-Image VAE")
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    try:
+        return build_wan21_vae(src, layout, device, dtype)
+    except ModelError:
+        raise
+    except Exception as exc:
+        raise ModelError(f"{src.path.name}: Wan VAE could not be converted: {exc}") from exc
+
+
+def is_wan_vae(vae: Any) -> bool:
+    from diffusers import AutoencoderKLQwenImage
+
+    return isinstance(vae, AutoencoderKLQwenImage)
+
+
+def encode(vae: Any, pixels: torch.Tensor) -> torch.Tensor:
+    """IMAGE [B, H, W, C] in [0, 1] → unscaled latent [1, z, 1 + ⌊(B − 1)/4⌋, H/8, W/8] float32 on the CPU
+    (the batch is one clip, as ComfyUI encodes it)."""
+    p = next(vae.parameters())
+    x = crop_pixels(pixels.float(), SPATIAL)[..., :3]
+    clip = (x * 2.0 - 1.0).movedim(-1, 1).movedim(1, 0).unsqueeze(0)  # [1, 3, B, H, W]
+    with torch.no_grad():
+        mean: torch.Tensor = vae.encode(clip.to(p.device, p.dtype)).latent_dist.mean
+    return mean.float().cpu()
+
+
+def decode(vae: Any, latent: torch.Tensor) -> torch.Tensor:
+    """Unscaled latent [B, z, T, h, w] (or [B, z, h, w], one frame) → IMAGE [B·T', H, W, 3] float32 in [0, 1] on
+    the VAE's device, each clip's frames in order."""
+    p = next(vae.parameters())
+    z = latent.unsqueeze(2) if latent.ndim == 4 else latent
+    with torch.no_grad():
+        frames = vae.decode(z.to(p.device, p.dtype)).sample.float()  # [B, 3, T', H, W]
+    images = torch.clamp((frames + 1.0) / 2.0, 0.0, 1.0).movedim(1, -1)  # [B, T', H, W, 3]
+    return images.reshape(-1, *images.shape[-3:]).contiguous()

@@ -1,0 +1,149 @@
+"""Qwen2.5-VL as Qwen-Image's text encoder (ComfyUI's CLIPLoader type `qwen_image` with a qwen_2.5_vl_7b file):
+its language model, read from the file's shapes so a reduced encoder loads, encoding as ComfyUI's Qwen-Image
+text encoder does.
+
+The prompt goes inside ComfyUI's Qwen-Image chat template (a system message asking to describe the image), is
+tokenized whole with no padding, and the last hidden state (after the final norm) is kept from the user turn on:
+the tokens up to the second `<|im_start|>` and its `user\\n` are dropped (34 for the text-only template). Text
+without images has the same position on all three of Qwen2.5-VL's M-RoPE axes, which is plain 1-D RoPE, so the
+language model is built as transformers' Qwen2Model. A prompt that already starts with `<|im_start|>` is taken
+as its own template, as ComfyUI takes it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from comfymesh.contracts.errors import ModelError
+from comfymesh.diffusion.models.tensor_source import TensorSource
+from comfymesh.diffusion.text.qwen_tokenizer import qwen_token_ids
+
+PREFIXES = ("model.", "")
+TEMPLATE = ("<|im_start|>system\nDescribe the image by detailing the color, shape, size, texture, quantity, text, "
+            "spatial relationships of the objects and background:<|im_end|>\n<|im_start|>user\n{}<|im_end|>\n"
+            "<|im_start|>assistant\n")
+IM_START, USER, NEWLINE = 151_644, 872, 198
+ROPE_THETA = 1_000_000.0
+RMS_EPS = 1e-6
+
+
+@dataclass(frozen=True)
+class Qwen25Layout:
+    prefix: str
+    vocab: int
+    width: int
+    layers: int
+    intermediate: int
+    head_dim: int
+    heads: int
+    kv_heads: int
+
+    def describe(self) -> str:
+        return f"Qwen2.5 (width {self.width}, {self.layers} layers, vocabulary {self.vocab})"
+
+
+def parse_qwen25(src: TensorSource) -> Qwen25Layout | None:
+    """The language-model layout of a Qwen2.5(-VL) file: attention biases and no q/k norms (Qwen3 has norms
+    and no biases, Llama neither); None for any other file. The head width is Qwen2.5's 128 where the width
+    allows it (the shapes give only heads × head width)."""
+    for p in PREFIXES:
+        if not (src.has(p + "layers.0.self_attn.k_proj.bias") and src.has(p + "embed_tokens.weight")):
+            continue
+        if src.has(p + "layers.0.self_attn.q_norm.weight"):
+            return None
+        vocab, width = src.shape(p + "embed_tokens.weight")
+        q_rows = src.shape(p + "layers.0.self_attn.q_proj.weight")[0]
+        kv_rows = src.shape(p + "layers.0.self_attn.k_proj.weight")[0]
+        head_dim = 128 if q_rows % 128 == 0 and kv_rows % 128 == 0 else _head_dim(q_rows, kv_rows)
+        rx = re.compile(re.escape(p) + r"layers\.(\d+)\.")
+        return Qwen25Layout(
+            prefix=p, vocab=vocab, width=width, layers=len({m.group(1) for k in src.keys if (m := rx.match(k))}),
+            intermediate=src.shape(p + "layers.0.mlp.gate_proj.weight")[0], head_dim=head_dim,
+            heads=q_rows // head_dim, kv_heads=kv_rows // head_dim,
+        )
+    return None
+
+
+def _head_dim(q_rows: int, kv_rows: int) -> int:
+    # a reduced encoder: the largest head width (≤ 128) that splits both projections, one kv head at least
+    return next(d for d in range(min(128, kv_rows), 0, -1) if q_rows % d == 0 and kv_rows % d == 0)
+
+
+def qwen25_config(layout: Qwen25Layout) -> Any:
+    from transformers import Qwen2Config
+
+    sizes: dict[str, Any] = {"head_dim": layout.head_dim}  # Qwen2Config takes it through its extra kwargs
+    return Qwen2Config(
+        **sizes, vocab_size=layout.vocab, hidden_size=layout.width, intermediate_size=layout.intermediate,
+        num_hidden_layers=layout.layers, num_attention_heads=layout.heads, num_key_value_heads=layout.kv_heads,
+        rope_parameters={"rope_type": "default", "rope_theta": ROPE_THETA},
+        rms_norm_eps=RMS_EPS, max_position_embeddings=128_000, tie_word_embeddings=False,
+    )
+
+
+def build_qwen25(src: TensorSource, layout: Qwen25Layout, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    """transformers' Qwen2Model with the file's language-model weights (the vision tower and lm_head are left)."""
+    from transformers import Qwen2Model
+
+    p = layout.prefix
+    state = {k[len(p):]: v.to(device=device, dtype=dtype) for k, v in src.with_prefix(p).items()
+             if not k.startswith(("lm_head.", "visual."))}
+    with torch.device("meta"):
+        model = Qwen2Model(qwen25_config(layout))
+    result = model.load_state_dict(state, strict=False, assign=True)
+    # rotary inverse frequencies are computed buffers, not weights: make them again on the real device
+    missing = [k for k in result.missing_keys if not k.startswith("rotary_emb.")]
+    if missing or result.unexpected_keys:
+        raise ModelError(f"{src.path.name}: the Qwen2.5-VL weights do not fit the layout read from the file "
+                         f"(missing {missing[:4]}, unexpected {result.unexpected_keys[:4]})")
+    with torch.device(device):
+        model.rotary_emb = type(model.rotary_emb)(config=model.config)
+    return model.eval().requires_grad_(False)
+
+
+def load_qwen25_file(src: TensorSource, device: torch.device) -> torch.nn.Module:
+    """The encoder of a CLIPLoader `qwen_image` file (bf16 on a GPU, float32 on the CPU, as ComfyUI computes it);
+    ModelError when the file holds something else."""
+    layout = parse_qwen25(src)
+    if layout is None:
+        raise ModelError(f"{src.path.name} is not a Qwen2.5-VL text encoder (CLIP type 'qwen_image' takes "
+                         "qwen_2.5_vl_7b)")
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    try:
+        return build_qwen25(src, layout, device, dtype)
+    except ModelError:
+        raise
+    except Exception as exc:
+        raise ModelError(f"{src.path.name}: Qwen2.5-VL text encoder could not be converted: {exc}") from exc
+
+
+def prompt_ids(text: str, template: str = TEMPLATE) -> list[int]:
+    """The token ids ComfyUI encodes: the prompt in the template unless it starts with its own `<|im_start|>`."""
+    return qwen_token_ids(text if text.startswith("<|im_start|>") else template.format(text))
+
+
+def template_end(ids: list[int]) -> int:
+    """Where the kept tokens start: at the second `<|im_start|>` (the first if only one), past its `user\\n`
+    when those follow. Ids without one keep only the last token (ComfyUI's start of −1), or from the third on
+    when they open with `user\\n`."""
+    starts = [i for i, t in enumerate(ids) if t == IM_START][:2]
+    end = starts[-1] if starts else -1
+    if len(ids) > end + 3 and ids[end + 1] == USER and ids[end + 2] == NEWLINE:
+        end += 3
+    return end
+
+
+def encode_qwen25(model: Any, text: str) -> torch.Tensor:
+    """Text features [1, T, D] (float32, CPU) of one prompt, from the user turn on."""
+    ids = prompt_ids(text)
+    vocab = int(model.get_input_embeddings().weight.shape[0])
+    if max(ids) >= vocab:
+        raise ModelError(f"the prompt has token id {max(ids)} but the text encoder's vocabulary has {vocab} entries")
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        hidden: torch.Tensor = model(input_ids=torch.tensor([ids], device=device)).last_hidden_state
+    return hidden[:, template_end(ids):].float().cpu()

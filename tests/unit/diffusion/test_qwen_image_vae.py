@@ -1,0 +1,72 @@
+"""Qwen-Image's VAE (the Wan 2.1 VAE in ComfyUI's layout) and its latent format: recognised from shapes at any
+base width, converted to diffusers' AutoencoderKLQwenImage with every weight placed, called as ComfyUI calls it
+(a batch of images is one clip; 5-D latents; frames out per latent frame), and the per-channel normalisation
+against ComfyUI's Wan21 numbers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from comfymesh.diffusion.latents.wan21 import WAN21
+from comfymesh.diffusion.models import wan_vae
+from comfymesh.diffusion.models.tensor_source import TensorSource
+from comfymesh.diffusion.models.tiny_qwen_image import tensors, wan21_vae_shapes
+
+CPU = torch.device("cpu")
+
+
+def _vae_file(tmp_path: Path, dim: int = 8, name: str = "vae.safetensors") -> TensorSource:
+    path = tmp_path / name
+    save_file(tensors(wan21_vae_shapes(dim), 0, torch.float32), str(path))
+    return TensorSource(path)
+
+
+@pytest.mark.parametrize("dim", [4, 8])
+def test_any_base_width_loads_with_every_weight_placed(tmp_path: Path, dim: int) -> None:
+    src = _vae_file(tmp_path, dim)
+    assert wan_vae.parse_wan21_vae(src) == wan_vae.Wan21VaeLayout(dim, 16, 3)
+    vae = wan_vae.load_wan21_vae(src, CPU)  # a missing or unexpected key raises ModelError
+    assert sum(p.numel() for p in vae.parameters()) == sum(
+        int(torch.tensor(s).prod()) for s in wan21_vae_shapes(dim).values())
+
+
+def test_other_vaes_are_not_wan21(tmp_path: Path) -> None:
+    path = tmp_path / "wan22.safetensors"
+    save_file({"decoder.middle.0.residual.0.gamma": torch.ones(4, 1, 1, 1),
+               "decoder.upsamples.0.upsamples.0.residual.2.weight": torch.ones(1)}, str(path))
+    assert wan_vae.parse_wan21_vae(TensorSource(path)) is None
+    sd = tmp_path / "sd.safetensors"
+    save_file({"decoder.conv_in.weight": torch.ones(1)}, str(sd))
+    assert wan_vae.parse_wan21_vae(TensorSource(sd)) is None
+
+
+def test_a_batch_is_one_clip_and_frames_come_back_as_images(tmp_path: Path) -> None:
+    vae = wan_vae.load_wan21_vae(_vae_file(tmp_path), CPU)
+    one = torch.rand(1, 35, 42, 3, generator=torch.Generator().manual_seed(0))
+    latent = wan_vae.encode(vae, one)
+    assert latent.shape == (1, 16, 1, 4, 5)  # 35×42 centre-cropped to 32×40
+    assert torch.equal(latent, wan_vae.encode(vae, one))  # the posterior's mean, no sampling
+    five = torch.rand(5, 16, 16, 3, generator=torch.Generator().manual_seed(1))
+    assert wan_vae.encode(vae, five).shape == (1, 16, 2, 2, 2)  # frames 1 + ⌊(5 − 1)/4⌋
+    images = wan_vae.decode(vae, latent)
+    assert images.shape == (1, 32, 40, 3) and float(images.min()) >= 0.0 and float(images.max()) <= 1.0
+    assert torch.equal(wan_vae.decode(vae, latent[:, :, 0]), images)  # a 4-D latent is one frame
+    assert wan_vae.decode(vae, torch.zeros(2, 16, 2, 2, 2)).shape == (2 * 5, 16, 16, 3)  # 1 + 4·(2 − 1) frames each
+
+
+def test_wan21_format_normalises_each_channel() -> None:
+    z = torch.zeros(1, 16, 1, 1, 1)
+    z[0, 0] = 1.0
+    z[0, 15] = -2.0
+    scaled = WAN21.process_in(z)
+    assert float(scaled[0, 0]) == pytest.approx((1.0 + 0.7571) / 2.8184)
+    assert float(scaled[0, 15]) == pytest.approx((-2.0 + 0.2921) / 1.9160)
+    assert float(scaled[0, 7]) == pytest.approx(-1.5508 / 2.0743)
+    assert torch.allclose(WAN21.process_out(scaled), z, atol=1e-6)
+    four = WAN21.process_in(z[:, :, 0])  # a 4-D latent gets the same per-channel numbers
+    assert torch.equal(four, scaled[:, :, 0])
+    assert WAN21.channels == 16 and WAN21.dimensions == 3
