@@ -17,7 +17,7 @@ from comfymesh.contracts.errors import ModelError
 from comfymesh.diffusion.families import qwen_image as q
 from comfymesh.diffusion.models.tensor_source import TensorSource
 from comfymesh.diffusion.models.tiny_qwen_image import qwen_image_shapes, tensors
-from comfymesh.diffusion.sampling.flux_model_sampling import FluxModelSampling
+from comfymesh.diffusion.sampling.flux_sampling import FluxModelSampling
 from comfymesh.diffusion.sampling.guidance import CondEntry, GuidedDenoiser
 from comfymesh.diffusion.sampling.samplers import SAMPLERS, SamplerEnv
 from comfymesh.diffusion.sampling.schedulers import calculate_sigmas

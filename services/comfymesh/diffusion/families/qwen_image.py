@@ -23,7 +23,7 @@ from comfymesh.contracts.errors import ModelError
 from comfymesh.diffusion.latents.wan21 import WAN21
 from comfymesh.diffusion.models.recognise import Recognition, UNetLayout
 from comfymesh.diffusion.models.tensor_source import TensorSource
-from comfymesh.diffusion.sampling.flux_model_sampling import FluxModelSampling
+from comfymesh.diffusion.sampling.flux_sampling import FluxModelSampling
 from comfymesh.diffusion.sampling.guidance import UNetFn
 from comfymesh.diffusion.sampling.ksampler import SamplingModel
 
