@@ -56,3 +56,15 @@ def test_orders_by_execution_time(store: JobStore) -> None:
 def test_filters_by_workflow(store: JobStore) -> None:
     assert ids(store.list_jobs(order=JobOrder.OLDEST, workflow_id="wf-1")) == (["b", "d"], 2)
     assert ids(store.list_jobs(workflow_id="none")) == ([], 0)
+
+
+def test_a_page_past_a_job_is_not_moved_by_arrivals_or_departures(store: JobStore) -> None:
+    newest = [job.id for job in store.list_jobs(order=JobOrder.NEWEST)[0]]
+    first, total = store.list_jobs(order=JobOrder.NEWEST, limit=2)
+    anchor = (first[-1].created, first[-1].id)
+    store.add_job("arrived", 0, {}, {}, "", [], {})  # newer than every page: it must not shift them
+    store.delete_jobs([newest[0]])
+    rest, after_total = store.list_jobs(order=JobOrder.NEWEST, after=anchor)
+    assert [job.id for job in rest] == newest[2:] and after_total == total == 5  # one came, one went
+    store.delete_jobs([first[-1].id])  # the anchor itself gone: its time still places the page
+    assert [job.id for job in store.list_jobs(order=JobOrder.NEWEST, after=anchor)[0]] == newest[2:]

@@ -236,9 +236,11 @@ class JobStore:
 
     def list_jobs(self, statuses: list[str] | None = None, limit: int = 0, offset: int = 0,
                   order: JobOrder = JobOrder.QUEUE, workflow_id: str | None = None,
-                  count_only: bool = False) -> tuple[list[JobRecord], int]:
+                  count_only: bool = False,
+                  after: tuple[float, str] | None = None) -> tuple[list[JobRecord], int]:
         """One page of the jobs in `statuses` (all when None), in `order` (limit 0: to the end), and how
-        many jobs match; `workflow_id`: only jobs of that frontend workflow (extra_pnginfo.workflow.id)."""
+        many jobs match; `workflow_id`: only jobs of that frontend workflow (extra_pnginfo.workflow.id);
+        `after` (created, job id), newest first only: the page starts past that job (the total ignores it)."""
         conditions, args = [], []
         if statuses:
             conditions.append(f"status IN ({','.join('?' * len(statuses))})")
@@ -248,11 +250,18 @@ class JobStore:
             args.append(workflow_id)
         where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
         page = f"LIMIT {int(limit)} OFFSET {int(offset)}" if limit else f"LIMIT -1 OFFSET {int(offset)}"
+        past, past_args = where, list[Any](args)
+        if after is not None and order == JobOrder.NEWEST:
+            # the anchor's seq breaks ties of `created`; a deleted anchor leaves only its time to go by
+            keyset = ("(created < ? OR (created = ? AND seq < COALESCE((SELECT seq FROM jobs WHERE id = ?), -1)))")
+            past = f"{where} AND {keyset}" if where else f"WHERE {keyset}"
+            past_args += [after[0], after[0], after[1]]
         with self._lock:
             total = self._db.execute(f"SELECT COUNT(*) FROM jobs {where}", args).fetchone()[0]
             if count_only:
                 return [], int(total)
-            rows = self._db.execute(f"SELECT * FROM jobs {where} ORDER BY {_ORDERS[order]} {page}", args).fetchall()
+            rows = self._db.execute(f"SELECT * FROM jobs {past} ORDER BY {_ORDERS[order]} {page}",
+                                    past_args).fetchall()
         return [_job(row) for row in rows], int(total)
 
     def jobs_awaiting_webhook(self) -> list[str]:

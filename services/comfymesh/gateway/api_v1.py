@@ -204,17 +204,18 @@ async def job_events(job_id: str, request: Request, last_event_id: str | None = 
     return EventSourceResponse(_sse(request, job_id, _resume_point(last_event_id, after, 0)), ping=15)
 
 
-def _cursor(offset: int) -> str:
-    return base64.urlsafe_b64encode(f"o:{offset}".encode()).decode().rstrip("=")
+def _cursor(job: Job) -> str:
+    """An opaque cursor past `job`: its creation time and id, so no job that arrives or goes moves the pages."""
+    return base64.urlsafe_b64encode(json.dumps([job.created, job.job_id]).encode()).decode().rstrip("=")
 
 
-def _offset(cursor: str) -> int:
-    """The offset an opaque cursor of `_cursor` stands for; a cursor of ours only (422 otherwise)."""
+def _after(cursor: str) -> tuple[float, str]:
+    """The (created, job id) a cursor of `_cursor` stands for; a cursor of ours only (422 otherwise)."""
     try:
-        kind, _, value = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode().partition(":")
-        if kind == "o" and value.isdigit() and int(value) <= 1_000_000:
-            return int(value)
-    except ValueError:  # not base64, or not text (binascii.Error and UnicodeDecodeError are ValueErrors)
+        created, job_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        if isinstance(created, int | float) and not isinstance(created, bool) and isinstance(job_id, str):
+            return float(created), job_id
+    except (ValueError, TypeError):  # not base64, text or JSON; or JSON but not a pair
         pass
     raise HTTPException(422, "cursor is not one this API gave: pass the `next` of the previous page")
 
@@ -224,12 +225,13 @@ def _offset(cursor: str) -> int:
                                                         "schema": {"type": "integer"}}}}})
 async def list_jobs(request: Request, response: Response, status: JobStatus | None = Query(None),
                     limit: int = Query(50, ge=1, le=1000),
-                    cursor: str | None = Query(None, max_length=64, pattern=r"^[A-Za-z0-9_-]+$",
+                    cursor: str | None = Query(None, max_length=400, pattern=r"^[A-Za-z0-9_-]+$",
                                                 description="`next` of the previous page")
                     ) -> JobList:
-    offset = _offset(cursor) if cursor else 0
+    # one job more than asked for says whether a next page exists
     page = await jobs_of(request).page(JobQuery(statuses=(status,) if status else (), order=JobOrder.NEWEST,
-                                                offset=offset, limit=limit))
+                                                limit=limit + 1, after=_after(cursor) if cursor else None))
     response.headers[TOTAL_HEADER] = str(page.total)
-    return JobList(items=[job_view(request, job) for job in page.jobs], total=page.total,
-                   next=_cursor(offset + len(page.jobs)) if page.has_more else None)
+    items = page.jobs[:limit]
+    return JobList(items=[job_view(request, job) for job in items], total=page.total,
+                   next=_cursor(items[-1]) if len(page.jobs) > limit else None)

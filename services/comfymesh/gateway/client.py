@@ -141,7 +141,8 @@ class OrchestratorClient:
     async def list_jobs(self, query: JobQuery) -> JobPage:
         jobs, total = await self._list(orchestrator_pb2.ListJobsRequest(
             statuses=list(query.statuses), limit=query.limit or 0, offset=query.offset, order=_ORDERS[query.order],
-            workflow_id=query.workflow_id or ""))
+            workflow_id=query.workflow_id or "", after_created=query.after[0] if query.after else 0.0,
+            after_job_id=query.after[1] if query.after else ""))
         return JobPage(jobs, total, query.offset)
 
     async def count_jobs(self, statuses: Sequence[JobStatus]) -> int:

@@ -86,6 +86,7 @@ class JobQuery:
     offset: int = 0
     limit: int | None = None       # None: to the end
     workflow_id: str | None = None
+    after: tuple[float, str] | None = None  # NEWEST only: (created, job id) of the job the page starts past
 
 
 @dataclass(frozen=True)

@@ -141,7 +141,8 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServicer):
                        context: Context) -> AsyncIterator[orchestrator_pb2.ListJobsResponse]:
         jobs, total = await asyncio.to_thread(
             self.store.list_jobs, list(request.statuses) or None, max(request.limit, 0), max(request.offset, 0),
-            _ORDERS.get(request.order, JobOrder.QUEUE), request.workflow_id or None, request.count_only)
+            _ORDERS.get(request.order, JobOrder.QUEUE), request.workflow_id or None, request.count_only,
+            (request.after_created, request.after_job_id) if request.after_job_id else None)
         if not jobs:
             yield orchestrator_pb2.ListJobsResponse(total=total)
         for job in jobs:
