@@ -23,6 +23,14 @@ import torch
 import torch.nn.functional as F
 
 from comfymesh.contracts.errors import ModelError
+from comfymesh.contracts.handles import ModelHandle
+from comfymesh.diffusion.families.registry import (
+    BuiltModel,
+    Conditioning,
+    DiffusionFamily,
+    VaeKind,
+    flow_shift_sampling,
+)
 from comfymesh.diffusion.latents.formats import LatentFormat
 from comfymesh.diffusion.models.fp8_scaled import dequantise_scaled_fp8
 from comfymesh.diffusion.models.recognise import ClipLayout, Recognition, UNetLayout
@@ -314,3 +322,43 @@ def encode_sd3_node(encoders: dict[str, Any], clip_l: str, clip_g: str, t5xxl: s
 def t5_encode_fn() -> T5Encode | None:
     """SD3's T5-XXL encoding (77-token minimum, no attention mask); None until the T5 encoder lands."""
     return None
+
+
+class SD3Family:
+    """SD3 / SD3.5 in the family registry: CLIP type `sd3` (CLIP-L, CLIP-G, T5-XXL files in any mix), the
+    all-in-one checkpoint's encoders, SD3's latents and 16-channel VAE (FLUX's architecture), flow sampling
+    with shift 3. Text tokens join the image's in one attention, so calls never batch across jobs; no LoRA or
+    fast path yet."""
+
+    name = NAME
+    clip_types: tuple[str, ...] = ("sd3",)
+    latent_format: LatentFormat = SD3_LATENTS
+    vae_kind: VaeKind = "flux16"
+    batches = False
+    fast_path = False
+    lora = False
+
+    def recognise(self, src: TensorSource) -> SD3Layout | None:
+        return parse_sd3(src)
+
+    def build(self, src: TensorSource, layout: SD3Layout, device: torch.device,
+              weight_dtype: torch.dtype | None) -> BuiltModel:
+        return BuiltModel(recognition(layout), load_sd3(src, layout, device, weight_dtype))
+
+    def sampling_model(self, module: torch.nn.Module, rec: Recognition, device: torch.device) -> SamplingModel:
+        return sampling_model(module, rec, device)
+
+    def load_text_encoders(self, clip_type: str, paths: list[Path], device: torch.device) -> dict[str, Any]:
+        return load_text_encoder_files(paths, device)
+
+    def load_checkpoint_encoders(self, src: TensorSource, device: torch.device) -> dict[str, Any]:
+        return load_checkpoint_encoders(src, device)
+
+    def encode(self, text: str, encoders: dict[str, Any], clip: ModelHandle) -> Conditioning:
+        return encode(text, encoders, clip.get("stop_at_clip_layer"))
+
+    def model_sampling(self, record: dict[str, Any], sm: SamplingModel) -> SamplingModel:
+        return flow_shift_sampling(record, sm)
+
+
+FAMILY: DiffusionFamily = SD3Family()

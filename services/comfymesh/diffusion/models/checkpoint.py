@@ -47,6 +47,9 @@ def load_checkpoint(path: Path, place: Placement | None = None) -> CheckpointPar
     if not path.is_file():
         raise ModelError(f"checkpoint file {path} does not exist")
     src = TensorSource(path)
+    found = families.recognise(src)
+    if found is not None:
+        return load_family_checkpoint(src, *found, place)
     rec = recognise(src)
     assert rec.vae is not None
     clock = [time.perf_counter()]
@@ -75,6 +78,23 @@ def load_checkpoint(path: Path, place: Placement | None = None) -> CheckpointPar
     log.info("checkpoint built", extra=log_fields(file=path.name, family=rec.family, device=str(place.device),
                                                   unet_s=unet_s, vae_s=vae_s, clip_s=clip_s))
     return CheckpointParts(rec, unet, vae, clips, modules)
+
+
+def load_family_checkpoint(src: TensorSource, family: families.DiffusionFamily, layout: object,
+                           place: Placement) -> CheckpointParts:
+    """An all-in-one checkpoint of a registered family (SD3.5's: model.diffusion_model., text_encoders.,
+    first_stage_model.): its diffusion model, VAE, and the text encoders the family finds in it."""
+    vae_layout = parse_vae(src, VAE_PREFIX)
+    if vae_layout is None:
+        raise ModelError(f"{src.path.name}: no VAE ({VAE_PREFIX}*) in the {family.name} checkpoint")
+    built = family.build(src, layout, place.device, None)
+    try:
+        vae = build_vae(src, vae_layout, VAE_PREFIX, place).eval().requires_grad_(False)
+    except Exception as exc:
+        raise ModelError(f"{src.path.name}: the checkpoint's VAE could not be converted: {exc}") from exc
+    encoders = getattr(family, "load_checkpoint_encoders", None)
+    clips = encoders(src, place.device) if encoders is not None else {}
+    return CheckpointParts(built.recognition, built.module, vae, clips, built.unet_modules, family=family.name)
 
 
 def load_vae_file(path: Path, place: Placement | None = None) -> torch.nn.Module:
