@@ -1,0 +1,80 @@
+"""FLUX's conditioning nodes (comfy_extras.nodes_flux, V3 declarations) and ReferenceLatent
+(comfy_extras.nodes_edit_model): each sets a key in every entry's extras that the FLUX family reads when it
+builds the model's inputs (families.flux: `guidance`, `reference_latents`, `reference_latents_method`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from comfymesh.catalog.schema import ComboV3, Float, Link, Output
+from comfymesh.contracts.errors import NodeInputError
+from comfymesh.diffusion.nodes.failures import node
+from comfymesh.diffusion.nodes.registry import nodes
+from comfymesh.stage.node import NodeContext
+
+FLUX_MODULE = "comfy_extras.nodes_flux"
+CATEGORY = "advanced/conditioning/flux"
+REFERENCE_METHODS = ["offset", "index", "uxo/uno", "index_timestep_zero"]
+Conditioning = list[Any]
+
+
+def _v3(name: str, *, category: str = CATEGORY, module: str = FLUX_MODULE, display_name: str | None = None,
+        description: str = "", experimental: bool = False, inputs: list[Any]) -> Any:
+    """A V3 node with one CONDITIONING output, as 0.8.0 declares these in `/object_info`."""
+    return nodes.define(name, category=category, display_name=display_name, description=description,
+                        python_module=module, inputs=inputs, outputs=[Output("CONDITIONING")], deprecated=False,
+                        experimental=experimental, api_node=False, output_matchtypes=None, output_tooltips=[None])
+
+
+def set_values(ctx: NodeContext, conditioning: Conditioning, values: dict[str, Any],
+               append: bool = False) -> Conditioning:
+    """Each entry with `values` set in a copy of its extras (`append`: lists extended, as ComfyUI's
+    conditioning_set_values(append=True) does)."""
+    if not conditioning:
+        raise NodeInputError("conditioning is empty: connect a text encoder's CONDITIONING", node_id=ctx.node_id)
+    out = []
+    for item in conditioning:
+        extras = dict(item[1]) if len(item) > 1 and item[1] else {}
+        for key, value in values.items():
+            extras[key] = [*extras.get(key, []), *value] if append and isinstance(value, list) else value
+        out.append([item[0], extras])
+    return out
+
+
+@_v3("FluxGuidance", inputs=[Link("conditioning", "CONDITIONING", {}),
+                             Float("guidance", 3.5, min=0.0, max=100.0, step=0.1)])
+@node
+def flux_guidance(ctx: NodeContext, conditioning: Conditioning, guidance: float) -> tuple[Conditioning]:
+    return (set_values(ctx, conditioning, {"guidance": float(guidance)}),)
+
+
+@_v3("FluxDisableGuidance", description="This node completely disables the guidance embed on Flux and Flux like "
+     "models", inputs=[Link("conditioning", "CONDITIONING", {})])
+@node
+def flux_disable_guidance(ctx: NodeContext, conditioning: Conditioning) -> tuple[Conditioning]:
+    return (set_values(ctx, conditioning, {"guidance": None}),)
+
+
+@_v3("FluxKontextMultiReferenceLatentMethod", display_name="Edit Model Reference Method", experimental=True,
+     inputs=[Link("conditioning", "CONDITIONING", {}), ComboV3("reference_latents_method", REFERENCE_METHODS)])
+@node
+def flux_kontext_reference_method(ctx: NodeContext, conditioning: Conditioning,
+                                  reference_latents_method: str) -> tuple[Conditioning]:
+    # ComfyUI folds "uxo/uno" (and any "uso") into "uxo"
+    method = "uxo" if "uxo" in reference_latents_method or "uso" in reference_latents_method else reference_latents_method
+    return (set_values(ctx, conditioning, {"reference_latents_method": method}),)
+
+
+@_v3("ReferenceLatent", category="advanced/conditioning/edit_models", module="comfy_extras.nodes_edit_model",
+     description="This node sets the guiding latent for an edit model. If the model supports it you can chain "
+                 "multiple to set multiple reference images.",
+     inputs=[Link("conditioning", "CONDITIONING", {}), Link("latent", "LATENT", {}, section="optional")])
+@node
+def reference_latent(ctx: NodeContext, conditioning: Conditioning,
+                     latent: dict[str, Any] | None = None) -> tuple[Conditioning]:
+    if latent is None:
+        return (conditioning,)
+    samples = torch.as_tensor(latent["samples"])
+    return (set_values(ctx, conditioning, {"reference_latents": [samples]}, append=True),)
