@@ -86,13 +86,14 @@ def test_unknown_architecture(tmp_path: Path) -> None:
         load_checkpoint(path)
 
 
-def test_inpainting_model_is_named(tmp_path: Path) -> None:
+def test_an_unknown_input_channel_count_is_named(tmp_path: Path) -> None:
+    # 4 (txt2img), 8 (instruct-pix2pix) and 9 (inpainting) input channels load; anything else is named
     sd = make_state_dict("sd15", seed=0)
     key = "model.diffusion_model.input_blocks.0.0.weight"
-    sd[key] = torch.zeros(sd[key].shape[0], 9, 3, 3, dtype=sd[key].dtype)
-    path = tmp_path / "inpaint.safetensors"
+    sd[key] = torch.zeros(sd[key].shape[0], 7, 3, 3, dtype=sd[key].dtype)
+    path = tmp_path / "odd.safetensors"
     save_file(sd, str(path))
-    with pytest.raises(ModelError, match="inpainting model"):
+    with pytest.raises(ModelError, match=r"unknown model \(7 UNet input channels\)"):
         load_checkpoint(path)
 
 
