@@ -165,7 +165,12 @@ def test_2511_modulates_references_at_timestep_zero(tmp_path: Path) -> None:
         # with one, its tokens see timestep 0: as `index` except for the modulation
         zero = q.qwen_image_forward(edit, x, t, ctx, refs=[ref])
         index = q.qwen_image_forward(base, x, t, ctx, refs=[ref])
+        # the method chosen per call wins over the file's default, either way
+        assert torch.allclose(q.qwen_image_forward(base, x, t, ctx, refs=[ref], ref_method="index_timestep_zero"),
+                              zero, atol=1e-6)
+        assert torch.allclose(q.qwen_image_forward(edit, x, t, ctx, refs=[ref], ref_method="index"), index, atol=1e-6)
     assert not torch.allclose(zero, index, atol=1e-4)
+    assert all(not b.zero_cond_t for b in base.get_submodule("transformer_blocks"))  # the model is left as built
 
 
 def test_layered_adds_its_extra_time_embedding(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ proportion for reduced heads), time scale 1000, σ as the timestep.
 
 from __future__ import annotations
 
+import copy
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -235,10 +236,10 @@ def qwen_image_forward(model: Any, x: torch.Tensor, timestep: torch.Tensor, cont
     freqs = (rope(torch.cat(all_ids), axes, dtype, device), rope(txt_ids, axes, dtype, device))
 
     t = timestep.to(device).float()
-    zero_refs = bool(model.config.zero_cond_t)
+    zero = method == "index_timestep_zero" and len(refs) > 0
     modulate_index = None
-    if zero_refs:
-        # 2511: tokens after the image's are modulated at timestep 0 (for the text, the first half is read)
+    if zero:
+        # reference tokens are modulated at timestep 0; the image and the text at t
         t = torch.cat([t, t * 0])
         flags = torch.zeros(hidden.shape[1], dtype=torch.int, device=device)
         flags[n_img:] = 1
@@ -248,10 +249,10 @@ def qwen_image_forward(model: Any, x: torch.Tensor, timestep: torch.Tensor, cont
     extra = torch.zeros(t.shape[0], dtype=torch.long, device=device) if model.config.use_additional_t_cond else None
     temb = model.time_text_embed(t, h, extra)
     mask = None if attention_mask is None else attention_mask.to(device).bool()
-    for block in model.transformer_blocks:
+    for block in _blocks(model, zero):
         txt, h = block(hidden_states=h, encoder_hidden_states=txt, encoder_hidden_states_mask=mask, temb=temb,
                        image_rotary_emb=freqs, modulate_index=modulate_index)
-    if zero_refs:
+    if zero:
         temb = temb.chunk(2, dim=0)[0]
     out = model.proj_out(model.norm_out(h, temb))[:, :n_img]
     b, _, frames, hh, ww = x5.shape
@@ -260,6 +261,19 @@ def qwen_image_forward(model: Any, x: torch.Tensor, timestep: torch.Tensor, cont
     img = img.reshape(b, -1, frames, hp * PATCH, wp * PATCH)[..., :hh, :ww]
     result: torch.Tensor = img.squeeze(2) if four else img
     return result
+
+
+def _blocks(model: Any, zero: bool) -> list[Any]:
+    """The blocks, each reading its timestep-zero half of the embedding when `zero`: a block built otherwise
+    (the method is chosen per call, by the file or FluxKontextMultiReferenceLatentMethod) runs as a shallow copy
+    with the flag flipped, which shares its weights and leaves the model untouched for concurrent calls."""
+    out = []
+    for block in model.transformer_blocks:
+        if bool(block.zero_cond_t) != zero:
+            block = copy.copy(block)
+            block.zero_cond_t = zero
+        out.append(block)
+    return out
 
 
 def model_default_ref_method(model: Any) -> str:
