@@ -55,3 +55,22 @@ def test_a_crash_on_v1_is_a_problem_and_elsewhere_starlettes_text() -> None:
         assert crashed.json()["code"] == "internal_error" and crashed.json()["instance"] == "/v1/jobs/x"
         comfy = client.get("/api/jobs/x")
         assert comfy.status_code == 500 and comfy.text == "Internal Server Error"
+
+
+def test_the_openapi_document_is_completed_again_when_routes_change() -> None:
+    from comfymesh.config import Settings
+    from comfymesh.gateway.app import create_app
+
+    app = create_app(Settings())
+    first = app.openapi()
+    assert "WorkflowSubmission" in first["components"]["schemas"] and "/v1/added" not in first["paths"]
+
+    @app.get("/v1/added", responses={404: {"description": "none"}})
+    async def added() -> dict[str, str]:
+        return {}
+
+    app.openapi_schema = None  # what a route added at run time asks for
+    again = app.openapi()
+    assert "/v1/added" in again["paths"]
+    assert again["paths"]["/v1/added"]["get"]["responses"]["404"]["content"] == {
+        "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}

@@ -67,13 +67,16 @@ def install(app: FastAPI) -> None:
                                    swagger_css_url=f"{ASSETS_PATH}/swagger-ui.css",
                                    swagger_favicon_url=f"{ASSETS_PATH}/favicon-32x32.png")
 
-    generate = app.openapi
+    generate = app.openapi  # FastAPI's, which caches its document in app.openapi_schema
     completed: list[dict[str, Any]] = []
 
     def openapi() -> dict[str, Any]:
-        if not completed:  # made once, on the first request for it (every route is mounted by then)
-            completed.append(complete(generate()))
-        return completed[0]
+        doc = generate()
+        # completed once per document FastAPI makes: whoever resets app.openapi_schema (routes added at
+        # run time) gets a new one, completed in turn
+        if not completed or completed[0] is not doc:
+            completed[:] = [complete(doc)]
+        return doc
 
     app.openapi = openapi  # type: ignore[method-assign]
 
