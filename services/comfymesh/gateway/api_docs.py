@@ -26,7 +26,8 @@ _REF = "#/components/schemas/"
 _ANY_ROUTE = {401: "No or wrong credentials (when authentication is configured)",
               403: "A page of another site, or a Host name this server does not answer to",
               429: "Too many state-changing requests, or locked out after wrong tokens; see Retry-After"}
-_WITH_BODY = {413: "The body is over the configured limit", 415: "A JSON body sent as text/plain"}
+_WITH_BODY = {400: "The body is not JSON", 413: "The body is over the configured limit",
+              415: "A JSON body sent as text/plain"}
 
 # what each event's `data` carries besides job_id, node_id and ts (the SSE `event:` field names the type);
 # previews go to ComfyUI's /ws only
