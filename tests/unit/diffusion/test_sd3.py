@@ -1,5 +1,5 @@
 """SD3 / SD3.5 on their own: the MMDiT recognised from keys and shapes at any size (SD3 medium, SD3.5 large,
-SD3.5 medium's MMDiT-X) in the bare and the checkpoint layout, scaled-fp8 weights multiplied out, the model
+SD3.5 medium's MMDiT-X) in the bare and the checkpoint layout, scaled-fp8 weights kept fp8 and scaled per call, the model
 called with ComfyUI's conventions (σ·1000 as time, circular padding to whole patches, x0 = x − σ·out), the
 SD3 latent format, ComfyUI's default σ table (shift 3) and one Euler step against the formulas, and the
 prompt conditioning built as sd3_clip builds it (CLIP-L ‖ CLIP-G padded to 4096, pooled L ‖ G, zeros for what
@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 from comfymesh.contracts.errors import ModelError
 from comfymesh.diffusion.families import sd3
 from comfymesh.diffusion.models import tiny_sd3
-from comfymesh.diffusion.models.fp8_scaled import dequantise_scaled_fp8
+from comfymesh.diffusion.models.fp8_weights import Fp8Linear
 from comfymesh.diffusion.models.tensor_source import TensorSource
 from comfymesh.diffusion.sampling.guidance import CondEntry, GuidedDenoiser
 from comfymesh.diffusion.sampling.ksampler import cond_entries
@@ -66,20 +66,31 @@ def test_other_files_are_not_sd3_and_odd_widths_are_refused(tmp_path: Path, file
         sd3.parse_sd3(_write(tmp_path / "odd.safetensors", tiny_sd3.mmdit_shapes(width=96)))
 
 
-def test_scaled_fp8_weights_are_multiplied_out(files: dict[str, Path]) -> None:
-    state = {"a.weight": torch.tensor([[2.0, -4.0]]).to(torch.float8_e4m3fn), "a.scale_weight": torch.tensor(0.5),
-             "a.bias": torch.tensor([1.0]), "a.scale_input": torch.tensor(1.0), "scaled_fp8": torch.zeros(0)}
-    assert set(dequantise_scaled_fp8(state)) == {"a.weight", "a.bias"}
-    assert dequantise_scaled_fp8(state)["a.weight"].tolist() == [[1.0, -2.0]]
-    # the fp8 checkpoint and the fp16 split file hold the same model up to fp8 rounding
+def test_scaled_fp8_weights_stay_fp8_and_compute_scaled(files: dict[str, Path]) -> None:
+    # the fp8 checkpoint and the fp16 split file hold the same model up to fp8 rounding; the checkpoint's
+    # linears keep their fp8 weights in memory and apply the file's scale per call (models.fp8_weights)
     ckpt, split = TensorSource(files["checkpoints"]), TensorSource(files["diffusion_models"])
-    assert ckpt.has("model.diffusion_model.scaled_fp8") and ckpt.get("model.diffusion_model.joint_blocks.0.x_block."
-                                                                     "attn.qkv.weight").dtype == torch.float8_e4m3fn
+    key = "model.diffusion_model.joint_blocks.0.x_block.attn.qkv.weight"
+    assert ckpt.has("model.diffusion_model.scaled_fp8") and ckpt.get(key).dtype == torch.float8_e4m3fn
     a: Any = sd3.load_sd3(ckpt, sd3.parse_sd3(ckpt), CPU)  # type: ignore[arg-type]
     b: Any = sd3.load_sd3(split, sd3.parse_sd3(split), CPU)  # type: ignore[arg-type]
-    wa, wb = a.transformer_blocks[0].attn.to_q.weight, b.transformer_blocks[0].attn.to_q.weight
-    assert (wa - wb).abs().max() <= wb.abs().max() / 8  # e4m3fn keeps 3 mantissa bits
-    assert not torch.equal(wa, wb)
+    to_q = a.transformer_blocks[0].attn.to_q
+    assert isinstance(to_q, Fp8Linear) and to_q.weight.dtype == torch.float8_e4m3fn
+    scale = float(ckpt.get(key.replace(".weight", ".scale_weight")))
+    assert torch.allclose(to_q.scale, torch.full_like(to_q.scale, scale))
+    width = b.transformer_blocks[0].attn.to_q.weight.shape[0]
+    fp8_q = ckpt.get(key)[:width].float() * scale  # diffusers' to_q is the first third of ComfyUI's fused qkv
+    x = torch.randn(3, width)
+    assert torch.allclose(to_q(x), F.linear(x, fp8_q, b.transformer_blocks[0].attn.to_q.bias), atol=1e-5)
+    wb = b.transformer_blocks[0].attn.to_q.weight
+    assert (fp8_q - wb).abs().max() <= wb.abs().max() / 8  # e4m3fn keeps 3 mantissa bits
+    assert not torch.equal(fp8_q, wb)
+    # the whole model runs on fp8 weights and stays close to the fp16 one
+    gen = torch.Generator().manual_seed(0)
+    xs, ctx, y = torch.randn(1, 16, 4, 4, generator=gen), torch.randn(1, 6, 4096, generator=gen), torch.randn(1, 96)
+    out_a = sd3.sd3_fn(a)(xs, torch.tensor([500.0]), ctx, y)
+    out_b = sd3.sd3_fn(b)(xs, torch.tensor([500.0]), ctx, y)
+    assert (out_a - out_b).abs().max() < 0.25 * out_b.abs().max()
 
 
 @pytest.fixture(scope="module")

@@ -32,7 +32,13 @@ from comfymesh.diffusion.families.registry import (
     flow_shift_sampling,
 )
 from comfymesh.diffusion.latents.formats import LatentFormat
-from comfymesh.diffusion.models.fp8_scaled import dequantise_scaled_fp8
+from comfymesh.diffusion.models.fp8_weights import (
+    converted_row_scales,
+    held_by_fp8_linear,
+    install_fp8_linears,
+    is_fp8,
+    split_scales,
+)
 from comfymesh.diffusion.models.recognise import ClipLayout, Recognition, UNetLayout
 from comfymesh.diffusion.models.tensor_source import TensorSource
 from comfymesh.diffusion.sampling.flow_sampling import FlowModelSampling
@@ -139,20 +145,24 @@ def model_config(layout: SD3Layout) -> dict[str, Any]:
 
 
 def build_sd3(src: TensorSource, layout: SD3Layout, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
-    """The diffusers model with the file's weights, on `device` in `dtype` (fp8 files computed upcast)."""
+    """The diffusers model with the file's weights on `device`: fp8 linears (fp8 and scaled-fp8 files) stay fp8
+    and compute in `dtype` per layer, as ComfyUI runs them; the rest in `dtype`."""
     from diffusers import SD3Transformer2DModel
-    from diffusers.loaders.single_file_utils import convert_sd3_transformer_checkpoint_to_diffusers
+    from diffusers.loaders.single_file_utils import convert_sd3_transformer_checkpoint_to_diffusers as convert
 
     raw = {k[len(layout.prefix):]: v for k, v in src.with_prefix(layout.prefix).items()}
-    raw = dequantise_scaled_fp8(raw)
-    state = convert_sd3_transformer_checkpoint_to_diffusers(raw)
-    state = {k: v.to(device=device, dtype=dtype) for k, v in state.items()}
+    weights, scales = split_scales(raw)
+    rows = converted_row_scales(convert, weights, scales)
+    state = convert(weights)
     with torch.device("meta"):
         model: Any = SD3Transformer2DModel(**model_config(layout))
-    result = model.load_state_dict(state, strict=False, assign=True)
-    if result.missing_keys or result.unexpected_keys:
+    rest = install_fp8_linears(model, {k: v.to(device) for k, v in state.items()},
+                               {k: v.to(device) for k, v in rows.items()}, dtype)
+    result = model.load_state_dict(rest, strict=False, assign=True)
+    missing = [k for k in result.missing_keys if not held_by_fp8_linear(model, k)]
+    if missing or result.unexpected_keys:
         raise ModelError(f"{src.path.name}: the SD3 weights do not fit the layout read from the file (missing "
-                         f"{result.missing_keys[:4]}, unexpected {result.unexpected_keys[:4]})")
+                         f"{missing[:4]}, unexpected {result.unexpected_keys[:4]})")
     module: torch.nn.Module = model.eval().requires_grad_(False)
     return module
 
@@ -164,8 +174,8 @@ def compute_dtype(device: torch.device) -> torch.dtype:
 
 def load_sd3(src: TensorSource, layout: SD3Layout, device: torch.device,
              storage: torch.dtype | None = None) -> torch.nn.Module:
-    """The model in its compute dtype; an fp8 `storage` (UNETLoader's weight_dtype) rounds its weights to
-    that format first."""
+    """The model in its compute dtype; an fp8 `storage` (UNETLoader's weight_dtype) rounds bf16/fp16 weights
+    to that format first (fp8 files are fp8 already)."""
     try:
         model = build_sd3(src, layout, device, compute_dtype(device))
     except ModelError:
@@ -175,7 +185,8 @@ def load_sd3(src: TensorSource, layout: SD3Layout, device: torch.device,
     if storage is not None:
         with torch.no_grad():
             for tensor in model.parameters():
-                tensor.copy_(tensor.to(storage).to(tensor.dtype))
+                if not is_fp8(tensor):
+                    tensor.copy_(tensor.to(storage).to(tensor.dtype))
     return model
 
 
