@@ -10,14 +10,25 @@ the proportions), timestep and guidance embedded at 1000·value. fp8 and scaled-
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from comfymesh.contracts.errors import ModelError
+from comfymesh.contracts.handles import ModelHandle
+from comfymesh.diffusion.families.registry import (
+    BuiltModel,
+    Conditioning,
+    DiffusionFamily,
+    VaeKind,
+    flow_shift_sampling,
+)
+from comfymesh.diffusion.latents.formats import FLUX, LatentFormat
 from comfymesh.diffusion.models.fp8_weights import (
     converted_row_scales,
     held_by_fp8_linear,
@@ -27,6 +38,9 @@ from comfymesh.diffusion.models.fp8_weights import (
 )
 from comfymesh.diffusion.models.recognise import Recognition, UNetLayout
 from comfymesh.diffusion.models.tensor_source import TensorSource
+from comfymesh.diffusion.sampling.flux_sampling import FluxModelSampling
+from comfymesh.diffusion.sampling.ksampler import SamplingModel
+from comfymesh.diffusion.text.flux_text import encode_flux, load_checkpoint_encoders, load_text_encoder_files
 
 NAME = "flux"
 PATCH = 2
@@ -311,3 +325,97 @@ def flux_y(pooled: torch.Tensor | None, guidance: float | None, vec_dim: int) ->
     p = torch.zeros(1, vec_dim) if pooled is None else torch.as_tensor(pooled).float().reshape(1, -1)
     g = float("nan") if guidance is None else float(guidance)
     return torch.cat([p, torch.tensor([[g]])], dim=1)
+
+
+DEFAULT_GUIDANCE = 3.5  # what ComfyUI's FLUX model embeds when no FluxGuidance set one
+
+
+def layout_of(model: torch.nn.Module) -> FluxLayout:
+    """The layout a built model was made from (what FluxCall reads of it), from its diffusers config."""
+    c: Any = model.config
+    width = int(c.num_attention_heads) * int(c.attention_head_dim)
+    return FluxLayout(prefix="", width=width, heads=int(c.num_attention_heads), head_dim=int(c.attention_head_dim),
+                      depth=int(c.num_layers), depth_single=int(c.num_single_layers),
+                      in_channels=int(c.in_channels) // PATCH**2, out_channels=int(c.in_channels) // PATCH**2,
+                      vec_dim=int(c.pooled_projection_dim), context_dim=int(c.joint_attention_dim),
+                      guidance=bool(c.guidance_embeds), mlp=4 * width)
+
+
+def entry_y(vec_dim: int) -> Any:
+    """SamplingModel.make_y for FLUX: pooled ‖ the entry's guidance (3.5 when no FluxGuidance set one, NaN
+    when FluxDisableGuidance removed it), as ComfyUI's Flux model conditions it."""
+    def make(pooled: Any, extras: dict[str, Any]) -> torch.Tensor:
+        return flux_y(pooled, extras.get("guidance", DEFAULT_GUIDANCE), vec_dim)
+    return make
+
+
+def entry_inputs(latent_format: LatentFormat) -> Any:
+    """SamplingModel.entry_inputs for FLUX: an entry's reference latents (ReferenceLatent) moved into the
+    model's latent space, and their placement (FluxKontextMultiReferenceLatentMethod; ComfyUI places any
+    method it does not know, index_timestep_zero included, as `offset`)."""
+    def inputs(extras: dict[str, Any]) -> dict[str, Any] | None:
+        refs = extras.get("reference_latents")
+        if not refs:
+            return None
+        method = extras.get("reference_latents_method") or "offset"
+        return {"refs": [latent_format.process_in(torch.as_tensor(r).float()) for r in refs],
+                "ref_method": method if method in REF_METHODS else "offset"}
+    return inputs
+
+
+def sampling_model(model: torch.nn.Module, rec: Recognition, device: torch.device) -> SamplingModel:
+    """The denoiser's view of a loaded FLUX model with ComfyUI's default model sampling (ModelSamplingFlux at
+    shift 1.15, σ as the timestep). Text tokens join the image's in one attention, so contexts of other
+    lengths never share a call; y is pooled ‖ guidance."""
+    layout = layout_of(model)
+    param = next(model.parameters())
+    dtype = param.dtype if param.dtype in (torch.float32, torch.float16, torch.bfloat16) else compute_dtype(device)
+    return SamplingModel(
+        unet=FluxCall(model, layout), sampling=FluxModelSampling(), prediction="flow", latent_format=FLUX,
+        family=NAME, context_dim=layout.context_dim, adm=layout.vec_dim + 1, device=device, dtype=dtype,
+        in_channels=layout.in_channels, joint_context=True, make_y=entry_y(layout.vec_dim),
+        entry_inputs=entry_inputs(FLUX),
+    )
+
+
+class FluxFamily:
+    """FLUX.1 (dev, schnell, Kontext, Krea) in the family registry: DualCLIPLoader type `flux` (CLIP-L and
+    T5-XXL), the all-in-one checkpoint's encoders, FLUX's latents and 16-channel VAE, ModelSamplingFlux. Text
+    tokens join the image's in one attention, so calls never batch across jobs; no LoRA or fast path yet."""
+
+    name = NAME
+    clip_types: tuple[str, ...] = ("flux",)
+    latent_format: LatentFormat = FLUX
+    vae_kind: VaeKind = "flux16"
+    batches = False
+    fast_path = False
+    lora = False
+    checkpoint_vae_prefix = "vae."  # ComfyUI's FLUX checkpoints keep the VAE under `vae.`
+
+    def recognise(self, src: TensorSource) -> FluxLayout | None:
+        return parse_flux(src)
+
+    def build(self, src: TensorSource, layout: FluxLayout, device: torch.device,
+              weight_dtype: torch.dtype | None) -> BuiltModel:
+        return BuiltModel(recognition(layout), load_flux(src, layout, device, weight_dtype))
+
+    def sampling_model(self, module: torch.nn.Module, rec: Recognition, device: torch.device) -> SamplingModel:
+        return sampling_model(module, rec, device)
+
+    def load_text_encoders(self, clip_type: str, paths: list[Path], device: torch.device) -> dict[str, Any]:
+        return load_text_encoder_files(paths, device)
+
+    def load_checkpoint_encoders(self, src: TensorSource, device: torch.device) -> dict[str, Any]:
+        return load_checkpoint_encoders(src, device)
+
+    def encode(self, text: str, encoders: dict[str, Any], clip: ModelHandle) -> Conditioning:
+        return encode_flux(encoders, text, text, clip.get("stop_at_clip_layer"))
+
+    def model_sampling(self, record: dict[str, Any], sm: SamplingModel) -> SamplingModel:
+        # ModelSamplingFlux's resolution-derived shift; ModelSamplingSD3/AuraFlow replace it as in ComfyUI
+        if record["kind"] == "flux":
+            return dataclasses.replace(sm, sampling=FluxModelSampling(record["shift"]))
+        return flow_shift_sampling(record, sm)
+
+
+FAMILY: DiffusionFamily = FluxFamily()

@@ -84,12 +84,13 @@ def load_family_checkpoint(src: TensorSource, family: families.DiffusionFamily, 
                            place: Placement) -> CheckpointParts:
     """An all-in-one checkpoint of a registered family (SD3.5's: model.diffusion_model., text_encoders.,
     first_stage_model.): its diffusion model, VAE, and the text encoders the family finds in it."""
-    vae_layout = parse_vae(src, VAE_PREFIX)
+    vae_prefix = getattr(family, "checkpoint_vae_prefix", VAE_PREFIX)  # FLUX's checkpoints: `vae.`
+    vae_layout = parse_vae(src, vae_prefix)
     if vae_layout is None:
-        raise ModelError(f"{src.path.name}: no VAE ({VAE_PREFIX}*) in the {family.name} checkpoint")
+        raise ModelError(f"{src.path.name}: no VAE ({vae_prefix}*) in the {family.name} checkpoint")
     built = family.build(src, layout, place.device, None)
     try:
-        vae = build_vae(src, vae_layout, VAE_PREFIX, place).eval().requires_grad_(False)
+        vae = build_vae(src, vae_layout, vae_prefix, place).eval().requires_grad_(False)
     except Exception as exc:
         raise ModelError(f"{src.path.name}: the checkpoint's VAE could not be converted: {exc}") from exc
     encoders = getattr(family, "load_checkpoint_encoders", None)

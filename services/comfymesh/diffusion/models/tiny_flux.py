@@ -137,6 +137,30 @@ def make_tiny_flux(models: str | Path, seed: int = 0, dtype: torch.dtype = torch
     return paths
 
 
+CHECKPOINT = "flux1-schnell-fp8.safetensors"  # flux_schnell's CheckpointLoaderSimple file
+
+
+def make_tiny_flux_checkpoint(path: str | Path, seed: int = 0, schnell: bool = True, fp8: bool = True) -> Path:
+    """An all-in-one FLUX checkpoint as ComfyUI saves one (flux1-schnell-fp8 / flux1-dev-fp8):
+    `model.diffusion_model.` (2-D weights in float8_e4m3fn with `fp8`), `vae.`, `text_encoders.clip_l.transformer.`
+    and `text_encoders.t5xxl.transformer.`."""
+    parts = {
+        "model.diffusion_model.": random_tensors(flux_shapes(guidance=not schnell), seed, torch.bfloat16),
+        "text_encoders.clip_l.transformer.": random_tensors(clip_l_shapes(), seed + 1, torch.bfloat16),
+        "text_encoders.t5xxl.transformer.": random_tensors(t5_shapes(), seed + 2, torch.bfloat16),
+        "vae.": random_tensors(flux_vae_shapes(), seed + 3, torch.bfloat16),
+    }
+    state = {}
+    for prefix, tensors in parts.items():
+        for k, v in tensors.items():
+            quantise = fp8 and prefix == "model.diffusion_model." and k.endswith(".weight") and v.ndim == 2
+            state[prefix + k] = v.to(torch.float8_e4m3fn) if quantise else v
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(out), metadata={"format": "pt"})
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m comfymesh.diffusion.models.tiny_flux",
                                      description="Write a tiny random-weight FLUX.1 set in ComfyUI's file layouts.")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +40,9 @@ class CondEntry:
     region: Region | None = None
     # the UNet with this entry's ControlNet chain (see `ControlledUNet`)
     control: ControlledUNet | None = None
+    # keyword inputs the family's model takes for this entry beyond (x, t, context, y), e.g. FLUX Kontext's
+    # reference latents and their method; entries with other inputs never share a call
+    model_inputs: dict[str, Any] | None = None
 
 
 def _tile_to(ctx: torch.Tensor, length: int) -> torch.Tensor:
@@ -117,7 +121,7 @@ class GuidedDenoiser:
         control = group[0].control
         out = None if control is None else control(rows, t.expand(n * batch), ctx.to(self.dtype), y, sigma, n)
         if out is None:
-            out = self.unet(rows, t.expand(n * batch), ctx.to(self.dtype), y)
+            out = self.unet(rows, t.expand(n * batch), ctx.to(self.dtype), y, **(group[0].model_inputs or {}))
         out = out.float()
         x0 = self._to_x0(x.repeat(n, 1, 1, 1), s, out)
         return x0.chunk(n)
@@ -159,13 +163,13 @@ def _average(outs: list[torch.Tensor]) -> torch.Tensor:
 
 
 def _call_groups(entries: list[CondEntry], tile: bool = True) -> list[list[int]]:
-    """Indexes of the entries that share one UNet call: same area and same ControlNet, then, as before, all
+    """Indexes of the entries that share one UNet call: same area, ControlNet and model inputs, then all
     of them when their context lengths tile to a common length (lcm ≤ 4 × the shortest; with `tile` off only
     when they are equal), else one by one."""
-    parts: dict[tuple[object, int], list[int]] = {}
+    parts: dict[tuple[object, int, int], list[int]] = {}
     for i, e in enumerate(entries):
         area = None if e.region is None else e.region.area
-        parts.setdefault((area, id(e.control)), []).append(i)
+        parts.setdefault((area, id(e.control), id(e.model_inputs)), []).append(i)
     groups: list[list[int]] = []
     for indexes in parts.values():
         lengths = [entries[i].context.shape[1] for i in indexes]

@@ -59,6 +59,10 @@ class SamplingModel:
     joint_context: bool = False
     # y is the conditioning's pooled output as it is (SD3's CLIP-L ‖ CLIP-G), not SDXL's pooled ‖ size embeddings
     pooled_y: bool = False
+    # a family's own y from an entry's pooled output (None if it has none) and extras (FLUX: pooled ‖ guidance)
+    make_y: Callable[[Any, dict[str, Any]], torch.Tensor] | None = None
+    # a family's per-entry model inputs from the entry's extras (FLUX Kontext's reference latents), or None
+    entry_inputs: Callable[[dict[str, Any]], dict[str, Any] | None] | None = None
 
 
 def size_embedding(value: float, width: int = 256) -> torch.Tensor:
@@ -95,7 +99,9 @@ def cond_entries(conditioning: Sequence[Any], model: SamplingModel, latent_hw: t
                 f"{model.context_dim}: was it encoded with another checkpoint's CLIP?"
             )
         y = None
-        if model.adm is not None:
+        if model.make_y is not None:
+            y = model.make_y(extras.get("pooled_output"), extras).to(model.device)
+        elif model.adm is not None:
             pooled = sdxl_pooled(extras, seed)
             if pooled is None:
                 raise NodeInputError(f"{which} conditioning has no pooled output, which {model.family} needs")
@@ -109,7 +115,8 @@ def cond_entries(conditioning: Sequence[Any], model: SamplingModel, latent_hw: t
         if control is not None and not callable(control):
             raise NodeInputError(f"{which} conditioning carries a ControlNet that was not bound to the model")
         region = region_of(extras, model.sampling, latent_hw, which, model.device)
-        out.append(CondEntry(context.to(model.device), y, region=region, control=control))
+        inputs = model.entry_inputs(extras) if model.entry_inputs is not None else None
+        out.append(CondEntry(context.to(model.device), y, region=region, control=control, model_inputs=inputs))
     return out
 
 

@@ -95,6 +95,29 @@ def t5_tokens(text: str, min_length: int) -> list[int]:
     return ids + [PAD_ID] * max(0, min_length - len(ids))
 
 
+def t5_weighted_tokens(text: str, min_length: int) -> list[tuple[int, float]]:
+    """(id, weight) per token: each weighted segment of the prompt (`(word:1.2)`, as ComfyUI parses it)
+    tokenized on its own, then the end token and pad tokens (weight 1) up to `min_length`."""
+    from comfymesh.diffusion.text.prompt_weights import parse_weights
+
+    pairs = [(i, w) for segment, w in parse_weights(text) for i in t5_token_ids(segment)]
+    pairs.append((EOS_ID, 1.0))
+    return pairs + [(PAD_ID, 1.0)] * max(0, min_length - len(pairs))
+
+
+def encode_t5_weighted(model: Any, text: str, min_length: int, attention_mask: bool = False) -> torch.Tensor:
+    """Context [1, T, D] of a prompt with ComfyUI's token weights: a weighted token's state is moved from the
+    empty prompt's (end token, then pads, as long) by its weight, z_empty + w·(z − z_empty)."""
+    pairs = t5_weighted_tokens(text, min_length)
+    z = encode_t5(model, [i for i, _ in pairs], attention_mask)
+    weights = torch.tensor([w for _, w in pairs])
+    if bool((weights == 1.0).all()):
+        return z
+    empty = encode_t5(model, [EOS_ID] + [PAD_ID] * (len(pairs) - 1), attention_mask)
+    w = weights[None, :, None]
+    return torch.where(w != 1.0, (z - empty) * w + empty, z)
+
+
 def encode_t5(model: Any, ids: list[int], attention_mask: bool = False) -> torch.Tensor:
     """Context [1, T, D] (float32, CPU): the last hidden state; with `attention_mask` the pad tokens are
     masked out of attention (ComfyUI's default for FLUX and SD3 is no mask)."""
