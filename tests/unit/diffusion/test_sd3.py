@@ -202,3 +202,85 @@ def test_missing_parts_filled_as_comfyui_does(encoders: dict[str, Any]) -> None:
 def test_long_prompts_take_more_windows(encoders: dict[str, Any]) -> None:
     [[cond, _]] = sd3.encode(" ".join(["fox"] * 100), encoders)
     assert cond.shape == (1, 154, 4096)
+
+
+# --- T5-XXL: TripleCLIPLoader's third file and the checkpoint's text_encoders.t5xxl ---
+
+T5_WIDTH = 128  # the tiny T5's width is the tiny MMDiT's text width here, as T5-XXL's 4096 is SD3's
+
+
+@pytest.fixture(scope="module")
+def t5_files(tmp_path_factory: pytest.TempPathFactory, tokenizer_ready: Path) -> dict[str, Path]:
+    return tiny_sd3.make_tiny_sd3(tmp_path_factory.mktemp("sd3-t5") / "models", seed=5, t5_width=T5_WIDTH)
+
+
+@pytest.fixture(scope="module")
+def triple(t5_files: dict[str, Path]) -> dict[str, Any]:
+    return sd3.load_text_encoder_files([t5_files["t5"], t5_files["clip_l"], t5_files["clip_g"]], CPU)
+
+
+def _t5_states(model: Any, ids: list[int]) -> torch.Tensor:
+    with torch.no_grad():
+        return model(input_ids=torch.tensor([ids])).last_hidden_state.float()
+
+
+def test_t5_tokens_as_comfyui_sd3_tokenizer_makes_them(tokenizer_ready: Path) -> None:
+    from comfymesh.diffusion.text.t5_tokenizer import t5_token_ids
+
+    ids = t5_token_ids("a red fox")
+    tokens = sd3_text.t5_weighted_tokens("a red fox")
+    assert [t for t, _ in tokens] == [*ids, 1] + [0] * (77 - len(ids) - 1)  # end token, pads to 77
+    assert all(w == 1.0 for _, w in tokens)
+    long = sd3_text.t5_weighted_tokens("fox " * 100)
+    assert len(long) > 77 and long[-1] == (1, 1.0)  # never truncated, no padding past 77
+    assert sd3_text.t5_weighted_tokens(None) == [(1, 1.0)]  # no tokens: the end token alone
+    weighted = sd3_text.t5_weighted_tokens("a (red fox:1.5)")
+    red_fox = t5_token_ids("red fox")
+    assert weighted[:len(t5_token_ids("a ")) + len(red_fox)] == \
+        [(t, 1.0) for t in t5_token_ids("a ")] + [(t, 1.5) for t in red_fox]
+
+
+def test_triple_loader_roles_and_the_checkpoints_t5(t5_files: dict[str, Path], triple: dict[str, Any]) -> None:
+    assert set(triple) == {"l", "g", "t5"}
+    assert triple["t5"].config.d_model == T5_WIDTH
+    ckpt = sd3.load_checkpoint_encoders(TensorSource(t5_files["checkpoints"]), CPU)
+    assert set(ckpt) == {"l", "g", "t5"}
+    for (k, a), b in zip(ckpt["t5"].state_dict().items(), triple["t5"].state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+
+
+def test_t5_features_follow_the_clip_part(triple: dict[str, Any]) -> None:
+    [[cond, extras]] = sd3.encode("a red fox", triple)
+    clip_only, pooled = sd3_text.sd3_conditioning({k: triple[k] for k in ("l", "g")}, "a red fox", "a red fox", None)
+    ids = [t for t, _ in sd3_text.t5_weighted_tokens("a red fox")]
+    assert cond.shape == (1, 77 + 77, T5_WIDTH)  # CLIP-L ‖ CLIP-G padded to T5's width, then T5's 77 tokens
+    assert torch.equal(cond[:, :77, :96], clip_only[..., :96]) and torch.all(cond[:, :77, 96:] == 0)
+    assert torch.allclose(cond[:, 77:], _t5_states(triple["t5"], ids), atol=1e-6)
+    assert torch.equal(extras["pooled_output"], pooled)  # T5 adds nothing to the pooled vector
+    # CLIPTextEncodeSD3 with an empty T5 prompt and padding "none": T5 encodes its end token alone
+    [[node, _]] = sd3.encode_sd3_node(triple, "a red fox", "a red fox", "", "none")
+    assert node.shape == (1, 78, T5_WIDTH)
+    assert torch.allclose(node[:, 77:], _t5_states(triple["t5"], [1]), atol=1e-6)
+    # with "empty_prompt" it is the empty prompt's 77 tokens (end, then pads)
+    [[padded, _]] = sd3.encode_sd3_node(triple, "a red fox", "a red fox", "", "empty_prompt")
+    assert torch.allclose(padded[:, 77:], _t5_states(triple["t5"], [1] + [0] * 76), atol=1e-6)
+
+
+def test_t5_prompt_weights_move_tokens_from_the_empty_prompt(triple: dict[str, Any]) -> None:
+    tokens = sd3_text.t5_weighted_tokens("a (red fox:1.5)")
+    out = sd3_text.encode_t5_weighted(triple["t5"], "a (red fox:1.5)")
+    z = _t5_states(triple["t5"], [t for t, _ in tokens])
+    empty = _t5_states(triple["t5"], [1] + [0] * (len(tokens) - 1))
+    w = torch.tensor([wt for _, wt in tokens])[None, :, None]
+    assert torch.allclose(out, torch.where(w != 1.0, empty + 1.5 * (z - empty), z), atol=1e-6)
+    assert not torch.allclose(out, z)
+
+
+def test_the_mmdit_runs_on_t5_conditioning(t5_files: dict[str, Path], triple: dict[str, Any]) -> None:
+    src = TensorSource(t5_files["diffusion_models"])
+    layout = sd3.parse_sd3(src)
+    assert layout is not None and layout.context_dim == T5_WIDTH
+    [[cond, extras]] = sd3.encode("a red fox", triple)
+    x = torch.randn(1, 16, 4, 4, generator=torch.Generator().manual_seed(2))
+    out = sd3.sd3_fn(sd3.load_sd3(src, layout, CPU))(x, torch.tensor([500.0]), cond, extras["pooled_output"])
+    assert out.shape == x.shape and torch.isfinite(out).all()

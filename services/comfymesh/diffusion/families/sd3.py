@@ -12,7 +12,6 @@ cropped around its centre, as ComfyUI's MMDiT does.
 from __future__ import annotations
 
 import dataclasses
-import logging
 import math
 import re
 from dataclasses import dataclass
@@ -44,9 +43,7 @@ from comfymesh.diffusion.models.tensor_source import TensorSource
 from comfymesh.diffusion.sampling.flow_sampling import FlowModelSampling
 from comfymesh.diffusion.sampling.guidance import UNetFn
 from comfymesh.diffusion.sampling.ksampler import SamplingModel
-from comfymesh.diffusion.text.sd3_text import T5Encode, sd3_conditioning
-
-log = logging.getLogger(__name__)
+from comfymesh.diffusion.text.sd3_text import T5Encode, encode_t5_weighted, sd3_conditioning
 
 NAME = "sd3"
 SHIFT, MULTIPLIER = 3.0, 1000.0  # ComfyUI's SD3 sampling settings: shift 3, the model's time is σ·1000
@@ -279,18 +276,17 @@ def load_text_encoder_files(paths: list[Path], device: torch.device) -> dict[str
             raise
         except Exception as exc:
             raise ModelError(f"{src.path.name}: text encoder could not be converted: {exc}") from exc
-    t5 = load_t5(t5s[0], "", device) if t5s else None
-    if t5 is not None:
-        out["t5"] = t5
+    if t5s:
+        out["t5"] = load_t5(t5s[0], device)
     return out
 
 
-def load_t5(src: TensorSource, prefix: str, device: torch.device) -> Any | None:
-    """The T5-XXL encoder of a file (at `prefix`); None, said in the log, until the T5 encoder lands: SD3 then
-    runs on CLIP-L and CLIP-G alone, as ComfyUI does without a T5 file."""
-    log.warning("T5-XXL in %s is not supported yet: SD3 prompts are encoded with CLIP-L and CLIP-G only",
-                src.path.name)
-    return None
+def load_t5(src: TensorSource, device: torch.device) -> torch.nn.Module:
+    """The T5-XXL encoder of a file (bare, or a checkpoint's text_encoders.t5xxl.transformer.), fp8 weights
+    kept fp8."""
+    from comfymesh.diffusion.text.t5 import load_t5_file
+
+    return load_t5_file(src, device)
 
 
 def load_checkpoint_encoders(src: TensorSource, device: torch.device) -> dict[str, Any]:
@@ -303,9 +299,8 @@ def load_checkpoint_encoders(src: TensorSource, device: torch.device) -> dict[st
         layout = parse_clip(src, role, CHECKPOINT_ENCODERS[role])
         if layout is not None:
             out[role] = build_clip(src, layout, Placement(device)).eval().requires_grad_(False)
-    t5 = load_t5(src, CHECKPOINT_ENCODERS["t5"], device) if is_t5(src, CHECKPOINT_ENCODERS["t5"]) else None
-    if t5 is not None:
-        out["t5"] = t5
+    if is_t5(src, CHECKPOINT_ENCODERS["t5"]):
+        out["t5"] = load_t5(src, device)
     return out
 
 
@@ -330,9 +325,9 @@ def encode_sd3_node(encoders: dict[str, Any], clip_l: str, clip_g: str, t5xxl: s
     return [[cond, {"pooled_output": pooled}]]
 
 
-def t5_encode_fn() -> T5Encode | None:
-    """SD3's T5-XXL encoding (77-token minimum, no attention mask); None until the T5 encoder lands."""
-    return None
+def t5_encode_fn() -> T5Encode:
+    """SD3's T5-XXL encoding (77-token minimum, no truncation, no attention mask)."""
+    return encode_t5_weighted
 
 
 class SD3Family:

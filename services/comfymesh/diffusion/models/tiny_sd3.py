@@ -3,7 +3,10 @@ SD3.5 medium's shape by default: RMS q/k norms and an MMDiT-X block), CLIP-L and
 (Hugging Face naming, CLIP-G with its projection, as ComfyUI's clip_l / clip_g.safetensors ship), the
 16-channel SD3 VAE (LDM keys, no quant convs), and the all-in-one checkpoint that holds them all
 (`model.diffusion_model.`, `text_encoders.clip_l|clip_g.transformer.`, `first_stage_model.`), optionally in
-ComfyUI's scaled-fp8 form (fp8 weights with a `scale_weight` each and a `scaled_fp8` marker).
+ComfyUI's scaled-fp8 form (fp8 weights with a `scale_weight` each and a `scaled_fp8` marker). With `t5_width`
+a T5-XXL encoder of that width joins them (`t5xxl_fp16.safetensors`, the checkpoint's
+`text_encoders.t5xxl.transformer.`, T5's full vocabulary) and the MMDiT's text width is set to it, as the
+released models' 4096 is T5-XXL's.
 
 The loaders know these files only by keys and shapes. Heads are 64 wide (width / 64 heads, as ComfyUI
 assumes), so the default width 128 gives 2 heads and 2 joint blocks (ComfyUI's depth = width / 64).
@@ -23,6 +26,7 @@ from comfymesh.diffusion.models.tiny_checkpoint import _init, clip_hf_shapes, va
 CHECKPOINT = "sd3.5_large_fp8_scaled.safetensors"  # the name sd3.5_simple_example's CheckpointLoaderSimple asks
 DIFFUSION_MODEL = "sd3.5_medium.safetensors"
 CLIP_L, CLIP_G = "clip_l.safetensors", "clip_g.safetensors"
+T5 = "t5xxl_fp16.safetensors"
 VAE = "sd3_vae.safetensors"
 LATENT_CHANNELS = 16
 CONTEXT_WIDTH = 4096  # CLIP-L ‖ CLIP-G features are padded to T5-XXL's width
@@ -103,15 +107,27 @@ def scaled_fp8(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.T
     return out
 
 
+def t5_shapes(width: int) -> Shapes:
+    """A T5 v1.1 encoder of `width` (4 heads, 2 blocks) with T5's full vocabulary, as t5xxl files name it."""
+    from comfymesh.diffusion.models.tiny_flux import t5_shapes as flux_t5
+
+    return flux_t5(width=width, heads=4, head_dim=width // 4, ff=2 * width)
+
+
 def checkpoint_state(seed: int = 0, dtype: torch.dtype = torch.float16, fp8: bool = False,
-                     **mmdit: object) -> dict[str, torch.Tensor]:
-    """The all-in-one checkpoint's tensors: MMDiT, CLIP-L, CLIP-G and the VAE under ComfyUI's prefixes."""
+                     t5_width: int | None = None, **mmdit: object) -> dict[str, torch.Tensor]:
+    """The all-in-one checkpoint's tensors: MMDiT, CLIP-L, CLIP-G (and T5-XXL with `t5_width`) and the VAE
+    under ComfyUI's prefixes."""
+    if t5_width is not None:
+        mmdit["context_dim"] = t5_width
     parts = {
         "model.diffusion_model.": mmdit_shapes(**mmdit),  # type: ignore[arg-type]
         "text_encoders.clip_l.transformer.": clip_shapes(CLIP_L_WIDTH, projection=False),
         "text_encoders.clip_g.transformer.": clip_shapes(CLIP_G_WIDTH, projection=True),
         "first_stage_model.": sd3_vae_shapes(),
     }
+    if t5_width is not None:
+        parts["text_encoders.t5xxl.transformer."] = t5_shapes(t5_width)
     state: dict[str, torch.Tensor] = {}
     for k, (prefix, shapes) in enumerate(parts.items()):
         state.update({prefix + name: t for name, t in tensors(shapes, seed + k, dtype).items()})
@@ -119,25 +135,28 @@ def checkpoint_state(seed: int = 0, dtype: torch.dtype = torch.float16, fp8: boo
 
 
 def make_tiny_sd3(models: str | Path, seed: int = 0, dtype: torch.dtype = torch.float16,
-                  fp8_checkpoint: bool = True) -> dict[str, Path]:
+                  fp8_checkpoint: bool = True, t5_width: int | None = None,
+                  checkpoint: str = CHECKPOINT) -> dict[str, Path]:
     """Write the checkpoint (checkpoints/) and the split files (diffusion_models/, text_encoders/, vae/) of the
-    same weights under `models`; returns their paths by part."""
+    same weights under `models`; returns their paths by part ("t5" too with `t5_width`)."""
     root = Path(models)
-    state = checkpoint_state(seed, dtype)
+    state = checkpoint_state(seed, dtype, t5_width=t5_width)
     split = {
         "diffusion_models": (DIFFUSION_MODEL, "model.diffusion_model."),
         "clip_l": (CLIP_L, "text_encoders.clip_l.transformer."),
         "clip_g": (CLIP_G, "text_encoders.clip_g.transformer."),
         "vae": (VAE, "first_stage_model."),
     }
+    if t5_width is not None:
+        split["t5"] = (T5, "text_encoders.t5xxl.transformer.")
     paths: dict[str, Path] = {}
     for part, (name, prefix) in split.items():
-        folder = "text_encoders" if part.startswith("clip") else part
+        folder = "text_encoders" if part.startswith(("clip", "t5")) else part
         paths[part] = root / folder / name
         paths[part].parent.mkdir(parents=True, exist_ok=True)
         save_file({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}, str(paths[part]),
                   metadata={"format": "pt"})
-    paths["checkpoints"] = root / "checkpoints" / CHECKPOINT
+    paths["checkpoints"] = root / "checkpoints" / checkpoint
     paths["checkpoints"].parent.mkdir(parents=True, exist_ok=True)
     full = scaled_fp8(state, "model.diffusion_model.") if fp8_checkpoint else state
     save_file(full, str(paths["checkpoints"]), metadata={"format": "pt"})
@@ -150,8 +169,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("models", type=Path, help="models folder (checkpoints/, diffusion_models/, text_encoders/, vae/)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-fp8", action="store_true", help="write the checkpoint in fp16, not scaled fp8")
+    parser.add_argument("--t5-width", type=int, default=None, help="add a T5-XXL encoder of this width")
+    parser.add_argument("--checkpoint", default=CHECKPOINT, help="the checkpoint's file name")
     args = parser.parse_args(argv)
-    for path in make_tiny_sd3(args.models, args.seed, fp8_checkpoint=not args.no_fp8).values():
+    for path in make_tiny_sd3(args.models, args.seed, fp8_checkpoint=not args.no_fp8, t5_width=args.t5_width,
+                              checkpoint=args.checkpoint).values():
         print(path)
     return 0
 

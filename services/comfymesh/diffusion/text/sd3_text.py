@@ -3,6 +3,11 @@ hidden state (no final norm) over 77-token windows; the two are joined along fea
 width (4096) and followed, along tokens, by T5-XXL's output when a T5 encoder is loaded. The pooled vector
 is CLIP-L's pooled output (final norm at the first EOS, unprojected) ‖ CLIP-G's (projected).
 
+T5-XXL's part follows ComfyUI's SD3 T5 tokenizer: the prompt's weighted segments tokenized one by one, the end
+token, then pad tokens up to 77 (never truncated), no attention mask; prompt weights pull each weighted token
+away from the same-length empty prompt's state (end token, then pads). A prompt of no tokens (CLIPTextEncodeSD3's
+empty_padding "none" with an empty T5 text) is encoded as the end token alone.
+
 What is missing is filled as ComfyUI fills it: no CLIP-L → zero pooled (768) and CLIP-G's features shifted
 right by 768; no CLIP-G → zero pooled (1280); no T5 → the CLIP part alone; nothing at all → zeros [1, 77, 4096].
 """
@@ -26,6 +31,11 @@ from comfymesh.diffusion.text.encode import (
     tokenize_weighted,
     windows,
 )
+from comfymesh.diffusion.text.prompt_weights import parse_weights
+from comfymesh.diffusion.text.t5 import encode_t5
+from comfymesh.diffusion.text.t5_tokenizer import EOS_ID as T5_EOS
+from comfymesh.diffusion.text.t5_tokenizer import PAD_ID as T5_PAD
+from comfymesh.diffusion.text.t5_tokenizer import t5_token_ids
 from comfymesh.diffusion.text.tokenizer import EOS_ID
 
 CONTEXT_WIDTH = 4096  # T5-XXL's width: the CLIP features are padded to it
@@ -33,8 +43,31 @@ L_POOLED, G_POOLED = 768, 1280  # the pooled widths ComfyUI fills with zeros for
 CLIP_L = EncoderSpec("l", EOS_ID, -2, False)
 CLIP_G = EncoderSpec("g", 0, -2, False)
 Window = list[tuple[Token, float]]
-# (T5 encoder, prompt or None for no tokens) → features [1, T, D]; set when the T5 encoder module lands
+# (T5 encoder, prompt or None for no tokens) → features [1, T, D]
 T5Encode = Callable[[Any, str | None], torch.Tensor]
+T5_MIN_LENGTH = 77  # ComfyUI's SD3 T5 tokenizer pads to 77 tokens (FLUX's to 256)
+
+
+def t5_weighted_tokens(text: str | None, min_length: int = T5_MIN_LENGTH) -> list[tuple[int, float]]:
+    """(token, weight) of a T5 prompt: each weighted segment's ids, the end token, pads up to `min_length`;
+    None (no tokens) → the end token alone, unpadded."""
+    if text is None:
+        return [(T5_EOS, 1.0)]
+    tokens = [(t, w) for segment, w in parse_weights(text) if segment for t in t5_token_ids(segment)]
+    tokens.append((T5_EOS, 1.0))
+    return tokens + [(T5_PAD, 1.0)] * max(0, min_length - len(tokens))
+
+
+def encode_t5_weighted(model: Any, text: str | None, min_length: int = T5_MIN_LENGTH) -> torch.Tensor:
+    """T5 features [1, T, D] of a prompt; weighted tokens are moved from the empty prompt's state:
+    empty + w · (z − empty), as ComfyUI weights them."""
+    tokens = t5_weighted_tokens(text, min_length)
+    z = encode_t5(model, [t for t, _ in tokens])
+    weights = torch.tensor([w for _, w in tokens], dtype=z.dtype)[None, :, None]
+    if bool((weights == 1.0).all()):
+        return z
+    empty = encode_t5(model, [T5_EOS] + [T5_PAD] * (len(tokens) - 1))
+    return torch.where(weights != 1.0, empty + weights * (z - empty), z)
 
 
 def clip_windows(text: str, spec: EncoderSpec) -> list[Window]:
