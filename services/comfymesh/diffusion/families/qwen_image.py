@@ -12,21 +12,34 @@ proportion for reduced heads), time scale 1000, σ as the timestep.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from comfymesh.contracts.errors import ModelError
+from comfymesh.contracts.handles import ModelHandle
+from comfymesh.diffusion.families.registry import (
+    BuiltModel,
+    Conditioning,
+    DiffusionFamily,
+    UnsupportedSampling,
+    VaeKind,
+    flow_shift_sampling,
+)
+from comfymesh.diffusion.latents.formats import LatentFormat
 from comfymesh.diffusion.latents.wan21 import WAN21
 from comfymesh.diffusion.models.recognise import Recognition, UNetLayout
 from comfymesh.diffusion.models.tensor_source import TensorSource
 from comfymesh.diffusion.sampling.flux_sampling import FluxModelSampling
 from comfymesh.diffusion.sampling.guidance import UNetFn
 from comfymesh.diffusion.sampling.ksampler import SamplingModel
+from comfymesh.diffusion.text.qwen25_vl import encode_qwen25, load_qwen25_file
 
 NAME = "qwen_image"
 SHIFT, MULTIPLIER = 1.15, 1.0  # ComfyUI's Qwen-Image sampling settings (ModelSamplingFlux; σ is the timestep)
@@ -301,3 +314,49 @@ def sampling_model(model: torch.nn.Module, rec: Recognition, device: torch.devic
         family=NAME, context_dim=rec.unet.context_dim, adm=None, device=device, dtype=param.dtype,
         in_channels=rec.unet.in_channels, joint_context=True,
     )
+
+
+class QwenImage:
+    """Qwen-Image in the family registry: CLIPLoader type `qwen_image` with a Qwen2.5-VL file, the Wan 2.1 VAE's
+    latents, FLUX-type sampling (shift 1.15; ModelSamplingAuraFlow/SD3 and ModelSamplingFlux records apply).
+    Text tokens join the image sequence, so calls never batch across jobs; no LoRA or fast path yet."""
+
+    name = NAME
+    clip_types: tuple[str, ...] = ("qwen_image",)
+    latent_format: LatentFormat = WAN21
+    vae_kind: VaeKind = "other"
+    batches = False
+    fast_path = False
+    lora = False
+
+    def recognise(self, src: TensorSource) -> QwenImageLayout | None:
+        return parse_qwen_image(src)
+
+    def build(self, src: TensorSource, layout: QwenImageLayout, device: torch.device,
+              weight_dtype: torch.dtype | None) -> BuiltModel:
+        return BuiltModel(recognition(layout), load_qwen_image(src, layout, device, weight_dtype))
+
+    def sampling_model(self, module: torch.nn.Module, rec: Recognition, device: torch.device) -> SamplingModel:
+        return sampling_model(module, rec, device)
+
+    def load_text_encoders(self, clip_type: str, paths: list[Path], device: torch.device) -> dict[str, Any]:
+        if len(paths) != 1:
+            raise ModelError(f"CLIP type {clip_type!r} takes one text encoder file (qwen_2.5_vl_7b), got {len(paths)}")
+        return {"qwen25_7b": load_qwen25_file(TensorSource(paths[0]), device)}
+
+    def encode(self, text: str, encoders: dict[str, Any], clip: ModelHandle) -> Conditioning:
+        # the user turn's last hidden states; ComfyUI applies no prompt weights and passes no pooled output
+        return [[encode_qwen25(encoders["qwen25_7b"], text), {}]]
+
+    def model_sampling(self, record: dict[str, Any], sm: SamplingModel) -> SamplingModel:
+        if record["kind"] == "flux":  # ComfyUI's Qwen-Image is a FLUX-type model: the node's μ replaces 1.15
+            return dataclasses.replace(sm, sampling=FluxModelSampling(record["shift"]))
+        try:
+            return flow_shift_sampling(record, sm)
+        except UnsupportedSampling:
+            raise UnsupportedSampling(f"{record.get('sampling', record['kind'])!r} model sampling does not apply to "
+                                      "Qwen-Image: use ModelSamplingAuraFlow, ModelSamplingSD3 or "
+                                      "ModelSamplingFlux") from None
+
+
+FAMILY: DiffusionFamily = QwenImage()

@@ -23,6 +23,7 @@ from comfymesh.diffusion.models.recognise import (
 )
 from comfymesh.diffusion.models.split_files import recognise_unet_file
 from comfymesh.diffusion.models.tensor_source import TensorSource
+from comfymesh.diffusion.models.wan_vae import load_wan21_vae, parse_wan21_vae
 from comfymesh.logs import log_fields
 
 log = logging.getLogger(__name__)
@@ -103,6 +104,8 @@ def load_vae_file(path: Path, place: Placement | None = None) -> torch.nn.Module
     if not path.is_file():
         raise ModelError(f"VAE file {path} does not exist")
     src = TensorSource(path)
+    if parse_wan21_vae(src) is not None:  # Qwen-Image's VAE (Wan 2.1's network, 5-D latents)
+        return load_wan21_vae(src, (place or Placement()).device)
     prefix = VAE_PREFIX if any(k.startswith(VAE_PREFIX) for k in src.keys) else ""
     layout = parse_vae(src, prefix)
     if layout is None:

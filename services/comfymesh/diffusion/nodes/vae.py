@@ -11,6 +11,7 @@ from comfymesh.contracts.errors import ModelError
 from comfymesh.contracts.handles import HandleKind, ModelHandle
 from comfymesh.diffusion.fast.decoder import FastDecoder
 from comfymesh.diffusion.latents import tiled, vae_codec
+from comfymesh.diffusion.models import wan_vae
 from comfymesh.diffusion.models.cache import get_model_cache
 from comfymesh.diffusion.nodes.failures import node
 from comfymesh.diffusion.nodes.handles import checkpoint_of, expect_handle
@@ -42,6 +43,8 @@ def vae_of(ctx: NodeContext, handle: ModelHandle) -> tuple[torch.nn.Module, Fast
 @node
 def vae_decode(ctx: NodeContext, samples: dict[str, Any], vae: ModelHandle) -> tuple[torch.Tensor]:
     module, decoder = vae_of(ctx, vae)
+    if wan_vae.is_wan_vae(module):  # Qwen-Image's VAE: 5-D latents, frames laid out as images
+        return (wan_vae.decode(module, torch.as_tensor(samples["samples"])),)
     return (vae_codec.decode(module, torch.as_tensor(samples["samples"]), decoder),)
 
 
@@ -54,7 +57,10 @@ def vae_decode(ctx: NodeContext, samples: dict[str, Any], vae: ModelHandle) -> t
 )
 @node
 def vae_encode(ctx: NodeContext, pixels: Any, vae: ModelHandle) -> tuple[dict[str, Any]]:
-    return ({"samples": vae_codec.encode(vae_of(ctx, vae)[0], torch.as_tensor(pixels))},)
+    module = vae_of(ctx, vae)[0]
+    codec = wan_vae if wan_vae.is_wan_vae(module) else vae_codec  # the Wan VAE encodes a batch as one clip
+    return ({"samples": codec.encode(module, torch.as_tensor(pixels))},)
+
 
 def _temporal(what: str) -> list[Input]:
     return [Int("temporal_size", 64, min=8, max=4096, step=4,

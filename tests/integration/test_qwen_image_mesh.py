@@ -1,0 +1,98 @@
+"""Qwen-Image through the mesh with tiny random-weight files in ComfyUI's layouts under the template's file
+names: image_qwen_image's graph (UNETLoader → ModelSamplingAuraFlow 3.1, CLIPLoader `qwen_image` with a
+Qwen2.5-VL file, CLIPTextEncode with an empty negative, EmptySD3LatentImage, KSampler euler / simple,
+VAELoader with the Wan 2.1 VAE, VAEDecode, SaveImage), 64×64, 2 steps."""
+
+from __future__ import annotations
+
+import copy
+import io
+import sqlite3
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from comfymesh.diffusion.models import tiny_qwen_image
+from tests.mesh import Mesh
+
+# image_qwen_image as the frontend posts it (its switches on the 20-step, cfg 4 branch), at 64×64 and 2 steps
+TEMPLATE: dict[str, Any] = {
+    "37": {"inputs": {"unet_name": tiny_qwen_image.DIFFUSION_MODEL, "weight_dtype": "default"},
+           "class_type": "UNETLoader"},
+    "38": {"inputs": {"clip_name": tiny_qwen_image.TEXT_ENCODER, "type": "qwen_image", "device": "default"},
+           "class_type": "CLIPLoader"},
+    "39": {"inputs": {"vae_name": tiny_qwen_image.VAE}, "class_type": "VAELoader"},
+    "66": {"inputs": {"shift": 3.1, "model": ["37", 0]}, "class_type": "ModelSamplingAuraFlow"},
+    "6": {"inputs": {"text": "A vibrant, warm neon-lit street scene in Hong Kong at the afternoon", "clip": ["38", 0]},
+          "class_type": "CLIPTextEncode"},
+    "7": {"inputs": {"text": "", "clip": ["38", 0]}, "class_type": "CLIPTextEncode"},
+    "58": {"inputs": {"width": 64, "height": 64, "batch_size": 1}, "class_type": "EmptySD3LatentImage"},
+    "3": {"inputs": {"seed": 50347169638278, "steps": 2, "cfg": 4.0, "sampler_name": "euler", "scheduler": "simple",
+                     "denoise": 1, "model": ["66", 0], "positive": ["6", 0], "negative": ["7", 0],
+                     "latent_image": ["58", 0]}, "class_type": "KSampler"},
+    "8": {"inputs": {"samples": ["3", 0], "vae": ["39", 0]}, "class_type": "VAEDecode"},
+    "60": {"inputs": {"filename_prefix": "Qwen-Image", "images": ["8", 0]}, "class_type": "SaveImage"},
+}
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
+    home = tmp_path_factory.mktemp("qwen-image-home")
+    tiny_qwen_image.make_tiny_qwen_image(home / "models", seed=3)
+    mesh = Mesh(home, stages=("imaging", "diffusion"))
+    try:
+        yield mesh.start()
+    finally:
+        mesh.stop()
+
+
+def run(mesh: Mesh, prompt: dict[str, Any]) -> bytes:
+    job = mesh.wait(mesh.submit(prompt), timeout=300)
+    assert job["status"] == "completed", job["error"]
+    return bytes(mesh.http.get(f"/v1/jobs/{job['job_id']}/output").content)
+
+
+def forget_cache(mesh: Mesh) -> None:
+    with sqlite3.connect(mesh.home / "comfymesh.db") as db:
+        db.execute("DELETE FROM node_cache")
+
+
+def test_template_graph_runs_and_reruns_identically(mesh: Mesh) -> None:
+    first = run(mesh, TEMPLATE)
+    image = np.asarray(Image.open(io.BytesIO(first)))
+    assert image.shape == (64, 64, 3)
+    assert image.std() > 0  # a decoded picture, not a constant frame
+    forget_cache(mesh)
+    assert run(mesh, TEMPLATE) == first
+
+
+def test_shift_and_prompt_reach_the_image(mesh: Mesh) -> None:
+    base = run(mesh, TEMPLATE)
+    unshifted = copy.deepcopy(TEMPLATE)
+    unshifted["66"]["inputs"]["shift"] = 1.0
+    assert run(mesh, unshifted) != base
+    other = copy.deepcopy(TEMPLATE)
+    other["6"]["inputs"]["text"] = "a quiet snowy village at dawn"
+    assert run(mesh, other) != base
+
+
+def test_default_flux_sampling_and_model_sampling_flux(mesh: Mesh) -> None:
+    # without a ModelSampling node the model samples with ComfyUI's default (ModelSamplingFlux, μ 1.15)
+    plain = copy.deepcopy(TEMPLATE)
+    plain["3"]["inputs"]["model"] = ["37", 0]
+    flux = copy.deepcopy(TEMPLATE)
+    flux["66"] = {"inputs": {"max_shift": 1.15, "base_shift": 0.5, "width": 64, "height": 64, "model": ["37", 0]},
+                  "class_type": "ModelSamplingFlux"}
+    images = {run(mesh, plain), run(mesh, flux), run(mesh, TEMPLATE)}
+    assert len(images) == 3
+
+
+def test_clip_type_must_fit_the_file(mesh: Mesh) -> None:
+    prompt = copy.deepcopy(TEMPLATE)
+    prompt["38"]["inputs"]["type"] = "lumina2"
+    job = mesh.wait(mesh.submit(prompt), timeout=120)
+    assert job["status"] == "failed"
+    assert tiny_qwen_image.TEXT_ENCODER in str(job["error"])
