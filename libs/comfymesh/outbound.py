@@ -176,6 +176,37 @@ class OutboundClient:
         await response.aclose()
         return response.status_code
 
+    async def get_bytes(self, url: str, *, max_bytes: int, timeout_s: float) -> bytes:
+        """GET a body of at most `max_bytes` within `timeout_s` overall; raises OutboundRefused (before any
+        connection for a refused address; for a redirect, which is never followed; for a body over the limit)
+        or httpx.HTTPError (unreachable, an error status, too slow)."""
+        destination = await self.policy.resolve(url)
+        host = _host(destination.url)
+        extensions = {} if _numeric_address(host) else {"sni_hostname": host}
+        request = self._client.build_request("GET", destination.pinned_url(), extensions=extensions,
+                                             headers={"host": destination.url.netloc.decode("ascii")})
+        try:
+            async with asyncio.timeout(timeout_s):
+                response = await self._client.send(request, stream=True)
+                try:
+                    if response.is_redirect:
+                        raise OutboundRefused(f"{host} answered a redirect ({response.status_code}), which is "
+                                              "not followed: give the final URL")
+                    response.raise_for_status()
+                    declared = response.headers.get("content-length", "")
+                    if declared.isdigit() and int(declared) > max_bytes:
+                        raise OutboundRefused(f"the body is {declared} bytes, over the limit of {max_bytes}")
+                    body = bytearray()
+                    async for chunk in response.aiter_raw():
+                        body += chunk
+                        if len(body) > max_bytes:
+                            raise OutboundRefused(f"the body is over the limit of {max_bytes} bytes")
+                    return bytes(body)
+                finally:
+                    await response.aclose()
+        except TimeoutError:
+            raise httpx.ReadTimeout(f"{host} took longer than {timeout_s:g} s") from None
+
     async def aclose(self) -> None:
         await self._client.aclose()
 

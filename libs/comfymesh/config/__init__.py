@@ -18,13 +18,14 @@ from comfymesh.config.diffusion import DiffusionSettings
 from comfymesh.config.fast_path import FastPathSettings
 from comfymesh.config.policies import RetryPolicy, TimeoutPolicy
 from comfymesh.config.testing import FaultSwitches
+from comfymesh.config.workflows import WorkflowSettings
 
 # shorter tokens and secrets are refused at start-up: they fall to guessing
 MIN_SECRET_LENGTH = 16
 MAKE_SECRET = "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
 
 
-class Settings(FastPathSettings, BatchingSettings, DiffusionSettings, FaultSwitches, BaseSettings):
+class Settings(FastPathSettings, BatchingSettings, DiffusionSettings, FaultSwitches, WorkflowSettings, BaseSettings):
     """Zero-configuration defaults that run the whole mesh on one machine."""
 
     model_config = SettingsConfigDict(env_prefix="COMFYMESH_", frozen=True, extra="ignore")
@@ -129,6 +130,11 @@ class Settings(FastPathSettings, BatchingSettings, DiffusionSettings, FaultSwitc
             self.home / "extra_model_paths.yaml"
 
     @property
+    def public_base_url(self) -> str:
+        """Where clients reach the gateway: `public_url`, else the address it binds."""
+        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
+
+    @property
     def database_path(self) -> Path:
         return Path(self.database) if self.database else self.home / "comfymesh.db"
 
@@ -177,5 +183,5 @@ def configuration_problems(exc: ValidationError) -> str:
 
 
 __all__ = ["BatchingSettings", "DiffusionSettings", "FastPathSettings", "FaultSwitches", "RetryPolicy", "Settings",
-           "TimeoutPolicy", "get_settings"]
+           "TimeoutPolicy", "WorkflowSettings", "get_settings"]
 

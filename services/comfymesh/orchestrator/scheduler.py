@@ -31,7 +31,7 @@ from comfymesh.orchestrator.preview_method import preview_method_error
 from comfymesh.orchestrator.replicas import ReplicaPool
 from comfymesh.orchestrator.retention import RetentionPolicy, collect
 from comfymesh.orchestrator.runner import JobRunner
-from comfymesh.orchestrator.webhooks import WebhookSender, load_secret
+from comfymesh.orchestrator.webhooks import WebhookSender, load_secret, output_images
 from comfymesh.outbound import OutboundPolicy
 
 log = logging.getLogger("comfymesh.orchestrator")
@@ -243,7 +243,8 @@ class Scheduler:
         if job is None or not url:
             return
         self.webhooks.send(job.id, url, {"job_id": job.id, "status": job.status, "error": job.error,
-                                         "outputs": job.outputs, "finished": job.finished})
+                                         "outputs": job.outputs, "finished": job.finished,
+                                         "images": output_images(job.outputs, self.settings.public_base_url)})
 
     async def _drive(self, job: JobRecord) -> None:
         runner: JobRunner | None = None

@@ -18,6 +18,7 @@ import os
 import secrets
 import time
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 
@@ -32,6 +33,17 @@ log = logging.getLogger("comfymesh.orchestrator")
 DELIVERY_POLICY = RetryPolicy(max_attempts=5, initial_backoff_s=1.0, backoff_multiplier=2.0, max_backoff_s=30.0)
 DELIVERY_FAILED = "webhook delivery failed"
 DELIVERY_REFUSED = "webhook refused by the outbound policy"
+
+
+def output_images(outputs: dict[str, Any], base_url: str) -> list[dict[str, Any]]:
+    """Each output image of a job with the absolute `/view` URL it is served at (under the gateway's public
+    URL), so a receiver can fetch the images without asking for the job first."""
+    images = [image for ui in outputs.values() if isinstance(ui, dict)
+              for image in ui.get("images") or [] if isinstance(image, dict)]
+    return [{**image, "url": f"{base_url}/view?" + urlencode({"filename": image.get("filename", ""),
+                                                               "subfolder": image.get("subfolder", ""),
+                                                               "type": image.get("type", "output")})}
+            for image in images]
 
 
 def sign(secret: bytes, message_id: str, timestamp: int, body: bytes) -> str:
