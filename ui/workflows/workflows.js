@@ -83,6 +83,8 @@ function follow(run, form) {
     form.querySelector("button").disabled = false;
     events.close();
   };
+  events.addEventListener("started", () => { state.textContent = "started"; });
+  events.addEventListener("cached", () => { state.textContent = "cached nodes reused"; });
   events.addEventListener("node_running", (e) => { state.textContent = `running ${JSON.parse(e.data).class_type}`; });
   events.addEventListener("node_progress", (e) => {
     const data = JSON.parse(e.data);
