@@ -1,12 +1,15 @@
 """SD3.5 through the mesh with tiny random-weight files in ComfyUI's layouts: sd3.5_simple_example's graph
 (CheckpointLoaderSimple on the scaled-fp8 all-in-one checkpoint under the template's file name, CLIPTextEncode
 with an empty negative, EmptySD3LatentImage, KSampler euler / sgm_uniform / cfg 4, VAEDecode) and the split
-form (UNETLoader → ModelSamplingSD3, DualCLIPLoader `sd3` with CLIP-L and CLIP-G, VAELoader), 64×64, 2 steps."""
+form (UNETLoader → ModelSamplingSD3, DualCLIPLoader `sd3` with CLIP-L and CLIP-G, VAELoader), 64×64, 2 steps;
+and the three-encoder form (TripleCLIPLoader with CLIP-L, CLIP-G and T5-XXL, CLIPTextEncodeSD3) on a tiny MMDiT
+whose text width is the tiny T5's."""
 
 from __future__ import annotations
 
 import copy
 import io
+import shutil
 import sqlite3
 from collections.abc import Iterator
 from typing import Any
@@ -45,11 +48,27 @@ SPLIT["16"]["inputs"]["clip"] = SPLIT["40"]["inputs"]["clip"] = ["5", 0]
 SPLIT["3"]["inputs"]["model"] = ["2", 0]
 SPLIT["8"]["inputs"]["vae"] = ["6", 0]
 
+T5_MODEL = "sd3.5_medium_t5.safetensors"  # a tiny MMDiT whose text width is the tiny T5's (128)
+TRIPLE = copy.deepcopy(SPLIT)
+TRIPLE["1"]["inputs"]["unet_name"] = T5_MODEL
+TRIPLE["5"] = {"inputs": {"clip_name1": tiny_sd3.T5, "clip_name2": tiny_sd3.CLIP_G, "clip_name3": tiny_sd3.CLIP_L},
+               "class_type": "TripleCLIPLoader"}
+TRIPLE["16"] = {"inputs": {"clip": ["5", 0], "clip_l": "a bottle", "clip_g": "a bottle with a galaxy inside it",
+                           "t5xxl": "a bottle with a pink and red galaxy inside it", "empty_padding": "none"},
+                "class_type": "CLIPTextEncodeSD3"}
+# no padding: CLIP-L's empty prompt is topped up to CLIP-G's window, T5 encodes its end token alone (a
+# negative with every text empty would give ComfyUI's 2048 zeros as pooled, too wide for the tiny model)
+TRIPLE["40"] = {"inputs": {"clip": ["5", 0], "clip_l": "", "clip_g": "blurry", "t5xxl": "", "empty_padding": "none"},
+                "class_type": "CLIPTextEncodeSD3"}
+
 
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     home = tmp_path_factory.mktemp("sd3-home")
     tiny_sd3.make_tiny_sd3(home / "models", seed=3)
+    t5_set = tiny_sd3.make_tiny_sd3(tmp_path_factory.mktemp("sd3-t5") / "models", seed=4, t5_width=128)
+    shutil.copy(t5_set["diffusion_models"], home / "models" / "diffusion_models" / T5_MODEL)
+    shutil.copy(t5_set["t5"], home / "models" / "text_encoders" / tiny_sd3.T5)
     mesh = Mesh(home, stages=("imaging", "diffusion"))
     try:
         yield mesh.start()
@@ -87,3 +106,15 @@ def test_split_form_runs_and_shift_drives_it(mesh: Mesh) -> None:
     unshifted = copy.deepcopy(SPLIT)
     unshifted["2"]["inputs"]["shift"] = 1.0
     assert run(mesh, unshifted) != first
+
+
+def test_triple_clip_loader_and_clip_text_encode_sd3(mesh: Mesh) -> None:
+    first = run(mesh, TRIPLE)
+    image = np.asarray(Image.open(io.BytesIO(first)))
+    assert image.shape == (64, 64, 3) and image.std() > 0
+    forget_cache(mesh)
+    assert run(mesh, TRIPLE) == first
+    # the T5 prompt reaches the model
+    other = copy.deepcopy(TRIPLE)
+    other["16"]["inputs"]["t5xxl"] = "a cat"
+    assert run(mesh, other) != first

@@ -18,6 +18,7 @@ from comfymesh.diffusion.nodes import (  # noqa: F401  (they declare)
     loaders,
     model_patches,
     sampling,
+    sd3,
     upscale,
     vae,
     vision,
