@@ -25,7 +25,7 @@ import pytest
 from moto.server import ThreadedMotoServer
 from PIL import Image
 
-from tests.mesh import SHARED, Mesh, free_port
+from tests.mesh import REPO, SHARED, Mesh, free_port
 from tests.netguard import Receiver
 
 ALLOWED_HOST = "127.0.0.2"  # the one address the mesh's outbound policy lets through
@@ -316,6 +316,26 @@ def test_outputs_go_to_an_allowed_s3_destination_with_the_servers_credentials(me
     # credentials come from the server only: a request cannot name any
     assert run(mesh, "invert", output={"destination": f"s3://{BUCKET}/allowed/",
                                        "storage_options": {"key": "x"}}).status_code == 422
+
+
+def test_a_ui_format_workflow_is_converted_with_its_node_ids(mesh: Mesh) -> None:
+    template = json.loads((REPO / "ui" / "templates" / "comfymesh-imaging.json").read_text())
+    inputs = [{"node_id": "1", "input": "image"}, {"node_id": "2", "input": "width"},
+              {"node_id": "2", "input": "height"}, {"node_id": "3", "input": "blur_radius", "name": "blur"}]
+    reply = mesh.http.put("/v1/workflows/imaging", json={"workflow": template, "inputs": inputs})
+    assert reply.status_code == 201, reply.text
+    saved = reply.json()
+    assert saved["workflow"]["2"]["class_type"] == "ImageScale"
+    kinds = {item["name"]: (item["kind"], item.get("default")) for item in saved["inputs"]}
+    assert kinds == {"image": ("image", None), "width": ("integer", 256), "height": ("integer", 256),
+                     "blur": ("integer", 3)}
+    result = run(mesh, "imaging", inputs={"width": 96, "height": 48, "blur": 1}, wait_s=60, images_as="base64")
+    assert result.status_code == 200, result.text
+    assert pixels(base64.b64decode(result.json()["images"][0]["base64"])).shape == (48, 96, 3)
+    dangling = {**template["nodes"][4], "inputs": [{"name": "image", "type": "IMAGE", "link": 99}]}
+    broken = {**template, "links": [[99, 42, 0, 43, 0, "IMAGE"]], "nodes": [template["nodes"][0], dangling]}
+    refused = mesh.http.put("/v1/workflows/broken", json={"workflow": broken})
+    assert refused.status_code == 422 and refused.json()["errors"][0]["loc"] == ["body", "workflow"], refused.text
 
 
 def test_saved_workflows_survive_a_gateway_restart_and_can_be_deleted(mesh: Mesh) -> None:
