@@ -1,5 +1,5 @@
-"""The outbound-request policy: where the mesh may send a request it was asked to send (webhooks now; URL
-inputs and model pulls later), and the one HTTP client that keeps to it.
+"""The outbound-request policy: where the mesh may send a request it was asked to send (webhooks and saved
+workflows' URL inputs now; model pulls later), and the one HTTP client that keeps to it.
 
 http(s) only. The host is resolved once and every address it resolves to is checked: loopback, private,
 shared (CGNAT), link-local (cloud metadata included), multicast, reserved and unspecified addresses are
