@@ -256,6 +256,17 @@ def test_refused_values_and_unknown_inputs(mesh: Mesh) -> None:
         reply = mesh.http.put("/v1/workflows/bad", json={"workflow": BLANK, "inputs": [declaration]})
         assert reply.status_code == 422, reply.text
     assert mesh.http.put("/v1/workflows/Bad Name", json={"workflow": BLANK}).status_code == 422
+    assert mesh.http.put("/v1/workflows/bad", json={"workflow": {"1": {"class_type": "EmptyImage", "inputs": []}},
+                                                    "inputs": [{"node_id": "1", "input": "width"}]}).status_code == 422
+    assert mesh.http.put("/v1/workflows/bad", json={"workflow": BLANK, "inputs": [
+        {"node_id": "1", "input": "width", "name": "_private"}]}).status_code == 422
+    # public names that are pydantic's own attribute names work like any other
+    named = mesh.http.put("/v1/workflows/named", json={"workflow": BLANK, "inputs": [
+        {"node_id": "1", "input": "width", "name": "model_config"}, {"node_id": "1", "input": "height", "name": "json"}]})
+    assert named.status_code == 201, named.text
+    reply = run(mesh, "named", inputs={"model_config": 8, "json": 4}, wait_s=60, images_as="base64")
+    assert pixels(base64.b64decode(reply.json()["images"][0]["base64"])).shape == (4, 8, 3), reply.text
+    assert run(mesh, "named", inputs={"input_0": 8}).status_code == 422
     assert mesh.http.get("/v1/workflows/bad").status_code == 404
 
 

@@ -18,7 +18,8 @@ def api_format(workflow: dict[str, Any], object_info: dict[str, Any]) -> dict[st
             return ui_to_api(workflow, object_info)
         except UIWorkflowError as exc:
             raise ConversionError(f"the UI workflow cannot be converted: {exc}") from None
-    if not workflow or not all(isinstance(node, dict) and "class_type" in node for node in workflow.values()):
+    if not workflow or not all(isinstance(node, dict) and isinstance(node.get("class_type"), str)
+                               and isinstance(node.get("inputs", {}), dict) for node in workflow.values()):
         raise ConversionError("neither an API-format workflow ({node_id: {class_type, inputs}}) nor the UI "
                               "format ({nodes, links})")
     return workflow

@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
-INPUT_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
+INPUT_NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_]{0,63}$"
 _INPUT_NAME = re.compile(INPUT_NAME_PATTERN)
 KINDS = ("integer", "number", "string", "boolean", "choice", "image")
 _SCALARS = {"INT": "integer", "FLOAT": "number", "STRING": "string", "BOOLEAN": "boolean"}
@@ -65,13 +65,15 @@ class PublicInput:
         extra: dict[str, Any] = {"x-node": f"{self.node_id}.{self.input}", "x-class-type": self.class_type}
         description = self.description or f"{self.class_type} {self.input!r} of node {self.node_id}"
         if self.kind == "image":
-            return (str | ImageInput | None, Field(None, description=description + " (an upload's name, or "
-                                                   "{upload|base64|url})", json_schema_extra=extra))
+            return (str | ImageInput | None, Field(None, alias=self.name, json_schema_extra=extra,
+                                                   description=description + " (an upload's name, or "
+                                                                             "{upload|base64|url})"))
         if self.choices:
             extra["examples"] = self.choices[:20]
         python_type: Any = {"integer": int, "number": float, "boolean": bool}.get(self.kind, str)
-        return (python_type if self.default is not None else python_type | None, Field(self.default, ge=self.minimum, le=self.maximum, description=description,
-                                          json_schema_extra=extra))
+        return (python_type if self.default is not None else python_type | None,
+                Field(self.default, alias=self.name, ge=self.minimum, le=self.maximum, description=description,
+                      json_schema_extra=extra))
 
 
 def _declaration(object_info: dict[str, Any], class_type: str, name: str) -> tuple[Any, dict[str, Any]] | None:
@@ -89,7 +91,7 @@ def public_input(prompt: dict[str, Any], object_info: dict[str, Any], requested:
     node_id, input_name = str(requested.get("node_id", "")), str(requested.get("input", ""))
     name = str(requested.get("name") or input_name)
     if not _INPUT_NAME.fullmatch(name):
-        raise DeclarationError(f"input name {name!r} must be 1 to 64 of A-Z a-z 0-9 _, not starting with a digit")
+        raise DeclarationError(f"input name {name!r} must be 1 to 64 of A-Z a-z 0-9 _, starting with a letter")
     node = prompt.get(node_id)
     if not isinstance(node, dict):
         raise DeclarationError(f"input {name!r}: the workflow has no node {node_id!r}")
@@ -139,5 +141,7 @@ def model_name(workflow: str) -> str:
 def run_model(workflow: str, inputs: list[PublicInput]) -> type[BaseModel]:
     """The pydantic model of this workflow's `inputs` object: its JSON schema is the endpoint's, and it
     checks a run's values (unknown names refused)."""
-    fields: dict[str, Any] = {item.name: item.field() for item in inputs}
+    # fields under neutral names, each input's name its alias: a name such as `json` or `model_x` cannot
+    # collide with pydantic's own attributes
+    fields: dict[str, Any] = {f"input_{index}": item.field() for index, item in enumerate(inputs)}
     return create_model(model_name(workflow), __config__=ConfigDict(extra="forbid", validate_default=True), **fields)

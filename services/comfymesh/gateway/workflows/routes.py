@@ -151,7 +151,9 @@ def run_image(request: Request, job_id: str, image: Rendered, body: RunRequest) 
 @router.post("/workflows/{name}/run", response_model=RunResult,
              responses={202: {"model": RunResult, "description": "Accepted; still running when `wait_s` passed"},
                         400: {"model": Problem, "description": "The workflow failed validation (`node_errors`)"},
-                        404: {"model": Problem}, 429: {"description": "The queue is full; see Retry-After"}},
+                        404: {"model": Problem}, 429: {"description": "The queue is full; see Retry-After"},
+                        502: {"model": Problem, "description": "The job completed; writing to the destination "
+                                                               "failed (`destination_failed`)"}},
              summary="Run a saved workflow (each saved workflow's own entry below has its typed inputs)")
 async def run_saved_workflow(request: Request, body: RunRequest, name: str = NAME) -> Any:
     record = saved(request, name)
@@ -168,7 +170,7 @@ async def run_saved_workflow(request: Request, body: RunRequest, name: str = NAM
             raise invalid(("body", "output", "destination"), str(exc)) from None
     runner = runner_of(request)
     try:
-        prompt = await runner.prompt_for(record["workflow"], inputs, values.model_dump(exclude_unset=True))
+        prompt = await runner.prompt_for(record["workflow"], inputs, values.model_dump(exclude_unset=True, by_alias=True))
     except InputRefused as exc:
         raise invalid(("body", "inputs"), str(exc)) from None
     submission = await runner.submit(prompt, user=principal_of(request), timeout_s=body.timeout_s,
@@ -186,7 +188,12 @@ async def run_saved_workflow(request: Request, body: RunRequest, name: str = NAM
                        status_url=job_link(request, job_id), events_url=job_link(request, job_id, "/events"),
                        error=failure(job))
     if job is not None and job.status == JobStatus.COMPLETED:
-        rendered = await runner.deliver(job, body.output.format, body.output.quality, destination)
+        try:
+            rendered = await runner.deliver(job, body.output.format, body.output.quality, destination)
+        except OSError as exc:  # fsspec's storage errors: the job is done, its images stay here
+            return problem_response(502, f"job {job_id} completed but writing its images to {destination} failed "
+                                         f"({type(exc).__name__}); they are at {result.status_url}",
+                                    code="destination_failed", instance=request.url.path)
         result.images = [run_image(request, job_id, image, body) for image in rendered]
     elif destination and not finished:
         runner.deliver_later(job_id, body.output.format, body.output.quality, destination)
