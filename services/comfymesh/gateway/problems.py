@@ -39,6 +39,8 @@ CODES: dict[str, str] = {
     "rate_limited": "over COMFYMESH_RATE_LIMIT_PER_MIN, or locked out after wrong tokens; see Retry-After",
     "queue_full": "the queue is at COMFYMESH_MAX_QUEUE; see Retry-After",
     "unavailable": "the orchestrator cannot be reached; see Retry-After",
+    "destination_failed": "a saved workflow's job completed but its images could not be written to the requested "
+                          "destination; they stay on this server (see `detail`)",
     "internal_error": "a bug in the gateway: its log has the traceback",
 }
 
