@@ -37,6 +37,18 @@ def test_latent_and_conditioning_round_trip(store: ArtifactStore) -> None:
     assert back_cond[1][0].shape == (1, 154, 8) and back_cond[1][1] == {}
 
 
+def test_conditioning_lists_of_arrays_round_trip(store: ArtifactStore) -> None:
+    # ReferenceLatent appends latents to a list in the entry's extras; their order and shapes survive
+    refs = [np.full((1, 16, 4, 6), 1.0, np.float32), np.full((1, 16, 8, 8), 2.0, np.float32)]
+    cond = [[np.ones((1, 9, 8), np.float32), {"reference_latents": refs, "reference_latents_method": "index",
+                                              "guidance": None, "tags": [1, 2]}]]
+    back, = decode_value(encode_value("CONDITIONING", cond, store), store)
+    assert [r.shape for r in back[1]["reference_latents"]] == [(1, 16, 4, 6), (1, 16, 8, 8)]
+    assert [float(r.mean()) for r in back[1]["reference_latents"]] == [1.0, 2.0]
+    assert {k: v for k, v in back[1].items() if k != "reference_latents"} == {
+        "reference_latents_method": "index", "guidance": None, "tags": [1, 2]}
+
+
 def test_small_values_travel_as_json(store: ArtifactStore) -> None:
     handle = {"kind": "model", "ckpt": "a.safetensors", "digest": "abc"}
     value = encode_value("MODEL", handle, store)

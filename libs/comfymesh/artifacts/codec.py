@@ -13,6 +13,9 @@ from comfymesh.v1 import common_pb2
 
 # the types whose values are dicts of arrays (and JSON values), with the array a TensorRef describes
 DICT_PRIMARY = {"LATENT": "samples", "CLIP_VISION_OUTPUT": "image_embeds"}
+# a conditioning entry's extras that are lists of arrays (ReferenceLatent's reference_latents) → their lengths;
+# each array is stored as `<entry>.<key>[<j>]`
+ARRAY_LISTS = "$array_lists"
 
 
 def to_numpy(value: Any) -> np.ndarray:
@@ -46,12 +49,18 @@ def _bundle(type_name: str, value: Any) -> tuple[dict[str, np.ndarray], dict[str
     tensors, extras_list = {}, []
     for index, (cond, extras) in enumerate(value):
         tensors[f"{index}.cond"] = to_numpy(cond)
-        plain = {}
+        plain: dict[str, Any] = {}
+        lists: dict[str, int] = {}
         for key, item in extras.items():
             if _is_array(item):
                 tensors[f"{index}.{key}"] = to_numpy(item)
+            elif isinstance(item, list) and item and all(_is_array(a) for a in item):
+                tensors.update({f"{index}.{key}[{j}]": to_numpy(a) for j, a in enumerate(item)})
+                lists[key] = len(item)
             else:
                 plain[key] = item
+        if lists:
+            plain[ARRAY_LISTS] = lists
         extras_list.append(plain)
     return tensors, {"entries": extras_list}, "0.cond" if value else ""
 
@@ -70,8 +79,10 @@ def _unbundle(type_name: str, tensors: dict[str, np.ndarray], extras: dict[str, 
     for index, plain in enumerate(extras.get("entries", [])):
         prefix = f"{index}."
         extra = dict(plain)
+        lists = extra.pop(ARRAY_LISTS, {})
         extra.update({name[len(prefix):]: array for name, array in tensors.items()
-                      if name.startswith(prefix) and name != f"{index}.cond"})
+                      if name.startswith(prefix) and name != f"{index}.cond" and not name.endswith("]")})
+        extra.update({key: [tensors[f"{prefix}{key}[{j}]"] for j in range(n)] for key, n in lists.items()})
         entries.append([tensors[f"{index}.cond"], extra])
     return entries
 

@@ -225,6 +225,7 @@ def empty_image(ctx: NodeContext, width: int, height: int, batch_size: int = 1,
 # The stage's other node groups declare into `nodes` as they are imported (each imports `nodes` from here).
 from comfymesh.imaging import (  # noqa: E402, F401
     filter_nodes,
+    flux_nodes,
     image_nodes,
     mask_nodes,
     primitive_nodes,

@@ -9,6 +9,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
@@ -18,6 +19,8 @@ from comfymesh.diffusion.sampling.flux_sampling import FluxModelSampling
 from comfymesh.diffusion.sampling.schedulers import calculate_sigmas
 from comfymesh.diffusion.text import t5_tokenizer
 from comfymesh.diffusion.text.t5 import t5_tokens
+from comfymesh.imaging.flux_nodes import kontext_size
+from comfymesh.imaging.nodes import nodes as imaging_nodes
 from comfymesh.stage.node import NodeContext
 
 GOLDEN = Path(__file__).parents[2] / "golden" / "flux_object_info.json"
@@ -30,7 +33,21 @@ def run(ctx: NodeContext, name: str, **inputs: Any) -> tuple[Any, ...]:
 def test_object_info_equals_comfyui_080() -> None:
     golden = json.loads(GOLDEN.read_text())
     golden.pop("_about")
-    assert {name: nodes.schemas[name].object_info() for name in golden} == golden
+    schemas = {**imaging_nodes.schemas, **nodes.schemas}  # FluxKontextImageScale is an imaging node
+    assert {name: schemas[name].object_info() for name in golden} == golden
+
+
+def test_kontext_sizes_are_the_nearest_aspect() -> None:
+    assert kontext_size(64, 64) == (1024, 1024)
+    assert kontext_size(1000, 600) == (1328, 800)  # 5:3 → 1.66
+    assert kontext_size(600, 1000) == (800, 1328)
+    assert kontext_size(4000, 100) == (1568, 672)  # past the list: its widest
+
+
+def test_kontext_scale_crops_to_the_aspect_then_resizes(node_ctx: NodeContext) -> None:
+    image = np.random.default_rng(0).random((1, 60, 100, 3), dtype=np.float32)
+    out, = imaging_nodes.impls["FluxKontextImageScale"](node_ctx, image=image)
+    assert out.shape == (1, 800, 1328, 3) and out.dtype == np.float32
 
 
 def test_nodes_set_the_extras_flux_reads(node_ctx: NodeContext) -> None:

@@ -8,10 +8,13 @@ from typing import Any
 
 import torch
 
-from comfymesh.catalog.schema import ComboV3, Float, Link, Output
+from comfymesh.catalog.schema import ComboV3, Float, Link, Output, String
 from comfymesh.contracts.errors import NodeInputError
+from comfymesh.contracts.handles import HandleKind, ModelHandle
 from comfymesh.diffusion.nodes.failures import node
+from comfymesh.diffusion.nodes.handles import checkpoint_of, expect_handle
 from comfymesh.diffusion.nodes.registry import nodes
+from comfymesh.diffusion.text.flux_text import encode_flux
 from comfymesh.stage.node import NodeContext
 
 FLUX_MODULE = "comfy_extras.nodes_flux"
@@ -41,6 +44,22 @@ def set_values(ctx: NodeContext, conditioning: Conditioning, values: dict[str, A
             extras[key] = [*extras.get(key, []), *value] if append and isinstance(value, list) else value
         out.append([item[0], extras])
     return out
+
+
+@_v3("CLIPTextEncodeFlux", inputs=[Link("clip", "CLIP", {}), String("clip_l", multiline=True, dynamicPrompts=True),
+                                   String("t5xxl", multiline=True, dynamicPrompts=True),
+                                   Float("guidance", 3.5, min=0.0, max=100.0, step=0.1)])
+@node
+def clip_text_encode_flux(ctx: NodeContext, clip: ModelHandle, clip_l: str, t5xxl: str,
+                          guidance: float) -> tuple[Conditioning]:
+    # a prompt for each encoder: CLIP-L's for the pooled output, T5-XXL's for the context; guidance in the extras
+    clip = expect_handle(ctx, clip, HandleKind.CLIP)
+    ckpt = checkpoint_of(ctx, clip)
+    if ckpt.family != "flux":
+        raise NodeInputError(f"CLIPTextEncodeFlux needs FLUX text encoders (DualCLIPLoader type 'flux'), got a "
+                             f"{ckpt.family} CLIP", node_id=ctx.node_id)
+    return (encode_flux(ckpt.parts.clips, clip_l, t5xxl, clip.get("stop_at_clip_layer"),
+                        {"guidance": float(guidance)}),)
 
 
 @_v3("FluxGuidance", inputs=[Link("conditioning", "CONDITIONING", {}),
