@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException
 from comfymesh.catalog.model_folders import model_folders
 from comfymesh.config import Settings
 from comfymesh.contracts.comfy_errors import error_body
-from comfymesh.gateway import api_docs, api_v1, comfy, files, login, workflows
+from comfymesh.gateway import api_docs, api_v1, comfy, files, login, v2, workflows
 from comfymesh.gateway.auth import Authenticator, AuthMiddleware
 from comfymesh.gateway.bodylimit import BodyLimitMiddleware
 from comfymesh.gateway.browser import BrowserGuardMiddleware, BrowserPolicy
@@ -110,6 +110,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     api_docs.install(app)
     workflows.install(app)  # saved workflows' routes, OpenAPI entries and page (after the docs)
     app.include_router(files.router)
+    v2.install(app)  # Comfy API v2 at /api/v2, before ComfyUI's routes (some live under /api)
     comfy.install(app)  # last: it ends with the frontend's static mount, which catches every other path
     return app
 
