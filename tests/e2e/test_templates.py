@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from comfymesh.diffusion.models import tiny_sd3
 from comfymesh.diffusion.models.clip_vision import make_tiny_clip_vision
 from tests.mesh import SHARED, Mesh
 
@@ -54,6 +55,7 @@ RUNNABLE = {
     "sdxlturbo_example": {"SaveImage"},
     "basic_mask_operations_and_compositing": {"PreviewImage"},
     "sdxl_revision_text_prompts": {"SaveImage"},
+    "sd3.5_simple_example": {"SaveImage"},
 }
 
 SIZE_INPUTS = {"width": 64, "height": 64, "batch_size": 1}
@@ -98,6 +100,9 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
         shutil.copy(SHARED / "data" / photo, home / "input" / name)
     for name in CLIP_VISION:
         make_tiny_clip_vision(home / "models" / "clip_vision" / name)
+    # sd3.5_large_fp8_scaled: the tiny scaled-fp8 SD3.5 checkpoint alone (its split files' names are other families')
+    sd3_files = tiny_sd3.make_tiny_sd3(tmp_path_factory.mktemp("sd3") / "models", seed=3)
+    shutil.copy(sd3_files["checkpoints"], home / "models" / "checkpoints" / tiny_sd3.CHECKPOINT)
     try:
         yield mesh.start()
     finally:
