@@ -1,9 +1,9 @@
-"""`comfymesh up` starts the whole mesh locally; `comfymesh run graph.json` runs one workflow."""
+"""`comfymesh`: `up` starts the whole mesh locally, `run` runs a workflow, `status`/`jobs`/`cancel`/`logs` watch
+jobs, `models` lists and pulls model files, `demo` writes tiny models for the shipped templates."""
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import secrets
 import sys
@@ -11,15 +11,16 @@ import time
 from pathlib import Path
 from typing import Annotated, Any
 
+import click
 import httpx
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from comfymesh.cli import follow, gateway, jobs, prompt_edit
 from comfymesh.cli.supervisor import ServiceSpec, Supervisor, ignore_stop_signals, interrupt_on_stop_signals
 from comfymesh.config import get_settings
 from comfymesh.config.process_env import child_environment
-from comfymesh.contracts.events import TERMINAL_EVENTS, EventType
+from comfymesh.contracts.events import EventType
 
 app = typer.Typer(help="comfymesh: run ComfyUI workflows on a gRPC service mesh.", no_args_is_help=True,
                   add_completion=False)
@@ -121,73 +122,95 @@ def _wait_ready(url: str, timeout: float = 60.0) -> None:
 
 @app.command()
 def run(
-    workflow: Annotated[Path, typer.Argument(help="API-format workflow JSON (ComfyUI 'Export (API)')",
-                                             exists=True, dir_okay=False)],
-    url: Annotated[str, typer.Option(help="gateway URL")] = "http://127.0.0.1:8080",
+    workflow: Annotated[str, typer.Argument(help="a workflow file, UI or API format (ComfyUI's Save or Export "
+                                                 "(API)), or the name of a template the gateway serves "
+                                                 "(ui/templates/, e.g. comfymesh-imaging)")],
+    set_: Annotated[list[str] | None, typer.Option(
+        "--set", help="override an input: node.input=value (node by id, title or class) or input=value when "
+                      "one node has it; values are JSON where they parse (5, 0.5, true), text otherwise")] = None,
+    image: Annotated[list[str] | None, typer.Option(
+        help="upload an image and load it: NODE=PATH or PATH (without a node: the workflow's only image loader)")] = None,
     out: Annotated[Path, typer.Option(help="folder to save output images in")] = Path("outputs"),
+    cancel_on_exit: Annotated[bool, typer.Option(help="on Ctrl+C, cancel the job without asking")] = False,
+    url: jobs.UrlOption = None,
+    token: jobs.TokenOption = None,
 ) -> None:
-    """Submit a workflow, show its progress, then save its images."""
-    try:
-        prompt: Any = json.loads(workflow.read_text())
-    except json.JSONDecodeError as exc:
-        console.print(f"[red]{workflow} is not JSON: {exc}[/]")
-        raise typer.Exit(2) from exc
-    token = get_settings().api_token.get_secret_value()
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    with httpx.Client(base_url=url, timeout=30, headers=headers) as http:
+    """Submit a workflow, show its progress, then save its images. Ctrl+C asks whether to cancel the job."""
+    with gateway.connect(url, token) as http:
+        prompt = prompt_edit.to_prompt(http, prompt_edit.load_workflow(http, workflow))
+        for assignment in set_ or []:
+            prompt_edit.apply_set(prompt, assignment)
+        for argument in image or []:
+            prompt_edit.attach_image(http, prompt, argument)
+        accepted = _submit(http, prompt)
+        job_id = accepted["job_id"]
+        nodes = {n["node_id"]: n["class_type"] for n in gateway.call(http, "GET", f"/v1/jobs/{job_id}").json()["nodes"]}
         try:
-            reply = http.post("/v1/workflows", json=prompt)
-        except httpx.ConnectError as exc:
-            console.print(f"[red]cannot reach comfymesh at {url}; start it with `comfymesh up` (or `make run`)[/]")
-            raise typer.Exit(1) from exc
-        if reply.status_code != 202:
-            console.print(f"[red]rejected ({reply.status_code}):[/] {json.dumps(reply.json(), indent=2)}")
-            raise typer.Exit(1)
-        job_id = reply.json()["job_id"]
-        status = _follow(http, job_id)
-        job = http.get(f"/v1/jobs/{job_id}").json()
+            status = follow.follow(http, job_id, nodes or {k: v["class_type"] for k, v in prompt.items()}, console)
+        except KeyboardInterrupt:
+            _interrupted(http, job_id, cancel_on_exit)
+            return
+        job = gateway.call(http, "GET", f"/v1/jobs/{job_id}").json()
         if status != EventType.COMPLETED:
-            console.print(f"[red]job {job_id} {status}:[/] {json.dumps(job.get('error'), indent=2)}")
-            raise typer.Exit(1)
+            error = job.get("error") or {}
+            where = f"node {error.get('node_id')} ({error.get('node_type')})" if error.get("node_id") else "the job"
+            raise gateway.GatewayError([f"job {job_id} {job['status']} at {where}: {error.get('message', '')}",
+                                        f"`comfymesh logs {job_id}` shows its events"])
         out.mkdir(parents=True, exist_ok=True)
-        for index, image in enumerate(job["images"]):
-            target = out / image["filename"]
-            target.write_bytes(http.get(f"/v1/jobs/{job_id}/output", params={"index": index}).content)
+        for index, picture in enumerate(job["images"]):
+            target = out / Path(picture["filename"]).name
+            target.write_bytes(gateway.call(http, "GET", f"/v1/jobs/{job_id}/output", params={"index": index}).content)
             console.print(f"saved {target}")
+        if not job["images"]:
+            console.print(f"job {job_id} completed with no images")
 
 
-def _follow(http: httpx.Client, job_id: str) -> str:
-    """Follow the job's SSE stream with a progress bar; returns its final status."""
-    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-               TimeElapsedColumn())
-    with Progress(*columns, console=console) as progress, \
-            http.stream("GET", f"/v1/jobs/{job_id}/events", timeout=None) as stream:
-        nodes = progress.add_task(f"job {job_id[:8]}", total=None)
-        steps = progress.add_task("steps", total=None, visible=False)
-        event_type = ""
-        done = 0
-        for line in stream.iter_lines():
-            if line.startswith("event:"):
-                event_type = line[6:].strip()
-            elif line.startswith("data:"):
-                data = json.loads(line[5:])
-                if event_type == EventType.NODE_DONE:
-                    done += 1
-                    progress.update(nodes, completed=done)
-                elif event_type == EventType.CACHED:
-                    done += len(data.get("nodes", []))
-                    progress.update(nodes, completed=done)
-                elif event_type == EventType.NODE_RUNNING:
-                    progress.update(nodes, description=f"{data.get('class_type', '')} ({data['node_id']})")
-                elif event_type == EventType.NODE_PROGRESS:
-                    progress.update(steps, visible=True, completed=data["value"], total=data["max"])
-                elif event_type in TERMINAL_EVENTS:
-                    return event_type
-    return "unknown"
+def _submit(http: httpx.Client, prompt: dict[str, Any]) -> dict[str, Any]:
+    try:
+        return dict(gateway.call(http, "POST", "/v1/workflows", json={"prompt": prompt}).json())
+    except gateway.GatewayError as exc:
+        exc.lines[0] = exc.lines[0].replace("refused", "the workflow was refused", 1)
+        raise
+
+
+def _interrupted(http: httpx.Client, job_id: str, cancel_on_exit: bool) -> None:
+    """Ctrl+C while following: cancel the job when told to, or when the user says so; otherwise leave it."""
+    console.print()
+    ask = not cancel_on_exit and sys.stdin.isatty()
+    try:
+        stop = cancel_on_exit or (ask and typer.confirm(f"cancel job {job_id}?", default=True))
+    except (KeyboardInterrupt, typer.Abort):
+        stop = True  # a second Ctrl+C at the question: yes
+    if stop:
+        job = gateway.call(http, "POST", f"/v1/jobs/{job_id}/cancel").json()
+        console.print(f"job {job_id}: {job['status']}")
+        raise typer.Exit(130)
+    console.print(f"job {job_id} goes on running: `comfymesh status {job_id}` follows it, "
+                  f"`comfymesh cancel {job_id}` stops it")
+    raise typer.Exit(130)
+
+
+app.command()(jobs.status)
+app.command(name="jobs")(jobs.jobs)
+app.command()(jobs.cancel)
+app.command()(jobs.logs)
 
 
 def main() -> None:
-    app()
+    try:
+        code = app(standalone_mode=False)  # a typer.Exit comes back as its code here
+    except gateway.GatewayError as exc:
+        for line in exc.lines:
+            console.print(line, style="red" if line is exc.lines[0] else None, markup=False, highlight=False)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":
