@@ -96,3 +96,45 @@ def test_clip_type_must_fit_the_file(mesh: Mesh) -> None:
     job = mesh.wait(mesh.submit(prompt), timeout=120)
     assert job["status"] == "failed"
     assert tiny_qwen_image.TEXT_ENCODER in str(job["error"])
+
+
+# image_qwen_image_edit's shape without the encoders' vision path: the image reaches the model as a reference
+# latent (ReferenceLatent on both prompts) and as the latent sampled from (VAEEncode, 5-D as ComfyUI's Wan VAE
+# makes it), CFGNorm on the model, cfg 2.5
+EDIT: dict[str, Any] = {
+    **{k: v for k, v in TEMPLATE.items() if k in ("37", "38", "39", "66", "8", "60")},
+    "78": {"inputs": {"image": "edit_input.png"}, "class_type": "LoadImage"},
+    "88": {"inputs": {"pixels": ["78", 0], "vae": ["39", 0]}, "class_type": "VAEEncode"},
+    "76": {"inputs": {"prompt": "Remove all UI text elements from the image", "clip": ["38", 0]},
+           "class_type": "TextEncodeQwenImageEdit"},
+    "77": {"inputs": {"prompt": "", "clip": ["38", 0]}, "class_type": "TextEncodeQwenImageEdit"},
+    "96": {"inputs": {"conditioning": ["76", 0], "latent": ["88", 0]}, "class_type": "ReferenceLatent"},
+    "97": {"inputs": {"conditioning": ["77", 0], "latent": ["88", 0]}, "class_type": "ReferenceLatent"},
+    "75": {"inputs": {"strength": 1.0, "model": ["66", 0]}, "class_type": "CFGNorm"},
+    "3": {"inputs": {"seed": 344147753686358, "steps": 2, "cfg": 2.5, "sampler_name": "euler", "scheduler": "simple",
+                     "denoise": 1, "model": ["75", 0], "positive": ["96", 0], "negative": ["97", 0],
+                     "latent_image": ["88", 0]}, "class_type": "KSampler"},
+}
+
+
+@pytest.fixture(scope="module")
+def edit_input(mesh: Mesh) -> str:
+    rng = np.random.default_rng(7)
+    pixels = (rng.random((64, 48, 3)) * 255).astype(np.uint8)
+    Image.fromarray(pixels).save(mesh.home / "input" / "edit_input.png")
+    return "edit_input.png"
+
+
+def test_edit_graph_with_reference_latents_runs_and_reruns_identically(mesh: Mesh, edit_input: str) -> None:
+    first = run(mesh, EDIT)
+    image = np.asarray(Image.open(io.BytesIO(first)))
+    assert image.shape == (64, 48, 3)
+    forget_cache(mesh)
+    assert run(mesh, EDIT) == first
+    # the reference reaches the model: without it (and without CFGNorm) the image differs
+    plain = copy.deepcopy(EDIT)
+    plain["3"]["inputs"]["positive"], plain["3"]["inputs"]["negative"] = ["76", 0], ["77", 0]
+    assert run(mesh, plain) != first
+    no_norm = copy.deepcopy(EDIT)
+    no_norm["3"]["inputs"]["model"] = ["66", 0]
+    assert run(mesh, no_norm) != first

@@ -46,7 +46,6 @@ SHIFT, MULTIPLIER = 1.15, 1.0  # ComfyUI's Qwen-Image sampling settings (ModelSa
 PATCH = 2
 ROPE_THETA = 10_000.0
 PREFIXES = ("", "model.diffusion_model.")
-REF_METHODS = ("index", "offset", "index_timestep_zero", "negative_index")
 _ZERO_MARKER = "__index_timestep_zero__"  # Edit 2511: reference tokens are modulated at timestep 0
 _LAYERED_MARKER = "time_text_embed.addition_t_embedding.weight"  # Layered: an extra learned time term
 
@@ -202,8 +201,9 @@ def rope(ids: torch.Tensor, axes_dims: Sequence[int], dtype: torch.dtype, device
 
 def _ref_positions(refs: Sequence[torch.Tensor], method: str) -> list[tuple[float, int, int]]:
     """(frame index, row offset, column offset) of each reference latent under ComfyUI's ref methods: `index`
-    counts frames 1, 2, … (2511's `index_timestep_zero` too), `negative_index` −1, −2, …, and `offset` puts
-    every reference in frame 1, tiled beside the previous ones along the shorter side."""
+    counts frames 1, 2, … (2511's `index_timestep_zero` too), `negative_index` −1, −2, …, and `offset` (and any
+    other name, `uxo` included, as in ComfyUI) puts every reference in frame 1, tiled beside the previous ones
+    along the shorter side."""
     out: list[tuple[float, int, int]] = []
     h = w = 0
     for k, ref in enumerate(refs, start=1):
@@ -231,8 +231,6 @@ def qwen_image_forward(model: Any, x: torch.Tensor, timestep: torch.Tensor, cont
     param = next(model.parameters())
     dtype, device = param.dtype, param.device
     method = ref_method or model_default_ref_method(model)
-    if method not in REF_METHODS:
-        raise ModelError(f"unknown reference latent method {method!r} (ComfyUI's: {', '.join(REF_METHODS)})")
     axes = tuple(model.config.axes_dims_rope)
     tokens, ids = patchify(x5)
     n_img = tokens.shape[1]
@@ -297,12 +295,23 @@ def model_default_ref_method(model: Any) -> str:
 
 def qwen_image_fn(model: torch.nn.Module) -> UNetFn:
     """The model as the denoiser calls it: (x [N, C, (T,) h, w], timestep σ [N], text features [N, L, D], unused
-    y) → ComfyUI's output, the velocity (x0 = x − σ·out)."""
+    y, an entry's reference latents and method as keywords) → ComfyUI's output, the velocity (x0 = x − σ·out)."""
 
-    def run(x: torch.Tensor, t: torch.Tensor, ctx: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
-        return qwen_image_forward(model, x, t, ctx)
+    def run(x: torch.Tensor, t: torch.Tensor, ctx: torch.Tensor, y: torch.Tensor | None,
+            refs: Sequence[torch.Tensor] = (), ref_method: str | None = None) -> torch.Tensor:
+        return qwen_image_forward(model, x, t, ctx, refs, ref_method)
 
     return run
+
+
+def entry_inputs(extras: dict[str, Any]) -> dict[str, Any] | None:
+    """SamplingModel.entry_inputs: an entry's reference latents (ReferenceLatent, the edit encoders) moved into
+    the model's latent space as ComfyUI's extra_conds moves them, and their method (None: the file's default)."""
+    refs = extras.get("reference_latents")
+    if not refs:
+        return None
+    return {"refs": [WAN21.process_in(torch.as_tensor(r).float()) for r in refs],
+            "ref_method": extras.get("reference_latents_method")}
 
 
 def sampling_model(model: torch.nn.Module, rec: Recognition, device: torch.device) -> SamplingModel:
@@ -312,7 +321,7 @@ def sampling_model(model: torch.nn.Module, rec: Recognition, device: torch.devic
     return SamplingModel(
         unet=qwen_image_fn(model), sampling=FluxModelSampling(SHIFT), prediction="flow", latent_format=WAN21,
         family=NAME, context_dim=rec.unet.context_dim, adm=None, device=device, dtype=param.dtype,
-        in_channels=rec.unet.in_channels, joint_context=True,
+        in_channels=rec.unet.in_channels, joint_context=True, entry_inputs=entry_inputs,
     )
 
 

@@ -36,7 +36,8 @@ def _factors(fmt: LatentFormat, device: torch.device) -> tuple[torch.Tensor, tor
 def latent_rgb_tensor(denoised: torch.Tensor, fmt: LatentFormat) -> torch.Tensor:
     """The same preview as a uint8 [h, w, 3] tensor on the latent's device (no host sync)."""
     factors, bias = _factors(fmt, denoised.device)
-    rgb = torch.einsum("chw,cr->hwr", denoised[0].float(), factors)
+    first = denoised[0, :, 0] if denoised.ndim == 5 else denoised[0]  # 5-D (frames): the first frame, as ComfyUI
+    rgb = torch.einsum("chw,cr->hwr", first.float(), factors)
     if bias is not None:
         rgb = rgb + bias
     rgb = ((rgb + 1.0) / 2.0).clamp(0, 1) * 255.0

@@ -17,6 +17,7 @@ from comfymesh.diffusion.nodes import (  # noqa: F401  (they declare)
     latent_ops,
     loaders,
     model_patches,
+    qwen_image,
     sampling,
     sd3,
     upscale,

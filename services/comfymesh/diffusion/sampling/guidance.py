@@ -113,7 +113,7 @@ class GuidedDenoiser:
         ys = [e.y for e in group]
         y = None if ys[0] is None else torch.cat([yy.expand(batch, -1) for yy in ys if yy is not None])
         n = len(group)
-        rows = x_in.repeat(n, 1, 1, 1)
+        rows = x_in.repeat(n, *[1] * (x_in.ndim - 1))  # 4-D latents, or 5-D with frames (Qwen-Image)
         if group[0].concat is not None:
             concat = torch.cat([e.concat for e in group if e.concat is not None])
             rows = torch.cat([rows, (concat if region is None else region.crop(concat)).to(self.dtype)], 1)
@@ -123,7 +123,7 @@ class GuidedDenoiser:
         if out is None:
             out = self.unet(rows, t.expand(n * batch), ctx.to(self.dtype), y, **(group[0].model_inputs or {}))
         out = out.float()
-        x0 = self._to_x0(x.repeat(n, 1, 1, 1), s, out)
+        x0 = self._to_x0(x.repeat(n, *[1] * (x.ndim - 1)), s, out)
         return x0.chunk(n)
 
     def _predict(self, x: torch.Tensor, sigma: torch.Tensor, sides: list[list[CondEntry]]) -> list[torch.Tensor]:

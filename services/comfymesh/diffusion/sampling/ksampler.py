@@ -197,7 +197,7 @@ def prepare_with_sigmas(model: SamplingModel, sigmas: torch.Tensor, *, seed: int
     batch_index = latent.get("batch_index")
     noise = (initial_noise(samples, seed, list(batch_index) if batch_index is not None else None)
              if add_noise else torch.zeros_like(samples))
-    hw = (samples.shape[2], samples.shape[3])
+    hw = (samples.shape[-2], samples.shape[-1])  # Qwen-Image's latents are 5-D: [B, C, T, h, w]
     pos = cond_entries(positive, model, hw, "positive", seed)
     neg = [] if negative is None else cond_entries(negative, model, hw, "negative", seed)
     scaled = model.latent_format.process_in(samples).to(model.device)

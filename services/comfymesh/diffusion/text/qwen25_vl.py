@@ -26,6 +26,12 @@ PREFIXES = ("model.", "")
 TEMPLATE = ("<|im_start|>system\nDescribe the image by detailing the color, shape, size, texture, quantity, text, "
             "spatial relationships of the objects and background:<|im_end|>\n<|im_start|>user\n{}<|im_end|>\n"
             "<|im_start|>assistant\n")
+# TextEncodeQwenImageEditPlus's template (images, when given, come as "Picture N: <|vision_start|>…" before the prompt)
+EDIT_PLUS_TEMPLATE = ("<|im_start|>system\nDescribe the key features of the input image (color, shape, size, texture, "
+                      "objects, background), then explain how the user's text instruction should alter or modify the "
+                      "image. Generate a new image that meets the user's requirements while maintaining consistency "
+                      "with the original input where appropriate.<|im_end|>\n<|im_start|>user\n{}<|im_end|>\n"
+                      "<|im_start|>assistant\n")
 IM_START, USER, NEWLINE = 151_644, 872, 198
 ROPE_THETA = 1_000_000.0
 RMS_EPS = 1e-6
@@ -137,9 +143,9 @@ def template_end(ids: list[int]) -> int:
     return end
 
 
-def encode_qwen25(model: Any, text: str) -> torch.Tensor:
-    """Text features [1, T, D] (float32, CPU) of one prompt, from the user turn on."""
-    ids = prompt_ids(text)
+def encode_qwen25(model: Any, text: str, template: str = TEMPLATE) -> torch.Tensor:
+    """Text features [1, T, D] (float32, CPU) of one prompt in `template`, from the user turn on."""
+    ids = prompt_ids(text, template)
     vocab = int(model.get_input_embeddings().weight.shape[0])
     if max(ids) >= vocab:
         raise ModelError(f"the prompt has token id {max(ids)} but the text encoder's vocabulary has {vocab} entries")
