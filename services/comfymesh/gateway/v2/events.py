@@ -26,10 +26,12 @@ from comfymesh.gateway.v2.asset_store import AssetStore
 from comfymesh.gateway.v2.context import queue_position, store_of
 from comfymesh.gateway.v2.errors import V2Error
 from comfymesh.gateway.v2.schemas import ErrorEnvelope
+from comfymesh.gateway.v2.views import V2Status
 
 router = APIRouter(tags=["jobs"])
-_RANK = {"queued": 0, "running": 1}  # a terminal status ranks 2
-_FINAL = {EventType.COMPLETED: "succeeded", EventType.FAILED: "failed", EventType.CANCELLED: "canceled"}
+_RANK: dict[str, int] = {V2Status.QUEUED: 0, V2Status.RUNNING: 1}  # a terminal status ranks 2
+_FINAL = {EventType.COMPLETED: V2Status.SUCCEEDED, EventType.FAILED: V2Status.FAILED,
+          EventType.CANCELLED: V2Status.CANCELED}
 EVENT_CATALOG = """Server-sent events, each `data` a JSON object:
 
 - `status`: `{status, queue_position}`; the last one carries a terminal status and ends the stream
@@ -74,7 +76,7 @@ class Relay:
         """A `progress` frame if the snapshot advanced since the last one sent."""
         done, total = len(self.done), self.nodes_total
         fraction = self.step / self.steps if self.current and self.step is not None and self.steps else 0.0
-        value = min((done + fraction) / total, 1.0) if total else (1.0 if self.status == "succeeded" else 0.0)
+        value = min((done + fraction) / total, 1.0) if total else (1.0 if self.status == V2Status.SUCCEEDED else 0.0)
         key = (done, self.current, self.step)
         if self.sent_progress and (done < self.sent_progress[0] or key == self.sent_progress):
             return None  # nothing new, or an older state replayed from the log
@@ -119,9 +121,9 @@ class Relay:
         kind, data, node = event.type, event.data, event.node_id
         frames: list[ServerSentEvent | None] = []
         if kind in (EventType.QUEUED, EventType.REQUEUED):
-            frames.append(self.status_frame("queued"))
+            frames.append(self.status_frame(V2Status.QUEUED))
         elif kind == EventType.STARTED:
-            frames.append(self.status_frame("running"))
+            frames.append(self.status_frame(V2Status.RUNNING))
         elif kind == EventType.CACHED:
             nodes = [str(n) for n in data.get("nodes", [])]
             self.done.update(nodes)
@@ -172,7 +174,7 @@ async def stream(request: Request, job: Job, queue_position: int | None) -> Asyn
     jobs = jobs_of(request)
     relay = Relay.of(job, store_of(request), views.origin(request))
     if relay.status in views.TERMINAL:
-        message = job.error.message if job.error is not None and relay.status == "failed" else ""
+        message = job.error.message if job.error is not None and relay.status == V2Status.FAILED else ""
         async for out in _final(relay, job, relay.status, message):
             yield out
         return

@@ -22,6 +22,7 @@ from comfymesh.gateway.v2.context import output_max_age_s, queue_position, store
 from comfymesh.gateway.v2.errors import V2Error
 from comfymesh.gateway.v2.schemas import ErrorEnvelope, JobList, JobSubmission, JobWorkflow
 from comfymesh.gateway.v2.schemas import Job as JobModel
+from comfymesh.gateway.v2.views import V2Status
 
 router = APIRouter(tags=["jobs"])
 _IDS = uuid.UUID("0d6f0b0e-2a43-4c3e-9d55-5a1a86f1d0c2")  # namespace of job ids made from idempotency keys
@@ -171,10 +172,10 @@ async def list_jobs(request: Request, limit: int = Query(50, ge=1, le=100),
         wanted = wanted.strip()
         if not wanted:
             continue
-        if wanted not in ("queued", "running", "succeeded", "canceling", "canceled", "failed", "expired"):
+        if wanted not in set(V2Status):
             raise V2Error(400, "invalid_request", f"unknown status {wanted[:40]!r}")
         if wanted in views.OURS:
-            statuses.append(views.OURS[wanted])
+            statuses.append(views.OURS[V2Status(wanted)])
     if status and not statuses:  # only statuses no job of ours is ever in (canceling, expired)
         return {"jobs": []}
     offset, first_total = _read_cursor(cursor) if cursor else (0, -1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import mimetypes
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 from urllib.parse import quote
 
@@ -14,10 +15,25 @@ from comfymesh.gateway.engine import Job
 from comfymesh.gateway.v2.asset_store import AssetRecord, AssetStore
 
 PREFIX = "/api/v2"
-STATUS = {JobStatus.QUEUED: "queued", JobStatus.RUNNING: "running", JobStatus.COMPLETED: "succeeded",
-          JobStatus.FAILED: "failed", JobStatus.CANCELLED: "canceled"}
+
+
+class V2Status(StrEnum):
+    """A job's status in the Comfy API v2 contract (its vocabulary, not ours: see STATUS)."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    CANCELING = "canceling"
+    CANCELED = "canceled"
+    FAILED = "failed"
+    EXPIRED = "expired"
+
+
+STATUS = {JobStatus.QUEUED: V2Status.QUEUED, JobStatus.RUNNING: V2Status.RUNNING,
+          JobStatus.COMPLETED: V2Status.SUCCEEDED, JobStatus.FAILED: V2Status.FAILED,
+          JobStatus.CANCELLED: V2Status.CANCELED}
 OURS = {v2: ours for ours, v2 in STATUS.items()}
-TERMINAL = frozenset({"succeeded", "canceled", "failed", "expired"})
+TERMINAL = frozenset({V2Status.SUCCEEDED, V2Status.CANCELED, V2Status.FAILED, V2Status.EXPIRED})
 # a UI result's key -> the kind of output its files are
 OUTPUT_KINDS = {"images": "image", "gifs": "video", "videos": "video", "video": "video", "audio": "audio",
                 "latents": "latent", "3d": "file"}
@@ -47,7 +63,7 @@ def expires_at(created: float, output_max_age_s: float) -> str:
 
 
 def v2_status(job: Job) -> str:
-    return STATUS.get(job.status, "failed")  # type: ignore[call-overload]
+    return STATUS.get(job.status, V2Status.FAILED)  # type: ignore[call-overload]
 
 
 def urls(job_id: str) -> dict[str, str]:
