@@ -16,6 +16,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from comfymesh.config.batching import BatchingSettings
 from comfymesh.config.diffusion import DiffusionSettings
 from comfymesh.config.fast_path import FastPathSettings
+from comfymesh.config.model_pull import ModelPullSettings
 from comfymesh.config.policies import RetryPolicy, TimeoutPolicy
 from comfymesh.config.testing import FaultSwitches
 from comfymesh.config.workflows import WorkflowSettings
@@ -25,7 +26,8 @@ MIN_SECRET_LENGTH = 16
 MAKE_SECRET = "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
 
 
-class Settings(FastPathSettings, BatchingSettings, DiffusionSettings, FaultSwitches, WorkflowSettings, BaseSettings):
+class Settings(FastPathSettings, BatchingSettings, DiffusionSettings, FaultSwitches, WorkflowSettings, ModelPullSettings,
+               BaseSettings):
     """Zero-configuration defaults that run the whole mesh on one machine."""
 
     model_config = SettingsConfigDict(env_prefix="COMFYMESH_", frozen=True, extra="ignore")
@@ -182,6 +184,6 @@ def configuration_problems(exc: ValidationError) -> str:
     return "comfymesh: invalid configuration\n  " + "\n  ".join(lines)
 
 
-__all__ = ["BatchingSettings", "DiffusionSettings", "FastPathSettings", "FaultSwitches", "RetryPolicy", "Settings",
-           "TimeoutPolicy", "WorkflowSettings", "get_settings"]
+__all__ = ["BatchingSettings", "DiffusionSettings", "FastPathSettings", "FaultSwitches", "ModelPullSettings",
+           "RetryPolicy", "Settings", "TimeoutPolicy", "WorkflowSettings", "get_settings"]
 

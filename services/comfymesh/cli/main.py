@@ -16,7 +16,7 @@ import httpx
 import typer
 from rich.console import Console
 
-from comfymesh.cli import follow, gateway, jobs, prompt_edit
+from comfymesh.cli import follow, gateway, jobs, models, prompt_edit
 from comfymesh.cli.supervisor import ServiceSpec, Supervisor, ignore_stop_signals, interrupt_on_stop_signals
 from comfymesh.config import get_settings
 from comfymesh.config.process_env import child_environment
@@ -190,6 +190,7 @@ def _interrupted(http: httpx.Client, job_id: str, cancel_on_exit: bool) -> None:
     raise typer.Exit(130)
 
 
+app.add_typer(models.app, name="models")
 app.command()(jobs.status)
 app.command(name="jobs")(jobs.jobs)
 app.command()(jobs.cancel)

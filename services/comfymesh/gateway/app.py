@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException
 from comfymesh.catalog.model_folders import model_folders
 from comfymesh.config import Settings
 from comfymesh.contracts.comfy_errors import error_body
-from comfymesh.gateway import api_docs, api_v1, comfy, files, login, v2, workflows
+from comfymesh.gateway import api_docs, api_v1, comfy, files, login, model_pulls, v2, workflows
 from comfymesh.gateway.auth import Authenticator, AuthMiddleware
 from comfymesh.gateway.bodylimit import BodyLimitMiddleware
 from comfymesh.gateway.browser import BrowserGuardMiddleware, BrowserPolicy
@@ -107,6 +107,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
 
     app.include_router(login.router)
     app.include_router(api_v1.router)
+    app.include_router(model_pulls.router)
     api_docs.install(app)
     workflows.install(app)  # saved workflows' routes, OpenAPI entries and page (after the docs)
     app.include_router(files.router)
