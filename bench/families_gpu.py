@@ -1,0 +1,707 @@
+"""Issue 15's GPU benchmark: Z-Image Turbo, FLUX.1-dev and SD3.5-medium through the mesh against diffusers' own
+pipelines built from the same modules.
+
+Run (repository root, CUDA machine): `python bench/families_gpu.py --out results.json`
+CPU smoke test (tiny files, every phase): `python bench/families_gpu.py --tiny --device cpu --size 64 --runs 1`
+
+Per family (`--families`, in that order), each family's files are written, measured and deleted before the next
+(full-size files of all three do not fit a 64 GiB disk together):
+  files     random weights in ComfyUI's real file layouts at the released models' sizes (the tiny builders'
+            shape functions with full dimensions; drawn on the GPU and streamed to disk tensor by tensor):
+            zimage  z_image_turbo_bf16 (NextDiT 3840 wide, 30 layers, 2+2 refiners), qwen_3_4b (Qwen3-4B:
+                    2560 wide, 36 layers), ae (FLUX's 16-channel VAE)
+            flux    flux1-dev (19 double + 38 single blocks, 3072 wide, guidance embedder), the same weights as
+                    ComfyUI's scaled fp8 (flux1-dev-fp8-scaled: fp8 e4m3fn ÷ per-tensor scale_weight),
+                    clip_l, t5xxl_fp16 (T5 v1.1 XXL: 4096 wide, 24 blocks), ae
+            sd3     sd3.5_medium_incl_clips_t5xxlfp16 (all-in-one: MMDiT-X 1536 wide, 24 blocks, dual attention
+                    in 0-12, pos_embed 384², CLIP-L, CLIP-G 1280×32, T5-XXL, the SD3 VAE), fp16
+  pipeline  (a subprocess) our loaders build the modules on the GPU, diffusers' ZImagePipeline / FluxPipeline /
+            StableDiffusion3Pipeline is assembled from them (no hub access) and timed: warm latency incl. PNG
+            (Pillow level 4), it/s from latent-output calls (text encoding included), peak GPU memory. FLUX's
+            subprocess then loads the scaled-fp8 file alone and measures its weight memory and the peak of
+            one 1024² transformer call.
+  mesh      gateway + orchestrator + diffusion stage as processes (tests.mesh.Mesh); the template-shaped graph,
+            cold (stage start, first job with model loads) then warm runs with new seeds: POST -> SSE
+            `completed` -> PNG fetched. Sampler it/s from the stage's node timings; peak GPU memory of the
+            stage process from bench/stage_probe (torch.cuda.max_memory_allocated). FLUX runs a second mesh
+            on the scaled-fp8 file.
+Results are written after every phase (--out); a phase that fails is recorded and the next one runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import io
+import json
+import math
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+from bench.diffusion_gpu import HttpClient  # noqa: E402  (after the path and offline settings)
+
+T0 = time.monotonic()
+PROMPT = "a photograph of a red fox in a snowy birch forest at dawn, soft light, detailed fur"
+NEGATIVE = ""
+GiB = 2**30
+Shapes = dict[str, tuple[int, ...]]
+
+
+def say(msg: str) -> None:
+    print(f"[{time.monotonic() - T0:7.1f}s] {msg}", flush=True)
+
+
+def p50(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+# ------------------------------------------------------------------------------------------- file layouts
+
+
+def full_vae(prefix: str) -> Shapes:
+    """The released 16-channel VAE (FLUX's ae / SD3's): 128 base channels, (1, 2, 4, 4), 2 res blocks."""
+    from comfymesh.diffusion.models.tiny_checkpoint import vae_shapes
+
+    return {k: v for k, v in vae_shapes(ch=128, mult=(1, 2, 4, 4), res_blocks=2, z=16, prefix=prefix).items()
+            if "quant_conv" not in k}
+
+
+def clip_full(prefix: str, width: int, layers: int, projection: bool) -> Shapes:
+    from comfymesh.diffusion.models.tiny_checkpoint import clip_hf_shapes
+
+    s = {prefix + k: v for k, v in clip_hf_shapes("text_model.", width, layers).items()}
+    if projection:
+        s[prefix + "text_projection.weight"] = (width, width)
+    return s
+
+
+def file_specs(family: str, tiny: bool) -> list[dict[str, Any]]:
+    """[{folder, name, shapes, dtype, fp8}] of one family's files, tiny (the builders' defaults) or full size."""
+    import torch
+
+    from comfymesh.diffusion.models import tiny_flux, tiny_sd3, tiny_zimage
+
+    if family == "zimage":
+        return [
+            {"folder": "diffusion_models", "name": tiny_zimage.DIFFUSION_MODEL, "dtype": torch.bfloat16,
+             "shapes": tiny_zimage.zimage_shapes() if tiny else
+             tiny_zimage.zimage_shapes(dim=3840, heads=30, layers=30, refiners=2, cap_dim=2560)},
+            {"folder": "text_encoders", "name": tiny_zimage.TEXT_ENCODER, "dtype": torch.bfloat16,
+             "shapes": tiny_zimage.qwen3_shapes() if tiny else
+             tiny_zimage.qwen3_shapes(width=2560, layers=36, heads=32, kv_heads=8, head_dim=128, intermediate=9728)},
+            {"folder": "vae", "name": tiny_zimage.VAE, "dtype": torch.bfloat16,
+             "shapes": tiny_zimage.flux_vae_shapes() if tiny else full_vae("")},
+        ]
+    if family == "flux":
+        dit = tiny_flux.flux_shapes() if tiny else tiny_flux.flux_shapes(
+            width=3072, head_dim=128, depth=19, depth_single=38, context=4096, vec=768, guidance=True)
+        return [
+            {"folder": "diffusion_models", "name": tiny_flux.DIFFUSION_MODEL, "dtype": torch.bfloat16, "shapes": dit},
+            {"folder": "diffusion_models", "name": FLUX_FP8, "dtype": torch.bfloat16, "shapes": dit, "fp8": True},
+            {"folder": "text_encoders", "name": tiny_flux.CLIP_L, "dtype": torch.bfloat16,
+             "shapes": tiny_flux.clip_l_shapes() if tiny else clip_full("", 768, 12, False)},
+            {"folder": "text_encoders", "name": tiny_flux.T5, "dtype": torch.float16,
+             "shapes": tiny_flux.t5_shapes() if tiny else
+             tiny_flux.t5_shapes(width=4096, layers=24, heads=64, head_dim=64, ff=10240)},
+            {"folder": "vae", "name": tiny_flux.VAE, "dtype": torch.bfloat16,
+             "shapes": tiny_zimage.flux_vae_shapes() if tiny else full_vae("")},
+        ]
+    if family == "sd3":
+        if tiny:
+            state = tiny_sd3.checkpoint_state(t5_width=128)  # ≥ CLIP-L ‖ CLIP-G's 96
+            shapes = {k: tuple(v.shape) for k, v in state.items()}
+        else:
+            shapes = {"model.diffusion_model." + k: v for k, v in tiny_sd3.mmdit_shapes(
+                width=1536, blocks=24, context_dim=4096, pooled_dim=768 + 1280, pos_max=384,
+                qk_norm=True, dual=tuple(range(13))).items()}
+            shapes |= clip_full("text_encoders.clip_l.transformer.", 768, 12, False)
+            shapes |= clip_full("text_encoders.clip_g.transformer.", 1280, 32, True)
+            shapes |= {"text_encoders.t5xxl.transformer." + k: v for k, v in tiny_flux.t5_shapes(
+                width=4096, layers=24, heads=64, head_dim=64, ff=10240).items()}
+            shapes |= full_vae("first_stage_model.")
+        return [{"folder": "checkpoints", "name": SD3_CKPT, "dtype": torch.float16, "shapes": shapes}]
+    raise ValueError(family)
+
+
+FLUX_FP8 = "flux1-dev-fp8-scaled.safetensors"
+SD3_CKPT = "sd3.5_medium_incl_clips_t5xxlfp16.safetensors"
+
+
+def _init(name: str, shape: tuple[int, ...], gen: Any) -> Any:
+    """tiny_checkpoint._init's scheme (norms near 1, small biases, weights / √fan-in), drawn where `gen` lives;
+    FLUX's RMSNorm `.scale`s near 1 as tiny_flux draws them."""
+    import torch
+
+    from comfymesh.diffusion.models.tiny_checkpoint import _init as tiny_init
+
+    if name.endswith(".scale"):
+        return 1.0 + 0.01 * torch.randn(shape, generator=gen, device=gen.device)
+    return tiny_init(name, shape, gen)
+
+
+SAFETENSORS_DTYPES = {"torch.bfloat16": "BF16", "torch.float16": "F16", "torch.float32": "F32",
+                      "torch.float8_e4m3fn": "F8_E4M3"}
+
+
+def write_file(path: Path, spec: dict[str, Any], device: str, seed: int) -> float:
+    """Stream one safetensors file to disk tensor by tensor (a 24 GB file never sits in host memory whole);
+    with `fp8`, ComfyUI's scaled-fp8 form of the same weights (2-D weights fp8(w / s), s = max|w| / 448 as
+    `scale_weight`, the `scaled_fp8` marker). Returns the file size in bytes."""
+    import torch
+
+    gen = torch.Generator(device).manual_seed(seed)
+    entries: list[tuple[str, tuple[int, ...], torch.dtype, Callable[[], torch.Tensor]]] = []
+    fp8 = bool(spec.get("fp8"))
+
+    def scaled(w: torch.Tensor) -> bool:
+        return fp8 and w.ndim == 2
+
+    plan: list[tuple[str, tuple[int, ...]]] = sorted(spec["shapes"].items())
+    # headers need every dtype and size up front: fp8 quantisation keeps shapes, adds a scalar per weight
+    for name, shape in plan:
+        is_fp8 = fp8 and len(shape) == 2 and name.endswith(".weight") and "embed" not in name \
+            and not name.startswith("shared.")
+        entries.append((name, shape, torch.float8_e4m3fn if is_fp8 else spec["dtype"], lambda: torch.empty(0)))
+        if is_fp8:
+            entries.append((name[: -len(".weight")] + ".scale_weight", (), torch.float32, lambda: torch.empty(0)))
+    if fp8:
+        entries.append(("scaled_fp8", (0,), torch.float8_e4m3fn, lambda: torch.empty(0)))
+    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for name, shape, dtype, _ in entries:
+        size = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+        header[name] = {"dtype": SAFETENSORS_DTYPES[str(dtype)], "shape": list(shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(len(raw).to_bytes(8, "little"))
+        f.write(raw)
+        pending: dict[str, torch.Tensor] = {}
+        for name, shape, dtype, _ in entries:
+            if name in pending:
+                t = pending.pop(name)
+            elif name == "scaled_fp8":
+                t = torch.empty(0, dtype=torch.float8_e4m3fn)
+            else:
+                w = _init(name, shape, gen)
+                if dtype == torch.float8_e4m3fn:
+                    w = w.float()
+                    s = w.abs().max() / 448.0
+                    pending[name[: -len(".weight")] + ".scale_weight"] = s.reshape(()).float()
+                    t = (w / s).to(torch.float8_e4m3fn)
+                else:
+                    t = w.to(dtype)
+            f.write(t.contiguous().reshape(-1).cpu().view(torch.uint8).numpy().tobytes())
+    return path.stat().st_size
+
+
+def make_files(family: str, models: Path, args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, spec in enumerate(file_specs(family, args.tiny)):
+        path = models / spec["folder"] / spec["name"]
+        start = time.perf_counter()
+        # the fp8 file holds the bf16 file's weights: same seed, same draws
+        size = write_file(path, spec, args.device, seed=100 * k if not spec.get("fp8") else 0)
+        params = sum(math.prod(s) for s in spec["shapes"].values())
+        out[spec["name"]] = {"params_M": round(params / 1e6, 1), "GiB": round(size / GiB, 3),
+                             "write_s": round(time.perf_counter() - start, 1)}
+        say(f"{family}: wrote {path.name}: {out[spec['name']]}")
+    return out
+
+
+# ------------------------------------------------------------------------------------------- graphs
+
+
+def graph(family: str, args: argparse.Namespace, seed: int, variant: str = "") -> dict[str, Any]:
+    """The family's template-shaped API prompt at the bench's size and steps."""
+    from comfymesh.diffusion.models import tiny_flux, tiny_zimage
+
+    size, steps = args.size, args.steps or STEPS[family]
+    save = {"class_type": "SaveImage", "inputs": {"filename_prefix": "bench", "images": ["8", 0]}}
+    if family == "zimage":  # the frontend's default graph (Z-Image Turbo): KSampler res_multistep/simple, cfg 1
+        return {
+            "62": {"class_type": "CLIPLoader", "inputs": {"clip_name": tiny_zimage.TEXT_ENCODER, "type": "lumina2",
+                                                          "device": "default"}},
+            "63": {"class_type": "VAELoader", "inputs": {"vae_name": tiny_zimage.VAE}},
+            "66": {"class_type": "UNETLoader", "inputs": {"unet_name": tiny_zimage.DIFFUSION_MODEL,
+                                                          "weight_dtype": "default"}},
+            "67": {"class_type": "CLIPTextEncode", "inputs": {"text": PROMPT, "clip": ["62", 0]}},
+            "71": {"class_type": "CLIPTextEncode", "inputs": {"text": NEGATIVE, "clip": ["62", 0]}},
+            "68": {"class_type": "EmptySD3LatentImage", "inputs": {"width": size, "height": size, "batch_size": 1}},
+            "69": {"class_type": "ModelSamplingAuraFlow", "inputs": {"shift": 3, "model": ["66", 0]}},
+            "3": {"class_type": "KSampler", "inputs": {
+                "seed": seed, "steps": steps, "cfg": 1, "sampler_name": "res_multistep", "scheduler": "simple",
+                "denoise": 1, "model": ["69", 0], "positive": ["67", 0], "negative": ["71", 0],
+                "latent_image": ["68", 0]}},
+            "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["63", 0]}}, "9": save,
+        }
+    if family == "flux":  # flux_dev's graph: DualCLIPLoader flux → FluxGuidance → SamplerCustomAdvanced
+        return {
+            "10": {"class_type": "UNETLoader", "inputs": {"unet_name": variant or tiny_flux.DIFFUSION_MODEL,
+                                                          "weight_dtype": "default"}},
+            "11": {"class_type": "DualCLIPLoader", "inputs": {"clip_name1": tiny_flux.T5, "clip_name2": tiny_flux.CLIP_L,
+                                                              "type": "flux", "device": "default"}},
+            "12": {"class_type": "VAELoader", "inputs": {"vae_name": tiny_flux.VAE}},
+            "6": {"class_type": "CLIPTextEncode", "inputs": {"text": PROMPT, "clip": ["11", 0]}},
+            "26": {"class_type": "FluxGuidance", "inputs": {"guidance": 3.5, "conditioning": ["6", 0]}},
+            "30": {"class_type": "ModelSamplingFlux", "inputs": {"max_shift": 1.15, "base_shift": 0.5, "width": size,
+                                                                 "height": size, "model": ["10", 0]}},
+            "22": {"class_type": "BasicGuider", "inputs": {"model": ["30", 0], "conditioning": ["26", 0]}},
+            "25": {"class_type": "RandomNoise", "inputs": {"noise_seed": seed}},
+            "16": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}},
+            "17": {"class_type": "BasicScheduler", "inputs": {"scheduler": "simple", "steps": steps, "denoise": 1,
+                                                              "model": ["30", 0]}},
+            "27": {"class_type": "EmptySD3LatentImage", "inputs": {"width": size, "height": size, "batch_size": 1}},
+            "13": {"class_type": "SamplerCustomAdvanced", "inputs": {
+                "noise": ["25", 0], "guider": ["22", 0], "sampler": ["16", 0], "sigmas": ["17", 0],
+                "latent_image": ["27", 0]}},
+            "8": {"class_type": "VAEDecode", "inputs": {"samples": ["13", 0], "vae": ["12", 0]}}, "9": save,
+        }
+    if family == "sd3":  # SD3.5 medium's example: the all-in-one checkpoint, euler/sgm_uniform, cfg 4.5
+        return {
+            "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": SD3_CKPT}},
+            "16": {"class_type": "CLIPTextEncode", "inputs": {"text": PROMPT, "clip": ["4", 1]}},
+            "40": {"class_type": "CLIPTextEncode", "inputs": {"text": NEGATIVE, "clip": ["4", 1]}},
+            "53": {"class_type": "EmptySD3LatentImage", "inputs": {"width": size, "height": size, "batch_size": 1}},
+            "3": {"class_type": "KSampler", "inputs": {
+                "seed": seed, "steps": steps, "cfg": SD3_CFG, "sampler_name": "euler", "scheduler": "sgm_uniform",
+                "denoise": 1, "model": ["4", 0], "positive": ["16", 0], "negative": ["40", 0],
+                "latent_image": ["53", 0]}},
+            "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["4", 2]}}, "9": save,
+        }
+    raise ValueError(family)
+
+
+STEPS = {"zimage": 8, "flux": 20, "sd3": 28}
+SD3_CFG = 4.5
+SAMPLER_NODES = ("KSampler", "SamplerCustomAdvanced")
+COMPUTE_NODES = ("CLIPTextEncode", *SAMPLER_NODES, "VAEDecode")
+
+
+# ------------------------------------------------------------------------------------------- pipeline phase
+
+
+def png_bytes(image: Any) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", compress_level=4)
+    return buf.getvalue()
+
+
+def module_gib(*modules: Any) -> float:
+    return round(sum(t.numel() * t.element_size() for m in modules if m is not None
+                     for t in (*m.parameters(), *m.buffers())) / GiB, 3)
+
+
+def PooledFirst(clip: Any) -> Any:
+    """A CLIPTextModel answering as CLIPTextModelWithProjection does for StableDiffusion3Pipeline: output[0] is the
+    pooled output (our SD3 CLIP-L has no projection, as ComfyUI's sd3 CLIP-L pools without one)."""
+    import torch
+    from transformers.models.clip.modeling_clip import CLIPTextModelOutput
+
+    class _PooledFirst(torch.nn.Module):
+        def __init__(self, inner: Any) -> None:
+            super().__init__()
+            self.inner = inner
+
+        @property
+        def dtype(self) -> Any:
+            return self.inner.dtype
+
+        @property
+        def device(self) -> Any:
+            return self.inner.device
+
+        def forward(self, ids: Any, output_hidden_states: bool = True) -> Any:
+            out = self.inner(ids, output_hidden_states=True)
+            return CLIPTextModelOutput(text_embeds=out.pooler_output, last_hidden_state=out.last_hidden_state,
+                                       hidden_states=out.hidden_states)
+
+    return _PooledFirst(clip)
+
+
+def build_pipeline(family: str, models: Path, device: Any) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """diffusers' pipeline for the family, assembled from the modules our loaders build from the bench's files;
+    returns it, its call arguments, and the modules' sizes."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+    from transformers import CLIPTokenizer, PreTrainedTokenizerFast
+
+    from comfymesh.diffusion.families import registry
+    from comfymesh.diffusion.models import tiny_flux, tiny_zimage
+    from comfymesh.diffusion.models.checkpoint import (
+        load_checkpoint,
+        load_family_encoders,
+        load_unet_file,
+        load_vae_file,
+    )
+    from comfymesh.diffusion.models.convert import Placement
+    from comfymesh.diffusion.text.qwen_tokenizer import qwen_tokenizer_dir
+    from comfymesh.diffusion.text.t5_tokenizer import t5_tokenizer_dir
+    from comfymesh.diffusion.text.tokenizer import tokenizer_dir
+
+    place = Placement.for_device(device)
+
+    def t5_tok() -> Any:
+        return PreTrainedTokenizerFast(tokenizer_file=str(t5_tokenizer_dir() / "tokenizer.json"), pad_token="<pad>",
+                                       eos_token="</s>", unk_token="<unk>")
+
+    def clip_tok() -> Any:
+        return CLIPTokenizer.from_pretrained(str(tokenizer_dir()), local_files_only=True)
+
+    def flow16(vae: Any, scale: float, shift: float) -> Any:
+        vae.register_to_config(scaling_factor=scale, shift_factor=shift)
+        return vae
+
+    if family == "zimage":
+        from diffusers import ZImagePipeline
+
+        family_obj = registry.get("zimage")
+        assert family_obj is not None
+        dit = load_unet_file(models / "diffusion_models" / tiny_zimage.DIFFUSION_MODEL, place).unet
+        enc = load_family_encoders(family_obj, "lumina2", [models / "text_encoders" / tiny_zimage.TEXT_ENCODER], place)
+        text = enc.clips["qwen3"]
+        vae = flow16(load_vae_file(models / "vae" / tiny_zimage.VAE, place), 0.3611, 0.1159)
+        tok = PreTrainedTokenizerFast(tokenizer_file=str(qwen_tokenizer_dir() / "tokenizer.json"),
+                                      pad_token="<|endoftext|>", eos_token="<|im_end|>")
+        # Qwen3's chat template as ZImagePipeline applies it (a user turn, then the assistant's turn opened)
+        tok.chat_template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+                             "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+        pipe = ZImagePipeline(scheduler=FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0),
+                              vae=vae, text_encoder=text, tokenizer=tok, transformer=dit)
+        kwargs: dict[str, Any] = {"guidance_scale": 0.0}
+        sizes = {"transformer": module_gib(dit), "text_encoder": module_gib(text), "vae": module_gib(vae)}
+    elif family == "flux":
+        from diffusers import FluxPipeline
+
+        family_obj = registry.get("flux")
+        assert family_obj is not None
+        dit = load_unet_file(models / "diffusion_models" / tiny_flux.DIFFUSION_MODEL, place).unet
+        enc = load_family_encoders(family_obj, "flux", [models / "text_encoders" / tiny_flux.T5,
+                                                        models / "text_encoders" / tiny_flux.CLIP_L], place)
+        vae = flow16(load_vae_file(models / "vae" / tiny_flux.VAE, place), 0.3611, 0.1159)
+        dtype = next(dit.parameters()).dtype
+        # the pipeline hands the encoders' outputs to the transformer as they are: one dtype for all
+        clip_l, t5 = enc.clips["l"].to(dtype), enc.clips["t5"].to(dtype)
+        sched = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True,
+                                                base_shift=0.5, max_shift=1.15, base_image_seq_len=256,
+                                                max_image_seq_len=4096)
+        pipe = FluxPipeline(scheduler=sched, vae=vae, text_encoder=clip_l, tokenizer=clip_tok(), text_encoder_2=t5,
+                            tokenizer_2=t5_tok(), transformer=dit)
+        # ComfyUI pads T5 prompts to 256 tokens: the same sequence length here
+        kwargs = {"guidance_scale": 3.5, "max_sequence_length": 256}
+        sizes = {"transformer": module_gib(dit), "clip_l": module_gib(clip_l), "t5": module_gib(t5),
+                 "vae": module_gib(vae)}
+    elif family == "sd3":
+        from diffusers import StableDiffusion3Pipeline
+
+        parts = load_checkpoint(models / "checkpoints" / SD3_CKPT, place)
+        dit, vae = parts.unet, flow16(parts.vae, 1.5305, 0.0609)
+        dtype = next(dit.parameters()).dtype
+        clips = {k: v.to(dtype) for k, v in parts.clips.items()}
+        if not hasattr(clips["l"], "text_projection"):  # the pipeline reads CLIP-L's pooled output first
+            clips["l"] = PooledFirst(clips["l"])
+        pipe = StableDiffusion3Pipeline(
+            scheduler=FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0), vae=vae,
+            text_encoder=clips["l"], tokenizer=clip_tok(), text_encoder_2=clips["g"], tokenizer_2=clip_tok(),
+            text_encoder_3=clips.get("t5"), tokenizer_3=t5_tok() if "t5" in clips else None, transformer=dit)
+        kwargs = {"guidance_scale": SD3_CFG, "negative_prompt": NEGATIVE}
+        sizes = {"transformer": module_gib(dit), "vae": module_gib(vae)} | {k: module_gib(v) for k, v in clips.items()}
+    else:
+        raise ValueError(family)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe, kwargs, sizes
+
+
+def pipeline_phase(family: str, models: Path, args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    start = time.perf_counter()
+    pipe, kwargs, sizes = build_pipeline(family, models, device)
+    res: dict[str, Any] = {"load_s": round(time.perf_counter() - start, 1), "module_GiB": sizes}
+    if cuda:
+        res["allocated_after_load_GiB"] = round(torch.cuda.memory_allocated() / GiB, 2)
+        torch.cuda.reset_peak_memory_stats()
+    steps = args.steps or STEPS[family]
+    say(f"{family} pipeline built in {res['load_s']} s: {sizes}")
+
+    def call(output: str, seed: int) -> float:
+        t = time.perf_counter()
+        with torch.inference_mode():
+            out = pipe(PROMPT, height=args.size, width=args.size, num_inference_steps=steps,
+                       generator=torch.Generator(device).manual_seed(seed), output_type=output, **kwargs)
+        if output == "pil":
+            for image in out.images:
+                png_bytes(image)
+        elif cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter() - t
+
+    res["first_call_ms"] = round(call("pil", 1) * 1000, 1)
+    lat = [call("pil", 2 + i) for i in range(args.runs)]
+    latent = [call("latent", 20 + i) for i in range(max(2, args.runs - 1))]
+    res |= {"latency_ms": round(p50(lat) * 1000, 1), "latency_all_ms": [round(x * 1000, 1) for x in lat],
+            "it_s_incl_text_encode": round(steps / p50(latent), 3)}
+    if cuda:
+        res["peak_GiB"] = round(torch.cuda.max_memory_allocated() / GiB, 2)
+    say(f"{family} pipeline: {res}")
+    if family == "flux":
+        del pipe
+        gc.collect()
+        if cuda:
+            torch.cuda.empty_cache()
+        try:
+            res["fp8_transformer"] = fp8_transformer(models, device, args)
+        except Exception as exc:
+            res["fp8_transformer_error"] = repr(exc)[:500]
+            traceback.print_exc()
+    return res
+
+
+def fp8_transformer(models: Path, device: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """The scaled-fp8 FLUX file alone on the GPU: its weight memory and the peak of one transformer call at the
+    bench's size (256 T5 tokens, guidance 3.5, batch 1), as the stage calls it; and its step time."""
+    import torch
+
+    from comfymesh.diffusion.families import flux as flux_family
+    from comfymesh.diffusion.models.checkpoint import load_unet_file
+    from comfymesh.diffusion.models.convert import Placement
+
+    cuda = device.type == "cuda"
+    base = torch.cuda.memory_allocated() if cuda else 0
+    parts = load_unet_file(models / "diffusion_models" / FLUX_FP8, Placement.for_device(device))
+    assert parts.recognition is not None and parts.unet is not None
+    out: dict[str, Any] = {"fp8_params": sum(1 for m in parts.unet.modules() if "Fp8" in type(m).__name__)}
+    if cuda:
+        out["weights_GiB"] = round((torch.cuda.memory_allocated() - base) / GiB, 3)
+        torch.cuda.reset_peak_memory_stats()
+    sm = flux_family.FAMILY.sampling_model(parts.unet, parts.recognition, device)
+    layout = flux_family.layout_of(parts.unet)
+    lat = args.size // 8
+    x = torch.randn(1, 16, lat, lat, device=device, dtype=sm.dtype)
+    ctx = torch.randn(1, 256, layout.context_dim, device=device, dtype=sm.dtype)
+    y = flux_family.flux_y(None, 3.5, layout.vec_dim).to(device, sm.dtype)
+    t = torch.full((1,), 0.7, device=device, dtype=sm.dtype)
+    times = []
+    with torch.inference_mode():
+        for _ in range(3):
+            s = time.perf_counter()
+            sm.unet(x, t, ctx, y)
+            if cuda:
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - s)
+    out["call_ms"] = round(p50(times[1:]) * 1000, 1)
+    if cuda:
+        out["peak_GiB"] = round((torch.cuda.max_memory_allocated() - base) / GiB, 3)
+    say(f"flux fp8 transformer: {out}")
+    return out
+
+
+# ------------------------------------------------------------------------------------------- mesh phase
+
+
+class FamilyMesh:
+    def __init__(self, home: Path, args: argparse.Namespace, label: str) -> None:
+        from tests.mesh import Mesh
+
+        # a fresh data root per mesh (no node cache carries over), the family's models linked in
+        root = home / f"mesh-{label}"
+        root.mkdir(parents=True, exist_ok=True)
+        if not (root / "models").exists():
+            (root / "models").symlink_to(home / "models")
+        home = root
+        self.mem_file = home / "stage-mem.json"
+        probe = str(REPO / "bench" / "stage_probe")
+        path = os.pathsep.join(p for p in (probe, os.environ.get("PYTHONPATH", "")) if p)
+        self.mesh = Mesh(home, stages=("diffusion",), imaging_replicas=0,
+                         env={"COMFYMESH_NODE_TIMINGS": "1", "COMFYMESH_DEVICE": args.device, "PYTHONPATH": path,
+                              "COMFYMESH_BENCH_MEM_FILE": str(self.mem_file)})
+        self.client = HttpClient(self.mesh.port)
+        self.label = label
+
+    def node_timings(self, job_id: str) -> dict[str, float]:
+        nodes: dict[str, float] = {}
+        for line in list(self.mesh.logs):
+            if '"node timing"' in line and job_id in line:
+                entry = json.loads(line.split(": ", 1)[1])
+                if entry.get("job") == job_id:
+                    nodes[entry["class_type"]] = nodes.get(entry["class_type"], 0.0) + float(entry["ms"])
+        return nodes
+
+    def job(self, prompt: dict[str, Any]) -> dict[str, Any]:
+        start = time.perf_counter()
+        status, reply = self.client.request("POST", "/v1/workflows", {"prompt": prompt})
+        assert status == 202, reply[:2000]
+        job_id = json.loads(reply)["job_id"]
+        events = self.client.events_until_finished(f"/v1/jobs/{job_id}/events")
+        if events[-1]["event"] != "completed":
+            raise RuntimeError(f"job {events[-1]['event']}: {json.dumps(events[-1].get('data'))[:1500]}")
+        pngs = [self.client.request("GET", image["url"])[1] for image in events[-1]["data"]["images"]]
+        ms = (time.perf_counter() - start) * 1000
+        assert pngs and all(p[:4] == b"\x89PNG" for p in pngs)
+        time.sleep(0.05)  # the stage's timing lines travel through the supervisor's pipe
+        nodes = self.node_timings(job_id)
+        return {"ms": ms, "nodes": nodes, "compute_ms": sum(nodes.get(k, 0.0) for k in COMPUTE_NODES),
+                "png_bytes": len(pngs[0])}
+
+    def memory(self) -> dict[str, float]:
+        try:
+            state = json.loads(self.mem_file.read_text())
+        except (OSError, ValueError):
+            return {}
+        return {k: round(v / GiB, 2) for k, v in state.items() if k != "t"}
+
+
+def mesh_phase(family: str, home: Path, args: argparse.Namespace, variant: str = "") -> dict[str, Any]:
+    steps = args.steps or STEPS[family]
+    run = FamilyMesh(home, args, variant or family)
+    res: dict[str, Any] = {}
+    start = time.perf_counter()
+    try:
+        run.mesh.start()
+    except Exception:
+        print("\n".join(run.mesh.logs[-40:]), flush=True)
+        raise
+    try:
+        res["mesh_up_s"] = round(time.perf_counter() - start, 1)
+        cold = run.job(graph(family, args, seed=1, variant=variant))
+        res["cold_first_job_ms"] = round(cold["ms"], 1)
+        res["cold_first_job_nodes_ms"] = {k: round(v, 1) for k, v in cold["nodes"].items()}
+        res["cold_start_to_first_png_s"] = round(time.perf_counter() - start, 1)
+        res["stage_memory_after_cold_GiB"] = run.memory()
+        say(f"{family}{'/' + variant if variant else ''} mesh cold: {res}")
+        runs = [run.job(graph(family, args, seed=2 + i, variant=variant)) for i in range(args.runs)]
+        sampler = [sum(r["nodes"].get(k, 0.0) for k in SAMPLER_NODES) for r in runs]
+        res |= {
+            "latency_ms": round(p50([r["ms"] for r in runs]), 1), "latency_all_ms": [round(r["ms"], 1) for r in runs],
+            "sampler_ms": round(p50(sampler), 1), "sampler_it_s": round(steps / (p50(sampler) / 1000), 3),
+            "nodes_ms": {k: round(p50([r["nodes"].get(k, 0.0) for r in runs]), 1) for k in runs[0]["nodes"]},
+            "overhead_ms": round(p50([r["ms"] - r["compute_ms"] for r in runs]), 1),
+        }
+        time.sleep(0.5)  # the probe's last write
+        res["stage_memory_GiB"] = run.memory()
+        say(f"{family}{'/' + variant if variant else ''} mesh warm: {res}")
+    finally:
+        run.mesh.stop()
+        if args.out:
+            Path(args.out).with_name(f"mesh-{variant or family}.log").write_text("\n".join(run.mesh.logs[-400:]))
+    return res
+
+
+# ------------------------------------------------------------------------------------------- driver
+
+
+RESULTS: dict[str, Any] = {}
+
+
+def write(args: argparse.Namespace) -> None:
+    RESULTS["elapsed_s"] = round(time.monotonic() - T0, 1)
+    if args.out:
+        Path(args.out).write_text(json.dumps(RESULTS, indent=1, default=str))
+
+
+def run_family(family: str, base: Path, args: argparse.Namespace) -> None:
+    res: dict[str, Any] = RESULTS.setdefault(family, {})
+    home = base / family
+    models = home / "models"
+    try:
+        if "files" not in res:
+            res["files"] = make_files(family, models, args)
+            write(args)
+        if "pipeline" in args.phases:
+            # its own process: every byte it put on the GPU is gone before the mesh's stage loads the models
+            out = home / "pipeline.json"
+            cmd = [sys.executable, __file__, "--_pipeline", family, "--home", str(base), "--device", args.device,
+                   "--size", str(args.size), "--runs", str(args.runs), "--_result", str(out)]
+            if args.steps:
+                cmd += ["--steps", str(args.steps)]
+            if args.tiny:
+                cmd.append("--tiny")
+            start = time.perf_counter()
+            proc = subprocess.run(cmd, timeout=args.phase_timeout)
+            res["pipeline"] = json.loads(out.read_text()) if out.is_file() else {"error": f"exit {proc.returncode}"}
+            res["pipeline"]["process_s"] = round(time.perf_counter() - start, 1)
+            write(args)
+        if "mesh" in args.phases:
+            for variant in ([""] + ([FLUX_FP8] if family == "flux" and not args.no_fp8_mesh else [])):
+                key = "mesh" if not variant else "mesh_fp8"
+                try:
+                    res[key] = mesh_phase(family, home, args, variant)
+                except Exception as exc:
+                    res[key] = {"error": repr(exc)[:2000]}
+                    traceback.print_exc()
+                write(args)
+    except Exception as exc:
+        res["error"] = repr(exc)[:2000]
+        traceback.print_exc()
+    finally:
+        write(args)
+        if not args.keep_files:
+            shutil.rmtree(models, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--families", default="zimage,sd3,flux", help="comma-separated, run in this order")
+    parser.add_argument("--phases", default="pipeline,mesh", help="pipeline,mesh (files are always written)")
+    parser.add_argument("--home", type=Path, default=None, help="work folder (default: a temp folder)")
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--tiny", action="store_true", help="the builders' tiny files (CPU smoke test)")
+    parser.add_argument("--size", type=int, default=1024)
+    parser.add_argument("--steps", type=int, default=0, help="override every family's steps (0: 8 / 20 / 28)")
+    parser.add_argument("--runs", type=int, default=3, help="warm runs per case (median reported)")
+    parser.add_argument("--no-fp8-mesh", action="store_true", help="skip FLUX's second mesh on the scaled-fp8 file")
+    parser.add_argument("--keep-files", action="store_true", help="keep each family's files after it ran")
+    parser.add_argument("--phase-timeout", type=float, default=900)
+    parser.add_argument("--out", default=None, help="write the results as JSON here (logs beside it)")
+    parser.add_argument("--_pipeline", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--_result", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    args.phases = args.phases.split(",")
+    if args._pipeline:  # the pipeline subprocess
+        try:
+            res = pipeline_phase(args._pipeline, args.home / args._pipeline / "models", args)
+        except Exception as exc:
+            traceback.print_exc()
+            res = {"error": repr(exc)[:2000]}
+        Path(args._result).write_text(json.dumps(res, default=str))
+        return
+    import torch
+
+    base = args.home or Path(tempfile.mkdtemp(prefix="comfymesh-families-bench-"))
+    RESULTS.update({"device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
+                    "torch": torch.__version__, "argv": sys.argv, "size": args.size})
+    try:
+        import diffusers
+        import transformers
+
+        RESULTS["diffusers"], RESULTS["transformers"] = diffusers.__version__, transformers.__version__
+    except ImportError as exc:
+        RESULTS["import_error"] = repr(exc)
+    for family in args.families.split(","):
+        run_family(family, base, args)
+        gc.collect()
+    write(args)
+    if args.home is None:
+        shutil.rmtree(base, ignore_errors=True)
+    print(json.dumps(RESULTS, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()
