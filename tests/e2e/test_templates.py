@@ -24,6 +24,7 @@ import pytest
 
 from comfymesh.diffusion.models import tiny_sd3
 from comfymesh.diffusion.models.clip_vision import make_tiny_clip_vision
+from comfymesh.diffusion.models.tiny_flux import make_template_files as make_flux_files
 from tests.mesh import SHARED, Mesh
 
 playwright = pytest.importorskip("playwright.sync_api")
@@ -43,7 +44,8 @@ CHECKPOINTS = {
 INPUTS = {"example.png": "astronaut.png", "pray.png": "coffee.png", "angle_1.png": "astronaut.png",
           "angle_2.png": "coffee.png", "angle_3.png": "astronaut.png", "angle_4.png": "coffee.png",
           "sdxl_revision_text_prompts_ref_image1.png": "astronaut.png",
-          "sdxl_revision_text_prompts_ref_image2.png": "coffee.png"}
+          "sdxl_revision_text_prompts_ref_image2.png": "coffee.png",
+          "flux_kontext_dev_basic_input_image.jpg": "astronaut.png"}
 # CLIP vision file → a tiny HF CLIP vision model whose image embeds are as wide as the tiny SDXL's pooled output
 CLIP_VISION = ("clip_vision_g.safetensors",)
 
@@ -55,6 +57,12 @@ RUNNABLE = {
     "sdxlturbo_example": {"SaveImage"},
     "basic_mask_operations_and_compositing": {"PreviewImage"},
     "sdxl_revision_text_prompts": {"SaveImage"},
+    "flux_dev_checkpoint_example": {"SaveImage"},
+    "flux_dev_full_text_to_image": {"SaveImage"},
+    "flux1_krea_dev": {"SaveImage"},
+    "flux_schnell": {"SaveImage"},
+    "flux_schnell_full_text_to_image": {"SaveImage"},
+    "flux_kontext_dev_basic": {"SaveImage"},
     "sd3.5_simple_example": {"SaveImage"},
 }
 
@@ -100,6 +108,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
         shutil.copy(SHARED / "data" / photo, home / "input" / name)
     for name in CLIP_VISION:
         make_tiny_clip_vision(home / "models" / "clip_vision" / name)
+    make_flux_files(home / "models", seed=3)  # the FLUX templates' files under their names
     # sd3.5_large_fp8_scaled: the tiny scaled-fp8 SD3.5 checkpoint alone (its split files' names are other families')
     sd3_files = tiny_sd3.make_tiny_sd3(tmp_path_factory.mktemp("sd3") / "models", seed=3)
     shutil.copy(sd3_files["checkpoints"], home / "models" / "checkpoints" / tiny_sd3.CHECKPOINT)

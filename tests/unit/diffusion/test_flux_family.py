@@ -145,3 +145,25 @@ def test_all_in_one_checkpoint(tmp_path: Path) -> None:
     assert sorted(parts.clips) == ["l", "t5"] and parts.vae is not None and parts.unet is not None
     # fp8 checkpoint weights stay fp8 in memory
     assert any(p.dtype == torch.float8_e4m3fn for p in parts.unet.parameters())
+
+
+def test_scaled_fp8_t5_computes_the_dequantised_encoder(tmp_path: Path) -> None:
+    # t5xxl_fp8_e4m3fn_scaled: linears stay fp8 (wo too, whose input transformers would round to fp8) and compute
+    # as the file's fp8·scale weights would in float32
+    from safetensors.torch import save_file
+
+    from comfymesh.diffusion.models.fp8_weights import Fp8Linear
+    from comfymesh.diffusion.models.tensor_source import TensorSource
+    from comfymesh.diffusion.text.t5 import load_t5_file
+
+    state = tiny_flux.scaled_fp8(tiny_flux.random_tensors(tiny_flux.t5_shapes(), 1, torch.float32))
+    save_file(state, str(tmp_path / "fp8.safetensors"))
+    plain = {k: v.float() * state[k[:-len(".weight")] + ".scale_weight"] if v.dtype == torch.float8_e4m3fn else v
+             for k, v in state.items() if not k.endswith(".scale_weight") and k != "scaled_fp8"}
+    save_file(plain, str(tmp_path / "plain.safetensors"))
+    fp8 = load_t5_file(TensorSource(tmp_path / "fp8.safetensors"), CPU)
+    ref = load_t5_file(TensorSource(tmp_path / "plain.safetensors"), CPU)
+    wo: Any = fp8.get_submodule("encoder.block.0.layer.1.DenseReluDense.wo")
+    assert isinstance(wo, Fp8Linear) and wo.weight.dtype == torch.float8_e4m3fn
+    ids = [3, 9, 1202, 13, 1, 0, 0]
+    assert torch.allclose(encode_t5(fp8, ids), encode_t5(ref, ids), atol=1e-4)

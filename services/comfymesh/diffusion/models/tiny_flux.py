@@ -108,7 +108,9 @@ def scaled_fp8(state: dict[str, torch.Tensor], seed: int = 0) -> dict[str, torch
     per-tensor `scale_weight` s = max|w| / 448, and the `scaled_fp8` marker."""
     out: dict[str, torch.Tensor] = {"scaled_fp8": torch.empty(0, dtype=torch.float8_e4m3fn)}
     for k, v in state.items():
-        if k.endswith(".weight") and v.ndim == 2 and "embed" not in k and not k.startswith("shared."):
+        # linear layers only: embeddings (T5's `shared` and relative_attention_bias) stay as they are
+        if k.endswith(".weight") and v.ndim == 2 and "embed" not in k and not k.startswith("shared.") \
+                and "relative_attention_bias" not in k:
             scale = v.float().abs().max() / 448.0
             out[k] = (v.float() / scale).to(torch.float8_e4m3fn)
             out[k[: -len(".weight")] + ".scale_weight"] = scale.reshape(())
@@ -159,6 +161,40 @@ def make_tiny_flux_checkpoint(path: str | Path, seed: int = 0, schnell: bool = T
     out.parent.mkdir(parents=True, exist_ok=True)
     save_file(state, str(out), metadata={"format": "pt"})
     return out
+
+
+# the official FLUX templates' files (under models/) → the tiny form written under that name
+TEMPLATE_FILES = {
+    "diffusion_models/flux1-dev.safetensors": "dev",
+    "diffusion_models/flux1-krea-dev_fp8_scaled.safetensors": "dev_fp8_scaled",
+    "diffusion_models/flux1-dev-kontext_fp8_scaled.safetensors": "dev_fp8_scaled",
+    "diffusion_models/flux1-schnell.safetensors": "schnell",
+    f"checkpoints/{CHECKPOINT}": "schnell_checkpoint",
+    f"text_encoders/{CLIP_L}": "clip_l",
+    f"text_encoders/{T5}": "t5",
+    "text_encoders/t5xxl_fp8_e4m3fn_scaled.safetensors": "t5_fp8_scaled",
+    f"vae/{VAE}": "vae",
+}
+
+
+def make_template_files(models: str | Path, seed: int = 0) -> list[Path]:
+    """Every file of TEMPLATE_FILES under `models`, each in its tiny form (the fp8_scaled ones as ComfyUI's
+    scaled-fp8 files store them)."""
+    root = Path(models)
+    written = []
+    for rel, form in TEMPLATE_FILES.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if form == "schnell_checkpoint":
+            written.append(make_tiny_flux_checkpoint(path, seed))
+            continue
+        shapes = {"dev": flux_shapes(), "dev_fp8_scaled": flux_shapes(), "schnell": flux_shapes(guidance=False),
+                  "clip_l": clip_l_shapes(), "t5": t5_shapes(), "t5_fp8_scaled": t5_shapes(),
+                  "vae": flux_vae_shapes()}[form]
+        state = random_tensors(shapes, seed, torch.bfloat16)
+        save_file(scaled_fp8(state) if form.endswith("fp8_scaled") else state, str(path), metadata={"format": "pt"})
+        written.append(path)
+    return written
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -86,7 +86,26 @@ def build_t5(src: TensorSource, layout: T5Layout, device: torch.device, dtype: t
     if missing or result.unexpected_keys:
         raise ModelError(f"{src.path.name}: the T5 weights do not fit the layout read from the file "
                          f"(missing {missing[:4]}, unexpected {result.unexpected_keys[:4]})")
+    _keep_fp8_out_projections_in_compute_dtype(model)
     return model.eval().requires_grad_(False)
+
+
+def _keep_fp8_out_projections_in_compute_dtype(model: Any) -> None:
+    """transformers' gated feed-forward casts its hidden states to `wo`'s weight dtype (for int8 models); an fp8
+    `wo` would round the activations to fp8. Those blocks run as ComfyUI's T5 does instead: wo(act(wi_0 x) · wi_1 x)
+    in the compute dtype (Fp8Linear upcasts its weight)."""
+    from transformers.models.t5.modeling_t5 import T5DenseGatedActDense
+
+    from comfymesh.diffusion.models.fp8_weights import Fp8Linear
+
+    class ComputeDtypeGatedFF(T5DenseGatedActDense):  # type: ignore[misc]
+        def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+            gated = self.act(self.wi_0(hidden_states)) * self.wi_1(hidden_states)
+            return self.wo(self.dropout(gated))  # type: ignore[no-any-return]
+
+    for module in model.modules():
+        if isinstance(module, T5DenseGatedActDense) and isinstance(module.wo, Fp8Linear):
+            module.__class__ = ComputeDtypeGatedFF
 
 
 def t5_tokens(text: str, min_length: int) -> list[int]:
