@@ -16,7 +16,7 @@ import httpx
 import typer
 from rich.console import Console
 
-from comfymesh.cli import follow, gateway, jobs, models, prompt_edit
+from comfymesh.cli import demo, follow, gateway, jobs, models, prompt_edit
 from comfymesh.cli.supervisor import ServiceSpec, Supervisor, ignore_stop_signals, interrupt_on_stop_signals
 from comfymesh.config import get_settings
 from comfymesh.config.process_env import child_environment
@@ -86,6 +86,9 @@ def up(
         _wait_ready(url)
         _say(f"\n[bold green]comfymesh is up:[/] {url}  (API docs {url}/v1/docs, data in {settings.home})\n"
              "Press Ctrl+C to stop.")
+        if not any((settings.home / "models").rglob("*.safetensors")):
+            _say("No model files yet: `comfymesh demo` writes tiny test models (noise images) so every template "
+                 "runs; `comfymesh models pull URL` downloads real ones (see README).")
         supervisor.watch()
     except KeyboardInterrupt:
         _say("\nstopping comfymesh ...")
@@ -191,6 +194,7 @@ def _interrupted(http: httpx.Client, job_id: str, cancel_on_exit: bool) -> None:
 
 
 app.add_typer(models.app, name="models")
+app.command()(demo.demo)
 app.command()(jobs.status)
 app.command(name="jobs")(jobs.jobs)
 app.command()(jobs.cancel)

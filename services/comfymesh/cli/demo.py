@@ -1,0 +1,63 @@
+"""`comfymesh demo`: tiny random-weight models under the file names the shipped templates and the frontend's
+default graph ask for, and the templates' input image, so every template runs on a fresh machine (as noise)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from comfymesh.config import get_settings
+
+TEMPLATES = Path(__file__).resolve().parents[3] / "ui" / "templates"
+# checkpoint file → the tiny family written under its name: ui/templates' names, and the classic default graph's
+CHECKPOINTS = {"sd15.safetensors": "sd15", "sdxl.safetensors": "sdxl", "v1-5-pruned-emaonly-fp16.safetensors": "sd15"}
+REAL_WEIGHTS = """\
+[bold]These models have random weights: every image they make is noise.[/]
+They show that the mesh, the templates and the CLI work. For real images, put real weights under the same
+names (or pick yours in the workflow), e.g.:
+  comfymesh models pull https://huggingface.co/Comfy-Org/stable-diffusion-v1-5-archive/resolve/main/\
+v1-5-pruned-emaonly-fp16.safetensors --folder checkpoints --name sd15.safetensors
+  comfymesh models pull https://huggingface.co/stabilityai/stable-diffusion-xl-base-1.0/resolve/main/\
+sd_xl_base_1.0.safetensors --folder checkpoints --name sdxl.safetensors
+or copy .safetensors files into {models}/checkpoints/ (Z-Image: diffusion_models/, text_encoders/, vae/).
+`comfymesh demo --force` writes the tiny files again over whatever is there."""
+
+
+def demo(force: Annotated[bool, typer.Option(help="overwrite model files that already exist")] = False) -> None:
+    """Write tiny random-weight models for every supported family under the templates' file names (SD1.5,
+    SDXL, Z-Image) and the templates' input image, into this machine's data folder (COMFYMESH_HOME)."""
+    console = Console(stderr=True, soft_wrap=True)
+    settings = get_settings()
+    models = settings.folder("models")
+    try:
+        from comfymesh.diffusion.models.tiny_checkpoint import make_tiny_checkpoint
+        from comfymesh.diffusion.models.tiny_zimage import DIFFUSION_MODEL, make_tiny_zimage
+    except ImportError as exc:
+        console.print(f"[red]the diffusion extras are not installed ({exc.name} is missing)[/]")
+        console.print("install them with `make venv` (or `pip install -e '.[diffusion]'`)")
+        raise typer.Exit(1) from exc
+    for name, family in CHECKPOINTS.items():
+        target = models / "checkpoints" / name
+        if target.exists() and not force:
+            console.print(f"kept      {target} (exists)")
+            continue
+        make_tiny_checkpoint(target, family=family)
+        console.print(f"wrote     {target} (tiny {family})")
+    if force or not (models / "diffusion_models" / DIFFUSION_MODEL).exists():
+        for path in make_tiny_zimage(models).values():
+            console.print(f"wrote     {path} (tiny Z-Image)")
+    else:
+        console.print(f"kept      {models / 'diffusion_models' / DIFFUSION_MODEL} and its text encoder and VAE")
+    inputs = settings.folder("input")
+    for image in sorted((TEMPLATES / "input").glob("*")):
+        if not (inputs / image.name).exists():
+            shutil.copy(image, inputs / image.name)
+            console.print(f"copied    {inputs / image.name} (the templates' input image)")
+    console.print()
+    console.print(REAL_WEIGHTS.format(models=models))
+    console.print("\nTry: [bold]comfymesh run comfymesh-sd15-txt2img --out outputs/[/] "
+                  "(templates: comfymesh-sd15-txt2img, -img2img, -hires-fix, comfymesh-sdxl-txt2img, comfymesh-imaging)")

@@ -1,0 +1,42 @@
+"""The first run: on a fresh data folder, `comfymesh demo` writes the tiny models and the input image, and every
+template in ui/templates/ then runs from the CLI by name, with no edits."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from tests.mesh import REPO, Mesh
+
+TEMPLATES = sorted(path.stem for path in (REPO / "ui" / "templates").glob("*.json") if path.name != "index.json")
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
+    home = tmp_path_factory.mktemp("fresh-home")
+    demo = subprocess.run([sys.executable, "-m", "comfymesh.cli.main", "demo"], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "COMFYMESH_HOME": str(home)})
+    assert demo.returncode == 0, demo.stderr
+    assert "every image they make is noise" in demo.stderr and "comfymesh models pull" in demo.stderr
+    mesh = Mesh(home, stages=("imaging", "diffusion"))
+    try:
+        yield mesh.start()
+    finally:
+        mesh.stop()
+
+
+@pytest.mark.parametrize("name", TEMPLATES)
+def test_every_template_runs_after_demo(name: str, mesh: Mesh, tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "comfymesh.cli.main", "run", name, "--url", mesh.url,
+                             "--out", str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    saved = sorted(tmp_path.glob("*.png"))
+    assert saved, result.stderr
+    for path in saved:
+        assert min(Image.open(path).size) >= 64
