@@ -14,7 +14,7 @@ export TRANSFORMERS_OFFLINE := 1
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
-run: setup  ## install everything, then start the whole mesh locally
+run: setup  ## install everything (GPU=auto|cpu|cuda picks the torch build), then start the whole mesh locally
 	$(BIN)/comfymesh up
 
 test: setup lint typecheck pytest  ## lint, type-check and run all tests
@@ -32,15 +32,30 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-# torch is pinned in this same pip call so a CPU build is taken, never a multi-GB CUDA download.
-$(VENV)/.installed: pyproject.toml constraints.txt | $(BIN)/python
-	$(BIN)/pip install -q -c constraints.txt torch==2.13.0 -e '.[gateway,orchestrator,imaging,diffusion,dev]'
+# torch: GPU=auto (default) installs the CUDA build the NVIDIA driver runs when `nvidia-smi` answers, else the CPU
+# build; GPU=cpu or GPU=cuda chooses (deploy/torch_build.sh picks the wheel tag). torch is pinned in the same pip
+# call as everything else; a CUDA build comes from PyTorch's index, with constraints.txt's CPU pin left out.
+GPU ?= auto
+TORCH_VERSION := 2.13.0
+TORCH_BUILD := $(shell deploy/torch_build.sh $(GPU))
+ifeq ($(TORCH_BUILD),)
+$(error deploy/torch_build.sh found no torch build for GPU=$(GPU) (see the line above))
+endif
+TORCH_PIP := $(if $(filter cpu,$(TORCH_BUILD)),-c constraints.txt torch==$(TORCH_VERSION),\
+  --extra-index-url https://download.pytorch.org/whl/$(TORCH_BUILD) -c $(VENV)/constraints-$(TORCH_BUILD).txt \
+  torch==$(TORCH_VERSION)+$(TORCH_BUILD))
+
+$(VENV)/.installed-$(TORCH_BUILD): pyproject.toml constraints.txt | $(BIN)/python
+	@echo "installing with torch $(TORCH_VERSION) ($(TORCH_BUILD) build; GPU=$(GPU))"
+	grep -v '^torch==' constraints.txt > $(VENV)/constraints-$(TORCH_BUILD).txt
+	$(BIN)/pip install -q $(TORCH_PIP) -e '.[gateway,orchestrator,imaging,diffusion,dev]'
 	# spandrel (upscale models) without its torchvision: PyPI's torchvision is a CUDA build that cannot load
 	# beside a CPU torch, and transformers fails to import once a broken torchvision is installed
 	$(BIN)/pip install -q --no-deps -c constraints.txt spandrel==0.4.2 einops==0.8.2
+	rm -f $(VENV)/.installed $(VENV)/.installed-*
 	touch $@
 
-venv: $(VENV)/.installed  ## create .venv and install the project with every role's extras
+venv: $(VENV)/.installed-$(TORCH_BUILD)  ## create .venv and install the project with every role's extras (GPU=auto|cpu|cuda)
 
 proto: venv  ## generate comfymesh.v1 stubs from proto/ into libs/comfymesh/v1/
 	@mkdir -p libs/comfymesh/v1
