@@ -63,6 +63,7 @@ RUNNABLE = {
     "flux_schnell": {"SaveImage"},
     "flux_schnell_full_text_to_image": {"SaveImage"},
     "flux_kontext_dev_basic": {"SaveImage"},
+    "image_chroma_text_to_image": {"SaveImage"},
     "sd3.5_simple_example": {"SaveImage"},
 }
 

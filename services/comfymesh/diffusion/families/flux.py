@@ -122,12 +122,14 @@ def model_config(layout: FluxLayout) -> dict[str, Any]:
 _DIFFUSERS_WIDTH = 3072  # the single-block split width diffusers' converter assumes
 
 
-def convert_flux(raw: dict[str, torch.Tensor], width: int) -> dict[str, torch.Tensor]:
-    """ComfyUI names → diffusers names with diffusers' converter. The converter splits each single block's
-    fused linear1 at FLUX.1's full width; that split is done on meta stand-ins and the real tensors split
-    at the file's width replace its results. Works on weights and on per-row scale vectors alike."""
+def convert_flux(raw: dict[str, torch.Tensor], width: int, converter: Any = None) -> dict[str, torch.Tensor]:
+    """ComfyUI names → diffusers names with diffusers' converter (FLUX's, or Chroma's given as `converter`).
+    The converter splits each single block's fused linear1 at FLUX.1's full width; that split is done on meta
+    stand-ins and the real tensors split at the file's width replace its results. Works on weights and on
+    per-row scale vectors alike."""
     from diffusers.loaders.single_file_utils import convert_flux_transformer_checkpoint_to_diffusers
 
+    convert = converter or convert_flux_transformer_checkpoint_to_diffusers
     state = dict(raw)
     own: dict[str, torch.Tensor] = {}
     fused = re.compile(r"single_blocks\.(\d+)\.linear1\.(weight|bias)$")
@@ -139,7 +141,7 @@ def convert_flux(raw: dict[str, torch.Tensor], width: int) -> dict[str, torch.Te
             own[f"single_transformer_blocks.{i}.{name}.{leaf}"] = part
         stand_in_rows = 7 * _DIFFUSERS_WIDTH
         state[key] = torch.empty((stand_in_rows, *tensor.shape[1:]), device="meta")
-    converted = convert_flux_transformer_checkpoint_to_diffusers(state)
+    converted = convert(state)
     for key in own:
         converted.pop(key, None)
     return {**{k: v for k, v in converted.items() if v.device.type != "meta"}, **own}
@@ -409,7 +411,7 @@ class FluxFamily:
         return load_checkpoint_encoders(src, device)
 
     def encode(self, text: str, encoders: dict[str, Any], clip: ModelHandle) -> Conditioning:
-        return encode_flux(encoders, text, text, clip.get("stop_at_clip_layer"))
+        return encode_flux(encoders, text, text, clip.get("stop_at_clip_layer"), clip=clip)
 
     def model_sampling(self, record: dict[str, Any], sm: SamplingModel) -> SamplingModel:
         # ModelSamplingFlux's resolution-derived shift; ModelSamplingSD3/AuraFlow replace it as in ComfyUI

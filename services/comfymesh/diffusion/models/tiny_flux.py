@@ -69,6 +69,25 @@ def flux_shapes(width: int = 256, head_dim: int = 128, depth: int = 1, depth_sin
     return s
 
 
+def chroma_shapes(width: int = 256, head_dim: int = 128, depth: int = 1, depth_single: int = 1, context: int = 64,
+                  hidden: int = 32, layers: int = 2, channels: int = LATENT_CHANNELS) -> Shapes:
+    """A Chroma diffusion model in ComfyUI's layout: FLUX.1's blocks without their modulation linears (and
+    without time_in / vector_in / guidance_in), the modulations made by `distilled_guidance_layer`."""
+    s = {k: v for k, v in flux_shapes(width, head_dim, depth, depth_single, context, guidance=False,
+                                       channels=channels).items()
+         if not k.startswith(("time_in.", "vector_in.", "final_layer.adaLN_modulation."))
+         and "_mod.lin." not in k and ".modulation.lin." not in k}
+    g = "distilled_guidance_layer"
+    s.update({f"{g}.in_proj.weight": (hidden, 64), f"{g}.in_proj.bias": (hidden,),
+              f"{g}.out_proj.weight": (width, hidden), f"{g}.out_proj.bias": (width,)})
+    for i in range(layers):
+        for part in ("in_layer", "out_layer"):
+            s[f"{g}.layers.{i}.{part}.weight"] = (hidden, hidden)
+            s[f"{g}.layers.{i}.{part}.bias"] = (hidden,)
+        s[f"{g}.norms.{i}.scale"] = (hidden,)
+    return s
+
+
 def t5_shapes(width: int = 64, layers: int = 2, heads: int = 4, head_dim: int = 16, ff: int = 128,
               vocab: int = T5_VOCAB) -> Shapes:
     """Every tensor of a T5 v1.1 encoder in the layout of ComfyUI's t5xxl files."""
@@ -169,6 +188,7 @@ TEMPLATE_FILES = {
     "diffusion_models/flux1-krea-dev_fp8_scaled.safetensors": "dev_fp8_scaled",
     "diffusion_models/flux1-dev-kontext_fp8_scaled.safetensors": "dev_fp8_scaled",
     "diffusion_models/flux1-schnell.safetensors": "schnell",
+    "diffusion_models/Chroma1-HD-fp8mixed.safetensors": "chroma",  # image_chroma_text_to_image (bf16 stand-in)
     f"checkpoints/{CHECKPOINT}": "schnell_checkpoint",
     f"text_encoders/{CLIP_L}": "clip_l",
     f"text_encoders/{T5}": "t5",
@@ -189,6 +209,7 @@ def make_template_files(models: str | Path, seed: int = 0) -> list[Path]:
             written.append(make_tiny_flux_checkpoint(path, seed))
             continue
         shapes = {"dev": flux_shapes(), "dev_fp8_scaled": flux_shapes(), "schnell": flux_shapes(guidance=False),
+                  "chroma": chroma_shapes(),
                   "clip_l": clip_l_shapes(), "t5": t5_shapes(), "t5_fp8_scaled": t5_shapes(),
                   "vae": flux_vae_shapes()}[form]
         state = random_tensors(shapes, seed, torch.bfloat16)

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from comfymesh.catalog.schema import ComboV3, Float, Link, Output, String
+from comfymesh.catalog.schema import ComboV3, Float, Int, Link, Output, String
 from comfymesh.contracts.errors import NodeInputError
 from comfymesh.contracts.handles import HandleKind, ModelHandle
 from comfymesh.diffusion.nodes.failures import node
@@ -59,7 +59,7 @@ def clip_text_encode_flux(ctx: NodeContext, clip: ModelHandle, clip_l: str, t5xx
         raise NodeInputError(f"CLIPTextEncodeFlux needs FLUX text encoders (DualCLIPLoader type 'flux'), got a "
                              f"{ckpt.family} CLIP", node_id=ctx.node_id)
     return (encode_flux(ckpt.parts.clips, clip_l, t5xxl, clip.get("stop_at_clip_layer"),
-                        {"guidance": float(guidance)}),)
+                        {"guidance": float(guidance)}, clip=clip),)
 
 
 @_v3("FluxGuidance", inputs=[Link("conditioning", "CONDITIONING", {}),
@@ -97,3 +97,16 @@ def reference_latent(ctx: NodeContext, conditioning: Conditioning,
         return (conditioning,)
     samples = torch.as_tensor(latent["samples"])
     return (set_values(ctx, conditioning, {"reference_latents": [samples]}, append=True),)
+
+
+@nodes.define("T5TokenizerOptions", category="_for_testing/conditioning", python_module="comfy_extras.nodes_cond",
+              inputs=[Link("clip", "CLIP", {}), Int("min_padding", 0, min=0, max=10000, step=1),
+                      Int("min_length", 0, min=0, max=10000, step=1)],
+              outputs=[Output("CLIP")], display_name=None, description="", deprecated=False, experimental=True,
+              api_node=False, output_matchtypes=None, output_tooltips=[None])
+@node
+def t5_tokenizer_options(ctx: NodeContext, clip: ModelHandle, min_padding: int, min_length: int) -> tuple[ModelHandle]:
+    # the T5 prompts of this CLIP get at least `min_padding` pad tokens after the end token and at least
+    # `min_length` tokens in all (FLUX's 256-token minimum replaced; Chroma's none raised)
+    clip = expect_handle(ctx, clip, HandleKind.CLIP)
+    return ({**clip, "t5xxl_min_padding": int(min_padding), "t5xxl_min_length": int(min_length)},)

@@ -73,11 +73,15 @@ def clip_l_pooled(clip_l: Any | None, text: str, stop_at_clip_layer: int | None 
 
 
 def encode_flux(encoders: dict[str, Any], clip_l_text: str, t5_text: str,
-                stop_at_clip_layer: int | None = None, extras: dict[str, Any] | None = None) -> list[list[Any]]:
-    """The conditioning of a FLUX prompt pair: [[T5 context [1, T, D], {pooled_output, **extras}]]."""
+                stop_at_clip_layer: int | None = None, extras: dict[str, Any] | None = None,
+                clip: dict[str, Any] | None = None) -> list[list[Any]]:
+    """The conditioning of a FLUX prompt pair: [[T5 context [1, T, D], {pooled_output, **extras}]]; the CLIP
+    handle's T5TokenizerOptions (t5xxl_min_length, t5xxl_min_padding) replace the 256-token minimum."""
     t5 = encoders.get("t5")
     if t5 is None:
         raise ModelError("the FLUX text encoders have no T5-XXL: load one with DualCLIPLoader type 'flux'")
-    context = encode_t5_weighted(t5, t5_text, T5_MIN_LENGTH)
+    options = clip or {}
+    min_length = options.get("t5xxl_min_length", T5_MIN_LENGTH)
+    context = encode_t5_weighted(t5, t5_text, int(min_length), min_padding=int(options.get("t5xxl_min_padding", 0)))
     pooled = clip_l_pooled(encoders.get("l"), clip_l_text, stop_at_clip_layer)
     return [[context, {"pooled_output": pooled, **(extras or {})}]]

@@ -114,25 +114,30 @@ def t5_tokens(text: str, min_length: int) -> list[int]:
     return ids + [PAD_ID] * max(0, min_length - len(ids))
 
 
-def t5_weighted_tokens(text: str, min_length: int) -> list[tuple[int, float]]:
+def t5_weighted_tokens(text: str, min_length: int, min_padding: int = 0) -> list[tuple[int, float]]:
     """(id, weight) per token: each weighted segment of the prompt (`(word:1.2)`, as ComfyUI parses it)
-    tokenized on its own, then the end token and pad tokens (weight 1) up to `min_length`."""
+    tokenized on its own, then the end token, `min_padding` pad tokens, and pad tokens (weight 1) up to
+    `min_length` (ComfyUI's tokenizer order; T5TokenizerOptions sets both)."""
     from comfymesh.diffusion.text.prompt_weights import parse_weights
 
     pairs = [(i, w) for segment, w in parse_weights(text) for i in t5_token_ids(segment)]
     pairs.append((EOS_ID, 1.0))
+    pairs += [(PAD_ID, 1.0)] * min_padding
     return pairs + [(PAD_ID, 1.0)] * max(0, min_length - len(pairs))
 
 
-def encode_t5_weighted(model: Any, text: str, min_length: int, attention_mask: bool = False) -> torch.Tensor:
+def encode_t5_weighted(model: Any, text: str, min_length: int, attention_mask: bool = False, min_padding: int = 0,
+                       empty_has_end: bool = True) -> torch.Tensor:
     """Context [1, T, D] of a prompt with ComfyUI's token weights: a weighted token's state is moved from the
-    empty prompt's (end token, then pads, as long) by its weight, z_empty + w·(z − z_empty)."""
-    pairs = t5_weighted_tokens(text, min_length)
+    empty prompt's (end token, then pads, as long; all pads for Chroma's PixArt tokenizer when not
+    `empty_has_end`) by its weight, z_empty + w·(z − z_empty)."""
+    pairs = t5_weighted_tokens(text, min_length, min_padding)
     z = encode_t5(model, [i for i, _ in pairs], attention_mask)
     weights = torch.tensor([w for _, w in pairs])
     if bool((weights == 1.0).all()):
         return z
-    empty = encode_t5(model, [EOS_ID] + [PAD_ID] * (len(pairs) - 1), attention_mask)
+    first = [EOS_ID] if empty_has_end else [PAD_ID]
+    empty = encode_t5(model, first + [PAD_ID] * (len(pairs) - 1), attention_mask)
     w = weights[None, :, None]
     return torch.where(w != 1.0, (z - empty) * w + empty, z)
 
