@@ -98,43 +98,76 @@ def test_clip_type_must_fit_the_file(mesh: Mesh) -> None:
     assert tiny_qwen_image.TEXT_ENCODER in str(job["error"])
 
 
-# image_qwen_image_edit's shape without the encoders' vision path: the image reaches the model as a reference
-# latent (ReferenceLatent on both prompts) and as the latent sampled from (VAEEncode, 5-D as ComfyUI's Wan VAE
-# makes it), CFGNorm on the model, cfg 2.5
+# image_qwen_image_edit's graph: the image scaled by the encoders for Qwen2.5-VL's vision tower and as the
+# reference latent, VAEEncode'd (5-D, as ComfyUI's Wan VAE makes it) as the latent sampled from, CFGNorm, cfg 2.5
 EDIT: dict[str, Any] = {
     **{k: v for k, v in TEMPLATE.items() if k in ("37", "38", "39", "66", "8", "60")},
     "78": {"inputs": {"image": "edit_input.png"}, "class_type": "LoadImage"},
     "88": {"inputs": {"pixels": ["78", 0], "vae": ["39", 0]}, "class_type": "VAEEncode"},
-    "76": {"inputs": {"prompt": "Remove all UI text elements from the image", "clip": ["38", 0]},
+    "76": {"inputs": {"prompt": "Remove all UI text elements from the image", "clip": ["38", 0], "vae": ["39", 0],
+                      "image": ["78", 0]}, "class_type": "TextEncodeQwenImageEdit"},
+    "77": {"inputs": {"prompt": "", "clip": ["38", 0], "vae": ["39", 0], "image": ["78", 0]},
            "class_type": "TextEncodeQwenImageEdit"},
-    "77": {"inputs": {"prompt": "", "clip": ["38", 0]}, "class_type": "TextEncodeQwenImageEdit"},
-    "96": {"inputs": {"conditioning": ["76", 0], "latent": ["88", 0]}, "class_type": "ReferenceLatent"},
-    "97": {"inputs": {"conditioning": ["77", 0], "latent": ["88", 0]}, "class_type": "ReferenceLatent"},
     "75": {"inputs": {"strength": 1.0, "model": ["66", 0]}, "class_type": "CFGNorm"},
     "3": {"inputs": {"seed": 344147753686358, "steps": 2, "cfg": 2.5, "sampler_name": "euler", "scheduler": "simple",
-                     "denoise": 1, "model": ["75", 0], "positive": ["96", 0], "negative": ["97", 0],
+                     "denoise": 1, "model": ["75", 0], "positive": ["76", 0], "negative": ["77", 0],
+                     "latent_image": ["88", 0]}, "class_type": "KSampler"},
+}
+
+# image_qwen_image_edit_2511's graph: two images through TextEncodeQwenImageEditPlus on a 2511 model (its
+# timestep-zero reference method set explicitly, as the template does), cfg 4
+EDIT_2511 = "qwen_image_edit_2511_fp8mixed.safetensors"
+EDIT_PLUS: dict[str, Any] = {
+    **{k: v for k, v in EDIT.items() if k in ("38", "39", "8", "60", "88")},
+    "37": {"inputs": {"unet_name": EDIT_2511, "weight_dtype": "default"}, "class_type": "UNETLoader"},
+    "66": {"inputs": {"shift": 3.1, "model": ["37", 0]}, "class_type": "ModelSamplingAuraFlow"},
+    "75": {"inputs": {"strength": 1.0, "model": ["66", 0]}, "class_type": "CFGNorm"},
+    "78": {"inputs": {"image": "edit_input.png"}, "class_type": "LoadImage"},
+    "83": {"inputs": {"image": "edit_texture.png"}, "class_type": "LoadImage"},
+    "151": {"inputs": {"prompt": "Change the leather in image 1 to the fur in image 2", "clip": ["38", 0],
+                       "vae": ["39", 0], "image1": ["78", 0], "image2": ["83", 0]},
+            "class_type": "TextEncodeQwenImageEditPlus"},
+    "149": {"inputs": {"prompt": "", "clip": ["38", 0], "vae": ["39", 0], "image1": ["78", 0], "image2": ["83", 0]},
+            "class_type": "TextEncodeQwenImageEditPlus"},
+    "148": {"inputs": {"conditioning": ["151", 0], "reference_latents_method": "index_timestep_zero"},
+            "class_type": "FluxKontextMultiReferenceLatentMethod"},
+    "147": {"inputs": {"conditioning": ["149", 0], "reference_latents_method": "index_timestep_zero"},
+            "class_type": "FluxKontextMultiReferenceLatentMethod"},
+    "3": {"inputs": {"seed": 677909188488042, "steps": 2, "cfg": 4.0, "sampler_name": "euler", "scheduler": "simple",
+                     "denoise": 1, "model": ["75", 0], "positive": ["148", 0], "negative": ["147", 0],
                      "latent_image": ["88", 0]}, "class_type": "KSampler"},
 }
 
 
 @pytest.fixture(scope="module")
-def edit_input(mesh: Mesh) -> str:
+def edit_inputs(mesh: Mesh) -> list[str]:
     rng = np.random.default_rng(7)
-    pixels = (rng.random((64, 48, 3)) * 255).astype(np.uint8)
-    Image.fromarray(pixels).save(mesh.home / "input" / "edit_input.png")
-    return "edit_input.png"
+    names = ["edit_input.png", "edit_texture.png", "edit_other.png"]
+    for name in names:
+        Image.fromarray((rng.random((64, 48, 3)) * 255).astype(np.uint8)).save(mesh.home / "input" / name)
+    tiny_qwen_image.make_tiny_qwen_image(mesh.home / "models", seed=3, variant="2511", name=EDIT_2511)
+    return names
 
 
-def test_edit_graph_with_reference_latents_runs_and_reruns_identically(mesh: Mesh, edit_input: str) -> None:
+def test_edit_graph_runs_and_reruns_identically(mesh: Mesh, edit_inputs: list[str]) -> None:
     first = run(mesh, EDIT)
     image = np.asarray(Image.open(io.BytesIO(first)))
     assert image.shape == (64, 48, 3)
     forget_cache(mesh)
     assert run(mesh, EDIT) == first
-    # the reference reaches the model: without it (and without CFGNorm) the image differs
-    plain = copy.deepcopy(EDIT)
-    plain["3"]["inputs"]["positive"], plain["3"]["inputs"]["negative"] = ["76", 0], ["77", 0]
-    assert run(mesh, plain) != first
-    no_norm = copy.deepcopy(EDIT)
-    no_norm["3"]["inputs"]["model"] = ["66", 0]
-    assert run(mesh, no_norm) != first
+    # the encoders' image reaches the result (another picture in the encoders only)
+    other = copy.deepcopy(EDIT)
+    other["79"] = {"inputs": {"image": "edit_other.png"}, "class_type": "LoadImage"}
+    other["76"]["inputs"]["image"] = other["77"]["inputs"]["image"] = ["79", 0]
+    assert run(mesh, other) != first
+
+
+def test_edit_plus_with_two_images_on_2511(mesh: Mesh, edit_inputs: list[str]) -> None:
+    first = run(mesh, EDIT_PLUS)
+    assert np.asarray(Image.open(io.BytesIO(first))).shape == (64, 48, 3)
+    forget_cache(mesh)
+    assert run(mesh, EDIT_PLUS) == first
+    swapped = copy.deepcopy(EDIT_PLUS)
+    for node in ("151", "149"):
+        swapped[node]["inputs"]["image1"], swapped[node]["inputs"]["image2"] = ["83", 0], ["78", 0]
+    assert run(mesh, swapped) != first

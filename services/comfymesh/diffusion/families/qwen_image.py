@@ -351,11 +351,11 @@ class QwenImage:
     def load_text_encoders(self, clip_type: str, paths: list[Path], device: torch.device) -> dict[str, Any]:
         if len(paths) != 1:
             raise ModelError(f"CLIP type {clip_type!r} takes one text encoder file (qwen_2.5_vl_7b), got {len(paths)}")
-        return {"qwen25_7b": load_qwen25_file(TensorSource(paths[0]), device)}
+        return load_qwen25_file(TensorSource(paths[0]), device)
 
     def encode(self, text: str, encoders: dict[str, Any], clip: ModelHandle) -> Conditioning:
         # the user turn's last hidden states; ComfyUI applies no prompt weights and passes no pooled output
-        return [[encode_qwen25(encoders["qwen25_7b"], text), {}]]
+        return [[encode_qwen25(encoders, text), {}]]
 
     def model_sampling(self, record: dict[str, Any], sm: SamplingModel) -> SamplingModel:
         if record["kind"] == "flux":  # ComfyUI's Qwen-Image is a FLUX-type model: the node's μ replaces 1.15

@@ -1,7 +1,7 @@
 """A tiny random-weight Qwen-Image set in ComfyUI's file layouts, under the official templates' file names: the
 diffusion model (`qwen_image_fp8_e4m3fn.safetensors`, ComfyUI's `transformer_blocks.N.img_mod` keys), the
 Qwen2.5-VL text encoder (`qwen_2.5_vl_7b_fp8_scaled.safetensors`, Hugging Face keys, Qwen2.5-VL's full
-152 064-entry vocabulary so real token ids fit) and the Qwen-Image VAE (`qwen_image_vae.safetensors`, the Wan 2.1
+152 064-entry vocabulary so real token ids fit, and its `visual.` tower) and the Qwen-Image VAE (`qwen_image_vae.safetensors`, the Wan 2.1
 VAE's keys: `encoder.downsamples.N.residual`, `decoder.upsamples.N`, `conv1`/`conv2`).
 
 The loaders know these files only by keys and shapes. Usage:
@@ -80,6 +80,28 @@ def qwen25_vl_text_shapes(width: int = 32, layers: int = 2, heads: int = 2, kv_h
             p + "mlp.gate_proj.weight": (intermediate, width), p + "mlp.up_proj.weight": (intermediate, width),
             p + "mlp.down_proj.weight": (width, intermediate),
             p + "input_layernorm.weight": (width,), p + "post_attention_layernorm.weight": (width,),
+        })
+    return s
+
+
+def qwen25_vl_vision_shapes(width: int = 64, depth: int = 2, intermediate: int = 48,
+                            out_width: int = 32) -> dict[str, tuple[int, ...]]:
+    """Qwen2.5-VL's vision tower (`visual.`, 2×14×14 patches, 2×2 merger into the language model's width) in the
+    Hugging Face layout; 16 heads, as ComfyUI fixes them, so the width is a multiple of 64."""
+    s: dict[str, tuple[int, ...]] = {
+        "visual.patch_embed.proj.weight": (width, 3, 2, 14, 14), "visual.merger.ln_q.weight": (width,),
+        "visual.merger.mlp.0.weight": (4 * width, 4 * width), "visual.merger.mlp.0.bias": (4 * width,),
+        "visual.merger.mlp.2.weight": (out_width, 4 * width), "visual.merger.mlp.2.bias": (out_width,),
+    }
+    for i in range(depth):
+        p = f"visual.blocks.{i}."
+        s.update({
+            p + "norm1.weight": (width,), p + "norm2.weight": (width,),
+            p + "attn.qkv.weight": (3 * width, width), p + "attn.qkv.bias": (3 * width,),
+            p + "attn.proj.weight": (width, width), p + "attn.proj.bias": (width,),
+            p + "mlp.gate_proj.weight": (intermediate, width), p + "mlp.gate_proj.bias": (intermediate,),
+            p + "mlp.up_proj.weight": (intermediate, width), p + "mlp.up_proj.bias": (intermediate,),
+            p + "mlp.down_proj.weight": (width, intermediate), p + "mlp.down_proj.bias": (width,),
         })
     return s
 
@@ -173,7 +195,7 @@ def make_tiny_qwen_image(models: str | Path, seed: int = 0, dtype: torch.dtype =
     root = Path(models)
     files = {
         "diffusion_models": (name, qwen_image_shapes(variant=variant)),
-        "text_encoders": (TEXT_ENCODER, qwen25_vl_text_shapes()),
+        "text_encoders": (TEXT_ENCODER, qwen25_vl_text_shapes() | qwen25_vl_vision_shapes()),
         "vae": (VAE, wan21_vae_shapes()),
     }
     paths = {}

@@ -1,6 +1,7 @@
 """Qwen-Image's nodes (comfy_extras.nodes_qwen, V3 declarations): the edit text encoders, which put the prompt in
-Qwen-Image Edit's chat template and give each input image, scaled to about a megapixel, to the VAE as a reference
-latent; and the Layered variant's empty latent, one frame per layer plus the composite."""
+Qwen-Image Edit's chat template with each input image read by Qwen2.5-VL's vision encoder, and give each image,
+scaled to about a megapixel, to the VAE as a reference latent; and the Layered variant's empty latent, one frame
+per layer plus the composite."""
 
 from __future__ import annotations
 
@@ -14,10 +15,12 @@ from comfymesh.catalog.schema import MAX_RESOLUTION, Int, Link, Output, String
 from comfymesh.contracts.errors import NodeInputError
 from comfymesh.contracts.handles import HandleKind, ModelHandle
 from comfymesh.diffusion.families import qwen_image
+from comfymesh.diffusion.models import wan_vae
 from comfymesh.diffusion.nodes.failures import node
 from comfymesh.diffusion.nodes.handles import checkpoint_of, expect_handle
 from comfymesh.diffusion.nodes.registry import nodes
-from comfymesh.diffusion.text.qwen25_vl import EDIT_PLUS_TEMPLATE, encode_qwen25
+from comfymesh.diffusion.nodes.vae import vae_of
+from comfymesh.diffusion.text.qwen25_vl import EDIT_PLUS_TEMPLATE, IMAGES_TEMPLATE, encode_qwen25
 from comfymesh.stage.node import NodeContext
 
 MODULE = "comfy_extras.nodes_qwen"
@@ -34,12 +37,12 @@ def _v3(name: str, inputs: list[Any], outputs: list[Output], *, category: str = 
                         output_matchtypes=None, output_tooltips=[None])
 
 
-def _encoder(ctx: NodeContext, clip: ModelHandle) -> Any:
+def _encoders(ctx: NodeContext, clip: ModelHandle) -> dict[str, Any]:
     ckpt = checkpoint_of(ctx, expect_handle(ctx, clip, HandleKind.CLIP))
     if ckpt.family != qwen_image.NAME:
         raise NodeInputError(f"this node needs Qwen-Image's text encoder (CLIPLoader type 'qwen_image'), got a "
                              f"{ckpt.family} CLIP", node_id=ctx.node_id)
-    return ckpt.parts.clips["qwen25_7b"]
+    return ckpt.parts.clips
 
 
 def scaled(image: torch.Tensor, pixels: int, multiple: float = 1.0) -> torch.Tensor:
@@ -52,10 +55,16 @@ def scaled(image: torch.Tensor, pixels: int, multiple: float = 1.0) -> torch.Ten
     return F.interpolate(samples, size=(int(height), int(width)), mode="area").movedim(1, -1)
 
 
-def _no_vision(ctx: NodeContext) -> NodeInputError:
-    return NodeInputError("Qwen-Image Edit's image inputs go through Qwen2.5-VL's vision encoder, which this stage "
-                          "does not run yet (issue 16): leave the image inputs empty and give the image as a "
-                          "ReferenceLatent (VAEEncode) instead", node_id=ctx.node_id)
+def _reference(ctx: NodeContext, vae: ModelHandle, image: torch.Tensor) -> torch.Tensor:
+    module = vae_of(ctx, vae)[0]
+    if not wan_vae.is_wan_vae(module):
+        raise NodeInputError("the edit encoder's VAE must be Qwen-Image's (qwen_image_vae)", node_id=ctx.node_id)
+    return wan_vae.encode(module, image[..., :3])
+
+
+def _with_references(conditioning: Conditioning, refs: list[torch.Tensor]) -> Conditioning:
+    # conditioning_set_values(append=True): each entry's reference list extended
+    return [[c, {**e, "reference_latents": [*e.get("reference_latents", []), *refs]}] for c, e in conditioning]
 
 
 @_v3("TextEncodeQwenImageEdit", inputs=[
@@ -65,10 +74,15 @@ def _no_vision(ctx: NodeContext) -> NodeInputError:
 @node
 def text_encode_qwen_image_edit(ctx: NodeContext, clip: ModelHandle, prompt: str, vae: ModelHandle | None = None,
                                 image: Any = None) -> tuple[Conditioning]:
-    encoder = _encoder(ctx, clip)
-    if image is not None:
-        raise _no_vision(ctx)
-    return ([[encode_qwen25(encoder, prompt), {}]],)
+    # one image, scaled to about a megapixel, both for the vision encoder and (with a VAE) as the reference
+    encoders = _encoders(ctx, clip)
+    if image is None:
+        return ([[encode_qwen25(encoders, prompt), {}]],)
+    picture = scaled(torch.as_tensor(image), REFERENCE_PIXELS)[..., :3]
+    conditioning = [[encode_qwen25(encoders, prompt, IMAGES_TEMPLATE, [picture]), {}]]
+    if vae is not None:
+        conditioning = _with_references(conditioning, [_reference(ctx, vae, picture)])
+    return (conditioning,)
 
 
 @_v3("TextEncodeQwenImageEditPlus", inputs=[
@@ -80,11 +94,16 @@ def text_encode_qwen_image_edit(ctx: NodeContext, clip: ModelHandle, prompt: str
 def text_encode_qwen_image_edit_plus(ctx: NodeContext, clip: ModelHandle, prompt: str,
                                      vae: ModelHandle | None = None, image1: Any = None, image2: Any = None,
                                      image3: Any = None) -> tuple[Conditioning]:
-    encoder = _encoder(ctx, clip)
+    # each image: about 384² for the vision encoder behind "Picture N:", about a megapixel in multiples of 8 as a
+    # reference latent (with a VAE)
+    encoders = _encoders(ctx, clip)
     images = [torch.as_tensor(i) for i in (image1, image2, image3) if i is not None]
-    if images:
-        raise _no_vision(ctx)
-    return ([[encode_qwen25(encoder, prompt, EDIT_PLUS_TEMPLATE), {}]],)
+    pictures = [scaled(image, VISION_PIXELS) for image in images]
+    refs = [] if vae is None else [_reference(ctx, vae, scaled(image, REFERENCE_PIXELS, 8.0)) for image in images]
+    lead = "".join(f"Picture {i + 1}: <|vision_start|><|image_pad|><|vision_end|>"
+                   for i, image in enumerate((image1, image2, image3)) if image is not None)
+    conditioning = [[encode_qwen25(encoders, lead + prompt, EDIT_PLUS_TEMPLATE, pictures), {}]]
+    return (_with_references(conditioning, refs) if refs else conditioning,)
 
 
 @_v3("EmptyQwenImageLayeredLatentImage", category="latent/qwen", display_name="Empty Qwen Image Layered Latent",

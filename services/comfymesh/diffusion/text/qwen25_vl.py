@@ -4,14 +4,18 @@ text encoder does.
 
 The prompt goes inside ComfyUI's Qwen-Image chat template (a system message asking to describe the image), is
 tokenized whole with no padding, and the last hidden state (after the final norm) is kept from the user turn on:
-the tokens up to the second `<|im_start|>` and its `user\\n` are dropped (34 for the text-only template). Text
-without images has the same position on all three of Qwen2.5-VL's M-RoPE axes, which is plain 1-D RoPE, so the
-language model is built as transformers' Qwen2Model. A prompt that already starts with `<|im_start|>` is taken
-as its own template, as ComfyUI takes it.
+the tokens up to the second `<|im_start|>` and its `user\\n` are dropped (34 for the text-only template). A prompt
+that already starts with `<|im_start|>` is taken as its own template, as ComfyUI takes it.
+
+Images (the edit encoders') replace the template's `<|image_pad|>` tokens with the vision encoder's embeddings
+(text.qwen25_vision), and the language model (transformers' Qwen2_5_VLTextModel) gets ComfyUI's M-RoPE positions:
+text counts on, an image's tokens share one time position and count their merge grid's rows and columns from
+where the image starts, and the text after it resumes past the image's longer side.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -20,19 +24,26 @@ import torch
 
 from comfymesh.contracts.errors import ModelError
 from comfymesh.diffusion.models.tensor_source import TensorSource
+from comfymesh.diffusion.text import qwen25_vision
 from comfymesh.diffusion.text.qwen_tokenizer import qwen_token_ids
 
 PREFIXES = ("model.", "")
 TEMPLATE = ("<|im_start|>system\nDescribe the image by detailing the color, shape, size, texture, quantity, text, "
             "spatial relationships of the objects and background:<|im_end|>\n<|im_start|>user\n{}<|im_end|>\n"
             "<|im_start|>assistant\n")
+# the template ComfyUI's tokenizer takes when images come without a template of their own (TextEncodeQwenImageEdit)
+IMAGES_TEMPLATE = ("<|im_start|>system\nDescribe the key features of the input image (color, shape, size, texture, "
+                   "objects, background), then explain how the user's text instruction should alter or modify the "
+                   "image. Generate a new image that meets the user's requirements while maintaining consistency with "
+                   "the original input where appropriate.<|im_end|>\n<|im_start|>user\n<|vision_start|><|image_pad|>"
+                   "<|vision_end|>{}<|im_end|>\n<|im_start|>assistant\n")
 # TextEncodeQwenImageEditPlus's template (images, when given, come as "Picture N: <|vision_start|>…" before the prompt)
 EDIT_PLUS_TEMPLATE = ("<|im_start|>system\nDescribe the key features of the input image (color, shape, size, texture, "
                       "objects, background), then explain how the user's text instruction should alter or modify the "
                       "image. Generate a new image that meets the user's requirements while maintaining consistency "
                       "with the original input where appropriate.<|im_end|>\n<|im_start|>user\n{}<|im_end|>\n"
                       "<|im_start|>assistant\n")
-IM_START, USER, NEWLINE = 151_644, 872, 198
+IM_START, USER, NEWLINE, IMAGE_PAD = 151_644, 872, 198, 151_655
 ROPE_THETA = 1_000_000.0
 RMS_EPS = 1e-6
 
@@ -79,27 +90,33 @@ def _head_dim(q_rows: int, kv_rows: int) -> int:
     return next(d for d in range(min(128, kv_rows), 0, -1) if q_rows % d == 0 and kv_rows % d == 0)
 
 
-def qwen25_config(layout: Qwen25Layout) -> Any:
-    from transformers import Qwen2Config
+def mrope_sections(head_dim: int) -> list[int]:
+    """Qwen2.5-VL's (time, row, column) split of a head's rotary pairs: 16/24/24 of 64, kept in proportion."""
+    return [head_dim // 8, head_dim * 3 // 16, head_dim * 3 // 16]
 
-    sizes: dict[str, Any] = {"head_dim": layout.head_dim}  # Qwen2Config takes it through its extra kwargs
-    return Qwen2Config(
+
+def qwen25_config(layout: Qwen25Layout) -> Any:
+    from transformers import Qwen2_5_VLTextConfig
+
+    sizes: dict[str, Any] = {"head_dim": layout.head_dim}  # the config takes it through its extra kwargs
+    return Qwen2_5_VLTextConfig(
         **sizes, vocab_size=layout.vocab, hidden_size=layout.width, intermediate_size=layout.intermediate,
         num_hidden_layers=layout.layers, num_attention_heads=layout.heads, num_key_value_heads=layout.kv_heads,
-        rope_parameters={"rope_type": "default", "rope_theta": ROPE_THETA},
-        rms_norm_eps=RMS_EPS, max_position_embeddings=128_000, tie_word_embeddings=False,
+        rope_parameters={"rope_type": "default", "rope_theta": ROPE_THETA,
+                         "mrope_section": mrope_sections(layout.head_dim)},
+        rms_norm_eps=RMS_EPS, max_position_embeddings=128_000,
     )
 
 
 def build_qwen25(src: TensorSource, layout: Qwen25Layout, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
-    """transformers' Qwen2Model with the file's language-model weights (the vision tower and lm_head are left)."""
-    from transformers import Qwen2Model
+    """transformers' Qwen2_5_VLTextModel with the file's language-model weights (not the vision tower or lm_head)."""
+    from transformers import Qwen2_5_VLTextModel
 
     p = layout.prefix
     state = {k[len(p):]: v.to(device=device, dtype=dtype) for k, v in src.with_prefix(p).items()
              if not k.startswith(("lm_head.", "visual."))}
     with torch.device("meta"):
-        model = Qwen2Model(qwen25_config(layout))
+        model: Any = Qwen2_5_VLTextModel(qwen25_config(layout))
     result = model.load_state_dict(state, strict=False, assign=True)
     # rotary inverse frequencies are computed buffers, not weights: make them again on the real device
     missing = [k for k in result.missing_keys if not k.startswith("rotary_emb.")]
@@ -108,19 +125,28 @@ def build_qwen25(src: TensorSource, layout: Qwen25Layout, device: torch.device, 
                          f"(missing {missing[:4]}, unexpected {result.unexpected_keys[:4]})")
     with torch.device(device):
         model.rotary_emb = type(model.rotary_emb)(config=model.config)
-    return model.eval().requires_grad_(False)
+    module: torch.nn.Module = model.eval().requires_grad_(False)
+    return module
 
 
-def load_qwen25_file(src: TensorSource, device: torch.device) -> torch.nn.Module:
-    """The encoder of a CLIPLoader `qwen_image` file (bf16 on a GPU, float32 on the CPU, as ComfyUI computes it);
-    ModelError when the file holds something else."""
+TEXT, VISION = "qwen25_7b", "qwen25_7b_vision"  # the CLIP's encoder roles
+
+
+def load_qwen25_file(src: TensorSource, device: torch.device) -> dict[str, torch.nn.Module]:
+    """The encoders of a CLIPLoader `qwen_image` file (bf16 on a GPU, float32 on the CPU, as ComfyUI computes
+    them): the language model, and the vision tower when the file has one; ModelError when it holds something
+    else."""
     layout = parse_qwen25(src)
     if layout is None:
         raise ModelError(f"{src.path.name} is not a Qwen2.5-VL text encoder (CLIP type 'qwen_image' takes "
                          "qwen_2.5_vl_7b)")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     try:
-        return build_qwen25(src, layout, device, dtype)
+        encoders = {TEXT: build_qwen25(src, layout, device, dtype)}
+        vision = qwen25_vision.parse_vision(src)
+        if vision is not None:
+            encoders[VISION] = qwen25_vision.build_vision(src, vision, device, dtype)
+        return encoders
     except ModelError:
         raise
     except Exception as exc:
@@ -143,13 +169,55 @@ def template_end(ids: list[int]) -> int:
     return end
 
 
-def encode_qwen25(model: Any, text: str, template: str = TEMPLATE) -> torch.Tensor:
-    """Text features [1, T, D] (float32, CPU) of one prompt in `template`, from the user turn on."""
+def mrope_positions(length: int, spans: list[tuple[int, int, int, int]]) -> torch.Tensor:
+    """ComfyUI's M-RoPE positions [3, length] of a sequence whose images sit at `spans` (start, tokens, grid rows,
+    grid columns in patches): text counts up; an image's tokens take its start (plus the shift of earlier images)
+    as time and count their merge cells' rows and columns from it; the text after resumes at start + half the
+    grid's longer side."""
+    pos = torch.arange(length, dtype=torch.float32).expand(3, -1).clone()
+    offset = 0
+    for start, size, rows, cols in spans:
+        end = start + size
+        longer = max(1, rows, cols) // 2
+        resume = start + longer + offset
+        pos[:, end:] = torch.arange(resume, resume + length - end, dtype=torch.float32)
+        i = torch.arange(size)
+        pos[0, start:end] = start + offset
+        pos[1, start:end] = (start + offset + i // math.ceil(size / (rows // 2))).float()
+        pos[2, start:end] = (start + offset + i % (cols // 2)).float()
+        offset += longer - size
+    return pos
+
+
+def encode_qwen25(encoders: dict[str, Any], text: str, template: str = TEMPLATE,
+                  images: list[torch.Tensor] | None = None) -> torch.Tensor:
+    """Text features [1, T, D] (float32, CPU) of one prompt in `template`, from the user turn on; each IMAGE in
+    `images` takes the place of the next `<|image_pad|>` token (ComfyUI ignores images beyond the pads)."""
+    model = encoders[TEXT]
     ids = prompt_ids(text, template)
     vocab = int(model.get_input_embeddings().weight.shape[0])
     if max(ids) >= vocab:
         raise ModelError(f"the prompt has token id {max(ids)} but the text encoder's vocabulary has {vocab} entries")
+    pads = [i for i, t in enumerate(ids) if t == IMAGE_PAD][:len(images or [])]
+    if pads and VISION not in encoders:
+        raise ModelError("the text encoder file has no vision tower (visual.*), which image inputs need")
     device = next(model.parameters()).device
     with torch.no_grad():
-        hidden: torch.Tensor = model(input_ids=torch.tensor([ids], device=device)).last_hidden_state
+        tokens = model.get_input_embeddings()(torch.tensor(ids, device=device)).float()
+        pieces, spans, last, at = [], [], 0, 0
+        for pad, image in zip(pads, images or [], strict=False):
+            embeds, grid = qwen25_vision.encode_image(encoders[VISION], image)
+            pieces += [tokens[last:pad], embeds.to(device)]
+            at += pad - last
+            spans.append((at, embeds.shape[0], int(grid[0, 1]), int(grid[0, 2])))
+            at += embeds.shape[0]
+            last = pad + 1
+        pieces.append(tokens[last:])
+        sequence = torch.cat(pieces)
+        positions = mrope_positions(sequence.shape[0], spans).to(device)
+        param = next(model.parameters())
+        # an explicit mask: positions that repeat (an image's) must not read as packed sequences
+        hidden: torch.Tensor = model(inputs_embeds=sequence[None].to(param.dtype), position_ids=positions[:, None],
+                                     attention_mask=torch.ones(1, sequence.shape[0], device=device,
+                                                               dtype=torch.long)).last_hidden_state
     return hidden[:, template_end(ids):].float().cpu()
