@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.mesh import SHARED, Mesh
+from tests.mesh import REPO, SHARED, Mesh
 
 HANGING = "ImageCrop"  # the node class this module's mesh hangs until cancelled (COMFYMESH_TEST_HANG_NODES)
 
@@ -59,7 +59,7 @@ def test_ambiguous_and_unknown_overrides_are_refused_with_a_way_out(mesh: Mesh) 
     unknown = cli(mesh, "run", "comfymesh-imaging", "--set", "nope=1")
     assert unknown.returncode == 2 and "no node has a value input named 'nope'" in unknown.stderr
     missing = cli(mesh, "run", "no-such-template")
-    assert missing.returncode == 2 and "no template of that name" in missing.stderr
+    assert missing.returncode == 2 and "no saved workflow or template of that name" in missing.stderr
 
 
 def test_a_refused_workflow_reads_as_sentences(mesh: Mesh, tmp_path: Path) -> None:
@@ -136,7 +136,32 @@ def test_status_and_the_default_url_from_the_servers_settings(mesh: Mesh) -> Non
     assert down.returncode == 1 and "cannot reach comfymesh at http://127.0.0.1:9" in down.stderr
 
 
-@pytest.mark.parametrize("command", [[], ["run"], ["status"], ["jobs"], ["cancel"], ["logs"], ["up"]])
+def test_save_list_and_run_a_workflow(mesh: Mesh, tmp_path: Path) -> None:
+    template = REPO / "ui" / "templates" / "comfymesh-imaging.json"
+    saved = cli(mesh, "workflows", "add", "cli-imaging", str(template), "--input", "2.width", "--input",
+                "2.height", "--input", "1.image=photo", "--description", "scale and filter a photo")
+    assert saved.returncode == 0, saved.stderr
+    assert "width (integer" in saved.stderr and "photo (image" in saved.stderr
+    listed = cli(mesh, "workflows", "list")
+    assert "cli-imaging" in listed.stdout and "scale and filter a photo" in listed.stdout
+    ran = cli(mesh, "workflows", "run", "cli-imaging", "--set", "width=80", "--set", "height=40",
+              "--image", f"photo={SHARED / 'data' / 'coffee.png'}", "--out", str(tmp_path))
+    assert ran.returncode == 0, ran.stderr
+    [image] = list(tmp_path.glob("*.png"))
+    assert Image.open(image).size == (80, 40)
+    # `run NAME` takes a saved workflow's prompt too, with run's own --set
+    again = cli(mesh, "run", "cli-imaging", "--set", "2.width=24", "--set", "6.filename_prefix=again",
+                "--image", f"1={SHARED / 'data' / 'coffee.png'}", "--out", str(tmp_path))
+    assert again.returncode == 0, again.stderr
+    assert Image.open(next(tmp_path.glob("again_*.png"))).size[0] == 24
+    refused = cli(mesh, "workflows", "run", "cli-imaging", "--set", "width=-5")
+    assert refused.returncode == 1 and "invalid_request" in refused.stderr, refused.stderr
+    assert "width" in refused.stderr and no_json(refused.stderr)
+
+
+@pytest.mark.parametrize("command", [[], ["run"], ["status"], ["jobs"], ["cancel"], ["logs"], ["up"], ["demo"],
+                                     ["models"], ["models", "list"], ["models", "pull"], ["workflows"],
+                                     ["workflows", "list"], ["workflows", "add"], ["workflows", "run"]])
 def test_every_command_has_help(command: list[str]) -> None:
     result = cli(None, *command, "--help")
     assert result.returncode == 0 and "Usage" in result.stdout, result.stderr

@@ -4,14 +4,17 @@ node's name, and the sampler's steps while it samples."""
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterator
-from typing import Any
+from pathlib import Path
+from typing import Any, NoReturn
 
 import httpx
+import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
-from comfymesh.cli.gateway import GatewayError, describe, unreachable
+from comfymesh.cli.gateway import GatewayError, call, describe, unreachable
 from comfymesh.contracts.events import TERMINAL_EVENTS, EventType
 
 
@@ -64,3 +67,43 @@ def follow(http: httpx.Client, job_id: str, nodes: dict[str, str], console: Cons
                 progress.update(bar, description=f"job {job_id[:8]}: {kind}")
                 return kind
     return "unknown"
+
+
+def watch_and_save(http: httpx.Client, job_id: str, out: Path, cancel_on_exit: bool, console: Console) -> None:
+    """Follow a submitted job with a progress bar, then save its images in `out`; Ctrl+C asks whether to cancel
+    it (cancels it with `cancel_on_exit`). A job that does not complete raises GatewayError."""
+    nodes = {n["node_id"]: n["class_type"] for n in call(http, "GET", f"/v1/jobs/{job_id}").json()["nodes"]}
+    try:
+        status = follow(http, job_id, nodes, console)
+    except KeyboardInterrupt:
+        _interrupted(http, job_id, cancel_on_exit, console)
+    job = call(http, "GET", f"/v1/jobs/{job_id}").json()
+    if status != EventType.COMPLETED:
+        error = job.get("error") or {}
+        where = f"node {error.get('node_id')} ({error.get('node_type')})" if error.get("node_id") else "the job"
+        raise GatewayError([f"job {job_id} {job['status']} at {where}: {error.get('message', '')}",
+                            f"`comfymesh logs {job_id}` shows its events"])
+    out.mkdir(parents=True, exist_ok=True)
+    for index, picture in enumerate(job["images"]):
+        target = out / Path(picture["filename"]).name
+        target.write_bytes(call(http, "GET", f"/v1/jobs/{job_id}/output", params={"index": index}).content)
+        console.print(f"saved {target}")
+    if not job["images"]:
+        console.print(f"job {job_id} completed with no images")
+
+
+def _interrupted(http: httpx.Client, job_id: str, cancel_on_exit: bool, console: Console) -> NoReturn:
+    """Ctrl+C while following: cancel the job when told to, or when the user says so; otherwise leave it."""
+    console.print()
+    ask = not cancel_on_exit and sys.stdin.isatty()
+    try:
+        stop = cancel_on_exit or (ask and typer.confirm(f"cancel job {job_id}?", default=True))
+    except (KeyboardInterrupt, typer.Abort):
+        stop = True  # a second Ctrl+C at the question: yes
+    if stop:
+        job = call(http, "POST", f"/v1/jobs/{job_id}/cancel").json()
+        console.print(f"job {job_id}: {job['status']}")
+    else:
+        console.print(f"job {job_id} goes on running: `comfymesh status {job_id}` follows it, "
+                      f"`comfymesh cancel {job_id}` stops it")
+    raise typer.Exit(130)

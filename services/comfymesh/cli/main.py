@@ -1,5 +1,6 @@
 """`comfymesh`: `up` starts the whole mesh locally, `run` runs a workflow, `status`/`jobs`/`cancel`/`logs` watch
-jobs, `models` lists and pulls model files, `demo` writes tiny models for the shipped templates."""
+jobs, `models` lists and pulls model files, `workflows` saves and runs typed workflows, `demo` writes tiny models
+for the shipped templates."""
 
 from __future__ import annotations
 
@@ -16,11 +17,10 @@ import httpx
 import typer
 from rich.console import Console
 
-from comfymesh.cli import demo, follow, gateway, jobs, models, prompt_edit
+from comfymesh.cli import demo, follow, gateway, jobs, models, prompt_edit, workflows
 from comfymesh.cli.supervisor import ServiceSpec, Supervisor, ignore_stop_signals, interrupt_on_stop_signals
 from comfymesh.config import get_settings
 from comfymesh.config.process_env import child_environment
-from comfymesh.contracts.events import EventType
 
 app = typer.Typer(help="comfymesh: run ComfyUI workflows on a gRPC service mesh.", no_args_is_help=True,
                   add_completion=False)
@@ -145,27 +145,8 @@ def run(
             prompt_edit.apply_set(prompt, assignment)
         for argument in image or []:
             prompt_edit.attach_image(http, prompt, argument)
-        accepted = _submit(http, prompt)
-        job_id = accepted["job_id"]
-        nodes = {n["node_id"]: n["class_type"] for n in gateway.call(http, "GET", f"/v1/jobs/{job_id}").json()["nodes"]}
-        try:
-            status = follow.follow(http, job_id, nodes or {k: v["class_type"] for k, v in prompt.items()}, console)
-        except KeyboardInterrupt:
-            _interrupted(http, job_id, cancel_on_exit)
-            return
-        job = gateway.call(http, "GET", f"/v1/jobs/{job_id}").json()
-        if status != EventType.COMPLETED:
-            error = job.get("error") or {}
-            where = f"node {error.get('node_id')} ({error.get('node_type')})" if error.get("node_id") else "the job"
-            raise gateway.GatewayError([f"job {job_id} {job['status']} at {where}: {error.get('message', '')}",
-                                        f"`comfymesh logs {job_id}` shows its events"])
-        out.mkdir(parents=True, exist_ok=True)
-        for index, picture in enumerate(job["images"]):
-            target = out / Path(picture["filename"]).name
-            target.write_bytes(gateway.call(http, "GET", f"/v1/jobs/{job_id}/output", params={"index": index}).content)
-            console.print(f"saved {target}")
-        if not job["images"]:
-            console.print(f"job {job_id} completed with no images")
+        job_id = _submit(http, prompt)["job_id"]
+        follow.watch_and_save(http, job_id, out, cancel_on_exit, console)
 
 
 def _submit(http: httpx.Client, prompt: dict[str, Any]) -> dict[str, Any]:
@@ -176,24 +157,8 @@ def _submit(http: httpx.Client, prompt: dict[str, Any]) -> dict[str, Any]:
         raise
 
 
-def _interrupted(http: httpx.Client, job_id: str, cancel_on_exit: bool) -> None:
-    """Ctrl+C while following: cancel the job when told to, or when the user says so; otherwise leave it."""
-    console.print()
-    ask = not cancel_on_exit and sys.stdin.isatty()
-    try:
-        stop = cancel_on_exit or (ask and typer.confirm(f"cancel job {job_id}?", default=True))
-    except (KeyboardInterrupt, typer.Abort):
-        stop = True  # a second Ctrl+C at the question: yes
-    if stop:
-        job = gateway.call(http, "POST", f"/v1/jobs/{job_id}/cancel").json()
-        console.print(f"job {job_id}: {job['status']}")
-        raise typer.Exit(130)
-    console.print(f"job {job_id} goes on running: `comfymesh status {job_id}` follows it, "
-                  f"`comfymesh cancel {job_id}` stops it")
-    raise typer.Exit(130)
-
-
 app.add_typer(models.app, name="models")
+app.add_typer(workflows.app, name="workflows")
 app.command()(demo.demo)
 app.command()(jobs.status)
 app.command(name="jobs")(jobs.jobs)

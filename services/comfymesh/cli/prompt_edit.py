@@ -18,7 +18,7 @@ Prompt = dict[str, dict[str, Any]]
 
 
 def load_workflow(http: httpx.Client, source: str) -> Any:
-    """The JSON of a workflow file, or of the template named `source` that the gateway serves (ui/templates)."""
+    """The JSON of a workflow file, else of the saved workflow or the template (ui/templates) named `source`."""
     path = Path(source)
     if path.is_file():
         try:
@@ -28,10 +28,14 @@ def load_workflow(http: httpx.Client, source: str) -> Any:
                                2) from exc
     if path.suffix == ".json" or "/" in source:
         raise GatewayError([f"{source}: no such file"], 2)
+    saved = http.get(f"/v1/workflows/{source}")
+    if saved.status_code == 200:  # a saved workflow: its API-format prompt
+        return saved.json()["workflow"]
     response = http.get(f"/templates/{source}.json")
     if response.status_code != 200:
-        raise GatewayError([f"{source}: no such file, and the gateway has no template of that name",
-                            "give a workflow file, or a name from ui/templates/ (e.g. comfymesh-imaging)"], 2)
+        raise GatewayError([f"{source}: no such file, and the gateway has no saved workflow or template of that name",
+                            "give a workflow file, a saved workflow (`comfymesh workflows list`) or a template "
+                            "from ui/templates/ (e.g. comfymesh-imaging)"], 2)
     return response.json()
 
 
