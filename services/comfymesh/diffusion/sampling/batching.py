@@ -52,6 +52,7 @@ from comfymesh.diffusion.sampling.ksampler import (
     run_prepared,
 )
 from comfymesh.diffusion.sampling.noise import BrownianNoise, DefaultNoise
+from comfymesh.diffusion.sampling.samplers import CFG_PP_SAMPLERS
 from comfymesh.diffusion.sampling.samplers.base import SamplerEnv, SdeNoise, StepNoise
 from comfymesh.logs import log_fields
 
@@ -130,17 +131,22 @@ class _Block:
 class BatchedGuidedDenoiser:
     """GuidedDenoiser for stacked jobs: every job's negative and positive rows in one UNet call per eval."""
 
+    last_uncond: torch.Tensor | None = None
+
     def __init__(self, model: SamplingModel, members: Sequence[_Member], before_eval: Callable[[], None],
-                 pad: bool = False) -> None:
+                 pad: bool = False, keep_uncond: bool = False) -> None:
+        """`keep_uncond`: as GuidedDenoiser's (CFG++ samplers): negatives evaluated at cfg 1 too, and each
+        evaluation's unconditional rows kept in `last_uncond`."""
         self.model = model
         self.members = members
         self.before_eval = before_eval
         self.pad = pad
+        self.keep_uncond = keep_uncond
         self.blocks: list[_Block] = []
         self.skip_negative: list[bool] = []
         cfgs = []
         for j, m in enumerate(members):
-            skip = math.isclose(m.prep.cfg, 1.0)
+            skip = math.isclose(m.prep.cfg, 1.0) and not keep_uncond
             self.skip_negative.append(skip)
             sides = [("pos", m.prep.positive)] if skip else [("neg", m.prep.negative), ("pos", m.prep.positive)]
             for side, entries in sides:
@@ -191,6 +197,8 @@ class BatchedGuidedDenoiser:
             poss.append(pos)
             negs.append(neg)
         neg_all, pos_all = torch.cat(negs), torch.cat(poss)
+        if self.keep_uncond:
+            self.last_uncond = neg_all
         return neg_all + (pos_all - neg_all) * self.cfg
 
 
@@ -241,13 +249,15 @@ def run_batch(members: Sequence[_Member], pad: bool = False) -> None:
     try:
         with torch.no_grad():
             denoiser: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = BatchedGuidedDenoiser(
-                model, members, check_all, pad)
+                model, members, check_all, pad, keep_uncond=first.sampler_name in CFG_PP_SAMPLERS)
             if first.mask is not None:
                 denoiser = MaskedDenoiser(denoiser, torch.cat([m.prep.mask for m in members if m.prep.mask is not None]),
                                           torch.cat([m.prep.scaled for m in members]),
                                           torch.cat([m.prep.noise for m in members]), mask_fn(first))
             x = torch.cat([m.prep.x for m in members])
-            out = first.sampler(denoiser, x, first.sigmas, _BatchEnv(seed=first.seed, callback=step, members=members))
+            env = _BatchEnv(seed=first.seed, callback=step, members=members, flow=model.prediction == "flow",
+                            model_sampling=model.sampling)
+            out = first.sampler(denoiser, x, first.sigmas, env)
             for m in members:
                 if m.alive:
                     m.alive = False

@@ -139,10 +139,14 @@ class DualCFGDenoiser(GuidedDenoiser):
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         if self.before_eval is not None:
             self.before_eval()
-        skip_negative = not self.nested and math.isclose(self.cfg2, 1.0)
+        skip_negative = not self.nested and not self.keep_uncond and math.isclose(self.cfg2, 1.0)
         skip_middle = skip_negative and math.isclose(self.cfg, 1.0)
         groups = [[] if skip_negative else self.negative, [] if skip_middle else self.middle, self.positive]
         n, m, p = self._predict(x, sigma, groups)
         if self.nested:
+            if self.keep_uncond:  # ComfyUI's inner cfg_function has cond2 as its unconditional side
+                self.last_uncond = m
             return n + self.cfg2 * (m + (p - m) * self.cfg - n)
+        if self.keep_uncond:
+            self.last_uncond = n
         return n + (m - n) * self.cfg2 + (p - m) * self.cfg

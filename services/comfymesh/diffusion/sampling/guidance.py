@@ -67,6 +67,10 @@ class GuidedDenoiser:
     `post_cfg` (a model patch such as CFGNorm) then rewrites the guided prediction."""
 
     post_cfg: tuple[PostCfg, ...] = ()
+    # the CFG++ samplers' wish (ComfyUI's post-CFG capture with disable_cfg1_optimization): evaluate the
+    # negative even at cfg 1 and keep each evaluation's unconditional x0 in `last_uncond` (0 with no negative)
+    keep_uncond: bool = False
+    last_uncond: torch.Tensor | None = None
 
     def __init__(self, unet: UNetFn, sampling: ModelSampling, prediction: str, positive: list[CondEntry],
                  negative: list[CondEntry], cfg: float, dtype: torch.dtype,
@@ -149,10 +153,12 @@ class GuidedDenoiser:
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         if self.before_eval is not None:
             self.before_eval()
-        if self.skip_negative:
+        if self.skip_negative and not self.keep_uncond:
             pos = self._predict(x, sigma, [self.positive])[0]
             return apply_post_cfg(self.post_cfg, pos, pos)
         neg, pos = self._predict(x, sigma, [self.negative, self.positive])
+        if self.keep_uncond:
+            self.last_uncond = neg
         return apply_post_cfg(self.post_cfg, pos, neg + (pos - neg) * self.cfg)
 
 

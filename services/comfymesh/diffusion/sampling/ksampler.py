@@ -24,6 +24,7 @@ from comfymesh.diffusion.sampling.noise import initial_noise
 from comfymesh.diffusion.sampling.post_cfg import PostCfg
 from comfymesh.diffusion.sampling.regions import add_opposite_areas, region_of
 from comfymesh.diffusion.sampling.samplers import (
+    CFG_PP_SAMPLERS,
     FLOW_NOT_YET,
     FLOW_SAMPLERS,
     SAMPLER_NAMES,
@@ -234,6 +235,11 @@ def finish_sample(prep: PreparedSample, out: torch.Tensor) -> dict[str, Any]:
     return {**prep.latent, "samples": result}
 
 
+def sampler_env(prep: PreparedSample, callback: Callable[[int, torch.Tensor, torch.Tensor], None]) -> SamplerEnv:
+    return SamplerEnv(seed=prep.seed, callback=callback, flow=prep.model.prediction == "flow",
+                      model_sampling=prep.model.sampling)
+
+
 def run_prepared(prep: PreparedSample, on_step: StepHook | None = None,
                  check_cancelled: Callable[[], None] | None = None, guide: Denoiser | None = None) -> dict[str, Any]:
     """Sample one prepared call on its own; `guide` replaces CFG on the call's conditioning when given."""
@@ -244,6 +250,7 @@ def run_prepared(prep: PreparedSample, on_step: StepHook | None = None,
     if isinstance(denoiser, GuidedDenoiser):
         denoiser.post_cfg = model.post_cfg
         denoiser.tile_context = not model.joint_context
+        denoiser.keep_uncond = prep.sampler_name in CFG_PP_SAMPLERS
     if prep.mask is not None:
         denoiser = MaskedDenoiser(denoiser, prep.mask, prep.scaled, prep.noise, mask_fn(prep))
         denoiser.flow = model.prediction == "flow"
@@ -256,7 +263,7 @@ def run_prepared(prep: PreparedSample, on_step: StepHook | None = None,
             check_cancelled()
 
     try:
-        out = prep.sampler(denoiser, prep.x, prep.sigmas, SamplerEnv(seed=prep.seed, callback=step))
+        out = prep.sampler(denoiser, prep.x, prep.sigmas, sampler_env(prep, step))
     except torch.cuda.OutOfMemoryError as exc:
         raise ResourceExhaustedError(f"out of GPU memory while sampling: {exc}") from exc
     return finish_sample(prep, out)
