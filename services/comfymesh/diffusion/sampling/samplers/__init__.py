@@ -8,7 +8,9 @@ from comfymesh.diffusion.sampling.samplers.cfg_pp import (
     sample_dpmpp_2m_cfg_pp,
     sample_dpmpp_2s_ancestral_cfg_pp,
 )
+from comfymesh.diffusion.sampling.samplers.deis import sample_deis
 from comfymesh.diffusion.sampling.samplers.dpm_2 import sample_dpm_2, sample_dpm_2_ancestral
+from comfymesh.diffusion.sampling.samplers.dpm_solver import sample_dpm_adaptive, sample_dpm_fast
 from comfymesh.diffusion.sampling.samplers.dpmpp_2m import sample_dpmpp_2m
 from comfymesh.diffusion.sampling.samplers.dpmpp_2m_sde import make_dpmpp_2m_sde, make_dpmpp_3m_sde
 from comfymesh.diffusion.sampling.samplers.dpmpp_2s_ancestral import sample_dpmpp_2s_ancestral
@@ -16,6 +18,8 @@ from comfymesh.diffusion.sampling.samplers.dpmpp_sde import make_dpmpp_sde
 from comfymesh.diffusion.sampling.samplers.euler import sample_euler, sample_euler_ancestral
 from comfymesh.diffusion.sampling.samplers.gradient_estimation import make_gradient_estimation
 from comfymesh.diffusion.sampling.samplers.heun import sample_heun
+from comfymesh.diffusion.sampling.samplers.heunpp2 import sample_heunpp2
+from comfymesh.diffusion.sampling.samplers.ipndm import make_ipndm
 from comfymesh.diffusion.sampling.samplers.lcm import sample_ddpm, sample_lcm
 from comfymesh.diffusion.sampling.samplers.lms import sample_lms
 from comfymesh.diffusion.sampling.samplers.rectified_flow import sample_euler_ancestral_rf
@@ -39,9 +43,12 @@ _BY_NAME: dict[str, Sampler] = {
     "euler_ancestral": sample_euler_ancestral,
     "euler_ancestral_cfg_pp": make_euler_cfg_pp(ancestral=True),
     "heun": sample_heun,
+    "heunpp2": sample_heunpp2,
     "dpm_2": sample_dpm_2,
     "dpm_2_ancestral": sample_dpm_2_ancestral,
     "lms": sample_lms,
+    "dpm_fast": sample_dpm_fast,
+    "dpm_adaptive": sample_dpm_adaptive,
     "dpmpp_2s_ancestral": sample_dpmpp_2s_ancestral,
     "dpmpp_2s_ancestral_cfg_pp": sample_dpmpp_2s_ancestral_cfg_pp,
     "dpmpp_sde": make_dpmpp_sde(),
@@ -56,6 +63,9 @@ _BY_NAME: dict[str, Sampler] = {
     "dpmpp_3m_sde_gpu": make_dpmpp_3m_sde(on_device=True),
     "ddpm": sample_ddpm,
     "lcm": sample_lcm,
+    "ipndm": make_ipndm(variable=False),
+    "ipndm_v": make_ipndm(variable=True),
+    "deis": sample_deis,
     "res_multistep": make_res_multistep(),
     "res_multistep_cfg_pp": make_res_multistep(cfg_pp=True),
     "res_multistep_ancestral": make_res_multistep(ancestral=True),
