@@ -25,6 +25,7 @@ import pytest
 from comfymesh.diffusion.models import tiny_sd3
 from comfymesh.diffusion.models.clip_vision import make_tiny_clip_vision
 from comfymesh.diffusion.models.tiny_flux import make_template_files as make_flux_files
+from comfymesh.diffusion.models.tiny_qwen_image import make_template_files as make_qwen_image_files
 from tests.mesh import SHARED, Mesh
 
 playwright = pytest.importorskip("playwright.sync_api")
@@ -65,6 +66,8 @@ RUNNABLE = {
     "flux_kontext_dev_basic": {"SaveImage"},
     "image_chroma_text_to_image": {"SaveImage"},
     "sd3.5_simple_example": {"SaveImage"},
+    "image_qwen_image": {"SaveImage"},
+    "image_qwen_Image_2512": {"SaveImage"},
 }
 
 SIZE_INPUTS = {"width": 64, "height": 64, "batch_size": 1}
@@ -110,6 +113,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     for name in CLIP_VISION:
         make_tiny_clip_vision(home / "models" / "clip_vision" / name)
     make_flux_files(home / "models", seed=3)  # the FLUX templates' files under their names
+    make_qwen_image_files(home / "models", seed=3)  # the Qwen-Image templates' files under their names
     # sd3.5_large_fp8_scaled: the tiny scaled-fp8 SD3.5 checkpoint alone (its split files' names are other families')
     sd3_files = tiny_sd3.make_tiny_sd3(tmp_path_factory.mktemp("sd3") / "models", seed=3)
     shutil.copy(sd3_files["checkpoints"], home / "models" / "checkpoints" / tiny_sd3.CHECKPOINT)

@@ -207,6 +207,24 @@ def make_tiny_qwen_image(models: str | Path, seed: int = 0, dtype: torch.dtype =
     return paths
 
 
+# the official Qwen-Image templates' diffusion models (2512 shares the base architecture) and the Lightning LoRAs
+# their switches leave unused by default (listed so the prompts validate; they carry one placeholder tensor)
+TEMPLATE_MODELS = ("qwen_image_2512_fp8_e4m3fn.safetensors",)
+TEMPLATE_LORAS = ("Qwen-Image-Lightning-8steps-V1.0.safetensors",
+                  "Qwen-Image-2512-Lightning-4steps-V1.0-fp32.safetensors")
+
+
+def make_template_files(models: str | Path, seed: int = 0) -> None:
+    """The tiny set under the names image_qwen_image and image_qwen_Image_2512 ask for."""
+    root = Path(models)
+    paths = make_tiny_qwen_image(root, seed)
+    for name in TEMPLATE_MODELS:
+        (root / "diffusion_models" / name).write_bytes(paths["diffusion_models"].read_bytes())
+    (root / "loras").mkdir(parents=True, exist_ok=True)
+    for name in TEMPLATE_LORAS:
+        save_file({"placeholder": torch.zeros(1)}, str(root / "loras" / name))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m comfymesh.diffusion.models.tiny_qwen_image",
                                      description="Write a tiny random-weight Qwen-Image set in ComfyUI's layouts.")
