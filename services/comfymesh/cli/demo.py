@@ -3,17 +3,24 @@ default graph ask for, and the templates' input image, so every template runs on
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
 
+from comfymesh.cli.gateway import GatewayError
 from comfymesh.config import get_settings
 
 TEMPLATES = Path(__file__).resolve().parents[3] / "ui" / "templates"
 # checkpoint file → the tiny family written under its name: ui/templates' names, and the classic default graph's
+# the frontend default graph's Z-Image files (what comfymesh.diffusion.models.tiny_zimage writes)
+ZIMAGE_FILES = (("diffusion_models", "z_image_turbo_bf16.safetensors"), ("text_encoders", "qwen_3_4b.safetensors"),
+                ("vae", "ae.safetensors"))
 CHECKPOINTS = {"sd15.safetensors": "sd15", "sdxl.safetensors": "sdxl", "v1-5-pruned-emaonly-fp16.safetensors": "sd15"}
 REAL_WEIGHTS = """\
 [bold]These models have random weights: every image they make is noise.[/]
@@ -33,25 +40,25 @@ def demo(force: Annotated[bool, typer.Option(help="overwrite model files that al
     console = Console(stderr=True, soft_wrap=True)
     settings = get_settings()
     models = settings.folder("models")
-    try:
-        from comfymesh.diffusion.models.tiny_checkpoint import make_tiny_checkpoint
-        from comfymesh.diffusion.models.tiny_zimage import DIFFUSION_MODEL, make_tiny_zimage
-    except ImportError as exc:
-        console.print(f"[red]the diffusion extras are not installed ({exc.name} is missing)[/]")
-        console.print("install them with `make venv` (or `pip install -e '.[diffusion]'`)")
-        raise typer.Exit(1) from exc
+    if importlib.util.find_spec("torch") is None or importlib.util.find_spec("comfymesh.diffusion") is None:
+        console.print("[red]the diffusion extras are not installed[/]: install them with `make venv` "
+                      "(or `pip install -e '.[diffusion]'`)")
+        raise typer.Exit(1)
+    # the diffusion stage's own writers, run as programs: the CLI imports no other service
     for name, family in CHECKPOINTS.items():
         target = models / "checkpoints" / name
         if target.exists() and not force:
             console.print(f"kept      {target} (exists)")
             continue
-        make_tiny_checkpoint(target, family=family)
+        _write("comfymesh.diffusion.models.tiny_checkpoint", "--family", family, str(target))
         console.print(f"wrote     {target} (tiny {family})")
-    if force or not (models / "diffusion_models" / DIFFUSION_MODEL).exists():
-        for path in make_tiny_zimage(models).values():
+    zimage = [models / folder / name for folder, name in ZIMAGE_FILES]
+    if force or not all(path.exists() for path in zimage):
+        _write("comfymesh.diffusion.models.tiny_zimage", str(models))
+        for path in zimage:
             console.print(f"wrote     {path} (tiny Z-Image)")
     else:
-        console.print(f"kept      {models / 'diffusion_models' / DIFFUSION_MODEL} and its text encoder and VAE")
+        console.print(f"kept      {', '.join(str(path) for path in zimage)} (exist)")
     inputs = settings.folder("input")
     for image in sorted((TEMPLATES / "input").glob("*")):
         if not (inputs / image.name).exists():
@@ -61,3 +68,10 @@ def demo(force: Annotated[bool, typer.Option(help="overwrite model files that al
     console.print(REAL_WEIGHTS.format(models=models))
     console.print("\nTry: [bold]comfymesh run comfymesh-sd15-txt2img --out outputs/[/] "
                   "(templates: comfymesh-sd15-txt2img, -img2img, -hires-fix, comfymesh-sdxl-txt2img, comfymesh-imaging)")
+
+
+def _write(module: str, *args: str) -> None:
+    result = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True)
+    if result.returncode != 0:
+        last = (result.stderr.strip().splitlines() or ["no output"])[-1]
+        raise GatewayError([f"writing the tiny models failed ({module}): {last}"])
