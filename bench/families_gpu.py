@@ -355,6 +355,8 @@ def build_pipeline(family: str, models: Path, device: Any) -> tuple[Any, dict[st
     from comfymesh.diffusion.text.tokenizer import tokenizer_dir
 
     place = Placement.for_device(device)
+    pipe: Any
+    dit: Any
 
     def t5_tok() -> Any:
         return PreTrainedTokenizerFast(tokenizer_file=str(t5_tokenizer_dir() / "tokenizer.json"), pad_token="<pad>",
@@ -411,6 +413,7 @@ def build_pipeline(family: str, models: Path, device: Any) -> tuple[Any, dict[st
 
         parts = load_checkpoint(models / "checkpoints" / SD3_CKPT, place)
         dit, vae = parts.unet, flow16(parts.vae, 1.5305, 0.0609)
+        assert dit is not None
         dtype = next(dit.parameters()).dtype
         clips = {k: v.to(dtype) for k, v in parts.clips.items()}
         if not hasattr(clips["l"], "text_projection"):  # the pipeline reads CLIP-L's pooled output first
