@@ -40,6 +40,24 @@ FEATURES = {
     "sd3.5_simple_example": "plain widgets",
 }
 OFFICIAL = sorted(set(RUNNABLE) | set(FEATURES))
+
+
+def variant(name: str) -> dict[str, Any]:
+    """Our txt2img template edited the way users do, for what the templates above do not show."""
+    workflow = json.loads((REPO / "ui" / "templates" / "comfymesh-sd15-txt2img.json").read_text())
+    nodes = {node["id"]: node for node in workflow["nodes"]}
+    if name == "text-replacement":  # save-node patterns by S&R name and by title, dates, unknown ones kept
+        nodes[9]["widgets_values"] = ["run_%date:yyyy-MM-dd%_%EmptyLatentImage.width%_%Positive prompt.text%"
+                                      "_%KSampler.denoise%_%nope.x%_%width%_%date:yy M d%"]
+        nodes[6]["widgets_values"] = ["a photo /* of a */ bottle // kept out"]  # comments stripped
+    elif name == "muted-sampler":
+        nodes[3]["mode"] = 2
+    elif name == "bypassed-prompt":  # nothing of its output's type to pass on: the sampler loses that input
+        nodes[7]["mode"] = 4
+    return workflow
+
+
+VARIANTS = ("text-replacement", "muted-sampler", "bypassed-prompt")
 TITLES = "() => Object.fromEntries(Object.entries(LiteGraph.registered_node_types).map(([k, v]) => [k, v.title]))"
 
 
@@ -71,6 +89,8 @@ def frontend(mesh: Mesh, tmp_path_factory: pytest.TempPathFactory) -> dict[str, 
                 converted[name] = page.evaluate(TO_PROMPT, template(name))
             for path in OURS:
                 converted[path.name] = page.evaluate(TO_PROMPT, json.loads(path.read_text()))
+            for name in VARIANTS:
+                converted[name] = page.evaluate(TO_PROMPT, variant(name))
             converted["__titles__"] = page.evaluate(TITLES)
         finally:
             context.close()
@@ -87,9 +107,14 @@ def _differences(ours: dict[str, Any], theirs: dict[str, Any]) -> list[str]:
 
 
 @pytest.mark.browser
-@pytest.mark.parametrize("name", OFFICIAL + [path.name for path in OURS])
+@pytest.mark.parametrize("name", OFFICIAL + [path.name for path in OURS] + list(VARIANTS))
 def test_conversion_equals_the_frontends(name: str, mesh: Mesh, frontend: dict[str, Any]) -> None:
-    workflow = json.loads((REPO / "ui" / "templates" / name).read_text()) if name.endswith(".json") else template(name)
+    if name in VARIANTS:
+        workflow = variant(name)
+    elif name.endswith(".json"):
+        workflow = json.loads((REPO / "ui" / "templates" / name).read_text())
+    else:
+        workflow = template(name)
     assert is_ui_workflow(workflow)
     info = mesh.http.get("/object_info").json()
     ours = ui_to_api(workflow, info, random.Random(0), titles=frontend["__titles__"])

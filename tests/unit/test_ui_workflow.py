@@ -3,9 +3,11 @@ nodes and their links, dynamic prompts (random in the browser), widgets a saved 
 
 from __future__ import annotations
 
+import datetime
 import random
 from typing import Any
 
+from comfymesh.graph.ui_text import replace_text
 from comfymesh.graph.ui_widgets import expand_dynamic_prompt, widgets_of
 from comfymesh.graph.ui_workflow import is_ui_workflow, ui_to_api
 
@@ -44,3 +46,14 @@ def test_upload_button_comes_last_and_missing_values_take_defaults() -> None:
     assert [w.name for w in widgets_of(INFO["Load"])] == ["image", "channel", None]
     workflow = {"nodes": [node(1, "Load", ["in.png"])], "links": []}
     assert ui_to_api(workflow, INFO)["1"]["inputs"] == {"image": "in.png", "channel": "alpha"}
+
+
+def test_save_node_text_replacement_with_a_fixed_clock() -> None:
+    moment = datetime.datetime(2026, 3, 4, 5, 6, 7)
+    values = {("Latent", "width"): 512, ("Prompt", "text"): "a/b:c", ("Flag", "on"): True}
+
+    def lookup(node: str, widget: str) -> tuple[bool, Any]:
+        return ((node, widget) in values, values.get((node, widget)))
+
+    text = "%date:yyyy-MM-dd hh-mm-ss%_%date:yy M d h m s%_%Latent.width%_%Prompt.text%_%Flag.on%_%No.x%_%width%"
+    assert replace_text(text, lookup, moment) == "2026-03-04 05-06-07_26 3 4 5 6 7_512_a_b_c_true_%No.x%_%width%"

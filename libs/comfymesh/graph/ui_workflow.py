@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from comfymesh.graph.ui_text import SAVE_NODES, replace_text
 from comfymesh.graph.ui_widgets import expand_dynamic_prompt, widget_values
 
 MUTED, BYPASSED = 2, 4
@@ -149,6 +150,8 @@ class _Converter:
             value = self.values.get((id(place.graph), node_id, name), value)
             if widget.dynamic_prompts and isinstance(value, str):
                 value = expand_dynamic_prompt(value, self.rng)
+            elif name == "filename_prefix" and kind in SAVE_NODES and isinstance(value, str):
+                value = replace_text(value, self._widget_of)
             inputs[name] = {"__value__": value} if isinstance(value, list) else value
         for slot, entry in enumerate(node.get("inputs") or []):
             resolved = self._resolve_input(place, node_id, slot, set())
@@ -163,6 +166,30 @@ class _Converter:
         meta = {"title": node.get("title") or self.titles.get(kind) or declaration.get("display_name") or kind}
         meta |= {key: properties[key] for key in PACK_KEYS if isinstance(properties.get(key), str)}
         self.output[place.execution_id(node_id)] = {"inputs": inputs, "class_type": kind, "_meta": meta}
+
+    def _widget_of(self, ref: str, widget: str) -> tuple[bool, Any]:
+        """A widget's value on the first node (root first, then subgraphs) whose S&R name, else title, is `ref`;
+        the frontend gives every node but save nodes its type as S&R name."""
+        graphs = [self.root, *self.subgraphs.values()]
+        nodes = [(graph, node) for graph in graphs for node in graph.nodes.values()]
+
+        def sr_name(node: Mapping[str, Any]) -> Any:
+            properties = node.get("properties") or {}
+            default = None if node.get("type") in SAVE_NODES else node.get("type")
+            return properties.get("Node name for S&R", default)
+
+        def title(node: Mapping[str, Any]) -> Any:
+            kind = str(node.get("type"))
+            return node.get("title") or self.titles.get(kind) or (self.info.get(kind) or {}).get("display_name")
+
+        for key in (sr_name, title):
+            for graph, node in nodes:
+                if key(node) == ref:
+                    own = widget_values(self.info.get(str(node.get("type"))) or {}, node.get("widgets_values"))
+                    if widget not in own:
+                        return False, None
+                    return True, self.values.get((id(graph), str(node["id"]), widget), own[widget][1])
+        return False, None
 
     def _resolve_input(self, place: _Place, node_id: str, slot: int, seen: set[Any],
                        kind: str | None = None) -> Resolved | None:
