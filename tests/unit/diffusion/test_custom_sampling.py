@@ -18,7 +18,7 @@ from comfymesh.diffusion.nodes import nodes
 from comfymesh.diffusion.sampling import custom
 from comfymesh.diffusion.sampling.guidance import CondEntry, GuidedDenoiser
 from comfymesh.diffusion.sampling.model_sampling import ModelSampling
-from comfymesh.diffusion.sampling.samplers import IMPLEMENTED_SAMPLERS
+from comfymesh.diffusion.sampling.samplers import SAMPLER_NAMES
 from comfymesh.diffusion.sampling.schedulers import calculate_sigmas
 from comfymesh.stage.node import NodeContext
 
@@ -42,10 +42,8 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 def test_object_info_equals_comfyui_080() -> None:
     golden = json.loads(GOLDEN.read_text())
     golden.pop("_about")
-    # ComfyUI lists its 44 samplers; we offer those we implement, in ComfyUI's order (as KSampler does)
-    options = golden["KSamplerSelect"]["input"]["required"]["sampler_name"][1]
-    options["options"] = [name for name in options["options"] if name in IMPLEMENTED_SAMPLERS]
-    assert options["options"] == list(IMPLEMENTED_SAMPLERS)
+    # ComfyUI lists its 44 samplers, and we run all of them
+    assert golden["KSamplerSelect"]["input"]["required"]["sampler_name"][1]["options"] == list(SAMPLER_NAMES)
     assert {name: nodes.schemas[name].object_info() for name in golden} == golden
 
 
@@ -269,6 +267,6 @@ def test_empty_sigmas_return_the_latent_and_bad_inputs_are_named(node_ctx: NodeC
 
 def test_the_catalog_reads_v3_combo_choices(tmp_path: Path) -> None:
     catalog = Catalog(tmp_path, nodes.object_info())
-    assert catalog.choices("KSamplerSelect", "sampler_name") == list(IMPLEMENTED_SAMPLERS)
+    assert catalog.choices("KSamplerSelect", "sampler_name") == list(SAMPLER_NAMES)
     assert catalog.choices("DualCFGGuider", "style") == ["regular", "nested"]
-    assert catalog.choices("KSampler", "sampler_name") == list(IMPLEMENTED_SAMPLERS)  # the legacy form too
+    assert catalog.choices("KSampler", "sampler_name") == list(SAMPLER_NAMES)  # the legacy form too

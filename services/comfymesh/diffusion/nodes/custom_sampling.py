@@ -25,7 +25,7 @@ from comfymesh.diffusion.nodes.sampling import step_reporter, weights_key
 from comfymesh.diffusion.sampling import custom
 from comfymesh.diffusion.sampling.batching import get_batcher
 from comfymesh.diffusion.sampling.ksampler import SamplingModel, cond_entries, prepare_with_sigmas, run_prepared
-from comfymesh.diffusion.sampling.samplers import IMPLEMENTED_SAMPLERS
+from comfymesh.diffusion.sampling.samplers import SAMPLER_NAMES
 from comfymesh.diffusion.sampling.schedulers import SCHEDULER_NAMES
 from comfymesh.diffusion.sampling.schedulers.beta import schedule as beta_schedule
 from comfymesh.diffusion.sampling.schedulers.exponential import exponential_sigmas
@@ -53,7 +53,7 @@ def _sampling_model(ctx: NodeContext, model: Any) -> tuple[ModelHandle, Sampling
 # --- samplers and noise ---------------------------------------------------------------------------------
 
 
-@define("KSamplerSelect", "/samplers", [ComboV3("sampler_name", IMPLEMENTED_SAMPLERS)], [Output("SAMPLER")])
+@define("KSamplerSelect", "/samplers", [ComboV3("sampler_name", SAMPLER_NAMES)], [Output("SAMPLER")])
 @node
 def ksampler_select(ctx: NodeContext, sampler_name: str) -> tuple[custom.Value]:
     return (custom.sampler_value(sampler_name),)

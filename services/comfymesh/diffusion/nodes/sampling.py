@@ -18,7 +18,7 @@ from comfymesh.diffusion.nodes.model_patches import apply_model_sampling
 from comfymesh.diffusion.nodes.registry import nodes
 from comfymesh.diffusion.sampling.batching import sample_latent
 from comfymesh.diffusion.sampling.ksampler import SamplingModel
-from comfymesh.diffusion.sampling.samplers import IMPLEMENTED_SAMPLERS as SAMPLER_CHOICES
+from comfymesh.diffusion.sampling.samplers import SAMPLER_NAMES as SAMPLER_CHOICES
 from comfymesh.diffusion.sampling.schedulers import SCHEDULER_NAMES
 from comfymesh.diffusion.sampling.step_reporter import StepReporter
 from comfymesh.stage.node import NodeContext

@@ -181,8 +181,7 @@ def prepare_with_sigmas(model: SamplingModel, sigmas: torch.Tensor, *, seed: int
     _check_fault()
     sampler = SAMPLERS.get(sampler_name)
     if sampler is None:
-        known = "is not implemented yet" if sampler_name in SAMPLER_NAMES else "is unknown"
-        raise NodeInputError(f"sampler {sampler_name!r} {known}")
+        raise NodeInputError(f"sampler {sampler_name!r} is unknown: expected one of {', '.join(SAMPLER_NAMES)}")
     if model.prediction == "flow":
         if sampler_name in FLOW_NOT_YET:
             raise NodeInputError(f"sampler {sampler_name!r} is not implemented yet for flow models ({model.family})")

@@ -1,4 +1,4 @@
-"""Sampler algorithms by ComfyUI name (all 44 names listed, in widget order; some not implemented yet)."""
+"""Sampler algorithms by ComfyUI name: all 44 of ComfyUI 0.8.0, in its widget order."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from comfymesh.diffusion.sampling.samplers.dpmpp_2m import sample_dpmpp_2m
 from comfymesh.diffusion.sampling.samplers.dpmpp_2m_sde import make_dpmpp_2m_sde, make_dpmpp_3m_sde
 from comfymesh.diffusion.sampling.samplers.dpmpp_2s_ancestral import sample_dpmpp_2s_ancestral
 from comfymesh.diffusion.sampling.samplers.dpmpp_sde import make_dpmpp_sde
+from comfymesh.diffusion.sampling.samplers.er_sde import sample_er_sde
 from comfymesh.diffusion.sampling.samplers.euler import sample_euler, sample_euler_ancestral
 from comfymesh.diffusion.sampling.samplers.gradient_estimation import make_gradient_estimation
 from comfymesh.diffusion.sampling.samplers.heun import sample_heun
@@ -24,6 +25,8 @@ from comfymesh.diffusion.sampling.samplers.lcm import sample_ddpm, sample_lcm
 from comfymesh.diffusion.sampling.samplers.lms import sample_lms
 from comfymesh.diffusion.sampling.samplers.rectified_flow import sample_euler_ancestral_rf
 from comfymesh.diffusion.sampling.samplers.res_multistep import make_res_multistep
+from comfymesh.diffusion.sampling.samplers.sa_solver import make_sa_solver
+from comfymesh.diffusion.sampling.samplers.seeds import make_seeds_2, sample_seeds_3
 from comfymesh.diffusion.sampling.samplers.uni_pc import make_uni_pc
 
 SAMPLER_NAMES: tuple[str, ...] = (
@@ -44,6 +47,8 @@ _BY_NAME: dict[str, Sampler] = {
     "euler_ancestral_cfg_pp": make_euler_cfg_pp(ancestral=True),
     "heun": sample_heun,
     "heunpp2": sample_heunpp2,
+    "exp_heun_2_x0": make_seeds_2(r=1.0, solver="phi_2", stochastic=False),
+    "exp_heun_2_x0_sde": make_seeds_2(r=1.0, solver="phi_2"),
     "dpm_2": sample_dpm_2,
     "dpm_2_ancestral": sample_dpm_2_ancestral,
     "lms": sample_lms,
@@ -72,13 +77,18 @@ _BY_NAME: dict[str, Sampler] = {
     "res_multistep_ancestral_cfg_pp": make_res_multistep(ancestral=True, cfg_pp=True),
     "gradient_estimation": make_gradient_estimation(),
     "gradient_estimation_cfg_pp": make_gradient_estimation(cfg_pp=True),
+    "er_sde": sample_er_sde,
+    "seeds_2": make_seeds_2(),
+    "seeds_3": sample_seeds_3,
+    "sa_solver": make_sa_solver(),
+    "sa_solver_pece": make_sa_solver(pece=True),
     "ddim": sample_euler,  # same update; only ComfyUI's inpainting re-noise differs
     "uni_pc": make_uni_pc("bh1"),
     "uni_pc_bh2": make_uni_pc("bh2"),
 }
-SAMPLERS: dict[str, Sampler] = {name: _BY_NAME[name] for name in SAMPLER_NAMES if name in _BY_NAME}
+SAMPLERS: dict[str, Sampler] = {name: _BY_NAME[name] for name in SAMPLER_NAMES}
 # samplers that read each evaluation's unconditional prediction (the runner sets the guider's keep_uncond)
-CFG_PP_SAMPLERS = frozenset(name for name in SAMPLERS if name.endswith("_cfg_pp"))
+CFG_PP_SAMPLERS = frozenset(name for name in SAMPLER_NAMES if name.endswith("_cfg_pp"))
 IMPLEMENTED_SAMPLERS: tuple[str, ...] = tuple(n for n in SAMPLER_NAMES if n in SAMPLERS)
 # ComfyUI runs these in their rectified-flow form on flow (CONST) models
 FLOW_SAMPLERS: dict[str, Sampler] = {"euler_ancestral": sample_euler_ancestral_rf}
