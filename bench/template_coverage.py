@@ -99,9 +99,11 @@ def family_nodes() -> dict[str, int]:
 
 
 def our_node_types() -> set[str]:
+    """The node types the stages declare and those the orchestrator evaluates itself (the switch)."""
+    from comfymesh.orchestrator.local_nodes import local_entries
     from tests.catalogs import builtin_nodes
 
-    return set(builtin_nodes().schemas)
+    return set(builtin_nodes().schemas) | set(local_entries())
 
 
 def runnable() -> dict[str, set[str]]:

@@ -64,7 +64,6 @@ def test_family_nodes_are_core_nodes() -> None:
     assert set(tc.family_nodes().values()) == {0, 15, 16}
 
 
-@pytest.mark.xfail(strict=False, reason="issue 14 in progress")
 def test_focus_templates_core_can_run_are_served(cov: Any) -> None:
     gap = cov.gap()
     assert not gap, "generic core nodes we lack: " + ", ".join(
