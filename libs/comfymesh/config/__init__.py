@@ -44,7 +44,10 @@ class Settings(FastPathSettings, BatchingSettings, DiffusionSettings, FaultSwitc
     imaging_replicas: str = Field("127.0.0.1:50061", description="comma-separated imaging stage addresses")
     diffusion_replicas: str = Field("127.0.0.1:50071", description="comma-separated diffusion stage addresses")
     artifacts_url: str = Field("", description="fsspec URL of the artifact store; default <home>/artifacts")
-    database: str = Field("", description="SQLite file of the job store; default <home>/comfymesh.db")
+    database: str = Field("", description="the job store: a SQLite file (default <home>/comfymesh.db) or a "
+                                          "postgresql://user:password@host:port/db URL shared by several orchestrators")
+    lease_ttl_s: float = Field(15.0, gt=0, le=3600, description="PostgreSQL store: how long an orchestrator's claim on "
+                                                                "a job lasts unrenewed (renewed every third of it)")
     extra_model_paths: str = Field("", description="more model folders, in ComfyUI's extra_model_paths.yaml "
                                                    "format; default <home>/extra_model_paths.yaml when it exists")
     stage_slots: int = Field(2, ge=1, le=64, description="stage calls one stage replica runs at once")
@@ -138,6 +141,7 @@ class Settings(FastPathSettings, BatchingSettings, DiffusionSettings, FaultSwitc
 
     @property
     def database_path(self) -> Path:
+        """The SQLite file (meaningless when `database` is a URL: see comfymesh.jobs.open_job_store)."""
         return Path(self.database) if self.database else self.home / "comfymesh.db"
 
     @property

@@ -1,0 +1,1 @@
+"""The PostgreSQL job store (asyncpg): leases, fenced writes, ordered events, versioned migrations."""
