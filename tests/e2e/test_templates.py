@@ -46,7 +46,8 @@ INPUTS = {"example.png": "astronaut.png", "pray.png": "coffee.png", "angle_1.png
           "angle_2.png": "coffee.png", "angle_3.png": "astronaut.png", "angle_4.png": "coffee.png",
           "sdxl_revision_text_prompts_ref_image1.png": "astronaut.png",
           "sdxl_revision_text_prompts_ref_image2.png": "coffee.png",
-          "flux_kontext_dev_basic_input_image.jpg": "astronaut.png"}
+          "flux_kontext_dev_basic_input_image.jpg": "astronaut.png",
+          "image_qwen_image_edit_input_image.png": "astronaut.png"}
 # CLIP vision file → a tiny HF CLIP vision model whose image embeds are as wide as the tiny SDXL's pooled output
 CLIP_VISION = ("clip_vision_g.safetensors",)
 
@@ -68,6 +69,7 @@ RUNNABLE = {
     "sd3.5_simple_example": {"SaveImage"},
     "image_qwen_image": {"SaveImage"},
     "image_qwen_Image_2512": {"SaveImage"},
+    "image_qwen_image_edit": {"SaveImage"},
 }
 
 SIZE_INPUTS = {"width": 64, "height": 64, "batch_size": 1}

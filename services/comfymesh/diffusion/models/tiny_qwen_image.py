@@ -207,15 +207,16 @@ def make_tiny_qwen_image(models: str | Path, seed: int = 0, dtype: torch.dtype =
     return paths
 
 
-# the official Qwen-Image templates' diffusion models (2512 shares the base architecture) and the Lightning LoRAs
-# their switches leave unused by default (listed so the prompts validate; they carry one placeholder tensor)
-TEMPLATE_MODELS = ("qwen_image_2512_fp8_e4m3fn.safetensors",)
+# the official Qwen-Image templates' diffusion models (2512 and Edit share the base architecture) and the Lightning
+# LoRAs their switches leave unused by default (listed so the prompts validate; they carry one placeholder tensor)
+TEMPLATE_MODELS = ("qwen_image_2512_fp8_e4m3fn.safetensors", "qwen_image_edit_fp8_e4m3fn.safetensors")
 TEMPLATE_LORAS = ("Qwen-Image-Lightning-8steps-V1.0.safetensors",
-                  "Qwen-Image-2512-Lightning-4steps-V1.0-fp32.safetensors")
+                  "Qwen-Image-2512-Lightning-4steps-V1.0-fp32.safetensors",
+                  "Qwen-Image-Edit-Lightning-4steps-V1.0-bf16.safetensors")
 
 
 def make_template_files(models: str | Path, seed: int = 0) -> None:
-    """The tiny set under the names image_qwen_image and image_qwen_Image_2512 ask for."""
+    """The tiny set under the names image_qwen_image, image_qwen_Image_2512 and image_qwen_image_edit ask for."""
     root = Path(models)
     paths = make_tiny_qwen_image(root, seed)
     for name in TEMPLATE_MODELS:
