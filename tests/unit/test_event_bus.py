@@ -8,6 +8,7 @@ from typing import Any
 
 from comfymesh.contracts.events import JobStatus
 from comfymesh.jobs import JobStore
+from comfymesh.jobs.sqlite_backend import SqliteJobStore
 from comfymesh.orchestrator.events import EventBus
 
 
@@ -30,6 +31,6 @@ def test_job_finishing_between_replay_and_follow_still_streams_its_last_events(t
     store.events_after = racing_events_after  # type: ignore[method-assign]
 
     async def collect() -> list[str]:
-        return [event.type async for event in EventBus(store).stream("j", 0, follow=True)]
+        return [event.type async for event in EventBus(SqliteJobStore.over(store)).stream("j", 0, follow=True)]
 
     assert asyncio.run(asyncio.wait_for(collect(), 5)) == ["queued", "started", "cached", "completed"]

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from comfymesh.jobs import JobStore
+from comfymesh.jobs.sqlite_backend import SqliteJobStore
 from comfymesh.orchestrator.events import EventBus
 from comfymesh.orchestrator.webhooks import DELIVERY_FAILED, DELIVERY_REFUSED, WebhookSender
 from comfymesh.outbound import OutboundClient, OutboundPolicy, OutboundRefused, refusal
@@ -134,7 +135,7 @@ async def test_a_redirect_is_never_followed(connect_guard: ConnectGuard) -> None
 async def deliver(tmp_path: Path, policy: OutboundPolicy, url: str) -> list[tuple[str, dict[str, object]]]:
     store = JobStore(tmp_path / "jobs.db")
     try:
-        sender = WebhookSender(b"whsec-unit", EventBus(store), policy)
+        sender = WebhookSender(b"whsec-unit", EventBus(SqliteJobStore.over(store)), policy)
         sender.send("job-1", url, {"job_id": "job-1", "status": "completed"})
         await asyncio.wait_for(asyncio.gather(*sender.tasks), timeout=30)
         return [(event.type, event.data) for event in store.events_after(0, "job-1")]

@@ -7,9 +7,13 @@ from __future__ import annotations
 import asyncio
 import itertools
 import multiprocessing
+import os
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -214,3 +218,16 @@ async def test_8_writers_x_300_events_on_2_orchestrators_reach_a_follower_in_id_
     assert all(later > earlier for earlier, later in itertools.pairwise(seen))
     assert len(seen) == 2400
     assert seen == [row["id"] for row in await sql(url, "SELECT id FROM events ORDER BY id")]
+
+
+def test_the_orchestrator_exits_within_10_s_when_postgresql_is_unreachable(tmp_path: Path) -> None:
+    port = free_port()
+    env = {**os.environ, "COMFYMESH_HOME": str(tmp_path), "COMFYMESH_DATABASE":
+           f"postgresql://ann:s3cret-pw@127.0.0.1:{port}/jobs"}
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "comfymesh.orchestrator", "--listen", f"127.0.0.1:{free_port()}"],
+                          env=env, capture_output=True, text=True, timeout=30)
+    assert time.monotonic() - started < 10
+    assert done.returncode != 0
+    assert f"127.0.0.1:{port}" in done.stderr and "s3cret-pw" not in done.stderr + done.stdout
+    assert "Traceback" not in done.stderr

@@ -15,6 +15,7 @@ import pytest
 from comfymesh.config import Settings
 from comfymesh.jobs import JobStore
 from comfymesh.jobs.options import InvalidJobOptions, JobOptions, requested_options
+from comfymesh.jobs.sqlite_backend import SqliteJobStore
 from comfymesh.orchestrator.replicas import ReplicaPool
 from comfymesh.orchestrator.scheduler import Scheduler, supervise
 from tests.mesh import SHARED
@@ -44,7 +45,7 @@ async def test_a_job_that_cannot_be_prepared_fails_alone_and_the_next_one_runs(
     for index, options in enumerate(poisons):
         store.add_job(f"poison{index}", index, PROMPT, {"comfymesh": options}, "", ["3"], NODES)
     store.add_job("normal", len(poisons), PROMPT, {}, "", ["3"], NODES)
-    scheduler = Scheduler(settings, store, ReplicaPool({}))
+    scheduler = Scheduler(settings, SqliteJobStore.over(store), ReplicaPool({}))
     dispatcher = asyncio.create_task(scheduler.run_forever())
     try:
         with caplog.at_level(logging.ERROR, logger="comfymesh.orchestrator"):
@@ -111,7 +112,7 @@ async def test_a_job_whose_row_cannot_be_read_fails_alone(tmp_path: Path, caplog
     store.add_job("normal", 1, PROMPT, {}, "", ["3"], NODES)
     store._db.execute("UPDATE jobs SET prompt_json = '{\"1\": {trunc' WHERE id = 'damaged'")
     store._db.commit()
-    scheduler = Scheduler(settings, store, ReplicaPool({}))
+    scheduler = Scheduler(settings, SqliteJobStore.over(store), ReplicaPool({}))
     dispatcher = asyncio.create_task(scheduler.run_forever())
     try:
         with caplog.at_level(logging.ERROR, logger="comfymesh.orchestrator"):

@@ -27,6 +27,10 @@ class LeaseLost(Exception):
         self.job_id = job_id
 
 
+class DatabaseUnreachableError(Exception):
+    """The job database did not answer; the message names host:port, never the password."""
+
+
 class JobExists(Exception):
     """`add_job` met a job id or idempotency key another submit stored first (ON CONFLICT)."""
 

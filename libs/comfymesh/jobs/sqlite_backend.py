@@ -25,8 +25,15 @@ class SqliteJobStore:
     def __init__(self, path: Path) -> None:
         """Open (or create) the file; raises DamagedDatabaseError when it fails SQLite's check."""
         self.sync = JobStore(path)
-        self.path = path
         self._counter: int | None = None
+
+    @classmethod
+    def over(cls, sync: JobStore) -> SqliteJobStore:
+        """The async face of a store already open (tests that also write rows directly)."""
+        store = cls.__new__(cls)
+        store.sync = sync
+        store._counter = None
+        return store
 
     async def close(self) -> None:
         self.sync.close()

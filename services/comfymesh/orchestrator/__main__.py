@@ -10,7 +10,10 @@ import sys
 
 from comfymesh import gctune
 from comfymesh.config import get_settings
-from comfymesh.jobs import DamagedDatabaseError, JobStore
+from comfymesh.jobs import DamagedDatabaseError
+from comfymesh.jobs.backends import UnknownDatabaseSchemeError, describe, open_job_store
+from comfymesh.jobs.postgres.migrations import SchemaTooNewError
+from comfymesh.jobs.protocol import DatabaseUnreachableError
 from comfymesh.logs import setup_logging
 from comfymesh.orchestrator.replicas import ReplicaPool
 from comfymesh.orchestrator.scheduler import Scheduler
@@ -29,7 +32,8 @@ class RecoveryError(Exception):
 async def serve(listen: str) -> None:
     settings = get_settings()
     setup_logging("orchestrator", settings.log_level, settings.log_json)
-    store = JobStore(settings.database_path)
+    store = await open_job_store(settings)
+    where = describe(settings)
     pool = ReplicaPool({stage: settings.replicas(stage) for stage in ("imaging", "diffusion")})
     scheduler = Scheduler(settings, store, pool)
     try:
@@ -37,9 +41,11 @@ async def serve(listen: str) -> None:
         await scheduler.recover()
     except Exception as exc:
         log.exception("recovery failed; the orchestrator stops")
-        store.close()
-        raise RecoveryError(f"re-queueing the jobs in {settings.database_path} failed ({type(exc).__name__}: "
-                            f"{exc}). Check the file (sqlite3 {settings.database_path} 'PRAGMA integrity_check'); "
+        await store.close()
+        if store.shared:
+            raise RecoveryError(f"re-queueing the jobs in {where} failed ({type(exc).__name__}: {exc})") from exc
+        raise RecoveryError(f"re-queueing the jobs in {where} failed ({type(exc).__name__}: "
+                            f"{exc}). Check the file (sqlite3 {where} 'PRAGMA integrity_check'); "
                             "restore a backup, or move it aside to start with an empty job store.") from exc
     servicer = OrchestratorServicer(scheduler)
     server, port = await start_server(
@@ -47,7 +53,7 @@ async def serve(listen: str) -> None:
         ["comfymesh.v1.Orchestrator"])
     gctune.settle(gctune.parse_thresholds(settings.gc_thresholds))
     print(f"comfymesh orchestrator listening on {listen.rsplit(':', 1)[0]}:{port} "
-          f"(jobs in {settings.database_path})", flush=True)
+          f"(jobs in {where})", flush=True)
     queue = asyncio.create_task(scheduler.run_forever())
     described = asyncio.create_task(scheduler.node_catalog.describe_all())  # the stages' node declarations
     stop = asyncio.Event()
@@ -57,8 +63,10 @@ async def serve(listen: str) -> None:
     await stop.wait()
     queue.cancel()
     described.cancel()
+    if store.shared:  # the other orchestrators take the running jobs over at once, not after the lease TTL
+        await scheduler.hand_back()
     await server.stop(grace=2)
-    store.close()
+    await store.close()
 
 
 def main() -> None:
@@ -70,7 +78,8 @@ def main() -> None:
     try:
         server_credentials(args.listen)  # refused before the store opens
         asyncio.run(serve(args.listen))
-    except (ServerConfigError, DamagedDatabaseError, RecoveryError) as exc:
+    except (ServerConfigError, DamagedDatabaseError, RecoveryError, DatabaseUnreachableError, SchemaTooNewError,
+            UnknownDatabaseSchemeError) as exc:
         sys.exit(f"comfymesh orchestrator: {exc}")
 
 

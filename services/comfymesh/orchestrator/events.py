@@ -1,6 +1,9 @@
 """The event bus: every job event is written to the log first, then fanned out to live subscribers.
 
 Writes are serialised so subscribers see ids strictly increasing; previews are transient (never stored).
+On a shared store (PostgreSQL) other orchestrators write too: there every stored event reaches subscribers
+from the store itself, read past the last one published whenever a NOTIFY says the log grew, so they keep
+seeing ids strictly increasing whoever wrote them.
 """
 
 from __future__ import annotations
@@ -10,25 +13,46 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from comfymesh.contracts.events import FINISHED_STATUSES, TERMINAL_EVENTS, JobEvent
-from comfymesh.jobs import JobStore
+from comfymesh.jobs.protocol import AsyncJobStore
 
 
 class EventBus:
-    def __init__(self, store: JobStore) -> None:
+    def __init__(self, store: AsyncJobStore) -> None:
         self.store = store
         self._write_lock = asyncio.Lock()
         self._subscribers: set[asyncio.Queue[JobEvent]] = set()
+        self._grew = asyncio.Event()  # shared stores: a NOTIFY came since the pump last read the log
+        self._pump: asyncio.Task[None] | None = None
+
+    async def follow_store(self) -> None:
+        """On a shared store, publish every event any orchestrator stores, in id order (from now on)."""
+        if not self.store.shared or self._pump is not None:
+            return
+        last = await self.store.last_event_id()
+        await self.store.listen(lambda _event_id: self._grew.set())
+        self._pump = asyncio.create_task(self._pump_forever(last))
+
+    async def _pump_forever(self, last: int) -> None:
+        while True:
+            await self._grew.wait()
+            self._grew.clear()
+            while batch := await self.store.events_after(last):
+                for event in batch:
+                    last = event.id
+                    self._publish(event)
 
     async def record(self, write: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run a store write that appends an event (or a list of them), then publish what it appended.
 
-        On the event loop itself: each write is one short WAL transaction (tens of microseconds) with
-        this process as the only writer, cheaper than the hop to a worker thread and back."""
+        SQLite: on the event loop itself, each write is one short WAL transaction (tens of microseconds) with
+        this process as the only writer, cheaper than the hop to a worker thread and back. A shared store's
+        events are published by the pump, in the order every orchestrator's writes committed."""
         async with self._write_lock:
-            result = write(*args, **kwargs)
-            for event in result if isinstance(result, list) else [result]:
-                if event is not None:
-                    self._publish(event)
+            result = await write(*args, **kwargs)
+            if not self.store.shared:
+                for event in result if isinstance(result, list) else [result]:
+                    if event is not None:
+                        self._publish(event)
         return result
 
     async def emit(self, job_id: str, type_: str, node_id: str = "", data: dict[str, Any] | None = None) -> None:
@@ -52,7 +76,7 @@ class EventBus:
         try:
             last = after_id
             while True:
-                batch = await asyncio.to_thread(self.store.events_after, last, job_id)
+                batch = await self.store.events_after(last, job_id)
                 for event in batch:
                     last = event.id
                     yield event
@@ -63,12 +87,12 @@ class EventBus:
             if job_id and not follow:
                 return
             if job_id:
-                job = await asyncio.to_thread(self.store.get_job, job_id)
+                job = await self.store.get_job(job_id)
                 if job is None:
                     return
                 if job.status in FINISHED_STATUSES:
                     # it finished after the replay read the log: send what came since, then stop
-                    for event in await asyncio.to_thread(self.store.events_after, last, job_id):
+                    for event in await self.store.events_after(last, job_id):
                         yield event
                     return
             if not follow:

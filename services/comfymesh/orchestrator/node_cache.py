@@ -7,18 +7,23 @@ from typing import Any
 from comfymesh.artifacts import ArtifactStore
 from comfymesh.contracts.values import tensors_in, value_from_dict, value_to_dict
 from comfymesh.graph import Plan, PlannedNode
-from comfymesh.jobs import CacheEntry, JobStore
+from comfymesh.jobs import CacheEntry
+from comfymesh.jobs.protocol import CachedOutputs
 from comfymesh.v1 import common_pb2
 
 Outputs = dict[str, list[common_pb2.Value]]
 UiResults = dict[str, dict[str, Any] | None]
 
 
-def cached_nodes(plan: Plan, store: JobStore, artifacts: ArtifactStore) -> tuple[Outputs, UiResults]:
-    """The nodes whose outputs (and stored tensors) the cache still holds: their outputs and UI results."""
+def signatures(plan: Plan) -> list[str]:
+    """The cache keys of a plan's nodes (what to look up in the job store)."""
+    return [plan.nodes[node_id].signature for node_id in plan.order]
+
+
+def cached_nodes(plan: Plan, hits: dict[str, CachedOutputs], artifacts: ArtifactStore) -> tuple[Outputs, UiResults]:
+    """Of the store's cache `hits`, the nodes whose stored tensors still exist: their outputs and UI results."""
     outputs: Outputs = {}
     ui: UiResults = {}
-    hits = store.cache_get_many([plan.nodes[node_id].signature for node_id in plan.order])
     for node_id in plan.order:
         hit = hits.get(plan.nodes[node_id].signature)
         if hit is None:

@@ -4,16 +4,18 @@ outputs)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from comfymesh.artifacts import ArtifactStore
 from comfymesh.contracts import wirejson
 from comfymesh.contracts.values import tensor_of, value_from_dict
-from comfymesh.jobs import JobStore
+from comfymesh.jobs.protocol import AsyncJobStore
 from comfymesh.logs import log_fields
 from comfymesh.outputs import LEDGER_DIR
 
@@ -40,6 +42,27 @@ class RetentionPolicy:
             raise ValueError("retention ages and sizes must not be negative")
 
 
+class CacheIndex(Protocol):
+    """The cache rows a retention pass reads and deletes (blocking calls: the pass runs in a worker thread)."""
+
+    def cache_rows(self) -> list[tuple[str, str, float]]: ...
+    def cache_delete(self, signature: str) -> None: ...
+
+
+class BlockingCache:
+    """An async job store's cache rows for a pass in a worker thread: each call runs on the event loop."""
+
+    def __init__(self, store: AsyncJobStore, loop: asyncio.AbstractEventLoop) -> None:
+        self._store = store
+        self._loop = loop
+
+    def cache_rows(self) -> list[tuple[str, str, float]]:
+        return asyncio.run_coroutine_threadsafe(self._store.cache_rows(), self._loop).result()
+
+    def cache_delete(self, signature: str) -> None:
+        asyncio.run_coroutine_threadsafe(self._store.cache_delete(signature), self._loop).result()
+
+
 @dataclass
 class RetentionReport:
     cache_entries_removed: int = 0
@@ -55,7 +78,7 @@ def _tensor_refs(outputs_json: str) -> list[tuple[str, int]]:
     return [(ref.digest, ref.nbytes) for ref in refs if ref is not None]
 
 
-def collect(store: JobStore, artifacts: ArtifactStore, home: Path, policy: RetentionPolicy,
+def collect(store: CacheIndex, artifacts: ArtifactStore, home: Path, policy: RetentionPolicy,
             now: float | None = None) -> RetentionReport:
     """One garbage-collection pass (blocking; run it in a thread)."""
     now = now or time.time()

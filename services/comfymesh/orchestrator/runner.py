@@ -17,7 +17,7 @@ from comfymesh.graph import Plan, StageGroup, plan_groups, plan_prompt, sign_pla
 from comfymesh.jobs import JobRecord
 from comfymesh.orchestrator.events import EventBus
 from comfymesh.orchestrator.job_recorder import JobRecorder
-from comfymesh.orchestrator.node_cache import cached_nodes
+from comfymesh.orchestrator.node_cache import cached_nodes, signatures
 from comfymesh.orchestrator.planning import fingerprint_files, group_checkpoint, nodes_to_run
 from comfymesh.orchestrator.preview_method import wants_previews
 from comfymesh.orchestrator.replicas import ReplicaPool
@@ -75,7 +75,8 @@ class JobRunner:
         recorder = self.recorder
         recorder.plan = plan
         trace.mark("orchestrator.planned")
-        lookup = functools.partial(cached_nodes, plan, recorder.store, self.artifacts)
+        hits = await recorder.store.cache_get_many(signatures(plan))
+        lookup = functools.partial(cached_nodes, plan, hits, self.artifacts)
         # a local store answers in microseconds: no worker-thread hop; a remote one (S3) goes off the loop
         values, cached = lookup() if self.artifacts.local else await asyncio.to_thread(lookup)
         recorder.values.update(values)

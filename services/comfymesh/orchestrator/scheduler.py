@@ -22,14 +22,16 @@ from comfymesh.contracts.events import EventType, JobStatus
 from comfymesh.contracts.failures import failure_record
 from comfymesh.graph import Plan, plan_prompt, validate_prompt
 from comfymesh.graph.limits import resource_limits
-from comfymesh.jobs import JobRecord, JobStore, UnreadableJob
+from comfymesh.jobs import JobRecord, UnreadableJob
 from comfymesh.jobs.options import STORED_KEY, InvalidJobOptions, JobOptions
+from comfymesh.jobs.protocol import AsyncJobStore, JobExists, LeaseLost
+from comfymesh.jobs.sqlite_backend import SqliteJobStore
 from comfymesh.logs import log_fields
 from comfymesh.orchestrator.events import EventBus
 from comfymesh.orchestrator.node_catalog import NodeCatalog
 from comfymesh.orchestrator.preview_method import preview_method_error
 from comfymesh.orchestrator.replicas import ReplicaPool
-from comfymesh.orchestrator.retention import RetentionPolicy, collect
+from comfymesh.orchestrator.retention import BlockingCache, RetentionPolicy, collect
 from comfymesh.orchestrator.runner import JobRunner
 from comfymesh.orchestrator.webhooks import WebhookSender, load_secret, output_images
 from comfymesh.outbound import OutboundPolicy
@@ -54,7 +56,7 @@ class Submission:
 
 
 class Scheduler:
-    def __init__(self, settings: Settings, store: JobStore, pool: ReplicaPool) -> None:
+    def __init__(self, settings: Settings, store: AsyncJobStore, pool: ReplicaPool) -> None:
         self.settings = settings
         self.store = store
         self.pool = pool
@@ -64,7 +66,6 @@ class Scheduler:
         self.artifacts = ArtifactStore(settings.artifacts)
         self.running: dict[str, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
-        self._counter = 0
         self._submit_lock = asyncio.Lock()
         self._user_cancelled: set[str] = set()
         self._gc: asyncio.Task[None] | None = None
@@ -75,6 +76,8 @@ class Scheduler:
         self._expiring: set[str] = set()
         self._plans: dict[str, Plan] = {}  # jobs started from their submit: the plan made there
         self._unrecordable: set[str] = set()  # failed jobs whose failure could not be written: never retried
+        self._lost: set[str] = set()  # jobs whose lease was lost or handed back: their tasks stop quietly
+        self._leases: asyncio.Task[None] | None = None
 
     def _custom_checks(self) -> dict[tuple[str, str], Any]:
         home = self.settings.home
@@ -96,22 +99,21 @@ class Scheduler:
         async with self._submit_lock:
             # small lookups run on the loop (a thread hop costs more than they do)
             if job_id:
-                existing = self.store.get_job(job_id)
+                existing = await self.store.get_job(job_id)
                 if existing is not None:
                     return Submission(existing.id, existing.number, existing=True)
             if options.idempotency_key:
-                made = self.store.idempotent_job(user, options.idempotency_key)
+                made = await self.store.idempotent_job(user, options.idempotency_key)
                 if made is not None and made[1] != options.request_digest:
                     return Submission(idempotency_conflict=True)
-                existing = self.store.get_job(made[0]) if made is not None else None
+                existing = await self.store.get_job(made[0]) if made is not None else None
                 if existing is not None:
                     return Submission(existing.id, existing.number, existing=True)
-            if self.store.count_jobs(JobStatus.QUEUED) >= self.settings.max_queue:
+            if await self.store.count_jobs(JobStatus.QUEUED) >= self.settings.max_queue:
                 return Submission(queue_full=True)
-            # ComfyUI's counter moves even when validation then fails
-            self._counter += 1
-            number = options.priority if options.priority is not None else \
-                (-self._counter if options.front else self._counter)
+            # ComfyUI's counter moves even when validation then fails (a sequence when orchestrators share it)
+            counter = await self.store.next_number()
+            number = options.priority if options.priority is not None else (-counter if options.front else counter)
             if error := preview_method_error(extra_data):
                 return Submission(error=error, number=number)
             validate = functools.partial(validate_prompt, prompt, self.catalog, targets=targets,
@@ -131,8 +133,18 @@ class Scheduler:
             if options.stored():
                 extra[STORED_KEY] = options.stored()
             idempotency = (user, options.idempotency_key, options.request_digest) if options.idempotency_key else None
-            await self.bus.record(self.store.add_job, job_id, number, result.prompt, extra, client_id,
-                                  result.outputs, nodes, submitted=prompt, idempotency=idempotency)
+            try:
+                await self.bus.record(self.store.add_job, job_id, number, result.prompt, extra, client_id,
+                                      result.outputs, nodes, submitted=prompt, idempotency=idempotency)
+            except JobExists as exc:  # another orchestrator stored the same id or idempotency key first
+                made = await self.store.idempotent_job(user, options.idempotency_key) \
+                    if options.idempotency_key else None
+                if made is not None and made[1] != options.request_digest:
+                    return Submission(idempotency_conflict=True)
+                existing = await self.store.get_job(exc.job_id)
+                if existing is None:
+                    raise
+                return Submission(existing.id, existing.number, existing=True)
         trace.mark("orchestrator.persisted")
         log.info("job accepted", extra=log_fields(job=job_id, nodes=len(nodes), number=number, user=user))
         if self._recovered:
@@ -159,7 +171,7 @@ class Scheduler:
                 task.cancel()
                 cancelled.append(target)
                 continue
-            job = await asyncio.to_thread(self.store.get_job, target)
+            job = await self.store.get_job(target)
             if job is not None and job.status == JobStatus.QUEUED:
                 await self.bus.record(self.store.set_status, target, JobStatus.CANCELLED,
                                       event=EventType.CANCELLED, data={"while": JobStatus.QUEUED})
@@ -168,13 +180,13 @@ class Scheduler:
         return cancelled
 
     async def recover(self) -> None:
-        """After a restart: jobs that were running are queued again; the cache skips finished work."""
-        for job in await asyncio.to_thread(self.store.jobs_in, JobStatus.RUNNING):
-            await self.bus.record(self.store.set_status, job.id, JobStatus.QUEUED, event=EventType.REQUEUED)
-            log.info("job re-queued after restart", extra=log_fields(job=job.id))
-        self._counter = int(await asyncio.to_thread(self.store.highest_number))
+        """After a restart: jobs that were running and that no live orchestrator holds are queued again; the
+        cache skips finished work."""
+        await self.bus.follow_store()
+        for event in await self.bus.record(self.store.requeue_orphans):
+            log.info("job re-queued after restart", extra=log_fields(job=event.job_id))
         # webhooks are at-least-once: deliveries cut short by a crash are sent again
-        for job_id in await asyncio.to_thread(self.store.jobs_awaiting_webhook):
+        for job_id in await self.store.jobs_awaiting_webhook():
             await self._finished(job_id)
         self._recovered = True
 
@@ -185,7 +197,9 @@ class Scheduler:
                                  output_max_age_s=self.settings.output_max_age_s)
         while True:
             try:
-                await asyncio.to_thread(collect, self.store, self.artifacts, self.settings.home, policy)
+                store = self.store.sync if isinstance(self.store, SqliteJobStore) else \
+                    BlockingCache(self.store, asyncio.get_running_loop())
+                await asyncio.to_thread(collect, store, self.artifacts, self.settings.home, policy)
             except Exception:  # a failed pass is retried at the next interval
                 log.exception("retention pass failed")
             await asyncio.sleep(self.settings.gc_interval_s)
@@ -194,7 +208,33 @@ class Scheduler:
         if not self._recovered:  # the orchestrator's start-up recovers before it listens
             await self.recover()
         self._gc = asyncio.create_task(self.collect_garbage_forever())
+        if self.store.shared:
+            self._leases = asyncio.create_task(supervise("lease keeper", self._keep_leases_forever))
         await supervise("dispatcher", self._dispatch_forever)
+
+    async def _keep_leases_forever(self) -> None:
+        """Shared store: renew this orchestrator's leases every TTL/3, stop the jobs whose lease was lost (their
+        stage calls are cancelled; the store refuses their writes) and re-queue any expired lease."""
+        while True:
+            for job_id in await self.store.renew_leases():
+                task = self.running.get(job_id)
+                if task is not None:
+                    log.warning("lease lost; the job's stage calls are cancelled", extra=log_fields(job=job_id))
+                    self._lost.add(job_id)
+                    task.cancel()
+            for event in await self.bus.record(self.store.requeue_expired):
+                log.info("job re-queued: its orchestrator's lease expired", extra=log_fields(job=event.job_id))
+                self._wake.set()
+            await asyncio.sleep(self.settings.lease_ttl_s / 3)
+
+    async def hand_back(self) -> None:
+        """SIGTERM: give every lease back (running jobs are re-queued for the other orchestrators), then stop
+        driving them; their later writes are refused by the store."""
+        for event in await self.bus.record(self.store.hand_back):
+            log.info("job handed back", extra=log_fields(job=event.job_id))
+        for job_id, task in list(self.running.items()):
+            self._lost.add(job_id)
+            task.cancel()
 
     async def _dispatch_forever(self) -> None:
         while True:
@@ -208,7 +248,7 @@ class Scheduler:
         while len(self.running) < self.settings.max_running_jobs:
             # one indexed query: cheaper than a thread hop
             try:
-                job = self.store.next_queued(set(self.running) | self._unrecordable)
+                job = await self.store.claim_next(set(self.running) | self._unrecordable)
             except UnreadableJob as exc:
                 await self._fail_alone(exc.job_id, exc)
                 continue
@@ -238,7 +278,7 @@ class Scheduler:
         of its final record when it asked for none)."""
         if asked is not None and not _webhook_url(asked):
             return
-        job = await asyncio.to_thread(self.store.get_job, job_id)
+        job = await self.store.get_job(job_id)
         url = _webhook_url(job) if job is not None else ""
         if job is None or not url:
             return
@@ -253,8 +293,12 @@ class Scheduler:
                                plan=self._plans.pop(job.id, None))
             await self._check_stages_declare(_class_types(job.prompt))
             await runner.run()
+        except LeaseLost:
+            log.warning("lease lost; another orchestrator runs the job", extra=log_fields(job=job.id))
         except asyncio.CancelledError:
-            if job.id not in self._user_cancelled:
+            if job.id in self._lost:
+                pass  # another orchestrator runs it now
+            elif job.id not in self._user_cancelled:
                 raise  # shutting down: the job stays running in the store and is re-queued at restart
             self._user_cancelled.discard(job.id)
             # a cancel that lands after the last result was recorded leaves the job completed
@@ -267,6 +311,11 @@ class Scheduler:
         finally:
             self.running.pop(job.id, None)
             self._wake.set()
+        if job.id in self._lost:
+            self._lost.discard(job.id)
+            await self.store.release(job.id)
+            return
+        await self.store.release(job.id)
         await self._finished(job.id, job)
 
     async def _check_stages_declare(self, class_types: set[str]) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 import grpc
 
@@ -98,7 +98,7 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServicer):
         after = request.after_event_id
         if after < 0:
             # live only: the gateway's websocket hub must not replay the whole log when it (re)starts
-            after = await asyncio.to_thread(self.store.last_event_id)
+            after = await self.store.last_event_id()
         async for event in self.scheduler.bus.stream(request.job_id or None, after,
                                                      request.follow, request.include_previews):
             data = dict(event.data)
@@ -107,7 +107,7 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServicer):
             yield orchestrator_pb2.JobEvent(id=event.id, job_id=event.job_id, type=event.type,
                                             node_id=event.node_id, data_json=wirejson.dumps(data), ts=event.ts)
 
-    def _job_message(self, job: JobRecord, with_nodes: bool) -> orchestrator_pb2.Job:
+    def _job_message(self, job: JobRecord, nodes: list[dict[str, Any]] | None = None) -> orchestrator_pb2.Job:
         message = orchestrator_pb2.Job(
             job_id=job.id, status=job.status, created=job.created, started=job.started or 0,
             finished=job.finished or 0, number=job.number, prompt_json=wirejson.dumps(job.submitted),
@@ -115,8 +115,8 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServicer):
             client_id=job.client_id, output_node_ids=job.outputs_to_run)
         if job.error:
             message.error.CopyFrom(failure_from_dict(job.error))
-        if with_nodes:
-            for node in self.store.node_states(job.id):
+        if nodes is not None:
+            for node in nodes:
                 message.nodes.add(node_id=node["node_id"], class_type=node["class_type"], state=node["state"],
                                   ui_json=node["ui_json"])
         return message
@@ -125,28 +125,29 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServicer):
                      context: Context) -> orchestrator_pb2.Job:
         if request.status_only:
             trace.mark("orchestrator.job_status")
-            status = await asyncio.to_thread(self.store.job_status, request.job_id)
+            status = await self.store.job_status(request.job_id)
             if status is None:
                 await context.abort(grpc.StatusCode.NOT_FOUND, f"no job {request.job_id!r}")
             return orchestrator_pb2.Job(job_id=request.job_id, status=status)
         # counted by tests: a client following events never needs to read the job back for one
         trace.mark("orchestrator.get_job")
-        job = await asyncio.to_thread(self.store.get_job, request.job_id)
+        job = await self.store.get_job(request.job_id)
         if job is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no job {request.job_id!r}")
         assert job is not None
-        return await asyncio.to_thread(self._job_message, job, True)
+        nodes = await self.store.node_states(job.id)
+        return await asyncio.to_thread(self._job_message, job, nodes)
 
     async def ListJobs(self, request: orchestrator_pb2.ListJobsRequest,
                        context: Context) -> AsyncIterator[orchestrator_pb2.ListJobsResponse]:
-        jobs, total = await asyncio.to_thread(
-            self.store.list_jobs, list(request.statuses) or None, max(request.limit, 0), max(request.offset, 0),
+        jobs, total = await self.store.list_jobs(
+            list(request.statuses) or None, max(request.limit, 0), max(request.offset, 0),
             _ORDERS.get(request.order, JobOrder.QUEUE), request.workflow_id or None, request.count_only,
             (request.after_created, request.after_job_id) if request.after_job_id else None)
         if not jobs:
             yield orchestrator_pb2.ListJobsResponse(total=total)
         for job in jobs:
-            yield orchestrator_pb2.ListJobsResponse(jobs=[self._job_message(job, False)], total=total)
+            yield orchestrator_pb2.ListJobsResponse(jobs=[self._job_message(job)], total=total)
 
     async def CancelJob(self, request: orchestrator_pb2.CancelJobRequest,
                         context: Context) -> orchestrator_pb2.CancelJobResponse:
@@ -158,11 +159,11 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServicer):
         statuses = [*(FINISHED_STATUSES if request.all_finished else ()),
                     *((JobStatus.QUEUED,) if request.all_queued else ())]
         if statuses:
-            jobs, _ = await asyncio.to_thread(self.store.list_jobs, statuses)
+            jobs, _ = await self.store.list_jobs(statuses)
             ids += [job.id for job in jobs]
         for job_id in ids:
             await self.scheduler.cancel(job_id)
-        deleted = await asyncio.to_thread(self.store.delete_jobs, ids) if ids else 0
+        deleted = await self.store.delete_jobs(ids) if ids else 0
         return orchestrator_pb2.DeleteJobsResponse(deleted=deleted)
 
     async def ListCheckpoints(self, request: orchestrator_pb2.ListCheckpointsRequest,

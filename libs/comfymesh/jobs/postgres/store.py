@@ -24,16 +24,12 @@ from comfymesh.contracts import wirejson
 from comfymesh.contracts.events import FINISHED_STATUSES, EventType, JobEvent, JobStatus, NodeState
 from comfymesh.contracts.job_order import JobOrder
 from comfymesh.jobs.postgres.migrations import migrate
-from comfymesh.jobs.protocol import CachedOutputs, JobExists, LeaseLost
+from comfymesh.jobs.protocol import CachedOutputs, DatabaseUnreachableError, JobExists, LeaseLost
 from comfymesh.jobs.store import _ORDERS, CacheEntry, JobRecord, UnreadableJob, _event, _job
 
 EVENTS_LOCK = 0x636D_0002  # serialises event appends (transaction-level)
 CHANNEL = "comfymesh_events"  # NOTIFY payload: the new event's id
 _LIVE = (JobStatus.QUEUED, JobStatus.RUNNING)
-
-
-class DatabaseUnreachableError(Exception):
-    """PostgreSQL did not answer; the message names host:port, never the password."""
 
 
 def _where(url: str) -> str:
