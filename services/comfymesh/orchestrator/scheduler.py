@@ -251,6 +251,7 @@ class Scheduler:
                 job = await self.store.claim_next(set(self.running) | self._unrecordable)
             except UnreadableJob as exc:
                 await self._fail_alone(exc.job_id, exc)
+                await self.store.release(exc.job_id)
                 continue
             if job is None:
                 return
@@ -262,6 +263,7 @@ class Scheduler:
                     await self._expire(job)
                 finally:
                     self._expiring.discard(job.id)
+                    await self.store.release(job.id)
                 continue
             self.running[job.id] = asyncio.create_task(self._drive(job))
 
