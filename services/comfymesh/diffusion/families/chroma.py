@@ -20,7 +20,7 @@ import torch
 
 from comfymesh.contracts.errors import ModelError
 from comfymesh.contracts.handles import ModelHandle
-from comfymesh.diffusion.families.flux import PATCH, _patches, compute_dtype, convert_flux, image_ids
+from comfymesh.diffusion.families.flux import PATCH, _patches, compute_dtype, convert_flux, image_ids, lora_key_map
 from comfymesh.diffusion.families.registry import (
     BuiltModel,
     Conditioning,
@@ -206,7 +206,7 @@ def encode_chroma(encoders: dict[str, Any], text: str, clip: ModelHandle) -> Con
 class ChromaFamily:
     """Chroma in the family registry: CLIPLoader type `chroma` (one T5-XXL file), FLUX's latents and 16-channel
     VAE, flow sampling with shift 1 (ModelSamplingAuraFlow / SD3 set theirs). Text tokens join the image's, so
-    calls never batch across jobs; no LoRA or fast path yet."""
+    calls never batch across jobs; LoRA, no fast path yet."""
 
     name = NAME
     clip_types: tuple[str, ...] = ("chroma",)
@@ -214,14 +214,17 @@ class ChromaFamily:
     vae_kind: VaeKind = "flux16"
     batches = False
     fast_path = False
-    lora = False
+    lora = True
 
     def recognise(self, src: TensorSource) -> ChromaLayout | None:
         return parse_chroma(src)
 
     def build(self, src: TensorSource, layout: ChromaLayout, device: torch.device,
               weight_dtype: torch.dtype | None) -> BuiltModel:
-        return BuiltModel(recognition(layout), load_chroma(src, layout, device, weight_dtype))
+        from diffusers.loaders.single_file_utils import convert_chroma_transformer_checkpoint_to_diffusers as convert
+
+        return BuiltModel(recognition(layout), load_chroma(src, layout, device, weight_dtype),
+                          lora_map=lora_key_map(src, layout.prefix, layout.width, convert))
 
     def sampling_model(self, module: torch.nn.Module, rec: Recognition, device: torch.device) -> SamplingModel:
         return sampling_model(module, rec, device)

@@ -29,6 +29,7 @@ from comfymesh.diffusion.families.registry import (
     flow_shift_sampling,
 )
 from comfymesh.diffusion.latents.formats import FLUX, LatentFormat
+from comfymesh.diffusion.models.flow_lora import LoraKeyMap, key_map, linear1_qkv
 from comfymesh.diffusion.models.fp8_weights import (
     converted_row_scales,
     held_by_fp8_linear,
@@ -190,6 +191,13 @@ def build_flux(src: TensorSource, layout: FluxLayout, device: torch.device, dtyp
         raise ModelError(f"{src.path.name}: the FLUX weights do not fit the layout read from the file (missing "
                          f"{missing[:4]}, unexpected {result.unexpected_keys[:4]})")
     return model.eval().requires_grad_(False)
+
+
+def lora_key_map(src: TensorSource, prefix: str, width: int, converter: Any = None) -> LoraKeyMap:
+    """LoRA keys of FLUX (and Chroma, `converter` given): the file's names through convert_flux, and
+    single_blocks.N.linear1_qkv for linear1's q, k, v rows."""
+    kmap = key_map(src, prefix, lambda s: convert_flux(s, width, converter))
+    return dataclasses.replace(kmap, fused=linear1_qkv(kmap.file_shapes, width))
 
 
 def compute_dtype(device: torch.device) -> torch.dtype:
@@ -383,7 +391,7 @@ def sampling_model(model: torch.nn.Module, rec: Recognition, device: torch.devic
 class FluxFamily:
     """FLUX.1 (dev, schnell, Kontext, Krea) in the family registry: DualCLIPLoader type `flux` (CLIP-L and
     T5-XXL), the all-in-one checkpoint's encoders, FLUX's latents and 16-channel VAE, ModelSamplingFlux. Text
-    tokens join the image's in one attention, so calls never batch across jobs; no LoRA or fast path yet."""
+    tokens join the image's in one attention, so calls never batch across jobs; LoRA, no fast path yet."""
 
     name = NAME
     clip_types: tuple[str, ...] = ("flux",)
@@ -391,7 +399,7 @@ class FluxFamily:
     vae_kind: VaeKind = "flux16"
     batches = False
     fast_path = False
-    lora = False
+    lora = True
     checkpoint_vae_prefix = "vae."  # ComfyUI's FLUX checkpoints keep the VAE under `vae.`
 
     def recognise(self, src: TensorSource) -> FluxLayout | None:
@@ -399,7 +407,8 @@ class FluxFamily:
 
     def build(self, src: TensorSource, layout: FluxLayout, device: torch.device,
               weight_dtype: torch.dtype | None) -> BuiltModel:
-        return BuiltModel(recognition(layout), load_flux(src, layout, device, weight_dtype))
+        return BuiltModel(recognition(layout), load_flux(src, layout, device, weight_dtype),
+                          lora_map=lora_key_map(src, layout.prefix, layout.width))
 
     def sampling_model(self, module: torch.nn.Module, rec: Recognition, device: torch.device) -> SamplingModel:
         return sampling_model(module, rec, device)

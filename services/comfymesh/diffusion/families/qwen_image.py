@@ -34,6 +34,7 @@ from comfymesh.diffusion.families.registry import (
 )
 from comfymesh.diffusion.latents.formats import LatentFormat
 from comfymesh.diffusion.latents.wan21 import WAN21
+from comfymesh.diffusion.models.flow_lora import key_map
 from comfymesh.diffusion.models.recognise import Recognition, UNetLayout
 from comfymesh.diffusion.models.tensor_source import TensorSource
 from comfymesh.diffusion.sampling.flux_sampling import FluxModelSampling
@@ -328,7 +329,7 @@ def sampling_model(model: torch.nn.Module, rec: Recognition, device: torch.devic
 class QwenImage:
     """Qwen-Image in the family registry: CLIPLoader type `qwen_image` with a Qwen2.5-VL file, the Wan 2.1 VAE's
     latents, FLUX-type sampling (shift 1.15; ModelSamplingAuraFlow/SD3 and ModelSamplingFlux records apply).
-    Text tokens join the image sequence, so calls never batch across jobs; no LoRA or fast path yet."""
+    Text tokens join the image sequence, so calls never batch across jobs; LoRA, no fast path yet."""
 
     name = NAME
     clip_types: tuple[str, ...] = ("qwen_image",)
@@ -336,14 +337,15 @@ class QwenImage:
     vae_kind: VaeKind = "other"
     batches = False
     fast_path = False
-    lora = False
+    lora = True
 
     def recognise(self, src: TensorSource) -> QwenImageLayout | None:
         return parse_qwen_image(src)
 
     def build(self, src: TensorSource, layout: QwenImageLayout, device: torch.device,
               weight_dtype: torch.dtype | None) -> BuiltModel:
-        return BuiltModel(recognition(layout), load_qwen_image(src, layout, device, weight_dtype))
+        return BuiltModel(recognition(layout), load_qwen_image(src, layout, device, weight_dtype),
+                          lora_map=key_map(src, layout.prefix, skip=(_ZERO_MARKER,)))
 
     def sampling_model(self, module: torch.nn.Module, rec: Recognition, device: torch.device) -> SamplingModel:
         return sampling_model(module, rec, device)

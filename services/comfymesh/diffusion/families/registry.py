@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
     from comfymesh.contracts.handles import ModelHandle
     from comfymesh.diffusion.latents.formats import LatentFormat
+    from comfymesh.diffusion.models.flow_lora import LoraKeyMap
     from comfymesh.diffusion.models.recognise import Recognition
     from comfymesh.diffusion.models.tensor_source import TensorSource
     from comfymesh.diffusion.sampling.ksampler import SamplingModel
@@ -37,6 +38,7 @@ class BuiltModel:
     recognition: Recognition
     module: torch.nn.Module
     unet_modules: dict[str, str] = field(default_factory=dict)  # file → module names, for LoRA (empty: none)
+    lora_map: LoraKeyMap | None = None  # how LoRA keys name its weights (models.flow_lora); None: no LoRA
 
 
 class UnsupportedSampling(Exception):
@@ -52,7 +54,7 @@ class DiffusionFamily(Protocol):
     vae_kind: VaeKind
     batches: bool  # may jobs' calls share one model call in the cross-job batcher
     fast_path: bool  # compiled / CUDA-graph UNet path
-    lora: bool  # LoRA patches apply to its diffusion model
+    lora: bool  # LoRA patches apply to its diffusion model (its BuiltModel gives a lora_map)
 
     def recognise(self, src: TensorSource) -> Any | None:
         """The family's layout of a diffusion-model file, read from keys and shapes; None if not this family,

@@ -31,6 +31,7 @@ from comfymesh.diffusion.families.registry import (
     flow_shift_sampling,
 )
 from comfymesh.diffusion.latents.formats import LatentFormat
+from comfymesh.diffusion.models.flow_lora import key_map
 from comfymesh.diffusion.models.fp8_weights import (
     converted_row_scales,
     held_by_fp8_linear,
@@ -333,7 +334,7 @@ def t5_encode_fn() -> T5Encode:
 class SD3Family:
     """SD3 / SD3.5 in the family registry: CLIP type `sd3` (CLIP-L, CLIP-G, T5-XXL files in any mix), the
     all-in-one checkpoint's encoders, SD3's latents and 16-channel VAE (FLUX's architecture), flow sampling
-    with shift 3. Text tokens join the image's in one attention, so calls never batch across jobs; no LoRA or
+    with shift 3. Text tokens join the image's in one attention, so calls never batch across jobs; LoRA, no
     fast path yet."""
 
     name = NAME
@@ -342,14 +343,17 @@ class SD3Family:
     vae_kind: VaeKind = "flux16"
     batches = False
     fast_path = False
-    lora = False
+    lora = True
 
     def recognise(self, src: TensorSource) -> SD3Layout | None:
         return parse_sd3(src)
 
     def build(self, src: TensorSource, layout: SD3Layout, device: torch.device,
               weight_dtype: torch.dtype | None) -> BuiltModel:
-        return BuiltModel(recognition(layout), load_sd3(src, layout, device, weight_dtype))
+        from diffusers.loaders.single_file_utils import convert_sd3_transformer_checkpoint_to_diffusers as convert
+
+        return BuiltModel(recognition(layout), load_sd3(src, layout, device, weight_dtype),
+                          lora_map=key_map(src, layout.prefix, convert))
 
     def sampling_model(self, module: torch.nn.Module, rec: Recognition, device: torch.device) -> SamplingModel:
         return sampling_model(module, rec, device)

@@ -27,6 +27,7 @@ from comfymesh.diffusion.families.registry import (
     flow_shift_sampling,
 )
 from comfymesh.diffusion.latents.formats import FLUX, LatentFormat
+from comfymesh.diffusion.models.flow_lora import key_map
 from comfymesh.diffusion.models.recognise import Recognition, UNetLayout
 from comfymesh.diffusion.models.tensor_source import TensorSource
 from comfymesh.diffusion.sampling.flow_sampling import FlowModelSampling
@@ -205,7 +206,7 @@ def sampling_model(model: torch.nn.Module, rec: Recognition, device: torch.devic
 
 class ZImage:
     """Z-Image in the family registry: CLIPLoader type `lumina2` with a Qwen3 file, FLUX's latents and 16-channel
-    VAE, flow sampling. Caption tokens join the image sequence, so calls never batch across jobs; no LoRA or
+    VAE, flow sampling. Caption tokens join the image sequence, so calls never batch across jobs; LoRA, no
     fast path yet."""
 
     name = NAME
@@ -214,14 +215,17 @@ class ZImage:
     vae_kind: VaeKind = "flux16"
     batches = False
     fast_path = False
-    lora = False
+    lora = True
 
     def recognise(self, src: TensorSource) -> ZImageLayout | None:
         return parse_zimage(src)
 
     def build(self, src: TensorSource, layout: ZImageLayout, device: torch.device,
               weight_dtype: torch.dtype | None) -> BuiltModel:
-        return BuiltModel(recognition(layout), load_zimage(src, layout, device, weight_dtype))
+        from diffusers.loaders.single_file_utils import convert_z_image_transformer_checkpoint_to_diffusers as convert
+
+        return BuiltModel(recognition(layout), load_zimage(src, layout, device, weight_dtype),
+                          lora_map=key_map(src, layout.prefix, convert))
 
     def sampling_model(self, module: torch.nn.Module, rec: Recognition, device: torch.device) -> SamplingModel:
         return sampling_model(module, rec, device)

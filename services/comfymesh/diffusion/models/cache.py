@@ -7,6 +7,7 @@ changes cached base weights: patched tensors live in their own entry and are swa
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -22,11 +23,12 @@ from comfymesh.catalog.files import file_digest
 from comfymesh.config import get_settings
 from comfymesh.config.diffusion import DiffusionSettings
 from comfymesh.config.fast_path import FastPathSettings
-from comfymesh.contracts.errors import ModelError
+from comfymesh.contracts.errors import ModelError, NodeInputError
 from comfymesh.diffusion.families import registry as families
 from comfymesh.diffusion.fast.decoder import FastDecoder
 from comfymesh.diffusion.fast.unet import FastUNet
 from comfymesh.diffusion.latents.formats import LatentFormat, for_family
+from comfymesh.diffusion.models import flow_lora
 from comfymesh.diffusion.models import lora as lora_mod
 from comfymesh.diffusion.models.checkpoint import (
     CheckpointParts,
@@ -252,13 +254,12 @@ class ModelCache:
 
         return digest, self._get_or_load(f"{kind}:{digest}", build)
 
-    def lora_file(self, path: Path) -> tuple[str, dict[str, lora_mod.LoraPair]]:
+    def lora_file(self, path: Path) -> tuple[str, dict[str, lora_mod.Adapter]]:
         digest = self.digest(path)
 
         def load() -> tuple[Any, int, dict[str, Any]]:
             pairs = lora_mod.read_lora(path)
-            nbytes = sum(p.up.numel() * p.up.element_size() + p.down.numel() * p.down.element_size()
-                         for p in pairs.values())
+            nbytes = sum(p.nbytes() for p in pairs.values())
             return pairs, nbytes, {"name": path.name, "digest": digest, "kind": "lora"}
 
         return digest, self._get_or_load(f"lora:{digest}", load)
@@ -274,13 +275,18 @@ class ModelCache:
         key = f"patch:{part}:{ckpt.key}:" + ",".join(f"{d}@{s!r}" for (d, _), _, s in specs)
 
         def load() -> tuple[Any, int, dict[str, Any]]:
-            targets = self._lora_targets(ckpt, part)
             out: dict[str, dict[str, torch.Tensor]] = {}
-            for (_, pairs), _name, strength in specs:
-                for target, (module, lookup) in targets.items():
-                    patched, used = lora_mod.patch_weights(module, lookup, pairs, strength, out.get(target))
-                    if used:
-                        out[target] = patched
+            kmap = ckpt.parts.lora_map
+            if part == "unet" and kmap is not None and ckpt.parts.unet is not None:  # a registered family
+                stack = [(pairs, strength) for (_, pairs), _name, strength in specs]
+                out["unet"], _ = flow_lora.patched_weights(ckpt.parts.unet, kmap, stack)
+            else:
+                targets = self._lora_targets(ckpt, part)
+                for (_, pairs), _name, strength in specs:
+                    for target, (module, lookup) in targets.items():
+                        patched, used = lora_mod.patch_weights(module, lookup, pairs, strength, out.get(target))
+                        if used:
+                            out[target] = patched
             nbytes = sum(t.numel() * t.element_size() for d in out.values() for t in d.values())
             return out, nbytes, {"name": key, "digest": ckpt.digest, "kind": "patch"}
 
@@ -292,6 +298,13 @@ class ModelCache:
         _, pairs = self.lora_file(path)
         used: set[str] = set()
         for ckpt in models:
+            family = families.get(ckpt.family)
+            if family is not None and ckpt.parts.unet is not None:
+                if not family.lora or ckpt.parts.lora_map is None:
+                    raise NodeInputError(f"LoRA on {family.name} models is not supported yet")
+                used |= flow_lora.fitting(ckpt.parts.unet, ckpt.parts.lora_map, pairs)
+            if family is not None:  # the families' text encoders take no LoRA yet: their keys stay unused
+                continue
             for part in ("unet", "clip"):
                 for module, lookup in self._lora_targets(ckpt, part).values():
                     used |= lora_mod.fitting(module, lookup, pairs)
@@ -314,8 +327,12 @@ class ModelCache:
     def sampling_model(self, ckpt: LoadedCheckpoint, loras: Sequence[LoraSpec] = ()) -> SamplingModel:
         module, rec = ckpt.unet()
         family = families.get(rec.family)
-        if family is not None:  # its own model call; LoRA and the fast path run on the UNet families only so far
-            return family.sampling_model(module, rec, ckpt.device)
+        if family is not None:  # its own model call; the fast path runs on the UNet families only so far
+            sm = family.sampling_model(module, rec, ckpt.device)
+            overrides = self._patches(ckpt, "unet", loras).get("unet", {})
+            if overrides:  # the patched weights swapped in per call; the cached tensors stay as loaded
+                sm = dataclasses.replace(sm, unet=flow_lora.patched_call(sm.unet, module, overrides))
+            return sm
         overrides = self._patches(ckpt, "unet", loras).get("unet", {})
         unet: UNetFn = _unet_fn(module, overrides)
         if not overrides and self.fast.fast_enabled(ckpt.device.type):

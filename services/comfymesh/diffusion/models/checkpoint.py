@@ -13,6 +13,7 @@ import torch
 from comfymesh.contracts.errors import ModelError
 from comfymesh.diffusion.families import registry as families
 from comfymesh.diffusion.models.convert import Placement, build_clip, build_unet, build_vae, unet_module_map
+from comfymesh.diffusion.models.flow_lora import LoraKeyMap
 from comfymesh.diffusion.models.recognise import (
     VAE_PREFIX,
     ClipLayout,
@@ -40,6 +41,7 @@ class CheckpointParts:
     clips: dict[str, torch.nn.Module] = field(default_factory=dict)  # role → module
     unet_modules: dict[str, str] = field(default_factory=dict)  # LDM → diffusers module names
     family: str = ""  # text encoders without a UNet: the family their files make
+    lora_map: LoraKeyMap | None = None  # a registered family's LoRA key map; None: the UNet path or no LoRA
 
 
 def load_checkpoint(path: Path, place: Placement | None = None) -> CheckpointParts:
@@ -96,7 +98,8 @@ def load_family_checkpoint(src: TensorSource, family: families.DiffusionFamily, 
         raise ModelError(f"{src.path.name}: the checkpoint's VAE could not be converted: {exc}") from exc
     encoders = getattr(family, "load_checkpoint_encoders", None)
     clips = encoders(src, place.device) if encoders is not None else {}
-    return CheckpointParts(built.recognition, built.module, vae, clips, built.unet_modules, family=family.name)
+    return CheckpointParts(built.recognition, built.module, vae, clips, built.unet_modules, family=family.name,
+                           lora_map=built.lora_map)
 
 
 def load_vae_file(path: Path, place: Placement | None = None) -> torch.nn.Module:
@@ -137,7 +140,8 @@ def load_unet_file(path: Path, place: Placement | None = None, weight_dtype: str
     if found is not None:
         family, layout = found
         built = family.build(src, layout, place.device, WEIGHT_DTYPES[weight_dtype])
-        return CheckpointParts(built.recognition, built.module, None, {}, built.unet_modules)
+        return CheckpointParts(built.recognition, built.module, None, {}, built.unet_modules,
+                               lora_map=built.lora_map)
     rec, prefix = recognise_unet_file(src)
     try:
         unet = build_unet(src, rec, place, prefix)

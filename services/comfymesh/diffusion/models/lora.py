@@ -1,13 +1,16 @@
-"""Kohya/LDM LoRA files as weight patches: W' = W + strength·(alpha/rank)·up·down, computed on copies.
+"""LoRA files as weight patches: W' = W + strength·(alpha/rank)·up·down, computed on copies.
 
-UNet keys may name modules the diffusers way (`lora_unet_down_blocks_0_…`) or the LDM way
-(`lora_unet_input_blocks_1_1_…`); text encoder keys are `lora_te_` (SD1/SD2), `lora_te1_`/`lora_te2_`
-(SDXL CLIP-L / CLIP-G), named after Hugging Face CLIP modules.
+A file's adapters are read in the forms ComfyUI accepts: LoRA pairs as kohya writes them (`lora_up`/`lora_down`),
+PEFT/diffusers (`lora_B`/`lora_A`, AI-toolkit's FLUX files too) and older diffusers spellings, LoHa (`hada_*`)
+and LoKr (`lokr_*`). For the SD UNets, keys may name modules the diffusers way (`lora_unet_down_blocks_0_…`) or
+the LDM way (`lora_unet_input_blocks_1_1_…`); text encoder keys are `lora_te_` (SD1/SD2), `lora_te1_`/`lora_te2_`
+(SDXL CLIP-L / CLIP-G), named after Hugging Face CLIP modules. The flow families' names: models.flow_lora.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +21,24 @@ from comfymesh.contracts.errors import ModelError, NodeInputError
 
 log = logging.getLogger(__name__)
 
-SUFFIXES = (".lora_up.weight", ".lora_down.weight", ".alpha")
+# (up, down) suffixes of one LoRA pair, in ComfyUI's order of precedence: kohya, older diffusers, PEFT, ...
+PAIR_SUFFIXES = ((".lora_up.weight", ".lora_down.weight"), ("_lora.up.weight", "_lora.down.weight"),
+                 (".lora_B.weight", ".lora_A.weight"), (".lora.up.weight", ".lora.down.weight"),
+                 (".lora_linear_layer.up.weight", ".lora_linear_layer.down.weight"),
+                 (".lora_B.default.weight", ".lora_A.default.weight"))
+LOHA = ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")
+LOKR = ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b")
+
+
+def _numel(shape: Sequence[int]) -> int:
+    out = 1
+    for n in shape:
+        out *= n
+    return out
+
+
+def _scale(alpha: float | None, rank: int | None) -> float:
+    return alpha / rank if alpha is not None and rank else 1.0
 
 
 @dataclass
@@ -27,30 +47,120 @@ class LoraPair:
     down: torch.Tensor
     alpha: float | None
 
-    def delta(self, shape: torch.Size) -> torch.Tensor:
-        rank = self.down.shape[0]
-        scale = (self.alpha / rank) if self.alpha is not None else 1.0
+    def delta(self, shape: Sequence[int]) -> torch.Tensor:
         up, down = self.up.float().flatten(1), self.down.float().flatten(1)
-        return (up @ down).reshape(shape) * scale
+        return (up @ down).reshape(tuple(shape)) * _scale(self.alpha, self.down.shape[0])
+
+    def fits(self, shape: Sequence[int]) -> bool:
+        return self.up.shape[0] == shape[0] and self.down.flatten(1).shape[1] == _numel(shape[1:])
+
+    def nbytes(self) -> int:
+        return self.up.numel() * self.up.element_size() + self.down.numel() * self.down.element_size()
 
 
-def read_lora(path: Path) -> dict[str, LoraPair]:
-    """The LoRA pairs of a file, by kohya module name; ModelError for unreadable files."""
+@dataclass
+class LoHa:
+    """LyCORIS' Hadamard product: ΔW = (w1_a·w1_b) ⊙ (w2_a·w2_b) · alpha/rank (rank: w1_b's rows)."""
+
+    w1a: torch.Tensor
+    w1b: torch.Tensor
+    w2a: torch.Tensor
+    w2b: torch.Tensor
+    alpha: float | None
+
+    def delta(self, shape: Sequence[int]) -> torch.Tensor:
+        m1 = self.w1a.float() @ self.w1b.float()
+        m2 = self.w2a.float() @ self.w2b.float()
+        return (m1 * m2).reshape(tuple(shape)) * _scale(self.alpha, self.w1b.shape[0])
+
+    def fits(self, shape: Sequence[int]) -> bool:
+        return self.w1a.shape[0] == shape[0] and self.w1b.shape[1] == _numel(shape[1:])
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.w1a, self.w1b, self.w2a, self.w2b))
+
+
+@dataclass
+class LoKr:
+    """LyCORIS' Kronecker product: ΔW = w1 ⊗ w2, each factor whole or a product a·b; scaled by alpha/rank only
+    when a factor is decomposed (rank: its b's rows, w1's first), as ComfyUI does."""
+
+    w1: tuple[torch.Tensor, ...]  # (w1,) or (w1_a, w1_b)
+    w2: tuple[torch.Tensor, ...]
+    alpha: float | None
+
+    @staticmethod
+    def _whole(parts: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        return parts[0].float() if len(parts) == 1 else parts[0].float() @ parts[1].float()
+
+    def _dims(self) -> tuple[int, int]:
+        def rc(parts: tuple[torch.Tensor, ...]) -> tuple[int, int]:
+            return (parts[0].shape[0], _numel(parts[-1].shape[1:]))
+        (r1, c1), (r2, c2) = rc(self.w1), rc(self.w2)
+        return r1 * r2, c1 * c2
+
+    def delta(self, shape: Sequence[int]) -> torch.Tensor:
+        rank = self.w1[1].shape[0] if len(self.w1) == 2 else self.w2[1].shape[0] if len(self.w2) == 2 else None
+        w2 = self._whole(self.w2).flatten(1)
+        return torch.kron(self._whole(self.w1), w2).reshape(tuple(shape)) * _scale(self.alpha, rank)
+
+    def fits(self, shape: Sequence[int]) -> bool:
+        return self._dims() == (shape[0], _numel(shape[1:]))
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (*self.w1, *self.w2))
+
+
+Adapter = LoraPair | LoHa | LoKr
+
+
+def adapters_of(tensors: dict[str, torch.Tensor]) -> dict[str, Adapter]:
+    """The adapters of a LoRA file's tensors, by the module name their keys share (suffixes removed)."""
+    out: dict[str, Adapter] = {}
+
+    def alpha(name: str) -> float | None:
+        a = tensors.get(name + ".alpha")
+        return float(a) if a is not None else None
+
+    for key in sorted(tensors):
+        for up_sfx, down_sfx in PAIR_SUFFIXES:
+            if key.endswith(up_sfx):
+                name = key[: -len(up_sfx)]
+                down = tensors.get(name + down_sfx)
+                if down is not None and name not in out:
+                    out[name] = LoraPair(tensors[key], down, alpha(name))
+                break
+        name, _, leaf = key.rpartition(".")
+        # (Tucker-decomposed conv LoHa / LoKr, with t1/t2 factors, are not taken)
+        if (leaf == "hada_w1_a" and name not in out and f"{name}.hada_t1" not in tensors
+                and all(f"{name}.{n}" in tensors for n in LOHA)):
+            w = [tensors[f"{name}.{n}"] for n in LOHA]
+            out[name] = LoHa(w[0], w[1], w[2], w[3], alpha(name))
+        if leaf in ("lokr_w1", "lokr_w1_a") and name not in out and f"{name}.lokr_t2" not in tensors:
+            w1 = _factor(tensors, name, "lokr_w1")
+            w2 = _factor(tensors, name, "lokr_w2")
+            if w1 is not None and w2 is not None:
+                out[name] = LoKr(w1, w2, alpha(name))
+    return out
+
+
+def _factor(tensors: dict[str, torch.Tensor], name: str, stem: str) -> tuple[torch.Tensor, ...] | None:
+    whole = tensors.get(f"{name}.{stem}")
+    if whole is not None:
+        return (whole,)
+    a, b = tensors.get(f"{name}.{stem}_a"), tensors.get(f"{name}.{stem}_b")
+    return (a, b) if a is not None and b is not None else None
+
+
+def read_lora(path: Path) -> dict[str, Adapter]:
+    """The adapters of a file, by module name as the file spells it; ModelError for unreadable files."""
     from safetensors.torch import load_file
 
     try:
         tensors = load_file(str(path))
     except Exception as exc:
         raise ModelError(f"LoRA file {path.name} is not a readable .safetensors file: {exc}") from exc
-    names = {k[: -len(s)] for k in tensors for s in SUFFIXES if k.endswith(s)}
-    pairs = {}
-    for name in sorted(names):
-        up, down = tensors.get(name + ".lora_up.weight"), tensors.get(name + ".lora_down.weight")
-        if up is None or down is None:
-            continue
-        alpha = tensors.get(name + ".alpha")
-        pairs[name] = LoraPair(up, down, float(alpha) if alpha is not None else None)
-    return pairs
+    return adapters_of(tensors)
 
 
 def module_lookup(model: nn.Module, prefix: str, extra: dict[str, str] | None = None,
@@ -67,22 +177,18 @@ def module_lookup(model: nn.Module, prefix: str, extra: dict[str, str] | None = 
     return table
 
 
-def _fits(pair: LoraPair, weight: torch.Tensor) -> bool:
-    return pair.up.shape[0] == weight.shape[0] and pair.down.flatten(1).shape[1] == weight[0].numel()
-
-
-def fitting(model: nn.Module, lookup: dict[str, str], pairs: dict[str, LoraPair]) -> set[str]:
+def fitting(model: nn.Module, lookup: dict[str, str], pairs: dict[str, Adapter]) -> set[str]:
     """The LoRA names that name a module of `model` with a weight of the right shape."""
     params = dict(model.named_parameters())
     out = set()
     for name, pair in pairs.items():
         module = lookup.get(name)
-        if module is not None and module + ".weight" in params and _fits(pair, params[module + ".weight"]):
+        if module is not None and module + ".weight" in params and pair.fits(params[module + ".weight"].shape):
             out.add(name)
     return out
 
 
-def patch_weights(model: nn.Module, lookup: dict[str, str], pairs: dict[str, LoraPair], strength: float,
+def patch_weights(model: nn.Module, lookup: dict[str, str], pairs: dict[str, Adapter], strength: float,
                   base: dict[str, torch.Tensor] | None = None) -> tuple[dict[str, torch.Tensor], set[str]]:
     """New weight tensors for the modules the LoRA names (never touching the model's own tensors).
 
@@ -99,12 +205,12 @@ def patch_weights(model: nn.Module, lookup: dict[str, str], pairs: dict[str, Lor
     return patched, used
 
 
-def check_fit(file_name: str, pairs: dict[str, LoraPair], used: set[str]) -> None:
+def check_fit(file_name: str, pairs: dict[str, Adapter], used: set[str]) -> None:
     if pairs and not used:
         sample = ", ".join(sorted(pairs)[:3])
         raise NodeInputError(f"LoRA {file_name} fits no layer of this model (keys like {sample})")
     if not pairs:
-        raise NodeInputError(f"LoRA {file_name} holds no lora_up/lora_down pairs")
+        raise NodeInputError(f"LoRA {file_name} holds no LoRA, LoHa or LoKr weights")
     unused = set(pairs) - used
     if unused:
         log.warning("LoRA %s: %d of %d keys fit no layer (e.g. %s)", file_name, len(unused), len(pairs),

@@ -1,0 +1,234 @@
+"""LoRA on the registered (flow) families' diffusion models: which weight a LoRA key names, and the patched
+weights, as ComfyUI's key maps and offset patches make them.
+
+Our modules are diffusers models, built from files in ComfyUI's layout by a converter that splits fused
+weights (FLUX's qkv and single-block linear1, Z-Image's and SD3's qkv) and renames the rest. A LoRA key names
+either a module weight (diffusers/PEFT and AI-toolkit files: `transformer.…`, `lora_transformer_…`,
+`lycoris_…`) or a weight of the file (kohya's `lora_unet_…`, `diffusion_model.…`, FLUX's `…linear1_qkv`, the
+first 3·width rows of linear1). A file-named key's ΔW is made at the file weight's full shape and run through
+the family's converter, so a LoRA on a fused weight updates exactly the slices the converter cut (ComfyUI's
+offset patches); the converter is linear in the weights (splits, renames, row swaps), so ΔW converts as W does.
+
+Patched weights are new tensors (the cached base stays as loaded), one rounding after every LoRA of the stack
+is summed in float32, as ComfyUI computes its patches. An fp8 linear's patch is kept as a copy in the model's
+compute dtype (its dequantised weight plus ΔW, with the row scales set to 1), not re-quantised to fp8.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from comfymesh.contracts.errors import ModelError
+from comfymesh.diffusion.models.fp8_weights import MARKER, SCALE_SUFFIX, Fp8Linear, is_fp8
+from comfymesh.diffusion.models.lora import Adapter
+from comfymesh.diffusion.models.tensor_source import TensorSource
+
+Converter = Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]
+Target = tuple[str, str]  # ("module" | "file", weight key)
+
+# LoRA key prefix → the name tables to look the rest up in, in order; "_" tables spell dots as underscores.
+# ComfyUI's maps: lora_unet_ and diffusion_model. name the file's weights (Z-Image's diffusion_model. also
+# diffusers'), transformer. / base_model.model. / lora_transformer_ / lycoris_ diffusers' (Qwen-Image: same names)
+_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("lora_unet_", ("file_", "module_")),
+    ("lora_transformer_", ("module_", "file_")),
+    ("lycoris_", ("module_", "file_")),
+    ("diffusion_model.", ("file", "module")),
+    ("transformer.", ("module", "file")),
+    ("base_model.model.", ("module", "file")),
+    ("", ("file", "module")),
+)
+
+
+@dataclass(frozen=True)
+class LoraKeyMap:
+    """What a family tells of its built model for LoRA: the file's weight keys in ComfyUI's names (the model's
+    prefix removed) with their shapes, the converter from those names to the module's (None: same names), and
+    LoRA-only names of row ranges of a fused weight (name → (file key, first row, rows))."""
+
+    file_shapes: dict[str, tuple[int, ...]]
+    convert: Converter | None = None
+    fused: dict[str, tuple[str, int, int]] = field(default_factory=dict)
+
+
+def key_map(src: TensorSource, prefix: str, convert: Converter | None = None,
+            fused: dict[str, tuple[str, int, int]] | None = None, skip: Sequence[str] = ()) -> LoraKeyMap:
+    """The map of a file read from its header: every tensor under `prefix` but scaled-fp8 bookkeeping and the
+    `skip` keys (prefix removed), as the family's build hands them to `convert`."""
+    shapes = {}
+    for k in src.keys:
+        if not k.startswith(prefix):
+            continue
+        name = k[len(prefix):]
+        if name in skip or name == MARKER or name.endswith((SCALE_SUFFIX, ".scale_input", "." + MARKER)):
+            continue
+        shapes[name] = tuple(src.shape(k))
+    return LoraKeyMap(shapes, convert, fused or {})
+
+
+def linear1_qkv(shapes: dict[str, tuple[int, ...]], width: int) -> dict[str, tuple[str, int, int]]:
+    """FLUX/Chroma single blocks: `single_blocks.N.linear1_qkv` names linear1's q, k, v rows (ComfyUI's key)."""
+    return {k[: -len(".linear1.weight")] + ".linear1_qkv": (k, 0, 3 * width)
+            for k in shapes if k.startswith("single_blocks.") and k.endswith(".linear1.weight")}
+
+
+class _Tables:
+    def __init__(self, model: nn.Module, kmap: LoraKeyMap) -> None:
+        module = {k[: -len(".weight")] for k, _ in model.named_parameters() if k.endswith(".weight")}
+        file = {k[: -len(".weight")] for k in kmap.file_shapes if k.endswith(".weight")}
+        self.tables: dict[str, dict[str, Target]] = {
+            "module": {n: ("module", n + ".weight") for n in module},
+            "file": {**{n: ("file", n + ".weight") for n in file}, **{n: ("file", n) for n in kmap.fused}},
+        }
+        for kind in ("module", "file"):
+            self.tables[kind + "_"] = {n.replace(".", "_"): t for n, t in self.tables[kind].items()}
+
+    def resolve(self, name: str) -> Target | None:
+        for prefix, order in _RULES:
+            if name.startswith(prefix):
+                rest = name[len(prefix):]
+                for table in order:
+                    target = self.tables[table].get(rest)
+                    if target is not None:
+                        return target
+        return None
+
+
+def _shape(target: Target, model_shapes: dict[str, tuple[int, ...]], kmap: LoraKeyMap) -> tuple[int, ...]:
+    kind, key = target
+    if kind == "module":
+        return model_shapes[key]
+    if key in kmap.fused:
+        file_key, _, rows = kmap.fused[key]
+        return (rows, *kmap.file_shapes[file_key][1:])
+    return kmap.file_shapes[key]
+
+
+def fitting(model: nn.Module, kmap: LoraKeyMap, adapters: dict[str, Adapter]) -> set[str]:
+    """The adapter names that name a weight of the model (or of its file) of a shape they fit."""
+    tables = _Tables(model, kmap)
+    shapes = {k: tuple(v.shape) for k, v in model.named_parameters()}
+    used = set()
+    for name, adapter in adapters.items():
+        target = tables.resolve(name)
+        if target is not None and adapter.fits(_shape(target, shapes, kmap)):
+            used.add(name)
+    return used
+
+
+def _add(into: dict[str, torch.Tensor], key: str, delta: torch.Tensor) -> None:
+    into[key] = into[key] + delta if key in into else delta
+
+
+def deltas(model: nn.Module, kmap: LoraKeyMap, stack: Sequence[tuple[dict[str, Adapter], float]],
+           ) -> tuple[dict[str, torch.Tensor], list[set[str]]]:
+    """Σ strength·ΔW (float32) per module weight for a stack of (adapters, strength), and each one's used names."""
+    tables = _Tables(model, kmap)
+    params = dict(model.named_parameters())
+    shapes = {k: tuple(v.shape) for k, v in params.items()}
+    device = next(iter(params.values())).device
+    on_module: dict[str, torch.Tensor] = {}
+    on_file: dict[str, torch.Tensor] = {}
+    used_each = []
+    for adapters, strength in stack:
+        used = set()
+        for name, adapter in sorted(adapters.items()):
+            target = tables.resolve(name)
+            if target is None:
+                continue
+            shape = _shape(target, shapes, kmap)
+            if not adapter.fits(shape):
+                continue
+            used.add(name)
+            delta = strength * adapter.delta(shape).to(device)
+            kind, key = target
+            if kind == "module":
+                _add(on_module, key, delta)
+            elif key in kmap.fused:  # a row range of a fused weight: zeros elsewhere (ComfyUI's offset patch)
+                file_key, first, rows = kmap.fused[key]
+                whole = torch.zeros(kmap.file_shapes[file_key], device=device)
+                whole[first:first + rows] = delta
+                _add(on_file, file_key, whole)
+            else:
+                _add(on_file, key, delta)
+        used_each.append(used)
+    for key, delta in _converted(kmap, on_file).items():
+        if not delta.any():  # a piece a partial patch (linear1_qkv) leaves alone: no copy of it
+            continue
+        if key not in shapes or tuple(delta.shape) != shapes[key]:
+            raise ModelError(f"a LoRA weight converts to {key} {tuple(delta.shape)}, which the model does not "
+                             "have in that shape")
+        _add(on_module, key, delta)
+    return on_module, used_each
+
+
+def _converted(kmap: LoraKeyMap, on_file: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """File-named deltas under the module's names: the family's converter run on them, every other file
+    tensor stood in by an empty meta tensor of its shape (the converter pops them all)."""
+    if not on_file or kmap.convert is None:
+        return on_file
+    state: dict[str, torch.Tensor] = {k: torch.empty(s, device="meta") for k, s in kmap.file_shapes.items()}
+    state.update(on_file)
+    return {k: v for k, v in kmap.convert(state).items() if v.device.type != "meta"}
+
+
+def patched_weights(model: nn.Module, kmap: LoraKeyMap, stack: Sequence[tuple[dict[str, Adapter], float]],
+                    ) -> tuple[dict[str, torch.Tensor], list[set[str]]]:
+    """Override tensors (for functional_call) patching the model with a LoRA stack, never touching its own
+    tensors: W + Σ s·ΔW rounded once to W's dtype; an Fp8Linear's weight dequantised and patched in the model's
+    compute dtype, its `scale` overridden by ones."""
+    summed, used = deltas(model, kmap, stack)
+    params = dict(model.named_parameters())
+    compute = next((p.dtype for p in params.values() if not is_fp8(p)), torch.float32)
+    out: dict[str, torch.Tensor] = {}
+    for key, delta in summed.items():
+        weight = params[key]
+        owner_name = key.rpartition(".")[0]
+        owner = model.get_submodule(owner_name)
+        if isinstance(owner, Fp8Linear) and key == owner_name + ".weight":
+            base = weight.float() * owner.scale.float()
+            out[key] = (base + delta).to(compute)
+            out[owner_name + ".scale"] = torch.ones_like(owner.scale)
+        else:
+            out[key] = (weight.float() + delta).to(weight.dtype)
+    return out, used
+
+
+@contextmanager
+def swapped(model: nn.Module, overrides: dict[str, torch.Tensor]) -> Iterator[None]:
+    """The model's parameters and buffers named in `overrides` replaced by them for the duration (as
+    functional_call does, but around any code: the families' forwards call submodules directly)."""
+    saved: list[tuple[dict[str, Any], str, Any]] = []
+    try:
+        for key, tensor in overrides.items():
+            owner_name, _, leaf = key.rpartition(".")
+            owner = model.get_submodule(owner_name)
+            slots: dict[str, Any] = owner._parameters if leaf in owner._parameters else owner._buffers
+            saved.append((slots, leaf, slots[leaf]))
+            slots[leaf] = tensor
+        yield
+    finally:
+        for slots, leaf, original in reversed(saved):
+            slots[leaf] = original
+
+
+def patched_call(fn: Callable[..., Any], model: nn.Module, overrides: dict[str, torch.Tensor]) -> Callable[..., Any]:
+    """`fn` (a family's model call on `model`) running with the patched weights swapped in. Patched calls of one
+    model take turns (the swap is on the shared module)."""
+    lock = _locks.setdefault(id(model), threading.Lock())
+
+    def run(*args: Any, **kwargs: Any) -> Any:
+        with lock, swapped(model, overrides):
+            return fn(*args, **kwargs)
+
+    return run
+
+
+_locks: dict[int, threading.Lock] = {}

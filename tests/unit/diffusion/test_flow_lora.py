@@ -1,0 +1,268 @@
+"""LoRA on the registered flow families (FLUX, Chroma, SD3.5, Z-Image, Qwen-Image): LoRA keys in kohya's
+(ComfyUI names), diffusers/PEFT and AI-toolkit forms resolved to our diffusers modules, fused weights patched
+slice by slice as ComfyUI's offset patches do, strengths and stacks, fp8 linears, LoHa and LoKr, and the
+cache's patched entries (the base model untouched, strength 0 bit-identical)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from comfymesh.contracts.errors import NodeInputError
+from comfymesh.diffusion.families import flux
+from comfymesh.diffusion.models import flow_lora, tiny_flux, tiny_lora, tiny_qwen_image, tiny_sd3, tiny_zimage
+from comfymesh.diffusion.models.cache import LoadedCheckpoint, ModelCache
+from comfymesh.diffusion.models.fp8_weights import Fp8Linear
+from comfymesh.diffusion.models.lora import Adapter, LoHa, LoKr, LoraPair, adapters_of, read_lora
+from comfymesh.diffusion.models.tensor_source import TensorSource
+
+from .test_flux import reference_flux
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def cache() -> ModelCache:
+    return ModelCache(budget_bytes=2**30, device=CPU)
+
+
+def _family_file(family: str, root: Path) -> Path:
+    if family == "flux":
+        return tiny_flux.make_tiny_flux(root, dtype=torch.float32)["diffusion_model"]
+    if family == "chroma":
+        path = root / "chroma.safetensors"
+        save_file(tiny_flux.random_tensors(tiny_flux.chroma_shapes(), 0, torch.float32), str(path))
+        return path
+    if family == "sd3":
+        return tiny_sd3.make_tiny_sd3(root, dtype=torch.float32)["diffusion_models"]
+    if family == "zimage":
+        return tiny_zimage.make_tiny_zimage(root, dtype=torch.float32)["diffusion_models"]
+    return tiny_qwen_image.make_tiny_qwen_image(root, dtype=torch.float32)["diffusion_models"]
+
+
+FAMILIES = ("flux", "chroma", "sd3", "zimage", "qwen_image")
+# a fused (or renamed) ComfyUI weight → a diffusers weight and the rows of the ComfyUI weight it holds
+# (written here from the architectures, not from the converters)
+SLICES: dict[str, tuple[str, str, int, int]] = {  # family → (ComfyUI key, module key, chunk, chunks)
+    "flux": ("double_blocks.0.img_attn.qkv.weight", "transformer_blocks.0.attn.to_k.weight", 1, 3),
+    "chroma": ("double_blocks.0.txt_attn.qkv.weight", "transformer_blocks.0.attn.add_v_proj.weight", 2, 3),
+    "sd3": ("joint_blocks.0.x_block.attn.qkv.weight", "transformer_blocks.0.attn.to_v.weight", 2, 3),
+    "zimage": ("layers.0.attention.qkv.weight", "layers.0.attention.to_q.weight", 0, 3),
+    "qwen_image": ("transformer_blocks.0.attn.to_k.weight", "transformer_blocks.0.attn.to_k.weight", 0, 1),
+}
+
+
+@pytest.fixture(scope="module")
+def loaded(tmp_path_factory: pytest.TempPathFactory, cache: ModelCache) -> dict[str, tuple[LoadedCheckpoint, Path]]:
+    out = {}
+    for family in FAMILIES:
+        path = _family_file(family, tmp_path_factory.mktemp(family))
+        out[family] = (cache.unet_file(path), path)
+    return out
+
+
+def _loras(family: str, ckpt: LoadedCheckpoint, path: Path, root: Path, seed: int = 1) -> tuple[Path, Path]:
+    linears = tiny_lora.linear_keys(TensorSource(path))
+    kohya = tiny_lora.kohya_lora(linears, seed=seed)
+    assert ckpt.parts.lora_map is not None
+    peft = tiny_lora.peft_from_kohya(kohya, linears, ckpt.parts.lora_map)
+    return (tiny_lora.write(root / f"{family}_kohya_{seed}.safetensors", kohya),
+            tiny_lora.write(root / f"{family}_peft_{seed}.safetensors", peft))
+
+
+def _model_out(cache: ModelCache, ckpt: LoadedCheckpoint, loras: list[tuple[Path, float]]) -> torch.Tensor:
+    sm = cache.sampling_model(ckpt, loras)
+    gen = torch.Generator().manual_seed(7)
+    channels = sm.in_channels
+    x = torch.randn(1, channels, 1, 8, 8, generator=gen) if sm.family == "qwen_image" else \
+        torch.randn(1, channels, 8, 8, generator=gen)
+    ctx = torch.randn(1, 4, sm.context_dim, generator=gen)
+    y = None
+    if sm.adm is not None:
+        y = torch.randn(1, sm.adm, generator=gen)
+        if sm.family == "flux":
+            y[:, -1] = 3.5
+    with torch.no_grad():
+        out: torch.Tensor = sm.unet(x, torch.tensor([0.5]), ctx, y)
+    return out
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_kohya_and_peft_key_fits(family: str, loaded: dict[str, Any], tmp_path: Path) -> None:
+    ckpt, path = loaded[family]
+    kohya, peft = _loras(family, ckpt, path, tmp_path)
+    for file in (kohya, peft):
+        adapters = read_lora(file)
+        assert adapters and flow_lora.fitting(ckpt.parts.unet, ckpt.parts.lora_map, adapters) == set(adapters)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_patched_slice_is_w_plus_scaled_up_down(family: str, loaded: dict[str, Any], tmp_path: Path) -> None:
+    ckpt, path = loaded[family]
+    kohya, _ = _loras(family, ckpt, path, tmp_path)
+    tensors = load_file(str(kohya))
+    file_key, module_key, chunk, chunks = SLICES[family]
+    name = "lora_unet_" + file_key[: -len(".weight")].replace(".", "_")
+    up, down = tensors[f"{name}.lora_up.weight"], tensors[f"{name}.lora_down.weight"]
+    alpha, rank = float(tensors[f"{name}.alpha"]), down.shape[0]
+    strength = 0.75
+    overrides, used = flow_lora.patched_weights(ckpt.parts.unet, ckpt.parts.lora_map, [(read_lora(kohya), strength)])
+    assert name in used[0]
+    full = strength * (up @ down) * alpha / rank
+    rows = full.shape[0] // chunks
+    base = dict(ckpt.parts.unet.named_parameters())[module_key]
+    expected = base + full[chunk * rows:(chunk + 1) * rows]
+    assert torch.allclose(overrides[module_key], expected, atol=1e-6)
+    assert not torch.equal(overrides[module_key], base)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_strength_zero_is_the_base_and_kohya_equals_peft(family: str, loaded: dict[str, Any], cache: ModelCache,
+                                                          tmp_path: Path) -> None:
+    ckpt, path = loaded[family]
+    kohya, peft = _loras(family, ckpt, path, tmp_path)
+    before = {k: v.clone() for k, v in ckpt.parts.unet.state_dict().items()}
+    base = _model_out(cache, ckpt, [])
+    assert torch.equal(base, _model_out(cache, ckpt, [(kohya, 0.0)]))
+    with_kohya = _model_out(cache, ckpt, [(kohya, 1.0)])
+    with_peft = _model_out(cache, ckpt, [(peft, 1.0)])
+    assert (with_kohya - base).abs().max() > 1e-4
+    assert torch.allclose(with_kohya, with_peft, atol=1e-6), (with_kohya - with_peft).abs().max()
+    assert torch.equal(base, _model_out(cache, ckpt, []))  # the cached base is untouched
+    assert all(torch.equal(before[k], v) for k, v in ckpt.parts.unet.state_dict().items())
+
+
+def test_flux_lora_matches_comfyui_reference_on_patched_weights(tmp_path: Path) -> None:
+    """A kohya FLUX LoRA over every linear, and the reference FLUX forward (ComfyUI's formulas on ComfyUI's
+    names) run on W + ΔW computed here: every fused slice lands where ComfyUI's patch puts it."""
+    state = tiny_flux.random_tensors(tiny_flux.flux_shapes(width=128, head_dim=64, depth=2, depth_single=2), 0,
+                                     torch.float32)
+    path = tmp_path / "dev.safetensors"
+    save_file(state, str(path))
+    cache = ModelCache(budget_bytes=2**30, device=CPU)
+    ckpt = cache.unet_file(path)
+    linears = tiny_lora.linear_keys(TensorSource(path))
+    kohya = tiny_lora.kohya_lora(linears, seed=3, scale=0.1)
+    lora_path = tiny_lora.write(tmp_path / "k.safetensors", kohya)
+    patched = dict(state)
+    for key in linears:
+        name = "lora_unet_" + key[: -len(".weight")].replace(".", "_")
+        up, down = kohya[f"{name}.lora_up.weight"], kohya[f"{name}.lora_down.weight"]
+        patched[key] = state[key] + 0.8 * (up @ down) * float(kohya[f"{name}.alpha"]) / down.shape[0]
+    sm = cache.sampling_model(ckpt, [(lora_path, 0.8)])
+    gen = torch.Generator().manual_seed(3)
+    x, ctx, pooled = torch.randn(1, 16, 6, 8, generator=gen), torch.randn(1, 5, 64, generator=gen), torch.randn(1, 32, generator=gen)
+    with torch.no_grad():
+        ours = sm.unet(x, torch.tensor([0.62]), ctx, flux.flux_y(pooled, 3.5, 32))
+    expected = reference_flux(patched, 2, x, 0.62, ctx, pooled, 3.5)
+    unpatched = reference_flux(state, 2, x, 0.62, ctx, pooled, 3.5)
+    assert (expected - unpatched).abs().max() > 1e-2
+    assert torch.allclose(ours, expected, atol=2e-4), (ours - expected).abs().max()
+
+
+def test_flux_key_forms_resolve_alike(loaded: dict[str, Any]) -> None:
+    """The same q, k, v update as kohya on the fused qkv, as PEFT/AI-toolkit pairs on to_q/to_k/to_v (the
+    alpha folded in), as `diffusion_model.` + ComfyUI names, and linear1_qkv on a single block's first rows."""
+    ckpt, _ = loaded["flux"]
+    model, kmap = ckpt.parts.unet, ckpt.parts.lora_map
+    gen = torch.Generator().manual_seed(0)
+    width = 256
+    up, down = torch.randn(3 * width, 4, generator=gen), torch.randn(4, width, generator=gen)
+    kohya: dict[str, Adapter] = {"lora_unet_double_blocks_0_img_attn_qkv": LoraPair(up, down, 8.0)}
+    peft: dict[str, Adapter] = {f"transformer.transformer_blocks.0.attn.{n}": LoraPair(u * 2.0, down, None)
+            for n, u in zip(("to_q", "to_k", "to_v"), up.chunk(3), strict=True)}
+    generic: dict[str, Adapter] = {"diffusion_model.double_blocks.0.img_attn.qkv": LoraPair(up, down, 8.0)}
+    results = [flow_lora.patched_weights(model, kmap, [(a, 1.0)])[0] for a in (kohya, peft, generic)]
+    assert set(results[0]) == set(results[1]) == set(results[2]) == {
+        f"transformer_blocks.0.attn.{n}.weight" for n in ("to_q", "to_k", "to_v")}
+    for k in results[0]:
+        assert torch.allclose(results[0][k], results[1][k], atol=1e-5)
+        assert torch.equal(results[0][k], results[2][k])
+    # ComfyUI's linear1_qkv: q, k, v of single block 0, proj_mlp untouched
+    rows = torch.randn(3 * width, 2, generator=gen)
+    qkv = flow_lora.patched_weights(
+        model, kmap, [({"diffusion_model.single_blocks.0.linear1_qkv": LoraPair(rows, down[:2], None)}, 1.0)])[0]
+    assert set(qkv) == {f"single_transformer_blocks.0.attn.{n}.weight" for n in ("to_q", "to_k", "to_v")}
+    base = dict(model.named_parameters())["single_transformer_blocks.0.attn.to_v.weight"]
+    assert torch.allclose(qkv["single_transformer_blocks.0.attn.to_v.weight"], base + rows[2 * width:] @ down[:2])
+
+
+def test_several_loras_stack_with_their_strengths(loaded: dict[str, Any], tmp_path: Path) -> None:
+    ckpt, path = loaded["zimage"]
+    a, _ = _loras("zimage", ckpt, path, tmp_path, seed=1)
+    b, _ = _loras("zimage", ckpt, path, tmp_path, seed=2)
+    model, kmap = ckpt.parts.unet, ckpt.parts.lora_map
+    both, _ = flow_lora.patched_weights(model, kmap, [(read_lora(a), 1.0), (read_lora(b), -0.5)])
+    da, _ = flow_lora.deltas(model, kmap, [(read_lora(a), 1.0)])
+    db, _ = flow_lora.deltas(model, kmap, [(read_lora(b), 1.0)])
+    params = dict(model.named_parameters())
+    for key in both:
+        assert torch.allclose(both[key], params[key] + da[key] - 0.5 * db[key], atol=1e-6)
+
+
+def test_fp8_linears_get_a_patched_copy_in_the_compute_dtype(tmp_path: Path) -> None:
+    state = tiny_flux.random_tensors(tiny_flux.flux_shapes(), 0, torch.bfloat16)
+    quant = tiny_flux.scaled_fp8(state)
+    path = tmp_path / "fp8.safetensors"
+    save_file(quant, str(path))
+    cache = ModelCache(budget_bytes=2**30, device=CPU)
+    ckpt = cache.unet_file(path)
+    model: Any = ckpt.parts.unet
+    kmap: Any = ckpt.parts.lora_map
+    linear = model.get_submodule("transformer_blocks.0.attn.to_q")
+    assert isinstance(linear, Fp8Linear)
+    lora_path, _ = _loras("flux_fp8", ckpt, path, tmp_path)
+    adapters = read_lora(lora_path)
+    overrides, _ = flow_lora.patched_weights(model, kmap, [(adapters, 1.0)])
+    delta, _ = flow_lora.deltas(model, kmap, [(adapters, 1.0)])
+    key = "transformer_blocks.0.attn.to_q.weight"
+    assert overrides[key].dtype == torch.float32  # the model's compute dtype on the CPU
+    expected = linear.weight.float() * linear.scale.float() + delta[key]
+    assert torch.equal(overrides[key], expected)
+    assert torch.equal(overrides["transformer_blocks.0.attn.to_q.scale"], torch.ones_like(linear.scale))
+    assert linear.weight.dtype == torch.float8_e4m3fn  # the cached base keeps fp8
+    base = _model_out(cache, ckpt, [])
+    assert (_model_out(cache, ckpt, [(lora_path, 1.0)]) - base).abs().max() > 1e-4
+
+
+def test_loha_and_lokr_deltas() -> None:
+    gen = torch.Generator().manual_seed(0)
+    w1a, w1b, w2a, w2b = (torch.randn(s, generator=gen) for s in ((6, 2), (2, 4), (6, 2), (2, 4)))
+    tensors = {"m.hada_w1_a": w1a, "m.hada_w1_b": w1b, "m.hada_w2_a": w2a, "m.hada_w2_b": w2b,
+               "m.alpha": torch.tensor(1.0)}
+    loha = adapters_of(tensors)["m"]
+    assert isinstance(loha, LoHa) and loha.fits((6, 4))
+    assert torch.allclose(loha.delta((6, 4)), (w1a @ w1b) * (w2a @ w2b) * 0.5)
+    k1, k2a, k2b = torch.randn(2, 2, generator=gen), torch.randn(3, 2, generator=gen), torch.randn(2, 2, generator=gen)
+    lokr = adapters_of({"n.lokr_w1": k1, "n.lokr_w2_a": k2a, "n.lokr_w2_b": k2b, "n.alpha": torch.tensor(4.0)})["n"]
+    assert isinstance(lokr, LoKr) and lokr.fits((6, 4)) and not lokr.fits((4, 6))
+    assert torch.allclose(lokr.delta((6, 4)), torch.kron(k1, k2a @ k2b) * 2.0)
+
+
+def test_lora_loader_nodes_on_a_flow_model(tmp_path: Path, loaded: dict[str, Any], cache: ModelCache) -> None:
+    from comfymesh.diffusion.models.cache import set_model_cache
+    from comfymesh.diffusion.nodes import nodes
+    from comfymesh.stage.node import NodeContext
+
+    ckpt, path = loaded["sd3"]
+    home = tmp_path / "home"
+    (home / "models" / "diffusion_models").mkdir(parents=True)
+    shutil.copy(path, home / "models" / "diffusion_models" / "m.safetensors")
+    kohya, _ = _loras("sd3", ckpt, path, home / "models" / "loras")
+    save_file({"lora_unet_nowhere.lora_up.weight": torch.zeros(4, 2),
+               "lora_unet_nowhere.lora_down.weight": torch.zeros(2, 4)}, str(home / "models" / "loras" / "x.safetensors"))
+    ctx = NodeContext(job_id="job", node_id="1", class_type="test", home=home)
+    set_model_cache(cache)
+    try:
+        (model,) = nodes.impls["UNETLoader"](ctx, unet_name="m.safetensors", weight_dtype="default")
+        (patched,) = nodes.impls["LoraLoaderModelOnly"](ctx, model=model, lora_name=kohya.name, strength_model=0.5)
+        assert patched["loras"][-1][0] == kohya.name and patched["loras"][-1][2] == 0.5
+        with pytest.raises(NodeInputError, match=r"x\.safetensors fits no layer"):
+            nodes.impls["LoraLoaderModelOnly"](ctx, model=model, lora_name="x.safetensors", strength_model=1.0)
+    finally:
+        set_model_cache(None)
