@@ -26,6 +26,7 @@ from comfymesh.diffusion.models import tiny_sd3
 from comfymesh.diffusion.models.clip_vision import make_tiny_clip_vision
 from comfymesh.diffusion.models.tiny_flux import make_template_files as make_flux_files
 from comfymesh.diffusion.models.tiny_qwen_image import make_template_files as make_qwen_image_files
+from comfymesh.diffusion.models.tiny_zimage import make_tiny_zimage
 from tests.mesh import SHARED, Mesh
 
 playwright = pytest.importorskip("playwright.sync_api")
@@ -70,6 +71,8 @@ RUNNABLE = {
     "image_qwen_image": {"SaveImage"},
     "image_qwen_Image_2512": {"SaveImage"},
     "image_qwen_image_edit": {"SaveImage"},
+    "image_z_image_turbo": {"SaveImage"},
+    "utility_image_stitch": {"SaveImage"},
 }
 
 SIZE_INPUTS = {"width": 64, "height": 64, "batch_size": 1}
@@ -116,6 +119,10 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
         make_tiny_clip_vision(home / "models" / "clip_vision" / name)
     make_flux_files(home / "models", seed=3)  # the FLUX templates' files under their names
     make_qwen_image_files(home / "models", seed=3)  # the Qwen-Image templates' files under their names
+    # Z-Image's diffusion model and Qwen3 encoder; its ae.safetensors is the FLUX VAE written above
+    zimage = make_tiny_zimage(tmp_path_factory.mktemp("zimage") / "models", seed=3)
+    for folder in ("diffusion_models", "text_encoders"):
+        shutil.copy(zimage[folder], home / "models" / folder / zimage[folder].name)
     # sd3.5_large_fp8_scaled: the tiny scaled-fp8 SD3.5 checkpoint alone (its split files' names are other families')
     sd3_files = tiny_sd3.make_tiny_sd3(tmp_path_factory.mktemp("sd3") / "models", seed=3)
     shutil.copy(sd3_files["checkpoints"], home / "models" / "checkpoints" / tiny_sd3.CHECKPOINT)
