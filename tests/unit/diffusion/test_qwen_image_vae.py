@@ -6,6 +6,7 @@ against ComfyUI's Wan21 numbers."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -70,3 +71,12 @@ def test_wan21_format_normalises_each_channel() -> None:
     four = WAN21.process_in(z[:, :, 0])  # a 4-D latent gets the same per-channel numbers
     assert torch.equal(four, scaled[:, :, 0])
     assert WAN21.channels == 16 and WAN21.dimensions == 3
+
+
+def test_tiled_nodes_refuse_the_wan_vae(tmp_path: Path, node_ctx: Any) -> None:
+    from comfymesh.contracts.errors import NodeInputError
+    from comfymesh.diffusion.nodes import vae as vae_nodes
+
+    vae = wan_vae.load_wan21_vae(_vae_file(tmp_path), CPU)
+    with pytest.raises(NodeInputError, match="not supported yet"):
+        vae_nodes._untiled_wan(node_ctx, vae)

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from comfymesh.catalog.schema import Input, Int, Link, Output
-from comfymesh.contracts.errors import ModelError
+from comfymesh.contracts.errors import ModelError, NodeInputError
 from comfymesh.contracts.handles import HandleKind, ModelHandle
 from comfymesh.diffusion.fast.decoder import FastDecoder
 from comfymesh.diffusion.latents import tiled, vae_codec
@@ -83,7 +83,7 @@ def _temporal(what: str) -> list[Input]:
 def vae_decode_tiled(ctx: NodeContext, samples: dict[str, Any], vae: ModelHandle, tile_size: int, overlap: int = 64,
                      temporal_size: int = 64, temporal_overlap: int = 8) -> tuple[torch.Tensor]:
     # the temporal sizes only concern video VAEs; an overlap over a quarter of the tile is cut to a quarter
-    module = vae_of(ctx, vae)[0]
+    module = _untiled_wan(ctx, vae_of(ctx, vae)[0])
     if tile_size < overlap * 4:
         overlap = tile_size // 4
     factor = vae_codec.spatial_factor(module)
@@ -103,4 +103,13 @@ def vae_decode_tiled(ctx: NodeContext, samples: dict[str, Any], vae: ModelHandle
 @node
 def vae_encode_tiled(ctx: NodeContext, pixels: Any, vae: ModelHandle, tile_size: int, overlap: int = 64,
                      temporal_size: int = 64, temporal_overlap: int = 8) -> tuple[dict[str, Any]]:
-    return ({"samples": tiled.encode_tiled(vae_of(ctx, vae)[0], torch.as_tensor(pixels), tile_size, overlap)},)
+    module = _untiled_wan(ctx, vae_of(ctx, vae)[0])
+    return ({"samples": tiled.encode_tiled(module, torch.as_tensor(pixels), tile_size, overlap)},)
+
+
+def _untiled_wan(ctx: NodeContext, module: torch.nn.Module) -> torch.nn.Module:
+    # ComfyUI tiles the Wan VAE in three dimensions; this stage's tiling is 2-D
+    if wan_vae.is_wan_vae(module):
+        raise NodeInputError("tiled VAE decoding and encoding of Qwen-Image's VAE (Wan 2.1) is not supported yet: "
+                             "use VAEDecode / VAEEncode", node_id=ctx.node_id)
+    return module
