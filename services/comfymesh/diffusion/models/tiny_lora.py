@@ -73,3 +73,66 @@ def write(path: str | Path, tensors: dict[str, torch.Tensor], dtype: torch.dtype
     out.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.to(dtype).contiguous() for k, v in tensors.items()}, str(out))
     return out
+
+
+def dotted(kohya: dict[str, torch.Tensor], linears: dict[str, tuple[int, int]],
+           prefix: str = "diffusion_model.") -> dict[str, torch.Tensor]:
+    """A kohya LoRA's pairs under `prefix` + the dotted ComfyUI name (ComfyUI's generic form, alpha kept)."""
+    out = {}
+    for key in linears:
+        stem = key[: -len(".weight")]
+        name = "lora_unet_" + stem.replace(".", "_")
+        for leaf in ("lora_down.weight", "lora_up.weight", "alpha"):
+            if f"{name}.{leaf}" in kohya:
+                out[f"{prefix}{stem}.{leaf}"] = kohya[f"{name}.{leaf}"]
+    return out
+
+
+# the official templates' LoRA files → (the tiny diffusion model under models/diffusion_models they fit, the key
+# form written: kohya, or PEFT pairs / dotted ComfyUI names under a prefix) — the forms real files of the kind use
+TEMPLATE_LORAS: dict[str, tuple[str, str]] = {
+    "pixel_art_style_z_image_turbo.safetensors": ("z_image_turbo_bf16.safetensors", "peft:diffusion_model."),
+    "Wuli-Qwen-Image-2512-Turbo-LoRA-2steps-V1.0-bf16.safetensors": ("qwen_image_2512_fp8_e4m3fn.safetensors",
+                                                                       "peft:"),
+    "Qwen-Image-2512-Lightning-4steps-V1.0-fp32.safetensors": ("qwen_image_2512_fp8_e4m3fn.safetensors", "peft:"),
+    "qwen-360-diffusion-2512-int8-bf16-v2.safetensors": ("qwen_image_2512_fp8_e4m3fn.safetensors",
+                                                         "dotted:diffusion_model."),
+    "illustration-1.0-qwen-image.safetensors": ("qwen_image_fp8_e4m3fn.safetensors", "kohya"),
+    "gummycandy_qwen.safetensors": ("qwen_image_fp8_e4m3fn.safetensors", "peft:transformer."),
+    "Qwen-Image-Lightning-4steps-V1.0.safetensors": ("qwen_image_fp8_e4m3fn.safetensors", "peft:"),
+    "Qwen-Image-Lightning-8steps-V1.0.safetensors": ("qwen_image_fp8_e4m3fn.safetensors", "peft:"),
+    "qwen_image_union_diffsynth_lora.safetensors": ("qwen_image_fp8_e4m3fn.safetensors", "peft:diffusion_model."),
+    "Qwen-Image-Edit-Lightning-4steps-V1.0-bf16.safetensors": ("qwen_image_edit_fp8_e4m3fn.safetensors", "peft:"),
+}
+
+
+def lora_for(model_file: Path, form: str, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A tiny LoRA fitting a registered family's diffusion model file, in `form` (see TEMPLATE_LORAS)."""
+    from comfymesh.diffusion.families import registry
+
+    src = TensorSource(model_file)
+    found = registry.recognise(src)
+    if found is None:
+        raise ValueError(f"{model_file.name} is no registered family's diffusion model")
+    family, layout = found
+    kmap = family.build(src, layout, torch.device("cpu"), None).lora_map
+    assert kmap is not None, f"{family.name} gives no LoRA key map"
+    linears = linear_keys(src, getattr(layout, "prefix", ""))
+    kohya = kohya_lora(linears, seed=seed, scale=0.2)
+    kind, _, prefix = form.partition(":")
+    if kind == "peft":
+        return peft_from_kohya(kohya, linears, kmap, prefix)
+    if kind == "dotted":
+        return dotted(kohya, linears, prefix)
+    return kohya
+
+
+def make_template_loras(models: str | Path, seed: int = 0) -> list[Path]:
+    """The templates' LoRA files under models/loras/, for each one whose tiny model is in models/diffusion_models/."""
+    root = Path(models)
+    written = []
+    for k, (name, (model, form)) in enumerate(sorted(TEMPLATE_LORAS.items())):
+        model_file = root / "diffusion_models" / model
+        if model_file.is_file():
+            written.append(write(root / "loras" / name, lora_for(model_file, form, seed + k), torch.bfloat16))
+    return written
