@@ -304,6 +304,10 @@ class ModelCache:
                     raise NodeInputError(f"LoRA on {family.name} models is not supported yet")
                 used |= flow_lora.fitting(ckpt.parts.unet, ckpt.parts.lora_map, pairs)
             if family is not None:  # the families' text encoders take no LoRA yet: their keys stay unused
+                text_keys = [n for n in pairs if n.startswith(("lora_te", "text_encoder"))]
+                if ckpt.parts.clips and text_keys:
+                    lora_mod.log.warning("LoRA %s: its %d text-encoder weights are not applied to %s text "
+                                         "encoders (not supported yet)", path.name, len(text_keys), family.name)
                 continue
             for part in ("unet", "clip"):
                 for module, lookup in self._lora_targets(ckpt, part).values():

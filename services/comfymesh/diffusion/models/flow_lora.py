@@ -147,7 +147,7 @@ def deltas(model: nn.Module, kmap: LoraKeyMap, stack: Sequence[tuple[dict[str, A
             if not adapter.fits(shape):
                 continue
             used.add(name)
-            delta = strength * adapter.delta(shape).to(device)
+            delta = strength * adapter.delta(shape, device)
             kind, key = target
             if kind == "module":
                 _add(on_module, key, delta)

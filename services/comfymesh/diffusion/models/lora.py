@@ -47,8 +47,9 @@ class LoraPair:
     down: torch.Tensor
     alpha: float | None
 
-    def delta(self, shape: Sequence[int]) -> torch.Tensor:
-        up, down = self.up.float().flatten(1), self.down.float().flatten(1)
+    def delta(self, shape: Sequence[int], device: torch.device | None = None) -> torch.Tensor:
+        """ΔW at `shape` in float32, computed on `device` (the weight's: a GPU multiplies the factors there)."""
+        up, down = self.up.to(device, torch.float32).flatten(1), self.down.to(device, torch.float32).flatten(1)
         return (up @ down).reshape(tuple(shape)) * _scale(self.alpha, self.down.shape[0])
 
     def fits(self, shape: Sequence[int]) -> bool:
@@ -68,9 +69,11 @@ class LoHa:
     w2b: torch.Tensor
     alpha: float | None
 
-    def delta(self, shape: Sequence[int]) -> torch.Tensor:
-        m1 = self.w1a.float() @ self.w1b.float()
-        m2 = self.w2a.float() @ self.w2b.float()
+    def delta(self, shape: Sequence[int], device: torch.device | None = None) -> torch.Tensor:
+        def f(t: torch.Tensor) -> torch.Tensor:
+            return t.to(device, torch.float32)
+        m1 = f(self.w1a) @ f(self.w1b)
+        m2 = f(self.w2a) @ f(self.w2b)
         return (m1 * m2).reshape(tuple(shape)) * _scale(self.alpha, self.w1b.shape[0])
 
     def fits(self, shape: Sequence[int]) -> bool:
@@ -90,8 +93,9 @@ class LoKr:
     alpha: float | None
 
     @staticmethod
-    def _whole(parts: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        return parts[0].float() if len(parts) == 1 else parts[0].float() @ parts[1].float()
+    def _whole(parts: tuple[torch.Tensor, ...], device: torch.device | None) -> torch.Tensor:
+        f = [p.to(device, torch.float32) for p in parts]
+        return f[0] if len(f) == 1 else f[0] @ f[1]
 
     def _dims(self) -> tuple[int, int]:
         def rc(parts: tuple[torch.Tensor, ...]) -> tuple[int, int]:
@@ -99,10 +103,10 @@ class LoKr:
         (r1, c1), (r2, c2) = rc(self.w1), rc(self.w2)
         return r1 * r2, c1 * c2
 
-    def delta(self, shape: Sequence[int]) -> torch.Tensor:
+    def delta(self, shape: Sequence[int], device: torch.device | None = None) -> torch.Tensor:
         rank = self.w1[1].shape[0] if len(self.w1) == 2 else self.w2[1].shape[0] if len(self.w2) == 2 else None
-        w2 = self._whole(self.w2).flatten(1)
-        return torch.kron(self._whole(self.w1), w2).reshape(tuple(shape)) * _scale(self.alpha, rank)
+        w2 = self._whole(self.w2, device).flatten(1)
+        return torch.kron(self._whole(self.w1, device), w2).reshape(tuple(shape)) * _scale(self.alpha, rank)
 
     def fits(self, shape: Sequence[int]) -> bool:
         return self._dims() == (shape[0], _numel(shape[1:]))
@@ -201,7 +205,7 @@ def patch_weights(model: nn.Module, lookup: dict[str, str], pairs: dict[str, Ada
         pair = pairs[name]
         key = lookup[name] + ".weight"
         weight = patched.get(key, params[key])
-        patched[key] = (weight.float() + strength * pair.delta(weight.shape).to(weight.device)).to(weight.dtype)
+        patched[key] = (weight.float() + strength * pair.delta(weight.shape, weight.device)).to(weight.dtype)
     return patched, used
 
 
