@@ -25,6 +25,7 @@ import pytest
 from comfymesh.diffusion.models import tiny_sd3
 from comfymesh.diffusion.models.clip_vision import make_tiny_clip_vision
 from comfymesh.diffusion.models.tiny_flux import make_template_files as make_flux_files
+from comfymesh.diffusion.models.tiny_lora import make_template_loras
 from comfymesh.diffusion.models.tiny_qwen_image import make_template_files as make_qwen_image_files
 from comfymesh.diffusion.models.tiny_zimage import make_tiny_zimage
 from tests.mesh import SHARED, Mesh
@@ -48,7 +49,8 @@ INPUTS = {"example.png": "astronaut.png", "pray.png": "coffee.png", "angle_1.png
           "sdxl_revision_text_prompts_ref_image1.png": "astronaut.png",
           "sdxl_revision_text_prompts_ref_image2.png": "coffee.png",
           "flux_kontext_dev_basic_input_image.jpg": "astronaut.png",
-          "image_qwen_image_edit_input_image.png": "astronaut.png"}
+          "image_qwen_image_edit_input_image.png": "astronaut.png",
+          "image_qwen_image_union_control_lora_input_image.png": "astronaut.png"}
 # CLIP vision file → a tiny HF CLIP vision model whose image embeds are as wide as the tiny SDXL's pooled output
 CLIP_VISION = ("clip_vision_g.safetensors",)
 
@@ -72,6 +74,13 @@ RUNNABLE = {
     "image_qwen_Image_2512": {"SaveImage"},
     "image_qwen_image_edit": {"SaveImage"},
     "image_z_image_turbo": {"SaveImage"},
+    # LoRA templates (tiny LoRAs under their names, tiny_lora.TEMPLATE_LORAS)
+    "basic_switch_node": {"SaveImage"},
+    "image_qwen_image_2512_with_2steps_lora": {"SaveImage"},
+    "template_qwen_Image_2512_360_lora": {"SaveImage"},
+    "template_qwen_image_illustration_lora": {"SaveImage"},
+    "template_sugar_coated_gummy_style_qwen": {"SaveImage"},
+    "image_qwen_image_union_control_lora": {"SaveImage"},
     "utility_image_stitch": {"SaveImage"},
 }
 
@@ -123,6 +132,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     zimage = make_tiny_zimage(tmp_path_factory.mktemp("zimage") / "models", seed=3)
     for folder in ("diffusion_models", "text_encoders"):
         shutil.copy(zimage[folder], home / "models" / folder / zimage[folder].name)
+    make_template_loras(home / "models", seed=3)  # the templates' LoRAs, fitting the tiny models written above
     # sd3.5_large_fp8_scaled: the tiny scaled-fp8 SD3.5 checkpoint alone (its split files' names are other families')
     sd3_files = tiny_sd3.make_tiny_sd3(tmp_path_factory.mktemp("sd3") / "models", seed=3)
     shutil.copy(sd3_files["checkpoints"], home / "models" / "checkpoints" / tiny_sd3.CHECKPOINT)
