@@ -6,6 +6,7 @@ cache's patched entries (the base model untouched, strength 0 bit-identical)."""
 from __future__ import annotations
 
 import shutil
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -266,3 +267,25 @@ def test_lora_loader_nodes_on_a_flow_model(tmp_path: Path, loaded: dict[str, Any
             nodes.impls["LoraLoaderModelOnly"](ctx, model=model, lora_name="x.safetensors", strength_model=1.0)
     finally:
         set_model_cache(None)
+
+
+def test_jobs_side_by_side_see_only_their_own_weights(loaded: dict[str, Any], cache: ModelCache,
+                                                       tmp_path: Path) -> None:
+    """Two stage slots on one cached model, one with a LoRA, one without: each call sees its own weights."""
+    ckpt, path = loaded["flux"]
+    kohya, _ = _loras("flux", ckpt, path, tmp_path, seed=4)
+    base, styled = _model_out(cache, ckpt, []), _model_out(cache, ckpt, [(kohya, 1.0)])
+    results: dict[str, list[torch.Tensor]] = {"base": [], "styled": []}
+
+    def work(kind: str, loras: list[tuple[Path, float]]) -> None:
+        for _ in range(6):
+            results[kind].append(_model_out(cache, ckpt, loras))
+
+    threads = [threading.Thread(target=work, args=("base", [])),
+               threading.Thread(target=work, args=("styled", [(kohya, 1.0)]))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(torch.equal(out, base) for out in results["base"])
+    assert all(torch.equal(out, styled) for out in results["styled"])

@@ -333,10 +333,10 @@ class ModelCache:
         family = families.get(rec.family)
         if family is not None:  # its own model call; the fast path runs on the UNet families only so far
             sm = family.sampling_model(module, rec, ckpt.device)
-            overrides = self._patches(ckpt, "unet", loras).get("unet", {})
-            if overrides:  # the patched weights swapped in per call; the cached tensors stay as loaded
-                sm = dataclasses.replace(sm, unet=flow_lora.patched_call(sm.unet, module, overrides))
-            return sm
+            # the patched weights swapped in per call (the cached tensors stay as loaded); unpatched calls of
+            # the model take the same lock, so that no job runs inside another's swap
+            overrides = self._patches(ckpt, "unet", loras).get("unet", {}) if family.lora else {}
+            return dataclasses.replace(sm, unet=flow_lora.patched_call(sm.unet, module, overrides))
         overrides = self._patches(ckpt, "unet", loras).get("unet", {})
         unet: UNetFn = _unet_fn(module, overrides)
         if not overrides and self.fast.fast_enabled(ckpt.device.type):

@@ -220,9 +220,11 @@ def swapped(model: nn.Module, overrides: dict[str, torch.Tensor]) -> Iterator[No
 
 
 def patched_call(fn: Callable[..., Any], model: nn.Module, overrides: dict[str, torch.Tensor]) -> Callable[..., Any]:
-    """`fn` (a family's model call on `model`) running with the patched weights swapped in. Patched calls of one
-    model take turns (the swap is on the shared module)."""
-    lock = _locks.setdefault(id(model), threading.Lock())
+    """`fn` (a family's model call on `model`) running with the patched weights (none: the base) swapped in.
+    Every call of one model, patched or not, takes the model's lock: the swap is on the shared module, and
+    the stage runs jobs side by side (stage slots), so a job without the LoRA must not run inside another's swap."""
+    with _locks_guard:
+        lock = _locks.setdefault(id(model), threading.RLock())
 
     def run(*args: Any, **kwargs: Any) -> Any:
         with lock, swapped(model, overrides):
@@ -231,4 +233,5 @@ def patched_call(fn: Callable[..., Any], model: nn.Module, overrides: dict[str, 
     return run
 
 
-_locks: dict[int, threading.Lock] = {}
+_locks: dict[int, threading.RLock] = {}  # by id of the cached module (the cache keeps the module alive)
+_locks_guard = threading.Lock()
