@@ -379,9 +379,13 @@ class ModelCache:
 
 
 def _unet_fn(unet: nn.Module, overrides: dict[str, torch.Tensor]) -> UNetFn:
+    # functional_call swaps the weights on the shared module: eager calls of it take turns (stage slots)
+    lock = flow_lora.model_lock(unet)
+
     def run(x: torch.Tensor, t: torch.Tensor, ctx: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         kwargs = {"encoder_hidden_states": ctx, "class_labels": y, "return_dict": False}
-        out = functional_call(unet, overrides, (x, t), kwargs, strict=False) if overrides else unet(x, t, **kwargs)
+        with lock:
+            out = functional_call(unet, overrides, (x, t), kwargs, strict=False) if overrides else unet(x, t, **kwargs)
         result: torch.Tensor = out[0]
         return result
 
@@ -390,11 +394,14 @@ def _unet_fn(unet: nn.Module, overrides: dict[str, torch.Tensor]) -> UNetFn:
 
 def _residual_unet_fn(unet: nn.Module, overrides: dict[str, torch.Tensor]) -> ResidualUNetFn:
     """The eager UNet adding ControlNet residuals to its down-block skips and middle block."""
+    lock = flow_lora.model_lock(unet)
+
     def run(x: torch.Tensor, t: torch.Tensor, ctx: torch.Tensor, y: torch.Tensor | None, down: list[torch.Tensor],
             mid: torch.Tensor) -> torch.Tensor:
         kwargs = {"encoder_hidden_states": ctx, "class_labels": y, "return_dict": False,
                   "down_block_additional_residuals": tuple(down), "mid_block_additional_residual": mid}
-        out = functional_call(unet, overrides, (x, t), kwargs, strict=False) if overrides else unet(x, t, **kwargs)
+        with lock:
+            out = functional_call(unet, overrides, (x, t), kwargs, strict=False) if overrides else unet(x, t, **kwargs)
         result: torch.Tensor = out[0]
         return result
 
@@ -403,13 +410,15 @@ def _residual_unet_fn(unet: nn.Module, overrides: dict[str, torch.Tensor]) -> Re
 
 def _clip_fn(runner: ClipRunner, overrides: dict[str, torch.Tensor]) -> Runner:
     prefixed = {"clip." + k: v for k, v in overrides.items()}
+    lock = flow_lora.model_lock(runner.clip)
 
     def run(ids: torch.Tensor, vecs: torch.Tensor, use: torch.Tensor, layer: int,
             final_norm: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        if prefixed:
-            out = functional_call(runner, prefixed, (ids, vecs, use, layer, final_norm), strict=False)
-        else:
-            out = runner(ids, vecs, use, layer, final_norm)
+        with lock:
+            if prefixed:
+                out = functional_call(runner, prefixed, (ids, vecs, use, layer, final_norm), strict=False)
+            else:
+                out = runner(ids, vecs, use, layer, final_norm)
         return out[0], out[1]
 
     return run

@@ -223,14 +223,19 @@ def patched_call(fn: Callable[..., Any], model: nn.Module, overrides: dict[str, 
     """`fn` (a family's model call on `model`) running with the patched weights (none: the base) swapped in.
     Every call of one model, patched or not, takes the model's lock: the swap is on the shared module, and
     the stage runs jobs side by side (stage slots), so a job without the LoRA must not run inside another's swap."""
-    with _locks_guard:
-        lock = _locks.setdefault(id(model), threading.RLock())
+    lock = model_lock(model)
 
     def run(*args: Any, **kwargs: Any) -> Any:
         with lock, swapped(model, overrides):
             return fn(*args, **kwargs)
 
     return run
+
+
+def model_lock(model: nn.Module) -> threading.RLock:
+    """The lock every call of a cached module takes while weights may be swapped on it (LoRA views)."""
+    with _locks_guard:
+        return _locks.setdefault(id(model), threading.RLock())
 
 
 _locks: dict[int, threading.RLock] = {}  # by id of the cached module (the cache keeps the module alive)
