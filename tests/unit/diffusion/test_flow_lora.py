@@ -69,6 +69,8 @@ def loaded(tmp_path_factory: pytest.TempPathFactory, cache: ModelCache) -> dict[
 
 def _loras(family: str, ckpt: LoadedCheckpoint, path: Path, root: Path, seed: int = 1) -> tuple[Path, Path]:
     linears = tiny_lora.linear_keys(TensorSource(path))
+    if family == "chroma":  # its approximator takes ComfyUI-named keys only (see the test below)
+        linears = {k: v for k, v in linears.items() if not k.startswith("distilled_guidance_layer.")}
     kohya = tiny_lora.kohya_lora(linears, seed=seed)
     assert ckpt.parts.lora_map is not None
     peft = tiny_lora.peft_from_kohya(kohya, linears, ckpt.parts.lora_map)
@@ -289,3 +291,41 @@ def test_jobs_side_by_side_see_only_their_own_weights(loaded: dict[str, Any], ca
         t.join()
     assert all(torch.equal(out, base) for out in results["base"])
     assert all(torch.equal(out, styled) for out in results["styled"])
+
+
+def test_gpu_patches_round_as_comfyui_in_fp16(loaded: dict[str, Any], tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a CUDA device ComfyUI patches in fp16 (lora_compute_dtype): W cast to fp16, each LoRA's s·ΔW added in
+    fp16 in stack order, then W's dtype. The same path, forced on the CPU, against that computed here."""
+    assert flow_lora.lora_dtype(torch.device("cuda")) == torch.float16
+    assert flow_lora.lora_dtype(CPU) == torch.float32
+    monkeypatch.setattr(flow_lora, "lora_dtype", lambda device: torch.float16)
+    ckpt, path = loaded["qwen_image"]
+    a, _ = _loras("qwen_image", ckpt, path, tmp_path, seed=5)
+    b, _ = _loras("qwen_image", ckpt, path, tmp_path, seed=6)
+    model, kmap = ckpt.parts.unet, ckpt.parts.lora_map
+    out, _ = flow_lora.patched_weights(model, kmap, [(read_lora(a), 0.9), (read_lora(b), -1.3)])
+    da, _ = flow_lora.deltas(model, kmap, [(read_lora(a), 0.9)])
+    db, _ = flow_lora.deltas(model, kmap, [(read_lora(b), -1.3)])
+    params = dict(model.named_parameters())
+    for key in out:
+        temp = params[key].half()
+        temp += da[key].half()
+        temp += db[key].half()
+        assert torch.equal(out[key], temp.float())
+    key = next(iter(out))
+    single = (params[key] + da[key] + db[key]).float()
+    assert not torch.equal(out[key], single)  # the fp16 roundings are there
+
+
+def test_chroma_approximator_takes_comfyui_names_only(loaded: dict[str, Any]) -> None:
+    """ComfyUI 0.8.0 reads Chroma LoRAs with FLUX's diffusers map, which has no name for the approximator: a
+    diffusers-named key there is left unused ("lora key not loaded"); the ComfyUI-named one applies."""
+    ckpt, _ = loaded["chroma"]
+    model, kmap = ckpt.parts.unet, ckpt.parts.lora_map
+    gen = torch.Generator().manual_seed(2)
+    rows, cols = dict(model.named_parameters())["distilled_guidance_layer.in_proj.weight"].shape
+    pair = LoraPair(torch.randn(rows, 2, generator=gen), torch.randn(2, cols, generator=gen), None)
+    adapters: dict[str, Adapter] = {"transformer.distilled_guidance_layer.in_proj": pair,
+                                    "lora_unet_distilled_guidance_layer_in_proj": pair}
+    assert flow_lora.fitting(model, kmap, adapters) == {"lora_unet_distilled_guidance_layer_in_proj"}

@@ -11,6 +11,7 @@ measured against is all pad tokens). ComfyUI samples it as a discrete flow with 
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -223,8 +224,10 @@ class ChromaFamily:
               weight_dtype: torch.dtype | None) -> BuiltModel:
         from diffusers.loaders.single_file_utils import convert_chroma_transformer_checkpoint_to_diffusers as convert
 
-        return BuiltModel(recognition(layout), load_chroma(src, layout, device, weight_dtype),
-                          lora_map=lora_key_map(src, layout.prefix, layout.width, convert))
+        # ComfyUI reads Chroma LoRAs with FLUX's diffusers map, which names no approximator weight
+        kmap = dataclasses.replace(lora_key_map(src, layout.prefix, layout.width, convert),
+                                   unmapped_modules=("distilled_guidance_layer.",))
+        return BuiltModel(recognition(layout), load_chroma(src, layout, device, weight_dtype), lora_map=kmap)
 
     def sampling_model(self, module: torch.nn.Module, rec: Recognition, device: torch.device) -> SamplingModel:
         return sampling_model(module, rec, device)

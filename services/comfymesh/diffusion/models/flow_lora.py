@@ -34,15 +34,16 @@ Converter = Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]
 Target = tuple[str, str]  # ("module" | "file", weight key)
 
 # LoRA key prefix → the name tables to look the rest up in, in order; "_" tables spell dots as underscores.
-# ComfyUI's maps: lora_unet_ and diffusion_model. name the file's weights (Z-Image's diffusion_model. also
-# diffusers'), transformer. / base_model.model. / lora_transformer_ / lycoris_ diffusers' (Qwen-Image: same names)
+# ComfyUI's maps: lora_unet_ names the file's weights; transformer. / base_model.model. / lora_transformer_ /
+# lycoris_ diffusers' (Qwen-Image: the same names); diffusion_model. the file's (Z-Image's also diffusers');
+# bare names Qwen-Image's. We also take diffusion_model. + diffusers' and bare names on every family.
 _RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("lora_unet_", ("file_", "module_")),
-    ("lora_transformer_", ("module_", "file_")),
-    ("lycoris_", ("module_", "file_")),
+    ("lora_unet_", ("file_",)),
+    ("lora_transformer_", ("module_",)),
+    ("lycoris_", ("module_",)),
     ("diffusion_model.", ("file", "module")),
-    ("transformer.", ("module", "file")),
-    ("base_model.model.", ("module", "file")),
+    ("transformer.", ("module",)),
+    ("base_model.model.", ("module",)),
     ("", ("file", "module")),
 )
 
@@ -51,11 +52,13 @@ _RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
 class LoraKeyMap:
     """What a family tells of its built model for LoRA: the file's weight keys in ComfyUI's names (the model's
     prefix removed) with their shapes, the converter from those names to the module's (None: same names), and
-    LoRA-only names of row ranges of a fused weight (name → (file key, first row, rows))."""
+    LoRA-only names of row ranges of a fused weight (name → (file key, first row, rows)), and module-name
+    prefixes ComfyUI's map has no diffusers names for (their diffusers-named keys are left unused, as there)."""
 
     file_shapes: dict[str, tuple[int, ...]]
     convert: Converter | None = None
     fused: dict[str, tuple[str, int, int]] = field(default_factory=dict)
+    unmapped_modules: tuple[str, ...] = ()
 
 
 def key_map(src: TensorSource, prefix: str, convert: Converter | None = None,
@@ -81,7 +84,8 @@ def linear1_qkv(shapes: dict[str, tuple[int, ...]], width: int) -> dict[str, tup
 
 class _Tables:
     def __init__(self, model: nn.Module, kmap: LoraKeyMap) -> None:
-        module = {k[: -len(".weight")] for k, _ in model.named_parameters() if k.endswith(".weight")}
+        module = {k[: -len(".weight")] for k, _ in model.named_parameters()
+                  if k.endswith(".weight") and not k.startswith(kmap.unmapped_modules)}
         file = {k[: -len(".weight")] for k in kmap.file_shapes if k.endswith(".weight")}
         self.tables: dict[str, dict[str, Target]] = {
             "module": {n: ("module", n + ".weight") for n in module},
@@ -147,7 +151,7 @@ def deltas(model: nn.Module, kmap: LoraKeyMap, stack: Sequence[tuple[dict[str, A
             if not adapter.fits(shape):
                 continue
             used.add(name)
-            delta = strength * adapter.delta(shape, device)
+            delta = adapter.delta(shape, device, strength)
             kind, key = target
             if kind == "module":
                 _add(on_module, key, delta)
@@ -179,25 +183,38 @@ def _converted(kmap: LoraKeyMap, on_file: dict[str, torch.Tensor]) -> dict[str, 
     return {k: v for k, v in kmap.convert(state).items() if v.device.type != "meta"}
 
 
+def lora_dtype(device: torch.device) -> torch.dtype:
+    """The dtype ComfyUI patches weights in (model_management.lora_compute_dtype): fp16 on a CUDA GPU (where it
+    computes fp16), float32 on the CPU."""
+    return torch.float16 if device.type == "cuda" else torch.float32
+
+
 def patched_weights(model: nn.Module, kmap: LoraKeyMap, stack: Sequence[tuple[dict[str, Adapter], float]],
                     ) -> tuple[dict[str, torch.Tensor], list[set[str]]]:
-    """Override tensors (for functional_call) patching the model with a LoRA stack, never touching its own
-    tensors: W + Σ s·ΔW rounded once to W's dtype; an Fp8Linear's weight dequantised and patched in the model's
-    compute dtype, its `scale` overridden by ones."""
-    summed, used = deltas(model, kmap, stack)
+    """Override tensors patching the model with a LoRA stack, never touching its own tensors, as ComfyUI's
+    patch_weight_to_device computes them: W cast to lora_dtype, each LoRA's s·ΔW (float32) added in that dtype
+    in stack order, the result rounded once to W's dtype. An Fp8Linear's weight is dequantised first and kept
+    patched in the model's compute dtype, its `scale` overridden by ones."""
+    each = [deltas(model, kmap, [entry]) for entry in stack]
+    used = [u for _, (u,) in each]
     params = dict(model.named_parameters())
     compute = next((p.dtype for p in params.values() if not is_fp8(p)), torch.float32)
     out: dict[str, torch.Tensor] = {}
-    for key, delta in summed.items():
+    for key in sorted({k for d, _ in each for k in d}):
         weight = params[key]
+        inter = lora_dtype(weight.device)
         owner_name = key.rpartition(".")[0]
         owner = model.get_submodule(owner_name)
-        if isinstance(owner, Fp8Linear) and key == owner_name + ".weight":
-            base = weight.float() * owner.scale.float()
-            out[key] = (base + delta).to(compute)
-            out[owner_name + ".scale"] = torch.ones_like(owner.scale)
+        scale = owner.scale if isinstance(owner, Fp8Linear) and key == owner_name + ".weight" else None
+        temp = (weight if scale is None else weight.float() * scale.float()).to(inter, copy=True)
+        for d, _ in each:
+            if key in d:
+                temp += d[key].to(inter)
+        if scale is not None:
+            out[key] = temp.to(compute)
+            out[owner_name + ".scale"] = torch.ones_like(scale)
         else:
-            out[key] = (weight.float() + delta).to(weight.dtype)
+            out[key] = temp.to(weight.dtype)
     return out, used
 
 

@@ -47,10 +47,11 @@ class LoraPair:
     down: torch.Tensor
     alpha: float | None
 
-    def delta(self, shape: Sequence[int], device: torch.device | None = None) -> torch.Tensor:
-        """ΔW at `shape` in float32, computed on `device` (the weight's: a GPU multiplies the factors there)."""
+    def delta(self, shape: Sequence[int], device: torch.device | None = None, strength: float = 1.0) -> torch.Tensor:
+        """strength·ΔW at `shape` in float32, computed on `device` (the weight's: a GPU multiplies the factors
+        there); the product scaled by strength·alpha/rank in one multiplication, as ComfyUI does."""
         up, down = self.up.to(device, torch.float32).flatten(1), self.down.to(device, torch.float32).flatten(1)
-        return (up @ down).reshape(tuple(shape)) * _scale(self.alpha, self.down.shape[0])
+        return (strength * _scale(self.alpha, self.down.shape[0])) * (up @ down).reshape(tuple(shape))
 
     def fits(self, shape: Sequence[int]) -> bool:
         return self.up.shape[0] == shape[0] and self.down.flatten(1).shape[1] == _numel(shape[1:])
@@ -69,12 +70,12 @@ class LoHa:
     w2b: torch.Tensor
     alpha: float | None
 
-    def delta(self, shape: Sequence[int], device: torch.device | None = None) -> torch.Tensor:
+    def delta(self, shape: Sequence[int], device: torch.device | None = None, strength: float = 1.0) -> torch.Tensor:
         def f(t: torch.Tensor) -> torch.Tensor:
             return t.to(device, torch.float32)
         m1 = f(self.w1a) @ f(self.w1b)
         m2 = f(self.w2a) @ f(self.w2b)
-        return (m1 * m2).reshape(tuple(shape)) * _scale(self.alpha, self.w1b.shape[0])
+        return (strength * _scale(self.alpha, self.w1b.shape[0])) * (m1 * m2).reshape(tuple(shape))
 
     def fits(self, shape: Sequence[int]) -> bool:
         return self.w1a.shape[0] == shape[0] and self.w1b.shape[1] == _numel(shape[1:])
@@ -103,10 +104,10 @@ class LoKr:
         (r1, c1), (r2, c2) = rc(self.w1), rc(self.w2)
         return r1 * r2, c1 * c2
 
-    def delta(self, shape: Sequence[int], device: torch.device | None = None) -> torch.Tensor:
+    def delta(self, shape: Sequence[int], device: torch.device | None = None, strength: float = 1.0) -> torch.Tensor:
         rank = self.w1[1].shape[0] if len(self.w1) == 2 else self.w2[1].shape[0] if len(self.w2) == 2 else None
         w2 = self._whole(self.w2, device).flatten(1)
-        return torch.kron(self._whole(self.w1, device), w2).reshape(tuple(shape)) * _scale(self.alpha, rank)
+        return (strength * _scale(self.alpha, rank)) * torch.kron(self._whole(self.w1, device), w2).reshape(tuple(shape))
 
     def fits(self, shape: Sequence[int]) -> bool:
         return self._dims() == (shape[0], _numel(shape[1:]))
