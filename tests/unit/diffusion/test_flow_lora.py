@@ -329,3 +329,78 @@ def test_chroma_approximator_takes_comfyui_names_only(loaded: dict[str, Any]) ->
     adapters: dict[str, Adapter] = {"transformer.distilled_guidance_layer.in_proj": pair,
                                     "lora_unet_distilled_guidance_layer_in_proj": pair}
     assert flow_lora.fitting(model, kmap, adapters) == {"lora_unet_distilled_guidance_layer_in_proj"}
+
+
+def test_text_encoder_names_follow_comfyui() -> None:
+    """ComfyUI's model_lora_keys_clip: CLIP-L lora_te_/lora_te1_, CLIP-G lora_te2_ beside it, T5 lora_te<N>_
+    after N−1 CLIPs (FLUX's L + T5: lora_te2_ and lora_te3_), diffusers text_encoder(_2). and the generic form."""
+    t5 = torch.nn.Module()
+    t5.q = torch.nn.Linear(4, 4, bias=False)
+    assert set(flow_lora.text_encoder_names("t5", t5, ["l", "t5"]).names or {}) == {
+        "lora_te2_q", "lora_te3_q", "text_encoders.t5xxl.transformer.q"}
+    assert set(flow_lora.text_encoder_names("t5", t5, ["l", "g", "t5"]).names or {}) == {
+        "lora_te3_q", "text_encoders.t5xxl.transformer.q"}
+    assert set(flow_lora.text_encoder_names("t5", t5, ["t5"]).names or {}) == {
+        "lora_te1_q", "text_encoders.t5xxl.transformer.q"}
+    clip = torch.nn.Module()
+    clip.encoder = torch.nn.Linear(4, 4, bias=False)
+    assert set(flow_lora.text_encoder_names("g", clip, ["l", "g"]).names or {}) == {
+        "lora_te2_text_model_encoder", "text_encoder_2.text_model.encoder",
+        "text_encoders.clip_g.transformer.text_model.encoder"}
+    assert set(flow_lora.text_encoder_names("l", clip, ["l", "t5"]).names or {}) == {
+        "lora_te_text_model_encoder", "lora_te1_text_model_encoder", "text_encoder.text_model.encoder",
+        "text_encoders.clip_l.transformer.text_model.encoder"}
+
+
+def test_lora_loader_patches_flux_text_encoders(tmp_path: Path, cache: ModelCache) -> None:
+    """LoraLoader's clip part on FLUX's CLIP-L (lora_te1_) and T5 (lora_te3_): CLIPTextEncode and
+    CLIPTextEncodeFlux see the patched encoders at strength_clip 1, the base ones at 0; the cached encoders
+    stay as loaded."""
+    from comfymesh.diffusion.models.cache import set_model_cache
+    from comfymesh.diffusion.nodes import nodes
+    from comfymesh.stage.node import NodeContext
+
+    models = tmp_path / "models"
+    files = tiny_flux.make_tiny_flux(models, dtype=torch.float32)
+    gen = torch.Generator().manual_seed(9)
+    lora: dict[str, torch.Tensor] = {}
+    for name, rows, cols in (("lora_te1_text_model_encoder_layers_0_self_attn_q_proj", 32, 32),
+                             ("lora_te1_text_model_encoder_layers_1_mlp_fc2", 32, 128),
+                             ("lora_te3_encoder_block_0_layer_0_SelfAttention_q", 64, 64)):
+        lora[f"{name}.lora_up.weight"] = torch.randn(rows, 2, generator=gen)
+        lora[f"{name}.lora_down.weight"] = torch.randn(2, cols, generator=gen)
+        lora[f"{name}.alpha"] = torch.tensor(4.0)
+    tiny_lora.write(models / "loras" / "te.safetensors", lora)
+    ctx = NodeContext(job_id="job", node_id="1", class_type="test", home=tmp_path)
+    set_model_cache(cache)
+    try:
+        (model,) = nodes.impls["UNETLoader"](ctx, unet_name=files["diffusion_model"].name, weight_dtype="default")
+        (clip,) = nodes.impls["DualCLIPLoader"](ctx, clip_name1=files["clip_l"].name, clip_name2=files["t5"].name,
+                                                type="flux", device="default")
+        loaded = cache.text_encoder_files([files["clip_l"], files["t5"]], "flux")
+        t5_q = loaded.parts.clips["t5"].get_parameter("encoder.block.0.layer.0.SelfAttention.q.weight").clone()
+        _, lclip = nodes.impls["LoraLoader"](ctx, model=model, clip=clip, lora_name="te.safetensors",
+                                             strength_model=1.0, strength_clip=1.0)
+        _, zclip = nodes.impls["LoraLoader"](ctx, model=model, clip=clip, lora_name="te.safetensors",
+                                             strength_model=1.0, strength_clip=0.0)
+        (base,) = nodes.impls["CLIPTextEncode"](ctx, text="a cat", clip=clip)
+        (patched,) = nodes.impls["CLIPTextEncode"](ctx, text="a cat", clip=lclip)
+        (zero,) = nodes.impls["CLIPTextEncode"](ctx, text="a cat", clip=zclip)
+        assert torch.equal(torch.as_tensor(base[0][0]), torch.as_tensor(zero[0][0]))
+        assert not torch.allclose(torch.as_tensor(base[0][0]), torch.as_tensor(patched[0][0]))  # T5 context
+        pooled = (torch.as_tensor(base[0][1]["pooled_output"]), torch.as_tensor(patched[0][1]["pooled_output"]))
+        assert not torch.allclose(*pooled)  # CLIP-L's pooled output
+        (flux_base,) = nodes.impls["CLIPTextEncodeFlux"](ctx, clip=clip, clip_l="a cat", t5xxl="a cat", guidance=3.5)
+        (flux_patched,) = nodes.impls["CLIPTextEncodeFlux"](ctx, clip=lclip, clip_l="a cat", t5xxl="a cat",
+                                                           guidance=3.5)
+        assert not torch.allclose(torch.as_tensor(flux_base[0][0]), torch.as_tensor(flux_patched[0][0]))
+        assert torch.equal(torch.as_tensor(flux_patched[0][0]), torch.as_tensor(patched[0][0]))
+        # the patched T5 weight is W + s·up·down·alpha/rank; the cached one is untouched
+        name = "lora_te3_encoder_block_0_layer_0_SelfAttention_q"
+        patches = cache._patches(loaded, "clip", [(models / "loras" / "te.safetensors", 1.0)])
+        expected = t5_q + (lora[f"{name}.lora_up.weight"] @ lora[f"{name}.lora_down.weight"]) * 2.0
+        assert torch.allclose(patches["t5"]["encoder.block.0.layer.0.SelfAttention.q.weight"], expected, atol=1e-6)
+        assert torch.equal(loaded.parts.clips["t5"].get_parameter("encoder.block.0.layer.0.SelfAttention.q.weight"),
+                           t5_q)
+    finally:
+        set_model_cache(None)

@@ -10,7 +10,8 @@ from __future__ import annotations
 import dataclasses
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -277,9 +278,14 @@ class ModelCache:
         def load() -> tuple[Any, int, dict[str, Any]]:
             out: dict[str, dict[str, torch.Tensor]] = {}
             kmap = ckpt.parts.lora_map
+            stack = [(pairs, strength) for (_, pairs), _name, strength in specs]
             if part == "unet" and kmap is not None and ckpt.parts.unet is not None:  # a registered family
-                stack = [(pairs, strength) for (_, pairs), _name, strength in specs]
                 out["unet"], _ = flow_lora.patched_weights(ckpt.parts.unet, kmap, stack)
+            elif part == "clip" and families.get(ckpt.family) is not None:  # a family's text encoders
+                for role, (module, names) in self._family_text_targets(ckpt).items():
+                    patched, _ = flow_lora.patched_weights(module, names, stack)
+                    if patched:
+                        out[role] = patched
             else:
                 targets = self._lora_targets(ckpt, part)
                 for (_, pairs), _name, strength in specs:
@@ -303,16 +309,34 @@ class ModelCache:
                 if not family.lora or ckpt.parts.lora_map is None:
                     raise NodeInputError(f"LoRA on {family.name} models is not supported yet")
                 used |= flow_lora.fitting(ckpt.parts.unet, ckpt.parts.lora_map, pairs)
-            if family is not None:  # the families' text encoders take no LoRA yet: their keys stay unused
-                text_keys = [n for n in pairs if n.startswith(("lora_te", "text_encoder"))]
-                if ckpt.parts.clips and text_keys:
-                    lora_mod.log.warning("LoRA %s: its %d text-encoder weights are not applied to %s text "
-                                         "encoders (not supported yet)", path.name, len(text_keys), family.name)
+            if family is not None:  # a family's text encoders: ComfyUI's CLIP/T5 LoRA names
+                for module, names in self._family_text_targets(ckpt).values():
+                    used |= flow_lora.fitting(module, names, pairs)
                 continue
             for part in ("unet", "clip"):
                 for module, lookup in self._lora_targets(ckpt, part).values():
                     used |= lora_mod.fitting(module, lookup, pairs)
         lora_mod.check_fit(path.name, pairs, used)
+
+    @staticmethod
+    def _family_text_targets(ckpt: LoadedCheckpoint) -> dict[str, tuple[nn.Module, flow_lora.LoraKeyMap]]:
+        clips = ckpt.parts.clips
+        return {role: (module, flow_lora.text_encoder_names(role, module, list(clips)))
+                for role, module in clips.items()}
+
+    @contextmanager
+    def family_text_lora(self, ckpt: LoadedCheckpoint, loras: Sequence[LoraSpec] = ()) -> Iterator[None]:
+        """A registered family's text encoders (ckpt.parts.clips) with the LoRA stack's text-encoder patches
+        swapped in for the duration; each encoder's lock is held meanwhile (in role order), patched or not, so
+        no other job encodes inside the swap."""
+        patches = self._patches(ckpt, "clip", loras)
+        with ExitStack() as stack:
+            for role in sorted(ckpt.parts.clips):
+                module = ckpt.parts.clips[role]
+                stack.enter_context(flow_lora.model_lock(module))
+                if patches.get(role):
+                    stack.enter_context(flow_lora.swapped(module, patches[role]))
+            yield
 
     @staticmethod
     def _lora_targets(ckpt: LoadedCheckpoint, part: str) -> dict[str, tuple[nn.Module, dict[str, str]]]:

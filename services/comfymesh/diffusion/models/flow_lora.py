@@ -59,6 +59,7 @@ class LoraKeyMap:
     convert: Converter | None = None
     fused: dict[str, tuple[str, int, int]] = field(default_factory=dict)
     unmapped_modules: tuple[str, ...] = ()
+    names: dict[str, str] | None = None  # instead of the rules: LoRA name → module weight key (text encoders)
 
 
 def key_map(src: TensorSource, prefix: str, convert: Converter | None = None,
@@ -84,6 +85,7 @@ def linear1_qkv(shapes: dict[str, tuple[int, ...]], width: int) -> dict[str, tup
 
 class _Tables:
     def __init__(self, model: nn.Module, kmap: LoraKeyMap) -> None:
+        self.names = kmap.names
         module = {k[: -len(".weight")] for k, _ in model.named_parameters()
                   if k.endswith(".weight") and not k.startswith(kmap.unmapped_modules)}
         file = {k[: -len(".weight")] for k in kmap.file_shapes if k.endswith(".weight")}
@@ -95,6 +97,8 @@ class _Tables:
             self.tables[kind + "_"] = {n.replace(".", "_"): t for n, t in self.tables[kind].items()}
 
     def resolve(self, name: str) -> Target | None:
+        if self.names is not None:
+            return ("module", self.names[name]) if name in self.names else None
         for prefix, order in _RULES:
             if name.startswith(prefix):
                 rest = name[len(prefix):]
@@ -181,6 +185,39 @@ def _converted(kmap: LoraKeyMap, on_file: dict[str, torch.Tensor]) -> dict[str, 
     state: dict[str, torch.Tensor] = {k: torch.empty(s, device="meta") for k, s in kmap.file_shapes.items()}
     state.update(on_file)
     return {k: v for k, v in kmap.convert(state).items() if v.device.type != "meta"}
+
+
+def text_encoder_names(role: str, model: nn.Module, roles: Sequence[str]) -> LoraKeyMap:
+    """The LoRA names ComfyUI's model_lora_keys_clip gives a family's text encoder of `role` ("l", "g", "t5"),
+    beside the encoders of `roles`: kohya's lora_te_/lora_te1_ (CLIP-L), lora_te2_ (CLIP-G beside CLIP-L, else
+    lora_te_), lora_te<N>_ (T5: N counts the CLIPs before it; FLUX's also lora_te2_), diffusers'
+    text_encoder(_2). and the generic text_encoders.<clip_l|clip_g|t5xxl>.transformer. with the module's names.
+    Other encoders (Qwen3, Qwen2.5-VL): no names."""
+    has_l, has_g = "l" in roles, "g" in roles
+    if role == "l":
+        kohya, dotted, generic = ["lora_te_", "lora_te1_"], ["text_encoder."], "clip_l"
+    elif role == "g":
+        kohya, dotted = (["lora_te2_"], ["text_encoder_2."]) if has_l else (["lora_te_"], ["text_encoder."])
+        generic = "clip_g"
+    elif role == "t5":
+        index = 1 + has_l + has_g  # after CLIP-L alone (FLUX), OneTrainer's lora_te2_ and lora_te3_ both
+        kohya = ["lora_te2_", "lora_te3_"] if index == 2 and has_l else [f"lora_te{index}_"]
+        dotted, generic = [], "t5xxl"
+    else:
+        return LoraKeyMap({}, names={})
+    names: dict[str, str] = {}
+    for key, tensor in model.named_parameters():
+        if not key.endswith(".weight") or tensor.ndim != 2:
+            continue
+        stem = key[: -len(".weight")]
+        if role in ("l", "g") and not stem.startswith(("text_model.", "text_projection")):
+            stem = "text_model." + stem  # Hugging Face's CLIP names, as LoRA files spell them
+        for prefix in kohya:
+            names[prefix + stem.replace(".", "_")] = key
+        for prefix in dotted:
+            names[prefix + stem] = key
+        names[f"text_encoders.{generic}.transformer.{stem}"] = key
+    return LoraKeyMap({}, names=names)
 
 
 def lora_dtype(device: torch.device) -> torch.dtype:

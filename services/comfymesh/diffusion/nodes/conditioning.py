@@ -29,8 +29,9 @@ def clip_text_encode(ctx: NodeContext, text: str, clip: ModelHandle) -> tuple[li
     clip = expect_handle(ctx, clip, HandleKind.CLIP)
     ckpt = checkpoint_of(ctx, clip)
     family = families.get(ckpt.family)
-    if family is not None:
-        return (family.encode(text, ckpt.parts.clips, clip),)
+    if family is not None:  # LoraLoader's text-encoder patches swapped in while it encodes
+        with get_model_cache().family_text_lora(ckpt, loras_of(ctx, clip)):
+            return (family.encode(text, ckpt.parts.clips, clip),)
     encoders = get_model_cache().text_encoders(ckpt, loras_of(ctx, clip))
     cond, pooled = encode_prompt(encoders, text, clip.get("stop_at_clip_layer"))
     return ([[cond, {"pooled_output": pooled}]],)

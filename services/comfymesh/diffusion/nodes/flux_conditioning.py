@@ -11,8 +11,9 @@ import torch
 from comfymesh.catalog.schema import ComboV3, Float, Int, Link, Output, String
 from comfymesh.contracts.errors import NodeInputError
 from comfymesh.contracts.handles import HandleKind, ModelHandle
+from comfymesh.diffusion.models.cache import get_model_cache
 from comfymesh.diffusion.nodes.failures import node
-from comfymesh.diffusion.nodes.handles import checkpoint_of, expect_handle
+from comfymesh.diffusion.nodes.handles import checkpoint_of, expect_handle, loras_of
 from comfymesh.diffusion.nodes.registry import nodes
 from comfymesh.diffusion.text.flux_text import encode_flux
 from comfymesh.stage.node import NodeContext
@@ -58,8 +59,9 @@ def clip_text_encode_flux(ctx: NodeContext, clip: ModelHandle, clip_l: str, t5xx
     if ckpt.family != "flux":
         raise NodeInputError(f"CLIPTextEncodeFlux needs FLUX text encoders (DualCLIPLoader type 'flux'), got a "
                              f"{ckpt.family} CLIP", node_id=ctx.node_id)
-    return (encode_flux(ckpt.parts.clips, clip_l, t5xxl, clip.get("stop_at_clip_layer"),
-                        {"guidance": float(guidance)}, clip=clip),)
+    with get_model_cache().family_text_lora(ckpt, loras_of(ctx, clip)):  # LoraLoader's text-encoder patches
+        return (encode_flux(ckpt.parts.clips, clip_l, t5xxl, clip.get("stop_at_clip_layer"),
+                            {"guidance": float(guidance)}, clip=clip),)
 
 
 @_v3("FluxGuidance", inputs=[Link("conditioning", "CONDITIONING", {}),

@@ -11,7 +11,7 @@ from comfymesh.contracts.handles import HandleKind, ModelHandle, clip_files_hand
 from comfymesh.diffusion.families import sd3
 from comfymesh.diffusion.models.cache import get_model_cache
 from comfymesh.diffusion.nodes.failures import node
-from comfymesh.diffusion.nodes.handles import checkpoint_of, expect_handle
+from comfymesh.diffusion.nodes.handles import checkpoint_of, expect_handle, loras_of
 from comfymesh.diffusion.nodes.model_files import resolve_file
 from comfymesh.diffusion.nodes.registry import nodes
 from comfymesh.stage.node import NodeContext
@@ -56,5 +56,6 @@ def clip_text_encode_sd3(ctx: NodeContext, clip: ModelHandle, clip_l: str, clip_
     if ckpt.family != sd3.NAME:
         raise NodeInputError(f"CLIPTextEncodeSD3 needs an SD3 CLIP (TripleCLIPLoader, a CLIP loader of type sd3 or "
                              f"an SD3 checkpoint); this one is {ckpt.family}'s", node_id=ctx.node_id)
-    return (sd3.encode_sd3_node(ckpt.parts.clips, clip_l, clip_g, t5xxl, empty_padding,
-                                clip.get("stop_at_clip_layer")),)
+    with get_model_cache().family_text_lora(ckpt, loras_of(ctx, clip)):  # LoraLoader's text-encoder patches
+        return (sd3.encode_sd3_node(ckpt.parts.clips, clip_l, clip_g, t5xxl, empty_padding,
+                                    clip.get("stop_at_clip_layer")),)
