@@ -111,8 +111,9 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     api_docs.install(app)
     workflows.install(app)  # saved workflows' routes, OpenAPI entries and page (after the docs)
     app.include_router(files.router)
-    v2.install(app)  # Comfy API v2 at /api/v2, before ComfyUI's routes (some live under /api)
-    comfy.install(app)  # last: it ends with the frontend's static mount, which catches every other path
+    comfy.install(app)  # ComfyUI's routes, before the v2 mount: its /api/v2/userdata is ComfyUI's own
+    v2.install(app)  # Comfy API v2 at /api/v2
+    comfy.install_frontend(app)  # last: the frontend's static mount catches every other path
     return app
 
 

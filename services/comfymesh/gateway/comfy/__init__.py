@@ -14,13 +14,19 @@ _PREFIXED = (prompt.router, queue.router, system.router, uploads.router, userdat
 
 
 def install(app: FastAPI) -> None:
-    """Mount ComfyUI's API on `app`; call it last: the frontend's static files catch every other path."""
+    """Add ComfyUI's API routes to `app`; they come before any mount of ours under /api (ComfyUI's own
+    /api/v2/userdata must win over the Comfy API v2 mount at /api/v2)."""
     for router in _PREFIXED:
         app.include_router(router)
         app.include_router(router, prefix="/api")
     app.include_router(queue.jobs_router)
     app.include_router(system.internal_router)
     app.include_router(ws.router)
+
+
+def install_frontend(app: FastAPI) -> None:
+    """The frontend's pages and static files, and the 404 for unknown /api paths; call it last: they catch
+    every path no route took."""
     app.include_router(frontend.static_router)
     app.mount("/", frontend.frontend_files(), name="frontend")
 
@@ -32,4 +38,4 @@ async def shutdown(app: FastAPI) -> None:
         await hub.stop()
 
 
-__all__ = ["install", "shutdown"]
+__all__ = ["install", "install_frontend", "shutdown"]
