@@ -9,9 +9,12 @@ first 3·width rows of linear1). A file-named key's ΔW is made at the file weig
 the family's converter, so a LoRA on a fused weight updates exactly the slices the converter cut (ComfyUI's
 offset patches); the converter is linear in the weights (splits, renames, row swaps), so ΔW converts as W does.
 
-Patched weights are new tensors (the cached base stays as loaded), one rounding after every LoRA of the stack
-is summed in float32, as ComfyUI computes its patches. An fp8 linear's patch is kept as a copy in the model's
-compute dtype (its dequantised weight plus ΔW, with the row scales set to 1), not re-quantised to fp8.
+Patched weights are new tensors (the cached base stays as loaded), computed as ComfyUI's patch_weight_to_device
+does: W in lora_dtype (fp16 on CUDA, float32 on the CPU), each LoRA's s·ΔW added in stack order, one rounding
+to W's dtype. An fp8 linear's patch is kept as a copy in the model's compute dtype (its dequantised weight plus
+ΔW, row scales set to 1), not re-quantised to fp8 as ComfyUI does (stochastic rounding): exact, at the cost of
+2 bytes a weight for the patched linears. The families' CLIP/T5 text encoders take ComfyUI's text-encoder
+names (text_encoder_names). The patches are swapped onto the shared module around each call, under its lock.
 """
 
 from __future__ import annotations
