@@ -404,3 +404,19 @@ def test_lora_loader_patches_flux_text_encoders(tmp_path: Path, cache: ModelCach
                            t5_q)
     finally:
         set_model_cache(None)
+
+
+def test_patches_worked_in_chunks_equal_one_pass(loaded: dict[str, Any], tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A few weights at a time (full-size models): the same tensors as in one pass, for a stack mixing
+    file-named (kohya) and module-named (PEFT) keys."""
+    ckpt, path = loaded["flux"]
+    a, _ = _loras("flux", ckpt, path, tmp_path, seed=7)
+    _, b = _loras("flux", ckpt, path, tmp_path, seed=8)
+    model, kmap = ckpt.parts.unet, ckpt.parts.lora_map
+    stack = [(read_lora(a), 0.7), (read_lora(b), 1.1)]
+    whole, used = flow_lora.patched_weights(model, kmap, stack)
+    monkeypatch.setattr(flow_lora, "_CHUNK", 2)
+    chunked, used_chunked = flow_lora.patched_weights(model, kmap, stack)
+    assert used == used_chunked and set(whole) == set(chunked)
+    assert all(torch.equal(whole[k], chunked[k]) for k in whole)

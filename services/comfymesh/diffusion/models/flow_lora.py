@@ -20,7 +20,7 @@ names (text_encoder_names). The patches are swapped onto the shared module aroun
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -138,9 +138,15 @@ def _add(into: dict[str, torch.Tensor], key: str, delta: torch.Tensor) -> None:
     into[key] = into[key] + delta if key in into else delta
 
 
+def _base_key(target: Target, kmap: LoraKeyMap) -> str:
+    kind, key = target
+    return kmap.fused[key][0] if kind == "file" and key in kmap.fused else key
+
+
 def deltas(model: nn.Module, kmap: LoraKeyMap, stack: Sequence[tuple[dict[str, Adapter], float]],
-           ) -> tuple[dict[str, torch.Tensor], list[set[str]]]:
-    """Σ strength·ΔW (float32) per module weight for a stack of (adapters, strength), and each one's used names."""
+           only: set[str] | None = None) -> tuple[dict[str, torch.Tensor], list[set[str]]]:
+    """Σ strength·ΔW (float32) per module weight for a stack of (adapters, strength), and each one's used names;
+    `only`: just the adapters on these module or file weights (a part of the model at a time)."""
     tables = _Tables(model, kmap)
     params = dict(model.named_parameters())
     shapes = {k: tuple(v.shape) for k, v in params.items()}
@@ -158,6 +164,8 @@ def deltas(model: nn.Module, kmap: LoraKeyMap, stack: Sequence[tuple[dict[str, A
             if not adapter.fits(shape):
                 continue
             used.add(name)
+            if only is not None and _base_key(target, kmap) not in only:
+                continue
             delta = adapter.delta(shape, device, strength)
             kind, key = target
             if kind == "module":
@@ -234,20 +242,51 @@ def patched_weights(model: nn.Module, kmap: LoraKeyMap, stack: Sequence[tuple[di
     """Override tensors patching the model with a LoRA stack, never touching its own tensors, as ComfyUI's
     patch_weight_to_device computes them: W cast to lora_dtype, each LoRA's s·ΔW (float32) added in that dtype
     in stack order, the result rounded once to W's dtype. An Fp8Linear's weight is dequantised first and kept
-    patched in the model's compute dtype, its `scale` overridden by ones."""
-    each = [deltas(model, kmap, [entry]) for entry in stack]
-    used = [u for _, (u,) in each]
+    patched in the model's compute dtype, its `scale` overridden by ones.
+
+    Worked through a few weights at a time (float32 ΔW of a whole 12B model would not fit beside it); each
+    module weight comes from one file weight in every family's converter, so a chunk finishes its weights."""
+    tables = _Tables(model, kmap)
     params = dict(model.named_parameters())
-    compute = next((p.dtype for p in params.values() if not is_fp8(p)), torch.float32)
+    shapes = {k: tuple(v.shape) for k, v in params.items()}
+    targets: set[tuple[str, str]] = set()
+    for adapters, _ in stack:
+        for name, adapter in adapters.items():
+            target = tables.resolve(name)
+            if target is not None and adapter.fits(_shape(target, shapes, kmap)):
+                targets.add((target[0], _base_key(target, kmap)))
+    file_keys = sorted(k for kind, k in targets if kind == "file")
+    module_keys = sorted(k for kind, k in targets if kind == "module")
+    chunks = [file_keys[i:i + _CHUNK] for i in range(0, len(file_keys), _CHUNK)]
+    chunks += [module_keys[i:i + _CHUNK] for i in range(0, len(module_keys), _CHUNK)]
     out: dict[str, torch.Tensor] = {}
-    for key in sorted({k for d, _ in each for k in d}):
-        weight = params[key]
+    used: list[set[str]] = [set() for _ in stack]
+    for chunk in chunks:
+        each = [deltas(model, kmap, [entry], only=set(chunk)) for entry in stack]
+        for i, (_, (u,)) in enumerate(each):
+            used[i] |= u
+        _finish(model, params, [d for d, _ in each], out)
+    return out, used
+
+
+_CHUNK = 32  # file or module weights per pass
+
+
+def _finish(model: nn.Module, params: Mapping[str, torch.Tensor], each: list[dict[str, torch.Tensor]],
+            out: dict[str, torch.Tensor]) -> None:
+    """The patched weights of the keys in `each` (one ΔW dict per LoRA of the stack, in order) into `out`
+    (a key patched already, by a module-named and a file-named key at once, builds on that)."""
+    compute = next((p.dtype for p in params.values() if not is_fp8(p)), torch.float32)
+    for key in sorted({k for d in each for k in d}):
+        weight = out.get(key, params[key])
         inter = lora_dtype(weight.device)
         owner_name = key.rpartition(".")[0]
         owner = model.get_submodule(owner_name)
         scale = owner.scale if isinstance(owner, Fp8Linear) and key == owner_name + ".weight" else None
+        if key in out:
+            scale = None  # already dequantised
         temp = (weight if scale is None else weight.float() * scale.float()).to(inter, copy=True)
-        for d, _ in each:
+        for d in each:
             if key in d:
                 temp += d[key].to(inter)
         if scale is not None:
@@ -255,7 +294,6 @@ def patched_weights(model: nn.Module, kmap: LoraKeyMap, stack: Sequence[tuple[di
             out[owner_name + ".scale"] = torch.ones_like(scale)
         else:
             out[key] = temp.to(weight.dtype)
-    return out, used
 
 
 @contextmanager
