@@ -16,6 +16,7 @@ import posixpath
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 
 import httpx
@@ -27,6 +28,14 @@ CHUNK = 1024 * 1024
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,199}$")
 Progress = Callable[[int, int | None], None]  # (bytes so far, total or None)
+
+
+class PullState(StrEnum):
+    """Where a model pull the server runs stands (GET /v1/models/pulls/{id})."""
+
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
 
 
 class PullError(Exception):

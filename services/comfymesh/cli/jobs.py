@@ -11,6 +11,7 @@ from rich.table import Table
 
 from comfymesh.cli.follow import events
 from comfymesh.cli.gateway import GatewayError, call, connect
+from comfymesh.contracts.events import JobStatus
 
 UrlOption = Annotated[str | None, typer.Option("--url", help="gateway URL (default: http://COMFYMESH_HOST:COMFYMESH_PORT)")]
 TokenOption = Annotated[str | None, typer.Option("--token", help="API token (default: COMFYMESH_API_TOKEN)")]
@@ -37,16 +38,17 @@ def status(job_id: Annotated[str | None, typer.Argument(help="a job id; without 
             ready = call(http, "GET", "/healthz").json()
             readiness = http.get("/readyz")
             counts = {state: call(http, "GET", "/v1/jobs", params={"status": state, "limit": 1}).json()["total"]
-                      for state in ("queued", "running", "failed")}
+                      for state in (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.FAILED)}
             models = call(http, "GET", "/v1/checkpoints").json()
             out.print(f"comfymesh at {http.base_url}: gateway {ready.get('status', 'ok')}, "
                       f"orchestrator {'ready' if readiness.status_code == 200 else 'not ready'}")
-            out.print(f"jobs: {counts['queued']} queued, {counts['running']} running, {counts['failed']} failed")
+            out.print(", ".join(f"{counts[state]} {state}" for state in counts).join(("jobs: ", "")))
             out.print(f"checkpoints: {len(models['checkpoints'])} (`comfymesh models list` names them)")
             return
         job = call(http, "GET", f"/v1/jobs/{job_id}").json()
-    out.print(f"job {job['job_id']}: {job['status']} (queued {_when(job.get('created'))}, "
-              f"started {_when(job.get('started'))}, finished {_when(job.get('finished'))})")
+    stamps = {"created": None, "started": None, "finished": None} | job
+    times = {"queued": stamps["created"], "started": stamps["started"], "finished": stamps["finished"]}
+    out.print(f"job {job['job_id']}: {job['status']} (" + ", ".join(f"{k} {_when(v)}" for k, v in times.items()) + ")")
     for node in job.get("nodes", []):
         out.print(f"  node {node['node_id']:>6} {node['class_type']:<28} {node['state']}")
     for image in job.get("images", []):
@@ -63,7 +65,7 @@ def jobs(status: Annotated[str | None, typer.Option(help="only jobs in this stat
     params: dict[str, Any] = {"limit": limit} | ({"status": status} if status else {})
     with connect(url, token) as http:
         page = call(http, "GET", "/v1/jobs", params=params).json()
-    table = Table("job", "status", "queued", "finished", "images", "error", box=None)
+    table = Table(*("job", "status", "created", "finished", "images", "error"), box=None)
     for job in page["items"]:
         table.add_row(job["job_id"], job["status"], _when(job.get("created")), _when(job.get("finished")),
                       str(len(job.get("images", []))), _failure(job))

@@ -11,6 +11,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, Trans
 
 from comfymesh.cli.gateway import GatewayError, call, connect
 from comfymesh.cli.jobs import TokenOption, UrlOption
+from comfymesh.model_pull import PullState
 
 app = typer.Typer(help="Model files: list what the server has, pull new ones by URL.", no_args_is_help=True)
 out = Console()
@@ -54,12 +55,12 @@ def pull(source: Annotated[str, typer.Argument(help="http(s) URL of a .safetenso
         columns = (TextColumn(f"{view['folder']}/{view['name']}"), BarColumn(), DownloadColumn(), TransferSpeedColumn())
         with Progress(*columns, console=err) as progress:
             task = progress.add_task("pull", total=view["total"])
-            while view["state"] == "running":
+            while view["state"] == PullState.RUNNING:
                 progress.update(task, completed=view["received"], total=view["total"])
                 time.sleep(0.5)  # the server reports progress; half a second is smooth enough for a terminal
                 view = call(http, "GET", f"/v1/models/pulls/{view['id']}").json()
             progress.update(task, completed=view["received"], total=view["total"] or view["received"])
-    if view["state"] != "done":
+    if view["state"] != PullState.DONE:
         raise GatewayError([f"the pull of {source} failed: {view['error']}",
                             "check the URL and --sha256; pulling again resumes a cut download"])
     err.print(f"saved {view['folder']}/{view['name']} ({view['received']} bytes) on the server")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import httpx
 from fastapi import APIRouter, HTTPException, Request
@@ -17,7 +17,7 @@ from comfymesh.catalog.model_folders import canonical, model_folders
 from comfymesh.config import Settings
 from comfymesh.gateway.models import Problem
 from comfymesh.gateway.problems import problem_response
-from comfymesh.model_pull import PullError, PullPolicy, check_sha256, file_name, pull
+from comfymesh.model_pull import PullError, PullPolicy, PullState, check_sha256, file_name, pull
 from comfymesh.outbound import OutboundPolicy, OutboundRefused
 
 router = APIRouter(prefix="/v1", tags=["models"])
@@ -38,7 +38,7 @@ class PullView(BaseModel):
     url: str
     folder: str
     name: str
-    state: Literal["running", "done", "failed"]
+    state: PullState
     received: int = Field(description="bytes of the file so far")
     total: int | None = Field(description="the file's size, when the server says")
     error: str = ""
@@ -78,9 +78,9 @@ async def start_pull(body: PullRequest, request: Request) -> Any:
         return problem_response(400, str(exc), instance=request.url.path)
     pulls = _pulls(request)
     for existing in pulls.values():  # the same file already on its way: that pull
-        if existing.view.state == "running" and (existing.view.folder, existing.view.name) == (folder, name):
+        if existing.view.state == PullState.RUNNING and (existing.view.folder, existing.view.name) == (folder, name):
             return JSONResponse(existing.view.model_dump(), status_code=202)
-    view = PullView(id=secrets.token_hex(8), url=body.url, folder=folder, name=name, state="running", received=0,
+    view = PullView(id=secrets.token_hex(8), url=body.url, folder=folder, name=name, state=PullState.RUNNING, received=0,
                     total=None)
     entry = pulls[view.id] = _Pull(view)
     target = model_folders(settings).roots(folder)[0]  # <home>/models/<folder>
@@ -92,9 +92,9 @@ async def start_pull(body: PullRequest, request: Request) -> Any:
         try:
             path = await pull(body.url, target, policy, name=name, sha256=sha256, progress=progress)
             view.received = view.total = path.stat().st_size
-            view.state = "done"
+            view.state = PullState.DONE
         except (PullError, OutboundRefused, httpx.HTTPError, OSError) as exc:
-            view.state, view.error = "failed", str(exc) or type(exc).__name__
+            view.state, view.error = PullState.FAILED, str(exc) or type(exc).__name__
 
     entry.task = asyncio.create_task(run())
     return JSONResponse(view.model_dump(), status_code=202)
