@@ -10,7 +10,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -149,15 +149,16 @@ def _jwt(key: str = JWT_SECRET, **claims: object) -> str:
     return jwt.encode({"sub": "alice", "exp": int(time.time()) + 300, **claims}, key, algorithm="HS256")
 
 
-@pytest.mark.parametrize(("token", "status", "reason"), [
-    (_jwt(), 200, ""),
-    (_jwt(exp=int(time.time()) - 120), 401, "expired"),
-    (_jwt(key="another-secret-that-is-long-enough!!"), 401, "not signed by any key"),
-    (_jwt(sub="mallory"), 401, "COMFYMESH_JWT_ALLOWED_USERS"),
-    (jwt.encode({"sub": "alice"}, JWT_SECRET, algorithm="HS256"), 401, "exp"),
+# tokens are made when the test runs, not at collection: a long suite would outlive a collected token's expiry
+@pytest.mark.parametrize(("make_token", "status", "reason"), [
+    (lambda: _jwt(), 200, ""),
+    (lambda: _jwt(exp=int(time.time()) - 120), 401, "expired"),
+    (lambda: _jwt(key="another-secret-that-is-long-enough!!"), 401, "not signed by any key"),
+    (lambda: _jwt(sub="mallory"), 401, "COMFYMESH_JWT_ALLOWED_USERS"),
+    (lambda: jwt.encode({"sub": "alice"}, JWT_SECRET, algorithm="HS256"), 401, "exp"),
 ], ids=["valid", "expired", "wrong-key", "not-allowed", "no-expiry"])
-def test_jwt(mesh: Mesh, token: str, status: int, reason: str) -> None:
-    reply = httpx.get(f"{mesh.url}/v1/jobs", headers={"Authorization": f"Bearer {token}"})
+def test_jwt(mesh: Mesh, make_token: Callable[[], str], status: int, reason: str) -> None:
+    reply = httpx.get(f"{mesh.url}/v1/jobs", headers={"Authorization": f"Bearer {make_token()}"})
     assert reply.status_code == status
     if status == 401:
         assert reason in reply.json()["detail"]
