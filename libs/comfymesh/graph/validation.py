@@ -131,7 +131,10 @@ class _Validator:
         inputs = node.setdefault("inputs", {})
         errors: list[dict[str, Any]] = []
         upstream_ok = True
-        for name, spec in expand(definition.inputs, inputs).items():  # V3 dynamic inputs as the prompt has them
+        declared = expand(definition.inputs, inputs)  # V3 dynamic inputs as the prompt has them
+        for name in [n for n, v in inputs.items() if n not in declared and isinstance(v, list)]:
+            del inputs[name]  # a link into no declared input is never read: it must not be planned or followed
+        for name, spec in declared.items():
             if name not in inputs:
                 if spec.required:
                     errors.append(error_detail("required_input_missing", "Required input is missing", name,
