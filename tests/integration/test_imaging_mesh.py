@@ -113,7 +113,7 @@ def test_large_tensors_travel_by_reference_only(imaging_mesh: Mesh) -> None:
 
 
 def test_bound_is_enforced_on_the_wire(imaging_mesh: Mesh) -> None:
-    """The bound is real: a stage request carrying an inline 100 KB string is refused by gRPC."""
+    """The bound is real: a stage request carrying an inline string 100 KB over it is refused by gRPC."""
     import asyncio
 
     import grpc
@@ -124,7 +124,8 @@ def test_bound_is_enforced_on_the_wire(imaging_mesh: Mesh) -> None:
         address = imaging_mesh.env["COMFYMESH_IMAGING_REPLICAS"]
         async with grpc.aio.insecure_channel(address) as channel:
             stub = stage_pb2_grpc.StageStub(channel)
-            request = stage_pb2.StageRequest(job_id="x", prompt_json="x" * 100_000)
+            over = int(imaging_mesh.env["COMFYMESH_GRPC_MAX_MESSAGE_BYTES"]) + 100_000
+            request = stage_pb2.StageRequest(job_id="x", prompt_json="x" * over)
             try:
                 async for _ in stub.RunStage(request):
                     pass
