@@ -41,7 +41,8 @@ def upscale_prompt() -> dict[str, Any]:
 def test_an_upscale_graph_runs_through_the_stages(mesh: Mesh) -> None:
     # the .pth file is listed (the upscale_models folder reads pickles, tensors only)
     entry = mesh.http.get("/object_info/UpscaleModelLoader").json()["UpscaleModelLoader"]
-    assert entry["input"]["required"]["model_name"][0] == [MODEL]
+    kind, options = entry["input"]["required"]["model_name"]  # ComfyUI 0.8.0's V3 combo form
+    assert kind == "COMBO" and options["options"] == [MODEL]
     job = mesh.wait(mesh.submit(upscale_prompt()), timeout=300)
     assert job["status"] == "completed", job["error"]
     png = mesh.http.get(f"/v1/jobs/{job['job_id']}/output", params={"index": 0}).content
