@@ -12,7 +12,6 @@ measured against is all pad tokens). ComfyUI samples it as a discrete flow with 
 from __future__ import annotations
 
 import dataclasses
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ import torch
 from comfymesh.contracts.errors import ModelError
 from comfymesh.contracts.handles import ModelHandle
 from comfymesh.diffusion.families.flux import PATCH, _patches, compute_dtype, convert_flux, image_ids, lora_key_map
+from comfymesh.diffusion.families.loading import count_blocks, load_diffusion_model, load_fp8_aware
 from comfymesh.diffusion.families.registry import (
     BuiltModel,
     Conditioning,
@@ -29,14 +29,8 @@ from comfymesh.diffusion.families.registry import (
     VaeKind,
     flow_shift_sampling,
 )
+from comfymesh.diffusion.fast.denoiser import StaticForm, plain_inputs
 from comfymesh.diffusion.latents.formats import FLUX, LatentFormat
-from comfymesh.diffusion.models.fp8_weights import (
-    converted_row_scales,
-    held_by_fp8_linear,
-    install_fp8_linears,
-    is_fp8,
-    split_scales,
-)
 from comfymesh.diffusion.models.recognise import Recognition, UNetLayout
 from comfymesh.diffusion.models.tensor_source import TensorSource
 from comfymesh.diffusion.sampling.flow_sampling import FlowModelSampling
@@ -71,11 +65,6 @@ class ChromaLayout:
                 f"{self.context_dim})")
 
 
-def _count(keys: list[str], prefix: str, group: str) -> int:
-    rx = re.compile(re.escape(prefix + group) + r"\.(\d+)\.")
-    return len({m.group(1) for k in keys if (m := rx.match(k))})
-
-
 def parse_chroma(src: TensorSource) -> ChromaLayout | None:
     """The Chroma layout of a file, None if it is not one; ModelError for Chroma forms this stage cannot build."""
     p = next((prefix for prefix in PREFIXES if all(src.has(prefix + k) for k in _MARKERS)), None)
@@ -87,9 +76,9 @@ def parse_chroma(src: TensorSource) -> ChromaLayout | None:
     hidden, approx_in = src.shape(p + "distilled_guidance_layer.in_proj.weight")
     layout = ChromaLayout(
         prefix=p, width=width, head_dim=src.shape(p + "double_blocks.0.img_attn.norm.key_norm.scale")[0],
-        depth=_count(src.keys, p, "double_blocks"), depth_single=_count(src.keys, p, "single_blocks"),
+        depth=count_blocks(src.keys, p, "double_blocks"), depth_single=count_blocks(src.keys, p, "single_blocks"),
         in_channels=patch_in // PATCH**2, context_dim=src.shape(p + "txt_in.weight")[1],
-        approximator_hidden=hidden, approximator_layers=_count(src.keys, p, "distilled_guidance_layer.layers"),
+        approximator_hidden=hidden, approximator_layers=count_blocks(src.keys, p, "distilled_guidance_layer.layers"),
     )
     if approx_in != APPROXIMATOR_IN or layout.head_dim % 16 or width % layout.head_dim:
         raise ModelError(f"{src.path.name}: {layout.describe()} has a shape this stage cannot build (approximator "
@@ -114,24 +103,12 @@ def build_chroma(src: TensorSource, layout: ChromaLayout, device: torch.device,
     from diffusers import ChromaTransformer2DModel
     from diffusers.loaders.single_file_utils import convert_chroma_transformer_checkpoint_to_diffusers as convert
 
-    raw = {k[len(layout.prefix):]: v for k, v in src.with_prefix(layout.prefix).items()}
-    weights, scales = split_scales(raw)
-    row_scales = converted_row_scales(lambda s: convert_flux(s, layout.width, convert), weights, scales)
-    state = convert_flux(weights, layout.width, convert)
-    with torch.device("meta"):
-        model: Any = ChromaTransformer2DModel(**model_config(layout))
-    rest = install_fp8_linears(model, {k: v.to(device) for k, v in state.items()},
-                               {k: v.to(device) for k, v in row_scales.items()}, dtype)
-    result = model.load_state_dict(rest, strict=False, assign=True)
+    model = load_fp8_aware(src, layout.prefix, lambda: ChromaTransformer2DModel(**model_config(layout)),
+                           lambda s: convert_flux(s, layout.width, convert), device, dtype, "Chroma")
     # the modulation index table is computed, not stored (a buffer outside the state dict): made here
     embed: Any = model.time_text_embed
     embed.mod_proj = modulation_index_table(int(embed.mod_proj.shape[0])).to(device)
-    missing = [k for k in result.missing_keys if not held_by_fp8_linear(model, k)]
-    if missing or result.unexpected_keys:
-        raise ModelError(f"{src.path.name}: the Chroma weights do not fit the layout read from the file (missing "
-                         f"{missing[:4]}, unexpected {result.unexpected_keys[:4]})")
-    module: torch.nn.Module = model.eval().requires_grad_(False)
-    return module
+    return model
 
 
 def modulation_index_table(length: int) -> torch.Tensor:
@@ -146,18 +123,8 @@ def modulation_index_table(length: int) -> torch.Tensor:
 def load_chroma(src: TensorSource, layout: ChromaLayout, device: torch.device,
                 storage: torch.dtype | None = None) -> torch.nn.Module:
     """The model in its compute dtype; an fp8 `storage` (UNETLoader's weight_dtype) rounds its other weights."""
-    try:
-        model = build_chroma(src, layout, device, compute_dtype(device))
-    except ModelError:
-        raise
-    except Exception as exc:
-        raise ModelError(f"{src.path.name}: Chroma diffusion model could not be converted: {exc}") from exc
-    if storage is not None:
-        with torch.no_grad():
-            for tensor in model.parameters():
-                if not is_fp8(tensor):
-                    tensor.copy_(tensor.to(storage).to(tensor.dtype))
-    return model
+    return load_diffusion_model(src, "Chroma", lambda: build_chroma(src, layout, device, compute_dtype(device)),
+                                storage)
 
 
 def chroma_fn(model: torch.nn.Module) -> Any:
@@ -167,7 +134,7 @@ def chroma_fn(model: torch.nn.Module) -> Any:
         n, _, h, w = x.shape
         img = _patches(x)
         out = model(hidden_states=img, encoder_hidden_states=ctx.to(x.dtype), timestep=t.to(x.device).float(),
-                     img_ids=image_ids(h, w).to(x.device), txt_ids=torch.zeros(ctx.shape[1], 3, device=x.device),
+                     img_ids=image_ids(h, w, device=x.device), txt_ids=torch.zeros(ctx.shape[1], 3, device=x.device),
                      return_dict=False)[0]
         hp, wp = (h + PATCH - 1) // PATCH, (w + PATCH - 1) // PATCH
         c = out.shape[-1] // PATCH**2
@@ -207,14 +174,14 @@ def encode_chroma(encoders: dict[str, Any], text: str, clip: ModelHandle) -> Con
 class ChromaFamily:
     """Chroma in the family registry: CLIPLoader type `chroma` (one T5-XXL file), FLUX's latents and 16-channel
     VAE, flow sampling with shift 1 (ModelSamplingAuraFlow / SD3 set theirs). Text tokens join the image's, so
-    calls never batch across jobs; LoRA, no fast path yet."""
+    calls never batch across jobs; LoRA; the fast path."""
 
     name = NAME
     clip_types: tuple[str, ...] = ("chroma",)
     latent_format: LatentFormat = FLUX
     vae_kind: VaeKind = "flux16"
     batches = False
-    fast_path = False
+    fast_path = True
     lora = True
 
     def recognise(self, src: TensorSource) -> ChromaLayout | None:
@@ -231,6 +198,9 @@ class ChromaFamily:
 
     def sampling_model(self, module: torch.nn.Module, rec: Recognition, device: torch.device) -> SamplingModel:
         return sampling_model(module, rec, device)
+
+    def static_form(self, module: torch.nn.Module) -> StaticForm:
+        return StaticForm(plain_inputs, chroma_fn(module))
 
     def load_text_encoders(self, clip_type: str, paths: list[Path], device: torch.device) -> dict[str, Any]:
         if len(paths) != 1:

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from comfymesh.contracts.errors import ModelError
 from comfymesh.contracts.handles import ModelHandle
+from comfymesh.diffusion.families.loading import count_blocks, load_diffusion_model, load_fp8_aware
 from comfymesh.diffusion.families.registry import (
     BuiltModel,
     Conditioning,
@@ -28,15 +29,9 @@ from comfymesh.diffusion.families.registry import (
     VaeKind,
     flow_shift_sampling,
 )
+from comfymesh.diffusion.fast.denoiser import StaticForm
 from comfymesh.diffusion.latents.formats import FLUX, LatentFormat
 from comfymesh.diffusion.models.flow_lora import LoraKeyMap, key_map, linear1_qkv
-from comfymesh.diffusion.models.fp8_weights import (
-    converted_row_scales,
-    held_by_fp8_linear,
-    install_fp8_linears,
-    is_fp8,
-    split_scales,
-)
 from comfymesh.diffusion.models.recognise import Recognition, UNetLayout
 from comfymesh.diffusion.models.tensor_source import TensorSource
 from comfymesh.diffusion.sampling.flux_sampling import FluxModelSampling
@@ -82,11 +77,6 @@ def flux_prefix(src: TensorSource) -> str | None:
     return None
 
 
-def _count(keys: list[str], prefix: str, group: str) -> int:
-    rx = re.compile(re.escape(prefix + group) + r"\.(\d+)\.")
-    return len({m.group(1) for k in keys if (m := rx.match(k))})
-
-
 def parse_flux(src: TensorSource) -> FluxLayout | None:
     """The FLUX.1 layout of a file, None if it is not one; ModelError if it is one we cannot build."""
     p = flux_prefix(src)
@@ -95,8 +85,8 @@ def parse_flux(src: TensorSource) -> FluxLayout | None:
     width, patch_in = src.shape(p + "img_in.weight")
     head_dim = src.shape(p + "double_blocks.0.img_attn.norm.key_norm.scale")[0]
     layout = FluxLayout(
-        prefix=p, width=width, heads=width // head_dim, head_dim=head_dim, depth=_count(src.keys, p, "double_blocks"),
-        depth_single=_count(src.keys, p, "single_blocks"), in_channels=patch_in // PATCH**2,
+        prefix=p, width=width, heads=width // head_dim, head_dim=head_dim, depth=count_blocks(src.keys, p, "double_blocks"),
+        depth_single=count_blocks(src.keys, p, "single_blocks"), in_channels=patch_in // PATCH**2,
         out_channels=src.shape(p + "final_layer.linear.weight")[0] // PATCH**2,
         vec_dim=src.shape(p + "vector_in.in_layer.weight")[1], context_dim=src.shape(p + "txt_in.weight")[1],
         guidance=src.has(p + "guidance_in.in_layer.weight"), mlp=src.shape(p + "double_blocks.0.img_mlp.0.weight")[0],
@@ -177,20 +167,8 @@ def _allow_no_guidance(model: Any) -> None:
 def build_flux(src: TensorSource, layout: FluxLayout, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
     """The diffusers model with the file's weights on `device`: fp8 linears stay fp8 and compute in `dtype`,
     the rest in `dtype`."""
-    raw = {k[len(layout.prefix):]: v for k, v in src.with_prefix(layout.prefix).items()}
-    weights, scales = split_scales(raw)
-    row_scales = converted_row_scales(lambda s: convert_flux(s, layout.width), weights, scales)
-    state = convert_flux(weights, layout.width)
-    with torch.device("meta"):
-        model = _new_model(layout)
-    rest = install_fp8_linears(model, {k: v.to(device) for k, v in state.items()},
-                               {k: v.to(device) for k, v in row_scales.items()}, dtype)
-    result = model.load_state_dict(rest, strict=False, assign=True)
-    missing = [k for k in result.missing_keys if not held_by_fp8_linear(model, k)]
-    if missing or result.unexpected_keys:
-        raise ModelError(f"{src.path.name}: the FLUX weights do not fit the layout read from the file (missing "
-                         f"{missing[:4]}, unexpected {result.unexpected_keys[:4]})")
-    return model.eval().requires_grad_(False)
+    return load_fp8_aware(src, layout.prefix, lambda: _new_model(layout), lambda s: convert_flux(s, layout.width),
+                          device, dtype, "FLUX")
 
 
 def lora_key_map(src: TensorSource, prefix: str, width: int, converter: Any = None) -> LoraKeyMap:
@@ -209,29 +187,20 @@ def load_flux(src: TensorSource, layout: FluxLayout, device: torch.device,
               storage: torch.dtype | None = None) -> torch.nn.Module:
     """The model in its compute dtype; an fp8 `storage` (UNETLoader's weight_dtype) rounds bf16/fp16 weights
     to that format first (fp8 files are fp8 already)."""
-    try:
-        model = build_flux(src, layout, device, compute_dtype(device))
-    except ModelError:
-        raise
-    except Exception as exc:
-        raise ModelError(f"{src.path.name}: FLUX diffusion model could not be converted: {exc}") from exc
-    if storage is not None:
-        with torch.no_grad():
-            for tensor in model.parameters():
-                if not is_fp8(tensor):
-                    tensor.copy_(tensor.to(storage).to(tensor.dtype))
-    return model
+    return load_diffusion_model(src, "FLUX", lambda: build_flux(src, layout, device, compute_dtype(device)), storage)
 
 
-def image_ids(h: int, w: int, index: float = 0.0, h_offset: int = 0, w_offset: int = 0) -> torch.Tensor:
+def image_ids(h: int, w: int, index: float = 0.0, h_offset: int = 0, w_offset: int = 0,
+              device: torch.device | None = None) -> torch.Tensor:
     """Position ids [tokens, 3] of an h×w latent's 2×2 patches: (index, row, column), offsets in latent
-    cells rounded to patches as ComfyUI's process_img does."""
+    cells rounded to patches as ComfyUI's process_img does; made on `device` (no host copy in a model call,
+    which a CUDA graph could not record)."""
     h_len, w_len = (h + PATCH // 2) // PATCH, (w + PATCH // 2) // PATCH
     h_off, w_off = (h_offset + PATCH // 2) // PATCH, (w_offset + PATCH // 2) // PATCH
-    ids = torch.zeros(h_len, w_len, 3)
+    ids = torch.zeros(h_len, w_len, 3, device=device)
     ids[..., 0] = index
-    ids[..., 1] = torch.arange(h_len, dtype=torch.float32)[:, None] + h_off
-    ids[..., 2] = torch.arange(w_len, dtype=torch.float32)[None, :] + w_off
+    ids[..., 1] = torch.arange(h_len, dtype=torch.float32, device=device)[:, None] + h_off
+    ids[..., 2] = torch.arange(w_len, dtype=torch.float32, device=device)[None, :] + w_off
     return ids.reshape(-1, 3)
 
 
@@ -287,19 +256,34 @@ class FluxCall:
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, ctx: torch.Tensor, y: torch.Tensor | None,
                  refs: list[torch.Tensor] | None = None, ref_method: str = "offset") -> torch.Tensor:
+        pooled, guidance = self.split_y(y, x.shape[0], x.device, x.dtype)
+        return self.run(x, t, ctx, pooled, guidance, refs, ref_method)
+
+    def static_inputs(self, x: torch.Tensor, t: torch.Tensor, ctx: torch.Tensor, y: torch.Tensor | None,
+                      refs: list[torch.Tensor] | None = None, ref_method: str = "offset",
+                      ) -> tuple[torch.Tensor | None, ...] | None:
+        """The fast path's fixed-shape inputs (x, t, ctx, pooled, guidance): a disabled guidance is None, a
+        bucket of its own; a call with Kontext references runs eagerly (None)."""
+        if refs:
+            return None
+        return (x, t, ctx, *self.split_y(y, x.shape[0], x.device, x.dtype))
+
+    def run(self, x: torch.Tensor, t: torch.Tensor, ctx: torch.Tensor, pooled: torch.Tensor,
+            guidance: torch.Tensor | None, refs: list[torch.Tensor] | None = None,
+            ref_method: str = "offset") -> torch.Tensor:
+        """The model on y split into pooled [N, vec] and guidance [N] (None: left out)."""
         n, _, h, w = x.shape
         dtype = x.dtype
         img = _patches(x)
-        ids = image_ids(h, w)
+        ids = image_ids(h, w, device=x.device)
         tokens = img.shape[1]
         if refs:
             for ref, rid in zip(refs, reference_ids(refs, h, w, ref_method), strict=True):
                 img = torch.cat([img, _patches(ref.to(x.device, dtype)).expand(n, -1, -1)], dim=1)
-                ids = torch.cat([ids, rid])
-        pooled, guidance = self.split_y(y, n, x.device, dtype)
-        txt_ids = torch.zeros(ctx.shape[1], 3)
+                ids = torch.cat([ids, rid.to(x.device)])
+        txt_ids = torch.zeros(ctx.shape[1], 3, device=x.device)
         out = self.model(hidden_states=img, encoder_hidden_states=ctx.to(dtype), pooled_projections=pooled,
-                         timestep=t.to(x.device).float(), img_ids=ids.to(x.device), txt_ids=txt_ids.to(x.device),
+                         timestep=t.to(x.device).float(), img_ids=ids, txt_ids=txt_ids,
                          guidance=guidance, return_dict=False)[0]
         out = out[:, :tokens]
         hp, wp = (h + PATCH - 1) // PATCH, (w + PATCH - 1) // PATCH
@@ -391,14 +375,15 @@ def sampling_model(model: torch.nn.Module, rec: Recognition, device: torch.devic
 class FluxFamily:
     """FLUX.1 (dev, schnell, Kontext, Krea) in the family registry: DualCLIPLoader type `flux` (CLIP-L and
     T5-XXL), the all-in-one checkpoint's encoders, FLUX's latents and 16-channel VAE, ModelSamplingFlux. Text
-    tokens join the image's in one attention, so calls never batch across jobs; LoRA, no fast path yet."""
+    tokens join the image's in one attention, so calls never batch across jobs; LoRA; the fast path
+    (Kontext references run eagerly)."""
 
     name = NAME
     clip_types: tuple[str, ...] = ("flux",)
     latent_format: LatentFormat = FLUX
     vae_kind: VaeKind = "flux16"
     batches = False
-    fast_path = False
+    fast_path = True
     lora = True
     checkpoint_vae_prefix = "vae."  # ComfyUI's FLUX checkpoints keep the VAE under `vae.`
 
@@ -412,6 +397,10 @@ class FluxFamily:
 
     def sampling_model(self, module: torch.nn.Module, rec: Recognition, device: torch.device) -> SamplingModel:
         return sampling_model(module, rec, device)
+
+    def static_form(self, module: torch.nn.Module) -> StaticForm:
+        call = FluxCall(module, layout_of(module))
+        return StaticForm(call.static_inputs, call.run)
 
     def load_text_encoders(self, clip_type: str, paths: list[Path], device: torch.device) -> dict[str, Any]:
         return load_text_encoder_files(paths, device)

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from comfymesh.contracts.errors import ModelError
 from comfymesh.contracts.handles import ModelHandle
+from comfymesh.diffusion.families.loading import load_diffusion_model
 from comfymesh.diffusion.families.registry import (
     BuiltModel,
     Conditioning,
@@ -148,17 +149,8 @@ def compute_dtype(device: torch.device) -> torch.dtype:
 def load_qwen_image(src: TensorSource, layout: QwenImageLayout, device: torch.device,
                     storage: torch.dtype | None = None) -> torch.nn.Module:
     """The model in its compute dtype; an fp8 `storage` (UNETLoader's weight_dtype) rounds its weights first."""
-    try:
-        model = build_qwen_image(src, layout, device, compute_dtype(device))
-    except ModelError:
-        raise
-    except Exception as exc:
-        raise ModelError(f"{src.path.name}: Qwen-Image diffusion model could not be converted: {exc}") from exc
-    if storage is not None:
-        with torch.no_grad():
-            for tensor in model.parameters():
-                tensor.copy_(tensor.to(storage).to(tensor.dtype))
-    return model
+    return load_diffusion_model(src, "Qwen-Image",
+                                lambda: build_qwen_image(src, layout, device, compute_dtype(device)), storage)
 
 
 def recognition(layout: QwenImageLayout) -> Recognition:

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from comfymesh.contracts.errors import ModelError
 from comfymesh.contracts.handles import ModelHandle
+from comfymesh.diffusion.families.loading import load_diffusion_model, load_fp8_aware
 from comfymesh.diffusion.families.registry import (
     BuiltModel,
     Conditioning,
@@ -30,15 +31,9 @@ from comfymesh.diffusion.families.registry import (
     VaeKind,
     flow_shift_sampling,
 )
+from comfymesh.diffusion.fast.denoiser import StaticForm, plain_inputs
 from comfymesh.diffusion.latents.formats import LatentFormat
 from comfymesh.diffusion.models.flow_lora import key_map
-from comfymesh.diffusion.models.fp8_weights import (
-    converted_row_scales,
-    held_by_fp8_linear,
-    install_fp8_linears,
-    is_fp8,
-    split_scales,
-)
 from comfymesh.diffusion.models.recognise import ClipLayout, Recognition, UNetLayout
 from comfymesh.diffusion.models.tensor_source import TensorSource
 from comfymesh.diffusion.sampling.flow_sampling import FlowModelSampling
@@ -148,21 +143,8 @@ def build_sd3(src: TensorSource, layout: SD3Layout, device: torch.device, dtype:
     from diffusers import SD3Transformer2DModel
     from diffusers.loaders.single_file_utils import convert_sd3_transformer_checkpoint_to_diffusers as convert
 
-    raw = {k[len(layout.prefix):]: v for k, v in src.with_prefix(layout.prefix).items()}
-    weights, scales = split_scales(raw)
-    rows = converted_row_scales(convert, weights, scales)
-    state = convert(weights)
-    with torch.device("meta"):
-        model: Any = SD3Transformer2DModel(**model_config(layout))
-    rest = install_fp8_linears(model, {k: v.to(device) for k, v in state.items()},
-                               {k: v.to(device) for k, v in rows.items()}, dtype)
-    result = model.load_state_dict(rest, strict=False, assign=True)
-    missing = [k for k in result.missing_keys if not held_by_fp8_linear(model, k)]
-    if missing or result.unexpected_keys:
-        raise ModelError(f"{src.path.name}: the SD3 weights do not fit the layout read from the file (missing "
-                         f"{missing[:4]}, unexpected {result.unexpected_keys[:4]})")
-    module: torch.nn.Module = model.eval().requires_grad_(False)
-    return module
+    return load_fp8_aware(src, layout.prefix, lambda: SD3Transformer2DModel(**model_config(layout)), convert,
+                          device, dtype, "SD3")
 
 
 def compute_dtype(device: torch.device) -> torch.dtype:
@@ -174,18 +156,7 @@ def load_sd3(src: TensorSource, layout: SD3Layout, device: torch.device,
              storage: torch.dtype | None = None) -> torch.nn.Module:
     """The model in its compute dtype; an fp8 `storage` (UNETLoader's weight_dtype) rounds bf16/fp16 weights
     to that format first (fp8 files are fp8 already)."""
-    try:
-        model = build_sd3(src, layout, device, compute_dtype(device))
-    except ModelError:
-        raise
-    except Exception as exc:
-        raise ModelError(f"{src.path.name}: SD3 diffusion model could not be converted: {exc}") from exc
-    if storage is not None:
-        with torch.no_grad():
-            for tensor in model.parameters():
-                if not is_fp8(tensor):
-                    tensor.copy_(tensor.to(storage).to(tensor.dtype))
-    return model
+    return load_diffusion_model(src, "SD3", lambda: build_sd3(src, layout, device, compute_dtype(device)), storage)
 
 
 def sd3_fn(model: torch.nn.Module) -> UNetFn:
@@ -334,15 +305,15 @@ def t5_encode_fn() -> T5Encode:
 class SD3Family:
     """SD3 / SD3.5 in the family registry: CLIP type `sd3` (CLIP-L, CLIP-G, T5-XXL files in any mix), the
     all-in-one checkpoint's encoders, SD3's latents and 16-channel VAE (FLUX's architecture), flow sampling
-    with shift 3. Text tokens join the image's in one attention, so calls never batch across jobs; LoRA, no
-    fast path yet."""
+    with shift 3. Text tokens join the image's in one attention, so calls never batch across jobs; LoRA; the
+    fast path."""
 
     name = NAME
     clip_types: tuple[str, ...] = ("sd3",)
     latent_format: LatentFormat = SD3_LATENTS
     vae_kind: VaeKind = "flux16"
     batches = False
-    fast_path = False
+    fast_path = True
     lora = True
 
     def recognise(self, src: TensorSource) -> SD3Layout | None:
@@ -357,6 +328,9 @@ class SD3Family:
 
     def sampling_model(self, module: torch.nn.Module, rec: Recognition, device: torch.device) -> SamplingModel:
         return sampling_model(module, rec, device)
+
+    def static_form(self, module: torch.nn.Module) -> StaticForm:
+        return StaticForm(plain_inputs, sd3_fn(module))
 
     def load_text_encoders(self, clip_type: str, paths: list[Path], device: torch.device) -> dict[str, Any]:
         return load_text_encoder_files(paths, device)

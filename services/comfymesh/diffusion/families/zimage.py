@@ -9,7 +9,6 @@ head split 1:1.5:1.5 over (caption, height, width) axes, time scale 1000, 2×2 p
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ import torch.nn.functional as F
 
 from comfymesh.contracts.errors import ModelError
 from comfymesh.contracts.handles import ModelHandle
+from comfymesh.diffusion.families.loading import count_blocks, file_state, load_diffusion_model
 from comfymesh.diffusion.families.registry import (
     BuiltModel,
     Conditioning,
@@ -26,6 +26,7 @@ from comfymesh.diffusion.families.registry import (
     VaeKind,
     flow_shift_sampling,
 )
+from comfymesh.diffusion.fast.denoiser import StaticForm, plain_inputs
 from comfymesh.diffusion.latents.formats import FLUX, LatentFormat
 from comfymesh.diffusion.models.flow_lora import key_map
 from comfymesh.diffusion.models.recognise import Recognition, UNetLayout
@@ -76,11 +77,6 @@ def zimage_prefix(src: TensorSource) -> str | None:
     return None
 
 
-def _count(keys: list[str], prefix: str, group: str) -> int:
-    rx = re.compile(re.escape(prefix + group) + r"\.(\d+)\.")
-    return len({m.group(1) for k in keys if (m := rx.match(k))})
-
-
 def parse_zimage(src: TensorSource) -> ZImageLayout | None:
     """The Z-Image layout of a file, None if it is not one; ModelError if it is one we cannot build."""
     prefix = zimage_prefix(src)
@@ -94,7 +90,7 @@ def parse_zimage(src: TensorSource) -> ZImageLayout | None:
     n_kv = (qkv_rows // head_dim - n_heads) // 2
     layout = ZImageLayout(
         prefix=p, dim=dim, cap_feat_dim=cap_dim, in_channels=src.shape(p + "x_embedder.weight")[1] // PATCH**2,
-        n_layers=_count(src.keys, p, "layers"), n_refiner_layers=_count(src.keys, p, "noise_refiner"),
+        n_layers=count_blocks(src.keys, p, "layers"), n_refiner_layers=count_blocks(src.keys, p, "noise_refiner"),
         head_dim=head_dim, n_heads=n_heads, n_kv_heads=n_kv, t_mid=src.shape(p + "t_embedder.mlp.0.weight")[0],
     )
     if n_kv != n_heads or head_dim % 16 or dim < 256:
@@ -130,8 +126,7 @@ def build_zimage(src: TensorSource, layout: ZImageLayout, device: torch.device,
     """The diffusers model with the file's weights, on `device` in `dtype` (fp8 files are computed upcast)."""
     from diffusers.loaders.single_file_utils import convert_z_image_transformer_checkpoint_to_diffusers
 
-    raw = {k[len(layout.prefix):]: v for k, v in src.with_prefix(layout.prefix).items()}
-    state = convert_z_image_transformer_checkpoint_to_diffusers(raw)
+    state = convert_z_image_transformer_checkpoint_to_diffusers(file_state(src, layout.prefix))
     state = {k: v.to(device=device, dtype=dtype) for k, v in state.items()}
     with torch.device("meta"):
         model = _new_model(layout)
@@ -181,17 +176,8 @@ def load_zimage(src: TensorSource, layout: ZImageLayout, device: torch.device,
                 storage: torch.dtype | None = None) -> torch.nn.Module:
     """The model in its compute dtype; an fp8 `storage` (UNETLoader's weight_dtype) rounds its weights to
     that format first."""
-    try:
-        model = build_zimage(src, layout, device, compute_dtype(device))
-    except ModelError:
-        raise
-    except Exception as exc:
-        raise ModelError(f"{src.path.name}: Z-Image diffusion model could not be converted: {exc}") from exc
-    if storage is not None:
-        with torch.no_grad():
-            for tensor in model.parameters():
-                tensor.copy_(tensor.to(storage).to(tensor.dtype))
-    return model
+    return load_diffusion_model(src, "Z-Image", lambda: build_zimage(src, layout, device, compute_dtype(device)),
+                                storage)
 
 
 def sampling_model(model: torch.nn.Module, rec: Recognition, device: torch.device) -> SamplingModel:
@@ -206,15 +192,15 @@ def sampling_model(model: torch.nn.Module, rec: Recognition, device: torch.devic
 
 class ZImage:
     """Z-Image in the family registry: CLIPLoader type `lumina2` with a Qwen3 file, FLUX's latents and 16-channel
-    VAE, flow sampling. Caption tokens join the image sequence, so calls never batch across jobs; LoRA, no
-    fast path yet."""
+    VAE, flow sampling. Caption tokens join the image sequence, so calls never batch across jobs; LoRA; the
+    fast path."""
 
     name = NAME
     clip_types: tuple[str, ...] = ("lumina2",)
     latent_format: LatentFormat = FLUX
     vae_kind: VaeKind = "flux16"
     batches = False
-    fast_path = False
+    fast_path = True
     lora = True
 
     def recognise(self, src: TensorSource) -> ZImageLayout | None:
@@ -229,6 +215,9 @@ class ZImage:
 
     def sampling_model(self, module: torch.nn.Module, rec: Recognition, device: torch.device) -> SamplingModel:
         return sampling_model(module, rec, device)
+
+    def static_form(self, module: torch.nn.Module) -> StaticForm:
+        return StaticForm(plain_inputs, zimage_fn(module))
 
     def load_text_encoders(self, clip_type: str, paths: list[Path], device: torch.device) -> dict[str, Any]:
         # ComfyUI tells lumina2's encoders apart by the file; this build runs Z-Image's Qwen3

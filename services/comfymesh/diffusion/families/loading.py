@@ -1,0 +1,72 @@
+"""How a family turns its diffusion-model file into a built diffusers module: the weights under the file's
+prefix, converted and loaded with fp8 linears kept fp8, errors naming the file, and UNETLoader's fp8 rounding.
+Each family module keeps only what is its own (layout, converter, model class, fix-ups after loading).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+
+from comfymesh.contracts.errors import ModelError
+from comfymesh.diffusion.models.fp8_weights import (
+    Converter,
+    converted_row_scales,
+    held_by_fp8_linear,
+    install_fp8_linears,
+    is_fp8,
+    split_scales,
+)
+from comfymesh.diffusion.models.tensor_source import TensorSource
+
+
+def count_blocks(keys: Iterable[str], prefix: str, group: str) -> int:
+    """How many numbered blocks `prefix + group + ".N."` the keys name (`double_blocks`, `layers`, ...)."""
+    rx = re.compile(re.escape(prefix + group) + r"\.(\d+)\.")
+    return len({m.group(1) for k in keys if (m := rx.match(k))})
+
+
+def file_state(src: TensorSource, prefix: str) -> dict[str, torch.Tensor]:
+    """The file's tensors under `prefix` (a checkpoint's `model.diffusion_model.`, or ""), named without it."""
+    return {k[len(prefix):]: v for k, v in src.with_prefix(prefix).items()}
+
+
+def load_fp8_aware(src: TensorSource, prefix: str, make: Callable[[], Any], convert: Converter,
+                   device: torch.device, dtype: torch.dtype, what: str) -> torch.nn.Module:
+    """`make()`'s model (built on the meta device) holding the file's weights under `prefix`, renamed by
+    `convert`, on `device`: fp8 linears (fp8 and scaled-fp8 files) stay fp8 and compute in `dtype` per layer, as
+    ComfyUI runs them; the rest in `dtype`. ModelError naming the file when the weights do not fit the model."""
+    weights, scales = split_scales(file_state(src, prefix))
+    rows = converted_row_scales(convert, weights, scales)
+    state = convert(weights)
+    with torch.device("meta"):
+        model: torch.nn.Module = make()
+    rest = install_fp8_linears(model, {k: v.to(device) for k, v in state.items()},
+                               {k: v.to(device) for k, v in rows.items()}, dtype)
+    result = model.load_state_dict(rest, strict=False, assign=True)
+    missing = [k for k in result.missing_keys if not held_by_fp8_linear(model, k)]
+    if missing or result.unexpected_keys:
+        raise ModelError(f"{src.path.name}: the {what} weights do not fit the layout read from the file (missing "
+                         f"{missing[:4]}, unexpected {result.unexpected_keys[:4]})")
+    return model.eval().requires_grad_(False)
+
+
+def load_diffusion_model(src: TensorSource, what: str, build: Callable[[], torch.nn.Module],
+                         storage: torch.dtype | None = None) -> torch.nn.Module:
+    """`build()`'s model, any failure but a ModelError reported as one naming the file; an fp8 `storage`
+    (UNETLoader's weight_dtype) rounds the weights that are not fp8 already to that format, keeping their dtype."""
+    try:
+        model = build()
+    except ModelError:
+        raise
+    except Exception as exc:
+        raise ModelError(f"{src.path.name}: {what} diffusion model could not be converted: {exc}") from exc
+    if storage is not None:
+        with torch.no_grad():
+            for tensor in model.parameters():
+                if not is_fp8(tensor):
+                    tensor.copy_(tensor.to(storage).to(tensor.dtype))
+    return model
