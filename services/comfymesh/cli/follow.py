@@ -69,6 +69,15 @@ def follow(http: httpx.Client, job_id: str, nodes: dict[str, str], console: Cons
     return "unknown"
 
 
+def submit(http: httpx.Client, prompt: dict[str, Any]) -> dict[str, Any]:
+    """POST the prompt to /v1/workflows; answers the accepted job (its `job_id`)."""
+    try:
+        return dict(call(http, "POST", "/v1/workflows", json={"prompt": prompt}).json())
+    except GatewayError as exc:
+        exc.lines[0] = exc.lines[0].replace("refused", "the workflow was refused", 1)
+        raise
+
+
 def watch_and_save(http: httpx.Client, job_id: str, out: Path, cancel_on_exit: bool, console: Console) -> None:
     """Follow a submitted job with a progress bar, then save its images in `out`; Ctrl+C asks whether to cancel
     it (cancels it with `cancel_on_exit`). A job that does not complete raises GatewayError."""

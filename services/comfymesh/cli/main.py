@@ -1,4 +1,5 @@
-"""`comfymesh`: `up` starts the whole mesh locally, `run` runs a workflow, `status`/`jobs`/`cancel`/`logs` watch
+"""`comfymesh`: `up` starts the whole mesh locally, `run` runs a workflow (`watch`: once per new image in a
+folder), `status`/`jobs`/`cancel`/`logs` watch
 jobs, `models` lists and pulls model files, `workflows` saves and runs typed workflows, `demo` writes tiny models
 for the shipped templates."""
 
@@ -17,7 +18,7 @@ import httpx
 import typer
 from rich.console import Console
 
-from comfymesh.cli import demo, follow, gateway, jobs, models, prompt_edit, workflows
+from comfymesh.cli import demo, follow, gateway, jobs, models, prompt_edit, watch, workflows
 from comfymesh.cli.supervisor import ServiceSpec, Supervisor, ignore_stop_signals, interrupt_on_stop_signals
 from comfymesh.config import get_settings
 from comfymesh.config.process_env import child_environment
@@ -145,21 +146,14 @@ def run(
             prompt_edit.apply_set(prompt, assignment)
         for argument in image or []:
             prompt_edit.attach_image(http, prompt, argument)
-        job_id = _submit(http, prompt)["job_id"]
+        job_id = follow.submit(http, prompt)["job_id"]
         follow.watch_and_save(http, job_id, out, cancel_on_exit, console)
-
-
-def _submit(http: httpx.Client, prompt: dict[str, Any]) -> dict[str, Any]:
-    try:
-        return dict(gateway.call(http, "POST", "/v1/workflows", json={"prompt": prompt}).json())
-    except gateway.GatewayError as exc:
-        exc.lines[0] = exc.lines[0].replace("refused", "the workflow was refused", 1)
-        raise
 
 
 app.add_typer(models.app, name="models")
 app.add_typer(workflows.app, name="workflows")
 app.command()(demo.demo)
+app.command()(watch.watch)
 app.command()(jobs.status)
 app.command(name="jobs")(jobs.jobs)
 app.command()(jobs.cancel)
