@@ -37,6 +37,9 @@ def latent_rgb_tensor(denoised: torch.Tensor, fmt: LatentFormat) -> torch.Tensor
     """The same preview as a uint8 [h, w, 3] tensor on the latent's device (no host sync)."""
     factors, bias = _factors(fmt, denoised.device)
     first = denoised[0, :, 0] if denoised.ndim == 5 else denoised[0]  # 5-D (frames): the first frame, as ComfyUI
+    if fmt.patch > 1:  # unfold the cells first (channel order: channel, row in cell, column in cell)
+        p, (c4, h, w) = fmt.patch, first.shape
+        first = first.reshape(c4 // p**2, p, p, h, w).permute(0, 3, 1, 4, 2).reshape(c4 // p**2, h * p, w * p)
     rgb = torch.einsum("chw,cr->hwr", first.float(), factors)
     if bias is not None:
         rgb = rgb + bias

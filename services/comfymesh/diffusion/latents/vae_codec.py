@@ -11,7 +11,8 @@ from comfymesh.contracts.errors import ResourceExhaustedError
 
 
 def spatial_factor(vae: Any) -> int:
-    return int(2 ** (len(vae.config.block_out_channels) - 1))
+    # a VAE whose latents fold cells into channels (FLUX.2's 2×2) says so with `latent_patch`
+    return int(2 ** (len(vae.config.block_out_channels) - 1)) * int(getattr(vae, "latent_patch", 1))
 
 
 def _param(vae: Any) -> torch.Tensor:

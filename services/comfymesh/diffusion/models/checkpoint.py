@@ -14,6 +14,7 @@ from comfymesh.contracts.errors import ModelError
 from comfymesh.diffusion.families import registry as families
 from comfymesh.diffusion.models.convert import Placement, build_clip, build_unet, build_vae, unet_module_map
 from comfymesh.diffusion.models.flow_lora import LoraKeyMap
+from comfymesh.diffusion.models.flux2_vae import load_flux2_vae, parse_flux2_vae
 from comfymesh.diffusion.models.recognise import (
     VAE_PREFIX,
     ClipLayout,
@@ -110,6 +111,10 @@ def load_vae_file(path: Path, place: Placement | None = None) -> torch.nn.Module
     if parse_wan21_vae(src) is not None:  # Qwen-Image's VAE (Wan 2.1's network, 5-D latents)
         return load_wan21_vae(src, (place or Placement()).device)
     prefix = VAE_PREFIX if any(k.startswith(VAE_PREFIX) for k in src.keys) else ""
+    flux2 = parse_flux2_vae(src, prefix)
+    if flux2 is not None:  # FLUX.2's VAE: 128-channel patchified, batch-normalised latents
+        place = place or Placement()
+        return load_flux2_vae(src, flux2, place.device, place.vae_dtype)
     layout = parse_vae(src, prefix)
     if layout is None:
         raise ModelError(f"{path.name} is not a VAE: found {found_summary(src)}")

@@ -1,0 +1,355 @@
+"""FLUX.2 (Dev, Klein 4B/9B and their base models): recognise a diffusion model in ComfyUI's key layout (FLUX's
+`double_blocks` / `single_blocks` with the shared `double_stream_modulation_img/txt` and `single_stream_modulation`,
+no `vector_in`), bare or under `model.diffusion_model.`, build diffusers' Flux2Transformer2DModel from its shapes,
+and call it as ComfyUI calls its Flux2 model.
+
+Read at any width and depth so reduced test models load; the heads are the width over the q/k-norm width (ComfyUI
+0.8.0 fixes 48, Dev's count). What shapes cannot tell is fixed as ComfyUI fixes it: 1×1 patches of the 128-channel
+latent, RoPE θ 2000 over four axes (index, row, column, text position) splitting the head in quarters, timestep
+and guidance embedded at 1000·value, the text padded at the front with zeros to 512 tokens, reference latents
+placed by `index` in steps of 10. fp8 and scaled-fp8 weights stay fp8.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from comfymesh.contracts.errors import ModelError
+from comfymesh.contracts.handles import ModelHandle
+from comfymesh.diffusion.families.flux import DEFAULT_GUIDANCE, flux_y
+from comfymesh.diffusion.families.registry import (
+    BuiltModel,
+    Conditioning,
+    DiffusionFamily,
+    VaeKind,
+    flow_shift_sampling,
+)
+from comfymesh.diffusion.latents.formats import FLUX2, LatentFormat
+from comfymesh.diffusion.models.flow_lora import key_map, linear1_qkv
+from comfymesh.diffusion.models.fp8_weights import (
+    converted_row_scales,
+    held_by_fp8_linear,
+    install_fp8_linears,
+    is_fp8,
+    split_scales,
+)
+from comfymesh.diffusion.models.recognise import Recognition, UNetLayout
+from comfymesh.diffusion.models.tensor_source import TensorSource
+from comfymesh.diffusion.sampling.flux_sampling import FluxModelSampling
+from comfymesh.diffusion.sampling.ksampler import SamplingModel
+from comfymesh.diffusion.text.klein_text import encode_klein, load_klein_encoder
+from comfymesh.diffusion.text.qwen3 import parse_qwen3
+
+NAME = "flux2"
+PREFIXES = ("", "model.diffusion_model.")
+_MARKERS = ("double_blocks.0.img_attn.norm.key_norm.scale", "img_in.weight", "double_stream_modulation_img.lin.weight")
+SHIFT = 2.02  # ComfyUI's Flux2 sampling setting (ModelSamplingFlux's μ)
+ROPE_THETA = 2000
+TEXT_LENGTH = 512  # ComfyUI's Flux2 pads shorter contexts at the front to this many tokens
+REF_METHODS = ("index", "offset", "uxo")  # how reference latents are placed (ComfyUI's default for FLUX.2: index)
+REF_INDEX_STEP = 10.0
+
+
+@dataclass(frozen=True)
+class Flux2Layout:
+    prefix: str
+    width: int
+    heads: int
+    head_dim: int
+    depth: int
+    depth_single: int
+    in_channels: int
+    out_channels: int
+    context_dim: int  # the text encoder's features: 3 Qwen3 (Klein) or Mistral (Dev) hidden states side by side
+    guidance: bool  # Dev embeds distilled guidance; Klein does not
+    mlp_ratio: float
+
+    @property
+    def axes_dims(self) -> tuple[int, int, int, int]:
+        quarter = self.head_dim // 4
+        return quarter, quarter, quarter, quarter
+
+    def describe(self) -> str:
+        kind = "Dev-type, guidance-distilled" if self.guidance else "Klein-type"
+        return (f"FLUX.2 {kind} (width {self.width}, {self.depth}+{self.depth_single} blocks, text width "
+                f"{self.context_dim})")
+
+
+def flux2_prefix(src: TensorSource) -> str | None:
+    for prefix in PREFIXES:
+        if all(src.has(prefix + k) for k in _MARKERS):
+            return prefix
+    return None
+
+
+def _count(keys: list[str], prefix: str, group: str) -> int:
+    rx = re.compile(re.escape(prefix + group) + r"\.(\d+)\.")
+    return len({m.group(1) for k in keys if (m := rx.match(k))})
+
+
+def parse_flux2(src: TensorSource) -> Flux2Layout | None:
+    """The FLUX.2 layout of a file, None if it is not one; ModelError if it is one we cannot build."""
+    p = flux2_prefix(src)
+    if p is None:
+        return None
+    width, in_channels = src.shape(p + "img_in.weight")
+    head_dim = src.shape(p + "double_blocks.0.img_attn.norm.key_norm.scale")[0]
+    mlp_in = src.shape(p + "double_blocks.0.img_mlp.0.weight")[0]  # SwiGLU: gate and value halves
+    layout = Flux2Layout(
+        prefix=p, width=width, heads=width // head_dim, head_dim=head_dim, depth=_count(src.keys, p, "double_blocks"),
+        depth_single=_count(src.keys, p, "single_blocks"), in_channels=in_channels,
+        out_channels=src.shape(p + "final_layer.linear.weight")[0], context_dim=src.shape(p + "txt_in.weight")[1],
+        guidance=src.has(p + "guidance_in.in_layer.weight"), mlp_ratio=mlp_in / 2 / width,
+    )
+    if head_dim % 8 or width % head_dim or layout.in_channels != layout.out_channels:
+        raise ModelError(f"{src.path.name}: {layout.describe()} has a shape this stage cannot build (head width "
+                         f"{head_dim}, {in_channels} channels in, {layout.out_channels} out; needs a head width "
+                         "multiple of 8 dividing the width, as many channels out as in)")
+    return layout
+
+
+def model_config(layout: Flux2Layout) -> dict[str, Any]:
+    return {
+        "patch_size": 1, "in_channels": layout.in_channels, "out_channels": layout.out_channels,
+        "num_layers": layout.depth, "num_single_layers": layout.depth_single, "attention_head_dim": layout.head_dim,
+        "num_attention_heads": layout.heads, "joint_attention_dim": layout.context_dim, "mlp_ratio": layout.mlp_ratio,
+        "axes_dims_rope": layout.axes_dims, "rope_theta": ROPE_THETA, "eps": 1e-6, "guidance_embeds": layout.guidance,
+    }
+
+
+def convert_flux2(raw: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """ComfyUI names → diffusers names with diffusers' converter (which empties the dict it is given); works on
+    weights and on per-row scale vectors alike."""
+    from diffusers.loaders.single_file_utils import convert_flux2_transformer_checkpoint_to_diffusers
+
+    converted: dict[str, torch.Tensor] = convert_flux2_transformer_checkpoint_to_diffusers(dict(raw))
+    return converted
+
+
+def build_flux2(src: TensorSource, layout: Flux2Layout, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    """The diffusers model with the file's weights on `device`: fp8 linears stay fp8 and compute in `dtype`,
+    the rest in `dtype`."""
+    from diffusers import Flux2Transformer2DModel
+
+    raw = {k[len(layout.prefix):]: v for k, v in src.with_prefix(layout.prefix).items()}
+    weights, scales = split_scales(raw)
+    row_scales = converted_row_scales(convert_flux2, weights, scales)
+    state = convert_flux2(weights)
+    with torch.device("meta"):
+        model: Any = Flux2Transformer2DModel(**model_config(layout))
+    rest = install_fp8_linears(model, {k: v.to(device) for k, v in state.items()},
+                               {k: v.to(device) for k, v in row_scales.items()}, dtype)
+    result = model.load_state_dict(rest, strict=False, assign=True)
+    missing = [k for k in result.missing_keys if not held_by_fp8_linear(model, k)]
+    if missing or result.unexpected_keys:
+        raise ModelError(f"{src.path.name}: the FLUX.2 weights do not fit the layout read from the file (missing "
+                         f"{missing[:4]}, unexpected {result.unexpected_keys[:4]})")
+    module: torch.nn.Module = model.eval().requires_grad_(False)
+    return module
+
+
+def compute_dtype(device: torch.device) -> torch.dtype:
+    """ComfyUI runs FLUX.2 in bf16 on a GPU, float32 on the CPU."""
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def load_flux2(src: TensorSource, layout: Flux2Layout, device: torch.device,
+               storage: torch.dtype | None = None) -> torch.nn.Module:
+    """The model in its compute dtype; an fp8 `storage` (UNETLoader's weight_dtype) rounds bf16/fp16 weights
+    to that format first (fp8 files are fp8 already)."""
+    try:
+        model = build_flux2(src, layout, device, compute_dtype(device))
+    except ModelError:
+        raise
+    except Exception as exc:
+        raise ModelError(f"{src.path.name}: FLUX.2 diffusion model could not be converted: {exc}") from exc
+    if storage is not None:
+        with torch.no_grad():
+            for tensor in model.parameters():
+                if not is_fp8(tensor):
+                    tensor.copy_(tensor.to(storage).to(tensor.dtype))
+    return model
+
+
+def image_ids(h: int, w: int, index: float = 0.0, h_offset: int = 0, w_offset: int = 0) -> torch.Tensor:
+    """Position ids [h·w, 4] of an h×w latent's cells: (index, row, column, 0)."""
+    ids = torch.zeros(h, w, 4)
+    ids[..., 0] = index
+    ids[..., 1] = torch.arange(h, dtype=torch.float32)[:, None] + h_offset
+    ids[..., 2] = torch.arange(w, dtype=torch.float32)[None, :] + w_offset
+    return ids.reshape(-1, 4)
+
+
+def text_ids(length: int) -> torch.Tensor:
+    """Position ids [length, 4] of the text tokens: their position on the fourth axis."""
+    ids = torch.zeros(length, 4)
+    ids[:, 3] = torch.arange(length, dtype=torch.float32)
+    return ids
+
+
+def reference_ids(refs: list[torch.Tensor], h: int, w: int, method: str) -> list[torch.Tensor]:
+    """Position ids of each reference latent, as ComfyUI places them for FLUX.2: `index` (10, 20, …, all at the
+    origin), `offset` (index 1, each beside or below the ones before, whichever keeps the canvas squarer) or `uxo`
+    (index 0, diagonally past the image and the references before)."""
+    out = []
+    used_h = used_w = 0
+    index = 0.0
+    for ref in refs:
+        rh, rw = ref.shape[-2:]
+        if method == "index":
+            index += REF_INDEX_STEP
+            h_off = w_off = 0
+        elif method == "uxo":
+            index = 0.0
+            h_off, w_off = h + used_h, w + used_w
+            used_h += rh
+            used_w += rw
+        else:
+            index = 1.0
+            h_off = w_off = 0
+            if rh + used_h > rw + used_w:
+                w_off = used_w
+            else:
+                h_off = used_h
+            used_h, used_w = max(used_h, rh + h_off), max(used_w, rw + w_off)
+        out.append(image_ids(rh, rw, index, h_off, w_off))
+    return out
+
+
+def _tokens(x: torch.Tensor) -> torch.Tensor:
+    """[N, C, h, w] → [N, h·w, C] (1×1 patches)."""
+    return x.flatten(2).transpose(1, 2)
+
+
+class Flux2Call:
+    """The model as the denoiser calls it: (x [N, 128, h, w], timestep σ [N], context [N, T, D], y) → the
+    velocity, so that x0 = x − σ·out. y is one guidance column [N, 1] (NaN, or a model without guidance: none).
+    `refs` are reference latents [1, 128, h, w] whose tokens join the image's and are dropped from the output."""
+
+    def __init__(self, model: torch.nn.Module, guidance: bool) -> None:
+        self.model = model
+        self.guidance = guidance
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, ctx: torch.Tensor, y: torch.Tensor | None,
+                 refs: list[torch.Tensor] | None = None, ref_method: str = "index") -> torch.Tensor:
+        n, _, h, w = x.shape
+        dtype = x.dtype
+        img = _tokens(x)
+        ids = image_ids(h, w)
+        if refs:
+            for ref, rid in zip(refs, reference_ids(refs, h, w, ref_method), strict=True):
+                img = torch.cat([img, _tokens(ref.to(x.device, dtype)).expand(n, -1, -1)], dim=1)
+                ids = torch.cat([ids, rid])
+        if ctx.shape[1] < TEXT_LENGTH:
+            ctx = F.pad(ctx, (0, 0, TEXT_LENGTH - ctx.shape[1], 0))
+        guidance = None
+        if self.guidance and y is not None and not torch.isnan(y[:, 0]).any():
+            guidance = y[:, 0].to(x.device).float()
+        out = self.model(hidden_states=img, encoder_hidden_states=ctx.to(dtype), timestep=t.to(x.device).float(),
+                         img_ids=ids.to(x.device), txt_ids=text_ids(ctx.shape[1]).to(x.device), guidance=guidance,
+                         return_dict=False)[0]
+        result: torch.Tensor = out[:, : h * w].transpose(1, 2).reshape(n, -1, h, w)
+        return result
+
+
+def recognition(layout: Flux2Layout) -> Recognition:
+    """What the model cache keeps of the file: the family, the flow prediction and the sizes sampling reads
+    (latent channels, text width; no pooled vector)."""
+    summary = UNetLayout(in_channels=layout.in_channels, out_channels=layout.out_channels,
+                         model_channels=layout.width, level_channels=(), res_blocks=0, depth=(), up_depth=(),
+                         mid_depth=0, context_dim=layout.context_dim, linear_proj=True, adm=None)
+    return Recognition(NAME, "flow", False, summary, (), None)
+
+
+def entry_y(pooled: Any, extras: dict[str, Any]) -> torch.Tensor:
+    """SamplingModel.make_y: the entry's guidance (3.5 when no FluxGuidance set one, NaN when
+    FluxDisableGuidance removed it); FLUX.2 takes no pooled vector."""
+    return flux_y(None, extras.get("guidance", DEFAULT_GUIDANCE), 0)
+
+
+def entry_inputs(extras: dict[str, Any]) -> dict[str, Any] | None:
+    """SamplingModel.entry_inputs: an entry's reference latents (ReferenceLatent; the latent format is the
+    identity) and their placement (ComfyUI places a method it does not know, index_timestep_zero included, as
+    `offset`)."""
+    refs = extras.get("reference_latents")
+    if not refs:
+        return None
+    method = extras.get("reference_latents_method") or "index"
+    return {"refs": [FLUX2.process_in(torch.as_tensor(r).float()) for r in refs],
+            "ref_method": method if method in REF_METHODS else "offset"}
+
+
+def sampling_model(model: torch.nn.Module, rec: Recognition, device: torch.device) -> SamplingModel:
+    """The denoiser's view of a loaded FLUX.2 model with ComfyUI's default model sampling (ModelSamplingFlux at
+    shift 2.02, σ as the timestep). Text tokens join the image's in one attention, so contexts of other lengths
+    never share a call."""
+    config: Any = model.config
+    param = next(p for p in model.parameters() if not is_fp8(p))
+    return SamplingModel(
+        unet=Flux2Call(model, bool(config.guidance_embeds)), sampling=FluxModelSampling(SHIFT), prediction="flow",
+        latent_format=FLUX2, family=NAME, context_dim=int(config.joint_attention_dim), adm=1, device=device,
+        dtype=param.dtype, in_channels=int(config.in_channels), joint_context=True, make_y=entry_y,
+        entry_inputs=entry_inputs,
+    )
+
+
+def _mistral_file(src: TensorSource) -> bool:
+    # ComfyUI's test for Mistral 3 Small: a Llama-form file (no q/k norms) 5120 wide
+    key = "model.layers.0.post_attention_layernorm.weight"
+    return src.has(key) and not src.has("model.layers.0.self_attn.q_norm.weight") and src.shape(key)[0] == 5120
+
+
+class Flux2Family:
+    """FLUX.2 in the family registry: CLIPLoader type `flux2` (Klein's Qwen3; Dev's Mistral 3 Small is refused by
+    name until its encoder exists), the FLUX.2 VAE's 128-channel latents, ModelSamplingFlux. Text tokens join the
+    image's in one attention, so calls never batch across jobs; LoRA, no fast path yet."""
+
+    name = NAME
+    clip_types: tuple[str, ...] = ("flux2",)
+    latent_format: LatentFormat = FLUX2
+    vae_kind: VaeKind = "other"
+    batches = False
+    fast_path = False
+    lora = True
+
+    def recognise(self, src: TensorSource) -> Flux2Layout | None:
+        return parse_flux2(src)
+
+    def build(self, src: TensorSource, layout: Flux2Layout, device: torch.device,
+              weight_dtype: torch.dtype | None) -> BuiltModel:
+        kmap = key_map(src, layout.prefix, convert_flux2)
+        kmap = dataclasses.replace(kmap, fused=linear1_qkv(kmap.file_shapes, layout.width))
+        return BuiltModel(recognition(layout), load_flux2(src, layout, device, weight_dtype), lora_map=kmap)
+
+    def sampling_model(self, module: torch.nn.Module, rec: Recognition, device: torch.device) -> SamplingModel:
+        return sampling_model(module, rec, device)
+
+    def load_text_encoders(self, clip_type: str, paths: list[Path], device: torch.device) -> dict[str, Any]:
+        if len(paths) != 1:
+            raise ModelError(f"CLIP type {clip_type!r} takes one text encoder file, got {len(paths)}")
+        src = TensorSource(paths[0])
+        if parse_qwen3(src) is None and _mistral_file(src):
+            raise ModelError(f"{src.path.name} is FLUX.2 Dev's Mistral 3 Small text encoder, which this build cannot "
+                             "run yet (its Mistral language model and the Tekken tokenizer the file carries as "
+                             "`tekken_model` are not implemented); FLUX.2 Klein's Qwen3 encoders run")
+        return {"qwen3": load_klein_encoder(src, device)}
+
+    def encode(self, text: str, encoders: dict[str, Any], clip: ModelHandle) -> Conditioning:
+        # Klein's three Qwen3 hidden states per token; ComfyUI applies no prompt weights and passes no pooled output
+        return [[encode_klein(encoders["qwen3"], text), {}]]
+
+    def model_sampling(self, record: dict[str, Any], sm: SamplingModel) -> SamplingModel:
+        # ModelSamplingFlux's shift; ModelSamplingSD3/AuraFlow replace it as in ComfyUI
+        if record["kind"] == "flux":
+            return dataclasses.replace(sm, sampling=FluxModelSampling(record["shift"]))
+        return flow_shift_sampling(record, sm)
+
+
+FAMILY: DiffusionFamily = Flux2Family()
