@@ -40,8 +40,9 @@ def status(job_id: Annotated[str | None, typer.Argument(help="a job id; without 
             counts = {state: call(http, "GET", "/v1/jobs", params={"status": state, "limit": 1}).json()["total"]
                       for state in (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.FAILED)}
             models = call(http, "GET", "/v1/checkpoints").json()
-            out.print(f"comfymesh at {http.base_url}: gateway {ready.get('status', 'ok')}, "
-                      f"orchestrator {'ready' if readiness.status_code == 200 else 'not ready'}")
+            mesh = ("orchestrator ready, every stage healthy" if readiness.status_code == 200
+                    else f"not ready: {readiness.json().get('status')}")  # /readyz names what is missing
+            out.print(f"comfymesh at {http.base_url}: gateway {ready.get('status', 'ok')}, {mesh}")
             out.print(", ".join(f"{counts[state]} {state}" for state in counts).join(("jobs: ", "")))
             out.print(f"checkpoints: {len(models['checkpoints'])} (`comfymesh models list` names them)")
             return

@@ -23,7 +23,7 @@ from comfymesh.gateway.client import OrchestratorClient
 from comfymesh.gateway.engine import Engine, OrchestratorUnavailable, PromptTooLarge, QueueFull
 from comfymesh.gateway.jobs_service import JobService
 from comfymesh.gateway.lockout import Lockout
-from comfymesh.gateway.models import Health, Problem
+from comfymesh.gateway.models import Health, Problem, ReadinessReport, StageHealth
 from comfymesh.gateway.problems import answer, is_v1, problem_response
 from comfymesh.gateway.ratelimit import RateLimitMiddleware
 
@@ -98,12 +98,18 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     async def healthz() -> Health:
         return Health(status="ok")
 
-    @app.get("/readyz", response_model=Health, tags=["health"], summary="The orchestrator answers",
-             responses={503: {"model": Health}})
+    @app.get("/readyz", response_model=ReadinessReport, tags=["health"],
+             summary="The orchestrator answers and every configured stage has a healthy replica",
+             responses={503: {"model": ReadinessReport, "description": "the orchestrator or a stage is missing"}})
     async def readyz(request: Request) -> Any:
-        if await request.app.state.engine.ready():
-            return Health(status="ready")
-        return JSONResponse({"status": "orchestrator unavailable"}, status_code=503)
+        readiness = await request.app.state.engine.readiness()
+        stages = {s.stage: StageHealth(replicas=s.replicas, healthy=s.healthy) for s in readiness.stages}
+        if readiness.ready:
+            return ReadinessReport(status="ready", stages=stages)
+        status = ("orchestrator unavailable" if not readiness.orchestrator
+                  else f"no healthy replica of the {', '.join(readiness.missing)} stage")
+        report = ReadinessReport(status=status, missing=readiness.missing, stages=stages)
+        return JSONResponse(report.model_dump(), status_code=503, headers={"Retry-After": "2"})
 
     app.include_router(login.router)
     app.include_router(api_v1.router)

@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from comfymesh.contracts import wirejson
 from comfymesh.contracts.comfy_errors import error_detail
@@ -28,6 +27,8 @@ from comfymesh.gateway.engine import (
     OrchestratorUnavailable,
     PromptTooLarge,
     QueueFull,
+    Readiness,
+    StageReadiness,
     Submission,
 )
 from comfymesh.rpc import open_channel
@@ -71,7 +72,6 @@ class OrchestratorClient:
         self.address = address
         self.channel = open_channel(address)
         self.stub = orchestrator_pb2_grpc.OrchestratorStub(self.channel)
-        self.health = health_pb2_grpc.HealthStub(self.channel)
 
     async def close(self) -> None:
         await self.channel.close()
@@ -87,12 +87,12 @@ class OrchestratorClient:
                 raise self._unavailable(exc) from exc
             raise
 
-    async def ready(self) -> bool:
-        try:
-            reply = await self.health.Check(health_pb2.HealthCheckRequest(service=""), timeout=2)
+    async def readiness(self) -> Readiness:
+        try:  # no wait_for_ready: a probe must answer at once, and an orchestrator that is down is not ready
+            reply = await self.stub.GetReadiness(orchestrator_pb2.GetReadinessRequest(), timeout=3)
         except grpc.aio.AioRpcError:
-            return False
-        return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+            return Readiness(orchestrator=False)
+        return Readiness(True, tuple(StageReadiness(s.stage, s.replicas, s.healthy) for s in reply.stages))
 
     async def submit(self, job: NewJob) -> Submission:
         request = orchestrator_pb2.WorkflowRequest(

@@ -28,6 +28,30 @@ class OrchestratorUnavailable(Exception):
 
 
 @dataclass(frozen=True)
+class StageReadiness:
+    stage: str
+    replicas: int  # configured
+    healthy: int   # answering their gRPC health check
+
+
+@dataclass(frozen=True)
+class Readiness:
+    """Whether the orchestrator answers and every configured stage has a healthy replica."""
+
+    orchestrator: bool
+    stages: tuple[StageReadiness, ...] = ()
+
+    @property
+    def missing(self) -> list[str]:
+        """The configured stages with no healthy replica: the jobs that need them would wait."""
+        return [s.stage for s in self.stages if s.healthy == 0]
+
+    @property
+    def ready(self) -> bool:
+        return self.orchestrator and not self.missing
+
+
+@dataclass(frozen=True)
 class NodeInfo:
     node_id: str
     class_type: str
@@ -162,7 +186,7 @@ class Engine(Protocol):
 
     async def close(self) -> None: ...
 
-    async def ready(self) -> bool: ...
+    async def readiness(self) -> Readiness: ...
 
     async def submit(self, job: NewJob) -> Submission:
         """Queue a job; raises QueueFull or PromptTooLarge."""

@@ -150,3 +150,14 @@ class SseEvent(BaseModel):
 
 class Health(BaseModel):
     status: str
+
+
+class StageHealth(BaseModel):
+    replicas: int = Field(description="replicas configured")
+    healthy: int = Field(description="of them, those answering their gRPC health check")
+
+
+class ReadinessReport(BaseModel):
+    status: str = Field(description="`ready`; else what is missing: `orchestrator unavailable`, or the stages")
+    missing: list[str] = Field(default_factory=list, description="configured stages with no healthy replica")
+    stages: dict[str, StageHealth] = Field(default_factory=dict, description="every configured stage")

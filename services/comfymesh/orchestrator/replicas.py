@@ -6,10 +6,12 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import grpc
+from grpc_health.v1 import health_pb2_grpc
 
 from comfymesh.contracts.errors import StageUnavailableError
 from comfymesh.rpc import open_channel
@@ -23,6 +25,7 @@ class Replica:
     stage: str
     address: str
     stub: stage_pb2_grpc.StageStub
+    health: health_pb2_grpc.HealthStub  # the same channel's gRPC health service (readiness)
     slots: int = 1
     in_flight: int = 0
     down_until: float = 0.0
@@ -39,10 +42,12 @@ class Replica:
 class ReplicaPool:
     def __init__(self, replicas: dict[str, list[str]]) -> None:
         self.replicas: dict[str, list[Replica]] = {
-            stage: [Replica(stage, address, stage_pb2_grpc.StageStub(open_channel(address))) for address in addresses]
-            for stage, addresses in replicas.items()}
+            stage: [_replica(stage, address) for address in addresses] for stage, addresses in replicas.items()}
         self._changed = asyncio.Condition()
         self._turns: dict[str, int] = {}
+        # what /metrics reports: calls waiting for a free slot, and finished calls by (stage, ok|error)
+        self.waiting: dict[str, int] = dict.fromkeys(self.replicas, 0)
+        self.finished: Counter[tuple[str, str]] = Counter()
         # told every Describe answer (the node catalog keeps the stages' node declarations)
         self.on_describe: Callable[[str, stage_pb2.DescribeResponse], None] | None = None
 
@@ -73,6 +78,13 @@ class ReplicaPool:
 
     async def acquire(self, stage: str, avoid: set[str], prefer_model: str = "") -> Replica:
         """Wait for a replica with a free slot: one not in `avoid` first, then one holding the model."""
+        self.waiting[stage] = self.waiting.get(stage, 0) + 1
+        try:
+            return await self._acquire(stage, avoid, prefer_model)
+        finally:
+            self.waiting[stage] -= 1
+
+    async def _acquire(self, stage: str, avoid: set[str], prefer_model: str) -> Replica:
         await self.describe(stage, timeout=120)
         while True:
             async with self._changed:
@@ -93,6 +105,7 @@ class ReplicaPool:
     async def release(self, replica: Replica, *, failed: bool = False) -> None:
         async with self._changed:
             replica.in_flight -= 1
+            self.finished[(replica.stage, "error" if failed else "ok")] += 1
             if failed:
                 # back off a dead replica so retries go elsewhere (or wait for its restart)
                 replica.failures += 1
@@ -104,3 +117,8 @@ class ReplicaPool:
 
     def all(self) -> list[Replica]:
         return [r for replicas in self.replicas.values() for r in replicas]
+
+
+def _replica(stage: str, address: str) -> Replica:
+    channel = open_channel(address)
+    return Replica(stage, address, stage_pb2_grpc.StageStub(channel), health_pb2_grpc.HealthStub(channel))

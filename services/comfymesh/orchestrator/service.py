@@ -19,6 +19,7 @@ from comfymesh.contracts.job_options import STORED_KEY, InvalidJobOptions, JobOp
 from comfymesh.contracts.job_order import JobOrder
 from comfymesh.jobs import JobRecord
 from comfymesh.orchestrator.devices import free_models, list_devices
+from comfymesh.orchestrator.readiness import stage_health
 from comfymesh.orchestrator.scheduler import Scheduler
 from comfymesh.rpc.channels import max_message_bytes
 from comfymesh.v1 import orchestrator_pb2, orchestrator_pb2_grpc, stage_pb2
@@ -203,3 +204,9 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServicer):
                          context: Context) -> orchestrator_pb2.FreeMemoryResponse:
         unloaded = await free_models(self.scheduler.pool) if request.unload_models or request.free_memory else []
         return orchestrator_pb2.FreeMemoryResponse(unloaded=unloaded)
+
+    async def GetReadiness(self, request: orchestrator_pb2.GetReadinessRequest,
+                           context: Context) -> orchestrator_pb2.GetReadinessResponse:
+        return orchestrator_pb2.GetReadinessResponse(stages=[
+            orchestrator_pb2.StageReadiness(stage=s.stage, replicas=s.replicas, healthy=s.healthy)
+            for s in await stage_health(self.scheduler.pool)])

@@ -13,8 +13,11 @@ router = APIRouter(tags=["health"])
 
 
 @router.get("/health", response_model=Health, summary="Whether this server can take jobs",
-            responses={503: {"model": Health, "description": "the orchestrator does not answer"}})
+            responses={503: {"model": Health, "description": "the orchestrator does not answer, or a "
+                                                                "configured stage has no healthy replica"}})
 async def health(request: Request) -> Any:
-    if await request.app.state.engine.ready():
+    readiness = await request.app.state.engine.readiness()
+    if readiness.ready:
         return Health(status="healthy", orchestrator="ready")
-    return JSONResponse(Health(status="degraded", orchestrator="unavailable").model_dump(), status_code=503)
+    health = Health(status="degraded", orchestrator="ready" if readiness.orchestrator else "unavailable")
+    return JSONResponse(health.model_dump(), status_code=503)

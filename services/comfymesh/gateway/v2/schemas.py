@@ -157,5 +157,6 @@ class FromHash(BaseModel):
 
 
 class Health(BaseModel):
-    status: str = Field(description="`healthy`, or `degraded` while the orchestrator does not answer")
+    status: str = Field(description="`healthy`, or `degraded` while the orchestrator does not answer "
+                                    "or a configured stage has no healthy replica")
     orchestrator: str
