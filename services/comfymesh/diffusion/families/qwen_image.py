@@ -33,6 +33,7 @@ from comfymesh.diffusion.families.registry import (
     VaeKind,
     flow_shift_sampling,
 )
+from comfymesh.diffusion.fast.denoiser import StaticForm
 from comfymesh.diffusion.latents.formats import LatentFormat
 from comfymesh.diffusion.latents.wan21 import WAN21
 from comfymesh.diffusion.models.flow_lora import key_map
@@ -212,19 +213,32 @@ def _ref_positions(refs: Sequence[torch.Tensor], method: str) -> list[tuple[floa
     return out
 
 
+def qwen_image_rope(model: Any, ids: torch.Tensor, latent_hw: Sequence[int], text_len: int,
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotations of the image (and reference) positions `ids` and of `text_len` text tokens, which ComfyUI
+    places from max(h, w)/2 patches of the h×w latent on, on the model's device."""
+    param = next(model.parameters())
+    axes = tuple(model.config.axes_dims_rope)
+    h_len, w_len = (latent_hw[0] + PATCH // 2) // PATCH, (latent_hw[1] + PATCH // 2) // PATCH
+    txt_start = max(w_len // 2, h_len // 2)
+    txt_ids = (torch.arange(text_len, dtype=torch.float64) + txt_start)[:, None].expand(-1, 3)
+    return rope(ids, axes, param.dtype, param.device), rope(txt_ids, axes, param.dtype, param.device)
+
+
 def qwen_image_forward(model: Any, x: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor,
                        refs: Sequence[torch.Tensor] = (), ref_method: str | None = None,
-                       attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+                       attention_mask: torch.Tensor | None = None,
+                       freqs: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """ComfyUI's Qwen-Image call: x [B, C, T, H, W] (or 4-D, one frame), timestep σ [B], context [B, L, D],
     reference latents already processed into the model's latent space → the velocity, shaped as x.
 
-    `ref_method` None takes the file's default (`index`; 2511 `index_timestep_zero`; Layered `negative_index`)."""
+    `ref_method` None takes the file's default (`index`; 2511 `index_timestep_zero`; Layered `negative_index`).
+    `freqs`: the rotations qwen_image_rope gives for these shapes, made beforehand (the fast path's)."""
     four = x.ndim == 4
     x5 = x.unsqueeze(2) if four else x
     param = next(model.parameters())
     dtype, device = param.dtype, param.device
     method = ref_method or model_default_ref_method(model)
-    axes = tuple(model.config.axes_dims_rope)
     tokens, ids = patchify(x5)
     n_img = tokens.shape[1]
     parts, all_ids = [tokens], [ids]
@@ -234,10 +248,8 @@ def qwen_image_forward(model: Any, x: torch.Tensor, timestep: torch.Tensor, cont
         parts.append(ref_tokens.expand(x5.shape[0], -1, -1) if ref_tokens.shape[0] == 1 else ref_tokens)
         all_ids.append(ref_ids)
     hidden = torch.cat(parts, dim=1).to(device, dtype)
-    h_len, w_len = (x5.shape[-2] + PATCH // 2) // PATCH, (x5.shape[-1] + PATCH // 2) // PATCH
-    txt_start = max(w_len // 2, h_len // 2)
-    txt_ids = (torch.arange(context.shape[1], dtype=torch.float64) + txt_start)[:, None].expand(-1, 3)
-    freqs = (rope(torch.cat(all_ids), axes, dtype, device), rope(txt_ids, axes, dtype, device))
+    if freqs is None:
+        freqs = qwen_image_rope(model, torch.cat(all_ids), x5.shape[-2:], context.shape[1])
 
     t = timestep.to(device).float()
     zero = method == "index_timestep_zero" and len(refs) > 0
@@ -297,6 +309,31 @@ def qwen_image_fn(model: torch.nn.Module) -> UNetFn:
     return run
 
 
+class QwenImageStaticForm:
+    """The fast path's form of the call: the rotations, which depend on shapes alone, made once per latent size
+    and text length and passed in (the graph records no host copy); calls with reference latents run eagerly."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model
+        self._rope: dict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def inputs(self, x: torch.Tensor, t: torch.Tensor, ctx: torch.Tensor, y: torch.Tensor | None,
+               refs: Sequence[torch.Tensor] = (), ref_method: str | None = None,
+               ) -> tuple[torch.Tensor | None, ...] | None:
+        if refs:
+            return None
+        x5 = x.unsqueeze(2) if x.ndim == 4 else x
+        key = (*x5.shape[2:], ctx.shape[1])
+        freqs = self._rope.get(key)
+        if freqs is None:
+            freqs = self._rope[key] = qwen_image_rope(self.model, patchify(x5[:1])[1], x5.shape[-2:], ctx.shape[1])
+        return (x, t, ctx, *freqs)
+
+    def run(self, x: torch.Tensor, t: torch.Tensor, ctx: torch.Tensor, image_freqs: torch.Tensor,
+            text_freqs: torch.Tensor) -> torch.Tensor:
+        return qwen_image_forward(self.model, x, t, ctx, freqs=(image_freqs, text_freqs))
+
+
 def entry_inputs(extras: dict[str, Any]) -> dict[str, Any] | None:
     """SamplingModel.entry_inputs: an entry's reference latents (ReferenceLatent, the edit encoders) moved into
     the model's latent space as ComfyUI's extra_conds moves them, and their method (None: the file's default)."""
@@ -321,14 +358,15 @@ def sampling_model(model: torch.nn.Module, rec: Recognition, device: torch.devic
 class QwenImage:
     """Qwen-Image in the family registry: CLIPLoader type `qwen_image` with a Qwen2.5-VL file, the Wan 2.1 VAE's
     latents, FLUX-type sampling (shift 1.15; ModelSamplingAuraFlow/SD3 and ModelSamplingFlux records apply).
-    Text tokens join the image sequence, so calls never batch across jobs; LoRA, no fast path yet."""
+    Text tokens join the image sequence, so calls never batch across jobs; LoRA; the fast path (reference latents
+    run eagerly)."""
 
     name = NAME
     clip_types: tuple[str, ...] = ("qwen_image",)
     latent_format: LatentFormat = WAN21
     vae_kind: VaeKind = "other"
     batches = False
-    fast_path = False
+    fast_path = True
     lora = True
 
     def recognise(self, src: TensorSource) -> QwenImageLayout | None:
@@ -341,6 +379,10 @@ class QwenImage:
 
     def sampling_model(self, module: torch.nn.Module, rec: Recognition, device: torch.device) -> SamplingModel:
         return sampling_model(module, rec, device)
+
+    def static_form(self, module: torch.nn.Module) -> StaticForm:
+        form = QwenImageStaticForm(module)
+        return StaticForm(form.inputs, form.run)
 
     def load_text_encoders(self, clip_type: str, paths: list[Path], device: torch.device) -> dict[str, Any]:
         if len(paths) != 1:

@@ -53,7 +53,7 @@ class DiffusionFamily(Protocol):
     latent_format: LatentFormat
     vae_kind: VaeKind
     batches: bool  # may jobs' calls share one model call in the cross-job batcher
-    fast_path: bool  # compiled / CUDA-graph UNet path
+    fast_path: bool  # its model call runs on the fast path: it then has static_form(module) → fast.denoiser.StaticForm
     lora: bool  # LoRA patches apply to its diffusion model (its BuiltModel gives a lora_map)
 
     def recognise(self, src: TensorSource) -> Any | None:

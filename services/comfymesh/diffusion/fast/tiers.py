@@ -6,6 +6,7 @@ when graphs are on); `builder` builds them in the background while calls go on e
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import threading
@@ -65,12 +66,15 @@ class FastModule:
     `eager` serves calls until a bucket has a fast tier; `fast` is what gets CUDA-graphed and compiled (the
     same function, or one over a copy of the module in a layout that suits the compiler). `graphed_tier`
     False skips the CUDA graph of the eager `fast` (worth it only where launches, not kernels, dominate).
-    `settings` (default: the process's) gives what `compile`, `backend`, `mode` and `graphs` leave open."""
+    `settings` (default: the process's) gives what `compile`, `backend`, `mode` and `graphs` leave open.
+    `lock` (a cached model's lock, which LoRA views take while they swap weights on the shared module) is
+    held around every CUDA-graph capture, so that a graph never records another job's swapped weights."""
 
     def __init__(self, name: str, eager: Callable[..., torch.Tensor], fast: Callable[..., torch.Tensor],
                  device: torch.device, *, compile: bool | None = None, backend: str | None = None,
                  mode: str | None = None, graphs: bool | None = None, graphed_tier: bool = True,
-                 background: bool = True, settings: FastPathSettings | None = None) -> None:
+                 background: bool = True, settings: FastPathSettings | None = None,
+                 lock: contextlib.AbstractContextManager[Any] | None = None) -> None:
         self.name = name
         self._eager = eager
         self._fast = fast
@@ -84,6 +88,7 @@ class FastModule:
         self.background = background
         self.buckets: dict[BucketKey, Bucket] = {}
         self._lock = threading.Lock()
+        self._capture_lock = lock or contextlib.nullcontext()
         if self.compile:
             compile_cache_dir()
 
@@ -176,7 +181,7 @@ class FastModule:
                 graph, out = None, None
                 if self.graphs:
                     graph = torch.cuda.CUDAGraph()
-                    with _launch_lock:
+                    with self._capture_lock, _launch_lock:
                         torch.cuda.synchronize(self.device)
                         with torch.cuda.graph(graph, capture_error_mode="thread_local"):
                             out = fn(*static)

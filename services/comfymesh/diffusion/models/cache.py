@@ -27,6 +27,7 @@ from comfymesh.config.fast_path import FastPathSettings
 from comfymesh.contracts.errors import ModelError, NodeInputError
 from comfymesh.diffusion.families import registry as families
 from comfymesh.diffusion.fast.decoder import FastDecoder
+from comfymesh.diffusion.fast.denoiser import FastDenoiser
 from comfymesh.diffusion.fast.unet import FastUNet
 from comfymesh.diffusion.latents.formats import LatentFormat, for_family
 from comfymesh.diffusion.models import flow_lora
@@ -85,6 +86,7 @@ class LoadedCheckpoint:
     key: str
     fast: FastUNet | None = None  # the bucketed compiled UNet (fast path), made on first use
     fast_decoder: FastDecoder | None = None  # the VAE's compiled decode (fast path), on first use
+    fast_denoiser: FastDenoiser | None = None  # a registered family's bucketed model call (fast path), on first use
 
     def unet(self) -> tuple[nn.Module, Recognition]:
         """The diffusion model and its recognition; ModelError for a CLIP-only entry."""
@@ -103,6 +105,7 @@ class _Entry:
     value: Any
     nbytes: int
     info: dict[str, Any]
+    fast_decoder: FastDecoder | None = None  # a VAE file's compiled decode (fast path), dropped with the entry
 
 
 class ModelCache:
@@ -243,6 +246,19 @@ class ModelCache:
 
         return digest, self._get_or_load(f"vae:{digest}", load)
 
+    def vae_file_decoder(self, digest: str, vae: nn.Module) -> FastDecoder | None:
+        """The compiled decoder of a resident VAE file's module where the fast path compiles (the families'
+        16-channel VAEs come from their own files); None: decode eagerly (or the entry is gone)."""
+        if not self.fast.compile_enabled(self.device.type):
+            return None
+        with self._lock:
+            entry = self._entries.get(f"vae:{digest}")
+            if entry is None or entry.value is not vae:
+                return None
+            if entry.fast_decoder is None:
+                entry.fast_decoder = FastDecoder(vae, self.device, settings=self.fast)
+            return entry.fast_decoder
+
     def model_file(self, kind: str, path: Path, load: Callable[[Path], Any]) -> tuple[str, Any]:
         """A resident model of its own file (upscale, CLIP vision, style models): `load` builds it once per
         digest, an nn.Module or a wrapper holding one as `.model` (spandrel's descriptors)."""
@@ -355,12 +371,18 @@ class ModelCache:
     def sampling_model(self, ckpt: LoadedCheckpoint, loras: Sequence[LoraSpec] = ()) -> SamplingModel:
         module, rec = ckpt.unet()
         family = families.get(rec.family)
-        if family is not None:  # its own model call; the fast path runs on the UNet families only so far
+        if family is not None:  # its own model call
             sm = family.sampling_model(module, rec, ckpt.device)
             # the patched weights swapped in per call (the cached tensors stay as loaded); unpatched calls of
             # the model take the same lock, so that no job runs inside another's swap
             overrides = self._patches(ckpt, "unet", loras).get("unet", {}) if family.lora else {}
-            return dataclasses.replace(sm, unet=flow_lora.patched_call(sm.unet, module, overrides))
+            if overrides or not family.fast_path or not self.fast.fast_enabled(ckpt.device.type):
+                return dataclasses.replace(sm, unet=flow_lora.patched_call(sm.unet, module, overrides))
+            with self._lock:  # LoRA-patched calls stay eager (above); the fast one holds the same lock
+                if ckpt.fast_denoiser is None:
+                    ckpt.fast_denoiser = FastDenoiser(family.name, sm.unet, family.static_form(module),  # type: ignore[attr-defined]
+                                                      ckpt.device, flow_lora.model_lock(module), settings=self.fast)
+            return dataclasses.replace(sm, unet=ckpt.fast_denoiser)
         overrides = self._patches(ckpt, "unet", loras).get("unet", {})
         unet: UNetFn = _unet_fn(module, overrides)
         if not overrides and self.fast.fast_enabled(ckpt.device.type):
@@ -378,7 +400,7 @@ class ModelCache:
 
     def decoder(self, ckpt: LoadedCheckpoint) -> FastDecoder | None:
         """The checkpoint VAE's compiled decoder where the fast path compiles (None: decode eagerly; a VAE
-        from its own file always decodes eagerly)."""
+        from its own file: `vae_file_decoder`)."""
         if not self.fast.compile_enabled(ckpt.device.type):
             return None
         with self._lock:

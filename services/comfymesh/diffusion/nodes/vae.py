@@ -21,13 +21,15 @@ from comfymesh.stage.node import NodeContext
 
 
 def vae_of(ctx: NodeContext, handle: ModelHandle) -> tuple[torch.nn.Module, FastDecoder | None]:
-    """The VAE of a handle and, for a checkpoint's VAE on the fast path, its compiled decoder."""
+    """The VAE of a handle and, on the fast path, its compiled decoder."""
     handle = expect_handle(ctx, handle, HandleKind.VAE)
     if "file" in handle:
-        digest, file_vae = get_model_cache().vae_file(resolve_file(ctx, "vae", handle["file"]))
+        cache = get_model_cache()
+        digest, file_vae = cache.vae_file(resolve_file(ctx, "vae", handle["file"]))
         if digest != handle["digest"]:
             raise ModelError(f"VAE {handle['file']} changed on disk since it was loaded", node_id=ctx.node_id)
-        return file_vae, None
+        # the Wan VAE (Qwen-Image) decodes frame by frame with a cache of past frames: eagerly
+        return file_vae, None if wan_vae.is_wan_vae(file_vae) else cache.vae_file_decoder(digest, file_vae)
     ckpt = checkpoint_of(ctx, handle)
     return ckpt.vae(), get_model_cache().decoder(ckpt)
 

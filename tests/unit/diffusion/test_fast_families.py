@@ -1,0 +1,172 @@
+"""The fast path of the flow-matching families on CPU: each family's static form gives its eager call's output,
+buckets key every conditioning tensor's shape (FLUX's disabled guidance, the text length), a bucket builds in
+the background while calls run eagerly and then matches eager, reference latents and LoRA views stay eager,
+and a VAE file's decode takes the fast path too.
+
+Compilation here is dynamo with its `eager` backend (what the graphs trace, in seconds; the GPU bench runs
+inductor + CUDA graphs): its output is compared with the eager call at atol 1e-5 (it measured equal)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from comfymesh.config.fast_path import FastPathSettings
+from comfymesh.diffusion.families import registry
+from comfymesh.diffusion.fast.decoder import FastDecoder
+from comfymesh.diffusion.fast.denoiser import FastDenoiser
+from comfymesh.diffusion.fast.tiers import bucket_key
+from comfymesh.diffusion.latents import vae_codec
+from comfymesh.diffusion.models import tiny_flux, tiny_lora, tiny_qwen_image, tiny_sd3, tiny_zimage
+from comfymesh.diffusion.models.cache import ModelCache
+from comfymesh.diffusion.models.flow_lora import model_lock
+from comfymesh.diffusion.sampling.ksampler import SamplingModel
+
+CPU = torch.device("cpu")
+ATOL = 1e-5
+FAMILIES = ("flux", "chroma", "sd3", "zimage", "qwen_image")
+
+
+def _shapes(family: str) -> dict[str, tuple[int, ...]]:
+    # the smallest layouts each family builds (FLUX/Chroma rope axes need 128-wide heads, Z-Image width 256)
+    if family == "flux":
+        return tiny_flux.flux_shapes(width=128, head_dim=128, context=32)
+    if family == "chroma":
+        return tiny_flux.chroma_shapes(width=128, head_dim=128, hidden=32, layers=2, context=32)
+    if family == "sd3":
+        return tiny_sd3.mmdit_shapes(width=64, blocks=2, context_dim=32)
+    if family == "zimage":
+        return tiny_zimage.zimage_shapes(dim=256, heads=4, layers=1, refiners=1, cap_dim=32)
+    return tiny_qwen_image.qwen_image_shapes(layers=1, text_dim=32)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("fast_families")
+    out = {}
+    for family in FAMILIES:
+        out[family] = root / f"{family}.safetensors"
+        save_file(tiny_flux.random_tensors(_shapes(family), 3, torch.float32), str(out[family]))
+    return out
+
+
+@pytest.fixture(scope="module")
+def cache() -> ModelCache:
+    return ModelCache(budget_bytes=2**30, device=CPU, fast=FastPathSettings(fast_path=True, compile=False))
+
+
+def _eager(cache: ModelCache, path: Path) -> tuple[SamplingModel, torch.nn.Module, Any]:
+    ckpt = cache.unet_file(path)
+    module, rec = ckpt.unet()
+    family = registry.get(rec.family)
+    assert family is not None and family.fast_path
+    return family.sampling_model(module, rec, CPU), module, family
+
+
+def _inputs(model: SamplingModel, text: int = 5, seed: int = 1) -> tuple[torch.Tensor, ...]:
+    """CFG-sized (batch 2) model inputs: latent, timestep, context, y (FLUX: pooled ‖ guidance 3.5)."""
+    g = torch.Generator().manual_seed(seed)
+    frames = (1,) if model.latent_format.channels == 16 and model.family == "qwen_image" else ()
+    x = torch.randn(2, model.latent_format.channels, *frames, 6, 6, generator=g)
+    t = torch.full((2,), float(model.sampling.timestep(torch.tensor(0.7))))
+    ctx = torch.randn(2, text, model.context_dim, generator=g)
+    y = None if model.adm is None else torch.randn(2, model.adm, generator=g)
+    if model.family == "flux":
+        y[:, -1] = 3.5  # type: ignore[index]
+    return x, t, ctx, y  # type: ignore[return-value]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_static_form_gives_the_family_call(family: str, files: dict[str, Path], cache: ModelCache) -> None:
+    eager_model, _, _ = _eager(cache, files[family])
+    fast = cache.sampling_model(cache.unet_file(files[family])).unet
+    assert isinstance(fast, FastDenoiser) and fast is cache.sampling_model(cache.unet_file(files[family])).unet
+    args = _inputs(eager_model)
+    with torch.no_grad():
+        assert torch.equal(fast(*args), eager_model.unet(*args))
+    assert fast.fallbacks == 0
+
+
+def test_buckets_key_guidance_and_text_length(files: dict[str, Path], cache: ModelCache) -> None:
+    model, module, family = _eager(cache, files["flux"])
+    form = family.static_form(module)
+    x, t, ctx, y = _inputs(model)
+    guided = bucket_key(*form.inputs(x, t, ctx, y))
+    disabled_y = y.clone()
+    disabled_y[:, -1] = math.nan  # FluxDisableGuidance: the guidance embedding is left out
+    disabled = bucket_key(*form.inputs(x, t, ctx, disabled_y))
+    longer = bucket_key(*form.inputs(x, t, torch.cat([ctx, ctx], 1), y))
+    assert guided[4] == (2,) and disabled[4] is None  # x, t, ctx, pooled, guidance
+    assert len({guided, disabled, longer}) == 3 and longer[2] == (2, 10, model.context_dim)
+    with torch.no_grad():
+        fast = cache.sampling_model(cache.unet_file(files["flux"])).unet
+        assert torch.equal(fast(x, t, ctx, disabled_y), model.unet(x, t, ctx, disabled_y))
+
+
+@pytest.mark.parametrize("family", ["flux", "qwen_image"])
+def test_bucket_builds_in_background_then_matches_eager(family: str, files: dict[str, Path],
+                                                        cache: ModelCache) -> None:
+    model, module, fam = _eager(cache, files[family])
+    fast = FastDenoiser(family, model.unet, fam.static_form(module), CPU, model_lock(module), compile=True,
+                        backend="eager")
+    args = _inputs(model)
+    with torch.no_grad():
+        eager = model.unet(*args)
+        first = fast(*args)  # starts the bucket on the builder thread, runs eagerly meanwhile
+        assert torch.equal(first, eager)
+        assert fast.wait(timeout=120)
+        [bucket] = fast.buckets.values()
+        assert bucket.failed is None and bucket.tier == "compiled" and bucket.key[0] == tuple(args[0].shape)
+        second = fast(*args)
+    assert bucket.calls == 1
+    assert torch.allclose(second, eager, atol=ATOL, rtol=0)
+
+
+def test_reference_latents_run_eagerly(files: dict[str, Path], cache: ModelCache) -> None:
+    model, _, _ = _eager(cache, files["qwen_image"])
+    fast = cache.sampling_model(cache.unet_file(files["qwen_image"])).unet
+    assert isinstance(fast, FastDenoiser)
+    x, t, ctx, y = _inputs(model)
+    refs = [torch.randn(1, 16, 1, 4, 4, generator=torch.Generator().manual_seed(2))]
+    before, calls = fast.fallbacks, len(fast.buckets)
+    with torch.no_grad():
+        out = fast(x, t, ctx, y, refs=refs, ref_method="index")
+        assert torch.equal(out, model.unet(x, t, ctx, y, refs=refs, ref_method="index"))
+        assert not torch.equal(out, model.unet(x, t, ctx, y))
+    assert fast.fallbacks == before + 1 and len(fast.buckets) == calls
+
+
+def test_lora_views_and_the_switch_stay_eager(files: dict[str, Path], tmp_path: Path) -> None:
+    lora = tiny_lora.write(tmp_path / "flux_lora.safetensors", tiny_lora.lora_for(files["flux"], "kohya"))
+    on = ModelCache(budget_bytes=2**30, device=CPU, fast=FastPathSettings(fast_path=True, compile=False))
+    ckpt = on.unet_file(files["flux"])
+    assert isinstance(on.sampling_model(ckpt).unet, FastDenoiser)
+    assert not isinstance(on.sampling_model(ckpt, [(lora, 0.8)]).unet, FastDenoiser)
+    off = ModelCache(budget_bytes=2**30, device=CPU, fast=FastPathSettings(fast_path=False))
+    assert not isinstance(off.sampling_model(off.unet_file(files["flux"])).unet, FastDenoiser)
+
+
+def test_vae_file_decodes_on_the_fast_path(tmp_path: Path) -> None:
+    path = tmp_path / "ae.safetensors"
+    save_file(tiny_flux.random_tensors(tiny_zimage.flux_vae_shapes(), 4, torch.float32), str(path))
+    cache = ModelCache(budget_bytes=2**30, device=CPU, fast=FastPathSettings(fast_path=True, compile=True))
+    digest, vae = cache.vae_file(path)
+    decoder = cache.vae_file_decoder(digest, vae)
+    assert isinstance(decoder, FastDecoder) and decoder is cache.vae_file_decoder(digest, vae)
+    decoder.backend = "eager"
+    latent = torch.randn(1, 16, 4, 4, generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        eager = vae_codec.decode(vae, latent)
+        assert torch.equal(vae_codec.decode(vae, latent, decoder), eager)  # starts the bucket, decodes eagerly
+        assert decoder.wait(timeout=120)
+        [bucket] = decoder.buckets.values()
+        assert bucket.failed is None and bucket.tier == "compiled"
+        assert torch.allclose(vae_codec.decode(vae, latent, decoder), eager, atol=ATOL, rtol=0)
+    assert cache.unload() and cache.vae_file_decoder(digest, vae) is None  # dropped with its entry
+    assert ModelCache(budget_bytes=2**30, device=CPU,
+                      fast=FastPathSettings(fast_path=True, compile=False)).vae_file_decoder(digest, vae) is None
