@@ -82,6 +82,15 @@ async def test_claims_take_the_best_number_then_the_oldest(store: AsyncJobStore)
     assert order == ["first", "tie-a", "tie-b", "late"]
 
 
+async def test_queued_node_classes_are_those_of_queued_jobs_only(store: AsyncJobStore) -> None:
+    assert await store.queued_node_classes() == {}
+    await add(store, "a", 1)
+    await store.add_job("b", 2, PROMPT, {}, "client", ["1"], {"1": "KSampler", "2": "KSampler"})
+    await add(store, "running", 3)
+    await store.start_job("running", {})
+    assert await store.queued_node_classes() == {"a": set(NODES.values()), "b": {"KSampler"}}
+
+
 async def test_a_job_runs_to_completion_with_ordered_events(store: AsyncJobStore) -> None:
     await add(store, "a", 1)
     first = await store.last_event_id()

@@ -17,6 +17,7 @@ from comfymesh.config.batching import BatchingSettings
 from comfymesh.config.diffusion import DiffusionSettings
 from comfymesh.config.fast_path import FastPathSettings
 from comfymesh.config.model_pull import ModelPullSettings
+from comfymesh.config.operations import OperationsSettings
 from comfymesh.config.policies import RetryPolicy, TimeoutPolicy
 from comfymesh.config.testing import FaultSwitches
 from comfymesh.config.workflows import WorkflowSettings
@@ -27,7 +28,7 @@ MAKE_SECRET = "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
 
 
 class Settings(FastPathSettings, BatchingSettings, DiffusionSettings, FaultSwitches, WorkflowSettings, ModelPullSettings,
-               BaseSettings):
+               OperationsSettings, BaseSettings):
     """Zero-configuration defaults that run the whole mesh on one machine."""
 
     model_config = SettingsConfigDict(env_prefix="COMFYMESH_", frozen=True, extra="ignore")

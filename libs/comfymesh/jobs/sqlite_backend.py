@@ -80,6 +80,9 @@ class SqliteJobStore:
     async def count_jobs(self, status: str) -> int:
         return self.sync.count_jobs(status)
 
+    async def queued_node_classes(self) -> dict[str, set[str]]:
+        return self.sync.queued_node_classes()
+
     async def claim_next(self, exclude: set[str]) -> JobRecord | None:
         return self.sync.next_queued(exclude)
 

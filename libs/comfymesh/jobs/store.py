@@ -283,6 +283,15 @@ class JobStore:
         with self._lock:
             return int(self._db.execute("SELECT COUNT(*) FROM jobs WHERE status = ?", (status,)).fetchone()[0])
 
+    def queued_node_classes(self) -> dict[str, set[str]]:
+        """Each queued job's node class types (queue depth per stage, for /metrics)."""
+        classes: dict[str, set[str]] = {}
+        with self._lock:
+            rows = self._db.execute("SELECT DISTINCT n.job_id, n.class_type FROM node_states n JOIN jobs j ON j.id = n.job_id WHERE j.status = ?", (JobStatus.QUEUED,)).fetchall()
+        for job_id, class_type in rows:
+            classes.setdefault(job_id, set()).add(class_type)
+        return classes
+
     def next_queued(self, exclude: set[str]) -> JobRecord | None:
         """The queued job with the smallest number (then oldest), skipping ones already taken."""
         with self._lock:

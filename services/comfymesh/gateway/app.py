@@ -23,6 +23,8 @@ from comfymesh.gateway.client import OrchestratorClient
 from comfymesh.gateway.engine import Engine, OrchestratorUnavailable, PromptTooLarge, QueueFull
 from comfymesh.gateway.jobs_service import JobService
 from comfymesh.gateway.lockout import Lockout
+from comfymesh.gateway.metrics import GatewayMetrics, MetricsMiddleware
+from comfymesh.gateway.metrics import router as metrics_router
 from comfymesh.gateway.models import Health, Problem, ReadinessReport, StageHealth
 from comfymesh.gateway.problems import answer, is_v1, problem_response
 from comfymesh.gateway.ratelimit import RateLimitMiddleware
@@ -58,6 +60,9 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     # added last, so outermost: a foreign page or Host is refused before its credentials are even checked,
     # so it cannot lock the user out by sending wrong ones
     app.add_middleware(BrowserGuardMiddleware, policy=BrowserPolicy(settings))
+    app.state.metrics = GatewayMetrics()
+    # outermost of all: every request is counted, the guards' refusals too
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
 
     # each error is answered in its API's shape: a problem (RFC 9457) on /v1, as before elsewhere
     @app.exception_handler(HTTPException)
@@ -112,6 +117,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         return JSONResponse(report.model_dump(), status_code=503, headers={"Retry-After": "2"})
 
     app.include_router(login.router)
+    app.include_router(metrics_router)
     app.include_router(api_v1.router)
     app.include_router(model_pulls.router)
     api_docs.install(app)

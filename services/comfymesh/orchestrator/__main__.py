@@ -15,6 +15,7 @@ from comfymesh.jobs.backends import UnknownDatabaseSchemeError, describe, open_j
 from comfymesh.jobs.postgres.migrations import SchemaTooNewError
 from comfymesh.jobs.protocol import DatabaseUnreachableError
 from comfymesh.logs import setup_logging
+from comfymesh.orchestrator.metrics import serve_metrics
 from comfymesh.orchestrator.replicas import ReplicaPool
 from comfymesh.orchestrator.scheduler import Scheduler
 from comfymesh.orchestrator.service import OrchestratorServicer
@@ -54,6 +55,9 @@ async def serve(listen: str) -> None:
     gctune.settle(gctune.parse_thresholds(settings.gc_thresholds))
     print(f"comfymesh orchestrator listening on {listen.rsplit(':', 1)[0]}:{port} "
           f"(jobs in {where})", flush=True)
+    metrics = serve_metrics(settings.orchestrator_metrics, scheduler) if settings.orchestrator_metrics else None
+    if metrics is not None:
+        print(f"comfymesh orchestrator metrics on http://{settings.orchestrator_metrics}/metrics", flush=True)
     queue = asyncio.create_task(scheduler.run_forever())
     described = asyncio.create_task(scheduler.node_catalog.describe_all())  # the stages' node declarations
     stop = asyncio.Event()
@@ -66,6 +70,8 @@ async def serve(listen: str) -> None:
     if store.shared:  # the other orchestrators take the running jobs over at once, not after the lease TTL
         await scheduler.hand_back()
     await server.stop(grace=2)
+    if metrics is not None:
+        metrics[0].shutdown()
     await store.close()
 
 

@@ -9,6 +9,7 @@ seeing ids strictly increasing whoever wrote them.
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -23,6 +24,8 @@ class EventBus:
         self._subscribers: set[asyncio.Queue[JobEvent]] = set()
         self._grew = asyncio.Event()  # shared stores: a NOTIFY came since the pump last read the log
         self._pump: asyncio.Task[None] | None = None
+        # events this orchestrator wrote, by type (its job counters on /metrics; another's writes are its own)
+        self.recorded: Counter[str] = Counter()
 
     async def follow_store(self) -> None:
         """On a shared store, publish every event any orchestrator stores, in id order (from now on)."""
@@ -49,9 +52,10 @@ class EventBus:
         events are published by the pump, in the order every orchestrator's writes committed."""
         async with self._write_lock:
             result = await write(*args, **kwargs)
-            if not self.store.shared:
-                for event in result if isinstance(result, list) else [result]:
-                    if event is not None:
+            for event in result if isinstance(result, list) else [result]:
+                if event is not None:
+                    self.recorded[event.type] += 1
+                    if not self.store.shared:
                         self._publish(event)
         return result
 

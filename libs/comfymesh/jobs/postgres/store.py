@@ -179,6 +179,12 @@ class PostgresJobStore:
     async def count_jobs(self, status: str) -> int:
         return int(await self._pool.fetchval("SELECT COUNT(*) FROM jobs WHERE status = $1", status))
 
+    async def queued_node_classes(self) -> dict[str, set[str]]:
+        classes: dict[str, set[str]] = {}
+        for row in await self._pool.fetch("SELECT DISTINCT n.job_id, n.class_type FROM node_states n JOIN jobs j ON j.id = n.job_id WHERE j.status = $1", JobStatus.QUEUED):
+            classes.setdefault(row["job_id"], set()).add(row["class_type"])
+        return classes
+
     async def claim_next(self, exclude: set[str]) -> JobRecord | None:
         row = await self._pool.fetchrow(
             "UPDATE jobs SET owner = $1, lease_until = clock_timestamp() + make_interval(secs => $2), "
