@@ -11,7 +11,6 @@ cropped around its centre, as ComfyUI's MMDiT does.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import re
 from dataclasses import dataclass
@@ -39,7 +38,9 @@ from comfymesh.diffusion.models.tensor_source import TensorSource
 from comfymesh.diffusion.sampling.flow_sampling import FlowModelSampling
 from comfymesh.diffusion.sampling.guidance import UNetFn
 from comfymesh.diffusion.sampling.ksampler import SamplingModel
+from comfymesh.diffusion.text import encoder_files
 from comfymesh.diffusion.text.sd3_text import T5Encode, encode_t5_weighted, sd3_conditioning
+from comfymesh.diffusion.text.t5 import load_t5_file
 
 NAME = "sd3"
 SHIFT, MULTIPLIER = 3.0, 1000.0  # ComfyUI's SD3 sampling settings: shift 3, the model's time is σ·1000
@@ -201,13 +202,8 @@ def sampling_model(model: torch.nn.Module, rec: Recognition, device: torch.devic
 
 # --- text encoders: TripleCLIPLoader, CLIPLoader / DualCLIPLoader type "sd3", and the checkpoint's ---
 
-CHECKPOINT_ENCODERS = {"l": "text_encoders.clip_l.transformer.", "g": "text_encoders.clip_g.transformer.",
-                       "t5": "text_encoders.t5xxl.transformer."}
+CHECKPOINT_ENCODERS = {"l": "text_encoders.clip_l.transformer.", "g": "text_encoders.clip_g.transformer."}
 CLIP_G_LAYERS = 32  # CLIP-G (bigG) has 32 blocks, CLIP-L 12: ComfyUI tells them apart by depth
-
-
-def is_t5(src: TensorSource, prefix: str = "") -> bool:
-    return src.has(prefix + "encoder.block.0.layer.0.SelfAttention.k.weight")
 
 
 def clip_roles(layouts: list[ClipLayout]) -> list[str]:
@@ -228,56 +224,23 @@ def clip_roles(layouts: list[ClipLayout]) -> list[str]:
 def load_text_encoder_files(paths: list[Path], device: torch.device) -> dict[str, Any]:
     """Role ("l", "g", "t5") → encoder for the files of a CLIP loader of type sd3 (any of CLIP-L, CLIP-G,
     T5-XXL, in any order); ModelError naming each file and what it holds."""
-    from comfymesh.diffusion.models.convert import Placement, build_clip
-    from comfymesh.diffusion.models.split_files import describe_encoder, text_encoder_layout
-
-    sources = [TensorSource(p) for p in paths]
-    t5s = [s for s in sources if is_t5(s)]
-    clips = [(s, text_encoder_layout(s)) for s in sources if not is_t5(s)]
+    files = encoder_files.sort_encoder_files(paths)
+    clips = files.clips
     roles = clip_roles([lay for _, lay in clips])
-    found = "; ".join([f"{s.path.name}: {describe_encoder(lay)}" for s, lay in clips]
-                      + [f"{s.path.name}: T5" for s in t5s])
-    if len(t5s) > 1 or len(set(roles)) != len(roles) or any(lay.openclip and lay.width == 1024 for _, lay in clips):
-        raise ModelError(f"CLIP type 'sd3' takes at most one each of CLIP-L, CLIP-G and T5-XXL; found {found}")
-    out: dict[str, Any] = {}
-    place = Placement(device)
-    for (src, lay), role in zip(clips, roles, strict=True):
-        try:
-            out[role] = build_clip(src, _as_role(lay, role), place).eval().requires_grad_(False)
-        except ModelError:
-            raise
-        except Exception as exc:
-            raise ModelError(f"{src.path.name}: text encoder could not be converted: {exc}") from exc
-    if t5s:
-        out["t5"] = load_t5(t5s[0], device)
+    if (len(files.t5s) > 1 or len(set(roles)) != len(roles)
+            or any(lay.openclip and lay.width == 1024 for _, lay in clips)):
+        raise ModelError("CLIP type 'sd3' takes at most one each of CLIP-L, CLIP-G and T5-XXL; found "
+                         f"{files.found()}")
+    out: dict[str, Any] = {role: encoder_files.build_clip_tower(src, lay, device, role=role)
+                           for (src, lay), role in zip(clips, roles, strict=True)}
+    if files.t5s:
+        out["t5"] = load_t5_file(files.t5s[0], device)
     return out
-
-
-def load_t5(src: TensorSource, device: torch.device) -> torch.nn.Module:
-    """The T5-XXL encoder of a file (bare, or a checkpoint's text_encoders.t5xxl.transformer.), fp8 weights
-    kept fp8."""
-    from comfymesh.diffusion.text.t5 import load_t5_file
-
-    return load_t5_file(src, device)
 
 
 def load_checkpoint_encoders(src: TensorSource, device: torch.device) -> dict[str, Any]:
     """The text encoders an all-in-one SD3 checkpoint holds (ComfyUI loads whichever are there)."""
-    from comfymesh.diffusion.models.convert import Placement, build_clip
-    from comfymesh.diffusion.models.recognise import parse_clip
-
-    out: dict[str, Any] = {}
-    for role in ("l", "g"):
-        layout = parse_clip(src, role, CHECKPOINT_ENCODERS[role])
-        if layout is not None:
-            out[role] = build_clip(src, layout, Placement(device)).eval().requires_grad_(False)
-    if is_t5(src, CHECKPOINT_ENCODERS["t5"]):
-        out["t5"] = load_t5(src, device)
-    return out
-
-
-def _as_role(layout: ClipLayout, role: str) -> ClipLayout:
-    return dataclasses.replace(layout, role=role)
+    return encoder_files.load_checkpoint_encoders(src, CHECKPOINT_ENCODERS, device)
 
 
 def encode(text: str, encoders: dict[str, Any], stop_at_clip_layer: int | None = None) -> list[list[Any]]:

@@ -15,8 +15,9 @@ import torch
 
 from comfymesh.contracts.errors import ModelError
 from comfymesh.diffusion.models.tensor_source import TensorSource
+from comfymesh.diffusion.text import encoder_files
 from comfymesh.diffusion.text.sd3_text import CLIP_L, clip_windows, encode_clip_windows
-from comfymesh.diffusion.text.t5 import encode_t5_weighted, load_t5_file, parse_t5
+from comfymesh.diffusion.text.t5 import encode_t5_weighted, load_t5_file
 
 T5_MIN_LENGTH = 256  # ComfyUI's FLUX T5XXL tokenizer pads every prompt to at least 256 tokens
 L_POOLED = 768  # CLIP-L's pooled width: zeros when no CLIP-L is loaded
@@ -26,42 +27,18 @@ CHECKPOINT_CLIP_L = "text_encoders.clip_l.transformer."
 def load_text_encoder_files(paths: list[Path], device: torch.device) -> dict[str, Any]:
     """Role ("l", "t5") → encoder for DualCLIPLoader type `flux`: one CLIP-L file and one T5-XXL file, in
     either order; ModelError naming what each file holds otherwise."""
-    from comfymesh.diffusion.models.convert import Placement, build_clip
-    from comfymesh.diffusion.models.split_files import describe_encoder, text_encoder_layout
-
-    sources = [TensorSource(p) for p in paths]
-    t5s = [s for s in sources if parse_t5(s) is not None]
-    clips = [(s, text_encoder_layout(s)) for s in sources if parse_t5(s) is None]
-    found = "; ".join([f"{s.path.name}: {describe_encoder(lay)}" for s, lay in clips]
-                      + [f"{s.path.name}: T5" for s in t5s])
-    if len(t5s) != 1 or len(clips) != 1 or clips[0][1].openclip or clips[0][1].role == "g":
-        raise ModelError(f"CLIP type 'flux' takes one CLIP-L and one T5-XXL file; found {found}")
+    files = encoder_files.sort_encoder_files(paths)
+    clips = files.clips
+    if len(files.t5s) != 1 or len(clips) != 1 or clips[0][1].openclip or clips[0][1].role == "g":
+        raise ModelError(f"CLIP type 'flux' takes one CLIP-L and one T5-XXL file; found {files.found()}")
     src, layout = clips[0]
-    try:
-        clip_l = build_clip(src, _as_l(layout), Placement(device)).eval().requires_grad_(False)
-    except Exception as exc:
-        raise ModelError(f"{src.path.name}: text encoder could not be converted: {exc}") from exc
-    return {"l": clip_l, "t5": load_t5_file(t5s[0], device)}
+    return {"l": encoder_files.build_clip_tower(src, layout, device, role="l"),
+            "t5": load_t5_file(files.t5s[0], device)}
 
 
 def load_checkpoint_encoders(src: TensorSource, device: torch.device) -> dict[str, Any]:
     """The text encoders an all-in-one FLUX checkpoint holds (ComfyUI loads whichever are there)."""
-    from comfymesh.diffusion.models.convert import Placement, build_clip
-    from comfymesh.diffusion.models.recognise import parse_clip
-
-    out: dict[str, Any] = {}
-    layout = parse_clip(src, "l", CHECKPOINT_CLIP_L)
-    if layout is not None:
-        out["l"] = build_clip(src, layout, Placement(device)).eval().requires_grad_(False)
-    if parse_t5(src) is not None:
-        out["t5"] = load_t5_file(src, device)
-    return out
-
-
-def _as_l(layout: Any) -> Any:
-    import dataclasses
-
-    return dataclasses.replace(layout, role="l")
+    return encoder_files.load_checkpoint_encoders(src, {"l": CHECKPOINT_CLIP_L}, device)
 
 
 def clip_l_pooled(clip_l: Any | None, text: str, stop_at_clip_layer: int | None = None) -> torch.Tensor:
