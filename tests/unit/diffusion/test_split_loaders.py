@@ -168,7 +168,8 @@ def test_a_whole_checkpoint_loads_as_a_diffusion_model(homes: dict[str, Path], c
 
 @pytest.mark.parametrize(("node", "inputs"), [
     ("CLIPLoader", {"clip_name": "clip_l.safetensors", "type": "flux2"}),
-    ("DualCLIPLoader", {"clip_name1": "clip_l.safetensors", "clip_name2": "clip_g.safetensors", "type": "hidream"}),
+    ("DualCLIPLoader", {"clip_name1": "clip_l.safetensors", "clip_name2": "clip_g.safetensors",
+                        "type": "hunyuan_video"}),
 ])
 def test_unsupported_types_say_so(homes: dict[str, Path], cache: ModelCache, node: str, inputs: dict[str, str]) -> None:
     with pytest.raises(ModelError, match=rf"CLIP type '{inputs['type']}' is not supported yet \(model families: "

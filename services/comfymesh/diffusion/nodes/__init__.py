@@ -12,6 +12,7 @@ from comfymesh.diffusion.nodes import (  # noqa: F401  (they declare)
     deprecated,
     flux2,
     flux_conditioning,
+    hidream,
     inpaint,
     latent,
     latent_files,

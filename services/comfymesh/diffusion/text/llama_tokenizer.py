@@ -4,8 +4,8 @@ offline as a `tokenizers` model.
 
 The merges are recovered from the ranks as for Qwen (qwen_tokenizer.tokenizer_json); what differs is Llama 3's
 own: its split pattern (digits in runs of up to three), no normalizer, whole pieces found in the vocabulary taken
-as they are (tiktoken's rule, `ignore_merges`), and the 256 special tokens from id 128 000 in Meta's order
-(<|begin_of_text|> 128 000, <|eot_id|> 128 009, reserved tokens filling the rest).
+as they are (tiktoken's rule, `ignore_merges`), and the added tokens from id 128 000 named as in the tokenizer
+ComfyUI ships (<|begin_of_text|> 128 000, <|eot_id|> 128 009, reserved tokens between, <unk> <image> <pad> after).
 """
 
 from __future__ import annotations
@@ -29,21 +29,28 @@ RANKS_SHA256 = "82e9d31979e92ab929cd544440f129d9ecd797b69e327f80f17e1c50d5551b55
 RANK_COUNT = 128_000
 SPLIT_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
                  r"|\s*[\r\n]+|\s+(?!\S)|\s+")
-NAMED_SPECIALS = (
-    "<|begin_of_text|>", "<|end_of_text|>", "<|reserved_special_token_0|>", "<|reserved_special_token_1|>",
-    "<|finetune_right_pad_id|>", "<|step_id|>", "<|start_header_id|>", "<|end_header_id|>", "<|eom_id|>",
-    "<|eot_id|>", "<|python_tag|>", "<|image|>",
-)
+# ids 128 000… as the Llama 3 tokenizer ComfyUI ships names them (Llama 3.0's names: reserved tokens around the
+# header and end-of-turn tokens), then the three LLaVA tokens that tokenizer adds after the 256
+NAMED_SPECIALS = {0: "<|begin_of_text|>", 1: "<|end_of_text|>", 6: "<|start_header_id|>", 7: "<|end_header_id|>",
+                  9: "<|eot_id|>"}
 SPECIAL_COUNT = 256
+EXTRA_TOKENS = ("<unk>", "<image>", "<pad>")
 BEGIN_ID = RANK_COUNT  # <|begin_of_text|>: ComfyUI's start token for Llama prompts
 EOT_ID = RANK_COUNT + 9  # <|eot_id|>: HiDream pads Llama prompts with it
 FILE_NAME = "tokenizer.json"
 
 
 def special_tokens() -> list[str]:
-    """The 256 special tokens in id order (the named ones, then reserved tokens numbered from 2)."""
-    reserved = [f"<|reserved_special_token_{2 + i}|>" for i in range(SPECIAL_COUNT - len(NAMED_SPECIALS))]
-    return [*NAMED_SPECIALS, *reserved]
+    """The added tokens in id order from 128 000: the named ones, reserved tokens numbered in order between and
+    after them, then the LLaVA tokens."""
+    out, reserved = [], 0
+    for i in range(SPECIAL_COUNT):
+        if i in NAMED_SPECIALS:
+            out.append(NAMED_SPECIALS[i])
+        else:
+            out.append(f"<|reserved_special_token_{reserved}|>")
+            reserved += 1
+    return [*out, *EXTRA_TOKENS]
 
 
 def llama_tokenizer_dir() -> Path:
