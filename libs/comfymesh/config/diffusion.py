@@ -15,5 +15,11 @@ class DiffusionSettings(BaseModel):
                                     "available, else cpu)")
     model_cache_bytes: int | None = Field(None, ge=0, description="budget of resident model weights (unset: "
                                                                   "80% of GPU memory, 16 GiB on CPU)")
+    fp8_matmul: bool = Field(False, description="fp8 weights multiply in fp8 (torch._scaled_mm, per-tensor scales) "
+                                                "on GPUs of compute capability 8.9 or more (Ada, Hopper) instead of "
+                                                "upcasting to bf16; elsewhere logged once and ignored")
+    block_offload: bool = Field(True, description="a diffusion transformer larger than the GPU budget keeps what "
+                                                  "fits resident and streams its other blocks from pinned host "
+                                                  "memory, one block ahead (off: such a model is refused)")
     tokenizer_dir: str = Field("", description="CLIP tokenizer files built by `make setup` (empty: "
                                                "<venv>/share/comfymesh/clip_tokenizer)")

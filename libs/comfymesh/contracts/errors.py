@@ -61,6 +61,13 @@ class ResourceExhaustedError(ComfymeshError):
     non_retryable = False
 
 
+class ModelTooLargeError(ResourceExhaustedError):
+    """A model that cannot fit the memory budget even alone (or streamed): no replica of this size can run it."""
+
+    type = "model_too_large"
+    non_retryable = True
+
+
 class TimeoutExceededError(ComfymeshError):
     """A timeout policy fired (queue wait, attempt, overall or heartbeat)."""
 
@@ -79,6 +86,7 @@ __all__ = [
     "ComfymeshError",
     "InterruptedError_",
     "ModelError",
+    "ModelTooLargeError",
     "NodeInputError",
     "ResourceExhaustedError",
     "StageRequestError",

@@ -13,7 +13,7 @@ from comfymesh.v1 import common_pb2
 _BY_TYPE: dict[str, type[ComfymeshError]] = {
     cls.type: cls for cls in (errors.NodeInputError, errors.ModelError, errors.StageRequestError,
                               errors.StageUnavailableError, errors.ResourceExhaustedError,
-                              errors.TimeoutExceededError, errors.InterruptedError_)
+                              errors.ModelTooLargeError, errors.TimeoutExceededError, errors.InterruptedError_)
 }
 # causes beyond this many are left out: the first links say what went wrong, and a message has a size bound
 MAX_CAUSES = 8

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from comfymesh.diffusion.memory.fp8_matmul import Fp8Kernel, scaled_mm_linear, takes_scaled_mm, tensor_scale
+
 FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
 SCALE_SUFFIX = ".scale_weight"
 MARKER = "scaled_fp8"
@@ -59,7 +61,7 @@ def converted_row_scales(convert: Converter, state: dict[str, torch.Tensor],
 
 class Fp8Linear(nn.Module):
     """A linear layer whose weight stays in fp8; each call upcasts it to the input's dtype and applies the
-    rows' scales."""
+    rows' scales, or, with the `scaled_mm` kernel (memory.fp8_matmul), multiplies in fp8."""
 
     def __init__(self, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> None:
         super().__init__()
@@ -68,11 +70,32 @@ class Fp8Linear(nn.Module):
         self.scale: torch.Tensor
         self.register_buffer("scale", scale.reshape(-1, 1).float())
         self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
+        self.kernel: Fp8Kernel = "upcast"
+        # the per-tensor scale the scaled_mm kernel takes: a buffer, so that it moves (and streams) with the weight
+        self.tensor_scale: torch.Tensor | None
+        self.register_buffer("tensor_scale", None, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kernel == "scaled_mm":
+            return scaled_mm_linear(x, self.weight, self.scale, self.tensor_scale, self.bias)
         w = self.weight.to(x.dtype) * self.scale.to(x.dtype)
         bias = None if self.bias is None else self.bias.to(x.dtype)
         return F.linear(x, w, bias)
+
+
+def set_fp8_kernel(model: nn.Module, kernel: Fp8Kernel) -> int:
+    """Make the model's Fp8Linears compute with `kernel` (the ones _scaled_mm cannot take stay upcast); returns
+    how many use it."""
+    count = 0
+    for module in model.modules():
+        if not isinstance(module, Fp8Linear):
+            continue
+        use = kernel == "scaled_mm" and takes_scaled_mm(module.weight)
+        module.kernel = "scaled_mm" if use else "upcast"
+        scale = tensor_scale(module.scale) if use else None
+        module.tensor_scale = None if scale is None else scale.to(module.scale.device)
+        count += use
+    return count
 
 
 def install_fp8_linears(model: nn.Module, state: dict[str, torch.Tensor], scales: dict[str, torch.Tensor],

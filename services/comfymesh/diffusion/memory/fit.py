@@ -1,0 +1,71 @@
+"""Whether a model fits the memory budget, decided before any weight is read: its resident bytes estimated from
+the file headers, and a clear error when it cannot fit (non-retryable when the model alone exceeds the budget,
+retryable when other jobs hold the memory it needs)."""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+
+from comfymesh.contracts.errors import ModelTooLargeError, ResourceExhaustedError
+
+# safetensors dtype names → bytes per element; fp8 stays fp8 in memory (models.fp8_weights)
+_FP8 = {"F8_E4M3", "F8_E5M2"}
+_FLOATS = {"F64", "F32", "F16", "BF16", *_FP8}
+_INT_BYTES = {"I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+_BOOKKEEPING = (".scale_weight", ".scale_input", "scaled_fp8")  # folded into the weights when loaded
+GiB = 2**30
+
+
+def _header(path: Path) -> dict[str, dict[str, object]]:
+    with path.open("rb") as fh:
+        length = struct.unpack("<Q", fh.read(8))[0]
+        header: dict[str, dict[str, object]] = json.loads(fh.read(length))
+    header.pop("__metadata__", None)
+    return header
+
+
+def tensor_bytes(paths: Iterable[Path], compute_dtype: torch.dtype) -> dict[str, int]:
+    """Key → bytes each tensor of the files takes once loaded: fp8 weights as fp8, other floats in
+    `compute_dtype`, integer tensors as stored; the scaled-fp8 bookkeeping keys left out."""
+    size = torch.empty((), dtype=compute_dtype).element_size()
+    out: dict[str, int] = {}
+    for path in paths:
+        for key, info in _header(Path(path)).items():
+            if key.endswith(_BOOKKEEPING):
+                continue
+            dtype = str(info["dtype"])
+            shape = info["shape"]
+            assert isinstance(shape, list)
+            numel = 1
+            for dim in shape:
+                numel *= int(dim)
+            out[key] = numel * (1 if dtype in _FP8 else size if dtype in _FLOATS else _INT_BYTES.get(dtype, size))
+    return out
+
+
+def resident_bytes(paths: Iterable[Path], compute_dtype: torch.dtype) -> int:
+    """Bytes the files' tensors take once loaded (tensor_bytes summed)."""
+    return sum(tensor_bytes(paths, compute_dtype).values())
+
+
+def gib(n: int) -> str:
+    return f"{n / GiB:.2f} GiB" if n >= GiB // 100 else f"{n} bytes"
+
+
+def check_fit(name: str, needed: int, budget: int, held: int, minimum: int | None = None) -> None:
+    """Refuse a model before loading it: ModelTooLargeError (non-retryable) when it cannot fit the budget even
+    alone — `minimum` is its smallest footprint (streamed, if it can stream), else `needed` — and
+    ResourceExhaustedError (retryable) when it could, but `held` bytes of other jobs' models leave too little."""
+    smallest = needed if minimum is None else minimum
+    if smallest > budget:
+        how = "" if minimum is None or minimum == needed else f" (at least {gib(minimum)} with its blocks streamed)"
+        raise ModelTooLargeError(f"{name} needs {gib(needed)} of memory{how} but the model budget is "
+                                 f"{gib(budget)}: it cannot run on this replica")
+    if smallest + held > budget:
+        raise ResourceExhaustedError(f"{name} needs {gib(smallest)} of memory but other jobs hold {gib(held)} of the "
+                                     f"{gib(budget)} budget: try again when they finish")

@@ -1,0 +1,129 @@
+"""Blocks of a model streamed to the device while it runs: their weights live in (pinned) host memory, each block's
+copy starts while the block before it computes, and its device copy is dropped when it has run.
+
+On CUDA the copies run on their own stream and the compute stream waits on an event per block, so copying block
+i+1 overlaps computing block i; on the CPU the same machinery runs with plain copies and no streams. Each call
+copies whatever tensors the block holds at that moment, so LoRA weights swapped in for the call (flow_lora.swapped)
+stream too; the kernels and weights are those of the resident model, so results are bit-identical.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+from comfymesh.diffusion.memory.offload_plan import OffloadPlan
+
+log = logging.getLogger(__name__)
+
+Slot = tuple[dict[str, Any], str]  # a module's _parameters or _buffers dict, and the name in it
+
+
+@dataclass
+class _Copy:
+    tensors: dict[int, torch.Tensor]  # slot index → device copy
+    ready: torch.cuda.Event | None
+    originals: list[Any] = field(default_factory=list)
+
+
+def _slots(block: nn.Module) -> list[Slot]:
+    out: list[Slot] = []
+    for module in block.modules():
+        for table in (module._parameters, module._buffers):
+            out.extend((table, name) for name, t in table.items() if t is not None)
+    return out
+
+
+class BlockStreamer:
+    """Streams `blocks` of `model` to `device` during each forward (installed by `offload`; `remove` undoes)."""
+
+    def __init__(self, model: nn.Module, blocks: Sequence[nn.Module], device: torch.device) -> None:
+        self.device = device
+        self.blocks = list(blocks)
+        self.slots = [_slots(b) for b in self.blocks]
+        self.copy_stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+        self.inflight: dict[int, _Copy] = {}
+        self.copies = 0  # blocks copied so far (tests and logs)
+        self.handles: list[RemovableHandle] = [
+            model.register_forward_pre_hook(lambda _m, _a: self._fetch(0)),
+            model.register_forward_hook(lambda _m, _a, _o: self._drop_all(), always_call=True),
+        ]
+        for i, block in enumerate(self.blocks):
+            self.handles.append(block.register_forward_pre_hook(lambda _m, _a, i=i: self._enter(i)))
+            self.handles.append(block.register_forward_hook(lambda _m, _a, _o, i=i: self._leave(i), always_call=True))
+
+    def _stream(self) -> AbstractContextManager[Any]:
+        return torch.cuda.stream(self.copy_stream) if self.copy_stream is not None else nullcontext()
+
+    def _fetch(self, i: int) -> None:
+        """Start copying block i's current tensors to the device (on the copy stream)."""
+        if i >= len(self.blocks) or i in self.inflight:
+            return
+        with self._stream():
+            tensors = {k: table[name].to(self.device, non_blocking=True, copy=True)
+                       for k, (table, name) in enumerate(self.slots[i])}
+            ready = None
+            if self.copy_stream is not None:
+                ready = torch.cuda.Event()
+                ready.record(self.copy_stream)
+        self.inflight[i] = _Copy(tensors, ready)
+        self.copies += 1
+
+    def _enter(self, i: int) -> None:
+        self._fetch(i)
+        copy = self.inflight[i]
+        if copy.ready is not None:
+            torch.cuda.current_stream(self.device).wait_event(copy.ready)
+        self._fetch(i + 1)  # the next block copies while this one computes
+        for k, (table, name) in enumerate(self.slots[i]):
+            copy.originals.append(table[name])
+            table[name] = copy.tensors[k]
+
+    def _leave(self, i: int) -> None:
+        copy = self.inflight.pop(i, None)
+        if copy is None or not copy.originals:
+            return
+        for k, (table, name) in enumerate(self.slots[i]):
+            table[name] = copy.originals[k]
+        if self.copy_stream is not None:  # memory made on the copy stream, used on the compute stream
+            compute = torch.cuda.current_stream(self.device)
+            for t in copy.tensors.values():
+                t.record_stream(compute)
+
+    def _drop_all(self) -> None:
+        for i in list(self.inflight):
+            self._leave(i)
+        self.inflight.clear()
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles.clear()
+
+
+def offload(model: nn.Module, plan: OffloadPlan, device: torch.device) -> BlockStreamer | None:
+    """Place `model` as `plan` says: streamed blocks in host memory (pinned when `device` is CUDA), the rest on
+    `device`; returns the streamer running the streamed blocks (None when everything is resident)."""
+    blocks = [model.get_submodule(name) for name in plan.streamed]
+    in_blocks = {id(m) for b in blocks for m in b.modules()}
+    pin = device.type == "cuda"
+    for module in model.modules():
+        here = id(module) in in_blocks
+        tables: tuple[dict[str, Any], ...] = (module._parameters, module._buffers)
+        for table in tables:
+            for key, t in table.items():
+                if t is None:
+                    continue
+                data = t.detach().to("cpu") if here else t.detach().to(device)
+                if here and pin and not data.is_pinned():
+                    data = data.pin_memory()
+                table[key] = nn.Parameter(data, requires_grad=False) if isinstance(t, nn.Parameter) else data
+    log.info("memory plan %s", plan.describe())
+    return BlockStreamer(model, blocks, device) if blocks else None
