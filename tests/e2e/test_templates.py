@@ -6,43 +6,25 @@ file names the template asks for.
 
 A template is listed here once every node type it uses is served and runs; `bench/template_coverage.py` counts
 the rest. Models of an architecture we have no tiny form of yet stand in with the nearest one (the SDXL refiner
-file is a tiny SDXL base), which the names below say.
+file is a tiny SDXL base), as `comfymesh.diffusion.models.tiny_templates` says.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from collections.abc import Iterator
 from importlib import resources
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from comfymesh.diffusion.models import tiny_sd3
-from comfymesh.diffusion.models.clip_vision import make_tiny_clip_vision
-from comfymesh.diffusion.models.tiny_flux import make_template_files as make_flux_files
-from comfymesh.diffusion.models.tiny_lora import make_template_loras
-from comfymesh.diffusion.models.tiny_qwen_image import make_template_files as make_qwen_image_files
-from comfymesh.diffusion.models.tiny_zimage import make_tiny_zimage
+from comfymesh.diffusion.models.tiny_templates import write_template_models
+from tests.e2e.chromium import TO_PROMPT, chromium_page, open_app
 from tests.mesh import SHARED, Mesh
 
-playwright = pytest.importorskip("playwright.sync_api")
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 TEMPLATES = "comfyui_workflow_templates_json"
 
-# checkpoint file → the tiny family that stands in for it
-CHECKPOINTS = {
-    "sd_xl_base_1.0.safetensors": "sdxl",
-    "sd_xl_refiner_1.0.safetensors": "sdxl",  # no tiny refiner form yet: a tiny SDXL base under its name
-    "sd_xl_turbo_1.0_fp16.safetensors": "sdxl",
-}
 # the images templates load from the input folder → the test photo copied under that name
 INPUTS = {"example.png": "astronaut.png", "pray.png": "coffee.png", "angle_1.png": "astronaut.png",
           "angle_2.png": "coffee.png", "angle_3.png": "astronaut.png", "angle_4.png": "coffee.png",
@@ -51,9 +33,6 @@ INPUTS = {"example.png": "astronaut.png", "pray.png": "coffee.png", "angle_1.png
           "flux_kontext_dev_basic_input_image.jpg": "astronaut.png",
           "image_qwen_image_edit_input_image.png": "astronaut.png",
           "image_qwen_image_union_control_lora_input_image.png": "astronaut.png"}
-# CLIP vision file → a tiny HF CLIP vision model whose image embeds are as wide as the tiny SDXL's pooled output
-CLIP_VISION = ("clip_vision_g.safetensors",)
-
 # template → the output nodes' class types we expect images from
 RUNNABLE = {
     "image_sdxl_simple": {"SaveImage"},
@@ -87,13 +66,6 @@ RUNNABLE = {
 SIZE_INPUTS = {"width": 64, "height": 64, "batch_size": 1}
 STEP_INPUTS = {"steps": 2, "end_at_step": 2}
 
-TO_PROMPT = """async (workflow) => {
-    await window.app.loadGraphData(workflow, true, false);
-    const { output } = await window.app.graphToPrompt();
-    return output;
-}"""
-
-
 def template(name: str) -> dict[str, Any]:
     return json.loads(resources.files(TEMPLATES).joinpath("templates", f"{name}.json").read_text())
 
@@ -119,23 +91,9 @@ def shrink(prompt: dict[str, Any]) -> dict[str, Any]:
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     home = tmp_path_factory.mktemp("templates-home")
     mesh = Mesh(home, stages=("imaging", "diffusion"))
-    for name, family in CHECKPOINTS.items():
-        subprocess.run([sys.executable, "-m", "comfymesh.diffusion.models.tiny_checkpoint", "--family", family,
-                        str(home / "models" / "checkpoints" / name)], check=True, capture_output=True)
     for name, photo in INPUTS.items():
         shutil.copy(SHARED / "data" / photo, home / "input" / name)
-    for name in CLIP_VISION:
-        make_tiny_clip_vision(home / "models" / "clip_vision" / name)
-    make_flux_files(home / "models", seed=3)  # the FLUX templates' files under their names
-    make_qwen_image_files(home / "models", seed=3)  # the Qwen-Image templates' files under their names
-    # Z-Image's diffusion model and Qwen3 encoder; its ae.safetensors is the FLUX VAE written above
-    zimage = make_tiny_zimage(tmp_path_factory.mktemp("zimage") / "models", seed=3)
-    for folder in ("diffusion_models", "text_encoders"):
-        shutil.copy(zimage[folder], home / "models" / folder / zimage[folder].name)
-    make_template_loras(home / "models", seed=3)  # the templates' LoRAs, fitting the tiny models written above
-    # sd3.5_large_fp8_scaled: the tiny scaled-fp8 SD3.5 checkpoint alone (its split files' names are other families')
-    sd3_files = tiny_sd3.make_tiny_sd3(tmp_path_factory.mktemp("sd3") / "models", seed=3)
-    shutil.copy(sd3_files["checkpoints"], home / "models" / "checkpoints" / tiny_sd3.CHECKPOINT)
+    write_template_models(home / "models", seed=3)  # what `comfymesh demo` writes: every file under its name
     try:
         yield mesh.start()
     finally:
@@ -145,22 +103,9 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
 @pytest.fixture(scope="module")
 def prompts(mesh: Mesh, tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
     """Every runnable template as the frontend turns it into an API prompt."""
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing: run `make system-deps` (apt-get install chromium)")
-    converted: dict[str, dict[str, Any]] = {}
-    errors: list[str] = []
-    with playwright.sync_playwright() as driver:
-        context = driver.chromium.launch_persistent_context(
-            user_data_dir=str(tmp_path_factory.mktemp("profile")), executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = context.new_page()
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
-            page.goto(mesh.url + "/")
-            page.wait_for_function("() => window.app?.graph && window.app.vueAppReady !== false", timeout=60_000)
-            for name in RUNNABLE:
-                converted[name] = page.evaluate(TO_PROMPT, template(name))
-        finally:
-            context.close()
+    with chromium_page(tmp_path_factory.mktemp("profile")) as (page, errors):
+        open_app(page, mesh)
+        converted = {name: page.evaluate(TO_PROMPT, template(name)) for name in RUNNABLE}
     assert not errors, errors
     return converted
 

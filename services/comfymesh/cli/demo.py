@@ -1,5 +1,5 @@
-"""`comfymesh demo`: tiny random-weight models under the file names the shipped templates and the frontend's
-default graph ask for, and the templates' input image, so every template runs on a fresh machine (as noise)."""
+"""`comfymesh demo`: tiny random-weight models under the file names the shipped templates, ComfyUI's official
+templates and the frontend's default graph ask for, and the templates' input image, so every template runs on a fresh machine (as noise)."""
 
 from __future__ import annotations
 
@@ -18,9 +18,6 @@ from comfymesh.config import get_settings
 
 TEMPLATES = Path(__file__).resolve().parents[3] / "ui" / "templates"
 # checkpoint file → the tiny family written under its name: ui/templates' names, and the classic default graph's
-# the frontend default graph's Z-Image files (what comfymesh.diffusion.models.tiny_zimage writes)
-ZIMAGE_FILES = (("diffusion_models", "z_image_turbo_bf16.safetensors"), ("text_encoders", "qwen_3_4b.safetensors"),
-                ("vae", "ae.safetensors"))
 CHECKPOINTS = {"sd15.safetensors": "sd15", "sdxl.safetensors": "sdxl", "v1-5-pruned-emaonly-fp16.safetensors": "sd15"}
 REAL_WEIGHTS = """\
 [bold]These models have random weights: every image they make is noise.[/]
@@ -30,13 +27,15 @@ names (or pick yours in the workflow), e.g.:
 v1-5-pruned-emaonly-fp16.safetensors --folder checkpoints --name sd15.safetensors
   comfymesh models pull https://huggingface.co/stabilityai/stable-diffusion-xl-base-1.0/resolve/main/\
 sd_xl_base_1.0.safetensors --folder checkpoints --name sdxl.safetensors
-or copy .safetensors files into {models}/checkpoints/ (Z-Image: diffusion_models/, text_encoders/, vae/).
+or copy .safetensors files into {models}/checkpoints/ (FLUX, SD3.5, Qwen-Image, Z-Image: diffusion_models/,
+text_encoders/, vae/, under the names the templates ask for: the files written here).
 `comfymesh demo --force` writes the tiny files again over whatever is there."""
 
 
 def demo(force: Annotated[bool, typer.Option(help="overwrite model files that already exist")] = False) -> None:
-    """Write tiny random-weight models for every supported family under the templates' file names (SD1.5,
-    SDXL, Z-Image) and the templates' input image, into this machine's data folder (COMFYMESH_HOME)."""
+    """Write tiny random-weight models for every supported family under the file names of our templates and of
+    ComfyUI's official ones (SD1.5, SDXL, FLUX.1, Chroma, SD3.5, Qwen-Image, Z-Image, their LoRAs), and the
+    templates' input image, into this machine's data folder (COMFYMESH_HOME)."""
     console = Console(stderr=True, soft_wrap=True)
     settings = get_settings()
     models = settings.folder("models")
@@ -52,13 +51,12 @@ def demo(force: Annotated[bool, typer.Option(help="overwrite model files that al
             continue
         _write("comfymesh.diffusion.models.tiny_checkpoint", "--family", family, str(target))
         console.print(f"wrote     {target} (tiny {family})")
-    zimage = [models / folder / name for folder, name in ZIMAGE_FILES]
-    if force or not all(path.exists() for path in zimage):
-        _write("comfymesh.diffusion.models.tiny_zimage", str(models))
-        for path in zimage:
-            console.print(f"wrote     {path} (tiny Z-Image)")
-    else:
-        console.print(f"kept      {', '.join(str(path) for path in zimage)} (exist)")
+    # the official templates' files (FLUX.1, Chroma, SD3.5, SDXL, Qwen-Image, Z-Image, LoRAs), the default graph's too
+    console.print("writing the official templates' model files (tiny) ...")
+    written = _write("comfymesh.diffusion.models.tiny_templates", str(models), *(["--force"] if force else []))
+    for line in written:
+        verb, _, path = line.partition(" ")
+        console.print(f"{verb:<9} {path}" + (" (exists)" if verb == "kept" else ""))
     inputs = settings.folder("input")
     for image in sorted((TEMPLATES / "input").glob("*")):
         if not (inputs / image.name).exists():
@@ -67,11 +65,15 @@ def demo(force: Annotated[bool, typer.Option(help="overwrite model files that al
     console.print()
     console.print(REAL_WEIGHTS.format(models=models))
     console.print("\nTry: [bold]comfymesh run comfymesh-sd15-txt2img --out outputs/[/] "
-                  "(templates: comfymesh-sd15-txt2img, -img2img, -hires-fix, comfymesh-sdxl-txt2img, comfymesh-imaging)")
+                  "(templates: comfymesh-sd15-txt2img, -img2img, -hires-fix, comfymesh-sdxl-txt2img, comfymesh-imaging);\n"
+                  "in the browser, the official FLUX.1, SD3.5, Qwen-Image, Z-Image and SDXL templates find their files "
+                  "too (on a CPU, set 64×64 and a few steps)")
 
 
-def _write(module: str, *args: str) -> None:
+def _write(module: str, *args: str) -> list[str]:
+    """Run a tiny-model writer; answers its output lines."""
     result = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True)
     if result.returncode != 0:
         last = (result.stderr.strip().splitlines() or ["no output"])[-1]
         raise GatewayError([f"writing the tiny models failed ({module}): {last}"])
+    return result.stdout.splitlines()
