@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -109,12 +110,24 @@ class Mesh:
             time.sleep(0.05)
         raise TimeoutError(f"job {job_id} did not finish:\n" + "\n".join(self.logs[-40:]))
 
+    def run_output(self, prompt: dict[str, Any], timeout: float = 300) -> bytes:
+        """Run `prompt` to completion and return its first output image's bytes."""
+        job = self.wait(self.submit(prompt), timeout=timeout)
+        assert job["status"] == "completed", job["error"]
+        return bytes(self.http.get(f"/v1/jobs/{job['job_id']}/output").content)
+
+    def forget_cache(self) -> None:
+        """Delete every cached node output, so the next run of a prompt computes every node again."""
+        with sqlite3.connect(self.home / "comfymesh.db") as db:
+            db.execute("DELETE FROM node_cache")
+
     def events(self, path: str, last_event_id: int | None = None) -> list[dict[str, Any]]:
         """Read an SSE stream to its end: [{id, event, data}]."""
         import json
 
         headers = {"Last-Event-ID": str(last_event_id)} if last_event_id is not None else {}
-        events, current = [], {}
+        events: list[dict[str, Any]] = []
+        current: dict[str, Any] = {}
         with self.http.stream("GET", path, headers=headers, timeout=60) as stream:
             for line in stream.iter_lines():
                 if not line:
@@ -129,3 +142,11 @@ class Mesh:
                     current["data"] = json.loads(line[5:])
         return events
 
+
+def assert_reruns_identically(mesh: Mesh, prompt: dict[str, Any]) -> bytes:
+    """Run `prompt`, forget the node cache, and run it again: the recomputed output must have the same bytes (a
+    graph on fixed seeds is deterministic). Returns that output."""
+    first = mesh.run_output(prompt)
+    mesh.forget_cache()
+    assert mesh.run_output(prompt) == first
+    return first

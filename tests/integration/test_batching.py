@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import sqlite3
 import subprocess
 import sys
 import time
@@ -76,8 +75,7 @@ def test_simultaneous_jobs_share_one_sampling_loop(mesh: Mesh) -> None:
         assert progress == [(1, 3), (2, 3), (3, 3)]
 
     # the same prompts again one at a time, recomputed from scratch: each KSampler runs alone
-    with sqlite3.connect(mesh.home / "comfymesh.db") as db:
-        db.execute("DELETE FROM node_cache")
+    mesh.forget_cache()
     alone = [finish(mesh, mesh.submit(txt2img(seed))) for seed in seeds]
     assert sum("batched" in line for line in mesh.logs if line.startswith("diffusion:")) == 1
     for seed, a, b in zip(seeds, batched, alone, strict=True):

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import io
 import shutil
-import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -82,8 +81,7 @@ def test_controlnet_graph_runs_and_reruns_to_the_same_bytes(mesh: Mesh) -> None:
            if e["event"] == "node_running"}
     assert {"10", "11", "12", "3"} <= ran, ran
     # forget every cached node output so the rerun loads, applies and samples again
-    with sqlite3.connect(mesh.home / "comfymesh.db") as db:
-        db.execute("DELETE FROM node_cache")
+    mesh.forget_cache()
     second_job, second = run(mesh, graph(1.0))
     ran = {e["data"]["node_id"] for e in mesh.events(f"/v1/jobs/{second_job['job_id']}/events")
            if e["event"] == "node_running"}

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import shutil
-import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -99,8 +98,7 @@ def test_rerun_without_cache_gives_identical_bytes(mesh: Mesh) -> None:
     prompt["9"]["inputs"]["filename_prefix"] = "determinism"
     first = mesh.http.get(f"/v1/jobs/{run(mesh, prompt)['job_id']}/output").content
     # forget every cached node output so the second run recomputes everything
-    with sqlite3.connect(mesh.home / "comfymesh.db") as db:
-        db.execute("DELETE FROM node_cache")
+    mesh.forget_cache()
     second_job = run(mesh, prompt)
     events = mesh.events(f"/v1/jobs/{second_job['job_id']}/events")
     assert {"3", "4", "8"} <= {e["data"]["node_id"] for e in events if e["event"] == "node_running"}

@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import io
 import shutil
-import sqlite3
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,7 +18,7 @@ import pytest
 from PIL import Image
 
 from comfymesh.diffusion.models import tiny_flux
-from tests.mesh import SHARED, Mesh
+from tests.mesh import SHARED, Mesh, assert_reruns_identically
 
 PROMPT = "a cat holding a sign that says hello world"
 
@@ -91,51 +90,34 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
         mesh.stop()
 
 
-def run(mesh: Mesh, prompt: dict[str, Any]) -> bytes:
-    job = mesh.wait(mesh.submit(prompt), timeout=300)
-    assert job["status"] == "completed", job["error"]
-    return bytes(mesh.http.get(f"/v1/jobs/{job['job_id']}/output").content)
-
-
 def pixels(png: bytes) -> np.ndarray:
     # SaveImage writes the prompt into the PNG: other graphs differ in bytes whatever their pixels
     return np.asarray(Image.open(io.BytesIO(png)))
 
 
-def forget_cache(mesh: Mesh) -> None:
-    with sqlite3.connect(mesh.home / "comfymesh.db") as db:
-        db.execute("DELETE FROM node_cache")
-
-
 def test_dev_on_the_custom_sampler_reruns_identically_and_guidance_drives_it(mesh: Mesh) -> None:
-    first = run(mesh, DEV)
+    first = assert_reruns_identically(mesh, DEV)
     image = pixels(first)
     assert image.shape == (64, 64, 3) and image.std() > 0
-    forget_cache(mesh)
-    assert run(mesh, DEV) == first
     other = copy.deepcopy(DEV)
     other["26"]["inputs"]["guidance"] = 6.0
-    assert not np.array_equal(pixels(run(mesh, other)), image)
+    assert not np.array_equal(pixels(mesh.run_output(other)), image)
     # CLIPTextEncodeFlux with the same prompt for both encoders is CLIPTextEncode → FluxGuidance
     joint = copy.deepcopy(DEV)
     joint["26"] = {"inputs": {"clip_l": PROMPT, "t5xxl": PROMPT, "guidance": 3.5, "clip": ["11", 0]},
                    "class_type": "CLIPTextEncodeFlux"}
-    assert np.array_equal(pixels(run(mesh, joint)), image)
+    assert np.array_equal(pixels(mesh.run_output(joint)), image)
 
 
 def test_kontext_reference_latent_drives_the_edit(mesh: Mesh) -> None:
-    first = run(mesh, KONTEXT)
+    first = assert_reruns_identically(mesh, KONTEXT)
     assert pixels(first).shape == (64, 64, 3)
-    forget_cache(mesh)
-    assert run(mesh, KONTEXT) == first
     unreferenced = copy.deepcopy(KONTEXT)
     unreferenced["35"]["inputs"]["conditioning"] = ["6", 0]
-    assert not np.array_equal(pixels(run(mesh, unreferenced)), pixels(first))
+    assert not np.array_equal(pixels(mesh.run_output(unreferenced)), pixels(first))
 
 
 def test_schnell_checkpoint_form(mesh: Mesh) -> None:
-    first = run(mesh, SCHNELL_CHECKPOINT)
+    first = assert_reruns_identically(mesh, SCHNELL_CHECKPOINT)
     image = pixels(first)
     assert image.shape == (64, 64, 3) and image.std() > 0
-    forget_cache(mesh)
-    assert run(mesh, SCHNELL_CHECKPOINT) == first

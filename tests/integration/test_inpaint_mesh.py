@@ -5,7 +5,6 @@ tiny SD1.5 checkpoint, and InpaintModelConditioning on a tiny 9-channel inpainti
 from __future__ import annotations
 
 import io
-import sqlite3
 from collections.abc import Iterator
 from typing import Any
 
@@ -117,6 +116,5 @@ def test_inpainting_runs_through_the_stages_and_keeps_the_far_pixels(mesh: Mesh)
         assert far < hole
         assert far < 0.25
     # a rerun with no cached node output recomputes every node and gives the same bytes
-    with sqlite3.connect(mesh.home / "comfymesh.db") as db:
-        db.execute("DELETE FROM node_cache")
+    mesh.forget_cache()
     assert outputs(mesh) == first

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import copy
 import io
-import sqlite3
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,7 +15,7 @@ import pytest
 from PIL import Image
 
 from comfymesh.diffusion.models import tiny_qwen_image
-from tests.mesh import Mesh
+from tests.mesh import Mesh, assert_reruns_identically
 
 # image_qwen_image as the frontend posts it (its switches on the 20-step, cfg 4 branch), at 64×64 and 2 steps
 TEMPLATE: dict[str, Any] = {
@@ -49,34 +48,21 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
         mesh.stop()
 
 
-def run(mesh: Mesh, prompt: dict[str, Any]) -> bytes:
-    job = mesh.wait(mesh.submit(prompt), timeout=300)
-    assert job["status"] == "completed", job["error"]
-    return bytes(mesh.http.get(f"/v1/jobs/{job['job_id']}/output").content)
-
-
-def forget_cache(mesh: Mesh) -> None:
-    with sqlite3.connect(mesh.home / "comfymesh.db") as db:
-        db.execute("DELETE FROM node_cache")
-
-
 def test_template_graph_runs_and_reruns_identically(mesh: Mesh) -> None:
-    first = run(mesh, TEMPLATE)
+    first = assert_reruns_identically(mesh, TEMPLATE)
     image = np.asarray(Image.open(io.BytesIO(first)))
     assert image.shape == (64, 64, 3)
     assert image.std() > 0  # a decoded picture, not a constant frame
-    forget_cache(mesh)
-    assert run(mesh, TEMPLATE) == first
 
 
 def test_shift_and_prompt_reach_the_image(mesh: Mesh) -> None:
-    base = run(mesh, TEMPLATE)
+    base = mesh.run_output(TEMPLATE)
     unshifted = copy.deepcopy(TEMPLATE)
     unshifted["66"]["inputs"]["shift"] = 1.0
-    assert run(mesh, unshifted) != base
+    assert mesh.run_output(unshifted) != base
     other = copy.deepcopy(TEMPLATE)
     other["6"]["inputs"]["text"] = "a quiet snowy village at dawn"
-    assert run(mesh, other) != base
+    assert mesh.run_output(other) != base
 
 
 def test_default_flux_sampling_and_model_sampling_flux(mesh: Mesh) -> None:
@@ -86,7 +72,7 @@ def test_default_flux_sampling_and_model_sampling_flux(mesh: Mesh) -> None:
     flux = copy.deepcopy(TEMPLATE)
     flux["66"] = {"inputs": {"max_shift": 1.15, "base_shift": 0.5, "width": 64, "height": 64, "model": ["37", 0]},
                   "class_type": "ModelSamplingFlux"}
-    images = {run(mesh, plain), run(mesh, flux), run(mesh, TEMPLATE)}
+    images = {mesh.run_output(plain), mesh.run_output(flux), mesh.run_output(TEMPLATE)}
     assert len(images) == 3
 
 
@@ -150,24 +136,20 @@ def edit_inputs(mesh: Mesh) -> list[str]:
 
 
 def test_edit_graph_runs_and_reruns_identically(mesh: Mesh, edit_inputs: list[str]) -> None:
-    first = run(mesh, EDIT)
+    first = assert_reruns_identically(mesh, EDIT)
     image = np.asarray(Image.open(io.BytesIO(first)))
     assert image.shape == (64, 48, 3)
-    forget_cache(mesh)
-    assert run(mesh, EDIT) == first
     # the encoders' image reaches the result (another picture in the encoders only)
     other = copy.deepcopy(EDIT)
     other["79"] = {"inputs": {"image": "edit_other.png"}, "class_type": "LoadImage"}
     other["76"]["inputs"]["image"] = other["77"]["inputs"]["image"] = ["79", 0]
-    assert run(mesh, other) != first
+    assert mesh.run_output(other) != first
 
 
 def test_edit_plus_with_two_images_on_2511(mesh: Mesh, edit_inputs: list[str]) -> None:
-    first = run(mesh, EDIT_PLUS)
+    first = assert_reruns_identically(mesh, EDIT_PLUS)
     assert np.asarray(Image.open(io.BytesIO(first))).shape == (64, 48, 3)
-    forget_cache(mesh)
-    assert run(mesh, EDIT_PLUS) == first
     swapped = copy.deepcopy(EDIT_PLUS)
     for node in ("151", "149"):
         swapped[node]["inputs"]["image1"], swapped[node]["inputs"]["image2"] = ["83", 0], ["78", 0]
-    assert run(mesh, swapped) != first
+    assert mesh.run_output(swapped) != first

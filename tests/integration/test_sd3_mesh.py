@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import io
 import shutil
-import sqlite3
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,7 +18,7 @@ import pytest
 from PIL import Image
 
 from comfymesh.diffusion.models import tiny_sd3
-from tests.mesh import Mesh
+from tests.mesh import Mesh, assert_reruns_identically
 
 # sd3.5_simple_example as the frontend posts it, at 64×64 and 2 steps
 SIMPLE: dict[str, Any] = {
@@ -76,45 +75,28 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
         mesh.stop()
 
 
-def run(mesh: Mesh, prompt: dict[str, Any]) -> bytes:
-    job = mesh.wait(mesh.submit(prompt), timeout=300)
-    assert job["status"] == "completed", job["error"]
-    return bytes(mesh.http.get(f"/v1/jobs/{job['job_id']}/output").content)
-
-
-def forget_cache(mesh: Mesh) -> None:
-    with sqlite3.connect(mesh.home / "comfymesh.db") as db:
-        db.execute("DELETE FROM node_cache")
-
-
 def test_checkpoint_form_runs_and_reruns_identically(mesh: Mesh) -> None:
-    first = run(mesh, SIMPLE)
+    first = assert_reruns_identically(mesh, SIMPLE)
     image = np.asarray(Image.open(io.BytesIO(first)))
     assert image.shape == (64, 64, 3)
     assert image.std() > 0
-    forget_cache(mesh)
-    assert run(mesh, SIMPLE) == first
 
 
 def test_split_form_runs_and_shift_drives_it(mesh: Mesh) -> None:
-    first = run(mesh, SPLIT)
+    first = assert_reruns_identically(mesh, SPLIT)
     assert np.asarray(Image.open(io.BytesIO(first))).shape == (64, 64, 3)
-    forget_cache(mesh)
-    assert run(mesh, SPLIT) == first
     # the checkpoint's fp8 weights round the model: the split file's fp16 one gives other pixels
-    assert first != run(mesh, SIMPLE)
+    assert first != mesh.run_output(SIMPLE)
     unshifted = copy.deepcopy(SPLIT)
     unshifted["2"]["inputs"]["shift"] = 1.0
-    assert run(mesh, unshifted) != first
+    assert mesh.run_output(unshifted) != first
 
 
 def test_triple_clip_loader_and_clip_text_encode_sd3(mesh: Mesh) -> None:
-    first = run(mesh, TRIPLE)
+    first = assert_reruns_identically(mesh, TRIPLE)
     image = np.asarray(Image.open(io.BytesIO(first)))
     assert image.shape == (64, 64, 3) and image.std() > 0
-    forget_cache(mesh)
-    assert run(mesh, TRIPLE) == first
     # the T5 prompt reaches the model
     other = copy.deepcopy(TRIPLE)
     other["16"]["inputs"]["t5xxl"] = "a cat"
-    assert run(mesh, other) != first
+    assert mesh.run_output(other) != first

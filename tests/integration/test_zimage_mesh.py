@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy
 import io
-import sqlite3
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,7 +14,7 @@ import pytest
 from PIL import Image
 
 from comfymesh.diffusion.models.tiny_zimage import make_tiny_zimage
-from tests.mesh import Mesh
+from tests.mesh import Mesh, assert_reruns_identically
 
 # the API prompt the 1.58.1 frontend posts for its default graph, at 64×64 and 2 steps
 DEFAULT_GRAPH: dict[str, Any] = {
@@ -48,31 +47,18 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
         mesh.stop()
 
 
-def run(mesh: Mesh, prompt: dict[str, Any]) -> bytes:
-    job = mesh.wait(mesh.submit(prompt), timeout=300)
-    assert job["status"] == "completed", job["error"]
-    return bytes(mesh.http.get(f"/v1/jobs/{job['job_id']}/output").content)
-
-
-def forget_cache(mesh: Mesh) -> None:
-    with sqlite3.connect(mesh.home / "comfymesh.db") as db:
-        db.execute("DELETE FROM node_cache")
-
-
 def test_default_graph_runs_and_reruns_identically(mesh: Mesh) -> None:
-    first = run(mesh, DEFAULT_GRAPH)
+    first = assert_reruns_identically(mesh, DEFAULT_GRAPH)
     image = np.asarray(Image.open(io.BytesIO(first)))
     assert image.shape == (64, 64, 3)
     assert image.std() > 0  # a decoded picture, not a constant frame
-    forget_cache(mesh)
-    assert run(mesh, DEFAULT_GRAPH) == first
 
 
 def test_shift_drives_the_flow_schedule(mesh: Mesh) -> None:
-    base = run(mesh, DEFAULT_GRAPH)
+    base = mesh.run_output(DEFAULT_GRAPH)
     unshifted = copy.deepcopy(DEFAULT_GRAPH)
     unshifted["69"]["inputs"]["shift"] = 1.0
-    assert run(mesh, unshifted) != base
+    assert mesh.run_output(unshifted) != base
 
 
 def test_clip_type_must_fit_the_file(mesh: Mesh) -> None:
