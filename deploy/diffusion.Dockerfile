@@ -16,7 +16,7 @@ RUN pip install --no-cache-dir -c constraints.txt grpcio-tools \
  && touch libs/comfymesh/v1/__init__.py \
  && grep -v '^torch==' constraints.txt > /tmp/constraints-torch.txt \
  && pip install --no-cache-dir --extra-index-url https://download.pytorch.org/whl/${TORCH_BUILD} -c /tmp/constraints-torch.txt \
-      torch==2.13.0+${TORCH_BUILD} '.[diffusion]' \
+      torch==2.13.0+${TORCH_BUILD} '.[diffusion]' s3fs \
  && pip install --no-cache-dir --no-deps -c constraints.txt spandrel==0.4.2 einops==0.8.2
 RUN python -m comfymesh.diffusion.text.tokenizer_build --if-missing
 CMD ["python", "-m", "comfymesh.diffusion", "--listen", "0.0.0.0:50071"]

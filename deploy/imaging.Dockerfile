@@ -11,5 +11,5 @@ COPY services ./services
 RUN pip install --no-cache-dir -c constraints.txt grpcio-tools \
  && python -m grpc_tools.protoc -I proto --python_out=libs --grpc_python_out=libs --pyi_out=libs proto/comfymesh/v1/*.proto \
  && touch libs/comfymesh/v1/__init__.py \
- && pip install --no-cache-dir -c constraints.txt '.[imaging]'
+ && pip install --no-cache-dir -c constraints.txt '.[imaging]' s3fs  # s3fs: COMFYMESH_ARTIFACTS_URL=s3://…
 CMD ["python", "-m", "comfymesh.imaging", "--listen", "0.0.0.0:50061"]
