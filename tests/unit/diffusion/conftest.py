@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -13,18 +13,36 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from comfymesh.diffusion.models.cache import ModelCache, set_model_cache
 from comfymesh.diffusion.models.tiny_checkpoint import make_tiny_checkpoint, make_tiny_lora
-from comfymesh.diffusion.text.tokenizer import tokenizer_dir
+from comfymesh.diffusion.text import qwen_tokenizer, t5_tokenizer
+from comfymesh.diffusion.text.tokenizer_build import SETUP_COMMAND, clip_is_built, default_tokenizer_dir
 from comfymesh.stage.node import NodeContext
 
 __all__ = ["make_tiny_checkpoint"]
 
 
+def _built(name: str, folder: Path, is_built: Callable[[Path], bool]) -> Path:
+    # a missing tokenizer fails the test (setup is part of the suite), never skips it
+    if not is_built(folder):
+        pytest.fail(f"{name} tokenizer not built in {folder}: run {SETUP_COMMAND}")
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tokenizer_ready() -> Path:
-    path = tokenizer_dir()
-    if not (path / "vocab.json").is_file():
-        pytest.fail(f"CLIP tokenizer not built in {path}: run `make setup` (python -m comfymesh.diffusion.text.tokenizer_build)")
-    return path
+    """The CLIP tokenizer's folder."""
+    return _built("CLIP", default_tokenizer_dir(), clip_is_built)
+
+
+@pytest.fixture(scope="session")
+def t5_tokenizer_ready() -> Path:
+    """The T5 tokenizer's folder (FLUX, SD3, Chroma prompts)."""
+    return _built("T5", t5_tokenizer.t5_tokenizer_dir(), t5_tokenizer.is_built)
+
+
+@pytest.fixture(scope="session")
+def qwen_tokenizer_ready() -> Path:
+    """The Qwen tokenizer's folder (Qwen3 and Qwen2.5-VL prompts)."""
+    return _built("Qwen", qwen_tokenizer.qwen_tokenizer_dir(), qwen_tokenizer.is_built)
 
 
 @pytest.fixture(scope="session")

@@ -16,11 +16,10 @@ from comfymesh.diffusion.families import chroma, flux, registry
 from comfymesh.diffusion.models.tensor_source import TensorSource
 from comfymesh.diffusion.models.tiny_flux import chroma_shapes, flux_shapes, random_tensors, t5_shapes
 from comfymesh.diffusion.sampling.flow_sampling import FlowModelSampling
-from comfymesh.diffusion.text import t5_tokenizer
 from comfymesh.diffusion.text.t5 import encode_t5, load_t5_file, t5_tokens
 
 CPU = torch.device("cpu")
-needs_t5 = pytest.mark.skipif(not t5_tokenizer.is_built(), reason="T5 tokenizer not built (make setup)")
+needs_t5 = pytest.mark.usefixtures("t5_tokenizer_ready")
 
 
 def write(path: Path, state: dict[str, torch.Tensor]) -> TensorSource:

@@ -30,7 +30,7 @@ from comfymesh.diffusion.text import klein_text, qwen_tokenizer
 from comfymesh.diffusion.text.qwen_tokenizer import PAD_ID
 
 CPU = torch.device("cpu")
-needs_tokenizer = pytest.mark.skipif(not qwen_tokenizer.is_built(), reason="Qwen tokenizer files not built")
+needs_tokenizer = pytest.mark.usefixtures("qwen_tokenizer_ready")
 
 
 def write(path: Path, state: dict[str, torch.Tensor]) -> Path:

@@ -19,12 +19,11 @@ from comfymesh.diffusion.models import tiny_flux
 from comfymesh.diffusion.models.checkpoint import load_checkpoint, load_unet_file
 from comfymesh.diffusion.sampling.flux_sampling import FluxModelSampling
 from comfymesh.diffusion.sampling.ksampler import SamplingModel, cond_entries, prepare_with_sigmas, run_prepared
-from comfymesh.diffusion.text import t5_tokenizer
 from comfymesh.diffusion.text.flux_text import T5_MIN_LENGTH, clip_l_pooled
 from comfymesh.diffusion.text.t5 import encode_t5, t5_tokens, t5_weighted_tokens
 
 CPU = torch.device("cpu")
-needs_t5 = pytest.mark.skipif(not t5_tokenizer.is_built(), reason="T5 tokenizer not built (make setup)")
+needs_t5 = pytest.mark.usefixtures("t5_tokenizer_ready")
 
 
 @pytest.fixture(scope="module")

