@@ -11,6 +11,6 @@ class OperationsSettings(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     orchestrator_metrics: str = Field(
-        "", pattern=r"^([^\s:]*:\d{1,5})?$",
+        "", pattern=r"^((\[[0-9A-Fa-f:.]+\]|[^\s:\[\]]*):\d{1,5})?$",
         description="host:port the orchestrator serves Prometheus /metrics on (empty: not served); "
                     "Kubernetes and the KEDA ScaledObjects scrape it")
