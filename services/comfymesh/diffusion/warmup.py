@@ -34,11 +34,22 @@ def start_warmup(settings: Settings) -> None:
     folders = model_folders(settings)
     manifest = Path(settings.warmup_manifest)
 
-    def load(name: str) -> WarmTarget:
-        path = folders.resolve("checkpoints", name)
+    def resolve(folder: str, name: str) -> Path:
+        path = folders.resolve(folder, name)
         if path is None:
-            raise ModelError(f"warm-up manifest names checkpoint {name!r}, which is not in models/checkpoints")
-        ckpt = cache.get(path)
+            raise ModelError(f"warm-up manifest names {name!r}, which is not in models/{folder}")
+        return path
+
+    def load(entry: dict[str, Any]) -> WarmTarget:
+        if "diffusion_model" in entry:  # a registered family's model file, and the VAE file its jobs decode with
+            ckpt = cache.unet_file(resolve("diffusion_models", entry["diffusion_model"]),
+                                   entry.get("weight_dtype", "default"))
+            model = cache.sampling_model(ckpt)
+            if not entry.get("vae"):
+                return WarmTarget(model, None, model.latent_format.channels)
+            digest, file_vae = cache.vae_file(resolve("vae", entry["vae"]))
+            return WarmTarget(model, cache.vae_file_decoder(digest, file_vae), model.latent_format.channels)
+        ckpt = cache.get(resolve("checkpoints", entry["ckpt"]))
         vae: Any = ckpt.parts.vae
         return WarmTarget(cache.sampling_model(ckpt), cache.decoder(ckpt), vae.config.latent_channels)
 

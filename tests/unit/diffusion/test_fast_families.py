@@ -8,6 +8,7 @@ inductor + CUDA graphs): its output is compared with the eager call at atol 1e-5
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from comfymesh.config.fast_path import FastPathSettings
 from comfymesh.diffusion.families import registry
 from comfymesh.diffusion.fast.decoder import FastDecoder
 from comfymesh.diffusion.fast.denoiser import FastDenoiser
+from comfymesh.diffusion.fast.manifest import WarmTarget, warmup_from_manifest
 from comfymesh.diffusion.fast.tiers import bucket_key
 from comfymesh.diffusion.latents import vae_codec
 from comfymesh.diffusion.models import tiny_flux, tiny_lora, tiny_qwen_image, tiny_sd3, tiny_zimage
@@ -171,3 +173,29 @@ def test_vae_file_decodes_on_the_fast_path(tmp_path: Path) -> None:
     assert cache.unload() and cache.vae_file_decoder(digest, vae) is None  # dropped with its entry
     assert ModelCache(budget_bytes=2**30, device=CPU,
                       fast=FastPathSettings(fast_path=True, compile=False)).vae_file_decoder(digest, vae) is None
+
+
+def test_warmup_manifest_starts_a_family_bucket(files: dict[str, Path], tmp_path: Path) -> None:
+    cache = ModelCache(budget_bytes=2**30, device=CPU, fast=FastPathSettings(fast_path=True, compile=True))
+    vae_path = tmp_path / "ae.safetensors"
+    save_file(tiny_flux.random_tensors(tiny_zimage.flux_vae_shapes(), 4, torch.float32), str(vae_path))
+    manifest = tmp_path / "warmup.json"
+    manifest.write_text(json.dumps([{"diffusion_model": files["flux"].name, "vae": "ae.safetensors", "width": 48,
+                                     "height": 48, "batch": 1, "text_length": 5, "compile": False}]))
+
+    def load(entry: dict[str, Any]) -> WarmTarget:
+        model = cache.sampling_model(cache.unet_file(files[Path(entry["diffusion_model"]).stem]))
+        digest, vae = cache.vae_file(tmp_path / entry["vae"])
+        return WarmTarget(model, cache.vae_file_decoder(digest, vae), 16)
+
+    with torch.no_grad():
+        assert warmup_from_manifest(load, manifest) == ["flux.safetensors@48x48x1"]
+        target = load({"diffusion_model": "flux.safetensors", "vae": "ae.safetensors"})
+        fast, decoder = target.model.unet, target.decoder
+        assert isinstance(fast, FastDenoiser) and fast.wait(timeout=60)
+        assert decoder is not None and decoder.wait(timeout=60)
+        # the bucket a KSampler call of that size makes: CFG's batch of 2, 6×6 latents, 5 tokens, guidance 3.5
+        [key] = fast.buckets
+        static = fast.form.inputs(*_inputs(target.model))
+        assert static is not None and key == bucket_key(*static)
+    assert [(b.key[0], b.tier) for b in decoder.buckets.values()] == [((1, 16, 6, 6), "eager")]

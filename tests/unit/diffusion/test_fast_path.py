@@ -8,6 +8,7 @@ import os
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -80,7 +81,7 @@ def test_compiled_bucket_matches_eager(monkeypatch: pytest.MonkeyPatch, tiny_hom
 
 def test_failed_build_stays_eager(tiny_home: Path, cpu_cache: ModelCache) -> None:
     ckpt = cpu_cache.get(tiny_home / "models" / "checkpoints" / "sd15.safetensors")
-    fast = FastUNet(ckpt.parts.unet, torch.device("cpu"), compile=True, backend="no-such-backend",
+    fast = FastUNet(ckpt.unet()[0], torch.device("cpu"), compile=True, backend="no-such-backend",
                     background=False)
     x, t, ctx, y = unet_inputs(1, 64, 64, 32, torch.float32, torch.device("cpu"))
     with torch.no_grad():
@@ -96,13 +97,13 @@ def test_warmup_manifest_starts_buckets(tmp_path: Path, tiny_home: Path, cpu_cac
     manifest = tmp_path / "warmup.json"
     manifest.write_text(json.dumps([{"ckpt": "sd15.safetensors", "width": 64, "height": 64, "batch": 2}]))
 
-    def load(name: str) -> WarmTarget:
-        ckpt = cpu_cache.get(tiny_home / "models" / "checkpoints" / name)
+    def load(entry: dict[str, Any]) -> WarmTarget:
+        ckpt = cpu_cache.get(tiny_home / "models" / "checkpoints" / entry["ckpt"])
         return WarmTarget(cpu_cache.sampling_model(ckpt), cpu_cache.decoder(ckpt))
 
     with torch.no_grad():
         assert warmup_from_manifest(load, manifest) == ["sd15.safetensors@64x64x2"]
-        target = load("sd15.safetensors")
+        target = load({"ckpt": "sd15.safetensors"})
         fast, decoder = target.model.unet, target.decoder
         assert isinstance(fast, FastUNet) and fast.wait(timeout=60)
         assert decoder is not None and decoder.wait(timeout=60)
