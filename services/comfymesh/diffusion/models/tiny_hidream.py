@@ -12,6 +12,8 @@ Usage: `python -m comfymesh.diffusion.models.tiny_hidream <models folder>`.
 from __future__ import annotations
 
 import argparse
+import shutil
+import tempfile
 from pathlib import Path
 
 import torch
@@ -156,14 +158,20 @@ def make_tiny_hidream(models: str | Path, seed: int = 0, fp8: bool = True) -> di
     return paths
 
 
-def make_template_files(models: str | Path, seed: int = 0) -> None:
-    """The tiny set under every name the HiDream templates ask for."""
+def make_template_files(models: str | Path, seed: int = 0, keep_existing: bool = False) -> None:
+    """The tiny set under every name the HiDream templates ask for; with `keep_existing`, a file already there is
+    kept (the FLUX set's ae.safetensors and t5xxl_fp8_e4m3fn_scaled have the shapes these models take)."""
     root = Path(models)
-    paths = make_tiny_hidream(root, seed)
-    for name in TEMPLATE_MODELS:
-        target = root / "diffusion_models" / name
-        if target != paths[DIFFUSION_MODEL]:
-            target.write_bytes(paths[DIFFUSION_MODEL].read_bytes())
+    with tempfile.TemporaryDirectory() as scratch:
+        paths = make_tiny_hidream(scratch, seed)
+        for name in TEMPLATE_MODELS:
+            paths[name] = paths[DIFFUSION_MODEL]
+        for name, source in paths.items():
+            target = root / FOLDERS.get(name, "diffusion_models") / name
+            if keep_existing and target.exists():
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, target)
 
 
 def main(argv: list[str] | None = None) -> int:
