@@ -6,15 +6,17 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import pytest
 
+from tests.e2e.chromium import chromium_page
 from tests.mesh import Mesh
 
-playwright = pytest.importorskip("playwright.sync_api")
+if TYPE_CHECKING:
+    from playwright.sync_api import Route
 
-CHROMIUM = "/usr/bin/chromium"
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 
@@ -27,14 +29,12 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
         started.stop()
 
 
+@pytest.mark.browser
 def test_the_api_docs_render_offline(mesh: Mesh, tmp_path: Path) -> None:
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing: run `make system-deps` (apt-get install chromium)")
     aborted: list[str] = []
     served: list[str] = []
-    errors: list[str] = []
 
-    def only_loopback(route: playwright.Route) -> None:
+    def only_loopback(route: Route) -> None:
         url = route.request.url
         if urlsplit(url).hostname in LOOPBACK:
             served.append(url)
@@ -43,23 +43,17 @@ def test_the_api_docs_render_offline(mesh: Mesh, tmp_path: Path) -> None:
             aborted.append(url)
             route.abort("internetdisconnected")
 
-    with playwright.sync_playwright() as driver:
-        browser = driver.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        try:
-            page = browser.new_page()
-            page.route("**/*", only_loopback)
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
-            page.goto(mesh.url + "/v1/docs")
-            page.locator(".opblock-summary-path", has_text="/v1/workflows").first.wait_for(timeout=30_000)
-            paths = set(page.locator(".opblock-summary-path").all_inner_texts())
-            # the operations, with the request schema and the event catalog a click away
-            page.locator(".opblock-summary-path", has_text="/v1/workflows").first.click()
-            page.get_by_text("Idempotency-Key").first.wait_for(timeout=10_000)
-            page.locator(".opblock-summary-path", has_text="/v1/events").first.click()
-            page.get_by_text("node_progress", exact=False).first.wait_for(timeout=10_000)
-            models = page.locator(".models").inner_text()
-        finally:
-            browser.close()
+    with chromium_page() as (page, errors):
+        page.route("**/*", only_loopback)
+        page.goto(mesh.url + "/v1/docs")
+        page.locator(".opblock-summary-path", has_text="/v1/workflows").first.wait_for(timeout=30_000)
+        paths = set(page.locator(".opblock-summary-path").all_inner_texts())
+        # the operations, with the request schema and the event catalog a click away
+        page.locator(".opblock-summary-path", has_text="/v1/workflows").first.click()
+        page.get_by_text("Idempotency-Key").first.wait_for(timeout=10_000)
+        page.locator(".opblock-summary-path", has_text="/v1/events").first.click()
+        page.get_by_text("node_progress", exact=False).first.wait_for(timeout=10_000)
+        models = page.locator(".models").inner_text()
     assert not aborted, aborted  # nothing but the gateway was asked for anything
     assert not errors, errors
     assert any("/v1/docs/assets/swagger-ui-bundle.js" in url for url in served), served

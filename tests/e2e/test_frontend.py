@@ -9,7 +9,6 @@ node's output image. Screenshots go to test-artifacts/frontend/.
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import subprocess
@@ -17,47 +16,20 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.mesh import REPO, SHARED, Mesh
+from tests.e2e.chromium import SHRINK, WINDOW, chromium_page, record_frames, saved_images, screenshots
+from tests.mesh import SHARED, Mesh
 
-playwright = pytest.importorskip("playwright.sync_api")
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-ARTIFACTS = REPO / "test-artifacts" / "frontend"
 TEMPLATE_TITLE = "SD1.5 text to image"
 CHECKPOINT = "sd15.safetensors"  # the name ui/templates/comfymesh-sd15-txt2img.json loads
 STEPS = 4
-# What a user does in the node widgets, done through the page's own graph API: a 64x64 image in 4 steps.
-SHRINK = """([steps]) => {
-    const edited = [];
-    for (const node of window.app.graph.nodes) {
-        for (const widget of node.widgets ?? []) {
-            const size = node.type === "EmptyLatentImage" && ["width", "height"].includes(widget.name);
-            const sampling = node.type === "KSampler" && widget.name === "steps";
-            if (size || sampling) {
-                widget.value = size ? 64 : steps;
-                widget.callback?.(widget.value);
-                edited.push(`${node.type}.${widget.name}=${widget.value}`);
-            }
-        }
-    }
-    window.app.graph.setDirtyCanvas(true, true);
-    return edited;
-}"""
 # Every title the page shows while it runs: the frontend puts the running job's progress there.
 WATCH_TITLE = """() => {
     window.__titles = [];
     new MutationObserver(() => window.__titles.push(document.title))
         .observe(document.querySelector("title"), {childList: true, characterData: true, subtree: true});
-}"""
-SAVE_IMAGE_SHOWN = """() => {
-    const save = window.app.graph.nodes.find((node) => node.type === "SaveImage");
-    return (save?.imgs ?? []).filter((img) => img.complete && img.naturalWidth > 0).map((img) => img.src);
 }"""
 
 
@@ -76,65 +48,48 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
 
 @pytest.mark.browser
 def test_first_launch_runs_our_sd15_template_and_shows_the_output(mesh: Mesh, tmp_path: Path) -> None:
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing: run `make system-deps` (apt-get install chromium)")
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    frames: list[dict[str, Any]] = []
+    artifacts = screenshots("frontend")
     views: list[str] = []
-    errors: list[str] = []
-    with playwright.sync_playwright() as driver:
-        context = driver.chromium.launch_persistent_context(
-            user_data_dir=str(tmp_path / "profile"), executable_path=CHROMIUM, args=CHROMIUM_ARGS,
-            viewport={"width": 1400, "height": 900})
-        try:
-            page = context.new_page()
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
-            page.on("websocket", lambda ws: ws.on(
-                "framereceived", lambda f: frames.append(json.loads(f)) if isinstance(f, str) else None))
-            page.on("response", lambda r: views.append(r.url) if "/api/view?" in r.url and r.ok else None)
-            page.goto(mesh.url + "/")
+    with chromium_page(tmp_path / "profile", WINDOW) as (page, errors):
+        frames = record_frames(page)
+        page.on("response", lambda r: views.append(r.url) if "/api/view?" in r.url and r.ok else None)
+        page.goto(mesh.url + "/")
 
-            # first launch: the template browser opens and offers our templates, and no error dialog shows
-            template = page.get_by_text(TEMPLATE_TITLE).first
-            template.wait_for(timeout=30_000)
-            assert page.get_by_text("Imaging pipeline (no model)").first.is_visible()
-            assert page.locator(".p-dialog").filter(has_text=re.compile("error", re.IGNORECASE)).count() == 0
-            page.screenshot(path=str(ARTIFACTS / "1-templates.png"))
-            template.click()
-            page.get_by_text("comfymesh-sd15-txt2img").first.wait_for(timeout=10_000)
+        # first launch: the template browser opens and offers our templates, and no error dialog shows
+        template = page.get_by_text(TEMPLATE_TITLE).first
+        template.wait_for(timeout=30_000)
+        assert page.get_by_text("Imaging pipeline (no model)").first.is_visible()
+        assert page.locator(".p-dialog").filter(has_text=re.compile("error", re.IGNORECASE)).count() == 0
+        page.screenshot(path=str(artifacts / "1-templates.png"))
+        template.click()
+        page.get_by_text("comfymesh-sd15-txt2img").first.wait_for(timeout=10_000)
 
-            # the node library lists our node definitions
-            page.keyboard.press("n")
-            search = page.get_by_placeholder("Search Nodes...").first
-            search.fill("Invert Image")
-            page.get_by_text("Invert Image").first.wait_for(timeout=10_000)
-            page.screenshot(path=str(ARTIFACTS / "2-node-library.png"))
+        # the node library lists our node definitions
+        page.keyboard.press("n")
+        search = page.get_by_placeholder("Search Nodes...").first
+        search.fill("Invert Image")
+        page.get_by_text("Invert Image").first.wait_for(timeout=10_000)
+        page.screenshot(path=str(artifacts / "2-node-library.png"))
 
-            checkpoint = page.evaluate("""() => window.app.graph.nodes.find((n) => n.type === "CheckpointLoaderSimple")
-                .widgets.find((w) => w.name === "ckpt_name").options.values""")
-            assert CHECKPOINT in checkpoint, checkpoint  # the combo offers the file the template names
-            edited = page.evaluate(SHRINK, [STEPS])
-            assert sorted(edited) == ["EmptyLatentImage.height=64", "EmptyLatentImage.width=64",
-                                      f"KSampler.steps={STEPS}"], edited
-            page.evaluate(WATCH_TITLE)
+        checkpoint = page.evaluate("""() => window.app.graph.nodes.find((n) => n.type === "CheckpointLoaderSimple")
+            .widgets.find((w) => w.name === "ckpt_name").options.values""")
+        assert CHECKPOINT in checkpoint, checkpoint  # the combo offers the file the template names
+        edited = page.evaluate(SHRINK, ["EmptyLatentImage", STEPS])
+        assert sorted(edited) == ["EmptyLatentImage.height=64", "EmptyLatentImage.width=64",
+                                  f"KSampler.steps={STEPS}"], edited
+        page.evaluate(WATCH_TITLE)
 
-            page.get_by_role("button", name="Run").first.click()
-            deadline, running = time.monotonic() + 45, False
-            while time.monotonic() < deadline and not any(
-                    f["type"] == "executing" and f["data"].get("node") is None for f in frames):
-                if not running and any(f["type"] == "progress" for f in frames):
-                    running = True
-                    page.screenshot(path=str(ARTIFACTS / "3-sampling.png"))
-                page.wait_for_timeout(100)
-            deadline = time.monotonic() + 10  # the output image is fetched and drawn after `executed`
-            shown: list[str] = []
-            while time.monotonic() < deadline and not shown:
-                shown = page.evaluate(SAVE_IMAGE_SHOWN)
-                page.wait_for_timeout(100)
-            titles = page.evaluate("() => window.__titles")
-            page.screenshot(path=str(ARTIFACTS / "4-after-run.png"))
-        finally:
-            context.close()
+        page.get_by_role("button", name="Run").first.click()
+        deadline, running = time.monotonic() + 45, False
+        while time.monotonic() < deadline and not any(
+                f["type"] == "executing" and f["data"].get("node") is None for f in frames):
+            if not running and any(f["type"] == "progress" for f in frames):
+                running = True
+                page.screenshot(path=str(artifacts / "3-sampling.png"))
+            page.wait_for_timeout(100)
+        shown = saved_images(page, 10_000)
+        titles = page.evaluate("() => window.__titles")
+        page.screenshot(path=str(artifacts / "4-after-run.png"))
 
     assert not errors, errors
     kinds = [f["type"] for f in frames]

@@ -23,10 +23,8 @@ from PIL import Image
 
 from comfymesh.diffusion.models.tiny_concat import make_tiny_concat_checkpoint
 from comfymesh.diffusion.models.tiny_controlnet import make_tiny_controlnet
-from tests.e2e.test_frontend import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, SAVE_IMAGE_SHOWN
+from tests.e2e.chromium import WINDOW, chromium_page, record_frames, saved_images, screenshots, skip_template_browser
 from tests.mesh import SHARED, Mesh
-
-playwright = pytest.importorskip("playwright.sync_api")
 
 CHECKPOINT = "sd15.safetensors"
 INPAINT_CHECKPOINT = "sd15_inpainting.safetensors"  # a tiny 9-channel SD1.5 inpainting UNet
@@ -74,7 +72,6 @@ BUILD = """({nodes, links}) => {
     app.graph.setDirtyCanvas(true, true);
     return Object.fromEntries(Object.entries(made).map(([key, node]) => [key, String(node.id)]));
 }"""
-SHOWN = f"() => ({SAVE_IMAGE_SHOWN})().length > 0"
 
 SAMPLER = {"seed": 11, "control_after_generate": "fixed", "steps": STEPS, "cfg": 7.0, "sampler_name": "euler",
            "scheduler": "normal", "denoise": 1.0}
@@ -145,39 +142,24 @@ def build_and_run(mesh: Mesh, profile: Path, graph: dict[str, Any], name: str,
                   ) -> tuple[dict[str, str], list[dict[str, Any]], list[str]]:
     """Open a fresh profile, build `graph` in the page, press Run, and return (node ids by key, websocket JSON
     frames, image URLs the SaveImage node shows), with screenshots before and after the run."""
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing: run `make system-deps` (apt-get install chromium)")
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    frames: list[dict[str, Any]] = []
-    errors: list[str] = []
+    artifacts = screenshots("frontend")
 
     def finished(payload: str | bytes) -> bool:
         return isinstance(payload, str) and json.loads(payload)["type"] in ("execution_success", "execution_error")
 
-    with playwright.sync_playwright() as driver:
-        context = driver.chromium.launch_persistent_context(
-            user_data_dir=str(profile), executable_path=CHROMIUM, args=CHROMIUM_ARGS,
-            viewport={"width": 1400, "height": 900})
-        try:
-            page = context.new_page()
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
-            page.on("websocket", lambda ws: ws.on(
-                "framereceived", lambda f: frames.append(json.loads(f)) if isinstance(f, str) else None))
-            with page.expect_websocket(lambda ws: ws.url.split("?")[0].endswith("/ws")) as socket:
-                page.goto(mesh.url + "/")
-            # the page is ready once its default graph is on the canvas
-            page.wait_for_function("() => window.LiteGraph && window.app?.graph?.nodes?.length > 0", timeout=60_000)
-            ids = page.evaluate(BUILD, graph)
-            page.screenshot(path=str(ARTIFACTS / f"{name}-1-built.png"))
-            with socket.value.expect_event("framereceived", predicate=finished, timeout=SECONDS * 1000):
-                page.get_by_role("button", name="Run").first.click()
-            # the output image is fetched and drawn after `executed`
-            if any(f["type"] == "execution_success" for f in frames):
-                page.wait_for_function(SHOWN, timeout=30_000)
-            shown: list[str] = page.evaluate(SAVE_IMAGE_SHOWN)
-            page.screenshot(path=str(ARTIFACTS / f"{name}-2-after-run.png"))
-        finally:
-            context.close()
+    with chromium_page(profile, WINDOW) as (page, errors):
+        frames = record_frames(page)
+        with page.expect_websocket(lambda ws: ws.url.split("?")[0].endswith("/ws")) as socket:
+            page.goto(mesh.url + "/")
+        # the page is ready once its default graph is on the canvas
+        page.wait_for_function("() => window.LiteGraph && window.app?.graph?.nodes?.length > 0", timeout=60_000)
+        ids = page.evaluate(BUILD, graph)
+        page.screenshot(path=str(artifacts / f"{name}-1-built.png"))
+        with socket.value.expect_event("framereceived", predicate=finished, timeout=SECONDS * 1000):
+            page.get_by_role("button", name="Run").first.click()
+        succeeded = any(f["type"] == "execution_success" for f in frames)
+        shown = saved_images(page, 30_000) if succeeded else []
+        page.screenshot(path=str(artifacts / f"{name}-2-after-run.png"))
     assert not errors, errors
     return ids, frames, shown
 
@@ -213,8 +195,7 @@ def check_run(mesh: Mesh, ids: dict[str, str], frames: list[dict[str, Any]], sho
 
 @pytest.mark.browser
 def test_controlnet_graph_built_in_the_page_runs(mesh: Mesh, tmp_path: Path) -> None:
-    # the server-side setting that makes the frontend skip its template browser
-    assert mesh.http.post("/api/settings", json={"Comfy.TutorialCompleted": True}).status_code == 200
+    skip_template_browser(mesh)
     ids, frames, shown = build_and_run(mesh, tmp_path / "profile", CONTROLNET_GRAPH, "controlnet-graph")
     check_run(mesh, ids, frames, shown, CONTROLNET_GRAPH)
     ran = {f["data"]["node"] for f in frames if f["type"] == "executing" and f["data"]["node"]}
@@ -225,7 +206,7 @@ def test_controlnet_graph_built_in_the_page_runs(mesh: Mesh, tmp_path: Path) -> 
 
 @pytest.mark.browser
 def test_inpainting_graph_built_in_the_page_runs(mesh: Mesh, tmp_path: Path) -> None:
-    assert mesh.http.post("/api/settings", json={"Comfy.TutorialCompleted": True}).status_code == 200
+    skip_template_browser(mesh)
     ids, frames, shown = build_and_run(mesh, tmp_path / "profile", INPAINT_GRAPH, "inpaint-graph")
     prompt = check_run(mesh, ids, frames, shown, INPAINT_GRAPH)
     # the mask is LoadImage's second output, read from the PNG's alpha hole

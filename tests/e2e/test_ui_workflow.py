@@ -12,16 +12,14 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from comfymesh.graph.ui_workflow import is_ui_workflow, ui_to_api
-from tests.e2e.test_templates import CHROMIUM, CHROMIUM_ARGS, RUNNABLE, TO_PROMPT, template
+from tests.e2e.chromium import TO_PROMPT, chromium_page, open_app
+from tests.e2e.test_templates import RUNNABLE, template
 from tests.mesh import REPO, Mesh
-
-playwright = pytest.importorskip("playwright.sync_api")
 
 OURS = sorted(path for path in (REPO / "ui" / "templates").glob("*.json") if path.name != "index.json")
 FEATURES = {
@@ -73,27 +71,16 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
 @pytest.fixture(scope="module")
 def frontend(mesh: Mesh, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Every workflow as the frontend converts it, plus the titles it gives untitled nodes (its translations)."""
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing: run `make system-deps` (apt-get install chromium)")
     converted: dict[str, Any] = {}
-    errors: list[str] = []
-    with playwright.sync_playwright() as driver:
-        context = driver.chromium.launch_persistent_context(
-            user_data_dir=str(tmp_path_factory.mktemp("profile")), executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = context.new_page()
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
-            page.goto(mesh.url + "/")
-            page.wait_for_function("() => window.app?.graph && window.app.vueAppReady !== false", timeout=60_000)
-            for name in OFFICIAL:
-                converted[name] = page.evaluate(TO_PROMPT, template(name))
-            for path in OURS:
-                converted[path.name] = page.evaluate(TO_PROMPT, json.loads(path.read_text()))
-            for name in VARIANTS:
-                converted[name] = page.evaluate(TO_PROMPT, variant(name))
-            converted["__titles__"] = page.evaluate(TITLES)
-        finally:
-            context.close()
+    with chromium_page(tmp_path_factory.mktemp("profile")) as (page, errors):
+        open_app(page, mesh)
+        for name in OFFICIAL:
+            converted[name] = page.evaluate(TO_PROMPT, template(name))
+        for path in OURS:
+            converted[path.name] = page.evaluate(TO_PROMPT, json.loads(path.read_text()))
+        for name in VARIANTS:
+            converted[name] = page.evaluate(TO_PROMPT, variant(name))
+        converted["__titles__"] = page.evaluate(TITLES)
     assert not errors, errors
     return converted
 

@@ -14,14 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.mesh import REPO, SHARED, Mesh
+from tests.e2e.chromium import chromium_page, screenshots
+from tests.mesh import SHARED, Mesh
 
-playwright = pytest.importorskip("playwright.sync_api")
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-ARTIFACTS = REPO / "test-artifacts" / "workflow-page"
 INVERT = {"1": {"class_type": "LoadImage", "inputs": {"image": "example.png"}},
           "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
           "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "page"}}}
@@ -65,40 +60,31 @@ def pixels(data: bytes) -> np.ndarray:
 
 @pytest.mark.browser
 def test_the_page_runs_saved_workflows_with_live_progress_and_a_gallery(mesh: Mesh, tmp_path: Path) -> None:
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing: run `make system-deps` (apt-get install chromium)")
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    errors: list[str] = []
+    artifacts = screenshots("workflow-page")
     streams: list[str] = []
-    with playwright.sync_playwright() as driver:
-        browser = driver.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1200, "height": 900})
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
-            page.on("request", lambda r: streams.append(r.url) if r.url.endswith("/events") else None)
-            page.goto(mesh.url + "/ui/workflows")
-            page.get_by_text("2 saved workflow(s)").wait_for(timeout=15_000)
-            invert = page.locator("form[data-workflow=invert]")
-            blank = page.locator("form[data-workflow=blank]")
-            # the form is typed from the node declarations
-            width = blank.locator("input[name=width]")
-            assert (width.get_attribute("type"), width.get_attribute("min"), width.input_value()) == ("number", "1", "32")
-            assert invert.locator("input[name=image]").get_attribute("type") == "file"
-            page.evaluate(WATCH_STATES)
+    with chromium_page(viewport={"width": 1200, "height": 900}) as (page, errors):
+        page.on("request", lambda r: streams.append(r.url) if r.url.endswith("/events") else None)
+        page.goto(mesh.url + "/ui/workflows")
+        page.get_by_text("2 saved workflow(s)").wait_for(timeout=15_000)
+        invert = page.locator("form[data-workflow=invert]")
+        blank = page.locator("form[data-workflow=blank]")
+        # the form is typed from the node declarations
+        width = blank.locator("input[name=width]")
+        assert (width.get_attribute("type"), width.get_attribute("min"), width.input_value()) == ("number", "1", "32")
+        assert invert.locator("input[name=image]").get_attribute("type") == "file"
+        page.evaluate(WATCH_STATES)
 
-            invert.locator("input[name=image]").set_input_files(str(SHARED / "data" / "coffee.png"))
-            invert.get_by_role("button", name="Run").click()
-            invert.locator("output", has_text="completed").wait_for(timeout=30_000)
-            width.fill("24")
-            blank.get_by_role("button", name="Run").click()
-            blank.locator("output", has_text="completed").wait_for(timeout=30_000)
-            page.wait_for_function("() => document.querySelectorAll('#gallery img').length === 2")
-            page.wait_for_function("() => [...document.querySelectorAll('#gallery img')].every((i) => i.complete)")
-            shown: list[dict[str, Any]] = page.evaluate(GALLERY)
-            states: list[str] = page.evaluate("() => window.__states")
-            page.screenshot(path=str(ARTIFACTS / "after-runs.png"))
-        finally:
-            browser.close()
+        invert.locator("input[name=image]").set_input_files(str(SHARED / "data" / "coffee.png"))
+        invert.get_by_role("button", name="Run").click()
+        invert.locator("output", has_text="completed").wait_for(timeout=30_000)
+        width.fill("24")
+        blank.get_by_role("button", name="Run").click()
+        blank.locator("output", has_text="completed").wait_for(timeout=30_000)
+        page.wait_for_function("() => document.querySelectorAll('#gallery img').length === 2")
+        page.wait_for_function("() => [...document.querySelectorAll('#gallery img')].every((i) => i.complete)")
+        shown: list[dict[str, Any]] = page.evaluate(GALLERY)
+        states: list[str] = page.evaluate("() => window.__states")
+        page.screenshot(path=str(artifacts / "after-runs.png"))
 
     assert not errors, errors
     assert len(streams) == 2  # each run followed over its job's event stream
