@@ -20,6 +20,7 @@ from comfymesh.diffusion.models.fp8_weights import Fp8Linear
 from comfymesh.diffusion.models.tensor_source import TensorSource
 from comfymesh.diffusion.models.tiny_flux import random_tensors, scaled_fp8
 from comfymesh.diffusion.models.tiny_hidream import hidream_shapes
+from comfymesh.diffusion.sampling.ksampler import SamplingModel
 
 CPU = torch.device("cpu")
 DEPTH, SINGLE = 2, 2
@@ -33,6 +34,15 @@ def write(path: Path, state: dict[str, torch.Tensor]) -> TensorSource:
 @pytest.fixture(scope="module")
 def state() -> dict[str, torch.Tensor]:
     return random_tensors(hidream_shapes(width=256, depth=DEPTH, depth_single=SINGLE, experts=3), 0, torch.float32)
+
+
+@pytest.fixture(scope="module")
+def sampling(tmp_path_factory: pytest.TempPathFactory, state: dict[str, torch.Tensor]) -> SamplingModel:
+    src = write(tmp_path_factory.mktemp("hidream") / "m.safetensors", state)
+    layout = hidream.parse_hidream(src)
+    assert layout is not None
+    built = hidream.FAMILY.build(src, layout, CPU, None)
+    return hidream.FAMILY.sampling_model(built.module, built.recognition, CPU)
 
 
 # --- a reference HiDream forward from ComfyUI's formulas, on ComfyUI's key names ---------------------------------
@@ -199,12 +209,9 @@ def test_refusals(tmp_path: Path, state: dict[str, torch.Tensor]) -> None:
 
 
 @pytest.mark.parametrize("with_image", [False, True])
-def test_model_matches_comfyui_formulas(tmp_path: Path, state: dict[str, torch.Tensor], with_image: bool) -> None:
-    src = write(tmp_path / "m.safetensors", state)
-    layout = hidream.parse_hidream(src)
-    assert layout is not None
-    built = hidream.FAMILY.build(src, layout, CPU, None)
-    sm = hidream.FAMILY.sampling_model(built.module, built.recognition, CPU)
+def test_model_matches_comfyui_formulas(sampling: SamplingModel, state: dict[str, torch.Tensor],
+                                        with_image: bool) -> None:
+    sm = sampling
     x, t, ctx, y, ll = _inputs(1, n=2)
     image = torch.randn(1, 16, 5, 7) if with_image else None
     got = sm.unet(x, t, ctx, y, llama=ll, image_cond=image)  # type: ignore[call-arg]
@@ -213,12 +220,8 @@ def test_model_matches_comfyui_formulas(tmp_path: Path, state: dict[str, torch.T
     torch.testing.assert_close(got, want, atol=2e-4, rtol=2e-4)
 
 
-def test_sampling_defaults_and_entry_inputs(tmp_path: Path, state: dict[str, torch.Tensor]) -> None:
-    src = write(tmp_path / "m.safetensors", state)
-    layout = hidream.parse_hidream(src)
-    assert layout is not None
-    built = hidream.FAMILY.build(src, layout, CPU, None)
-    sm = hidream.FAMILY.sampling_model(built.module, built.recognition, CPU)
+def test_sampling_defaults_and_entry_inputs(sampling: SamplingModel) -> None:
+    sm = sampling
     # ComfyUI's HiDream sampling_settings are empty: flow with shift 1, time σ·1000
     assert sm.prediction == "flow" and sm.latent_format.scale_factor == pytest.approx(0.3611)
     assert float(sm.sampling.timestep(torch.tensor(0.5))) == pytest.approx(500.0)
@@ -233,16 +236,17 @@ def test_sampling_defaults_and_entry_inputs(tmp_path: Path, state: dict[str, tor
 
 
 def test_scaled_fp8_file_stays_fp8(tmp_path: Path, state: dict[str, torch.Tensor]) -> None:
-    src = write(tmp_path / "fp8.safetensors", scaled_fp8(state))
+    quantised = scaled_fp8(state)
+    src = write(tmp_path / "fp8.safetensors", quantised)
     layout = hidream.parse_hidream(src)
     assert layout is not None
     built = hidream.FAMILY.build(src, layout, CPU, None)
     fp8 = [m for m in built.module.modules() if isinstance(m, Fp8Linear)]
     assert fp8 and all(m.weight.dtype == torch.float8_e4m3fn for m in fp8)
-    dequantised = {k: v for k, v in state.items()}
-    for k, v in scaled_fp8(state).items():
+    dequantised = dict(state)
+    for k, v in quantised.items():
         if v.dtype == torch.float8_e4m3fn and k != "scaled_fp8":
-            dequantised[k] = v.float() * scaled_fp8(state)[k[: -len(".weight")] + ".scale_weight"].float()
+            dequantised[k] = v.float() * quantised[k[: -len(".weight")] + ".scale_weight"].float()
     sm = hidream.FAMILY.sampling_model(built.module, built.recognition, CPU)
     x, t, ctx, y, ll = _inputs(3)
     torch.testing.assert_close(sm.unet(x, t, ctx, y, llama=ll),  # type: ignore[call-arg]
