@@ -3,6 +3,7 @@ PostgreSQL 15 (tests/postgres.py)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 
 from comfymesh.contracts.events import EventType, JobStatus, NodeState
 from comfymesh.contracts.job_order import JobOrder
-from comfymesh.jobs.protocol import AsyncJobStore, JobExists
+from comfymesh.jobs.protocol import AsyncJobStore, JobExists, PeriodicTask
 from comfymesh.jobs.sqlite_backend import SqliteJobStore
 from comfymesh.jobs.store import CacheEntry
 from tests.postgres import PostgresServer, postgres  # noqa: F401 (fixture)
@@ -177,3 +178,29 @@ async def test_cache_rows_and_deletes(store: AsyncJobStore) -> None:
     assert await store.get_job("a") is None and await store.node_states("a") == []
     assert await store.idempotent_job("ann", "k") is None
     assert await store.get_job("b") is not None
+
+
+async def test_a_cancel_request_reaches_the_listener_and_the_holders_poll(store: AsyncJobStore) -> None:
+    heard: asyncio.Queue[str] = asyncio.Queue()
+    await store.listen_cancels(heard.put_nowait)
+    await add(store, "run", 1)
+    await add(store, "wait", 2)
+    assert (await store.claim_next(set())) is not None  # "run": held by this store
+    await store.start_job("run", {})
+    assert await store.cancels_requested() == set()
+    assert not await store.request_cancel("wait") and not await store.request_cancel("missing")  # not running
+    assert await store.request_cancel("run")
+    assert await asyncio.wait_for(heard.get(), 10) == "run"  # PostgreSQL: NOTIFY on the listener connection
+    assert await store.cancels_requested() == {"run"}
+    await store.set_status("run", JobStatus.CANCELLED, event=EventType.CANCELLED)
+    assert await store.cancels_requested() == set() and heard.empty()  # ended: nothing left to cancel
+
+
+async def test_a_chore_is_exclusive_and_a_store_of_one_shares_no_secret(store: AsyncJobStore) -> None:
+    async with store.exclusive(PeriodicTask.RETENTION) as ours:
+        assert ours  # nobody else holds it
+    secret = await store.shared_secret("webhook")
+    if store.shared:
+        assert secret is not None and len(secret) >= 32 and await store.shared_secret("webhook") == secret
+    else:
+        assert secret is None  # SQLite: the orchestrator keeps it in <home>/webhook_secret

@@ -9,6 +9,8 @@ has taken the job over.
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from enum import StrEnum
 from typing import Any, Protocol
 
 from comfymesh.contracts.events import JobEvent
@@ -39,6 +41,13 @@ class JobExists(Exception):
         self.job_id = job_id
 
 
+class PeriodicTask(StrEnum):
+    """Store-wide chores that one orchestrator at a time does (`AsyncJobStore.exclusive`)."""
+
+    RETENTION = "retention"
+    WEBHOOK_REDELIVERY = "webhook_redelivery"
+
+
 class AsyncJobStore(Protocol):
     """What the orchestrator needs from a job store. Writes that record a change return the events they
     appended, in id order, for the event bus to publish."""
@@ -49,6 +58,30 @@ class AsyncJobStore(Protocol):
 
     async def listen(self, callback: Callable[[int], None]) -> None:
         """Call `callback(event id)` for each event another orchestrator appends (shared stores only)."""
+        ...
+
+    async def listen_cancels(self, callback: Callable[[str], None]) -> None:
+        """Call `callback(job id)` whenever a cancel of a running job is requested (`request_cancel`)."""
+        ...
+
+    async def request_cancel(self, job_id: str) -> bool:
+        """Ask whichever orchestrator runs the job to cancel it (a flag on the job, and a notification to the
+        listeners); False when the job is not running."""
+        ...
+
+    async def cancels_requested(self) -> set[str]:
+        """The running jobs this orchestrator holds whose cancel was requested (read by the lease keeper each
+        cycle, so a missed notification still cancels)."""
+        ...
+
+    def exclusive(self, task: PeriodicTask) -> AbstractAsyncContextManager[bool]:
+        """Hold the store-wide lock of a periodic chore for the block; it yields False (skip the chore) while
+        another orchestrator holds it."""
+        ...
+
+    async def shared_secret(self, name: str) -> str | None:
+        """The random secret `name` every orchestrator sharing the store uses, created once by whichever asks
+        first; None for a store of one orchestrator (which keeps its secrets in files)."""
         ...
 
     # jobs --------------------------------------------------------------------------------------
@@ -88,7 +121,8 @@ class AsyncJobStore(Protocol):
         ...
 
     async def requeue_expired(self) -> list[JobEvent]:
-        """Jobs whose lease ran out go back to the queue (any orchestrator may do it)."""
+        """Jobs whose lease ran out go back to the queue (any orchestrator may do it); one whose cancel was
+        requested ends cancelled instead (a `cancelled` event)."""
         ...
 
     async def renew_leases(self) -> set[str]:

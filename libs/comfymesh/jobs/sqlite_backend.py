@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 from comfymesh.contracts.events import EventType, JobEvent, JobStatus
 from comfymesh.contracts.job_order import JobOrder
-from comfymesh.jobs.protocol import CachedOutputs, JobExists
+from comfymesh.jobs.protocol import CachedOutputs, JobExists, PeriodicTask
 from comfymesh.jobs.store import CacheEntry, JobRecord, JobStore
 
 
@@ -26,6 +27,8 @@ class SqliteJobStore:
         """Open (or create) the file; raises DamagedDatabaseError when it fails SQLite's check."""
         self.sync = JobStore(path)
         self._counter: int | None = None
+        self._cancels: set[str] = set()
+        self._on_cancel: Callable[[str], None] | None = None
 
     @classmethod
     def over(cls, sync: JobStore) -> SqliteJobStore:
@@ -33,6 +36,8 @@ class SqliteJobStore:
         store = cls.__new__(cls)
         store.sync = sync
         store._counter = None
+        store._cancels = set()
+        store._on_cancel = None
         return store
 
     async def close(self) -> None:
@@ -40,6 +45,29 @@ class SqliteJobStore:
 
     async def listen(self, callback: Callable[[int], None]) -> None:
         return None  # this process writes every event, and its bus publishes them
+
+    # one orchestrator runs every job of the file: a cancel request is delivered in this process
+    async def listen_cancels(self, callback: Callable[[str], None]) -> None:
+        self._on_cancel = callback
+
+    async def request_cancel(self, job_id: str) -> bool:
+        if self.sync.job_status(job_id) != JobStatus.RUNNING:
+            return False
+        self._cancels.add(job_id)
+        if self._on_cancel is not None:
+            self._on_cancel(job_id)
+        return True
+
+    async def cancels_requested(self) -> set[str]:
+        self._cancels = {job_id for job_id in self._cancels if self.sync.job_status(job_id) == JobStatus.RUNNING}
+        return set(self._cancels)
+
+    @asynccontextmanager
+    async def exclusive(self, task: PeriodicTask) -> AsyncIterator[bool]:
+        yield True  # nobody else does the store's chores
+
+    async def shared_secret(self, name: str) -> str | None:
+        return None  # the orchestrator keeps its secrets in files under COMFYMESH_HOME
 
     async def next_number(self) -> int:
         if self._counter is None:

@@ -24,7 +24,7 @@ from comfymesh.graph import Plan, plan_prompt, validate_prompt
 from comfymesh.graph.limits import resource_limits
 from comfymesh.jobs import JobRecord, UnreadableJob
 from comfymesh.jobs.options import STORED_KEY, InvalidJobOptions, JobOptions
-from comfymesh.jobs.protocol import AsyncJobStore, JobExists, LeaseLost
+from comfymesh.jobs.protocol import AsyncJobStore, JobExists, LeaseLost, PeriodicTask
 from comfymesh.jobs.sqlite_backend import SqliteJobStore
 from comfymesh.logs import log_fields
 from comfymesh.orchestrator.events import EventBus
@@ -33,7 +33,7 @@ from comfymesh.orchestrator.preview_method import preview_method_error
 from comfymesh.orchestrator.replicas import ReplicaPool
 from comfymesh.orchestrator.retention import BlockingCache, RetentionPolicy, collect
 from comfymesh.orchestrator.runner import JobRunner
-from comfymesh.orchestrator.webhooks import WebhookSender, load_secret, output_images
+from comfymesh.orchestrator.webhooks import WebhookSender, output_images, webhook_secret
 from comfymesh.outbound import OutboundPolicy
 
 log = logging.getLogger("comfymesh.orchestrator")
@@ -70,7 +70,7 @@ class Scheduler:
         self._user_cancelled: set[str] = set()
         self._gc: asyncio.Task[None] | None = None
         self.outbound = OutboundPolicy.parse(settings.outbound_allow)
-        self.webhooks = WebhookSender(load_secret(settings), self.bus, self.outbound)
+        self.webhooks = WebhookSender(None, self.bus, self.outbound)  # its secret is loaded by `recover`
         self._limits = resource_limits(settings.max_pixels, settings.max_batch, settings.max_steps)
         self._recovered = False  # jobs start straight from submit only once recovery has re-queued old ones
         self._expiring: set[str] = set()
@@ -78,6 +78,7 @@ class Scheduler:
         self._unrecordable: set[str] = set()  # failed jobs whose failure could not be written: never retried
         self._lost: set[str] = set()  # jobs whose lease was lost or handed back: their tasks stop quietly
         self._leases: asyncio.Task[None] | None = None
+        self._redelivery: asyncio.Task[bool] | None = None
 
     def _custom_checks(self) -> dict[tuple[str, str], Any]:
         home = self.settings.home
@@ -165,10 +166,7 @@ class Scheduler:
             ids = [job_id]
         cancelled = []
         for target in ids:
-            task = self.running.get(target)
-            if task is not None:
-                self._user_cancelled.add(target)
-                task.cancel()
+            if self._cancel_running(target):
                 cancelled.append(target)
                 continue
             job = await self.store.get_job(target)
@@ -177,32 +175,69 @@ class Scheduler:
                                       event=EventType.CANCELLED, data={"while": JobStatus.QUEUED})
                 cancelled.append(target)
                 await self._finished(target)
+            elif job is not None and job.status == JobStatus.RUNNING and await self.store.request_cancel(target):
+                cancelled.append(target)  # another orchestrator runs it: it cancels it as a user cancel
         return cancelled
+
+    def _cancel_running(self, job_id: str) -> bool:
+        """Cancel the job's task as a user cancel, if this orchestrator runs it (once: a second cancel landing
+        while the first is recorded would cut that write short)."""
+        task = self.running.get(job_id)
+        if task is None:
+            return False
+        if job_id not in self._user_cancelled and job_id not in self._lost:
+            self._user_cancelled.add(job_id)
+            task.cancel()
+        return True
+
+    def _cancel_requested(self, job_id: str) -> None:
+        """A cancel of a job that this orchestrator may run came through the store (another one took it)."""
+        if self._cancel_running(job_id):
+            log.info("job cancelled at another orchestrator's request", extra=log_fields(job=job_id))
 
     async def recover(self) -> None:
         """After a restart: jobs that were running and that no live orchestrator holds are queued again; the
         cache skips finished work."""
         await self.bus.follow_store()
+        await self.store.listen_cancels(self._cancel_requested)
+        self.webhooks.secret = await webhook_secret(self.settings, self.store)
         for event in await self.bus.record(self.store.requeue_orphans):
             log.info("job re-queued after restart", extra=log_fields(job=event.job_id))
-        # webhooks are at-least-once: deliveries cut short by a crash are sent again
-        for job_id in await self.store.jobs_awaiting_webhook():
-            await self._finished(job_id)
+        self._redelivery = asyncio.create_task(self.redeliver_webhooks())
+        self._redelivery.add_done_callback(_log_failure("webhook redelivery"))
         self._recovered = True
 
+    async def redeliver_webhooks(self) -> bool:
+        """Webhooks are at-least-once: deliveries cut short by a crash are sent again, by one orchestrator of
+        those sharing the store (held until they end; False: another is at it, this pass is skipped)."""
+        async with self.store.exclusive(PeriodicTask.WEBHOOK_REDELIVERY) as ours:
+            if not ours:
+                return False
+            sending = [await self._finished(job_id) for job_id in await self.store.jobs_awaiting_webhook()]
+            await asyncio.gather(*(task for task in sending if task is not None), return_exceptions=True)
+            return True
+
     async def collect_garbage_forever(self) -> None:
+        while True:
+            try:
+                await self.retention_pass()
+            except Exception:  # a failed pass is retried at the next interval
+                log.exception("retention pass failed")
+            await asyncio.sleep(self.settings.gc_interval_s)
+
+    async def retention_pass(self) -> bool:
+        """One retention pass, unless another orchestrator sharing the store is doing one (False: skipped)."""
         policy = RetentionPolicy(cache_max_age_s=self.settings.cache_max_age_s,
                                  cache_max_bytes=self.settings.cache_max_bytes,
                                  temp_max_age_s=self.settings.temp_max_age_s,
                                  output_max_age_s=self.settings.output_max_age_s)
-        while True:
-            try:
-                store = self.store.sync if isinstance(self.store, SqliteJobStore) else \
-                    BlockingCache(self.store, asyncio.get_running_loop())
-                await asyncio.to_thread(collect, store, self.artifacts, self.settings.home, policy)
-            except Exception:  # a failed pass is retried at the next interval
-                log.exception("retention pass failed")
-            await asyncio.sleep(self.settings.gc_interval_s)
+        async with self.store.exclusive(PeriodicTask.RETENTION) as ours:
+            if not ours:
+                return False
+            store = self.store.sync if isinstance(self.store, SqliteJobStore) else \
+                BlockingCache(self.store, asyncio.get_running_loop())
+            await asyncio.to_thread(collect, store, self.artifacts, self.settings.home, policy)
+            return True
 
     async def run_forever(self) -> None:
         if not self._recovered:  # the orchestrator's start-up recovers before it listens
@@ -214,7 +249,8 @@ class Scheduler:
 
     async def _keep_leases_forever(self) -> None:
         """Shared store: renew this orchestrator's leases every TTL/3, stop the jobs whose lease was lost (their
-        stage calls are cancelled; the store refuses their writes) and re-queue any expired lease."""
+        stage calls are cancelled; the store refuses their writes), cancel the jobs whose cancel was requested
+        (a missed notification costs at most TTL/3) and re-queue any expired lease."""
         while True:
             for job_id in await self.store.renew_leases():
                 task = self.running.get(job_id)
@@ -222,7 +258,13 @@ class Scheduler:
                     log.warning("lease lost; the job's stage calls are cancelled", extra=log_fields(job=job_id))
                     self._lost.add(job_id)
                     task.cancel()
+            for job_id in await self.store.cancels_requested():
+                self._cancel_requested(job_id)
             for event in await self.bus.record(self.store.requeue_expired):
+                if event.type == EventType.CANCELLED:  # its cancel was asked for before its orchestrator stopped
+                    log.info("job cancelled: its orchestrator's lease expired", extra=log_fields(job=event.job_id))
+                    await self._finished(event.job_id)
+                    continue
                 log.info("job re-queued: its orchestrator's lease expired", extra=log_fields(job=event.job_id))
                 self._wake.set()
             await asyncio.sleep(self.settings.lease_ttl_s / 3)
@@ -275,16 +317,16 @@ class Scheduler:
                               data=error)
         await self._finished(job.id)
 
-    async def _finished(self, job_id: str, asked: JobRecord | None = None) -> None:
+    async def _finished(self, job_id: str, asked: JobRecord | None = None) -> asyncio.Task[None] | None:
         """Tell the job's webhook, if it asked for one (`asked`: the job as submitted, to skip the read
-        of its final record when it asked for none)."""
+        of its final record when it asked for none); returns the delivery's task."""
         if asked is not None and not _webhook_url(asked):
-            return
+            return None
         job = await self.store.get_job(job_id)
         url = _webhook_url(job) if job is not None else ""
         if job is None or not url:
-            return
-        self.webhooks.send(job.id, url, {"job_id": job.id, "status": job.status, "error": job.error,
+            return None
+        return self.webhooks.send(job.id, url, {"job_id": job.id, "status": job.status, "error": job.error,
                                          "outputs": job.outputs, "finished": job.finished,
                                          "images": output_images(job.outputs, self.settings.public_base_url)})
 
@@ -357,6 +399,14 @@ def _class_types(prompt: Any) -> set[str]:
         return set()
     return {node["class_type"] for node in prompt.values()
             if isinstance(node, dict) and isinstance(node.get("class_type"), str)}
+
+
+def _log_failure(name: str) -> Callable[[asyncio.Task[Any]], None]:
+    """A done-callback that logs the task's exception (a background pass that failed waits for the next one)."""
+    def done(task: asyncio.Task[Any]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error(f"the {name} failed", exc_info=task.exception())
+    return done
 
 
 def _webhook_url(job: JobRecord) -> str:

@@ -25,6 +25,7 @@ import httpx
 from comfymesh.config import Settings
 from comfymesh.config.policies import RetryPolicy
 from comfymesh.contracts.events import EventType
+from comfymesh.jobs.protocol import AsyncJobStore
 from comfymesh.logs import log_fields
 from comfymesh.orchestrator.events import EventBus
 from comfymesh.outbound import OutboundClient, OutboundPolicy, OutboundRefused
@@ -33,6 +34,7 @@ log = logging.getLogger("comfymesh.orchestrator")
 DELIVERY_POLICY = RetryPolicy(max_attempts=5, initial_backoff_s=1.0, backoff_multiplier=2.0, max_backoff_s=30.0)
 DELIVERY_FAILED = "webhook delivery failed"
 DELIVERY_REFUSED = "webhook refused by the outbound policy"
+WEBHOOK_SECRET_NAME = "webhook"  # its name among a shared store's secrets
 
 
 def output_images(outputs: dict[str, Any], base_url: str) -> list[dict[str, Any]]:
@@ -49,6 +51,16 @@ def output_images(outputs: dict[str, Any], base_url: str) -> list[dict[str, Any]
 def sign(secret: bytes, message_id: str, timestamp: int, body: bytes) -> str:
     digest = hmac.new(secret, f"{message_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
     return "v1," + base64.b64encode(digest).decode()
+
+
+async def webhook_secret(settings: Settings, store: AsyncJobStore) -> bytes:
+    """COMFYMESH_WEBHOOK_SECRET, else the random secret kept in a shared store (every orchestrator sharing it
+    signs with the same one), else the one in <home>/webhook_secret."""
+    configured = settings.webhook_secret.get_secret_value()
+    if configured:
+        return configured.encode()
+    shared = await store.shared_secret(WEBHOOK_SECRET_NAME)
+    return shared.encode() if shared is not None else load_secret(settings)
 
 
 def load_secret(settings: Settings) -> bytes:
@@ -68,20 +80,24 @@ def load_secret(settings: Settings) -> bytes:
 
 
 class WebhookSender:
-    def __init__(self, secret: bytes, bus: EventBus, outbound: OutboundPolicy,
+    def __init__(self, secret: bytes | None, bus: EventBus, outbound: OutboundPolicy,
                  policy: RetryPolicy = DELIVERY_POLICY) -> None:
-        self.secret = secret
+        self.secret = secret  # None until loaded (`webhook_secret` needs the store: the scheduler's recovery)
         self.bus = bus
         self.outbound = outbound
         self.policy = policy
         self.tasks: set[asyncio.Task[None]] = set()
 
-    def send(self, job_id: str, url: str, payload: dict[str, Any]) -> None:
-        task = asyncio.create_task(self._deliver(job_id, url, payload))
+    def send(self, job_id: str, url: str, payload: dict[str, Any]) -> asyncio.Task[None]:
+        """Deliver in the background; the task ends once the delivery is recorded (delivered or failed)."""
+        if self.secret is None:
+            raise RuntimeError("the webhook secret is not loaded yet (the scheduler's recovery loads it)")
+        task = asyncio.create_task(self._deliver(self.secret, job_id, url, payload))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
+        return task
 
-    async def _deliver(self, job_id: str, url: str, payload: dict[str, Any]) -> None:
+    async def _deliver(self, secret: bytes, job_id: str, url: str, payload: dict[str, Any]) -> None:
         body = json.dumps(payload, sort_keys=True).encode()
         message_id = f"msg_{job_id}_{payload['status']}"
         error = DELIVERY_FAILED
@@ -90,7 +106,7 @@ class WebhookSender:
                 timestamp = int(time.time())
                 headers = {"content-type": "application/json", "webhook-id": message_id,
                            "webhook-timestamp": str(timestamp),
-                           "webhook-signature": sign(self.secret, message_id, timestamp, body)}
+                           "webhook-signature": sign(secret, message_id, timestamp, body)}
                 try:
                     status = await client.post(url, content=body, headers=headers)
                 except OutboundRefused as exc:  # checked before any connection; a retry gets the same answer

@@ -6,11 +6,17 @@
   checked under the job's row lock) and raises LeaseLost.
 - Event appends take a transaction-level advisory lock, so event ids commit in id order and a follower
   reading `id > last` never skips one; the same transaction NOTIFYs every listener.
+- A cancel for a job another orchestrator runs sets the job's `cancel_requested` flag and NOTIFYs the job id
+  on a channel of its own in one transaction; the holder cancels it on the notification, or at its lease
+  keeper's next read of the flag. A job whose lease runs out with the flag set ends cancelled, not re-queued.
+- Store-wide chores (retention, webhook redelivery) run under `pg_try_advisory_lock`: one orchestrator at a
+  time, the others skip that pass.
 """
 
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -24,11 +30,14 @@ from comfymesh.contracts import wirejson
 from comfymesh.contracts.events import FINISHED_STATUSES, EventType, JobEvent, JobStatus, NodeState
 from comfymesh.contracts.job_order import JobOrder
 from comfymesh.jobs.postgres.migrations import migrate
-from comfymesh.jobs.protocol import CachedOutputs, DatabaseUnreachableError, JobExists, LeaseLost
+from comfymesh.jobs.protocol import CachedOutputs, DatabaseUnreachableError, JobExists, LeaseLost, PeriodicTask
 from comfymesh.jobs.store import _ORDERS, CacheEntry, JobRecord, UnreadableJob, _event, _job
 
 EVENTS_LOCK = 0x636D_0002  # serialises event appends (transaction-level)
 CHANNEL = "comfymesh_events"  # NOTIFY payload: the new event's id
+CANCEL_CHANNEL = "comfymesh_cancels"  # NOTIFY payload: the id of a running job whose cancel was requested
+# session-level advisory locks of the store-wide chores (same key space as EVENTS_LOCK and MIGRATION_LOCK)
+CHORE_LOCKS = {PeriodicTask.RETENTION: 0x636D_0003, PeriodicTask.WEBHOOK_REDELIVERY: 0x636D_0004}
 _LIVE = (JobStatus.QUEUED, JobStatus.RUNNING)
 
 
@@ -82,10 +91,53 @@ class PostgresJobStore:
             self._listener = None
         await self._pool.close()
 
+    async def _listening(self) -> Any:
+        """The one connection this store LISTENs on (event and cancel notifications)."""
+        if self._listener is None:
+            self._listener = await asyncpg.connect(self._url)
+        return self._listener
+
     async def listen(self, callback: Callable[[int], None]) -> None:
         """Call `callback(event id)` for every event any orchestrator appends (one dedicated connection)."""
-        self._listener = await asyncpg.connect(self._url)
-        await self._listener.add_listener(CHANNEL, lambda _conn, _pid, _channel, payload: callback(int(payload)))
+        listener = await self._listening()
+        await listener.add_listener(CHANNEL, lambda _conn, _pid, _channel, payload: callback(int(payload)))
+
+    async def listen_cancels(self, callback: Callable[[str], None]) -> None:
+        listener = await self._listening()
+        await listener.add_listener(CANCEL_CHANNEL, lambda _conn, _pid, _channel, payload: callback(payload))
+
+    async def request_cancel(self, job_id: str) -> bool:
+        async with self._pool.acquire() as conn, conn.transaction():
+            if await conn.fetchval("UPDATE jobs SET cancel_requested = TRUE WHERE id = $1 AND status = $2 RETURNING 1",
+                                   job_id, JobStatus.RUNNING) is None:
+                return False
+            await conn.execute("SELECT pg_notify($1, $2)", CANCEL_CHANNEL, job_id)  # sent at commit
+        return True
+
+    async def cancels_requested(self) -> set[str]:
+        if not self._held:
+            return set()
+        rows = await self._pool.fetch("SELECT id FROM jobs WHERE id = ANY($1::text[]) AND cancel_requested "
+                                      "AND status = $2", list(self._held), JobStatus.RUNNING)
+        return {row[0] for row in rows}
+
+    @asynccontextmanager
+    async def exclusive(self, task: PeriodicTask) -> AsyncIterator[bool]:
+        # a session lock on a connection kept for the block: it is let go if this orchestrator dies mid-chore
+        async with self._pool.acquire() as conn:
+            held = bool(await conn.fetchval("SELECT pg_try_advisory_lock($1)", CHORE_LOCKS[task]))
+            try:
+                yield held
+            finally:
+                if held:
+                    await conn.execute("SELECT pg_advisory_unlock($1)", CHORE_LOCKS[task])
+
+    async def shared_secret(self, name: str) -> str | None:
+        async with self._pool.acquire() as conn:
+            # the first orchestrator to ask stores its candidate; everyone then reads the one stored
+            await conn.execute("INSERT INTO secrets (name, value, created) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                               name, secrets.token_urlsafe(32), time.time())
+            return str(await conn.fetchval("SELECT value FROM secrets WHERE name = $1", name))
 
     @asynccontextmanager
     async def _tx(self, job_id: str = "") -> AsyncIterator[Any]:
@@ -201,20 +253,25 @@ class PostgresJobStore:
 
     async def _requeue(self, condition: str, *args: Any) -> list[JobEvent]:
         """Re-queue the live jobs matching `condition` (their epoch moves on: old holders are fenced out);
-        the running ones get a `requeued` event."""
+        the running ones get a `requeued` event, except those whose cancel was requested: they end
+        cancelled (their holder stopped before it could cancel them)."""
         now = time.time()
         async with self._tx() as conn:
             rows = await conn.fetch(
-                f"WITH taken AS (SELECT id, status FROM jobs WHERE status = ANY($1::text[]) AND ({condition}) "
-                "FOR UPDATE SKIP LOCKED) UPDATE jobs SET owner = NULL, lease_until = NULL, epoch = epoch + 1, "
-                "status = $2 FROM taken WHERE jobs.id = taken.id RETURNING jobs.id, taken.status",
-                list(_LIVE), JobStatus.QUEUED, *args)
+                f"WITH taken AS (SELECT id, status, cancel_requested FROM jobs WHERE status = ANY($1::text[]) "
+                f"AND ({condition}) FOR UPDATE SKIP LOCKED) UPDATE jobs SET owner = NULL, lease_until = NULL, "
+                "epoch = epoch + 1, status = CASE WHEN taken.cancel_requested THEN $3 ELSE $2 END, "
+                "finished = CASE WHEN taken.cancel_requested THEN $4 ELSE jobs.finished END "
+                "FROM taken WHERE jobs.id = taken.id RETURNING jobs.id, taken.status, taken.cancel_requested",
+                list(_LIVE), JobStatus.QUEUED, JobStatus.CANCELLED, now, *args)
             events = []
-            for job_id, was in sorted(rows):
+            for job_id, was, cancelled in sorted(rows):
                 if was == JobStatus.RUNNING:
                     await conn.execute("UPDATE node_states SET state = $1 WHERE job_id = $2 AND state = $3",
                                        NodeState.PENDING, job_id, NodeState.RUNNING)
-                    events.append(await self._append(conn, job_id, EventType.REQUEUED, "", {}, now))
+                    event, data = (EventType.CANCELLED, {"while": JobStatus.RUNNING}) if cancelled \
+                        else (EventType.REQUEUED, {})
+                    events.append(await self._append(conn, job_id, event, "", data, now))
         return events
 
     async def requeue_orphans(self) -> list[JobEvent]:
@@ -242,7 +299,7 @@ class PostgresJobStore:
                 "AND NOT (status = ANY($3::text[]))", job_id, epoch, list(_LIVE))
 
     async def hand_back(self) -> list[JobEvent]:
-        return await self._requeue("owner = $3", self.owner)  # their epochs moved on: our writes are refused
+        return await self._requeue("owner = $5", self.owner)  # their epochs moved on: our writes are refused
 
     async def set_status(self, job_id: str, status: str, *, error: dict[str, Any] | None = None,
                          event: str | None = None, data: dict[str, Any] | None = None) -> JobEvent | None:
