@@ -4,7 +4,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 # Every system package the project uses, installed explicitly (never assumed present).
-APT_PACKAGES := imagemagick libmagickwand-dev chromium fonts-dejavu-core postgresql
+APT_PACKAGES := imagemagick libmagickwand-dev chromium fonts-dejavu-core postgresql prometheus
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
@@ -21,7 +21,7 @@ test: setup lint typecheck pytest  ## lint, type-check and run all tests
 
 setup: system-deps venv proto tokenizer  ## system packages, venv, generated stubs, tokenizer files
 
-system-deps:  ## apt-get install the system packages (ImageMagick library and CLI, chromium, PostgreSQL 15 for the store tests)
+system-deps:  ## apt-get install the system packages (ImageMagick library and CLI, chromium, PostgreSQL 15 for the store tests, Prometheus for the scaling-query test)
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 	  echo "installing system packages: $$missing"; \

@@ -3,15 +3,18 @@ depth (what the KEDA ScaledObjects read), its job and stage-call counters, and t
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.mesh import Mesh, free_port
+from tests.mesh import REPO, Mesh, free_port
 
 HANGING = "ImageBlur"  # hangs until cancelled (COMFYMESH_TEST_HANG_NODES): calls stay running for the scrape
 SLOTS, DRIVEN = 2, 4   # one imaging replica with 2 slots; the orchestrator drives 4 jobs at once
@@ -98,3 +101,61 @@ def test_gateway_counts_requests_by_route_template(mesh: Mesh) -> None:
                     (("method", "POST"), ("route", "/v1/workflows")))] == samples[submitted]
     assert samples[("comfymesh_http_requests_in_progress", ())] == 1  # this scrape
     assert not any(dict(labels).get("route") == "/v1/jobs/no-such-job" for _, labels in samples)
+
+
+@pytest.fixture
+def prometheus(mesh: Mesh, tmp_path: Path) -> Iterator[str]:
+    """A real Prometheus (Debian's `prometheus`, `make system-deps`) scraping the orchestrator every second."""
+    binary = shutil.which("prometheus")
+    assert binary, "Prometheus is missing: run `make system-deps` (Debian's prometheus package)"
+    target = mesh.metrics_url.removeprefix("http://").removesuffix("/metrics")  # type: ignore[attr-defined]
+    config = tmp_path / "prometheus.yml"
+    config.write_text(yaml.safe_dump({"global": {"scrape_interval": "1s"}, "scrape_configs": [
+        {"job_name": "orchestrator", "static_configs": [{"targets": [target]}]}]}))
+    url = f"http://127.0.0.1:{free_port()}"
+    process = subprocess.Popen([binary, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                                f"--web.listen-address={url.removeprefix('http://')}"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        # ready, and the orchestrator scraped once (Prometheus hands its first targets over after about 5 s)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{url}/api/v1/query", params={"query": 'up{job="orchestrator"} == 1'}).json()[
+                        "data"]["result"]:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert process.poll() is None and time.monotonic() < deadline, "Prometheus never scraped the orchestrator"
+            time.sleep(0.2)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def scaled_object_queries() -> dict[str, str]:
+    """Each stage's query, as deploy/k8s's KEDA ScaledObjects give it to Prometheus."""
+    docs = yaml.safe_load_all((REPO / "deploy" / "k8s" / "base" / "scaling.yaml").read_text())
+    return {doc["metadata"]["name"]: doc["spec"]["triggers"][0]["metadata"]["query"] for doc in docs}
+
+
+def test_prometheus_evaluates_the_scaled_objects_queries_to_waiting_plus_running(
+        mesh: Mesh, prometheus: str) -> None:
+    """Acceptance 6 of issue 18: within 5 s, Prometheus's answer equals the calls the orchestrator holds."""
+    queries = scaled_object_queries()
+    jobs = [mesh.submit(prompt(hang=True)) for _ in range(DRIVEN + 1)]
+    try:
+        wait_for(mesh.metrics_url, dict([stage("comfymesh_stage_calls_running", SLOTS),  # type: ignore[attr-defined]
+                                         stage("comfymesh_stage_calls_waiting", DRIVEN - SLOTS)]))
+        seen, deadline = {}, time.monotonic() + 5
+        while time.monotonic() < deadline:
+            seen = {name: [float(r["value"][1]) for r in httpx.get(f"{prometheus}/api/v1/query", params={
+                "query": query}).json()["data"]["result"]] for name, query in queries.items()}
+            if seen == {"imaging": [DRIVEN], "diffusion": [0]}:  # no diffusion stage here: `or vector(0)`
+                break
+            time.sleep(0.2)
+        assert seen == {"imaging": [DRIVEN], "diffusion": [0]}
+    finally:
+        for job_id in jobs:
+            mesh.http.post(f"/v1/jobs/{job_id}/cancel")

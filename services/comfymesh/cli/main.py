@@ -72,6 +72,8 @@ def up(
         specs.append(ServiceSpec("diffusion", ["comfymesh.diffusion", "--listen", settings.replicas("diffusion")[0]]))
     elif not without_diffusion:
         _say("[yellow]torch/diffusers are not installed: starting without the diffusion stage[/]")
+    if len(specs) == 1:  # a stage not started is not configured: /readyz would wait for it, jobs for its nodes
+        env["COMFYMESH_DIFFUSION_REPLICAS"] = ""
     specs += [ServiceSpec("orchestrator", ["comfymesh.orchestrator", "--listen", settings.orchestrator]),
               ServiceSpec("gateway", ["comfymesh.gateway", "--host", settings.host, "--port", str(settings.port)])]
 
