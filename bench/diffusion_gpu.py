@@ -79,6 +79,18 @@ def psnr(a: Any, b: Any) -> float:
     return float("inf") if mse == 0 else 10 * math.log10(255.0**2 / mse)
 
 
+def bucket_logs(lines: list[str]) -> list[dict[str, Any]]:
+    """The fast path's log records among a mesh's log lines (bucket tiers built, failed, done; compile cache)."""
+    found = []
+    for line in lines:
+        if "fast path bucket" in line or "staying eager" in line or "compile cache" in line:
+            try:
+                found.append(json.loads(line.split(": ", 1)[1]))
+            except ValueError:
+                found.append({"msg": line})
+    return found
+
+
 def sync(device: Any) -> None:
     import torch
 
@@ -398,14 +410,7 @@ class MeshRun:
         return out
 
     def fast_logs(self, after: int = 0) -> list[dict[str, Any]]:
-        found = []
-        for line in self.mesh.logs[after:]:
-            if "fast path bucket" in line or "staying eager" in line or "compile cache" in line:
-                try:
-                    found.append(json.loads(line.split(": ", 1)[1]))
-                except ValueError:
-                    found.append({"msg": line})
-        return found
+        return bucket_logs(self.mesh.logs[after:])
 
     def wait_buckets(self, count: int, after: int, timeout: float) -> float:
         start = time.perf_counter()

@@ -24,7 +24,10 @@ Per family (`--families`, in that order), each family's files are written, measu
             cold (stage start, first job with model loads) then warm runs with new seeds: POST -> SSE
             `completed` -> PNG fetched. Sampler it/s from the stage's node timings; peak GPU memory of the
             stage process from bench/stage_probe (torch.cuda.max_memory_allocated). FLUX runs a second mesh
-            on the scaled-fp8 file.
+            on the scaled-fp8 file. This mesh runs eagerly (COMFYMESH_FAST_PATH=0).
+  --fast    one more mesh per family with the fast path on (`mesh_fast`): the cold job starts the model's and the
+            VAE decode's buckets, which are waited for (graphed then compiled, `--compile-timeout`), then the warm
+            runs with the eager mesh's seeds; `psnr_vs_eager_db` per seed compares their PNGs with the eager ones.
 Results are written after every phase (--out); a phase that fails is recorded and the next one runs.
 """
 
@@ -52,7 +55,7 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from bench.diffusion_gpu import HttpClient  # noqa: E402  (after the path and offline settings)
+from bench.diffusion_gpu import HttpClient, bucket_logs, psnr  # noqa: E402  (after the path and offline settings)
 
 T0 = time.monotonic()
 PROMPT = "a photograph of a red fox in a snowy birch forest at dawn, soft light, detailed fur"
@@ -520,7 +523,7 @@ def fp8_transformer(models: Path, device: Any, args: argparse.Namespace) -> dict
 
 
 class FamilyMesh:
-    def __init__(self, home: Path, args: argparse.Namespace, label: str) -> None:
+    def __init__(self, home: Path, args: argparse.Namespace, label: str, fast: bool = False) -> None:
         from tests.mesh import Mesh
 
         # a fresh data root per mesh (no node cache carries over), the family's models linked in
@@ -534,7 +537,8 @@ class FamilyMesh:
         path = os.pathsep.join(p for p in (probe, os.environ.get("PYTHONPATH", "")) if p)
         self.mesh = Mesh(home, stages=("diffusion",), imaging_replicas=0,
                          env={"COMFYMESH_NODE_TIMINGS": "1", "COMFYMESH_DEVICE": args.device, "PYTHONPATH": path,
-                              "COMFYMESH_BENCH_MEM_FILE": str(self.mem_file)})
+                              "COMFYMESH_BENCH_MEM_FILE": str(self.mem_file),
+                              "COMFYMESH_FAST_PATH": "1" if fast else "0"})
         self.client = HttpClient(self.mesh.port)
         self.label = label
 
@@ -561,7 +565,16 @@ class FamilyMesh:
         time.sleep(0.05)  # the stage's timing lines travel through the supervisor's pipe
         nodes = self.node_timings(job_id)
         return {"ms": ms, "nodes": nodes, "compute_ms": sum(nodes.get(k, 0.0) for k in COMPUTE_NODES),
-                "png_bytes": len(pngs[0])}
+                "png_bytes": len(pngs[0]), "png": pngs[0]}
+
+    def wait_buckets(self, count: int, timeout: float) -> float:
+        """Seconds until `count` fast-path buckets have built all their tiers or given up (or `timeout`)."""
+        start = time.perf_counter()
+        while time.perf_counter() - start < timeout:
+            if len([e for e in bucket_logs(self.mesh.logs) if " done: tier " in e.get("msg", "")]) >= count:
+                break
+            time.sleep(0.5)
+        return round(time.perf_counter() - start, 1)
 
     def memory(self) -> dict[str, float]:
         try:
@@ -571,9 +584,15 @@ class FamilyMesh:
         return {k: round(v / GiB, 2) for k, v in state.items() if k != "t"}
 
 
-def mesh_phase(family: str, home: Path, args: argparse.Namespace, variant: str = "") -> dict[str, Any]:
+def mesh_phase(family: str, home: Path, args: argparse.Namespace, variant: str = "",
+               eager_pngs: dict[int, bytes] | None = None) -> dict[str, Any]:
+    """The mesh run of a family; with `eager_pngs` (the eager run's PNG per seed) on the fast path, its buckets
+    built after the cold job and each warm image's PSNR against the eager one."""
+    from PIL import Image
+
     steps = args.steps or STEPS[family]
-    run = FamilyMesh(home, args, variant or family)
+    fast = eager_pngs is not None
+    run = FamilyMesh(home, args, (variant or family) + ("-fast" if fast else ""), fast)
     res: dict[str, Any] = {}
     start = time.perf_counter()
     try:
@@ -589,7 +608,16 @@ def mesh_phase(family: str, home: Path, args: argparse.Namespace, variant: str =
         res["cold_start_to_first_png_s"] = round(time.perf_counter() - start, 1)
         res["stage_memory_after_cold_GiB"] = run.memory()
         say(f"{family}{'/' + variant if variant else ''} mesh cold: {res}")
+        if fast:
+            # one job of the graph makes two buckets: the model call (CFG's batch, text length) and the VAE decode
+            res["waited_for_buckets_s"] = run.wait_buckets(2, args.compile_timeout)
+            res["buckets"] = [e.get("msg", "") for e in bucket_logs(run.mesh.logs)]
         runs = [run.job(graph(family, args, seed=2 + i, variant=variant)) for i in range(args.runs)]
+        res["_pngs"] = {2 + i: r["png"] for i, r in enumerate(runs)}
+        if eager_pngs:
+            res["psnr_vs_eager_db"] = {seed: round(psnr(Image.open(io.BytesIO(png)).convert("RGB"),
+                                                        Image.open(io.BytesIO(eager_pngs[seed])).convert("RGB")), 2)
+                                       for seed, png in res["_pngs"].items() if seed in eager_pngs}
         sampler = [sum(r["nodes"].get(k, 0.0) for k in SAMPLER_NODES) for r in runs]
         res |= {
             "latency_ms": round(p50([r["ms"] for r in runs]), 1), "latency_all_ms": [round(r["ms"], 1) for r in runs],
@@ -644,12 +672,17 @@ def run_family(family: str, base: Path, args: argparse.Namespace) -> None:
         if "mesh" in args.phases:
             for variant in ([""] + ([FLUX_FP8] if family == "flux" and not args.no_fp8_mesh else [])):
                 key = "mesh" if not variant else "mesh_fp8"
-                try:
-                    res[key] = mesh_phase(family, home, args, variant)
-                except Exception as exc:
-                    res[key] = {"error": repr(exc)[:2000]}
-                    traceback.print_exc()
-                write(args)
+                eager_pngs: dict[int, bytes] = {}  # the eager mesh's images, which the fast one is compared with
+                for fast in (False, True) if args.fast else (False,):
+                    name = key + ("_fast" if fast else "")
+                    try:
+                        res[name] = mesh_phase(family, home, args, variant, eager_pngs if fast else None)
+                        pngs = res[name].pop("_pngs")
+                        eager_pngs = eager_pngs if fast else pngs
+                    except Exception as exc:
+                        res[name] = {"error": repr(exc)[:2000]}
+                        traceback.print_exc()
+                    write(args)
     except Exception as exc:
         res["error"] = repr(exc)[:2000]
         traceback.print_exc()
@@ -670,6 +703,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=0, help="override every family's steps (0: 8 / 20 / 28)")
     parser.add_argument("--runs", type=int, default=3, help="warm runs per case (median reported)")
     parser.add_argument("--no-fp8-mesh", action="store_true", help="skip FLUX's second mesh on the scaled-fp8 file")
+    parser.add_argument("--fast", action="store_true", help="each mesh again on the fast path, PSNR against eager")
+    parser.add_argument("--compile-timeout", type=float, default=900, help="--fast: longest wait for the buckets")
     parser.add_argument("--keep-files", action="store_true", help="keep each family's files after it ran")
     parser.add_argument("--phase-timeout", type=float, default=900)
     parser.add_argument("--out", default=None, help="write the results as JSON here (logs beside it)")
