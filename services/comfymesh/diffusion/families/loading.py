@@ -20,7 +20,7 @@ from comfymesh.diffusion.models.fp8_weights import (
     is_fp8,
     split_scales,
 )
-from comfymesh.diffusion.models.tensor_source import TensorSource
+from comfymesh.diffusion.models.tensor_source import TensorSource, converted
 
 
 def count_blocks(keys: Iterable[str], prefix: str, group: str) -> int:
@@ -58,12 +58,7 @@ def load_diffusion_model(src: TensorSource, what: str, build: Callable[[], torch
                          storage: torch.dtype | None = None) -> torch.nn.Module:
     """`build()`'s model, any failure but a ModelError reported as one naming the file; an fp8 `storage`
     (UNETLoader's weight_dtype) rounds the weights that are not fp8 already to that format, keeping their dtype."""
-    try:
-        model = build()
-    except ModelError:
-        raise
-    except Exception as exc:
-        raise ModelError(f"{src.path.name}: {what} diffusion model could not be converted: {exc}") from exc
+    model = converted(src, f"{what} diffusion model", build)
     if storage is not None:
         with torch.no_grad():
             for tensor in model.parameters():

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 
 from comfymesh.contracts.errors import ModelError
+
+T = TypeVar("T")
 
 
 class TensorSource:
@@ -58,3 +62,14 @@ class TensorSource:
 
     def with_prefix(self, prefix: str) -> dict[str, torch.Tensor]:
         return {k: self.get(k) for k in self.keys if k.startswith(prefix)}
+
+
+def converted(src: TensorSource, what: str, build: Callable[[], T]) -> T:
+    """`build()`'s result (a model made from `src`); any failure but a ModelError is reported as one naming the
+    file and what it was becoming (`what`: "T5 text encoder", "FLUX diffusion model", ...)."""
+    try:
+        return build()
+    except ModelError:
+        raise
+    except Exception as exc:
+        raise ModelError(f"{src.path.name}: {what} could not be converted: {exc}") from exc

@@ -10,9 +10,8 @@ from typing import Any
 
 import torch
 
-from comfymesh.contracts.errors import ModelError
 from comfymesh.diffusion.models.recognise import ClipLayout
-from comfymesh.diffusion.models.tensor_source import TensorSource
+from comfymesh.diffusion.models.tensor_source import TensorSource, converted
 from comfymesh.diffusion.text.t5 import load_t5_file, parse_t5
 
 
@@ -48,12 +47,7 @@ def build_clip_tower(src: TensorSource, layout: ClipLayout, device: torch.device
 
     if role is not None:
         layout = dataclasses.replace(layout, role=role)
-    try:
-        return build_clip(src, layout, Placement(device)).eval().requires_grad_(False)
-    except ModelError:
-        raise
-    except Exception as exc:
-        raise ModelError(f"{src.path.name}: text encoder could not be converted: {exc}") from exc
+    return converted(src, "text encoder", lambda: build_clip(src, layout, Placement(device)).eval().requires_grad_(False))
 
 
 def load_checkpoint_encoders(src: TensorSource, clip_prefixes: dict[str, str], device: torch.device) -> dict[str, Any]:

@@ -16,18 +16,23 @@ where the image starts, and the text after it resumes past the image's longer si
 from __future__ import annotations
 
 import math
-import re
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from comfymesh.contracts.errors import ModelError
-from comfymesh.diffusion.models.tensor_source import TensorSource
+from comfymesh.diffusion.models.tensor_source import TensorSource, converted
 from comfymesh.diffusion.text import qwen25_vision
+from comfymesh.diffusion.text.llm_encoder import (
+    PREFIXES,
+    DecoderLayout,
+    build_decoder,
+    config_sizes,
+    encoder_dtype,
+    read_layout,
+)
 from comfymesh.diffusion.text.qwen_tokenizer import qwen_token_ids
 
-PREFIXES = ("model.", "")
 TEMPLATE = ("<|im_start|>system\nDescribe the image by detailing the color, shape, size, texture, quantity, text, "
             "spatial relationships of the objects and background:<|im_end|>\n<|im_start|>user\n{}<|im_end|>\n"
             "<|im_start|>assistant\n")
@@ -48,19 +53,8 @@ ROPE_THETA = 1_000_000.0
 RMS_EPS = 1e-6
 
 
-@dataclass(frozen=True)
-class Qwen25Layout:
-    prefix: str
-    vocab: int
-    width: int
-    layers: int
-    intermediate: int
-    head_dim: int
-    heads: int
-    kv_heads: int
-
-    def describe(self) -> str:
-        return f"Qwen2.5 (width {self.width}, {self.layers} layers, vocabulary {self.vocab})"
+class Qwen25Layout(DecoderLayout):
+    kind = "Qwen2.5"
 
 
 def parse_qwen25(src: TensorSource) -> Qwen25Layout | None:
@@ -72,21 +66,13 @@ def parse_qwen25(src: TensorSource) -> Qwen25Layout | None:
             continue
         if src.has(p + "layers.0.self_attn.q_norm.weight"):
             return None
-        vocab, width = src.shape(p + "embed_tokens.weight")
-        q_rows = src.shape(p + "layers.0.self_attn.q_proj.weight")[0]
-        kv_rows = src.shape(p + "layers.0.self_attn.k_proj.weight")[0]
-        head_dim = 128 if q_rows % 128 == 0 and kv_rows % 128 == 0 else _head_dim(q_rows, kv_rows)
-        rx = re.compile(re.escape(p) + r"layers\.(\d+)\.")
-        return Qwen25Layout(
-            prefix=p, vocab=vocab, width=width, layers=len({m.group(1) for k in src.keys if (m := rx.match(k))}),
-            intermediate=src.shape(p + "layers.0.mlp.gate_proj.weight")[0], head_dim=head_dim,
-            heads=q_rows // head_dim, kv_heads=kv_rows // head_dim,
-        )
+        return read_layout(Qwen25Layout, src, p, _head_dim)
     return None
 
 
 def _head_dim(q_rows: int, kv_rows: int) -> int:
-    # a reduced encoder: the largest head width (≤ 128) that splits both projections, one kv head at least
+    # Qwen2.5's 128 where both projections split into it; a reduced encoder: the largest head width (≤ 128)
+    # that splits both, one kv head at least
     return next(d for d in range(min(128, kv_rows), 0, -1) if q_rows % d == 0 and kv_rows % d == 0)
 
 
@@ -98,11 +84,9 @@ def mrope_sections(head_dim: int) -> list[int]:
 def qwen25_config(layout: Qwen25Layout) -> Any:
     from transformers import Qwen2_5_VLTextConfig
 
-    sizes: dict[str, Any] = {"head_dim": layout.head_dim}  # the config takes it through its extra kwargs
+    # head_dim reaches the config through its extra kwargs
     return Qwen2_5_VLTextConfig(
-        **sizes, vocab_size=layout.vocab, hidden_size=layout.width, intermediate_size=layout.intermediate,
-        num_hidden_layers=layout.layers, num_attention_heads=layout.heads, num_key_value_heads=layout.kv_heads,
-        rope_parameters={"rope_type": "default", "rope_theta": ROPE_THETA,
+        **config_sizes(layout), rope_parameters={"rope_type": "default", "rope_theta": ROPE_THETA,
                          "mrope_section": mrope_sections(layout.head_dim)},
         rms_norm_eps=RMS_EPS, max_position_embeddings=128_000,
     )
@@ -112,21 +96,8 @@ def build_qwen25(src: TensorSource, layout: Qwen25Layout, device: torch.device, 
     """transformers' Qwen2_5_VLTextModel with the file's language-model weights (not the vision tower or lm_head)."""
     from transformers import Qwen2_5_VLTextModel
 
-    p = layout.prefix
-    state = {k[len(p):]: v.to(device=device, dtype=dtype) for k, v in src.with_prefix(p).items()
-             if not k.startswith(("lm_head.", "visual."))}
-    with torch.device("meta"):
-        model: Any = Qwen2_5_VLTextModel(qwen25_config(layout))
-    result = model.load_state_dict(state, strict=False, assign=True)
-    # rotary inverse frequencies are computed buffers, not weights: make them again on the real device
-    missing = [k for k in result.missing_keys if not k.startswith("rotary_emb.")]
-    if missing or result.unexpected_keys:
-        raise ModelError(f"{src.path.name}: the Qwen2.5-VL weights do not fit the layout read from the file "
-                         f"(missing {missing[:4]}, unexpected {result.unexpected_keys[:4]})")
-    with torch.device(device):
-        model.rotary_emb = type(model.rotary_emb)(config=model.config)
-    module: torch.nn.Module = model.eval().requires_grad_(False)
-    return module
+    return build_decoder(src, layout, lambda: Qwen2_5_VLTextModel(qwen25_config(layout)), device, dtype,
+                         skip=("lm_head.", "visual."))
 
 
 TEXT, VISION = "qwen25_7b", "qwen25_7b_vision"  # the CLIP's encoder roles
@@ -140,17 +111,16 @@ def load_qwen25_file(src: TensorSource, device: torch.device) -> dict[str, torch
     if layout is None:
         raise ModelError(f"{src.path.name} is not a Qwen2.5-VL text encoder (CLIP type 'qwen_image' takes "
                          "qwen_2.5_vl_7b)")
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    try:
+    dtype = encoder_dtype(device)
+
+    def build() -> dict[str, torch.nn.Module]:
         encoders = {TEXT: build_qwen25(src, layout, device, dtype)}
         vision = qwen25_vision.parse_vision(src)
         if vision is not None:
             encoders[VISION] = qwen25_vision.build_vision(src, vision, device, dtype)
         return encoders
-    except ModelError:
-        raise
-    except Exception as exc:
-        raise ModelError(f"{src.path.name}: Qwen2.5-VL text encoder could not be converted: {exc}") from exc
+
+    return converted(src, "Qwen2.5-VL text encoder", build)
 
 
 def prompt_ids(text: str, template: str = TEMPLATE) -> list[int]:

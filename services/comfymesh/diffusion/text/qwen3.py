@@ -8,36 +8,30 @@ norm) as the caption features; prompt weights are not applied.
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from comfymesh.contracts.errors import ModelError
-from comfymesh.diffusion.models.tensor_source import TensorSource
+from comfymesh.diffusion.models.tensor_source import TensorSource, converted
+from comfymesh.diffusion.text.llm_encoder import (
+    PREFIXES,
+    DecoderLayout,
+    build_decoder,
+    config_sizes,
+    encoder_dtype,
+    read_layout,
+)
 from comfymesh.diffusion.text.qwen_tokenizer import qwen_token_ids
 
-PREFIXES = ("model.", "")
 CHAT_TEMPLATE = "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n"
 HIDDEN_LAYER = -2
 ROPE_THETA = 1_000_000.0
 RMS_EPS = 1e-6
 
 
-@dataclass(frozen=True)
-class Qwen3Layout:
-    prefix: str
-    vocab: int
-    width: int
-    layers: int
-    intermediate: int
-    head_dim: int
-    heads: int
-    kv_heads: int
-
-    def describe(self) -> str:
-        return f"Qwen3 (width {self.width}, {self.layers} layers, vocabulary {self.vocab})"
+class Qwen3Layout(DecoderLayout):
+    kind = "Qwen3"
 
 
 def parse_qwen3(src: TensorSource) -> Qwen3Layout | None:
@@ -48,16 +42,8 @@ def parse_qwen3(src: TensorSource) -> Qwen3Layout | None:
             continue
         if src.has(p + "layers.0.self_attn.k_proj.bias"):
             return None
-        head_dim = src.shape(p + "layers.0.self_attn.q_norm.weight")[0]
-        vocab, width = src.shape(p + "embed_tokens.weight")
-        rx = re.compile(re.escape(p) + r"layers\.(\d+)\.")
-        layers = len({m.group(1) for k in src.keys if (m := rx.match(k))})
-        return Qwen3Layout(
-            prefix=p, vocab=vocab, width=width, layers=layers,
-            intermediate=src.shape(p + "layers.0.mlp.gate_proj.weight")[0], head_dim=head_dim,
-            heads=src.shape(p + "layers.0.self_attn.q_proj.weight")[0] // head_dim,
-            kv_heads=src.shape(p + "layers.0.self_attn.k_proj.weight")[0] // head_dim,
-        )
+        # the per-head q norms are one head wide
+        return read_layout(Qwen3Layout, src, p, src.shape(p + "layers.0.self_attn.q_norm.weight")[0])
     return None
 
 
@@ -65,11 +51,8 @@ def qwen3_config(layout: Qwen3Layout) -> Any:
     from transformers import Qwen3Config
 
     return Qwen3Config(
-        vocab_size=layout.vocab, hidden_size=layout.width, intermediate_size=layout.intermediate,
-        num_hidden_layers=layout.layers, num_attention_heads=layout.heads, num_key_value_heads=layout.kv_heads,
-        head_dim=layout.head_dim, rope_parameters={"rope_type": "default", "rope_theta": ROPE_THETA},
-        rms_norm_eps=RMS_EPS, max_position_embeddings=40960,
-        tie_word_embeddings=True,
+        **config_sizes(layout), rope_parameters={"rope_type": "default", "rope_theta": ROPE_THETA},
+        rms_norm_eps=RMS_EPS, max_position_embeddings=40960, tie_word_embeddings=True,
     )
 
 
@@ -77,19 +60,7 @@ def build_qwen3(src: TensorSource, layout: Qwen3Layout, device: torch.device, dt
     """transformers' Qwen3Model with the file's weights (an lm_head, if the file has one, is not needed)."""
     from transformers import Qwen3Model
 
-    state = {k[len(layout.prefix):]: v.to(device=device, dtype=dtype) for k, v in src.with_prefix(layout.prefix).items()
-             if not k.startswith("lm_head.")}
-    with torch.device("meta"):
-        model = Qwen3Model(qwen3_config(layout))
-    result = model.load_state_dict(state, strict=False, assign=True)
-    # rotary inverse frequencies are computed buffers, not weights: make them again on the real device
-    missing = [k for k in result.missing_keys if not k.startswith("rotary_emb.")]
-    if missing or result.unexpected_keys:
-        raise ModelError(f"{src.path.name}: the Qwen3 weights do not fit the layout read from the file "
-                         f"(missing {missing[:4]}, unexpected {result.unexpected_keys[:4]})")
-    with torch.device(device):
-        model.rotary_emb = type(model.rotary_emb)(config=model.config)
-    return model.eval().requires_grad_(False)
+    return build_decoder(src, layout, lambda: Qwen3Model(qwen3_config(layout)), device, dtype)
 
 
 def template_ids(text: str) -> list[int]:
@@ -117,10 +88,4 @@ def load_qwen3_file(src: TensorSource, device: torch.device) -> torch.nn.Module:
     if layout is None:
         raise ModelError(f"{src.path.name} is not a Qwen3 text encoder (CLIP type 'lumina2' with Z-Image takes "
                          "qwen_3_4b)")
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    try:
-        return build_qwen3(src, layout, device, dtype)
-    except ModelError:
-        raise
-    except Exception as exc:
-        raise ModelError(f"{src.path.name}: Qwen3 text encoder could not be converted: {exc}") from exc
+    return converted(src, "Qwen3 text encoder", lambda: build_qwen3(src, layout, device, encoder_dtype(device)))

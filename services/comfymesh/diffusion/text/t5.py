@@ -19,7 +19,8 @@ import torch
 
 from comfymesh.contracts.errors import ModelError
 from comfymesh.diffusion.models.fp8_weights import held_by_fp8_linear, install_fp8_linears, row_scales, split_scales
-from comfymesh.diffusion.models.tensor_source import TensorSource
+from comfymesh.diffusion.models.tensor_source import TensorSource, converted
+from comfymesh.diffusion.text.llm_encoder import encoder_dtype
 from comfymesh.diffusion.text.t5_tokenizer import EOS_ID, PAD_ID, t5_token_ids
 
 PREFIXES = ("", "text_encoders.t5xxl.transformer.", "t5xxl.transformer.")
@@ -163,10 +164,4 @@ def load_t5_file(src: TensorSource, device: torch.device) -> torch.nn.Module:
     layout = parse_t5(src)
     if layout is None:
         raise ModelError(f"{src.path.name} is not a T5-XXL text encoder (t5xxl_fp16 / t5xxl_fp8_e4m3fn[_scaled])")
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    try:
-        return build_t5(src, layout, device, dtype)
-    except ModelError:
-        raise
-    except Exception as exc:
-        raise ModelError(f"{src.path.name}: T5 text encoder could not be converted: {exc}") from exc
+    return converted(src, "T5 text encoder", lambda: build_t5(src, layout, device, encoder_dtype(device)))
