@@ -132,23 +132,46 @@ def test_euler_ancestral_takes_the_rectified_flow_form() -> None:
     assert torch.allclose(out, expected, atol=1e-6)
 
 
-def test_samplers_without_a_flow_form_are_refused_on_flow_models() -> None:
-    from comfymesh.contracts.errors import NodeInputError
-    from comfymesh.diffusion.sampling.ksampler import SamplingModel, prepare_with_sigmas
+def test_lcm_renoises_by_the_flows_noise_scaling() -> None:
+    from comfymesh.diffusion.sampling.noise import DefaultNoise
 
-    model = SamplingModel(unet=lambda x, t, c, y: x, sampling=FlowModelSampling(3.0, 1.0), prediction="flow",
-                          latent_format=FLUX, family="zimage", context_dim=8, adm=None, device=torch.device("cpu"),
-                          dtype=torch.float32, in_channels=16)
+    x = torch.full((1, 1, 2, 2), 0.4)
+    out = SAMPLERS["lcm"](_flow_denoiser([]), x, torch.tensor([1.0, 0.5, 0.0]), SamplerEnv(seed=3, flow=True))
+    d0 = 0.4 - 1.0 * (0.5 * 0.4 + 0.2)
+    draws = DefaultNoise(x, 3)
+    x1 = 0.5 * draws(x) + 0.5 * d0  # σ·noise + (1 − σ)·D, not D + σ·noise
+    expected = x1 - 0.5 * (0.5 * x1 + 0.2)  # the last step returns D(x1, 0.5)
+    assert torch.allclose(out, expected, atol=1e-6)
+
+
+def test_dpmpp_2m_sde_steps_in_the_flows_half_log_snr() -> None:
+    x = torch.full((1, 1, 2, 2), 0.4)
+    env = SamplerEnv(seed=0, eta=0.0, flow=True)  # η = 0: the deterministic part alone
+    out = SAMPLERS["dpmpp_2m_sde"](_flow_denoiser([]), x, torch.tensor([0.75, 0.5]), env)
+    d0 = 0.4 - 0.75 * (0.5 * 0.4 + 0.2)
+    h = math.log(0.5 / 0.5) - math.log(0.25 / 0.75)  # λ = log((1 − σ)/σ)
+    alpha_t = 0.5  # σ_t·e^{λ_t} = 1 − σ_t
+    expected = 0.5 / 0.75 * 0.4 + alpha_t * -math.expm1(-h) * d0
+    assert float(out[0, 0, 0, 0]) == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize("name", ["dpm_2_ancestral", "dpmpp_2s_ancestral", "dpmpp_sde", "dpmpp_sde_gpu", "dpmpp_2m_sde",
+                                  "dpmpp_2m_sde_heun", "dpmpp_3m_sde", "lcm"])
+def test_every_sampler_runs_on_flow_models_from_pure_noise(name: str) -> None:
+    from comfymesh.diffusion.sampling.ksampler import SamplingModel, prepare_with_sigmas, run_prepared
+
+    model = SamplingModel(unet=lambda x, t, c, y: 0.5 * x + 0.2, sampling=FlowModelSampling(3.0, 1.0),
+                          prediction="flow", latent_format=FLUX, family="zimage", context_dim=8, adm=None,
+                          device=torch.device("cpu"), dtype=torch.float32, in_channels=16)
     latent = {"samples": torch.zeros(1, 16, 4, 4)}
     cond = [[torch.zeros(1, 3, 8), {}]]
-    with pytest.raises(NodeInputError, match="not implemented yet for flow models"):
-        prepare_with_sigmas(model, torch.tensor([1.0, 0.0]), seed=0, cfg=1.0, sampler_name="dpmpp_2m_sde",
-                            positive=cond, negative=cond, latent=latent)
-    prep = prepare_with_sigmas(model, torch.tensor([0.75, 0.0]), seed=0, cfg=1.0, sampler_name="euler",
-                               positive=cond, negative=cond, latent=latent)
+    sigmas = calculate_sigmas(model.sampling, "simple", 4)
+    assert float(sigmas[0]) == 1.0  # λ = −∞ there: the half-log-SNR samplers offset it, as ComfyUI does
+    prep = prepare_with_sigmas(model, sigmas, seed=5, cfg=1.0, sampler_name=name, positive=cond, negative=cond,
+                               latent=latent)
     assert not isinstance(prep, dict)
-    # the start point is the flow's noise scaling of the scaled empty latent
-    assert torch.allclose(prep.x, 0.75 * prep.noise + 0.25 * FLUX.process_in(latent["samples"]))
+    out = run_prepared(prep)["samples"]
+    assert torch.isfinite(out).all() and out.abs().max() > 0
 
 
 def test_joint_context_entries_of_other_lengths_run_apart() -> None:

@@ -25,7 +25,6 @@ from comfymesh.diffusion.sampling.post_cfg import PostCfg
 from comfymesh.diffusion.sampling.regions import add_opposite_areas, region_of
 from comfymesh.diffusion.sampling.samplers import (
     CFG_PP_SAMPLERS,
-    FLOW_NOT_YET,
     FLOW_SAMPLERS,
     SAMPLER_NAMES,
     SAMPLERS,
@@ -183,8 +182,6 @@ def prepare_with_sigmas(model: SamplingModel, sigmas: torch.Tensor, *, seed: int
     if sampler is None:
         raise NodeInputError(f"sampler {sampler_name!r} is unknown: expected one of {', '.join(SAMPLER_NAMES)}")
     if model.prediction == "flow":
-        if sampler_name in FLOW_NOT_YET:
-            raise NodeInputError(f"sampler {sampler_name!r} is not implemented yet for flow models ({model.family})")
         sampler = FLOW_SAMPLERS.get(sampler_name, sampler)
     samples = torch.as_tensor(latent["samples"]).float()
     channels = model.latent_format.channels

@@ -23,7 +23,11 @@ from comfymesh.diffusion.sampling.samplers.heunpp2 import sample_heunpp2
 from comfymesh.diffusion.sampling.samplers.ipndm import make_ipndm
 from comfymesh.diffusion.sampling.samplers.lcm import sample_ddpm, sample_lcm
 from comfymesh.diffusion.sampling.samplers.lms import sample_lms
-from comfymesh.diffusion.sampling.samplers.rectified_flow import sample_euler_ancestral_rf
+from comfymesh.diffusion.sampling.samplers.rectified_flow import (
+    sample_dpm_2_ancestral_rf,
+    sample_dpmpp_2s_ancestral_rf,
+    sample_euler_ancestral_rf,
+)
 from comfymesh.diffusion.sampling.samplers.res_multistep import make_res_multistep
 from comfymesh.diffusion.sampling.samplers.sa_solver import make_sa_solver
 from comfymesh.diffusion.sampling.samplers.seeds import make_seeds_2, sample_seeds_3
@@ -91,11 +95,10 @@ SAMPLERS: dict[str, Sampler] = {name: _BY_NAME[name] for name in SAMPLER_NAMES}
 CFG_PP_SAMPLERS = frozenset(name for name in SAMPLER_NAMES if name.endswith("_cfg_pp"))
 IMPLEMENTED_SAMPLERS: tuple[str, ...] = tuple(n for n in SAMPLER_NAMES if n in SAMPLERS)
 # ComfyUI runs these in their rectified-flow form on flow (CONST) models
-FLOW_SAMPLERS: dict[str, Sampler] = {"euler_ancestral": sample_euler_ancestral_rf}
-# and these in half-log-SNR time, or re-noised by the flow's noise scaling: not written for flow models yet
-FLOW_NOT_YET = frozenset({"dpm_2_ancestral", "dpmpp_2s_ancestral", "dpmpp_sde", "dpmpp_sde_gpu", "dpmpp_2m_sde",
-                          "dpmpp_2m_sde_gpu", "dpmpp_2m_sde_heun", "dpmpp_2m_sde_heun_gpu", "dpmpp_3m_sde",
-                          "dpmpp_3m_sde_gpu", "lcm"})
+# (the others read SamplerEnv.flow: half-log-SNR time, the flow's noise scaling)
+FLOW_SAMPLERS: dict[str, Sampler] = {"euler_ancestral": sample_euler_ancestral_rf,
+                                     "dpm_2_ancestral": sample_dpm_2_ancestral_rf,
+                                     "dpmpp_2s_ancestral": sample_dpmpp_2s_ancestral_rf}
 
-__all__ = ["CFG_PP_SAMPLERS", "FLOW_NOT_YET", "FLOW_SAMPLERS", "IMPLEMENTED_SAMPLERS", "SAMPLERS", "SAMPLER_NAMES", "Denoiser", "Sampler",
+__all__ = ["CFG_PP_SAMPLERS", "FLOW_SAMPLERS", "IMPLEMENTED_SAMPLERS", "SAMPLERS", "SAMPLER_NAMES", "Denoiser", "Sampler",
            "SamplerEnv", "StepCallback"]

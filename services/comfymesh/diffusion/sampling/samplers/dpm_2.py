@@ -7,8 +7,9 @@ import torch
 from comfymesh.diffusion.sampling.samplers.base import Denoiser, SamplerEnv, ancestral_split, to_d
 
 
-def _midpoint(model: Denoiser, x: torch.Tensor, d: torch.Tensor, sigma: torch.Tensor,
-              sigma_to: torch.Tensor) -> torch.Tensor:
+def midpoint_step(model: Denoiser, x: torch.Tensor, d: torch.Tensor, sigma: torch.Tensor,
+                  sigma_to: torch.Tensor) -> torch.Tensor:
+    """DPM-Solver-2 from σ to σ_to through the derivative at their geometric mean."""
     sigma_mid = sigma.log().lerp(sigma_to.log(), 0.5).exp()
     x_2 = x + d * (sigma_mid - sigma)
     d_2 = to_d(x_2, sigma_mid, model(x_2, sigma_mid))
@@ -24,7 +25,7 @@ def sample_dpm_2(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, env: Sa
         if values[i + 1] == 0:
             x = x + d * (sigmas[i + 1] - sigmas[i])
         else:
-            x = _midpoint(model, x, d, sigmas[i], sigmas[i + 1])
+            x = midpoint_step(model, x, d, sigmas[i], sigmas[i + 1])
     return x
 
 
@@ -39,6 +40,6 @@ def sample_dpm_2_ancestral(model: Denoiser, x: torch.Tensor, sigmas: torch.Tenso
         if float(down) == 0.0:
             x = x + d * (down - sigmas[i])
         else:
-            x = _midpoint(model, x, d, sigmas[i], down)
+            x = midpoint_step(model, x, d, sigmas[i], down)
             x = x + noise(x) * env.s_noise * up
     return x

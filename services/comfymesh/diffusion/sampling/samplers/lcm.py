@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import torch
 
+from comfymesh.diffusion.sampling.flow_sampling import noise_scaling
 from comfymesh.diffusion.sampling.samplers.base import Denoiser, SamplerEnv
 
 
 def sample_lcm(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, env: SamplerEnv) -> torch.Tensor:
-    """x ← D_i, re-noised to σ_{i+1} with a fresh draw."""
+    """x ← D_i, re-noised to σ_{i+1} with a fresh draw by the model's noise scaling (a flow model's
+    σ·noise + (1 − σ)·D_i)."""
     noise = env.default_noise(x)
     values = sigmas.tolist()
     for i in range(len(sigmas) - 1):
@@ -16,7 +18,7 @@ def sample_lcm(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, env: Samp
         env.step(i, denoised, x)
         x = denoised
         if values[i + 1] > 0:
-            x = x + sigmas[i + 1] * noise(x)
+            x = noise_scaling(sigmas[i + 1], noise(x), x) if env.flow else x + sigmas[i + 1] * noise(x)
     return x
 
 
