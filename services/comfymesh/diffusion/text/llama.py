@@ -10,35 +10,28 @@ HiDream reads every hidden state: the embeddings, each block's output, and the l
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from comfymesh.contracts.errors import ModelError
-from comfymesh.diffusion.models.fp8_weights import held_by_fp8_linear, install_fp8_linears, row_scales, split_scales
-from comfymesh.diffusion.models.tensor_source import TensorSource
+from comfymesh.diffusion.models.tensor_source import TensorSource, converted
+from comfymesh.diffusion.text.llm_encoder import (
+    PREFIXES,
+    DecoderLayout,
+    build_decoder,
+    config_sizes,
+    encoder_dtype,
+    read_layout,
+)
 
-PREFIXES = ("model.", "")
 ROPE_THETA = 500_000.0
 RMS_EPS = 1e-5
 HEAD_DIM = 128  # Llama 3's; a reduced encoder's heads are read from its k_proj when 128 does not divide
 
 
-@dataclass(frozen=True)
-class LlamaLayout:
-    prefix: str
-    vocab: int
-    width: int
-    layers: int
-    intermediate: int
-    head_dim: int
-    heads: int
-    kv_heads: int
-
-    def describe(self) -> str:
-        return f"Llama (width {self.width}, {self.layers} layers, vocabulary {self.vocab})"
+class LlamaLayout(DecoderLayout):
+    kind = "Llama"
 
 
 def parse_llama(src: TensorSource) -> LlamaLayout | None:
@@ -49,26 +42,19 @@ def parse_llama(src: TensorSource) -> LlamaLayout | None:
             continue
         if src.has(p + "layers.0.self_attn.q_norm.weight") or src.has(p + "layers.0.self_attn.k_proj.bias"):
             return None
-        vocab, width = src.shape(p + "embed_tokens.weight")
-        q_rows = src.shape(p + "layers.0.self_attn.q_proj.weight")[0]
-        kv_rows = src.shape(p + "layers.0.self_attn.k_proj.weight")[0]
-        head_dim = HEAD_DIM if q_rows % HEAD_DIM == 0 and kv_rows % HEAD_DIM == 0 else kv_rows
-        rx = re.compile(re.escape(p) + r"layers\.(\d+)\.")
-        return LlamaLayout(
-            prefix=p, vocab=vocab, width=width, layers=len({m.group(1) for k in src.keys if (m := rx.match(k))}),
-            intermediate=src.shape(p + "layers.0.mlp.gate_proj.weight")[0], head_dim=head_dim,
-            heads=q_rows // head_dim, kv_heads=kv_rows // head_dim,
-        )
+        return read_layout(LlamaLayout, src, p, _head_dim)
     return None
+
+
+def _head_dim(q_rows: int, kv_rows: int) -> int:
+    return HEAD_DIM if q_rows % HEAD_DIM == 0 and kv_rows % HEAD_DIM == 0 else kv_rows
 
 
 def llama_config(layout: LlamaLayout) -> Any:
     from transformers import LlamaConfig
 
     return LlamaConfig(
-        vocab_size=layout.vocab, hidden_size=layout.width, intermediate_size=layout.intermediate,
-        num_hidden_layers=layout.layers, num_attention_heads=layout.heads, num_key_value_heads=layout.kv_heads,
-        head_dim=layout.head_dim, rope_parameters={"rope_type": "default", "rope_theta": ROPE_THETA},
+        **config_sizes(layout), rope_parameters={"rope_type": "default", "rope_theta": ROPE_THETA},
         rms_norm_eps=RMS_EPS, max_position_embeddings=131072, attention_bias=False, mlp_bias=False,
         tie_word_embeddings=False,
     )
@@ -79,22 +65,7 @@ def build_llama(src: TensorSource, layout: LlamaLayout, device: torch.device, dt
     linears stay fp8 and compute in `dtype`."""
     from transformers import LlamaModel
 
-    raw = {k[len(layout.prefix):]: v for k, v in src.with_prefix(layout.prefix).items()
-           if not k.startswith("lm_head.")}
-    weights, scales = split_scales(raw)
-    with torch.device("meta"):
-        model = LlamaModel(llama_config(layout))
-    rest = install_fp8_linears(model, {k: v.to(device) for k, v in weights.items()},
-                               {k: v.to(device) for k, v in row_scales(weights, scales).items()}, dtype)
-    result = model.load_state_dict(rest, strict=False, assign=True)
-    # rotary inverse frequencies are computed buffers, not weights: make them again on the real device
-    missing = [k for k in result.missing_keys if not k.startswith("rotary_emb.") and not held_by_fp8_linear(model, k)]
-    if missing or result.unexpected_keys:
-        raise ModelError(f"{src.path.name}: the Llama weights do not fit the layout read from the file "
-                         f"(missing {missing[:4]}, unexpected {result.unexpected_keys[:4]})")
-    with torch.device(device):
-        model.rotary_emb = type(model.rotary_emb)(config=model.config)
-    return model.eval().requires_grad_(False)
+    return build_decoder(src, layout, lambda: LlamaModel(llama_config(layout)), device, dtype)
 
 
 def is_llama(src: TensorSource) -> bool:
@@ -107,13 +78,7 @@ def load_llama_file(src: TensorSource, device: torch.device) -> torch.nn.Module:
     layout = parse_llama(src)
     if layout is None:
         raise ModelError(f"{src.path.name} is not a Llama text encoder (llama_3.1_8b_instruct_fp8_scaled)")
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    try:
-        return build_llama(src, layout, device, dtype)
-    except ModelError:
-        raise
-    except Exception as exc:
-        raise ModelError(f"{src.path.name}: Llama text encoder could not be converted: {exc}") from exc
+    return converted(src, "Llama text encoder", lambda: build_llama(src, layout, device, encoder_dtype(device)))
 
 
 def all_hidden_states(model: Any, ids: list[int], mask: list[int]) -> torch.Tensor:
