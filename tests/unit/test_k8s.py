@@ -97,7 +97,8 @@ def test_scaled_objects_pass_keda_models_and_scale_each_stage_on_its_calls_per_s
         model = ScaledObject.model_validate(doc)
         # cloudcoil ignores fields it does not know: a round trip that loses none has none
         assert model.model_dump(by_alias=True, exclude_none=True, mode="json") == doc
-        assert doc["spec"]["scaleTargetRef"]["name"] in of_kind(docs, "Deployment")
+        target = of_kind(docs, "Deployment")[doc["spec"]["scaleTargetRef"]["name"]]
+        assert "replicas" not in target["spec"]  # KEDA owns the count: a re-apply must not reset it
         (trigger,) = doc["spec"]["triggers"]
         assert trigger["type"] == "prometheus"
         query = " ".join(trigger["metadata"]["query"].split())
