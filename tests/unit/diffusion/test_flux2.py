@@ -26,7 +26,7 @@ from comfymesh.diffusion.models.fp8_weights import Fp8Linear
 from comfymesh.diffusion.models.tensor_source import TensorSource
 from comfymesh.diffusion.models.tiny_zimage import qwen3_shapes
 from comfymesh.diffusion.sampling.ksampler import SamplingModel
-from comfymesh.diffusion.text import klein_text, qwen_tokenizer
+from comfymesh.diffusion.text import klein_text, mistral_text, qwen_tokenizer
 from comfymesh.diffusion.text.qwen_tokenizer import PAD_ID
 
 CPU = torch.device("cpu")
@@ -59,6 +59,9 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
                                                                              torch.float32)),
         "qwen3_short": write(root / "qwen3_short.safetensors", tiny_flux.random_tensors(qwen3_shapes(), 8,
                                                                                          torch.float32)),
+        "mistral": write(root / "mistral.safetensors", tiny_flux2.mistral_file_tensors(10, torch.float32)),
+        "mistral_pruned": write(root / "mistral_pruned.safetensors", tiny_flux2.mistral_file_tensors(
+            11, torch.float32, layers=30)),
     }
 
 
@@ -224,11 +227,48 @@ def test_klein_context_is_three_hidden_states_per_token(files: dict[str, Path]) 
         torch.testing.assert_close(context[0, :, 64 * k:64 * (k + 1)], states[layer][0])
 
 
-def test_encoders_that_klein_cannot_take(files: dict[str, Path], tmp_path: Path) -> None:
+def test_encoders_that_klein_cannot_take(files: dict[str, Path]) -> None:
     with pytest.raises(ModelError, match="too few layers"):
         flux2.FAMILY.load_text_encoders("flux2", [files["qwen3_short"]], CPU)
-    # Dev's Mistral 3 Small: a Llama-form file 5120 wide (one layer stands for forty)
-    mistral = {"model.embed_tokens.weight": torch.zeros(8, 5120), "model.layers.0.post_attention_layernorm.weight":
-               torch.ones(5120), "model.layers.0.self_attn.k_proj.weight": torch.zeros(8, 5120)}
-    with pytest.raises(ModelError, match=r"Mistral 3 Small.*tekken_model"):
-        flux2.FAMILY.load_text_encoders("flux2", [write(tmp_path / "mistral.safetensors", mistral)], CPU)
+
+
+def test_tekken_tokenizer_from_the_file() -> None:
+    # the tokenizer ComfyUI builds from the file's tekken.json (checked ad hoc against mistral_common's Tekkenizer
+    # on this file: equal ids, the template included)
+    tokenizer = mistral_text.tekken_tokenizer(tiny_flux2.tiny_tekken())
+    specials = tiny_flux2.TINY_TEKKEN_SPECIALS
+    assert tokenizer.token_to_id("<s>") == 1 and tokenizer.token_to_id("[SYSTEM_PROMPT]") == 17
+    merged = {token: specials + 256 + rank for rank, token in enumerate(tiny_flux2.TINY_TEKKEN_MERGES)}
+    # specials are single ids; bytes follow the specials, merges the bytes; " cat" splits as " ", "c", "at"
+    assert tokenizer.encode("[INST]the cat[/INST]", add_special_tokens=False).ids == [
+        3, merged[b"the"], specials + ord(" "), specials + ord("c"), merged[b"at"], 4]
+    assert tokenizer.encode("é", add_special_tokens=False).ids == [specials + 0xC3, specials + 0xA9]  # bytes
+
+
+def test_dev_context_is_three_mistral_hidden_states_per_token(files: dict[str, Path]) -> None:
+    encoders = flux2.FAMILY.load_text_encoders("flux2", [files["mistral"]], CPU)
+    encoder = encoders["mistral"]
+    ids = encoder.token_ids("a red fox")
+    assert ids[0] == 1 and ids[1] == 17 and ids[-1] == 4  # <s>, [SYSTEM_PROMPT] … [/INST]; no padding
+    (context, extras), = flux2.FAMILY.encode("a red fox", encoders, {})  # type: ignore[arg-type]
+    assert context.shape == (1, len(ids), 3 * 64) and extras == {}
+    with torch.no_grad():
+        states = encoder.model(input_ids=torch.tensor([ids]), output_hidden_states=True).hidden_states
+    for k, layer in enumerate((10, 20, 30)):
+        torch.testing.assert_close(context[0, :, 64 * k:64 * (k + 1)], states[layer][0])
+    # the pruned (30-layer) form: its last hidden state is read before the final norm, which it does without
+    pruned = flux2.FAMILY.load_text_encoders("flux2", [files["mistral_pruned"]], CPU)["mistral"]
+    assert isinstance(pruned.model.norm, torch.nn.Identity)
+    with torch.no_grad():
+        out = pruned.model(input_ids=torch.tensor([ids]), output_hidden_states=True)
+    torch.testing.assert_close(pruned.encode("a red fox")[0, :, 128:], out.last_hidden_state[0])
+    # FLUX.2 Dev samples on it (192 = 3 × the tiny width)
+    dev = sampling(files["dev"])
+    assert dev.unet(torch.randn(1, 128, 2, 2), torch.tensor([0.5]), context, flux2.entry_y(None, {})).shape == (1, 128, 2, 2)
+
+
+def test_mistral_file_without_its_tokenizer_is_refused(tmp_path: Path) -> None:
+    state = tiny_flux2.mistral_file_tensors(9, torch.float32)
+    del state["tekken_model"]
+    with pytest.raises(ModelError, match="tekken_model"):
+        flux2.FAMILY.load_text_encoders("flux2", [write(tmp_path / "mistral.safetensors", state)], CPU)

@@ -7,7 +7,8 @@ Read at any width and depth so reduced test models load; the heads are the width
 0.8.0 fixes 48, Dev's count). What shapes cannot tell is fixed as ComfyUI fixes it: 1×1 patches of the 128-channel
 latent, RoPE θ 2000 over four axes (index, row, column, text position) splitting the head in quarters, timestep
 and guidance embedded at 1000·value, the text padded at the front with zeros to 512 tokens, reference latents
-placed by `index` in steps of 10. fp8 and scaled-fp8 weights stay fp8.
+placed by `index` in steps of 10. fp8 and scaled-fp8 weights stay fp8. Text encoders: Klein's Qwen3
+(`text.klein_text`), Dev's Mistral 3 Small with the tokenizer its file carries (`text.mistral_text`).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from comfymesh.diffusion.models.tensor_source import TensorSource
 from comfymesh.diffusion.sampling.flux_sampling import FluxModelSampling
 from comfymesh.diffusion.sampling.ksampler import SamplingModel
 from comfymesh.diffusion.text.klein_text import encode_klein, load_klein_encoder
+from comfymesh.diffusion.text.mistral_text import load_mistral_encoder, parse_mistral
 from comfymesh.diffusion.text.qwen3 import parse_qwen3
 
 NAME = "flux2"
@@ -300,16 +302,10 @@ def sampling_model(model: torch.nn.Module, rec: Recognition, device: torch.devic
     )
 
 
-def _mistral_file(src: TensorSource) -> bool:
-    # ComfyUI's test for Mistral 3 Small: a Llama-form file (no q/k norms) 5120 wide
-    key = "model.layers.0.post_attention_layernorm.weight"
-    return src.has(key) and not src.has("model.layers.0.self_attn.q_norm.weight") and src.shape(key)[0] == 5120
-
-
 class Flux2Family:
-    """FLUX.2 in the family registry: CLIPLoader type `flux2` (Klein's Qwen3; Dev's Mistral 3 Small is refused by
-    name until its encoder exists), the FLUX.2 VAE's 128-channel latents, ModelSamplingFlux. Text tokens join the
-    image's in one attention, so calls never batch across jobs; LoRA, no fast path yet."""
+    """FLUX.2 in the family registry: CLIPLoader type `flux2` (Klein's Qwen3 or Dev's Mistral 3 Small, told apart
+    by the file), the FLUX.2 VAE's 128-channel latents, ModelSamplingFlux. Text tokens join the image's in one
+    attention, so calls never batch across jobs; LoRA, no fast path yet."""
 
     name = NAME
     clip_types: tuple[str, ...] = ("flux2",)
@@ -335,14 +331,14 @@ class Flux2Family:
         if len(paths) != 1:
             raise ModelError(f"CLIP type {clip_type!r} takes one text encoder file, got {len(paths)}")
         src = TensorSource(paths[0])
-        if parse_qwen3(src) is None and _mistral_file(src):
-            raise ModelError(f"{src.path.name} is FLUX.2 Dev's Mistral 3 Small text encoder, which this build cannot "
-                             "run yet (its Mistral language model and the Tekken tokenizer the file carries as "
-                             "`tekken_model` are not implemented); FLUX.2 Klein's Qwen3 encoders run")
+        if parse_qwen3(src) is None and parse_mistral(src) is not None:
+            return {"mistral": load_mistral_encoder(src, device)}
         return {"qwen3": load_klein_encoder(src, device)}
 
     def encode(self, text: str, encoders: dict[str, Any], clip: ModelHandle) -> Conditioning:
-        # Klein's three Qwen3 hidden states per token; ComfyUI applies no prompt weights and passes no pooled output
+        # three hidden states per token (Klein's Qwen3 or Dev's Mistral); no prompt weights, no pooled output
+        if "mistral" in encoders:
+            return [[encoders["mistral"].encode(text), {}]]
         return [[encode_klein(encoders["qwen3"], text), {}]]
 
     def model_sampling(self, record: dict[str, Any], sm: SamplingModel) -> SamplingModel:

@@ -1,5 +1,5 @@
 """A tiny random-weight FLUX.2 set in ComfyUI's file layouts, under the official templates' file names: Klein's
-diffusion models (ComfyUI's double/single-block keys with the shared modulations `double_stream_modulation_*`
+and Dev's diffusion models (ComfyUI's double/single-block keys with the shared modulations `double_stream_modulation_*`
 and `single_stream_modulation`, no biases, SwiGLU MLPs), the Qwen3 text encoders (Hugging Face keys, Qwen's full
 vocabulary so real token ids fit, 28 layers so Klein's hidden states 9, 18 and 27 exist) and the FLUX.2 VAE (LDM
 keys, 32 latent channels, the patchified latents' batch-norm statistics `bn.running_mean` / `bn.running_var`).
@@ -12,6 +12,8 @@ bench/families_gpu.py can write full-size files. The loaders know these files on
 from __future__ import annotations
 
 import argparse
+import base64
+import json
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +42,18 @@ QWEN3_8B: dict[str, Any] = {"width": 4096, "layers": 36, "heads": 32, "kv_heads"
                             "intermediate": 12288}
 TINY_QWEN3: dict[str, Any] = {"width": 64, "layers": KLEIN_LAYERS, "heads": 4, "kv_heads": 2, "head_dim": 16,
                               "intermediate": 128}
+MISTRAL3_SMALL: dict[str, Any] = {"width": 5120, "layers": 40, "heads": 32, "kv_heads": 8, "intermediate": 32768,
+                                  "vocab": 131072}
+TINY_MISTRAL: dict[str, Any] = {"width": 64, "layers": 40, "heads": 2, "kv_heads": 1, "intermediate": 128}
+# Tekken's split pattern and the first of its special tokens in rank order (tekken.json's own values)
+TEKKEN_PATTERN = (r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+|[^\r\n\p{L}\p{N}]?"
+                  r"[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)"
+                  r"|\s+")
+TEKKEN_SPECIALS = ("<unk>", "<s>", "</s>", "[INST]", "[/INST]", "[AVAILABLE_TOOLS]", "[/AVAILABLE_TOOLS]",
+                   "[TOOL_RESULTS]", "[/TOOL_RESULTS]", "[TOOL_CALLS]", "[IMG]", "<pad>", "[IMG_BREAK]", "[IMG_END]",
+                   "[PREFIX]", "[MIDDLE]", "[SUFFIX]", "[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]", "[TOOL_CONTENT]")
+TINY_TEKKEN_SPECIALS = 32  # the real file reserves 1000
+TINY_TEKKEN_MERGES = (b"th", b"he", b"the", b" t", b" the", b"an", b" a", b"in", b"on", b"er", b"es", b"at", b"ou")
 
 
 def flux2_shapes(width: int = 128, head_dim: int = 32, depth: int = 1, depth_single: int = 1,
@@ -81,6 +95,46 @@ def klein_qwen3_shapes(**sizes: Any) -> Shapes:
     return qwen3_shapes(**{**TINY_QWEN3, **sizes})
 
 
+def mistral_shapes(width: int = 64, layers: int = 40, heads: int = 2, kv_heads: int = 1, intermediate: int = 128,
+                   vocab: int = 0, head_dim: int = 128) -> Shapes:
+    """Mistral 3 Small's language model in the Hugging Face layout of ComfyUI's mistral_3_small_flux2 files
+    (MISTRAL3_SMALL for the full size; vocab 0: the tiny tekken's)."""
+    vocab = vocab or TINY_TEKKEN_SPECIALS + 256 + len(TINY_TEKKEN_MERGES)
+    s: Shapes = {"model.embed_tokens.weight": (vocab, width), "model.norm.weight": (width,)}
+    for i in range(layers):
+        p = f"model.layers.{i}."
+        s.update({
+            p + "self_attn.q_proj.weight": (heads * head_dim, width), p + "self_attn.k_proj.weight": (kv_heads * head_dim, width),
+            p + "self_attn.v_proj.weight": (kv_heads * head_dim, width), p + "self_attn.o_proj.weight": (width, heads * head_dim),
+            p + "mlp.gate_proj.weight": (intermediate, width), p + "mlp.up_proj.weight": (intermediate, width),
+            p + "mlp.down_proj.weight": (width, intermediate),
+            p + "input_layernorm.weight": (width,), p + "post_attention_layernorm.weight": (width,),
+        })
+    return s
+
+
+def tiny_tekken() -> bytes:
+    """A tekken.json in Mistral's format: the 256 bytes and a few merges as ranks, Tekken's pattern, special tokens
+    in Tekken's order (padded with <SPECIAL_i> to TINY_TEKKEN_SPECIALS)."""
+    tokens = [bytes([b]) for b in range(256)] + list(TINY_TEKKEN_MERGES)
+    specials = [*TEKKEN_SPECIALS, *(f"<SPECIAL_{i}>" for i in range(len(TEKKEN_SPECIALS), TINY_TEKKEN_SPECIALS))]
+    return json.dumps({
+        "config": {"pattern": TEKKEN_PATTERN, "num_vocab_tokens": len(tokens),
+                   "default_vocab_size": TINY_TEKKEN_SPECIALS + len(tokens),
+                   "default_num_special_tokens": TINY_TEKKEN_SPECIALS, "version": "v7"},
+        "vocab": [{"rank": r, "token_bytes": base64.b64encode(t).decode(), "token_str": t.decode("latin-1")}
+                  for r, t in enumerate(tokens)],
+        "special_tokens": [{"rank": r, "token_str": t, "is_control": True} for r, t in enumerate(specials)],
+    }).encode()
+
+
+def mistral_file_tensors(seed: int, dtype: torch.dtype, layers: int = TINY_MISTRAL["layers"]) -> dict[str, torch.Tensor]:
+    """A tiny mistral_3_small_flux2 file: the language model and its tokenizer as `tekken_model` (uint8)."""
+    state = random_tensors(mistral_shapes(**{**TINY_MISTRAL, "layers": layers}), seed, dtype)
+    state["tekken_model"] = torch.frombuffer(bytearray(tiny_tekken()), dtype=torch.uint8)
+    return state
+
+
 def flux2_vae_shapes(ch: int = 32, decoder_ch: int | None = None, mult: tuple[int, ...] = (1, 1, 1, 1),
                      res_blocks: int = 1) -> Shapes:
     """The FLUX.2 VAE in the LDM layout (quant convs, 32 latent channels) with the 128 batch-norm statistics;
@@ -119,6 +173,10 @@ TEMPLATE_FILES = {
     "diffusion_models/flux-2-klein-base-9b-fp8.safetensors": "klein_fp8",
     "text_encoders/qwen_3_4b.safetensors": "qwen3",
     "text_encoders/qwen_3_8b_fp8mixed.safetensors": "qwen3",  # a bf16 stand-in (no fp8mixed form yet)
+    # FLUX.2 Dev: its text encoders carry their tokenizer; the fp8 one is the pruned (30-layer) form, bf16 weights
+    "diffusion_models/flux2_dev_fp8mixed.safetensors": "dev_fp8",
+    "text_encoders/mistral_3_small_flux2_bf16.safetensors": "mistral",
+    "text_encoders/mistral_3_small_flux2_fp8.safetensors": "mistral_pruned",
     "vae/flux2-vae.safetensors": "vae",
     "vae/full_encoder_small_decoder.safetensors": "vae_small_decoder",
 }
@@ -137,9 +195,11 @@ def make_template_files(models: str | Path, seed: int = 0) -> list[Path]:
             state = flux2_vae_tensors(shapes, seed + 2, torch.bfloat16)
         elif form == "qwen3":
             state = random_tensors(klein_qwen3_shapes(), seed + 1, torch.bfloat16)
+        elif form.startswith("mistral"):
+            state = mistral_file_tensors(seed + 3, torch.bfloat16, 30 if form == "mistral_pruned" else 40)
         else:
-            state = random_tensors(flux2_shapes(), seed, torch.bfloat16)
-            state = fp8(state) if form == "klein_fp8" else state
+            state = random_tensors(flux2_shapes(guidance=form == "dev_fp8"), seed, torch.bfloat16)
+            state = fp8(state) if form.endswith("fp8") else state
         save_file(state, str(path), metadata={"format": "pt"})
         written.append(path)
     return written

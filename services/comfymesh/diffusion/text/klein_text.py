@@ -6,7 +6,7 @@ this follows the Klein encoder ComfyUI added next (comfy/text_encoders/flux.py K
 diffusers' Flux2KleinPipeline also encodes: the prompt inside Qwen's chat template with an empty think block,
 tokenized as one piece, padded at the end to at least 512 tokens with <|endoftext|> (masked in attention), and the
 hidden states entering blocks 9, 18 and 27 (no final norm) joined per token into one 3·width feature. Prompt
-weights are not applied.
+weights are not applied (escaped parentheses lose their backslash, as there).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import torch
 
 from comfymesh.contracts.errors import ModelError
 from comfymesh.diffusion.models.tensor_source import TensorSource
+from comfymesh.diffusion.text.prompt_weights import unweighted
 from comfymesh.diffusion.text.qwen3 import build_qwen3, parse_qwen3
 from comfymesh.diffusion.text.qwen_tokenizer import PAD_ID, qwen_token_ids
 
@@ -27,7 +28,7 @@ LAYERS = (9, 18, 27)  # hidden_states indices: the input of those blocks (0 is t
 
 def klein_tokens(text: str) -> tuple[list[int], list[int]]:
     """(token ids, attention mask) of one prompt: templated, padded to MIN_LENGTH at the end."""
-    ids = qwen_token_ids(TEMPLATE.format(text))
+    ids = qwen_token_ids(TEMPLATE.format(unweighted(text)))
     pad = max(MIN_LENGTH - len(ids), 0)
     return ids + [PAD_ID] * pad, [1] * len(ids) + [0] * pad
 

@@ -13,6 +13,12 @@ def _unescape(text: str) -> str:
     return text.replace(_CLOSE, ")").replace(_OPEN, "(")
 
 
+def unweighted(text: str) -> str:
+    """The text ComfyUI tokenizes where prompt weights are disabled (FLUX.2's encoders): parentheses as written,
+    escaped ones without their backslash."""
+    return _unescape(_escape(text))
+
+
 def split_top_level(text: str) -> list[str]:
     """Split at top-level parenthesised groups with one counter (a stray `)` makes later parens text)."""
     items: list[str] = []
