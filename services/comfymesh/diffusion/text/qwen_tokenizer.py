@@ -38,10 +38,12 @@ def qwen_tokenizer_dir() -> Path:
     return default_tokenizer_dir() / "qwen3"
 
 
-def parse_ranks(text: bytes) -> dict[bytes, int]:
+def parse_ranks(text: bytes, count: int = RANK_COUNT, what: str = "Qwen") -> dict[bytes, int]:
+    """A tiktoken rank file (base64 token, rank per line) as token bytes → rank; ValueError unless it holds the
+    `count` consecutive ranks of `what`'s vocabulary."""
     ranks = {base64.b64decode(token): int(rank) for token, rank in (line.split() for line in text.splitlines() if line)}
-    if len(ranks) != RANK_COUNT or sorted(ranks.values()) != list(range(RANK_COUNT)):
-        raise ValueError(f"the rank file does not hold the {RANK_COUNT} consecutive Qwen ranks")
+    if len(ranks) != count or sorted(ranks.values()) != list(range(count)):
+        raise ValueError(f"the rank file does not hold the {count} consecutive {what} ranks")
     return ranks
 
 
