@@ -166,8 +166,15 @@ def test_a_whole_checkpoint_loads_as_a_diffusion_model(homes: dict[str, Path], c
     assert torch.equal(txt2img(ctx, model, clip, vae), txt2img(ctx, *split(ctx, "sd15")))
 
 
+def test_flux2_type_takes_klein_or_dev_encoders(homes: dict[str, Path], cache: ModelCache) -> None:
+    # FLUX.2's CLIP type runs Klein's Qwen3 and Dev's Mistral files (tests/unit/diffusion/test_flux2.py); a CLIP-L
+    # file is neither
+    with pytest.raises(ModelError, match=r"clip_l\.safetensors is not a Qwen3 text encoder .*'flux2'"):
+        run(ctx_for(homes, "sdxl"), "CLIPLoader", clip_name="clip_l.safetensors", type="flux2")
+
+
 @pytest.mark.parametrize(("node", "inputs"), [
-    ("CLIPLoader", {"clip_name": "clip_l.safetensors", "type": "flux2"}),
+    ("CLIPLoader", {"clip_name": "clip_l.safetensors", "type": "ovis"}),
     ("DualCLIPLoader", {"clip_name1": "clip_l.safetensors", "clip_name2": "clip_g.safetensors",
                         "type": "hunyuan_video"}),
 ])
