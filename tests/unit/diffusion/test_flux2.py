@@ -77,6 +77,8 @@ def klein(files: dict[str, Path]) -> SamplingModel:
 
 
 def test_recognised_by_shape_and_apart_from_flux1(files: dict[str, Path], tmp_path: Path) -> None:
+    for name in ("klein", "dev", "fp8"):  # no other family claims a FLUX.2 file
+        assert [f.name for f in registry.families() if f.recognise(TensorSource(files[name])) is not None] == ["flux2"]
     family, layout = registry.recognise(TensorSource(files["klein"]))  # type: ignore[misc]
     assert family is flux2.FAMILY
     assert (layout.width, layout.heads, layout.head_dim, layout.depth, layout.depth_single) == (128, 4, 32, 1, 1)
