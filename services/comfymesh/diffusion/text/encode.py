@@ -158,9 +158,15 @@ def encode_one(run: Runner, n_layers: int, width: int, spec: EncoderSpec, groups
                ) -> tuple[torch.Tensor, torch.Tensor]:
     """One encoder: (context [1, 77·k, D] with weights applied, final-norm state of window 0 [1, 77, D])."""
     layer = block_index(stop_at_clip_layer, spec.default_layer, n_layers)
+    return encode_windows(run, windows(groups, spec.pad_id), width, layer, spec, device)
+
+
+def encode_windows(run: Runner, wins: list[list[tuple[Token, float]]], width: int, layer: int, spec: EncoderSpec,
+                   device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(context [1, 77·k, D] of the windows at `layer`, weighted tokens moved from the empty prompt's state as
+    empty + w·(z − empty), final-norm state of window 0 [1, 77, D]), float32 on `device`."""
     outs = []
     first_last: torch.Tensor | None = None
-    wins = windows(groups, spec.pad_id)
     weighted = any(w != 1.0 for win in wins for _, w in win)
     empty = None
     if weighted:

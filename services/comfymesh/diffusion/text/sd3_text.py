@@ -26,8 +26,8 @@ from comfymesh.diffusion.text.encode import (
     ClipRunner,
     EncoderSpec,
     Token,
-    _encode_window,
     block_index,
+    encode_windows,
     tokenize_weighted,
     windows,
 )
@@ -83,29 +83,14 @@ def encode_clip_windows(clip: nn.Module, spec: EncoderSpec, wins: list[Window], 
     text: Any = runner.text()
     device = next(clip.parameters()).device
     layer = block_index(stop_at_clip_layer, spec.default_layer, text.config.num_hidden_layers)
-    width = text.config.hidden_size
-    weighted = any(w != 1.0 for win in wins for _, w in win)
-    outs = []
     with torch.no_grad():
-        empty = None
-        if weighted:
-            empty = _encode_window(runner, windows([], spec.pad_id)[0], width, layer, spec.final_norm, device)[0]
-        first_last: torch.Tensor | None = None
-        for k, win in enumerate(wins):
-            z, last, _ = _encode_window(runner, win, width, layer, spec.final_norm, device)
-            if k == 0:
-                first_last = last
-            if empty is not None:
-                w = torch.tensor([wt for _, wt in win], dtype=z.dtype, device=device)[None, :, None]
-                z = torch.where(w != 1.0, empty + w * (z - empty), z)
-            outs.append(z)
-        assert first_last is not None
+        context, first_last = encode_windows(runner, wins, text.config.hidden_size, layer, spec, device)
         eos = next(j for j, (t, _) in enumerate(wins[0]) if isinstance(t, int) and t == EOS_ID)
         pooled = first_last[:, eos]
         projection: Any = getattr(clip, "text_projection", None)
         if spec.role == "g" and projection is not None:
             pooled = pooled @ projection.weight.float().T
-    return torch.cat(outs, dim=1).float().cpu(), pooled.float().cpu()
+    return context.cpu(), pooled.float().cpu()
 
 
 def clip_tokens(l_text: str | None, g_text: str | None) -> tuple[list[Window], list[Window]]:
