@@ -18,6 +18,7 @@ from rich.console import Console
 
 from comfymesh.cli import follow, gateway, jobs, prompt_edit
 from comfymesh.cli.gateway import GatewayError
+from comfymesh.contracts.events import JobStatus
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 LEDGER_NAME = ".comfymesh-watch.jsonl"
@@ -85,8 +86,8 @@ def run_one(http: httpx.Client, prompt: prompt_edit.Prompt, loader: str | None, 
         follow.watch_and_save(http, job_id, out, cancel_on_exit=False, console=console)
     except GatewayError as exc:
         console.print(f"[red]{path.name}: {exc.lines[0]}[/]")
-        return job_id, "failed"
-    return job_id, "completed"
+        return job_id, JobStatus.FAILED
+    return job_id, JobStatus.COMPLETED
 
 
 def watch(
@@ -134,7 +135,7 @@ def watch(
                         failures += 1
                     continue
                 job_id, status = run_one(http, prompt, node, path, out, console)
-                failures += status != "completed"
+                failures += status != JobStatus.COMPLETED
                 _record(out, seen, job_id, status)
                 done.add(seen)
             if once:
