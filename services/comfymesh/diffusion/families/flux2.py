@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from comfymesh.contracts.errors import ModelError
 from comfymesh.contracts.handles import ModelHandle
 from comfymesh.diffusion.families.flux import DEFAULT_GUIDANCE, flux_y
+from comfymesh.diffusion.families.loading import load_diffusion_model, load_fp8_aware
 from comfymesh.diffusion.families.registry import (
     BuiltModel,
     Conditioning,
@@ -34,13 +35,7 @@ from comfymesh.diffusion.families.registry import (
 )
 from comfymesh.diffusion.latents.formats import FLUX2, LatentFormat
 from comfymesh.diffusion.models.flow_lora import key_map, linear1_qkv
-from comfymesh.diffusion.models.fp8_weights import (
-    converted_row_scales,
-    held_by_fp8_linear,
-    install_fp8_linears,
-    is_fp8,
-    split_scales,
-)
+from comfymesh.diffusion.models.fp8_weights import is_fp8
 from comfymesh.diffusion.models.recognise import Recognition, UNetLayout
 from comfymesh.diffusion.models.tensor_source import TensorSource
 from comfymesh.diffusion.sampling.flux_sampling import FluxModelSampling
@@ -140,21 +135,8 @@ def build_flux2(src: TensorSource, layout: Flux2Layout, device: torch.device, dt
     the rest in `dtype`."""
     from diffusers import Flux2Transformer2DModel
 
-    raw = {k[len(layout.prefix):]: v for k, v in src.with_prefix(layout.prefix).items()}
-    weights, scales = split_scales(raw)
-    row_scales = converted_row_scales(convert_flux2, weights, scales)
-    state = convert_flux2(weights)
-    with torch.device("meta"):
-        model: Any = Flux2Transformer2DModel(**model_config(layout))
-    rest = install_fp8_linears(model, {k: v.to(device) for k, v in state.items()},
-                               {k: v.to(device) for k, v in row_scales.items()}, dtype)
-    result = model.load_state_dict(rest, strict=False, assign=True)
-    missing = [k for k in result.missing_keys if not held_by_fp8_linear(model, k)]
-    if missing or result.unexpected_keys:
-        raise ModelError(f"{src.path.name}: the FLUX.2 weights do not fit the layout read from the file (missing "
-                         f"{missing[:4]}, unexpected {result.unexpected_keys[:4]})")
-    module: torch.nn.Module = model.eval().requires_grad_(False)
-    return module
+    return load_fp8_aware(src, layout.prefix, lambda: Flux2Transformer2DModel(**model_config(layout)), convert_flux2,
+                          device, dtype, "FLUX.2")
 
 
 def compute_dtype(device: torch.device) -> torch.dtype:
@@ -166,18 +148,8 @@ def load_flux2(src: TensorSource, layout: Flux2Layout, device: torch.device,
                storage: torch.dtype | None = None) -> torch.nn.Module:
     """The model in its compute dtype; an fp8 `storage` (UNETLoader's weight_dtype) rounds bf16/fp16 weights
     to that format first (fp8 files are fp8 already)."""
-    try:
-        model = build_flux2(src, layout, device, compute_dtype(device))
-    except ModelError:
-        raise
-    except Exception as exc:
-        raise ModelError(f"{src.path.name}: FLUX.2 diffusion model could not be converted: {exc}") from exc
-    if storage is not None:
-        with torch.no_grad():
-            for tensor in model.parameters():
-                if not is_fp8(tensor):
-                    tensor.copy_(tensor.to(storage).to(tensor.dtype))
-    return model
+    return load_diffusion_model(src, "FLUX.2", lambda: build_flux2(src, layout, device, compute_dtype(device)),
+                                storage)
 
 
 def image_ids(h: int, w: int, index: float = 0.0, h_offset: int = 0, w_offset: int = 0) -> torch.Tensor:
