@@ -202,7 +202,8 @@ class Scheduler:
         await self.store.listen_cancels(self._cancel_requested)
         self.webhooks.secret = await webhook_secret(self.settings, self.store)
         for event in await self.bus.record(self.store.requeue_orphans):
-            log.info("job re-queued after restart", extra=log_fields(job=event.job_id))
+            done = "cancelled (as was asked)" if event.type == EventType.CANCELLED else "re-queued"
+            log.info(f"job {done} after restart", extra=log_fields(job=event.job_id))
         self._redelivery = asyncio.create_task(self.redeliver_webhooks())
         self._redelivery.add_done_callback(_log_failure("webhook redelivery"))
         self._recovered = True
