@@ -20,8 +20,14 @@ import torch
 
 from comfymesh.contracts.errors import ModelError
 from comfymesh.contracts.handles import ModelHandle
-from comfymesh.diffusion.families.flux import PATCH, _patches, compute_dtype, convert_flux, image_ids, lora_key_map
-from comfymesh.diffusion.families.loading import count_blocks, load_diffusion_model, load_fp8_aware
+from comfymesh.diffusion.families.flux import PATCH, _patches, convert_flux, image_ids, lora_key_map
+from comfymesh.diffusion.families.loading import (
+    compute_dtype,
+    count_blocks,
+    load_diffusion_model,
+    load_fp8_aware,
+    model_dtype,
+)
 from comfymesh.diffusion.families.registry import (
     BuiltModel,
     Conditioning,
@@ -153,8 +159,7 @@ def recognition(layout: ChromaLayout) -> Recognition:
 
 def sampling_model(model: torch.nn.Module, rec: Recognition, device: torch.device) -> SamplingModel:
     """The denoiser's view with ComfyUI's Chroma sampling (discrete flow, shift 1, σ as the time)."""
-    param = next(model.parameters())
-    dtype = param.dtype if param.dtype in (torch.float32, torch.float16, torch.bfloat16) else compute_dtype(device)
+    dtype = model_dtype(model, device)
     return SamplingModel(
         unet=chroma_fn(model), sampling=FlowModelSampling(SHIFT, MULTIPLIER), prediction="flow", latent_format=FLUX,
         family=NAME, context_dim=rec.unet.context_dim, adm=None, device=device, dtype=dtype,

@@ -21,7 +21,13 @@ import torch.nn.functional as F
 
 from comfymesh.contracts.errors import ModelError
 from comfymesh.contracts.handles import ModelHandle
-from comfymesh.diffusion.families.loading import count_blocks, load_diffusion_model, load_fp8_aware
+from comfymesh.diffusion.families.loading import (
+    compute_dtype,
+    count_blocks,
+    load_diffusion_model,
+    load_fp8_aware,
+    model_dtype,
+)
 from comfymesh.diffusion.families.registry import (
     BuiltModel,
     Conditioning,
@@ -177,10 +183,6 @@ def lora_key_map(src: TensorSource, prefix: str, width: int, converter: Any = No
     kmap = key_map(src, prefix, lambda s: convert_flux(s, width, converter))
     return dataclasses.replace(kmap, fused=linear1_qkv(kmap.file_shapes, width))
 
-
-def compute_dtype(device: torch.device) -> torch.dtype:
-    """ComfyUI runs FLUX in bf16 on a GPU, float32 on the CPU."""
-    return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
 def load_flux(src: TensorSource, layout: FluxLayout, device: torch.device,
@@ -362,8 +364,7 @@ def sampling_model(model: torch.nn.Module, rec: Recognition, device: torch.devic
     shift 1.15, σ as the timestep). Text tokens join the image's in one attention, so contexts of other
     lengths never share a call; y is pooled ‖ guidance."""
     layout = layout_of(model)
-    param = next(model.parameters())
-    dtype = param.dtype if param.dtype in (torch.float32, torch.float16, torch.bfloat16) else compute_dtype(device)
+    dtype = model_dtype(model, device)
     return SamplingModel(
         unet=FluxCall(model, layout), sampling=FluxModelSampling(), prediction="flow", latent_format=FLUX,
         family=NAME, context_dim=layout.context_dim, adm=layout.vec_dim + 1, device=device, dtype=dtype,

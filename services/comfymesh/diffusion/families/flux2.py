@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from comfymesh.contracts.errors import ModelError
 from comfymesh.contracts.handles import ModelHandle
 from comfymesh.diffusion.families.flux import DEFAULT_GUIDANCE, flux_y
-from comfymesh.diffusion.families.loading import load_diffusion_model, load_fp8_aware
+from comfymesh.diffusion.families.loading import compute_dtype, load_diffusion_model, load_fp8_aware
 from comfymesh.diffusion.families.registry import (
     BuiltModel,
     Conditioning,
@@ -138,10 +138,6 @@ def build_flux2(src: TensorSource, layout: Flux2Layout, device: torch.device, dt
     return load_fp8_aware(src, layout.prefix, lambda: Flux2Transformer2DModel(**model_config(layout)), convert_flux2,
                           device, dtype, "FLUX.2")
 
-
-def compute_dtype(device: torch.device) -> torch.dtype:
-    """ComfyUI runs FLUX.2 in bf16 on a GPU, float32 on the CPU."""
-    return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
 def load_flux2(src: TensorSource, layout: Flux2Layout, device: torch.device,

@@ -23,7 +23,13 @@ import torch.nn.functional as F
 
 from comfymesh.contracts.errors import ModelError, NodeInputError
 from comfymesh.contracts.handles import ModelHandle
-from comfymesh.diffusion.families.loading import count_blocks, load_diffusion_model, load_fp8_aware
+from comfymesh.diffusion.families.loading import (
+    compute_dtype,
+    count_blocks,
+    load_diffusion_model,
+    load_fp8_aware,
+    model_dtype,
+)
 from comfymesh.diffusion.families.registry import (
     BuiltModel,
     Conditioning,
@@ -149,10 +155,6 @@ def _identity(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return dict(state)  # diffusers names HiDream's modules as ComfyUI does
 
 
-def compute_dtype(device: torch.device) -> torch.dtype:
-    """ComfyUI runs HiDream in bf16 on a GPU (its supported dtypes: bf16, float32), float32 on the CPU."""
-    return torch.bfloat16 if device.type == "cuda" else torch.float32
-
 
 def build_hidream(src: TensorSource, layout: HiDreamLayout, device: torch.device,
                   dtype: torch.dtype) -> torch.nn.Module:
@@ -267,8 +269,7 @@ def sampling_model(model: torch.nn.Module, rec: Recognition, device: torch.devic
     """The denoiser's view of a loaded HiDream model with ComfyUI's default model sampling (flow, shift 1, time
     σ·1000). Text tokens join the image's in one attention, so contexts of other lengths never share a call."""
     layout = layout_of(model)
-    param = next(model.parameters())
-    dtype = param.dtype if param.dtype in (torch.float32, torch.float16, torch.bfloat16) else compute_dtype(device)
+    dtype = model_dtype(model, device)
     return SamplingModel(
         unet=HiDreamCall(model, layout), sampling=FlowModelSampling(SHIFT, MULTIPLIER), prediction="flow",
         latent_format=FLUX, family=NAME, context_dim=layout.t5_dim, adm=layout.pooled_dim, device=device,

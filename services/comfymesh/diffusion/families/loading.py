@@ -23,6 +23,19 @@ from comfymesh.diffusion.models.fp8_weights import (
 from comfymesh.diffusion.models.tensor_source import TensorSource, converted
 
 
+def compute_dtype(device: torch.device) -> torch.dtype:
+    """The dtype ComfyUI runs each family here in: bf16 on a GPU (fp16 overflows SD3.5 and Qwen-Image, HiDream
+    takes bf16 or float32 only), float32 on the CPU."""
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def model_dtype(model: torch.nn.Module, device: torch.device) -> torch.dtype:
+    """The dtype a built model computes in: its first parameter's, or `compute_dtype` where that one is an fp8
+    weight (fp8 linears compute in the compute dtype)."""
+    param = next(model.parameters())
+    return param.dtype if param.dtype in (torch.float32, torch.float16, torch.bfloat16) else compute_dtype(device)
+
+
 def count_blocks(keys: Iterable[str], prefix: str, group: str) -> int:
     """How many numbered blocks `prefix + group + ".N."` the keys name (`double_blocks`, `layers`, ...)."""
     rx = re.compile(re.escape(prefix + group) + r"\.(\d+)\.")

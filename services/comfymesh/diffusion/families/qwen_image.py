@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from comfymesh.contracts.errors import ModelError
 from comfymesh.contracts.handles import ModelHandle
-from comfymesh.diffusion.families.loading import load_diffusion_model
+from comfymesh.diffusion.families.loading import compute_dtype, load_diffusion_model
 from comfymesh.diffusion.families.registry import (
     BuiltModel,
     Conditioning,
@@ -141,10 +141,6 @@ def build_qwen_image(src: TensorSource, layout: QwenImageLayout, device: torch.d
     module: torch.nn.Module = model.eval().requires_grad_(False)
     return module
 
-
-def compute_dtype(device: torch.device) -> torch.dtype:
-    """ComfyUI runs Qwen-Image in bf16 on a GPU (fp16 overflows it), float32 on the CPU."""
-    return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
 def load_qwen_image(src: TensorSource, layout: QwenImageLayout, device: torch.device,

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from comfymesh.contracts.errors import ModelError
 from comfymesh.contracts.handles import ModelHandle
-from comfymesh.diffusion.families.loading import load_diffusion_model, load_fp8_aware
+from comfymesh.diffusion.families.loading import compute_dtype, load_diffusion_model, load_fp8_aware
 from comfymesh.diffusion.families.registry import (
     BuiltModel,
     Conditioning,
@@ -147,10 +147,6 @@ def build_sd3(src: TensorSource, layout: SD3Layout, device: torch.device, dtype:
     return load_fp8_aware(src, layout.prefix, lambda: SD3Transformer2DModel(**model_config(layout)), convert,
                           device, dtype, "SD3")
 
-
-def compute_dtype(device: torch.device) -> torch.dtype:
-    """bf16 on a GPU (SD3.5 overflows fp16), float32 on the CPU, as ComfyUI computes it."""
-    return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
 def load_sd3(src: TensorSource, layout: SD3Layout, device: torch.device,

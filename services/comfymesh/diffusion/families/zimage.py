@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from comfymesh.contracts.errors import ModelError
 from comfymesh.contracts.handles import ModelHandle
-from comfymesh.diffusion.families.loading import count_blocks, file_state, load_diffusion_model
+from comfymesh.diffusion.families.loading import compute_dtype, count_blocks, file_state, load_diffusion_model
 from comfymesh.diffusion.families.registry import (
     BuiltModel,
     Conditioning,
@@ -136,10 +136,6 @@ def build_zimage(src: TensorSource, layout: ZImageLayout, device: torch.device,
                          f"{result.missing_keys[:4]}, unexpected {result.unexpected_keys[:4]})")
     return model.eval().requires_grad_(False)
 
-
-def compute_dtype(device: torch.device) -> torch.dtype:
-    """ComfyUI runs Z-Image in bf16 (no fp16 on most cards) on a GPU, float32 on the CPU."""
-    return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
 def zimage_fn(model: torch.nn.Module) -> UNetFn:
