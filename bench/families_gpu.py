@@ -28,6 +28,9 @@ Per family (`--families`, in that order), each family's files are written, measu
   --fast    one more mesh per family with the fast path on (`mesh_fast`): the cold job starts the model's and the
             VAE decode's buckets, which are waited for (graphed then compiled, `--compile-timeout`), then the warm
             runs with the eager mesh's seeds; `psnr_vs_eager_db` per seed compares their PNGs with the eager ones.
+  --fp8-matmul  FLUX's scaled-fp8 transformer call is also run with the fp8 matmul mode (torch._scaled_mm on Ada or
+            Hopper; elsewhere the upcast path, and the result says which kernel ran): call time and PSNR against the
+            bf16-upcast call on the same inputs (`fp8_transformer.fp8_matmul`).
 Results are written after every phase (--out); a phase that fails is recorded and the next one runs.
 """
 
@@ -515,8 +518,36 @@ def fp8_transformer(models: Path, device: Any, args: argparse.Namespace) -> dict
     out["call_ms"] = round(p50(times[1:]) * 1000, 1)
     if cuda:
         out["peak_GiB"] = round((torch.cuda.max_memory_allocated() - base) / GiB, 3)
+    if args.fp8_matmul:
+        out["fp8_matmul"] = fp8_matmul_call(parts.unet, sm.unet, (x, t, ctx, y), device)
     say(f"flux fp8 transformer: {out}")
     return out
+
+
+def fp8_matmul_call(model: Any, call: Any, inputs: tuple[Any, ...], device: Any) -> dict[str, Any]:
+    """The same transformer call with the fp8 matmul mode (COMFYMESH_FP8_MATMUL's kernel) against the upcast bf16
+    path: its time and the PSNR of its output (peak-to-peak of the bf16 output over the RMS difference)."""
+    import torch
+
+    from comfymesh.diffusion.memory.fp8_matmul import device_capability, fp8_kernel
+    from comfymesh.diffusion.models.fp8_weights import set_fp8_kernel
+
+    kernel = fp8_kernel(True, device, device_capability(device))
+    with torch.inference_mode():
+        ref = call(*inputs).float()
+        layers = set_fp8_kernel(model, kernel)
+        times = []
+        for _ in range(3):
+            s = time.perf_counter()
+            got = call(*inputs).float()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - s)
+        set_fp8_kernel(model, "upcast")
+    mse = float((got - ref).pow(2).mean())
+    span = float(ref.max() - ref.min())
+    return {"kernel": kernel, "scaled_mm_layers": layers, "call_ms": round(p50(times[1:]) * 1000, 1),
+            "psnr_vs_bf16_db": round(10 * math.log10(span**2 / mse), 2) if mse > 0 else float("inf")}
 
 
 # ------------------------------------------------------------------------------------------- mesh phase
@@ -664,6 +695,8 @@ def run_family(family: str, base: Path, args: argparse.Namespace) -> None:
                 cmd += ["--steps", str(args.steps)]
             if args.tiny:
                 cmd.append("--tiny")
+            if args.fp8_matmul:
+                cmd.append("--fp8-matmul")
             start = time.perf_counter()
             proc = subprocess.run(cmd, timeout=args.phase_timeout)
             res["pipeline"] = json.loads(out.read_text()) if out.is_file() else {"error": f"exit {proc.returncode}"}
@@ -705,6 +738,9 @@ def main() -> None:
     parser.add_argument("--no-fp8-mesh", action="store_true", help="skip FLUX's second mesh on the scaled-fp8 file")
     parser.add_argument("--fast", action="store_true", help="each mesh again on the fast path, PSNR against eager")
     parser.add_argument("--compile-timeout", type=float, default=900, help="--fast: longest wait for the buckets")
+    parser.add_argument("--fp8-matmul", action="store_true",
+                        help="FLUX's scaled-fp8 transformer call also in the fp8 matmul mode (COMFYMESH_FP8_MATMUL): "
+                             "its time and PSNR against the bf16-upcast call")
     parser.add_argument("--keep-files", action="store_true", help="keep each family's files after it ran")
     parser.add_argument("--phase-timeout", type=float, default=900)
     parser.add_argument("--out", default=None, help="write the results as JSON here (logs beside it)")

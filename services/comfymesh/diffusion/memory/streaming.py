@@ -10,6 +10,7 @@ stream too; the kernels and weights are those of the resident model, so results 
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
@@ -45,6 +46,7 @@ class BlockStreamer:
     """Streams `blocks` of `model` to `device` during each forward (installed by `offload`; `remove` undoes)."""
 
     def __init__(self, model: nn.Module, blocks: Sequence[nn.Module], device: torch.device) -> None:
+        self.model = model
         self.device = device
         self.blocks = list(blocks)
         self.slots = [_slots(b) for b in self.blocks]
@@ -106,6 +108,7 @@ class BlockStreamer:
         for handle in self.handles:
             handle.remove()
         self.handles.clear()
+        _streamers.pop(self.model, None)
 
 
 def offload(model: nn.Module, plan: OffloadPlan, device: torch.device) -> BlockStreamer | None:
@@ -126,4 +129,15 @@ def offload(model: nn.Module, plan: OffloadPlan, device: torch.device) -> BlockS
                     data = data.pin_memory()
                 table[key] = nn.Parameter(data, requires_grad=False) if isinstance(t, nn.Parameter) else data
     log.info("memory plan %s", plan.describe())
-    return BlockStreamer(model, blocks, device) if blocks else None
+    if not blocks:
+        return None
+    streamer = _streamers[model] = BlockStreamer(model, blocks, device)
+    return streamer
+
+
+def streamer_of(model: nn.Module) -> BlockStreamer | None:
+    """The streamer running some of `model`'s blocks, None for a resident model."""
+    return _streamers.get(model)
+
+
+_streamers: weakref.WeakKeyDictionary[nn.Module, BlockStreamer] = weakref.WeakKeyDictionary()

@@ -8,6 +8,7 @@ changes cached base weights: patched tensors live in their own entry and are swa
 from __future__ import annotations
 
 import dataclasses
+import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
@@ -30,6 +31,12 @@ from comfymesh.diffusion.fast.decoder import FastDecoder
 from comfymesh.diffusion.fast.denoiser import FastDenoiser
 from comfymesh.diffusion.fast.unet import FastUNet
 from comfymesh.diffusion.latents.formats import LatentFormat, for_family
+from comfymesh.diffusion.memory import offload_plan
+from comfymesh.diffusion.memory.encoders import encoders_leave_device
+from comfymesh.diffusion.memory.fit import check_fit, resident_bytes, tensor_bytes
+from comfymesh.diffusion.memory.fp8_matmul import device_capability, fp8_kernel
+from comfymesh.diffusion.memory.held import HeldMemory
+from comfymesh.diffusion.memory.streaming import offload, streamer_of
 from comfymesh.diffusion.models import flow_lora
 from comfymesh.diffusion.models import lora as lora_mod
 from comfymesh.diffusion.models.checkpoint import (
@@ -41,6 +48,7 @@ from comfymesh.diffusion.models.checkpoint import (
     load_vae_file,
 )
 from comfymesh.diffusion.models.convert import Placement
+from comfymesh.diffusion.models.fp8_weights import set_fp8_kernel
 from comfymesh.diffusion.models.recognise import Recognition
 from comfymesh.diffusion.models.split_files import assign_encoders
 from comfymesh.diffusion.models.tensor_source import TensorSource
@@ -48,6 +56,8 @@ from comfymesh.diffusion.sampling.guidance import ResidualUNetFn, UNetFn
 from comfymesh.diffusion.sampling.ksampler import SamplingModel
 from comfymesh.diffusion.sampling.model_sampling import ModelSampling
 from comfymesh.diffusion.text.encode import ClipRunner, Runner, TextEncoders
+
+log = logging.getLogger(__name__)
 
 DEFAULT_CPU_BUDGET = 16 * 2**30
 
@@ -130,6 +140,10 @@ class ModelCache:
         self.budget = budget_bytes
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
         self._lock = threading.RLock()
+        self.held = HeldMemory()  # evicted models a running job still uses
+        self.fp8_kernel = fp8_kernel(settings.fp8_matmul, self.device, device_capability(self.device))
+        self.block_offload = settings.block_offload
+        self._last_model_bytes = 0  # the diffusion model loaded last: what text encoders must make room for
 
     # -- digests --------------------------------------------------------------------------------
     def digest(self, path: Path) -> str:
@@ -151,14 +165,84 @@ class ModelCache:
             self._entries[key] = _Entry(value, nbytes, info)
             return value
 
-    def _evict(self, incoming: int) -> None:
-        while self._entries and self.used_bytes() + incoming > self.budget:
-            self._entries.popitem(last=False)
+    def _evict(self, incoming: int, keep: str = "") -> None:
+        """Make room for `incoming` bytes on the device: text encoders move to host memory first (LRU; those
+        encoding now stay), then the least recently used entries are dropped (`keep` is neither)."""
+        for key in [k for k, e in self._entries.items() if self._demotable(e) and k != keep]:
+            if self.used_bytes() + incoming <= self.budget:
+                break
+            self._to_host(key, "to make room")
+        for key in [k for k in self._entries if k != keep]:
+            if self.used_bytes() + incoming <= self.budget:
+                break
+            entry = self._entries.pop(key)
+            self.held.evicted(entry.value)
+            log.info("model cache: evicted %s (%s, %d bytes) to make room for %d bytes within the %d-byte budget",
+                     entry.info.get("name", key), entry.info.get("kind"), entry.nbytes, incoming, self.budget)
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
     def used_bytes(self) -> int:
-        return sum(e.nbytes for e in self._entries.values())
+        """Bytes of the entries on the device (text encoders moved to host memory do not count)."""
+        return sum(e.nbytes for e in self._entries.values() if e.info.get("tier") != "host")
+
+    def _make_room(self, name: str, need: int, minimum: int | None = None) -> int:
+        """Room for a model of `need` bytes (`minimum` when streamed) before any of it loads: ModelTooLargeError
+        when it cannot fit the budget alone, ResourceExhaustedError when other jobs' models hold the memory;
+        else evicts what it must and returns the device bytes the model may take."""
+        check_fit(name, need, self.budget, 0, minimum)
+        self._evict(min(need, self.budget))
+        held = self.held.bytes()
+        check_fit(name, need, self.budget, held + self.used_bytes(), minimum)
+        return self.budget - held - self.used_bytes()
+
+    # -- text encoders between the device and host memory (memory.encoders) ---------------------
+    @staticmethod
+    def _demotable(entry: _Entry) -> bool:
+        return entry.info.get("kind") == "text_encoders" and entry.info.get("tier") != "host"
+
+    def _to_host(self, key: str, why: str) -> bool:
+        """Move a text-encoder entry's modules to host memory, unless a job is encoding with them."""
+        entry = self._entries[key]
+        locks = [flow_lora.model_lock(m) for m in entry.value.parts.clips.values()]
+        taken = [lock for lock in locks if lock.acquire(blocking=False)]
+        try:
+            if len(taken) < len(locks):
+                return False
+            for module in entry.value.parts.clips.values():
+                module.to("cpu")
+            entry.info["tier"] = "host"
+            log.info("model cache: text encoders %s (%d bytes) moved to host memory %s", entry.info["name"],
+                     entry.nbytes, why)
+            return True
+        finally:
+            for lock in taken:
+                lock.release()
+
+    def _to_device(self, ckpt: LoadedCheckpoint) -> None:
+        """Bring text encoders back from host memory (their locks held by the caller)."""
+        with self._lock:
+            entry = self._entries.get(ckpt.key)
+            if entry is None or entry.info.get("tier") != "host":
+                return
+            self._evict(entry.nbytes, keep=ckpt.key)
+            for module in ckpt.parts.clips.values():
+                module.to(self.device)
+            entry.info["tier"] = "device"
+            log.info("model cache: text encoders %s (%d bytes) moved back to %s", ckpt.name, ckpt.nbytes, self.device)
+
+    def _after_encode(self, ckpt: LoadedCheckpoint) -> None:
+        """Text encoders leave the device once their prompt is encoded when the budget cannot hold them beside the
+        diffusion model (memory.encoders)."""
+        with self._lock:
+            entry = self._entries.get(ckpt.key)
+            if entry is None or not self._demotable(entry):
+                return
+            models = [e.nbytes for e in self._entries.values() if e.info.get("kind") in ("diffusion_model", "checkpoint")]
+            model = max([*models, self._last_model_bytes])
+            others = self.used_bytes() - entry.nbytes - (max(models) if models else 0)
+            if encoders_leave_device(self.budget, entry.nbytes, model, others):
+                self._to_host(ckpt.key, "after encoding: the budget cannot hold them beside the diffusion model")
 
     # -- checkpoints ----------------------------------------------------------------------------
     def get(self, ckpt_path: Path) -> LoadedCheckpoint:
@@ -166,15 +250,39 @@ class ModelCache:
         ckpt_path = Path(ckpt_path)
         digest = self.digest(ckpt_path)
 
-        return self._resident(f"ckpt:{digest}", "checkpoint", ckpt_path, digest,
-                              lambda: load_checkpoint(ckpt_path, self.placement))
+        def load() -> CheckpointParts:
+            self._make_room(ckpt_path.name, resident_bytes([ckpt_path], self.placement.unet_dtype))
+            return load_checkpoint(ckpt_path, self.placement)
+
+        return self._resident(f"ckpt:{digest}", "checkpoint", ckpt_path, digest, load)
 
     def unet_file(self, path: Path, weight_dtype: str = "default") -> LoadedCheckpoint:
         """The resident diffusion model of a file (UNETLoader), in `weight_dtype`."""
         path = Path(path)
         digest = self.digest(path)
         return self._resident(f"unet:{digest}:{weight_dtype}", "diffusion_model", path, digest,
-                              lambda: load_unet_file(path, self.placement, weight_dtype))
+                              lambda: self._load_diffusion_model(path, weight_dtype))
+
+    def _load_diffusion_model(self, path: Path, weight_dtype: str) -> CheckpointParts:
+        """A diffusion model checked against the budget before it loads; a registered family's model larger than
+        the room left streams its blocks from host memory (memory.offload_plan, memory.streaming)."""
+        blocks, other = offload_plan.file_blocks(tensor_bytes([path], self.placement.unet_dtype))
+        need = other + sum(blocks.values())
+        streams = self.block_offload and bool(blocks) and families.recognise(TensorSource(path)) is not None
+        room = self._make_room(path.name, need, offload_plan.minimum_bytes(blocks, other) if streams else None)
+        self._last_model_bytes = need
+        if need <= room:
+            return load_unet_file(path, self.placement, weight_dtype)
+        parts = load_unet_file(path, Placement(), weight_dtype)  # on the host, then placed by the plan
+        assert parts.unet is not None
+        if self.device.type == "cuda":  # the families' weights are bf16 on a GPU (fp8 ones stay fp8)
+            for param in parts.unet.parameters():
+                if param.dtype in (torch.float32, torch.float16):
+                    param.data = param.data.to(torch.bfloat16)
+        blocks, other = offload_plan.module_blocks(parts.unet)
+        plan = offload_plan.plan(path.name, blocks, other, room)
+        offload(parts.unet, plan, self.device)
+        return parts
 
     def text_encoder_files(self, paths: Sequence[Path], clip_type: str) -> LoadedCheckpoint:
         """The resident text encoders of CLIP loader files of `clip_type` (ModelError if the files do not
@@ -183,6 +291,7 @@ class ModelCache:
         digest = "+".join(self.digest(p) for p in paths)
 
         def load() -> CheckpointParts:
+            self._make_room(paths[0].name, resident_bytes(paths, self.placement.unet_dtype))
             registered = families.for_clip_type(clip_type)
             if registered is not None:
                 return load_family_encoders(registered, clip_type, paths, self.placement)
@@ -207,6 +316,8 @@ class ModelCache:
         family = rec.family if rec is not None else parts.family
         place = self.placement
         modules = [m for m in (parts.unet, parts.vae, *parts.clips.values()) if m is not None]
+        if parts.unet is not None:
+            set_fp8_kernel(parts.unet, self.fp8_kernel)
         return LoadedCheckpoint(
             name=path.name, path=path, digest=digest, parts=parts, device=self.device, unet_dtype=place.unet_dtype,
             vae_dtype=place.vae_dtype, nbytes=module_bytes(*modules),
@@ -350,9 +461,12 @@ class ModelCache:
             for role in sorted(ckpt.parts.clips):
                 module = ckpt.parts.clips[role]
                 stack.enter_context(flow_lora.model_lock(module))
+            self._to_device(ckpt)
+            for role in sorted(ckpt.parts.clips):
                 if patches.get(role):
-                    stack.enter_context(flow_lora.swapped(module, patches[role]))
+                    stack.enter_context(flow_lora.swapped(ckpt.parts.clips[role], patches[role]))
             yield
+            self._after_encode(ckpt)
 
     @staticmethod
     def _lora_targets(ckpt: LoadedCheckpoint, part: str) -> dict[str, tuple[nn.Module, dict[str, str]]]:
@@ -376,7 +490,8 @@ class ModelCache:
             # the patched weights swapped in per call (the cached tensors stay as loaded); unpatched calls of
             # the model take the same lock, so that no job runs inside another's swap
             overrides = self._patches(ckpt, "unet", loras).get("unet", {}) if family.lora else {}
-            if overrides or not family.fast_path or not self.fast.fast_enabled(ckpt.device.type):
+            streamed = streamer_of(module) is not None  # hooks copy weights per call: no graph captures them
+            if overrides or streamed or not family.fast_path or not self.fast.fast_enabled(ckpt.device.type):
                 return dataclasses.replace(sm, unet=flow_lora.patched_call(sm.unet, module, overrides))
             with self._lock:  # LoRA-patched calls stay eager (above); the fast one holds the same lock
                 if ckpt.fast_denoiser is None:
