@@ -180,12 +180,17 @@ class FastModule:
                     fn(*static)
                 graph, out = None, None
                 if self.graphs:
-                    graph = torch.cuda.CUDAGraph()
-                    with self._capture_lock, _launch_lock:
-                        torch.cuda.synchronize(self.device)
-                        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-                            out = fn(*static)
-                        torch.cuda.synchronize(self.device)
+                    try:
+                        graph, out = self._capture(fn, static)
+                    except Exception as exc:
+                        if not compiled or bucket.tier != "eager":
+                            raise
+                        # a model whose call copies from the host (diffusers' Chroma embeds its guidance from
+                        # a CPU tensor) cannot be graphed: compiled alone it still beats eager
+                        graph, out = None, None
+                        bucket.failed = f"CUDA graph: {type(exc).__name__}: {exc}"
+                        log.warning("fast path bucket %s %s: no CUDA graph, compiled without one: %s", self.name,
+                                    bucket.key[0], exc)
                 with _launch_lock:  # swap while no call replays the previous tier
                     bucket.fn, bucket.graph, bucket.static_in, bucket.static_out = fn, graph, static, out
                     bucket.tier = tier
@@ -203,6 +208,16 @@ class FastModule:
                         bucket.tier, exc)
         finally:
             sys.setswitchinterval(interval)
+
+    def _capture(self, fn: Callable[..., torch.Tensor], static: list[torch.Tensor | None],
+                 ) -> tuple[Any, torch.Tensor]:
+        graph = torch.cuda.CUDAGraph()
+        with self._capture_lock, _launch_lock:
+            torch.cuda.synchronize(self.device)
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+                out = fn(*static)
+            torch.cuda.synchronize(self.device)
+        return graph, out
 
     def _finish(self, bucket: Bucket, began: float) -> None:
         bucket.ready.set()
