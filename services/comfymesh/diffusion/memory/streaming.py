@@ -45,7 +45,8 @@ def _slots(block: nn.Module) -> list[Slot]:
 class BlockStreamer:
     """Streams `blocks` of `model` to `device` during each forward (installed by `offload`; `remove` undoes)."""
 
-    def __init__(self, model: nn.Module, blocks: Sequence[nn.Module], device: torch.device) -> None:
+    def __init__(self, model: nn.Module, blocks: Sequence[nn.Module], device: torch.device,
+                 before: nn.Module | None = None) -> None:
         self.model = model
         self.device = device
         self.blocks = list(blocks)
@@ -57,6 +58,8 @@ class BlockStreamer:
             model.register_forward_pre_hook(lambda _m, _a: self._fetch(0)),
             model.register_forward_hook(lambda _m, _a, _o: self._drop_all(), always_call=True),
         ]
+        if before is not None:  # the first streamed block copies while the block before it computes
+            self.handles.append(before.register_forward_pre_hook(lambda _m, _a: self._fetch(0)))
         for i, block in enumerate(self.blocks):
             self.handles.append(block.register_forward_pre_hook(lambda _m, _a, i=i: self._enter(i)))
             self.handles.append(block.register_forward_hook(lambda _m, _a, _o, i=i: self._leave(i), always_call=True))
@@ -131,7 +134,8 @@ def offload(model: nn.Module, plan: OffloadPlan, device: torch.device) -> BlockS
     log.info("memory plan %s", plan.describe())
     if not blocks:
         return None
-    streamer = _streamers[model] = BlockStreamer(model, blocks, device)
+    before = model.get_submodule(plan.resident[-1]) if plan.resident else None
+    streamer = _streamers[model] = BlockStreamer(model, blocks, device, before)
     return streamer
 
 
