@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -199,3 +200,23 @@ def test_warmup_manifest_starts_a_family_bucket(files: dict[str, Path], tmp_path
         static = fast.form.inputs(*_inputs(target.model))
         assert static is not None and key == bucket_key(*static)
     assert [(b.key[0], b.tier) for b in decoder.buckets.values()] == [((1, 16, 6, 6), "eager")]
+
+
+def test_fast_calls_wait_for_a_lora_swap(files: dict[str, Path], cache: ModelCache) -> None:
+    model, module, _ = _eager(cache, files["sd3"])
+    fast = cache.sampling_model(cache.unet_file(files["sd3"])).unet
+    args = _inputs(model)
+    out: list[torch.Tensor] = []
+
+    def call() -> None:
+        with torch.no_grad():
+            out.append(fast(*args))
+
+    with model_lock(module):  # what a LoRA view holds while its weights are swapped in
+        worker = threading.Thread(target=call)
+        worker.start()
+        worker.join(timeout=0.5)
+        assert worker.is_alive() and not out  # the fast call never runs on swapped weights
+    worker.join(timeout=60)
+    with torch.no_grad():
+        assert len(out) == 1 and torch.equal(out[0], model.unet(*args))
