@@ -111,14 +111,44 @@ def blocker_of(value: common_pb2.Value) -> ExecutionBlocker | None:
     return None if data is None else ExecutionBlocker(data[BLOCKED_KEY])
 
 
+# A JSON value may hold stored bundles of its own (a MODEL handle's DiffSynth patch keeps its control image in
+# the artifact store, since tensors never travel as JSON): each as {EMBEDDED_REF: {uri, dtype, shape, digest,
+# nbytes}}, which tensors_in finds, so cache hits and retention count them.
+EMBEDDED_REF = "$tensor_ref"
+
+
+def embed_ref(ref: TensorRef) -> dict[str, Any]:
+    return {EMBEDDED_REF: {"uri": ref.uri, "dtype": ref.dtype, "shape": list(ref.shape), "digest": ref.digest,
+                           "nbytes": ref.nbytes}}
+
+
+def embedded_ref(data: dict[str, Any]) -> TensorRef:
+    ref = data[EMBEDDED_REF]
+    return TensorRef(uri=ref["uri"], dtype=ref["dtype"], shape=tuple(int(d) for d in ref["shape"]),
+                     digest=ref["digest"], nbytes=int(ref["nbytes"]))
+
+
+def _embedded_refs(data: Any) -> list[TensorRef]:
+    if isinstance(data, dict):
+        if EMBEDDED_REF in data:
+            return [embedded_ref(data)]
+        return [ref for item in data.values() for ref in _embedded_refs(item)]
+    if isinstance(data, list):
+        return [ref for item in data for ref in _embedded_refs(item)]
+    return []
+
+
 def tensors_in(value: common_pb2.Value) -> list[TensorRef]:
-    """Every stored bundle a value refers to, a list's items included (what a cache hit needs to exist)."""
+    """Every stored bundle a value refers to, a list's items and bundles embedded in JSON values included (what
+    a cache hit needs to exist)."""
     items = list_items(value)
     if items is not None:
         return [ref for item in items for ref in tensors_in(item)]
     ref = tensor_of(value)
+    if ref is None and value.WhichOneof("payload") == "json" and EMBEDDED_REF in value.json:
+        return _embedded_refs(json.loads(value.json))
     return [] if ref is None else [ref]
 
 
-__all__ = ["BLOCKED_KEY", "LIST_KEY", "TENSOR_TYPES", "ExecutionBlocker", "TensorRef", "blocked_value",
-           "blocker_of", "list_items", "list_value", "tensor_of", "tensors_in", "value_from_dict", "value_to_dict"]
+__all__ = ["BLOCKED_KEY", "EMBEDDED_REF", "LIST_KEY", "TENSOR_TYPES", "ExecutionBlocker", "TensorRef", "blocked_value",
+           "blocker_of", "embed_ref", "embedded_ref", "list_items", "list_value", "tensor_of", "tensors_in", "value_from_dict", "value_to_dict"]

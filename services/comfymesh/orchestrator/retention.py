@@ -14,7 +14,7 @@ from typing import Protocol
 
 from comfymesh.artifacts import ArtifactStore
 from comfymesh.contracts import wirejson
-from comfymesh.contracts.values import tensor_of, value_from_dict
+from comfymesh.contracts.values import tensors_in, value_from_dict
 from comfymesh.jobs.protocol import AsyncJobStore
 from comfymesh.logs import log_fields
 from comfymesh.outputs import LEDGER_DIR
@@ -74,8 +74,9 @@ class RetentionReport:
 
 def _tensor_refs(outputs_json: str) -> list[tuple[str, int]]:
     """(digest, size) of the stored bundles a cache entry's outputs refer to."""
-    refs = [tensor_of(value_from_dict(item)) for item in wirejson.loads(outputs_json)]
-    return [(ref.digest, ref.nbytes) for ref in refs if ref is not None]
+    # bundles embedded in JSON values too (a MODEL handle's patch inputs: contracts.values.EMBEDDED_REF)
+    refs = [ref for item in wirejson.loads(outputs_json) for ref in tensors_in(value_from_dict(item))]
+    return [(ref.digest, ref.nbytes) for ref in refs]
 
 
 def collect(store: CacheIndex, artifacts: ArtifactStore, home: Path, policy: RetentionPolicy,

@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,6 +51,9 @@ ROPE_THETA = 10_000.0
 PREFIXES = ("", "model.diffusion_model.")
 _ZERO_MARKER = "__index_timestep_zero__"  # Edit 2511: reference tokens are modulated at timestep 0
 _LAYERED_MARKER = "time_text_embed.addition_t_embedding.weight"  # Layered: an extra learned time term
+# after block i, the image stream's hidden states [B, S, D] → new ones (ComfyUI's double_block patches:
+# QwenImageDiffsynthControlnet's, models.diffsynth_patch)
+BlockPatch = Callable[[int, torch.Tensor], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -224,12 +227,14 @@ def qwen_image_rope(model: Any, ids: torch.Tensor, latent_hw: Sequence[int], tex
 def qwen_image_forward(model: Any, x: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor,
                        refs: Sequence[torch.Tensor] = (), ref_method: str | None = None,
                        attention_mask: torch.Tensor | None = None,
-                       freqs: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+                       freqs: tuple[torch.Tensor, torch.Tensor] | None = None,
+                       block_patch: BlockPatch | None = None) -> torch.Tensor:
     """ComfyUI's Qwen-Image call: x [B, C, T, H, W] (or 4-D, one frame), timestep σ [B], context [B, L, D],
     reference latents already processed into the model's latent space → the velocity, shaped as x.
 
     `ref_method` None takes the file's default (`index`; 2511 `index_timestep_zero`; Layered `negative_index`).
-    `freqs`: the rotations qwen_image_rope gives for these shapes, made beforehand (the fast path's)."""
+    `freqs`: the rotations qwen_image_rope gives for these shapes, made beforehand (the fast path's).
+    `block_patch`: applied to the image stream after each block (ComfyUI's double_block patches)."""
     four = x.ndim == 4
     x5 = x.unsqueeze(2) if four else x
     param = next(model.parameters())
@@ -261,9 +266,11 @@ def qwen_image_forward(model: Any, x: torch.Tensor, timestep: torch.Tensor, cont
     extra = torch.zeros(t.shape[0], dtype=torch.long, device=device) if model.config.use_additional_t_cond else None
     temb = model.time_text_embed(t, h, extra)
     mask = None if attention_mask is None else attention_mask.to(device).bool()
-    for block in _blocks(model, zero):
+    for i, block in enumerate(_blocks(model, zero)):
         txt, h = block(hidden_states=h, encoder_hidden_states=txt, encoder_hidden_states_mask=mask, temb=temb,
                        image_rotary_emb=freqs, modulate_index=modulate_index)
+        if block_patch is not None:
+            h = block_patch(i, h)
     if zero:
         temb = temb.chunk(2, dim=0)[0]
     out = model.proj_out(model.norm_out(h, temb))[:, :n_img]
@@ -299,8 +306,9 @@ def qwen_image_fn(model: torch.nn.Module) -> UNetFn:
     y, an entry's reference latents and method as keywords) → ComfyUI's output, the velocity (x0 = x − σ·out)."""
 
     def run(x: torch.Tensor, t: torch.Tensor, ctx: torch.Tensor, y: torch.Tensor | None,
-            refs: Sequence[torch.Tensor] = (), ref_method: str | None = None) -> torch.Tensor:
-        return qwen_image_forward(model, x, t, ctx, refs, ref_method)
+            refs: Sequence[torch.Tensor] = (), ref_method: str | None = None,
+            block_patch: BlockPatch | None = None) -> torch.Tensor:
+        return qwen_image_forward(model, x, t, ctx, refs, ref_method, block_patch=block_patch)
 
     return run
 
@@ -315,8 +323,8 @@ class QwenImageStaticForm:
 
     def inputs(self, x: torch.Tensor, t: torch.Tensor, ctx: torch.Tensor, y: torch.Tensor | None,
                refs: Sequence[torch.Tensor] = (), ref_method: str | None = None,
-               ) -> tuple[torch.Tensor | None, ...] | None:
-        if refs:
+               block_patch: BlockPatch | None = None) -> tuple[torch.Tensor | None, ...] | None:
+        if refs or block_patch is not None:  # reference latents and model patches run eagerly
             return None
         x5 = x.unsqueeze(2) if x.ndim == 4 else x
         key = (*x5.shape[2:], ctx.shape[1])

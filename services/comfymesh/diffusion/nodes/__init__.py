@@ -10,6 +10,7 @@ from comfymesh.diffusion.nodes import (  # noqa: F401  (they declare)
     controlnet,
     custom_sampling,
     deprecated,
+    diffsynth,
     flux2,
     flux_conditioning,
     hidream,

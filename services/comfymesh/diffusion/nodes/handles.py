@@ -6,6 +6,7 @@ loaders' files (a diffusion model, text encoders, a VAE) work wherever the other
 
 from __future__ import annotations
 
+import json
 from collections.abc import Hashable
 from typing import Any
 
@@ -49,10 +50,11 @@ def loras_of(ctx: NodeContext, handle: ModelHandle) -> list[LoraSpec]:
 
 
 def weights_identity(model: ModelHandle) -> Hashable:
-    """Same model files (and weight dtype), LoRA patches and model sampling ⇔ same denoiser."""
+    """Same model files (and weight dtype), LoRA patches, model sampling and model patches ⇔ same denoiser."""
     return (model["digest"], model.get("weight_dtype", "default"),
             tuple((digest, float(strength)) for _, digest, strength in model["loras"]),
-            tuple(sorted((model.get("model_sampling") or {}).items())))
+            tuple(sorted((model.get("model_sampling") or {}).items())),
+            json.dumps(model.get("model_patches") or [], sort_keys=True))
 
 
 def expect_handle(ctx: NodeContext, handle: Any, kind: HandleKind) -> ModelHandle:

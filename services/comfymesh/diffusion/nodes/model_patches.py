@@ -16,6 +16,7 @@ from comfymesh.contracts.handles import HandleKind, ModelHandle
 from comfymesh.diffusion.families import registry as families
 from comfymesh.diffusion.families.registry import UnsupportedSampling
 from comfymesh.diffusion.models.cache import get_model_cache
+from comfymesh.diffusion.nodes.diffsynth import bind_model_patches
 from comfymesh.diffusion.nodes.failures import node
 from comfymesh.diffusion.nodes.handles import checkpoint_of, expect_handle
 from comfymesh.diffusion.nodes.model_files import resolve_file
@@ -129,6 +130,7 @@ def apply_model_sampling(ctx: NodeContext, model: ModelHandle, sm: SamplingModel
         sm = dataclasses.replace(sm, mask_strength=float(model["differential_diffusion"]))
     if model.get("post_cfg"):
         sm = dataclasses.replace(sm, post_cfg=post_cfg_functions(model["post_cfg"]))
+    sm = bind_model_patches(ctx, model, sm)  # QwenImageDiffsynthControlnet's
     record = model.get("model_sampling")
     if not record:
         return sm
