@@ -17,9 +17,9 @@ class FastPathSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    fast_path: bool | None = Field(None, description="channels-last fp16 UNet per shape bucket, CUDA-graphed, "
-                                                     "then compiled; a checkpoint VAE's decode compiled too "
-                                                     "(auto: on with CUDA)")
+    fast_path: bool | None = Field(None, description="channels-last fp16 UNet and the families' transformers per "
+                                                     "shape bucket, CUDA-graphed, then compiled; VAE decodes "
+                                                     "compiled too (auto: on with CUDA)")
     compile: bool | None = Field(None, description="torch.compile the fast path's buckets (auto: on with CUDA; "
                                                    "off: CUDA graphs of the eager UNet only)")
     compile_backend: str = Field("inductor", min_length=1, description="torch.compile backend")

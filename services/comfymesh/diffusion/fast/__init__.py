@@ -12,6 +12,7 @@ the bucket on the tier it had (logged once).
 Its switches are `comfymesh.config.fast_path.FastPathSettings`, part of the settings.
 
 Modules: `tiers` (buckets and `FastModule`), `builder` (the
-builder thread and its wait for a quiet moment), `compile_cache` (the persisted compile caches), `unet`
-and `decoder` (the fast modules), `manifest` (buckets to build at stage start).
+builder thread and its wait for a quiet moment), `compile_cache` (the persisted compile caches), `unet`,
+`denoiser` (a registered family's model call, by its fixed-shape form) and `decoder` (the fast modules),
+`manifest` (buckets to build at stage start).
 """
