@@ -32,7 +32,8 @@ INPUTS = {"example.png": "astronaut.png", "pray.png": "coffee.png", "angle_1.png
           "sdxl_revision_text_prompts_ref_image2.png": "coffee.png",
           "flux_kontext_dev_basic_input_image.jpg": "astronaut.png",
           "image_qwen_image_edit_input_image.png": "astronaut.png",
-          "image_qwen_image_union_control_lora_input_image.png": "astronaut.png"}
+          "image_qwen_image_union_control_lora_input_image.png": "astronaut.png",
+          "hidream_e1_full_input_image.jpg": "astronaut.png", "hidream_e1_1_input_image.jpg": "coffee.png"}
 # template → the output nodes' class types we expect images from
 RUNNABLE = {
     "image_sdxl_simple": {"SaveImage"},
@@ -53,6 +54,12 @@ RUNNABLE = {
     "image_qwen_Image_2512": {"SaveImage"},
     "image_qwen_image_edit": {"SaveImage"},
     "image_z_image_turbo": {"SaveImage"},
+    # HiDream I1 full/dev/fast and E1 (one tiny architecture under the five files' names)
+    "hidream_i1_full": {"SaveImage"},
+    "hidream_i1_dev": {"SaveImage"},
+    "hidream_i1_fast": {"SaveImage"},
+    "hidream_e1_full": {"SaveImage"},
+    "hidream_e1_1": {"SaveImage"},
     # LoRA templates (tiny LoRAs under their names, tiny_lora.TEMPLATE_LORAS)
     "basic_switch_node": {"SaveImage"},
     "image_qwen_image_2512_with_2steps_lora": {"SaveImage"},

@@ -3,9 +3,9 @@
 QuadrupleCLIPLoader (CLIP-L and CLIP-G with their projections, T5-XXL, a Llama in the Hugging Face layout with
 Llama 3's full vocabulary) and FLUX's 16-channel VAE (`ae.safetensors`).
 
-The loaders know these files only by keys and shapes. Heads are 128 wide as ComfyUI fixes them (width 256: two
-heads); the feed-forward widths follow HiDream's SwiGLU rule (families.hidream.swiglu_hidden). The shape
-functions take the released sizes too (bench/families_gpu.py).
+The loaders know these files only by keys and shapes. Heads are 128 wide as ComfyUI fixes them (the default width
+128: one head); the feed-forward widths follow HiDream's SwiGLU rule (families.hidream.swiglu_hidden). The shape
+functions take the released sizes too.
 Usage: `python -m comfymesh.diffusion.models.tiny_hidream <models folder>`.
 """
 
@@ -70,7 +70,7 @@ def _moe(s: Shapes, name: str, width: int, experts: int) -> None:
     s[f"{name}.gate.weight"] = (experts, width)
 
 
-def hidream_shapes(width: int = 256, depth: int = 1, depth_single: int = 1, experts: int = 2,
+def hidream_shapes(width: int = 128, depth: int = 1, depth_single: int = 1, experts: int = 2,
                    channels: int = LATENT_CHANNELS, pooled: int = CLIP_L_WIDTH + CLIP_G_WIDTH,
                    t5: int = T5_WIDTH, llama: int = LLAMA_WIDTH) -> Shapes:
     """Every tensor of a HiDream diffusion model in ComfyUI's layout (the released model: width 2560, 16 + 32

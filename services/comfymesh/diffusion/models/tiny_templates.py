@@ -13,6 +13,7 @@ from comfymesh.diffusion.models import tiny_sd3
 from comfymesh.diffusion.models.clip_vision import make_tiny_clip_vision
 from comfymesh.diffusion.models.tiny_checkpoint import make_tiny_checkpoint
 from comfymesh.diffusion.models.tiny_flux import make_template_files as make_flux_files
+from comfymesh.diffusion.models.tiny_hidream import make_template_files as make_hidream_files
 from comfymesh.diffusion.models.tiny_lora import make_template_loras
 from comfymesh.diffusion.models.tiny_qwen_image import make_template_files as make_qwen_image_files
 from comfymesh.diffusion.models.tiny_zimage import make_tiny_zimage
@@ -33,6 +34,8 @@ def _write_all(models: Path, seed: int) -> None:
     for name in CLIP_VISION:
         make_tiny_clip_vision(models / "clip_vision" / name)
     make_flux_files(models, seed=seed)  # FLUX.1 and Chroma, with the FLUX VAE ae.safetensors
+    # HiDream's diffusion models and four encoders; the FLUX VAE and scaled-fp8 T5 above are shaped as it takes
+    make_hidream_files(models, seed=seed, keep_existing=True)
     make_qwen_image_files(models, seed=seed)
     # Z-Image's diffusion model and Qwen3 encoder; its ae.safetensors is the FLUX VAE written above
     with tempfile.TemporaryDirectory() as scratch:
