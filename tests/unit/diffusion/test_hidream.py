@@ -252,3 +252,43 @@ def test_scaled_fp8_file_stays_fp8(tmp_path: Path, state: dict[str, torch.Tensor
     torch.testing.assert_close(sm.unet(x, t, ctx, y, llama=ll),  # type: ignore[call-arg]
                                reference(dequantised, x, t, ctx, y, ll),
                                atol=2e-4, rtol=2e-4)
+
+
+def test_recognition_is_disjoint_from_the_other_families(tmp_path: Path, state: dict[str, torch.Tensor]) -> None:
+    from comfymesh.diffusion.models.tiny_flux import flux_shapes
+    from comfymesh.diffusion.models.tiny_qwen_image import qwen_image_shapes
+    from comfymesh.diffusion.models.tiny_sd3 import mmdit_shapes
+    from comfymesh.diffusion.models.tiny_zimage import zimage_shapes
+
+    src = write(tmp_path / "hidream.safetensors", state)
+    assert [f.name for f in families.families() if f.name != "hidream" and f.recognise(src) is not None] == []
+    for name, shapes in {"flux": flux_shapes(), "qwen_image": qwen_image_shapes(), "sd3": mmdit_shapes(),
+                         "zimage": zimage_shapes()}.items():
+        other = write(tmp_path / f"{name}.safetensors", {k: torch.zeros(v) for k, v in shapes.items()})
+        assert hidream.parse_hidream(other) is None, name
+
+
+def test_lora_keys_fit_and_patch_as_comfyui_names_them(tmp_path: Path, state: dict[str, torch.Tensor]) -> None:
+    from comfymesh.diffusion.models import flow_lora, tiny_lora
+    from comfymesh.diffusion.models.lora import read_lora
+
+    src = write(tmp_path / "m.safetensors", state)
+    layout = hidream.parse_hidream(src)
+    assert layout is not None
+    built = hidream.FAMILY.build(src, layout, CPU, None)
+    assert built.lora_map is not None
+    linears = tiny_lora.linear_keys(src)
+    kohya = tiny_lora.kohya_lora(linears, seed=1)
+    # ComfyUI's HiDream map: SimpleTuner's lycoris_ and transformer. names besides kohya's lora_unet_
+    name = "double_stream_blocks_0_block_attn1_to_q"
+    up, down = kohya[f"lora_unet_{name}.lora_up.weight"], kohya[f"lora_unet_{name}.lora_down.weight"]
+    lycoris = {f"lycoris_{name}.lora_up.weight": up, f"lycoris_{name}.lora_down.weight": down,
+               f"lycoris_{name}.alpha": kohya[f"lora_unet_{name}.alpha"]}
+    for tensors in (kohya, lycoris):
+        adapters = read_lora(tiny_lora.write(tmp_path / f"l{len(tensors)}.safetensors", tensors))
+        assert flow_lora.fitting(built.module, built.lora_map, adapters) == set(adapters)
+        overrides, _ = flow_lora.patched_weights(built.module, built.lora_map, [(adapters, 0.5)])
+        key = "double_stream_blocks.0.block.attn1.to_q.weight"
+        base = dict(built.module.named_parameters())[key]
+        alpha = float(kohya[f"lora_unet_{name}.alpha"])
+        torch.testing.assert_close(overrides[key], base + 0.5 * (up @ down) * alpha / down.shape[0])
