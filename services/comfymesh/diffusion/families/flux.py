@@ -220,18 +220,28 @@ def reference_ids(refs: list[torch.Tensor], h: int, w: int, method: str) -> list
     at the origin) or `uxo` (index 0, diagonally past the image and the references before)."""
     if method not in REF_METHODS:
         raise ModelError(f"unknown reference latent method {method!r} (one of {', '.join(REF_METHODS)})")
-    out = []
+    h_len, w_len = (h + PATCH // 2) // PATCH, (w + PATCH // 2) // PATCH
+    sizes = [(int(ref.shape[-2]), int(ref.shape[-1])) for ref in refs]
+    places = reference_places(sizes, (h_len * PATCH, w_len * PATCH), method)
+    return [image_ids(rh, rw, *place) for (rh, rw), place in zip(sizes, places, strict=True)]
+
+
+def reference_places(sizes: list[tuple[int, int]], image: tuple[int, int], method: str,
+                     index_step: float = 1.0) -> list[tuple[float, int, int]]:
+    """(index, row offset, column offset) of each reference latent of `sizes` (rows, columns) as ComfyUI's FLUX
+    models place them beside an image of extent `image`: `index` (index_step, 2·index_step, …, all at the
+    origin), `uxo` (index 0, diagonally past the image and the references before) or anything else as `offset`
+    (index 1, each beside or below the ones before, whichever keeps the canvas squarer)."""
+    out: list[tuple[float, int, int]] = []
     used_h = used_w = 0
     index = 0.0
-    h_len, w_len = (h + PATCH // 2) // PATCH, (w + PATCH // 2) // PATCH
-    for ref in refs:
-        rh, rw = ref.shape[-2:]
+    for rh, rw in sizes:
         if method == "index":
-            index += 1.0
+            index += index_step
             h_off = w_off = 0
         elif method == "uxo":
             index = 0.0
-            h_off, w_off = h_len * PATCH + used_h, w_len * PATCH + used_w
+            h_off, w_off = image[0] + used_h, image[1] + used_w
             used_h += rh
             used_w += rw
         else:
@@ -242,7 +252,7 @@ def reference_ids(refs: list[torch.Tensor], h: int, w: int, method: str) -> list
             else:
                 h_off = used_h
             used_h, used_w = max(used_h, rh + h_off), max(used_w, rw + w_off)
-        out.append(image_ids(rh, rw, index, h_off, w_off))
+        out.append((index, h_off, w_off))
     return out
 
 

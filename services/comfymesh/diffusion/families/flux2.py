@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from comfymesh.contracts.errors import ModelError
 from comfymesh.contracts.handles import ModelHandle
-from comfymesh.diffusion.families.flux import DEFAULT_GUIDANCE, flux_y
+from comfymesh.diffusion.families.flux import DEFAULT_GUIDANCE, flux_y, reference_places
 from comfymesh.diffusion.families.loading import compute_dtype, load_diffusion_model, load_fp8_aware
 from comfymesh.diffusion.families.registry import (
     BuiltModel,
@@ -168,29 +168,9 @@ def reference_ids(refs: list[torch.Tensor], h: int, w: int, method: str) -> list
     """Position ids of each reference latent, as ComfyUI places them for FLUX.2: `index` (10, 20, …, all at the
     origin), `offset` (index 1, each beside or below the ones before, whichever keeps the canvas squarer) or `uxo`
     (index 0, diagonally past the image and the references before)."""
-    out = []
-    used_h = used_w = 0
-    index = 0.0
-    for ref in refs:
-        rh, rw = ref.shape[-2:]
-        if method == "index":
-            index += REF_INDEX_STEP
-            h_off = w_off = 0
-        elif method == "uxo":
-            index = 0.0
-            h_off, w_off = h + used_h, w + used_w
-            used_h += rh
-            used_w += rw
-        else:
-            index = 1.0
-            h_off = w_off = 0
-            if rh + used_h > rw + used_w:
-                w_off = used_w
-            else:
-                h_off = used_h
-            used_h, used_w = max(used_h, rh + h_off), max(used_w, rw + w_off)
-        out.append(image_ids(rh, rw, index, h_off, w_off))
-    return out
+    sizes = [(int(ref.shape[-2]), int(ref.shape[-1])) for ref in refs]
+    places = reference_places(sizes, (h, w), method, REF_INDEX_STEP)
+    return [image_ids(rh, rw, *place) for (rh, rw), place in zip(sizes, places, strict=True)]
 
 
 def _tokens(x: torch.Tensor) -> torch.Tensor:
