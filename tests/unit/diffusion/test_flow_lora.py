@@ -1,4 +1,4 @@
-"""LoRA on the registered flow families (FLUX, Chroma, SD3.5, Z-Image, Qwen-Image): LoRA keys in kohya's
+"""LoRA on the registered flow families (FLUX, FLUX.2, Chroma, SD3.5, Z-Image, Qwen-Image): LoRA keys in kohya's
 (ComfyUI names), diffusers/PEFT and AI-toolkit forms resolved to our diffusers modules, fused weights patched
 slice by slice as ComfyUI's offset patches do, strengths and stacks, fp8 linears, LoHa and LoKr, and the
 cache's patched entries (the base model untouched, strength 0 bit-identical)."""
@@ -16,7 +16,15 @@ from safetensors.torch import load_file, save_file
 
 from comfymesh.contracts.errors import NodeInputError
 from comfymesh.diffusion.families import flux
-from comfymesh.diffusion.models import flow_lora, tiny_flux, tiny_lora, tiny_qwen_image, tiny_sd3, tiny_zimage
+from comfymesh.diffusion.models import (
+    flow_lora,
+    tiny_flux,
+    tiny_flux2,
+    tiny_lora,
+    tiny_qwen_image,
+    tiny_sd3,
+    tiny_zimage,
+)
 from comfymesh.diffusion.models.cache import LoadedCheckpoint, ModelCache
 from comfymesh.diffusion.models.fp8_weights import Fp8Linear
 from comfymesh.diffusion.models.lora import Adapter, LoHa, LoKr, LoraPair, adapters_of, read_lora
@@ -35,6 +43,10 @@ def cache() -> ModelCache:
 def _family_file(family: str, root: Path) -> Path:
     if family == "flux":
         return tiny_flux.make_tiny_flux(root, dtype=torch.float32)["diffusion_model"]
+    if family == "flux2":
+        path = root / "flux2.safetensors"
+        save_file(tiny_flux.random_tensors(tiny_flux2.flux2_shapes(), 0, torch.float32), str(path))
+        return path
     if family == "chroma":
         path = root / "chroma.safetensors"
         save_file(tiny_flux.random_tensors(tiny_flux.chroma_shapes(), 0, torch.float32), str(path))
@@ -46,11 +58,12 @@ def _family_file(family: str, root: Path) -> Path:
     return tiny_qwen_image.make_tiny_qwen_image(root, dtype=torch.float32)["diffusion_models"]
 
 
-FAMILIES = ("flux", "chroma", "sd3", "zimage", "qwen_image")
+FAMILIES = ("flux", "flux2", "chroma", "sd3", "zimage", "qwen_image")
 # a fused (or renamed) ComfyUI weight → a diffusers weight and the rows of the ComfyUI weight it holds
 # (written here from the architectures, not from the converters)
 SLICES: dict[str, tuple[str, str, int, int]] = {  # family → (ComfyUI key, module key, chunk, chunks)
     "flux": ("double_blocks.0.img_attn.qkv.weight", "transformer_blocks.0.attn.to_k.weight", 1, 3),
+    "flux2": ("double_blocks.0.txt_attn.qkv.weight", "transformer_blocks.0.attn.add_k_proj.weight", 1, 3),
     "chroma": ("double_blocks.0.txt_attn.qkv.weight", "transformer_blocks.0.attn.add_v_proj.weight", 2, 3),
     "sd3": ("joint_blocks.0.x_block.attn.qkv.weight", "transformer_blocks.0.attn.to_v.weight", 2, 3),
     "zimage": ("layers.0.attention.qkv.weight", "layers.0.attention.to_q.weight", 0, 3),
