@@ -27,6 +27,7 @@ from comfymesh.diffusion.families.loading import (
     load_diffusion_model,
     load_fp8_aware,
     model_dtype,
+    model_prefix,
 )
 from comfymesh.diffusion.families.registry import (
     BuiltModel,
@@ -45,7 +46,6 @@ from comfymesh.diffusion.text.t5 import encode_t5_weighted, load_t5_file
 
 NAME = "chroma"
 SHIFT, MULTIPLIER = 1.0, 1.0  # ComfyUI's Chroma sampling settings
-PREFIXES = ("", "model.diffusion_model.")
 _MARKERS = ("double_blocks.0.img_attn.norm.key_norm.scale", "img_in.weight", "distilled_guidance_layer.in_proj.weight")
 APPROXIMATOR_IN = 64  # timestep (16) ‖ guidance (16) ‖ modulation index (32) embeddings
 
@@ -73,7 +73,7 @@ class ChromaLayout:
 
 def parse_chroma(src: TensorSource) -> ChromaLayout | None:
     """The Chroma layout of a file, None if it is not one; ModelError for Chroma forms this stage cannot build."""
-    p = next((prefix for prefix in PREFIXES if all(src.has(prefix + k) for k in _MARKERS)), None)
+    p = model_prefix(src, _MARKERS)
     if p is None:
         return None
     if src.has(p + "nerf_blocks.0.norm.scale"):

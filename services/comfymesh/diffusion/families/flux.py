@@ -27,6 +27,7 @@ from comfymesh.diffusion.families.loading import (
     load_diffusion_model,
     load_fp8_aware,
     model_dtype,
+    model_prefix,
 )
 from comfymesh.diffusion.families.registry import (
     BuiltModel,
@@ -46,7 +47,6 @@ from comfymesh.diffusion.text.flux_text import encode_flux, load_checkpoint_enco
 
 NAME = "flux"
 PATCH = 2
-PREFIXES = ("", "model.diffusion_model.")
 _MARKERS = ("double_blocks.0.img_attn.norm.key_norm.scale", "img_in.weight", "vector_in.in_layer.weight")
 REF_METHODS = ("offset", "index", "uxo")  # FluxKontextMultiReferenceLatentMethod's choices (ComfyUI's default: offset)
 
@@ -76,16 +76,9 @@ class FluxLayout:
                 f"{self.context_dim})")
 
 
-def flux_prefix(src: TensorSource) -> str | None:
-    for prefix in PREFIXES:
-        if all(src.has(prefix + k) for k in _MARKERS):
-            return prefix
-    return None
-
-
 def parse_flux(src: TensorSource) -> FluxLayout | None:
     """The FLUX.1 layout of a file, None if it is not one; ModelError if it is one we cannot build."""
-    p = flux_prefix(src)
+    p = model_prefix(src, _MARKERS)
     if p is None:
         return None
     width, patch_in = src.shape(p + "img_in.weight")

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from comfymesh.contracts.errors import ModelError
 from comfymesh.contracts.handles import ModelHandle
 from comfymesh.diffusion.families.flux import DEFAULT_GUIDANCE, flux_y, reference_places
-from comfymesh.diffusion.families.loading import compute_dtype, load_diffusion_model, load_fp8_aware
+from comfymesh.diffusion.families.loading import compute_dtype, load_diffusion_model, load_fp8_aware, model_prefix
 from comfymesh.diffusion.families.registry import (
     BuiltModel,
     Conditioning,
@@ -45,7 +45,6 @@ from comfymesh.diffusion.text.mistral_text import load_mistral_encoder, parse_mi
 from comfymesh.diffusion.text.qwen3 import parse_qwen3
 
 NAME = "flux2"
-PREFIXES = ("", "model.diffusion_model.")
 _MARKERS = ("double_blocks.0.img_attn.norm.key_norm.scale", "img_in.weight", "double_stream_modulation_img.lin.weight")
 SHIFT = 2.02  # ComfyUI's Flux2 sampling setting (ModelSamplingFlux's μ)
 ROPE_THETA = 2000
@@ -79,13 +78,6 @@ class Flux2Layout:
                 f"{self.context_dim})")
 
 
-def flux2_prefix(src: TensorSource) -> str | None:
-    for prefix in PREFIXES:
-        if all(src.has(prefix + k) for k in _MARKERS):
-            return prefix
-    return None
-
-
 def _count(keys: list[str], prefix: str, group: str) -> int:
     rx = re.compile(re.escape(prefix + group) + r"\.(\d+)\.")
     return len({m.group(1) for k in keys if (m := rx.match(k))})
@@ -93,7 +85,7 @@ def _count(keys: list[str], prefix: str, group: str) -> int:
 
 def parse_flux2(src: TensorSource) -> Flux2Layout | None:
     """The FLUX.2 layout of a file, None if it is not one; ModelError if it is one we cannot build."""
-    p = flux2_prefix(src)
+    p = model_prefix(src, _MARKERS)
     if p is None:
         return None
     width, in_channels = src.shape(p + "img_in.weight")

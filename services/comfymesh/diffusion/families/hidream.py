@@ -29,6 +29,7 @@ from comfymesh.diffusion.families.loading import (
     load_diffusion_model,
     load_fp8_aware,
     model_dtype,
+    model_prefix,
 )
 from comfymesh.diffusion.families.registry import (
     BuiltModel,
@@ -51,7 +52,6 @@ AXES = (64, 32, 32)  # RoPE split of a 128-wide head
 ACTIVE_EXPERTS = 2
 LLAMA_LAST = 31  # the deepest Llama state ComfyUI's llama_layers list names
 SHIFT, MULTIPLIER = 1.0, 1000.0  # ComfyUI's HiDream sampling_settings are empty: flow defaults
-PREFIXES = ("", "model.diffusion_model.")
 _MARKERS = ("caption_projection.0.linear.weight", "double_stream_blocks.0.block.attn1.to_q.weight",
             "x_embedder.proj.weight")
 
@@ -84,16 +84,9 @@ def swiglu_hidden(hidden: int, multiple_of: int = 256) -> int:
     return multiple_of * ((inner + multiple_of - 1) // multiple_of)
 
 
-def hidream_prefix(src: TensorSource) -> str | None:
-    for prefix in PREFIXES:
-        if all(src.has(prefix + k) for k in _MARKERS):
-            return prefix
-    return None
-
-
 def parse_hidream(src: TensorSource) -> HiDreamLayout | None:
     """The HiDream layout of a file, None if it is not one; ModelError if it is one we cannot build."""
-    p = hidream_prefix(src)
+    p = model_prefix(src, _MARKERS)
     if p is None:
         return None
     width, patch_in = src.shape(p + "x_embedder.proj.weight")

@@ -22,6 +22,15 @@ from comfymesh.diffusion.models.fp8_weights import (
 )
 from comfymesh.diffusion.models.tensor_source import TensorSource, converted
 
+PREFIXES = ("", "model.diffusion_model.")  # a bare diffusion-model file (UNETLoader's), or a checkpoint's
+
+
+def model_prefix(src: TensorSource, markers: Iterable[str]) -> str | None:
+    """Where a family's diffusion model is in the file: the first of PREFIXES under which every marker key is;
+    None when the file holds no such model."""
+    keys = tuple(markers)
+    return next((p for p in PREFIXES if all(src.has(p + k) for k in keys)), None)
+
 
 def compute_dtype(device: torch.device) -> torch.dtype:
     """The dtype ComfyUI runs each family here in: bf16 on a GPU (fp16 overflows SD3.5 and Qwen-Image, HiDream

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from comfymesh.contracts.errors import ModelError
 from comfymesh.contracts.handles import ModelHandle
-from comfymesh.diffusion.families.loading import compute_dtype, load_diffusion_model
+from comfymesh.diffusion.families.loading import compute_dtype, load_diffusion_model, model_prefix
 from comfymesh.diffusion.families.registry import (
     BuiltModel,
     Conditioning,
@@ -48,7 +48,7 @@ NAME = "qwen_image"
 SHIFT, MULTIPLIER = 1.15, 1.0  # ComfyUI's Qwen-Image sampling settings (ModelSamplingFlux; σ is the timestep)
 PATCH = 2
 ROPE_THETA = 10_000.0
-PREFIXES = ("", "model.diffusion_model.")
+_MARKERS = ("txt_norm.weight", "img_in.weight")  # ComfyUI tells Qwen-Image by `txt_norm`
 _ZERO_MARKER = "__index_timestep_zero__"  # Edit 2511: reference tokens are modulated at timestep 0
 _LAYERED_MARKER = "time_text_embed.addition_t_embedding.weight"  # Layered: an extra learned time term
 # after block i, the image stream's hidden states [B, S, D] → new ones (ComfyUI's double_block patches:
@@ -83,17 +83,9 @@ class QwenImageLayout:
                 f"width {self.text_dim})")
 
 
-def qwen_image_prefix(src: TensorSource) -> str | None:
-    """The prefix of a Qwen-Image diffusion model in the file (ComfyUI tells it by `txt_norm`), None if none."""
-    for prefix in PREFIXES:
-        if src.has(prefix + "txt_norm.weight") and src.has(prefix + "img_in.weight"):
-            return prefix
-    return None
-
-
 def parse_qwen_image(src: TensorSource) -> QwenImageLayout | None:
     """The Qwen-Image layout of a file, None if it is not one; ModelError if it is one we cannot build."""
-    p = qwen_image_prefix(src)
+    p = model_prefix(src, _MARKERS)
     if p is None:
         return None
     dim, patched = src.shape(p + "img_in.weight")

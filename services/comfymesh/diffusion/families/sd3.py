@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from comfymesh.contracts.errors import ModelError
 from comfymesh.contracts.handles import ModelHandle
-from comfymesh.diffusion.families.loading import compute_dtype, load_diffusion_model, load_fp8_aware
+from comfymesh.diffusion.families.loading import compute_dtype, load_diffusion_model, load_fp8_aware, model_prefix
 from comfymesh.diffusion.families.registry import (
     BuiltModel,
     Conditioning,
@@ -45,7 +45,6 @@ from comfymesh.diffusion.text.t5 import load_t5_file
 NAME = "sd3"
 SHIFT, MULTIPLIER = 3.0, 1000.0  # ComfyUI's SD3 sampling settings: shift 3, the model's time is σ·1000
 HEAD_DIM = 64
-PREFIXES = ("", "model.diffusion_model.")
 _MARKER = "joint_blocks.0.context_block.attn.qkv.weight"
 
 # ComfyUI's SD3 latent format: the 16-channel SD3 VAE's latents centred by 0.0609, scaled by 1.5305
@@ -89,14 +88,6 @@ class SD3Layout:
                 f"pooled width {self.pooled_dim})")
 
 
-def sd3_prefix(src: TensorSource) -> str | None:
-    """The prefix of an MMDiT diffusion model in the file, None if it holds none."""
-    for prefix in PREFIXES:
-        if src.has(prefix + _MARKER) and src.has(prefix + "x_embedder.proj.weight"):
-            return prefix
-    return None
-
-
 def _blocks(keys: list[str], prefix: str) -> list[int]:
     rx = re.compile(re.escape(prefix) + r"joint_blocks\.(\d+)\.")
     return sorted({int(m.group(1)) for k in keys if (m := rx.match(k))})
@@ -104,7 +95,7 @@ def _blocks(keys: list[str], prefix: str) -> list[int]:
 
 def parse_sd3(src: TensorSource) -> SD3Layout | None:
     """The SD3 layout of a file, None if it is not one; ModelError if it is one we cannot build."""
-    p = sd3_prefix(src)
+    p = model_prefix(src, (_MARKER, "x_embedder.proj.weight"))
     if p is None:
         return None
     width, in_channels, patch, _ = src.shape(p + "x_embedder.proj.weight")

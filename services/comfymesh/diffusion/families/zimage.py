@@ -18,7 +18,13 @@ import torch.nn.functional as F
 
 from comfymesh.contracts.errors import ModelError
 from comfymesh.contracts.handles import ModelHandle
-from comfymesh.diffusion.families.loading import compute_dtype, count_blocks, file_state, load_diffusion_model
+from comfymesh.diffusion.families.loading import (
+    compute_dtype,
+    count_blocks,
+    file_state,
+    load_diffusion_model,
+    model_prefix,
+)
 from comfymesh.diffusion.families.registry import (
     BuiltModel,
     Conditioning,
@@ -42,7 +48,6 @@ PATCH = 2
 ROPE_THETA = 256.0
 AXES_LENS = (1536, 512, 512)
 NORM_EPS = 1e-5
-PREFIXES = ("", "model.diffusion_model.")
 _MARKER = "layers.0.adaLN_modulation.0.weight"  # Lumina 2 modulates through SiLU first: `adaLN_modulation.1`
 
 
@@ -69,17 +74,9 @@ class ZImageLayout:
                 f"{self.cap_feat_dim})")
 
 
-def zimage_prefix(src: TensorSource) -> str | None:
-    """The prefix of a Z-Image diffusion model in the file, None if it holds none."""
-    for prefix in PREFIXES:
-        if src.has(prefix + "cap_embedder.1.weight") and src.has(prefix + _MARKER):
-            return prefix
-    return None
-
-
 def parse_zimage(src: TensorSource) -> ZImageLayout | None:
     """The Z-Image layout of a file, None if it is not one; ModelError if it is one we cannot build."""
-    prefix = zimage_prefix(src)
+    prefix = model_prefix(src, ("cap_embedder.1.weight", _MARKER))
     if prefix is None:
         return None
     p = prefix
