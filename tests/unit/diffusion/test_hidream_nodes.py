@@ -139,3 +139,10 @@ def test_weighted_prompts_move_states_from_the_empty_prompts(encoders: dict[str,
     plain_ll = hidream_text.encode_llama(encoders["llama"], [(t, 1.0) for t, _ in pairs])
     assert torch.equal(ll[:, 1:], plain_ll[:, 1:])  # state 2 onwards (tokens 2… weigh 1) untouched
     assert not torch.allclose(ll[:, 0], plain_ll[:, 0])  # state 1 (first kept) moved by token 1's weight
+
+
+def test_llama_runs_as_comfyuis_llama2_config(encoders: dict[str, Any]) -> None:
+    # RoPE θ 500 000 without Llama 3.1's frequency scaling (ComfyUI's Llama2Config has no rope_scale), RMS ε 1e-5
+    config = encoders["llama"].config
+    assert config.rope_parameters["rope_type"] == "default" and config.rope_parameters["rope_theta"] == 500_000.0
+    assert config.rms_norm_eps == 1e-5 and not config.attention_bias
