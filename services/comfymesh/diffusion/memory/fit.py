@@ -61,15 +61,17 @@ def gib(n: int) -> str:
     return f"{n / GiB:.2f} GiB" if n >= GiB else f"{n / 2**20:.1f} MiB"
 
 
-def check_fit(name: str, needed: int, budget: int, held: int, minimum: int | None = None) -> None:
+def check_fit(name: str, needed: int, budget: int, held: int, minimum: int | None = None,
+              slack: float = ESTIMATE_SLACK) -> None:
     """Refuse a model before loading it: ModelTooLargeError (non-retryable) when it cannot fit the budget even
     alone — `minimum` is its smallest footprint (streamed, if it can stream), else `needed` — and
-    ResourceExhaustedError (retryable) when it could, but `held` bytes of other jobs' models leave too little."""
+    ResourceExhaustedError (retryable) when it could, but `held` bytes of other jobs' models leave too little.
+    `slack`: the share an estimate from the file may exceed the budget by (0 for exact bytes)."""
     smallest = needed if minimum is None else minimum
-    if smallest > budget * (1 + ESTIMATE_SLACK):
+    if smallest > budget * (1 + slack):
         how = "" if minimum is None or minimum == needed else f" (at least {gib(minimum)} with its blocks streamed)"
         raise ModelTooLargeError(f"{name} needs {gib(needed)} of memory{how} but the model budget is "
                                  f"{gib(budget)}: it cannot run on this replica")
-    if smallest + held > budget * (1 + ESTIMATE_SLACK):
+    if smallest + held > budget * (1 + slack):
         raise ResourceExhaustedError(f"{name} needs {gib(smallest)} of memory but other jobs hold {gib(held)} of the "
                                      f"{gib(budget)} budget: try again when they finish")

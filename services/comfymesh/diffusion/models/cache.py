@@ -226,6 +226,8 @@ class ModelCache:
             if entry is None or entry.info.get("tier") != "host":
                 return
             self._evict(entry.nbytes, keep=ckpt.key)
+            # the models evicted for them may still be sampling in another job: then retry later
+            check_fit(ckpt.name, entry.nbytes, self.budget, self.held.bytes() + self.used_bytes(), slack=0.0)
             for module in ckpt.parts.clips.values():
                 module.to(self.device)
             entry.info["tier"] = "device"

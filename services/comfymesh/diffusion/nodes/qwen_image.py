@@ -6,6 +6,8 @@ per layer plus the composite."""
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -16,6 +18,7 @@ from comfymesh.contracts.errors import NodeInputError
 from comfymesh.contracts.handles import HandleKind, ModelHandle
 from comfymesh.diffusion.families import qwen_image
 from comfymesh.diffusion.models import wan_vae
+from comfymesh.diffusion.models.cache import get_model_cache
 from comfymesh.diffusion.nodes.failures import node
 from comfymesh.diffusion.nodes.handles import checkpoint_of, expect_handle
 from comfymesh.diffusion.nodes.registry import nodes
@@ -37,12 +40,16 @@ def _v3(name: str, inputs: list[Any], outputs: list[Output], *, category: str = 
                         output_matchtypes=None, output_tooltips=[None])
 
 
-def _encoders(ctx: NodeContext, clip: ModelHandle) -> dict[str, Any]:
+@contextmanager
+def _encoders(ctx: NodeContext, clip: ModelHandle) -> Iterator[dict[str, Any]]:
+    """The Qwen2.5-VL encoders, on the device and locked while the node encodes (the cache may have moved them to
+    host memory after the last prompt)."""
     ckpt = checkpoint_of(ctx, expect_handle(ctx, clip, HandleKind.CLIP))
     if ckpt.family != qwen_image.NAME:
         raise NodeInputError(f"this node needs Qwen-Image's text encoder (CLIPLoader type 'qwen_image'), got a "
                              f"{ckpt.family} CLIP", node_id=ctx.node_id)
-    return ckpt.parts.clips
+    with get_model_cache().family_text_lora(ckpt):
+        yield ckpt.parts.clips
 
 
 def scaled(image: torch.Tensor, pixels: int, multiple: float = 1.0) -> torch.Tensor:
@@ -75,11 +82,12 @@ def _with_references(conditioning: Conditioning, refs: list[torch.Tensor]) -> Co
 def text_encode_qwen_image_edit(ctx: NodeContext, clip: ModelHandle, prompt: str, vae: ModelHandle | None = None,
                                 image: Any = None) -> tuple[Conditioning]:
     # one image, scaled to about a megapixel, both for the vision encoder and (with a VAE) as the reference
-    encoders = _encoders(ctx, clip)
     if image is None:
-        return ([[encode_qwen25(encoders, prompt), {}]],)
+        with _encoders(ctx, clip) as encoders:
+            return ([[encode_qwen25(encoders, prompt), {}]],)
     picture = scaled(torch.as_tensor(image), REFERENCE_PIXELS)[..., :3]
-    conditioning = [[encode_qwen25(encoders, prompt, IMAGES_TEMPLATE, [picture]), {}]]
+    with _encoders(ctx, clip) as encoders:
+        conditioning = [[encode_qwen25(encoders, prompt, IMAGES_TEMPLATE, [picture]), {}]]
     if vae is not None:
         conditioning = _with_references(conditioning, [_reference(ctx, vae, picture)])
     return (conditioning,)
@@ -96,13 +104,13 @@ def text_encode_qwen_image_edit_plus(ctx: NodeContext, clip: ModelHandle, prompt
                                      image3: Any = None) -> tuple[Conditioning]:
     # each image: about 384² for the vision encoder behind "Picture N:", about a megapixel in multiples of 8 as a
     # reference latent (with a VAE)
-    encoders = _encoders(ctx, clip)
     images = [torch.as_tensor(i) for i in (image1, image2, image3) if i is not None]
     pictures = [scaled(image, VISION_PIXELS) for image in images]
     refs = [] if vae is None else [_reference(ctx, vae, scaled(image, REFERENCE_PIXELS, 8.0)) for image in images]
     lead = "".join(f"Picture {i + 1}: <|vision_start|><|image_pad|><|vision_end|>"
                    for i, image in enumerate((image1, image2, image3)) if image is not None)
-    conditioning = [[encode_qwen25(encoders, lead + prompt, EDIT_PLUS_TEMPLATE, pictures), {}]]
+    with _encoders(ctx, clip) as encoders:
+        conditioning = [[encode_qwen25(encoders, lead + prompt, EDIT_PLUS_TEMPLATE, pictures), {}]]
     return (_with_references(conditioning, refs) if refs else conditioning,)
 
 
