@@ -146,3 +146,39 @@ def test_llama_runs_as_comfyuis_llama2_config(encoders: dict[str, Any]) -> None:
     config = encoders["llama"].config
     assert config.rope_parameters["rope_type"] == "default" and config.rope_parameters["rope_theta"] == 500_000.0
     assert config.rms_norm_eps == 1e-5 and not config.attention_bias
+
+
+def _tiktoken_bpe(text: str, ranks: dict[bytes, int]) -> list[int]:
+    """tiktoken's rule, written here from its definition: split by the pattern, a piece in the ranks is one token,
+    else its bytes merge pair by pair, lowest rank first."""
+    import regex
+
+    out = []
+    for piece in regex.findall(llama_tokenizer.SPLIT_PATTERN, text):
+        data = piece.encode("utf-8")
+        if data in ranks:
+            out.append(ranks[data])
+            continue
+        parts = [bytes([b]) for b in data]
+        while len(parts) > 1:
+            best = min(range(len(parts) - 1), key=lambda i: ranks.get(parts[i] + parts[i + 1], 1 << 30))
+            if parts[best] + parts[best + 1] not in ranks:
+                break
+            parts[best:best + 2] = [parts[best] + parts[best + 1]]
+        out += [ranks[p] for p in parts]
+    return out
+
+
+def test_llama_tokenizer_follows_tiktoken_on_metas_ranks() -> None:
+    # the ranks as the built file's vocabulary holds them (byte-level symbols back to bytes): what is checked is the
+    # merge list recovered from them, the split pattern and whole pieces taken as they are
+    from comfymesh.diffusion.text.tokenizer_build import byte_symbol_map
+
+    back = {v: k for k, v in byte_symbol_map().items()}
+    vocab = json.loads((llama_tokenizer.llama_tokenizer_dir() / llama_tokenizer.FILE_NAME).read_text())["model"]["vocab"]
+    ranks = {bytes(back[c] for c in token): rank for token, rank in vocab.items()}
+    texts = ["A lo-fi, grungy wide shot of a ragged large red tree leaning slightly to one side Polaroid aesthetic.",
+             "Let the girl put on the VR glasses, just like the scenes in Ready Player One!!  \n\n 1234567 x²",
+             "Änderungen: naïve café — 東京タワー, 😀 emoji, tabs\tand   spaces", "don't WE'LL it's 3.14159"]
+    for text in texts:
+        assert llama_tokenizer.llama_token_ids(text) == _tiktoken_bpe(text, ranks), text
