@@ -4,10 +4,8 @@ families find their files too (run from the CLI at a CPU-sized latent)."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 
@@ -19,18 +17,9 @@ from tests.mesh import REPO, Mesh
 TEMPLATES = sorted(path.stem for path in (REPO / "ui" / "templates").glob("*.json") if path.name != "index.json")
 
 
-@pytest.fixture(scope="module")
-def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
-    home = tmp_path_factory.mktemp("fresh-home")
-    demo = subprocess.run([sys.executable, "-m", "comfymesh.cli.main", "demo"], capture_output=True, text=True,
-                          timeout=300, env={**os.environ, "COMFYMESH_HOME": str(home)})
-    assert demo.returncode == 0, demo.stderr
-    assert "every image they make is noise" in demo.stderr and "comfymesh models pull" in demo.stderr
-    mesh = Mesh(home, stages=("imaging", "diffusion"))
-    try:
-        yield mesh.start()
-    finally:
-        mesh.stop()
+@pytest.fixture
+def mesh(demo_mesh: Mesh) -> Mesh:
+    return demo_mesh  # tests/conftest.py: `comfymesh demo` on a fresh data folder, then the mesh
 
 
 @pytest.mark.parametrize("name", TEMPLATES)
