@@ -16,6 +16,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from comfymesh.config.batching import BatchingSettings
 from comfymesh.config.diffusion import DiffusionSettings
 from comfymesh.config.fast_path import FastPathSettings
+from comfymesh.config.files import FilesSettings
 from comfymesh.config.model_pull import ModelPullSettings
 from comfymesh.config.operations import OperationsSettings
 from comfymesh.config.policies import RetryPolicy, TimeoutPolicy
@@ -28,7 +29,7 @@ MAKE_SECRET = "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
 
 
 class Settings(FastPathSettings, BatchingSettings, DiffusionSettings, FaultSwitches, WorkflowSettings, ModelPullSettings,
-               OperationsSettings, BaseSettings):
+               OperationsSettings, FilesSettings, BaseSettings):
     """Zero-configuration defaults that run the whole mesh on one machine."""
 
     model_config = SettingsConfigDict(env_prefix="COMFYMESH_", frozen=True, extra="ignore")
@@ -131,6 +132,11 @@ class Settings(FastPathSettings, BatchingSettings, DiffusionSettings, FaultSwitc
         return self.artifacts_url or (self.home / "artifacts").as_uri()
 
     @property
+    def files(self) -> str:
+        """COMFYMESH_FILES_URL, or file://<home>: outputs in output/, uploads in input/, as ever."""
+        return self.files_url or self.home.as_uri()
+
+    @property
     def extra_model_paths_file(self) -> Path:
         return Path(self.extra_model_paths).expanduser() if self.extra_model_paths else \
             self.home / "extra_model_paths.yaml"
@@ -189,6 +195,6 @@ def configuration_problems(exc: ValidationError) -> str:
     return "comfymesh: invalid configuration\n  " + "\n  ".join(lines)
 
 
-__all__ = ["BatchingSettings", "DiffusionSettings", "FastPathSettings", "FaultSwitches", "ModelPullSettings",
-           "RetryPolicy", "Settings", "TimeoutPolicy", "WorkflowSettings", "get_settings"]
+__all__ = ["BatchingSettings", "DiffusionSettings", "FastPathSettings", "FaultSwitches", "FilesSettings",
+           "ModelPullSettings", "RetryPolicy", "Settings", "TimeoutPolicy", "WorkflowSettings", "get_settings"]
 
