@@ -29,13 +29,15 @@ class Mesh:
     """Start, kill and restart services; talk to the gateway with `http`."""
 
     def __init__(self, home: Path, stages: tuple[str, ...] = ("imaging",), env: dict[str, str] | None = None,
-                 imaging_replicas: int = 1, diffusion_replicas: int = 1) -> None:
+                 imaging_replicas: int = 1, diffusion_replicas: int = 1,
+                 imaging_listen: list[str] | None = None) -> None:
         self.home = home
         for folder in ("input", "output", "temp", "models/checkpoints", "models/loras", "models/vae"):
             (home / folder).mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         orchestrator = f"127.0.0.1:{free_port()}"
-        imaging = [f"127.0.0.1:{free_port()}" for _ in range(imaging_replicas)]
+        # imaging_listen: where the imaging stages listen (e.g. 127.0.0.x hosts behind one DNS name)
+        imaging = imaging_listen or [f"127.0.0.1:{free_port()}" for _ in range(imaging_replicas)]
         # a stage that is not started is not configured (the orchestrator would wait for its nodes)
         diffusion = [f"127.0.0.1:{free_port()}" for _ in range(diffusion_replicas)] if "diffusion" in stages else []
         self.env = {**os.environ, "COMFYMESH_HOME": str(home), "COMFYMESH_ORCHESTRATOR": orchestrator,

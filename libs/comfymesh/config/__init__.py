@@ -15,6 +15,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from comfymesh.config.batching import BatchingSettings
 from comfymesh.config.diffusion import DiffusionSettings
+from comfymesh.config.discovery import DiscoverySettings
 from comfymesh.config.fast_path import FastPathSettings
 from comfymesh.config.files import FilesSettings
 from comfymesh.config.model_pull import ModelPullSettings
@@ -29,7 +30,7 @@ MAKE_SECRET = "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
 
 
 class Settings(FastPathSettings, BatchingSettings, DiffusionSettings, FaultSwitches, WorkflowSettings, ModelPullSettings,
-               OperationsSettings, FilesSettings, BaseSettings):
+               OperationsSettings, FilesSettings, DiscoverySettings, BaseSettings):
     """Zero-configuration defaults that run the whole mesh on one machine."""
 
     model_config = SettingsConfigDict(env_prefix="COMFYMESH_", frozen=True, extra="ignore")
@@ -195,6 +196,6 @@ def configuration_problems(exc: ValidationError) -> str:
     return "comfymesh: invalid configuration\n  " + "\n  ".join(lines)
 
 
-__all__ = ["BatchingSettings", "DiffusionSettings", "FastPathSettings", "FaultSwitches", "FilesSettings",
-           "ModelPullSettings", "RetryPolicy", "Settings", "TimeoutPolicy", "WorkflowSettings", "get_settings"]
-
+__all__ = ["BatchingSettings", "DiffusionSettings", "DiscoverySettings", "FastPathSettings", "FaultSwitches",
+           "FilesSettings", "ModelPullSettings", "RetryPolicy", "Settings", "TimeoutPolicy", "WorkflowSettings",
+           "get_settings"]

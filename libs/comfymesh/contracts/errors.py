@@ -54,6 +54,18 @@ class StageUnavailableError(ComfymeshError):
     non_retryable = False
 
 
+class StageBusyError(ComfymeshError):
+    """A stage refused a call before running it (no free slot, or draining): try another replica or wait; not
+    a failure of the node, so it uses up no attempt."""
+
+    type = "stage_busy"
+    non_retryable = False
+
+    def __init__(self, message: str, *, draining: bool = False) -> None:
+        super().__init__(message)
+        self.draining = draining
+
+
 class ResourceExhaustedError(ComfymeshError):
     """Out of (GPU) memory on this replica: another replica may succeed."""
 
@@ -89,6 +101,7 @@ __all__ = [
     "ModelTooLargeError",
     "NodeInputError",
     "ResourceExhaustedError",
+    "StageBusyError",
     "StageRequestError",
     "StageUnavailableError",
     "TimeoutExceededError",

@@ -9,6 +9,7 @@ import grpc
 
 from comfymesh.config import get_settings
 from comfymesh.rpc.auth import client_interceptors
+from comfymesh.rpc.discovery import BALANCED_SERVICE_CONFIG, is_dns_target
 
 
 def max_message_bytes() -> int:
@@ -41,7 +42,10 @@ def open_channel(address: str, internal_secret: str | None = None) -> grpc.aio.C
     settings = get_settings()
     secret = settings.internal_secret.get_secret_value() if internal_secret is None else internal_secret
     interceptors = client_interceptors(secret) if secret else None
+    options: list[tuple[str, int | str]] = [*channel_options()]
+    if is_dns_target(address):  # every address of the name, in turn, leaving out those not SERVING
+        options.append(("grpc.service_config", BALANCED_SERVICE_CONFIG))
     if settings.grpc_tls_ca:
         credentials = grpc.ssl_channel_credentials(read_pem("COMFYMESH_GRPC_TLS_CA", settings.grpc_tls_ca))
-        return grpc.aio.secure_channel(address, credentials, options=channel_options(), interceptors=interceptors)
-    return grpc.aio.insecure_channel(address, options=channel_options(), interceptors=interceptors)
+        return grpc.aio.secure_channel(address, credentials, options=options, interceptors=interceptors)
+    return grpc.aio.insecure_channel(address, options=options, interceptors=interceptors)

@@ -55,8 +55,10 @@ def server_credentials(listen: str, settings: Settings | None = None,
 
 
 async def start_server(listen: str, registrars: list[Registrar], service_names: list[str],
-                       internal_secret: str | None = None) -> tuple[grpc.aio.Server, int]:
-    """Bind, register servicers plus health, start; returns the server and its bound port.
+                       internal_secret: str | None = None,
+                       health_servicer: health.aio.HealthServicer | None = None) -> tuple[grpc.aio.Server, int]:
+    """Bind, register servicers plus health, start; returns the server and its bound port. Pass
+    `health_servicer` to change the health later (a draining stage answers NOT_SERVING).
 
     With an internal secret (default: COMFYMESH_INTERNAL_SECRET) every call but health must carry it.
     Raises ServerConfigError (see `server_credentials`) or OSError when the address cannot be bound.
@@ -71,7 +73,7 @@ async def start_server(listen: str, registrars: list[Registrar], service_names: 
     server = grpc.aio.server(options=options, interceptors=interceptors)
     for register in registrars:
         register(server)
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = health_servicer or health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     port = server.add_secure_port(listen, credentials) if credentials else server.add_insecure_port(listen)
     if port == 0:

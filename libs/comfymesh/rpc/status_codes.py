@@ -17,4 +17,19 @@ def is_unavailable(error: grpc.aio.AioRpcError) -> bool:
     return error.code() in UNAVAILABLE_CODES
 
 
-__all__ = ["UNAVAILABLE_CODES", "is_unavailable"]
+# A stage refusing a call before starting it (not a failure of the call's nodes): every slot is taken, or the
+# stage is draining for shutdown. The details name which, so the caller can tell them from a real failure.
+BUSY_DETAILS = "comfymesh-busy"
+DRAINING_DETAILS = "comfymesh-draining"
+
+
+def refusal(error: grpc.aio.AioRpcError) -> str:
+    """BUSY_DETAILS or DRAINING_DETAILS when a stage refused the call before running it; "" otherwise."""
+    if error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and error.details() == BUSY_DETAILS:
+        return BUSY_DETAILS
+    if error.code() == grpc.StatusCode.UNAVAILABLE and error.details() == DRAINING_DETAILS:
+        return DRAINING_DETAILS
+    return ""
+
+
+__all__ = ["BUSY_DETAILS", "DRAINING_DETAILS", "UNAVAILABLE_CODES", "is_unavailable", "refusal"]

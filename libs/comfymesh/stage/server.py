@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
+from grpc_health.v1 import health
 
 from comfymesh import gctune, trace
 from comfymesh.artifacts import ArtifactStore
@@ -27,6 +28,7 @@ from comfymesh.logs import log_fields
 from comfymesh.outputs import output_nodes
 from comfymesh.rpc import start_server
 from comfymesh.rpc.server import ServerConfigError, server_credentials
+from comfymesh.rpc.status_codes import BUSY_DETAILS, DRAINING_DETAILS
 from comfymesh.stage.node import NodeImpl
 from comfymesh.stage.plugins import load_plugins
 from comfymesh.stage.runtime import GroupRun
@@ -57,7 +59,9 @@ def code_version(package_dir: Path) -> str:
 
 class StageServicer(stage_pb2_grpc.StageServicer):
     """Runs groups with at most `slots` at once (default COMFYMESH_STAGE_SLOTS); a cancelled call stops its
-    nodes at the next step."""
+    nodes at the next step. A call beyond the slots is refused as busy (RESOURCE_EXHAUSTED `comfymesh-busy`),
+    not queued, so the orchestrator can try another replica; a draining stage refuses every new call
+    (UNAVAILABLE `comfymesh-draining`)."""
 
     def __init__(self, stage: str, nodes: NodeSet, settings: Settings, version: str,
                  device: str = "cpu", slots: int | None = None) -> None:
@@ -76,13 +80,35 @@ class StageServicer(stage_pb2_grpc.StageServicer):
         self.store = ArtifactStore(settings.artifacts)
         self.limits = OutputLimits(settings.max_pixels, settings.max_batch)
         self.slot_count = slots or settings.stage_slots
-        self.slots = asyncio.Semaphore(self.slot_count)
+        self.busy_slots = 0  # calls whose nodes have not all reported yet
+        self.calls = 0  # calls not yet ended (a drain waits for none)
+        self.draining = False
+        self._idle = asyncio.Event()
+        self._idle.set()
         self.executor = ThreadPoolExecutor(max_workers=self.slot_count, thread_name_prefix=stage)
 
     async def RunStage(self, request: stage_pb2.StageRequest,
                        context: grpc.aio.ServicerContext) -> AsyncIterator[stage_pb2.StageEvent]:
         trace.mark("stage.call")
-        async with self.slots:
+        if self.draining:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, DRAINING_DETAILS)
+        if self.busy_slots >= self.slot_count:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, BUSY_DETAILS)
+        self.busy_slots += 1
+        self.calls += 1
+        self._idle.clear()
+        # the slot is free again once every node reported (done or failed), before that last event is sent:
+        # the caller's next call may come the moment it reads it, while this call's stream is still closing
+        pending = {call.node_id for call in request.nodes}
+        holding = True
+
+        def free_slot() -> None:
+            nonlocal holding
+            if holding:
+                holding = False
+                self.busy_slots -= 1
+
+        try:
             log.info("RunStage", extra=log_fields(job=request.job_id, user=request.user, group=request.group_id,
                                                   attempt=request.attempt,
                                                   nodes=[call.node_id for call in request.nodes]))
@@ -90,8 +116,17 @@ class StageServicer(stage_pb2_grpc.StageServicer):
             queue: asyncio.Queue[stage_pb2.StageEvent | None] = asyncio.Queue()
             cancelled = threading.Event()
 
+            def deliver(event: stage_pb2.StageEvent | None) -> None:
+                if event is None or event.HasField("failure"):
+                    free_slot()
+                elif event.HasField("done"):
+                    pending.discard(event.done.node_id)
+                    if not pending:
+                        free_slot()
+                queue.put_nowait(event)
+
             def emit(event: stage_pb2.StageEvent | None) -> None:
-                loop.call_soon_threadsafe(queue.put_nowait, event)
+                loop.call_soon_threadsafe(deliver, event)
 
             def run() -> None:
                 try:
@@ -108,6 +143,20 @@ class StageServicer(stage_pb2_grpc.StageServicer):
             finally:
                 # the caller went away or cancelled: stop the nodes at their next step
                 cancelled.set()
+        finally:
+            free_slot()
+            self.calls -= 1
+            if self.calls == 0:
+                self._idle.set()
+
+    async def drain(self, timeout: float) -> bool:
+        """Refuse new calls and wait (up to `timeout`) for those in flight to end; whether they all did."""
+        self.draining = True
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
 
     async def Describe(self, request: stage_pb2.DescribeRequest,
                        context: grpc.aio.ServicerContext) -> stage_pb2.DescribeResponse:
@@ -120,9 +169,12 @@ class StageServicer(stage_pb2_grpc.StageServicer):
 async def serve_stage(servicer: StageServicer, listen: str,
                       extra: list[Callable[[grpc.aio.Server], None]] | None = None,
                       extra_names: list[str] | None = None) -> None:
-    """Serve until SIGTERM/SIGINT, printing one line that says where the stage listens."""
+    """Serve until SIGTERM/SIGINT, printing one line that says where the stage listens; then drain: NOT_SERVING
+    at once, the calls in flight finish (up to COMFYMESH_STAGE_DRAIN_S), exit."""
     registrars = [lambda server: stage_pb2_grpc.add_StageServicer_to_server(servicer, server), *(extra or [])]
-    server, port = await start_server(listen, registrars, ["comfymesh.v1.Stage", *(extra_names or [])])
+    health_servicer = health.aio.HealthServicer()
+    server, port = await start_server(listen, registrars, ["comfymesh.v1.Stage", *(extra_names or [])],
+                                      health_servicer=health_servicer)
     host = listen.rsplit(":", 1)[0]
     print(f"comfymesh {servicer.stage} stage listening on {host}:{port} ({len(servicer.nodes)} node types, "
           f"device {servicer.device})", flush=True)
@@ -131,6 +183,18 @@ async def serve_stage(servicer: StageServicer, listen: str,
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+    await shut_down(servicer, server, health_servicer, servicer.settings.stage_drain_s)
+
+
+async def shut_down(servicer: StageServicer, server: grpc.aio.Server, health_servicer: health.aio.HealthServicer,
+                    drain_s: float) -> None:
+    """Answer NOT_SERVING on every service (callers watching health stop sending), let the calls in flight
+    finish for up to `drain_s`, then stop the server."""
+    await health_servicer.enter_graceful_shutdown()
+    log.info("draining", extra=log_fields(stage=servicer.stage, calls=servicer.calls, drain_s=drain_s))
+    if not await servicer.drain(drain_s):
+        log.warning("drain time over: stopping with calls in flight",
+                    extra=log_fields(stage=servicer.stage, calls=servicer.calls))
     await server.stop(grace=2)
 
 

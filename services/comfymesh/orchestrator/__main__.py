@@ -35,7 +35,8 @@ async def serve(listen: str) -> None:
     setup_logging("orchestrator", settings.log_level, settings.log_json)
     store = await open_job_store(settings)
     where = describe(settings)
-    pool = ReplicaPool({stage: settings.replicas(stage) for stage in ("imaging", "diffusion")})
+    pool = ReplicaPool({stage: settings.replicas(stage) for stage in ("imaging", "diffusion")},
+                       refresh_s=settings.dns_refresh_s)
     scheduler = Scheduler(settings, store, pool)
     try:
         # before listening: a store that cannot be recovered must not take submits it would never run

@@ -41,7 +41,7 @@ class Snapshot:
 async def snapshot(scheduler: Scheduler) -> Snapshot:
     """The numbers of one scrape, read on the event loop that changes them."""
     pool = scheduler.pool
-    stages = [stage for stage, replicas in pool.replicas.items() if replicas]
+    stages = pool.configured()
     shot = Snapshot(waiting={s: pool.waiting.get(s, 0) for s in stages},
                     running={s: sum(r.in_flight for r in pool.replicas[s]) for s in stages},
                     slots={s: sum(r.slots for r in pool.replicas[s]) for s in stages},

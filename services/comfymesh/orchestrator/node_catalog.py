@@ -39,7 +39,7 @@ class NodeCatalog:
         self.pool = pool
         self.cache_file = cache_file
         self._stages: dict[str, dict[str, Any]] = self._load()
-        self._described = {stage: asyncio.Event() for stage, replicas in pool.replicas.items() if replicas}
+        self._described = {stage: asyncio.Event() for stage in pool.configured()}
         self._started = time.monotonic()
         self._changed = asyncio.Condition()
         self._rebuild()

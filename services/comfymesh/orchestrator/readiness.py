@@ -35,7 +35,7 @@ async def _serving(replica: Replica) -> bool:
 
 async def stage_health(pool: ReplicaPool) -> list[StageHealth]:
     """Every configured stage with its count of replicas answering SERVING (all asked at once)."""
-    stages = [(stage, replicas) for stage, replicas in pool.replicas.items() if replicas]
+    stages = [(stage, list(pool.replicas[stage])) for stage in pool.configured()]
     answers = await asyncio.gather(*(_serving(r) for _, replicas in stages for r in replicas))
     health, start = [], 0
     for stage, replicas in stages:

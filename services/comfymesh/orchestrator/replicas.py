@@ -1,4 +1,5 @@
-"""Stage replicas: the orchestrator picks one with a free slot (backpressure lives here, not in stages)."""
+"""Stage replicas: the orchestrator picks one with a free slot (backpressure lives here; a stage with no free
+slot refuses a call as busy). A `dns:///name:port` address stands for the replicas DNS names (discovery.py)."""
 
 from __future__ import annotations
 
@@ -9,13 +10,18 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health_pb2_grpc
 
 from comfymesh.contracts.errors import StageUnavailableError
 from comfymesh.rpc import open_channel
+from comfymesh.rpc.discovery import DnsTarget, Resolver, is_dns_target, parse_dns_target
 from comfymesh.v1 import stage_pb2, stage_pb2_grpc
+
+if TYPE_CHECKING:
+    from comfymesh.orchestrator.discovery import StageDiscovery
 
 log = logging.getLogger("comfymesh.orchestrator")
 
@@ -33,16 +39,28 @@ class Replica:
     code_version: str = ""
     device: str = ""
     models: set[str] = field(default_factory=set)
+    # discovered replicas: SERVING per their health watch; retired once DNS no longer names them
+    serving: bool = True
+    retired: bool = False
+    busy: int = 0  # busy answers in a row (their backoff)
 
     @property
     def available(self) -> bool:
-        return self.in_flight < self.slots and time.monotonic() >= self.down_until
+        return (self.in_flight < self.slots and self.serving and not self.retired
+                and time.monotonic() >= self.down_until)
 
 
 class ReplicaPool:
-    def __init__(self, replicas: dict[str, list[str]]) -> None:
+    def __init__(self, replicas: dict[str, list[str]], resolve: Resolver | None = None,
+                 refresh_s: float = 5.0) -> None:
+        """`replicas`: each stage's addresses, `host:port` or `dns:///name:port` (re-resolved every
+        `refresh_s` through `resolve`, default COMFYMESH_HOSTS_FILE then DNS)."""
         self.replicas: dict[str, list[Replica]] = {
-            stage: [_replica(stage, address) for address in addresses] for stage, addresses in replicas.items()}
+            stage: [new_replica(stage, a) for a in addresses if not is_dns_target(a)]
+            for stage, addresses in replicas.items()}
+        self.targets: dict[str, list[DnsTarget]] = {
+            stage: [parse_dns_target(a) for a in addresses if is_dns_target(a)]
+            for stage, addresses in replicas.items()}
         self._changed = asyncio.Condition()
         self._turns: dict[str, int] = {}
         # what /metrics reports: calls waiting for a free slot, and finished calls by (stage, ok|error)
@@ -50,11 +68,32 @@ class ReplicaPool:
         self.finished: Counter[tuple[str, str]] = Counter()
         # told every Describe answer (the node catalog keeps the stages' node declarations)
         self.on_describe: Callable[[str, stage_pb2.DescribeResponse], None] | None = None
+        self.discovery: StageDiscovery | None = None
+        if any(self.targets.values()):
+            from comfymesh.orchestrator.discovery import StageDiscovery
+            self.discovery = StageDiscovery(self, resolve, refresh_s)
+
+    def configured(self) -> list[str]:
+        """The stages given replica addresses (a `dns:///` one may name no replica right now)."""
+        return [stage for stage in self.replicas if self.replicas[stage] or self.targets.get(stage)]
+
+    def unresolved(self, stage: str) -> StageUnavailableError:
+        names = ", ".join(str(target) for target in self.targets[stage])
+        return StageUnavailableError(f"no {stage} replica resolved from {names}", non_retryable=True)
+
+    async def changed(self) -> None:
+        """Wake the calls waiting for a replica (one appeared, went SERVING, or was retired)."""
+        async with self._changed:
+            self._changed.notify_all()
 
     async def describe(self, stage: str, timeout: float = 30.0, fresh: bool = False) -> str:
         """The stage's code version (asks a live replica, waiting for one up to `timeout`, unless a
         replica answered before and `fresh` is not asked for)."""
+        if self.discovery is not None:
+            await self.discovery.start()
         replicas = self.replicas.get(stage)
+        if not replicas and self.targets.get(stage):
+            raise self.unresolved(stage)
         if not replicas:
             raise StageUnavailableError(f"no {stage} stage is configured (set COMFYMESH_{stage.upper()}_REPLICAS)")
         known = [r.code_version for r in replicas if r.code_version]
@@ -62,7 +101,7 @@ class ReplicaPool:
             return known[0]
         deadline = time.monotonic() + timeout
         while True:
-            for replica in replicas:
+            for replica in list(replicas):
                 try:
                     info = await replica.stub.Describe(stage_pb2.DescribeRequest(), timeout=3)
                 except grpc.aio.AioRpcError:
@@ -71,6 +110,8 @@ class ReplicaPool:
                 if self.on_describe is not None:
                     self.on_describe(stage, info)
                 return info.code_version
+            if not replicas and self.targets.get(stage):
+                raise self.unresolved(stage)
             if time.monotonic() > deadline:
                 raise StageUnavailableError(f"no {stage} stage replica answers at "
                                             f"{', '.join(r.address for r in replicas)}; is it running?")
@@ -99,8 +140,13 @@ class ReplicaPool:
                     chosen = free[0]
                     chosen.in_flight += 1
                     return chosen
+                if not replicas and self.targets.get(stage):
+                    raise self.unresolved(stage)
+                # a busy or failed replica's backoff may end before anything notifies
+                backoff = [r.down_until for r in replicas if r.down_until > time.monotonic()]
+                wait = min([0.5, *(until - time.monotonic() for until in backoff)])
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._changed.wait(), timeout=0.5)
+                    await asyncio.wait_for(self._changed.wait(), timeout=max(wait, 0.01))
 
     async def release(self, replica: Replica, *, failed: bool = False) -> None:
         async with self._changed:
@@ -111,14 +157,33 @@ class ReplicaPool:
                 replica.failures += 1
                 replica.down_until = time.monotonic() + min(0.25 * 2 ** replica.failures, 5.0)
                 replica.code_version = ""
+                if self.discovery is not None:
+                    self.discovery.wake()  # the name may have moved: re-resolve at once
             else:
                 replica.failures = 0
+                replica.busy = 0
+            if replica.retired and replica.in_flight == 0 and self.discovery is not None:
+                self.discovery.remove(replica)
+            self._changed.notify_all()
+
+    async def refused(self, replica: Replica, *, draining: bool) -> None:
+        """A call the replica refused before running it: no failure, but no call there for a while (busy:
+        a backoff growing to 1 s; draining: it is going away, its health watch or restart brings it back)."""
+        async with self._changed:
+            replica.in_flight -= 1
+            if draining:
+                replica.down_until = time.monotonic() + 2.0
+            else:
+                replica.busy += 1
+                replica.down_until = time.monotonic() + min(0.05 * 2 ** replica.busy, 1.0)
+            if replica.retired and replica.in_flight == 0 and self.discovery is not None:
+                self.discovery.remove(replica)
             self._changed.notify_all()
 
     def all(self) -> list[Replica]:
         return [r for replicas in self.replicas.values() for r in replicas]
 
 
-def _replica(stage: str, address: str) -> Replica:
+def new_replica(stage: str, address: str) -> Replica:
     channel = open_channel(address)
     return Replica(stage, address, stage_pb2_grpc.StageStub(channel), health_pb2_grpc.HealthStub(channel))

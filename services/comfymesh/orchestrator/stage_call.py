@@ -13,12 +13,12 @@ import grpc
 
 from comfymesh import trace
 from comfymesh.config.policies import RetryPolicy, TimeoutPolicy
-from comfymesh.contracts.errors import ComfymeshError, StageUnavailableError, TimeoutExceededError
+from comfymesh.contracts.errors import ComfymeshError, StageBusyError, StageUnavailableError, TimeoutExceededError
 from comfymesh.graph import StageGroup
 from comfymesh.logs import log_fields
 from comfymesh.orchestrator.job_recorder import JobRecorder
 from comfymesh.orchestrator.replicas import ReplicaPool
-from comfymesh.rpc.status_codes import is_unavailable
+from comfymesh.rpc.status_codes import DRAINING_DETAILS, is_unavailable, refusal
 from comfymesh.v1 import stage_pb2
 
 log = logging.getLogger("comfymesh.orchestrator")
@@ -45,6 +45,9 @@ def call_error(exc: grpc.aio.AioRpcError) -> ComfymeshError:
 
     Raised `from None` by the caller: the message names the status, and the gRPC error's debug text (peer
     addresses) must not reach the job's record as its cause."""
+    refused = refusal(exc)
+    if refused:
+        return StageBusyError(f"the stage refused the call: {refused}", draining=refused == DRAINING_DETAILS)
     if is_unavailable(exc):
         return StageUnavailableError(f"stage call lost: {exc.code().name} {exc.details()}")
     return ComfymeshError(f"stage call failed: {exc.code().name} {exc.details()}")
@@ -66,16 +69,21 @@ class GroupCall:
         failure moves the rest elsewhere."""
         tried: set[str] = set()
         error: ComfymeshError | None = None
-        for attempt in range(1, self.retry.max_attempts + 1):
+        attempt = 0
+        while attempt < self.retry.max_attempts:
+            attempt += 1
             replica = await self.pool.acquire(group.stage, avoid=tried, prefer_model=checkpoint)
             tried.add(replica.address)
             lost = False
+            refused: StageBusyError | None = None
             try:
                 async with asyncio.timeout(self.timeouts.attempt_s):
                     await self._stream(replica.stub, self.request(group, attempt))
                 if checkpoint:
                     replica.models.add(checkpoint)  # its model cache now holds the weights
                 return
+            except StageBusyError as busy:
+                refused = busy
             except TimeoutError:
                 node_id = self.recorder.current_node(group.node_ids)
                 error = TimeoutExceededError(f"a {group.stage} stage call ran longer than its "
@@ -89,7 +97,15 @@ class GroupCall:
                     raise
                 error = exc
             finally:
-                await self.pool.release(replica, failed=lost)
+                if refused is not None:
+                    await self.pool.refused(replica, draining=refused.draining)
+                else:
+                    await self.pool.release(replica, failed=lost)
+            if refused is not None:
+                # refused before anything ran: another replica, or this one after a backoff; not an attempt
+                attempt -= 1
+                continue
+            assert error is not None
             self.recorder.running_nodes -= set(group.node_ids)
             log.warning("stage call failed, retrying", extra=log_fields(
                 job=self.recorder.job.id, group=group.group_id, stage=group.stage, replica=replica.address,
