@@ -33,6 +33,7 @@ INPUTS = {"example.png": "astronaut.png", "pray.png": "coffee.png", "angle_1.png
           "flux_kontext_dev_basic_input_image.jpg": "astronaut.png",
           "image_qwen_image_edit_input_image.png": "astronaut.png",
           "image_qwen_image_union_control_lora_input_image.png": "astronaut.png",
+          "image_qwen_image_controlnet_patch_input_image.png": "astronaut.png",
           "hidream_e1_full_input_image.jpg": "astronaut.png", "hidream_e1_1_input_image.jpg": "coffee.png"}
 # template → the output nodes' class types we expect images from
 RUNNABLE = {
@@ -53,6 +54,8 @@ RUNNABLE = {
     "image_qwen_image": {"SaveImage"},
     "image_qwen_Image_2512": {"SaveImage"},
     "image_qwen_image_edit": {"SaveImage"},
+    # the canny DiffSynth patch (ModelPatchLoader, QwenImageDiffsynthControlnet); PreviewImage shows the edges
+    "image_qwen_image_controlnet_patch": {"SaveImage", "PreviewImage"},
     "image_z_image_turbo": {"SaveImage"},
     # HiDream I1 full/dev/fast and E1 (one tiny architecture under the five files' names)
     "hidream_i1_full": {"SaveImage"},

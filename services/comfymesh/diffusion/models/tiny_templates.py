@@ -12,6 +12,7 @@ from pathlib import Path
 from comfymesh.diffusion.models import tiny_sd3
 from comfymesh.diffusion.models.clip_vision import make_tiny_clip_vision
 from comfymesh.diffusion.models.tiny_checkpoint import make_tiny_checkpoint
+from comfymesh.diffusion.models.tiny_diffsynth import make_tiny_diffsynth
 from comfymesh.diffusion.models.tiny_flux import make_template_files as make_flux_files
 from comfymesh.diffusion.models.tiny_hidream import make_template_files as make_hidream_files
 from comfymesh.diffusion.models.tiny_lora import make_template_loras
@@ -37,6 +38,7 @@ def _write_all(models: Path, seed: int) -> None:
     # HiDream's diffusion models and four encoders; the FLUX VAE and scaled-fp8 T5 above are shaped as it takes
     make_hidream_files(models, seed=seed, keep_existing=True)
     make_qwen_image_files(models, seed=seed)
+    make_tiny_diffsynth(models, seed=seed)  # Qwen-Image's DiffSynth ControlNet patches (model_patches/)
     # Z-Image's diffusion model and Qwen3 encoder; its ae.safetensors is the FLUX VAE written above
     with tempfile.TemporaryDirectory() as scratch:
         zimage = make_tiny_zimage(Path(scratch), seed=seed)
