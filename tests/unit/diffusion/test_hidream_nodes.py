@@ -182,3 +182,22 @@ def test_llama_tokenizer_follows_tiktoken_on_metas_ranks() -> None:
              "Änderungen: naïve café — 東京タワー, 😀 emoji, tabs\tand   spaces", "don't WE'LL it's 3.14159"]
     for text in texts:
         assert llama_tokenizer.llama_token_ids(text) == _tiktoken_bpe(text, ranks), text
+
+
+def test_clip_set_last_layer_moves_only_t5s_layer(encoders: dict[str, Any]) -> None:
+    base = hidream_text.hidream_conditioning(encoders, "a red tree", "a red tree", "a red tree", "a red tree")
+    moved = hidream_text.hidream_conditioning(encoders, "a red tree", "a red tree", "a red tree", "a red tree", -2)
+    t5 = encoders["t5"]
+    ids = [t for t, _ in hidream_text.t5_chunk("a red tree")]
+    tokens = torch.tensor([ids])
+    with torch.no_grad():
+        out = t5(input_ids=tokens, attention_mask=(tokens != PAD_ID).long(), output_hidden_states=True)
+        first_block = t5.encoder.final_layer_norm(out.hidden_states[1])  # 2 blocks: k = −2 is block 0's output
+    torch.testing.assert_close(moved[0][0], first_block)
+    assert not torch.allclose(moved[0][0], base[0][0])
+    for key in ("pooled_output", "conditioning_llama3"):
+        assert torch.equal(moved[0][1][key], base[0][1][key])
+    # −1 and a k past the depth are the last layer, as in ComfyUI
+    for k in (-1, -30):
+        assert torch.equal(hidream_text.hidream_conditioning(encoders, "a red tree", "a red tree", "a red tree",
+                                                              "a red tree", k)[0][0], base[0][0])

@@ -304,7 +304,7 @@ class HiDreamFamily:
     def encode(self, text: str, encoders: dict[str, Any], clip: ModelHandle) -> Conditioning:
         from comfymesh.diffusion.text.hidream_text import hidream_conditioning
 
-        return hidream_conditioning(encoders, text, text, text, text)
+        return hidream_conditioning(encoders, text, text, text, text, clip.get("stop_at_clip_layer"))
 
     def model_sampling(self, record: dict[str, Any], sm: SamplingModel) -> SamplingModel:
         return flow_shift_sampling(record, sm)

@@ -57,4 +57,5 @@ def clip_text_encode_hidream(ctx: NodeContext, clip: ModelHandle, clip_l: str, c
         raise NodeInputError(f"CLIPTextEncodeHiDream needs a HiDream CLIP (QuadrupleCLIPLoader or a CLIP loader of "
                              f"type hidream); this one is {ckpt.family}'s", node_id=ctx.node_id)
     with get_model_cache().family_text_lora(ckpt, loras_of(ctx, clip)):  # LoraLoader's text-encoder patches
-        return (hidream_conditioning(ckpt.parts.clips, clip_l, clip_g, t5xxl, llama),)
+        return (hidream_conditioning(ckpt.parts.clips, clip_l, clip_g, t5xxl, llama,
+                                     clip.get("stop_at_clip_layer")),)

@@ -120,13 +120,26 @@ def t5_chunk(text: str) -> Pairs:
     return batch + [(T5_PAD, 1.0)] * (T5_LENGTH - len(batch))
 
 
-def encode_t5_chunk(model: Any, pairs: Pairs) -> torch.Tensor:
+def _t5_states(model: Any, ids: list[int], layer: int | None) -> torch.Tensor:
+    """T5's output [1, T, D], pads masked: the last hidden state, or with CLIPSetLastLayer's k ≤ −2 the output
+    of block N+k through the final norm (ComfyUI's T5 takes that layer; its |k| beyond the depth means the last)."""
+    n = int(model.config.num_layers)
+    if layer is None or layer >= -1 or -layer > n:
+        return encode_t5(model, ids, attention_mask=True)
+    tokens = torch.tensor([ids], device=model.get_input_embeddings().weight.device)
+    with torch.no_grad():
+        out = model(input_ids=tokens, attention_mask=(tokens != T5_PAD).long(), output_hidden_states=True)
+        hidden: torch.Tensor = model.encoder.final_layer_norm(out.hidden_states[n + layer + 1])
+    return hidden.float().cpu()
+
+
+def encode_t5_chunk(model: Any, pairs: Pairs, layer: int | None = None) -> torch.Tensor:
     """T5 context [1, T, D] with pads masked; weighted tokens moved from the empty prompt's state (end, pads)."""
-    z = encode_t5(model, [t for t, _ in pairs], attention_mask=True)
+    z = _t5_states(model, [t for t, _ in pairs], layer)
     weights = torch.tensor([w for _, w in pairs])[None, :, None]
     if bool((weights == 1.0).all()):
         return z
-    empty = encode_t5(model, [T5_EOS] + [T5_PAD] * (len(pairs) - 1), attention_mask=True)
+    empty = _t5_states(model, [T5_EOS] + [T5_PAD] * (len(pairs) - 1), layer)
     return torch.where(weights != 1.0, (z - empty) * weights + empty, z)
 
 
@@ -156,15 +169,17 @@ def encode_llama(model: Any, pairs: Pairs) -> torch.Tensor:
     return out[:, 1:]
 
 
-def hidream_conditioning(encoders: dict[str, Any], l_text: str, g_text: str, t5_text: str,
-                         llama_text: str) -> list[list[Any]]:
+def hidream_conditioning(encoders: dict[str, Any], l_text: str, g_text: str, t5_text: str, llama_text: str,
+                         stop_at_clip_layer: int | None = None) -> list[list[Any]]:
     """The CONDITIONING of one prompt per encoder (CLIPTextEncodeHiDream; CLIPTextEncode gives all four the
-    same): [[T5 context, {pooled_output, conditioning_llama3}]]."""
+    same): [[T5 context, {pooled_output, conditioning_llama3}]]. CLIPSetLastLayer moves only T5's layer: the
+    pooled outputs come from the CLIPs' last layer and the Llama states are all of them."""
     if not encoders:
         raise ModelError("the HiDream CLIP holds no text encoder")
     pooled = pooled_output(encoders, l_text, g_text)
     t5 = encoders.get("t5")
-    context = torch.zeros(1, T5_LENGTH, CONTEXT_WIDTH) if t5 is None else encode_t5_chunk(t5, t5_chunk(t5_text))
+    context = (torch.zeros(1, T5_LENGTH, CONTEXT_WIDTH) if t5 is None
+               else encode_t5_chunk(t5, t5_chunk(t5_text), stop_at_clip_layer))
     llama = encoders.get("llama")
     ll = (torch.zeros(1, LLAMA_STATES, 1, CONTEXT_WIDTH) if llama is None
           else encode_llama(llama, llama_tokens(llama_text)))
