@@ -11,6 +11,7 @@ from urllib.parse import unquote, urlparse
 from comfymesh.config.files import FILES_SCHEMES
 from comfymesh.files._keys import FOLDER_TYPES, BadKey, safe_key
 from comfymesh.files._local import LocalFiles
+from comfymesh.files._readiness import files_problem
 from comfymesh.files._s3 import S3Files, s3_error_code
 from comfymesh.files._store import FileEntry, FilesStore, FilesUnavailable
 
@@ -26,4 +27,4 @@ def open_files(url: str, options: dict[str, Any] | None = None) -> FilesStore:
 
 
 __all__ = ["FOLDER_TYPES", "BadKey", "FileEntry", "FilesStore", "FilesUnavailable", "LocalFiles", "S3Files",
-           "open_files", "s3_error_code", "safe_key"]
+           "files_problem", "open_files", "s3_error_code", "safe_key"]

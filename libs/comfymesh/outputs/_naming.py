@@ -65,19 +65,24 @@ def _counter_pattern(file_prefix: str) -> re.Pattern[str]:
     return re.compile(prefix_pattern + r"_(\d+)(?:_|$)")
 
 
-def next_counter(folder: Path, file_prefix: str) -> int:
-    """1 + the highest counter among `<prefix>_<digits>_…` files in `folder` (case-sensitive), or 1."""
+def highest_counter(names: list[str], file_prefix: str) -> int:
+    """The highest counter among `<prefix>_<digits>_…` names (case-sensitive), or 0."""
     pattern = _counter_pattern(file_prefix)
     highest = 0
-    try:
-        names = os.listdir(folder)
-    except FileNotFoundError:
-        return 1
     for name in names:
         match = pattern.match(name)
         if match:
             highest = max(highest, int(match.group(1)))
-    return highest + 1
+    return highest
+
+
+def next_counter(folder: Path, file_prefix: str) -> int:
+    """1 + the highest counter among `<prefix>_<digits>_…` files in `folder` (case-sensitive), or 1."""
+    try:
+        names = os.listdir(folder)
+    except FileNotFoundError:
+        return 1
+    return highest_counter(names, file_prefix) + 1
 
 
 def batch_filename(file_prefix: str, batch_index: int, counter: int, extension: str = "png") -> str:

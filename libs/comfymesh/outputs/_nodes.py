@@ -33,7 +33,7 @@ def save_image(ctx: NodeContext, images: Any, filename_prefix: str = "ComfyUI") 
         images, ctx.home, filename_prefix,
         folder_type="output", compress_level=4,
         prompt=ctx.prompt, extra_pnginfo=ctx.extra_pnginfo,
-        identity=OutputIdentity(ctx.job_id, ctx.output_key),
+        identity=OutputIdentity(ctx.job_id, ctx.output_key), files=ctx.files,
     )
     ctx.ui = {"images": [image.as_ui() for image in saved]}
     return ()
@@ -56,7 +56,7 @@ def preview_image(ctx: NodeContext, images: Any) -> tuple[()]:
         images, ctx.home, f"ComfyUI_temp_{suffix}",
         folder_type="temp", compress_level=1,
         prompt=ctx.prompt, extra_pnginfo=ctx.extra_pnginfo,
-        identity=OutputIdentity(ctx.job_id, ctx.output_key),
+        identity=OutputIdentity(ctx.job_id, ctx.output_key), files=ctx.files,
     )
     ctx.ui = {"images": [image.as_ui() for image in saved]}
     return ()

@@ -38,10 +38,14 @@ def _key(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
-def receipt_path(home: Path, identity: OutputIdentity, folder_type: str) -> Path:
+def receipt_name(identity: OutputIdentity, folder_type: str) -> str:
     """One receipt per (job, node, folder type), grouped by job so a job's receipts can go together."""
-    job_folder = home / LEDGER_DIR / "receipts" / _key(identity.job_id)
-    return job_folder / f"{_key(identity.node_id)}.{folder_type}.json"
+    return f"receipts/{_key(identity.job_id)}/{_key(identity.node_id)}.{folder_type}.json"
+
+
+def receipt_path(home: Path, identity: OutputIdentity, folder_type: str) -> Path:
+    """The receipt's file under the data home's ledger folder."""
+    return home / LEDGER_DIR / receipt_name(identity, folder_type)
 
 
 def read_receipt(path: Path, base: Path) -> list[SavedImage] | None:

@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from comfymesh import trace
 from comfymesh.contracts.errors import NodeInputError
+from comfymesh.files import FilesStore, LocalFiles
 from comfymesh.outputs._files import exclusive_lock, write_atomically
 from comfymesh.outputs._naming import (
     BadFilenamePrefix,
@@ -29,6 +30,7 @@ from comfymesh.outputs._receipts import (
     receipt_path,
     write_receipt,
 )
+from comfymesh.outputs._remote import write_files_remote
 
 FolderType = Literal["output", "temp"]
 
@@ -63,19 +65,23 @@ def write_pngs(
     extra_pnginfo: Mapping[str, Any] | None = None,
     identity: OutputIdentity | None = None,
     now: datetime | None = None,
+    files: FilesStore | None = None,
 ) -> list[SavedImage]:
     """Write an IMAGE batch as PNGs into `home/<folder_type>` with ComfyUI's names and metadata.
 
     With an `identity`, a second call for the same job and node returns the first call's files
-    instead of writing new ones (as long as those files are still there).
+    instead of writing new ones (as long as those files are still there). `files` is the files store
+    (default: the data home's folders).
     Raises NodeInputError when the prefix would leave the folder.
     """
+    home = files.root if isinstance(files, LocalFiles) else home
     base = home / folder_type
     node_id = identity.node_id if identity else ""
     # Without a job id there is nothing to be idempotent about (ad-hoc calls, tools).
     tracked = identity if identity is not None and identity.job_id else None
     receipt = receipt_path(home, tracked, folder_type) if tracked is not None else None
-    if receipt is not None and (done := read_receipt(receipt, base)) is not None:
+    local = files is None or files.local  # a shared store's receipt is read where names are claimed
+    if local and receipt is not None and (done := read_receipt(receipt, base)) is not None:
         return done
 
     frames = frames_uint8(images)
@@ -91,7 +97,8 @@ def write_pngs(
     encoded = [encode_png(frame, compress_level=compress_level, metadata=metadata) for frame in frames]
 
     trace.mark("save.encoded")
-    return write_files(encoded, home, target, folder_type=folder_type, identity=tracked, extension="png")
+    return write_files(encoded, home, target, folder_type=folder_type, identity=tracked, extension="png",
+                       files=files)
 
 
 def write_files(
@@ -102,11 +109,17 @@ def write_files(
     folder_type: FolderType = "output",
     identity: OutputIdentity | None = None,
     extension: str = "png",
+    files: FilesStore | None = None,
 ) -> list[SavedImage]:
     """Name, number and write finished files (PNGs, SaveLatent's .latent) under `target` with ComfyUI's
-    counter, under the folder's lock; with a job `identity` a retried node gets its first files back."""
-    base = home / folder_type
+    counter, under the folder's lock; with a job `identity` a retried node gets its first files back.
+    In a shared store (s3://) the store's conditional writes take the lock's place."""
     tracked = identity if identity is not None and identity.job_id else None
+    if files is not None and not files.local:
+        return write_files_remote(encoded, files, target, folder_type=folder_type, identity=tracked,
+                                  extension=extension)
+    home = files.root if isinstance(files, LocalFiles) else home
+    base = home / folder_type
     receipt = receipt_path(home, tracked, folder_type) if tracked is not None else None
     with exclusive_lock(home / LEDGER_DIR / f"{folder_type}.lock"):
         # A concurrent attempt of the same node may have finished while this one encoded.

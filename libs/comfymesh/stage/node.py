@@ -26,6 +26,7 @@ from typing import Any
 
 from comfymesh.catalog.model_folders import ModelFolders
 from comfymesh.contracts.errors import InterruptedError_
+from comfymesh.files import FilesStore
 from comfymesh.graph.limits import OutputLimits
 
 
@@ -52,6 +53,8 @@ class NodeContext:
     model_folders: ModelFolders | None = None
     # which call of the node this is, when it runs once per item of a list input (0 for the first or only)
     call_index: int = 0
+    # where outputs are saved (COMFYMESH_FILES_URL); None: the data home's folders
+    files: FilesStore | None = None
 
     @property
     def output_key(self) -> str:

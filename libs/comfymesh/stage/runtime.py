@@ -30,6 +30,7 @@ from comfymesh.contracts import wirejson
 from comfymesh.contracts.errors import NodeInputError
 from comfymesh.contracts.failures import failure_from_exception
 from comfymesh.contracts.values import ExecutionBlocker, blocked_value, blocker_of, list_items, list_value
+from comfymesh.files import FilesStore
 from comfymesh.graph.limits import OutputLimits
 from comfymesh.logs import log_fields
 from comfymesh.stage.lists import ValueList, map_node, merge_ui
@@ -66,7 +67,7 @@ class GroupRun:
 
     def __init__(self, request: stage_pb2.StageRequest, nodes: dict[str, NodeImpl], catalog: Catalog,
                  store: ArtifactStore, home: Path, emit: Emit, cancelled: threading.Event,
-                 limits: OutputLimits) -> None:
+                 limits: OutputLimits, files: FilesStore | None = None) -> None:
         self.request = request
         self.nodes = nodes
         self.catalog = catalog
@@ -75,6 +76,7 @@ class GroupRun:
         self.emit = emit
         self.cancelled = cancelled
         self.limits = limits
+        self.files = files
         self.values: dict[tuple[str, int], Any] = {}
         self.exported = set(request.export_node_ids)
         self.prompt = wirejson.loads(request.prompt_json) if request.prompt_json else None
@@ -155,7 +157,7 @@ class GroupRun:
             report_preview=self._preview_reporter(call.node_id),
             is_cancelled=self.cancelled.is_set,
             attempt_key=f"{self.request.job_id}:{call.node_id}", limits=self.limits,
-            model_folders=self.catalog.folders)
+            model_folders=self.catalog.folders, files=self.files)
         settings = get_settings()
         if node_hangs(settings, call.class_type):
             _hang(ctx)

@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health
+from grpc_health.v1 import health, health_pb2
 
 from comfymesh import gctune, trace
 from comfymesh.artifacts import ArtifactStore
@@ -23,6 +23,7 @@ from comfymesh.catalog.model_folders import model_folders
 from comfymesh.catalog.schema import NodeSet
 from comfymesh.config import Settings
 from comfymesh.contracts import wirejson
+from comfymesh.files import FilesStore, files_problem, open_files
 from comfymesh.graph.limits import OutputLimits
 from comfymesh.logs import log_fields
 from comfymesh.outputs import output_nodes
@@ -78,6 +79,9 @@ class StageServicer(stage_pb2_grpc.StageServicer):
         self.declared = self.node_set.object_info()
         self.catalog = Catalog(settings.home, self.declared, model_folders(settings))
         self.store = ArtifactStore(settings.artifacts)
+        # outputs go to the shared files store when one is configured; None: the data home's folders
+        self.files: FilesStore | None = (open_files(settings.files, settings.files_options())
+                                         if settings.files_url else None)
         self.limits = OutputLimits(settings.max_pixels, settings.max_batch)
         self.slot_count = slots or settings.stage_slots
         self.busy_slots = 0  # calls whose nodes have not all reported yet
@@ -131,7 +135,7 @@ class StageServicer(stage_pb2_grpc.StageServicer):
             def run() -> None:
                 try:
                     GroupRun(request, self.nodes, self.catalog, self.store, self.settings.home, emit,
-                             cancelled, self.limits).run()
+                             cancelled, self.limits, self.files).run()
                 finally:
                     emit(None)
 
@@ -175,6 +179,10 @@ async def serve_stage(servicer: StageServicer, listen: str,
     health_servicer = health.aio.HealthServicer()
     server, port = await start_server(listen, registrars, ["comfymesh.v1.Stage", *(extra_names or [])],
                                       health_servicer=health_servicer)
+    if servicer.files is not None and await asyncio.to_thread(files_problem, servicer.files) is not None:
+        # outputs could not be saved: callers watching health send this stage nothing (restart once fixed)
+        for name in ["", "comfymesh.v1.Stage", *(extra_names or [])]:
+            await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     host = listen.rsplit(":", 1)[0]
     print(f"comfymesh {servicer.stage} stage listening on {host}:{port} ({len(servicer.nodes)} node types, "
           f"device {servicer.device})", flush=True)

@@ -64,7 +64,7 @@ def save_latent(ctx: NodeContext, samples: dict[str, Any], filename_prefix: str 
         raise NodeInputError(str(exc), node_id=ctx.node_id) from exc
     data = latent_file_bytes(torch.as_tensor(samples["samples"]), ctx.prompt, ctx.extra_pnginfo)
     saved = write_files([data], ctx.home, target, folder_type="output", extension="latent",
-                        identity=OutputIdentity(ctx.job_id, ctx.output_key))
+                        identity=OutputIdentity(ctx.job_id, ctx.output_key), files=ctx.files)
     ctx.ui = {"latents": [file.as_ui() for file in saved]}
     return ()
 
