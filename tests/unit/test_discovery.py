@@ -14,7 +14,7 @@ from typing import Any
 
 import grpc
 import pytest
-from grpc_health.v1 import health
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from comfymesh.catalog.schema import Int, NodeSet, Output
 from comfymesh.config import Settings
@@ -25,6 +25,8 @@ from comfymesh.rpc.discovery import hosts_file_entries, make_resolver, parse_dns
 from comfymesh.rpc.status_codes import BUSY_DETAILS, DRAINING_DETAILS, refusal
 from comfymesh.stage.server import StageServicer, shut_down
 from comfymesh.v1 import stage_pb2, stage_pb2_grpc
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
 
 
 def test_a_hosts_file_names_addresses_before_dns(tmp_path: Path) -> None:
@@ -206,3 +208,30 @@ async def test_a_stage_with_no_free_slot_answers_busy(start_stage: Callable[...,
     # the slot is free once the last node reported: the next call is taken, however soon it comes
     for _ in range(5):
         assert await _run(stub, 0) == ["started", "done"]
+
+
+async def test_a_dns_channel_leaves_out_a_server_that_is_not_serving(settings: Settings) -> None:
+    """The gateway's dns:/// orchestrator channel: round_robin with client-side health checking (pick_first,
+    gRPC's default, would keep calling a NOT_SERVING server)."""
+    port = _port_free_on("127.0.0.1")
+    health_servicer = health.aio.HealthServicer()
+    server, _ = await start_server(f"127.0.0.1:{port}", [], [], internal_secret="", health_servicer=health_servicer)
+    channel = open_channel(f"dns:///localhost:{port}", internal_secret="")
+    stub = health_pb2_grpc.HealthStub(channel)
+    try:
+        assert (await stub.Check(health_pb2.HealthCheckRequest(), timeout=5)).status == SERVING
+        await health_servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+        refused_at = time.monotonic()
+        while True:  # the health stream's update reaches the channel
+            try:
+                await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
+            except grpc.aio.AioRpcError as exc:
+                assert exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+                break
+            assert time.monotonic() - refused_at < 5, "calls still reach a NOT_SERVING server"
+        await health_servicer.set("", SERVING)
+        assert (await stub.Check(health_pb2.HealthCheckRequest(), timeout=5,
+                                 wait_for_ready=True)).status == SERVING
+    finally:
+        await channel.close()
+        await server.stop(grace=None)

@@ -119,9 +119,9 @@ def test_wiring_agrees_with_the_code(overlay: tuple[str, str, list[Doc]]) -> Non
         assert services[role]["spec"]["clusterIP"] == "None"  # headless: the name gives every pod
         assert services[role]["spec"]["ports"][0]["port"] == port
         assert main["readinessProbe"]["grpc"]["port"] == main["livenessProbe"]["grpc"]["port"] == port
-    assert env["COMFYMESH_ORCHESTRATOR"] == "orchestrator:50051"
-    assert env["COMFYMESH_IMAGING_REPLICAS"] == "imaging:50061"
-    assert env["COMFYMESH_DIFFUSION_REPLICAS"] == "diffusion:50071"
+    assert env["COMFYMESH_ORCHESTRATOR"] == "dns:///orchestrator:50051"
+    assert env["COMFYMESH_IMAGING_REPLICAS"] == "dns:///imaging:50061"
+    assert env["COMFYMESH_DIFFUSION_REPLICAS"] == "dns:///diffusion:50071"
     orchestrator = deployments["orchestrator"]["spec"]["template"]
     metrics_port = int(env["COMFYMESH_ORCHESTRATOR_METRICS"].rsplit(":", 1)[1])
     assert int(orchestrator["metadata"]["annotations"]["prometheus.io/port"]) == metrics_port
@@ -133,6 +133,8 @@ def test_wiring_agrees_with_the_code(overlay: tuple[str, str, list[Doc]]) -> Non
         pod = deployment["spec"]["template"]
         # services stop with a 2 s gRPC grace after SIGTERM (the orchestrator hands its leases back first)
         assert pod["spec"]["terminationGracePeriodSeconds"] >= 30, role
+        # a stage drains its calls on SIGTERM, then stops with the 2 s grace: all of it inside the pod's grace
+        assert pod["spec"]["terminationGracePeriodSeconds"] >= float(env["COMFYMESH_STAGE_DRAIN_S"]) + 2, role
         sources = {next(iter(s)): next(iter(s.values()))["name"] for s in container(deployment)["envFrom"]}
         assert sources["configMapRef"].startswith("comfymesh-config") and \
             sources["secretRef"].startswith("comfymesh-secrets"), role

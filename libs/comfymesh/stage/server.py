@@ -97,6 +97,8 @@ class StageServicer(stage_pb2_grpc.StageServicer):
         if self.draining:
             await context.abort(grpc.StatusCode.UNAVAILABLE, DRAINING_DETAILS)
         if self.busy_slots >= self.slot_count:
+            log.info("busy: call refused", extra=log_fields(job=request.job_id, group=request.group_id,
+                                                             slots=self.slot_count))
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, BUSY_DETAILS)
         self.busy_slots += 1
         self.calls += 1
