@@ -6,6 +6,8 @@ patch inside Qwen-Image's model call: strength 0 is the unpatched model bit for 
 from __future__ import annotations
 
 import json
+import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +15,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from google.protobuf import json_format
 from safetensors.torch import save_file
 
+from comfymesh.artifacts import ArtifactStore, encode_value
 from comfymesh.contracts.errors import ModelError, NodeInputError
-from comfymesh.contracts.values import EMBEDDED_REF, tensors_in
+from comfymesh.contracts.values import EMBEDDED_REF, embed_ref, tensors_in
 from comfymesh.diffusion.families import qwen_image as q
 from comfymesh.diffusion.latents.wan21 import WAN21
 from comfymesh.diffusion.models import tiny_diffsynth, tiny_qwen_image
@@ -32,6 +36,8 @@ from comfymesh.diffusion.nodes.handles import checkpoint_of, loras_of, weights_i
 from comfymesh.diffusion.nodes.latent import _upscale
 from comfymesh.diffusion.nodes.model_patches import apply_model_sampling
 from comfymesh.diffusion.nodes.registry import nodes
+from comfymesh.jobs import JobStore
+from comfymesh.orchestrator.retention import RetentionPolicy, collect
 from comfymesh.stage.node import NodeContext
 from comfymesh.v1 import common_pb2
 
@@ -269,3 +275,20 @@ def test_patches_refused_on_other_vaes_and_inputs(qwen_ctx: NodeContext) -> None
     wrong = {**sd_model, "model_patches": patched["model_patches"]}
     with pytest.raises(NodeInputError, match="apply to Qwen-Image models"):
         apply_model_sampling(ctx, wrong, get_model_cache().sampling_model(checkpoint_of(ctx, wrong), []))
+
+
+def test_retention_keeps_a_bundle_a_cached_model_handle_embeds(tmp_path: Path) -> None:
+    store = JobStore(tmp_path / "jobs.db")
+    artifacts = ArtifactStore((tmp_path / "artifacts").as_uri())
+    refs = [artifacts.put_bundle({"latent": np.full((1, 4), float(i), np.float32)}) for i in range(2)]
+    handle = {"unet_file": "q.safetensors", "model_patches": [{"kind": "diffsynth", "inputs": embed_ref(refs[0])}]}
+    value = encode_value("MODEL", handle, artifacts)
+    store.cache_put("patched", "QwenImageDiffsynthControlnet",
+                    [json_format.MessageToDict(value, preserving_proto_field_name=True)], None)
+    paths = [Path(ref.uri.removeprefix("file://")) for ref in refs]
+    old = time.time() - 7200
+    for path in paths:
+        os.utime(path, (old, old))
+    report = collect(store, artifacts, tmp_path, RetentionPolicy(cache_max_age_s=86400))
+    # the bundle the cached handle embeds stays; the unreferenced one goes
+    assert report.artifacts_removed == 1 and paths[0].exists() and not paths[1].exists()
