@@ -34,7 +34,11 @@ INPUTS = {"example.png": "astronaut.png", "pray.png": "coffee.png", "angle_1.png
           "image_qwen_image_edit_input_image.png": "astronaut.png",
           "image_qwen_image_union_control_lora_input_image.png": "astronaut.png",
           "image_qwen_image_controlnet_patch_input_image.png": "astronaut.png",
-          "hidream_e1_full_input_image.jpg": "astronaut.png", "hidream_e1_1_input_image.jpg": "coffee.png"}
+          "hidream_e1_full_input_image.jpg": "astronaut.png", "hidream_e1_1_input_image.jpg": "coffee.png",
+          "robed_women.png": "astronaut.png", "pink_tone_chair.png": "coffee.png", "comfy_logo_blue.png": "coffee.png",
+          "handbag_white.png": "astronaut.png", "car_interior_white.jpeg": "coffee.png",
+          "bold_outfit_woman.jpeg": "astronaut.png", "image_flux2_input_image.png": "coffee.png",
+          "image_flux2_input_Illustration.png": "astronaut.png", "image_flux2_input_ref_image.png": "coffee.png"}
 # template → the output nodes' class types we expect images from
 RUNNABLE = {
     "image_sdxl_simple": {"SaveImage"},
@@ -63,6 +67,17 @@ RUNNABLE = {
     "hidream_i1_fast": {"SaveImage"},
     "hidream_e1_full": {"SaveImage"},
     "hidream_e1_1": {"SaveImage"},
+    # FLUX.2 Dev (Mistral 3 Small encoder with its own tokenizer) and Klein (4B and 9B, base and distilled; the 9B
+    # files are the tiny 4B form under their names)
+    "image_flux2": {"SaveImage"},
+    "image_flux2_fp8": {"SaveImage"},
+    "image_flux2_text_to_image": {"SaveImage"},
+    "image_flux2_klein_text_to_image": {"SaveImage"},
+    "image_flux2_text_to_image_9b": {"SaveImage"},
+    "image_flux2_klein_image_edit_4b_base": {"SaveImage"},
+    "image_flux2_klein_image_edit_4b_distilled": {"SaveImage"},
+    "image_flux2_klein_image_edit_9b_base": {"SaveImage"},
+    "image_flux2_klein_image_edit_9b_distilled": {"SaveImage"},
     # LoRA templates (tiny LoRAs under their names, tiny_lora.TEMPLATE_LORAS)
     "basic_switch_node": {"SaveImage"},
     "image_qwen_image_2512_with_2steps_lora": {"SaveImage"},
@@ -81,7 +96,8 @@ def template(name: str) -> dict[str, Any]:
 
 
 def shrink(prompt: dict[str, Any]) -> dict[str, Any]:
-    """What a user on a CPU does in the widgets: 64×64 latents, one image, two steps (denoise kept)."""
+    """What a user on a CPU does in the widgets: 64×64 latents, one image, two steps (denoise kept), input images
+    scaled to at most 0.05 MP where the template scales them to a pixel count (FLUX.2's 1 MP references)."""
     for node in prompt.values():
         inputs = node["inputs"]
         for name, value in list(inputs.items()):
@@ -94,6 +110,8 @@ def shrink(prompt: dict[str, Any]) -> dict[str, Any]:
                 inputs[name] = min(value, STEP_INPUTS[name]) if name == "end_at_step" else STEP_INPUTS[name]
             elif name == "start_at_step" and isinstance(value, int):
                 inputs[name] = min(value, 1)
+            elif name == "megapixels" and isinstance(value, (int, float)):
+                inputs[name] = min(value, 0.05)
     return prompt
 
 

@@ -103,6 +103,8 @@ TEMPLATE_LORAS: dict[str, tuple[str, str]] = {
     "Qwen-Image-Lightning-8steps-V1.0.safetensors": ("qwen_image_fp8_e4m3fn.safetensors", "peft:"),
     "qwen_image_union_diffsynth_lora.safetensors": ("qwen_image_fp8_e4m3fn.safetensors", "peft:diffusion_model."),
     "Qwen-Image-Edit-Lightning-4steps-V1.0-bf16.safetensors": ("qwen_image_edit_fp8_e4m3fn.safetensors", "peft:"),
+    "Flux_2-Turbo-LoRA_comfyui.safetensors": ("flux2_dev_fp8mixed.safetensors", "dotted:diffusion_model."),
+    "Flux2TurboComfyv2.safetensors": ("flux2_dev_fp8mixed.safetensors", "kohya"),
 }
 
 

@@ -14,6 +14,7 @@ from comfymesh.diffusion.models.clip_vision import make_tiny_clip_vision
 from comfymesh.diffusion.models.tiny_checkpoint import make_tiny_checkpoint
 from comfymesh.diffusion.models.tiny_diffsynth import make_tiny_diffsynth
 from comfymesh.diffusion.models.tiny_flux import make_template_files as make_flux_files
+from comfymesh.diffusion.models.tiny_flux2 import make_template_files as make_flux2_files
 from comfymesh.diffusion.models.tiny_hidream import make_template_files as make_hidream_files
 from comfymesh.diffusion.models.tiny_lora import make_template_loras
 from comfymesh.diffusion.models.tiny_qwen_image import make_template_files as make_qwen_image_files
@@ -48,6 +49,8 @@ def _write_all(models: Path, seed: int) -> None:
         # SD3.5's template loads one checkpoint; its split files' names belong to other families
         sd3 = tiny_sd3.make_tiny_sd3(Path(scratch) / "sd3", seed=seed)
         shutil.move(sd3["checkpoints"], models / "checkpoints" / tiny_sd3.CHECKPOINT)
+    # FLUX.2 Klein, with the FLUX.2 VAEs; its 28-layer qwen_3_4b replaces Z-Image's (same width, so Z-Image runs too)
+    make_flux2_files(models, seed=seed)
     make_template_loras(models, seed=seed)  # last: they are shaped after the models written above
 
 
@@ -73,8 +76,8 @@ def write_template_models(models: str | Path, seed: int = 3, overwrite: bool = F
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m comfymesh.diffusion.models.tiny_templates",
                                      description="Write tiny random-weight models under the file names the official "
-                                                 "ComfyUI templates load (FLUX.1, Chroma, SD3.5, SDXL, Qwen-Image, "
-                                                 "Z-Image, their LoRAs).")
+                                                 "ComfyUI templates load (FLUX.1, FLUX.2 Klein, Chroma, SD3.5, SDXL, "
+                                                 "Qwen-Image, Z-Image, their LoRAs).")
     parser.add_argument("models", type=Path, help="the models folder (checkpoints/, diffusion_models/, ... inside)")
     parser.add_argument("--seed", type=int, default=3)
     parser.add_argument("--force", action="store_true", help="overwrite files that exist")
