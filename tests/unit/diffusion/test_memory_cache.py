@@ -110,6 +110,7 @@ def test_a_diffusion_model_over_the_budget_streams_its_blocks(tmp_path: Path, ca
     with caplog.at_level(logging.INFO, logger="comfymesh.diffusion.memory.streaming"):
         streamed = ModelCache(budget_bytes=minimum, device=CPU).unet_file(path)
     assert streamer_of(streamed.unet()[0]) is not None and "blocks streamed" in caplog.text
+    assert streamed.nbytes <= minimum  # the device part is what the budget holds
     with pytest.raises(ModelTooLargeError, match="with its blocks streamed"):
         ModelCache(budget_bytes=minimum // 2, device=CPU).unet_file(path)
 

@@ -45,9 +45,10 @@ def _slots(block: nn.Module) -> list[Slot]:
 class BlockStreamer:
     """Streams `blocks` of `model` to `device` during each forward (installed by `offload`; `remove` undoes)."""
 
-    def __init__(self, model: nn.Module, blocks: Sequence[nn.Module], device: torch.device,
+    def __init__(self, model: nn.Module, blocks: Sequence[nn.Module], device: torch.device, plan: OffloadPlan,
                  before: nn.Module | None = None) -> None:
         self.model = model
+        self.plan = plan
         self.device = device
         self.blocks = list(blocks)
         self.slots = [_slots(b) for b in self.blocks]
@@ -135,7 +136,7 @@ def offload(model: nn.Module, plan: OffloadPlan, device: torch.device) -> BlockS
     if not blocks:
         return None
     before = model.get_submodule(plan.resident[-1]) if plan.resident else None
-    streamer = _streamers[model] = BlockStreamer(model, blocks, device, before)
+    streamer = _streamers[model] = BlockStreamer(model, blocks, device, plan, before)
     return streamer
 
 

@@ -318,11 +318,15 @@ class ModelCache:
         family = rec.family if rec is not None else parts.family
         place = self.placement
         modules = [m for m in (parts.unet, parts.vae, *parts.clips.values()) if m is not None]
+        nbytes = module_bytes(*modules)
         if parts.unet is not None:
             set_fp8_kernel(parts.unet, self.fp8_kernel)
+            streamer = streamer_of(parts.unet)
+            if streamer is not None:  # the budget holds its device part: the streamed blocks' window
+                nbytes += streamer.plan.window_bytes - streamer.plan.streamed_bytes
         return LoadedCheckpoint(
             name=path.name, path=path, digest=digest, parts=parts, device=self.device, unet_dtype=place.unet_dtype,
-            vae_dtype=place.vae_dtype, nbytes=module_bytes(*modules),
+            vae_dtype=place.vae_dtype, nbytes=nbytes,
             sampling=ModelSampling(zero_terminal_snr=rec is not None and rec.ztsnr), latent_format=for_family(family),
             family=family, key=key,
         )
