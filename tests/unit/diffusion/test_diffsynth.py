@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -176,16 +177,23 @@ def test_strength_zero_is_the_unpatched_model_and_a_patch_changes_it(tmp_path: P
 # --- the nodes, through the model cache and the sampler's binding ------------------------------------------
 
 
+@pytest.fixture(scope="module")
+def qwen_home(tmp_path_factory: pytest.TempPathFactory, tiny_home: Path) -> Path:
+    """A home of its own (the shared tiny home's folders stay as other tests list them): the tiny Qwen-Image set,
+    the DiffSynth patches, and the shared SD1.5 checkpoint for the refusals."""
+    home = tmp_path_factory.mktemp("diffsynth-home")
+    tiny_qwen_image.make_tiny_qwen_image(home / "models", seed=3, dtype=torch.float32)
+    tiny_diffsynth.make_tiny_diffsynth(home / "models", seed=1)
+    (home / "models" / "checkpoints").mkdir(parents=True)
+    shutil.copy(tiny_home / "models" / "checkpoints" / "sd15.safetensors", home / "models" / "checkpoints")
+    return home
+
+
 @pytest.fixture
-def qwen_ctx(node_ctx: NodeContext, model_cache: ModelCache, tmp_path: Path,
+def qwen_ctx(qwen_home: Path, model_cache: ModelCache, tmp_path: Path,
              monkeypatch: pytest.MonkeyPatch) -> NodeContext:
-    models = node_ctx.home / "models"
-    if not (models / "diffusion_models" / tiny_qwen_image.DIFFUSION_MODEL).exists():
-        tiny_qwen_image.make_tiny_qwen_image(models, seed=3, dtype=torch.float32)
-    if not (models / "model_patches" / tiny_diffsynth.CANNY).exists():
-        tiny_diffsynth.make_tiny_diffsynth(models, seed=1)
     monkeypatch.setenv("COMFYMESH_ARTIFACTS_URL", (tmp_path / "artifacts").as_uri())
-    return node_ctx
+    return NodeContext(job_id="job", node_id="7", class_type="test", home=qwen_home)
 
 
 def _image(h: int, w: int, seed: int = 0) -> np.ndarray:
