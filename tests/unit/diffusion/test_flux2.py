@@ -2,9 +2,11 @@
 ComfyUI's call (text padded at the front to 512 tokens, reference latents placed by index 10, 20, …, offset or
 uxo, guidance 3.5 by default and none when disabled), fp8 files computing their dequantised weights, the FLUX.2 VAE
 speaking ComfyUI's patchified batch-normalised latents, and Klein's Qwen3 encoder (template, padding to 512, hidden
-states 9/18/27 side by side). The model, VAE and encoder were also compared ad hoc with ComfyUI 0.8.0's own Flux
-(flux2 parameters), AutoencoderKL (batch_norm_latent) and Qwen3 llama with layers [9, 18, 27] on these tiny
-files: equal to 1e-6 (model, VAE) and 2e-5 (encoder)."""
+states 9/18/27 side by side), Dev's Mistral encoder (the file's own Tekken tokenizer, hidden states 10/20/30, the
+pruned form without its final norm). The model (Klein and Dev, guidance set, default and disabled), VAE and
+encoders were also compared ad hoc with ComfyUI 0.8.0's own Flux (flux2 parameters), AutoencoderKL
+(batch_norm_latent), Qwen3 llama with layers [9, 18, 27] and Mistral3Small24B (40 and 30 layers) on these tiny
+files: equal to 1.5e-6 (model, VAE) and 2e-5 (encoders); the Tekken tokenizer to mistral_common's ids."""
 
 from __future__ import annotations
 
