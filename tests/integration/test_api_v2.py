@@ -306,6 +306,22 @@ def test_the_job_list_pages_newest_first_with_a_cursor(mesh: Mesh, client: Comfy
     labelled = client.submit(client.workflows.from_json(graph), metadata={"client": "acme", "run": "7"})
     assert labelled.metadata == {"client": "acme", "run": "7"}
     assert [s.id for s in client.list_jobs(metadata={"client": "acme"})] == [labelled.id]
+    # the server filters (the SDK checks each item again): labelled jobs among unlabelled ones, a page at a time
+    submit(mesh, graph)
+    again = client.submit(client.workflows.from_json(graph), metadata={"client": "acme"})
+    other = client.submit(client.workflows.from_json(graph), metadata={"client": "other"})
+    acme, cursor = [], None
+    while True:
+        page = mesh.http.get(f"{V2}/jobs", params={"limit": 1, "metadata[client]": "acme",
+                                                   **({"cursor": cursor} if cursor else {})}).json()
+        acme += [item["id"] for item in page["jobs"]]
+        if not (cursor := page.get("next_cursor")):
+            break
+    assert acme == [again.id, labelled.id]
+    both = mesh.http.get(f"{V2}/jobs", params={"metadata[client]": "other", "metadata[run]": "7"}).json()
+    assert both["jobs"] == [] and other.id
+    for bad in ({"metadata[]": "x"}, {"metadata": "x"}, {"metadata[k]": "v" * 300}):
+        assert error_code(mesh.http.get(f"{V2}/jobs", params=bad), 400) == "invalid_metadata_filter"
     many = {str(i): "x" for i in range(17)}
     assert error_code(mesh.http.post(f"{V2}/jobs", json={"workflow": graph, "metadata": many}), 422) == \
         "metadata_invalid"

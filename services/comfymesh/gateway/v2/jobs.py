@@ -161,33 +161,79 @@ def _read_cursor(cursor: str) -> tuple[int, int]:
     raise V2Error(400, "invalid_cursor", "cursor is not one this server issued: pass `next_cursor` as it came")
 
 
+# `metadata[<key>]=<value>` (the contract's deepObject filter): documented here, read from the raw query
+METADATA_FILTER = {"name": "metadata", "in": "query", "required": False, "style": "deepObject", "explode": True,
+                   "description": "keep the jobs whose labels include every pair: `metadata[client]=acme`",
+                   "schema": {"type": "object", "additionalProperties": {"type": "string"}}}
+_SCAN_PAGES = 20  # a filtered page reads at most this many store pages; the cursor goes on from where it stopped
+
+
+def metadata_filter(request: Request) -> dict[str, str]:
+    """The `metadata[key]=value` pairs of the query, checked as labels are at submit."""
+    pairs: dict[str, str] = {}
+    for name, value in request.query_params.multi_items():
+        if not name.startswith("metadata"):
+            continue
+        key = name[len("metadata["):-1] if name.startswith("metadata[") and name.endswith("]") else ""
+        if not key or len(key) > MAX_LABEL_KEY or len(value) > MAX_LABEL_VALUE or key in pairs:
+            raise V2Error(400, "invalid_metadata_filter",
+                          f"{name[:80]!r}: filter as metadata[<key>]=<value>, each key once, keys 1 to "
+                          f"{MAX_LABEL_KEY} characters, values at most {MAX_LABEL_VALUE}")
+        pairs[key] = value
+    if len(pairs) > MAX_LABELS:
+        raise V2Error(400, "invalid_metadata_filter", f"{len(pairs)} metadata filters; at most {MAX_LABELS}")
+    return pairs
+
+
+def _labelled(job: Job, wanted: dict[str, str]) -> bool:
+    labels = views.metadata(job) or {}
+    return all(labels.get(key) == value for key, value in wanted.items())
+
+
 @router.get("/jobs", response_model=JobList, response_model_exclude_none=True, summary="Jobs, newest first",
-            responses={400: {"model": ErrorEnvelope, "description": "`invalid_cursor` or an unknown status"}})
+            openapi_extra={"parameters": [METADATA_FILTER]},
+            responses={400: {"model": ErrorEnvelope,
+                             "description": "`invalid_cursor`, `invalid_metadata_filter` or an unknown status"}})
 async def list_jobs(request: Request, limit: int = Query(50, ge=1, le=100),
                     cursor: str | None = Query(None, max_length=200),
                     status: str | None = Query(None, max_length=200,
                                                description="comma-separated statuses, e.g. `queued,running`")) -> Any:
+    wanted = metadata_filter(request)
     statuses: list[str] = []
-    for wanted in (status or "").split(","):
-        wanted = wanted.strip()
-        if not wanted:
+    for name in (status or "").split(","):
+        name = name.strip()
+        if not name:
             continue
-        if wanted not in set(V2Status):
-            raise V2Error(400, "invalid_request", f"unknown status {wanted[:40]!r}")
-        if wanted in views.OURS:
-            statuses.append(views.OURS[V2Status(wanted)])
+        if name not in set(V2Status):
+            raise V2Error(400, "invalid_request", f"unknown status {name[:40]!r}")
+        if name in views.OURS:
+            statuses.append(views.OURS[V2Status(name)])
     if status and not statuses:  # only statuses no job of ours is ever in (canceling, expired)
         return {"jobs": []}
     offset, first_total = _read_cursor(cursor) if cursor else (0, -1)
     jobs = jobs_of(request)
-    query = JobQuery(statuses=tuple(statuses), order=JobOrder.NEWEST, offset=offset, limit=limit)
-    page = await jobs.page(query)
+
+    def query(at: int) -> JobQuery:
+        return JobQuery(statuses=tuple(statuses), order=JobOrder.NEWEST, offset=at, limit=limit)
+
+    page = await jobs.page(query(offset))
     if first_total >= 0 and page.total > first_total:  # jobs submitted since the first page: skip past them
         offset += page.total - first_total
-        page = await jobs.page(JobQuery(statuses=tuple(statuses), order=JobOrder.NEWEST, offset=offset, limit=limit))
-    body: dict[str, Any] = {"jobs": [views.summary(job) for job in page.jobs]}
-    if page.has_more:  # the total now: the next page counts what was submitted after this one
-        body["next_cursor"] = _cursor(offset + len(page.jobs), page.total)
+        page = await jobs.page(query(offset))
+    found = [job for job in page.jobs if _labelled(job, wanted)]
+    offset += len(page.jobs)
+    # a filtered page reads on until it is full (the labels live in each job's extra data), within bounds
+    for _ in range(_SCAN_PAGES - 1):
+        if not wanted or len(found) >= limit or not page.has_more:
+            break
+        page = await jobs.page(query(offset))
+        found += [job for job in page.jobs if _labelled(job, wanted)]
+        offset += len(page.jobs)
+    body: dict[str, Any] = {"jobs": [views.summary(job) for job in found[:limit]]}
+    if len(found) > limit:  # the rest of the last store page comes again on the next one
+        offset -= len(page.jobs) - page.jobs.index(found[limit])
+    if len(found) > limit or page.has_more:  # the total now: the next page counts what was submitted after
+        body["next_cursor"] = _cursor(offset, page.total)
     return body
 
 
