@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -14,6 +15,7 @@ from starlette.exceptions import HTTPException
 from comfymesh.catalog.model_folders import model_folders
 from comfymesh.config import Settings
 from comfymesh.contracts.comfy_errors import error_body
+from comfymesh.files import files_problem, open_files
 from comfymesh.gateway import api_docs, api_v1, comfy, files, login, model_pulls, v2, workflows
 from comfymesh.gateway.auth import Authenticator, AuthMiddleware
 from comfymesh.gateway.bodylimit import BodyLimitMiddleware
@@ -49,6 +51,8 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
                                                                       "server does not answer to"}},
                   description="Run ComfyUI workflows on a gRPC mesh. ComfyUI's own API is served beside this one.")
     app.state.settings = settings
+    # the shared files store (COMFYMESH_FILES_URL); None: the data home's folders
+    app.state.files = open_files(settings.files, settings.files_options()) if settings.files_url else None
     app.state.authenticator = authenticator = Authenticator(settings)
     app.state.lockout = lockout = Lockout()  # shared by /login and every other way a token comes in
 
@@ -109,10 +113,13 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     async def readyz(request: Request) -> Any:
         readiness = await request.app.state.engine.readiness()
         stages = {s.stage: StageHealth(replicas=s.replicas, healthy=s.healthy) for s in readiness.stages}
-        if readiness.ready:
+        store = request.app.state.files
+        problem = await asyncio.to_thread(files_problem, store) if store is not None else None
+        if readiness.ready and problem is None:
             return ReadinessReport(status="ready", stages=stages)
         status = ("orchestrator unavailable" if not readiness.orchestrator
-                  else f"no healthy replica of the {', '.join(readiness.missing)} stage")
+                  else f"no healthy replica of the {', '.join(readiness.missing)} stage" if not readiness.ready
+                  else f"files store unavailable ({problem.code if problem else ''})")
         report = ReadinessReport(status=status, missing=readiness.missing, stages=stages)
         return JSONResponse(report.model_dump(), status_code=503, headers={"Retry-After": "2"})
 

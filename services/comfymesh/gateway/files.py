@@ -8,11 +8,12 @@ import io
 from pathlib import Path
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, RedirectResponse
 from PIL import Image
 
 from comfymesh import trace
 from comfymesh.catalog.files import resolve_inside
+from comfymesh.files import BadKey, FilesStore, LocalFiles, safe_key
 from comfymesh.gateway.images import ImageRefused, open_image
 from comfymesh.gateway.stored_files import FILE_POLICY, file_response, served_file
 
@@ -35,7 +36,7 @@ def preview_format(preview: str | None, channel: str) -> tuple[str, int] | None:
     return fmt, int(quality)
 
 
-def _reencode(path: Path, shown: str, max_pixels: int, preview: tuple[str, int] | None,
+def _reencode(path: Path | bytes, shown: str, max_pixels: int, preview: tuple[str, int] | None,
               channel: str) -> tuple[bytes, str]:
     """The `preview=<format>;<quality>` and `channel=rgb|a|rgba` variants of an image."""
     with open_image(path, shown, max_pixels) as opened:
@@ -57,6 +58,34 @@ def _reencode(path: Path, shown: str, max_pixels: int, preview: tuple[str, int] 
         return buffer.getvalue(), "image/png"
 
 
+async def _view_stored(request: Request, files: FilesStore, key: str, shown: str, preview: str | None,
+                       channel: str) -> Response:
+    """/view from a shared store: the object streamed through, or a 307 to a presigned URL
+    (COMFYMESH_FILES_VIEW_REDIRECT; the S3 server checks its signature and expiry)."""
+    settings = request.app.state.settings
+    variant = preview_format(preview, channel)
+    plain = variant is None and channel == "rgba"
+    if plain and settings.files_view_redirect:
+        if not await asyncio.to_thread(files.exists, key):
+            raise HTTPException(404, f"{shown} does not exist")
+        url = await asyncio.to_thread(files.presign, key, settings.files_presign_ttl_s)
+        if url is not None:
+            return RedirectResponse(url, status_code=307)
+    try:
+        content = await asyncio.to_thread(files.read, key)
+    except FileNotFoundError:
+        raise HTTPException(404, f"{shown} does not exist") from None
+    if not plain:
+        try:
+            content, media_type = await asyncio.to_thread(_reencode, content, shown, settings.max_pixels, variant,
+                                                          channel)
+        except ImageRefused as exc:
+            raise HTTPException(400, f"{exc}; or fetch the file itself, without preview and channel") from None
+        return Response(content, media_type=media_type, headers={"Content-Security-Policy": FILE_POLICY})
+    media_type, headers = served_file(key.rsplit("/", 1)[-1])
+    return Response(content, media_type=media_type, headers=headers)
+
+
 @router.get("/view", name="view_file", response_class=FileResponse, include_in_schema=False)
 @router.get("/api/view", name="api_view_file", response_class=FileResponse, include_in_schema=False)
 async def view_file(request: Request, filename: str = Query("", max_length=1024),
@@ -73,13 +102,20 @@ async def view_file(request: Request, filename: str = Query("", max_length=1024)
         raise HTTPException(400, f"type must be one of {', '.join(FOLDERS)}")
     # like ComfyUI, only the base name counts; folders go in `subfolder`
     filename = filename.replace("\\", "/").rsplit("/", 1)[-1]
-    home = request.app.state.settings.home
+    shown = f"{type}/{subfolder + '/' if subfolder else ''}{filename}"  # as the client named it
+    files: FilesStore | None = request.app.state.files
+    if files is not None and not files.local:
+        try:
+            key = safe_key(type, subfolder, filename)
+        except BadKey:
+            raise HTTPException(403, "the path leaves its folder") from None
+        return await _view_stored(request, files, key, shown, preview, channel)
+    home = files.root if isinstance(files, LocalFiles) else request.app.state.settings.home
     folder = home / type
     base = resolve_inside(folder, subfolder) if subfolder else folder.resolve()
     path = resolve_inside(folder, f"{subfolder}/{filename}" if subfolder else filename)
     if base is None or path is None:
         raise HTTPException(403, "the path leaves its folder")
-    shown = f"{type}/{subfolder + '/' if subfolder else ''}{filename}"  # as the client named it
     if not path.is_file():
         raise HTTPException(404, f"{shown} does not exist")
     variant = preview_format(preview, channel)

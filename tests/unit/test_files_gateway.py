@@ -1,0 +1,98 @@
+"""The gateway over an s3:// files store (SeaweedFS): /view streams the object or redirects to a presigned URL
+the S3 server checks, unknown names are 404, paths leaving their folder are refused, and /readyz is 503 with
+the S3 error code while the store refuses the gateway's credentials or its bucket is missing."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, cast
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from comfymesh.config import Settings
+from comfymesh.files import open_files
+from comfymesh.gateway.app import create_app
+from comfymesh.gateway.engine import Readiness
+from tests.seaweedfs import SeaweedServer, seaweedfs  # noqa: F401 (fixture)
+
+
+class _ReadyEngine:
+    """The orchestrator's side of /readyz only: every stage healthy, so the files store decides."""
+
+    async def readiness(self) -> Readiness:
+        return Readiness(orchestrator=True)
+
+    async def close(self) -> None:
+        return None
+
+
+def _png() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (4, 4), (200, 10, 10)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _client(tmp_path: Path, url: str, options: dict[str, Any], **settings: Any) -> TestClient:
+    app = create_app(Settings(home=tmp_path, files_url=url, files_storage_options=json.dumps(options), **settings),
+                     engine=cast(Any, _ReadyEngine()))
+    return TestClient(app, base_url="http://127.0.0.1", follow_redirects=False)
+
+
+@pytest.fixture
+def stored(seaweedfs: SeaweedServer) -> Iterator[tuple[str, bytes]]:  # noqa: F811
+    url = seaweedfs.new_url()
+    data = _png()
+    open_files(url, seaweedfs.options()).write("output/run/a_00001_.png", data)
+    yield url, data
+
+
+def test_view_streams_the_object(seaweedfs: SeaweedServer, stored: tuple[str, bytes], tmp_path: Path) -> None:  # noqa: F811
+    url, data = stored
+    with _client(tmp_path, url, seaweedfs.options()) as client:
+        answer = client.get("/view", params={"filename": "a_00001_.png", "subfolder": "run", "type": "output"})
+        assert answer.status_code == 200 and answer.content == data
+        assert answer.headers["content-type"] == "image/png"
+        preview = client.get("/api/view", params={"filename": "a_00001_.png", "subfolder": "run",
+                                                  "preview": "jpeg;80", "channel": "rgb"})
+        assert preview.status_code == 200 and preview.headers["content-type"] == "image/jpeg"
+        assert client.get("/view", params={"filename": "missing.png", "subfolder": "run"}).status_code == 404
+        assert client.get("/view", params={"filename": "a.png", "subfolder": "../../etc"}).status_code == 403
+        assert client.get("/view", params={"filename": "../a_00001_.png"}).status_code == 400
+        assert client.get("/readyz").status_code == 200
+
+
+def test_view_redirects_to_a_presigned_url(seaweedfs: SeaweedServer, stored: tuple[str, bytes],  # noqa: F811
+                                           tmp_path: Path) -> None:
+    url, data = stored
+    with _client(tmp_path, url, seaweedfs.options(), files_view_redirect=True) as client:
+        answer = client.get("/view", params={"filename": "a_00001_.png", "subfolder": "run"})
+        assert answer.status_code == 307
+        signed = answer.headers["location"]
+        assert httpx.get(signed).content == data
+        assert httpx.get(signed.replace("a_00001_", "a_00002_")).status_code == 403  # tampered
+        assert client.get("/view", params={"filename": "nope.png", "subfolder": "run"}).status_code == 404
+
+
+def test_readyz_is_503_with_a_wrong_secret_or_no_bucket(seaweedfs: SeaweedServer, tmp_path: Path,  # noqa: F811
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    with _client(tmp_path, seaweedfs.new_url(), seaweedfs.options(secret="wrong-secret-0123456789")) as client:
+        answer = client.get("/readyz")
+        assert answer.status_code == 503 and answer.json()["status"] == "files store unavailable (SignatureDoesNotMatch)"
+    assert any(getattr(r, "fields", {}).get("s3_error") == "SignatureDoesNotMatch" for r in caplog.records)
+    with _client(tmp_path, "s3://no-bucket-here/p", seaweedfs.options()) as client:
+        assert client.get("/readyz").json()["status"] == "files store unavailable (NoSuchBucket)"
+
+
+def test_file_url_default_serves_the_data_home(tmp_path: Path) -> None:
+    (tmp_path / "output").mkdir()
+    (tmp_path / "output" / "a.png").write_bytes(_png())
+    app = create_app(Settings(home=tmp_path), engine=cast(Any, _ReadyEngine()))
+    assert app.state.files is None
+    with TestClient(app, base_url="http://127.0.0.1") as client:
+        assert client.get("/view", params={"filename": "a.png"}).content == _png()
