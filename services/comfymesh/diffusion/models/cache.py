@@ -340,15 +340,14 @@ class ModelCache:
         """Drop one checkpoint (by file name or digest) with its patches, or everything (None)."""
         with self._lock:
             if name is None:
-                count = len(self._entries)
-                self._entries.clear()
+                drop = list(self._entries)
             else:
                 digests = {e.info["digest"] for e in self._entries.values()
                            if e.info.get("kind") in RESIDENT_KINDS and name in (e.info["name"], e.info["digest"])}
                 drop = [k for k in self._entries if any(d in k for d in digests)]
-                for k in drop:
-                    del self._entries[k]
-                count = len(drop)
+            for k in drop:  # a running job may still hold them (memory.held)
+                self.held.evicted(self._entries.pop(k).value)
+            count = len(drop)
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
             return count
