@@ -151,6 +151,7 @@ async def test_replicas_follow_dns_and_health_and_a_draining_one_finishes_its_ca
         added = time.monotonic()
         while second not in {await _call(pool) for _ in range(2)}:
             assert time.monotonic() - added < 10, "the added host got no call within 10 s"
+        assert [r.slots for r in pool.replicas["imaging"]] == [2, 2]  # each discovered replica described
 
         # a call in flight on the second host, then that host drains (its SIGTERM path)
         gates[7] = threading.Event()

@@ -18,6 +18,7 @@ from comfymesh.config import get_settings
 from comfymesh.logs import log_fields
 from comfymesh.orchestrator.replicas import Replica, ReplicaPool, new_replica
 from comfymesh.rpc.discovery import Resolver, expand, make_resolver
+from comfymesh.v1 import stage_pb2
 
 log = logging.getLogger("comfymesh.orchestrator")
 # a health watch that failed (the replica is down or restarting) is opened again after this long
@@ -106,6 +107,12 @@ class StageDiscovery:
         if watch is not None:
             watch.cancel()
 
+    async def _describe(self, replica: Replica) -> None:
+        """Learn a new replica's slots (and code version) before it takes calls; one slot if it won't say."""
+        with contextlib.suppress(grpc.aio.AioRpcError):
+            info = await replica.stub.Describe(stage_pb2.DescribeRequest(), timeout=3)
+            replica.slots, replica.code_version, replica.device = max(1, info.slots), info.code_version, info.device
+
     async def _watch(self, replica: Replica) -> None:
         """Follow the replica's health stream: SERVING lets calls go there, anything else stops them."""
         request = health_pb2.HealthCheckRequest(service="")
@@ -113,6 +120,8 @@ class StageDiscovery:
             try:
                 async for reply in replica.health.Watch(request, wait_for_ready=True):
                     serving = reply.status == health_pb2.HealthCheckResponse.SERVING
+                    if serving and not replica.code_version:
+                        await self._describe(replica)
                     if serving != replica.serving:
                         log.info("stage replica health", extra=log_fields(
                             stage=replica.stage, replica=replica.address, serving=serving))

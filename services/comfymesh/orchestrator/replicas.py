@@ -70,7 +70,7 @@ class ReplicaPool:
         self.on_describe: Callable[[str, stage_pb2.DescribeResponse], None] | None = None
         self.discovery: StageDiscovery | None = None
         if any(self.targets.values()):
-            from comfymesh.orchestrator.discovery import StageDiscovery
+            from comfymesh.orchestrator.discovery import StageDiscovery  # here: it imports this module
             self.discovery = StageDiscovery(self, resolve, refresh_s)
 
     def configured(self) -> list[str]:
