@@ -276,3 +276,13 @@ def test_mistral_file_without_its_tokenizer_is_refused(tmp_path: Path) -> None:
     del state["tekken_model"]
     with pytest.raises(ModelError, match="tekken_model"):
         flux2.FAMILY.load_text_encoders("flux2", [write(tmp_path / "mistral.safetensors", state)], CPU)
+
+
+def test_tiled_vae_nodes_speak_the_128_channel_latent(files: dict[str, Path]) -> None:
+    from comfymesh.diffusion.latents import tiled
+
+    vae = load_vae_file(files["vae"])
+    pixels = torch.rand(1, 96, 128, 3, generator=torch.Generator().manual_seed(5))
+    latent = tiled.encode_tiled(vae, pixels, 64, 16)
+    assert latent.shape == (1, 128, 6, 8) and torch.isfinite(latent).all()
+    assert tiled.decode_tiled(vae, latent, 4, 1).shape == (1, 96, 128, 3)

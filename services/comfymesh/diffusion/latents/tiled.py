@@ -100,7 +100,7 @@ def encode_tiled(vae: Any, pixels: torch.Tensor, tile: int = 512, overlap: int =
     p = _param(vae)
     factor = spatial_factor(vae)
     x = (crop_pixels(pixels.float(), factor)[..., :3] * 2.0 - 1.0).movedim(-1, 1)
-    channels = int(vae.config.latent_channels)
+    channels = int(vae.config.latent_channels) * int(getattr(vae, "latent_patch", 1)) ** 2  # FLUX.2: 32 → 128
 
     def run(part: torch.Tensor) -> torch.Tensor:
         return vae.encode(part.to(p.device, p.dtype)).latent_dist.mean
