@@ -10,11 +10,13 @@ from __future__ import annotations
 import copy
 import io
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 from PIL import Image
+from safetensors import safe_open
 
 from comfymesh.diffusion.models import tiny_diffsynth, tiny_qwen_image
 from tests.mesh import Mesh, assert_reruns_identically
@@ -111,3 +113,28 @@ def test_a_patch_on_another_vae_fails_with_the_node(mesh: Mesh, inputs: str) -> 
     job = mesh.wait(mesh.submit(prompt), timeout=120)
     assert job["status"] == "failed"
     assert "no model patch" in str(job["error"])
+
+
+def _patch_bundles(mesh: Mesh) -> list[Path]:
+    """The stored bundles of QwenImageDiffsynthControlnet's inputs (their metadata names them)."""
+    found = []
+    for path in (mesh.home / "artifacts").rglob("*.safetensors"):
+        with safe_open(str(path), "np") as handle:
+            if "DIFFSYNTH_INPUTS" in (handle.metadata() or {}).get("comfymesh", ""):
+                found.append(path)
+    return found
+
+
+def test_a_cached_patch_whose_inputs_are_gone_runs_again(mesh: Mesh, inputs: str) -> None:
+    prompt = copy.deepcopy(TEMPLATE)
+    prompt["69"]["inputs"]["strength"] = 0.6
+    first = mesh.run_output(prompt)
+    bundles = _patch_bundles(mesh)
+    assert bundles
+    for path in bundles:
+        path.unlink()
+    # another seed: the patch node's cached MODEL handle names a bundle that is gone, so it is no cache hit
+    reseeded = copy.deepcopy(prompt)
+    reseeded["3"]["inputs"]["seed"] = 7
+    assert not np.array_equal(_pixels(mesh.run_output(reseeded)), _pixels(first))
+    assert _patch_bundles(mesh)
