@@ -96,3 +96,43 @@ def test_file_url_default_serves_the_data_home(tmp_path: Path) -> None:
     assert app.state.files is None
     with TestClient(app, base_url="http://127.0.0.1") as client:
         assert client.get("/view", params={"filename": "a.png"}).content == _png()
+
+
+def _upload(client: TestClient, name: str, data: bytes, **form: str) -> httpx.Response:
+    return client.post("/upload/image", files={"image": (name, data, "image/png")}, data=form)
+
+
+def test_uploads_claim_their_names_in_the_store(seaweedfs: SeaweedServer, tmp_path: Path) -> None:  # noqa: F811
+    url = seaweedfs.new_url()
+    first, other = _png(), _png()[:-1] + b"\x01"  # different bytes, one name
+    # two gateways (two hosts) over one bucket
+    with _client(tmp_path / "a", url, seaweedfs.options()) as one, \
+            _client(tmp_path / "b", url, seaweedfs.options()) as two:
+        assert _upload(one, "cat.png", first).json() == {"name": "cat.png", "subfolder": "", "type": "input"}
+        assert _upload(two, "cat.png", first).json()["name"] == "cat.png"  # the same bytes reuse the file
+        assert _upload(two, "cat.png", other).json()["name"] == "cat (1).png"
+        assert _upload(one, "cat.png", other).json()["name"] == "cat (1).png"
+        assert _upload(one, "cat.png", b"third").json()["name"] == "cat (2).png"
+        assert _upload(one, "cat.png", b"over", overwrite="true").json()["name"] == "cat.png"
+        assert _upload(one, "x.png", first, subfolder="../..").status_code == 400
+        assert two.get("/view", params={"filename": "cat (1).png", "type": "input"}).content == other
+    store = open_files(url, seaweedfs.options())
+    assert store.read("input/cat.png") == b"over" and store.read("input/cat (2).png") == b"third"
+    assert not (tmp_path / "a" / "input").exists()
+
+
+def test_load_image_reads_through_the_store(seaweedfs: SeaweedServer, tmp_path: Path) -> None:  # noqa: F811
+    from comfymesh.contracts.errors import NodeInputError
+    from comfymesh.imaging.nodes import read_input
+    from comfymesh.stage.node import NodeContext
+
+    store = open_files(seaweedfs.new_url(), seaweedfs.options())
+    store.write("input/sub/photo.png", b"pngbytes")
+    store.write("output/made.png", b"made")
+    ctx = NodeContext(job_id="j", node_id="1", class_type="LoadImage", home=tmp_path, files=store)
+    assert read_input(ctx, "sub/photo.png") == b"pngbytes"
+    assert read_input(ctx, "made.png [output]") == b"made"
+    with pytest.raises(NodeInputError, match="Invalid image file"):
+        read_input(ctx, "missing.png")
+    with pytest.raises(NodeInputError, match="leaves its folder"):
+        read_input(ctx, "../output/made.png")

@@ -13,6 +13,7 @@ import numpy as np
 from comfymesh.catalog.files import FileRefused, open_inside, split_image_name
 from comfymesh.catalog.schema import Combo, Float, Input, Int, Link, NodeSet, Output, Source
 from comfymesh.contracts.errors import NodeInputError
+from comfymesh.files import BadKey, safe_key
 from comfymesh.imaging import ops
 from comfymesh.outputs import as_image_batch
 from comfymesh.stage.node import NodeContext
@@ -32,6 +33,14 @@ def define_v3(name: str, module: str, category: str, inputs: list[Input], output
 def read_input(ctx: NodeContext, image: str) -> bytes:
     """The bytes of the file LoadImage's `name`, `sub/name` or `name [output|input|temp]` names."""
     folder, name = split_image_name(image)
+    if ctx.files is not None and not ctx.files.local:  # a shared store: the object, by its checked key
+        try:
+            return ctx.files.read(safe_key(folder, "", name))
+        except BadKey:
+            raise NodeInputError(f"Cannot load {folder}/{name}: the path leaves its folder. Name a file inside "
+                                 f"the {folder} folder.", node_id=ctx.node_id) from None
+        except FileNotFoundError:
+            raise NodeInputError(f"Invalid image file: {image}", node_id=ctx.node_id) from None
     try:
         with open_inside(ctx.home / folder, name) as handle:
             return handle.read()

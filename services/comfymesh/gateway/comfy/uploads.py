@@ -15,6 +15,7 @@ from PIL import PngImagePlugin
 from starlette.datastructures import FormData, UploadFile
 
 from comfymesh.catalog.files import resolve_inside
+from comfymesh.files import BadKey, FilesStore, LocalFiles, safe_key
 from comfymesh.gateway.images import ImageRefused, open_image
 
 router = APIRouter(include_in_schema=False)
@@ -39,37 +40,51 @@ def _target(home: Path, form: FormData, filename: str) -> tuple[Path, str, str]:
     return folder, subfolder, kind
 
 
-def _free_name(folder: Path, filename: str, content: bytes, overwrite: bool) -> tuple[str, bool]:
-    """The name to store under and whether to write: identical content reuses its file, else `name (n).ext`."""
+def _place(files: FilesStore, prefix: str, filename: str, content: bytes, overwrite: bool) -> str:
+    """Store `content` as `filename` in `files` under `prefix` and return the name it got: identical content
+    reuses its file, different content takes `name (n).ext` (ComfyUI's rule). Each name is claimed by the
+    store (a link on disk, a conditional write on S3), so two gateways never take one name."""
     if overwrite:
-        return filename, True
+        files.write(prefix + filename, content)
+        return filename
     stem, dot, suffix = filename.rpartition(".")
     if not dot:
         stem, suffix = filename, ""
     digest = hashlib.sha256(content).digest()
     name, n = filename, 0
-    while (folder / name).exists():
-        if (folder / name).is_file() and hashlib.sha256((folder / name).read_bytes()).digest() == digest:
-            return name, False
+    while not files.claim(prefix + name, content):
+        try:
+            existing: bytes | None = files.read(prefix + name)
+        except FileNotFoundError:
+            continue  # deleted since the claim failed: claim it again
+        except IsADirectoryError:
+            existing = None
+        if existing is not None and hashlib.sha256(existing).digest() == digest:
+            return name
         n += 1
         name = f"{stem} ({n}){dot}{suffix}"
-    return name, True
+    return name
 
 
-def _store(home: Path, form: FormData, upload: UploadFile, content: bytes) -> dict[str, Any]:
+def _store(home: Path, files: FilesStore | None, form: FormData, upload: UploadFile,
+           content: bytes) -> dict[str, Any]:
     filename = upload.filename or ""
     if not filename:
         raise UploadRefused("the image part has no file name")
     folder, subfolder, kind = _target(home, form, filename)
     overwrite = str(form.get("overwrite") or "").lower() in ("true", "1")
-    name, write = _free_name(folder, filename, content, overwrite)
-    if write:
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / name).write_bytes(content)
+    if files is None or files.local:
+        name = _place(LocalFiles(folder), "", filename, content, overwrite)
+    else:
+        try:
+            prefix = safe_key(kind, subfolder, filename).removesuffix(filename)
+        except BadKey as exc:
+            raise UploadRefused("the file name or subfolder leaves the upload folder") from exc
+        name = _place(files, prefix, filename, content, overwrite)
     return {"name": name, "subfolder": subfolder, "type": kind}
 
 
-def _apply_mask(home: Path, original_ref: Any, mask: bytes, max_pixels: int) -> bytes:
+def _apply_mask(home: Path, files: FilesStore | None, original_ref: Any, mask: bytes, max_pixels: int) -> bytes:
     """The referenced image with the mask's alpha channel, its PNG text chunks kept."""
     try:
         ref = json.loads(original_ref) if isinstance(original_ref, str) else None
@@ -79,10 +94,18 @@ def _apply_mask(home: Path, original_ref: Any, mask: bytes, max_pixels: int) -> 
         raise UploadRefused("original_ref must be JSON naming the image: {filename, subfolder, type}")
     kind = str(ref.get("type") or "input")
     name = "/".join(p for p in (str(ref.get("subfolder") or ""), str(ref["filename"])) if p)
-    path = resolve_inside(home / kind, name) if kind in UPLOAD_FOLDERS else None
-    if path is None or not path.is_file():
+    source: Path | bytes | None
+    if files is not None and not files.local:
+        try:
+            source = files.read(safe_key(kind, "", name)) if kind in UPLOAD_FOLDERS else None
+        except (BadKey, FileNotFoundError):
+            source = None
+    else:
+        path = resolve_inside(home / kind, name) if kind in UPLOAD_FOLDERS else None
+        source = path if path is not None and path.is_file() else None
+    if source is None:
         raise UploadRefused("original_ref names no image in input, temp or output")
-    with open_image(path, f"{kind}/{name}", max_pixels) as original:
+    with open_image(source, f"{kind}/{name}", max_pixels) as original:
         info = PngImagePlugin.PngInfo()
         for key, value in original.info.items():
             if isinstance(key, str) and isinstance(value, str):
@@ -101,12 +124,14 @@ async def _upload(request: Request, mask: bool) -> Any:
     if not isinstance(upload, UploadFile):
         return JSONResponse({"error": "no image part in the form"}, status_code=400)
     settings = request.app.state.settings
+    files: FilesStore | None = request.app.state.files
+    home = files.root if isinstance(files, LocalFiles) else settings.home
     content = await upload.read()
     try:
         if mask:
-            content = await asyncio.to_thread(_apply_mask, settings.home, form.get("original_ref"), content,
+            content = await asyncio.to_thread(_apply_mask, home, files, form.get("original_ref"), content,
                                               settings.max_pixels)
-        return await asyncio.to_thread(_store, settings.home, form, upload, content)
+        return await asyncio.to_thread(_store, home, files, form, upload, content)
     except (UploadRefused, ImageRefused) as exc:
         return JSONResponse({"error": str(exc)}, status_code=400)
 
