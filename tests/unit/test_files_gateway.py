@@ -98,7 +98,7 @@ def test_file_url_default_serves_the_data_home(tmp_path: Path) -> None:
         assert client.get("/view", params={"filename": "a.png"}).content == _png()
 
 
-def _upload(client: TestClient, name: str, data: bytes, **form: str) -> httpx.Response:
+def _upload(client: TestClient, name: str, data: bytes, **form: str) -> Any:
     return client.post("/upload/image", files={"image": (name, data, "image/png")}, data=form)
 
 
