@@ -16,6 +16,7 @@ from comfymesh.diffusion.families import flux, qwen_image
 from comfymesh.diffusion.memory import offload_plan
 from comfymesh.diffusion.memory.fit import tensor_bytes
 from comfymesh.diffusion.memory.streaming import offload
+from comfymesh.diffusion.models.fp8_weights import Fp8Linear, set_fp8_kernel
 from comfymesh.diffusion.models.tensor_source import TensorSource
 from comfymesh.diffusion.models.tiny_flux import flux_shapes, random_tensors, scaled_fp8
 from comfymesh.diffusion.models.tiny_qwen_image import qwen_image_shapes, tensors
@@ -122,3 +123,27 @@ def test_streamed_qwen_image_equals_resident_bit_for_bit(tmp_path: Path, caplog:
         return out
 
     _streamed_equals_resident(built.module, call, budget_blocks=1, caplog=caplog)
+
+
+def test_streamed_blocks_carry_what_is_set_on_them_after_offload(tmp_path: Path) -> None:
+    """The fp8 matmul kernel's per-tensor scale is a buffer set after the model is placed: it streams too."""
+    model = _flux(tmp_path, torch.float32, fp8=True)
+    rec = flux.recognition(flux.layout_of(model))
+    reference = copy.deepcopy(model)
+    set_fp8_kernel(reference, "scaled_mm")
+    blocks, other = offload_plan.module_blocks(model)
+    plan = offload_plan.plan("tiny", blocks, other, offload_plan.minimum_bytes(blocks, other))
+    offload(model, plan, CPU)
+    assert set_fp8_kernel(model, "scaled_mm") > 0
+    layer = next(m for m in model.get_submodule(plan.streamed[-1]).modules() if isinstance(m, Fp8Linear))
+    assert layer.tensor_scale is not None
+    host = layer.tensor_scale.data_ptr()
+    seen: list[int] = []
+    layer.register_forward_pre_hook(lambda m, _a: seen.append(m.tensor_scale.data_ptr()))
+    torch.manual_seed(0)
+    x, ctx, y = torch.randn(1, 16, 8, 8), torch.randn(1, 5, 64), torch.randn(1, 33)
+    with torch.no_grad():
+        got = flux.FAMILY.sampling_model(model, rec, CPU).unet(x, torch.tensor([0.7]), ctx, y)
+        want = flux.FAMILY.sampling_model(reference, rec, CPU).unet(x, torch.tensor([0.7]), ctx, y)
+    assert seen and host not in seen
+    assert torch.equal(got, want)

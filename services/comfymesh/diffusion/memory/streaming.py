@@ -29,6 +29,7 @@ Slot = tuple[dict[str, Any], str]  # a module's _parameters or _buffers dict, an
 
 @dataclass
 class _Copy:
+    slots: list[Slot]  # the block's tensors when the copy started (read each call: buffers set later count too)
     tensors: dict[int, torch.Tensor]  # slot index → device copy
     ready: torch.cuda.Event | None
     originals: list[Any] = field(default_factory=list)
@@ -51,7 +52,6 @@ class BlockStreamer:
         self.plan = plan
         self.device = device
         self.blocks = list(blocks)
-        self.slots = [_slots(b) for b in self.blocks]
         self.copy_stream = torch.cuda.Stream(device) if device.type == "cuda" else None
         self.inflight: dict[int, _Copy] = {}
         self.copies = 0  # blocks copied so far (tests and logs)
@@ -72,14 +72,15 @@ class BlockStreamer:
         """Start copying block i's current tensors to the device (on the copy stream)."""
         if i >= len(self.blocks) or i in self.inflight:
             return
+        slots = _slots(self.blocks[i])
         with self._stream():
             tensors = {k: table[name].to(self.device, non_blocking=True, copy=True)
-                       for k, (table, name) in enumerate(self.slots[i])}
+                       for k, (table, name) in enumerate(slots)}
             ready = None
             if self.copy_stream is not None:
                 ready = torch.cuda.Event()
                 ready.record(self.copy_stream)
-        self.inflight[i] = _Copy(tensors, ready)
+        self.inflight[i] = _Copy(slots, tensors, ready)
         self.copies += 1
 
     def _enter(self, i: int) -> None:
@@ -88,7 +89,7 @@ class BlockStreamer:
         if copy.ready is not None:
             torch.cuda.current_stream(self.device).wait_event(copy.ready)
         self._fetch(i + 1)  # the next block copies while this one computes
-        for k, (table, name) in enumerate(self.slots[i]):
+        for k, (table, name) in enumerate(copy.slots):
             copy.originals.append(table[name])
             table[name] = copy.tensors[k]
 
@@ -96,7 +97,7 @@ class BlockStreamer:
         copy = self.inflight.pop(i, None)
         if copy is None or not copy.originals:
             return
-        for k, (table, name) in enumerate(self.slots[i]):
+        for k, (table, name) in enumerate(copy.slots):
             table[name] = copy.originals[k]
         if self.copy_stream is not None:  # memory made on the copy stream, used on the compute stream
             compute = torch.cuda.current_stream(self.device)
