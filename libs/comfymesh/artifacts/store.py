@@ -7,6 +7,7 @@ import json
 import threading
 import uuid
 from collections import OrderedDict
+from typing import Any
 
 import fsspec
 import numpy as np
@@ -29,10 +30,14 @@ class ArtifactStore:
     `url` is any fsspec URL: `file:///abs/dir` (default), `memory://name` (tests), `s3://bucket/prefix`.
     """
 
-    def __init__(self, url: str, memory_bytes: int = 256 * 2**20) -> None:
+    def __init__(self, url: str, memory_bytes: int = 256 * 2**20, options: dict[str, Any] | None = None) -> None:
         self.url = url.rstrip("/")
-        self.fs, self.root = fsspec.core.url_to_fs(self.url)
         self._protocol = self.url.split("://", 1)[0] if "://" in self.url else "file"
+        # a remote store keeps no listing cache and no shared instance: an artifact retention deleted on
+        # another host must not stay "existing" here (put_bundle would skip writing it)
+        remote = {} if self._protocol in ("file", "memory") else {"use_listings_cache": False,
+                                                                   "skip_instance_cache": True}
+        self.fs, self.root = fsspec.core.url_to_fs(self.url, **remote, **(options or {}))
         # recently written or read bundles by digest (content never changes under a digest): a stage
         # reading the same conditioning for every job skips the read and the re-hash
         self._recent: OrderedDict[str, bytes] = OrderedDict()

@@ -15,6 +15,7 @@ from typing import Protocol
 from comfymesh.artifacts import ArtifactStore
 from comfymesh.contracts import wirejson
 from comfymesh.contracts.values import tensors_in, value_from_dict
+from comfymesh.files import FileEntry, FilesStore, LocalFiles
 from comfymesh.jobs.protocol import AsyncJobStore
 from comfymesh.logs import log_fields
 from comfymesh.outputs import LEDGER_DIR
@@ -79,9 +80,57 @@ def _tensor_refs(outputs_json: str) -> list[tuple[str, int]]:
     return [(ref.digest, ref.nbytes) for ref in refs]
 
 
+def _modified(info: dict[str, object], now: float) -> float:
+    """When a listed object was last written: a file's mtime, S3's LastModified (a datetime), else now."""
+    stamp = info.get("mtime") or info.get("LastModified") or info.get("created") or now
+    return float(stamp.timestamp() if hasattr(stamp, "timestamp") else stamp)  # type: ignore[arg-type]
+
+
+def _expire_shared(files: FilesStore, policy: RetentionPolicy, now: float, report: RetentionReport) -> None:
+    """Old temp and output objects and dead receipt folders of a shared (s3://) files store, by LastModified."""
+    for folder, max_age in (("temp", policy.temp_max_age_s), ("output", policy.output_max_age_s)):
+        if not max_age:
+            continue
+        for entry in files.entries(folder):
+            if entry.modified < now - max_age:
+                files.delete(entry.key)
+                report.bytes_freed += entry.size
+                report.files_removed.append(entry.key)
+    if not policy.receipt_max_age_s:
+        return
+    jobs: dict[str, list[FileEntry]] = {}
+    for entry in files.entries(f"{LEDGER_DIR}/receipts"):
+        jobs.setdefault(entry.key.rsplit("/", 1)[0], []).append(entry)
+    for receipts in jobs.values():
+        if max(entry.modified for entry in receipts) < now - policy.receipt_max_age_s:
+            for entry in receipts:
+                files.delete(entry.key)
+            report.receipt_folders_removed += 1
+
+
+def _expire_local(home: Path, policy: RetentionPolicy, now: float, report: RetentionReport) -> None:
+    """Old temp files and outputs and dead receipt folders under the data home (file://), by mtime."""
+    for folder, max_age in (("temp", policy.temp_max_age_s), ("output", policy.output_max_age_s)):
+        root = home / folder
+        if not max_age or not root.is_dir():
+            continue
+        for path in root.rglob("*"):
+            if path.is_file() and path.stat().st_mtime < now - max_age:
+                report.bytes_freed += path.stat().st_size
+                path.unlink()
+                report.files_removed.append(f"{folder}/{path.relative_to(root).as_posix()}")
+    receipts = home / LEDGER_DIR / "receipts"  # one folder per job
+    if policy.receipt_max_age_s and receipts.is_dir():
+        for job_folder in receipts.iterdir():
+            if job_folder.is_dir() and job_folder.stat().st_mtime < now - policy.receipt_max_age_s:
+                shutil.rmtree(job_folder, ignore_errors=True)
+                report.receipt_folders_removed += 1
+
+
 def collect(store: CacheIndex, artifacts: ArtifactStore, home: Path, policy: RetentionPolicy,
-            now: float | None = None) -> RetentionReport:
-    """One garbage-collection pass (blocking; run it in a thread)."""
+            now: float | None = None, files: FilesStore | None = None) -> RetentionReport:
+    """One garbage-collection pass (blocking; run it in a thread). `files`: a shared files store whose temp
+    files, outputs and receipts expire instead of the data home's."""
     now = now or time.time()
     report = RetentionReport()
     rows = store.cache_rows()  # oldest use first
@@ -108,28 +157,16 @@ def collect(store: CacheIndex, artifacts: ArtifactStore, home: Path, policy: Ret
     if artifacts.fs.exists(tensors):
         for path, info in artifacts.fs.find(tensors, detail=True).items():
             digest = path.rsplit("/", 1)[-1].split(".", 1)[0]
-            modified = info.get("mtime") or info.get("created") or now
-            modified = modified.timestamp() if hasattr(modified, "timestamp") else float(modified)
+            modified = _modified(info, now)
             if digest not in referenced and modified < now - policy.artifact_grace_s:
                 artifacts.fs.rm(path)
                 report.artifacts_removed += 1
                 report.bytes_freed += int(info.get("size", 0))
 
-    for folder, max_age in (("temp", policy.temp_max_age_s), ("output", policy.output_max_age_s)):
-        root = home / folder
-        if not max_age or not root.is_dir():
-            continue
-        for path in root.rglob("*"):
-            if path.is_file() and path.stat().st_mtime < now - max_age:
-                report.bytes_freed += path.stat().st_size
-                path.unlink()
-                report.files_removed.append(f"{folder}/{path.relative_to(root).as_posix()}")
-    receipts = home / LEDGER_DIR / "receipts"  # one folder per job
-    if policy.receipt_max_age_s and receipts.is_dir():
-        for job_folder in receipts.iterdir():
-            if job_folder.is_dir() and job_folder.stat().st_mtime < now - policy.receipt_max_age_s:
-                shutil.rmtree(job_folder, ignore_errors=True)
-                report.receipt_folders_removed += 1
+    if files is not None and not files.local:
+        _expire_shared(files, policy, now, report)
+    else:
+        _expire_local(files.root if isinstance(files, LocalFiles) else home, policy, now, report)
     if report.cache_entries_removed or report.artifacts_removed or report.files_removed \
             or report.receipt_folders_removed:
         log.info("retention pass", extra=log_fields(cache_entries=report.cache_entries_removed,

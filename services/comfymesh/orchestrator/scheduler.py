@@ -14,12 +14,13 @@ from typing import Any
 from comfymesh import trace
 from comfymesh.artifacts import ArtifactStore
 from comfymesh.catalog import INPUT_IMAGES, Catalog
-from comfymesh.catalog.files import resolve_image_name
+from comfymesh.catalog.files import resolve_image_name, split_image_name
 from comfymesh.catalog.model_folders import model_folders
 from comfymesh.config import Settings
 from comfymesh.contracts.errors import ComfymeshError, StageUnavailableError, TimeoutExceededError
 from comfymesh.contracts.events import EventType, JobStatus
 from comfymesh.contracts.failures import failure_record
+from comfymesh.files import BadKey, open_files, safe_key
 from comfymesh.graph import Plan, plan_prompt, validate_prompt
 from comfymesh.graph.limits import resource_limits
 from comfymesh.jobs import JobRecord, UnreadableJob
@@ -64,6 +65,8 @@ class Scheduler:
         self.catalog = Catalog(settings.home, {}, model_folders(settings))
         self.node_catalog = NodeCatalog(self.catalog, pool, settings.home / "cache" / "node_catalog.json")
         self.artifacts = ArtifactStore(settings.artifacts)
+        # the shared files store whose outputs, temp files and receipts retention expires; None: the data home
+        self.files = open_files(settings.files, settings.files_options()) if settings.files_url else None
         self.running: dict[str, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
         self._submit_lock = asyncio.Lock()
@@ -82,8 +85,16 @@ class Scheduler:
 
     def _custom_checks(self) -> dict[tuple[str, str], Any]:
         home = self.settings.home
+        files = self.files
 
         def image_exists(value: Any) -> str | None:
+            if files is not None and not files.local:  # uploads live in the shared store
+                folder, name = split_image_name(str(value))
+                try:
+                    found = files.exists(safe_key(folder, "", name))
+                except BadKey:
+                    found = False
+                return None if found else f"Invalid image file: {value}"
             path = resolve_image_name(home, str(value))
             return None if path is not None and path.is_file() else f"Invalid image file: {value}"
 
@@ -237,7 +248,7 @@ class Scheduler:
                 return False
             store = self.store.sync if isinstance(self.store, SqliteJobStore) else \
                 BlockingCache(self.store, asyncio.get_running_loop())
-            await asyncio.to_thread(collect, store, self.artifacts, self.settings.home, policy)
+            await asyncio.to_thread(collect, store, self.artifacts, self.settings.home, policy, files=self.files)
             return True
 
     async def run_forever(self) -> None:
