@@ -18,10 +18,11 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from comfymesh.catalog.schema import Int, NodeSet, Output
 from comfymesh.config import Settings
+from comfymesh.config.discovery import parse_dns_target
 from comfymesh.contracts import wirejson
 from comfymesh.orchestrator.replicas import ReplicaPool
 from comfymesh.rpc import open_channel, start_server
-from comfymesh.rpc.discovery import hosts_file_entries, make_resolver, parse_dns_target
+from comfymesh.rpc.discovery import hosts_file_entries, make_resolver
 from comfymesh.rpc.status_codes import BUSY_DETAILS, DRAINING_DETAILS, refusal
 from comfymesh.stage.server import StageServicer, shut_down
 from comfymesh.v1 import stage_pb2, stage_pb2_grpc
@@ -40,6 +41,13 @@ def test_a_hosts_file_names_addresses_before_dns(tmp_path: Path) -> None:
     assert parse_dns_target("dns:///stage.test:50061").port == 50061
     with pytest.raises(ValueError, match="dns:///name:port"):
         parse_dns_target("dns:///stage.test")
+
+
+def test_a_malformed_dns_replica_address_is_refused_at_start_up(configure: Callable[..., Settings]) -> None:
+    with pytest.raises(SystemExit, match=r"COMFYMESH_IMAGING_REPLICAS: 'dns:///imaging' is not a DNS replica"):
+        configure(imaging_replicas="127.0.0.1:1,dns:///imaging")
+    assert configure(imaging_replicas="127.0.0.1:1, dns:///imaging:50061").replicas("imaging") == [
+        "127.0.0.1:1", "dns:///imaging:50061"]
 
 
 def _gate_nodes(gates: dict[int, threading.Event]) -> NodeSet:

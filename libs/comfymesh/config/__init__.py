@@ -15,7 +15,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from comfymesh.config.batching import BatchingSettings
 from comfymesh.config.diffusion import DiffusionSettings
-from comfymesh.config.discovery import DiscoverySettings
+from comfymesh.config.discovery import DiscoverySettings, check_replica_addresses
 from comfymesh.config.fast_path import FastPathSettings
 from comfymesh.config.files import FilesSettings
 from comfymesh.config.model_pull import ModelPullSettings
@@ -113,6 +113,11 @@ class Settings(FastPathSettings, BatchingSettings, DiffusionSettings, FaultSwitc
             raise ValueError(f"{length} characters is too short to resist guessing: use at least "
                              f"{MIN_SECRET_LENGTH} random characters, e.g. the output of {MAKE_SECRET}")
         return value
+
+    @field_validator("imaging_replicas", "diffusion_replicas")
+    @classmethod
+    def _replica_addresses(cls, value: str) -> str:
+        return check_replica_addresses(value)
 
     @field_validator("home")
     @classmethod

@@ -2,7 +2,40 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from pydantic import BaseModel, ConfigDict, Field
+
+DNS_SCHEME = "dns:///"
+
+
+@dataclass(frozen=True)
+class DnsTarget:
+    name: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{DNS_SCHEME}{self.name}:{self.port}"
+
+
+def is_dns_target(address: str) -> bool:
+    return address.startswith(DNS_SCHEME)
+
+
+def parse_dns_target(address: str) -> DnsTarget:
+    """`dns:///name:port` as a target; ValueError with the expected form otherwise."""
+    name, _, port = address.removeprefix(DNS_SCHEME).rpartition(":")
+    if not is_dns_target(address) or not name or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{address!r} is not a DNS replica address: write dns:///name:port")
+    return DnsTarget(name, int(port))
+
+
+def check_replica_addresses(value: str) -> str:
+    """A stage's comma-separated replica addresses, refused when a `dns:///` one is malformed."""
+    for address in value.split(","):
+        if is_dns_target(address.strip()):
+            parse_dns_target(address.strip())
+    return value
 
 
 class DiscoverySettings(BaseModel):

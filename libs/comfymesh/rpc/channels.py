@@ -8,8 +8,9 @@ from pathlib import Path
 import grpc
 
 from comfymesh.config import get_settings
+from comfymesh.config.discovery import is_dns_target
 from comfymesh.rpc.auth import client_interceptors
-from comfymesh.rpc.discovery import BALANCED_SERVICE_CONFIG, is_dns_target
+from comfymesh.rpc.discovery import BALANCED_SERVICE_CONFIG
 
 
 def max_message_bytes() -> int:

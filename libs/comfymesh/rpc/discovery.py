@@ -8,32 +8,11 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
-DNS_SCHEME = "dns:///"
+from comfymesh.config.discovery import DnsTarget
+
 Resolver = Callable[[str], list[str]]
-
-
-@dataclass(frozen=True)
-class DnsTarget:
-    name: str
-    port: int
-
-    def __str__(self) -> str:
-        return f"{DNS_SCHEME}{self.name}:{self.port}"
-
-
-def is_dns_target(address: str) -> bool:
-    return address.startswith(DNS_SCHEME)
-
-
-def parse_dns_target(address: str) -> DnsTarget:
-    """`dns:///name:port` as a target; ValueError with the expected form otherwise."""
-    name, _, port = address.removeprefix(DNS_SCHEME).rpartition(":")
-    if not is_dns_target(address) or not name or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"{address!r} is not a DNS replica address: write dns:///name:port")
-    return DnsTarget(name, int(port))
 
 
 def hosts_file_entries(path: Path, name: str) -> list[str]:
@@ -81,5 +60,4 @@ def expand(target: DnsTarget, resolve: Resolver) -> list[str]:
 BALANCED_SERVICE_CONFIG = ('{"loadBalancingConfig": [{"round_robin": {}}], '
                            '"healthCheckConfig": {"serviceName": ""}}')
 
-__all__ = ["BALANCED_SERVICE_CONFIG", "DNS_SCHEME", "DnsTarget", "Resolver", "dns_addresses", "expand",
-           "hosts_file_entries", "is_dns_target", "make_resolver", "parse_dns_target"]
+__all__ = ["BALANCED_SERVICE_CONFIG", "Resolver", "dns_addresses", "expand", "hosts_file_entries", "make_resolver"]

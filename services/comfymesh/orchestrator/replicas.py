@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING
 import grpc
 from grpc_health.v1 import health_pb2_grpc
 
+from comfymesh.config.discovery import DnsTarget, is_dns_target, parse_dns_target
 from comfymesh.contracts.errors import StageUnavailableError
 from comfymesh.rpc import open_channel
-from comfymesh.rpc.discovery import DnsTarget, Resolver, is_dns_target, parse_dns_target
+from comfymesh.rpc.discovery import Resolver
 from comfymesh.v1 import stage_pb2, stage_pb2_grpc
 
 if TYPE_CHECKING:
