@@ -54,6 +54,11 @@ class LocalFiles:
     def exists(self, key: str) -> bool:
         return self.path(key).is_file()
 
+    def version(self, key: str) -> str:
+        """A token that changes when the file does (size and modification time)."""
+        stat = self.path(key).stat()
+        return f"{stat.st_size}:{stat.st_mtime_ns}"
+
     def delete(self, key: str) -> None:
         self.path(key).unlink(missing_ok=True)
 

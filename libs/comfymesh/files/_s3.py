@@ -60,6 +60,11 @@ class S3Files:
     def exists(self, key: str) -> bool:
         return bool(self.fs.exists(self._path(key)))
 
+    def version(self, key: str) -> str:
+        """The object's ETag (its content's MD5 for a single-part write): changes when the object does."""
+        info = self.fs.info(self._path(key))
+        return str(info.get("ETag") or f"{info.get('size')}:{info.get('LastModified')}").strip('"')
+
     def delete(self, key: str) -> None:
         with contextlib.suppress(FileNotFoundError):  # already gone: what a delete wants
             self.fs.rm_file(self._path(key))

@@ -6,9 +6,10 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
-from comfymesh.catalog import MODELS_PREFIX, Catalog
-from comfymesh.catalog.files import file_digest
+from comfymesh.catalog import INPUT_IMAGES, INPUT_LATENTS, MODELS_PREFIX, Catalog
+from comfymesh.catalog.files import file_digest, split_image_name
 from comfymesh.contracts.handles import checkpoint_named
+from comfymesh.files import BadKey, FilesStore, safe_key
 from comfymesh.graph import Plan, StageGroup
 from comfymesh.graph.planning import ExternalFingerprint
 from comfymesh.v1 import common_pb2
@@ -18,7 +19,16 @@ CHECKPOINTS = f"{MODELS_PREFIX}checkpoints"
 RESIDENT_MODELS = (CHECKPOINTS, f"{MODELS_PREFIX}diffusion_models")
 
 
-def fingerprint_files(catalog: Catalog) -> ExternalFingerprint:
+def _stored_version(files: FilesStore, value: str) -> str | None:
+    """An input image or latent in a shared files store: its object's version, None when there is none."""
+    folder, name = split_image_name(value)
+    try:
+        return files.version(safe_key(folder, "", name))
+    except (BadKey, FileNotFoundError):
+        return None
+
+
+def fingerprint_files(catalog: Catalog, files: FilesStore | None = None) -> ExternalFingerprint:
     """Cache signatures include the digest of every file a node reads (checkpoint, LoRA, input image): ComfyUI's
     IS_CHANGED of its file loaders. A node declared always changed (IS_CHANGED answering NaN, which equals
     nothing) gets a fresh token, so neither it nor anything downstream of it is ever served from cache."""
@@ -28,6 +38,13 @@ def fingerprint_files(catalog: Catalog) -> ExternalFingerprint:
             return f"changed:{secrets.token_hex(16)}"
         parts = []
         for name, value in sorted(literals.items()):
+            spec = definition.inputs.get(name) if definition is not None else None
+            if files is not None and not files.local and spec is not None \
+                    and spec.source in (INPUT_IMAGES, INPUT_LATENTS) and isinstance(value, str):
+                version = _stored_version(files, value)  # uploads live in the store, not in <home>/input
+                if version is not None:
+                    parts.append(f"{name}=object:{version}")
+                continue
             path = catalog.file_of(class_type, name, value)
             if path is not None:
                 parts.append(f"{name}={file_digest(path)}")

@@ -13,6 +13,7 @@ from comfymesh.catalog import Catalog
 from comfymesh.config import Settings
 from comfymesh.contracts.errors import ComfymeshError, TimeoutExceededError
 from comfymesh.contracts.job_options import JobOptions
+from comfymesh.files import FilesStore
 from comfymesh.graph import Plan, StageGroup, plan_groups, plan_prompt, sign_plan
 from comfymesh.jobs import JobRecord
 from comfymesh.orchestrator.events import EventBus
@@ -32,9 +33,12 @@ class JobRunner:
     one raises InvalidJobOptions for a job whose stored options are invalid (the scheduler fails it alone)."""
 
     def __init__(self, job: JobRecord, settings: Settings, catalog: Catalog, store: ArtifactStore,
-                 bus: EventBus, pool: ReplicaPool, plan: Plan | None = None) -> None:
-        """`plan`: the job's unsigned plan, where its submit just made one."""
+                 bus: EventBus, pool: ReplicaPool, plan: Plan | None = None,
+                 files: FilesStore | None = None) -> None:
+        """`plan`: the job's unsigned plan, where its submit just made one; `files`: a shared files store the
+        input images are fingerprinted in (None: the data home's)."""
         self.job = job
+        self.files = files
         self._unsigned = plan
         self.catalog = catalog
         self.artifacts = store
@@ -105,7 +109,11 @@ class JobRunner:
         stages = {node.stage for node in plan.nodes.values()}
         versions = {stage: await self.pool.describe(stage) for stage in stages if stage in self.pool.replicas}
         versions.setdefault("any", "")
-        sign_plan(plan, versions, fingerprint_files(self.catalog))
+        fingerprint = fingerprint_files(self.catalog, self.files)
+        if self.files is not None and not self.files.local:  # a network call per input file: off the loop
+            await asyncio.to_thread(sign_plan, plan, versions, fingerprint)
+        else:
+            sign_plan(plan, versions, fingerprint)
         return plan
 
     async def _run_groups(self, groups: dict[str, StageGroup]) -> None:

@@ -346,7 +346,7 @@ class Scheduler:
         runner: JobRunner | None = None
         try:
             runner = JobRunner(job, self.settings, self.catalog, self.artifacts, self.bus, self.pool,
-                               plan=self._plans.pop(job.id, None))
+                               plan=self._plans.pop(job.id, None), files=self.files)
             await self._check_stages_declare(_class_types(job.prompt))
             await runner.run()
         except LeaseLost:
