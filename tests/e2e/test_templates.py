@@ -34,11 +34,17 @@ INPUTS = {"example.png": "astronaut.png", "pray.png": "coffee.png", "angle_1.png
           "image_qwen_image_edit_input_image.png": "astronaut.png",
           "image_qwen_image_union_control_lora_input_image.png": "astronaut.png",
           "image_qwen_image_controlnet_patch_input_image.png": "astronaut.png",
+          "sd3.5_large_blur_input_image.png": "astronaut.png",
+          "sd3.5_large_canny_controlnet_example_input_image.png": "coffee.png",
           "hidream_e1_full_input_image.jpg": "astronaut.png", "hidream_e1_1_input_image.jpg": "coffee.png",
           "robed_women.png": "astronaut.png", "pink_tone_chair.png": "coffee.png", "comfy_logo_blue.png": "coffee.png",
           "handbag_white.png": "astronaut.png", "car_interior_white.jpeg": "coffee.png",
           "bold_outfit_woman.jpeg": "astronaut.png", "image_flux2_input_image.png": "coffee.png",
-          "image_flux2_input_Illustration.png": "astronaut.png", "image_flux2_input_ref_image.png": "coffee.png"}
+          "image_flux2_input_Illustration.png": "astronaut.png", "image_flux2_input_ref_image.png": "coffee.png",
+          "flux_fill_inpaint_example_input_image.png": "astronaut.png",
+          "flux_fill_outpaint_example_input_image.png": "coffee.png",
+          "image_flux.1_fill_dev_OneReward_input_image.png": "astronaut.png",
+          "flux_canny_model_example_input_image.png": "coffee.png"}
 # template → the output nodes' class types we expect images from
 RUNNABLE = {
     "image_sdxl_simple": {"SaveImage"},
@@ -53,8 +59,17 @@ RUNNABLE = {
     "flux_schnell": {"SaveImage"},
     "flux_schnell_full_text_to_image": {"SaveImage"},
     "flux_kontext_dev_basic": {"SaveImage"},
+    # FLUX.1 Fill (InpaintModelConditioning, DifferentialDiffusion; OneReward's removal LoRA, its outpaint part
+    # bypassed) and Canny (InstructPixToPixConditioning; PreviewImage shows the edges)
+    "flux_fill_inpaint_example": {"SaveImage"},
+    "flux_fill_outpaint_example": {"SaveImage"},
+    "image_flux.1_fill_dev_OneReward": {"PreviewImage"},
+    "flux_canny_model_example": {"SaveImage", "PreviewImage"},
     "image_chroma_text_to_image": {"SaveImage"},
     "sd3.5_simple_example": {"SaveImage"},
+    # SD3.5 Large's blur and canny ControlNets (Stability's format, hint VAE-encoded); PreviewImage shows the edges
+    "sd3.5_large_blur": {"SaveImage"},
+    "sd3.5_large_canny_controlnet_example": {"SaveImage", "PreviewImage"},
     "image_qwen_image": {"SaveImage"},
     "image_qwen_Image_2512": {"SaveImage"},
     "image_qwen_image_edit": {"SaveImage"},

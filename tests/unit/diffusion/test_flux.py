@@ -5,6 +5,7 @@ and scaled-fp8 files kept in fp8."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 from typing import Any
@@ -144,6 +145,7 @@ def reference_flux(sd: dict[str, torch.Tensor], heads: int, x: torch.Tensor, sig
     img = joint[:, txt.shape[1]:]
     shift, scale = _lin(sd, "final_layer.adaLN_modulation.1", F.silu(vec))[:, None].chunk(2, dim=-1)
     out = _lin(sd, "final_layer.linear", (1 + scale) * _ln(img) + shift)[:, :tokens]
+    c = sd["final_layer.linear.weight"].shape[0] // 4  # the latent's channels (a Fill/Canny x has more)
     return out.reshape(n, h // 2, w // 2, c, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(n, c, h, w)
 
 
@@ -167,9 +169,29 @@ def test_recognised_by_shape_at_any_size(tmp_path: Path, dev_state: dict[str, to
 def test_other_files_are_not_flux(tmp_path: Path, dev_state: dict[str, torch.Tensor]) -> None:
     z = {k: v for k, v in dev_state.items() if not k.startswith("vector_in.")}
     assert flux.parse_flux(write(tmp_path / "z.safetensors", z)) is None
-    fill = dict(dev_state, **{"img_in.weight": torch.zeros(128, 384)})
-    with pytest.raises(ModelError, match="Fill/Canny/Depth"):
-        flux.parse_flux(write(tmp_path / "fill.safetensors", fill))
+    odd = dict(dev_state, **{"img_in.weight": torch.zeros(128, 200)})  # 50 input channels: no FLUX.1 variant
+    with pytest.raises(ModelError, match="which no FLUX"):
+        flux.parse_flux(write(tmp_path / "odd.safetensors", odd))
+
+
+@pytest.mark.parametrize(("in_channels", "variant"), [(96, "Fill"), (32, "Canny/Depth")])
+def test_fill_and_canny_take_their_extra_channels(tmp_path: Path, in_channels: int, variant: str) -> None:
+    """Recognised by img_in's width alone; the model reads x ‖ concat patched together and answers the latent's
+    16 channels, as ComfyUI's Flux does with c_concat."""
+    state = random_tensors(flux_shapes(width=128, head_dim=64, in_channels=in_channels), 5, torch.float32)
+    src = write(tmp_path / "any.safetensors", state)
+    layout = flux.parse_flux(src)
+    assert layout is not None and (layout.in_channels, layout.out_channels) == (in_channels, 16)
+    assert variant in layout.describe()
+    model = flux.load_flux(src, layout, CPU)
+    assert flux.layout_of(model) == dataclasses.replace(layout, prefix="")
+    gen = torch.Generator().manual_seed(6)
+    x, ctx, pooled = torch.randn(1, in_channels, 4, 6, generator=gen), torch.randn(1, 3, 64, generator=gen), torch.randn(1, 32, generator=gen)
+    with torch.no_grad():
+        ours = flux.FluxCall(model, layout)(x, torch.tensor([0.4]), ctx, flux.flux_y(pooled, 30.0, 32))
+    expected = reference_flux(state, 2, x, 0.4, ctx, pooled, 30.0)
+    assert ours.shape == (1, 16, 4, 6)
+    assert torch.allclose(ours, expected, atol=2e-4), (ours - expected).abs().max()
 
 
 @pytest.mark.parametrize("guidance", [3.5, None])

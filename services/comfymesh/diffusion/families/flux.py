@@ -1,4 +1,5 @@
-"""FLUX.1 (dev, schnell, Kontext, Krea): recognise a diffusion model in ComfyUI's key layout (`double_blocks`,
+"""FLUX.1 (dev, schnell, Kontext, Krea, and Fill / Canny / Depth, whose img_in takes extra concat channels:
+sampling/flux_concat.py): recognise a diffusion model in ComfyUI's key layout (`double_blocks`,
 `single_blocks`, `img_in`, `txt_in`, `time_in`, `vector_in`, `guidance_in` but on schnell), bare or under a
 checkpoint's `model.diffusion_model.`, build diffusers' FluxTransformer2DModel from its shapes, and call it with
 ComfyUI's conventions.
@@ -72,7 +73,8 @@ class FluxLayout:
 
     def describe(self) -> str:
         kind = "dev-type, guidance-distilled" if self.guidance else "schnell-type"
-        return (f"FLUX.1 {kind} (width {self.width}, {self.depth}+{self.depth_single} blocks, text width "
+        variant = {self.out_channels: "", 2 * self.out_channels: " Canny/Depth"}.get(self.in_channels, " Fill")
+        return (f"FLUX.1{variant} {kind} (width {self.width}, {self.depth}+{self.depth_single} blocks, text width "
                 f"{self.context_dim})")
 
 
@@ -90,18 +92,26 @@ def parse_flux(src: TensorSource) -> FluxLayout | None:
         vec_dim=src.shape(p + "vector_in.in_layer.weight")[1], context_dim=src.shape(p + "txt_in.weight")[1],
         guidance=src.has(p + "guidance_in.in_layer.weight"), mlp=src.shape(p + "double_blocks.0.img_mlp.0.weight")[0],
     )
-    if layout.in_channels != layout.out_channels:
+    if layout.in_channels not in extra_input_channels(layout.out_channels):
         raise ModelError(f"{src.path.name}: {layout.describe()} takes {layout.in_channels} input channels for "
-                         f"{layout.out_channels} out (a Fill/Canny/Depth model), which this stage cannot run yet")
+                         f"{layout.out_channels} out, which no FLUX.1 variant does (expected "
+                         f"{', '.join(map(str, extra_input_channels(layout.out_channels)))})")
     if head_dim % 16 or layout.mlp != 4 * width:
         raise ModelError(f"{src.path.name}: {layout.describe()} has a shape this stage cannot build (head width "
                          f"{head_dim}, MLP width {layout.mlp}; needs a head width multiple of 16, MLP 4× the width)")
     return layout
 
 
+def extra_input_channels(latent_channels: int) -> tuple[int, ...]:
+    """The input channel counts of FLUX.1's variants: the latent's own; Canny/Depth's latent ‖ control image
+    latent; Fill's latent ‖ masked image latent ‖ the 8×8-folded mask (ComfyUI's FluxInpaint: 96)."""
+    return latent_channels, 2 * latent_channels, 2 * latent_channels + 64
+
+
 def model_config(layout: FluxLayout) -> dict[str, Any]:
     return {
-        "patch_size": 1, "in_channels": layout.in_channels * PATCH**2, "num_layers": layout.depth,
+        "patch_size": 1, "in_channels": layout.in_channels * PATCH**2,
+        "out_channels": layout.out_channels * PATCH**2, "num_layers": layout.depth,
         "num_single_layers": layout.depth_single, "attention_head_dim": layout.head_dim,
         "num_attention_heads": layout.heads, "joint_attention_dim": layout.context_dim,
         "pooled_projection_dim": layout.vec_dim, "guidance_embeds": layout.guidance,
@@ -335,7 +345,8 @@ def layout_of(model: torch.nn.Module) -> FluxLayout:
     width = int(c.num_attention_heads) * int(c.attention_head_dim)
     return FluxLayout(prefix="", width=width, heads=int(c.num_attention_heads), head_dim=int(c.attention_head_dim),
                       depth=int(c.num_layers), depth_single=int(c.num_single_layers),
-                      in_channels=int(c.in_channels) // PATCH**2, out_channels=int(c.in_channels) // PATCH**2,
+                      in_channels=int(c.in_channels) // PATCH**2,
+                      out_channels=int(c.out_channels or c.in_channels) // PATCH**2,
                       vec_dim=int(c.pooled_projection_dim), context_dim=int(c.joint_attention_dim),
                       guidance=bool(c.guidance_embeds), mlp=4 * width)
 

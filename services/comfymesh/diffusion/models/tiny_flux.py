@@ -25,12 +25,16 @@ CLIP_L = "clip_l.safetensors"
 T5 = "t5xxl_fp16.safetensors"
 T5_VOCAB = 32_128
 LATENT_CHANNELS = 16
+FILL_CHANNELS = 2 * LATENT_CHANNELS + 64  # ComfyUI's FluxInpaint: 96
+CANNY_CHANNELS = 2 * LATENT_CHANNELS
 Shapes = dict[str, tuple[int, ...]]
 
 
 def flux_shapes(width: int = 256, head_dim: int = 128, depth: int = 1, depth_single: int = 1, context: int = 64,
-                vec: int = 32, guidance: bool = True, channels: int = LATENT_CHANNELS) -> Shapes:
-    """Every tensor of a FLUX.1 diffusion model in ComfyUI's layout (fused qkv, `linear1` = qkv ‖ MLP in)."""
+                vec: int = 32, guidance: bool = True, channels: int = LATENT_CHANNELS,
+                in_channels: int | None = None) -> Shapes:
+    """Every tensor of a FLUX.1 diffusion model in ComfyUI's layout (fused qkv, `linear1` = qkv ‖ MLP in);
+    `in_channels` (default `channels`) makes a Fill (2·C + 64) or Canny/Depth (2·C) model."""
     s: Shapes = {}
 
     def linear(name: str, n_in: int, n_out: int) -> None:
@@ -41,7 +45,7 @@ def flux_shapes(width: int = 256, head_dim: int = 128, depth: int = 1, depth_sin
         linear(f"{name}.in_layer", n_in, width)
         linear(f"{name}.out_layer", width, width)
 
-    linear("img_in", channels * 4, width)
+    linear("img_in", (in_channels or channels) * 4, width)
     linear("txt_in", context, width)
     mlp_embedder("time_in", 256)
     mlp_embedder("vector_in", vec)
@@ -188,6 +192,10 @@ TEMPLATE_FILES = {
     "diffusion_models/flux1-krea-dev_fp8_scaled.safetensors": "dev_fp8_scaled",
     "diffusion_models/flux1-dev-kontext_fp8_scaled.safetensors": "dev_fp8_scaled",
     "diffusion_models/flux1-schnell.safetensors": "schnell",
+    # FLUX.1 Fill (latent ‖ masked image latent ‖ 64 mask channels) and Canny (latent ‖ control image latent)
+    "diffusion_models/flux1-fill-dev.safetensors": "fill",
+    "diffusion_models/flux.1-fill-dev-OneReward-transformer_fp8.safetensors": "fill",  # a bf16 stand-in
+    "diffusion_models/flux1-canny-dev.safetensors": "canny",
     "diffusion_models/Chroma1-HD-fp8mixed.safetensors": "chroma",  # image_chroma_text_to_image (bf16 stand-in)
     f"checkpoints/{CHECKPOINT}": "schnell_checkpoint",
     f"text_encoders/{CLIP_L}": "clip_l",
@@ -209,6 +217,7 @@ def make_template_files(models: str | Path, seed: int = 0) -> list[Path]:
             written.append(make_tiny_flux_checkpoint(path, seed))
             continue
         shapes = {"dev": flux_shapes(), "dev_fp8_scaled": flux_shapes(), "schnell": flux_shapes(guidance=False),
+                  "fill": flux_shapes(in_channels=FILL_CHANNELS), "canny": flux_shapes(in_channels=CANNY_CHANNELS),
                   "chroma": chroma_shapes(),
                   "clip_l": clip_l_shapes(), "t5": t5_shapes(), "t5_fp8_scaled": t5_shapes(),
                   "vae": flux_vae_shapes()}[form]

@@ -105,6 +105,7 @@ TEMPLATE_LORAS: dict[str, tuple[str, str]] = {
     "Qwen-Image-Edit-Lightning-4steps-V1.0-bf16.safetensors": ("qwen_image_edit_fp8_e4m3fn.safetensors", "peft:"),
     "Flux_2-Turbo-LoRA_comfyui.safetensors": ("flux2_dev_fp8mixed.safetensors", "dotted:diffusion_model."),
     "Flux2TurboComfyv2.safetensors": ("flux2_dev_fp8mixed.safetensors", "kohya"),
+    "removal_timestep_alpha-2-1740.safetensors": ("flux.1-fill-dev-OneReward-transformer_fp8.safetensors", "kohya"),
 }
 
 

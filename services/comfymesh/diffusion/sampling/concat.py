@@ -12,7 +12,8 @@ The UNet then receives x_in ‖ concat on the channel axis, where, as ComfyUI bu
   process_in'd for SDXL.
 
 Both are resized bilinearly with a centre crop to the latent size when they differ, and to the batch by
-ComfyUI's nearest-index rule. A 4-channel model takes no concat and ignores these extras.
+ComfyUI's nearest-index rule. A 4-channel model takes no concat and ignores these extras. FLUX.1's Fill and
+Canny/Depth models build theirs by their own rules (sampling/flux_concat.py).
 """
 
 from __future__ import annotations
@@ -34,9 +35,13 @@ LATENT_CHANNELS = 4
 BLANK_INPAINT_LATENT = (0.8223, -0.6876, 0.6364, 0.1380)
 
 
-def concat_kind(in_channels: int, latent_channels: int = LATENT_CHANNELS) -> str | None:
+def concat_kind(in_channels: int, latent_channels: int = LATENT_CHANNELS, family: str = "") -> str | None:
     """"inpaint" (latent + 5 channels), "ip2p" (latent + 4) or None (the latent's own: no concat), else a
-    refusal."""
+    refusal; FLUX.1's own kinds for `family` "flux" (sampling/flux_concat.py)."""
+    if family == "flux":
+        from comfymesh.diffusion.sampling.flux_concat import flux_concat_kind  # it builds on this module
+
+        return flux_concat_kind(in_channels, latent_channels)
     kinds = {latent_channels: None, latent_channels + 5: "inpaint", latent_channels + 4: "ip2p"}
     if in_channels not in kinds:
         raise NodeInputError(f"a UNet with {in_channels} input channels is not supported")
@@ -112,6 +117,10 @@ def concat_for(kind: str | None, extras: dict[str, Any], fmt: LatentFormat, fami
     """The concat channels [B, c, h, w] of one conditioning entry (None for a 4-channel model).
 
     `latent` is the call's scaled latent on the device, `noise_mask` its prepared noise mask or None."""
+    if kind is not None and kind.startswith("flux_"):
+        from comfymesh.diffusion.sampling.flux_concat import flux_concat  # it builds on this module
+
+        return flux_concat(kind, extras, fmt, latent, noise_mask)
     if kind == "inpaint":
         return _inpaint(extras, fmt, latent, noise_mask)
     if kind == "ip2p":

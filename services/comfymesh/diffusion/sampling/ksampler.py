@@ -202,7 +202,7 @@ def prepare_with_sigmas(model: SamplingModel, sigmas: torch.Tensor, *, seed: int
     mask = None
     if latent.get("noise_mask") is not None:
         mask = MaskedDenoiser.prepare_mask(torch.as_tensor(latent["noise_mask"]), scaled.shape, model.device)
-    kind = concat_kind(model.in_channels, channels)
+    kind = concat_kind(model.in_channels, channels, model.family)
     pos = with_concat(pos, positive, kind, model.latent_format, model.family, scaled, mask)
     if negative is not None:
         neg = with_concat(neg, negative, kind, model.latent_format, model.family, scaled, mask)
