@@ -25,3 +25,14 @@ def test_input_images_are_fingerprinted_in_the_store(seaweedfs: SeaweedServer, t
     assert fingerprint("LoadImage", {"image": "cat.png"}) == first  # the ETag is the content's
     assert fingerprint("LoadImage", {"image": "missing.png"}) == ""
     assert fingerprint("LoadImage", {"image": "../../etc/passwd"}) == ""
+
+
+def test_load_image_lists_the_stores_input_folder(seaweedfs: SeaweedServer, tmp_path: Path) -> None:  # noqa: F811
+    files = open_files(seaweedfs.new_url(), seaweedfs.options())
+    for key in ("input/b.png", "input/a.jpg", "input/notes.txt", "input/x.latent", "input/sub/deep.png"):
+        files.write(key, b"x")
+    (tmp_path / "input").mkdir()
+    (tmp_path / "input" / "local.png").write_bytes(b"x")  # the data home's folder is not what is listed
+    catalog = Catalog(tmp_path, builtin_nodes().object_info(), files=files)
+    assert catalog.input_images() == ["a.jpg", "b.png"] and catalog.input_latents() == ["x.latent"]
+    assert Catalog(tmp_path, {}).input_images() == ["local.png"]

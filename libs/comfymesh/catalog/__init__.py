@@ -14,11 +14,14 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from comfymesh.catalog.files import resolve_image_name
 from comfymesh.catalog.model_folders import ModelFolders
 from comfymesh.catalog.schema import ALWAYS_CHANGED_KEY, ANY_STAGE, INPUT_IS_LIST_KEY, SOURCE_KEY, WIDGET_TYPES
+
+if TYPE_CHECKING:
+    from comfymesh.files import FilesStore
 
 # a Source naming LoadImage's list of input images, one naming LoadLatent's .latent files of the input
 # folder; every other source is `models/<folder>`
@@ -90,8 +93,10 @@ class Catalog:
     """Node definitions (entries in `/object_info` form with a `stage`), with file lists read when asked."""
 
     def __init__(self, home: Path, entries: Mapping[str, Mapping[str, Any]] | None = None,
-                 folders: ModelFolders | None = None) -> None:
+                 folders: ModelFolders | None = None, files: FilesStore | None = None) -> None:
         self.home = home
+        # a shared (s3://) files store lists the input folder instead of <home>/input
+        self.files = files if files is not None and not files.local else None
         self.folders = folders or ModelFolders(home, {})
         self._entries: dict[str, Mapping[str, Any]] = {}
         self.nodes: dict[str, NodeDef] = {}
@@ -135,8 +140,16 @@ class Catalog:
             self._listings[folder] = (mtimes, list(listing))
         return listing
 
+    @staticmethod
+    def _stored_inputs(files: FilesStore) -> list[str]:
+        """The names directly in a shared store's input folder."""
+        return [entry.key.removeprefix("input/") for entry in files.entries("input") if entry.key.count("/") == 1]
+
     def input_images(self) -> list[str]:
         """Image files directly in the input folder (what LoadImage lists)."""
+        if self.files is not None:
+            return sorted(name for name in self._stored_inputs(self.files)
+                          if (mimetypes.guess_type(name)[0] or "").startswith("image/"))
         root = self.home / "input"
         if not root.is_dir():
             return []
@@ -145,6 +158,8 @@ class Catalog:
 
     def input_latents(self) -> list[str]:
         """`.latent` files directly in the input folder (what LoadLatent lists), sorted as ComfyUI sorts."""
+        if self.files is not None:
+            return sorted(name for name in self._stored_inputs(self.files) if name.endswith(".latent"))
         root = self.home / "input"
         if not root.is_dir():
             return []

@@ -62,11 +62,11 @@ class Scheduler:
         self.store = store
         self.pool = pool
         self.bus = EventBus(store)
-        self.catalog = Catalog(settings.home, {}, model_folders(settings))
+        # the shared files store (outputs, uploads) retention expires and LoadImage reads; None: the data home
+        self.files = open_files(settings.files, settings.files_options()) if settings.files_url else None
+        self.catalog = Catalog(settings.home, {}, model_folders(settings), self.files)
         self.node_catalog = NodeCatalog(self.catalog, pool, settings.home / "cache" / "node_catalog.json")
         self.artifacts = ArtifactStore(settings.artifacts)
-        # the shared files store whose outputs, temp files and receipts retention expires; None: the data home
-        self.files = open_files(settings.files, settings.files_options()) if settings.files_url else None
         self.running: dict[str, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
         self._submit_lock = asyncio.Lock()
