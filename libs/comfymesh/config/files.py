@@ -1,4 +1,4 @@
-"""Where outputs, uploads and user files live: the data home's folders, or an S3 bucket several hosts share."""
+"""Where outputs, uploads and input images live: the data home's folders, or an S3 bucket several hosts share."""
 
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ class FilesSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    files_url: str = Field("", description="where outputs, uploads and user files live: file://<dir> (default "
-                                           "file://<home>) or s3://bucket/prefix shared by gateways and stages "
-                                           "on several hosts")
+    files_url: str = Field("", description="where outputs, uploads and LoadImage's inputs live: file://<dir> "
+                                           "(default file://<home>) or s3://bucket/prefix shared by gateways, "
+                                           "stages and orchestrators on several hosts")
     files_storage_options: SecretStr = Field(
         SecretStr(""), description='JSON object of s3fs options for an s3:// files_url, e.g. {"key": ..., '
                                    '"secret": ..., "endpoint_url": ...} (empty: the AWS environment and profile)')
