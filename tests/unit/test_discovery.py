@@ -185,6 +185,35 @@ async def test_replicas_follow_dns_and_health_and_a_draining_one_finishes_its_ca
         await pool.discovery.close()
 
 
+async def test_a_host_that_leaves_dns_gets_no_new_call_and_is_dropped_after_its_calls(
+        tmp_path: Path, start_stage: Callable[..., Any], gates: dict[int, threading.Event]) -> None:
+    port = _port_free_on("127.0.0.2", "127.0.0.3")
+    first, second = f"127.0.0.2:{port}", f"127.0.0.3:{port}"
+    await start_stage(first)
+    await start_stage(second)
+    hosts = tmp_path / "hosts"
+    hosts.write_text("127.0.0.2 stage.test\n127.0.0.3 stage.test\n")
+    pool = ReplicaPool({"imaging": [f"dns:///stage.test:{port}"]}, make_resolver(str(hosts)), refresh_s=0.2)
+    assert pool.discovery is not None
+    try:
+        await pool.describe("imaging")
+        await _until(lambda: len(pool.replicas["imaging"]) == 2 and all(r.serving for r in pool.replicas["imaging"]), 5)
+        gates[5] = threading.Event()
+        held = await pool.acquire("imaging", avoid={first})
+        assert held.address == second
+        in_flight = asyncio.create_task(_run(held.stub, 5))
+        hosts.write_text("127.0.0.2 stage.test\n")
+        await _until(lambda: held.retired, 5)
+        assert held in pool.replicas["imaging"]  # kept while its call runs
+        assert {await _call(pool) for _ in range(4)} == {first}
+        gates[5].set()
+        assert await in_flight == ["started", "done"]
+        await pool.release(held)
+        assert [r.address for r in pool.replicas["imaging"]] == [first]
+    finally:
+        await pool.discovery.close()
+
+
 async def test_a_name_with_no_records_fails_at_once(tmp_path: Path, settings: Settings) -> None:
     hosts = tmp_path / "hosts"
     hosts.write_text("127.0.0.2 other.test\n")
