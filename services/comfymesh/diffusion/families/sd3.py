@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -150,21 +151,38 @@ def load_sd3(src: TensorSource, layout: SD3Layout, device: torch.device,
 def sd3_fn(model: torch.nn.Module) -> UNetFn:
     """The model as the denoiser calls it: (x [N, C, h, w], timestep σ·1000 [N], text features [N, T, D],
     pooled y [N, P]) → the flow velocity, ComfyUI's output (x0 = x − σ·out)."""
-    config: Any = model.config
+    return lambda x, t, ctx, y: sd3_with_residuals(model, x, t, ctx, y, ())
 
-    def run(x: torch.Tensor, t: torch.Tensor, ctx: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
-        if y is None:
-            raise ModelError("the SD3 model needs the conditioning's pooled output (CLIP-L ‖ CLIP-G)")
-        h, w = x.shape[-2:]
-        patch = int(config.patch_size)
-        pad_h, pad_w = (-h) % patch, (-w) % patch
-        if pad_h or pad_w:
-            x = F.pad(x, (0, pad_w, 0, pad_h), mode="circular")
+
+def sd3_with_residuals(model: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, ctx: torch.Tensor,
+                       y: torch.Tensor | None, residuals: Sequence[torch.Tensor]) -> torch.Tensor:
+    """sd3_fn's call with ControlNet residuals: residual i is added to the image tokens after joint block i
+    (all blocks, the last included, as ComfyUI's MMDiT does; diffusers' own argument skips the last)."""
+    if y is None:
+        raise ModelError("the SD3 model needs the conditioning's pooled output (CLIP-L ‖ CLIP-G)")
+    config: Any = model.config
+    h, w = x.shape[-2:]
+    patch = int(config.patch_size)
+    pad_h, pad_w = (-h) % patch, (-w) % patch
+    if pad_h or pad_w:
+        x = F.pad(x, (0, pad_w, 0, pad_h), mode="circular")
+    blocks: Any = model.transformer_blocks
+    hooks = [block.register_forward_hook(_adder(add)) for block, add in zip(blocks, residuals, strict=False)]
+    try:
         out: torch.Tensor = model(hidden_states=x, encoder_hidden_states=ctx.to(x.dtype),
                                   pooled_projections=y.to(x.dtype), timestep=t, return_dict=False)[0]
-        return out[:, :, :h, :w]
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return out[:, :, :h, :w]
 
-    return run
+
+def _adder(add: torch.Tensor) -> Callable[[torch.nn.Module, Any, Any], Any]:
+    def hook(_block: torch.nn.Module, _args: Any, out: Any) -> Any:
+        context, image = out  # a joint block answers (text tokens, image tokens)
+        return context, image + add.to(image.dtype)
+
+    return hook
 
 
 def recognition(layout: SD3Layout) -> Recognition:
@@ -184,6 +202,7 @@ def sampling_model(model: torch.nn.Module, rec: Recognition, device: torch.devic
         unet=sd3_fn(model), sampling=FlowModelSampling(SHIFT, MULTIPLIER), prediction="flow",
         latent_format=SD3_LATENTS, family=NAME, context_dim=rec.unet.context_dim, adm=rec.unet.adm, device=device,
         dtype=param.dtype, in_channels=rec.unet.in_channels, joint_context=True, pooled_y=True,
+        block_residual=(model, lambda x, t, ctx, y, res: sd3_with_residuals(model, x, t, ctx, y, res)),
     )
 
 

@@ -18,6 +18,7 @@ from comfymesh.diffusion.models.tiny_flux2 import make_template_files as make_fl
 from comfymesh.diffusion.models.tiny_hidream import make_template_files as make_hidream_files
 from comfymesh.diffusion.models.tiny_lora import make_template_loras
 from comfymesh.diffusion.models.tiny_qwen_image import make_template_files as make_qwen_image_files
+from comfymesh.diffusion.models.tiny_sd3_controlnet import make_template_files as make_sd35_controlnets
 from comfymesh.diffusion.models.tiny_zimage import make_tiny_zimage
 
 # checkpoint file → the tiny family that stands in for it
@@ -49,6 +50,7 @@ def _write_all(models: Path, seed: int) -> None:
         # SD3.5's template loads one checkpoint; its split files' names belong to other families
         sd3 = tiny_sd3.make_tiny_sd3(Path(scratch) / "sd3", seed=seed)
         shutil.move(sd3["checkpoints"], models / "checkpoints" / tiny_sd3.CHECKPOINT)
+    make_sd35_controlnets(models, seed=seed)  # SD3.5 Large's blur and canny ControlNets, shaped for that checkpoint
     # FLUX.2 Klein, with the FLUX.2 VAEs; its 28-layer qwen_3_4b replaces Z-Image's (same width, so Z-Image runs too)
     make_flux2_files(models, seed=seed)
     make_template_loras(models, seed=seed)  # last: they are shaped after the models written above

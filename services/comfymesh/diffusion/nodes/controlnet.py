@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -24,8 +25,16 @@ from torch import nn
 from comfymesh.catalog.schema import Combo, Float, Link, Output, Source
 from comfymesh.contracts.errors import ModelError, NodeInputError
 from comfymesh.contracts.handles import HandleKind, ModelHandle
+from comfymesh.diffusion.latents import vae_codec
 from comfymesh.diffusion.models.cache import get_model_cache, module_bytes
 from comfymesh.diffusion.models.controlnet import ControlChain, ControlLink, is_diff, load_controlnet
+from comfymesh.diffusion.models.sd3_controlnet import (
+    SD35ControlChain,
+    SD35ControlNet,
+    SD35Link,
+    is_sd35_controlnet,
+    load_sd35_controlnet,
+)
 from comfymesh.diffusion.models.tensor_source import TensorSource
 from comfymesh.diffusion.nodes.failures import node
 from comfymesh.diffusion.nodes.handles import checkpoint_of, expect_handle
@@ -46,8 +55,9 @@ def _value(ctx: NodeContext, name: str, model: ModelHandle | None) -> dict[str, 
     return value
 
 
-def _network(ctx: NodeContext, value: dict[str, Any]) -> nn.Module:
-    """The resident ControlNetModel of a CONTROL_NET value, in the model cache's budget."""
+def _network(ctx: NodeContext, value: dict[str, Any]) -> nn.Module | SD35ControlNet:
+    """The resident ControlNet of a CONTROL_NET value (a ControlNetModel, or an SD3.5 ControlNet), in the model
+    cache's budget."""
     cache = get_model_cache()
     path = resolve_file(ctx, "controlnet", value["name"])
     digest = cache.digest(path)
@@ -63,10 +73,14 @@ def _network(ctx: NodeContext, value: dict[str, Any]) -> nn.Module:
         key, base = f"{key}:diff:{ckpt.digest}", TensorSource(ckpt.path)
 
     def load() -> tuple[Any, int, dict[str, Any]]:
+        info = {"name": path.name, "digest": digest, "kind": "controlnet"}
+        if is_sd35_controlnet(TensorSource(path)):
+            sd35 = load_sd35_controlnet(path, cache.placement.device, cache.placement.unet_dtype)
+            return sd35, module_bytes(sd35.net), info
         net = load_controlnet(path, cache.placement, base)
-        return net, module_bytes(net), {"name": path.name, "digest": digest, "kind": "controlnet"}
+        return net, module_bytes(net), info
 
-    network: nn.Module = cache._get_or_load(key, load)
+    network: nn.Module | SD35ControlNet = cache._get_or_load(key, load)
     return network
 
 
@@ -95,10 +109,12 @@ def diff_controlnet_loader(ctx: NodeContext, model: ModelHandle, control_net_nam
 
 
 def _applied(conditioning: Conditioning, control_net: dict[str, Any], image: Any, strength: float,
-             start_percent: float, end_percent: float, to_uncond: bool) -> Conditioning:
+             start_percent: float, end_percent: float, to_uncond: bool, vae: Any = None) -> Conditioning:
     """Every entry with the ControlNet appended to its chain (ComfyUI's set_previous_controlnet)."""
     link = {"control_net": control_net, "strength": float(strength), "start_percent": float(start_percent),
             "end_percent": float(end_percent)}
+    if vae is not None:  # ControlNets with latent hints (SD3.5) encode the hint with it
+        link["vae"] = vae
     out = []
     for item in conditioning:
         extras = dict(item[1]) if len(item) > 1 and item[1] else {}
@@ -145,12 +161,12 @@ def controlnet_apply(ctx: NodeContext, conditioning: Conditioning, control_net: 
 def controlnet_apply_advanced(ctx: NodeContext, positive: Conditioning, negative: Conditioning, control_net: Any,
                               image: Any, strength: float, start_percent: float, end_percent: float,
                               vae: Any = None) -> tuple[Conditioning, Conditioning]:
-    # the VAE only serves ControlNets that take latent hints (not SD1.x/SDXL ones), as in ComfyUI
+    # the VAE only serves ControlNets that take latent hints (SD3.5's, not SD1.x/SDXL ones), as in ComfyUI
     if strength == 0:
         return positive, negative
     control_net = _expect_control_net(ctx, control_net)
-    return (_applied(positive, control_net, image, strength, start_percent, end_percent, to_uncond=False),
-            _applied(negative, control_net, image, strength, start_percent, end_percent, to_uncond=False))
+    return (_applied(positive, control_net, image, strength, start_percent, end_percent, False, vae),
+            _applied(negative, control_net, image, strength, start_percent, end_percent, False, vae))
 
 
 # --- binding at sampling -------------------------------------------------------------------------------
@@ -166,23 +182,56 @@ def _chain_key(extras: dict[str, Any]) -> str:
 
 
 def _bind(ctx: NodeContext, sm: SamplingModel, conditioning: Conditioning,
-          chains: dict[str, ControlChain]) -> Conditioning:
+          chains: dict[str, ControlChain | SD35ControlChain]) -> Conditioning:
     out = []
     for item in conditioning:
         extras = dict(item[1]) if len(item) > 1 and item[1] else {}
         if extras.get("control"):
-            if sm.residual_unet is None:
-                raise NodeInputError("this model cannot take ControlNet residuals", node_id=ctx.node_id)
             key = _chain_key(extras)
             if key not in chains:
-                links = [ControlLink(_network(ctx, spec["control_net"]), torch.as_tensor(extras[HINT_KEY.format(i)]),
-                                     float(spec["strength"]), sm.sampling.percent_to_sigma(spec["start_percent"]),
-                                     sm.sampling.percent_to_sigma(spec["end_percent"]))
-                         for i, spec in enumerate(extras["control"])]
-                chains[key] = ControlChain(links, sm.residual_unet, sm.device, sm.dtype)
+                chains[key] = _chain(ctx, sm, extras)
             extras["control"] = chains[key]
         out.append([item[0], extras])
     return out
+
+
+def _chain(ctx: NodeContext, sm: SamplingModel, extras: dict[str, Any]) -> ControlChain | SD35ControlChain:
+    """The ControlledUNet of an entry's chain: UNet ControlNets on a UNet, SD3.5 ControlNets on an MMDiT."""
+    specs = extras["control"]
+    nets = [_network(ctx, spec["control_net"]) for spec in specs]
+    ranges = [(sm.sampling.percent_to_sigma(spec["start_percent"]), sm.sampling.percent_to_sigma(spec["end_percent"]))
+              for spec in specs]
+    hints = [torch.as_tensor(extras[HINT_KEY.format(i)]) for i in range(len(specs))]
+    if all(isinstance(net, SD35ControlNet) for net in nets):
+        if sm.block_residual is None:
+            raise NodeInputError("an SD3.5 ControlNet runs on an SD3 model only", node_id=ctx.node_id)
+        sd35 = [SD35Link(net, _hint_encoder(ctx, spec, sm), hint, float(spec["strength"]), start, end)
+                for net, spec, hint, (start, end) in zip(nets, specs, hints, ranges, strict=True)
+                if isinstance(net, SD35ControlNet)]
+        transformer, model = sm.block_residual
+        return SD35ControlChain(sd35, transformer, model, sm.device, sm.dtype)
+    if sm.residual_unet is None or any(isinstance(net, SD35ControlNet) for net in nets):
+        raise NodeInputError("this model cannot take these ControlNets' residuals", node_id=ctx.node_id)
+    links = [ControlLink(net, hint, float(spec["strength"]), start, end)
+             for net, spec, hint, (start, end) in zip(nets, specs, hints, ranges, strict=True)
+             if isinstance(net, nn.Module)]
+    return ControlChain(links, sm.residual_unet, sm.device, sm.dtype)
+
+
+def _hint_encoder(ctx: NodeContext, spec: dict[str, Any], sm: SamplingModel,
+                  ) -> Callable[[torch.Tensor, int, int], torch.Tensor]:
+    """Prepared hint pixels [B, C, H, W] → the VAE's latent in the model's latent form (ComfyUI's SD3 format)."""
+    if spec.get("vae") is None:
+        raise NodeInputError(f"ControlNet {spec['control_net']['name']} needs a VAE: connect one to the Apply "
+                             "ControlNet node's vae input", node_id=ctx.node_id)
+    from comfymesh.diffusion.nodes.vae import vae_of
+
+    vae = vae_of(ctx, spec["vae"])[0]
+
+    def encode(pixels: torch.Tensor, _h: int, _w: int) -> torch.Tensor:
+        return sm.latent_format.process_in(vae_codec.encode(vae, pixels.movedim(1, -1)))
+
+    return encode
 
 
 def _to_uncond(positive: Conditioning, negative: Conditioning) -> None:
@@ -202,7 +251,7 @@ def _to_uncond(positive: Conditioning, negative: Conditioning) -> None:
 def bind_controls(ctx: NodeContext, sm: SamplingModel, **sides: Conditioning | None) -> dict[str, Conditioning | None]:
     """Each CONDITIONING (by role: positive, negative, …) with its ControlNet chains bound to the model's
     UNet; entries without ControlNets pass unchanged."""
-    chains: dict[str, ControlChain] = {}
+    chains: dict[str, ControlChain | SD35ControlChain] = {}
     bound = {role: None if c is None else _bind(ctx, sm, c, chains) for role, c in sides.items()}
     positive, negative = bound.get("positive"), bound.get("negative")
     if positive is not None and negative is not None:
