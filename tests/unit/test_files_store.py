@@ -3,6 +3,7 @@ which checks signatures), plus the keys clients may name and the URL schemes acc
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -108,3 +109,15 @@ def test_keys() -> None:
     assert safe_key("temp", "a/./b", "c.png") == "temp/a/b/c.png"
     with pytest.raises(BadKey):
         safe_key("models", "", "a.png")
+
+
+def test_an_expired_presigned_url_is_refused(seaweedfs: SeaweedServer) -> None:  # noqa: F811
+    store = open_files(seaweedfs.new_url(), seaweedfs.options())
+    store.write("output/a.png", b"x")
+    url = store.presign("output/a.png", 1)
+    assert url is not None
+    deadline = time.monotonic() + 10
+    while httpx.get(url).status_code == 200:  # valid for its one second, then refused by the server
+        assert time.monotonic() < deadline, "the presigned URL never expired"
+        time.sleep(0.2)  # the poll's interval
+    assert httpx.get(url).status_code == 403
