@@ -44,7 +44,9 @@ INPUTS = {"example.png": "astronaut.png", "pray.png": "coffee.png", "angle_1.png
           "flux_fill_inpaint_example_input_image.png": "astronaut.png",
           "flux_fill_outpaint_example_input_image.png": "coffee.png",
           "image_flux.1_fill_dev_OneReward_input_image.png": "astronaut.png",
-          "flux_canny_model_example_input_image.png": "coffee.png"}
+          "flux_canny_model_example_input_image.png": "coffee.png",
+          "flux_redux_model_example_reference_image_1.png": "astronaut.png",
+          "flux_redux_model_example_reference_image_2.png": "coffee.png"}
 # template → the output nodes' class types we expect images from
 RUNNABLE = {
     "image_sdxl_simple": {"SaveImage"},
@@ -65,6 +67,8 @@ RUNNABLE = {
     "flux_fill_outpaint_example": {"SaveImage"},
     "image_flux.1_fill_dev_OneReward": {"PreviewImage"},
     "flux_canny_model_example": {"SaveImage", "PreviewImage"},
+    # Redux: two reference images through the SigLIP tower and the style model, their tokens after T5's
+    "flux_redux_model_example": {"SaveImage"},
     "image_chroma_text_to_image": {"SaveImage"},
     "sd3.5_simple_example": {"SaveImage"},
     # SD3.5 Large's blur and canny ControlNets (Stability's format, hint VAE-encoded); PreviewImage shows the edges

@@ -1,6 +1,7 @@
 """CLIP vision models (models/clip_vision) in the HF CLIPVisionModelWithProjection naming
-(`vision_model.…`, `visual_projection.weight`) or OpenCLIP's (`visual.…`, converted), built with
-transformers from the file's shapes, and ComfyUI's image preprocessing and encode outputs.
+(`vision_model.…`, `visual_projection.weight`) or OpenCLIP's (`visual.…`, converted), and SigLIP vision towers
+(FLUX Redux's sigclip_vision_patch14_384: no class token, a biased patch embedding, a square position grid),
+built with transformers from the file's shapes, and ComfyUI's image preprocessing and encode outputs.
 
 CLIP_VISION_OUTPUT, the value CLIPVisionEncode passes on, is a dict of arrays: `image_embeds` [B, P],
 `last_hidden_state` [B, T, H] and `penultimate_hidden_states` [B, T, H] (the second-to-last layer's output)."""
@@ -27,18 +28,68 @@ CropMode = str  # "center" | "none"
 
 
 class ClipVision(nn.Module):
-    """A CLIP vision tower with its projection, and the square size its position embeddings were made for."""
+    """A CLIP vision tower with its projection, the square size its position embeddings were made for and the
+    normalisation its pixels take."""
 
-    def __init__(self, model: nn.Module, image_size: int) -> None:
+    def __init__(self, model: nn.Module, image_size: int, mean: tuple[float, ...] = CLIP_MEAN,
+                 std: tuple[float, ...] = CLIP_STD) -> None:
         super().__init__()
         self.model = model
         self.image_size = image_size
+        self.mean, self.std = mean, std
 
     def forward(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
         """Preprocessed pixels [B, 3, S, S] → CLIP_VISION_OUTPUT."""
         out = self.model(pixel_values=pixels, output_hidden_states=True)
         return {"image_embeds": out.image_embeds, "last_hidden_state": out.last_hidden_state,
                 "penultimate_hidden_states": out.hidden_states[-2]}
+
+
+class SiglipVision(ClipVision):
+    """A SigLIP vision tower as ComfyUI runs it: no projection and no pooling head, so image_embeds is the whole
+    post-layernorm sequence, as last_hidden_state is."""
+
+    def forward(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = self.model(pixel_values=pixels, output_hidden_states=True)
+        return {"image_embeds": out.last_hidden_state, "last_hidden_state": out.last_hidden_state,
+                "penultimate_hidden_states": out.hidden_states[-2]}
+
+
+SIGLIP_MEAN = SIGLIP_STD = (0.5, 0.5, 0.5)
+# ComfyUI's SigLIP configs by (positions, patch): their image size, which the patch grid floors (384 // 14 = 27)
+SIGLIP_IMAGE_SIZES = {(729, 14): 384, (1024, 16): 512}
+
+
+def is_siglip(state: dict[str, torch.Tensor]) -> bool:
+    """A SigLIP vision tower: a biased patch embedding, no class token, a square grid of positions."""
+    positions = state.get(f"{PREFIX}embeddings.position_embedding.weight")
+    return (f"{PREFIX}embeddings.patch_embedding.bias" in state and f"{PREFIX}embeddings.class_embedding" not in state
+            and positions is not None and math.isqrt(positions.shape[0]) ** 2 == positions.shape[0])
+
+
+def load_siglip(path: Path, state: dict[str, torch.Tensor]) -> SiglipVision:
+    """The SigLIP model of a clip_vision file, with ComfyUI's settings (16 heads, tanh GELU, LayerNorm ε 1e-5);
+    its pooling head, which ComfyUI leaves unused, is not loaded."""
+    from transformers import SiglipVisionConfig, SiglipVisionModel
+
+    hidden, _, patch_size, _ = state[f"{PREFIX}embeddings.patch_embedding.weight"].shape
+    positions = int(state[f"{PREFIX}embeddings.position_embedding.weight"].shape[0])
+    image_size = SIGLIP_IMAGE_SIZES.get((positions, int(patch_size)), math.isqrt(positions) * int(patch_size))
+    if hidden % HEADS:
+        raise ModelError(f"clip_vision file {path.name}: SigLIP width {hidden} does not split into {HEADS} heads")
+    config = SiglipVisionConfig(
+        hidden_size=int(hidden), intermediate_size=int(state[f"{PREFIX}encoder.layers.0.mlp.fc1.weight"].shape[0]),
+        num_hidden_layers=_layers(state), num_attention_heads=HEADS, image_size=image_size,
+        patch_size=int(patch_size), hidden_act="gelu_pytorch_tanh", layer_norm_eps=1e-5, vision_use_head=False)
+    model = SiglipVisionModel(config)
+    tower = {k.removeprefix(PREFIX): v for k, v in state.items()
+             if k.startswith(PREFIX) and not k.startswith(f"{PREFIX}head.")}
+    missing, unexpected = model.load_state_dict(tower, strict=False)
+    missing = [key for key in missing if not key.endswith("position_ids")]
+    if missing or unexpected:
+        raise ModelError(f"clip_vision file {path.name} does not fit a SigLIP vision model: missing "
+                         f"{missing[:3]}, unexpected {unexpected[:3]}")
+    return SiglipVision(model.eval(), image_size, SIGLIP_MEAN, SIGLIP_STD)
 
 
 def _layers(state: dict[str, torch.Tensor]) -> int:
@@ -87,6 +138,8 @@ def load_clip_vision(path: Path) -> ClipVision:
     state = load_file(str(path))
     if f"{OPEN_CLIP}transformer.resblocks.0.attn.in_proj_weight" in state:
         state = from_open_clip(state)
+    if is_siglip(state):
+        return load_siglip(path, state)
     patch = state.get(f"{PREFIX}embeddings.patch_embedding.weight")
     if patch is None or "visual_projection.weight" not in state:
         raise ModelError(f"clip_vision file {path.name} is not a CLIP vision model (no {PREFIX}embeddings."
@@ -112,10 +165,11 @@ def load_clip_vision(path: Path) -> ClipVision:
     return ClipVision(model.eval(), grid * patch_size)
 
 
-def preprocess(image: torch.Tensor, size: int, crop: CropMode = "center") -> torch.Tensor:
+def preprocess(image: torch.Tensor, size: int, crop: CropMode = "center", mean: tuple[float, ...] = CLIP_MEAN,
+               std: tuple[float, ...] = CLIP_STD) -> torch.Tensor:
     """IMAGE [B, H, W, C] → normalised pixels [B, 3, size, size], as ComfyUI's clip_preprocess: the shortest
     side to `size` (bicubic, antialiased) and a centre crop, or both sides to `size` with crop "none";
-    then quantised to 8 bits and normalised with CLIP's mean and std."""
+    then quantised to 8 bits and normalised with `mean` and `std` (CLIP's by default)."""
     x = image[..., :3].movedim(-1, 1).float()
     if x.shape[2] != size or x.shape[3] != size:
         if crop == "center":
@@ -127,16 +181,16 @@ def preprocess(image: torch.Tensor, size: int, crop: CropMode = "center") -> tor
         top, left = (x.shape[2] - size) // 2, (x.shape[3] - size) // 2
         x = x[:, :, top:top + size, left:left + size]
     x = torch.clip(255.0 * x, 0, 255).round() / 255.0
-    mean = torch.tensor(CLIP_MEAN, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(CLIP_STD, device=x.device).view(1, 3, 1, 1)
-    return (x - mean) / std
+    shift = torch.tensor(mean, device=x.device).view(1, 3, 1, 1)
+    spread = torch.tensor(std, device=x.device).view(1, 3, 1, 1)
+    return (x - shift) / spread
 
 
 def encode_image(model: ClipVision, image: torch.Tensor, crop: CropMode = "center") -> dict[str, torch.Tensor]:
     """CLIPVisionEncode: CLIP_VISION_OUTPUT (float32, CPU) of an IMAGE batch."""
     device = next(model.parameters()).device
     with torch.no_grad():
-        out = model(preprocess(image.to(device), model.image_size, crop))
+        out = model(preprocess(image.to(device), model.image_size, crop, model.mean, model.std))
     return {key: value.float().cpu() for key, value in out.items()}
 
 
@@ -151,6 +205,23 @@ def make_tiny_clip_vision(path: Path, *, hidden: int = 32, layers: int = 2, proj
                               projection_dim=projection, layer_norm_eps=1e-5, hidden_act="gelu")
     model = CLIPVisionModelWithProjection(config)
     state = {key: value.contiguous() for key, value in model.state_dict().items() if not key.endswith("position_ids")}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(path))
+    return path
+
+
+def make_tiny_siglip_vision(path: Path, *, hidden: int = 32, layers: int = 2, seed: int = 0) -> Path:
+    """A random-weight SigLIP vision tower in the layout of sigclip_vision_patch14_384 (`vision_model.…` with
+    its pooling head; 14-pixel patches on a 27×27 grid) at a reduced width and depth."""
+    from transformers import SiglipVisionConfig, SiglipVisionModel
+
+    torch.manual_seed(seed)
+    config = SiglipVisionConfig(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+                                num_attention_heads=HEADS, image_size=384, patch_size=14,
+                                hidden_act="gelu_pytorch_tanh", layer_norm_eps=1e-5)
+    model = SiglipVisionModel(config)
+    state = {PREFIX + key: value.contiguous() for key, value in model.state_dict().items()
+             if not key.endswith("position_ids")}
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(state, str(path))
     return path

@@ -16,6 +16,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from comfymesh.diffusion.models.clip_vision import make_tiny_siglip_vision
+from comfymesh.diffusion.models.style_model import make_tiny_style_model
 from comfymesh.diffusion.models.tiny_checkpoint import _init, clip_hf_shapes
 from comfymesh.diffusion.models.tiny_zimage import VAE, flux_vae_shapes
 
@@ -163,6 +165,9 @@ def make_tiny_flux(models: str | Path, seed: int = 0, dtype: torch.dtype = torch
 
 
 CHECKPOINT = "flux1-schnell-fp8.safetensors"  # flux_schnell's CheckpointLoaderSimple file
+SIGLIP = "sigclip_vision_patch14_384.safetensors"  # flux_redux_model_example's CLIP vision file
+SIGLIP_WIDTH = 32
+T5_WIDTH = t5_shapes()["encoder.final_layer_norm.weight"][0]  # the context width flux_shapes() takes
 
 
 def make_tiny_flux_checkpoint(path: str | Path, seed: int = 0, schnell: bool = True, fp8: bool = True) -> Path:
@@ -202,6 +207,9 @@ TEMPLATE_FILES = {
     f"text_encoders/{T5}": "t5",
     "text_encoders/t5xxl_fp8_e4m3fn_scaled.safetensors": "t5_fp8_scaled",
     f"vae/{VAE}": "vae",
+    # Redux: the SigLIP vision tower and the style model mapping its tokens to T5's width
+    f"clip_vision/{SIGLIP}": "siglip",
+    "style_models/flux1-redux-dev.safetensors": "redux",
 }
 
 
@@ -215,6 +223,11 @@ def make_template_files(models: str | Path, seed: int = 0) -> list[Path]:
         path.parent.mkdir(parents=True, exist_ok=True)
         if form == "schnell_checkpoint":
             written.append(make_tiny_flux_checkpoint(path, seed))
+            continue
+        if form in ("siglip", "redux"):
+            # Redux reads the SigLIP tower's last hidden state (its width) and answers T5-wide tokens
+            written.append(make_tiny_siglip_vision(path, hidden=SIGLIP_WIDTH, seed=seed) if form == "siglip" else
+                           make_tiny_style_model(path, redux_dim=SIGLIP_WIDTH, text_dim=T5_WIDTH, seed=seed))
             continue
         shapes = {"dev": flux_shapes(), "dev_fp8_scaled": flux_shapes(), "schnell": flux_shapes(guidance=False),
                   "fill": flux_shapes(in_channels=FILL_CHANNELS), "canny": flux_shapes(in_channels=CANNY_CHANNELS),
