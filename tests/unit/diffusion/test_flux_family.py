@@ -137,6 +137,35 @@ def test_one_euler_step_is_the_flow_formula(model: SamplingModel) -> None:
     assert torch.allclose(out, FLUX.process_out(expected / (1 - 0.6)), atol=1e-5)
 
 
+@pytest.mark.parametrize("in_channels", [tiny_flux.FILL_CHANNELS, tiny_flux.CANNY_CHANNELS])
+def test_fill_and_canny_models_take_the_concat_in_a_step(tmp_path: Path, in_channels: int) -> None:
+    # the model's input is x ‖ concat as ComfyUI's Flux.concat_cond makes it: the image latent in the model's
+    # space, then (Fill) the pixel mask folded 8×8 into 64 channels; the step is the flow formula on its output
+    from safetensors.torch import save_file
+
+    path = tmp_path / "variant.safetensors"
+    save_file(tiny_flux.random_tensors(tiny_flux.flux_shapes(in_channels=in_channels), 9, torch.float32), str(path))
+    parts = load_unet_file(path)
+    assert parts.recognition is not None and parts.unet is not None
+    model = flux.FAMILY.sampling_model(parts.unet, parts.recognition, CPU)
+    gen = torch.Generator().manual_seed(1)
+    ctx, pooled = torch.randn(1, 5, 64, generator=gen), torch.randn(1, 32, generator=gen)
+    image, mask = torch.randn(1, 16, 6, 8, generator=gen), (torch.rand(1, 1, 48, 64, generator=gen) > 0.5).float()
+    cond = [[ctx, {"pooled_output": pooled, "guidance": 30.0, "concat_latent_image": image, "concat_mask": mask}]]
+    sigmas = torch.tensor([1.0, 0.5])
+    prep = prepare_with_sigmas(model, sigmas, seed=3, cfg=1.0, sampler_name="euler", positive=cond, negative=None,
+                               latent={"samples": torch.zeros(1, 16, 6, 8)})
+    assert not isinstance(prep, dict)
+    x0 = prep.x.clone()
+    concat = [FLUX.process_in(image)]
+    if in_channels == tiny_flux.FILL_CHANNELS:
+        concat.append(mask.view(1, 6, 8, 8, 8).permute(0, 2, 4, 1, 3).reshape(1, 64, 6, 8))
+    y = torch.cat([pooled, torch.tensor([[30.0]])], dim=1)
+    v = model.unet(torch.cat([x0, *concat], dim=1), torch.tensor([1.0]), ctx, y)
+    expected = x0 + v * (0.5 - 1.0)
+    assert torch.allclose(run_prepared(prep)["samples"], FLUX.process_out(expected / (1 - 0.5)), atol=1e-5)
+
+
 def test_all_in_one_checkpoint(tmp_path: Path) -> None:
     path = tiny_flux.make_tiny_flux_checkpoint(tmp_path / tiny_flux.CHECKPOINT, seed=2)
     parts = load_checkpoint(path)
