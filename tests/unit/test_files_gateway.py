@@ -136,3 +136,28 @@ def test_load_image_reads_through_the_store(seaweedfs: SeaweedServer, tmp_path: 
         read_input(ctx, "missing.png")
     with pytest.raises(NodeInputError, match="leaves its folder"):
         read_input(ctx, "../output/made.png")
+
+
+def test_v2_assets_live_in_the_shared_store(seaweedfs: SeaweedServer, tmp_path: Path) -> None:  # noqa: F811
+    from blake3 import blake3
+
+    url = seaweedfs.new_url()
+    data = _png()
+    digest = "blake3:" + blake3(data).hexdigest()
+    with _client(tmp_path / "a", url, seaweedfs.options()) as one, \
+            _client(tmp_path / "b", url, seaweedfs.options()) as two:
+        made = one.post("/api/v2/assets", files={"file": ("cat.png", data, "image/png")})
+        assert made.status_code == 201, made.text
+        again = two.post("/api/v2/assets", files={"file": ("cat.png", data, "image/png")})
+        assert again.status_code == 200  # the same bytes, stored once, seen by the other gateway
+        assert two.head(f"/api/v2/assets/by-hash/{digest}").status_code == 200
+        asset_id = made.json()["id"]
+        content = two.get(f"/api/v2/assets/{asset_id}/content")
+        assert content.status_code == 200 and content.content == data
+        assert two.post("/api/v2/assets/from-hash", json={"hash": digest}).status_code == 201
+        assert two.delete(f"/api/v2/assets/{asset_id}").status_code == 204
+        assert one.get(f"/api/v2/assets/{asset_id}").status_code == 404
+    store = open_files(url, seaweedfs.options())
+    blobs = [entry.key for entry in store.entries("input/assets")]
+    assert blobs == [f"input/assets/{digest.removeprefix('blake3:')}.png"]
+    assert not (tmp_path / "a" / "assets").exists() and not (tmp_path / "b" / "input").exists()

@@ -12,11 +12,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException  # fastapi's is a subclass; starlette raises its own (routing, forms)
 
+from comfymesh.files import LocalFiles
 from comfymesh.gateway.engine import OrchestratorUnavailable, PromptTooLarge, QueueFull
 from comfymesh.gateway.v2 import assets, events, health, jobs
 from comfymesh.gateway.v2.asset_store import AssetStore
 from comfymesh.gateway.v2.errors import PREFIX, V2Error, V2ErrorShapeMiddleware, as_envelope, code_for, envelope
 from comfymesh.gateway.v2.schemas import ErrorEnvelope
+from comfymesh.gateway.v2.shared_assets import SharedAssetStore
 
 DESCRIPTION = """Comfy API v2, served natively by comfymesh: the contract of Comfy Cloud's API (and of
 `comfy-api-proxy`), so `comfy-sdk` works against this server unchanged.
@@ -79,7 +81,9 @@ def install(app: FastAPI) -> None:
     shapes are rewritten by a middleware added here, outermost."""
     v2 = create_v2_app()
     v2.state = app.state  # the services the gateway's lifespan puts there, seen by v2's routes
-    app.state.v2_assets = AssetStore(app.state.settings.home)
+    files = app.state.files  # a shared (s3://) files store holds the assets too, for every gateway
+    app.state.v2_assets = SharedAssetStore(app.state.settings.home, files) if files is not None and not files.local \
+        else AssetStore(files.root if isinstance(files, LocalFiles) else app.state.settings.home)
     app.mount(PREFIX, v2)
     app.add_middleware(V2ErrorShapeMiddleware)
 

@@ -20,6 +20,7 @@ from comfymesh.gateway.v2.asset_store import HASH_PATTERN, AssetRecord, HashMism
 from comfymesh.gateway.v2.context import store_of
 from comfymesh.gateway.v2.errors import V2Error
 from comfymesh.gateway.v2.schemas import Asset, ErrorEnvelope, FromHash
+from comfymesh.gateway.v2.shared_assets import SharedAssetStore
 
 router = APIRouter(tags=["assets"])
 MAX_FILE_PATH = 1024
@@ -121,7 +122,15 @@ async def get_asset(asset_id: str, request: Request) -> Any:
                        416: {"model": ErrorEnvelope, "description": "the range is outside the content"}})
 async def get_asset_content(asset_id: str, request: Request) -> Response:
     record = _record(request, asset_id)
-    path = await asyncio.to_thread(store_of(request).path_of, record)
+    store = store_of(request)
+    if isinstance(store, SharedAssetStore):
+        content = await asyncio.to_thread(store.content_of, record)
+        if content is None:
+            raise V2Error(404, "output_unavailable", "the asset's file is no longer stored (cleaned up by "
+                                                     "retention); run the job again")
+        media_type, headers = served_file(record.name.rsplit("/", 1)[-1])
+        return Response(content, media_type=media_type, headers=headers)
+    path = await asyncio.to_thread(store.path_of, record)
     if path is None:
         raise V2Error(404, "output_unavailable", "the asset's file is no longer stored (cleaned up by retention); "
                                                  "run the job again")
