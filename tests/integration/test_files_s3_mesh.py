@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -94,3 +95,26 @@ def test_a_wrong_secret_keeps_the_stage_not_serving(seaweedfs: SeaweedServer, tm
         assert any("SignatureDoesNotMatch" in line for line in mesh.logs if line.startswith("imaging"))
     finally:
         mesh.stop()
+
+
+def test_a_saved_workflow_runs_through_the_bucket(s3_mesh: tuple[Mesh, str],
+                                                  seaweedfs: SeaweedServer) -> None:  # noqa: F811
+    import base64
+
+    mesh, url = s3_mesh
+    mesh.http.post("/upload/image", files={"image": ("start.png", _png((0, 0, 0)), "image/png")})
+    workflow = {"1": {"class_type": "LoadImage", "inputs": {"image": "start.png"}},
+                "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
+                "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "wf"}}}
+    saved = mesh.http.put("/v1/workflows/invert", json={"workflow": workflow, "inputs": [
+        {"name": "image", "node_id": "1", "input": "image"}]})
+    assert saved.status_code in (200, 201), saved.text
+    reply = mesh.http.post("/v1/workflows/invert/run", json={
+        "inputs": {"image": {"base64": base64.b64encode(_png((10, 20, 30))).decode()}}, "wait_s": 60,
+        "images_as": "base64", "output": {"format": "jpeg", "quality": 95}})
+    assert reply.status_code == 200, reply.text
+    jpeg = Image.open(io.BytesIO(base64.b64decode(reply.json()["images"][0]["base64"])))
+    pixel = np.asarray(jpeg.convert("RGB"), dtype=np.int16)[4, 4]
+    assert jpeg.format == "JPEG" and np.abs(pixel - (245, 235, 225)).max() <= 3
+    store = open_files(url, seaweedfs.options())
+    assert [e.key for e in store.entries("input/workflow_inputs")] and store.exists("output/wf_00001_.png")

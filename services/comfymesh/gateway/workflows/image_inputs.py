@@ -16,6 +16,7 @@ from pathlib import Path
 
 import httpx
 
+from comfymesh.files import FilesStore
 from comfymesh.gateway.images import ImageRefused, open_image
 from comfymesh.gateway.workflows.declaration import ImageInput
 from comfymesh.outbound import OutboundClient, OutboundPolicy, OutboundRefused
@@ -37,6 +38,8 @@ class ImageSources:
     max_bytes: int
     timeout_s: float
     max_pixels: int
+    # a shared (s3://) files store keeps the inputs instead of input_folder
+    files: FilesStore | None = None
 
 
 def _decode_base64(name: str, text: str) -> bytes:
@@ -65,9 +68,12 @@ def _store(name: str, data: bytes, sources: ImageSources) -> str:
             suffix = _SUFFIX.get(str(image.format), ".png")
     except ImageRefused as exc:
         raise InputRefused(str(exc)) from None
+    file_name = hashlib.sha256(data).hexdigest()[:40] + suffix
+    if sources.files is not None and not sources.files.local:
+        sources.files.claim(f"input/{FOLDER}/{file_name}", data)  # taken: these very bytes, stored already
+        return f"{FOLDER}/{file_name}"
     folder = sources.input_folder / FOLDER
     folder.mkdir(parents=True, exist_ok=True)
-    file_name = hashlib.sha256(data).hexdigest()[:40] + suffix
     path = folder / file_name
     if not path.exists():
         temporary = path.with_suffix(".part")

@@ -29,11 +29,12 @@ class DestinationRefused(ValueError):
     """A destination the configuration does not allow; the message says which prefixes are allowed."""
 
 
-def encode(path: Path, output_format: OutputFormat, quality: int) -> bytes:
-    """The saved PNG at `path` in `output_format` (PNG: the file's bytes, metadata included)."""
+def encode(path: Path | bytes, output_format: OutputFormat, quality: int) -> bytes:
+    """The saved PNG at `path` (or its bytes, from a shared files store) in `output_format` (PNG: the file's
+    bytes, metadata included)."""
     if output_format is OutputFormat.PNG:
-        return path.read_bytes()
-    with Image.open(path, formats=["PNG"]) as image:
+        return path if isinstance(path, bytes) else path.read_bytes()
+    with Image.open(io.BytesIO(path) if isinstance(path, bytes) else path, formats=["PNG"]) as image:
         # JPEG has no alpha: composite on white rather than let the transparent pixels go black
         if output_format is OutputFormat.JPEG and image.mode in ("RGBA", "LA", "P"):
             rgba = image.convert("RGBA")

@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
 from comfymesh.contracts.events import JobStatus
+from comfymesh.files import LocalFiles
 from comfymesh.gateway.engine import Job
 from comfymesh.gateway.models import JobFailure, Problem
 from comfymesh.gateway.problems import problem_response
@@ -47,9 +48,10 @@ def runner_of(request: Request) -> WorkflowRunner:
     state = request.app.state
     if getattr(state, "workflow_runner", None) is None:
         settings = state.settings
+        home = state.files.root if isinstance(state.files, LocalFiles) else settings.home
         state.workflow_runner = WorkflowRunner(jobs_of(request), settings, ImageSources(
-            settings.home / "input", OutboundPolicy.parse(settings.outbound_allow), settings.url_input_max_bytes,
-            settings.url_input_timeout_s, settings.max_pixels))
+            home / "input", OutboundPolicy.parse(settings.outbound_allow), settings.url_input_max_bytes,
+            settings.url_input_timeout_s, settings.max_pixels, state.files))
     return state.workflow_runner  # type: ignore[no-any-return]
 
 
@@ -211,7 +213,8 @@ async def job_image(request: Request, job_id: str = Path(max_length=128), index:
     job = await jobs_of(request).job(job_id)
     if job is None:
         raise HTTPException(404, f"no job {job_id!r}")
-    image = await asyncio.to_thread(render, request.app.state.settings.home, job, index, format, quality)
+    image = await asyncio.to_thread(render, request.app.state.settings.home, job, index, format, quality,
+                                    request.app.state.files)
     if image is None:
         raise HTTPException(404, f"job {job_id} has no output image {index} (it has {len(job.images())})")
     _, headers = served_file(image.filename)

@@ -14,6 +14,7 @@ from typing import Any
 from comfymesh.catalog.files import resolve_inside
 from comfymesh.config import Settings
 from comfymesh.contracts.events import JobStatus, is_terminal
+from comfymesh.files import BadKey, FilesStore, LocalFiles, safe_key
 from comfymesh.gateway.engine import Job, NewJob, Submission
 from comfymesh.gateway.jobs_service import JobService
 from comfymesh.gateway.workflows import outputs
@@ -51,10 +52,27 @@ def rendered_name(image: dict[str, Any], output_format: OutputFormat) -> str:
     return Path(str(image.get("filename", "image.png"))).stem + outputs.SUFFIXES[output_format]
 
 
-def render(home: Path, job: Job, index: int, output_format: OutputFormat, quality: int) -> Rendered | None:
-    """The job's `index`-th image in `output_format`, or None if there is no such file."""
+def _stored_image(files: FilesStore, image: dict[str, Any]) -> bytes | None:
+    """An output image record's bytes in a shared files store, if it is still there."""
+    folder = str(image.get("type", "output"))
+    try:
+        return files.read(safe_key(folder, str(image.get("subfolder", "")), str(image.get("filename", "")))) \
+            if folder in OUTPUT_FOLDERS else None
+    except (BadKey, FileNotFoundError):
+        return None
+
+
+def render(home: Path, job: Job, index: int, output_format: OutputFormat, quality: int,
+           files: FilesStore | None = None) -> Rendered | None:
+    """The job's `index`-th image in `output_format`, or None if there is no such file. `files`: the files
+    store (default: the data home's folders)."""
     images = job.images()
-    path = image_path(home, images[index]) if 0 <= index < len(images) else None
+    path: Path | bytes | None = None
+    if 0 <= index < len(images):
+        if files is not None and not files.local:
+            path = _stored_image(files, images[index])
+        else:
+            path = image_path(files.root if isinstance(files, LocalFiles) else home, images[index])
     if path is None:
         return None
     return Rendered(index, rendered_name(images[index], output_format), outputs.MEDIA_TYPES[output_format],
@@ -106,7 +124,7 @@ class WorkflowRunner:
         home = self.settings.home
         rendered = []
         for index in range(len(job.images())):
-            image = await asyncio.to_thread(render, home, job, index, output_format, quality)
+            image = await asyncio.to_thread(render, home, job, index, output_format, quality, self.sources.files)
             if image is None:
                 continue
             if destination:
