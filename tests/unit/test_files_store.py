@@ -121,3 +121,13 @@ def test_an_expired_presigned_url_is_refused(seaweedfs: SeaweedServer) -> None: 
         assert time.monotonic() < deadline, "the presigned URL never expired"
         time.sleep(0.2)  # the poll's interval
     assert httpx.get(url).status_code == 403
+
+
+def test_a_local_files_url_must_be_the_data_home(tmp_path: Path) -> None:
+    from comfymesh.config import configuration_problems
+
+    assert Settings(home=tmp_path, files_url=tmp_path.as_uri()).files == tmp_path.as_uri()
+    with pytest.raises(ValidationError) as refused:
+        Settings(home=tmp_path, files_url=(tmp_path / "elsewhere").as_uri())
+    problems = configuration_problems(refused.value)
+    assert "\n  COMFYMESH_FILES_URL: a file:// URL must name the data home" in problems

@@ -10,14 +10,14 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from comfymesh.config.batching import BatchingSettings
 from comfymesh.config.diffusion import DiffusionSettings
 from comfymesh.config.discovery import DiscoverySettings, check_replica_addresses
 from comfymesh.config.fast_path import FastPathSettings
-from comfymesh.config.files import FilesSettings
+from comfymesh.config.files import FilesSettings, files_folder
 from comfymesh.config.model_pull import ModelPullSettings
 from comfymesh.config.operations import OperationsSettings
 from comfymesh.config.policies import RetryPolicy, TimeoutPolicy
@@ -124,6 +124,14 @@ class Settings(FastPathSettings, BatchingSettings, DiffusionSettings, FaultSwitc
     def _absolute_home(cls, value: Path) -> Path:
         return value.expanduser().resolve()
 
+    @model_validator(mode="after")
+    def _local_files_are_the_home(self) -> Settings:
+        # every service reads local inputs and outputs under the data home: another folder would split them
+        if self.files_url.lower().startswith("file://") and files_folder(self.files_url) != self.home:
+            raise ValueError(f"COMFYMESH_FILES_URL: a file:// URL must name the data home ({self.home.as_uri()}); "
+                             "for another local folder set COMFYMESH_HOME to it, or share files with s3://")
+        return self
+
     @property
     def retry_policy(self) -> RetryPolicy:
         return RetryPolicy(max_attempts=self.max_attempts)
@@ -196,8 +204,9 @@ def get_settings() -> Settings:
 
 def configuration_problems(exc: ValidationError) -> str:
     """One line per refused setting, named by its variable; never the value (it may be a secret)."""
-    lines = [f"COMFYMESH_{'_'.join(str(part) for part in error['loc']).upper()}: "
-             f"{error['msg'].removeprefix('Value error, ')}" for error in exc.errors()]
+    # a check of several settings (no loc) names its variables in its message
+    lines = [(f"COMFYMESH_{'_'.join(str(part) for part in error['loc']).upper()}: " if error["loc"] else "")
+             + error["msg"].removeprefix("Value error, ") for error in exc.errors()]
     return "comfymesh: invalid configuration\n  " + "\n  ".join(lines)
 
 

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlparse
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 # the schemes COMFYMESH_FILES_URL accepts; comfymesh.files has a backend for each
 FILES_SCHEMES = ("file", "s3")
+
+
+def files_folder(url: str) -> Path:
+    """The folder a file:// files URL names, resolved."""
+    return Path(unquote(urlparse(url).path)).expanduser().resolve()
 
 
 class FilesSettings(BaseModel):

@@ -4,11 +4,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlparse
 
-from comfymesh.config.files import FILES_SCHEMES
+from comfymesh.config.files import FILES_SCHEMES, files_folder
 from comfymesh.files._keys import FOLDER_TYPES, BadKey, safe_key
 from comfymesh.files._local import LocalFiles
 from comfymesh.files._readiness import files_problem
@@ -20,7 +18,7 @@ def open_files(url: str, options: dict[str, Any] | None = None) -> FilesStore:
     """The store at `url` (Settings.files); an unknown scheme is refused with the accepted ones."""
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
     if scheme == "file":
-        return LocalFiles(Path(unquote(urlparse(url).path)))
+        return LocalFiles(files_folder(url))
     if scheme == "s3":
         return S3Files(url, options or {})
     raise ValueError(f"files URL {url!r}: use one of {', '.join(s + '://' for s in FILES_SCHEMES)}")
