@@ -23,9 +23,9 @@ class FilesSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    files_url: str = Field("", description="where outputs, uploads and LoadImage's inputs live: file://<dir> "
-                                           "(default file://<home>) or s3://bucket/prefix shared by gateways, "
-                                           "stages and orchestrators on several hosts")
+    files_url: str = Field("", description="where outputs, uploads and LoadImage's inputs live: the data home "
+                                           "(file://<home>, the default) or s3://bucket/prefix shared by "
+                                           "gateways, stages and orchestrators on several hosts")
     files_storage_options: SecretStr = Field(
         SecretStr(""), description='JSON object of s3fs options for an s3:// files_url, e.g. {"key": ..., '
                                    '"secret": ..., "endpoint_url": ...} (empty: the AWS environment and profile)')
