@@ -220,3 +220,19 @@ def test_fast_calls_wait_for_a_lora_swap(files: dict[str, Path], cache: ModelCac
     worker.join(timeout=60)
     with torch.no_grad():
         assert len(out) == 1 and torch.equal(out[0], model.unet(*args))
+
+
+def test_fill_model_takes_its_concat_on_the_fast_path(tmp_path: Path, cache: ModelCache) -> None:
+    # FLUX.1 Fill: x ‖ the 80 concat channels in, the latent's 16 out, the same on the fast path as eagerly
+    path = tmp_path / "flux_fill.safetensors"
+    shapes = tiny_flux.flux_shapes(width=128, head_dim=128, context=32, in_channels=tiny_flux.FILL_CHANNELS)
+    save_file(tiny_flux.random_tensors(shapes, 3, torch.float32), str(path))
+    eager_model, _, _ = _eager(cache, path)
+    fast = cache.sampling_model(cache.unet_file(path)).unet
+    assert isinstance(fast, FastDenoiser) and eager_model.in_channels == tiny_flux.FILL_CHANNELS
+    x, t, ctx, y = _inputs(eager_model)
+    x = torch.cat([x, torch.randn(2, tiny_flux.FILL_CHANNELS - 16, 6, 6, generator=torch.Generator().manual_seed(2))], 1)
+    with torch.no_grad():
+        out = fast(x, t, ctx, y)
+        assert out.shape == (2, 16, 6, 6) and torch.equal(out, eager_model.unet(x, t, ctx, y))
+    assert fast.fallbacks == 0
