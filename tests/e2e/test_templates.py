@@ -34,6 +34,7 @@ INPUTS = {"example.png": "astronaut.png", "pray.png": "coffee.png", "angle_1.png
           "image_qwen_image_edit_input_image.png": "astronaut.png",
           "image_qwen_image_union_control_lora_input_image.png": "astronaut.png",
           "image_qwen_image_controlnet_patch_input_image.png": "astronaut.png",
+          "image_z_image_turbo_fun_union_controlnet_input_image.png": "astronaut.png",
           "sd3.5_large_blur_input_image.png": "astronaut.png",
           "sd3.5_large_canny_controlnet_example_input_image.png": "coffee.png",
           "hidream_e1_full_input_image.jpg": "astronaut.png", "hidream_e1_1_input_image.jpg": "coffee.png",
@@ -80,6 +81,8 @@ RUNNABLE = {
     # the canny DiffSynth patch (ModelPatchLoader, QwenImageDiffsynthControlnet); PreviewImage shows the edges
     "image_qwen_image_controlnet_patch": {"SaveImage", "PreviewImage"},
     "image_z_image_turbo": {"SaveImage"},
+    # the Z-Image Fun union ControlNet (ModelPatchLoader, QwenImageDiffsynthControlnet); PreviewImage shows the edges
+    "image_z_image_turbo_fun_union_controlnet": {"SaveImage", "PreviewImage"},
     # HiDream I1 full/dev/fast and E1 (one tiny architecture under the five files' names)
     "hidream_i1_full": {"SaveImage"},
     "hidream_i1_dev": {"SaveImage"},

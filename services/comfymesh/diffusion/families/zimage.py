@@ -9,6 +9,7 @@ head split 1:1.5:1.5 over (caption, height, width) axes, time scale 1000, 2×2 p
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ from comfymesh.diffusion.latents.formats import FLUX, LatentFormat
 from comfymesh.diffusion.models.flow_lora import key_map
 from comfymesh.diffusion.models.recognise import Recognition, UNetLayout
 from comfymesh.diffusion.models.tensor_source import TensorSource
+from comfymesh.diffusion.models.zimage_fun_control import FunPatch, fun_controls
 from comfymesh.diffusion.sampling.flow_sampling import FlowModelSampling
 from comfymesh.diffusion.sampling.guidance import UNetFn
 from comfymesh.diffusion.sampling.ksampler import SamplingModel
@@ -142,14 +144,16 @@ def zimage_fn(model: torch.nn.Module) -> UNetFn:
     The transformer counts time the other way (t = 1 − timestep) and pads odd latents circularly to whole
     patches, as ComfyUI's NextDiT does."""
 
-    def run(x: torch.Tensor, t: torch.Tensor, ctx: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+    def run(x: torch.Tensor, t: torch.Tensor, ctx: torch.Tensor, y: torch.Tensor | None,
+            controls: Sequence[FunPatch] = ()) -> torch.Tensor:
         h, w = x.shape[-2:]
         pad_h, pad_w = (-h) % PATCH, (-w) % PATCH
         if pad_h or pad_w:
             x = F.pad(x, (0, pad_w, 0, pad_h), mode="circular")
         images = list(x.unsqueeze(2).unbind(0))
         captions = list(ctx.unbind(0))
-        out = model(images, 1.0 - t.float(), captions, return_dict=False)[0]
+        with fun_controls(model, controls):  # Z-Image Fun ControlNets (QwenImageDiffsynthControlnet's), if any
+            out = model(images, 1.0 - t.float(), captions, return_dict=False)[0]
         img: torch.Tensor = torch.stack(list(out)).squeeze(2)[:, :, :h, :w]
         return -img
 

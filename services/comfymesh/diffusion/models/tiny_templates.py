@@ -20,6 +20,7 @@ from comfymesh.diffusion.models.tiny_lora import make_template_loras
 from comfymesh.diffusion.models.tiny_qwen_image import make_template_files as make_qwen_image_files
 from comfymesh.diffusion.models.tiny_sd3_controlnet import make_template_files as make_sd35_controlnets
 from comfymesh.diffusion.models.tiny_zimage import make_tiny_zimage
+from comfymesh.diffusion.models.tiny_zimage_fun import make_template_files as make_zimage_fun
 
 # checkpoint file → the tiny family that stands in for it
 CHECKPOINTS = {
@@ -41,6 +42,7 @@ def _write_all(models: Path, seed: int) -> None:
     make_hidream_files(models, seed=seed, keep_existing=True)
     make_qwen_image_files(models, seed=seed)
     make_tiny_diffsynth(models, seed=seed)  # Qwen-Image's DiffSynth ControlNet patches (model_patches/)
+    make_zimage_fun(models, seed=seed)  # the Z-Image Fun union ControlNet (model_patches/)
     # Z-Image's diffusion model and Qwen3 encoder; its ae.safetensors is the FLUX VAE written above
     with tempfile.TemporaryDirectory() as scratch:
         zimage = make_tiny_zimage(Path(scratch), seed=seed)

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from comfymesh.artifacts import ArtifactStore
 from comfymesh.catalog.schema import Combo, Float, Link, Output, Source
@@ -28,10 +29,15 @@ from comfymesh.config import get_settings
 from comfymesh.contracts.errors import ModelError, NodeInputError
 from comfymesh.contracts.handles import HandleKind, ModelHandle
 from comfymesh.contracts.values import embed_ref, embedded_ref
-from comfymesh.diffusion.families import qwen_image
+from comfymesh.diffusion.families import qwen_image, zimage
+from comfymesh.diffusion.families.loading import compute_dtype
+from comfymesh.diffusion.latents import vae_codec
+from comfymesh.diffusion.latents.formats import FLUX
 from comfymesh.diffusion.models import wan_vae
 from comfymesh.diffusion.models.cache import get_model_cache, module_bytes
 from comfymesh.diffusion.models.diffsynth_patch import BlockwiseControlNet, apply_after_block, load_diffsynth_patch
+from comfymesh.diffusion.models.tensor_source import TensorSource
+from comfymesh.diffusion.models.zimage_fun_control import FunControlNet, FunPatch, is_zimage_fun, load_zimage_fun
 from comfymesh.diffusion.nodes.failures import node
 from comfymesh.diffusion.nodes.handles import expect_handle
 from comfymesh.diffusion.nodes.latent import _upscale
@@ -43,7 +49,8 @@ from comfymesh.stage.node import NodeContext
 
 MODULE = "comfy_extras.nodes_model_patch"
 PATCHES = "model_patches"
-SPATIAL = 8  # the Wan VAE's spatial compression
+SPATIAL = 8  # the Wan VAE's spatial compression (and the FLUX VAE's)
+FLUX_CHANNELS = 16  # a control-only Z-Image Fun union takes the FLUX VAE's latent as it is
 
 
 @functools.lru_cache(maxsize=4)
@@ -56,7 +63,7 @@ def patch_store() -> ArtifactStore:
     return _store_at(get_settings().artifacts)
 
 
-def _patch_net(ctx: NodeContext, value: dict[str, Any]) -> BlockwiseControlNet:
+def _patch_net(ctx: NodeContext, value: dict[str, Any]) -> BlockwiseControlNet | FunControlNet:
     """The resident patch module of a MODEL_PATCH value, in the model cache's budget."""
     if not isinstance(value, dict) or value.get("kind") != "model_patch":
         raise NodeInputError(f"expected a MODEL_PATCH input, got {type(value).__name__}", node_id=ctx.node_id)
@@ -68,10 +75,15 @@ def _patch_net(ctx: NodeContext, value: dict[str, Any]) -> BlockwiseControlNet:
                          node_id=ctx.node_id)
 
     def load() -> tuple[Any, int, dict[str, Any]]:
-        net = load_diffsynth_patch(path, cache.placement.device)
+        device = cache.placement.device
+        net: nn.Module
+        if is_zimage_fun(TensorSource(path)):  # Z-Image Fun ControlNets compute in Z-Image's dtype
+            net = load_zimage_fun(path, device, compute_dtype(device))
+        else:
+            net = load_diffsynth_patch(path, device)
         return net, module_bytes(net), {"name": path.name, "digest": digest, "kind": "model_patch"}
 
-    net: BlockwiseControlNet = cache._get_or_load(f"model_patch:{digest}", load)
+    net: BlockwiseControlNet | FunControlNet = cache._get_or_load(f"model_patch:{digest}", load)
     return net
 
 
@@ -133,6 +145,9 @@ def qwen_image_diffsynth_controlnet(ctx: NodeContext, model: ModelHandle, model_
                                     mask: Any = None) -> tuple[ModelHandle]:
     model = expect_handle(ctx, model, HandleKind.MODEL)
     net = _patch_net(ctx, model_patch)
+    if isinstance(net, FunControlNet):
+        record = _zimage_fun_record(ctx, net, model_patch, vae, image, strength, mask)
+        return ({**model, PATCHES: [*model.get(PATCHES, []), record]},)
     module = _wan_vae(ctx, vae)
     pixels = torch.as_tensor(image).float()[..., :3]
     kept = control_mask(None if mask is None else torch.as_tensor(mask))
@@ -145,6 +160,60 @@ def qwen_image_diffsynth_controlnet(ctx: NodeContext, model: ModelHandle, model_
     record = {"kind": "diffsynth", "patch": model_patch, "vae": vae, "strength": float(strength),
               "image_hw": [int(pixels.shape[1]), int(pixels.shape[2])], "inputs": embed_ref(ref)}
     return ({**model, PATCHES: [*model.get(PATCHES, []), record]},)
+
+
+def _zimage_fun_record(ctx: NodeContext, net: FunControlNet, model_patch: dict[str, Any], vae: ModelHandle,
+                       image: Any, strength: float, mask: Any) -> dict[str, Any]:
+    """A Z-Image Fun ControlNet's record: the control image's VAE latent in FLUX's form, stored as the
+    DiffSynth inputs are (ComfyUI's ZImageControlPatch.encode_latent_cond)."""
+    if mask is not None or net.in_dim != FLUX_CHANNELS:
+        raise NodeInputError("the inpainting Z-Image Fun union (a mask, or a file taking the inpaint channels) is not "
+                             "supported yet: use the control-only union", node_id=ctx.node_id)
+    pixels = torch.as_tensor(image).float()[..., :3]
+    latent = FLUX.process_in(vae_codec.encode(vae_of(ctx, vae)[0], pixels))
+    ref = patch_store().put_bundle({"image": np.ascontiguousarray(pixels.numpy()),
+                                    "latent": np.ascontiguousarray(latent.numpy())}, {"type": "DIFFSYNTH_INPUTS"},
+                                   "latent")
+    return {"kind": "zimage_fun", "patch": model_patch, "vae": vae, "strength": float(strength),
+            "image_hw": [int(pixels.shape[1]), int(pixels.shape[2])], "inputs": embed_ref(ref)}
+
+
+@dataclasses.dataclass
+class _FunApplied:
+    """One applied Z-Image Fun ControlNet, its control latent made per latent size on first use."""
+
+    net: FunControlNet
+    vae: Any
+    strength: float
+    image: torch.Tensor
+    latent: torch.Tensor
+    latents: dict[tuple[int, int], torch.Tensor] = dataclasses.field(default_factory=dict)
+
+    def control(self, latent_hw: tuple[int, int]) -> torch.Tensor:
+        latent = self.latents.get(latent_hw)
+        if latent is None:
+            target = (latent_hw[0] * SPATIAL, latent_hw[1] * SPATIAL)
+            latent = self.latent
+            if tuple(self.image.shape[1:3]) != target:  # ComfyUI re-encodes the image scaled to the latent
+                scaled = _upscale(self.image.movedim(-1, 1), target[1], target[0], "area", "center").movedim(1, -1)
+                latent = FLUX.process_in(vae_codec.encode(self.vae, scaled))
+            self.latents[latent_hw] = latent
+        return latent
+
+
+class FunControlledCall:
+    """Z-Image's model call with the handle's Fun ControlNets run inside it (families.zimage's `controls`)."""
+
+    def __init__(self, call: Any, applied: list[_FunApplied]) -> None:
+        self.call = call
+        self.applied = applied
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, ctx: torch.Tensor, y: torch.Tensor | None = None,
+                 **extra: Any) -> torch.Tensor:
+        hw = (int(x.shape[-2]), int(x.shape[-1]))
+        controls = [FunPatch(a.net, a.control(hw), a.strength) for a in self.applied]  # the VAE may run first
+        out: torch.Tensor = self.call(x, t, ctx, y, controls=controls, **extra)
+        return out
 
 
 def _wan_vae(ctx: NodeContext, vae: ModelHandle) -> Any:
@@ -204,20 +273,43 @@ def bind_model_patches(ctx: NodeContext, model: ModelHandle, sm: SamplingModel) 
     records = model.get(PATCHES) or []
     if not records:
         return sm
+    fun = [r for r in records if r["kind"] == "zimage_fun"]
+    if fun:
+        if sm.family != zimage.NAME or len(fun) != len(records):
+            raise NodeInputError(f"Z-Image Fun ControlNets apply to Z-Image models, not {sm.family}",
+                                 node_id=ctx.node_id)
+        return dataclasses.replace(sm, unet=FunControlledCall(sm.unet, [_fun_applied(ctx, r) for r in records]))
     if sm.family != qwen_image.NAME:
         raise NodeInputError(f"QwenImageDiffsynthControlnet patches apply to Qwen-Image models, not {sm.family}",
                              node_id=ctx.node_id)
-    store = patch_store()
     applied = []
     for record in records:
-        ref = embedded_ref(record["inputs"])
-        if not store.exists(ref):
-            raise ModelError("the control image of a QwenImageDiffsynthControlnet node is no longer stored; run "
-                             "the workflow again", node_id=ctx.node_id)
-        tensors, _ = store.get_bundle(ref)
+        net = _patch_net(ctx, record["patch"])
+        if not isinstance(net, BlockwiseControlNet):
+            raise NodeInputError(f"{record['patch']['name']} is not a DiffSynth patch", node_id=ctx.node_id)
+        tensors = _stored(ctx, record)
         mask = tensors.get("mask")
         applied.append(_Applied(
-            net=_patch_net(ctx, record["patch"]), vae=_wan_vae(ctx, record["vae"]), strength=float(record["strength"]),
+            net=net, vae=_wan_vae(ctx, record["vae"]), strength=float(record["strength"]),
             image=torch.from_numpy(tensors["image"].copy()), mask=None if mask is None else torch.from_numpy(mask.copy()),
             latent=torch.from_numpy(tensors["latent"].copy())))
     return dataclasses.replace(sm, unet=PatchedModelCall(sm.unet, applied))
+
+
+def _stored(ctx: NodeContext, record: dict[str, Any]) -> dict[str, Any]:
+    ref = embedded_ref(record["inputs"])
+    store = patch_store()
+    if not store.exists(ref):
+        raise ModelError("the control image of a QwenImageDiffsynthControlnet node is no longer stored; run "
+                         "the workflow again", node_id=ctx.node_id)
+    tensors, _ = store.get_bundle(ref)
+    return tensors
+
+
+def _fun_applied(ctx: NodeContext, record: dict[str, Any]) -> _FunApplied:
+    net = _patch_net(ctx, record["patch"])
+    if not isinstance(net, FunControlNet):
+        raise NodeInputError(f"{record['patch']['name']} is not a Z-Image Fun ControlNet", node_id=ctx.node_id)
+    tensors = _stored(ctx, record)
+    return _FunApplied(net=net, vae=vae_of(ctx, record["vae"])[0], strength=float(record["strength"]),
+                       image=torch.from_numpy(tensors["image"].copy()), latent=torch.from_numpy(tensors["latent"].copy()))
