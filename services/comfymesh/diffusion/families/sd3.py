@@ -150,8 +150,14 @@ def load_sd3(src: TensorSource, layout: SD3Layout, device: torch.device,
 
 def sd3_fn(model: torch.nn.Module) -> UNetFn:
     """The model as the denoiser calls it: (x [N, C, h, w], timestep σ·1000 [N], text features [N, T, D],
-    pooled y [N, P]) → the flow velocity, ComfyUI's output (x0 = x − σ·out)."""
-    return lambda x, t, ctx, y: sd3_with_residuals(model, x, t, ctx, y, ())
+    pooled y [N, P], optionally SD3.5 ControlNets' `residuals`) → the flow velocity, ComfyUI's output
+    (x0 = x − σ·out)."""
+
+    def run(x: torch.Tensor, t: torch.Tensor, ctx: torch.Tensor, y: torch.Tensor | None,
+            residuals: Sequence[torch.Tensor] = ()) -> torch.Tensor:
+        return sd3_with_residuals(model, x, t, ctx, y, residuals)
+
+    return run
 
 
 def sd3_with_residuals(model: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, ctx: torch.Tensor,
@@ -202,7 +208,7 @@ def sampling_model(model: torch.nn.Module, rec: Recognition, device: torch.devic
         unet=sd3_fn(model), sampling=FlowModelSampling(SHIFT, MULTIPLIER), prediction="flow",
         latent_format=SD3_LATENTS, family=NAME, context_dim=rec.unet.context_dim, adm=rec.unet.adm, device=device,
         dtype=param.dtype, in_channels=rec.unet.in_channels, joint_context=True, pooled_y=True,
-        block_residual=(model, lambda x, t, ctx, y, res: sd3_with_residuals(model, x, t, ctx, y, res)),
+        control_transformer=model,
     )
 
 

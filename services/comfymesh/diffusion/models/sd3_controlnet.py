@@ -177,9 +177,9 @@ class SD35Link:
     sigma_end: float
 
 
-BlockResidualFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, Sequence[torch.Tensor]],
-                           torch.Tensor]
-"""(x_in, timesteps, context, y, one residual per joint block) → the SD3 model's output."""
+BlockResidualFn = Callable[..., torch.Tensor]
+"""The SD3 model's call (x_in, timesteps, context, y, residuals=one per joint block) → its output (the sampling
+model's `unet`, so LoRA weights and the model's lock apply as to every call)."""
 
 
 class SD35ControlChain:
@@ -224,4 +224,4 @@ class SD35ControlChain:
                 total = [a + b for a, b in zip(total, outs, strict=False)] + (total[len(outs):] or outs[len(total):])
         if total is None:
             return None
-        return self.model(x_in, t, ctx, y, total)
+        return self.model(x_in, t, ctx, y, residuals=total)

@@ -203,13 +203,12 @@ def _chain(ctx: NodeContext, sm: SamplingModel, extras: dict[str, Any]) -> Contr
               for spec in specs]
     hints = [torch.as_tensor(extras[HINT_KEY.format(i)]) for i in range(len(specs))]
     if all(isinstance(net, SD35ControlNet) for net in nets):
-        if sm.block_residual is None:
+        if sm.control_transformer is None:
             raise NodeInputError("an SD3.5 ControlNet runs on an SD3 model only", node_id=ctx.node_id)
         sd35 = [SD35Link(net, _hint_encoder(ctx, spec, sm), hint, float(spec["strength"]), start, end)
                 for net, spec, hint, (start, end) in zip(nets, specs, hints, ranges, strict=True)
                 if isinstance(net, SD35ControlNet)]
-        transformer, model = sm.block_residual
-        return SD35ControlChain(sd35, transformer, model, sm.device, sm.dtype)
+        return SD35ControlChain(sd35, sm.control_transformer, sm.unet, sm.device, sm.dtype)
     if sm.residual_unet is None or any(isinstance(net, SD35ControlNet) for net in nets):
         raise NodeInputError("this model cannot take these ControlNets' residuals", node_id=ctx.node_id)
     links = [ControlLink(net, hint, float(spec["strength"]), start, end)

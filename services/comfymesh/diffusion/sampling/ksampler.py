@@ -63,9 +63,9 @@ class SamplingModel:
     make_y: Callable[[Any, dict[str, Any]], torch.Tensor] | None = None
     # a family's per-entry model inputs from the entry's extras (FLUX Kontext's reference latents), or None
     entry_inputs: Callable[[dict[str, Any]], dict[str, Any] | None] | None = None
-    # an MMDiT's eager transformer and its call with per-block residuals (SD3.5 ControlNets read its patch
-    # embedder and feed its joint blocks), or None
-    block_residual: tuple[Any, Callable[..., torch.Tensor]] | None = None
+    # an MMDiT whose call (`unet`) takes per-block ControlNet residuals as `residuals=`: its transformer, whose
+    # patch embedder SD3.5 ControlNets share; None for the other models
+    control_transformer: Any = None
 
 
 def size_embedding(value: float, width: int = 256) -> torch.Tensor:
