@@ -36,6 +36,8 @@ from comfymesh.stage.runtime import GroupRun
 from comfymesh.v1 import stage_pb2, stage_pb2_grpc
 
 log = logging.getLogger("comfymesh.stage")
+# what a stage holds now: (resident model file names, free bytes of its device)
+Residency = Callable[[], tuple[list[str], int]]
 
 
 def plugin_version(version: str, served: NodeSet, own: NodeSet) -> str:
@@ -65,8 +67,10 @@ class StageServicer(stage_pb2_grpc.StageServicer):
     (UNAVAILABLE `comfymesh-draining`)."""
 
     def __init__(self, stage: str, nodes: NodeSet, settings: Settings, version: str,
-                 device: str = "cpu", slots: int | None = None) -> None:
+                 device: str = "cpu", slots: int | None = None, resident: Residency | None = None) -> None:
         self.stage = stage
+        # asked at every Describe: (model files held, free device bytes), so the orchestrator places by model
+        self.resident = resident
         # output nodes run in whichever stage produced their image, so every stage hosts them
         self.node_set = NodeSet(stage)
         self.node_set.extend(output_nodes)
@@ -166,7 +170,9 @@ class StageServicer(stage_pb2_grpc.StageServicer):
 
     async def Describe(self, request: stage_pb2.DescribeRequest,
                        context: grpc.aio.ServicerContext) -> stage_pb2.DescribeResponse:
-        return stage_pb2.DescribeResponse(stage=self.stage, node_types=sorted(self.nodes),
+        models, free = self.resident() if self.resident is not None else ([], 0)
+        return stage_pb2.DescribeResponse(resident_models=models, free_memory_bytes=free,
+                                          stage=self.stage, node_types=sorted(self.nodes),
                                           slots=self.slot_count, code_version=self.version,
                                           device=self.device, nodes_json=wirejson.dumps(self.declared),
                                           plugin_errors=[str(error) for error in self.plugin_errors])
@@ -211,7 +217,8 @@ async def shut_down(servicer: StageServicer, server: grpc.aio.Server, health_ser
 def stage_main(stage: str, load_nodes: Callable[[], NodeSet], package_dir: Path,
                default_listen: str, device: Callable[[], str] = lambda: "cpu",
                extra: Callable[[StageServicer], tuple[list[Callable[[grpc.aio.Server], None]], list[str]]]
-               | None = None, slots: Callable[[Settings], int] | None = None) -> None:
+               | None = None, slots: Callable[[Settings], int] | None = None,
+               resident: Residency | None = None) -> None:
     """Command-line entry of a stage service: `--help`, `--listen`, logging, serve. `slots`: how many calls
     the stage runs at once, from the settings (default COMFYMESH_STAGE_SLOTS)."""
     import argparse
@@ -237,7 +244,7 @@ def stage_main(stage: str, load_nodes: Callable[[], NodeSet], package_dir: Path,
 
     async def run() -> None:
         servicer = StageServicer(stage, load_nodes(), settings, code_version(package_dir), device(),
-                                 slots(settings) if slots else None)
+                                 slots(settings) if slots else None, resident)
         registrars, names = extra(servicer) if extra else ([], [])
         gctune.settle(gctune.parse_thresholds(settings.gc_thresholds))
         await serve_stage(servicer, args.listen, registrars, names)

@@ -26,6 +26,16 @@ def _device() -> str:
     return device_name(get_model_cache().device)
 
 
+def _residency() -> tuple[list[str], int]:
+    """The model files this replica's cache holds and its device's free bytes (Describe tells the orchestrator,
+    which sends a job to the replica already holding its model)."""
+    from comfymesh.diffusion.model_runner import device_memory
+    from comfymesh.diffusion.models.cache import get_model_cache
+
+    cache = get_model_cache()
+    return sorted({entry["name"] for entry in cache.list()}), device_memory(cache.device)[1]
+
+
 def _model_runner(stage: StageServicer) -> tuple[list, list[str]]:
     from comfymesh.diffusion.model_runner import ModelRunnerServicer
     from comfymesh.v1 import model_runner_pb2_grpc
@@ -48,7 +58,7 @@ def batching_slots(settings: Settings) -> int:
 
 def main() -> None:
     stage_main("diffusion", _nodes, Path(__file__).parent, get_settings().diffusion_replicas.split(",")[0],
-               device=_device, extra=_model_runner, slots=batching_slots)
+               device=_device, extra=_model_runner, slots=batching_slots, resident=_residency)
 
 
 if __name__ == "__main__":

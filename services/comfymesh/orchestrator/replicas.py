@@ -39,11 +39,21 @@ class Replica:
     failures: int = 0
     code_version: str = ""
     device: str = ""
-    models: set[str] = field(default_factory=set)
+    models: set[str] = field(default_factory=set)  # model files it holds: advertised by Describe, or learned
+    free_bytes: int = 0  # its device's free memory when it last answered Describe
     # discovered replicas: SERVING per their health watch; retired once DNS no longer names them
     serving: bool = True
     retired: bool = False
     busy: int = 0  # busy answers in a row (their backoff)
+
+    def holds(self, model: str) -> bool:
+        """Whether its cache holds `model` (a loader's file input; a stage advertises bare file names)."""
+        return bool(model) and (model in self.models or model.rsplit("/", 1)[-1] in self.models)
+
+    def described(self, info: stage_pb2.DescribeResponse) -> None:
+        self.slots, self.code_version, self.device = max(1, info.slots), info.code_version, info.device
+        self.models.update(info.resident_models)
+        self.free_bytes = info.free_memory_bytes
 
     @property
     def available(self) -> bool:
@@ -107,7 +117,7 @@ class ReplicaPool:
                     info = await replica.stub.Describe(stage_pb2.DescribeRequest(), timeout=3)
                 except grpc.aio.AioRpcError:
                     continue
-                replica.slots, replica.code_version, replica.device = max(1, info.slots), info.code_version, info.device
+                replica.described(info)
                 if self.on_describe is not None:
                     self.on_describe(stage, info)
                 return info.code_version
@@ -126,8 +136,20 @@ class ReplicaPool:
         finally:
             self.waiting[stage] -= 1
 
+    async def residency(self, stage: str) -> None:
+        """Ask every replica of the stage what it holds now (a model seen for the first time may already be
+        resident somewhere: loaded by another orchestrator, or before this one started)."""
+        async def ask(replica: Replica) -> None:
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                replica.described(await replica.stub.Describe(stage_pb2.DescribeRequest(), timeout=1))
+
+        await asyncio.gather(*(ask(r) for r in self.replicas.get(stage, []) if not r.retired))
+
     async def _acquire(self, stage: str, avoid: set[str], prefer_model: str) -> Replica:
         await self.describe(stage, timeout=120)
+        replicas = self.replicas[stage]
+        if prefer_model and len(replicas) > 1 and not any(r.holds(prefer_model) for r in replicas):
+            await self.residency(stage)
         while True:
             async with self._changed:
                 replicas = self.replicas[stage]
@@ -136,7 +158,7 @@ class ReplicaPool:
                     # equal candidates take turns, so load spreads when no replica holds the model
                     turn = self._turns.get(stage, 0)
                     self._turns[stage] = turn + 1
-                    free.sort(key=lambda r: (r.address in avoid, prefer_model not in r.models, r.in_flight,
+                    free.sort(key=lambda r: (r.address in avoid, not r.holds(prefer_model), r.in_flight,
                                              (replicas.index(r) - turn) % len(replicas)))
                     chosen = free[0]
                     chosen.in_flight += 1
