@@ -46,6 +46,10 @@ class Settings(FastPathSettings, BatchingSettings, DiffusionSettings, FaultSwitc
     orchestrator: str = Field("127.0.0.1:50051", description="orchestrator gRPC address")
     imaging_replicas: str = Field("127.0.0.1:50061", description="comma-separated imaging stage addresses")
     diffusion_replicas: str = Field("127.0.0.1:50071", description="comma-separated diffusion stage addresses")
+    diffusion_devices: str = Field("", pattern=r"^(\s*(cpu|cuda(:\d+)?)\s*(,|$))*$",
+                                   description="`comfymesh up`: one diffusion replica per listed device, e.g. "
+                                               "cuda:0,cuda:1 or cpu,cpu (empty: COMFYMESH_DEVICE, else every "
+                                               "visible CUDA device, else one cpu)")
     artifacts_url: str = Field("", description="fsspec URL of the artifact store; default <home>/artifacts")
     database: str = Field("", description="the job store: a SQLite file (default <home>/comfymesh.db) or a "
                                           "postgresql://user:password@host:port/db URL shared by several orchestrators")

@@ -19,6 +19,7 @@ import typer
 from rich.console import Console
 
 from comfymesh.cli import demo, follow, gateway, jobs, models, prompt_edit, watch, workflows
+from comfymesh.cli.diffusion_devices import device_set, plan_replicas, visible_cuda_devices
 from comfymesh.cli.supervisor import ServiceSpec, Supervisor, ignore_stop_signals, interrupt_on_stop_signals
 from comfymesh.config import get_settings
 from comfymesh.config.process_env import child_environment
@@ -69,7 +70,18 @@ def up(
         env["COMFYMESH_INTERNAL_SECRET"] = secrets.token_urlsafe(32)
     specs = [ServiceSpec("imaging", ["comfymesh.imaging", "--listen", settings.replicas("imaging")[0]])]
     if not without_diffusion and _diffusion_available():
-        specs.append(ServiceSpec("diffusion", ["comfymesh.diffusion", "--listen", settings.replicas("diffusion")[0]]))
+        configured = settings.diffusion_devices or settings.device
+        devices = device_set(configured, 0 if configured else visible_cuda_devices(), env)
+        try:
+            replicas = plan_replicas(devices, settings.replicas("diffusion"), env)
+        except ValueError as exc:
+            _say(f"[red]{exc}[/]")
+            raise typer.Exit(2) from None
+        for replica in replicas:
+            _say(replica.describe(), markup=False, highlight=False)
+            specs.append(ServiceSpec(replica.name, ["comfymesh.diffusion", "--listen", replica.listen], replica.env))
+        # the orchestrator (and gateway) call every replica as the diffusion stage's
+        env["COMFYMESH_DIFFUSION_REPLICAS"] = ",".join(r.listen for r in replicas)
     elif not without_diffusion:
         _say("[yellow]torch/diffusers are not installed: starting without the diffusion stage[/]")
     if len(specs) == 1:  # a stage not started is not configured: /readyz would wait for it, jobs for its nodes

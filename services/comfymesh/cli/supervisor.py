@@ -42,6 +42,7 @@ def _die_with_parent() -> Callable[[], None] | None:
 class ServiceSpec:
     name: str
     args: list[str]
+    env: dict[str, str] = field(default_factory=dict)  # on top of the supervisor's (a pinned device)
 
 
 @dataclass
@@ -71,7 +72,7 @@ class Supervisor:
         service.ready.clear()
         main_thread = threading.current_thread() is threading.main_thread()
         service.process = subprocess.Popen(
-            [sys.executable, "-m", *service.spec.args], env=self.env, stdout=subprocess.PIPE,
+            [sys.executable, "-m", *service.spec.args], env={**self.env, **service.spec.env}, stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, text=True, bufsize=1, start_new_session=True,
             preexec_fn=self._die_with_parent if main_thread else None)
         service.started_at = time.monotonic()

@@ -155,10 +155,12 @@ class ReplicaPool:
                 replicas = self.replicas[stage]
                 free = [r for r in replicas if r.available]
                 if free:
-                    # equal candidates take turns, so load spreads when no replica holds the model
+                    # the model's holder first; else the least loaded, then the one holding fewest models (a new
+                    # model there evicts no one's); equal candidates take turns, so load spreads
                     turn = self._turns.get(stage, 0)
                     self._turns[stage] = turn + 1
                     free.sort(key=lambda r: (r.address in avoid, not r.holds(prefer_model), r.in_flight,
+                                             len(r.models) if prefer_model else 0,
                                              (replicas.index(r) - turn) % len(replicas)))
                     chosen = free[0]
                     chosen.in_flight += 1
