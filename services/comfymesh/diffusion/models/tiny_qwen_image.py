@@ -209,18 +209,28 @@ def make_tiny_qwen_image(models: str | Path, seed: int = 0, dtype: torch.dtype =
 
 # the official Qwen-Image templates' diffusion models (2512 and Edit share the base architecture) and the Lightning
 # LoRAs their switches leave unused by default (listed so the prompts validate; they carry one placeholder tensor)
-TEMPLATE_MODELS = ("qwen_image_2512_fp8_e4m3fn.safetensors", "qwen_image_edit_fp8_e4m3fn.safetensors")
+TEMPLATE_MODELS = ("qwen_image_2512_fp8_e4m3fn.safetensors", "qwen_image_edit_fp8_e4m3fn.safetensors",
+                   "qwen_image_edit_2509_fp8_e4m3fn.safetensors",
+                   # FireRed-Image-Edit 1.1 is a Qwen-Image-Edit fine-tune (same keys, no 2511 marker)
+                   "FireRed-Image-Edit-1.1-transformer.safetensors")
+# Edit 2511's files carry the `__index_timestep_zero__` marker
+TEMPLATE_MODELS_2511 = ("qwen_image_edit_2511_fp8mixed.safetensors", "qwen_image_edit_2511_bf16.safetensors")
 TEMPLATE_LORAS = ("Qwen-Image-Lightning-8steps-V1.0.safetensors",
                   "Qwen-Image-2512-Lightning-4steps-V1.0-fp32.safetensors",
                   "Qwen-Image-Edit-Lightning-4steps-V1.0-bf16.safetensors")
 
 
 def make_template_files(models: str | Path, seed: int = 0) -> None:
-    """The tiny set under the names image_qwen_image, image_qwen_Image_2512 and image_qwen_image_edit ask for."""
+    """The tiny set under the names the Qwen-Image templates ask for (base, 2512, Edit, Edit 2509/2511, FireRed)."""
     root = Path(models)
     paths = make_tiny_qwen_image(root, seed)
     for name in TEMPLATE_MODELS:
         (root / "diffusion_models" / name).write_bytes(paths["diffusion_models"].read_bytes())
+    model_2511 = root / "diffusion_models" / TEMPLATE_MODELS_2511[0]
+    save_file(tensors(qwen_image_shapes(variant="2511"), seed, torch.bfloat16), str(model_2511),
+              metadata={"format": "pt"})
+    for name in TEMPLATE_MODELS_2511[1:]:
+        (root / "diffusion_models" / name).write_bytes(model_2511.read_bytes())
     (root / "loras").mkdir(parents=True, exist_ok=True)
     for name in TEMPLATE_LORAS:
         save_file({"placeholder": torch.zeros(1)}, str(root / "loras" / name))
