@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from comfymesh.diffusion.families import registry
+from comfymesh.diffusion.models.tensor_source import TensorSource
 from comfymesh.diffusion.models.tiny_lora import TEMPLATE_LORAS, make_template_loras
 from comfymesh.diffusion.models.tiny_qwen_image import TEMPLATE_MODELS, TEMPLATE_MODELS_2511, make_template_files
-from comfymesh.diffusion.models.tensor_source import TensorSource
 
 
 @pytest.fixture(scope="module")
