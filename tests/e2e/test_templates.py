@@ -45,6 +45,14 @@ INPUTS = {"example.png": "astronaut.png", "pray.png": "coffee.png", "angle_1.png
           "flux_fill_inpaint_example_input_image.png": "astronaut.png",
           "flux_fill_outpaint_example_input_image.png": "coffee.png",
           "image_flux.1_fill_dev_OneReward_input_image.png": "astronaut.png",
+          # Qwen-Image Edit 2509/2511 and FireRed templates' photos
+          "leather_sofa.png": "coffee.png", "texture_fur.png": "astronaut.png",
+          "inflation_lora_input.png": "astronaut.png", "western_rider.png": "astronaut.png",
+          "warm_living_room.png": "coffee.png", "future_portrait.png": "astronaut.png",
+          "character_input.png": "astronaut.png", "comfy_billboard.png": "coffee.png",
+          "robot_office_worker_in_space.png": "astronaut.png", "woman_with_sunbeam.jpg": "astronaut.png",
+          "women_with_blue_orb.jpg": "coffee.png", "input_1-relight.png": "astronaut.png",
+          "input_2-relight.png": "coffee.png",
           "flux_canny_model_example_input_image.png": "coffee.png",
           "flux_redux_model_example_reference_image_1.png": "astronaut.png",
           "flux_redux_model_example_reference_image_2.png": "coffee.png"}
@@ -107,6 +115,17 @@ RUNNABLE = {
     "template_qwen_image_illustration_lora": {"SaveImage"},
     "template_sugar_coated_gummy_style_qwen": {"SaveImage"},
     "image_qwen_image_union_control_lora": {"SaveImage"},
+    # Qwen-Image Edit 2509/2511 (and FireRed, an Edit fine-tune) with their LoRAs, TextEncodeQwenImageEditPlus's
+    # ~1 MP reference latents: about a minute each on CPU. The two 1_click multiple-angles templates run too but
+    # sample 6-8 views (about 200 s each), so they stay out of this list.
+    "image_qwen_image_edit_2511": {"SaveImage"},
+    "image-qwen_image_edit_2511_lora_inflation": {"SaveImage"},
+    "template_qwen_image_edit_2511_systms_action": {"SaveImage"},
+    "image_qwen_image_edit_2509_relight": {"SaveImage"},
+    "image_firered_image_edit1_1": {"SaveImage"},
+    "templates-image_to_real": {"SaveImage"},
+    "templates-portrait_light_migration": {"SaveImage"},
+    "templates_rob_portrait_light_migration.app": {"SaveImage"},
     "utility_image_stitch": {"SaveImage"},
 }
 
