@@ -53,6 +53,7 @@ INPUTS = {"example.png": "astronaut.png", "pray.png": "coffee.png", "angle_1.png
           "robot_office_worker_in_space.png": "astronaut.png", "woman_with_sunbeam.jpg": "astronaut.png",
           "women_with_blue_orb.jpg": "coffee.png", "input_1-relight.png": "astronaut.png",
           "input_2-relight.png": "coffee.png",
+          "coastal_smiling_woman.png": "astronaut.png",
           "flux_canny_model_example_input_image.png": "coffee.png",
           "flux_redux_model_example_reference_image_1.png": "astronaut.png",
           "flux_redux_model_example_reference_image_2.png": "coffee.png"}
@@ -126,6 +127,8 @@ RUNNABLE = {
     "templates-image_to_real": {"SaveImage"},
     "templates-portrait_light_migration": {"SaveImage"},
     "templates_rob_portrait_light_migration.app": {"SaveImage"},
+    # Layered: the RGBA VAE, the image's latent as frame 0 of the layers' latent, LatentCutToBatch
+    "image_qwen_image_layered": {"SaveImage"},
     "utility_image_stitch": {"SaveImage"},
 }
 

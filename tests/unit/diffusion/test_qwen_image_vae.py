@@ -59,6 +59,20 @@ def test_a_batch_is_one_clip_and_frames_come_back_as_images(tmp_path: Path) -> N
     assert wan_vae.decode(vae, torch.zeros(2, 16, 2, 2, 2)).shape == (2 * 5, 16, 16, 3)  # 1 + 4·(2 − 1) frames each
 
 
+def test_layered_rgba_vae_pads_rgb_with_opaque_alpha(tmp_path: Path) -> None:
+    # ComfyUI's VAE pads an image with fewer channels than the VAE takes with 1.0 (its pad_channel_value)
+    path = tmp_path / "layered.safetensors"
+    save_file(tensors(wan21_vae_shapes(8, image_channels=4), 0, torch.float32), str(path))
+    src = TensorSource(path)
+    assert wan_vae.parse_wan21_vae(src) == wan_vae.Wan21VaeLayout(8, 16, 4)
+    vae = wan_vae.load_wan21_vae(src, CPU)
+    rgb = torch.rand(1, 16, 24, 3, generator=torch.Generator().manual_seed(2))
+    rgba = torch.cat([rgb, torch.ones(1, 16, 24, 1)], dim=-1)
+    assert torch.equal(wan_vae.encode(vae, rgb), wan_vae.encode(vae, rgba))
+    assert not torch.equal(wan_vae.encode(vae, rgb), wan_vae.encode(vae, torch.cat([rgb, rgb[..., :1]], dim=-1)))
+    assert wan_vae.decode(vae, wan_vae.encode(vae, rgb)).shape == (1, 16, 24, 4)  # RGBA back
+
+
 def test_wan21_format_normalises_each_channel() -> None:
     z = torch.zeros(1, 16, 1, 1, 1)
     z[0, 0] = 1.0

@@ -129,10 +129,11 @@ def _middle(s: dict[str, tuple[int, ...]], p: str, c: int) -> None:
     _residual(s, p + "middle.2.", c, c)
 
 
-def wan21_vae_shapes(dim: int = 8, z_dim: int = LATENT_CHANNELS) -> dict[str, tuple[int, ...]]:
+def wan21_vae_shapes(dim: int = 8, z_dim: int = LATENT_CHANNELS, image_channels: int = 3) -> dict[str, tuple[int, ...]]:
     """The Wan 2.1 VAE (channel multipliers 1, 2, 4, 4; two residual blocks per level; time downsampled at the
-    two deeper levels) in ComfyUI's layout, at base width `dim`."""
-    s: dict[str, tuple[int, ...]] = {"encoder.conv1.weight": (dim, 3, 3, 3, 3), "encoder.conv1.bias": (dim,)}
+    two deeper levels) in ComfyUI's layout, at base width `dim`; Layered's VAE takes and gives 4 channels (RGBA)."""
+    s: dict[str, tuple[int, ...]] = {"encoder.conv1.weight": (dim, image_channels, 3, 3, 3),
+                                     "encoder.conv1.bias": (dim,)}
     widths = [dim, dim, 2 * dim, 4 * dim, 4 * dim]
     k = 0
     for level, (cin, cout) in enumerate(itertools.pairwise(widths)):
@@ -172,8 +173,8 @@ def wan21_vae_shapes(dim: int = 8, z_dim: int = LATENT_CHANNELS) -> dict[str, tu
                 s[f"decoder.upsamples.{k}.time_conv.bias"] = (2 * cout,)
             k += 1
     s["decoder.head.0.gamma"] = (dim, 1, 1, 1)
-    s["decoder.head.2.weight"] = (3, dim, 3, 3, 3)
-    s["decoder.head.2.bias"] = (3,)
+    s["decoder.head.2.weight"] = (image_channels, dim, 3, 3, 3)
+    s["decoder.head.2.bias"] = (image_channels,)
     return s
 
 
@@ -231,6 +232,11 @@ def make_template_files(models: str | Path, seed: int = 0) -> None:
               metadata={"format": "pt"})
     for name in TEMPLATE_MODELS_2511[1:]:
         (root / "diffusion_models" / name).write_bytes(model_2511.read_bytes())
+    # Layered: the additional time embedding, and its RGBA VAE
+    save_file(tensors(qwen_image_shapes(variant="layered"), seed, torch.bfloat16),
+              str(root / "diffusion_models" / "qwen_image_layered_bf16.safetensors"), metadata={"format": "pt"})
+    save_file(tensors(wan21_vae_shapes(image_channels=4), seed + 2, torch.bfloat16),
+              str(root / "vae" / "qwen_image_layered_vae.safetensors"), metadata={"format": "pt"})
     (root / "loras").mkdir(parents=True, exist_ok=True)
     for name in TEMPLATE_LORAS:
         save_file({"placeholder": torch.zeros(1)}, str(root / "loras" / name))

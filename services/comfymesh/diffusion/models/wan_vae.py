@@ -84,8 +84,11 @@ def encode(vae: Any, pixels: torch.Tensor) -> torch.Tensor:
     """IMAGE [B, H, W, C] in [0, 1] → unscaled latent [1, z, 1 + ⌊(B − 1)/4⌋, H/8, W/8] float32 on the CPU
     (the batch is one clip, as ComfyUI encodes it)."""
     p = next(vae.parameters())
-    x = crop_pixels(pixels.float(), SPATIAL)[..., :3]
-    clip = (x * 2.0 - 1.0).movedim(-1, 1).movedim(1, 0).unsqueeze(0)  # [1, 3, B, H, W]
+    channels = int(vae.config.input_channels)
+    x = crop_pixels(pixels.float(), SPATIAL)[..., :channels]
+    if x.shape[-1] < channels:  # Layered's RGBA VAE: missing channels padded with 1.0 (opaque), as ComfyUI pads
+        x = torch.nn.functional.pad(x, (0, channels - x.shape[-1]), value=1.0)
+    clip = (x * 2.0 - 1.0).movedim(-1, 1).movedim(1, 0).unsqueeze(0)  # [1, C, B, H, W]
     with torch.no_grad():
         mean: torch.Tensor = vae.encode(clip.to(p.device, p.dtype)).latent_dist.mean
     return mean.float().cpu()
@@ -97,6 +100,6 @@ def decode(vae: Any, latent: torch.Tensor) -> torch.Tensor:
     p = next(vae.parameters())
     z = latent.unsqueeze(2) if latent.ndim == 4 else latent
     with torch.no_grad():
-        frames = vae.decode(z.to(p.device, p.dtype)).sample.float()  # [B, 3, T', H, W]
+        frames = vae.decode(z.to(p.device, p.dtype)).sample.float()  # [B, C, T', H, W]
     images = torch.clamp((frames + 1.0) / 2.0, 0.0, 1.0).movedim(1, -1)  # [B, T', H, W, 3]
     return images.reshape(-1, *images.shape[-3:]).contiguous()
