@@ -152,3 +152,9 @@ def assert_reruns_identically(mesh: Mesh, prompt: dict[str, Any]) -> bytes:
     mesh.forget_cache()
     assert mesh.run_output(prompt) == first
     return first
+
+
+def sigint_default() -> None:
+    """A child's Ctrl+C as a terminal gives it, whatever this process inherited: a shell that starts a job in the
+    background hands it SIGINT ignored, and an ignored SIGINT would stay ignored in the child too."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

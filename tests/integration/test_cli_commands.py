@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.mesh import REPO, SHARED, Mesh
+from tests.mesh import REPO, SHARED, Mesh, sigint_default
 
 HANGING = "ImageCrop"  # the node class this module's mesh hangs until cancelled (COMFYMESH_TEST_HANG_NODES)
 
@@ -84,7 +84,7 @@ def _start_hanging_run(mesh: Mesh, tmp_path: Path, *extra: str) -> tuple[subproc
     before = {job["job_id"] for job in mesh.http.get("/v1/jobs").json()["items"]}
     process = subprocess.Popen([sys.executable, "-m", "comfymesh.cli.main", "run", str(workflow), "--url", mesh.url,
                                 *extra], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True)
+                               text=True, preexec_fn=sigint_default)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         listed = mesh.http.get("/v1/jobs", params={"status": "running"}).json()["items"]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from tests.mesh import Mesh
+from tests.mesh import Mesh, sigint_default
 
 
 def png_bytes(color: tuple[int, int, int]) -> bytes:
@@ -49,7 +49,7 @@ def test_watch_runs_each_new_image_once(imaging_mesh: Mesh, tmp_path: Path) -> N
     (inbox / "a.png").write_bytes(png_bytes((200, 30, 30)))
     (inbox / "notes.txt").write_text("not an image: ignored")
     watcher = subprocess.Popen(cli("watch", "comfymesh-imaging", str(inbox), "--out", str(out), "--interval", "0.1",
-                                   "--url", imaging_mesh.url), stderr=subprocess.PIPE, text=True)
+                                   "--url", imaging_mesh.url), stderr=subprocess.PIPE, text=True, preexec_fn=sigint_default)
     try:
         [first] = wait_for_runs(out, 1, watcher)
         assert first["file"] == "a.png" and first["status"] == "completed"
