@@ -30,8 +30,8 @@ def invert_graph(node: str = "ImageInvert", prefix: str = "d") -> dict[str, Any]
 
 @pytest.fixture(scope="module")
 def hanging_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
-    """ImageBlur hangs silently (test-only fault switch); heartbeats time out after 4 s (a cancel sent right after the job starts must land first); webhooks may reach
-    the receivers these tests run on 127.0.0.1."""
+    """ImageBlur hangs silently (test-only fault switch); heartbeats time out after 4 s (a cancel sent right after
+    the job starts must land first); webhooks may reach the receivers these tests run on 127.0.0.1."""
     home = tmp_path_factory.mktemp("hang")
     mesh = Mesh(home, env={"COMFYMESH_TEST_HANG_NODES": "ImageBlur", "COMFYMESH_HEARTBEAT_TIMEOUT_S": "4",
                            "COMFYMESH_OUTBOUND_ALLOW": "127.0.0.1",
