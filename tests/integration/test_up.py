@@ -22,7 +22,7 @@ import pytest
 
 from comfymesh.v1.orchestrator_pb2 import ListCheckpointsRequest
 from comfymesh.v1.orchestrator_pb2_grpc import OrchestratorStub
-from tests.mesh import SHARED, free_port
+from tests.mesh import SHARED, free_port, sigint_default
 
 
 def find_pids(pattern: str) -> list[int]:
@@ -55,7 +55,7 @@ class Up:
             command = ["sh", "-c", 'trap "" INT; exec "$0" "$@"', *command]
         self.output, write = os.pipe()
         self.process = subprocess.Popen(command, env=self.env, stdout=write, stderr=subprocess.STDOUT,
-                                        start_new_session=True)
+                                        start_new_session=True, preexec_fn=sigint_default)
         os.close(write)
         self.text = ""
         self.cursor = 0
