@@ -18,41 +18,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
+import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+
+from bench.diffsynth_gpu import _random_, _timed  # noqa: E402  (one seeded init, one median timer)
+
 SD35 = {"width": 2432, "blocks": 38, "cn_blocks": 19, "context": 4096, "pooled": 2048, "pos_max": 192}
 ZIMAGE = {"dim": 3840, "heads": 30, "layers": 30, "refiners": 2, "cap": 2560, "controls": 6}
 SMALL_SD35 = {"width": 128, "blocks": 2, "cn_blocks": 1, "context": 64, "pooled": 32, "pos_max": 32}
 SMALL_ZIMAGE = {"dim": 128, "heads": 2, "layers": 4, "refiners": 2, "cap": 32, "controls": 2}
-
-
-def _random_(module: torch.nn.Module, seed: int) -> None:
-    gen = torch.Generator(next(module.parameters()).device).manual_seed(seed)
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            if p.ndim == 1:
-                p.copy_(1.0 + 0.01 * torch.randn(p.shape, generator=gen, device=p.device) if name.endswith("weight")
-                        else 0.01 * torch.randn(p.shape, generator=gen, device=p.device))
-            else:
-                p.copy_(torch.randn(p.shape, generator=gen, device=p.device) / p.shape[-1] ** 0.5)
-
-
-def _timed(fn: Any, device: torch.device, runs: int) -> tuple[float, Any]:
-    out = fn()  # warm-up
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        out = fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append((time.perf_counter() - start) * 1000)
-    return sorted(times)[len(times) // 2], out
 
 
 def _built(factory: Any, device: torch.device, dtype: torch.dtype, seed: int) -> Any:
