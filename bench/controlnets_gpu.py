@@ -26,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from bench.diffsynth_gpu import _random_, _timed  # noqa: E402  (one seeded init, one median timer)
+from bench.diffsynth_gpu import _random_, _timed  # one seeded init, one median timer
 
 SD35 = {"width": 2432, "blocks": 38, "cn_blocks": 19, "context": 4096, "pooled": 2048, "pos_max": 192}
 ZIMAGE = {"dim": 3840, "heads": 30, "layers": 30, "refiners": 2, "cap": 2560, "controls": 6}
