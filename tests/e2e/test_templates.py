@@ -56,7 +56,8 @@ INPUTS = {"example.png": "astronaut.png", "pray.png": "coffee.png", "angle_1.png
           "coastal_smiling_woman.png": "astronaut.png",
           "flux_canny_model_example_input_image.png": "coffee.png",
           "flux_redux_model_example_reference_image_1.png": "astronaut.png",
-          "flux_redux_model_example_reference_image_2.png": "coffee.png"}
+          "flux_redux_model_example_reference_image_2.png": "coffee.png",
+          "raccoon_rocker.png": "astronaut.png", "low_angle_shot.png": "coffee.png"}
 # template → the output nodes' class types we expect images from
 RUNNABLE = {
     "image_sdxl_simple": {"SaveImage"},
@@ -129,6 +130,7 @@ RUNNABLE = {
     "templates_rob_portrait_light_migration.app": {"SaveImage"},
     # Layered: the RGBA VAE, the image's latent as frame 0 of the layers' latent, LatentCutToBatch
     "image_qwen_image_layered": {"SaveImage"},
+    "image_qwen_image_layered_control": {"SaveImage"},
     "utility_image_stitch": {"SaveImage"},
 }
 

@@ -216,6 +216,7 @@ TEMPLATE_MODELS = ("qwen_image_2512_fp8_e4m3fn.safetensors", "qwen_image_edit_fp
                    "FireRed-Image-Edit-1.1-transformer.safetensors")
 # Edit 2511's files carry the `__index_timestep_zero__` marker
 TEMPLATE_MODELS_2511 = ("qwen_image_edit_2511_fp8mixed.safetensors", "qwen_image_edit_2511_bf16.safetensors")
+LAYERED_CONTROL = "qwen_image_layered_control_bf16.safetensors"
 TEMPLATE_LORAS = ("Qwen-Image-Lightning-8steps-V1.0.safetensors",
                   "Qwen-Image-2512-Lightning-4steps-V1.0-fp32.safetensors",
                   "Qwen-Image-Edit-Lightning-4steps-V1.0-bf16.safetensors")
@@ -233,8 +234,11 @@ def make_template_files(models: str | Path, seed: int = 0) -> None:
     for name in TEMPLATE_MODELS_2511[1:]:
         (root / "diffusion_models" / name).write_bytes(model_2511.read_bytes())
     # Layered: the additional time embedding, and its RGBA VAE
-    save_file(tensors(qwen_image_shapes(variant="layered"), seed, torch.bfloat16),
-              str(root / "diffusion_models" / "qwen_image_layered_bf16.safetensors"), metadata={"format": "pt"})
+    layered = root / "diffusion_models" / "qwen_image_layered_bf16.safetensors"
+    save_file(tensors(qwen_image_shapes(variant="layered"), seed, torch.bfloat16), str(layered),
+              metadata={"format": "pt"})
+    # Layered Control: the Layered keys under its name (its template loads it with weight_dtype fp8_e4m3fn)
+    (root / "diffusion_models" / LAYERED_CONTROL).write_bytes(layered.read_bytes())
     save_file(tensors(wan21_vae_shapes(image_channels=4), seed + 2, torch.bfloat16),
               str(root / "vae" / "qwen_image_layered_vae.safetensors"), metadata={"format": "pt"})
     (root / "loras").mkdir(parents=True, exist_ok=True)
