@@ -204,3 +204,14 @@ async def test_a_chore_is_exclusive_and_a_store_of_one_shares_no_secret(store: A
         assert secret is not None and len(secret) >= 32 and await store.shared_secret("webhook") == secret
     else:
         assert secret is None  # SQLite: the orchestrator keeps it in <home>/webhook_secret
+
+
+async def test_model_digests_are_kept_per_version(store: AsyncJobStore) -> None:
+    where = "s3://bucket/models/checkpoints"
+    assert await store.model_digest(where, "a.safetensors", "v1") is None
+    await store.record_model_digest(where, "a.safetensors", "v1", 10, "aa" * 32)
+    assert await store.model_digest(where, "a.safetensors", "v1") == "aa" * 32
+    assert await store.model_digest("file:///other/checkpoints", "a.safetensors", "v1") is None
+    await store.record_model_digest(where, "a.safetensors", "v2", 11, "bb" * 32)  # the file changed
+    assert await store.model_digest(where, "a.safetensors", "v1") is None  # the old version's row is gone
+    assert await store.model_digest(where, "a.safetensors", "v2") == "bb" * 32

@@ -185,3 +185,9 @@ class SqliteJobStore:
 
     async def cache_delete(self, signature: str) -> None:
         self.sync.cache_delete(signature)
+
+    async def model_digest(self, location: str, name: str, version: str) -> str | None:
+        return self.sync.model_digest(location, name, version)
+
+    async def record_model_digest(self, location: str, name: str, version: str, size: int, sha256: str) -> None:
+        self.sync.record_model_digest(location, name, version, size, sha256)

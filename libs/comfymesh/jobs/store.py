@@ -71,6 +71,15 @@ CREATE TABLE IF NOT EXISTS node_cache (
     created REAL NOT NULL,
     last_used REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS model_digests (
+    location TEXT NOT NULL,
+    name TEXT NOT NULL,
+    version TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    sha256 TEXT NOT NULL,
+    recorded REAL NOT NULL,
+    PRIMARY KEY (location, name)
+);
 """
 
 
@@ -483,3 +492,15 @@ class JobStore:
     def cache_delete(self, signature: str) -> None:
         with self._lock:
             self._db.execute("DELETE FROM node_cache WHERE signature = ?", (signature,))
+
+    def model_digest(self, location: str, name: str, version: str) -> str | None:
+        """The sha256 recorded for model file `name` of `location` at `version`; None if unknown or changed."""
+        with self._lock:
+            row = self._db.execute("SELECT sha256 FROM model_digests WHERE location = ? AND name = ? AND version = ?",
+                                   (location, name, version)).fetchone()
+        return str(row[0]) if row else None
+
+    def record_model_digest(self, location: str, name: str, version: str, size: int, sha256: str) -> None:
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO model_digests (location, name, version, size, sha256, recorded) "
+                             "VALUES (?, ?, ?, ?, ?, ?)", (location, name, version, size, sha256, time.time()))

@@ -455,3 +455,14 @@ class PostgresJobStore:
 
     async def cache_delete(self, signature: str) -> None:
         await self._pool.execute("DELETE FROM node_cache WHERE signature = $1", signature)
+
+    async def model_digest(self, location: str, name: str, version: str) -> str | None:
+        found = await self._pool.fetchval("SELECT sha256 FROM model_digests WHERE location = $1 AND name = $2 "
+                                          "AND version = $3", location, name, version)
+        return str(found) if found is not None else None
+
+    async def record_model_digest(self, location: str, name: str, version: str, size: int, sha256: str) -> None:
+        await self._pool.execute(
+            "INSERT INTO model_digests (location, name, version, size, sha256, recorded) VALUES ($1, $2, $3, $4, $5, $6) "
+            "ON CONFLICT (location, name) DO UPDATE SET version = EXCLUDED.version, size = EXCLUDED.size, "
+            "sha256 = EXCLUDED.sha256, recorded = EXCLUDED.recorded", location, name, version, size, sha256, time.time())
