@@ -17,9 +17,9 @@ def _probe(path: str) -> None:
     while True:
         time.sleep(0.2)
         torch = sys.modules.get("torch")
-        if torch is None or not torch.cuda.is_initialized():
-            continue
-        try:
+        try:  # torch may still be half-imported: its cuda attribute appears late
+            if torch is None or not torch.cuda.is_initialized():
+                continue
             if os.path.exists(path + ".reset"):
                 torch.cuda.reset_peak_memory_stats()
                 os.unlink(path + ".reset")

@@ -20,6 +20,7 @@ import torch
 
 from comfymesh.contracts.errors import ModelError
 from comfymesh.contracts.handles import ModelHandle
+from comfymesh.diffusion.families.exact_time import feed
 from comfymesh.diffusion.families.flux import PATCH, _patches, convert_flux, image_ids, lora_key_map
 from comfymesh.diffusion.families.loading import (
     compute_dtype,
@@ -139,7 +140,9 @@ def chroma_fn(model: torch.nn.Module) -> Any:
     def run(x: torch.Tensor, t: torch.Tensor, ctx: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         n, _, h, w = x.shape
         img = _patches(x)
-        out = model(hidden_states=img, encoder_hidden_states=ctx.to(x.dtype), timestep=t.to(x.device).float(),
+        t = t.to(x.device).float()
+        feed(model.get_submodule("time_text_embed"), t * 1000)
+        out = model(hidden_states=img, encoder_hidden_states=ctx.to(x.dtype), timestep=t,
                      img_ids=image_ids(h, w, device=x.device), txt_ids=torch.zeros(ctx.shape[1], 3, device=x.device),
                      return_dict=False)[0]
         hp, wp = (h + PATCH - 1) // PATCH, (w + PATCH - 1) // PATCH

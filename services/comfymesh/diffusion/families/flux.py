@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from comfymesh.contracts.errors import ModelError
 from comfymesh.contracts.handles import ModelHandle
+from comfymesh.diffusion.families.exact_time import feed
 from comfymesh.diffusion.families.loading import (
     compute_dtype,
     count_blocks,
@@ -286,7 +287,8 @@ class FluxCall:
     def run(self, x: torch.Tensor, t: torch.Tensor, ctx: torch.Tensor, pooled: torch.Tensor,
             guidance: torch.Tensor | None, refs: list[torch.Tensor] | None = None,
             ref_method: str = "offset") -> torch.Tensor:
-        """The model on y split into pooled [N, vec] and guidance [N] (None: left out)."""
+        """The model on y split into pooled [N, vec] and guidance [N] (None: left out), guidance as `split_y`
+        gives it: already scaled by 1000 and rounded as ComfyUI embeds it."""
         n, _, h, w = x.shape
         dtype = x.dtype
         img = _patches(x)
@@ -297,9 +299,11 @@ class FluxCall:
                 img = torch.cat([img, _patches(ref.to(x.device, dtype)).expand(n, -1, -1)], dim=1)
                 ids = torch.cat([ids, rid.to(x.device)])
         txt_ids = torch.zeros(ctx.shape[1], 3, device=x.device)
+        t = t.to(x.device).float()
+        feed(self.model.get_submodule("time_text_embed"), t * 1000, guidance)
         out = self.model(hidden_states=img, encoder_hidden_states=ctx.to(dtype), pooled_projections=pooled,
-                         timestep=t.to(x.device).float(), img_ids=ids, txt_ids=txt_ids,
-                         guidance=guidance, return_dict=False)[0]
+                         timestep=t, img_ids=ids, txt_ids=txt_ids,
+                         guidance=None if guidance is None else guidance / 1000, return_dict=False)[0]
         out = out[:, :tokens]
         hp, wp = (h + PATCH - 1) // PATCH, (w + PATCH - 1) // PATCH
         c = out.shape[-1] // PATCH**2
@@ -309,14 +313,16 @@ class FluxCall:
 
     def split_y(self, y: torch.Tensor | None, n: int, device: torch.device, dtype: torch.dtype,
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(pooled [N, vec], guidance [N] or None) from y; a missing y is a zero pooled vector, as in ComfyUI."""
+        """(pooled [N, vec], guidance [N] or None) from y; a missing y is a zero pooled vector, as in ComfyUI.
+        The guidance is returned as the value the model embeds (`comfy_guidance`), computed here, eagerly: the
+        fast path's compiled call would otherwise skip its rounding."""
         vec = self.layout.vec_dim
         if y is None:
             return torch.zeros(n, vec, device=device, dtype=dtype), None
         pooled = y[:, :vec].to(device, dtype)
         if not self.layout.guidance or y.shape[1] == vec or torch.isnan(y[:, vec]).any():
             return pooled, None
-        return pooled, y[:, vec].to(device).float()
+        return pooled, comfy_guidance(y[:, vec].to(device), dtype)
 
 
 def recognition(layout: FluxLayout) -> Recognition:
@@ -326,6 +332,12 @@ def recognition(layout: FluxLayout) -> Recognition:
                          model_channels=layout.width, level_channels=(), res_blocks=0, depth=(), up_depth=(),
                          mid_depth=0, context_dim=layout.context_dim, linear_proj=True, adm=layout.vec_dim)
     return Recognition(NAME, "flow", False, summary, (), None)
+
+
+def comfy_guidance(guidance: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """1000·guidance as ComfyUI's FLUX embeds it, in float32: the guidance arrives in the model dtype and is
+    scaled there (in bf16, 3.5 becomes 3504), unlike the timestep, which ComfyUI scales in float32."""
+    return (guidance.to(dtype) * 1000).float()
 
 
 def flux_y(pooled: torch.Tensor | None, guidance: float | None, vec_dim: int) -> torch.Tensor:

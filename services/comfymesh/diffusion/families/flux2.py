@@ -24,7 +24,8 @@ import torch.nn.functional as F
 
 from comfymesh.contracts.errors import ModelError
 from comfymesh.contracts.handles import ModelHandle
-from comfymesh.diffusion.families.flux import DEFAULT_GUIDANCE, flux_y, reference_places
+from comfymesh.diffusion.families.exact_time import feed
+from comfymesh.diffusion.families.flux import DEFAULT_GUIDANCE, comfy_guidance, flux_y, reference_places
 from comfymesh.diffusion.families.loading import compute_dtype, load_diffusion_model, load_fp8_aware, model_prefix
 from comfymesh.diffusion.families.registry import (
     BuiltModel,
@@ -193,10 +194,12 @@ class Flux2Call:
             ctx = F.pad(ctx, (0, 0, TEXT_LENGTH - ctx.shape[1], 0))
         guidance = None
         if self.guidance and y is not None and not torch.isnan(y[:, 0]).any():
-            guidance = y[:, 0].to(x.device).float()
-        out = self.model(hidden_states=img, encoder_hidden_states=ctx.to(dtype), timestep=t.to(x.device).float(),
-                         img_ids=ids.to(x.device), txt_ids=text_ids(ctx.shape[1]).to(x.device), guidance=guidance,
-                         return_dict=False)[0]
+            guidance = comfy_guidance(y[:, 0].to(x.device), dtype)
+        t = t.to(x.device).float()
+        feed(self.model.get_submodule("time_guidance_embed"), t * 1000, guidance)
+        out = self.model(hidden_states=img, encoder_hidden_states=ctx.to(dtype), timestep=t,
+                         img_ids=ids.to(x.device), txt_ids=text_ids(ctx.shape[1]).to(x.device),
+                         guidance=None if guidance is None else guidance / 1000, return_dict=False)[0]
         result: torch.Tensor = out[:, : h * w].transpose(1, 2).reshape(n, -1, h, w)
         return result
 
