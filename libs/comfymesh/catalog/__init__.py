@@ -122,7 +122,10 @@ class Catalog:
         """Accepted files of a model folder, relative names with '/' separators, sorted.
 
         Every submit validates against this list, so it is kept and only walked again when a directory
-        it walked changed (adding, removing or renaming an entry changes its directory's mtime)."""
+        it walked changed (adding, removing or renaming an entry changes its directory's mtime). A remote
+        models store (s3://) is listed on every ask: another host may have added a file."""
+        if self.folders.remote is not None:
+            return sorted({name for _, names in self.folders.walk(folder) for name in names})
         cached = self._listings.get(folder)
         if cached is not None and _unchanged(cached[0]):
             return list(cached[1])
@@ -185,7 +188,18 @@ class Catalog:
         if spec.source in (INPUT_IMAGES, INPUT_LATENTS):  # both take `name [input|output|temp]`
             path = resolve_image_name(self.home, value)
             return path if path is not None and path.is_file() else None
+        if self.folders.remote is not None:
+            return None  # no local file: `model_version` tells a change instead (nothing is fetched here)
         return self.folders.resolve(spec.source.removeprefix(MODELS_PREFIX), value)
+
+    def model_version(self, class_type: str, input_name: str, value: object) -> str | None:
+        """The version token of the remote model file an input's value names (None: local, or no model file)."""
+        definition = self.nodes.get(class_type)
+        spec = definition.inputs.get(input_name) if definition else None
+        if self.folders.remote is None or spec is None or spec.source is None or not isinstance(value, str) \
+                or not spec.source.startswith(MODELS_PREFIX):
+            return None
+        return self.folders.version(spec.source.removeprefix(MODELS_PREFIX), value)
 
     def _source(self, source: str) -> list[Any]:
         if source == INPUT_IMAGES:

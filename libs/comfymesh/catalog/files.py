@@ -114,6 +114,14 @@ def file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
+def remember_digest(path: Path, digest: str) -> None:
+    """Record the sha256 of a file just written and hashed on the way (a fetched model), so file_digest
+    does not read it again while it stays unchanged."""
+    stat = path.stat()
+    with _digest_lock:
+        _known_digests()[str(path.resolve())] = [stat.st_size, stat.st_mtime_ns, stat.st_ino, digest]
+
+
 def _digest_file() -> Path:
     from comfymesh.config import get_settings
 

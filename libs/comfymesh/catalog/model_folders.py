@@ -4,6 +4,8 @@ Listing (`/models/<folder>`, COMBO choices), validation and loading all ask this
 one of them shows is a file the others accept. Folders follow ComfyUI's names, legacy aliases included
 (`clip` is `text_encoders`, `unet` is `diffusion_models`). Besides `<home>/models/<folder>`, folders may
 come from a file in ComfyUI's `extra_model_paths.yaml` format, so users point at the models they have.
+COMFYMESH_MODELS_URL may name another local folder (file://) or an S3 prefix (s3://, `comfymesh.models`):
+then every host lists the bucket and fetches what it loads into its own cache, by digest.
 
 Only safetensors files are accepted: the pickle formats ComfyUI also lists (.ckpt, .pt, .bin, .pth)
 can run code when loaded. The exception is `.pth` upscale models (most are published only so), which
@@ -20,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from comfymesh.config import Settings
+    from comfymesh.models import HostModelCache, RemoteModels
 
 SAFE_SUFFIXES = (".safetensors", ".sft")
 # folders whose loader also reads pickles, tensors only (see the module docstring)
@@ -64,19 +67,23 @@ class ModelFolders:
 
     home: Path
     extra: Mapping[str, tuple[Path, ...]]
+    models_root: Path | None = None  # a file:// COMFYMESH_MODELS_URL; None: <home>/models
+    remote: RemoteModels | None = None  # an s3:// COMFYMESH_MODELS_URL: listed and fetched instead
+    cache: HostModelCache | None = None  # where this host keeps what it fetched from `remote`
 
     @classmethod
-    def load(cls, home: Path, extra_paths_file: Path | None = None) -> ModelFolders:
+    def load(cls, home: Path, extra_paths_file: Path | None = None, models_root: Path | None = None,
+             remote: RemoteModels | None = None, cache: HostModelCache | None = None) -> ModelFolders:
         """The registry for `home`, with `extra_paths_file` (ComfyUI's YAML format) when it exists."""
         extra = read_extra_paths(extra_paths_file) if extra_paths_file and extra_paths_file.is_file() else {}
-        return cls(home, extra)
+        return cls(home, extra, models_root, remote, cache)
 
     def roots(self, folder: str) -> list[Path]:
         """Every directory that holds `folder`'s files, in lookup order (may not all exist)."""
         name = canonical(folder)
         if name is None:
             return []
-        own = [self.home / "models" / sub for sub in FOLDERS[name]]
+        own = [(self.models_root or self.home / "models") / sub for sub in FOLDERS[name]]
         return own + [path for path in self.extra.get(name, ()) if path not in own]
 
     @staticmethod
@@ -93,15 +100,39 @@ class ModelFolders:
 
         if not self.accepts(name, folder):
             return None
+        if self.remote is not None:
+            return self.fetch(folder, name)
         for root in self.roots(folder):
             path = resolve_inside(root, name)
             if path is not None and path.is_file():
                 return path
         return None
 
+    def fetch(self, folder: str, name: str, digest: str | None = None) -> Path | None:
+        """A local file for `name` of `folder`: the file itself, or this host's copy of the remote one (checked
+        against `digest` when given: ModelDigestMismatch names both digests); None if absent."""
+        if self.remote is None or self.cache is None:
+            return self.resolve(folder, name)
+        key = self.remote.key_of(folder, name) if self.accepts(name, folder) else None
+        if key is None:
+            return None
+        try:
+            return self.cache.fetch(self.remote, key, digest)
+        except FileNotFoundError:  # deleted between the check and the read
+            return None
+
+    def version(self, folder: str, name: str) -> str | None:
+        """A remote file's version token (its ETag), None for local folders or a missing file."""
+        key = self.remote.key_of(folder, name) if self.remote is not None and self.accepts(name, folder) else None
+        return self.remote.version(key) if self.remote is not None and key is not None else None
+
     def walk(self, folder: str) -> Iterable[tuple[str, list[str]]]:
         """Every directory under `folder`'s roots, with the accepted files in it as names relative to
-        their root ('/' separators); empty directories too, so a listing can watch them for changes."""
+        their root ('/' separators); empty directories too, so a listing can watch them for changes.
+        A remote store is one listing under its URL."""
+        if self.remote is not None:
+            yield f"{self.remote.url}/{folder}", [e.name for e in self.remote.entries(folder, self.accepts)]
+            return
         for root in self.roots(folder):
             for directory, _, names in os.walk(root, followlinks=True):
                 relative = os.path.relpath(directory, root).replace(os.sep, "/")
@@ -110,9 +141,17 @@ class ModelFolders:
 
 
 def model_folders(settings: Settings) -> ModelFolders:
-    """The registry the settings describe: `<home>/models`, plus COMFYMESH_EXTRA_MODEL_PATHS (by default
-    `<home>/extra_model_paths.yaml`, when it exists)."""
-    return ModelFolders.load(settings.home, settings.extra_model_paths_file)
+    """The registry the settings describe: COMFYMESH_MODELS_URL (default `<home>/models`), plus
+    COMFYMESH_EXTRA_MODEL_PATHS (by default `<home>/extra_model_paths.yaml`, when it exists)."""
+    from comfymesh.config.files import files_folder
+
+    if not settings.models.lower().startswith("s3://"):
+        return ModelFolders.load(settings.home, settings.extra_model_paths_file, files_folder(settings.models))
+    from comfymesh.models import HostModelCache, RemoteModels
+
+    remote = RemoteModels(settings.models, settings.models_options(settings.files_options()))
+    cache = HostModelCache(settings.home / "cache" / "models", settings.models_cache_bytes)
+    return ModelFolders.load(settings.home, settings.extra_model_paths_file, remote=remote, cache=cache)
 
 
 def read_extra_paths(path: Path) -> dict[str, tuple[Path, ...]]:

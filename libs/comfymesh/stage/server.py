@@ -187,8 +187,11 @@ async def serve_stage(servicer: StageServicer, listen: str,
     health_servicer = health.aio.HealthServicer()
     server, port = await start_server(listen, registrars, ["comfymesh.v1.Stage", *(extra_names or [])],
                                       health_servicer=health_servicer)
-    if servicer.files is not None and await asyncio.to_thread(files_problem, servicer.files) is not None:
-        # outputs could not be saved: callers watching health send this stage nothing (restart once fixed)
+    remote_models = servicer.catalog.folders.remote
+    stores = [store for store in (servicer.files, remote_models.store if remote_models else None) if store]
+    if any([await asyncio.to_thread(files_problem, store) is not None for store in stores]):
+        # outputs could not be saved, or models not fetched: callers watching health send this stage nothing
+        # (restart once fixed)
         for name in ["", "comfymesh.v1.Stage", *(extra_names or [])]:
             await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     host = listen.rsplit(":", 1)[0]

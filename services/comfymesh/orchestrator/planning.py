@@ -45,6 +45,10 @@ def fingerprint_files(catalog: Catalog, files: FilesStore | None = None) -> Exte
                 if version is not None:
                     parts.append(f"{name}=object:{version}")
                 continue
+            version = catalog.model_version(class_type, name, value)  # a model in s3://: its ETag
+            if version is not None:
+                parts.append(f"{name}=model:{version}")
+                continue
             path = catalog.file_of(class_type, name, value)
             if path is not None:
                 parts.append(f"{name}={file_digest(path)}")

@@ -21,30 +21,36 @@ def checkpoint_of(ctx: NodeContext, handle: ModelHandle) -> LoadedCheckpoint:
     """The resident weights a MODEL, CLIP or VAE handle names: its checkpoint, or its split files."""
     cache = get_model_cache()
     if "unet_file" in handle:
-        path = resolve_file(ctx, "diffusion_models", handle["unet_file"])
+        path = resolve_file(ctx, "diffusion_models", handle["unet_file"], handle["digest"])
         _check_unchanged(ctx, handle, cache.digest(path), f"diffusion model {handle['unet_file']}")
         return cache.unet_file(path, handle.get("weight_dtype", "default"))
     if "clip_files" in handle:
-        paths = [resolve_file(ctx, "text_encoders", name) for name in handle["clip_files"]]
+        names = handle["clip_files"]
+        digests = str(handle["digest"]).split("+")
+        expected = digests if len(digests) == len(names) else [None] * len(names)
+        paths = [resolve_file(ctx, "text_encoders", name, digest) for name, digest in zip(names, expected, strict=True)]
         _check_unchanged(ctx, handle, "+".join(cache.digest(p) for p in paths),
                          f"text encoder {' / '.join(handle['clip_files'])}")
         return cache.text_encoder_files(paths, handle["type"])
-    ckpt = cache.get(resolve_file(ctx, "checkpoints", handle["ckpt"]))
+    ckpt = cache.get(resolve_file(ctx, "checkpoints", handle["ckpt"], handle["digest"]))
     _check_unchanged(ctx, handle, ckpt.digest, f"checkpoint {handle['ckpt']}")
     return ckpt
 
 
 def _check_unchanged(ctx: NodeContext, handle: ModelHandle, digest: str, what: str) -> None:
     if digest != handle["digest"]:
-        raise ModelError(f"{what} changed on disk since it was loaded; run the loader again", node_id=ctx.node_id)
+        raise ModelError(f"{what} changed on disk since it was loaded (expected sha256 {handle['digest']}, got "
+                         f"{digest}); run the loader again", node_id=ctx.node_id)
 
 
 def loras_of(ctx: NodeContext, handle: ModelHandle) -> list[LoraSpec]:
     out = []
     for name, digest, strength in handle.get("loras", []):
-        path = resolve_file(ctx, "loras", name)
-        if get_model_cache().digest(path) != digest:
-            raise ModelError(f"LoRA {name} changed on disk since it was loaded", node_id=ctx.node_id)
+        path = resolve_file(ctx, "loras", name, digest)
+        actual = get_model_cache().digest(path)
+        if actual != digest:
+            raise ModelError(f"LoRA {name} changed on disk since it was loaded (expected sha256 {digest}, got "
+                             f"{actual})", node_id=ctx.node_id)
         out.append((path, float(strength)))
     return out
 
