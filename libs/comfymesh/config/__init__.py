@@ -19,7 +19,6 @@ from comfymesh.config.discovery import DiscoverySettings, check_replica_addresse
 from comfymesh.config.fast_path import FastPathSettings
 from comfymesh.config.files import FilesSettings, files_folder
 from comfymesh.config.model_pull import ModelPullSettings
-from comfymesh.config.models import ModelsSettings
 from comfymesh.config.operations import OperationsSettings
 from comfymesh.config.policies import RetryPolicy, TimeoutPolicy
 from comfymesh.config.testing import FaultSwitches
@@ -31,7 +30,7 @@ MAKE_SECRET = "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
 
 
 class Settings(FastPathSettings, BatchingSettings, DiffusionSettings, FaultSwitches, WorkflowSettings, ModelPullSettings,
-               OperationsSettings, FilesSettings, ModelsSettings, DiscoverySettings, BaseSettings):
+               OperationsSettings, FilesSettings, DiscoverySettings, BaseSettings):
     """Zero-configuration defaults that run the whole mesh on one machine."""
 
     model_config = SettingsConfigDict(env_prefix="COMFYMESH_", frozen=True, extra="ignore")
@@ -94,7 +93,8 @@ class Settings(FastPathSettings, BatchingSettings, DiffusionSettings, FaultSwitc
                                            "(comfymesh.trace)")
     node_timings: bool = Field(False, description="stages log each node's wall-clock start and duration")
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
-    log_json: bool = Field(True, description="structured JSON logs (false: plain text)")
+    log_json: bool | None = Field(None, description="structured JSON logs (true) or text (false); unset: text "
+                                                    "on a terminal, JSON otherwise")
     # secrets are SecretStr so that a logged or printed Settings shows '**********', never the value
     api_token: SecretStr = Field(SecretStr(""), description="static bearer token every gateway route requires")
     jwt_keys: SecretStr = Field(SecretStr(""), description="comma-separated HS256 secrets and/or paths of PEM "
@@ -154,11 +154,6 @@ class Settings(FastPathSettings, BatchingSettings, DiffusionSettings, FaultSwitc
     def files(self) -> str:
         """COMFYMESH_FILES_URL, or file://<home>: outputs in output/, uploads in input/, as ever."""
         return self.files_url or self.home.as_uri()
-
-    @property
-    def models(self) -> str:
-        """COMFYMESH_MODELS_URL, or file://<home>/models: the model folders as ever."""
-        return self.models_url or (self.home / "models").as_uri()
 
     @property
     def extra_model_paths_file(self) -> Path:

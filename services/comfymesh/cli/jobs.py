@@ -9,9 +9,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from comfymesh.cli import cluster_view
 from comfymesh.cli.follow import events
 from comfymesh.cli.gateway import GatewayError, call, connect
-from comfymesh.contracts.events import JobStatus
 
 UrlOption = Annotated[str | None, typer.Option("--url", help="gateway URL (default: http://COMFYMESH_HOST:COMFYMESH_PORT)")]
 TokenOption = Annotated[str | None, typer.Option("--token", help="API token (default: COMFYMESH_API_TOKEN)")]
@@ -30,21 +30,17 @@ def _failure(job: dict[str, Any]) -> str:
     return f"{where}: {error.get('message', '')}"
 
 
-def status(job_id: Annotated[str | None, typer.Argument(help="a job id; without one, the gateway's state")] = None,
+def status(job_id: Annotated[str | None, typer.Argument(help="a job id; without one, the running cluster")] = None,
+           once: Annotated[bool, typer.Option("--once", help="print one frame of the cluster view and exit")] = False,
+           interval: Annotated[float, typer.Option(min=0.1, help="seconds between redraws of the live view")] = 1.0,
            url: UrlOption = None, token: TokenOption = None) -> None:
-    """A job's state, nodes and outputs; without a job id, whether the mesh is up and how busy it is."""
+    """A job's state, nodes and outputs; without a job id, the running cluster (GET /v1/cluster, as the
+    /ui/cluster page shows it): queue depth, running jobs with progress, each orchestrator and stage replica
+    with health, slots in use, loaded models and device memory, and recent failures. Live on a terminal until
+    Ctrl+C; one frame with --once or when the output is not a terminal."""
     with connect(url, token) as http:
         if job_id is None:
-            ready = call(http, "GET", "/healthz").json()
-            readiness = http.get("/readyz")
-            counts = {state: call(http, "GET", "/v1/jobs", params={"status": state, "limit": 1}).json()["total"]
-                      for state in (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.FAILED)}
-            models = call(http, "GET", "/v1/checkpoints").json()
-            mesh = ("orchestrator ready, every stage healthy" if readiness.status_code == 200
-                    else f"not ready: {readiness.json().get('status')}")  # /readyz names what is missing
-            out.print(f"comfymesh at {http.base_url}: gateway {ready.get('status', 'ok')}, {mesh}")
-            out.print(", ".join(f"{counts[state]} {state}" for state in counts).join(("jobs: ", "")))
-            out.print(f"checkpoints: {len(models['checkpoints'])} (`comfymesh models list` names them)")
+            cluster_view.show(http, out, once, interval)
             return
         job = call(http, "GET", f"/v1/jobs/{job_id}").json()
     stamps = {"created": None, "started": None, "finished": None} | job

@@ -65,6 +65,9 @@ def up(
     for folder in DATA_FOLDERS:
         settings.folder(folder)
     env = child_environment({"COMFYMESH_HOME": str(settings.home), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
+    if settings.log_json is None and console.is_terminal:
+        # the services write to `up`'s pipe, not to the terminal: tell them a person reads what `up` relays
+        env["COMFYMESH_LOG_JSON"] = "false"
     if not settings.internal_secret.get_secret_value():
         # one random secret per `up`, shared by the children only: no other local process can call them
         env["COMFYMESH_INTERNAL_SECRET"] = secrets.token_urlsafe(32)

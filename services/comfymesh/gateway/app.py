@@ -16,7 +16,7 @@ from comfymesh.catalog.model_folders import model_folders
 from comfymesh.config import Settings
 from comfymesh.contracts.comfy_errors import error_body
 from comfymesh.files import files_problem, open_files
-from comfymesh.gateway import api_docs, api_v1, comfy, files, login, model_pulls, v2, workflows
+from comfymesh.gateway import api_docs, api_v1, cluster, comfy, files, login, model_pulls, v2, workflows
 from comfymesh.gateway.auth import Authenticator, AuthMiddleware
 from comfymesh.gateway.bodylimit import BodyLimitMiddleware
 from comfymesh.gateway.browser import BrowserGuardMiddleware, BrowserPolicy
@@ -129,6 +129,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     app.include_router(model_pulls.router)
     api_docs.install(app)
     workflows.install(app)  # saved workflows' routes, OpenAPI entries and page (after the docs)
+    cluster.install(app)  # /v1/cluster and its page, /ui/cluster
     app.include_router(files.router)
     comfy.install(app)  # ComfyUI's routes, before the v2 mount: its /api/v2/userdata is ComfyUI's own
     v2.install(app)  # Comfy API v2 at /api/v2

@@ -20,14 +20,17 @@ from comfymesh.gateway.engine import (
     Failure,
     Job,
     JobPage,
+    JobProgress,
     JobQuery,
     ModelFile,
     NewJob,
     NodeInfo,
+    OrchestratorState,
     OrchestratorUnavailable,
     PromptTooLarge,
     QueueFull,
     Readiness,
+    ReplicaState,
     StageReadiness,
     Submission,
 )
@@ -176,6 +179,16 @@ class OrchestratorClient:
         reply = await self._call(self.stub.FreeMemory, orchestrator_pb2.FreeMemoryRequest(
             unload_models=unload_models, free_memory=free_memory))
         return list(reply.unloaded)
+
+    async def cluster(self) -> OrchestratorState:
+        reply = await self._call(self.stub.GetCluster, orchestrator_pb2.GetClusterRequest())
+        return OrchestratorState(
+            reply.orchestrator, reply.max_running_jobs, reply.waiting_calls,
+            tuple(ReplicaState(r.stage, r.address, r.healthy, r.slots, r.in_flight, r.device, tuple(r.models),
+                               r.device_total_bytes, r.device_free_bytes, r.memory_budget_bytes,
+                               r.memory_used_bytes, r.failures) for r in reply.replicas),
+            tuple(JobProgress(j.job_id, j.node_id, j.class_type, j.value, j.max, j.nodes_done, j.nodes_total)
+                  for j in reply.running))
 
     async def events(self, job_id: str = "", after: int = 0, follow: bool = True,
                      previews: bool = False) -> AsyncIterator[JobEvent]:

@@ -181,6 +181,46 @@ class Device:
     torch_vram_free: int
 
 
+@dataclass(frozen=True)
+class ReplicaState:
+    """A stage replica as the orchestrator that answered sees it."""
+
+    stage: str
+    address: str
+    healthy: bool
+    slots: int
+    in_flight: int
+    device: str = ""
+    models: tuple[str, ...] = ()
+    device_total_bytes: int = 0
+    device_free_bytes: int = 0
+    memory_budget_bytes: int = 0
+    memory_used_bytes: int = 0
+    failures: int = 0
+
+
+@dataclass(frozen=True)
+class JobProgress:
+    """A job the answering orchestrator drives: the node running now and its last progress."""
+
+    job_id: str
+    node_id: str = ""
+    class_type: str = ""
+    value: int = 0
+    max: int = 0
+    nodes_done: int = 0
+    nodes_total: int = 0
+
+
+@dataclass(frozen=True)
+class OrchestratorState:
+    name: str
+    max_running_jobs: int
+    waiting_calls: int
+    replicas: tuple[ReplicaState, ...] = ()
+    running: tuple[JobProgress, ...] = ()
+
+
 class Engine(Protocol):
     """What the gateway asks of the orchestrator. Every call may raise OrchestratorUnavailable."""
 
@@ -217,6 +257,10 @@ class Engine(Protocol):
     async def devices(self) -> list[Device]: ...
 
     async def free(self, unload_models: bool = True, free_memory: bool = False) -> list[str]: ...
+
+    async def cluster(self) -> OrchestratorState:
+        """The orchestrator that answers: its replicas and the progress of the jobs it drives."""
+        ...
 
     def events(self, job_id: str = "", after: int = 0, follow: bool = True,
                previews: bool = False) -> AsyncIterator[JobEvent]:

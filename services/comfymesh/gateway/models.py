@@ -161,3 +161,57 @@ class ReadinessReport(BaseModel):
     status: str = Field(description="`ready`; else what is missing: `orchestrator unavailable`, or the stages")
     missing: list[str] = Field(default_factory=list, description="configured stages with no healthy replica")
     stages: dict[str, StageHealth] = Field(default_factory=dict, description="every configured stage")
+
+
+class ReplicaModel(BaseModel):
+    stage: str
+    address: str
+    healthy: bool = Field(description="its gRPC health check answered SERVING")
+    slots: int = Field(description="calls it runs at once")
+    in_flight: int = Field(description="slots in use by the answering orchestrator's calls")
+    device: str = Field(description="e.g. `cpu`, `cuda:0 NVIDIA H100`")
+    models: list[str] = Field(description="model files its cache holds")
+    device_total_bytes: int = Field(description="its device's memory (0: a replica that runs no models)")
+    device_free_bytes: int
+    memory_budget_bytes: int = Field(description="its model cache's budget")
+    memory_used_bytes: int = Field(description="what the loaded models take of the budget")
+    failures: int = Field(description="failed calls in a row (it is backed off while > 0)")
+
+
+class OrchestratorModel(BaseModel):
+    name: str = Field(description="host:pid of the orchestrator")
+    max_running_jobs: int
+    waiting_calls: int = Field(description="its stage calls waiting for a free slot")
+    replicas: list[ReplicaModel]
+
+
+class RunningJobModel(BaseModel):
+    job_id: str
+    started: float | None
+    orchestrator: str | None = Field(description="the orchestrator driving it, when it is the one that answered "
+                                                 "(another's jobs show no progress)")
+    node_id: str = Field(description="the node running now")
+    class_type: str
+    value: int = Field(description="the node's progress (sampler steps); 0 of 0 when it reported none")
+    max: int
+    nodes_done: int
+    nodes_total: int = Field(description="nodes the job runs (cached ones left out); 0 when unknown")
+
+
+class RecentFailure(BaseModel):
+    job_id: str
+    finished: float | None
+    node_id: str = Field(description="the node that failed; empty when the job failed before any node ran")
+    node_type: str
+    type: str
+    message: str
+
+
+class ClusterView(BaseModel):
+    """The running cluster as operators watch it (the /ui/cluster page and `comfymesh status` read this)."""
+
+    queued: int = Field(description="jobs waiting in the queue, store-wide")
+    running: list[RunningJobModel] = Field(description="running jobs, store-wide, in run order")
+    orchestrators: list[OrchestratorModel] = Field(description="the orchestrator that answered, with every stage "
+                                                               "replica it knows")
+    failures: list[RecentFailure] = Field(description="the most recent failed jobs, newest first")

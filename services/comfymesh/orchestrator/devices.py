@@ -30,7 +30,8 @@ def _device_type(device: str) -> str:
     return device.split(":", 1)[0] if device else "cpu"
 
 
-async def _models(replica: Replica) -> model_runner_pb2.ListModelsResponse | None:
+async def runner_models(replica: Replica) -> model_runner_pb2.ListModelsResponse | None:
+    """The replica's ModelRunner answer (models, memory, device); None when it runs no models or is down."""
     try:
         return await _runner(replica).ListModels(model_runner_pb2.ListModelsRequest(), timeout=_TIMEOUT)
     except grpc.aio.AioRpcError as exc:
@@ -41,7 +42,7 @@ async def _models(replica: Replica) -> model_runner_pb2.ListModelsResponse | Non
 
 async def list_devices(pool: ReplicaPool) -> list[orchestrator_pb2.Device]:
     replicas = pool.all()
-    replies = await asyncio.gather(*(_models(r) for r in replicas))
+    replies = await asyncio.gather(*(runner_models(r) for r in replicas))
     devices = []
     for replica, reply in zip(replicas, replies, strict=True):
         if reply is None:

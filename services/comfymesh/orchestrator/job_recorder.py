@@ -40,6 +40,9 @@ class JobRecorder:
         self.cached_ui: UiResults = {}  # nodes served from cache, for `cached`
         self.started = False  # `started` recorded (the job's status is running)
         self.completed = False  # set once `completed` is recorded; nothing may fail the job after that
+        self.progress: tuple[str, int, int] = ("", 0, 0)  # the last progress a stage sent: node, value, max
+        self.stage_seconds: dict[str, float] = {}  # time in stage calls, by stage (the job's finished log line)
+        self.failure: dict[str, Any] | None = None  # the failure recorded, if it failed
 
     async def record_start(self) -> None:
         """`started` and `cached` (the nodes served from cache), in one transaction."""
@@ -62,7 +65,7 @@ class JobRecorder:
     async def fail(self, exc: ComfymeshError) -> None:
         """Record the job's failure: the failed node, the nodes it cut short back to pending, the error."""
         node_type = self.plan.nodes[exc.node_id].class_type if self.plan and exc.node_id in self.plan.nodes else ""
-        error = failure_record(exc, node_type)
+        error = self.failure = failure_record(exc, node_type)
         log.warning("job failed", extra=log_fields(job=self.job.id, **error))
         if not self.started:
             await self.bus.record(self.store.start_job, self.job.id, {})
@@ -96,6 +99,7 @@ class JobRecorder:
                                   event=EventType.NODE_RUNNING,
                                   data={"class_type": self.plan.nodes[node_id].class_type})
         elif event.HasField("progress"):
+            self.progress = (event.progress.node_id, event.progress.value, event.progress.max)
             await self.bus.emit(self.job.id, EventType.NODE_PROGRESS, event.progress.node_id,
                                 {"value": event.progress.value, "max": event.progress.max})
         elif event.HasField("preview"):

@@ -25,7 +25,8 @@ class StageHealth:
     healthy: int
 
 
-async def _serving(replica: Replica) -> bool:
+async def is_serving(replica: Replica) -> bool:
+    """Whether the replica's gRPC health check answers SERVING within the probe timeout."""
     try:
         reply = await replica.health.Check(health_pb2.HealthCheckRequest(service=""), timeout=CHECK_TIMEOUT_S)
     except grpc.aio.AioRpcError:
@@ -36,7 +37,7 @@ async def _serving(replica: Replica) -> bool:
 async def stage_health(pool: ReplicaPool) -> list[StageHealth]:
     """Every configured stage with its count of replicas answering SERVING (all asked at once)."""
     stages = [(stage, list(pool.replicas[stage])) for stage in pool.configured()]
-    answers = await asyncio.gather(*(_serving(r) for _, replicas in stages for r in replicas))
+    answers = await asyncio.gather(*(is_serving(r) for _, replicas in stages for r in replicas))
     health, start = [], 0
     for stage, replicas in stages:
         health.append(StageHealth(stage, len(replicas), sum(answers[start:start + len(replicas)])))

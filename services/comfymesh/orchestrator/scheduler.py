@@ -29,6 +29,7 @@ from comfymesh.jobs.protocol import AsyncJobStore, JobExists, LeaseLost, Periodi
 from comfymesh.jobs.sqlite_backend import SqliteJobStore
 from comfymesh.logs import log_fields
 from comfymesh.orchestrator.events import EventBus
+from comfymesh.orchestrator.job_log import log_finished
 from comfymesh.orchestrator.node_catalog import NodeCatalog
 from comfymesh.orchestrator.preview_method import preview_method_error
 from comfymesh.orchestrator.replicas import ReplicaPool
@@ -68,6 +69,7 @@ class Scheduler:
         self.node_catalog = NodeCatalog(self.catalog, pool, settings.home / "cache" / "node_catalog.json")
         self.artifacts = ArtifactStore(settings.artifacts)
         self.running: dict[str, asyncio.Task[None]] = {}
+        self.runners: dict[str, JobRunner] = {}  # the running jobs' progress (the cluster view)
         self._wake = asyncio.Event()
         self._submit_lock = asyncio.Lock()
         self._user_cancelled: set[str] = set()
@@ -344,9 +346,11 @@ class Scheduler:
 
     async def _drive(self, job: JobRecord) -> None:
         runner: JobRunner | None = None
+        began, cancelled = time.time(), False
         try:
             runner = JobRunner(job, self.settings, self.catalog, self.artifacts, self.bus, self.pool,
                                plan=self._plans.pop(job.id, None), files=self.files)
+            self.runners[job.id] = runner
             await self._check_stages_declare(_class_types(job.prompt))
             await runner.run()
         except LeaseLost:
@@ -359,6 +363,7 @@ class Scheduler:
             self._user_cancelled.discard(job.id)
             # a cancel that lands after the last result was recorded leaves the job completed
             if runner is None or not runner.completed:
+                cancelled = True
                 await self.bus.record(self.store.set_status, job.id, JobStatus.CANCELLED,
                                       event=EventType.CANCELLED, data={"while": JobStatus.RUNNING})
         except Exception as exc:  # a job that cannot be prepared, or a bug while it runs, fails this job alone
@@ -366,11 +371,16 @@ class Scheduler:
                 await self._fail_alone(job.id, exc)
         finally:
             self.running.pop(job.id, None)
+            self.runners.pop(job.id, None)
             self._wake.set()
         if job.id in self._lost:
             self._lost.discard(job.id)
             await self.store.release(job.id)
             return
+        status = (JobStatus.COMPLETED if runner is not None and runner.completed
+                  else JobStatus.CANCELLED if cancelled else JobStatus.FAILED)
+        log_finished(job.id, status, job.created, began, time.time(),
+                     runner.recorder.stage_seconds if runner else {}, runner.recorder.failure if runner else None)
         await self.store.release(job.id)
         await self._finished(job.id, job)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -76,6 +77,7 @@ class GroupCall:
             tried.add(replica.address)
             lost = False
             refused: StageBusyError | None = None
+            began = time.monotonic()
             try:
                 async with asyncio.timeout(self.timeouts.attempt_s):
                     await self._stream(replica.stub, self.request(group, attempt))
@@ -97,6 +99,8 @@ class GroupCall:
                     raise
                 error = exc
             finally:
+                seconds = self.recorder.stage_seconds
+                seconds[group.stage] = seconds.get(group.stage, 0.0) + time.monotonic() - began
                 if refused is not None:
                     await self.pool.refused(replica, draining=refused.draining)
                 else:

@@ -1,0 +1,156 @@
+"""The operators' view of a running cluster on a real mesh (imaging and a CPU diffusion stage, one job at a time):
+GET /v1/cluster, `comfymesh status --once` and the /ui/cluster page in headless chromium all show the same
+things: the queued job, the running job on its node, each replica with its health and slots in use, the model
+the diffusion stage loaded with its memory, and a recent failure with its node."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.chromium import chromium_page
+from tests.mesh import SHARED, Mesh
+
+HANGING = "ImageCrop"  # hangs until cancelled (COMFYMESH_TEST_HANG_NODES): a job that stays running
+CHECKPOINT = "tiny.safetensors"
+BROKEN = "broken.safetensors"  # listed, so it passes validation; its loader fails when the job runs
+
+
+@dataclass(frozen=True)
+class Busy:
+    mesh: Mesh
+    running: str  # the job on its hanging node
+    queued: str  # waiting behind it (one job at a time)
+    failed: str  # failed at its checkpoint loader
+
+
+def _home(root: Path) -> Path:
+    checkpoints = root / "models" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    subprocess.run([sys.executable, "-m", "comfymesh.diffusion.models.tiny_checkpoint", "--family", "sd15",
+                    str(checkpoints / CHECKPOINT)], check=True, capture_output=True)
+    (checkpoints / BROKEN).write_bytes(b"not a safetensors file")
+    (root / "input").mkdir()
+    (root / "input" / "example.png").write_bytes((SHARED / "data" / "coffee.png").read_bytes())
+    return root
+
+
+def txt2img(checkpoint: str) -> dict[str, Any]:
+    graph: dict[str, Any] = json.loads((SHARED / "workflows" / "txt2img_sd15.json").read_text())
+    graph["4"]["inputs"]["ckpt_name"] = checkpoint
+    graph["3"]["inputs"].update(seed=1, steps=2)
+    graph["5"]["inputs"].update(width=64, height=64)
+    return graph
+
+
+def hanging() -> dict[str, Any]:
+    graph: dict[str, Any] = json.loads((SHARED / "workflows" / "imaging_pipeline.json").read_text())
+    graph["5"] = {"class_type": HANGING, "inputs": {"image": ["4", 0], "width": 64, "height": 64, "x": 0, "y": 0}}
+    return graph
+
+
+def cluster_until(mesh: Mesh, done: Any, timeout: float = 60.0) -> dict[str, Any]:
+    """Poll GET /v1/cluster until `done(view)` holds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        reply = mesh.http.get("/v1/cluster")
+        assert reply.status_code == 200, reply.text
+        view: dict[str, Any] = reply.json()
+        if done(view):
+            return view
+        assert time.monotonic() < deadline, json.dumps(view, indent=1)
+        time.sleep(0.1)
+
+
+@pytest.fixture(scope="module")
+def busy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Busy]:
+    mesh = Mesh(_home(tmp_path_factory.mktemp("cluster-view")), stages=("imaging", "diffusion"),
+                env={"COMFYMESH_TEST_HANG_NODES": HANGING, "COMFYMESH_MAX_RUNNING_JOBS": "1"})
+    try:
+        mesh.start()
+        assert mesh.wait(mesh.submit(txt2img(CHECKPOINT)))["status"] == "completed"
+        failed = mesh.submit(txt2img(BROKEN))
+        assert mesh.wait(failed)["status"] == "failed"
+        running = mesh.submit(hanging())
+        cluster_until(mesh, lambda view: [j["node_id"] for j in view["running"]] == ["5"])
+        queued = mesh.submit(hanging())
+        yield Busy(mesh, running, queued, failed)
+        for job_id in (queued, running):
+            mesh.http.post(f"/v1/jobs/{job_id}/cancel")
+    finally:
+        mesh.stop()
+
+
+def test_the_cluster_api_shows_queue_running_replicas_models_and_failures(busy: Busy) -> None:
+    mesh = busy.mesh
+    view = cluster_until(mesh, lambda view: view["queued"] == 1)
+    [job] = view["running"]
+    [orchestrator] = view["orchestrators"]
+    assert job["job_id"] == busy.running and job["orchestrator"] == orchestrator["name"]
+    assert (job["node_id"], job["class_type"]) == ("5", HANGING) and job["started"]
+    assert job["nodes_total"] == 6 and job["nodes_done"] == 4  # nodes 1-4 done, 5 running, 6 waits for it
+    replicas = {r["address"]: r for r in orchestrator["replicas"]}
+    assert set(replicas) == {*mesh.env["COMFYMESH_IMAGING_REPLICAS"].split(","),
+                             *mesh.env["COMFYMESH_DIFFUSION_REPLICAS"].split(",")}
+    assert all(r["healthy"] for r in replicas.values())
+    [imaging] = [r for r in replicas.values() if r["stage"] == "imaging"]
+    assert imaging["in_flight"] == 1 and imaging["slots"] >= 1  # the hanging job's call holds a slot
+    [diffusion] = [r for r in replicas.values() if r["stage"] == "diffusion"]
+    assert diffusion["models"] == [CHECKPOINT] and diffusion["in_flight"] == 0 and diffusion["device"] == "cpu"
+    assert 0 < diffusion["memory_used_bytes"] <= diffusion["memory_budget_bytes"]
+    assert 0 < diffusion["device_free_bytes"] <= diffusion["device_total_bytes"]
+    [failure] = view["failures"]
+    assert failure["job_id"] == busy.failed and failure["node_id"] == "4"
+    assert failure["node_type"] == "CheckpointLoaderSimple" and failure["message"]
+    documented = mesh.http.get("/v1/openapi.json").json()
+    assert documented["paths"]["/v1/cluster"]["get"]["responses"]["200"]["content"]["application/json"][
+        "schema"] == {"$ref": "#/components/schemas/ClusterView"}
+
+
+def test_comfymesh_status_once_prints_the_same_view(busy: Busy) -> None:
+    mesh = busy.mesh
+    cluster_until(mesh, lambda view: view["queued"] == 1)
+    result = subprocess.run([sys.executable, "-m", "comfymesh.cli.main", "status", "--once", "--url", mesh.url],
+                            capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "250"})
+    assert result.returncode == 0, result.stderr
+    text = result.stdout
+    assert "orchestrator ready, every stage healthy" in text and "queued: 1, running: 1" in text, text
+    assert busy.running in text and f"5 {HANGING}" in text and "4/6" in text
+    [imaging] = [line for line in text.splitlines() if mesh.env["COMFYMESH_IMAGING_REPLICAS"] in line]
+    assert "imaging" in imaging and "healthy" in imaging and " 1/" in imaging, text  # the hanging job's slot
+    assert mesh.env["COMFYMESH_DIFFUSION_REPLICAS"] in text and CHECKPOINT in text
+    assert busy.failed in text and "4 CheckpointLoaderSimple" in text
+    helped = subprocess.run([sys.executable, "-m", "comfymesh.cli.main", "status", "--help"], capture_output=True,
+                            text=True, timeout=60, env={**os.environ, "COLUMNS": "200"})
+    assert helped.returncode == 0 and "--once" in helped.stdout and "--url" in helped.stdout
+
+
+def test_the_cluster_page_shows_the_same_view_live(busy: Busy) -> None:
+    mesh = busy.mesh
+    with chromium_page() as (page, errors):
+        page.goto(f"{mesh.url}/ui/cluster")
+        page.wait_for_selector('#queue[data-queued="1"]', timeout=30_000)
+        page.wait_for_selector(f'#running tr[data-job="{busy.running}"]', timeout=30_000)
+        row = page.inner_text(f'#running tr[data-job="{busy.running}"]')
+        assert HANGING in row and "4/6" in row
+        for address in (*mesh.env["COMFYMESH_IMAGING_REPLICAS"].split(","),
+                        *mesh.env["COMFYMESH_DIFFUSION_REPLICAS"].split(",")):
+            replica = page.inner_text(f'table.replicas tr[data-address="{address}"]')
+            assert "healthy" in replica, replica
+        diffusion = page.inner_text(f'table.replicas tr[data-address="{mesh.env["COMFYMESH_DIFFUSION_REPLICAS"]}"]')
+        assert CHECKPOINT in diffusion and "free of" in diffusion
+        failure = page.inner_text(f'#failures tr[data-job="{busy.failed}"]')
+        assert "CheckpointLoaderSimple" in failure
+        # live: the page follows the cluster as it changes (the queued job is cancelled, the count drops)
+        mesh.http.post(f"/v1/jobs/{busy.queued}/cancel")
+        page.wait_for_selector('#queue[data-queued="0"]', timeout=30_000)
+        assert errors == []
