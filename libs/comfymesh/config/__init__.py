@@ -19,6 +19,7 @@ from comfymesh.config.discovery import DiscoverySettings, check_replica_addresse
 from comfymesh.config.fast_path import FastPathSettings
 from comfymesh.config.files import FilesSettings, files_folder
 from comfymesh.config.model_pull import ModelPullSettings
+from comfymesh.config.models import ModelsSettings
 from comfymesh.config.operations import OperationsSettings
 from comfymesh.config.policies import RetryPolicy, TimeoutPolicy
 from comfymesh.config.testing import FaultSwitches
@@ -30,7 +31,7 @@ MAKE_SECRET = "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
 
 
 class Settings(FastPathSettings, BatchingSettings, DiffusionSettings, FaultSwitches, WorkflowSettings, ModelPullSettings,
-               OperationsSettings, FilesSettings, DiscoverySettings, BaseSettings):
+               OperationsSettings, FilesSettings, ModelsSettings, DiscoverySettings, BaseSettings):
     """Zero-configuration defaults that run the whole mesh on one machine."""
 
     model_config = SettingsConfigDict(env_prefix="COMFYMESH_", frozen=True, extra="ignore")
@@ -154,6 +155,11 @@ class Settings(FastPathSettings, BatchingSettings, DiffusionSettings, FaultSwitc
     def files(self) -> str:
         """COMFYMESH_FILES_URL, or file://<home>: outputs in output/, uploads in input/, as ever."""
         return self.files_url or self.home.as_uri()
+
+    @property
+    def models(self) -> str:
+        """COMFYMESH_MODELS_URL, or file://<home>/models: the model folders as ever."""
+        return self.models_url or (self.home / "models").as_uri()
 
     @property
     def extra_model_paths_file(self) -> Path:

@@ -10,7 +10,6 @@ from typing import Any, TypeAlias
 import grpc
 
 from comfymesh import trace
-from comfymesh.catalog.files import file_digest
 from comfymesh.contracts import wirejson
 from comfymesh.contracts.comfy_errors import error_detail
 from comfymesh.contracts.events import FINISHED_STATUSES, JobStatus
@@ -20,6 +19,7 @@ from comfymesh.contracts.job_order import JobOrder
 from comfymesh.jobs import JobRecord
 from comfymesh.orchestrator.cluster import cluster_view
 from comfymesh.orchestrator.devices import free_models, list_devices
+from comfymesh.orchestrator.model_listing import list_models, model_digest
 from comfymesh.orchestrator.readiness import stage_health
 from comfymesh.orchestrator.scheduler import Scheduler
 from comfymesh.rpc.channels import max_message_bytes
@@ -172,24 +172,16 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServicer):
                               context: Context) -> orchestrator_pb2.ListCheckpointsResponse:
         folder = request.folder or "checkpoints"
         catalog = self.scheduler.catalog
-
-        def listing() -> list[orchestrator_pb2.CheckpointFile]:
-            files = []
-            for name in catalog.model_files(folder):  # what validation accepts, so nothing listed is refused
-                path = catalog.folders.resolve(folder, name)
-                if path is None:
-                    continue  # removed since it was listed
-                try:
-                    stat = path.stat()
-                    digest = file_digest(path) if request.digests else ""
-                except FileNotFoundError:
-                    continue
-                files.append(orchestrator_pb2.CheckpointFile(name=name, size=stat.st_size, digest=digest,
-                                                             folder=folder, modified=stat.st_mtime,
-                                                             created=stat.st_ctime))
-            return files
-
-        return orchestrator_pb2.ListCheckpointsResponse(files=await asyncio.to_thread(listing))
+        files = []
+        for model in await asyncio.to_thread(list_models, catalog, folder):
+            try:
+                digest = await model_digest(self.store, catalog, model) if request.digests else ""
+            except FileNotFoundError:
+                continue  # removed since it was listed
+            files.append(orchestrator_pb2.CheckpointFile(name=model.name, size=model.size, digest=digest,
+                                                         folder=folder, modified=model.modified,
+                                                         created=model.created))
+        return orchestrator_pb2.ListCheckpointsResponse(files=files)
 
     async def GetNodeCatalog(self, request: orchestrator_pb2.GetNodeCatalogRequest,
                              context: Context) -> orchestrator_pb2.GetNodeCatalogResponse:
