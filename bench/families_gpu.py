@@ -658,7 +658,7 @@ def mesh_phase(family: str, home: Path, args: argparse.Namespace, variant: str =
         }
         time.sleep(0.5)  # the probe's last write
         res["stage_memory_GiB"] = run.memory()
-        say(f"{family}{'/' + variant if variant else ''} mesh warm: {res}")
+        say(f"{family}{'/' + variant if variant else ''} mesh warm: { {k: v for k, v in res.items() if k != '_pngs'} }")
     finally:
         run.mesh.stop()
         if args.out:
