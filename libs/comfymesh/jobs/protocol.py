@@ -64,6 +64,14 @@ class AsyncJobStore(Protocol):
         """Call `callback(job id)` whenever a cancel of a running job is requested (`request_cancel`)."""
         ...
 
+    async def relay_transient(self, event: JobEvent) -> None:
+        """Hand a live-only event (a preview) to the other orchestrators' subscribers (shared stores only)."""
+        ...
+
+    async def listen_transient(self, callback: Callable[[JobEvent], None]) -> None:
+        """Call `callback(event)` for each live-only event another orchestrator relays (shared stores only)."""
+        ...
+
     async def request_cancel(self, job_id: str) -> bool:
         """Ask whichever orchestrator runs the job to cancel it (a flag on the job, and a notification to the
         listeners); False when the job is not running."""

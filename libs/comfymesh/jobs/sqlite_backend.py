@@ -46,6 +46,12 @@ class SqliteJobStore:
     async def listen(self, callback: Callable[[int], None]) -> None:
         return None  # this process writes every event, and its bus publishes them
 
+    async def relay_transient(self, event: JobEvent) -> None:
+        return None  # one orchestrator: its bus already published the event to every subscriber
+
+    async def listen_transient(self, callback: Callable[[JobEvent], None]) -> None:
+        return None
+
     # one orchestrator runs every job of the file: a cancel request is delivered in this process
     async def listen_cancels(self, callback: Callable[[str], None]) -> None:
         self._on_cancel = callback

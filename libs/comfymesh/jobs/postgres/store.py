@@ -35,6 +35,8 @@ from comfymesh.jobs.store import _ORDERS, CacheEntry, JobRecord, UnreadableJob, 
 
 EVENTS_LOCK = 0x636D_0002  # serialises event appends (transaction-level)
 CHANNEL = "comfymesh_events"  # NOTIFY payload: the new event's id
+PREVIEW_CHANNEL = "comfymesh_previews"  # NOTIFY payload: "<seq> <origin>" of a relayed preview row
+PREVIEW_TTL_S = 30.0  # relayed previews older than this are deleted by the next writer
 CANCEL_CHANNEL = "comfymesh_cancels"  # NOTIFY payload: the id of a running job whose cancel was requested
 # session-level advisory locks of the store-wide chores (same key space as EVENTS_LOCK and MIGRATION_LOCK)
 CHORE_LOCKS = {PeriodicTask.RETENTION: 0x636D_0003, PeriodicTask.WEBHOOK_REDELIVERY: 0x636D_0004}
@@ -63,6 +65,7 @@ class PostgresJobStore:
         # the job is refused, until the job's task ends (`release`)
         self._held: dict[str, int] = {}
         self._listener: Any = None
+        self._preview_reader: asyncio.Task[None] | None = None
 
     @classmethod
     async def open(cls, url: str, *, owner: str = "", lease_ttl_s: float = 15.0, connect_timeout_s: float = 8.0,
@@ -86,6 +89,8 @@ class PostgresJobStore:
         return cls(pool, url, owner or f"orchestrator-{uuid.uuid4().hex[:12]}", lease_ttl_s)
 
     async def close(self) -> None:
+        if self._preview_reader is not None:
+            self._preview_reader.cancel()
         if self._listener is not None:
             await self._listener.close()
             self._listener = None
@@ -105,6 +110,38 @@ class PostgresJobStore:
     async def listen_cancels(self, callback: Callable[[str], None]) -> None:
         listener = await self._listening()
         await listener.add_listener(CANCEL_CHANNEL, lambda _conn, _pid, _channel, payload: callback(payload))
+
+    async def relay_transient(self, event: JobEvent) -> None:
+        now = time.time()
+        async with self._pool.acquire() as conn, conn.transaction():
+            seq = await conn.fetchval(
+                "INSERT INTO previews (origin, job_id, type, node_id, format, data, created) "
+                "VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING seq", self.owner, event.job_id, event.type,
+                event.node_id, str(event.data.get("format", "")), bytes(event.data.get("data", b"")), now)
+            await conn.execute("DELETE FROM previews WHERE created < $1", now - PREVIEW_TTL_S)
+            await conn.execute("SELECT pg_notify($1, $2)", PREVIEW_CHANNEL, f"{seq} {self.owner}")
+
+    async def listen_transient(self, callback: Callable[[JobEvent], None]) -> None:
+        """Each relayed preview of another orchestrator, read by its seq once the NOTIFY names it (the payload
+        limit of 8000 bytes is why the image itself goes through the table), one at a time in NOTIFY order."""
+        seqs: asyncio.Queue[int] = asyncio.Queue()
+
+        async def read_forever() -> None:
+            while True:
+                seq = await seqs.get()
+                row = await self._pool.fetchrow("SELECT * FROM previews WHERE seq = $1", seq)
+                if row is not None:  # pruned already: a preview may be lost
+                    callback(JobEvent(0, row["job_id"], row["type"], row["node_id"],
+                                      {"format": row["format"], "data": bytes(row["data"])}, 0.0))
+
+        def notified(_conn: Any, _pid: int, _channel: str, payload: str) -> None:
+            seq, _, origin = payload.partition(" ")
+            if origin != self.owner:
+                seqs.put_nowait(int(seq))
+
+        self._preview_reader = asyncio.get_running_loop().create_task(read_forever())
+        listener = await self._listening()
+        await listener.add_listener(PREVIEW_CHANNEL, notified)
 
     async def request_cancel(self, job_id: str) -> bool:
         async with self._pool.acquire() as conn, conn.transaction():
