@@ -31,15 +31,16 @@ def weed_binary() -> Path | None:
 
 
 class SeaweedServer:
-    def __init__(self, binary: Path) -> None:
+    def __init__(self, binary: Path, host: str = "127.0.0.1") -> None:
         self.binary = binary
+        self.host = host  # where every weed port listens (tests/cluster: the bridge address)
         self.root = Path(tempfile.mkdtemp(prefix="comfymesh-s3-"))
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def options(self, secret: str = SECRET_KEY) -> dict[str, Any]:
         """s3fs's options for this server (COMFYMESH_FILES_STORAGE_OPTIONS)."""
@@ -61,7 +62,7 @@ class SeaweedServer:
         ports = {name: str(free_port()) for name in ("master.port", "master.port.grpc", "volume.port",
                                                        "volume.port.grpc", "filer.port", "filer.port.grpc",
                                                        "s3.port.grpc")}
-        command = [str(self.binary), "server", f"-dir={self.root / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+        command = [str(self.binary), "server", f"-dir={self.root / 'data'}", f"-ip={self.host}", f"-ip.bind={self.host}",
                    "-s3", f"-s3.port={self.port}", f"-s3.config={config}", "-s3.port.iceberg=0",
                    "-s3.port.lance=0", "-master.volumeSizeLimitMB=64", "-volume.max=20", "-metricsPort=0",
                    *(f"-{name}={port}" for name, port in ports.items())]

@@ -1,0 +1,44 @@
+"""The cluster tests' shared rig: one bridge with dnsmasq, PostgreSQL and SeaweedFS listening on its address
+(the root namespace's side), for the whole session; each test module adds its own hosts and removes them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from tests.cluster.rig import Rig, rig_or_skip
+from tests.postgres import BIN, PostgresServer
+from tests.seaweedfs import SeaweedServer, weed_binary
+
+
+@dataclass
+class Cluster:
+    rig: Rig
+    postgres: PostgresServer
+    s3: SeaweedServer
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    if not (BIN / "initdb").exists():
+        pytest.fail(f"PostgreSQL 15 is not installed ({BIN / 'initdb'}): run `make system-deps`")
+    binary = weed_binary()
+    if binary is None:
+        pytest.fail("SeaweedFS's `weed` is not installed: run `make setup`")
+    rig = rig_or_skip(tmp_path_factory.mktemp("rig"))
+    postgres: PostgresServer | None = None
+    s3: SeaweedServer | None = None
+    try:
+        postgres = PostgresServer(host=rig.bridge_ip).start()
+        s3 = SeaweedServer(binary, host=rig.bridge_ip).start()
+        yield Cluster(rig, postgres, s3)
+    finally:
+        try:
+            rig.stop()
+        finally:
+            if s3 is not None:
+                s3.stop()
+            if postgres is not None:
+                postgres.stop()
