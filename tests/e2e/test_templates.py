@@ -57,7 +57,8 @@ INPUTS = {"example.png": "astronaut.png", "pray.png": "coffee.png", "angle_1.png
           "flux_canny_model_example_input_image.png": "coffee.png",
           "flux_redux_model_example_reference_image_1.png": "astronaut.png",
           "flux_redux_model_example_reference_image_2.png": "coffee.png",
-          "raccoon_rocker.png": "astronaut.png", "low_angle_shot.png": "coffee.png"}
+          "raccoon_rocker.png": "astronaut.png", "low_angle_shot.png": "coffee.png",
+          "image_qwen_image_instantx_inpainting_controlnet_input_image.png": "astronaut.png"}
 # template → the output nodes' class types we expect images from
 RUNNABLE = {
     "image_sdxl_simple": {"SaveImage"},
@@ -131,6 +132,8 @@ RUNNABLE = {
     # Layered: the RGBA VAE, the image's latent as frame 0 of the layers' latent, LatentCutToBatch
     "image_qwen_image_layered": {"SaveImage"},
     "image_qwen_image_layered_control": {"SaveImage"},
+    # the InstantX inpainting ControlNet (ControlNetInpaintingAliMamaApply; SetLatentNoiseMask on the 5-D latent)
+    "image_qwen_image_instantx_inpainting_controlnet": {"SaveImage"},
     "utility_image_stitch": {"SaveImage"},
 }
 

@@ -17,6 +17,7 @@ from comfymesh.diffusion.models.tiny_flux import make_template_files as make_flu
 from comfymesh.diffusion.models.tiny_flux2 import make_template_files as make_flux2_files
 from comfymesh.diffusion.models.tiny_hidream import make_template_files as make_hidream_files
 from comfymesh.diffusion.models.tiny_lora import make_template_loras
+from comfymesh.diffusion.models.tiny_qwen_controlnet import make_tiny_qwen_controlnets
 from comfymesh.diffusion.models.tiny_qwen_image import make_template_files as make_qwen_image_files
 from comfymesh.diffusion.models.tiny_sd3_controlnet import make_template_files as make_sd35_controlnets
 from comfymesh.diffusion.models.tiny_zimage import make_tiny_zimage
@@ -42,6 +43,7 @@ def _write_all(models: Path, seed: int) -> None:
     make_hidream_files(models, seed=seed, keep_existing=True)
     make_qwen_image_files(models, seed=seed)
     make_tiny_diffsynth(models, seed=seed)  # Qwen-Image's DiffSynth ControlNet patches (model_patches/)
+    make_tiny_qwen_controlnets(models, seed=seed)  # Qwen-Image's InstantX ControlNets (controlnet/)
     make_zimage_fun(models, seed=seed)  # the Z-Image Fun union ControlNet (model_patches/)
     # Z-Image's diffusion model and Qwen3 encoder; its ae.safetensors is the FLUX VAE written above
     with tempfile.TemporaryDirectory() as scratch:

@@ -8,6 +8,7 @@ from comfymesh.diffusion.nodes import (  # noqa: F401  (they declare)
     conditioning,
     conditioning_ops,
     controlnet,
+    controlnet_inpainting,
     custom_sampling,
     deprecated,
     diffsynth,

@@ -28,6 +28,13 @@ from comfymesh.contracts.handles import HandleKind, ModelHandle
 from comfymesh.diffusion.latents import vae_codec
 from comfymesh.diffusion.models.cache import get_model_cache, module_bytes
 from comfymesh.diffusion.models.controlnet import ControlChain, ControlLink, is_diff, load_controlnet
+from comfymesh.diffusion.models.qwen_controlnet import (
+    QwenControlChain,
+    QwenControlLink,
+    QwenControlNet,
+    is_qwen_controlnet,
+    load_qwen_controlnet,
+)
 from comfymesh.diffusion.models.sd3_controlnet import (
     SD35ControlChain,
     SD35ControlNet,
@@ -45,6 +52,7 @@ from comfymesh.stage.node import NodeContext
 
 Conditioning = list[Any]
 HINT_KEY = "control_hint.{}"
+MASK_KEY = "control_mask.{}"  # ControlNetInpaintingAliMamaApply's mask of link i (nets that take it)
 CATEGORY = "conditioning/controlnet"
 
 
@@ -55,9 +63,9 @@ def _value(ctx: NodeContext, name: str, model: ModelHandle | None) -> dict[str, 
     return value
 
 
-def _network(ctx: NodeContext, value: dict[str, Any]) -> nn.Module | SD35ControlNet:
-    """The resident ControlNet of a CONTROL_NET value (a ControlNetModel, or an SD3.5 ControlNet), in the model
-    cache's budget."""
+def _network(ctx: NodeContext, value: dict[str, Any]) -> nn.Module | SD35ControlNet | QwenControlNet:
+    """The resident ControlNet of a CONTROL_NET value (a ControlNetModel, an SD3.5 or a Qwen-Image ControlNet), in
+    the model cache's budget."""
     cache = get_model_cache()
     path = resolve_file(ctx, "controlnet", value["name"])
     digest = cache.digest(path)
@@ -77,10 +85,13 @@ def _network(ctx: NodeContext, value: dict[str, Any]) -> nn.Module | SD35Control
         if is_sd35_controlnet(TensorSource(path)):
             sd35 = load_sd35_controlnet(path, cache.placement.device, cache.placement.unet_dtype)
             return sd35, module_bytes(sd35.net), info
+        if is_qwen_controlnet(TensorSource(path)):
+            qwen = load_qwen_controlnet(path, cache.placement.device, cache.placement.unet_dtype)
+            return qwen, module_bytes(qwen.net), info
         net = load_controlnet(path, cache.placement, base)
         return net, module_bytes(net), info
 
-    network: nn.Module | SD35ControlNet = cache._get_or_load(key, load)
+    network: nn.Module | SD35ControlNet | QwenControlNet = cache._get_or_load(key, load)
     return network
 
 
@@ -109,7 +120,8 @@ def diff_controlnet_loader(ctx: NodeContext, model: ModelHandle, control_net_nam
 
 
 def _applied(conditioning: Conditioning, control_net: dict[str, Any], image: Any, strength: float,
-             start_percent: float, end_percent: float, to_uncond: bool, vae: Any = None) -> Conditioning:
+             start_percent: float, end_percent: float, to_uncond: bool, vae: Any = None,
+             mask: Any = None) -> Conditioning:
     """Every entry with the ControlNet appended to its chain (ComfyUI's set_previous_controlnet)."""
     link = {"control_net": control_net, "strength": float(strength), "start_percent": float(start_percent),
             "end_percent": float(end_percent)}
@@ -121,6 +133,8 @@ def _applied(conditioning: Conditioning, control_net: dict[str, Any], image: Any
         chain = [*extras.get("control", []), link]
         extras.update({"control": chain, HINT_KEY.format(len(chain) - 1): image,
                        "control_apply_to_uncond": to_uncond})
+        if mask is not None:
+            extras[MASK_KEY.format(len(chain) - 1)] = mask
         out.append([item[0], extras])
     return out
 
@@ -178,11 +192,13 @@ def _chain_key(extras: dict[str, Any]) -> str:
     digest = hashlib.sha256(json.dumps(extras["control"], sort_keys=True).encode())
     for i in range(len(extras["control"])):
         digest.update(np.ascontiguousarray(np.asarray(torch.as_tensor(extras[HINT_KEY.format(i)]).float())).tobytes())
+        if MASK_KEY.format(i) in extras:
+            digest.update(np.ascontiguousarray(np.asarray(torch.as_tensor(extras[MASK_KEY.format(i)]).float())).tobytes())
     return digest.hexdigest()
 
 
 def _bind(ctx: NodeContext, sm: SamplingModel, conditioning: Conditioning,
-          chains: dict[str, ControlChain | SD35ControlChain]) -> Conditioning:
+          chains: dict[str, ControlChain | SD35ControlChain | QwenControlChain]) -> Conditioning:
     out = []
     for item in conditioning:
         extras = dict(item[1]) if len(item) > 1 and item[1] else {}
@@ -195,13 +211,25 @@ def _bind(ctx: NodeContext, sm: SamplingModel, conditioning: Conditioning,
     return out
 
 
-def _chain(ctx: NodeContext, sm: SamplingModel, extras: dict[str, Any]) -> ControlChain | SD35ControlChain:
-    """The ControlledUNet of an entry's chain: UNet ControlNets on a UNet, SD3.5 ControlNets on an MMDiT."""
+def _chain(ctx: NodeContext, sm: SamplingModel, extras: dict[str, Any],
+           ) -> ControlChain | SD35ControlChain | QwenControlChain:
+    """The ControlledUNet of an entry's chain: UNet ControlNets on a UNet, SD3.5 ControlNets on an MMDiT, Qwen-Image
+    ControlNets on Qwen-Image."""
     specs = extras["control"]
     nets = [_network(ctx, spec["control_net"]) for spec in specs]
     ranges = [(sm.sampling.percent_to_sigma(spec["start_percent"]), sm.sampling.percent_to_sigma(spec["end_percent"]))
               for spec in specs]
     hints = [torch.as_tensor(extras[HINT_KEY.format(i)]) for i in range(len(specs))]
+    if all(isinstance(net, QwenControlNet) for net in nets):
+        from comfymesh.diffusion.families import qwen_image
+
+        if sm.family != qwen_image.NAME:
+            raise NodeInputError("a Qwen-Image ControlNet runs on a Qwen-Image model only", node_id=ctx.node_id)
+        mask_of = [extras.get(MASK_KEY.format(i)) for i in range(len(specs))]
+        qwen = [QwenControlLink(net, _qwen_hint(ctx, spec, sm, hint, net, mask), float(spec["strength"]), start, end)
+                for net, spec, hint, mask, (start, end) in zip(nets, specs, hints, mask_of, ranges, strict=True)
+                if isinstance(net, QwenControlNet)]
+        return QwenControlChain(qwen, sm.unet)
     if all(isinstance(net, SD35ControlNet) for net in nets):
         if sm.control_transformer is None:
             raise NodeInputError("an SD3.5 ControlNet runs on an SD3 model only", node_id=ctx.node_id)
@@ -209,7 +237,7 @@ def _chain(ctx: NodeContext, sm: SamplingModel, extras: dict[str, Any]) -> Contr
                 for net, spec, hint, (start, end) in zip(nets, specs, hints, ranges, strict=True)
                 if isinstance(net, SD35ControlNet)]
         return SD35ControlChain(sd35, sm.control_transformer, sm.unet, sm.device, sm.dtype)
-    if sm.residual_unet is None or any(isinstance(net, SD35ControlNet) for net in nets):
+    if sm.residual_unet is None or any(isinstance(net, (SD35ControlNet, QwenControlNet)) for net in nets):
         raise NodeInputError("this model cannot take these ControlNets' residuals", node_id=ctx.node_id)
     links = [ControlLink(net, hint, float(spec["strength"]), start, end)
              for net, spec, hint, (start, end) in zip(nets, specs, hints, ranges, strict=True)
@@ -233,6 +261,40 @@ def _hint_encoder(ctx: NodeContext, spec: dict[str, Any], sm: SamplingModel,
     return encode
 
 
+def _qwen_hint(ctx: NodeContext, spec: dict[str, Any], sm: SamplingModel, hint: torch.Tensor, net: QwenControlNet,
+               mask: Any) -> Callable[[int, int], torch.Tensor]:
+    """(latent h, w) → the hint latent of a Qwen-Image ControlNet (ComfyUI's get_control with the Wan 2.1 format):
+    the IMAGE scaled to 8× the latent, Wan-VAE-encoded [1, 16, T, h, w], then the inpainting net's mask channel."""
+    if spec.get("vae") is None:
+        raise NodeInputError(f"ControlNet {spec['control_net']['name']} needs a VAE: connect one to the Apply "
+                             "ControlNet node's vae input", node_id=ctx.node_id)
+    from comfymesh.diffusion.models import wan_vae
+    from comfymesh.diffusion.nodes.latent import _upscale as common_upscale
+    from comfymesh.diffusion.nodes.vae import vae_of
+
+    vae = vae_of(ctx, spec["vae"])[0]
+    if not wan_vae.is_wan_vae(vae):
+        raise NodeInputError("a Qwen-Image ControlNet needs Qwen-Image's VAE (qwen_image_vae)", node_id=ctx.node_id)
+
+    def encode(height: int, width: int) -> torch.Tensor:
+        image = torch.as_tensor(hint).float().movedim(-1, 1)
+        scaled = common_upscale(image, width * 8, height * 8, "nearest-exact", "center").movedim(1, -1)
+        latent = sm.latent_format.process_in(wan_vae.encode(vae, scaled))
+        if not net.concat_mask:
+            return latent
+        if mask is None:
+            raise NodeInputError(f"ControlNet {spec['control_net']['name']} is an inpainting ControlNet: apply it "
+                                 "with ControlNetInpaintingAliMamaApply", node_id=ctx.node_id)
+        kept = torch.as_tensor(mask).float()  # [B, 1, H, W]: 1 where the image is kept
+        kept = common_upscale(kept, latent.shape[-1], latent.shape[-2], "nearest-exact", "center").unsqueeze(2)
+        kept = kept.repeat(1, 1, latent.shape[2], 1, 1)
+        if kept.shape[0] != latent.shape[0]:
+            kept = kept.repeat(-(-latent.shape[0] // kept.shape[0]), 1, 1, 1, 1)[:latent.shape[0]]
+        return torch.cat([latent, kept.to(latent.dtype)], dim=1)
+
+    return encode
+
+
 def _to_uncond(positive: Conditioning, negative: Conditioning) -> None:
     """ComfyUI's apply_empty_x_to_equal_area for ControlNetApply: the positive's chains (entries without an
     area) go to the negative's entries without one, in turn, unless a negative entry has a chain already."""
@@ -250,7 +312,7 @@ def _to_uncond(positive: Conditioning, negative: Conditioning) -> None:
 def bind_controls(ctx: NodeContext, sm: SamplingModel, **sides: Conditioning | None) -> dict[str, Conditioning | None]:
     """Each CONDITIONING (by role: positive, negative, …) with its ControlNet chains bound to the model's
     UNet; entries without ControlNets pass unchanged."""
-    chains: dict[str, ControlChain | SD35ControlChain] = {}
+    chains: dict[str, ControlChain | SD35ControlChain | QwenControlChain] = {}
     bound = {role: None if c is None else _bind(ctx, sm, c, chains) for role, c in sides.items()}
     positive, negative = bound.get("positive"), bound.get("negative")
     if positive is not None and negative is not None:

@@ -200,11 +200,18 @@ class MaskedDenoiser:
 
     @staticmethod
     def prepare_mask(mask: torch.Tensor, shape: torch.Size, device: torch.device) -> torch.Tensor:
-        m = mask.float().reshape(-1, 1, mask.shape[-2], mask.shape[-1])
-        m = F.interpolate(m, size=(shape[2], shape[3]), mode="bilinear")
-        m = m.expand(-1, shape[1], -1, -1)
+        """ComfyUI's reshape_mask: to the latent's size (bilinear), channels and batch; for a 5-D latent
+        (Qwen-Image's frames) the mask's batch is the frame axis, resized trilinearly."""
+        if len(shape) == 5:
+            m = mask.float()
+            m = m if m.ndim == 5 else m.reshape(1, 1, -1, mask.shape[-2], mask.shape[-1])
+            m = F.interpolate(m, size=tuple(shape[2:]), mode="trilinear")
+        else:
+            m = mask.float().reshape(-1, 1, mask.shape[-2], mask.shape[-1])
+            m = F.interpolate(m, size=(shape[2], shape[3]), mode="bilinear")
+        m = m.expand(-1, shape[1], *[-1] * (len(shape) - 2))
         reps = math.ceil(shape[0] / m.shape[0])
-        return m.repeat(reps, 1, 1, 1)[: shape[0]].to(device)
+        return m.repeat(reps, *[1] * (len(shape) - 1))[: shape[0]].to(device)
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         mask = self.mask if self.mask_fn is None else self.mask_fn(self.mask, sigma)
