@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from comfymesh.cli.supervisor import ServiceSpec, Supervisor
 from tests.e2e.chromium import chromium_page
 from tests.mesh import SHARED, Mesh
 
@@ -154,3 +155,34 @@ def test_the_cluster_page_shows_the_same_view_live(busy: Busy) -> None:
         mesh.http.post(f"/v1/jobs/{busy.queued}/cancel")
         page.wait_for_selector('#queue[data-queued="0"]', timeout=30_000)
         assert errors == []
+
+
+def test_each_orchestrator_of_a_dns_name_is_shown_with_its_health(tmp_path: Path) -> None:
+    """A gateway given `dns:///name:port` asks every address of the name: here `localhost` stands for 127.0.0.1
+    and 127.0.0.2 (COMFYMESH_HOSTS_FILE; gRPC's own resolver still takes the gateway's other calls to 127.0.0.1),
+    an orchestrator on each, then the second one killed."""
+    mesh = Mesh(tmp_path)
+    port = mesh.env["COMFYMESH_ORCHESTRATOR"].rsplit(":", 1)[1]
+    (tmp_path / "hosts").write_text("127.0.0.1 localhost\n127.0.0.2 localhost\n")
+    mesh.env.update(COMFYMESH_ORCHESTRATOR=f"dns:///localhost:{port}", COMFYMESH_HOSTS_FILE=str(tmp_path / "hosts"))
+    second = Supervisor([ServiceSpec("orchestrator2", ["comfymesh.orchestrator", "--listen", f"127.0.0.2:{port}"])],
+                        mesh.env, lambda name, line: mesh.logs.append(f"{name}: {line}"))
+    try:
+        mesh.start()
+        second.start_all(timeout=120)
+        view = cluster_until(mesh, lambda view: [o["healthy"] for o in view["orchestrators"]] == [True, True])
+        first, other = view["orchestrators"]
+        assert (first["address"], other["address"]) == (f"127.0.0.1:{port}", f"127.0.0.2:{port}")
+        assert first["name"] != other["name"] and first["replicas"] and other["replicas"]
+        second.stop(grace=5)
+        view = cluster_until(mesh, lambda view: not view["orchestrators"][1]["healthy"])
+        up, down = view["orchestrators"]
+        assert (up["address"], up["healthy"]) == (f"127.0.0.1:{port}", True) and up["name"] and up["replicas"]
+        assert (down["address"], down["healthy"], down["replicas"]) == (f"127.0.0.2:{port}", False, [])
+        status = subprocess.run([sys.executable, "-m", "comfymesh.cli.main", "status", "--once", "--url", mesh.url],
+                                capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "250"})
+        assert status.returncode == 0, status.stderr
+        assert f"orchestrator down at 127.0.0.2:{port}" in status.stdout and up["name"] in status.stdout
+    finally:
+        second.stop(grace=5)
+        mesh.stop()

@@ -62,9 +62,16 @@ function drawOrchestrators(orchestrators) {
   for (const orchestrator of orchestrators) {
     const title = document.createElement("h3");
     title.className = "orchestrator";
-    title.textContent = `orchestrator ${orchestrator.name} `;
+    title.dataset.address = orchestrator.address;
     const note = document.createElement("small");
-    note.textContent = `(at most ${orchestrator.max_running_jobs} jobs at once; ${orchestrator.waiting_calls} calls waiting for a slot)`;
+    if (orchestrator.healthy) {
+      title.textContent = `orchestrator ${orchestrator.name} at ${orchestrator.address} `;
+      note.textContent = `(at most ${orchestrator.max_running_jobs} jobs at once; ${orchestrator.waiting_calls} calls waiting for a slot)`;
+    } else {
+      title.textContent = `orchestrator at ${orchestrator.address} `;
+      title.classList.add("unhealthy");
+      note.textContent = "(down: it did not answer)";
+    }
     title.append(note);
     const table = document.createElement("table");
     table.className = "replicas";

@@ -33,10 +33,13 @@ def _mesh_line(base_url: str, view: dict[str, Any]) -> Text:
         for replica in orchestrator["replicas"]:
             stages[replica["stage"]] = stages.get(replica["stage"], False) or replica["healthy"]
     missing = [stage for stage, healthy in stages.items() if not healthy]
+    down = [o["address"] for o in view["orchestrators"] if not o["healthy"]]
     state = ("orchestrator ready, every stage healthy" if not missing
              else f"orchestrator ready; no healthy replica of the {', '.join(missing)} stage")
+    if down:
+        state += f"; orchestrator down at {', '.join(down)}"
     line = Text(f"comfymesh at {base_url}: ")
-    line.append(state, style="red" if missing else "green")
+    line.append(state, style="red" if missing or down else "green")
     line.append(f"   queued: {view['queued']}, running: {len(view['running'])}")
     return line
 
@@ -59,6 +62,9 @@ def _replicas(view: dict[str, Any]) -> Table:
                    "model cache", "device memory"):
         table.add_column(column)
     for orchestrator in view["orchestrators"]:
+        if not orchestrator["healthy"]:
+            table.add_row(orchestrator["address"], "-", "-", Text("orchestrator down", style="bold red"),
+                          *["-"] * 5)
         for replica in orchestrator["replicas"]:
             health = Text("healthy", style="green") if replica["healthy"] else Text("down", style="bold red")
             cache = (f"{_bytes(replica['memory_used_bytes'])} of {_bytes(replica['memory_budget_bytes'])}"

@@ -30,13 +30,14 @@ from comfymesh.gateway.metrics import router as metrics_router
 from comfymesh.gateway.models import Health, Problem, ReadinessReport, StageHealth
 from comfymesh.gateway.problems import answer, is_v1, problem_response
 from comfymesh.gateway.ratelimit import RateLimitMiddleware
+from comfymesh.rpc.discovery import make_resolver
 
 
 def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     """The gateway over `engine` (by default, the orchestrator at `settings.orchestrator`, over gRPC)."""
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        used: Engine = engine or OrchestratorClient(settings.orchestrator)
+        used: Engine = engine or OrchestratorClient(settings.orchestrator, make_resolver(settings.hosts_file))
         app.state.engine = used
         app.state.jobs = JobService(used)
         app.state.catalog = CatalogService(used, model_folders(settings))

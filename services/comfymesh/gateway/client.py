@@ -6,11 +6,13 @@ module sees a pb2 message.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import grpc
 
+from comfymesh.config.discovery import is_dns_target, parse_dns_target
 from comfymesh.contracts import wirejson
 from comfymesh.contracts.comfy_errors import error_detail
 from comfymesh.contracts.events import JobEvent, JobStatus
@@ -36,10 +38,12 @@ from comfymesh.gateway.engine import (
 )
 from comfymesh.rpc import open_channel
 from comfymesh.rpc.channels import max_message_bytes
+from comfymesh.rpc.discovery import Resolver, dns_addresses, expand
 from comfymesh.rpc.status_codes import is_unavailable
 from comfymesh.v1 import orchestrator_pb2, orchestrator_pb2_grpc
 
 DEADLINE = 30.0
+CLUSTER_DEADLINE = 5.0  # an orchestrator of a `dns:///` name that does not answer in time shows as down
 _ORDERS = {JobOrder.QUEUE: orchestrator_pb2.JOB_ORDER_QUEUE, JobOrder.NEWEST: orchestrator_pb2.JOB_ORDER_NEWEST,
            JobOrder.OLDEST: orchestrator_pb2.JOB_ORDER_OLDEST, JobOrder.LONGEST: orchestrator_pb2.JOB_ORDER_LONGEST,
            JobOrder.SHORTEST: orchestrator_pb2.JOB_ORDER_SHORTEST}
@@ -68,16 +72,32 @@ def _event(message: orchestrator_pb2.JobEvent) -> JobEvent:
                     message.ts)
 
 
+def _cluster(address: str, reply: orchestrator_pb2.GetClusterResponse) -> OrchestratorState:
+    return OrchestratorState(
+        address, True, reply.orchestrator, reply.max_running_jobs, reply.waiting_calls,
+        tuple(ReplicaState(r.stage, r.address, r.healthy, r.slots, r.in_flight, r.device, tuple(r.models),
+                           r.device_total_bytes, r.device_free_bytes, r.memory_budget_bytes, r.memory_used_bytes,
+                           r.failures) for r in reply.replicas),
+        tuple(JobProgress(j.job_id, j.node_id, j.class_type, j.value, j.max, j.nodes_done, j.nodes_total)
+              for j in reply.running))
+
+
 class OrchestratorClient:
     """`Engine` over the orchestrator's gRPC API."""
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, resolve: Resolver = dns_addresses) -> None:
+        """`address`: `host:port`, or `dns:///name:port` (every address of the name; `resolve` finds them for
+        the cluster view, which asks each orchestrator)."""
         self.address = address
+        self.resolve = resolve
         self.channel = open_channel(address)
         self.stub = orchestrator_pb2_grpc.OrchestratorStub(self.channel)
+        self._each: dict[str, grpc.aio.Channel] = {}  # the cluster view's channel to each orchestrator
 
     async def close(self) -> None:
         await self.channel.close()
+        for channel in self._each.values():
+            await channel.close()
 
     def _unavailable(self, exc: grpc.aio.AioRpcError) -> OrchestratorUnavailable:
         return OrchestratorUnavailable(f"orchestrator at {self.address} is unavailable: {exc.details()}")
@@ -180,15 +200,25 @@ class OrchestratorClient:
             unload_models=unload_models, free_memory=free_memory))
         return list(reply.unloaded)
 
-    async def cluster(self) -> OrchestratorState:
-        reply = await self._call(self.stub.GetCluster, orchestrator_pb2.GetClusterRequest())
-        return OrchestratorState(
-            reply.orchestrator, reply.max_running_jobs, reply.waiting_calls,
-            tuple(ReplicaState(r.stage, r.address, r.healthy, r.slots, r.in_flight, r.device, tuple(r.models),
-                               r.device_total_bytes, r.device_free_bytes, r.memory_budget_bytes,
-                               r.memory_used_bytes, r.failures) for r in reply.replicas),
-            tuple(JobProgress(j.job_id, j.node_id, j.class_type, j.value, j.max, j.nodes_done, j.nodes_total)
-                  for j in reply.running))
+    async def cluster(self) -> tuple[OrchestratorState, ...]:
+        if not is_dns_target(self.address):
+            reply = await self._call(self.stub.GetCluster, orchestrator_pb2.GetClusterRequest())
+            return (_cluster(self.address, reply),)
+        # each orchestrator the name stands for, asked directly (round_robin would answer for one of them)
+        addresses = await asyncio.to_thread(expand, parse_dns_target(self.address), self.resolve)
+        if not addresses:
+            raise OrchestratorUnavailable(f"no orchestrator resolved from {self.address}")
+        return tuple(await asyncio.gather(*(self._cluster_of(address) for address in addresses)))
+
+    async def _cluster_of(self, address: str) -> OrchestratorState:
+        if address not in self._each:
+            self._each[address] = open_channel(address)
+        stub = orchestrator_pb2_grpc.OrchestratorStub(self._each[address])
+        try:
+            reply = await stub.GetCluster(orchestrator_pb2.GetClusterRequest(), timeout=CLUSTER_DEADLINE)
+        except grpc.aio.AioRpcError:
+            return OrchestratorState(address, healthy=False)
+        return _cluster(address, reply)
 
     async def events(self, job_id: str = "", after: int = 0, follow: bool = True,
                      previews: bool = False) -> AsyncIterator[JobEvent]:

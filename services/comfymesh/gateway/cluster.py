@@ -28,13 +28,13 @@ router = APIRouter(prefix="/v1", tags=["cluster"])
 
 
 async def cluster_view(engine: Engine, failures: int = 10) -> ClusterView:
-    """Ask the orchestrator and the job store at once: the store knows every orchestrator's jobs, the
+    """Ask the orchestrators and the job store at once: the store knows every orchestrator's jobs, each
     orchestrator its replicas and the progress of its own jobs."""
     state, queued, running, failed = await asyncio.gather(
         engine.cluster(), engine.count_jobs((JobStatus.QUEUED,)),
         engine.list_jobs(JobQuery(statuses=(JobStatus.RUNNING,))),
         engine.list_jobs(JobQuery(statuses=(JobStatus.FAILED,), order=JobOrder.NEWEST, limit=failures)))
-    return ClusterView(queued=queued, orchestrators=[_orchestrator(state)], running=[
+    return ClusterView(queued=queued, orchestrators=[_orchestrator(s) for s in state], running=[
         _running(job.job_id, job.started, state) for job in running.jobs], failures=[
         RecentFailure(job_id=job.job_id, finished=job.finished, node_id=job.error.node_id if job.error else "",
                       node_type=job.error.node_type if job.error else "", type=job.error.type if job.error else "",
@@ -42,7 +42,8 @@ async def cluster_view(engine: Engine, failures: int = 10) -> ClusterView:
 
 
 def _orchestrator(state: OrchestratorState) -> OrchestratorModel:
-    return OrchestratorModel(name=state.name, max_running_jobs=state.max_running_jobs,
+    return OrchestratorModel(address=state.address, healthy=state.healthy, name=state.name,
+                             max_running_jobs=state.max_running_jobs,
                              waiting_calls=state.waiting_calls, replicas=[
         ReplicaModel(stage=r.stage, address=r.address, healthy=r.healthy, slots=r.slots, in_flight=r.in_flight,
                      device=r.device, models=list(r.models), device_total_bytes=r.device_total_bytes,
@@ -50,11 +51,12 @@ def _orchestrator(state: OrchestratorState) -> OrchestratorModel:
                      memory_used_bytes=r.memory_used_bytes, failures=r.failures) for r in state.replicas])
 
 
-def _running(job_id: str, started: float | None, state: OrchestratorState) -> RunningJobModel:
-    progress = next((p for p in state.running if p.job_id == job_id), None)
-    if progress is None:  # driven by another orchestrator (or just finishing)
+def _running(job_id: str, started: float | None, states: tuple[OrchestratorState, ...]) -> RunningJobModel:
+    found = next(((s, p) for s in states for p in s.running if p.job_id == job_id), None)
+    if found is None:  # its orchestrator did not answer (or the job is just finishing)
         return RunningJobModel(job_id=job_id, started=started, orchestrator=None, node_id="", class_type="",
                                value=0, max=0, nodes_done=0, nodes_total=0)
+    state, progress = found
     return RunningJobModel(job_id=job_id, started=started, orchestrator=state.name, node_id=progress.node_id,
                            class_type=progress.class_type, value=progress.value, max=progress.max,
                            nodes_done=progress.nodes_done, nodes_total=progress.nodes_total)

@@ -214,9 +214,11 @@ class JobProgress:
 
 @dataclass(frozen=True)
 class OrchestratorState:
-    name: str
-    max_running_jobs: int
-    waiting_calls: int
+    address: str  # where the gateway asked it
+    healthy: bool  # it answered (the rest is empty when it did not)
+    name: str = ""
+    max_running_jobs: int = 0
+    waiting_calls: int = 0
     replicas: tuple[ReplicaState, ...] = ()
     running: tuple[JobProgress, ...] = ()
 
@@ -258,8 +260,9 @@ class Engine(Protocol):
 
     async def free(self, unload_models: bool = True, free_memory: bool = False) -> list[str]: ...
 
-    async def cluster(self) -> OrchestratorState:
-        """The orchestrator that answers: its replicas and the progress of the jobs it drives."""
+    async def cluster(self) -> tuple[OrchestratorState, ...]:
+        """Each orchestrator (every address of a `dns:///` name; else the one configured): its replicas and the
+        progress of the jobs it drives."""
         ...
 
     def events(self, job_id: str = "", after: int = 0, follow: bool = True,

@@ -179,6 +179,8 @@ class ReplicaModel(BaseModel):
 
 
 class OrchestratorModel(BaseModel):
+    address: str = Field(description="where the gateway asked it (each address of a `dns:///` name)")
+    healthy: bool = Field(description="it answered; when not, the fields below are empty")
     name: str = Field(description="host:pid of the orchestrator")
     max_running_jobs: int
     waiting_calls: int = Field(description="its stage calls waiting for a free slot")
@@ -188,8 +190,8 @@ class OrchestratorModel(BaseModel):
 class RunningJobModel(BaseModel):
     job_id: str
     started: float | None
-    orchestrator: str | None = Field(description="the orchestrator driving it, when it is the one that answered "
-                                                 "(another's jobs show no progress)")
+    orchestrator: str | None = Field(description="the orchestrator driving it; null when it did not answer "
+                                                 "(no progress is shown then)")
     node_id: str = Field(description="the node running now")
     class_type: str
     value: int = Field(description="the node's progress (sampler steps); 0 of 0 when it reported none")
@@ -212,6 +214,6 @@ class ClusterView(BaseModel):
 
     queued: int = Field(description="jobs waiting in the queue, store-wide")
     running: list[RunningJobModel] = Field(description="running jobs, store-wide, in run order")
-    orchestrators: list[OrchestratorModel] = Field(description="the orchestrator that answered, with every stage "
-                                                               "replica it knows")
+    orchestrators: list[OrchestratorModel] = Field(description="each orchestrator (every address of a `dns:///` "
+                                                               "name), with every stage replica it knows")
     failures: list[RecentFailure] = Field(description="the most recent failed jobs, newest first")
