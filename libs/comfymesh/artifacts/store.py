@@ -14,6 +14,7 @@ import numpy as np
 from safetensors.numpy import load as load_safetensors
 from safetensors.numpy import save as save_safetensors
 
+from comfymesh import trace
 from comfymesh.contracts.values import TensorRef
 
 _DTYPE_NAMES = {
@@ -76,6 +77,7 @@ class ArtifactStore:
     def _uri(self, key: str) -> str:
         return f"{self._protocol}://{key}" if self._protocol != "file" else f"file://{key}"
 
+    @trace.traced("artifact.put")
     def put_bundle(self, tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None,
                    primary: str | None = None) -> TensorRef:
         """Store named tensors (+ string metadata) and return a ref to the primary one."""
@@ -91,6 +93,7 @@ class ArtifactStore:
         return TensorRef(uri=self._uri(key), dtype=_DTYPE_NAMES.get(main.dtype, str(main.dtype)),
                          shape=tuple(int(d) for d in main.shape), digest=digest, nbytes=len(data))
 
+    @trace.traced("artifact.get")
     def get_bundle(self, ref: TensorRef) -> tuple[dict[str, np.ndarray], dict[str, str]]:
         """Read a bundle back, checking its digest so a damaged file never feeds a node."""
         data = self._recalled(ref.digest)

@@ -22,6 +22,7 @@ from comfymesh.config.model_pull import ModelPullSettings
 from comfymesh.config.models import ModelsSettings
 from comfymesh.config.operations import OperationsSettings
 from comfymesh.config.policies import RetryPolicy, TimeoutPolicy
+from comfymesh.config.telemetry import TelemetrySettings
 from comfymesh.config.testing import FaultSwitches
 from comfymesh.config.workflows import WorkflowSettings
 
@@ -31,7 +32,8 @@ MAKE_SECRET = "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
 
 
 class Settings(FastPathSettings, BatchingSettings, DiffusionSettings, FaultSwitches, WorkflowSettings, ModelPullSettings,
-               OperationsSettings, FilesSettings, ModelsSettings, DiscoverySettings, BaseSettings):
+               OperationsSettings, FilesSettings, ModelsSettings, DiscoverySettings, TelemetrySettings,
+               BaseSettings):
     """Zero-configuration defaults that run the whole mesh on one machine."""
 
     model_config = SettingsConfigDict(env_prefix="COMFYMESH_", frozen=True, extra="ignore")
@@ -222,5 +224,5 @@ def configuration_problems(exc: ValidationError) -> str:
 
 
 __all__ = ["BatchingSettings", "DiffusionSettings", "DiscoverySettings", "FastPathSettings", "FaultSwitches",
-           "FilesSettings", "ModelPullSettings", "RetryPolicy", "Settings", "TimeoutPolicy", "WorkflowSettings",
-           "get_settings"]
+           "FilesSettings", "ModelPullSettings", "RetryPolicy", "Settings", "TelemetrySettings", "TimeoutPolicy",
+           "WorkflowSettings", "get_settings"]

@@ -7,10 +7,12 @@ from pathlib import Path
 
 import grpc
 
+from comfymesh import trace
 from comfymesh.config import get_settings
 from comfymesh.config.discovery import is_dns_target
 from comfymesh.rpc.auth import client_interceptors
 from comfymesh.rpc.discovery import BALANCED_SERVICE_CONFIG
+from comfymesh.rpc.tracing import tracing_client_interceptors
 
 
 def max_message_bytes() -> int:
@@ -42,7 +44,8 @@ def open_channel(address: str, internal_secret: str | None = None) -> grpc.aio.C
     """A channel to another service; its calls carry the internal secret (default: COMFYMESH_INTERNAL_SECRET)."""
     settings = get_settings()
     secret = settings.internal_secret.get_secret_value() if internal_secret is None else internal_secret
-    interceptors = client_interceptors(secret) if secret else None
+    interceptors = [*(client_interceptors(secret) if secret else ()),
+                    *(tracing_client_interceptors() if trace.enabled() else ())] or None
     options: list[tuple[str, int | str]] = [*channel_options()]
     if is_dns_target(address):  # every address of the name, in turn, leaving out those not SERVING
         options.append(("grpc.service_config", BALANCED_SERVICE_CONFIG))

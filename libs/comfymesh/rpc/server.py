@@ -12,10 +12,12 @@ from collections.abc import Callable
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from comfymesh import trace
 from comfymesh.addresses import listens_locally
 from comfymesh.config import MAKE_SECRET, Settings, get_settings
 from comfymesh.rpc.auth import InternalSecretServerInterceptor
 from comfymesh.rpc.channels import channel_options, read_pem
+from comfymesh.rpc.tracing import TracingServerInterceptor
 
 Registrar = Callable[[grpc.aio.Server], None]
 log = logging.getLogger("comfymesh.rpc")
@@ -65,12 +67,14 @@ async def start_server(listen: str, registrars: list[Registrar], service_names: 
     """
     secret = get_settings().internal_secret.get_secret_value() if internal_secret is None else internal_secret
     credentials = server_credentials(listen, internal_secret=secret)
-    interceptors = [InternalSecretServerInterceptor(secret)] if secret else None
+    interceptors: list[grpc.aio.ServerInterceptor] = [InternalSecretServerInterceptor(secret)] if secret else []
+    if trace.enabled():  # inside the secret check: a refused call gets no span
+        interceptors.append(TracingServerInterceptor())
     # accept the clients' keepalive pings on long, quiet streams (a waiting job's events) instead of
     # answering them with GOAWAY "too many pings", which would cut those streams
     options = [*channel_options(), ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
                ("grpc.keepalive_permit_without_calls", 1), ("grpc.http2.max_ping_strikes", 0)]
-    server = grpc.aio.server(options=options, interceptors=interceptors)
+    server = grpc.aio.server(options=options, interceptors=interceptors or None)
     for register in registrars:
         register(server)
     health_servicer = health_servicer or health.aio.HealthServicer()

@@ -11,6 +11,7 @@ failure messages name files relative to the data root, never by their absolute p
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
 import re
@@ -87,7 +88,8 @@ class GroupRun:
         try:
             for call in self.request.nodes:
                 try:
-                    self._run_node(call)
+                    with trace.span(f"node {call.class_type}", {"node.id": call.node_id}):
+                        self._run_node(call)
                 except BaseException as exc:  # every failure is reported, never a hang
                     if not isinstance(exc, Exception):
                         raise
@@ -191,7 +193,8 @@ class GroupRun:
         trace.mark(f"stage.node_done.{call.class_type}")
         done = stage_pb2.NodeDone(node_id=call.node_id, ui_json=wirejson.dumps(ctx.ui) if ctx.ui else "")
         if call.node_id in self.exported and outputs:
-            self.writes.append((call, _writer.submit(self._export, call, types, outputs, done)))
+            self.writes.append((call, _writer.submit(contextvars.copy_context().run, self._export, call, types,
+                                                     outputs, done)))
         else:
             self.emit(stage_pb2.StageEvent(done=done))
 

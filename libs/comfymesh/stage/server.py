@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import hashlib
 import inspect
 import logging
@@ -145,7 +146,8 @@ class StageServicer(stage_pb2_grpc.StageServicer):
                 finally:
                     emit(None)
 
-            work = loop.run_in_executor(self.executor, run)
+            # in this call's context: the nodes' spans are children of the call's
+            work = loop.run_in_executor(self.executor, contextvars.copy_context().run, run)
             try:
                 while (event := await queue.get()) is not None:
                     yield event
@@ -235,6 +237,7 @@ def stage_main(stage: str, load_nodes: Callable[[], NodeSet], package_dir: Path,
     args = parser.parse_args()
     settings = get_settings()
     setup_logging(stage, settings.log_level, settings.log_json)
+    trace.start_tracing(stage)
     try:
         server_credentials(args.listen, settings)  # refused before the slow start-up (a model warm-up)
     except ServerConfigError as exc:

@@ -7,7 +7,7 @@ import sys
 
 import uvicorn
 
-from comfymesh import gctune
+from comfymesh import gctune, trace
 from comfymesh.config import get_settings
 from comfymesh.gateway.app import create_app
 from comfymesh.gateway.auth import check_bind
@@ -26,6 +26,7 @@ def main() -> None:
     except ValueError as exc:
         sys.exit(f"comfymesh gateway: {exc}")
     setup_logging("gateway", settings.log_level, settings.log_json)
+    trace.start_tracing("gateway")
     # the Host check accepts the name we were told to listen on
     app = create_app(settings.model_copy(update={"host": args.host, "port": args.port}))
     gctune.settle(gctune.parse_thresholds(settings.gc_thresholds))

@@ -8,7 +8,7 @@ import logging
 import signal
 import sys
 
-from comfymesh import gctune
+from comfymesh import gctune, trace
 from comfymesh.config import get_settings
 from comfymesh.jobs import DamagedDatabaseError
 from comfymesh.jobs.backends import UnknownDatabaseSchemeError, describe, open_job_store
@@ -33,6 +33,7 @@ class RecoveryError(Exception):
 async def serve(listen: str) -> None:
     settings = get_settings()
     setup_logging("orchestrator", settings.log_level, settings.log_json)
+    trace.start_tracing("orchestrator")  # before the first channel or server: they trace only if it is on
     store = await open_job_store(settings)
     where = describe(settings)
     pool = ReplicaPool({stage: settings.replicas(stage) for stage in ("imaging", "diffusion")},

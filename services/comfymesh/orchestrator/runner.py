@@ -75,7 +75,8 @@ class JobRunner:
             await self.recorder.complete()
 
     async def _execute(self) -> None:
-        plan = self.plan = await self._signed_plan()
+        with trace.span("plan", {"job.id": self.job.id}):
+            plan = self.plan = await self._signed_plan()
         recorder = self.recorder
         recorder.plan = plan
         trace.mark("orchestrator.planned")

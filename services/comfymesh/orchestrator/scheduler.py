@@ -134,7 +134,8 @@ class Scheduler:
                                          custom_checks=self._custom_checks(), node_check=self._limits)
             # typical prompts validate in well under a millisecond; only big ones go to a worker thread
             small = isinstance(prompt, dict) and len(prompt) <= _INLINE_VALIDATION_NODES
-            result = validate() if small else await asyncio.to_thread(validate)
+            with trace.span("validate", {"prompt.nodes": len(prompt) if isinstance(prompt, dict) else 0}):
+                result = validate() if small else await asyncio.to_thread(validate)
             trace.mark("orchestrator.validated")
             if not result.ok:
                 return Submission(error=result.error, node_errors=result.node_errors, number=number)
@@ -144,8 +145,11 @@ class Scheduler:
             extra = {key: value for key, value in extra_data.items() if key != STORED_KEY}  # ours alone
             if client_id:
                 extra["client_id"] = client_id
-            if options.stored():
-                extra[STORED_KEY] = options.stored()
+            stored = options.stored()
+            if parent := trace.current_traceparent():  # the job's run, maybe on another orchestrator, joins this trace
+                stored[trace.STORED_TRACEPARENT] = parent
+            if stored:
+                extra[STORED_KEY] = stored
             idempotency = (user, options.idempotency_key, options.request_digest) if options.idempotency_key else None
             try:
                 await self.bus.record(self.store.add_job, job_id, number, result.prompt, extra, client_id,
@@ -352,7 +356,8 @@ class Scheduler:
                                plan=self._plans.pop(job.id, None), files=self.files)
             self.runners[job.id] = runner
             await self._check_stages_declare(_class_types(job.prompt))
-            await runner.run()
+            with trace.span("job", {"job.id": job.id}, parent=trace.stored_parent(job.extra_data.get(STORED_KEY))):
+                await runner.run()
         except LeaseLost:
             log.warning("lease lost; another orchestrator runs the job", extra=log_fields(job=job.id))
         except asyncio.CancelledError:
