@@ -32,6 +32,7 @@ class Busy:
     running: str  # the job on its hanging node
     queued: str  # waiting behind it (one job at a time)
     failed: str  # failed at its checkpoint loader
+    completed: str  # a txt2img job run to its end
 
 
 def _home(root: Path) -> Path:
@@ -78,13 +79,14 @@ def busy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Busy]:
                 env={"COMFYMESH_TEST_HANG_NODES": HANGING, "COMFYMESH_MAX_RUNNING_JOBS": "1"})
     try:
         mesh.start()
-        assert mesh.wait(mesh.submit(txt2img(CHECKPOINT)))["status"] == "completed"
+        completed = mesh.submit(txt2img(CHECKPOINT))
+        assert mesh.wait(completed)["status"] == "completed"
         failed = mesh.submit(txt2img(BROKEN))
         assert mesh.wait(failed)["status"] == "failed"
         running = mesh.submit(hanging())
         cluster_until(mesh, lambda view: [j["node_id"] for j in view["running"]] == ["5"])
         queued = mesh.submit(hanging())
-        yield Busy(mesh, running, queued, failed)
+        yield Busy(mesh, running, queued, failed, completed)
         for job_id in (queued, running):
             mesh.http.post(f"/v1/jobs/{job_id}/cancel")
     finally:
@@ -115,6 +117,17 @@ def test_the_cluster_api_shows_queue_running_replicas_models_and_failures(busy: 
     documented = mesh.http.get("/v1/openapi.json").json()
     assert documented["paths"]["/v1/cluster"]["get"]["responses"]["200"]["content"]["application/json"][
         "schema"] == {"$ref": "#/components/schemas/ClusterView"}
+
+
+def test_each_finished_job_leaves_one_log_line_with_its_time_per_stage(busy: Busy) -> None:
+    lines = [json.loads(line.split(": ", 1)[1]) for line in busy.mesh.logs
+             if line.startswith("orchestrator: {") and '"status": "' in line]
+    [done] = [entry for entry in lines if entry.get("job") == busy.completed]
+    assert done["msg"].startswith(f"job {busy.completed} completed in ") and done["status"] == "completed"
+    assert done["diffusion_s"] > 0 and done["run_s"] >= done["diffusion_s"] and done["queued_s"] >= 0
+    [failed] = [entry for entry in lines if entry.get("job") == busy.failed and "msg" in entry
+                and entry["msg"].startswith(f"job {busy.failed} failed")]
+    assert failed["node"] == "4" and "at node 4 (CheckpointLoaderSimple)" in failed["msg"]
 
 
 def test_comfymesh_status_once_prints_the_same_view(busy: Busy) -> None:
