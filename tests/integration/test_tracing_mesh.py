@@ -55,7 +55,9 @@ def test_one_job_is_one_trace_from_the_gateway_to_the_stage(traced: tuple[Mesh, 
     reply = mesh.http.post("/v1/workflows", json={"prompt": _prompt(7)},
                            headers={"traceparent": f"00-{trace_id}-{caller_span}-01"})
     assert reply.status_code == 202, reply.text
-    job = mesh.wait(reply.json()["job_id"])
+    job_id = reply.json()["job_id"]
+    assert mesh.events(f"/v1/jobs/{job_id}/events")[-1]["event"] == "completed"  # a StreamStatus stream, traced
+    job = mesh.wait(job_id)
     assert job["status"] == "completed", job
 
     # each process sends its spans on its own: wait until every hop's have come
@@ -93,6 +95,8 @@ def test_one_job_is_one_trace_from_the_gateway_to_the_stage(traced: tuple[Mesh, 
     assert call_in.resource["host.name"] in ("stage-host-a", "stage-host-b")
     assert sorted(s.name for s in _children(spans, call_in)) == ["node EmptyImage", "node ImageInvert",
                                                                  "node SaveImage"]
+    # spans opened in streaming handlers close cleanly (no context detached in another task)
+    assert not [line for line in mesh.logs if "Traceback" in line or "Failed to detach" in line]
 
 
 def test_jobs_on_both_stage_hosts_trace_back_to_their_callers(traced: tuple[Mesh, OtlpCollector]) -> None:
