@@ -52,6 +52,8 @@ def test_the_bucket_is_listed_as_the_folders_are(bucket: tuple[ModelFolders, str
     listed = list_models(catalog, "checkpoints")
     assert [(m.name, m.size, m.location) for m in listed] == [
         ("sd15.safetensors", len(CHECKPOINT), f"{url}/checkpoints"), ("sub/other.safetensors", 5, f"{url}/checkpoints")]
+    assert folders.sizes("checkpoints") == [("sd15.safetensors", len(CHECKPOINT)), ("sub/other.safetensors", 5)]
+    assert folders.cache is not None and not folders.cache.root.exists()  # listed, nothing fetched
     assert folders.resolve("checkpoints", "../clip/te.safetensors") is None  # never outside its folder
     assert folders.resolve("checkpoints", "notes.txt") is None
 
@@ -69,9 +71,8 @@ def test_a_host_keeps_one_copy_by_digest_and_refetches_a_tampered_one(bucket: tu
     assert [p.name for p in folders.cache.root.iterdir() if not p.name.startswith(".")] == [sha(CHECKPOINT)]
 
 
-def test_a_changed_object_is_refused_for_an_older_handle(bucket: tuple[ModelFolders, str],
-                                                         seaweedfs: SeaweedServer) -> None:  # noqa: F811
-    folders, url = bucket
+def test_a_changed_object_is_refused_for_an_older_handle(bucket: tuple[ModelFolders, str]) -> None:
+    folders, _ = bucket
     assert folders.cache is not None and folders.remote is not None
     old = sha(CHECKPOINT)
     folders.remote.store.write("checkpoints/sd15.safetensors", b"new bytes")
@@ -124,6 +125,7 @@ def test_a_file_url_names_another_models_folder(tmp_path: Path) -> None:
     folders = model_folders(Settings(home=tmp_path / "home",  # type: ignore[arg-type]
                                      models_url=(tmp_path / "shared").as_uri()))
     assert Catalog(folders.home, {}, folders).model_files("checkpoints") == ["a.safetensors"]
+    assert folders.sizes("checkpoints") == [("a.safetensors", 1)]
 
 
 @pytest.mark.parametrize(("secret", "bucket_name", "code"), [

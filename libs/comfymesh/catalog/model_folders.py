@@ -126,6 +126,19 @@ class ModelFolders:
         key = self.remote.key_of(folder, name) if self.remote is not None and self.accepts(name, folder) else None
         return self.remote.version(key) if self.remote is not None and key is not None else None
 
+    def sizes(self, folder: str) -> list[tuple[str, int]]:
+        """(name, bytes) of every accepted file of `folder`, first root winning a name, without fetching one."""
+        if self.remote is not None:
+            return [(entry.name, entry.size) for entry in self.remote.entries(folder, self.accepts)]
+        found: dict[str, int] = {}
+        for directory, names in self.walk(folder):
+            for name in names:
+                try:
+                    found.setdefault(name, os.path.getsize(os.path.join(directory, name.rsplit("/", 1)[-1])))
+                except OSError:
+                    continue  # removed since it was listed
+        return sorted(found.items())
+
     def walk(self, folder: str) -> Iterable[tuple[str, list[str]]]:
         """Every directory under `folder`'s roots, with the accepted files in it as names relative to
         their root ('/' separators); empty directories too, so a listing can watch them for changes.

@@ -55,8 +55,9 @@ class ModelRunnerServicer(model_runner_pb2_grpc.ModelRunnerServicer):
                          context: grpc.aio.ServicerContext) -> model_runner_pb2.ListModelsResponse:
         loaded = await asyncio.to_thread(self.cache.list)
         names = {entry["name"] for entry in loaded}
-        on_disk = [{"name": name, "bytes": path.stat().st_size} for name in self.catalog.model_files("checkpoints")
-                   if name not in names and (path := self.catalog.folders.resolve("checkpoints", name))]
+        # sizes from the listing: a bucket's checkpoints are not fetched to be listed
+        listed = await asyncio.to_thread(self.catalog.folders.sizes, "checkpoints")
+        on_disk = [{"name": name, "bytes": size} for name, size in listed if name not in names]
         total, free = await asyncio.to_thread(device_memory, self.cache.device)
         return model_runner_pb2.ListModelsResponse(
             models=[self._info(e, True) for e in loaded] + [self._info(e, False) for e in on_disk],
