@@ -5,6 +5,7 @@ MODEL / CLIP / VAE values are handles (see `handles`) that the model cache resol
 from __future__ import annotations
 
 from comfymesh.diffusion.nodes import (  # noqa: F401  (they declare)
+    chroma_radiance,
     conditioning,
     conditioning_ops,
     controlnet,
