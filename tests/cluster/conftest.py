@@ -34,11 +34,13 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         postgres = PostgresServer(host=rig.bridge_ip).start()
         s3 = SeaweedServer(binary, host=rig.bridge_ip).start()
         yield Cluster(rig, postgres, s3)
-    finally:
+    finally:  # the servers first: with its address gone from the bridge, weed takes 20 s to stop
         try:
-            rig.stop()
-        finally:
             if s3 is not None:
                 s3.stop()
-            if postgres is not None:
-                postgres.stop()
+        finally:
+            try:
+                if postgres is not None:
+                    postgres.stop()
+            finally:
+                rig.stop()

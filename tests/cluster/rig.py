@@ -310,8 +310,9 @@ class Rig:
         self.hosts.pop(host.name, None)
 
     def stop(self) -> None:
-        """Tear everything down; safe to call after a partial start."""
+        """Tear everything down; safe to call after a partial start. The services' logs stay in services.log."""
         try:
+            (self.root / "services.log").write_text("\n".join(self.logs) + "\n")
             self.supervisor.stop(grace=5)
         finally:
             for host in list(self.hosts.values()):
