@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 from collections.abc import Callable
@@ -158,5 +159,6 @@ def test_changed_file_is_detected(tmp_path: Path, model_cache: ModelCache) -> No
     path = make_tiny_checkpoint(tmp_path / "models" / "checkpoints" / "m.safetensors", "sd15", seed=1)
     _, clip, _ = nodes.impls["CheckpointLoaderSimple"](ctx, ckpt_name="m.safetensors")
     make_tiny_checkpoint(path, "sd15", seed=2)
-    with pytest.raises(ModelError, match="changed on disk"):
+    changed = hashlib.sha256(path.read_bytes()).hexdigest()
+    with pytest.raises(ModelError, match=f"changed on disk.*expected sha256 {clip['digest']}, got {changed}"):
         nodes.impls["CLIPTextEncode"](ctx, text="x", clip=clip)

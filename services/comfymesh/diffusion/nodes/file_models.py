@@ -34,8 +34,9 @@ def resident(ctx: NodeContext, kind: str, folder: str, name_or_handle: Any,
     def placed(path: Path) -> Any:
         return load(path).to(cache.device)
 
-    digest, model = cache.model_file(kind, resolve_file(ctx, folder, name), placed)
-    if handle is not None and digest != handle["digest"]:
-        raise ModelError(f"{folder} file {name} changed on disk since it was loaded; run its loader again",
-                         node_id=ctx.node_id)
+    expected = handle["digest"] if handle is not None else None
+    digest, model = cache.model_file(kind, resolve_file(ctx, folder, name, expected), placed)
+    if expected is not None and digest != expected:
+        raise ModelError(f"{folder} file {name} changed on disk since it was loaded (expected sha256 {expected}, "
+                         f"got {digest}); run its loader again", node_id=ctx.node_id)
     return digest, model

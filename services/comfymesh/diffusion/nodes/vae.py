@@ -25,9 +25,10 @@ def vae_of(ctx: NodeContext, handle: ModelHandle) -> tuple[torch.nn.Module, Fast
     handle = expect_handle(ctx, handle, HandleKind.VAE)
     if "file" in handle:
         cache = get_model_cache()
-        digest, file_vae = cache.vae_file(resolve_file(ctx, "vae", handle["file"]))
+        digest, file_vae = cache.vae_file(resolve_file(ctx, "vae", handle["file"], handle["digest"]))
         if digest != handle["digest"]:
-            raise ModelError(f"VAE {handle['file']} changed on disk since it was loaded", node_id=ctx.node_id)
+            raise ModelError(f"VAE {handle['file']} changed on disk since it was loaded (expected sha256 "
+                             f"{handle['digest']}, got {digest})", node_id=ctx.node_id)
         # the Wan VAE (Qwen-Image) decodes frame by frame with a cache of past frames: eagerly
         return file_vae, None if wan_vae.is_wan_vae(file_vae) else cache.vae_file_decoder(digest, file_vae)
     ckpt = checkpoint_of(ctx, handle)
