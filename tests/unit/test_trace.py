@@ -105,3 +105,15 @@ def test_untraced_services_load_no_sdk_and_create_no_exporter(tmp_path: Path) ->
     env = {"PATH": os.environ.get("PATH", ""), "COMFYMESH_HOME": str(tmp_path)}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode == 0 and result.stdout.strip() == "untraced", result.stderr
+
+
+def test_the_collector_comes_from_either_variable_and_must_be_a_url(configure: Callable[..., Settings],
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317")
+    assert configure().otlp_endpoint == "http://collector:4317"
+    assert configure(otlp_endpoint="https://traces.example:443").otlp_endpoint == "https://traces.example:443"
+    with pytest.raises(SystemExit) as refused:
+        configure(otlp_endpoint="collector:4317")
+    assert str(refused.value).splitlines()[1].strip() == (
+        "COMFYMESH_OTLP_ENDPOINT: must be the http:// (plaintext) or https:// URL of an OTLP/gRPC collector, "
+        "e.g. http://collector:4317 (read from OTEL_EXPORTER_OTLP_ENDPOINT when unset)")

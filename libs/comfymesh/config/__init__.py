@@ -218,9 +218,15 @@ def get_settings() -> Settings:
 def configuration_problems(exc: ValidationError) -> str:
     """One line per refused setting, named by its variable; never the value (it may be a secret)."""
     # a check of several settings (no loc) names its variables in its message
-    lines = [(f"COMFYMESH_{'_'.join(str(part) for part in error['loc']).upper()}: " if error["loc"] else "")
+    lines = [(f"{_variable(error['loc'])}: " if error["loc"] else "")
              + error["msg"].removeprefix("Value error, ") for error in exc.errors()]
     return "comfymesh: invalid configuration\n  " + "\n  ".join(lines)
+
+
+def _variable(loc: tuple[int | str, ...]) -> str:
+    name = "_".join(str(part) for part in loc).upper()
+    # a setting read from several variables is reported by its first alias, a whole variable name already
+    return name if name.startswith("COMFYMESH_") else f"COMFYMESH_{name}"
 
 
 __all__ = ["BatchingSettings", "DiffusionSettings", "DiscoverySettings", "FastPathSettings", "FaultSwitches",

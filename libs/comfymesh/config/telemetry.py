@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field
+from urllib.parse import urlsplit
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
+
+OTLP_ENDPOINT_VARIABLES = ("COMFYMESH_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
 
 
 class TelemetrySettings(BaseModel):
@@ -12,9 +16,17 @@ class TelemetrySettings(BaseModel):
 
     # OpenTelemetry's own variable works too, so a deployment that sets it for every container needs nothing more
     otlp_endpoint: str = Field(
-        "", pattern=r"^(https?://[^\s/]+/?)?$",
-        validation_alias=AliasChoices("COMFYMESH_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"),
+        "", validation_alias=AliasChoices(*OTLP_ENDPOINT_VARIABLES),
         description="OTLP/gRPC collector every service exports its spans to, e.g. http://collector:4317 "
                     "(also read from OTEL_EXPORTER_OTLP_ENDPOINT; empty: no tracing, at no cost)")
     trace_host_name: str = Field("", max_length=255, description="host.name on this process's spans "
                                                                  "(empty: the machine's host name)")
+
+    @field_validator("otlp_endpoint")
+    @classmethod
+    def _collector_url(cls, value: str) -> str:
+        parts = urlsplit(value.strip())
+        if value and (parts.scheme not in ("http", "https") or not parts.hostname):
+            raise ValueError("must be the http:// (plaintext) or https:// URL of an OTLP/gRPC collector, e.g. "
+                             f"http://collector:4317 (read from {OTLP_ENDPOINT_VARIABLES[1]} when unset)")
+        return value.strip()
