@@ -33,6 +33,7 @@ class Busy:
     queued: str  # waiting behind it (one job at a time)
     failed: str  # failed at its checkpoint loader
     completed: str  # a txt2img job run to its end
+    sampling: dict[str, Any]  # a long sampler's entry in `running`, seen while it ran (then it was cancelled)
 
 
 def _home(root: Path) -> Path:
@@ -83,10 +84,17 @@ def busy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Busy]:
         assert mesh.wait(completed)["status"] == "completed"
         failed = mesh.submit(txt2img(BROKEN))
         assert mesh.wait(failed)["status"] == "failed"
+        long_run = txt2img(CHECKPOINT)
+        long_run["3"]["inputs"]["steps"] = 1000  # the most allowed: seconds of sampling on the CPU, long enough to see
+        sampler = mesh.submit(long_run)
+        sampling = cluster_until(mesh, lambda view: any(j["max"] == 1000 and j["value"] > 0
+                                                        for j in view["running"]))["running"][0]
+        mesh.http.post(f"/v1/jobs/{sampler}/cancel")
+        assert mesh.wait(sampler)["status"] == "cancelled"
         running = mesh.submit(hanging())
         cluster_until(mesh, lambda view: [j["node_id"] for j in view["running"]] == ["5"])
         queued = mesh.submit(hanging())
-        yield Busy(mesh, running, queued, failed, completed)
+        yield Busy(mesh, running, queued, failed, completed, sampling)
         for job_id in (queued, running):
             mesh.http.post(f"/v1/jobs/{job_id}/cancel")
     finally:
@@ -117,6 +125,13 @@ def test_the_cluster_api_shows_queue_running_replicas_models_and_failures(busy: 
     documented = mesh.http.get("/v1/openapi.json").json()
     assert documented["paths"]["/v1/cluster"]["get"]["responses"]["200"]["content"]["application/json"][
         "schema"] == {"$ref": "#/components/schemas/ClusterView"}
+
+
+def test_a_running_sampler_shows_its_steps(busy: Busy) -> None:
+    assert (busy.sampling["node_id"], busy.sampling["class_type"]) == ("3", "KSampler")
+    assert 0 < busy.sampling["value"] <= busy.sampling["max"] == 1000
+    # the loader, prompts and latent come from the first run's cache: the sampler, decode and save are left
+    assert (busy.sampling["nodes_done"], busy.sampling["nodes_total"]) == (0, 3)
 
 
 def test_each_finished_job_leaves_one_log_line_with_its_time_per_stage(busy: Busy) -> None:
