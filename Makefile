@@ -4,12 +4,12 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 # Every system package the project uses, installed explicitly (never assumed present).
-APT_PACKAGES := imagemagick libmagickwand-dev chromium fonts-dejavu-core postgresql prometheus
+APT_PACKAGES := imagemagick libmagickwand-dev chromium fonts-dejavu-core postgresql prometheus dnsmasq-base nftables
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: run test setup system-deps venv proto tokenizer lint typecheck pytest bench clean help
+.PHONY: run test setup system-deps venv proto tokenizer lint typecheck pytest cluster-test bench clean help
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -21,7 +21,7 @@ test: setup lint typecheck pytest  ## lint, type-check and run all tests
 
 setup: system-deps venv proto tokenizer  ## system packages, venv, generated stubs, tokenizer files
 
-system-deps:  ## apt-get install the system packages (ImageMagick library and CLI, chromium, PostgreSQL 15 for the store tests, Prometheus for the scaling-query test)
+system-deps:  ## apt-get install the system packages (ImageMagick library and CLI, chromium, PostgreSQL 15 for the store tests, Prometheus for the scaling-query test, dnsmasq and nftables for the cluster rig)
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 	  echo "installing system packages: $$missing"; \
@@ -74,6 +74,9 @@ typecheck:  ## mypy
 
 pytest:
 	$(BIN)/pytest -q -x --durations=15
+
+cluster-test: setup  ## the many-host tests alone (tests/cluster: network namespaces, needs root; `make test` runs them too)
+	$(BIN)/pytest -q -x --durations=10 tests/cluster
 
 bench:  ## mesh overhead benchmark on this machine
 	$(BIN)/python bench/mesh_overhead.py
