@@ -114,6 +114,24 @@ async def test_digests_are_hashed_once_per_version_and_recorded(bucket: tuple[Mo
         await store.close()
 
 
+async def test_local_digests_are_recorded_by_file_and_version(tmp_path: Path) -> None:
+    checkpoint = tmp_path / "home" / "models" / "checkpoints" / "sub" / "a.safetensors"
+    checkpoint.parent.mkdir(parents=True)
+    checkpoint.write_bytes(b"local bytes")
+    folders = model_folders(Settings(home=tmp_path / "home"))  # type: ignore[arg-type]
+    catalog = Catalog(folders.home, {}, folders)
+    store = SqliteJobStore(tmp_path / "jobs.db")
+    try:
+        [model] = list_models(catalog, "checkpoints")
+        assert (model.name, model.size) == ("sub/a.safetensors", 11)
+        assert await model_digest(store, catalog, model) == sha(b"local bytes")
+        stat = checkpoint.stat()
+        assert await store.model_digest(checkpoint.parent.as_uri(), "a.safetensors",
+                                        f"{stat.st_size}:{stat.st_mtime_ns}") == sha(b"local bytes")
+    finally:
+        await store.close()
+
+
 def test_an_unknown_scheme_names_the_accepted_ones() -> None:
     with pytest.raises(ValidationError, match=r"gs:// is not accepted; use one of file://, s3://"):
         Settings(models_url="gs://bucket/models")  # type: ignore[arg-type]

@@ -21,7 +21,7 @@ class ListedModel:
     size: int
     modified: float
     created: float
-    location: str  # where the digest row lives: the models URL and folder, or the file's own folder
+    location: str  # the digest row's location: the models URL and folder, or the local file's own folder
     key: str  # the object key (remote) or the local path
 
 
@@ -67,9 +67,10 @@ async def model_digest(store: AsyncJobStore, catalog: Catalog, model: ListedMode
     else:
         stat = await asyncio.to_thread(os.stat, model.key)
         version = f"{stat.st_size}:{stat.st_mtime_ns}"
-    known = await store.model_digest(model.location, model.name, version)
+    row_name = model.name if remote is not None else Path(model.key).name  # with `location`: the file
+    known = await store.model_digest(model.location, row_name, version)
     if known is not None:
         return known
     version, digest = await asyncio.to_thread(_stream_digest, catalog, model)
-    await store.record_model_digest(model.location, model.name, version, model.size, digest)
+    await store.record_model_digest(model.location, row_name, version, model.size, digest)
     return digest
