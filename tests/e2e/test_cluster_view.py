@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -19,7 +20,7 @@ import pytest
 
 from comfymesh.cli.supervisor import ServiceSpec, Supervisor
 from tests.e2e.chromium import chromium_page
-from tests.mesh import SHARED, Mesh
+from tests.mesh import SHARED, Mesh, sigint_default
 
 HANGING = "ImageCrop"  # hangs until cancelled (COMFYMESH_TEST_HANG_NODES): a job that stays running
 CHECKPOINT = "tiny.safetensors"
@@ -81,7 +82,8 @@ def busy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Busy]:
     try:
         mesh.start()
         completed = mesh.submit(txt2img(CHECKPOINT))
-        assert mesh.wait(completed)["status"] == "completed"
+        job = mesh.wait(completed)
+        assert job["status"] == "completed", job["error"]
         failed = mesh.submit(txt2img(BROKEN))
         assert mesh.wait(failed)["status"] == "failed"
         long_run = txt2img(CHECKPOINT)
@@ -161,6 +163,26 @@ def test_comfymesh_status_once_prints_the_same_view(busy: Busy) -> None:
     helped = subprocess.run([sys.executable, "-m", "comfymesh.cli.main", "status", "--help"], capture_output=True,
                             text=True, timeout=60, env={**os.environ, "COLUMNS": "200"})
     assert helped.returncode == 0 and "--once" in helped.stdout and "--url" in helped.stdout
+
+
+def test_comfymesh_status_is_live_on_a_terminal_until_ctrl_c(busy: Busy) -> None:
+    primary, secondary = os.openpty()
+    process = subprocess.Popen([sys.executable, "-m", "comfymesh.cli.main", "status", "--interval", "0.2", "--url",
+                                busy.mesh.url], stdin=secondary, stdout=secondary, stderr=secondary,
+                               env={**os.environ, "COLUMNS": "250", "TERM": "xterm"}, preexec_fn=sigint_default)
+    os.close(secondary)
+    seen = b""
+    try:
+        deadline = time.monotonic() + 60
+        # redrawn: the running job is drawn again after the first frame (rich moves the cursor back up)
+        while seen.count(busy.running.encode()) < 2 and time.monotonic() < deadline:
+            seen += os.read(primary, 65536)
+        assert seen.count(busy.running.encode()) >= 2, seen.decode(errors="replace")
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=30) == 0
+    finally:
+        process.kill()
+        os.close(primary)
 
 
 def test_the_cluster_page_shows_the_same_view_live(busy: Busy) -> None:
