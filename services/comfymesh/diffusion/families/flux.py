@@ -11,8 +11,10 @@ the proportions), timestep and guidance embedded at 1000·value. fp8 and scaled-
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,7 +42,7 @@ from comfymesh.diffusion.families.registry import (
 )
 from comfymesh.diffusion.fast.denoiser import StaticForm
 from comfymesh.diffusion.latents.formats import FLUX, LatentFormat
-from comfymesh.diffusion.models.flow_lora import LoraKeyMap, key_map, linear1_qkv
+from comfymesh.diffusion.models.flow_lora import LoraKeyMap, key_map, linear1_qkv, model_lock
 from comfymesh.diffusion.models.recognise import Recognition, UNetLayout
 from comfymesh.diffusion.models.tensor_source import TensorSource
 from comfymesh.diffusion.sampling.flux_sampling import FluxModelSampling
@@ -264,29 +266,32 @@ class FluxCall:
     """The model as the denoiser calls it: (x [N, C, h, w], timestep σ [N], T5 context [N, T, D], y) → the
     velocity, so that x0 = x − σ·out. y is the pooled CLIP-L vector [N, vec] followed, on guidance-distilled
     models, by one guidance column (NaN: guidance disabled). `refs` are Kontext reference latents [1, C, h, w]
-    (already scaled into the model's space) whose tokens join the image's and are dropped from the output."""
+    (already scaled into the model's space) whose tokens join the image's and are dropped from the output.
+    `style` are USO style tokens [1 or N, S, width] (USOStyleReference) put before the text tokens after the
+    model's text projection (`context_embedder`, ComfyUI's `txt_in`), at position ids zero."""
 
     def __init__(self, model: torch.nn.Module, layout: FluxLayout) -> None:
         self.model = model
         self.layout = layout
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, ctx: torch.Tensor, y: torch.Tensor | None,
-                 refs: list[torch.Tensor] | None = None, ref_method: str = "offset") -> torch.Tensor:
+                 refs: list[torch.Tensor] | None = None, ref_method: str = "offset",
+                 style: torch.Tensor | None = None) -> torch.Tensor:
         pooled, guidance = self.split_y(y, x.shape[0], x.device, x.dtype)
-        return self.run(x, t, ctx, pooled, guidance, refs, ref_method)
+        return self.run(x, t, ctx, pooled, guidance, refs, ref_method, style)
 
     def static_inputs(self, x: torch.Tensor, t: torch.Tensor, ctx: torch.Tensor, y: torch.Tensor | None,
                       refs: list[torch.Tensor] | None = None, ref_method: str = "offset",
-                      ) -> tuple[torch.Tensor | None, ...] | None:
+                      style: torch.Tensor | None = None) -> tuple[torch.Tensor | None, ...] | None:
         """The fast path's fixed-shape inputs (x, t, ctx, pooled, guidance): a disabled guidance is None, a
-        bucket of its own; a call with Kontext references runs eagerly (None)."""
-        if refs:
+        bucket of its own; a call with Kontext references or USO style tokens runs eagerly (None)."""
+        if refs or style is not None:
             return None
         return (x, t, ctx, *self.split_y(y, x.shape[0], x.device, x.dtype))
 
     def run(self, x: torch.Tensor, t: torch.Tensor, ctx: torch.Tensor, pooled: torch.Tensor,
             guidance: torch.Tensor | None, refs: list[torch.Tensor] | None = None,
-            ref_method: str = "offset") -> torch.Tensor:
+            ref_method: str = "offset", style: torch.Tensor | None = None) -> torch.Tensor:
         """The model on y split into pooled [N, vec] and guidance [N] (None: left out), guidance as `split_y`
         gives it: already scaled by 1000 and rounded as ComfyUI embeds it."""
         n, _, h, w = x.shape
@@ -298,12 +303,14 @@ class FluxCall:
             for ref, rid in zip(refs, reference_ids(refs, h, w, ref_method), strict=True):
                 img = torch.cat([img, _patches(ref.to(x.device, dtype)).expand(n, -1, -1)], dim=1)
                 ids = torch.cat([ids, rid.to(x.device)])
-        txt_ids = torch.zeros(ctx.shape[1], 3, device=x.device)
+        extra = 0 if style is None else style.shape[1]
+        txt_ids = torch.zeros(extra + ctx.shape[1], 3, device=x.device)
         t = t.to(x.device).float()
         feed(self.model.get_submodule("time_text_embed"), t * 1000, guidance)
-        out = self.model(hidden_states=img, encoder_hidden_states=ctx.to(dtype), pooled_projections=pooled,
-                         timestep=t, img_ids=ids, txt_ids=txt_ids,
-                         guidance=None if guidance is None else guidance / 1000, return_dict=False)[0]
+        with _style_tokens_before_text(self.model, style, n):
+            out = self.model(hidden_states=img, encoder_hidden_states=ctx.to(dtype), pooled_projections=pooled,
+                             timestep=t, img_ids=ids, txt_ids=txt_ids,
+                             guidance=None if guidance is None else guidance / 1000, return_dict=False)[0]
         out = out[:, :tokens]
         hp, wp = (h + PATCH - 1) // PATCH, (w + PATCH - 1) // PATCH
         c = out.shape[-1] // PATCH**2
@@ -323,6 +330,26 @@ class FluxCall:
         if not self.layout.guidance or y.shape[1] == vec or torch.isnan(y[:, vec]).any():
             return pooled, None
         return pooled, comfy_guidance(y[:, vec].to(device), dtype)
+
+
+@contextlib.contextmanager
+def _style_tokens_before_text(model: torch.nn.Module, style: torch.Tensor | None, n: int) -> Iterator[None]:
+    """While it is open, the model's text projection answers `style` (batch 1 repeated to n) ‖ its output,
+    as ComfyUI's post_input patch does; a hook, removed after the call, under the model's lock (every call of a
+    cached model takes it), so no other job's call sees it."""
+    if style is None:
+        yield
+        return
+
+    def prepend(_module: torch.nn.Module, _args: Any, out: torch.Tensor) -> torch.Tensor:
+        return torch.cat([style.to(out.device, out.dtype).expand(n, -1, -1), out], dim=1)
+
+    with model_lock(model):
+        handle = model.get_submodule("context_embedder").register_forward_hook(prepend)
+        try:
+            yield
+        finally:
+            handle.remove()
 
 
 def recognition(layout: FluxLayout) -> Recognition:

@@ -4,7 +4,9 @@
 built with transformers from the file's shapes, and ComfyUI's image preprocessing and encode outputs.
 
 CLIP_VISION_OUTPUT, the value CLIPVisionEncode passes on, is a dict of arrays: `image_embeds` [B, P],
-`last_hidden_state` [B, T, H] and `penultimate_hidden_states` [B, T, H] (the second-to-last layer's output)."""
+`last_hidden_state` [B, T, H] and `penultimate_hidden_states` [B, T, H] (the second-to-last layer's output);
+a SigLIP tower's adds ComfyUI's `all_hidden_states` [B, L, T, H], every layer's output (USOStyleReference reads
+layers -20 and -11 of it; 27 × 729 × 1152 floats, about 90 MB, for sigclip_vision_patch14_384)."""
 
 from __future__ import annotations
 
@@ -52,7 +54,9 @@ class SiglipVision(ClipVision):
     def forward(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
         out = self.model(pixel_values=pixels, output_hidden_states=True)
         return {"image_embeds": out.last_hidden_state, "last_hidden_state": out.last_hidden_state,
-                "penultimate_hidden_states": out.hidden_states[-2]}
+                "penultimate_hidden_states": out.hidden_states[-2],
+                # ComfyUI keeps the layers' outputs (not the embeddings, HF's hidden_states[0])
+                "all_hidden_states": torch.stack(out.hidden_states[1:], dim=1)}
 
 
 SIGLIP_MEAN = SIGLIP_STD = (0.5, 0.5, 0.5)

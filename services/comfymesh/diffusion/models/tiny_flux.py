@@ -167,6 +167,7 @@ def make_tiny_flux(models: str | Path, seed: int = 0, dtype: torch.dtype = torch
 CHECKPOINT = "flux1-schnell-fp8.safetensors"  # flux_schnell's CheckpointLoaderSimple file
 SIGLIP = "sigclip_vision_patch14_384.safetensors"  # flux_redux_model_example's CLIP vision file
 SIGLIP_WIDTH = 32
+SIGLIP_LAYERS = 20  # USO reads the tower's layer -20 (sigclip so400m has 27)
 T5_WIDTH = t5_shapes()["encoder.final_layer_norm.weight"][0]  # the context width flux_shapes() takes
 
 
@@ -226,7 +227,7 @@ def make_template_files(models: str | Path, seed: int = 0) -> list[Path]:
             continue
         if form in ("siglip", "redux"):
             # Redux reads the SigLIP tower's last hidden state (its width) and answers T5-wide tokens
-            written.append(make_tiny_siglip_vision(path, hidden=SIGLIP_WIDTH, seed=seed) if form == "siglip" else
+            written.append(make_tiny_siglip_vision(path, hidden=SIGLIP_WIDTH, layers=SIGLIP_LAYERS, seed=seed) if form == "siglip" else
                            make_tiny_style_model(path, redux_dim=SIGLIP_WIDTH, text_dim=T5_WIDTH, seed=seed))
             continue
         shapes = {"dev": flux_shapes(), "dev_fp8_scaled": flux_shapes(), "schnell": flux_shapes(guidance=False),

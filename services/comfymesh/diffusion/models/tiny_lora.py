@@ -123,6 +123,8 @@ TEMPLATE_LORAS: dict[str, tuple[str, str]] = {
     "Flux_2-Turbo-LoRA_comfyui.safetensors": ("flux2_dev_fp8mixed.safetensors", "dotted:diffusion_model."),
     "Flux2TurboComfyv2.safetensors": ("flux2_dev_fp8mixed.safetensors", "kohya"),
     "removal_timestep_alpha-2-1740.safetensors": ("flux.1-fill-dev-OneReward-transformer_fp8.safetensors", "kohya"),
+    # FLUX.1 USO's DiT LoRA (flux1_dev_uso_reference_image_gen), on the dev checkpoint tiny_uso writes
+    "uso-flux1-dit-lora-v1.safetensors": ("flux1-dev.safetensors", "dotted:diffusion_model."),
 }
 
 

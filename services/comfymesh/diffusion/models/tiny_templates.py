@@ -20,6 +20,7 @@ from comfymesh.diffusion.models.tiny_lora import make_template_loras
 from comfymesh.diffusion.models.tiny_qwen_controlnet import make_tiny_qwen_controlnets
 from comfymesh.diffusion.models.tiny_qwen_image import make_template_files as make_qwen_image_files
 from comfymesh.diffusion.models.tiny_sd3_controlnet import make_template_files as make_sd35_controlnets
+from comfymesh.diffusion.models.tiny_uso import make_template_files as make_uso_files
 from comfymesh.diffusion.models.tiny_zimage import make_tiny_zimage
 from comfymesh.diffusion.models.tiny_zimage_fun import make_template_files as make_zimage_fun
 
@@ -39,6 +40,7 @@ def _write_all(models: Path, seed: int) -> None:
     for name in CLIP_VISION:
         make_tiny_clip_vision(models / "clip_vision" / name)
     make_flux_files(models, seed=seed)  # FLUX.1 and Chroma, with the FLUX VAE ae.safetensors
+    make_uso_files(models, seed=seed)  # FLUX.1 USO's style projector and the dev fp8 checkpoint
     # HiDream's diffusion models and four encoders; the FLUX VAE and scaled-fp8 T5 above are shaped as it takes
     make_hidream_files(models, seed=seed, keep_existing=True)
     make_qwen_image_files(models, seed=seed)

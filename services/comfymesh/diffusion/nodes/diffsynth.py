@@ -29,7 +29,7 @@ from comfymesh.config import get_settings
 from comfymesh.contracts.errors import ModelError, NodeInputError
 from comfymesh.contracts.handles import HandleKind, ModelHandle
 from comfymesh.contracts.values import embed_ref, embedded_ref
-from comfymesh.diffusion.families import qwen_image, zimage
+from comfymesh.diffusion.families import flux, qwen_image, zimage
 from comfymesh.diffusion.families.loading import compute_dtype
 from comfymesh.diffusion.latents import vae_codec
 from comfymesh.diffusion.latents.formats import FLUX
@@ -37,12 +37,15 @@ from comfymesh.diffusion.models import wan_vae
 from comfymesh.diffusion.models.cache import get_model_cache, module_bytes
 from comfymesh.diffusion.models.diffsynth_patch import BlockwiseControlNet, apply_after_block, load_diffsynth_patch
 from comfymesh.diffusion.models.tensor_source import TensorSource
+from comfymesh.diffusion.models.uso_projector import UsoProjector, is_uso_projector, load_uso_projector
 from comfymesh.diffusion.models.zimage_fun_control import FunControlNet, FunPatch, is_zimage_fun, load_zimage_fun
 from comfymesh.diffusion.nodes.failures import node
 from comfymesh.diffusion.nodes.handles import expect_handle
 from comfymesh.diffusion.nodes.latent import _upscale
 from comfymesh.diffusion.nodes.model_files import resolve_file
 from comfymesh.diffusion.nodes.registry import nodes
+from comfymesh.diffusion.nodes.uso_style import KIND as USO
+from comfymesh.diffusion.nodes.uso_style import styled_call
 from comfymesh.diffusion.nodes.vae import vae_of
 from comfymesh.diffusion.sampling.ksampler import SamplingModel
 from comfymesh.stage.node import NodeContext
@@ -63,7 +66,7 @@ def patch_store() -> ArtifactStore:
     return _store_at(get_settings().artifacts)
 
 
-def _patch_net(ctx: NodeContext, value: dict[str, Any]) -> BlockwiseControlNet | FunControlNet:
+def _patch_net(ctx: NodeContext, value: dict[str, Any]) -> BlockwiseControlNet | FunControlNet | UsoProjector:
     """The resident patch module of a MODEL_PATCH value, in the model cache's budget."""
     if not isinstance(value, dict) or value.get("kind") != "model_patch":
         raise NodeInputError(f"expected a MODEL_PATCH input, got {type(value).__name__}", node_id=ctx.node_id)
@@ -77,13 +80,16 @@ def _patch_net(ctx: NodeContext, value: dict[str, Any]) -> BlockwiseControlNet |
     def load() -> tuple[Any, int, dict[str, Any]]:
         device = cache.placement.device
         net: nn.Module
-        if is_zimage_fun(TensorSource(path)):  # Z-Image Fun ControlNets compute in Z-Image's dtype
+        src = TensorSource(path)
+        if is_zimage_fun(src):  # Z-Image Fun ControlNets compute in Z-Image's dtype
             net = load_zimage_fun(path, device, compute_dtype(device))
+        elif is_uso_projector(src):  # USOStyleReference's (FLUX.1 USO)
+            net = load_uso_projector(path, device)
         else:
             net = load_diffsynth_patch(path, device)
         return net, module_bytes(net), {"name": path.name, "digest": digest, "kind": "model_patch"}
 
-    net: BlockwiseControlNet | FunControlNet = cache._get_or_load(f"model_patch:{digest}", load)
+    net: BlockwiseControlNet | FunControlNet | UsoProjector = cache._get_or_load(f"model_patch:{digest}", load)
     return net
 
 
@@ -145,6 +151,9 @@ def qwen_image_diffsynth_controlnet(ctx: NodeContext, model: ModelHandle, model_
                                     mask: Any = None) -> tuple[ModelHandle]:
     model = expect_handle(ctx, model, HandleKind.MODEL)
     net = _patch_net(ctx, model_patch)
+    if isinstance(net, UsoProjector):
+        raise NodeInputError(f"{model_patch['name']} is a USO style projector: it goes to USOStyleReference",
+                             node_id=ctx.node_id)
     if isinstance(net, FunControlNet):
         record = _zimage_fun_record(ctx, net, model_patch, vae, image, strength, mask)
         return ({**model, PATCHES: [*model.get(PATCHES, []), record]},)
@@ -269,10 +278,17 @@ class PatchedModelCall:
 
 
 def bind_model_patches(ctx: NodeContext, model: ModelHandle, sm: SamplingModel) -> SamplingModel:
-    """The sampling model with the MODEL handle's DiffSynth patches in its model call (none: as it is)."""
+    """The sampling model with the MODEL handle's DiffSynth / Z-Image Fun patches or USO style references in
+    its model call (none: as it is)."""
     records = model.get(PATCHES) or []
     if not records:
         return sm
+    uso = [r for r in records if r["kind"] == USO]
+    if uso:
+        if sm.family != flux.NAME or len(uso) != len(records):
+            raise NodeInputError(f"USOStyleReference applies to FLUX.1 models without other model patches, not "
+                                 f"{sm.family}", node_id=ctx.node_id)
+        return dataclasses.replace(sm, unet=styled_call(ctx, sm.unet, uso))
     fun = [r for r in records if r["kind"] == "zimage_fun"]
     if fun:
         if sm.family != zimage.NAME or len(fun) != len(records):
