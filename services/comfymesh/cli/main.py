@@ -102,8 +102,8 @@ def up(
         supervisor.start_all()
         url = f"http://{settings.host}:{settings.port}"
         _wait_ready(url)
-        _say(f"\n[bold green]comfymesh is up:[/] {url}  (API docs {url}/v1/docs, data in {settings.home})\n"
-             "Press Ctrl+C to stop.")
+        _say(f"\n[bold green]comfymesh is up:[/] {url}  (API docs {url}/v1/docs, cluster view {url}/ui/cluster or "
+             f"`comfymesh status`, data in {settings.home})\nPress Ctrl+C to stop.")
         if not any((settings.home / "models").rglob("*.safetensors")):
             _say("No model files yet: `comfymesh demo` writes tiny test models (noise images) so every template "
                  "runs; `comfymesh models pull URL` downloads real ones (see README).")
