@@ -15,6 +15,11 @@ class DiffusionSettings(BaseModel):
                                     "available, else cpu)")
     model_cache_bytes: int | None = Field(None, ge=0, description="budget of resident model weights (unset: "
                                                                   "80% of GPU memory, 16 GiB on CPU)")
+    host_memory_bytes: int | None = Field(None, ge=0, description="host-memory budget of a GPU stage's model cache: "
+                                                                  "streamed blocks' pinned weights, text encoders moved "
+                                                                  "off the GPU, a streamed model's load (unset: 80% of "
+                                                                  "RAM less what is in use at start; ignored on a CPU "
+                                                                  "stage, whose model budget is host memory)")
     fp8_matmul: bool = Field(False, description="fp8 weights multiply in fp8 (torch._scaled_mm, per-tensor scales) "
                                                 "on GPUs of compute capability 8.9 or more (Ada, Hopper) instead of "
                                                 "upcasting to bf16; elsewhere logged once and ignored")

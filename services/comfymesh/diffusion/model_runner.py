@@ -14,6 +14,7 @@ from comfymesh.artifacts import ArtifactStore, decode_value, encode_value
 from comfymesh.catalog import Catalog
 from comfymesh.contracts.errors import ComfymeshError
 from comfymesh.contracts.failures import failure_from_exception
+from comfymesh.diffusion.memory.host import host_memory
 from comfymesh.diffusion.models.cache import ModelCache, get_model_cache
 from comfymesh.stage.node import NodeContext, NodeImpl
 from comfymesh.v1 import model_runner_pb2, model_runner_pb2_grpc
@@ -30,11 +31,7 @@ def device_memory(device: torch.device) -> tuple[int, int]:
     if device.type == "cuda":
         free, total = torch.cuda.mem_get_info(device)
         return int(total), int(free)
-    info = {}
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        key, _, rest = line.partition(":")
-        info[key] = int(rest.split()[0]) * 1024
-    return info.get("MemTotal", 0), info.get("MemAvailable", 0)
+    return host_memory()
 
 
 class ModelRunnerServicer(model_runner_pb2_grpc.ModelRunnerServicer):

@@ -36,6 +36,7 @@ from comfymesh.diffusion.memory.encoders import encoders_leave_device
 from comfymesh.diffusion.memory.fit import check_fit, resident_bytes, tensor_bytes
 from comfymesh.diffusion.memory.fp8_matmul import device_capability, fp8_kernel
 from comfymesh.diffusion.memory.held import HeldMemory
+from comfymesh.diffusion.memory.host import check_host_fit, default_host_budget, host_memory
 from comfymesh.diffusion.memory.streaming import offload, streamer_of
 from comfymesh.diffusion.models import flow_lora
 from comfymesh.diffusion.models import lora as lora_mod
@@ -97,6 +98,7 @@ class LoadedCheckpoint:
     fast: FastUNet | None = None  # the bucketed compiled UNet (fast path), made on first use
     fast_decoder: FastDecoder | None = None  # the VAE's compiled decode (fast path), on first use
     fast_denoiser: FastDenoiser | None = None  # a registered family's bucketed model call (fast path), on first use
+    host_bytes: int = 0  # a streamed diffusion model's blocks in (pinned) host memory
 
     def unet(self) -> tuple[nn.Module, Recognition]:
         """The diffusion model and its recognition; ModelError for a CLIP-only entry."""
@@ -121,11 +123,14 @@ class _Entry:
 class ModelCache:
     """Process-wide cache of model weights (thread-safe; loads happen under one lock).
 
-    What the arguments leave open comes from the settings (COMFYMESH_DEVICE, COMFYMESH_MODEL_CACHE_BYTES);
-    `fast` switches the fast path of the models it hands out (default: the settings' fast-path part)."""
+    What the arguments leave open comes from the settings (COMFYMESH_DEVICE, COMFYMESH_MODEL_CACHE_BYTES,
+    COMFYMESH_HOST_MEMORY_BYTES); `fast` switches the fast path of the models it hands out (default: the settings'
+    fast-path part). `host_budget_bytes` budgets host memory apart from the device (memory.host): on a GPU it
+    defaults from the machine; on a CPU device host memory is the device, so there is none unless passed (tests
+    run the GPU's accounting that way)."""
 
     def __init__(self, budget_bytes: int | None = None, device: torch.device | None = None,
-                 fast: FastPathSettings | None = None) -> None:
+                 fast: FastPathSettings | None = None, host_budget_bytes: int | None = None) -> None:
         settings = get_settings()
         self.device = device or default_device(settings)
         self.placement = Placement.for_device(self.device)
@@ -138,6 +143,11 @@ class ModelCache:
             else:
                 budget_bytes = DEFAULT_CPU_BUDGET
         self.budget = budget_bytes
+        if host_budget_bytes is None and self.device.type != "cpu":
+            host_budget_bytes = settings.host_memory_bytes
+            if host_budget_bytes is None:
+                host_budget_bytes = default_host_budget(*host_memory())
+        self.host_budget = host_budget_bytes
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
         self._lock = threading.RLock()
         self.held = HeldMemory()  # evicted models a running job still uses
@@ -172,7 +182,9 @@ class ModelCache:
             if self.used_bytes() + incoming <= self.budget:
                 break
             self._to_host(key, "to make room")
-        for key in [k for k in self._entries if k != keep]:
+        # with a host budget, encoders in host memory free no device memory: the host budget evicts them
+        for key in [k for k, e in self._entries.items()
+                    if k != keep and (self.host_budget is None or e.info.get("tier") != "host")]:
             if self.used_bytes() + incoming <= self.budget:
                 break
             entry = self._entries.pop(key)
@@ -186,13 +198,40 @@ class ModelCache:
         """Bytes of the entries on the device (text encoders moved to host memory do not count)."""
         return sum(e.nbytes for e in self._entries.values() if e.info.get("tier") != "host")
 
+    def host_used_bytes(self) -> int:
+        """Bytes of the entries in host memory: streamed blocks, and text encoders moved off the device."""
+        return sum(e.nbytes if e.info.get("tier") == "host" else e.info.get("host_bytes", 0)
+                   for e in self._entries.values())
+
+    def _held_device(self) -> int:
+        """Bytes of evicted models a job still holds that count against the device budget: those in host memory
+        count against the host budget where there is one (a GPU), else (a CPU device) everything is the device."""
+        return self.held.bytes() - (self.held.host_bytes() if self.host_budget is not None else 0)
+
+    def _evict_host(self, incoming: int, keep: str = "", models: bool = False) -> None:
+        """Make room for `incoming` bytes within the host budget: text encoders in host memory are dropped first
+        (LRU), then, for a streamed model's load (`models`), the entries holding streamed blocks."""
+        assert self.host_budget is not None
+        kinds: list[Callable[[_Entry], bool]] = [lambda e: e.info.get("tier") == "host"]
+        if models:
+            kinds.append(lambda e: e.info.get("host_bytes", 0) > 0)
+        for wanted in kinds:
+            for key in [k for k, e in self._entries.items() if k != keep and wanted(e)]:
+                if self.host_used_bytes() + incoming <= self.host_budget:
+                    return
+                entry = self._entries.pop(key)
+                self.held.evicted(entry.value)
+                log.info("model cache: evicted %s (%s, %d bytes) to make room for %d bytes within the %d-byte "
+                         "host-memory budget", entry.info.get("name", key), entry.info.get("kind"), entry.nbytes,
+                         incoming, self.host_budget)
+
     def _make_room(self, name: str, need: int, minimum: int | None = None) -> int:
         """Room for a model of `need` bytes (`minimum` when streamed) before any of it loads: ModelTooLargeError
         when it cannot fit the budget alone, ResourceExhaustedError when other jobs' models hold the memory;
         else evicts what it must and returns the device bytes the model may take."""
         check_fit(name, need, self.budget, 0, minimum)
         self._evict(min(need, self.budget))
-        held = self.held.bytes()
+        held = self._held_device()
         check_fit(name, need, self.budget, held + self.used_bytes(), minimum)
         return self.budget - held - self.used_bytes()
 
@@ -202,13 +241,22 @@ class ModelCache:
         return entry.info.get("kind") == "text_encoders" and entry.info.get("tier") != "host"
 
     def _to_host(self, key: str, why: str) -> bool:
-        """Move a text-encoder entry's modules to host memory, unless a job is encoding with them."""
+        """Move a text-encoder entry's modules to host memory, unless a job is encoding with them; within the host
+        budget, by dropping other encoders there (LRU), or dropping this entry when that leaves too little room."""
         entry = self._entries[key]
         locks = [flow_lora.model_lock(m) for m in entry.value.parts.clips.values()]
         taken = [lock for lock in locks if lock.acquire(blocking=False)]
         try:
             if len(taken) < len(locks):
                 return False
+            if self.host_budget is not None:
+                self._evict_host(entry.nbytes, keep=key)
+                if self.host_used_bytes() + self.held.host_bytes() + entry.nbytes > self.host_budget:
+                    self.held.evicted(self._entries.pop(key).value)
+                    log.info("model cache: evicted text encoders %s (%d bytes) instead of moving them to host memory "
+                             "%s: the %d-byte host-memory budget cannot hold them", entry.info["name"], entry.nbytes,
+                             why, self.host_budget)
+                    return True
             for module in entry.value.parts.clips.values():
                 module.to("cpu")
             entry.info["tier"] = "host"
@@ -227,7 +275,7 @@ class ModelCache:
                 return
             self._evict(entry.nbytes, keep=ckpt.key)
             # the models evicted for them may still be sampling in another job: then retry later
-            check_fit(ckpt.name, entry.nbytes, self.budget, self.held.bytes() + self.used_bytes(), slack=0.0)
+            check_fit(ckpt.name, entry.nbytes, self.budget, self._held_device() + self.used_bytes(), slack=0.0)
             for module in ckpt.parts.clips.values():
                 module.to(self.device)
             entry.info["tier"] = "device"
@@ -271,10 +319,13 @@ class ModelCache:
         blocks, other = offload_plan.file_blocks(tensor_bytes([path], self.placement.unet_dtype))
         need = other + sum(blocks.values())
         streams = self.block_offload and bool(blocks) and families.recognise(TensorSource(path)) is not None
+        if streams and need > self.budget:  # it can only run streamed: a host that cannot hold it evicts nothing
+            self._host_room(path, blocks, other, self.budget, alone=True)
         room = self._make_room(path.name, need, offload_plan.minimum_bytes(blocks, other) if streams else None)
         self._last_model_bytes = need
         if need <= room:
             return load_unet_file(path, self.placement, weight_dtype)
+        self._host_room(path, blocks, other, room)
         parts = load_unet_file(path, Placement(), weight_dtype)  # on the host, then placed by the plan
         assert parts.unet is not None
         if self.device.type == "cuda":  # the families' weights are bf16 on a GPU (fp8 ones stay fp8)
@@ -285,6 +336,20 @@ class ModelCache:
         plan = offload_plan.plan(path.name, blocks, other, room)
         offload(parts.unet, plan, self.device)
         return parts
+
+    def _host_room(self, path: Path, blocks: dict[str, int], other: int, room: int, alone: bool = False) -> None:
+        """Host room for a model streamed within `room` device bytes, before any of it loads (memory.host): it is
+        built on the host (in the host build's dtype), then its streamed blocks stay there pinned. Refused alone
+        against the budget, or (not `alone`) after evicting what holds host memory, against what jobs still hold."""
+        if self.host_budget is None:
+            return
+        pinned = offload_plan.plan(path.name, blocks, other, room).streamed_bytes
+        needed = max(pinned, resident_bytes([path], Placement().unet_dtype))
+        check_host_fit(path.name, needed, pinned, self.host_budget, 0)
+        if alone:
+            return
+        self._evict_host(needed, models=True)
+        check_host_fit(path.name, needed, pinned, self.host_budget, self.host_used_bytes() + self.held.host_bytes())
 
     def text_encoder_files(self, paths: Sequence[Path], clip_type: str) -> LoadedCheckpoint:
         """The resident text encoders of CLIP loader files of `clip_type` (ModelError if the files do not
@@ -307,7 +372,7 @@ class ModelCache:
         def load() -> tuple[Any, int, dict[str, Any]]:
             loaded = self._describe(path, digest, build(), key)
             info = {"name": path.name, "digest": digest, "bytes": loaded.nbytes, "device": str(self.device),
-                    "family": loaded.family, "kind": kind}
+                    "family": loaded.family, "kind": kind, "host_bytes": loaded.host_bytes}
             return loaded, loaded.nbytes, info
 
         value: LoadedCheckpoint = self._get_or_load(key, load)
@@ -319,16 +384,18 @@ class ModelCache:
         place = self.placement
         modules = [m for m in (parts.unet, parts.vae, *parts.clips.values()) if m is not None]
         nbytes = module_bytes(*modules)
+        host_bytes = 0
         if parts.unet is not None:
             set_fp8_kernel(parts.unet, self.fp8_kernel)
             streamer = streamer_of(parts.unet)
             if streamer is not None:  # the budget holds its device part: the streamed blocks' window
                 nbytes += streamer.plan.window_bytes - streamer.plan.streamed_bytes
+                host_bytes = streamer.plan.streamed_bytes  # the host budget holds the blocks (memory.host)
         return LoadedCheckpoint(
             name=path.name, path=path, digest=digest, parts=parts, device=self.device, unet_dtype=place.unet_dtype,
             vae_dtype=place.vae_dtype, nbytes=nbytes,
             sampling=ModelSampling(zero_terminal_snr=rec is not None and rec.ztsnr), latent_format=for_family(family),
-            family=family, key=key,
+            family=family, key=key, host_bytes=host_bytes,
         )
 
     def list(self) -> list[dict[str, Any]]:
