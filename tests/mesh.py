@@ -77,6 +77,20 @@ class Mesh:
             time.sleep(0.1)
         raise RuntimeError("gateway never became ready:\n" + "\n".join(self.logs[-40:]))
 
+    def wait_not_ready(self, missing: list[str], timeout: float = 60) -> dict[str, Any]:
+        """Poll /readyz (the gateway may still be starting) until it answers 503 naming `missing`; its body."""
+        deadline = time.monotonic() + timeout
+        answer = None
+        while time.monotonic() < deadline:
+            try:
+                answer = self.http.get("/readyz")
+                if answer.status_code == 503 and answer.json().get("missing") == missing:
+                    return dict(answer.json())
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)  # the poll's interval
+        raise AssertionError(f"/readyz never named {missing}: {answer.text if answer is not None else 'no answer'}")
+
     def stop(self) -> None:
         self.http.close()
         self.supervisor.stop(grace=5)

@@ -11,7 +11,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 import pytest
 from PIL import Image
@@ -80,18 +79,7 @@ def test_a_wrong_secret_keeps_the_stage_not_serving(seaweedfs: SeaweedServer, tm
                 env=_env(seaweedfs.new_url(), seaweedfs.options(secret="wrong-secret-0123456789")))
     try:
         mesh.supervisor.start_all(timeout=120)
-        deadline = time.monotonic() + 60
-        answer = None
-        while time.monotonic() < deadline:
-            try:
-                answer = mesh.http.get("/readyz")
-                if answer.status_code == 503 and answer.json().get("missing") == ["imaging"]:
-                    break
-            except httpx.HTTPError:  # the gateway is still starting
-                pass
-            time.sleep(0.1)  # the poll's interval
-        assert answer is not None and answer.status_code == 503, answer and answer.text
-        assert answer.json()["missing"] == ["imaging"]
+        mesh.wait_not_ready(["imaging"])
         assert any("SignatureDoesNotMatch" in line for line in mesh.logs if line.startswith("imaging"))
     finally:
         mesh.stop()

@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from comfymesh.files import open_files
@@ -70,18 +68,7 @@ def test_a_missing_models_bucket_keeps_the_stage_not_serving(seaweedfs: SeaweedS
                      "COMFYMESH_MODELS_STORAGE_OPTIONS": json.dumps(seaweedfs.options())})
     try:
         mesh.supervisor.start_all(timeout=120)
-        deadline = time.monotonic() + 60
-        answer = None
-        while time.monotonic() < deadline:
-            try:
-                answer = mesh.http.get("/readyz")
-                if answer.status_code == 503 and answer.json().get("missing") == ["imaging"]:
-                    break
-            except httpx.HTTPError:  # the gateway is still starting
-                pass
-            time.sleep(0.1)  # the poll's interval
-        assert answer is not None and answer.status_code == 503, answer and answer.text
-        assert answer.json()["missing"] == ["imaging"]
+        mesh.wait_not_ready(["imaging"])
         assert any("NoSuchBucket" in line for line in mesh.logs if line.startswith("imaging"))
     finally:
         mesh.stop()

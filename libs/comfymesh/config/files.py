@@ -18,6 +18,19 @@ def files_folder(url: str) -> Path:
     return Path(unquote(urlparse(url).path)).expanduser().resolve()
 
 
+
+def storage_options_object(value: SecretStr) -> SecretStr:
+    """A *_STORAGE_OPTIONS setting's check: empty, or a JSON object (s3fs's keyword arguments)."""
+    raw = value.get_secret_value()
+    if raw:
+        try:
+            parsed = json.loads(raw)
+        except ValueError:
+            raise ValueError('must be a JSON object such as {"endpoint_url": ...}') from None
+        if not isinstance(parsed, dict):
+            raise ValueError('must be a JSON object such as {"endpoint_url": ...}')
+    return value
+
 class FilesSettings(BaseModel):
     """The files part of `Settings` (COMFYMESH_FILES_*)."""
 
@@ -47,15 +60,7 @@ class FilesSettings(BaseModel):
     @field_validator("files_storage_options")
     @classmethod
     def _json_object(cls, value: SecretStr) -> SecretStr:
-        raw = value.get_secret_value()
-        if raw:
-            try:
-                parsed = json.loads(raw)
-            except ValueError:
-                raise ValueError('must be a JSON object such as {"endpoint_url": ...}') from None
-            if not isinstance(parsed, dict):
-                raise ValueError('must be a JSON object such as {"endpoint_url": ...}')
-        return value
+        return storage_options_object(value)
 
     def files_options(self) -> dict[str, Any]:
         """s3fs's options, from the server's configuration alone."""

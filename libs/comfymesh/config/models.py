@@ -8,6 +8,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
+from comfymesh.config.files import storage_options_object
+
 # the schemes COMFYMESH_MODELS_URL accepts; comfymesh.models has a backend for each
 MODELS_SCHEMES = ("file", "s3")
 
@@ -48,15 +50,7 @@ class ModelsSettings(BaseModel):
     @field_validator("models_storage_options")
     @classmethod
     def _models_options_object(cls, value: SecretStr) -> SecretStr:
-        raw = value.get_secret_value()
-        if raw:
-            try:
-                parsed = json.loads(raw)
-            except ValueError:
-                raise ValueError('must be a JSON object such as {"endpoint_url": ...}') from None
-            if not isinstance(parsed, dict):
-                raise ValueError('must be a JSON object such as {"endpoint_url": ...}')
-        return value
+        return storage_options_object(value)
 
     def models_options(self, files_options: dict[str, Any]) -> dict[str, Any]:
         """s3fs's options for the models URL: its own, else the files store's (often the same bucket's)."""
