@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 INPUT_IMAGES = "input/images"
 INPUT_LATENTS = "input/latents"
 MODELS_PREFIX = "models/"
+VAE_FILES = "models/vae"
+PIXEL_SPACE_VAE = "pixel_space"  # VAELoader's identity VAE of pixel-space models (Chroma Radiance)
 
 
 @dataclass(frozen=True)
@@ -206,6 +208,8 @@ class Catalog:
             return self.input_images()
         if source == INPUT_LATENTS:
             return self.input_latents()
+        if source == VAE_FILES:  # ComfyUI's VAELoader lists the pixel-space "VAE" after the files
+            return [*self.model_files("vae"), PIXEL_SPACE_VAE]
         return self.model_files(source.removeprefix(MODELS_PREFIX))
 
     def object_info(self, class_type: str | None = None) -> dict[str, Any]:

@@ -1,6 +1,5 @@
 """Chroma Radiance's nodes: declared as ComfyUI 0.8.0 declares them (golden chroma_radiance_object_info.json), the
-empty pixel-space latent (RGB zeros at full size) and ChromaRadianceOptions passing the model through; a Chroma
-Radiance model file is refused by name until the family exists."""
+empty pixel-space latent (RGB zeros at full size) and ChromaRadianceOptions passing the model through."""
 
 from __future__ import annotations
 
@@ -9,12 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import save_file
 
-from comfymesh.contracts.errors import ModelError, NodeInputError
+from comfymesh.contracts.errors import NodeInputError
 from comfymesh.contracts.handles import unet_file_handle
-from comfymesh.diffusion.families.chroma import parse_chroma
-from comfymesh.diffusion.models.tensor_source import TensorSource
 from comfymesh.diffusion.nodes import nodes
 from comfymesh.diffusion.nodes.chroma_radiance import chroma_radiance_options, empty_chroma_radiance_latent
 from comfymesh.stage.node import NodeContext
@@ -40,11 +36,3 @@ def test_options_pass_the_model_through_and_check_the_tile_size(node_ctx: NodeCo
     assert chroma_radiance_options(node_ctx, model=model, nerf_tile_size=0, **options) == (model,)
     with pytest.raises(NodeInputError):
         chroma_radiance_options(node_ctx, model=model, nerf_tile_size=-2, **options)
-
-
-def test_a_radiance_file_is_refused_by_name(tmp_path: Path) -> None:
-    keys = {"double_blocks.0.img_attn.norm.key_norm.scale": (16,), "img_in.weight": (32, 64),
-            "distilled_guidance_layer.in_proj.weight": (32, 64), "nerf_blocks.0.norm.scale": (8,)}
-    save_file({k: torch.zeros(v) for k, v in keys.items()}, str(tmp_path / "radiance.safetensors"))
-    with pytest.raises(ModelError, match="Chroma Radiance"):
-        parse_chroma(TensorSource(tmp_path / "radiance.safetensors"))

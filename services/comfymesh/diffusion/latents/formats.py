@@ -63,6 +63,9 @@ FLUX2 = LatentFormat(
     patch=2,
 )
 
+# Chroma Radiance samples pixels: the latent is the RGB image in [-1, 1] as it is (ComfyUI's ChromaRadiance format)
+CHROMA_RADIANCE = LatentFormat(1.0, ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0)))
+
 
 def for_family(family: str) -> LatentFormat:
     """A registered family's own format; the UNet families' SD1.5 / SDXL formats."""

@@ -13,6 +13,7 @@ from comfymesh.contracts.handles import (
     unet_file_handle,
     vae_file_handle,
 )
+from comfymesh.diffusion.latents.pixel_space import PIXEL_SPACE_VAE, pixel_space_handle
 from comfymesh.diffusion.models.cache import get_model_cache
 from comfymesh.diffusion.models.checkpoint import WEIGHT_DTYPES
 from comfymesh.diffusion.models.split_files import check_clip_type
@@ -116,7 +117,9 @@ def dual_clip_loader(ctx: NodeContext, clip_name1: str, clip_name2: str, type: s
 )
 @node
 def vae_loader(ctx: NodeContext, vae_name: str) -> tuple[ModelHandle]:
-    if vae_name in ("pixel_space", "taesd", "taesdxl", "taesd3", "taef1"):
+    if vae_name == PIXEL_SPACE_VAE:
+        return (pixel_space_handle(),)
+    if vae_name in ("taesd", "taesdxl", "taesd3", "taef1"):
         raise NodeInputError(f"VAE {vae_name!r} is not supported yet", node_id=ctx.node_id)
     digest, _ = get_model_cache().vae_file(resolve_file(ctx, "vae", vae_name))
     return (vae_file_handle(vae_name, digest),)

@@ -10,7 +10,7 @@ from comfymesh.catalog.schema import Input, Int, Link, Output
 from comfymesh.contracts.errors import ModelError, NodeInputError
 from comfymesh.contracts.handles import HandleKind, ModelHandle
 from comfymesh.diffusion.fast.decoder import FastDecoder
-from comfymesh.diffusion.latents import tiled, vae_codec
+from comfymesh.diffusion.latents import pixel_space, tiled, vae_codec
 from comfymesh.diffusion.models import wan_vae
 from comfymesh.diffusion.models.cache import get_model_cache
 from comfymesh.diffusion.nodes.failures import node
@@ -23,6 +23,8 @@ from comfymesh.stage.node import NodeContext
 def vae_of(ctx: NodeContext, handle: ModelHandle) -> tuple[torch.nn.Module, FastDecoder | None]:
     """The VAE of a handle and, on the fast path, its compiled decoder."""
     handle = expect_handle(ctx, handle, HandleKind.VAE)
+    if pixel_space.is_pixel_space(handle):
+        raise NodeInputError("the pixel_space VAE serves VAEDecode and VAEEncode only", node_id=ctx.node_id)
     if "file" in handle:
         cache = get_model_cache()
         digest, file_vae = cache.vae_file(resolve_file(ctx, "vae", handle["file"], handle["digest"]))
@@ -45,6 +47,8 @@ def vae_of(ctx: NodeContext, handle: ModelHandle) -> tuple[torch.nn.Module, Fast
 )
 @node
 def vae_decode(ctx: NodeContext, samples: dict[str, Any], vae: ModelHandle) -> tuple[torch.Tensor]:
+    if pixel_space.is_pixel_space(vae):
+        return (pixel_space.decode(torch.as_tensor(samples["samples"])),)
     module, decoder = vae_of(ctx, vae)
     if wan_vae.is_wan_vae(module):  # Qwen-Image's VAE: 5-D latents, frames laid out as images
         return (wan_vae.decode(module, torch.as_tensor(samples["samples"])),)
@@ -60,6 +64,8 @@ def vae_decode(ctx: NodeContext, samples: dict[str, Any], vae: ModelHandle) -> t
 )
 @node
 def vae_encode(ctx: NodeContext, pixels: Any, vae: ModelHandle) -> tuple[dict[str, Any]]:
+    if pixel_space.is_pixel_space(vae):
+        return ({"samples": pixel_space.encode(torch.as_tensor(pixels))},)
     module = vae_of(ctx, vae)[0]
     codec = wan_vae if wan_vae.is_wan_vae(module) else vae_codec  # the Wan VAE encodes a batch as one clip
     return ({"samples": codec.encode(module, torch.as_tensor(pixels))},)
