@@ -86,6 +86,8 @@ RUNNABLE = {
     # SD3.5 Large's blur and canny ControlNets (Stability's format, hint VAE-encoded); PreviewImage shows the edges
     "sd3.5_large_blur": {"SaveImage"},
     "sd3.5_large_canny_controlnet_example": {"SaveImage", "PreviewImage"},
+    # Chroma Radiance: pixel space (EmptyChromaRadianceLatentImage, VAELoader's pixel_space), the x0 variant
+    "image_chroma1_radiance_text_to_image": {"SaveImage"},
     "image_qwen_image": {"SaveImage"},
     "image_qwen_Image_2512": {"SaveImage"},
     "image_qwen_image_edit": {"SaveImage"},

@@ -12,6 +12,7 @@ from pathlib import Path
 from comfymesh.diffusion.models import tiny_sd3
 from comfymesh.diffusion.models.clip_vision import make_tiny_clip_vision
 from comfymesh.diffusion.models.tiny_checkpoint import make_tiny_checkpoint
+from comfymesh.diffusion.models.tiny_chroma_radiance import make_tiny_chroma_radiance
 from comfymesh.diffusion.models.tiny_diffsynth import make_tiny_diffsynth
 from comfymesh.diffusion.models.tiny_flux import make_template_files as make_flux_files
 from comfymesh.diffusion.models.tiny_flux2 import make_template_files as make_flux2_files
@@ -40,6 +41,7 @@ def _write_all(models: Path, seed: int) -> None:
     for name in CLIP_VISION:
         make_tiny_clip_vision(models / "clip_vision" / name)
     make_flux_files(models, seed=seed)  # FLUX.1 and Chroma, with the FLUX VAE ae.safetensors
+    make_tiny_chroma_radiance(models, seed=seed)  # Chroma Radiance (pixel space: VAELoader's pixel_space, no file)
     make_uso_files(models, seed=seed)  # FLUX.1 USO's style projector and the dev fp8 checkpoint
     # HiDream's diffusion models and four encoders; the FLUX VAE and scaled-fp8 T5 above are shaped as it takes
     make_hidream_files(models, seed=seed, keep_existing=True)
