@@ -1,28 +1,25 @@
 """An OTLP/gRPC trace collector for tests: opentelemetry-proto's TraceService on a loopback port, keeping every
-span it is sent with its resource's attributes."""
+span it is sent with its resource's attributes.
+
+The server runs in its own process (`python -m tests.otlp_collector`, one JSON line per span on stdout): the
+mesh's services are forked from the test process, and a fork while gRPC's threads run there can hang the
+child before it executes the service."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import IO, Any
 
-import grpc
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
-
-
-def _value(value: AnyValue) -> Any:
-    kind = value.WhichOneof("value")
-    return getattr(value, kind) if kind else None
-
-
-def _attributes(pairs: Iterator[KeyValue] | Any) -> dict[str, Any]:
-    return {pair.key: _value(pair.value) for pair in pairs}
+REPO = Path(__file__).resolve().parents[1]
 
 
 @dataclass(frozen=True)
@@ -36,29 +33,12 @@ class CollectedSpan:
     resource: dict[str, Any]  # service.name, host.name, service.instance.id, ...
 
 
-class _TraceService(trace_service_pb2_grpc.TraceServiceServicer):
-    def __init__(self, collector: OtlpCollector) -> None:
-        self.collector = collector
-
-    def Export(self, request: trace_service_pb2.ExportTraceServiceRequest,
-               context: grpc.ServicerContext) -> trace_service_pb2.ExportTraceServiceResponse:
-        spans = [CollectedSpan(span.name, span.trace_id.hex(), span.span_id.hex(), span.parent_span_id.hex(),
-                               span.kind, _attributes(span.attributes), _attributes(batch.resource.attributes))
-                 for batch in request.resource_spans for scope in batch.scope_spans for span in scope.spans]
-        with self.collector.changed:
-            self.collector.spans.extend(spans)
-            self.collector.requests += 1
-            self.collector.changed.notify_all()
-        return trace_service_pb2.ExportTraceServiceResponse()
-
-
 class OtlpCollector:
     """The spans received so far (`spans`); `wait_for` blocks until a condition on them holds."""
 
     def __init__(self, port: int) -> None:
         self.endpoint = f"http://127.0.0.1:{port}"
         self.spans: list[CollectedSpan] = []
-        self.requests = 0
         self.changed = threading.Condition()
 
     def wait_for(self, condition: Callable[[list[CollectedSpan]], bool], timeout: float = 30.0) -> list[CollectedSpan]:
@@ -73,15 +53,61 @@ class OtlpCollector:
                 self.changed.wait(left)
             return list(self.spans)
 
+    def _read(self, lines: IO[str]) -> None:
+        for line in lines:
+            with self.changed:
+                self.spans.append(CollectedSpan(**json.loads(line)))
+                self.changed.notify_all()
+
 
 @contextmanager
 def otlp_collector() -> Iterator[OtlpCollector]:
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    port = server.add_insecure_port("127.0.0.1:0")
-    collector = OtlpCollector(port)
-    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(_TraceService(collector), server)
-    server.start()
+    process = subprocess.Popen([sys.executable, "-m", "tests.otlp_collector"], cwd=REPO, stdout=subprocess.PIPE,
+                               text=True)
+    assert process.stdout is not None
     try:
+        ready = process.stdout.readline().split()  # "listening <port>", once the server is up
+        assert ready[:1] == ["listening"], f"the collector did not start (exit status {process.poll()})"
+        collector = OtlpCollector(int(ready[1]))
+        threading.Thread(target=collector._read, args=(process.stdout,), daemon=True).start()
         yield collector
     finally:
-        server.stop(grace=None)
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def _serve() -> None:
+    import grpc
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+    from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+
+    def value(any_value: AnyValue) -> Any:
+        kind = any_value.WhichOneof("value")
+        return getattr(any_value, kind) if kind else None
+
+    def attributes(pairs: Any) -> dict[str, Any]:
+        return {pair.key: value(pair.value) for pair in pairs}
+
+    written = threading.Lock()
+
+    class TraceService(trace_service_pb2_grpc.TraceServiceServicer):
+        def Export(self, request: trace_service_pb2.ExportTraceServiceRequest,
+                   context: grpc.ServicerContext) -> trace_service_pb2.ExportTraceServiceResponse:
+            spans = [CollectedSpan(span.name, span.trace_id.hex(), span.span_id.hex(), span.parent_span_id.hex(),
+                                   span.kind, attributes(span.attributes), attributes(batch.resource.attributes))
+                     for batch in request.resource_spans for scope in batch.scope_spans for span in scope.spans]
+            with written:
+                sys.stdout.write("".join(json.dumps(asdict(span)) + "\n" for span in spans))
+                sys.stdout.flush()
+            return trace_service_pb2.ExportTraceServiceResponse()
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    port = server.add_insecure_port("127.0.0.1:0")
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(TraceService(), server)
+    server.start()
+    print(f"listening {port}", flush=True)
+    server.wait_for_termination()
+
+
+if __name__ == "__main__":
+    _serve()

@@ -4,8 +4,9 @@
 `span()` hands back one shared do-nothing context manager: a disabled span costs a global read and a
 `with` (bench/trace_overhead.py measures it). With one, the SDK and its OTLP exporter are loaded
 (comfymesh.trace_export) and `span()` opens a real span, child of the current one. The W3C `traceparent`
-carries the trace between processes: gRPC metadata (comfymesh.rpc.tracing), HTTP headers (the gateway's
-middleware, comfymesh.trace_http) and the job's stored options (a job runs after its submit returned).
+carries the trace between processes: gRPC metadata (comfymesh.rpc.tracing), HTTP headers (read by FastAPI's
+native server span, which uses the provider set here) and the job's stored options (a job runs after its
+submit returned, maybe on another orchestrator).
 
 `mark(point)` notes that a process reached a point: an event on the current span, and, with
 COMFYMESH_TRACE=1, a `{"trace": "<point>", "t": <wall-clock seconds>}` line on stderr, which
@@ -49,16 +50,6 @@ def start_tracing(service: str) -> bool:
 
     _tracer = install(service, settings.otlp_endpoint, settings.trace_host_name)
     return True
-
-
-def stop_tracing() -> None:
-    """Send the spans still buffered (a service calls it as it stops; a process exit does it too)."""
-    global _tracer
-    if _tracer is not None:
-        from comfymesh.trace_export import shutdown
-
-        shutdown()
-        _tracer = None
 
 
 def enabled() -> bool:
@@ -161,4 +152,4 @@ def stored_parent(stored: object) -> Context | None:
 
 
 __all__ = ["STORED_TRACEPARENT", "TRACEPARENT", "child_span", "current_traceparent", "enabled", "extract", "inject", "mark",
-           "span", "start_span", "start_tracing", "stop_tracing", "stored_parent", "traced"]
+           "span", "start_span", "start_tracing", "stored_parent", "traced"]

@@ -15,7 +15,6 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace import Tracer
 
 NAMESPACE = "comfymesh"
-_provider: TracerProvider | None = None
 
 
 def resource(service: str, host_name: str = "") -> Resource:
@@ -28,18 +27,10 @@ def resource(service: str, host_name: str = "") -> Resource:
 
 def install(service: str, endpoint: str, host_name: str = "") -> Tracer:
     """Make this process's tracer provider export to `endpoint` (http:// is plaintext, https:// TLS)."""
-    global _provider
+    # the provider sends what is still batched when the process exits (its own atexit hook)
     provider = TracerProvider(resource=resource(service, host_name))
     exporter = OTLPSpanExporter(endpoint=endpoint, insecure=endpoint.startswith("http://"))
     provider.add_span_processor(BatchSpanProcessor(exporter))
     otel_trace.set_tracer_provider(provider)  # libraries that trace through the API join the same traces
-    _provider = provider
     return provider.get_tracer("comfymesh")
 
-
-def shutdown() -> None:
-    """Export what is buffered and stop the exporter."""
-    global _provider
-    if _provider is not None:
-        _provider.shutdown()
-        _provider = None
