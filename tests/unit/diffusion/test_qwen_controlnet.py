@@ -90,10 +90,13 @@ def test_the_chain_runs_only_within_its_sigma_range_and_sums_its_links(files: di
     control = load_qwen_controlnet(files["union"], CPU, torch.float32)
     seen: list[list[torch.Tensor]] = []
 
+    refs_seen: list[object] = []
+
     def model(x: torch.Tensor, t: torch.Tensor, ctx: torch.Tensor, y: torch.Tensor | None,
-              block_patch: object = None) -> torch.Tensor:
+              block_patch: object = None, refs: object = ()) -> torch.Tensor:
         hidden = torch.zeros(x.shape[0], 12, 64)
         seen.append([block_patch(i, hidden) for i in range(MAIN_MODEL_BLOCKS)])  # type: ignore[operator]
+        refs_seen.append(refs)
         return x
 
     hint = torch.randn(1, 16, 1, 8, 6)
@@ -101,8 +104,9 @@ def test_the_chain_runs_only_within_its_sigma_range_and_sums_its_links(files: di
     x, ctx, t = torch.randn(2, 16, 1, 8, 6), torch.randn(2, 5, 32), torch.tensor([0.5, 0.5])
     assert QwenControlChain([link], model)(x, t, ctx, None, torch.tensor(0.95), 2) is None
     QwenControlChain([link], model)(x, t, ctx, None, torch.tensor(0.5), 2)
-    QwenControlChain([link, link], model)(x, t, ctx, None, torch.tensor(0.5), 2)
+    QwenControlChain([link, link], model)(x, t, ctx, None, torch.tensor(0.5), 2, refs=["ref"])
     one, two = seen
+    assert refs_seen == [(), ["ref"]]  # an entry's reference latents reach the model call
     torch.testing.assert_close(two[0], one[0] * 2)
     torch.testing.assert_close(one[0], residuals(control, x, t, ctx, hint.expand(2, -1, -1, -1, -1), 1.0)[0])
 

@@ -162,7 +162,9 @@ class QwenControlChain:
         return self._hints[key]
 
     def __call__(self, x_in: torch.Tensor, t: torch.Tensor, ctx: torch.Tensor, y: torch.Tensor | None,
-                 sigma: torch.Tensor, chunks: int) -> torch.Tensor | None:
+                 sigma: torch.Tensor, chunks: int, **model_inputs: Any) -> torch.Tensor | None:
+        """`model_inputs`: the entry's own (reference latents and their method), passed to the model call; the
+        ControlNet sees the noisy latent alone, as in ComfyUI."""
         step = float(sigma.reshape(-1)[0])
         x5 = x_in.unsqueeze(2) if x_in.ndim == 4 else x_in
         total: list[torch.Tensor] | None = None
@@ -179,5 +181,5 @@ class QwenControlChain:
                 total = [a + b for a, b in zip(total, outs, strict=False)] + (total[len(outs):] or outs[len(total):])
         if total is None:
             return None
-        out: torch.Tensor = self.model(x_in, t, ctx, y, block_patch=add_after_block(total))
+        out: torch.Tensor = self.model(x_in, t, ctx, y, block_patch=add_after_block(total), **model_inputs)
         return out

@@ -123,7 +123,11 @@ class GuidedDenoiser:
             rows = torch.cat([rows, (concat if region is None else region.crop(concat)).to(self.dtype)], 1)
         y = None if y is None else y.to(self.dtype)
         control = group[0].control
-        out = None if control is None else control(rows, t.expand(n * batch), ctx.to(self.dtype), y, sigma, n)
+        # an entry's model inputs (reference latents) reach the controlled call too; only families that have them
+        # (Qwen-Image's chain) take them
+        inputs = group[0].model_inputs or {}
+        out = None if control is None else control(rows, t.expand(n * batch), ctx.to(self.dtype), y, sigma, n,
+                                                   **inputs)
         if out is None:
             out = self.unet(rows, t.expand(n * batch), ctx.to(self.dtype), y, **(group[0].model_inputs or {}))
         out = out.float()
