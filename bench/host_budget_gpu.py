@@ -26,6 +26,7 @@ sys.path[:0] = [str(REPO / "libs"), str(REPO / "services")]
 from safetensors.torch import save_file  # noqa: E402
 
 from comfymesh.contracts.errors import ModelTooLargeError  # noqa: E402
+from comfymesh.diffusion.families.loading import compute_dtype  # noqa: E402
 from comfymesh.diffusion.memory import offload_plan  # noqa: E402
 from comfymesh.diffusion.memory.fit import resident_bytes, tensor_bytes  # noqa: E402
 from comfymesh.diffusion.memory.streaming import streamer_of  # noqa: E402
@@ -58,7 +59,7 @@ def main() -> None:
     place = Placement.for_device(device)
     blocks, other = offload_plan.file_blocks(tensor_bytes([path], place.unet_dtype))
     budget = other + sum(sorted(blocks.values(), reverse=True)[:2]) + sum(blocks.values()) // 4
-    predicted = resident_bytes([path], Placement().unet_dtype)  # the host build's bytes (memory.host)
+    predicted = resident_bytes([path], compute_dtype(device))  # the host build's bytes (memory.host)
     refused = ModelCache(budget_bytes=budget, device=device, host_budget_bytes=predicted // 2)
     try:
         refused.unet_file(path)

@@ -16,12 +16,15 @@ import torch
 from safetensors.torch import save_file
 
 from comfymesh.contracts.errors import ModelTooLargeError, ResourceExhaustedError
+from comfymesh.diffusion.families.loading import compute_dtype, host_build
 from comfymesh.diffusion.memory import offload_plan
 from comfymesh.diffusion.memory.fit import resident_bytes, tensor_bytes
 from comfymesh.diffusion.memory.host import SETTING, default_host_budget, host_memory
 from comfymesh.diffusion.memory.streaming import streamer_of
 from comfymesh.diffusion.models import cache as cache_mod
 from comfymesh.diffusion.models.cache import ModelCache
+from comfymesh.diffusion.models.checkpoint import load_unet_file
+from comfymesh.diffusion.models.convert import Placement
 from comfymesh.diffusion.models.tiny_flux import flux_shapes, make_tiny_flux, random_tensors
 
 CPU = torch.device("cpu")
@@ -166,3 +169,15 @@ def test_encoders_the_host_budget_cannot_hold_are_evicted_instead_of_moved(
     assert "instead of moving them to host memory to make room" in caplog.text
     assert [e["name"] for e in cache.list()] == [diffusion.name]
     assert cache.host_used_bytes() == 0 and cache.used_bytes() == diffusion.nbytes
+
+
+def test_a_streamed_model_is_built_on_the_host_in_the_gpu_compute_dtype(files: dict[str, Path]) -> None:
+    """A model that streams to a GPU is built on the host in bf16 (half a float32 build's host memory); outside
+    that build, a CPU model stays float32."""
+    with host_build(torch.bfloat16):
+        assert compute_dtype(CPU) == torch.bfloat16
+        built = load_unet_file(files["deep"], Placement(), "default").unet
+    assert compute_dtype(CPU) == torch.float32 and compute_dtype(torch.device("cuda")) == torch.bfloat16
+    assert built is not None and {p.dtype for p in built.parameters()} == {torch.bfloat16}
+    plain = load_unet_file(files["deep"], Placement(), "default").unet
+    assert plain is not None and {p.dtype for p in plain.parameters()} == {torch.float32}

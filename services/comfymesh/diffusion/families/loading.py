@@ -6,7 +6,9 @@ Each family module keeps only what is its own (layout, converter, model class, f
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 import torch
@@ -32,10 +34,26 @@ def model_prefix(src: TensorSource, markers: Iterable[str]) -> str | None:
     return next((p for p in PREFIXES if all(src.has(p + k) for k in keys)), None)
 
 
+_HOST_BUILD: ContextVar[torch.dtype | None] = ContextVar("host_build_dtype", default=None)
+
+
+@contextmanager
+def host_build(dtype: torch.dtype) -> Iterator[None]:
+    """Build on the host (device cpu) in `dtype`: a model that will stream its blocks to a GPU is built there in
+    the GPU's compute dtype, not in float32 (a 32B FLUX.2 Dev needs 64 GB of host memory in bf16, 128 in float32)."""
+    token = _HOST_BUILD.set(dtype)
+    try:
+        yield
+    finally:
+        _HOST_BUILD.reset(token)
+
+
 def compute_dtype(device: torch.device) -> torch.dtype:
     """The dtype ComfyUI runs each family here in: bf16 on a GPU (fp16 overflows SD3.5 and Qwen-Image, HiDream
-    takes bf16 or float32 only), float32 on the CPU."""
-    return torch.bfloat16 if device.type == "cuda" else torch.float32
+    takes bf16 or float32 only), float32 on the CPU (unless inside `host_build`)."""
+    if device.type == "cuda":
+        return torch.bfloat16
+    return _HOST_BUILD.get() or torch.float32
 
 
 def model_dtype(model: torch.nn.Module, device: torch.device) -> torch.dtype:

@@ -27,6 +27,7 @@ from comfymesh.config.diffusion import DiffusionSettings
 from comfymesh.config.fast_path import FastPathSettings
 from comfymesh.contracts.errors import ModelError, NodeInputError
 from comfymesh.diffusion.families import registry as families
+from comfymesh.diffusion.families.loading import compute_dtype, host_build
 from comfymesh.diffusion.fast.decoder import FastDecoder
 from comfymesh.diffusion.fast.denoiser import FastDenoiser
 from comfymesh.diffusion.fast.unet import FastUNet
@@ -326,7 +327,8 @@ class ModelCache:
         if need <= room:
             return load_unet_file(path, self.placement, weight_dtype)
         self._host_room(path, blocks, other, room)
-        parts = load_unet_file(path, Placement(), weight_dtype)  # on the host, then placed by the plan
+        with host_build(self._host_build_dtype()):  # on the host, then placed by the plan
+            parts = load_unet_file(path, Placement(), weight_dtype)
         assert parts.unet is not None
         if self.device.type == "cuda":  # the families' weights are bf16 on a GPU (fp8 ones stay fp8)
             for param in parts.unet.parameters():
@@ -337,6 +339,10 @@ class ModelCache:
         offload(parts.unet, plan, self.device)
         return parts
 
+    def _host_build_dtype(self) -> torch.dtype:
+        """The dtype a streamed model is built in on the host: the device's compute dtype (bf16 on a GPU)."""
+        return compute_dtype(self.device)
+
     def _host_room(self, path: Path, blocks: dict[str, int], other: int, room: int, alone: bool = False) -> None:
         """Host room for a model streamed within `room` device bytes, before any of it loads (memory.host): it is
         built on the host (in the host build's dtype), then its streamed blocks stay there pinned. Refused alone
@@ -344,7 +350,7 @@ class ModelCache:
         if self.host_budget is None:
             return
         pinned = offload_plan.plan(path.name, blocks, other, room).streamed_bytes
-        needed = max(pinned, resident_bytes([path], Placement().unet_dtype))
+        needed = max(pinned, resident_bytes([path], self._host_build_dtype()))
         check_host_fit(path.name, needed, pinned, self.host_budget, 0)
         if alone:
             return
