@@ -58,7 +58,8 @@ INPUTS = {"example.png": "astronaut.png", "pray.png": "coffee.png", "angle_1.png
           "flux_redux_model_example_reference_image_1.png": "astronaut.png",
           "flux_redux_model_example_reference_image_2.png": "coffee.png",
           "raccoon_rocker.png": "astronaut.png", "low_angle_shot.png": "coffee.png",
-          "image_qwen_image_instantx_inpainting_controlnet_input_image.png": "astronaut.png"}
+          "image_qwen_image_instantx_inpainting_controlnet_input_image.png": "astronaut.png",
+          "flux1_dev_uso_reference_image_gen_input_image.png": "coffee.png"}
 # template → the output nodes' class types we expect images from
 RUNNABLE = {
     "image_sdxl_simple": {"SaveImage"},
@@ -81,6 +82,9 @@ RUNNABLE = {
     "flux_canny_model_example": {"SaveImage", "PreviewImage"},
     # Redux: two reference images through the SigLIP tower and the style model, their tokens after T5's
     "flux_redux_model_example": {"SaveImage"},
+    # USO: the dev fp8 checkpoint with the USO LoRA, a Kontext-style subject reference (uxo/uno); its two
+    # USOStyleReference subgraphs ship bypassed (tests/integration/test_uso_mesh.py runs them)
+    "flux1_dev_uso_reference_image_gen": {"SaveImage"},
     "image_chroma_text_to_image": {"SaveImage"},
     "sd3.5_simple_example": {"SaveImage"},
     # SD3.5 Large's blur and canny ControlNets (Stability's format, hint VAE-encoded); PreviewImage shows the edges
