@@ -22,12 +22,11 @@ class Cluster:
 
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    if not (BIN / "initdb").exists():
-        pytest.fail(f"PostgreSQL 15 is not installed ({BIN / 'initdb'}): run `make system-deps`")
+    rig = rig_or_skip(tmp_path_factory.mktemp("rig"))  # first: where no rig can run, the tests are skipped
     binary = weed_binary()
-    if binary is None:
-        pytest.fail("SeaweedFS's `weed` is not installed: run `make setup`")
-    rig = rig_or_skip(tmp_path_factory.mktemp("rig"))
+    if not (BIN / "initdb").exists() or binary is None:
+        rig.stop()
+        pytest.fail(f"PostgreSQL 15 ({BIN / 'initdb'}) or SeaweedFS's `weed` is missing: run `make setup`")
     postgres: PostgresServer | None = None
     s3: SeaweedServer | None = None
     try:

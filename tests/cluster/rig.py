@@ -118,6 +118,7 @@ class Rig:
         self.subnet = ""
         self.bridge_ip = ""
         self.hosts: dict[str, Host] = {}
+        self._added = 0
         self.names: dict[str, list[str]] = {}  # short name -> addresses in the addn-hosts file
         self.addn_hosts = root / "addn-hosts"
         self.dnsmasq: subprocess.Popen[bytes] | None = None
@@ -200,7 +201,8 @@ class Rig:
     # hosts ----------------------------------------------------------------------------------------
     def add_host(self, name: str, cpus: float | None = None) -> Host:
         """A new namespace on the bridge at the next address; `cpus`: its CPU quota (None: unlimited)."""
-        index = len(self.hosts)
+        index = self._added  # never reused: a stale ARP entry for a removed host's address would misroute
+        self._added += 1
         netns, veth = f"cm{self.tag}-{name}", f"cm{self.tag}v{index}"
         host = Host(name, netns, f"{self.subnet}.{10 + index}", self.root / "hosts" / name, None, veth)
         self.hosts[name] = host
