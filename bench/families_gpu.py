@@ -569,7 +569,10 @@ class FamilyMesh:
         self.mesh = Mesh(home, stages=("diffusion",), imaging_replicas=0,
                          env={"COMFYMESH_NODE_TIMINGS": "1", "COMFYMESH_DEVICE": args.device, "PYTHONPATH": path,
                               "COMFYMESH_BENCH_MEM_FILE": str(self.mem_file),
-                              "COMFYMESH_FAST_PATH": "1" if fast else "0"})
+                              "COMFYMESH_FAST_PATH": "1" if fast else "0",
+                              # the scaled-fp8 FLUX mesh multiplies in fp8 too when asked (with the fast path:
+                              # compiled _scaled_mm, the way to ≤ 0.5× the pipeline on Hopper)
+                              "COMFYMESH_FP8_MATMUL": "1" if args.fp8_matmul and label.startswith(FLUX_FP8) else "0"})
         self.client = HttpClient(self.mesh.port)
         self.label = label
 
@@ -740,7 +743,8 @@ def main() -> None:
     parser.add_argument("--compile-timeout", type=float, default=900, help="--fast: longest wait for the buckets")
     parser.add_argument("--fp8-matmul", action="store_true",
                         help="FLUX's scaled-fp8 transformer call also in the fp8 matmul mode (COMFYMESH_FP8_MATMUL): "
-                             "its time and PSNR against the bf16-upcast call")
+                             "its time and PSNR against the bf16-upcast call; the scaled-fp8 mesh (unless "
+                             "--no-fp8-mesh) runs in that mode too")
     parser.add_argument("--keep-files", action="store_true", help="keep each family's files after it ran")
     parser.add_argument("--phase-timeout", type=float, default=900)
     parser.add_argument("--out", default=None, help="write the results as JSON here (logs beside it)")
