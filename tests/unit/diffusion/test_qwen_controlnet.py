@@ -19,6 +19,7 @@ from comfymesh.diffusion.models.qwen_controlnet import (
     QwenControlChain,
     QwenControlLink,
     add_after_block,
+    is_fun_controlnet,
     is_qwen_controlnet,
     load_qwen_controlnet,
     residuals,
@@ -29,6 +30,7 @@ from comfymesh.diffusion.models.tiny_qwen_image import make_tiny_qwen_image, ten
 from comfymesh.diffusion.nodes import nodes
 from comfymesh.diffusion.nodes.controlnet_inpainting import masked_hint
 from comfymesh.diffusion.sampling.guidance import MaskedDenoiser
+from comfymesh.stage.node import NodeContext
 
 GOLDEN = Path(__file__).parents[2] / "golden" / "controlnet_inpainting_object_info.json"
 CPU = torch.device("cpu")
@@ -53,6 +55,19 @@ def test_recognised_by_keys_and_the_inpainting_net_by_its_hint_width(files: dict
     assert not load_qwen_controlnet(files["union"], CPU, torch.float32).concat_mask
     with pytest.raises(ModelError, match="not a Qwen-Image ControlNet"):
         load_qwen_controlnet(files["diffusion_models"], CPU, torch.float32)
+
+
+def test_a_videox_fun_controlnet_is_named_as_the_format_comfyui_080_does_not_load(node_ctx: NodeContext,
+                                                                                  tiny_home: Path) -> None:
+    name = "Qwen-Image-2512-Fun-Controlnet-Union-test.safetensors"
+    folder = tiny_home / "models" / "controlnet"
+    folder.mkdir(parents=True, exist_ok=True)
+    shapes: dict[str, tuple[int, ...]] = {"control_img_in.weight": (64, 132),
+                                          "control_blocks.0.after_proj.weight": (64, 64)}
+    save_file(tensors(shapes, 0, torch.float32), str(folder / name))
+    assert is_fun_controlnet(TensorSource(folder / name)) and not is_qwen_controlnet(TensorSource(folder / name))
+    with pytest.raises(ModelError, match=r"VideoX-Fun .* ComfyUI 0\.8\.0.s ControlNetLoader does not load"):
+        nodes.impls["ControlNetLoader"](node_ctx, control_net_name=name)
 
 
 def test_a_hint_embedder_of_another_width_is_refused(tmp_path: Path) -> None:

@@ -42,6 +42,12 @@ def is_qwen_controlnet(src: TensorSource) -> bool:
     return all(src.has(k) for k in MARKERS) and src.has("controlnet_x_embedder.weight")
 
 
+def is_fun_controlnet(src: TensorSource) -> bool:
+    """VideoX-Fun's Qwen-Image ControlNets (Qwen-Image-2512-Fun-Controlnet-Union): VACE-style `control_blocks`
+    fed by `control_img_in`, which ComfyUI 0.8.0's ControlNetLoader has no loader for."""
+    return src.has("control_img_in.weight") and any(k.startswith("control_blocks.") for k in src.keys)
+
+
 @dataclass
 class QwenControlNet:
     """A loaded Qwen-Image ControlNet: the diffusers model and whether it takes the inpainting mask channel."""

@@ -32,6 +32,7 @@ from comfymesh.diffusion.models.qwen_controlnet import (
     QwenControlChain,
     QwenControlLink,
     QwenControlNet,
+    is_fun_controlnet,
     is_qwen_controlnet,
     load_qwen_controlnet,
 )
@@ -85,6 +86,9 @@ def _network(ctx: NodeContext, value: dict[str, Any]) -> nn.Module | SD35Control
         if is_sd35_controlnet(TensorSource(path)):
             sd35 = load_sd35_controlnet(path, cache.placement.device, cache.placement.unet_dtype)
             return sd35, module_bytes(sd35.net), info
+        if is_fun_controlnet(TensorSource(path)):
+            raise ModelError(f"{path.name} is a VideoX-Fun Qwen-Image ControlNet (control_img_in, control_blocks), a "
+                             "format ComfyUI 0.8.0's ControlNetLoader does not load", node_id=ctx.node_id)
         if is_qwen_controlnet(TensorSource(path)):
             qwen = load_qwen_controlnet(path, cache.placement.device, cache.placement.unet_dtype)
             return qwen, module_bytes(qwen.net), info
