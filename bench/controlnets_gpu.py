@@ -1,12 +1,13 @@
 """Issue 15's DiT ControlNet cost on a GPU: the SD3.5 Large model call with and without an SD3.5 Large ControlNet
-(blur/canny/depth form), and the Z-Image call with and without the Z-Image Fun union ControlNet (1.0), at the
-released sizes, with random weights drawn on the device (no files, no hub).
+(blur/canny/depth form), the Z-Image call with and without the Z-Image Fun union ControlNet (1.0), and the
+Qwen-Image call with and without the InstantX inpainting ControlNet (5 blocks, hint 16 latent + 1 mask channel), at
+the released sizes, with random weights drawn on the device (no files, no hub).
 
 Run (repository root, CUDA machine): `python bench/controlnets_gpu.py --out controlnets.json`
 CPU smoke test: `python bench/controlnets_gpu.py --device cpu --small`
 
 Measured (eager, as controlled calls run; bf16 on CUDA), per call at --size² pixels, batch 2 (cfg's cond and
-uncond), for `sd35` and `zimage_fun`:
+uncond), for `sd35`, `zimage_fun` and `qwen_instantx`:
   plain_ms        the model call without the ControlNet
   controlled_ms   the call with the ControlNet (strength 1; SD3.5: the net's own forward included)
   net_gib         the ControlNet's weights
@@ -32,6 +33,8 @@ SD35 = {"width": 2432, "blocks": 38, "cn_blocks": 19, "context": 4096, "pooled":
 ZIMAGE = {"dim": 3840, "heads": 30, "layers": 30, "refiners": 2, "cap": 2560, "controls": 6}
 SMALL_SD35 = {"width": 128, "blocks": 2, "cn_blocks": 1, "context": 64, "pooled": 32, "pos_max": 32}
 SMALL_ZIMAGE = {"dim": 128, "heads": 2, "layers": 4, "refiners": 2, "cap": 32, "controls": 2}
+QWEN = {"heads": 24, "head_dim": 128, "layers": 60, "text": 3584, "cn_blocks": 5}
+SMALL_QWEN = {"heads": 2, "head_dim": 32, "layers": 4, "text": 32, "cn_blocks": 2}
 
 
 def _built(factory: Any, device: torch.device, dtype: torch.dtype, seed: int) -> Any:
@@ -109,6 +112,46 @@ def bench_zimage_fun(s: dict[str, int], device: torch.device, dtype: torch.dtype
             "strength0_equal": bool(torch.equal(zero, plain))}
 
 
+def bench_qwen_instantx(s: dict[str, int], device: torch.device, dtype: torch.dtype, size: int,
+                        runs: int) -> dict[str, Any]:
+    from diffusers import QwenImageControlNetModel, QwenImageTransformer2DModel
+
+    from comfymesh.diffusion.families import qwen_image
+    from comfymesh.diffusion.models.qwen_controlnet import QwenControlNet, add_after_block, residuals
+
+    width = s["heads"] * s["head_dim"]
+    layout = qwen_image.QwenImageLayout(prefix="", dim=width, head_dim=s["head_dim"], n_heads=s["heads"],
+                                        n_layers=s["layers"], latent_channels=16, out_channels=16, text_dim=s["text"],
+                                        timestep_zero=False, additional_t_cond=False)
+    model = _built(lambda: QwenImageTransformer2DModel(**qwen_image.model_config(layout)), device, dtype, 0)
+    model.pos_embed = torch.nn.Identity()  # the rotations are ours, as the family builds it
+    cfg = {k: v for k, v in qwen_image.model_config(layout).items()
+           if k not in ("zero_cond_t", "use_additional_t_cond")} | {"num_layers": s["cn_blocks"],
+                                                                    "extra_condition_channels": 4}
+    net = _built(lambda: QwenImageControlNetModel(**cfg), device, dtype, 1)
+    net.pos_embed = torch.nn.Identity()
+    control = QwenControlNet(net, concat_mask=True)
+    gen = torch.Generator(device).manual_seed(2)
+    h = size // 8
+    x = torch.randn(2, 16, 1, h, h, generator=gen, device=device, dtype=dtype)
+    hint = torch.randn(2, 17, 1, h, h, generator=gen, device=device, dtype=dtype)
+    ctx = torch.randn(2, 64, s["text"], generator=gen, device=device, dtype=dtype)
+    t = torch.full((2,), 0.7, device=device)
+    call: Any = qwen_image.qwen_image_fn(model)
+    with torch.no_grad():
+        plain_ms, plain = _timed(lambda: call(x, t, ctx, None), device, runs)
+
+        def controlled(strength: float) -> torch.Tensor:
+            out: torch.Tensor = call(x, t, ctx, None,
+                                     block_patch=add_after_block(residuals(control, x, t, ctx, hint, strength)))
+            return out
+
+        controlled_ms, _ = _timed(lambda: controlled(1.0), device, runs)
+        zero = controlled(0.0)
+    return {"plain_ms": plain_ms, "controlled_ms": controlled_ms, "net_gib": _gib(net),
+            "strength0_equal": bool(torch.equal(zero, plain))}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--device", default="cuda")
@@ -123,7 +166,8 @@ def main() -> None:
     result: dict[str, Any] = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                               "size": size}
     for name, bench, shapes in (("sd35", bench_sd35, SMALL_SD35 if args.small else SD35),
-                                ("zimage_fun", bench_zimage_fun, SMALL_ZIMAGE if args.small else ZIMAGE)):
+                                ("zimage_fun", bench_zimage_fun, SMALL_ZIMAGE if args.small else ZIMAGE),
+                                ("qwen_instantx", bench_qwen_instantx, SMALL_QWEN if args.small else QWEN)):
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         result[name] = bench(shapes, device, dtype, size, args.runs)
