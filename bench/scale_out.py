@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import sys
 import tempfile
 import time
@@ -48,6 +49,52 @@ class Phase:
     latency_p50_s: float
     calls_per_host: dict[str, int] = field(default_factory=dict)  # measured jobs' RunStage calls, by stage host
     polls: int = 0
+    # where the CPU went while the measured jobs ran (CPU seconds), and how often each stage hit its quota
+    stage_cpu_s: dict[str, float] = field(default_factory=dict)
+    stage_throttled: dict[str, float] = field(default_factory=dict)  # share of quota periods throttled
+    stage_quota_used: float = 0.0  # the stage hosts' CPU over what their quotas allowed (1.0: quota-bound)
+    control_cpu_s: float = 0.0  # orchestrators and gateways
+    machine_busy_cpus: float = 0.0  # every process on the machine (other work included), in CPUs
+
+
+class Usage:
+    """CPU counters read before and after a phase: each service's process (with its reaped children), each
+    stage host's cgroup throttling (cpu.stat), and the whole machine (/proc/stat)."""
+
+    def __init__(self, rig: Rig, stages: list[Host]) -> None:
+        self.rig, self.stages = rig, stages
+        self.start = self._read()
+
+    def _read(self) -> dict[str, float]:
+        tick = os.sysconf("SC_CLK_TCK")
+        counters: dict[str, float] = {}
+        for service in self.rig.supervisor.services:
+            if service.process is not None and service.process.poll() is None:
+                with contextlib.suppress(OSError):
+                    fields = Path(f"/proc/{service.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+                    counters[f"cpu:{service.spec.name}"] = sum(int(v) for v in fields[11:15]) / tick
+        for host in self.stages:
+            if host.cgroup is not None:
+                stat = dict(line.split() for line in (host.cgroup / "cpu.stat").read_text().splitlines()
+                            if len(line.split()) == 2)
+                counters[f"periods:{host.name}"] = float(stat.get("nr_periods", 0))
+                counters[f"throttled:{host.name}"] = float(stat.get("nr_throttled", 0))
+        cpu = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+        counters["machine_busy"] = (sum(int(v) for v in cpu) - int(cpu[3]) - int(cpu[4])) / tick  # minus idle, iowait
+        return counters
+
+    def finish(self, result: Phase, seconds: float, cpus: float) -> None:
+        end = self._read()
+        delta = {key: end[key] - self.start.get(key, 0.0) for key in end}
+        result.stage_cpu_s = {host.name: round(delta.get(f"cpu:imaging-{host.name}", 0.0), 2) for host in self.stages}
+        result.stage_throttled = {host.name: round(delta.get(f"throttled:{host.name}", 0.0) /
+                                                   max(1.0, delta.get(f"periods:{host.name}", 0.0)), 3)
+                                  for host in self.stages if f"periods:{host.name}" in delta}
+        allowed = cpus * len(self.stages) * seconds
+        result.stage_quota_used = round(sum(result.stage_cpu_s.values()) / allowed, 3)
+        result.control_cpu_s = round(sum(v for k, v in delta.items() if k.startswith(("cpu:orchestrator",
+                                                                                     "cpu:gateway"))), 2)
+        result.machine_busy_cpus = round(delta["machine_busy"] / seconds, 2)
 
 
 def say(message: str) -> None:
@@ -150,6 +197,7 @@ def phase(rig: Rig, gateway: Gateway, stages: list[Host], args: argparse.Namespa
                        for _ in range(args.warmup)], args.poll_hz, args.timeout)
     before = {host.name: calls(rig, f"imaging-{host.name}") for host in stages}
     say(f"submitting {args.jobs} jobs to {n} stage host(s)")
+    usage = Usage(rig, stages)
     first, finished, seen_last, polls = run_jobs(
         gateway, [prompt(next(colors), args.size, args.radius, f"scale{n}/j") for _ in range(args.jobs)],
         args.poll_hz, args.timeout)
@@ -160,8 +208,13 @@ def phase(rig: Rig, gateway: Gateway, stages: list[Host], args: argparse.Namespa
                    latency_p50_s=round(latencies[len(latencies) // 2], 3),
                    calls_per_host={host.name: calls(rig, f"imaging-{host.name}") - before[host.name]
                                    for host in stages}, polls=polls)
+    usage.finish(result, time.time() - first, args.stage_cpus)
     say(f"{n} host(s): {result.jobs} jobs in {result.seconds:.2f} s = {result.jobs_per_s:.3f} jobs/s "
         f"(p50 latency {result.latency_p50_s:.2f} s; calls per host {result.calls_per_host})")
+    say(f"  CPU s per stage host {result.stage_cpu_s} ({result.stage_quota_used:.0%} of their quota), quota "
+        f"periods throttled {result.stage_throttled}; "
+        f"orchestrators+gateways {result.control_cpu_s} CPU s; machine busy {result.machine_busy_cpus} of "
+        f"{os.cpu_count()} CPUs (other work included)")
     return result
 
 
