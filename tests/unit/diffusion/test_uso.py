@@ -174,3 +174,36 @@ def test_every_level_is_read(tmp_path: Path) -> None:
         after = style_tokens(net, stacked, torch.float32)
         assert torch.equal(after[:, 2 * i:2 * i + 2], torch.zeros(1, 2, 6))
         assert torch.equal(after[:, 2 * (i + 1):], before[:, 2 * (i + 1):])
+
+
+def test_full_size_projector_gives_192_tokens_of_fluxs_width() -> None:
+    from comfymesh.diffusion.models.uso_projector import UsoLayout, UsoProjector
+
+    net = UsoProjector(UsoLayout(729, 64, 1152, 3072)).eval()
+    assert {k: tuple(v.shape) for k, v in net.state_dict().items()} == {
+        k.removeprefix(PREFIX): v for k, v in uso_shapes().items()}
+    tokens = style_tokens(net, torch.randn(3, 1, 729, 1152), torch.float32)
+    assert tokens.shape == (1, 192, 3072)
+
+
+def test_chained_references_put_the_latest_first(call: flux.FluxCall, tmp_path: Path) -> None:
+    from comfymesh.diffusion.nodes.uso_style import StyledCall
+
+    gen = torch.Generator().manual_seed(3)
+    net = load_uso_projector(make_tiny_uso_projector(tmp_path / "p.safetensors", hidden=128), CPU)
+    first, second = (torch.randn(3, 1, 729, 32, generator=gen) for _ in range(2))
+    styled = StyledCall(call, [(net, first), (net, second)])
+    tokens = styled.style(torch.float32)
+    assert torch.equal(tokens, torch.cat([style_tokens(net, second, torch.float32),
+                                          style_tokens(net, first, torch.float32)], dim=1))
+    captured: list[torch.Tensor] = []
+    block = call.model.get_submodule("transformer_blocks.0")
+    handle = block.register_forward_pre_hook(
+        lambda _m, _a, kw: captured.append(kw["encoder_hidden_states"]), with_kwargs=True)
+    x, ctx = torch.randn(2, 16, 8, 8, generator=gen), torch.randn(2, 5, 64, generator=gen)
+    try:
+        styled(x, torch.tensor([0.5, 0.5]), ctx, flux.flux_y(None, 3.5, 32).expand(2, -1))
+    finally:
+        handle.remove()
+    assert captured[0].shape == (2, 2 * 3 * TINY_STYLE_TOKENS + 5, 128)  # batch-1 tokens serve a batch of 2
+    assert torch.equal(captured[0][1, :2 * 3 * TINY_STYLE_TOKENS], tokens[0])
