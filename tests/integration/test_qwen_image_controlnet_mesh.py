@@ -94,3 +94,15 @@ def test_the_inpainting_net_needs_its_mask_node(mesh: Mesh) -> None:
     job = mesh.wait(mesh.submit(prompt), timeout=120)
     assert job["status"] == "failed"
     assert "ControlNetInpaintingAliMamaApply" in str(job["error"])
+
+
+def test_the_union_net_applies_through_apply_controlnet_with_its_vae(mesh: Mesh) -> None:
+    prompt = copy.deepcopy(TEMPLATE)
+    prompt["84"]["inputs"]["control_net_name"] = tiny_qwen_controlnet.UNION
+    prompt["108"] = {"inputs": {"strength": 0.8, "start_percent": 0.0, "end_percent": 1.0, "positive": ["6", 0],
+                                "negative": ["7", 0], "control_net": ["84", 0], "vae": ["39", 0],
+                                "image": ["71", 0]}, "class_type": "ControlNetApplyAdvanced"}
+    controlled = _pixels(assert_reruns_identically(mesh, prompt))
+    plain = copy.deepcopy(TEMPLATE)
+    plain["3"]["inputs"].update(positive=["6", 0], negative=["7", 0])
+    assert not np.array_equal(controlled, _pixels(mesh.run_output(plain)))
