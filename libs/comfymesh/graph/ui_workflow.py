@@ -118,7 +118,11 @@ class _Converter:
                 self._apply_primitive(place.graph, node)
         for node_id, node in place.graph.nodes.items():
             kind = str(node.get("type"))
-            if kind in VIRTUAL or node.get("mode", 0) in (MUTED, BYPASSED):
+            mode = node.get("mode", 0)
+            # frontend 1.58.1 still flattens a bypassed subgraph instance that sits inside another subgraph (its
+            # inner nodes are queued, unconsumed; flux1_dev_uso_reference_image_gen), but not one at the top
+            nested_bypass = mode == BYPASSED and kind in self.subgraphs and bool(place.path)
+            if kind in VIRTUAL or (mode in (MUTED, BYPASSED) and not nested_bypass):
                 continue
             if kind in self.subgraphs:
                 self._emit_graph(_Place(self.subgraphs[kind], (*place.path, (node_id, place.graph))))
