@@ -9,7 +9,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: run test setup system-deps venv proto tokenizer lint typecheck pytest cluster-test bench clean help
+.PHONY: run test setup system-deps venv proto tokenizer lint typecheck pytest cluster-test scale-bench bench clean help
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -79,6 +79,9 @@ pytest:
 
 cluster-test: setup  ## the many-host tests alone (tests/cluster: network namespaces, needs root; `make test` runs all but test_chaos.py)
 	$(BIN)/pytest -q -x --durations=10 tests/cluster
+
+scale-bench: setup  ## issue 18's scale-out benchmark on the cluster rig (root): 1 then 3 imaging stage hosts at 0.4 CPU
+	$(BIN)/python bench/scale_out.py
 
 bench:  ## mesh overhead benchmark on this machine
 	$(BIN)/python bench/mesh_overhead.py
