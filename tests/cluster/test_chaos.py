@@ -129,6 +129,14 @@ def _wait_running_on(chaos: ChaosCluster, host: Host, since: float) -> list[str]
     return running
 
 
+def _history(chaos: ChaosCluster, job_id: str) -> list[str]:
+    """A job's events with the host that wrote each and the host that claimed its epoch (for a failure)."""
+    return [f"{row['type']} epoch={row['epoch']} writer={row['writer']} holder={row['holder']}" for row in sql(
+        chaos.database, "SELECT e.type, e.epoch, e.client AS writer, c.client AS holder FROM audit_events e "
+        "LEFT JOIN audit_claims c ON c.job_id = e.job_id AND c.epoch = e.epoch WHERE e.job_id = $1 "
+        "ORDER BY e.event_id", job_id)]
+
+
 def _submit(chaos: ChaosCluster, first: int, count: int) -> dict[str, int]:
     """Jobs first…first+count-1, alternating gateways: job id -> the gateway index that took it."""
     taken = {}
@@ -184,7 +192,7 @@ def test_jobs_survive_a_killed_orchestrator_a_killed_host_and_a_cut_off_database
             except httpx.HTTPError:  # a gateway call may time out while an orchestrator is cut off
                 continue
             if status in ("completed", "failed", "cancelled"):
-                assert status == "completed", chaos.gateways[0].job(job_id)
+                assert status == "completed", f"{job_id} {status}:\n" + "\n".join(_history(chaos, job_id))
                 pending.discard(job_id)
         time.sleep(0.2)  # the poll's interval: the loop ends once every job is finished
 
