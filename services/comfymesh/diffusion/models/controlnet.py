@@ -169,6 +169,14 @@ def _broadcast(hint: torch.Tensor, rows: int, chunks: int) -> torch.Tensor:
     return one.repeat(chunks, 1, 1, 1)
 
 
+def merge_residuals(total: list[torch.Tensor] | None, outs: list[torch.Tensor]) -> list[torch.Tensor]:
+    """ComfyUI's control_merge of two chained nets' residual lists (SD3.5's, Qwen-Image's): summed index by
+    index, the longer list's tail kept; `total` None is the chain's first net."""
+    if total is None:
+        return outs
+    return [a + b for a, b in zip(total, outs, strict=False)] + (total[len(outs):] or outs[len(total):])
+
+
 class ControlChain:
     """A guidance.ControlledUNet: the UNet with the residuals of a chain of ControlNets."""
 

@@ -29,6 +29,7 @@ from torch import nn
 
 from comfymesh.contracts.errors import ModelError
 from comfymesh.diffusion.families import qwen_image
+from comfymesh.diffusion.models.controlnet import merge_residuals
 from comfymesh.diffusion.models.tensor_source import TensorSource
 
 MARKERS = ("controlnet_blocks.0.weight", "transformer_blocks.0.img_mlp.net.0.proj.weight")
@@ -181,10 +182,7 @@ class QwenControlChain:
             hint = _broadcast(hint.unsqueeze(2) if hint.ndim == 4 else hint, x5.shape[0], chunks)
 
             outs = residuals(link.control, x5, t, ctx, hint, link.strength)
-            if total is None:
-                total = outs
-            else:  # ComfyUI's control_merge: index by index, the longer list's tail kept
-                total = [a + b for a, b in zip(total, outs, strict=False)] + (total[len(outs):] or outs[len(total):])
+            total = merge_residuals(total, outs)
         if total is None:
             return None
         out: torch.Tensor = self.model(x_in, t, ctx, y, block_patch=add_after_block(total), **model_inputs)

@@ -207,7 +207,7 @@ class SD35ControlChain:
 
     def __call__(self, x_in: torch.Tensor, t: torch.Tensor, ctx: torch.Tensor, y: torch.Tensor | None,
                  sigma: torch.Tensor, chunks: int) -> torch.Tensor | None:
-        from comfymesh.diffusion.models.controlnet import _broadcast
+        from comfymesh.diffusion.models.controlnet import _broadcast, merge_residuals
 
         if y is None:
             raise ModelError("an SD3.5 ControlNet needs the conditioning's pooled output")
@@ -218,10 +218,7 @@ class SD35ControlChain:
                 continue
             hint = _broadcast(self._hint(index, x_in.shape[2], x_in.shape[3]), x_in.shape[0], chunks)
             outs = residuals(link.control, self.transformer, x_in, t, y, hint, link.strength)
-            if total is None:
-                total = outs
-            else:  # ComfyUI's control_merge: index by index, the longer list's tail kept
-                total = [a + b for a, b in zip(total, outs, strict=False)] + (total[len(outs):] or outs[len(total):])
+            total = merge_residuals(total, outs)
         if total is None:
             return None
         return self.model(x_in, t, ctx, y, residuals=total)
