@@ -78,14 +78,12 @@ def test_projector_tokens_match_comfyui_formulas(tmp_path: Path) -> None:
     src = TensorSource(path)
     state = {k: src.get(k) for k in src.keys}
     all_states = torch.randn(1, 22, 9, 4, generator=torch.Generator().manual_seed(5))
-    stacked = stack_hidden_states(all_states)
+    stacked = stack_hidden_states(all_states[:, [-20, -11]], all_states[:, -2])
     assert torch.equal(stacked[0], all_states[:, -20]) and torch.equal(stacked[1], all_states[:, -11])
     assert torch.equal(stacked[2], all_states[:, -2])
     tokens = style_tokens(net, stacked, torch.float32)
     assert tokens.shape == (1, 3 * 2, 6)
     assert torch.allclose(tokens, _by_hand(state, stacked), atol=1e-5)
-    with pytest.raises(ModelError, match="layer -20"):
-        stack_hidden_states(all_states[:, :19])
 
 
 def test_bf16_projector_computes_in_its_dtype_and_answers_the_text_dtype(tmp_path: Path) -> None:
@@ -100,15 +98,24 @@ def test_bf16_projector_computes_in_its_dtype_and_answers_the_text_dtype(tmp_pat
     assert torch.equal(tokens, net(stacked.to(torch.bfloat16)).float())
 
 
-def test_siglip_output_keeps_every_layer(tmp_path: Path) -> None:
+def test_siglip_output_keeps_the_layers_uso_reads(tmp_path: Path) -> None:
+    """Layers -20 and -11 of ComfyUI's all_hidden_states (layer outputs, not the embeddings), not every layer."""
     path = clip_vision.make_tiny_siglip_vision(tmp_path / "v.safetensors", layers=20, seed=3)
     model = clip_vision.load_clip_vision(path)
-    out = clip_vision.encode_image(model, torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(2)))
-    assert out["all_hidden_states"].shape == (1, 20, 729, 32)
-    assert torch.equal(out["all_hidden_states"][:, -2], out["penultimate_hidden_states"])
-    last = model.model.get_submodule("post_layernorm")(out["all_hidden_states"][:, -1])
-    assert torch.allclose(last, out["last_hidden_state"], atol=1e-5)
-    assert stack_hidden_states(out["all_hidden_states"]).shape == (3, 1, 729, 32)
+    image = torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(2))
+    out = clip_vision.encode_image(model, image)
+    assert out["style_hidden_states"].shape == (1, 2, 729, 32) and "all_hidden_states" not in out
+    with torch.no_grad():
+        pixels = clip_vision.preprocess(image, model.image_size, "center", model.mean, model.std)
+        layers = model.model(pixel_values=pixels, output_hidden_states=True).hidden_states[1:]
+    assert torch.equal(out["style_hidden_states"][:, 0], layers[-20])
+    assert torch.equal(out["style_hidden_states"][:, 1], layers[-11])
+    assert torch.equal(layers[-2], out["penultimate_hidden_states"])
+    stacked = stack_hidden_states(out["style_hidden_states"], out["penultimate_hidden_states"])
+    assert stacked.shape == (3, 1, 729, 32)
+    shallow = clip_vision.load_clip_vision(clip_vision.make_tiny_siglip_vision(tmp_path / "s.safetensors",
+                                                                               layers=19, seed=3))
+    assert "style_hidden_states" not in clip_vision.encode_image(shallow, image)
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,10 @@ built with transformers from the file's shapes, and ComfyUI's image preprocessin
 
 CLIP_VISION_OUTPUT, the value CLIPVisionEncode passes on, is a dict of arrays: `image_embeds` [B, P],
 `last_hidden_state` [B, T, H] and `penultimate_hidden_states` [B, T, H] (the second-to-last layer's output);
-a SigLIP tower's adds ComfyUI's `all_hidden_states` [B, L, T, H], every layer's output (USOStyleReference reads
-layers -20 and -11 of it; 27 × 729 × 1152 floats, about 90 MB, for sigclip_vision_patch14_384)."""
+a SigLIP tower of 20 layers or more adds `style_hidden_states` [B, 2, T, H]: the outputs of layers -20 and -11,
+the two of ComfyUI's `all_hidden_states` USOStyleReference reads besides the penultimate one. Keeping every layer,
+as ComfyUI does in memory, would write 27 × 729 × 1152 floats (about 90 MB) to the artifact store per encode of
+sigclip_vision_patch14_384, Redux's included; these two are 6.7 MB."""
 
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ PREFIX = "vision_model."
 HEADS = 16
 VIT_L_LAYERS = 24
 CropMode = str  # "center" | "none"
+STYLE_LAYERS = (-20, -11)  # ComfyUI's all_hidden_states indexes (layer outputs) kept as style_hidden_states
 
 
 class ClipVision(nn.Module):
@@ -53,10 +56,12 @@ class SiglipVision(ClipVision):
 
     def forward(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
         out = self.model(pixel_values=pixels, output_hidden_states=True)
-        return {"image_embeds": out.last_hidden_state, "last_hidden_state": out.last_hidden_state,
-                "penultimate_hidden_states": out.hidden_states[-2],
-                # ComfyUI keeps the layers' outputs (not the embeddings, HF's hidden_states[0])
-                "all_hidden_states": torch.stack(out.hidden_states[1:], dim=1)}
+        result = {"image_embeds": out.last_hidden_state, "last_hidden_state": out.last_hidden_state,
+                  "penultimate_hidden_states": out.hidden_states[-2]}
+        layers = out.hidden_states[1:]  # the layers' outputs (HF's hidden_states[0] is the embeddings)
+        if len(layers) >= -min(STYLE_LAYERS):
+            result["style_hidden_states"] = torch.stack([layers[i] for i in STYLE_LAYERS], dim=1)
+        return result
 
 
 SIGLIP_MEAN = SIGLIP_STD = (0.5, 0.5, 0.5)

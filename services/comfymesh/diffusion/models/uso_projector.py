@@ -28,8 +28,6 @@ from comfymesh.diffusion.models.tensor_source import TensorSource
 PREFIX = "feature_embedder."
 MARKER = PREFIX + "mid_layer_norm.bias"  # the key ComfyUI's ModelPatchLoader tells a USO projector by
 LEVELS = ("high", "mid", "low")  # the order of the output tokens
-# the SigLIP hidden state each level reads, as an index into ComfyUI's all_hidden_states (layer outputs)
-LEVEL_LAYERS = {"low": -20, "mid": -11, "high": -2}
 EPS = 1e-5  # ComfyUI's LayerNorm default
 
 
@@ -108,13 +106,10 @@ def style_tokens(projector: UsoProjector, stacked: torch.Tensor, dtype: torch.dt
     return out.to(dtype)
 
 
-def stack_hidden_states(all_hidden_states: torch.Tensor) -> torch.Tensor:
-    """USOStyleReference's input: layers −20, −11 and −2 of a SigLIP tower's per-layer outputs [B, L, T, D]
-    → [3, B, T, D]; ModelError when the tower has fewer than 20 layers (ComfyUI fails there too)."""
-    layers = all_hidden_states.shape[1]
-    if layers < -LEVEL_LAYERS["low"]:
-        raise ModelError(f"USOStyleReference reads the CLIP vision tower's layer -20, but it has {layers} layers")
-    return torch.stack([all_hidden_states[:, LEVEL_LAYERS[name]] for name in ("low", "mid", "high")])
+def stack_hidden_states(style: torch.Tensor, penultimate: torch.Tensor) -> torch.Tensor:
+    """USOStyleReference's input: a SigLIP output's layers −20 and −11 (`style_hidden_states` [B, 2, T, D],
+    models.clip_vision) and its penultimate layer [B, T, D] → [3, B, T, D], in the order low, mid, high."""
+    return torch.stack([style[:, 0], style[:, 1], penultimate])
 
 
 def load_uso_projector(path: Path, device: torch.device) -> UsoProjector:

@@ -53,13 +53,12 @@ def uso_style_reference(ctx: NodeContext, model: ModelHandle, model_patch: dict[
 
     model = expect_handle(ctx, model, HandleKind.MODEL)
     projector = _projector(ctx, model_patch)
-    if not isinstance(clip_vision_output, dict) or "all_hidden_states" not in clip_vision_output:
-        raise NodeInputError("USOStyleReference needs a SigLIP CLIP vision output (one with every layer's hidden "
-                             "state, as sigclip_vision_patch14_384 gives)", node_id=ctx.node_id)
-    try:
-        stacked = stack_hidden_states(torch.as_tensor(clip_vision_output["all_hidden_states"]).float())
-    except ModelError as exc:
-        raise NodeInputError(str(exc), node_id=ctx.node_id) from exc
+    if not isinstance(clip_vision_output, dict) or "style_hidden_states" not in clip_vision_output:
+        raise NodeInputError("USOStyleReference reads layers -20 and -11 of a SigLIP CLIP vision tower: this output "
+                             "is not from one with 20 layers or more (sigclip_vision_patch14_384 has 27)",
+                             node_id=ctx.node_id)
+    stacked = stack_hidden_states(torch.as_tensor(clip_vision_output["style_hidden_states"]).float(),
+                                  torch.as_tensor(clip_vision_output["penultimate_hidden_states"]).float())
     if stacked.shape[2] != projector.layout.siglip_tokens or stacked.shape[3] != projector.layout.siglip_width:
         raise NodeInputError(f"the {projector.layout.describe()} does not fit this CLIP vision output "
                              f"({stacked.shape[2]} tokens of width {stacked.shape[3]})", node_id=ctx.node_id)
