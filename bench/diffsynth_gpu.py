@@ -17,37 +17,15 @@ cond and uncond):
 from __future__ import annotations
 
 import argparse
-import json
-import time
+import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-def _random_(module: torch.nn.Module, seed: int) -> None:
-    gen = torch.Generator(next(module.parameters()).device).manual_seed(seed)
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            if p.ndim == 1:
-                p.copy_(1.0 + 0.01 * torch.randn(p.shape, generator=gen, device=p.device) if name.endswith("weight")
-                        else 0.01 * torch.randn(p.shape, generator=gen, device=p.device))
-            else:
-                p.copy_(torch.randn(p.shape, generator=gen, device=p.device) / p.shape[-1] ** 0.5)
-
-
-def _timed(fn: Any, device: torch.device, runs: int) -> tuple[float, Any]:
-    out = fn()  # warm-up
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        out = fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append((time.perf_counter() - start) * 1000)
-    return sorted(times)[len(times) // 2], out
+from bench.model_calls import device_name, gib, random_, report, timed
 
 
 def main() -> None:
@@ -79,8 +57,8 @@ def main() -> None:
     with torch.device(device):
         net = BlockwiseControlNet(DiffSynthLayout(args.width, args.layers, 0)).to(torch.bfloat16)
     model.pos_embed = torch.nn.Identity()
-    _random_(model, 0)
-    _random_(net, 1)
+    random_(model, 0)
+    random_(net, 1)
     model.eval().requires_grad_(False)
     net.eval().requires_grad_(False)
     gen = torch.Generator(device).manual_seed(2)
@@ -89,25 +67,23 @@ def main() -> None:
     ctx = torch.randn(2, args.text_len, args.text_width, generator=gen, device=device)
     t = torch.full((2,), 0.7, device=device)
     latent = torch.randn(1, 16, 1, h, h, generator=gen, device=device)
-    result: dict[str, Any] = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-                              "width": args.width, "layers": args.layers, "size": args.size}
+    result: dict[str, Any] = {"device": device_name(device), "width": args.width, "layers": args.layers,
+                              "size": args.size}
     with torch.no_grad():
-        result["control_ms"], control = _timed(lambda: net.control_tokens(latent), device, args.runs)
+        result["control_ms"], control = timed(lambda: net.control_tokens(latent), device, args.runs)
 
         def patched(strength: float) -> Any:
             return lambda i, hidden: apply_after_block(net, control, strength, i, hidden)
 
-        result["plain_ms"], plain = _timed(lambda: q.qwen_image_forward(model, x, t, ctx), device, args.runs)
-        result["patched_ms"], _ = _timed(lambda: q.qwen_image_forward(model, x, t, ctx, block_patch=patched(1.0)),
-                                         device, args.runs)
+        result["plain_ms"], plain = timed(lambda: q.qwen_image_forward(model, x, t, ctx), device, args.runs)
+        result["patched_ms"], _ = timed(lambda: q.qwen_image_forward(model, x, t, ctx, block_patch=patched(1.0)),
+                                        device, args.runs)
         zero = q.qwen_image_forward(model, x, t, ctx, block_patch=patched(0.0))
     result["strength0_equal"] = bool(torch.equal(zero, plain))
-    result["patch_gib"] = sum(p.numel() * p.element_size() for p in net.parameters()) / 2**30
+    result["patch_gib"] = gib(net)
     if device.type == "cuda":
         result["peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
-    print(json.dumps(result, indent=1))
-    if args.out:
-        args.out.write_text(json.dumps(result, indent=1) + "\n")
+    report(result, args.out)
 
 
 if __name__ == "__main__":

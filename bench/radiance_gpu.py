@@ -15,7 +15,6 @@ Measured per call at --size² pixels, batch 2 (cfg's cond and uncond), bf16 on C
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from bench.diffsynth_gpu import _random_, _timed  # one seeded init, one median timer
+from bench.model_calls import built, device_name, gib, report, timed
 
 RELEASED = {"width": 3072, "head_dim": 128, "depth": 19, "single": 38, "context": 4096, "hidden": 5120, "layers": 5,
             "nerf": 64, "nerf_depth": 4, "ratio": 4, "freqs": 8}
@@ -43,15 +42,9 @@ def build(s: dict[str, int], device: torch.device, dtype: torch.dtype) -> Any:
                                    depth_single=s["single"], in_channels=3 * PATCH * PATCH // 4,
                                    context_dim=s["context"], approximator_hidden=s["hidden"],
                                    approximator_layers=s["layers"])
-    torch.set_default_dtype(dtype)  # built in place in its dtype
-    try:
-        with torch.device(device):
-            transformer: Any = ChromaTransformer2DModel(**chroma.model_config(backbone))
-            head = NerfHead(NerfLayout(s["nerf"], s["nerf_depth"], s["ratio"], s["freqs"], True), 3, s["width"])
-    finally:
-        torch.set_default_dtype(torch.float32)
-    _random_(transformer, 0)
-    _random_(head, 1)
+    transformer = built(lambda: ChromaTransformer2DModel(**chroma.model_config(backbone)), device, dtype, 0)
+    head = built(lambda: NerfHead(NerfLayout(s["nerf"], s["nerf_depth"], s["ratio"], s["freqs"], True), 3, s["width"]),
+                 device, dtype, 1)
     head.nerf_image_embedder.to(torch.float32)
     embed = transformer.time_text_embed
     embed.mod_proj = chroma.modulation_index_table(int(embed.mod_proj.shape[0])).to(device)
@@ -81,17 +74,13 @@ def main() -> None:
     t = torch.full((2,), 0.7, device=device)
     hidden = torch.randn(2, (size // PATCH) ** 2, s["width"], generator=gen, device=device, dtype=dtype)
     with torch.no_grad():
-        call_ms, _ = _timed(lambda: call(x, t, ctx, None), device, args.runs)
-        head_ms, _ = _timed(lambda: model.head(x, hidden, PATCH), device, args.runs)
+        call_ms, _ = timed(lambda: call(x, t, ctx, None), device, args.runs)
+        head_ms, _ = timed(lambda: model.head(x, hidden, PATCH), device, args.runs)
     result: dict[str, Any] = {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", "size": size,
-        "call_ms": call_ms, "head_ms": head_ms,
-        "model_gib": sum(p.numel() * p.element_size() for p in model.parameters()) / 2**30}
+        "device": device_name(device), "size": size, "call_ms": call_ms, "head_ms": head_ms, "model_gib": gib(model)}
     if device.type == "cuda":
         result["peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
-    print(json.dumps(result, indent=1))
-    if args.out:
-        args.out.write_text(json.dumps(result, indent=1) + "\n")
+    report(result, args.out)
 
 
 if __name__ == "__main__":
