@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import socket
@@ -11,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
+from PIL import Image
 
 from comfymesh.cli.supervisor import ServiceSpec, Supervisor
 
@@ -166,6 +169,11 @@ def assert_reruns_identically(mesh: Mesh, prompt: dict[str, Any]) -> bytes:
     mesh.forget_cache()
     assert mesh.run_output(prompt) == first
     return first
+
+
+def png_pixels(png: bytes) -> np.ndarray:
+    """An output's PNG bytes as its pixel array [H, W, channels]: compared by value, not by file bytes."""
+    return np.asarray(Image.open(io.BytesIO(png)))
 
 
 def sigint_default() -> None:

@@ -7,19 +7,17 @@ SaveImage) at 64×48 pixels and 2 steps."""
 from __future__ import annotations
 
 import copy
-import io
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from safetensors.torch import save_file
 
 from comfymesh.diffusion.models import tiny_chroma_radiance
 from comfymesh.diffusion.models.tiny_flux import random_tensors, t5_shapes
-from tests.mesh import Mesh, assert_reruns_identically
+from tests.mesh import Mesh, assert_reruns_identically, png_pixels
 
 T5 = "t5xxl_fp8_e4m3fn_scaled.safetensors"
 TEMPLATE: dict[str, Any] = {
@@ -61,23 +59,19 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
         mesh.stop()
 
 
-def _pixels(png: bytes) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(png)))
-
-
 def test_template_graph_runs_and_reruns_identically(mesh: Mesh) -> None:
-    image = _pixels(assert_reruns_identically(mesh, TEMPLATE))
+    image = png_pixels(assert_reruns_identically(mesh, TEMPLATE))
     assert image.shape == (48, 64, 3) and image.std() > 0
 
 
 def test_the_prompt_and_the_seed_change_the_image(mesh: Mesh) -> None:
-    first = _pixels(mesh.run_output(TEMPLATE))
+    first = png_pixels(mesh.run_output(TEMPLATE))
     other = copy.deepcopy(TEMPLATE)
     other["693"]["inputs"]["text"] = "a lighthouse at night"
-    assert not np.array_equal(_pixels(mesh.run_output(other)), first)
+    assert not np.array_equal(png_pixels(mesh.run_output(other)), first)
     seeded = copy.deepcopy(TEMPLATE)
     seeded["718"]["inputs"]["noise_seed"] = 1
-    assert not np.array_equal(_pixels(mesh.run_output(seeded)), first)
+    assert not np.array_equal(png_pixels(mesh.run_output(seeded)), first)
 
 
 def test_the_pixel_space_vae_encodes_what_it_decodes(mesh: Mesh) -> None:
@@ -85,4 +79,4 @@ def test_the_pixel_space_vae_encodes_what_it_decodes(mesh: Mesh) -> None:
     prompt["299"] = {"inputs": {"pixels": ["298", 0], "vae": ["710", 0]}, "class_type": "VAEEncode"}
     prompt["300"] = {"inputs": {"samples": ["299", 0], "vae": ["710", 0]}, "class_type": "VAEDecode"}
     prompt["740"]["inputs"]["images"] = ["300", 0]
-    assert np.array_equal(_pixels(mesh.run_output(prompt)), _pixels(mesh.run_output(TEMPLATE)))
+    assert np.array_equal(png_pixels(mesh.run_output(prompt)), png_pixels(mesh.run_output(TEMPLATE)))

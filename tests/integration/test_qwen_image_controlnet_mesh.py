@@ -7,7 +7,6 @@ VAEDecode, ImageCompositeMasked pasting the kept pixels back), at 96×96 and 2 s
 from __future__ import annotations
 
 import copy
-import io
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,16 +15,12 @@ import pytest
 from PIL import Image
 
 from comfymesh.diffusion.models import tiny_qwen_controlnet, tiny_qwen_image
-from tests.mesh import Mesh, assert_reruns_identically
+from tests.mesh import Mesh, assert_reruns_identically, png_pixels
+from tests.qwen_image_graph import qwen_image_loaders
 
 INPUT = "instantx_inpaint_input.png"
 TEMPLATE: dict[str, Any] = {
-    "37": {"inputs": {"unet_name": tiny_qwen_image.DIFFUSION_MODEL, "weight_dtype": "default"},
-           "class_type": "UNETLoader"},
-    "38": {"inputs": {"clip_name": tiny_qwen_image.TEXT_ENCODER, "type": "qwen_image", "device": "default"},
-           "class_type": "CLIPLoader"},
-    "39": {"inputs": {"vae_name": tiny_qwen_image.VAE}, "class_type": "VAELoader"},
-    "66": {"inputs": {"shift": 3.1, "model": ["37", 0]}, "class_type": "ModelSamplingAuraFlow"},
+    **qwen_image_loaders(),
     "84": {"inputs": {"control_net_name": tiny_qwen_controlnet.INPAINTING}, "class_type": "ControlNetLoader"},
     "71": {"inputs": {"image": INPUT}, "class_type": "LoadImage"},
     "6": {"inputs": {"text": "The Queen, on a throne, surrounded by Knights", "clip": ["38", 0]},
@@ -63,23 +58,19 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
         mesh.stop()
 
 
-def _pixels(png: bytes) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(png)))
-
-
 def test_template_graph_runs_and_reruns_identically(mesh: Mesh) -> None:
-    first = _pixels(assert_reruns_identically(mesh, TEMPLATE))
+    first = png_pixels(assert_reruns_identically(mesh, TEMPLATE))
     assert first.shape == (96, 96, 3) and first.std() > 0
 
 
 def test_the_controlnet_changes_the_repainted_area_and_strength_zero_is_without_it(mesh: Mesh) -> None:
-    controlled = _pixels(mesh.run_output(TEMPLATE))
+    controlled = png_pixels(mesh.run_output(TEMPLATE))
     zero = copy.deepcopy(TEMPLATE)
     zero["108"]["inputs"]["strength"] = 0.0
     plain = copy.deepcopy(TEMPLATE)
     plain["3"]["inputs"].update(positive=["6", 0], negative=["7", 0])
-    without = _pixels(mesh.run_output(plain))
-    assert np.array_equal(_pixels(mesh.run_output(zero)), without)
+    without = png_pixels(mesh.run_output(plain))
+    assert np.array_equal(png_pixels(mesh.run_output(zero)), without)
     assert not np.array_equal(controlled[16:64, 24:80], without[16:64, 24:80])
     # the kept pixels are pasted back either way
     assert np.array_equal(controlled[:16], without[:16])
@@ -102,7 +93,7 @@ def test_the_union_net_applies_through_apply_controlnet_with_its_vae(mesh: Mesh)
     prompt["108"] = {"inputs": {"strength": 0.8, "start_percent": 0.0, "end_percent": 1.0, "positive": ["6", 0],
                                 "negative": ["7", 0], "control_net": ["84", 0], "vae": ["39", 0],
                                 "image": ["71", 0]}, "class_type": "ControlNetApplyAdvanced"}
-    controlled = _pixels(assert_reruns_identically(mesh, prompt))
+    controlled = png_pixels(assert_reruns_identically(mesh, prompt))
     plain = copy.deepcopy(TEMPLATE)
     plain["3"]["inputs"].update(positive=["6", 0], negative=["7", 0])
-    assert not np.array_equal(controlled, _pixels(mesh.run_output(plain)))
+    assert not np.array_equal(controlled, png_pixels(mesh.run_output(plain)))

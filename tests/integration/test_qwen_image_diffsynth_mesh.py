@@ -8,7 +8,6 @@ image at the latent's size, as ComfyUI does) and 2 steps; and the inpaint patch 
 from __future__ import annotations
 
 import copy
-import io
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,16 +18,12 @@ from PIL import Image
 from safetensors import safe_open
 
 from comfymesh.diffusion.models import tiny_diffsynth, tiny_qwen_image
-from tests.mesh import Mesh, assert_reruns_identically
+from tests.mesh import Mesh, assert_reruns_identically, png_pixels
+from tests.qwen_image_graph import qwen_image_loaders
 
 INPUT = "controlnet_patch_input.png"
 TEMPLATE: dict[str, Any] = {
-    "37": {"inputs": {"unet_name": tiny_qwen_image.DIFFUSION_MODEL, "weight_dtype": "default"},
-           "class_type": "UNETLoader"},
-    "38": {"inputs": {"clip_name": tiny_qwen_image.TEXT_ENCODER, "type": "qwen_image", "device": "default"},
-           "class_type": "CLIPLoader"},
-    "39": {"inputs": {"vae_name": tiny_qwen_image.VAE}, "class_type": "VAELoader"},
-    "66": {"inputs": {"shift": 3.1, "model": ["37", 0]}, "class_type": "ModelSamplingAuraFlow"},
+    **qwen_image_loaders(),
     "70": {"inputs": {"name": tiny_diffsynth.CANNY}, "class_type": "ModelPatchLoader"},
     "71": {"inputs": {"image": INPUT}, "class_type": "LoadImage"},
     "75": {"inputs": {"upscale_method": "area", "megapixels": 0.01, "resolution_steps": 1, "image": ["71", 0]},
@@ -71,13 +66,9 @@ def inputs(mesh: Mesh) -> str:
     return INPUT
 
 
-def _pixels(png: bytes) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(png)))
-
-
 def test_template_graph_runs_and_reruns_identically(mesh: Mesh, inputs: str) -> None:
     first = assert_reruns_identically(mesh, TEMPLATE)
-    image = np.asarray(Image.open(io.BytesIO(first)))
+    image = png_pixels(first)
     assert image.shape == (96, 96, 3) and image.std() > 0
 
 
@@ -88,11 +79,11 @@ def test_strength_zero_is_the_unpatched_image_and_the_patch_changes_it(mesh: Mes
     unpatched = copy.deepcopy(TEMPLATE)
     unpatched["3"]["inputs"]["model"] = ["66", 0]
     # the pixels (the PNGs' embedded prompts differ)
-    assert np.array_equal(_pixels(mesh.run_output(zero)), _pixels(mesh.run_output(unpatched)))
-    assert not np.array_equal(_pixels(mesh.run_output(unpatched)), _pixels(patched))
+    assert np.array_equal(png_pixels(mesh.run_output(zero)), png_pixels(mesh.run_output(unpatched)))
+    assert not np.array_equal(png_pixels(mesh.run_output(unpatched)), png_pixels(patched))
     depth = copy.deepcopy(TEMPLATE)
     depth["70"]["inputs"]["name"] = tiny_diffsynth.DEPTH
-    assert not np.array_equal(_pixels(mesh.run_output(depth)), _pixels(patched))
+    assert not np.array_equal(png_pixels(mesh.run_output(depth)), png_pixels(patched))
 
 
 def test_inpaint_patch_takes_the_mask(mesh: Mesh, inputs: str) -> None:
@@ -102,7 +93,7 @@ def test_inpaint_patch_takes_the_mask(mesh: Mesh, inputs: str) -> None:
     prompt["69"]["inputs"]["mask"] = ["71", 1]
     with_mask = assert_reruns_identically(mesh, prompt)
     del prompt["69"]["inputs"]["mask"]
-    assert not np.array_equal(_pixels(mesh.run_output(prompt)), _pixels(with_mask))
+    assert not np.array_equal(png_pixels(mesh.run_output(prompt)), png_pixels(with_mask))
 
 
 def test_a_patch_on_another_vae_fails_with_the_node(mesh: Mesh, inputs: str) -> None:
@@ -136,5 +127,5 @@ def test_a_cached_patch_whose_inputs_are_gone_runs_again(mesh: Mesh, inputs: str
     # another seed: the patch node's cached MODEL handle names a bundle that is gone, so it is no cache hit
     reseeded = copy.deepcopy(prompt)
     reseeded["3"]["inputs"]["seed"] = 7
-    assert not np.array_equal(_pixels(mesh.run_output(reseeded)), _pixels(first))
+    assert not np.array_equal(png_pixels(mesh.run_output(reseeded)), png_pixels(first))
     assert _patch_bundles(mesh)

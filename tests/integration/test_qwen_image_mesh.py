@@ -6,7 +6,6 @@ VAELoader with the Wan 2.1 VAE, VAEDecode, SaveImage), 64×64, 2 steps."""
 from __future__ import annotations
 
 import copy
-import io
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,16 +14,12 @@ import pytest
 from PIL import Image
 
 from comfymesh.diffusion.models import tiny_qwen_image
-from tests.mesh import Mesh, assert_reruns_identically
+from tests.mesh import Mesh, assert_reruns_identically, png_pixels
+from tests.qwen_image_graph import qwen_image_loaders
 
 # image_qwen_image as the frontend posts it (its switches on the 20-step, cfg 4 branch), at 64×64 and 2 steps
 TEMPLATE: dict[str, Any] = {
-    "37": {"inputs": {"unet_name": tiny_qwen_image.DIFFUSION_MODEL, "weight_dtype": "default"},
-           "class_type": "UNETLoader"},
-    "38": {"inputs": {"clip_name": tiny_qwen_image.TEXT_ENCODER, "type": "qwen_image", "device": "default"},
-           "class_type": "CLIPLoader"},
-    "39": {"inputs": {"vae_name": tiny_qwen_image.VAE}, "class_type": "VAELoader"},
-    "66": {"inputs": {"shift": 3.1, "model": ["37", 0]}, "class_type": "ModelSamplingAuraFlow"},
+    **qwen_image_loaders(),
     "6": {"inputs": {"text": "A vibrant, warm neon-lit street scene in Hong Kong at the afternoon", "clip": ["38", 0]},
           "class_type": "CLIPTextEncode"},
     "7": {"inputs": {"text": "", "clip": ["38", 0]}, "class_type": "CLIPTextEncode"},
@@ -50,7 +45,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
 
 def test_template_graph_runs_and_reruns_identically(mesh: Mesh) -> None:
     first = assert_reruns_identically(mesh, TEMPLATE)
-    image = np.asarray(Image.open(io.BytesIO(first)))
+    image = png_pixels(first)
     assert image.shape == (64, 64, 3)
     assert image.std() > 0  # a decoded picture, not a constant frame
 
@@ -137,7 +132,7 @@ def edit_inputs(mesh: Mesh) -> list[str]:
 
 def test_edit_graph_runs_and_reruns_identically(mesh: Mesh, edit_inputs: list[str]) -> None:
     first = assert_reruns_identically(mesh, EDIT)
-    image = np.asarray(Image.open(io.BytesIO(first)))
+    image = png_pixels(first)
     assert image.shape == (64, 48, 3)
     # the encoders' image reaches the result (another picture in the encoders only)
     other = copy.deepcopy(EDIT)
@@ -148,7 +143,7 @@ def test_edit_graph_runs_and_reruns_identically(mesh: Mesh, edit_inputs: list[st
 
 def test_edit_plus_with_two_images_on_2511(mesh: Mesh, edit_inputs: list[str]) -> None:
     first = assert_reruns_identically(mesh, EDIT_PLUS)
-    assert np.asarray(Image.open(io.BytesIO(first))).shape == (64, 48, 3)
+    assert png_pixels(first).shape == (64, 48, 3)
     swapped = copy.deepcopy(EDIT_PLUS)
     for node in ("151", "149"):
         swapped[node]["inputs"]["image1"], swapped[node]["inputs"]["image2"] = ["83", 0], ["78", 0]
