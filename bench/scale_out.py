@@ -55,16 +55,40 @@ class Phase:
     stage_throttled: dict[str, float] = field(default_factory=dict)  # share of quota periods throttled
     stage_quota_used: float = 0.0  # the stage hosts' CPU over what their quotas allowed (1.0: quota-bound)
     control_cpu_s: float = 0.0  # orchestrators and gateways
+    servers_cpu_s: dict[str, float] = field(default_factory=dict)  # PostgreSQL, SeaweedFS (process trees)
+    client_cpu_s: float = 0.0  # this process: submits and polls
     machine_busy_cpus: float = 0.0  # every process on the machine (other work included), in CPUs
 
 
 class Usage:
     """CPU counters read before and after a phase: each service's process (with its reaped children), each
-    stage host's cgroup throttling (cpu.stat), and the whole machine (/proc/stat)."""
+    stage host's cgroup throttling (cpu.stat), the servers' process trees, this client and the whole machine
+    (/proc/stat)."""
 
-    def __init__(self, rig: Rig, stages: list[Host]) -> None:
-        self.rig, self.stages = rig, stages
+    def __init__(self, rig: Rig, stages: list[Host], servers: dict[str, int]) -> None:
+        self.rig, self.stages, self.servers = rig, stages, servers
         self.start = self._read()
+
+    @staticmethod
+    def _trees(roots: dict[str, int]) -> dict[str, float]:
+        """CPU ticks of each root process and its live descendants (those reaped count in their parent's)."""
+        parents: dict[int, int] = {}
+        ticks: dict[int, int] = {}
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                with contextlib.suppress(OSError):
+                    fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                    parents[int(entry.name)] = int(fields[1])
+                    ticks[int(entry.name)] = sum(int(v) for v in fields[11:15])
+        totals: dict[str, float] = {}
+        for name, root in roots.items():
+            tree, frontier = {root}, [root]
+            while frontier:
+                children = [pid for pid, parent in parents.items() if parent in frontier and pid not in tree]
+                tree.update(children)
+                frontier = children
+            totals[name] = float(sum(ticks.get(pid, 0) for pid in tree))
+        return totals
 
     def _read(self) -> dict[str, float]:
         tick = os.sysconf("SC_CLK_TCK")
@@ -80,6 +104,10 @@ class Usage:
                             if len(line.split()) == 2)
                 counters[f"periods:{host.name}"] = float(stat.get("nr_periods", 0))
                 counters[f"throttled:{host.name}"] = float(stat.get("nr_throttled", 0))
+        for name, value in self._trees(self.servers).items():
+            counters[f"server:{name}"] = value / tick
+        times = os.times()
+        counters["client"] = times.user + times.system
         cpu = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
         counters["machine_busy"] = (sum(int(v) for v in cpu) - int(cpu[3]) - int(cpu[4])) / tick  # minus idle, iowait
         return counters
@@ -95,6 +123,8 @@ class Usage:
         result.stage_quota_used = round(sum(result.stage_cpu_s.values()) / allowed, 3)
         result.control_cpu_s = round(sum(v for k, v in delta.items() if k.startswith(("cpu:orchestrator",
                                                                                      "cpu:gateway"))), 2)
+        result.servers_cpu_s = {name: round(delta[f"server:{name}"], 2) for name in self.servers}
+        result.client_cpu_s = round(delta["client"], 2)
         result.machine_busy_cpus = round(delta["machine_busy"] / seconds, 2)
 
 
@@ -189,8 +219,8 @@ def run_jobs(gateway: Gateway, prompts: list[dict[str, Any]], poll_hz: float, ti
     return first, finished, seen_last, polls
 
 
-def phase(rig: Rig, gateway: Gateway, stages: list[Host], previous: list[Host], args: argparse.Namespace,
-          colors: Iterator[int]) -> Phase:
+def phase(rig: Rig, gateway: Gateway, stages: list[Host], previous: list[Host], servers: dict[str, int],
+          args: argparse.Namespace, colors: Iterator[int]) -> Phase:
     """Put `stages` in DNS (instead of `previous`), wait until both orchestrators follow, warm up, measure."""
     n = len(stages)
     since = len(rig.logs) if previous else 0  # the first phase: the hosts' lines since start-up count
@@ -202,7 +232,7 @@ def phase(rig: Rig, gateway: Gateway, stages: list[Host], previous: list[Host], 
                        for _ in range(args.warmup)], args.poll_hz, args.timeout)
     before = {host.name: calls(rig, f"imaging-{host.name}") for host in stages}
     say(f"submitting {args.jobs} jobs to {n} stage host(s)")
-    usage = Usage(rig, stages)
+    usage = Usage(rig, stages, servers)
     first, finished, seen_last, polls = run_jobs(
         gateway, [prompt(next(colors), args.size, args.radius, f"scale{n}/j") for _ in range(args.jobs)],
         args.poll_hz, args.timeout)
@@ -218,7 +248,8 @@ def phase(rig: Rig, gateway: Gateway, stages: list[Host], previous: list[Host], 
         f"(p50 latency {result.latency_p50_s:.2f} s; calls per host {result.calls_per_host})")
     say(f"  CPU s per stage host {result.stage_cpu_s} ({result.stage_quota_used:.0%} of their quota), quota "
         f"periods throttled {result.stage_throttled}; "
-        f"orchestrators+gateways {result.control_cpu_s} CPU s; machine busy {result.machine_busy_cpus} of "
+        f"orchestrators+gateways {result.control_cpu_s} CPU s, {result.servers_cpu_s}, client "
+        f"{result.client_cpu_s}; machine busy {result.machine_busy_cpus} of "
         f"{os.cpu_count()} CPUs (other work included)")
     return result
 
@@ -267,9 +298,12 @@ def main() -> None:
             gateway.wait_ready()
             say(f"{len(stages)} stage hosts at {args.stage_cpus} CPU and {ORCHESTRATORS} orchestrators up")
             previous: list[Host] = []
+            assert s3.process is not None
+            servers = {"postgresql": int((postgres.data / "postmaster.pid").read_text().split()[0]),
+                       "seaweedfs": s3.process.pid}
             for _ in range(args.rounds):
                 for n in counts:
-                    phases.append(phase(rig, gateway, stages[:n], previous, args, colors))
+                    phases.append(phase(rig, gateway, stages[:n], previous, servers, args, colors))
                     previous = stages[:n]
         finally:
             gateway.close()
