@@ -110,6 +110,36 @@ async def test_renewal_moves_the_lease_forward(two: tuple[PostgresJobStore, Post
     assert 14 < float(row["left"]) <= 15
 
 
+async def test_a_job_claimed_again_during_a_renewal_is_not_reported_lost(
+        two: tuple[PostgresJobStore, PostgresJobStore], url: str) -> None:
+    """The renewal reads the held epochs, then updates: a job whose lease expired, was re-queued and claimed again
+    by the same orchestrator in between holds a newer epoch, and its new run must not be stopped (the chaos test
+    saw such jobs end cancelled)."""
+    a, b = two
+    await add(a, "x")
+    await a.claim_next(set())
+    await a.start_job("x", {})
+    pool: Any = a._pool
+
+    class Interleaved:  # runs the other orchestrators' steps between the renewal's read and its update
+        def __getattr__(self, name: str) -> Any:
+            return getattr(pool, name)
+
+        async def fetch(self, *args: Any) -> Any:
+            a._pool = pool
+            await sql(url, "UPDATE jobs SET lease_until = clock_timestamp() - interval '1 second'")
+            assert [e.job_id for e in await b.requeue_expired()] == ["x"]
+            await a.release("x")  # its first run ended on the lost lease
+            claimed = await a.claim_next(set())
+            assert claimed is not None and claimed.id == "x"
+            return await pool.fetch(*args)
+
+    a._pool = Interleaved()
+    assert await a.renew_leases() == set()
+    [row] = await sql(url, "SELECT owner, epoch FROM jobs WHERE id = 'x'")
+    assert (row["owner"], row["epoch"]) == ("orch-a", 3)  # claimed, re-queued, claimed again
+
+
 async def test_sigterm_hands_leases_back(two: tuple[PostgresJobStore, PostgresJobStore], url: str) -> None:
     a, b = two
     for job_id in ("run", "wait"):

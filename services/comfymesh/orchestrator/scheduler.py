@@ -360,17 +360,17 @@ class Scheduler:
                 await runner.run()
         except LeaseLost:
             log.warning("lease lost; another orchestrator runs the job", extra=log_fields(job=job.id))
+            self._lost.add(job.id)  # not this orchestrator's to finish: no status, no webhook
         except asyncio.CancelledError:
-            if job.id in self._lost:
-                pass  # another orchestrator runs it now
-            elif job.id not in self._user_cancelled:
-                raise  # shutting down: the job stays running in the store and is re-queued at restart
-            self._user_cancelled.discard(job.id)
-            # a cancel that lands after the last result was recorded leaves the job completed
-            if runner is None or not runner.completed:
-                cancelled = True
-                await self.bus.record(self.store.set_status, job.id, JobStatus.CANCELLED,
-                                      event=EventType.CANCELLED, data={"while": JobStatus.RUNNING})
+            if job.id not in self._lost:  # a lost job is another orchestrator's now: it writes nothing more
+                if job.id not in self._user_cancelled:
+                    raise  # shutting down: the job stays running in the store and is re-queued at restart
+                self._user_cancelled.discard(job.id)
+                # a cancel that lands after the last result was recorded leaves the job completed
+                if runner is None or not runner.completed:
+                    cancelled = True
+                    await self.bus.record(self.store.set_status, job.id, JobStatus.CANCELLED,
+                                          event=EventType.CANCELLED, data={"while": JobStatus.RUNNING})
         except Exception as exc:  # a job that cannot be prepared, or a bug while it runs, fails this job alone
             if runner is None or not runner.completed:
                 await self._fail_alone(job.id, exc)

@@ -326,7 +326,10 @@ class PostgresJobStore:
             "FROM unnest($3::text[], $4::bigint[]) AS held(id, epoch) "
             "WHERE jobs.id = held.id AND jobs.epoch = held.epoch AND jobs.owner = $1 RETURNING jobs.id",
             self.owner, self.lease_ttl_s, list(held), list(held.values()))
-        return set(held) - {row[0] for row in rows}  # still fenced until `release`
+        renewed = {row[0] for row in rows}
+        # lost: still held under the epoch that failed (fenced until `release`); a job released and claimed
+        # again meanwhile holds a newer epoch, and its new run must not be stopped
+        return {job_id for job_id, epoch in held.items() if job_id not in renewed and self._held.get(job_id) == epoch}
 
     async def release(self, job_id: str) -> None:
         epoch = self._held.pop(job_id, None)
