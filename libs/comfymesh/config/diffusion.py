@@ -26,5 +26,10 @@ class DiffusionSettings(BaseModel):
     block_offload: bool = Field(True, description="a diffusion transformer larger than the GPU budget keeps what "
                                                   "fits resident and streams its other blocks from pinned host "
                                                   "memory, one block ahead (off: such a model is refused)")
+    diffusion_split_devices: str = Field("", pattern=r"^(\s*(cpu|cuda(:\d+)?)\s*(,|$))*$",
+                                         description="devices one replica splits a registered family's diffusion "
+                                                     "transformer across, its blocks in contiguous ranges, when it "
+                                                     "does not fit the budget of its own device, the first listed "
+                                                     "(e.g. cuda:0,cuda:1; cpu,cpu in tests; empty: off)")
     tokenizer_dir: str = Field("", description="CLIP tokenizer files built by `make setup` (empty: "
                                                "<venv>/share/comfymesh/clip_tokenizer)")

@@ -80,17 +80,30 @@ def parse_chroma(src: TensorSource) -> ChromaLayout | None:
     if src.has(p + "nerf_blocks.0.norm.scale"):
         raise ModelError(f"{src.path.name}: Chroma Radiance (a pixel-space Chroma) is not supported yet")
     width, patch_in = src.shape(p + "img_in.weight")
+    layout, approx_in = read_backbone(src, p, width, patch_in // PATCH**2)
+    if not buildable(layout, approx_in):
+        raise ModelError(f"{src.path.name}: {layout.describe()} has a shape this stage cannot build (approximator "
+                         f"input {approx_in}, head width {layout.head_dim})")
+    return layout
+
+
+def read_backbone(src: TensorSource, p: str, width: int, in_channels: int) -> tuple[ChromaLayout, int]:
+    """The transformer's layout from the keys under `p` (Chroma's, and Chroma Radiance's backbone: `width` and
+    `in_channels` come from their different image embedders) and the approximator's input width."""
     hidden, approx_in = src.shape(p + "distilled_guidance_layer.in_proj.weight")
     layout = ChromaLayout(
         prefix=p, width=width, head_dim=src.shape(p + "double_blocks.0.img_attn.norm.key_norm.scale")[0],
         depth=count_blocks(src.keys, p, "double_blocks"), depth_single=count_blocks(src.keys, p, "single_blocks"),
-        in_channels=patch_in // PATCH**2, context_dim=src.shape(p + "txt_in.weight")[1],
+        in_channels=in_channels, context_dim=src.shape(p + "txt_in.weight")[1],
         approximator_hidden=hidden, approximator_layers=count_blocks(src.keys, p, "distilled_guidance_layer.layers"),
     )
-    if approx_in != APPROXIMATOR_IN or layout.head_dim % 16 or width % layout.head_dim:
-        raise ModelError(f"{src.path.name}: {layout.describe()} has a shape this stage cannot build (approximator "
-                         f"input {approx_in}, head width {layout.head_dim})")
-    return layout
+    return layout, approx_in
+
+
+def buildable(layout: ChromaLayout, approx_in: int) -> bool:
+    """Whether diffusers' ChromaTransformer2DModel takes these shapes: ComfyUI's approximator input, and heads a
+    multiple of 16 wide that divide the width."""
+    return approx_in == APPROXIMATOR_IN and not layout.head_dim % 16 and not layout.width % layout.head_dim
 
 
 def model_config(layout: ChromaLayout) -> dict[str, Any]:
@@ -112,10 +125,15 @@ def build_chroma(src: TensorSource, layout: ChromaLayout, device: torch.device,
 
     model = load_fp8_aware(src, layout.prefix, lambda: ChromaTransformer2DModel(**model_config(layout)),
                            lambda s: convert_flux(s, layout.width, convert), device, dtype, "Chroma")
-    # the modulation index table is computed, not stored (a buffer outside the state dict): made here
+    add_modulation_table(model, device)
+    return model
+
+
+def add_modulation_table(model: Any, device: torch.device) -> None:
+    """The modulation index table is computed, not stored (a buffer outside the state dict): made here, for the
+    length the loaded model has."""
     embed: Any = model.time_text_embed
     embed.mod_proj = modulation_index_table(int(embed.mod_proj.shape[0])).to(device)
-    return model
 
 
 def modulation_index_table(length: int) -> torch.Tensor:

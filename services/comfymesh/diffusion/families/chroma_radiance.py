@@ -32,7 +32,6 @@ from comfymesh.diffusion.families.exact_time import feed
 from comfymesh.diffusion.families.flux import convert_flux, image_ids
 from comfymesh.diffusion.families.loading import (
     compute_dtype,
-    count_blocks,
     load_diffusion_model,
     load_fp8_aware,
     model_dtype,
@@ -71,16 +70,9 @@ def parse_radiance(src: TensorSource) -> RadianceLayout | None:
     if p is None:
         return None
     width, channels, patch, _ = src.shape(p + "img_in_patch.weight")
-    hidden, approx_in = src.shape(p + "distilled_guidance_layer.in_proj.weight")
-    backbone = chroma.ChromaLayout(
-        prefix=p, width=width, head_dim=src.shape(p + "double_blocks.0.img_attn.norm.key_norm.scale")[0],
-        depth=count_blocks(src.keys, p, "double_blocks"), depth_single=count_blocks(src.keys, p, "single_blocks"),
-        in_channels=channels * patch * patch // 4, context_dim=src.shape(p + "txt_in.weight")[1],
-        approximator_hidden=hidden, approximator_layers=count_blocks(src.keys, p, "distilled_guidance_layer.layers"),
-    )
+    backbone, approx_in = chroma.read_backbone(src, p, width, channels * patch * patch // 4)
     layout = RadianceLayout(backbone, channels, patch, NerfLayout.read(src, p, width, channels), src.has(p + _X0))
-    if approx_in != chroma.APPROXIMATOR_IN or backbone.head_dim % 16 or width % backbone.head_dim or \
-            (channels * patch * patch) % 4:
+    if not chroma.buildable(backbone, approx_in) or (channels * patch * patch) % 4:
         raise ModelError(f"{src.path.name}: {layout.describe()} has a shape this stage cannot build (approximator "
                          f"input {approx_in}, head width {backbone.head_dim})")
     return layout
@@ -129,13 +121,18 @@ def build_radiance(src: TensorSource, layout: RadianceLayout, device: torch.devi
     config = chroma.model_config(b)
     transformer: Any = load_fp8_aware(src, b.prefix, lambda: ChromaTransformer2DModel(**config), to_diffusers,
                                       device, dtype, "Chroma Radiance")
-    embed: Any = transformer.time_text_embed
-    embed.mod_proj = chroma.modulation_index_table(int(embed.mod_proj.shape[0])).to(device)
-    transformer.norm_out = _BeforeFinalNorm()
-    transformer.proj_out = nn.Identity()
     head = NerfHead(layout.nerf, layout.channels, b.width)
     head.load(head_state, device, dtype)
-    return ChromaRadianceModel(transformer, head, layout.patch, layout.x0).eval().requires_grad_(False)
+    return radiance_model(transformer, head, layout.patch, layout.x0, device)
+
+
+def radiance_model(transformer: Any, head: NerfHead, patch: int, x0: bool, device: torch.device) -> ChromaRadianceModel:
+    """The loaded Chroma transformer made Chroma Radiance's backbone (its modulation table; no final norm or
+    projection) and joined with its NeRF head, for inference."""
+    chroma.add_modulation_table(transformer, device)
+    transformer.norm_out = _BeforeFinalNorm()
+    transformer.proj_out = nn.Identity()
+    return ChromaRadianceModel(transformer, head, patch, x0).eval().requires_grad_(False)
 
 
 def load_radiance(src: TensorSource, layout: RadianceLayout, device: torch.device,

@@ -38,6 +38,8 @@ from comfymesh.diffusion.memory.fit import check_fit, resident_bytes, tensor_byt
 from comfymesh.diffusion.memory.fp8_matmul import device_capability, fp8_kernel
 from comfymesh.diffusion.memory.held import HeldMemory
 from comfymesh.diffusion.memory.host import check_host_fit, default_host_budget, host_memory
+from comfymesh.diffusion.memory.split_placement import place_split, split_of
+from comfymesh.diffusion.memory.split_plan import split
 from comfymesh.diffusion.memory.streaming import offload, streamer_of
 from comfymesh.diffusion.models import flow_lora
 from comfymesh.diffusion.models import lora as lora_mod
@@ -73,6 +75,13 @@ def default_device(settings: DiffusionSettings) -> torch.device:
     if settings.device:
         return torch.device(settings.device)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _indexed(device: torch.device) -> torch.device:
+    """`cuda` as the card it means (`cuda:N`), to compare devices."""
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
 
 
 def module_bytes(*modules: nn.Module) -> int:
@@ -154,6 +163,8 @@ class ModelCache:
         self.held = HeldMemory()  # evicted models a running job still uses
         self.fp8_kernel = fp8_kernel(settings.fp8_matmul, self.device, device_capability(self.device))
         self.block_offload = settings.block_offload
+        # one replica's blocks across these devices (memory.split_plan) when a model exceeds its own device's budget
+        self.split_devices = [d.strip() for d in settings.diffusion_split_devices.split(",") if d.strip()]
         self._last_model_bytes = 0  # the diffusion model loaded last: what text encoders must make room for
 
     # -- digests --------------------------------------------------------------------------------
@@ -319,7 +330,10 @@ class ModelCache:
         the room left streams its blocks from host memory (memory.offload_plan, memory.streaming)."""
         blocks, other = offload_plan.file_blocks(tensor_bytes([path], self.placement.unet_dtype))
         need = other + sum(blocks.values())
-        streams = self.block_offload and bool(blocks) and families.recognise(TensorSource(path)) is not None
+        registered = bool(blocks) and families.recognise(TensorSource(path)) is not None
+        if registered and self.split_devices and need > self.budget:
+            return self._load_split(path, weight_dtype, blocks, other, need)
+        streams = self.block_offload and registered
         if streams and need > self.budget:  # it can only run streamed: a host that cannot hold it evicts nothing
             self._host_room(path, blocks, other, self.budget, alone=True)
         room = self._make_room(path.name, need, offload_plan.minimum_bytes(blocks, other) if streams else None)
@@ -327,17 +341,51 @@ class ModelCache:
         if need <= room:
             return load_unet_file(path, self.placement, weight_dtype)
         self._host_room(path, blocks, other, room)
-        with host_build(self._host_build_dtype()):  # on the host, then placed by the plan
+        parts, unet = self._build_on_host(path, weight_dtype)
+        blocks, other = offload_plan.module_blocks(unet)
+        plan = offload_plan.plan(path.name, blocks, other, room)
+        offload(unet, plan, self.device)
+        return parts
+
+    def _build_on_host(self, path: Path, weight_dtype: str) -> tuple[CheckpointParts, nn.Module]:
+        """A diffusion model built on the host, to be placed by a plan after (streamed or split)."""
+        with host_build(self._host_build_dtype()):
             parts = load_unet_file(path, Placement(), weight_dtype)
         assert parts.unet is not None
         if self.device.type == "cuda":  # the families' weights are bf16 on a GPU (fp8 ones stay fp8)
             for param in parts.unet.parameters():
                 if param.dtype in (torch.float32, torch.float16):
                     param.data = param.data.to(torch.bfloat16)
-        blocks, other = offload_plan.module_blocks(parts.unet)
-        plan = offload_plan.plan(path.name, blocks, other, room)
-        offload(parts.unet, plan, self.device)
+        return parts, parts.unet
+
+    def _load_split(self, path: Path, weight_dtype: str, blocks: dict[str, int], other: int,
+                    need: int) -> CheckpointParts:
+        """A registered family's model larger than this device's budget, its blocks split across the split devices
+        (memory.split_plan): planned from the file before any weight is read (ModelTooLargeError when the devices
+        together cannot hold it), built on the host, then placed. The budget counts the first device's part."""
+        devices = [torch.device(d) for d in self.split_devices]
+        if _indexed(devices[0]) != _indexed(self.device):
+            raise ModelError(f"COMFYMESH_DIFFUSION_SPLIT_DEVICES lists {devices[0]} first but this replica runs on "
+                             f"{self.device}: list the replica's own device first")
+        others = [(str(d), self._split_free(d)) for d in devices[1:]]
+        split(path.name, blocks, other, [(str(devices[0]), self.budget), *others])  # refused before evicting
+        room = self._make_room(path.name, need, other)
+        free = [(str(devices[0]), room), *others]
+        split(path.name, blocks, other, free)  # refused before loading: other models hold some of the budget
+        parts, unet = self._build_on_host(path, weight_dtype)
+        blocks, other = offload_plan.module_blocks(unet)
+        plan = split(path.name, blocks, other, free)
+        place_split(unet, plan, devices)
+        self._last_model_bytes = plan.stages[0].nbytes  # what text encoders share this device with
         return parts
+
+    def _split_free(self, device: torch.device) -> int:
+        """Bytes a split may take on another device: its free memory less a fifth of the card (activations, as the
+        default budget leaves); a CPU device (tests) offers this cache's budget."""
+        if device.type != "cuda":
+            return self.budget
+        free, total = torch.cuda.mem_get_info(device)
+        return max(0, free - total // 5)
 
     def _host_build_dtype(self) -> torch.dtype:
         """The dtype a streamed model is built in on the host: the device's compute dtype (bf16 on a GPU)."""
@@ -397,6 +445,9 @@ class ModelCache:
             if streamer is not None:  # the budget holds its device part: the streamed blocks' window
                 nbytes += streamer.plan.window_bytes - streamer.plan.streamed_bytes
                 host_bytes = streamer.plan.streamed_bytes  # the host budget holds the blocks (memory.host)
+            placement = split_of(parts.unet)
+            if placement is not None:  # the budget is this device's: the other devices' stages are not in it
+                nbytes -= sum(stage.nbytes for stage in placement.plan.stages[1:])
         return LoadedCheckpoint(
             name=path.name, path=path, digest=digest, parts=parts, device=self.device, unet_dtype=place.unet_dtype,
             vae_dtype=place.vae_dtype, nbytes=nbytes,
@@ -568,7 +619,8 @@ class ModelCache:
             # the patched weights swapped in per call (the cached tensors stay as loaded); unpatched calls of
             # the model take the same lock, so that no job runs inside another's swap
             overrides = self._patches(ckpt, "unet", loras).get("unet", {}) if family.lora else {}
-            streamed = streamer_of(module) is not None  # hooks copy weights per call: no graph captures them
+            # hooks copy weights (streamed) or move inputs (split) per call: no graph captures them
+            streamed = streamer_of(module) is not None or split_of(module) is not None
             if overrides or streamed or not family.fast_path or not self.fast.fast_enabled(ckpt.device.type):
                 return dataclasses.replace(sm, unet=flow_lora.patched_call(sm.unet, module, overrides))
             with self._lock:  # LoRA-patched calls stay eager (above); the fast one holds the same lock
