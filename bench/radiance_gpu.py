@@ -46,11 +46,7 @@ def build(s: dict[str, int], device: torch.device, dtype: torch.dtype) -> Any:
     head = built(lambda: NerfHead(NerfLayout(s["nerf"], s["nerf_depth"], s["ratio"], s["freqs"], True), 3, s["width"]),
                  device, dtype, 1)
     head.nerf_image_embedder.to(torch.float32)
-    embed = transformer.time_text_embed
-    embed.mod_proj = chroma.modulation_index_table(int(embed.mod_proj.shape[0])).to(device)
-    transformer.norm_out = chroma_radiance._BeforeFinalNorm()
-    transformer.proj_out = torch.nn.Identity()
-    return chroma_radiance.ChromaRadianceModel(transformer, head, PATCH, x0=True).eval().requires_grad_(False)
+    return chroma_radiance.radiance_model(transformer, head, PATCH, True, device)
 
 
 def main() -> None:
