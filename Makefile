@@ -72,12 +72,10 @@ lint:  ## ruff
 typecheck:  ## mypy
 	$(BIN)/mypy libs services
 
-# tests/cluster/test_chaos.py runs in `make cluster-test` only, until the orchestrator race it finds is fixed: a
-# job re-claimed by the orchestrator whose lease on it was taken over can be cancelled by that lease's loss
 pytest:
-	$(BIN)/pytest -q -x --durations=15 --ignore=tests/cluster/test_chaos.py
+	$(BIN)/pytest -q -x --durations=15
 
-cluster-test: setup  ## the many-host tests alone (tests/cluster: network namespaces, needs root; `make test` runs all but test_chaos.py)
+cluster-test: setup  ## the many-host tests alone (tests/cluster: network namespaces, needs root; `make test` runs them too)
 	$(BIN)/pytest -q -x --durations=10 tests/cluster
 
 scale-bench: setup  ## issue 18's scale-out benchmark on the cluster rig (root): 1 then 3 imaging stage hosts at 0.4 CPU
