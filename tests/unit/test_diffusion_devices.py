@@ -43,3 +43,23 @@ def test_a_malformed_device_list_is_refused_at_start_up(configure: Callable[...,
     with pytest.raises(SystemExit, match="COMFYMESH_DIFFUSION_DEVICES"):
         configure(diffusion_devices="gpu0")
     assert configure(diffusion_devices="cuda:0, cuda:1").diffusion_devices == "cuda:0, cuda:1"
+
+
+def test_the_replica_on_the_split_sets_first_device_sees_the_others() -> None:
+    replicas = plan_replicas(["cuda:0", "cuda:2"], ["127.0.0.1:50071"], {"CUDA_VISIBLE_DEVICES": "4,5,6,7"},
+                             split_devices="cuda:0, cuda:1")
+    # the first replica sees its card and the split's other one, renumbered from its own cuda:0
+    assert replicas[0].env == {"CUDA_VISIBLE_DEVICES": "4,5", "COMFYMESH_DEVICE": "cuda:0",
+                               "COMFYMESH_DIFFUSION_SPLIT_DEVICES": "cuda:0,cuda:1"}
+    # the other splits nothing, whatever the parent's environment says
+    assert replicas[1].env == {"CUDA_VISIBLE_DEVICES": "6", "COMFYMESH_DEVICE": "cuda:0",
+                               "COMFYMESH_DIFFUSION_SPLIT_DEVICES": ""}
+    with pytest.raises(ValueError, match="starts with cuda:1, which runs no diffusion replica"):
+        plan_replicas(["cuda:0"], ["127.0.0.1:1"], {}, split_devices="cuda:1,cuda:0")
+    with pytest.raises(ValueError, match="COMFYMESH_DIFFUSION_SPLIT_DEVICES: cuda:3 is not among"):
+        plan_replicas(["cuda:0"], ["127.0.0.1:1"], {"CUDA_VISIBLE_DEVICES": "0,1"}, split_devices="cuda:0,cuda:3")
+    # simulated devices: the CPU replica gets the set as written
+    cpu = plan_replicas(["cpu", "cpu"], ["127.0.0.1:50071"], {}, split_devices="cpu,cpu,cpu")
+    assert [r.env.get("COMFYMESH_DIFFUSION_SPLIT_DEVICES") for r in cpu] == ["cpu,cpu,cpu", ""]
+    # no split set: nothing added
+    assert "COMFYMESH_DIFFUSION_SPLIT_DEVICES" not in plan_replicas(["cuda:0"], ["127.0.0.1:1"], {})[0].env

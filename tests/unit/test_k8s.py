@@ -44,7 +44,7 @@ def validate(text: str, version: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=300)
 
 
-@pytest.fixture(scope="module", params=["dev", "prod"])
+@pytest.fixture(scope="module", params=["dev", "prod", "prod-split"])
 def overlay(request: pytest.FixtureRequest) -> tuple[str, str, list[Doc]]:
     text = kustomize(request.param)
     return request.param, text, [doc for doc in yaml.safe_load_all(text) if doc]
@@ -143,7 +143,12 @@ def test_wiring_agrees_with_the_code(overlay: tuple[str, str, list[Doc]]) -> Non
     gpus = container(deployments["diffusion"])["resources"]["limits"].get("nvidia.com/gpu")
     secrets = of_kind(docs, "Secret")
     if name == "prod":  # PostgreSQL and S3 are external: their Secret is made beside, never rendered
-        assert gpus == 1 and not secrets
+        assert gpus == 1 and not secrets  # one pod per GPU: throughput
+    elif name == "prod-split":  # one pod per two GPUs, which splits a model too big for one card across them
+        split_env = {e["name"]: e["value"] for e in container(deployments["diffusion"])["env"]}
+        split_devices = Settings.model_validate({"diffusion_split_devices": split_env[
+            "COMFYMESH_DIFFUSION_SPLIT_DEVICES"]}).diffusion_split_devices.split(",")
+        assert gpus == len(split_devices) == 2 and split_devices[0] == "cuda:0" and not secrets
     else:  # PostgreSQL and an object store run in the cluster, the stage on the CPU
         assert gpus is None
         assert {"postgres", "objectstore"} <= set(of_kind(docs, "StatefulSet"))

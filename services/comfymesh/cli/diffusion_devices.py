@@ -46,21 +46,45 @@ def device_set(configured: str, cuda_count: int, parent_env: Mapping[str, str]) 
     return [f"cuda:{i}" for i in range(cuda_count)] or ["cpu"]
 
 
-def plan_replicas(devices: list[str], addresses: list[str], parent_env: Mapping[str, str]) -> list[DiffusionReplica]:
-    """One replica per device: the configured addresses in order, then the first one's port counted up."""
+def _card_id(device: str, visible: list[str], setting: str) -> str:
+    """The CUDA_VISIBLE_DEVICES id of `cuda:N` (N counts the cards this process sees)."""
+    index = int(device.split(":", 1)[1])
+    if visible and index >= len(visible):
+        raise ValueError(f"{setting}: {device} is not among CUDA_VISIBLE_DEVICES={','.join(visible)}")
+    return visible[index] if visible else str(index)
+
+
+def plan_replicas(devices: list[str], addresses: list[str], parent_env: Mapping[str, str],
+                  split_devices: str = "") -> list[DiffusionReplica]:
+    """One replica per device: the configured addresses in order, then the first one's port counted up. With
+    `split_devices` (COMFYMESH_DIFFUSION_SPLIT_DEVICES), the replica on its first device also sees the others, to
+    split a model too big for its card across them (memory.split_plan); the other replicas split nothing."""
     host, _, port = addresses[0].rpartition(":")
     visible = [v.strip() for v in parent_env.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+    split = ["cuda:0" if d.strip() == "cuda" else d.strip() for d in split_devices.split(",") if d.strip()]
+    if split and split[0] not in devices:
+        raise ValueError(f"COMFYMESH_DIFFUSION_SPLIT_DEVICES starts with {split[0]}, which runs no diffusion replica "
+                         f"({', '.join(devices)}): list a replica's device first")
     replicas = []
     for i, device in enumerate(devices):
         listen = addresses[i] if i < len(addresses) else f"{host}:{int(port) + i}"
+        splits = bool(split) and device == split[0] and devices.index(device) == i
         if device.startswith("cuda:"):
-            index = int(device.split(":", 1)[1])
-            if visible and index >= len(visible):
-                raise ValueError(f"COMFYMESH_DIFFUSION_DEVICES: {device} is not among CUDA_VISIBLE_DEVICES={','.join(visible)}")
-            # the child sees only its card, as its cuda:0 (an id from the user's own CUDA_VISIBLE_DEVICES kept)
-            env = {"CUDA_VISIBLE_DEVICES": visible[index] if visible else str(index), "COMFYMESH_DEVICE": "cuda:0"}
+            cards = split if splits else [device]
+            # the child sees its card as its cuda:0, then the split's others in order (ids from the user's own
+            # CUDA_VISIBLE_DEVICES kept)
+            env = {"CUDA_VISIBLE_DEVICES": ",".join(_card_id(d, visible, "COMFYMESH_DIFFUSION_DEVICES" if d == device
+                                                             else "COMFYMESH_DIFFUSION_SPLIT_DEVICES")
+                                                    for d in cards),
+                   "COMFYMESH_DEVICE": "cuda:0"}
+            if splits:
+                env["COMFYMESH_DIFFUSION_SPLIT_DEVICES"] = ",".join(f"cuda:{n}" for n in range(len(cards)))
         else:
             env = {"COMFYMESH_DEVICE": device}
+            if splits:
+                env["COMFYMESH_DIFFUSION_SPLIT_DEVICES"] = ",".join(split)
+        if split and not splits:
+            env["COMFYMESH_DIFFUSION_SPLIT_DEVICES"] = ""
         name = "diffusion" if len(devices) == 1 else f"diffusion-{i}"
         replicas.append(DiffusionReplica(name, listen, device, env))
     return replicas

@@ -76,7 +76,7 @@ def up(
         configured = settings.diffusion_devices or settings.device
         devices = device_set(configured, 0 if configured else visible_cuda_devices(), env)
         try:
-            replicas = plan_replicas(devices, settings.replicas("diffusion"), env)
+            replicas = plan_replicas(devices, settings.replicas("diffusion"), env, settings.diffusion_split_devices)
         except ValueError as exc:
             _say(f"[red]{exc}[/]")
             raise typer.Exit(2) from None
