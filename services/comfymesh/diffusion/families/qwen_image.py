@@ -37,6 +37,7 @@ from comfymesh.diffusion.fast.denoiser import StaticForm
 from comfymesh.diffusion.latents.formats import LatentFormat
 from comfymesh.diffusion.latents.wan21 import WAN21
 from comfymesh.diffusion.models.flow_lora import key_map
+from comfymesh.diffusion.models.fp8_weights import dequantized
 from comfymesh.diffusion.models.recognise import Recognition, UNetLayout
 from comfymesh.diffusion.models.tensor_source import TensorSource
 from comfymesh.diffusion.sampling.flux_sampling import FluxModelSampling
@@ -122,8 +123,9 @@ def build_qwen_image(src: TensorSource, layout: QwenImageLayout, device: torch.d
     from diffusers import QwenImageTransformer2DModel
 
     p = layout.prefix
-    state = {k[len(p):]: v.to(device=device, dtype=dtype) for k, v in src.with_prefix(p).items()
-             if k != p + _ZERO_MARKER}
+    # fp8 and fp8mixed files compute upcast: their weights times their scales
+    state = dequantized({k[len(p):]: v for k, v in src.with_prefix(p).items() if k != p + _ZERO_MARKER}, device,
+                        dtype)
     with torch.device("meta"):
         model: Any = QwenImageTransformer2DModel(**model_config(layout))
     # the RoPE table is ours (ComfyUI's positions), not diffusers' precomputed one

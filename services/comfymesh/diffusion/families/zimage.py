@@ -36,6 +36,7 @@ from comfymesh.diffusion.families.registry import (
 from comfymesh.diffusion.fast.denoiser import StaticForm, plain_inputs
 from comfymesh.diffusion.latents.formats import FLUX, LatentFormat
 from comfymesh.diffusion.models.flow_lora import key_map
+from comfymesh.diffusion.models.fp8_weights import dequantized
 from comfymesh.diffusion.models.recognise import Recognition, UNetLayout
 from comfymesh.diffusion.models.tensor_source import TensorSource
 from comfymesh.diffusion.models.zimage_fun_control import FunPatch, fun_controls
@@ -125,8 +126,8 @@ def build_zimage(src: TensorSource, layout: ZImageLayout, device: torch.device,
     """The diffusers model with the file's weights, on `device` in `dtype` (fp8 files are computed upcast)."""
     from diffusers.loaders.single_file_utils import convert_z_image_transformer_checkpoint_to_diffusers
 
-    state = convert_z_image_transformer_checkpoint_to_diffusers(file_state(src, layout.prefix))
-    state = {k: v.to(device=device, dtype=dtype) for k, v in state.items()}
+    state = convert_z_image_transformer_checkpoint_to_diffusers(dequantized(file_state(src, layout.prefix), device,
+                                                                            dtype))
     with torch.device("meta"):
         model = _new_model(layout)
     result = model.load_state_dict(state, strict=False, assign=True)

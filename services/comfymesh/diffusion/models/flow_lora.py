@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from comfymesh.contracts.errors import ModelError
-from comfymesh.diffusion.models.fp8_weights import MARKER, SCALE_SUFFIX, Fp8Linear, is_fp8
+from comfymesh.diffusion.models.fp8_weights import Fp8Linear, bookkeeping, is_fp8
 from comfymesh.diffusion.models.lora import Adapter
 from comfymesh.diffusion.models.tensor_source import TensorSource
 
@@ -70,11 +70,12 @@ def key_map(src: TensorSource, prefix: str, convert: Converter | None = None,
     """The map of a file read from its header: every tensor under `prefix` but scaled-fp8 bookkeeping and the
     `skip` keys (prefix removed), as the family's build hands them to `convert`."""
     shapes = {}
+    keys = set(src.keys)
     for k in src.keys:
         if not k.startswith(prefix):
             continue
         name = k[len(prefix):]
-        if name in skip or name == MARKER or name.endswith((SCALE_SUFFIX, ".scale_input", "." + MARKER)):
+        if name in skip or bookkeeping(k, keys):
             continue
         shapes[name] = tuple(src.shape(k))
     return LoraKeyMap(shapes, convert, fused or {})

@@ -3,42 +3,90 @@
 
 A scaled-fp8 file (ComfyUI's older quantised form) marks itself with a `scaled_fp8` key at the model's prefix
 and gives each quantised linear a per-tensor `<layer>.scale_weight`: the real weight is weight · scale_weight.
+ComfyUI's mixed-precision files (`*_fp8mixed`, `*_fp8_mixed`) give each quantised linear a `<layer>.weight_scale`
+instead and a `<layer>.comfy_quant` (JSON bytes naming the format, `float8_e4m3fn`); their other layers are bf16.
+Formats other than fp8 (int8, nvfp4, ...) are refused by name.
 Key conversions (fused qkv chunks, renames) are followed by converting a state of per-row scale vectors with
 the same function as the weights, so each converted weight finds its rows' scales without a name map.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+from collections.abc import Callable, Collection
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from comfymesh.contracts.errors import ModelError
 from comfymesh.diffusion.memory.fp8_matmul import Fp8Kernel, scaled_mm_linear, takes_scaled_mm, tensor_scale
 
 FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
 SCALE_SUFFIX = ".scale_weight"
+MIXED_SCALE_SUFFIX = ".weight_scale"  # the mixed-precision files' spelling, beside `<layer>.weight`
+QUANT_SUFFIX = ".comfy_quant"
 MARKER = "scaled_fp8"
-_IGNORED = (".scale_input",)  # input scales matter only to fp8 matmuls, which this path does not do
+# input scales matter only to fp8 matmuls that quantise their input, which this path does not do
+_IGNORED = (".scale_input", ".input_scale", QUANT_SUFFIX)
+FP8_FORMATS = ("float8_e4m3fn", "float8_e5m2")
 
 
 def is_fp8(t: torch.Tensor) -> bool:
     return t.dtype in FP8_DTYPES
 
 
+def bookkeeping(key: str, keys: Collection[str]) -> bool:
+    """Whether `key` of a file with `keys` is quantisation bookkeeping, not a weight: the scaled-fp8 marker,
+    input scales, `comfy_quant` descriptors, and weight scales (`scale_weight`; `weight_scale` where the layer
+    has a `.weight`)."""
+    if key == MARKER or key.endswith(("." + MARKER, SCALE_SUFFIX, *_IGNORED)):
+        return True
+    return key.endswith(MIXED_SCALE_SUFFIX) and key[: -len(MIXED_SCALE_SUFFIX)] + ".weight" in keys
+
+
+def quant_format(key: str, descriptor: torch.Tensor) -> str:
+    """The format a `<layer>.comfy_quant` descriptor names; ModelError for one this stage does not compute
+    (only fp8 is: int8, nvfp4, mxfp8 and the rotated forms need ComfyUI's own kernels)."""
+    try:
+        spec = json.loads(bytes(descriptor.to(torch.uint8).reshape(-1).tolist()).decode("utf-8"))
+        fmt = str(spec["format"])
+    except (ValueError, KeyError, TypeError):
+        raise ModelError(f"{key}: an unreadable quantisation descriptor (expected JSON naming a format)") from None
+    if fmt not in FP8_FORMATS:
+        extra = " with ConvRot rotation" if spec.get("convrot") else ""
+        raise ModelError(f"{key[: -len(QUANT_SUFFIX)]} is quantised as ComfyUI's {fmt!r}{extra}, which this stage "
+                         f"does not compute (it reads {' and '.join(FP8_FORMATS)}): use the model's bf16, fp8 or "
+                         "fp8mixed file")
+    return fmt
+
+
 def split_scales(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
-    """(the state without the scaled-fp8 bookkeeping keys, weight key → its scale)."""
+    """(the state without the quantisation bookkeeping keys, weight key → its per-tensor scale), for scaled-fp8
+    and mixed-precision files alike; ModelError for a quantised format other than fp8."""
     weights: dict[str, torch.Tensor] = {}
     scales: dict[str, float] = {}
     for k, v in state.items():
-        if k == MARKER or k.endswith("." + MARKER) or k.endswith(_IGNORED):
-            continue
-        if k.endswith(SCALE_SUFFIX):
-            scales[k[: -len(SCALE_SUFFIX)] + ".weight"] = float(v.float().reshape(-1)[0])
-        else:
+        if k.endswith(QUANT_SUFFIX):
+            quant_format(k, v)
+        if not bookkeeping(k, state):
             weights[k] = v
+            continue
+        for suffix in (SCALE_SUFFIX, MIXED_SCALE_SUFFIX):
+            if k.endswith(suffix):
+                if v.numel() != 1:
+                    raise ModelError(f"{k}: a weight scale of shape {tuple(v.shape)}; only per-tensor fp8 scales "
+                                     "are read")
+                scales[k[: -len(suffix)] + ".weight"] = float(v.float().reshape(-1)[0])
     return weights, scales
+
+
+def dequantized(state: dict[str, torch.Tensor], device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """The state on `device` in `dtype` with each fp8 weight times its scale and the bookkeeping keys gone: for
+    the families that compute every layer in the compute dtype (fp8 and fp8mixed files upcast at load)."""
+    weights, scales = split_scales(state)
+    return {k: (v.to(device).float() * scales[k] if k in scales else v.to(device)).to(dtype)
+            for k, v in weights.items()}
 
 
 def row_scales(state: dict[str, torch.Tensor], scales: dict[str, float]) -> dict[str, torch.Tensor]:

@@ -11,6 +11,7 @@ text_encoders/, vae/.
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import torch
@@ -144,6 +145,25 @@ def scaled_fp8(state: dict[str, torch.Tensor], seed: int = 0) -> dict[str, torch
     return out
 
 
+def fp8_mixed(state: dict[str, torch.Tensor], blocks: tuple[str, ...] = ("blocks.", "layers.")
+              ) -> dict[str, torch.Tensor]:
+    """The state as ComfyUI's mixed-precision files (`*_fp8mixed`) store it: each 2-D weight inside the
+    transformer blocks (`blocks`: key parts) as fp8(w / s) with a per-tensor `weight_scale` s = max|w| / 448 and
+    a `comfy_quant` descriptor (the format's JSON as bytes); the other layers as they are (bf16)."""
+    descriptor = torch.tensor(list(json.dumps({"format": "float8_e4m3fn"}).encode()), dtype=torch.uint8)
+    out: dict[str, torch.Tensor] = {}
+    for k, v in state.items():
+        if k.endswith(".weight") and v.ndim == 2 and any(b in k for b in blocks):
+            layer = k[: -len(".weight")]
+            scale = v.float().abs().max() / 448.0
+            out[k] = (v.float() / scale).to(torch.float8_e4m3fn)
+            out[layer + ".weight_scale"] = scale.reshape(()).float()
+            out[layer + ".comfy_quant"] = descriptor.clone()
+        else:
+            out[k] = v
+    return out
+
+
 def make_tiny_flux(models: str | Path, seed: int = 0, dtype: torch.dtype = torch.bfloat16,
                    schnell: bool = False) -> dict[str, Path]:
     """Write the four files under `models`; returns their paths by role."""
@@ -202,7 +222,7 @@ TEMPLATE_FILES = {
     "diffusion_models/flux1-fill-dev.safetensors": "fill",
     "diffusion_models/flux.1-fill-dev-OneReward-transformer_fp8.safetensors": "fill",  # a bf16 stand-in
     "diffusion_models/flux1-canny-dev.safetensors": "canny",
-    "diffusion_models/Chroma1-HD-fp8mixed.safetensors": "chroma",  # image_chroma_text_to_image (bf16 stand-in)
+    "diffusion_models/Chroma1-HD-fp8mixed.safetensors": "chroma_fp8mixed",  # image_chroma_text_to_image
     f"checkpoints/{CHECKPOINT}": "schnell_checkpoint",
     f"text_encoders/{CLIP_L}": "clip_l",
     f"text_encoders/{T5}": "t5",
@@ -232,11 +252,15 @@ def make_template_files(models: str | Path, seed: int = 0) -> list[Path]:
             continue
         shapes = {"dev": flux_shapes(), "dev_fp8_scaled": flux_shapes(), "schnell": flux_shapes(guidance=False),
                   "fill": flux_shapes(in_channels=FILL_CHANNELS), "canny": flux_shapes(in_channels=CANNY_CHANNELS),
-                  "chroma": chroma_shapes(),
+                  "chroma": chroma_shapes(), "chroma_fp8mixed": chroma_shapes(),
                   "clip_l": clip_l_shapes(), "t5": t5_shapes(), "t5_fp8_scaled": t5_shapes(),
                   "vae": flux_vae_shapes()}[form]
         state = random_tensors(shapes, seed, torch.bfloat16)
-        save_file(scaled_fp8(state) if form.endswith("fp8_scaled") else state, str(path), metadata={"format": "pt"})
+        if form.endswith("fp8_scaled"):
+            state = scaled_fp8(state)
+        elif form.endswith("fp8mixed"):
+            state = fp8_mixed(state)
+        save_file(state, str(path), metadata={"format": "pt"})
         written.append(path)
     return written
 

@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import save_file
 
 from comfymesh.diffusion.models.tiny_checkpoint import vae_shapes
-from comfymesh.diffusion.models.tiny_flux import random_tensors
+from comfymesh.diffusion.models.tiny_flux import fp8_mixed, random_tensors
 from comfymesh.diffusion.models.tiny_zimage import qwen3_shapes
 
 Shapes = dict[str, tuple[int, ...]]
@@ -172,9 +172,9 @@ TEMPLATE_FILES = {
     "diffusion_models/flux-2-klein-9b-fp8.safetensors": "klein_fp8",
     "diffusion_models/flux-2-klein-base-9b-fp8.safetensors": "klein_fp8",
     "text_encoders/qwen_3_4b.safetensors": "qwen3",
-    "text_encoders/qwen_3_8b_fp8mixed.safetensors": "qwen3",  # a bf16 stand-in (no fp8mixed form yet)
+    "text_encoders/qwen_3_8b_fp8mixed.safetensors": "qwen3_fp8mixed",
     # FLUX.2 Dev: its text encoders carry their tokenizer; the fp8 one is the pruned (30-layer) form, bf16 weights
-    "diffusion_models/flux2_dev_fp8mixed.safetensors": "dev_fp8",
+    "diffusion_models/flux2_dev_fp8mixed.safetensors": "dev_fp8mixed",
     "text_encoders/mistral_3_small_flux2_bf16.safetensors": "mistral",
     "text_encoders/mistral_3_small_flux2_fp8.safetensors": "mistral_pruned",
     "vae/flux2-vae.safetensors": "vae",
@@ -193,13 +193,14 @@ def make_template_files(models: str | Path, seed: int = 0) -> list[Path]:
         if form.startswith("vae"):
             shapes = flux2_vae_shapes(64, 32) if form == "vae_small_decoder" else flux2_vae_shapes()
             state = flux2_vae_tensors(shapes, seed + 2, torch.bfloat16)
-        elif form == "qwen3":
+        elif form.startswith("qwen3"):
             state = random_tensors(klein_qwen3_shapes(), seed + 1, torch.bfloat16)
+            state = fp8_mixed(state) if form.endswith("fp8mixed") else state
         elif form.startswith("mistral"):
             state = mistral_file_tensors(seed + 3, torch.bfloat16, 30 if form == "mistral_pruned" else 40)
         else:
-            state = random_tensors(flux2_shapes(guidance=form == "dev_fp8"), seed, torch.bfloat16)
-            state = fp8(state) if form.endswith("fp8") else state
+            state = random_tensors(flux2_shapes(guidance=form.startswith("dev")), seed, torch.bfloat16)
+            state = fp8(state) if form.endswith("fp8") else fp8_mixed(state) if form.endswith("fp8mixed") else state
         save_file(state, str(path), metadata={"format": "pt"})
         written.append(path)
     return written

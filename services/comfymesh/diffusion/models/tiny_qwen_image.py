@@ -19,6 +19,7 @@ import torch
 from safetensors.torch import save_file
 
 from comfymesh.diffusion.models.tiny_checkpoint import _init
+from comfymesh.diffusion.models.tiny_flux import fp8_mixed
 
 DIFFUSION_MODEL = "qwen_image_fp8_e4m3fn.safetensors"
 TEXT_ENCODER = "qwen_2.5_vl_7b_fp8_scaled.safetensors"
@@ -228,11 +229,11 @@ def make_template_files(models: str | Path, seed: int = 0) -> None:
     paths = make_tiny_qwen_image(root, seed)
     for name in TEMPLATE_MODELS:
         (root / "diffusion_models" / name).write_bytes(paths["diffusion_models"].read_bytes())
-    model_2511 = root / "diffusion_models" / TEMPLATE_MODELS_2511[0]
-    save_file(tensors(qwen_image_shapes(variant="2511"), seed, torch.bfloat16), str(model_2511),
-              metadata={"format": "pt"})
-    for name in TEMPLATE_MODELS_2511[1:]:
-        (root / "diffusion_models" / name).write_bytes(model_2511.read_bytes())
+    # Edit 2511: the bf16 file, and the fp8mixed one in ComfyUI's mixed-precision form (fp8 block linears)
+    state_2511 = tensors(qwen_image_shapes(variant="2511"), seed, torch.bfloat16)
+    for name in TEMPLATE_MODELS_2511:
+        save_file(fp8_mixed(state_2511) if "fp8mixed" in name else state_2511, str(root / "diffusion_models" / name),
+                  metadata={"format": "pt"})
     # Layered: the additional time embedding, and its RGBA VAE
     layered = root / "diffusion_models" / "qwen_image_layered_bf16.safetensors"
     save_file(tensors(qwen_image_shapes(variant="layered"), seed, torch.bfloat16), str(layered),
