@@ -20,6 +20,7 @@ from comfymesh.diffusion.models.fp8_weights import Fp8Linear, set_fp8_kernel
 from comfymesh.diffusion.models.tensor_source import TensorSource
 from comfymesh.diffusion.models.tiny_flux import flux_shapes, random_tensors, scaled_fp8
 from comfymesh.diffusion.models.tiny_qwen_image import qwen_image_shapes, tensors
+from tests.flux_call import flux_call
 
 CPU = torch.device("cpu")
 
@@ -96,16 +97,7 @@ def _streamed_equals_resident(model: torch.nn.Module, call: object, budget_block
 def test_streamed_flux_equals_resident_bit_for_bit(tmp_path: Path, fp8: bool,
                                                    caplog: pytest.LogCaptureFixture) -> None:
     model = _flux(tmp_path, torch.float32, fp8)
-    rec = flux.recognition(flux.layout_of(model))
-    torch.manual_seed(0)
-    x, ctx, y = torch.randn(1, 16, 8, 8), torch.randn(1, 5, 64), torch.randn(1, 33)
-
-    def call(m: torch.nn.Module) -> torch.Tensor:
-        with torch.no_grad():
-            out: torch.Tensor = flux.FAMILY.sampling_model(m, rec, CPU).unet(x, torch.tensor([0.7]), ctx, y)
-        return out
-
-    _streamed_equals_resident(model, call, budget_blocks=1, caplog=caplog)
+    _streamed_equals_resident(model, flux_call(model), budget_blocks=1, caplog=caplog)
 
 
 def test_streamed_qwen_image_equals_resident_bit_for_bit(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

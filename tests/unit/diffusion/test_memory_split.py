@@ -26,6 +26,7 @@ from comfymesh.diffusion.memory.streaming import streamer_of
 from comfymesh.diffusion.models.cache import ModelCache
 from comfymesh.diffusion.models.tensor_source import TensorSource
 from comfymesh.diffusion.models.tiny_flux import flux_shapes, random_tensors
+from tests.flux_call import flux_call
 
 CPU = torch.device("cpu")
 SHAPES = flux_shapes(width=128, head_dim=64, depth=2, depth_single=3)
@@ -73,23 +74,10 @@ def _flux(tmp_path: Path) -> torch.nn.Module:
     return flux.FAMILY.build(src, flux.FAMILY.recognise(src), CPU, None).module
 
 
-def _flux_call(model: torch.nn.Module) -> Callable[[torch.nn.Module], torch.Tensor]:
-    rec = flux.recognition(flux.layout_of(model))
-    torch.manual_seed(0)
-    x, ctx, y = torch.randn(1, 16, 8, 8), torch.randn(1, 5, 64), torch.randn(1, 33)
-
-    def call(m: torch.nn.Module) -> torch.Tensor:
-        with torch.no_grad():
-            out: torch.Tensor = flux.FAMILY.sampling_model(m, rec, CPU).unet(x, torch.tensor([0.7]), ctx, y)
-        return out
-
-    return call
-
-
 def test_a_flux_split_over_three_devices_equals_the_unsplit_call(tmp_path: Path,
                                                                  caplog: pytest.LogCaptureFixture) -> None:
     model = _flux(tmp_path)
-    call = _flux_call(model)
+    call = flux_call(model)
     blocks, other = offload_plan.module_blocks(model)
     sizes = list(blocks.values())
     # free sizes that force two blocks on the first device, two on the second, one on the third
@@ -134,7 +122,7 @@ def test_the_cache_splits_a_model_over_its_budget_across_the_split_devices(
     save_file(random_tensors(SHAPES, 0, torch.float32), str(path))
     need = resident_bytes([path], torch.float32)
     resident = ModelCache(budget_bytes=2 * need, device=CPU)
-    reference = _flux_call(resident.unet_file(path).unet()[0])
+    reference = flux_call(resident.unet_file(path).unet()[0])
     unsplit = reference(resident.unet_file(path).unet()[0])
 
     configure(diffusion_split_devices="cpu,cpu,cpu")
