@@ -60,7 +60,8 @@ class StageDiscovery:
     async def _run(self) -> None:
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=self.refresh_s)
+                async with asyncio.timeout(self.refresh_s):
+                    await self._wake.wait()
             self._wake.clear()
             try:
                 await self.refresh()

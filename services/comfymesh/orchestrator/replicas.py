@@ -171,7 +171,8 @@ class ReplicaPool:
                 backoff = [r.down_until for r in replicas if r.down_until > time.monotonic()]
                 wait = min([0.5, *(until - time.monotonic() for until in backoff)])
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._changed.wait(), timeout=max(wait, 0.01))
+                    async with asyncio.timeout(max(wait, 0.01)):
+                        await self._changed.wait()
 
     async def release(self, replica: Replica, *, failed: bool = False) -> None:
         async with self._changed:

@@ -301,7 +301,8 @@ class Scheduler:
             await self._dispatch()
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=1.0)
+                async with asyncio.timeout(1.0):
+                    await self._wake.wait()
 
     async def _dispatch(self) -> None:
         """Start queued jobs, best first, while there is room."""

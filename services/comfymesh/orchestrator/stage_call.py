@@ -139,7 +139,10 @@ class GroupCall:
         try:
             while True:
                 try:
-                    event = await asyncio.wait_for(stream.__anext__(), timeout=self.timeouts.heartbeat_s)
+                    # asyncio.timeout, not wait_for: Python 3.11's wait_for returns a message that arrives as
+                    # the job is cancelled and drops the cancel (the job then hangs on, cancelled once already)
+                    async with asyncio.timeout(self.timeouts.heartbeat_s):
+                        event = await stream.__anext__()
                 except StopAsyncIteration:
                     break
                 except TimeoutError:
