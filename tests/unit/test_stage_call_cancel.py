@@ -28,7 +28,7 @@ class _ReadyStream:
 
 
 class _Stub:
-    def RunStage(self, _request: Any, wait_for_ready: bool) -> _ReadyStream:  # noqa: N802 (gRPC's name)
+    def RunStage(self, _request: Any, wait_for_ready: bool) -> _ReadyStream:  # gRPC's method name
         return _ReadyStream()
 
 
