@@ -175,8 +175,17 @@ def test_jobs_survive_a_killed_orchestrator_a_killed_host_and_a_cut_off_database
     rig.start_service(rig.service("orchestrator0"))
     cut_from = time.time()
     jobs |= _submit(chaos, JOBS // 2, JOBS - JOBS // 2)
-    _wait_running_on(chaos, chaos.control[1], cut_from)
-    rig.drop(chaos.control[1], rig.bridge_ip, chaos.cluster.postgres.port)
+    extra = JOBS
+    while True:
+        _wait_running_on(chaos, chaos.control[1], cut_from)
+        rig.drop(chaos.control[1], rig.bridge_ip, chaos.cluster.postgres.port)
+        # its job may have finished between the look and the cut: then orchestrator 1 holds nothing to lose
+        if _running_on(chaos, chaos.control[1], cut_from):
+            break
+        rig.heal(chaos.control[1])
+        assert extra < JOBS + 20, "orchestrator 1 never held a job when cut off"
+        jobs |= _submit(chaos, extra, 4)  # more work to be holding when cut off next time
+        extra += 4
     try:
         time.sleep(2 * TTL_S)  # the fault's length, not a wait for readiness
     finally:
