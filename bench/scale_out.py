@@ -30,11 +30,12 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.cluster.rig import Host, Rig, unavailable  # noqa: E402
+from tests.cluster.rig import Host, Rig, started_rig, unavailable  # noqa: E402
 from tests.cluster.roles import ORCHESTRATOR_PORT, STAGE_PORT, Gateway, calls, start_control, start_stage  # noqa: E402
+from tests.cluster.servers import missing_servers, servers_on  # noqa: E402
 from tests.integration.test_dns_discovery import blur  # noqa: E402
-from tests.postgres import BIN, PostgresServer  # noqa: E402
-from tests.seaweedfs import SeaweedServer, weed_binary  # noqa: E402
+from tests.postgres import PostgresServer  # noqa: E402
+from tests.seaweedfs import SeaweedServer  # noqa: E402
 
 TERMINAL = ("completed", "failed", "cancelled")
 ORCHESTRATORS = 2
@@ -139,28 +140,11 @@ def cluster(root: Path) -> Iterator[tuple[Rig, PostgresServer, SeaweedServer]]:
     reason = unavailable()
     if reason:
         raise SystemExit(f"scale_out: no cluster rig on this machine: {reason}")
-    binary = weed_binary()
-    if not (BIN / "initdb").exists() or binary is None:
-        raise SystemExit(f"scale_out: PostgreSQL 15 ({BIN / 'initdb'}) or SeaweedFS's `weed` is missing: "
-                         "run `make setup`")
-    rig = Rig(root)
-    postgres: PostgresServer | None = None
-    s3: SeaweedServer | None = None
-    try:
-        rig.start()
-        postgres = PostgresServer(host=rig.bridge_ip).start()
-        s3 = SeaweedServer(binary, host=rig.bridge_ip).start()
+    if reason := missing_servers():
+        raise SystemExit(f"scale_out: {reason}")
+    rig = started_rig(root)
+    with servers_on(rig) as (postgres, s3):
         yield rig, postgres, s3
-    finally:  # the servers before the bridge: with its address gone, weed takes 20 s to stop
-        try:
-            if s3 is not None:
-                s3.stop()
-        finally:
-            try:
-                if postgres is not None:
-                    postgres.stop()
-            finally:
-                rig.stop()
 
 
 def wait_logged(rig: Rig, since: int, message: str, hosts: list[Host], timeout: float = 60) -> None:

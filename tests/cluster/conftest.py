@@ -9,8 +9,9 @@ from dataclasses import dataclass
 import pytest
 
 from tests.cluster.rig import Rig, rig_or_skip
-from tests.postgres import BIN, PostgresServer
-from tests.seaweedfs import SeaweedServer, weed_binary
+from tests.cluster.servers import missing_servers, servers_on
+from tests.postgres import PostgresServer
+from tests.seaweedfs import SeaweedServer
 
 
 @dataclass
@@ -23,23 +24,8 @@ class Cluster:
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     rig = rig_or_skip(tmp_path_factory.mktemp("rig"))  # first: where no rig can run, the tests are skipped
-    binary = weed_binary()
-    if not (BIN / "initdb").exists() or binary is None:
+    if reason := missing_servers():
         rig.stop()
-        pytest.fail(f"PostgreSQL 15 ({BIN / 'initdb'}) or SeaweedFS's `weed` is missing: run `make setup`")
-    postgres: PostgresServer | None = None
-    s3: SeaweedServer | None = None
-    try:
-        postgres = PostgresServer(host=rig.bridge_ip).start()
-        s3 = SeaweedServer(binary, host=rig.bridge_ip).start()
+        pytest.fail(reason)
+    with servers_on(rig) as (postgres, s3):
         yield Cluster(rig, postgres, s3)
-    finally:  # the servers first: with its address gone from the bridge, weed takes 20 s to stop
-        try:
-            if s3 is not None:
-                s3.stop()
-        finally:
-            try:
-                if postgres is not None:
-                    postgres.stop()
-            finally:
-                rig.stop()

@@ -350,9 +350,14 @@ def rig_or_skip(root: Path) -> Rig:
         pytest.fail(reason)
     if reason:
         pytest.skip(reason)
+    return started_rig(root)
+
+
+def started_rig(root: Path) -> Rig:
+    """A started rig (stopped again when its start fails)."""
     rig = Rig(root)
     try:
         return rig.start()
-    except Exception:
+    except BaseException:
         rig.stop()
         raise

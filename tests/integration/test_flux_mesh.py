@@ -8,17 +8,15 @@ the all-in-one fp8 checkpoint of flux_schnell (CheckpointLoaderSimple → KSampl
 from __future__ import annotations
 
 import copy
-import io
 import shutil
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from comfymesh.diffusion.models import tiny_flux
-from tests.mesh import SHARED, Mesh, assert_reruns_identically
+from tests.mesh import SHARED, Mesh, assert_reruns_identically, png_pixels
 
 PROMPT = "a cat holding a sign that says hello world"
 
@@ -90,34 +88,30 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
         mesh.stop()
 
 
-def pixels(png: bytes) -> np.ndarray:
-    # SaveImage writes the prompt into the PNG: other graphs differ in bytes whatever their pixels
-    return np.asarray(Image.open(io.BytesIO(png)))
-
 
 def test_dev_on_the_custom_sampler_reruns_identically_and_guidance_drives_it(mesh: Mesh) -> None:
     first = assert_reruns_identically(mesh, DEV)
-    image = pixels(first)
+    image = png_pixels(first)
     assert image.shape == (64, 64, 3) and image.std() > 0
     other = copy.deepcopy(DEV)
     other["26"]["inputs"]["guidance"] = 6.0
-    assert not np.array_equal(pixels(mesh.run_output(other)), image)
+    assert not np.array_equal(png_pixels(mesh.run_output(other)), image)
     # CLIPTextEncodeFlux with the same prompt for both encoders is CLIPTextEncode → FluxGuidance
     joint = copy.deepcopy(DEV)
     joint["26"] = {"inputs": {"clip_l": PROMPT, "t5xxl": PROMPT, "guidance": 3.5, "clip": ["11", 0]},
                    "class_type": "CLIPTextEncodeFlux"}
-    assert np.array_equal(pixels(mesh.run_output(joint)), image)
+    assert np.array_equal(png_pixels(mesh.run_output(joint)), image)
 
 
 def test_kontext_reference_latent_drives_the_edit(mesh: Mesh) -> None:
     first = assert_reruns_identically(mesh, KONTEXT)
-    assert pixels(first).shape == (64, 64, 3)
+    assert png_pixels(first).shape == (64, 64, 3)
     unreferenced = copy.deepcopy(KONTEXT)
     unreferenced["35"]["inputs"]["conditioning"] = ["6", 0]
-    assert not np.array_equal(pixels(mesh.run_output(unreferenced)), pixels(first))
+    assert not np.array_equal(png_pixels(mesh.run_output(unreferenced)), png_pixels(first))
 
 
 def test_schnell_checkpoint_form(mesh: Mesh) -> None:
     first = assert_reruns_identically(mesh, SCHNELL_CHECKPOINT)
-    image = pixels(first)
+    image = png_pixels(first)
     assert image.shape == (64, 64, 3) and image.std() > 0

@@ -8,7 +8,6 @@ the image; a projector given to another model-patch node is refused."""
 from __future__ import annotations
 
 import copy
-import io
 import shutil
 from collections.abc import Iterator
 from typing import Any
@@ -19,7 +18,7 @@ import torch
 from PIL import Image
 
 from comfymesh.diffusion.models import clip_vision, tiny_flux, tiny_lora, tiny_uso
-from tests.mesh import SHARED, Mesh, assert_reruns_identically
+from tests.mesh import SHARED, Mesh, assert_reruns_identically, png_pixels
 
 LORA = "uso-flux1-dit-lora-v1.safetensors"
 PROMPT = "A European girl with a heartfelt smile."
@@ -79,27 +78,24 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
         mesh.stop()
 
 
-def pixels(png: bytes) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(png)))
-
 
 def test_uso_template_graph_reruns_identically_and_the_style_references_drive_it(mesh: Mesh) -> None:
     first = assert_reruns_identically(mesh, USO)
-    image = pixels(first)
+    image = png_pixels(first)
     assert image.shape == (64, 64, 3) and image.std() > 0
     unstyled = copy.deepcopy(USO)  # the template as shipped: both USOStyleReference subgraphs bypassed
     unstyled["31"]["inputs"]["model"] = ["43", 0]
-    plain = pixels(mesh.run_output(unstyled))
+    plain = png_pixels(mesh.run_output(unstyled))
     assert not np.array_equal(plain, image)
     one = copy.deepcopy(USO)  # the first reference alone: the second one's tokens are missing
     one["31"]["inputs"]["model"] = ["54", 0]
-    assert not np.array_equal(pixels(mesh.run_output(one)), image)
+    assert not np.array_equal(png_pixels(mesh.run_output(one)), image)
     # the same two references in the other order: every text token sits at position ids zero, so attention
     # sees the same set of keys and the image is the same up to rounding (ComfyUI's order is kept anyway)
     swapped = copy.deepcopy(USO)
     swapped["54"]["inputs"]["clip_vision_output"] = ["115", 0]
     swapped["116"]["inputs"]["clip_vision_output"] = ["52", 0]
-    difference = np.abs(pixels(mesh.run_output(swapped)).astype(int) - image.astype(int))
+    difference = np.abs(png_pixels(mesh.run_output(swapped)).astype(int) - image.astype(int))
     assert difference.max() <= 1  # the keys' sums may run in another order
 
 
