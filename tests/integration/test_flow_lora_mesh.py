@@ -15,8 +15,8 @@ import pytest
 from comfymesh.diffusion.families import flux
 from comfymesh.diffusion.models import tiny_flux, tiny_lora
 from comfymesh.diffusion.models.tensor_source import TensorSource
-from tests.integration.test_flux_mesh import DEV, SCHNELL_CHECKPOINT, pixels
-from tests.mesh import Mesh, assert_reruns_identically
+from tests.integration.test_flux_mesh import DEV, SCHNELL_CHECKPOINT
+from tests.mesh import Mesh, assert_reruns_identically, png_pixels
 
 KOHYA, PEFT, OTHER, SCHNELL = "flux_style_kohya.safetensors", "flux_style_peft.safetensors", \
     "flux_other.safetensors", "flux_schnell_lora.safetensors"
@@ -64,20 +64,20 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
 
 
 def test_flux_lora_model_only(mesh: Mesh) -> None:
-    base = pixels(mesh.run_output(DEV))
-    assert np.array_equal(pixels(mesh.run_output(with_loras((KOHYA, 0.0)))), base)
-    image = pixels(assert_reruns_identically(mesh, with_loras((KOHYA, 1.0))))
+    base = png_pixels(mesh.run_output(DEV))
+    assert np.array_equal(png_pixels(mesh.run_output(with_loras((KOHYA, 0.0)))), base)
+    image = png_pixels(assert_reruns_identically(mesh, with_loras((KOHYA, 1.0))))
     assert image.shape == (64, 64, 3) and not np.array_equal(image, base)
     # the same weights in diffusers/PEFT names (AI-toolkit's form) give the same image
-    assert np.array_equal(pixels(mesh.run_output(with_loras((PEFT, 1.0)))), image)
+    assert np.array_equal(png_pixels(mesh.run_output(with_loras((PEFT, 1.0)))), image)
     # a second LoRA chained changes it again; strength 0 on the second leaves the first's image
-    chained = pixels(mesh.run_output(with_loras((KOHYA, 1.0), (OTHER, 0.7))))
+    chained = png_pixels(mesh.run_output(with_loras((KOHYA, 1.0), (OTHER, 0.7))))
     assert not np.array_equal(chained, image)
-    assert np.array_equal(pixels(mesh.run_output(with_loras((KOHYA, 1.0), (OTHER, 0.0)))), image)
+    assert np.array_equal(png_pixels(mesh.run_output(with_loras((KOHYA, 1.0), (OTHER, 0.0)))), image)
 
 
 def test_lora_loader_on_the_fp8_checkpoint(mesh: Mesh) -> None:
-    base = pixels(mesh.run_output(SCHNELL_CHECKPOINT))
+    base = png_pixels(mesh.run_output(SCHNELL_CHECKPOINT))
     prompt = copy.deepcopy(SCHNELL_CHECKPOINT)
     prompt["40"] = {"inputs": {"lora_name": SCHNELL, "strength_model": 1.0, "strength_clip": 1.0,
                                "model": ["30", 0], "clip": ["30", 1]}, "class_type": "LoraLoader"}
@@ -85,4 +85,4 @@ def test_lora_loader_on_the_fp8_checkpoint(mesh: Mesh) -> None:
     for node in ("6", "33"):
         prompt[node]["inputs"]["clip"] = ["40", 1]
     first = assert_reruns_identically(mesh, prompt)
-    assert not np.array_equal(pixels(first), base)
+    assert not np.array_equal(png_pixels(first), base)
