@@ -1,7 +1,8 @@
 """ComfyUI's mixed-precision files (`*_fp8mixed`: fp8 block linears with a `weight_scale` and a `comfy_quant`
 descriptor each, the other layers bf16) load for the families that keep fp8 in memory (FLUX: Fp8Linear) and for
 those that upcast at load (Qwen-Image), with each quantised weight times its scale and the bf16 layers as stored;
-the bookkeeping keys never reach a LoRA key map; a quantised format other than fp8 is refused by name."""
+the bookkeeping keys never reach a LoRA key map; a quantised format other than fp8 is refused naming the
+file, the layer, the format, whether ComfyUI 0.8.0 loads it, and what to use instead."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from comfymesh.diffusion.models.fp8_weights import Fp8Linear, split_scales
 from comfymesh.diffusion.models.tensor_source import TensorSource
 from comfymesh.diffusion.models.tiny_flux import flux_shapes, fp8_mixed, random_tensors
 from comfymesh.diffusion.models.tiny_qwen_image import qwen_image_shapes, tensors
+from comfymesh.diffusion.models.tiny_zimage import zimage_shapes
 
 CPU = torch.device("cpu")
 
@@ -47,7 +49,7 @@ def test_the_tiny_writer_quantises_block_linears_only() -> None:
     layer = quantised[0][: -len(".comfy_quant")]
     assert stored[layer + ".weight"].dtype == torch.float8_e4m3fn and stored[layer + ".weight_scale"].shape == ()
     assert stored["img_in.weight"].dtype == torch.bfloat16  # outside the blocks: kept as it was
-    weights, scales = split_scales(stored)
+    weights, scales = split_scales(stored, "flux1-dev-fp8mixed.safetensors")
     assert set(weights) == set(state) and set(scales) == {k[: -len(".comfy_quant")] + ".weight" for k in quantised}
 
 
@@ -86,15 +88,60 @@ def test_a_qwen_image_fp8mixed_file_computes_each_weight_times_its_scale(tmp_pat
     assert torch.equal(got["img_in.weight"], bf16["img_in.weight"])  # bf16 outside the blocks: as stored
 
 
+def _descriptor(spec: dict[str, object]) -> torch.Tensor:
+    return torch.tensor(list(json.dumps(spec).encode()), dtype=torch.uint8)
+
+
+# as ComfyUI after 0.8.0 writes an int8 ConvRot layer: int8 rows, a float32 scale per row, this descriptor
+INT8_CONVROT = {"format": "int8_tensorwise", "convrot": True, "convrot_groupsize": 256}
+
+
 def test_a_format_other_than_fp8_is_refused_by_name(tmp_path: Path) -> None:
     state = random_tensors(flux_shapes(width=128, head_dim=64), 0, torch.bfloat16)
     key = "double_blocks.0.img_attn.qkv"
     state[key + ".weight"] = torch.zeros(state[key + ".weight"].shape, dtype=torch.int8)
     state[key + ".weight_scale"] = torch.ones(state[key + ".weight"].shape[0], 1)
-    spec = {"format": "int8_tensorwise", "convrot": True, "convrot_groupsize": 256, "per_row": True}
-    state[key + ".comfy_quant"] = torch.tensor(list(json.dumps(spec).encode()), dtype=torch.uint8)
+    state[key + ".comfy_quant"] = _descriptor({**INT8_CONVROT, "per_row": True})
     path = tmp_path / "flux1-dev-int8-convrot.safetensors"
     save_file(state, str(path))
-    with pytest.raises(ModelError, match=r"'int8_tensorwise' with ConvRot rotation.*bf16, fp8 or fp8mixed file"):
+    with pytest.raises(ModelError, match=r"^flux1-dev-int8-convrot\.safetensors: double_blocks\.0\.img_attn\.qkv is "
+                       r"quantised as ComfyUI's 'int8_tensorwise' with ConvRot rotation \(Hadamard groups of 256\), "
+                       r"a format ComfyUI 0\.8\.0, .* does not load either .*bf16, fp8 or fp8mixed file$"):
         _unet(path)
     assert flux.parse_flux(TensorSource(path)) is not None  # recognised as FLUX: refused for its format only
+
+
+def test_the_z_image_turbo_int8_template_file_is_refused_naming_file_format_and_what_to_use(tmp_path: Path) -> None:
+    """image_z_image_turbo_int8's diffusion model: Z-Image's block linears in the int8 ConvRot form."""
+    stored: dict[str, torch.Tensor] = {}
+    for k, v in tensors(zimage_shapes(), 0, torch.bfloat16).items():
+        if k.startswith("layers.") and k.endswith(".weight") and v.ndim == 2:
+            layer = k[: -len(".weight")]
+            stored[k] = torch.zeros(v.shape, dtype=torch.int8)
+            stored[layer + ".weight_scale"] = torch.ones(v.shape[0], 1)
+            stored[layer + ".comfy_quant"] = _descriptor(INT8_CONVROT)
+        else:
+            stored[k] = v
+    path = tmp_path / "z_image_turbo_int8_convrot.safetensors"
+    save_file(stored, str(path))
+    with pytest.raises(ModelError) as refused:
+        _unet(path)
+    message = str(refused.value)
+    assert message.startswith("z_image_turbo_int8_convrot.safetensors: layers.0.")
+    assert "'int8_tensorwise' with ConvRot rotation (Hadamard groups of 256)" in message
+    assert "ComfyUI 0.8.0" in message and message.endswith("use the same model's bf16, fp8 or fp8mixed file")
+
+
+@pytest.mark.parametrize(("spec", "says"), [
+    ({"format": "nvfp4"}, "'nvfp4', which ComfyUI 0.8.0 computes with comfy-kitchen's kernels and this stage "
+                          "does not (it reads float8_e4m3fn and float8_e5m2)"),
+    ({"format": "mxfp8"}, "'mxfp8', a format ComfyUI 0.8.0, the version this mesh matches, does not load either "
+                          "(it knows float8_e4m3fn, float8_e5m2, nvfp4)"),
+])
+def test_the_refusal_says_whether_comfyui_080_loads_the_format(spec: dict[str, object], says: str) -> None:
+    state = {"blocks.0.linear.weight": torch.zeros(4, 4, dtype=torch.uint8),
+             "blocks.0.linear.comfy_quant": _descriptor(spec)}
+    with pytest.raises(ModelError) as refused:
+        split_scales(state, "model.safetensors")
+    assert str(refused.value) == (f"model.safetensors: blocks.0.linear is quantised as ComfyUI's {says}: use the "
+                                  "same model's bf16, fp8 or fp8mixed file")

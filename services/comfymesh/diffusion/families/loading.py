@@ -79,7 +79,7 @@ def load_fp8_aware(src: TensorSource, prefix: str, make: Callable[[], Any], conv
     """`make()`'s model (built on the meta device) holding the file's weights under `prefix`, renamed by
     `convert`, on `device`: fp8 linears (fp8 and scaled-fp8 files) stay fp8 and compute in `dtype` per layer, as
     ComfyUI runs them; the rest in `dtype`. ModelError naming the file when the weights do not fit the model."""
-    weights, scales = split_scales(file_state(src, prefix))
+    weights, scales = split_scales(file_state(src, prefix), src.path.name)
     rows = converted_row_scales(convert, weights, scales)
     state = convert(weights)
     with torch.device("meta"):

@@ -125,7 +125,7 @@ def build_qwen_image(src: TensorSource, layout: QwenImageLayout, device: torch.d
     p = layout.prefix
     # fp8 and fp8mixed files compute upcast: their weights times their scales
     state = dequantized({k[len(p):]: v for k, v in src.with_prefix(p).items() if k != p + _ZERO_MARKER}, device,
-                        dtype)
+                        dtype, src.path.name)
     with torch.device("meta"):
         model: Any = QwenImageTransformer2DModel(**model_config(layout))
     # the RoPE table is ours (ComfyUI's positions), not diffusers' precomputed one

@@ -127,7 +127,7 @@ def build_zimage(src: TensorSource, layout: ZImageLayout, device: torch.device,
     from diffusers.loaders.single_file_utils import convert_z_image_transformer_checkpoint_to_diffusers
 
     state = convert_z_image_transformer_checkpoint_to_diffusers(dequantized(file_state(src, layout.prefix), device,
-                                                                            dtype))
+                                                                            dtype, src.path.name))
     with torch.device("meta"):
         model = _new_model(layout)
     result = model.load_state_dict(state, strict=False, assign=True)

@@ -5,7 +5,8 @@ A scaled-fp8 file (ComfyUI's older quantised form) marks itself with a `scaled_f
 and gives each quantised linear a per-tensor `<layer>.scale_weight`: the real weight is weight · scale_weight.
 ComfyUI's mixed-precision files (`*_fp8mixed`, `*_fp8_mixed`) give each quantised linear a `<layer>.weight_scale`
 instead and a `<layer>.comfy_quant` (JSON bytes naming the format, `float8_e4m3fn`); their other layers are bf16.
-Formats other than fp8 (int8, nvfp4, ...) are refused by name.
+Formats other than fp8 (nvfp4, int8, int8 with a ConvRot rotation, ...) are refused naming the file, the layer
+and the format.
 Key conversions (fused qkv chunks, renames) are followed by converting a state of per-row scale vectors with
 the same function as the weights, so each converted weight finds its rows' scales without a name map.
 """
@@ -30,6 +31,9 @@ MARKER = "scaled_fp8"
 # input scales matter only to fp8 matmuls that quantise their input, which this path does not do
 _IGNORED = (".scale_input", ".input_scale", QUANT_SUFFIX)
 FP8_FORMATS = ("float8_e4m3fn", "float8_e5m2")
+# the formats ComfyUI 0.8.0 loads (QUANT_ALGOS in its comfy/quant_ops.py); int8_tensorwise, its ConvRot form,
+# mxfp8 and the 4-bit forms came later (comfy-kitchen 0.2.11 and on), so 0.8.0 fails on those files too
+COMFYUI_080_FORMATS = (*FP8_FORMATS, "nvfp4")
 
 
 def is_fp8(t: torch.Tensor) -> bool:
@@ -45,46 +49,60 @@ def bookkeeping(key: str, keys: Collection[str]) -> bool:
     return key.endswith(MIXED_SCALE_SUFFIX) and key[: -len(MIXED_SCALE_SUFFIX)] + ".weight" in keys
 
 
-def quant_format(key: str, descriptor: torch.Tensor) -> str:
-    """The format a `<layer>.comfy_quant` descriptor names; ModelError for one this stage does not compute
-    (only fp8 is: int8, nvfp4, mxfp8 and the rotated forms need ComfyUI's own kernels)."""
+def quant_format(key: str, descriptor: torch.Tensor, source: str) -> str:
+    """The format a `<layer>.comfy_quant` descriptor of the file `source` names; ModelError for one this stage
+    does not compute (it computes fp8 only), saying whether ComfyUI 0.8.0 loads it."""
     try:
         spec = json.loads(bytes(descriptor.to(torch.uint8).reshape(-1).tolist()).decode("utf-8"))
         fmt = str(spec["format"])
     except (ValueError, KeyError, TypeError):
-        raise ModelError(f"{key}: an unreadable quantisation descriptor (expected JSON naming a format)") from None
-    if fmt not in FP8_FORMATS:
-        extra = " with ConvRot rotation" if spec.get("convrot") else ""
-        raise ModelError(f"{key[: -len(QUANT_SUFFIX)]} is quantised as ComfyUI's {fmt!r}{extra}, which this stage "
-                         f"does not compute (it reads {' and '.join(FP8_FORMATS)}): use the model's bf16, fp8 or "
-                         "fp8mixed file")
-    return fmt
+        raise ModelError(f"{source}: {key} is an unreadable quantisation descriptor (expected JSON naming a "
+                         "format)") from None
+    if fmt in FP8_FORMATS:
+        return fmt
+    layer = key[: -len(QUANT_SUFFIX)]
+    if spec.get("convrot"):
+        fmt_name = f"{fmt!r} with ConvRot rotation (Hadamard groups of {spec.get('convrot_groupsize', 256)})"
+    else:
+        fmt_name = repr(fmt)
+    if fmt in COMFYUI_080_FORMATS:
+        why = (f"which ComfyUI 0.8.0 computes with comfy-kitchen's kernels and this stage does not (it reads "
+               f"{' and '.join(FP8_FORMATS)})")
+    else:
+        why = (f"a format ComfyUI 0.8.0, the version this mesh matches, does not load either (it knows "
+               f"{', '.join(COMFYUI_080_FORMATS)})")
+    raise ModelError(f"{source}: {layer} is quantised as ComfyUI's {fmt_name}, {why}: use the same model's bf16, "
+                     "fp8 or fp8mixed file")
 
 
-def split_scales(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+def split_scales(state: dict[str, torch.Tensor], source: str) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
     """(the state without the quantisation bookkeeping keys, weight key → its per-tensor scale), for scaled-fp8
-    and mixed-precision files alike; ModelError for a quantised format other than fp8."""
+    and mixed-precision files alike; ModelError naming the file `source` for a quantised format other than fp8."""
+    for k, v in state.items():
+        # every descriptor first: another format's scales (int8's per-row ones) must not be misread as fp8's
+        if k.endswith(QUANT_SUFFIX):
+            quant_format(k, v, source)
     weights: dict[str, torch.Tensor] = {}
     scales: dict[str, float] = {}
     for k, v in state.items():
-        if k.endswith(QUANT_SUFFIX):
-            quant_format(k, v)
         if not bookkeeping(k, state):
             weights[k] = v
             continue
         for suffix in (SCALE_SUFFIX, MIXED_SCALE_SUFFIX):
             if k.endswith(suffix):
                 if v.numel() != 1:
-                    raise ModelError(f"{k}: a weight scale of shape {tuple(v.shape)}; only per-tensor fp8 scales "
-                                     "are read")
+                    raise ModelError(f"{source}: {k} is a weight scale of shape {tuple(v.shape)}; only "
+                                     "per-tensor fp8 scales are read")
                 scales[k[: -len(suffix)] + ".weight"] = float(v.float().reshape(-1)[0])
     return weights, scales
 
 
-def dequantized(state: dict[str, torch.Tensor], device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """The state on `device` in `dtype` with each fp8 weight times its scale and the bookkeeping keys gone: for
-    the families that compute every layer in the compute dtype (fp8 and fp8mixed files upcast at load)."""
-    weights, scales = split_scales(state)
+def dequantized(state: dict[str, torch.Tensor], device: torch.device, dtype: torch.dtype,
+                source: str) -> dict[str, torch.Tensor]:
+    """The state (of the file `source`) on `device` in `dtype` with each fp8 weight times its scale and the
+    bookkeeping keys gone: for the families that compute every layer in the compute dtype (fp8 and fp8mixed
+    files upcast at load)."""
+    weights, scales = split_scales(state, source)
     return {k: (v.to(device).float() * scales[k] if k in scales else v.to(device)).to(dtype)
             for k, v in weights.items()}
 

@@ -75,7 +75,7 @@ def build_decoder(src: TensorSource, layout: DecoderLayout, make: Callable[[], A
     the file when the weights do not fit."""
     p = layout.prefix
     raw = {k[len(p):]: v for k, v in src.with_prefix(p).items() if not k[len(p):].startswith(skip)}
-    weights, scales = split_scales(raw)
+    weights, scales = split_scales(raw, src.path.name)
     with torch.device("meta"):
         model = make()
     rest = install_fp8_linears(model, {k: v.to(device) for k, v in weights.items()},

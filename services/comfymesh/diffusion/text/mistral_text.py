@@ -123,7 +123,7 @@ def build_mistral(src: TensorSource, layout: MistralLayout, device: torch.device
     from transformers import MistralModel
 
     raw = {k[len(PREFIX):]: v for k, v in src.with_prefix(PREFIX).items()}
-    weights, scales = split_scales(raw)
+    weights, scales = split_scales(raw, src.path.name)
     state = {k: (v.float() * scales.get(k, 1.0) if is_fp8(v) else v).to(device=device, dtype=dtype)
              for k, v in weights.items()}
     with torch.device("meta"):

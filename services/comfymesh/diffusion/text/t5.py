@@ -74,7 +74,7 @@ def build_t5(src: TensorSource, layout: T5Layout, device: torch.device, dtype: t
     from transformers import T5EncoderModel
 
     raw = {k[len(layout.prefix):]: v for k, v in src.with_prefix(layout.prefix).items()}
-    weights, scales = split_scales(raw)
+    weights, scales = split_scales(raw, src.path.name)
     weights = {k: v for k, v in weights.items() if k.startswith(("shared.", "encoder."))}
     with torch.device("meta"):
         model = T5EncoderModel(t5_config(layout))
