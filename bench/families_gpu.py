@@ -42,6 +42,7 @@ import io
 import json
 import math
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -49,7 +50,6 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -96,10 +96,12 @@ def clip_full(prefix: str, width: int, layers: int, projection: bool) -> Shapes:
 
 
 def file_specs(family: str, tiny: bool) -> list[dict[str, Any]]:
-    """[{folder, name, shapes, dtype, fp8}] of one family's files, tiny (the builders' defaults) or full size."""
+    """[{folder, name, shapes, dtype, fp8, fp8_keys, fixed, seed}] of one family's files, tiny (the builders' defaults)
+    or full size. `fp8`: "scaled" (ComfyUI's scaled fp8), "mixed" (the fp8mixed form) or "plain" (fp8 casts);
+    `fp8_keys`: only keys containing one of these are quantised; `fixed`: tensors written as given."""
     import torch
 
-    from comfymesh.diffusion.models import tiny_flux, tiny_sd3, tiny_zimage
+    from comfymesh.diffusion.models import tiny_flux, tiny_flux2, tiny_qwen_image, tiny_sd3, tiny_zimage
 
     if family == "zimage":
         return [
@@ -117,7 +119,9 @@ def file_specs(family: str, tiny: bool) -> list[dict[str, Any]]:
             width=3072, head_dim=128, depth=19, depth_single=38, context=4096, vec=768, guidance=True)
         return [
             {"folder": "diffusion_models", "name": tiny_flux.DIFFUSION_MODEL, "dtype": torch.bfloat16, "shapes": dit},
-            {"folder": "diffusion_models", "name": FLUX_FP8, "dtype": torch.bfloat16, "shapes": dit, "fp8": True},
+            # the bf16 file's weights (same seed, same draws) in ComfyUI's scaled-fp8 form
+            {"folder": "diffusion_models", "name": FLUX_FP8, "dtype": torch.bfloat16, "shapes": dit, "fp8": "scaled",
+             "seed": 0},
             {"folder": "text_encoders", "name": tiny_flux.CLIP_L, "dtype": torch.bfloat16,
              "shapes": tiny_flux.clip_l_shapes() if tiny else clip_full("", 768, 12, False)},
             {"folder": "text_encoders", "name": tiny_flux.T5, "dtype": torch.float16,
@@ -140,77 +144,155 @@ def file_specs(family: str, tiny: bool) -> list[dict[str, Any]]:
                 width=4096, layers=24, heads=64, head_dim=64, ff=10240).items()}
             shapes |= full_vae("first_stage_model.")
         return [{"folder": "checkpoints", "name": SD3_CKPT, "dtype": torch.float16, "shapes": shapes}]
+    if family == "qwen":
+        q = tiny_qwen_image
+        text = q.qwen25_vl_text_shapes() | q.qwen25_vl_vision_shapes() if tiny else (
+            q.qwen25_vl_text_shapes(width=3584, layers=28, heads=28, kv_heads=4, intermediate=18944)
+            | q.qwen25_vl_vision_shapes(width=1280, depth=32, intermediate=3420, out_width=3584))
+        return [
+            {"folder": "diffusion_models", "name": q.DIFFUSION_MODEL, "dtype": torch.bfloat16, "fp8": "plain",
+             "shapes": q.qwen_image_shapes() if tiny else q.qwen_image_shapes(dim=3072, heads=24, layers=60,
+                                                                              text_dim=3584)},
+            # the language model's linears in scaled fp8; the vision tower (unused by txt2img) stays bf16
+            {"folder": "text_encoders", "name": q.TEXT_ENCODER, "dtype": torch.bfloat16, "shapes": text,
+             "fp8": "scaled", "fp8_keys": ("model.layers.",)},
+            {"folder": "vae", "name": q.VAE, "dtype": torch.bfloat16,
+             "shapes": q.wan21_vae_shapes() if tiny else q.wan21_vae_shapes(dim=96)},
+        ]
+    f2 = tiny_flux2
+    vae = {"folder": "vae", "name": FLUX2_VAE, "dtype": torch.bfloat16,
+           "shapes": f2.flux2_vae_shapes() if tiny else f2.flux2_vae_shapes(128, mult=(1, 2, 4, 4), res_blocks=2)}
+    if family == "klein":
+        return [
+            {"folder": "diffusion_models", "name": KLEIN_MODEL, "dtype": torch.bfloat16,
+             "shapes": f2.flux2_shapes() if tiny else f2.flux2_shapes(**f2.KLEIN_4B)},
+            {"folder": "text_encoders", "name": KLEIN_TEXT, "dtype": torch.bfloat16,
+             "shapes": f2.klein_qwen3_shapes() if tiny else f2.klein_qwen3_shapes(**f2.QWEN3_4B)},
+            vae,
+        ]
+    if family == "flux2dev":
+        # Mistral 3 Small pruned to 30 layers, as the fp8 template's file is (Dev reads the hidden states entering
+        # blocks 10, 20 and 30); the tiny builder's tekken.json as its tokenizer (ids < 301 of the 131 072 rows)
+        mistral = {**(f2.TINY_MISTRAL if tiny else f2.MISTRAL3_SMALL), "layers": 30}
+        tekken = torch.frombuffer(bytearray(f2.tiny_tekken()), dtype=torch.uint8)
+        return [
+            # tiny: 2 + 4 blocks, so that a budget below the model still holds the two-block window
+            {"folder": "diffusion_models", "name": DEV_MODEL, "dtype": torch.bfloat16, "fp8": "mixed",
+             "shapes": f2.flux2_shapes(guidance=True, depth=2, depth_single=4) if tiny else f2.flux2_shapes(**f2.DEV)},
+            {"folder": "text_encoders", "name": DEV_TEXT, "dtype": torch.bfloat16, "fp8": "scaled",
+             "shapes": f2.mistral_shapes(**mistral), "fixed": {"tekken_model": tekken}},
+            vae,
+        ]
     raise ValueError(family)
 
 
 FLUX_FP8 = "flux1-dev-fp8-scaled.safetensors"
 SD3_CKPT = "sd3.5_medium_incl_clips_t5xxlfp16.safetensors"
+KLEIN_MODEL, KLEIN_TEXT = "flux-2-klein-4b.safetensors", "qwen_3_4b.safetensors"
+DEV_MODEL, DEV_TEXT = "flux2_dev_fp8mixed.safetensors", "mistral_3_small_flux2_fp8.safetensors"
+FLUX2_VAE = "flux2-vae.safetensors"
 
 
 def _init(name: str, shape: tuple[int, ...], gen: Any) -> Any:
     """tiny_checkpoint._init's scheme (norms near 1, small biases, weights / √fan-in), drawn where `gen` lives;
-    FLUX's RMSNorm `.scale`s near 1 as tiny_flux draws them."""
+    FLUX's RMSNorm `.scale`s and the Wan VAE's `gamma`s near 1 as the tiny builders draw them, the FLUX.2 VAE's
+    batch-norm statistics as a trained VAE has them (small means, variances near 1)."""
     import torch
 
     from comfymesh.diffusion.models.tiny_checkpoint import _init as tiny_init
 
-    if name.endswith(".scale"):
+    if name.endswith((".scale", "gamma")):
         return 1.0 + 0.01 * torch.randn(shape, generator=gen, device=gen.device)
+    if name.endswith("running_mean"):
+        return 0.1 * torch.randn(shape, generator=gen, device=gen.device)
+    if name.endswith("running_var"):
+        return 1.0 + 0.5 * torch.rand(shape, generator=gen, device=gen.device)
     return tiny_init(name, shape, gen)
 
 
 SAFETENSORS_DTYPES = {"torch.bfloat16": "BF16", "torch.float16": "F16", "torch.float32": "F32",
-                      "torch.float8_e4m3fn": "F8_E4M3"}
+                      "torch.float8_e4m3fn": "F8_E4M3", "torch.uint8": "U8"}
+FP8_DESCRIPTOR = json.dumps({"format": "float8_e4m3fn"}).encode()  # an fp8mixed layer's `comfy_quant`
+Entry = tuple[str, tuple[int, ...], Any]  # name, shape, stored dtype
 
 
-def write_file(path: Path, spec: dict[str, Any], device: str, seed: int) -> float:
-    """Stream one safetensors file to disk tensor by tensor (a 24 GB file never sits in host memory whole);
-    with `fp8`, ComfyUI's scaled-fp8 form of the same weights (2-D weights fp8(w / s), s = max|w| / 448 as
-    `scale_weight`, the `scaled_fp8` marker). Returns the file size in bytes."""
+def quantised(spec: dict[str, Any], name: str, shape: tuple[int, ...]) -> bool:
+    """Whether the file's fp8 form stores this tensor in fp8: 2-D weights (within `fp8_keys`), in the scaled form
+    outside the embeddings (and T5's shared table), in the mixed and plain forms inside the transformer blocks."""
+    mode = spec.get("fp8")
+    if not mode or len(shape) != 2 or not name.endswith(".weight"):
+        return False
+    if not any(k in name for k in spec.get("fp8_keys", ("",))):
+        return False
+    if mode == "scaled":
+        return "embed" not in name and not name.startswith("shared.")
+    return "blocks." in name
+
+
+def file_layout(spec: dict[str, Any]) -> tuple[list[Entry], bytes]:
+    """The file's tensors in write order and its safetensors header (length prefix included): every dtype and size is
+    known up front, since quantisation keeps shapes and only adds scalars (and descriptors)."""
     import torch
 
-    gen = torch.Generator(device).manual_seed(seed)
-    entries: list[tuple[str, tuple[int, ...], torch.dtype, Callable[[], torch.Tensor]]] = []
-    fp8 = bool(spec.get("fp8"))
-
-    def scaled(w: torch.Tensor) -> bool:
-        return fp8 and w.ndim == 2
-
-    plan: list[tuple[str, tuple[int, ...]]] = sorted(spec["shapes"].items())
-    # headers need every dtype and size up front: fp8 quantisation keeps shapes, adds a scalar per weight
-    for name, shape in plan:
-        is_fp8 = fp8 and len(shape) == 2 and name.endswith(".weight") and "embed" not in name \
-            and not name.startswith("shared.")
-        entries.append((name, shape, torch.float8_e4m3fn if is_fp8 else spec["dtype"], lambda: torch.empty(0)))
-        if is_fp8:
-            entries.append((name[: -len(".weight")] + ".scale_weight", (), torch.float32, lambda: torch.empty(0)))
-    if fp8:
-        entries.append(("scaled_fp8", (0,), torch.float8_e4m3fn, lambda: torch.empty(0)))
+    fp8, mode = torch.float8_e4m3fn, spec.get("fp8")
+    entries: list[Entry] = []
+    for name, shape in sorted(spec["shapes"].items()):
+        if not quantised(spec, name, shape):
+            entries.append((name, shape, spec["dtype"]))
+            continue
+        layer = name[: -len(".weight")]
+        entries.append((name, shape, fp8))
+        if mode == "scaled":
+            entries.append((layer + ".scale_weight", (), torch.float32))
+        elif mode == "mixed":
+            entries += [(layer + ".weight_scale", (), torch.float32),
+                        (layer + ".comfy_quant", (len(FP8_DESCRIPTOR),), torch.uint8)]
+    entries += [(k, tuple(v.shape), v.dtype) for k, v in spec.get("fixed", {}).items()]
+    if mode == "scaled":
+        entries.append(("scaled_fp8", (0,), fp8))
     header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
     offset = 0
-    for name, shape, dtype, _ in entries:
+    for name, shape, dtype in entries:
         size = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
         header[name] = {"dtype": SAFETENSORS_DTYPES[str(dtype)], "shape": list(shape), "data_offsets": [offset, offset + size]}
         offset += size
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)
+    return entries, len(raw).to_bytes(8, "little") + raw
+
+
+def write_file(path: Path, spec: dict[str, Any], device: str, seed: int) -> float:
+    """Stream one safetensors file to disk tensor by tensor (a 24 GB file never sits in host memory whole).
+    fp8 forms (`quantised` says which tensors): "scaled" and "mixed" store fp8(w / s) with s = max|w| / 448 as the
+    layer's `scale_weight` (and the `scaled_fp8` marker) or `weight_scale` (and its `comfy_quant` descriptor);
+    "plain" stores fp8(w). Returns the file size in bytes."""
+    import torch
+
+    gen = torch.Generator(device).manual_seed(seed)
+    entries, header = file_layout(spec)
+    fixed: dict[str, torch.Tensor] = spec.get("fixed", {})
+    fp8, mode = torch.float8_e4m3fn, spec.get("fp8")
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as f:
-        f.write(len(raw).to_bytes(8, "little"))
-        f.write(raw)
-        pending: dict[str, torch.Tensor] = {}
-        for name, shape, dtype, _ in entries:
-            if name in pending:
-                t = pending.pop(name)
+        f.write(header)
+        scales: dict[str, torch.Tensor] = {}  # written right after their weights
+        for name, shape, dtype in entries:
+            if name in scales:
+                t = scales.pop(name)
+            elif name in fixed:
+                t = fixed[name]
             elif name == "scaled_fp8":
-                t = torch.empty(0, dtype=torch.float8_e4m3fn)
+                t = torch.empty(0, dtype=fp8)
+            elif name.endswith(".comfy_quant"):
+                t = torch.frombuffer(bytearray(FP8_DESCRIPTOR), dtype=torch.uint8)
             else:
                 w = _init(name, shape, gen)
-                if dtype == torch.float8_e4m3fn:
+                if dtype == fp8 and mode != "plain":
                     w = w.float()
                     s = w.abs().max() / 448.0
-                    pending[name[: -len(".weight")] + ".scale_weight"] = s.reshape(()).float()
-                    t = (w / s).to(torch.float8_e4m3fn)
+                    key = ".scale_weight" if mode == "scaled" else ".weight_scale"
+                    scales[name[: -len(".weight")] + key] = s.reshape(()).float()
+                    t = (w / s).to(fp8)
                 else:
                     t = w.to(dtype)
             f.write(t.contiguous().reshape(-1).cpu().view(torch.uint8).numpy().tobytes())
@@ -222,8 +304,7 @@ def make_files(family: str, models: Path, args: argparse.Namespace) -> dict[str,
     for k, spec in enumerate(file_specs(family, args.tiny)):
         path = models / spec["folder"] / spec["name"]
         start = time.perf_counter()
-        # the fp8 file holds the bf16 file's weights: same seed, same draws
-        size = write_file(path, spec, args.device, seed=100 * k if not spec.get("fp8") else 0)
+        size = write_file(path, spec, args.device, seed=spec.get("seed", 100 * k))
         params = sum(math.prod(s) for s in spec["shapes"].values())
         out[spec["name"]] = {"params_M": round(params / 1e6, 1), "GiB": round(size / GiB, 3),
                              "write_s": round(time.perf_counter() - start, 1)}
@@ -236,9 +317,9 @@ def make_files(family: str, models: Path, args: argparse.Namespace) -> dict[str,
 
 def graph(family: str, args: argparse.Namespace, seed: int, variant: str = "") -> dict[str, Any]:
     """The family's template-shaped API prompt at the bench's size and steps."""
-    from comfymesh.diffusion.models import tiny_flux, tiny_zimage
+    from comfymesh.diffusion.models import tiny_flux, tiny_qwen_image, tiny_zimage
 
-    size, steps = args.size, args.steps or STEPS[family]
+    size, steps = size_of(family, args), args.steps or STEPS[family]
     save = {"class_type": "SaveImage", "inputs": {"filename_prefix": "bench", "images": ["8", 0]}}
     if family == "zimage":  # the frontend's default graph (Z-Image Turbo): KSampler res_multistep/simple, cfg 1
         return {
@@ -291,10 +372,73 @@ def graph(family: str, args: argparse.Namespace, seed: int, variant: str = "") -
                 "latent_image": ["53", 0]}},
             "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["4", 2]}}, "9": save,
         }
+    if family == "qwen":  # image_qwen_image on its 20-step, cfg 4 branch (the Lightning LoRA switched off)
+        return {
+            "37": {"class_type": "UNETLoader", "inputs": {"unet_name": tiny_qwen_image.DIFFUSION_MODEL,
+                                                          "weight_dtype": "default"}},
+            "38": {"class_type": "CLIPLoader", "inputs": {"clip_name": tiny_qwen_image.TEXT_ENCODER,
+                                                          "type": "qwen_image", "device": "default"}},
+            "39": {"class_type": "VAELoader", "inputs": {"vae_name": tiny_qwen_image.VAE}},
+            "66": {"class_type": "ModelSamplingAuraFlow", "inputs": {"shift": QWEN_SHIFT, "model": ["37", 0]}},
+            "6": {"class_type": "CLIPTextEncode", "inputs": {"text": PROMPT, "clip": ["38", 0]}},
+            "7": {"class_type": "CLIPTextEncode", "inputs": {"text": NEGATIVE, "clip": ["38", 0]}},
+            "58": {"class_type": "EmptySD3LatentImage", "inputs": {"width": size, "height": size, "batch_size": 1}},
+            "3": {"class_type": "KSampler", "inputs": {
+                "seed": seed, "steps": steps, "cfg": QWEN_CFG, "sampler_name": "euler", "scheduler": "simple",
+                "denoise": 1, "model": ["66", 0], "positive": ["6", 0], "negative": ["7", 0],
+                "latent_image": ["58", 0]}},
+            "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["39", 0]}}, "9": save,
+        }
+    if family == "klein":  # image_flux2_klein_text_to_image's distilled subgraph: cfg 1 against the zeroed prompt
+        return {
+            "70": {"class_type": "UNETLoader", "inputs": {"unet_name": KLEIN_MODEL, "weight_dtype": "default"}},
+            "71": {"class_type": "CLIPLoader", "inputs": {"clip_name": KLEIN_TEXT, "type": "flux2",
+                                                          "device": "default"}},
+            "72": {"class_type": "VAELoader", "inputs": {"vae_name": FLUX2_VAE}},
+            "74": {"class_type": "CLIPTextEncode", "inputs": {"text": PROMPT, "clip": ["71", 0]}},
+            "76": {"class_type": "ConditioningZeroOut", "inputs": {"conditioning": ["74", 0]}},
+            "63": {"class_type": "CFGGuider", "inputs": {"cfg": 1, "model": ["70", 0], "positive": ["74", 0],
+                                                         "negative": ["76", 0]}},
+            "61": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}},
+            "62": {"class_type": "Flux2Scheduler", "inputs": {"steps": steps, "width": size, "height": size}},
+            "66": {"class_type": "EmptyFlux2LatentImage", "inputs": {"width": size, "height": size, "batch_size": 1}},
+            "73": {"class_type": "RandomNoise", "inputs": {"noise_seed": seed}},
+            "64": {"class_type": "SamplerCustomAdvanced", "inputs": {
+                "noise": ["73", 0], "guider": ["63", 0], "sampler": ["61", 0], "sigmas": ["62", 0],
+                "latent_image": ["66", 0]}},
+            "8": {"class_type": "VAEDecode", "inputs": {"samples": ["64", 0], "vae": ["72", 0]}}, "9": save,
+        }
+    if family == "flux2dev":  # image_flux2_fp8's text-to-image part: FluxGuidance 4 → BasicGuider, Flux2Scheduler
+        return {
+            "12": {"class_type": "UNETLoader", "inputs": {"unet_name": DEV_MODEL, "weight_dtype": "default"}},
+            "38": {"class_type": "CLIPLoader", "inputs": {"clip_name": DEV_TEXT, "type": "flux2", "device": "default"}},
+            "10": {"class_type": "VAELoader", "inputs": {"vae_name": FLUX2_VAE}},
+            "6": {"class_type": "CLIPTextEncode", "inputs": {"text": PROMPT, "clip": ["38", 0]}},
+            "26": {"class_type": "FluxGuidance", "inputs": {"guidance": 4, "conditioning": ["6", 0]}},
+            "22": {"class_type": "BasicGuider", "inputs": {"model": ["12", 0], "conditioning": ["26", 0]}},
+            "16": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}},
+            "48": {"class_type": "Flux2Scheduler", "inputs": {"steps": steps, "width": size, "height": size}},
+            "47": {"class_type": "EmptyFlux2LatentImage", "inputs": {"width": size, "height": size, "batch_size": 1}},
+            "25": {"class_type": "RandomNoise", "inputs": {"noise_seed": seed}},
+            "13": {"class_type": "SamplerCustomAdvanced", "inputs": {
+                "noise": ["25", 0], "guider": ["22", 0], "sampler": ["16", 0], "sigmas": ["48", 0],
+                "latent_image": ["47", 0]}},
+            "8": {"class_type": "VAEDecode", "inputs": {"samples": ["13", 0], "vae": ["10", 0]}}, "9": save,
+        }
     raise ValueError(family)
 
 
-STEPS = {"zimage": 8, "flux": 20, "sd3": 28}
+STEPS = {"zimage": 8, "flux": 20, "sd3": 28, "qwen": 20, "klein": 4, "flux2dev": 28}
+SIZES = {"qwen": 1328}  # the templates' 1:1 size where it is not 1024
+QWEN_SHIFT, QWEN_CFG = 3.1, 4.0
+PIPELINES = ("zimage", "flux", "sd3", "qwen", "klein")  # FLUX.2 Dev's 32 B in bf16 leave no room beside activations
+# the fast path's compile is measured where it takes about two minutes (Qwen-Image's 60 blocks take longer; FLUX.2
+# has no fast path; a streamed model runs eagerly)
+FAST = ("zimage", "flux", "sd3")
+
+
+def size_of(family: str, args: argparse.Namespace) -> int:
+    return int(args.size or SIZES.get(family, 1024))
 SD3_CFG = 4.5
 SAMPLER_NODES = ("KSampler", "SamplerCustomAdvanced")
 COMPUTE_NODES = ("CLIPTextEncode", *SAMPLER_NODES, "VAEDecode")
@@ -344,11 +488,12 @@ def PooledFirst(clip: Any) -> Any:
 def build_pipeline(family: str, models: Path, device: Any) -> tuple[Any, dict[str, Any], dict[str, Any]]:
     """diffusers' pipeline for the family, assembled from the modules our loaders build from the bench's files;
     returns it, its call arguments, and the modules' sizes."""
+    import torch
     from diffusers import FlowMatchEulerDiscreteScheduler
     from transformers import CLIPTokenizer, PreTrainedTokenizerFast
 
     from comfymesh.diffusion.families import registry
-    from comfymesh.diffusion.models import tiny_flux, tiny_zimage
+    from comfymesh.diffusion.models import tiny_flux, tiny_qwen_image, tiny_zimage
     from comfymesh.diffusion.models.checkpoint import (
         load_checkpoint,
         load_family_encoders,
@@ -371,6 +516,10 @@ def build_pipeline(family: str, models: Path, device: Any) -> tuple[Any, dict[st
     def clip_tok() -> Any:
         return CLIPTokenizer.from_pretrained(str(tokenizer_dir()), local_files_only=True)
 
+    def qwen_tok() -> Any:
+        return PreTrainedTokenizerFast(tokenizer_file=str(qwen_tokenizer_dir() / "tokenizer.json"),
+                                      pad_token="<|endoftext|>", eos_token="<|im_end|>")
+
     def flow16(vae: Any, scale: float, shift: float) -> Any:
         vae.register_to_config(scaling_factor=scale, shift_factor=shift)
         return vae
@@ -384,8 +533,7 @@ def build_pipeline(family: str, models: Path, device: Any) -> tuple[Any, dict[st
         enc = load_family_encoders(family_obj, "lumina2", [models / "text_encoders" / tiny_zimage.TEXT_ENCODER], place)
         text = enc.clips["qwen3"]
         vae = flow16(load_vae_file(models / "vae" / tiny_zimage.VAE, place), 0.3611, 0.1159)
-        tok = PreTrainedTokenizerFast(tokenizer_file=str(qwen_tokenizer_dir() / "tokenizer.json"),
-                                      pad_token="<|endoftext|>", eos_token="<|im_end|>")
+        tok = qwen_tok()
         # Qwen3's chat template as ZImagePipeline applies it (a user turn, then the assistant's turn opened)
         tok.chat_template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
                              "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
@@ -430,6 +578,55 @@ def build_pipeline(family: str, models: Path, device: Any) -> tuple[Any, dict[st
             text_encoder_3=clips.get("t5"), tokenizer_3=t5_tok() if "t5" in clips else None, transformer=dit)
         kwargs = {"guidance_scale": SD3_CFG, "negative_prompt": NEGATIVE}
         sizes = {"transformer": module_gib(dit), "vae": module_gib(vae)} | {k: module_gib(v) for k, v in clips.items()}
+    elif family == "qwen":
+        from diffusers import QwenImagePipeline
+        from diffusers.models.transformers.transformer_qwenimage import QwenEmbedRope
+
+        from comfymesh.diffusion.text.qwen25_vl import TEXT
+
+        family_obj = registry.get("qwen_image")
+        assert family_obj is not None
+        dit = load_unet_file(models / "diffusion_models" / tiny_qwen_image.DIFFUSION_MODEL, place).unet
+        # our loader drops diffusers' RoPE table (the stage computes ComfyUI's positions): the pipeline needs it back
+        dit.pos_embed = QwenEmbedRope(theta=10000, axes_dim=list(dit.config.axes_dims_rope), scale_rope=True).to(device)
+        enc = load_family_encoders(family_obj, "qwen_image",
+                                   [models / "text_encoders" / tiny_qwen_image.TEXT_ENCODER], place)
+        # Qwen2.5-VL's language model as our loader builds it (transformers' Qwen2_5_VLTextModel) answers the
+        # pipeline's call (input_ids, attention_mask, output_hidden_states) as the full VL model does for text
+        text = enc.clips[TEXT]
+        vae = load_vae_file(models / "vae" / tiny_qwen_image.VAE, place)
+        # ModelSamplingAuraFlow's constant shift, as the template samples (the pipeline's μ is then unused)
+        pipe = QwenImagePipeline(scheduler=FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=QWEN_SHIFT),
+                                 vae=vae, text_encoder=text, tokenizer=qwen_tok(), transformer=dit)
+        kwargs = {"true_cfg_scale": QWEN_CFG, "negative_prompt": NEGATIVE}
+        sizes = {"transformer": module_gib(dit), "text_encoder": module_gib(*enc.clips.values()),
+                 "vae": module_gib(vae)}
+    elif family == "klein":
+        from diffusers import AutoencoderKLFlux2, Flux2KleinPipeline
+
+        family_obj = registry.get("flux2")
+        assert family_obj is not None
+        dit = load_unet_file(models / "diffusion_models" / KLEIN_MODEL, place).unet
+        enc = load_family_encoders(family_obj, "flux2", [models / "text_encoders" / KLEIN_TEXT], place)
+        text = enc.clips["qwen3"]
+        ours = load_vae_file(models / "vae" / FLUX2_VAE, place)
+        # our VAE speaks ComfyUI's normalised 128-channel latent; the pipeline normalises itself and decodes the
+        # 32-channel one: the same weights in diffusers' own class
+        with torch.device("meta"):
+            vae = AutoencoderKLFlux2.from_config(ours.config)
+        vae.load_state_dict(ours.state_dict(), assign=True)
+        tok = qwen_tok()
+        # Qwen3's chat template as Flux2KleinPipeline applies it (a user turn, the assistant's opened, thinking off)
+        tok.chat_template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+                             "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n"
+                             "{% if enable_thinking is defined and not enable_thinking %}<think>\n\n</think>\n\n"
+                             "{% endif %}{% endif %}")
+        sched = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True,
+                                                time_shift_type="exponential")
+        pipe = Flux2KleinPipeline(scheduler=sched, vae=vae, text_encoder=text, tokenizer=tok, transformer=dit,
+                                  is_distilled=True)
+        kwargs = {"guidance_scale": 1.0}  # the template's CFGGuider cfg 1: no unconditional pass
+        sizes = {"transformer": module_gib(dit), "text_encoder": module_gib(text), "vae": module_gib(vae)}
     else:
         raise ValueError(family)
     pipe.set_progress_bar_config(disable=True)
@@ -447,13 +644,13 @@ def pipeline_phase(family: str, models: Path, args: argparse.Namespace) -> dict[
     if cuda:
         res["allocated_after_load_GiB"] = round(torch.cuda.memory_allocated() / GiB, 2)
         torch.cuda.reset_peak_memory_stats()
-    steps = args.steps or STEPS[family]
+    steps, size = args.steps or STEPS[family], size_of(family, args)
     say(f"{family} pipeline built in {res['load_s']} s: {sizes}")
 
     def call(output: str, seed: int) -> float:
         t = time.perf_counter()
         with torch.inference_mode():
-            out = pipe(PROMPT, height=args.size, width=args.size, num_inference_steps=steps,
+            out = pipe(PROMPT, height=size, width=size, num_inference_steps=steps,
                        generator=torch.Generator(device).manual_seed(seed), output_type=output, **kwargs)
         if output == "pil":
             for image in out.images:
@@ -502,7 +699,7 @@ def fp8_transformer(models: Path, device: Any, args: argparse.Namespace) -> dict
         torch.cuda.reset_peak_memory_stats()
     sm = flux_family.FAMILY.sampling_model(parts.unet, parts.recognition, device)
     layout = flux_family.layout_of(parts.unet)
-    lat = args.size // 8
+    lat = size_of("flux", args) // 8
     x = torch.randn(1, 16, lat, lat, device=device, dtype=sm.dtype)
     ctx = torch.randn(1, 256, layout.context_dim, device=device, dtype=sm.dtype)
     y = flux_family.flux_y(None, 3.5, layout.vec_dim).to(device, sm.dtype)
@@ -554,7 +751,8 @@ def fp8_matmul_call(model: Any, call: Any, inputs: tuple[Any, ...], device: Any)
 
 
 class FamilyMesh:
-    def __init__(self, home: Path, args: argparse.Namespace, label: str, fast: bool = False) -> None:
+    def __init__(self, home: Path, args: argparse.Namespace, label: str, fast: bool = False,
+                 env: dict[str, str] | None = None) -> None:
         from tests.mesh import Mesh
 
         # a fresh data root per mesh (no node cache carries over), the family's models linked in
@@ -572,7 +770,8 @@ class FamilyMesh:
                               "COMFYMESH_FAST_PATH": "1" if fast else "0",
                               # the scaled-fp8 FLUX mesh multiplies in fp8 too when asked (with the fast path:
                               # compiled _scaled_mm, the way to ≤ 0.5× the pipeline on Hopper)
-                              "COMFYMESH_FP8_MATMUL": "1" if args.fp8_matmul and label.startswith(FLUX_FP8) else "0"})
+                              "COMFYMESH_FP8_MATMUL": "1" if args.fp8_matmul and label.startswith(FLUX_FP8) else "0",
+                              **(env or {})})
         self.client = HttpClient(self.mesh.port)
         self.label = label
 
@@ -618,16 +817,66 @@ class FamilyMesh:
         return {k: round(v / GiB, 2) for k, v in state.items() if k != "t"}
 
 
+def stream_budget(family: str, models: Path, args: argparse.Namespace) -> int:
+    """FLUX.2 Dev's model budget (COMFYMESH_MODEL_CACHE_BYTES): its non-block weights, the two-block window and
+    (1 − `--stream-share`) of its blocks' bytes, read from the file as the stage plans it, so that about that share
+    of the blocks streams from host memory; never below the text encoder's estimate, which must load first."""
+    import torch
+
+    from comfymesh.diffusion.memory import offload_plan
+    from comfymesh.diffusion.memory.fit import resident_bytes, tensor_bytes
+    from comfymesh.diffusion.models.convert import Placement
+
+    dtype = Placement.for_device(torch.device(args.device)).unet_dtype
+    blocks, other = offload_plan.file_blocks(tensor_bytes([models / "diffusion_models" / DEV_MODEL], dtype))
+    budget = offload_plan.minimum_bytes(blocks, other) + int((1 - args.stream_share) * sum(blocks.values()))
+    return max(budget, resident_bytes([models / "text_encoders" / DEV_TEXT], dtype))
+
+
+STREAMED_CALL = re.compile(r"streamed call of .*: ([0-9.]+) s, ([0-9.]+) s of it waiting on block copies")
+
+
+def log_messages(lines: list[str], marker: str) -> list[str]:
+    """The messages of a mesh's JSON log lines that contain `marker`."""
+    found = []
+    for line in lines:
+        if marker in line:
+            try:
+                found.append(str(json.loads(line.split(": ", 1)[1]).get("msg", line)))
+            except ValueError:
+                found.append(line)
+    return found
+
+
+def streaming_stats(lines: list[str]) -> dict[str, Any]:
+    """The stage's per-call streaming lines (memory.streaming): calls, their median time and copy wait, and the
+    share of the calls' time spent waiting on copies (Σ wait / Σ call)."""
+    calls = [tuple(map(float, m.groups())) for msg in log_messages(lines, "streamed call of")
+             if (m := STREAMED_CALL.search(msg))]
+    if not calls:
+        return {"streamed_calls": 0}
+    total, wait = sum(c for c, _ in calls), sum(w for _, w in calls)
+    return {"streamed_calls": len(calls), "call_s_p50": round(p50([c for c, _ in calls]), 4),
+            "copy_wait_s_p50": round(p50([w for _, w in calls]), 4),
+            "copy_wait_share": round(wait / total, 4) if total > 0 else float("nan")}
+
+
 def mesh_phase(family: str, home: Path, args: argparse.Namespace, variant: str = "",
                eager_pngs: dict[int, bytes] | None = None) -> dict[str, Any]:
     """The mesh run of a family; with `eager_pngs` (the eager run's PNG per seed) on the fast path, its buckets
-    built after the cold job and each warm image's PSNR against the eager one."""
+    built after the cold job and each warm image's PSNR against the eager one. FLUX.2 Dev runs within
+    `stream_budget`: the plan the stage logged and its streamed calls' copy waits are recorded."""
     from PIL import Image
 
     steps = args.steps or STEPS[family]
     fast = eager_pngs is not None
-    run = FamilyMesh(home, args, (variant or family) + ("-fast" if fast else ""), fast)
     res: dict[str, Any] = {}
+    env = {}
+    if family == "flux2dev":
+        budget = stream_budget(family, home / "models", args)
+        env["COMFYMESH_MODEL_CACHE_BYTES"] = str(budget)
+        res["memory_budget_GiB"] = round(budget / GiB, 2)
+    run = FamilyMesh(home, args, (variant or family) + ("-fast" if fast else ""), fast, env)
     start = time.perf_counter()
     try:
         run.mesh.start()
@@ -646,6 +895,7 @@ def mesh_phase(family: str, home: Path, args: argparse.Namespace, variant: str =
             # one job of the graph makes two buckets: the model call (CFG's batch, text length) and the VAE decode
             res["waited_for_buckets_s"] = run.wait_buckets(2, args.compile_timeout)
             res["buckets"] = [e.get("msg", "") for e in bucket_logs(run.mesh.logs)]
+        warm_from = len(run.mesh.logs)
         runs = [run.job(graph(family, args, seed=2 + i, variant=variant)) for i in range(args.runs)]
         res["_pngs"] = {2 + i: r["png"] for i, r in enumerate(runs)}
         if eager_pngs:
@@ -661,6 +911,9 @@ def mesh_phase(family: str, home: Path, args: argparse.Namespace, variant: str =
         }
         time.sleep(0.5)  # the probe's last write
         res["stage_memory_GiB"] = run.memory()
+        if family == "flux2dev":
+            res["memory_plan"] = log_messages(run.mesh.logs, "memory plan")
+            res["streaming_warm"] = streaming_stats(run.mesh.logs[warm_from:])
         say(f"{family}{'/' + variant if variant else ''} mesh warm: { {k: v for k, v in res.items() if k != '_pngs'} }")
     finally:
         run.mesh.stop()
@@ -689,7 +942,7 @@ def run_family(family: str, base: Path, args: argparse.Namespace) -> None:
         if "files" not in res:
             res["files"] = make_files(family, models, args)
             write(args)
-        if "pipeline" in args.phases:
+        if "pipeline" in args.phases and family in PIPELINES:
             # its own process: every byte it put on the GPU is gone before the mesh's stage loads the models
             out = home / "pipeline.json"
             cmd = [sys.executable, __file__, "--_pipeline", family, "--home", str(base), "--device", args.device,
@@ -709,7 +962,7 @@ def run_family(family: str, base: Path, args: argparse.Namespace) -> None:
             for variant in ([""] + ([FLUX_FP8] if family == "flux" and not args.no_fp8_mesh else [])):
                 key = "mesh" if not variant else "mesh_fp8"
                 eager_pngs: dict[int, bytes] = {}  # the eager mesh's images, which the fast one is compared with
-                for fast in (False, True) if args.fast else (False,):
+                for fast in (False, True) if args.fast and family in FAST else (False,):
                     name = key + ("_fast" if fast else "")
                     try:
                         res[name] = mesh_phase(family, home, args, variant, eager_pngs if fast else None)
@@ -735,8 +988,11 @@ def main() -> None:
     parser.add_argument("--home", type=Path, default=None, help="work folder (default: a temp folder)")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--tiny", action="store_true", help="the builders' tiny files (CPU smoke test)")
-    parser.add_argument("--size", type=int, default=1024)
-    parser.add_argument("--steps", type=int, default=0, help="override every family's steps (0: 8 / 20 / 28)")
+    parser.add_argument("--size", type=int, default=0, help="override every family's size (0: 1024; Qwen 1328)")
+    parser.add_argument("--steps", type=int, default=0,
+                        help="override every family's steps (0: the templates': 8 / 20 / 28 / 20 / 4 / 28)")
+    parser.add_argument("--stream-share", type=float, default=0.33,
+                        help="flux2dev: the share of its blocks' bytes the model budget leaves to stream")
     parser.add_argument("--runs", type=int, default=3, help="warm runs per case (median reported)")
     parser.add_argument("--no-fp8-mesh", action="store_true", help="skip FLUX's second mesh on the scaled-fp8 file")
     parser.add_argument("--fast", action="store_true", help="each mesh again on the fast path, PSNR against eager")
@@ -764,7 +1020,8 @@ def main() -> None:
 
     base = args.home or Path(tempfile.mkdtemp(prefix="comfymesh-families-bench-"))
     RESULTS.update({"device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
-                    "torch": torch.__version__, "argv": sys.argv, "size": args.size})
+                    "torch": torch.__version__, "argv": sys.argv,
+                    "size": args.size or {f: size_of(f, args) for f in args.families.split(",")}})
     try:
         import diffusers
         import transformers
