@@ -176,9 +176,10 @@ def file_specs(family: str, tiny: bool) -> list[dict[str, Any]]:
         mistral = {**(f2.TINY_MISTRAL if tiny else f2.MISTRAL3_SMALL), "layers": 30}
         tekken = torch.frombuffer(bytearray(f2.tiny_tekken()), dtype=torch.uint8)
         return [
-            # tiny: 2 + 4 blocks, so that a budget below the model still holds the two-block window
+            # tiny: 1 + 12 blocks wider than the builder's, each larger than the tiny VAE (see stream_budget)
             {"folder": "diffusion_models", "name": DEV_MODEL, "dtype": torch.bfloat16, "fp8": "mixed",
-             "shapes": f2.flux2_shapes(guidance=True, depth=2, depth_single=4) if tiny else f2.flux2_shapes(**f2.DEV)},
+             "shapes": f2.flux2_shapes(width=512, head_dim=64, guidance=True, depth=1, depth_single=12) if tiny else
+             f2.flux2_shapes(**f2.DEV)},
             {"folder": "text_encoders", "name": DEV_TEXT, "dtype": torch.bfloat16, "fp8": "scaled",
              "shapes": f2.mistral_shapes(**mistral), "fixed": {"tekken_model": tekken}},
             vae,
@@ -650,7 +651,7 @@ def pipeline_phase(family: str, models: Path, args: argparse.Namespace) -> dict[
     def call(output: str, seed: int) -> float:
         t = time.perf_counter()
         with torch.inference_mode():
-            out = pipe(PROMPT, height=size, width=size, num_inference_steps=steps,
+            out = pipe(prompt=PROMPT, height=size, width=size, num_inference_steps=steps,
                        generator=torch.Generator(device).manual_seed(seed), output_type=output, **kwargs)
         if output == "pil":
             for image in out.images:
@@ -817,10 +818,12 @@ class FamilyMesh:
         return {k: round(v / GiB, 2) for k, v in state.items() if k != "t"}
 
 
-def stream_budget(family: str, models: Path, args: argparse.Namespace) -> int:
-    """FLUX.2 Dev's model budget (COMFYMESH_MODEL_CACHE_BYTES): its non-block weights, the two-block window and
-    (1 − `--stream-share`) of its blocks' bytes, read from the file as the stage plans it, so that about that share
-    of the blocks streams from host memory; never below the text encoder's estimate, which must load first."""
+def stream_budget(models: Path, args: argparse.Namespace) -> int:
+    """FLUX.2 Dev's model budget (COMFYMESH_MODEL_CACHE_BYTES), planned from the file as the stage plans it: its
+    non-block weights, the two-block window and (1 − `--stream-share`) of its blocks' bytes, plus room for the VAE,
+    which loads after the model (without room it would evict the model every job; the plan fills the budget it gets,
+    so the room holds only where a block is larger than the VAE, as at full size). The text encoder is not in the
+    sum: it leaves the GPU once the prompt is encoded (memory.encoders)."""
     import torch
 
     from comfymesh.diffusion.memory import offload_plan
@@ -829,8 +832,14 @@ def stream_budget(family: str, models: Path, args: argparse.Namespace) -> int:
 
     dtype = Placement.for_device(torch.device(args.device)).unet_dtype
     blocks, other = offload_plan.file_blocks(tensor_bytes([models / "diffusion_models" / DEV_MODEL], dtype))
-    budget = offload_plan.minimum_bytes(blocks, other) + int((1 - args.stream_share) * sum(blocks.values()))
-    return max(budget, resident_bytes([models / "text_encoders" / DEV_TEXT], dtype))
+    room = resident_bytes([models / "vae" / FLUX2_VAE], dtype) * 5 // 4  # a quarter over: built modules' extras
+    target = offload_plan.minimum_bytes(blocks, other) + int((1 - args.stream_share) * sum(blocks.values()))
+    budget = offload_plan.plan(DEV_MODEL, blocks, other, target).device_bytes + room
+    plan = offload_plan.plan(DEV_MODEL, blocks, other, budget)
+    if not plan.streamed or plan.device_bytes + room > budget:
+        raise ValueError(f"--stream-share {args.stream_share}: no budget streams blocks of {DEV_MODEL} and leaves "
+                         "room for the VAE")
+    return budget
 
 
 STREAMED_CALL = re.compile(r"streamed call of .*: ([0-9.]+) s, ([0-9.]+) s of it waiting on block copies")
@@ -873,7 +882,7 @@ def mesh_phase(family: str, home: Path, args: argparse.Namespace, variant: str =
     res: dict[str, Any] = {}
     env = {}
     if family == "flux2dev":
-        budget = stream_budget(family, home / "models", args)
+        budget = stream_budget(home / "models", args)
         env["COMFYMESH_MODEL_CACHE_BYTES"] = str(budget)
         res["memory_budget_GiB"] = round(budget / GiB, 2)
     run = FamilyMesh(home, args, (variant or family) + ("-fast" if fast else ""), fast, env)
