@@ -1,11 +1,12 @@
-"""Issue 15's GPU benchmark: Z-Image Turbo, FLUX.1-dev and SD3.5-medium through the mesh against diffusers' own
-pipelines built from the same modules.
+"""Issues 15 and 16's GPU benchmark: Z-Image Turbo, FLUX.1-dev, SD3.5-medium, Qwen-Image, FLUX.2 Klein 4B and FLUX.2 Dev
+through the mesh against diffusers' own pipelines built from the same modules.
 
-Run (repository root, CUDA machine): `python bench/families_gpu.py --out results.json`
-CPU smoke test (tiny files, every phase): `python bench/families_gpu.py --tiny --device cpu --size 64 --runs 1`
+Run (repository root, CUDA machine): `python bench/families_gpu.py --out results.json` (zimage,sd3,flux);
+issue 16's families: `--families qwen,klein,flux2dev --runs 2`.
+CPU smoke test (tiny files, every phase): `python bench/families_gpu.py --tiny --device cpu --size 64 --steps 2 --runs 1`
 
 Per family (`--families`, in that order), each family's files are written, measured and deleted before the next
-(full-size files of all three do not fit a 64 GiB disk together):
+(full-size files of all of them do not fit a 64 GiB disk together):
   files     random weights in ComfyUI's real file layouts at the released models' sizes (the tiny builders'
             shape functions with full dimensions; drawn on the GPU and streamed to disk tensor by tensor):
             zimage  z_image_turbo_bf16 (NextDiT 3840 wide, 30 layers, 2+2 refiners), qwen_3_4b (Qwen3-4B:
@@ -15,22 +16,45 @@ Per family (`--families`, in that order), each family's files are written, measu
                     clip_l, t5xxl_fp16 (T5 v1.1 XXL: 4096 wide, 24 blocks), ae
             sd3     sd3.5_medium_incl_clips_t5xxlfp16 (all-in-one: MMDiT-X 1536 wide, 24 blocks, dual attention
                     in 0-12, pos_embed 384², CLIP-L, CLIP-G 1280×32, T5-XXL, the SD3 VAE), fp16
+            qwen    qwen_image_fp8_e4m3fn (60 blocks, 3072 wide, 24 heads × 128, joint attention 3584, 64 input
+                    channels; the block linears plain fp8 e4m3fn casts, the rest bf16), qwen_2.5_vl_7b_fp8_scaled
+                    (Qwen2.5-VL-7B: 3584 wide, 28 layers, 28 heads, 4 KV heads, 18944 intermediate, 152064 vocab;
+                    the language model's linears scaled fp8, its embeddings and the vision tower (1280 wide,
+                    32 blocks) bf16), qwen_image_vae (the Wan 2.1 VAE, base 96): 27.7 GiB
+            klein   flux-2-klein-4b (5 double + 20 single blocks, 3072 wide, bf16), qwen_3_4b (Qwen3-4B),
+                    flux2-vae (32-channel, bf16 where the released file is float32): 14.9 GiB
+            flux2dev  flux2_dev_fp8mixed (8 double + 48 single blocks, 6144 wide, guidance; the block linears fp8
+                    with `weight_scale` and `comfy_quant`, the rest bf16), mistral_3_small_flux2_fp8 (Mistral 3
+                    Small at its real width, 5120, pruned to 30 layers as the fp8 template's file is: Dev reads
+                    the hidden states entering layers 10, 20 and 30, so no shallower encoder serves; scaled fp8,
+                    the tiny builder's tekken.json as `tekken_model`), flux2-vae: 47.7 GiB (the disk must hold it)
   pipeline  (a subprocess) our loaders build the modules on the GPU, diffusers' ZImagePipeline / FluxPipeline /
-            StableDiffusion3Pipeline is assembled from them (no hub access) and timed: warm latency incl. PNG
-            (Pillow level 4), it/s from latent-output calls (text encoding included), peak GPU memory. FLUX's
-            subprocess then loads the scaled-fp8 file alone and measures its weight memory and the peak of
-            one 1024² transformer call.
+            StableDiffusion3Pipeline / QwenImagePipeline / Flux2KleinPipeline is assembled from them (no hub
+            access) and timed: warm latency incl. PNG (Pillow level 4), it/s from latent-output calls (text
+            encoding included), peak GPU memory. FLUX's subprocess then loads the scaled-fp8 file alone and
+            measures its weight memory and the peak of one 1024² transformer call. Adaptations: Qwen-Image's
+            transformer gets diffusers' RoPE module back (our loader drops it: the stage computes ComfyUI's
+            positions); its text encoder is our Qwen2_5_VLTextModel as built (the pipeline's call is the VL
+            model's for text, unwrapped), scheduler with the template's constant shift 3.1, true_cfg_scale 4 with
+            the empty negative. Klein's VAE is our weights in diffusers' AutoencoderKLFlux2 (ours speaks ComfyUI's
+            normalised latent, the pipeline normalises itself), distilled, guidance 1 as the template's cfg 1.
+            FLUX.2 Dev has no pipeline: 32 B parameters in bf16 leave no room for activations on one H100.
   mesh      gateway + orchestrator + diffusion stage as processes (tests.mesh.Mesh); the template-shaped graph,
             cold (stage start, first job with model loads) then warm runs with new seeds: POST -> SSE
             `completed` -> PNG fetched. Sampler it/s from the stage's node timings; peak GPU memory of the
             stage process from bench/stage_probe (torch.cuda.max_memory_allocated). FLUX runs a second mesh
-            on the scaled-fp8 file. This mesh runs eagerly (COMFYMESH_FAST_PATH=0).
+            on the scaled-fp8 file. This mesh runs eagerly (COMFYMESH_FAST_PATH=0). FLUX.2 Dev runs within a
+            model budget (COMFYMESH_MODEL_CACHE_BYTES, `stream_budget`) that streams about `--stream-share` of its
+            blocks from pinned host memory: the plan the stage logged (`memory_plan`) and, from its per-call lines
+            (memory.streaming), the warm calls' share of time spent waiting on block copies (`streaming_warm`).
   --fast    one more mesh per family with the fast path on (`mesh_fast`): the cold job starts the model's and the
             VAE decode's buckets, which are waited for (graphed then compiled, `--compile-timeout`), then the warm
             runs with the eager mesh's seeds; `psnr_vs_eager_db` per seed compares their PNGs with the eager ones.
+            Only zimage, flux and sd3 (FAST): Qwen-Image's 60 blocks compile for minutes, FLUX.2 has no fast path.
   --fp8-matmul  FLUX's scaled-fp8 transformer call is also run with the fp8 matmul mode (torch._scaled_mm on Ada or
             Hopper; elsewhere the upcast path, and the result says which kernel ran): call time and PSNR against the
             bf16-upcast call on the same inputs (`fp8_transformer.fp8_matmul`).
+Sizes and steps are the templates' (1024², Qwen-Image 1328²; 8 / 20 / 28 / 20 / 4 / 28 steps) unless --size / --steps.
 Results are written after every phase (--out); a phase that fails is recorded and the next one runs.
 """
 
@@ -230,9 +254,9 @@ def quantised(spec: dict[str, Any], name: str, shape: tuple[int, ...]) -> bool:
     return "blocks." in name
 
 
-def file_layout(spec: dict[str, Any]) -> tuple[list[Entry], bytes]:
-    """The file's tensors in write order and its safetensors header (length prefix included): every dtype and size is
-    known up front, since quantisation keeps shapes and only adds scalars (and descriptors)."""
+def file_layout(spec: dict[str, Any]) -> tuple[list[Entry], bytes, int]:
+    """The file's tensors in write order, its safetensors header (length prefix included) and its data's bytes: every
+    dtype and size is known up front, since quantisation keeps shapes and only adds scalars (and descriptors)."""
     import torch
 
     fp8, mode = torch.float8_e4m3fn, spec.get("fp8")
@@ -259,7 +283,7 @@ def file_layout(spec: dict[str, Any]) -> tuple[list[Entry], bytes]:
         offset += size
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)
-    return entries, len(raw).to_bytes(8, "little") + raw
+    return entries, len(raw).to_bytes(8, "little") + raw, offset
 
 
 def write_file(path: Path, spec: dict[str, Any], device: str, seed: int) -> float:
@@ -270,7 +294,7 @@ def write_file(path: Path, spec: dict[str, Any], device: str, seed: int) -> floa
     import torch
 
     gen = torch.Generator(device).manual_seed(seed)
-    entries, header = file_layout(spec)
+    entries, header, _ = file_layout(spec)
     fixed: dict[str, torch.Tensor] = spec.get("fixed", {})
     fp8, mode = torch.float8_e4m3fn, spec.get("fp8")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -302,7 +326,12 @@ def write_file(path: Path, spec: dict[str, Any], device: str, seed: int) -> floa
 
 def make_files(family: str, models: Path, args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for k, spec in enumerate(file_specs(family, args.tiny)):
+    specs = file_specs(family, args.tiny)
+    models.mkdir(parents=True, exist_ok=True)
+    need, free = sum(len(h) + n for _, h, n in map(file_layout, specs)), shutil.disk_usage(models).free
+    if need > free:
+        raise RuntimeError(f"{family}'s files need {need / GiB:.2f} GiB but {models} has {free / GiB:.2f} GiB free")
+    for k, spec in enumerate(specs):
         path = models / spec["folder"] / spec["name"]
         start = time.perf_counter()
         size = write_file(path, spec, args.device, seed=spec.get("seed", 100 * k))
