@@ -4,12 +4,18 @@ numerics against the upcast bf16 path on per-tensor and per-row scaled weights."
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
+from comfymesh.config.fast_path import FastPathSettings
 from comfymesh.diffusion.memory import fp8_matmul
 from comfymesh.diffusion.memory.fp8_matmul import fp8_kernel
+from comfymesh.diffusion.models import cache as cache_module
+from comfymesh.diffusion.models import tiny_flux
+from comfymesh.diffusion.models.cache import ModelCache
 from comfymesh.diffusion.models.fp8_weights import Fp8Linear, set_fp8_kernel
 
 CUDA = torch.device("cuda:0")
@@ -70,3 +76,24 @@ def test_layers_scaled_mm_cannot_take_stay_upcast() -> None:
     model = torch.nn.Sequential(odd, e5m2)
     assert set_fp8_kernel(model, "scaled_mm") == 0
     assert odd.kernel == e5m2.kernel == "upcast"
+
+
+def test_unet_loaders_fast_fp8_dtype_asks_for_fp8_matmuls_for_its_model_alone(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "flux.safetensors"
+    state = tiny_flux.random_tensors(tiny_flux.flux_shapes(guidance=True), 3, torch.bfloat16)
+    save_file(tiny_flux.scaled_fp8(state), str(path))  # a scaled-fp8 file: its block linears load as Fp8Linears
+    cache = ModelCache(budget_bytes=2**30, device=torch.device("cpu"), fast=FastPathSettings(fast_path=False))
+    fp8_matmul._warned.clear()
+    with caplog.at_level(logging.WARNING, logger="comfymesh.diffusion.memory.fp8_matmul"):
+        fast, _ = cache.unet_file(path, "fp8_e4m3fn_fast").unet()
+        plain, _ = cache.unet_file(path, "fp8_e4m3fn").unet()
+    # the CPU has no fp8 tensor cores: ComfyUI's fallback, the upcast, said once; the two loads are two models
+    assert fast is not plain and "not a CUDA device" in caplog.text
+    kernels = {m.kernel for m in fast.modules() if isinstance(m, Fp8Linear)}
+    assert kernels == {"upcast"}
+    # on a Hopper card (its capability stands in: no GPU here) the fast dtype alone multiplies in fp8
+    monkeypatch.setattr(cache_module, "device_capability", lambda _device: (9, 0))
+    cache.device = CUDA
+    assert cache.unet_kernel("fp8_e4m3fn_fast") == "scaled_mm"
+    assert cache.unet_kernel("fp8_e4m3fn") == cache.unet_kernel("default") == "upcast"

@@ -35,7 +35,7 @@ from comfymesh.diffusion.latents.formats import LatentFormat, for_family
 from comfymesh.diffusion.memory import offload_plan
 from comfymesh.diffusion.memory.encoders import encoders_leave_device
 from comfymesh.diffusion.memory.fit import check_fit, resident_bytes, tensor_bytes
-from comfymesh.diffusion.memory.fp8_matmul import device_capability, fp8_kernel
+from comfymesh.diffusion.memory.fp8_matmul import Fp8Kernel, device_capability, fp8_kernel
 from comfymesh.diffusion.memory.held import HeldMemory
 from comfymesh.diffusion.memory.host import check_host_fit, default_host_budget, host_memory
 from comfymesh.diffusion.memory.split_placement import place_split, split_of
@@ -323,7 +323,15 @@ class ModelCache:
         path = Path(path)
         digest = self.digest(path)
         return self._resident(f"unet:{digest}:{weight_dtype}", "diffusion_model", path, digest,
-                              lambda: self._load_diffusion_model(path, weight_dtype))
+                              lambda: self._load_diffusion_model(path, weight_dtype), self.unet_kernel(weight_dtype))
+
+    def unet_kernel(self, weight_dtype: str) -> Fp8Kernel:
+        """How a diffusion model loaded in UNETLoader's `weight_dtype` multiplies its fp8 weights: fp8_e4m3fn_fast
+        asks for fp8 matmuls for that model alone (ComfyUI's fp8_optimizations) where the device has them; the
+        others follow COMFYMESH_FP8_MATMUL."""
+        if weight_dtype == "fp8_e4m3fn_fast":
+            return fp8_kernel(True, self.device, device_capability(self.device))
+        return self.fp8_kernel
 
     def _load_diffusion_model(self, path: Path, weight_dtype: str) -> CheckpointParts:
         """A diffusion model checked against the budget before it loads; a registered family's model larger than
@@ -421,10 +429,12 @@ class ModelCache:
 
         return self._resident(f"clip:{clip_type}:{digest}", "text_encoders", paths[0], digest, load)
 
-    def _resident(self, key: str, kind: str, path: Path, digest: str,
-                  build: Callable[[], CheckpointParts]) -> LoadedCheckpoint:
+    def _resident(self, key: str, kind: str, path: Path, digest: str, build: Callable[[], CheckpointParts],
+                  kernel: Fp8Kernel | None = None) -> LoadedCheckpoint:
+        """The cached entry `key`, built (and described) if missing; `kernel`: how its fp8 linears compute (the
+        stage's COMFYMESH_FP8_MATMUL choice unless given)."""
         def load() -> tuple[Any, int, dict[str, Any]]:
-            loaded = self._describe(path, digest, build(), key)
+            loaded = self._describe(path, digest, build(), key, kernel or self.fp8_kernel)
             info = {"name": path.name, "digest": digest, "bytes": loaded.nbytes, "device": str(self.device),
                     "family": loaded.family, "kind": kind, "host_bytes": loaded.host_bytes}
             return loaded, loaded.nbytes, info
@@ -432,7 +442,8 @@ class ModelCache:
         value: LoadedCheckpoint = self._get_or_load(key, load)
         return value
 
-    def _describe(self, path: Path, digest: str, parts: CheckpointParts, key: str) -> LoadedCheckpoint:
+    def _describe(self, path: Path, digest: str, parts: CheckpointParts, key: str,
+                  kernel: Fp8Kernel) -> LoadedCheckpoint:
         rec = parts.recognition
         family = rec.family if rec is not None else parts.family
         place = self.placement
@@ -440,7 +451,7 @@ class ModelCache:
         nbytes = module_bytes(*modules)
         host_bytes = 0
         if parts.unet is not None:
-            set_fp8_kernel(parts.unet, self.fp8_kernel)
+            set_fp8_kernel(parts.unet, kernel)
             streamer = streamer_of(parts.unet)
             if streamer is not None:  # the budget holds its device part: the streamed blocks' window
                 nbytes += streamer.plan.window_bytes - streamer.plan.streamed_bytes
