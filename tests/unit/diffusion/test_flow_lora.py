@@ -1,7 +1,7 @@
 """LoRA on the registered flow families (FLUX, FLUX.2, Chroma, SD3.5, Z-Image, Qwen-Image): LoRA keys in kohya's
 (ComfyUI names), diffusers/PEFT and AI-toolkit forms resolved to our diffusers modules, fused weights patched
-slice by slice as ComfyUI's offset patches do, strengths and stacks, fp8 linears, LoHa and LoKr, and the
-cache's patched entries (the base model untouched, strength 0 bit-identical)."""
+slice by slice as ComfyUI's offset patches do, strengths and stacks, fp8 linears (FLUX's, Z-Image's and
+Qwen-Image's), LoHa and LoKr, and the cache's patched entries (the base model untouched, strength 0 bit-identical)."""
 
 from __future__ import annotations
 
@@ -244,6 +244,21 @@ def test_fp8_linears_get_a_patched_copy_in_the_compute_dtype(tmp_path: Path) -> 
     assert linear.weight.dtype == torch.float8_e4m3fn  # the cached base keeps fp8
     base = _model_out(cache, ckpt, [])
     assert (_model_out(cache, ckpt, [(lora_path, 1.0)]) - base).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("family", ["zimage", "qwen_image"])
+def test_a_lora_on_fp8_linears_gives_what_it_gives_on_their_upcast_weights(family: str, tmp_path: Path) -> None:
+    state = load_file(str(_family_file(family, tmp_path / "bf16")))
+    fp8, upcast = tmp_path / f"{family}_fp8.safetensors", tmp_path / f"{family}_upcast.safetensors"
+    save_file(tiny_flux2.fp8(state), str(fp8))
+    save_file({k: v.float() for k, v in tiny_flux2.fp8(state).items()}, str(upcast))
+    cache = ModelCache(budget_bytes=2**30, device=CPU)
+    ckpt, reference = cache.unet_file(fp8), cache.unet_file(upcast)
+    assert any(isinstance(m, Fp8Linear) for m in ckpt.parts.unet.modules())  # type: ignore[union-attr]
+    lora, _ = _loras(family, ckpt, fp8, tmp_path)
+    patched = _model_out(cache, ckpt, [(lora, 1.0)])
+    assert torch.equal(patched, _model_out(cache, reference, [(lora, 1.0)]))
+    assert (patched - _model_out(cache, ckpt, [])).abs().max() > 1e-4
 
 
 def test_loha_and_lokr_deltas() -> None:

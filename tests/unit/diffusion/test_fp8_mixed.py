@@ -1,8 +1,9 @@
 """ComfyUI's mixed-precision files (`*_fp8mixed`: fp8 block linears with a `weight_scale` and a `comfy_quant`
-descriptor each, the other layers bf16) load for the families that keep fp8 in memory (FLUX: Fp8Linear) and for
-those that upcast at load (Qwen-Image), with each quantised weight times its scale and the bf16 layers as stored;
-the bookkeeping keys never reach a LoRA key map; a quantised format other than fp8 is refused naming the
-file, the layer, the format, whether ComfyUI 0.8.0 loads it, and what to use instead."""
+descriptor each, the other layers bf16) load with their fp8 linears kept fp8 (Fp8Linear) and computing each weight
+times its scale, the bf16 layers as stored; the bookkeeping keys never reach a LoRA key map; a quantised format
+other than fp8 is refused naming the file, the layer, the format, whether ComfyUI 0.8.0 loads it, and what to use
+instead. Qwen-Image, Z-Image and FLUX.2 Dev's Mistral keep fp8 in memory too, computing what the weights upcast
+would, and take the bytes the model cache's estimate from the file says (the refusal before loading relies on it)."""
 
 from __future__ import annotations
 
@@ -14,14 +15,17 @@ import torch
 from safetensors.torch import save_file
 
 from comfymesh.contracts.errors import ModelError
-from comfymesh.diffusion.families import flux
+from comfymesh.diffusion.families import flux, qwen_image, zimage
+from comfymesh.diffusion.memory.fit import resident_bytes
 from comfymesh.diffusion.models.cache import ModelCache
 from comfymesh.diffusion.models.flow_lora import key_map
 from comfymesh.diffusion.models.fp8_weights import Fp8Linear, split_scales
 from comfymesh.diffusion.models.tensor_source import TensorSource
 from comfymesh.diffusion.models.tiny_flux import flux_shapes, fp8_mixed, random_tensors
+from comfymesh.diffusion.models.tiny_flux2 import fp8, mistral_file_tensors
 from comfymesh.diffusion.models.tiny_qwen_image import qwen_image_shapes, tensors
 from comfymesh.diffusion.models.tiny_zimage import zimage_shapes
+from comfymesh.diffusion.text.mistral_text import load_mistral_encoder
 
 CPU = torch.device("cpu")
 
@@ -73,19 +77,97 @@ def test_a_flux_fp8mixed_file_keeps_its_block_linears_in_fp8_with_their_scales(t
     assert "double_blocks.0.img_attn.qkv.weight" in names
 
 
-def test_a_qwen_image_fp8mixed_file_computes_each_weight_times_its_scale(tmp_path: Path) -> None:
+def test_a_qwen_image_fp8mixed_file_keeps_its_block_linears_in_fp8_with_their_scales(tmp_path: Path) -> None:
     state = tensors(qwen_image_shapes(variant="2511"), 0, torch.bfloat16)
     stored = fp8_mixed(state)
     mixed, plain = tmp_path / "qwen_image_edit_2511_fp8mixed.safetensors", tmp_path / "qwen_image_edit_2511.safetensors"
     save_file(stored, str(mixed))
     save_file(state, str(plain))
-    got, bf16 = _unet(mixed).state_dict(), _unet(plain).state_dict()
-    assert set(got) == set(bf16)
-    q = "transformer_blocks.0.attn.to_q.weight"
-    assert torch.equal(got[q].float(), _expected(stored, q).to(got[q].dtype).float())
-    assert not torch.equal(got[q], bf16[q])  # really quantised: fp8 rounding moved it
-    torch.testing.assert_close(got[q].float(), bf16[q].float(), rtol=0.07, atol=1e-3)
-    assert torch.equal(got["img_in.weight"], bf16["img_in.weight"])  # bf16 outside the blocks: as stored
+    model, bf16 = _unet(mixed), _unet(plain)
+    q = model.transformer_blocks[0].attn.to_q
+    assert isinstance(q, Fp8Linear) and q.weight.dtype == torch.float8_e4m3fn
+    assert torch.equal(q.scale.reshape(-1), stored["transformer_blocks.0.attn.to_q.weight_scale"].float().expand(
+        q.out_features))
+    key = "transformer_blocks.0.attn.to_q.weight"
+    dequantised = q.weight.float() * q.scale
+    assert torch.equal(dequantised, _expected(stored, key))
+    assert not torch.equal(dequantised, bf16.state_dict()[key].float())  # really quantised: fp8 rounding moved it
+    torch.testing.assert_close(dequantised, state[key].float(), rtol=0.07, atol=1e-3)
+    assert not isinstance(model.img_in, Fp8Linear)  # bf16 outside the blocks: as stored
+    assert torch.equal(model.img_in.weight, bf16.img_in.weight)
+
+
+def _fp8_linears(state: dict[str, torch.Tensor], blocks: str) -> dict[str, torch.Tensor]:
+    """The block linears' weights in fp8 e4m3fn without scales (ComfyUI's fp8 text encoder files quantise those
+    only: the embedding stays bf16), the rest as they are."""
+    return {k: v.to(torch.float8_e4m3fn) if k.startswith(blocks) and k.endswith(".weight") and v.ndim == 2 else v
+            for k, v in state.items()}
+
+
+FP8_FILES = {
+    "qwen_image_fp8_e4m3fn": lambda: fp8(tensors(qwen_image_shapes(), 0, torch.bfloat16)),
+    "qwen_image_edit_2511_fp8mixed": lambda: fp8_mixed(tensors(qwen_image_shapes(variant="2511"), 1, torch.bfloat16)),
+    "z_image_turbo_fp8_e4m3fn": lambda: fp8(tensors(zimage_shapes(), 2, torch.bfloat16)),
+    "z_image_turbo_fp8mixed": lambda: fp8_mixed(tensors(zimage_shapes(), 3, torch.bfloat16)),
+    "mistral_3_small_flux2_fp8": lambda: _fp8_linears(mistral_file_tensors(4, torch.bfloat16, 30), "model.layers."),
+}
+BLOCK = {"qwen": "transformer_blocks.0", "z_image": "layers.0", "mistral": "model.layers.0"}
+
+
+@pytest.mark.parametrize("name", FP8_FILES)
+def test_fp8_linears_stay_fp8_and_take_the_bytes_the_estimate_says(tmp_path: Path, name: str) -> None:
+    path = tmp_path / f"{name}.safetensors"
+    save_file(FP8_FILES[name](), str(path))
+    cache = ModelCache(budget_bytes=2**30, device=CPU)
+    if name.startswith("mistral"):
+        loaded = cache.text_encoder_files([path], "flux2")
+        model = loaded.parts.clips["mistral"]
+    else:
+        loaded = cache.unet_file(path)
+        model = loaded.unet()[0]
+    block = model.get_submodule(next(v for k, v in BLOCK.items() if name.startswith(k)))
+    linears = [m for m in block.modules() if isinstance(m, (torch.nn.Linear, Fp8Linear))]
+    assert len(linears) >= 7 and all(isinstance(m, Fp8Linear) for m in linears)
+    assert all(m.weight.dtype == torch.float8_e4m3fn for m in linears)
+    # float32 on the CPU: upcast at load, the model would take about 4× the estimate
+    assert loaded.nbytes == pytest.approx(resident_bytes([path], torch.float32), rel=0.01)
+
+
+def _dequantised(path: Path, tmp_path: Path) -> Path:
+    """The file's weights upcast to float32 (times any scale), the bookkeeping keys gone: what upcasting at load
+    computed with."""
+    weights, scales = split_scales(TensorSource(path).with_prefix(""), path.name)
+    out = tmp_path / f"dequantised_{path.name}"
+    save_file({k: v.float() * scales.get(k, 1.0) if v.is_floating_point() else v for k, v in weights.items()},
+              str(out))
+    return out
+
+
+@pytest.mark.parametrize("name", ["qwen_image_fp8_e4m3fn", "z_image_turbo_fp8_e4m3fn", "z_image_turbo_fp8mixed"])
+def test_fp8_diffusion_models_compute_what_their_weights_upcast_compute(tmp_path: Path, name: str) -> None:
+    """In float32 an fp8 weight upcast per call is the upcast weight: the outputs are equal. Z-Image's timestep
+    features are cast to the compute dtype, not to its first timestep layer's fp8."""
+    path = tmp_path / f"{name}.safetensors"
+    save_file(FP8_FILES[name](), str(path))
+    qwen = name.startswith("qwen")
+    x = torch.randn(1, 16, 8, 8, generator=torch.Generator().manual_seed(0))
+    ctx = torch.randn(1, 5, 32 if qwen else 64, generator=torch.Generator().manual_seed(1))
+    t = torch.tensor([0.6])
+    outs = []
+    for model in (_unet(path), _unet(_dequantised(path, tmp_path))):
+        call = qwen_image.qwen_image_fn(model) if qwen else zimage.zimage_fn(model)
+        with torch.no_grad():
+            outs.append(call(x, t, ctx, None))
+    assert torch.equal(outs[0], outs[1])
+
+
+def test_the_fp8_mistral_encodes_what_its_weights_upcast_encode(tmp_path: Path) -> None:
+    path = tmp_path / "mistral_3_small_flux2_fp8.safetensors"
+    save_file(FP8_FILES[path.stem](), str(path))
+    fp8_encoder = load_mistral_encoder(TensorSource(path), CPU)
+    upcast = load_mistral_encoder(TensorSource(_dequantised(path, tmp_path)), CPU)
+    assert isinstance(fp8_encoder.model.norm, torch.nn.Identity)  # the pruned form's, as before
+    assert torch.equal(fp8_encoder.encode("a red fox"), upcast.encode("a red fox"))
 
 
 def _descriptor(spec: dict[str, object]) -> torch.Tensor:

@@ -24,7 +24,13 @@ import torch.nn.functional as F
 
 from comfymesh.contracts.errors import ModelError
 from comfymesh.contracts.handles import ModelHandle
-from comfymesh.diffusion.families.loading import compute_dtype, load_diffusion_model, model_prefix
+from comfymesh.diffusion.families.loading import (
+    compute_dtype,
+    load_diffusion_model,
+    load_fp8_aware,
+    model_dtype,
+    model_prefix,
+)
 from comfymesh.diffusion.families.registry import (
     BuiltModel,
     Conditioning,
@@ -37,7 +43,6 @@ from comfymesh.diffusion.fast.denoiser import StaticForm
 from comfymesh.diffusion.latents.formats import LatentFormat
 from comfymesh.diffusion.latents.wan21 import WAN21
 from comfymesh.diffusion.models.flow_lora import key_map
-from comfymesh.diffusion.models.fp8_weights import dequantized
 from comfymesh.diffusion.models.recognise import Recognition, UNetLayout
 from comfymesh.diffusion.models.tensor_source import TensorSource
 from comfymesh.diffusion.sampling.flux_sampling import FluxModelSampling
@@ -117,27 +122,26 @@ def model_config(layout: QwenImageLayout) -> dict[str, Any]:
     }
 
 
-def build_qwen_image(src: TensorSource, layout: QwenImageLayout, device: torch.device,
-                     dtype: torch.dtype) -> torch.nn.Module:
-    """The diffusers model with the file's weights (ComfyUI's names are diffusers'), on `device` in `dtype`."""
+def _new_model(layout: QwenImageLayout) -> torch.nn.Module:
     from diffusers import QwenImageTransformer2DModel
 
-    p = layout.prefix
-    # fp8 and fp8mixed files compute upcast: their weights times their scales
-    state = dequantized({k[len(p):]: v for k, v in src.with_prefix(p).items() if k != p + _ZERO_MARKER}, device,
-                        dtype, src.path.name)
-    with torch.device("meta"):
-        model: Any = QwenImageTransformer2DModel(**model_config(layout))
-    # the RoPE table is ours (ComfyUI's positions), not diffusers' precomputed one
-    result = model.load_state_dict(state, strict=False, assign=True)
-    missing = [k for k in result.missing_keys if not k.startswith("pos_embed.")]
-    if missing or result.unexpected_keys:
-        raise ModelError(f"{src.path.name}: the Qwen-Image weights do not fit the layout read from the file "
-                         f"(missing {missing[:4]}, unexpected {result.unexpected_keys[:4]})")
-    model.pos_embed = torch.nn.Identity()
-    module: torch.nn.Module = model.eval().requires_grad_(False)
+    model: Any = QwenImageTransformer2DModel(**model_config(layout))
+    model.pos_embed = torch.nn.Identity()  # the RoPE table is ours (ComfyUI's positions), not diffusers' precomputed one
+    module: torch.nn.Module = model
     return module
 
+
+def _without_marker(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The file's weights by diffusers' names (ComfyUI's are diffusers'): all but the Edit 2511 marker."""
+    return {k: v for k, v in state.items() if k != _ZERO_MARKER}
+
+
+def build_qwen_image(src: TensorSource, layout: QwenImageLayout, device: torch.device,
+                     dtype: torch.dtype) -> torch.nn.Module:
+    """The diffusers model with the file's weights on `device`: fp8 linears stay fp8 and compute in `dtype`, the
+    rest in `dtype`."""
+    return load_fp8_aware(src, layout.prefix, lambda: _new_model(layout), _without_marker, device, dtype,
+                          "Qwen-Image")
 
 
 def load_qwen_image(src: TensorSource, layout: QwenImageLayout, device: torch.device,
@@ -210,12 +214,13 @@ def qwen_image_rope(model: Any, ids: torch.Tensor, latent_hw: Sequence[int], tex
                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """Rotations of the image (and reference) positions `ids` and of `text_len` text tokens, which ComfyUI
     places from max(h, w)/2 patches of the h×w latent on, on the model's device."""
-    param = next(model.parameters())
+    device = next(model.parameters()).device
+    dtype = model_dtype(model, device)
     axes = tuple(model.config.axes_dims_rope)
     h_len, w_len = (latent_hw[0] + PATCH // 2) // PATCH, (latent_hw[1] + PATCH // 2) // PATCH
     txt_start = max(w_len // 2, h_len // 2)
     txt_ids = (torch.arange(text_len, dtype=torch.float64) + txt_start)[:, None].expand(-1, 3)
-    return rope(ids, axes, param.dtype, param.device), rope(txt_ids, axes, param.dtype, param.device)
+    return rope(ids, axes, dtype, device), rope(txt_ids, axes, dtype, device)
 
 
 def qwen_image_forward(model: Any, x: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor,
@@ -231,8 +236,8 @@ def qwen_image_forward(model: Any, x: torch.Tensor, timestep: torch.Tensor, cont
     `block_patch`: applied to the image stream after each block (ComfyUI's double_block patches)."""
     four = x.ndim == 4
     x5 = x.unsqueeze(2) if four else x
-    param = next(model.parameters())
-    dtype, device = param.dtype, param.device
+    device = next(model.parameters()).device
+    dtype = model_dtype(model, device)
     method = ref_method or model_default_ref_method(model)
     tokens, ids = patchify(x5)
     n_img = tokens.shape[1]
@@ -345,10 +350,9 @@ def entry_inputs(extras: dict[str, Any]) -> dict[str, Any] | None:
 def sampling_model(model: torch.nn.Module, rec: Recognition, device: torch.device) -> SamplingModel:
     """The denoiser's view of a loaded Qwen-Image model, with ComfyUI's default sampling (ModelSamplingFlux,
     shift 1.15, σ as time). Text tokens join the image sequence, so contexts of other lengths never share a call."""
-    param = next(model.parameters())
     return SamplingModel(
         unet=qwen_image_fn(model), sampling=FluxModelSampling(SHIFT), prediction="flow", latent_format=WAN21,
-        family=NAME, context_dim=rec.unet.context_dim, adm=None, device=device, dtype=param.dtype,
+        family=NAME, context_dim=rec.unet.context_dim, adm=None, device=device, dtype=model_dtype(model, device),
         in_channels=rec.unet.in_channels, joint_context=True, entry_inputs=entry_inputs,
     )
 

@@ -22,8 +22,9 @@ from comfymesh.contracts.handles import ModelHandle
 from comfymesh.diffusion.families.loading import (
     compute_dtype,
     count_blocks,
-    file_state,
     load_diffusion_model,
+    load_fp8_aware,
+    model_dtype,
     model_prefix,
 )
 from comfymesh.diffusion.families.registry import (
@@ -36,7 +37,6 @@ from comfymesh.diffusion.families.registry import (
 from comfymesh.diffusion.fast.denoiser import StaticForm, plain_inputs
 from comfymesh.diffusion.latents.formats import FLUX, LatentFormat
 from comfymesh.diffusion.models.flow_lora import key_map
-from comfymesh.diffusion.models.fp8_weights import dequantized
 from comfymesh.diffusion.models.recognise import Recognition, UNetLayout
 from comfymesh.diffusion.models.tensor_source import TensorSource
 from comfymesh.diffusion.models.zimage_fun_control import FunPatch, fun_controls
@@ -117,25 +117,28 @@ def _new_model(layout: ZImageLayout) -> torch.nn.Module:
     model: Any = ZImageTransformer2DModel(**model_config(layout))
     if layout.t_mid != model.t_embedder.mlp[0].out_features:
         model.t_embedder = TimestepEmbedder(min(layout.dim, 256), mid_size=layout.t_mid)
+
+    class ComputeDtypeTimestepEmbedder(TimestepEmbedder):  # type: ignore[misc]
+        """diffusers casts the sinusoidal features to the first layer's weight dtype, which in an fp8 file is fp8
+        (3 mantissa bits); ComfyUI casts them to the compute dtype, its bias's here (fp8 linears keep theirs in
+        it). For other files the two dtypes are one."""
+
+        def forward(self, t: torch.Tensor) -> torch.Tensor:
+            features = self.timestep_embedding(t, self.frequency_embedding_size)
+            return self.mlp(features.to(self.mlp[0].bias.dtype))  # type: ignore[no-any-return]
+
+    model.t_embedder.__class__ = ComputeDtypeTimestepEmbedder
     module: torch.nn.Module = model
     return module
 
 
 def build_zimage(src: TensorSource, layout: ZImageLayout, device: torch.device,
                  dtype: torch.dtype) -> torch.nn.Module:
-    """The diffusers model with the file's weights, on `device` in `dtype` (fp8 files are computed upcast)."""
-    from diffusers.loaders.single_file_utils import convert_z_image_transformer_checkpoint_to_diffusers
+    """The diffusers model with the file's weights on `device`: fp8 linears stay fp8 and compute in `dtype`, the
+    rest in `dtype`."""
+    from diffusers.loaders.single_file_utils import convert_z_image_transformer_checkpoint_to_diffusers as convert
 
-    state = convert_z_image_transformer_checkpoint_to_diffusers(dequantized(file_state(src, layout.prefix), device,
-                                                                            dtype, src.path.name))
-    with torch.device("meta"):
-        model = _new_model(layout)
-    result = model.load_state_dict(state, strict=False, assign=True)
-    if result.missing_keys or result.unexpected_keys:
-        raise ModelError(f"{src.path.name}: the Z-Image weights do not fit the layout read from the file (missing "
-                         f"{result.missing_keys[:4]}, unexpected {result.unexpected_keys[:4]})")
-    return model.eval().requires_grad_(False)
-
+    return load_fp8_aware(src, layout.prefix, lambda: _new_model(layout), convert, device, dtype, "Z-Image")
 
 
 def zimage_fn(model: torch.nn.Module) -> UNetFn:
@@ -180,10 +183,9 @@ def load_zimage(src: TensorSource, layout: ZImageLayout, device: torch.device,
 
 def sampling_model(model: torch.nn.Module, rec: Recognition, device: torch.device) -> SamplingModel:
     """The denoiser's view of a loaded Z-Image model, with ComfyUI's default flow sampling (shift 3, σ as time)."""
-    param = next(model.parameters())
     return SamplingModel(
         unet=zimage_fn(model), sampling=FlowModelSampling(SHIFT, MULTIPLIER), prediction="flow", latent_format=FLUX,
-        family=NAME, context_dim=rec.unet.context_dim, adm=None, device=device, dtype=param.dtype,
+        family=NAME, context_dim=rec.unet.context_dim, adm=None, device=device, dtype=model_dtype(model, device),
         in_channels=rec.unet.in_channels, joint_context=not ZImage.batches,
     )
 

@@ -12,12 +12,13 @@ from pathlib import Path
 import torch
 
 from comfymesh.contracts.errors import ModelTooLargeError, ResourceExhaustedError
+from comfymesh.diffusion.models.fp8_weights import bookkeeping
 
-# safetensors dtype names → bytes per element; fp8 stays fp8 in memory (models.fp8_weights)
+# safetensors dtype names → bytes per element; fp8 matrices stay fp8 in memory (models.fp8_weights)
 _FP8 = {"F8_E4M3", "F8_E5M2"}
 _FLOATS = {"F64", "F32", "F16", "BF16", *_FP8}
 _INT_BYTES = {"I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
-_BOOKKEEPING = (".scale_weight", ".scale_input", "scaled_fp8")  # folded into the weights when loaded
+_ROW_SCALE_BYTES = 4  # an Fp8Linear's float32 scale per output row
 GiB = 2**30
 # an estimate from the file counts keys that never load (a checkpoint's sampling tables, unused towers): a model is
 # refused only when it exceeds the budget by more than this share
@@ -33,13 +34,15 @@ def _header(path: Path) -> dict[str, dict[str, object]]:
 
 
 def tensor_bytes(paths: Iterable[Path], compute_dtype: torch.dtype) -> dict[str, int]:
-    """Key → bytes each tensor of the files takes once loaded: fp8 weights as fp8, other floats in
-    `compute_dtype`, integer tensors as stored; the scaled-fp8 bookkeeping keys left out."""
+    """Key → bytes each tensor of the files takes once loaded: an fp8 matrix as fp8 with a float32 scale per row
+    (an Fp8Linear), other floats (fp8 norms and vectors too, upcast at load) in `compute_dtype`, integer tensors
+    as stored; the quantisation bookkeeping keys (scales, markers, descriptors: held in the row scales) left out."""
     size = torch.empty((), dtype=compute_dtype).element_size()
     out: dict[str, int] = {}
     for path in paths:
-        for key, info in _header(Path(path)).items():
-            if key.endswith(_BOOKKEEPING):
+        header = _header(Path(path))
+        for key, info in header.items():
+            if bookkeeping(key, header):
                 continue
             dtype = str(info["dtype"])
             shape = info["shape"]
@@ -47,7 +50,11 @@ def tensor_bytes(paths: Iterable[Path], compute_dtype: torch.dtype) -> dict[str,
             numel = 1
             for dim in shape:
                 numel *= int(dim)
-            out[key] = numel * (1 if dtype in _FP8 else size if dtype in _FLOATS else _INT_BYTES.get(dtype, size))
+            # an fp8 embedding table would be upcast (counted short here); ComfyUI's fp8 files keep theirs bf16
+            if dtype in _FP8 and len(shape) == 2:
+                out[key] = numel + int(shape[0]) * _ROW_SCALE_BYTES
+            else:
+                out[key] = numel * (size if dtype in _FLOATS else _INT_BYTES.get(dtype, size))
     return out
 
 

@@ -97,16 +97,6 @@ def split_scales(state: dict[str, torch.Tensor], source: str) -> tuple[dict[str,
     return weights, scales
 
 
-def dequantized(state: dict[str, torch.Tensor], device: torch.device, dtype: torch.dtype,
-                source: str) -> dict[str, torch.Tensor]:
-    """The state (of the file `source`) on `device` in `dtype` with each fp8 weight times its scale and the
-    bookkeeping keys gone: for the families that compute every layer in the compute dtype (fp8 and fp8mixed
-    files upcast at load)."""
-    weights, scales = split_scales(state, source)
-    return {k: (v.to(device).float() * scales[k] if k in scales else v.to(device)).to(dtype)
-            for k, v in weights.items()}
-
-
 def row_scales(state: dict[str, torch.Tensor], scales: dict[str, float]) -> dict[str, torch.Tensor]:
     """For each fp8 weight, a float32 vector of its rows' scale (1 where the file gives none)."""
     return {k: torch.full((v.shape[0],), scales.get(k, 1.0), dtype=torch.float32)

@@ -13,17 +13,15 @@ Prompt weights are not applied.
 from __future__ import annotations
 
 import json
-import re
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from comfymesh.contracts.errors import ModelError
-from comfymesh.diffusion.models.fp8_weights import is_fp8, split_scales
 from comfymesh.diffusion.models.tensor_source import TensorSource
+from comfymesh.diffusion.text.llm_encoder import DecoderLayout, build_decoder, config_sizes, read_layout
 from comfymesh.diffusion.text.prompt_weights import unweighted
 
 PREFIX = "model."
@@ -39,17 +37,8 @@ RMS_EPS = 1e-5
 BOS = "<s>"
 
 
-@dataclass(frozen=True)
-class MistralLayout:
-    vocab: int
-    width: int
-    layers: int
-    intermediate: int
-    heads: int
-    kv_heads: int
-
-    def describe(self) -> str:
-        return f"Mistral (width {self.width}, {self.layers} layers, vocabulary {self.vocab})"
+class MistralLayout(DecoderLayout):
+    kind = "Mistral"
 
 
 def parse_mistral(src: TensorSource) -> MistralLayout | None:
@@ -60,22 +49,15 @@ def parse_mistral(src: TensorSource) -> MistralLayout | None:
         return None
     if src.has(p + "layers.0.self_attn.q_norm.weight") or src.has(p + "layers.0.self_attn.k_proj.bias"):
         return None
-    vocab, width = src.shape(p + "embed_tokens.weight")
-    rx = re.compile(re.escape(p) + r"layers\.(\d+)\.")
-    q_rows, k_rows = src.shape(p + "layers.0.self_attn.q_proj.weight")[0], src.shape(p + "layers.0.self_attn.k_proj.weight")[0]
-    return MistralLayout(vocab=vocab, width=width, layers=len({m.group(1) for k in src.keys if (m := rx.match(k))}),
-                         intermediate=src.shape(p + "layers.0.mlp.gate_proj.weight")[0], heads=q_rows // HEAD_DIM,
-                         kv_heads=k_rows // HEAD_DIM)
+    return read_layout(MistralLayout, src, p, HEAD_DIM)
 
 
 def _config(layout: MistralLayout) -> Any:
     from transformers import MistralConfig
 
     return MistralConfig(
-        vocab_size=layout.vocab, hidden_size=layout.width, intermediate_size=layout.intermediate,
-        num_hidden_layers=layout.layers, num_attention_heads=layout.heads, num_key_value_heads=layout.kv_heads,
-        head_dim=HEAD_DIM, rope_parameters={"rope_type": "default", "rope_theta": ROPE_THETA}, rms_norm_eps=RMS_EPS,
-        max_position_embeddings=131072, sliding_window=None, tie_word_embeddings=False,
+        **config_sizes(layout), rope_parameters={"rope_type": "default", "rope_theta": ROPE_THETA},
+        rms_norm_eps=RMS_EPS, max_position_embeddings=131072, sliding_window=None, tie_word_embeddings=False,
     )
 
 
@@ -118,30 +100,19 @@ def tekken_tokenizer(data: bytes) -> Any:
 
 def build_mistral(src: TensorSource, layout: MistralLayout, device: torch.device,
                   dtype: torch.dtype) -> torch.nn.Module:
-    """transformers' MistralModel with the file's weights (fp8 ones dequantised), the final norm left out for a
-    pruned file."""
+    """transformers' MistralModel with the file's weights, the final norm left out for a pruned file; fp8 linears
+    stay fp8 and compute in `dtype`."""
     from transformers import MistralModel
 
-    raw = {k[len(PREFIX):]: v for k, v in src.with_prefix(PREFIX).items()}
-    weights, scales = split_scales(raw, src.path.name)
-    state = {k: (v.float() * scales.get(k, 1.0) if is_fp8(v) else v).to(device=device, dtype=dtype)
-             for k, v in weights.items()}
-    with torch.device("meta"):
-        model: Any = MistralModel(_config(layout))
     pruned = layout.layers < FULL_DEPTH
-    if pruned:
-        state.pop("norm.weight", None)
-    result = model.load_state_dict(state, strict=False, assign=True)
-    missing = [k for k in result.missing_keys if not k.startswith("rotary_emb.") and not (pruned and k == "norm.weight")]
-    if missing or result.unexpected_keys:
-        raise ModelError(f"{src.path.name}: the Mistral weights do not fit {layout.describe()} (missing "
-                         f"{missing[:4]}, unexpected {result.unexpected_keys[:4]})")
-    with torch.device(device):
-        model.rotary_emb = type(model.rotary_emb)(config=model.config)
+
+    def make() -> Any:
+        model: Any = MistralModel(_config(layout))
         if pruned:
             model.norm = torch.nn.Identity()
-    module: torch.nn.Module = model.eval().requires_grad_(False)
-    return module
+        return model
+
+    return build_decoder(src, layout, make, device, dtype, skip=("lm_head.", "norm.") if pruned else ("lm_head.",))
 
 
 def load_mistral_encoder(src: TensorSource, device: torch.device) -> MistralEncoder:
