@@ -8,6 +8,7 @@ inductor + CUDA graphs): its output is compared with the eager call at atol 1e-5
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import threading
@@ -25,12 +26,15 @@ from comfymesh.diffusion.fast.denoiser import FastDenoiser
 from comfymesh.diffusion.fast.manifest import WarmTarget, warmup_from_manifest
 from comfymesh.diffusion.fast.tiers import bucket_key
 from comfymesh.diffusion.latents import vae_codec
+from comfymesh.diffusion.memory.fit import tensor_bytes
 from comfymesh.diffusion.models import tiny_flux, tiny_lora, tiny_qwen_image, tiny_sd3, tiny_zimage
 from comfymesh.diffusion.models.cache import ModelCache
 from comfymesh.diffusion.models.flow_lora import model_lock
+from comfymesh.diffusion.models.fp8_weights import Fp8Linear
 from comfymesh.diffusion.sampling.ksampler import SamplingModel
 
 CPU = torch.device("cpu")
+CPU_DTYPE = torch.float32  # the compute dtype on the CPU
 ATOL = 1e-5
 FAMILIES = ("flux", "chroma", "sd3", "zimage", "qwen_image")
 
@@ -236,3 +240,28 @@ def test_fill_model_takes_its_concat_on_the_fast_path(tmp_path: Path, cache: Mod
         out = fast(x, t, ctx, y)
         assert out.shape == (2, 16, 6, 6) and torch.equal(out, eager_model.unet(x, t, ctx, y))
     assert fast.fallbacks == 0
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_an_fp8_weight_dtype_holds_the_linears_in_fp8_with_the_rounded_weights_numerics(
+        family: str, files: dict[str, Path]) -> None:
+    cache = ModelCache(budget_bytes=2**30, device=CPU, fast=FastPathSettings(fast_path=False))
+    default, rec = cache.unet_file(files[family]).unet()
+    held_ckpt = cache.unet_file(files[family], "fp8_e4m3fn")
+    held, _ = held_ckpt.unet()
+    assert not any(isinstance(m, torch.nn.Linear) for m in held.modules())
+    assert all(m.weight.dtype == torch.float8_e4m3fn for m in held.modules() if isinstance(m, Fp8Linear))
+    # ComfyUI's numerics for that weight_dtype: every weight rounded to an fp8 value, computed in the compute dtype
+    rounded = copy.deepcopy(default)
+    with torch.no_grad():
+        for param in rounded.parameters():
+            param.copy_(param.to(torch.float8_e4m3fn).to(param.dtype))
+    fam = registry.get(rec.family)
+    assert fam is not None
+    args = _inputs(fam.sampling_model(default, rec, CPU))
+    with torch.no_grad():
+        assert torch.equal(fam.sampling_model(held, rec, CPU).unet(*args), fam.sampling_model(rounded, rec, CPU).unet(*args))
+    # the budget's estimate from the file is what the held model takes (about a quarter of float32's bytes)
+    estimate = sum(tensor_bytes([files[family]], CPU_DTYPE, torch.float8_e4m3fn).values())
+    assert abs(held_ckpt.nbytes - estimate) <= 0.02 * estimate
+    assert held_ckpt.nbytes < 0.5 * cache.unet_file(files[family]).nbytes

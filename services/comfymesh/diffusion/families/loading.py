@@ -18,8 +18,8 @@ from comfymesh.diffusion.models.fp8_weights import (
     Converter,
     converted_row_scales,
     held_by_fp8_linear,
+    hold_in,
     install_fp8_linears,
-    is_fp8,
     split_scales,
 )
 from comfymesh.diffusion.models.tensor_source import TensorSource, converted
@@ -97,11 +97,9 @@ def load_fp8_aware(src: TensorSource, prefix: str, make: Callable[[], Any], conv
 def load_diffusion_model(src: TensorSource, what: str, build: Callable[[], torch.nn.Module],
                          storage: torch.dtype | None = None) -> torch.nn.Module:
     """`build()`'s model, any failure but a ModelError reported as one naming the file; an fp8 `storage`
-    (UNETLoader's weight_dtype) rounds the weights that are not fp8 already to that format, keeping their dtype."""
+    (UNETLoader's weight_dtype) holds its linears in that format and rounds its other weights to it
+    (fp8_weights.hold_in)."""
     model = converted(src, f"{what} diffusion model", build)
     if storage is not None:
-        with torch.no_grad():
-            for tensor in model.parameters():
-                if not is_fp8(tensor):
-                    tensor.copy_(tensor.to(storage).to(tensor.dtype))
+        hold_in(model, storage)
     return model

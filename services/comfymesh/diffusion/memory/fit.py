@@ -33,10 +33,13 @@ def _header(path: Path) -> dict[str, dict[str, object]]:
     return header
 
 
-def tensor_bytes(paths: Iterable[Path], compute_dtype: torch.dtype) -> dict[str, int]:
+def tensor_bytes(paths: Iterable[Path], compute_dtype: torch.dtype,
+                 storage: torch.dtype | None = None) -> dict[str, int]:
     """Key → bytes each tensor of the files takes once loaded: an fp8 matrix as fp8 with a float32 scale per row
     (an Fp8Linear), other floats (fp8 norms and vectors too, upcast at load) in `compute_dtype`, integer tensors
-    as stored; the quantisation bookkeeping keys (scales, markers, descriptors: held in the row scales) left out."""
+    as stored; the quantisation bookkeeping keys (scales, markers, descriptors: held in the row scales) left out.
+    An fp8 `storage` (UNETLoader's weight_dtype on a family's model: fp8_weights.hold_in) holds every float
+    matrix as an fp8 one."""
     size = torch.empty((), dtype=compute_dtype).element_size()
     out: dict[str, int] = {}
     for path in paths:
@@ -51,7 +54,7 @@ def tensor_bytes(paths: Iterable[Path], compute_dtype: torch.dtype) -> dict[str,
             for dim in shape:
                 numel *= int(dim)
             # an fp8 embedding table would be upcast (counted short here); ComfyUI's fp8 files keep theirs bf16
-            if dtype in _FP8 and len(shape) == 2:
+            if len(shape) == 2 and (dtype in _FP8 or (storage is not None and dtype in _FLOATS)):
                 out[key] = numel + int(shape[0]) * _ROW_SCALE_BYTES
             else:
                 out[key] = numel * (size if dtype in _FLOATS else _INT_BYTES.get(dtype, size))

@@ -44,6 +44,7 @@ from comfymesh.diffusion.memory.streaming import offload, streamer_of
 from comfymesh.diffusion.models import flow_lora
 from comfymesh.diffusion.models import lora as lora_mod
 from comfymesh.diffusion.models.checkpoint import (
+    WEIGHT_DTYPES,
     CheckpointParts,
     load_checkpoint,
     load_family_encoders,
@@ -336,9 +337,11 @@ class ModelCache:
     def _load_diffusion_model(self, path: Path, weight_dtype: str) -> CheckpointParts:
         """A diffusion model checked against the budget before it loads; a registered family's model larger than
         the room left streams its blocks from host memory (memory.offload_plan, memory.streaming)."""
-        blocks, other = offload_plan.file_blocks(tensor_bytes([path], self.placement.unet_dtype))
+        registered = families.recognise(TensorSource(path)) is not None
+        storage = WEIGHT_DTYPES[weight_dtype] if registered else None  # the families hold an fp8 weight_dtype in fp8
+        blocks, other = offload_plan.file_blocks(tensor_bytes([path], self.placement.unet_dtype, storage))
         need = other + sum(blocks.values())
-        registered = bool(blocks) and families.recognise(TensorSource(path)) is not None
+        registered = registered and bool(blocks)
         if registered and self.split_devices and need > self.budget:
             return self._load_split(path, weight_dtype, blocks, other, need)
         streams = self.block_offload and registered

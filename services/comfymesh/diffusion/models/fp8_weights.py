@@ -172,6 +172,25 @@ def install_fp8_linears(model: nn.Module, state: dict[str, torch.Tensor], scales
     return {k: _upcast(v, scales.get(k), dtype) for k, v in rest.items()}
 
 
+def hold_in(model: nn.Module, storage: torch.dtype) -> None:
+    """UNETLoader's fp8 weight_dtype on a model built in its compute dtype, held as ComfyUI holds it: each linear's
+    weight stored in `storage` (an Fp8Linear at unit scale: 1 byte an element), every other weight rounded to
+    `storage`'s values in its own dtype. Linears already fp8 (an fp8 file's) keep their weights and scales. The
+    numerics are the rounded weights', bit for bit: an Fp8Linear upcasts its weight and multiplies by 1."""
+    with torch.no_grad():
+        for name, module in list(model.named_modules()):
+            if not isinstance(module, nn.Linear) or is_fp8(module.weight):
+                continue
+            weight = module.weight.to(storage)
+            parent_name, _, child = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            setattr(parent, child, Fp8Linear(weight, torch.ones(weight.shape[0], device=weight.device),
+                                             module.bias))
+        for tensor in model.parameters():
+            if tensor.is_floating_point() and not is_fp8(tensor):
+                tensor.copy_(tensor.to(storage).to(tensor.dtype))
+
+
 def held_by_fp8_linear(model: nn.Module, key: str) -> bool:
     """Whether a state key (weight, bias, scale) belongs to an installed Fp8Linear, which holds it already."""
     name = key.rpartition(".")[0]
