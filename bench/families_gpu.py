@@ -357,7 +357,7 @@ def graph(family: str, args: argparse.Namespace, seed: int, variant: str = "") -
                                                           "device": "default"}},
             "63": {"class_type": "VAELoader", "inputs": {"vae_name": tiny_zimage.VAE}},
             "66": {"class_type": "UNETLoader", "inputs": {"unet_name": tiny_zimage.DIFFUSION_MODEL,
-                                                          "weight_dtype": "default"}},
+                                                          "weight_dtype": args.weight_dtype}},
             "67": {"class_type": "CLIPTextEncode", "inputs": {"text": PROMPT, "clip": ["62", 0]}},
             "71": {"class_type": "CLIPTextEncode", "inputs": {"text": NEGATIVE, "clip": ["62", 0]}},
             "68": {"class_type": "EmptySD3LatentImage", "inputs": {"width": size, "height": size, "batch_size": 1}},
@@ -371,7 +371,7 @@ def graph(family: str, args: argparse.Namespace, seed: int, variant: str = "") -
     if family == "flux":  # flux_dev's graph: DualCLIPLoader flux → FluxGuidance → SamplerCustomAdvanced
         return {
             "10": {"class_type": "UNETLoader", "inputs": {"unet_name": variant or tiny_flux.DIFFUSION_MODEL,
-                                                          "weight_dtype": "default"}},
+                                                          "weight_dtype": args.weight_dtype}},
             "11": {"class_type": "DualCLIPLoader", "inputs": {"clip_name1": tiny_flux.T5, "clip_name2": tiny_flux.CLIP_L,
                                                               "type": "flux", "device": "default"}},
             "12": {"class_type": "VAELoader", "inputs": {"vae_name": tiny_flux.VAE}},
@@ -405,7 +405,7 @@ def graph(family: str, args: argparse.Namespace, seed: int, variant: str = "") -
     if family == "qwen":  # image_qwen_image on its 20-step, cfg 4 branch (the Lightning LoRA switched off)
         return {
             "37": {"class_type": "UNETLoader", "inputs": {"unet_name": tiny_qwen_image.DIFFUSION_MODEL,
-                                                          "weight_dtype": "default"}},
+                                                          "weight_dtype": args.weight_dtype}},
             "38": {"class_type": "CLIPLoader", "inputs": {"clip_name": tiny_qwen_image.TEXT_ENCODER,
                                                           "type": "qwen_image", "device": "default"}},
             "39": {"class_type": "VAELoader", "inputs": {"vae_name": tiny_qwen_image.VAE}},
@@ -421,7 +421,7 @@ def graph(family: str, args: argparse.Namespace, seed: int, variant: str = "") -
         }
     if family == "klein":  # image_flux2_klein_text_to_image's distilled subgraph: cfg 1 against the zeroed prompt
         return {
-            "70": {"class_type": "UNETLoader", "inputs": {"unet_name": KLEIN_MODEL, "weight_dtype": "default"}},
+            "70": {"class_type": "UNETLoader", "inputs": {"unet_name": KLEIN_MODEL, "weight_dtype": args.weight_dtype}},
             "71": {"class_type": "CLIPLoader", "inputs": {"clip_name": KLEIN_TEXT, "type": "flux2",
                                                           "device": "default"}},
             "72": {"class_type": "VAELoader", "inputs": {"vae_name": FLUX2_VAE}},
@@ -440,7 +440,7 @@ def graph(family: str, args: argparse.Namespace, seed: int, variant: str = "") -
         }
     if family == "flux2dev":  # image_flux2_fp8's text-to-image part: FluxGuidance 4 → BasicGuider, Flux2Scheduler
         return {
-            "12": {"class_type": "UNETLoader", "inputs": {"unet_name": DEV_MODEL, "weight_dtype": "default"}},
+            "12": {"class_type": "UNETLoader", "inputs": {"unet_name": DEV_MODEL, "weight_dtype": args.weight_dtype}},
             "38": {"class_type": "CLIPLoader", "inputs": {"clip_name": DEV_TEXT, "type": "flux2", "device": "default"}},
             "10": {"class_type": "VAELoader", "inputs": {"vae_name": FLUX2_VAE}},
             "6": {"class_type": "CLIPTextEncode", "inputs": {"text": PROMPT, "clip": ["38", 0]}},
@@ -1039,6 +1039,10 @@ def main() -> None:
                         help="FLUX's scaled-fp8 transformer call also in the fp8 matmul mode (COMFYMESH_FP8_MATMUL): "
                              "its time and PSNR against the bf16-upcast call; the scaled-fp8 mesh (unless "
                              "--no-fp8-mesh) runs in that mode too")
+    parser.add_argument("--weight-dtype", default="default", choices=("default", "fp8_e4m3fn", "fp8_e4m3fn_fast"),
+                        help="UNETLoader's weight_dtype in every graph: fp8_e4m3fn holds the model's linears in fp8, "
+                             "fp8_e4m3fn_fast also multiplies them in fp8 (torch._scaled_mm) on Ada or Hopper, as "
+                             "ComfyUI does (the pipelines stay in their file's dtype)")
     parser.add_argument("--keep-files", action="store_true", help="keep each family's files after it ran")
     parser.add_argument("--phase-timeout", type=float, default=900)
     parser.add_argument("--out", default=None, help="write the results as JSON here (logs beside it)")
