@@ -12,8 +12,42 @@ cd "$(dirname "$0")/.."
 grep -qx '/.dev/' .git/info/exclude || echo /.dev/ >> .git/info/exclude
 rm -rf .dev && mkdir -p .dev/stub
 work=$(mktemp -d) && trap 'rm -rf "$work"' EXIT
-# pinned as in the venv; torch, numpy and triton come with the device's image
-pkgs=$(.venv/bin/pip freeze | grep -i -E '^(annotated-doc|anyio|blake3|certifi|cffi|charset.normalizer|click|cryptography|diffusers|einops|fastapi|filelock|fsspec|grpcio|grpcio-health-checking|h11|httpcore|httpx|huggingface.hub|idna|importlib.metadata|isal|markdown-it-py|mdurl|opentelemetry-api|orjson|packaging|pillow|prometheus.client|protobuf|pycparser|pydantic|pydantic.core|pydantic-settings|pyjwt|python-dotenv|python-multipart|pyyaml|regex|requests|rich|safetensors|shellingham|sse-starlette|starlette|tokenizers|torchsde|tqdm|trampoline|transformers|typer|typing.inspection|typing.extensions|urllib3|uvicorn|websockets|zipp)==')
+# the project's runtime dependencies (its diffusion, gateway and orchestrator extras) and theirs, walked from the
+# venv's metadata with markers read for Python 3.12 on Linux, pinned as installed; torch and what comes with it in the
+# device's image are left out, and so are the wheels stood in for (frontend, Swagger UI) and ImageMagick's binding
+pkgs=$(.venv/bin/python - <<'PY'
+from importlib.metadata import PackageNotFoundError, distribution
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+IMAGE = {"torch", "triton", "numpy", "scipy", "sympy", "networkx", "jinja2", "markupsafe", "mpmath", "setuptools"}
+STOOD_IN = {"comfyui-frontend-package", "swagger-ui-bundle-v2", "wand", "asyncpg"}
+seen: dict[str, str] = {}
+todo = [("comfymesh", {"diffusion", "gateway", "orchestrator"})]
+while todo:
+    name, extras = todo.pop()
+    for text in distribution(name).requires or []:
+        req = Requirement(text)
+        env = {"python_version": "3.12", "python_full_version": "3.12.3", "sys_platform": "linux",
+               "platform_system": "Linux", "platform_machine": "x86_64", "implementation_name": "cpython"}
+        if req.marker and not any(req.marker.evaluate({**env, "extra": e}) for e in (extras or {""})):
+            continue
+        key = canonicalize_name(req.name)
+        if key in IMAGE or key.startswith("nvidia-") or key in STOOD_IN:
+            continue
+        try:
+            version = distribution(req.name).version
+        except PackageNotFoundError:
+            continue  # an optional dependency the venv does not have
+        if key not in seen:
+            seen[key] = version
+            todo.append((req.name, set(req.extras)))
+        elif req.extras:
+            todo.append((req.name, set(req.extras)))
+print(" ".join(f"{k}=={v}" for k, v in sorted(seen.items())))
+PY
+)
+echo "dependencies: $pkgs"
 for p in $pkgs; do
   python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
@@ -36,10 +70,13 @@ git rev-parse --short HEAD > .dev/snap/COMMIT
 cat > .dev/env.sh <<'SH'
 # sourced by start.sh: the snapshot as the working folder, the unpacked dependencies and tokenizers on the path
 DEV="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-cd "$DEV/snap" || exit 1
+# the code runs from a copy: a later call re-sends .dev, which would replace snap/ under a running bench
+[ -d /tmp/snap ] || cp -r "$DEV/snap" /tmp/snap
+cd /tmp/snap || exit 1
 if [ ! -d /tmp/site ]; then mkdir -p /tmp/site && tar -C /tmp/site -xJf "$DEV/site.tar.xz" || exit 1; fi
 mkdir -p /tmp/tok && { [ -d /tmp/tok/t5 ] || tar -C /tmp/tok -xJf "$DEV/tok.tar.xz"; }
-export PYTHONPATH=/tmp/site:$DEV/stub:$PWD/libs:$PWD/services:$PWD COMFYMESH_TOKENIZER_DIR=/tmp/tok
+[ -d /tmp/stub ] || cp -r "$DEV/stub" /tmp/stub
+export PYTHONPATH=/tmp/site:/tmp/stub:$PWD/libs:$PWD/services:$PWD COMFYMESH_TOKENIZER_DIR=/tmp/tok
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 mkdir -p /tmp/fbr
 SH
@@ -49,7 +86,7 @@ cat > .dev/start.sh <<'SH'
 # held), from the snapshot with env.sh's path; its output in /tmp/fbr/NAME.log, its exit status in /tmp/fbr/NAME.rc
 source "$(dirname "$0")/env.sh"
 name=$1; shift
-setsid bash -c "$* > /tmp/fbr/$name.log 2>&1; echo \$? > /tmp/fbr/$name.rc" < /dev/null > /dev/null 2>&1 &
+setsid bash -c "{ $*; } > /tmp/fbr/$name.log 2>&1; echo \$? > /tmp/fbr/$name.rc" < /dev/null > /dev/null 2>&1 &
 echo "started $name"
 SH
 cat > .dev/wait.sh <<'SH'
