@@ -50,7 +50,8 @@ Per family (`--families`, in that order), each family's files are written, measu
   --fast    one more mesh per family with the fast path on (`mesh_fast`): the cold job starts the model's and the
             VAE decode's buckets, which are waited for (graphed then compiled, `--compile-timeout`), then the warm
             runs with the eager mesh's seeds; `psnr_vs_eager_db` per seed compares their PNGs with the eager ones.
-            Only zimage, flux and sd3 (FAST): Qwen-Image's 60 blocks compile for minutes, FLUX.2 has no fast path.
+            Only zimage, flux, sd3 and klein (FAST): Qwen-Image's 60 blocks compile for minutes, and a streamed
+            model (FLUX.2 Dev here) runs eagerly.
   --fp8-matmul  FLUX's scaled-fp8 transformer call is also run with the fp8 matmul mode (torch._scaled_mm on Ada or
             Hopper; elsewhere the upcast path, and the result says which kernel ran): call time and PSNR against the
             bf16-upcast call on the same inputs (`fp8_transformer.fp8_matmul`).
@@ -462,9 +463,9 @@ STEPS = {"zimage": 8, "flux": 20, "sd3": 28, "qwen": 20, "klein": 4, "flux2dev":
 SIZES = {"qwen": 1328}  # the templates' 1:1 size where it is not 1024
 QWEN_SHIFT, QWEN_CFG = 3.1, 4.0
 PIPELINES = ("zimage", "flux", "sd3", "qwen", "klein")  # FLUX.2 Dev's 32 B in bf16 leave no room beside activations
-# the fast path's compile is measured where it takes about two minutes (Qwen-Image's 60 blocks take longer; FLUX.2
-# has no fast path; a streamed model runs eagerly)
-FAST = ("zimage", "flux", "sd3")
+# the fast path's compile is measured where it takes about two minutes (Qwen-Image's 60 blocks take longer; a
+# streamed model, FLUX.2 Dev's here, runs eagerly)
+FAST = ("zimage", "flux", "sd3", "klein")
 
 
 def size_of(family: str, args: argparse.Namespace) -> int:

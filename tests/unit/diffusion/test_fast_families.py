@@ -27,7 +27,7 @@ from comfymesh.diffusion.fast.manifest import WarmTarget, warmup_from_manifest
 from comfymesh.diffusion.fast.tiers import bucket_key
 from comfymesh.diffusion.latents import vae_codec
 from comfymesh.diffusion.memory.fit import tensor_bytes
-from comfymesh.diffusion.models import tiny_flux, tiny_lora, tiny_qwen_image, tiny_sd3, tiny_zimage
+from comfymesh.diffusion.models import tiny_flux, tiny_flux2, tiny_lora, tiny_qwen_image, tiny_sd3, tiny_zimage
 from comfymesh.diffusion.models.cache import ModelCache
 from comfymesh.diffusion.models.flow_lora import model_lock
 from comfymesh.diffusion.models.fp8_weights import Fp8Linear
@@ -36,7 +36,7 @@ from comfymesh.diffusion.sampling.ksampler import SamplingModel
 CPU = torch.device("cpu")
 CPU_DTYPE = torch.float32  # the compute dtype on the CPU
 ATOL = 1e-5
-FAMILIES = ("flux", "chroma", "sd3", "zimage", "qwen_image")
+FAMILIES = ("flux", "chroma", "sd3", "zimage", "qwen_image", "flux2")
 
 
 def _shapes(family: str) -> dict[str, tuple[int, ...]]:
@@ -49,6 +49,8 @@ def _shapes(family: str) -> dict[str, tuple[int, ...]]:
         return tiny_sd3.mmdit_shapes(width=64, blocks=2, context_dim=32)
     if family == "zimage":
         return tiny_zimage.zimage_shapes(dim=256, heads=4, layers=1, refiners=1, cap_dim=32)
+    if family == "flux2":
+        return tiny_flux2.flux2_shapes(guidance=True)
     return tiny_qwen_image.qwen_image_shapes(layers=1, text_dim=32)
 
 
@@ -115,7 +117,7 @@ def test_buckets_key_guidance_and_text_length(files: dict[str, Path], cache: Mod
         assert torch.equal(fast(x, t, ctx, disabled_y), model.unet(x, t, ctx, disabled_y))
 
 
-@pytest.mark.parametrize("family", ["flux", "qwen_image"])
+@pytest.mark.parametrize("family", ["flux", "qwen_image", "flux2"])
 def test_bucket_builds_in_background_then_matches_eager(family: str, files: dict[str, Path],
                                                         cache: ModelCache) -> None:
     model, module, fam = _eager(cache, files[family])

@@ -34,6 +34,7 @@ from comfymesh.diffusion.families.registry import (
     VaeKind,
     flow_shift_sampling,
 )
+from comfymesh.diffusion.fast.denoiser import StaticForm
 from comfymesh.diffusion.latents.formats import FLUX2, LatentFormat
 from comfymesh.diffusion.models.flow_lora import key_map, linear1_qkv
 from comfymesh.diffusion.models.fp8_weights import is_fp8
@@ -141,19 +142,21 @@ def load_flux2(src: TensorSource, layout: Flux2Layout, device: torch.device,
                                 storage)
 
 
-def image_ids(h: int, w: int, index: float = 0.0, h_offset: int = 0, w_offset: int = 0) -> torch.Tensor:
-    """Position ids [h·w, 4] of an h×w latent's cells: (index, row, column, 0)."""
-    ids = torch.zeros(h, w, 4)
+def image_ids(h: int, w: int, index: float = 0.0, h_offset: int = 0, w_offset: int = 0,
+              device: torch.device | None = None) -> torch.Tensor:
+    """Position ids [h·w, 4] of an h×w latent's cells: (index, row, column, 0), made on `device` (no host copy:
+    the fast path's captured call makes them too)."""
+    ids = torch.zeros(h, w, 4, device=device)
     ids[..., 0] = index
-    ids[..., 1] = torch.arange(h, dtype=torch.float32)[:, None] + h_offset
-    ids[..., 2] = torch.arange(w, dtype=torch.float32)[None, :] + w_offset
+    ids[..., 1] = torch.arange(h, dtype=torch.float32, device=device)[:, None] + h_offset
+    ids[..., 2] = torch.arange(w, dtype=torch.float32, device=device)[None, :] + w_offset
     return ids.reshape(-1, 4)
 
 
-def text_ids(length: int) -> torch.Tensor:
+def text_ids(length: int, device: torch.device | None = None) -> torch.Tensor:
     """Position ids [length, 4] of the text tokens: their position on the fourth axis."""
-    ids = torch.zeros(length, 4)
-    ids[:, 3] = torch.arange(length, dtype=torch.float32)
+    ids = torch.zeros(length, 4, device=device)
+    ids[:, 3] = torch.arange(length, dtype=torch.float32, device=device)
     return ids
 
 
@@ -174,7 +177,8 @@ def _tokens(x: torch.Tensor) -> torch.Tensor:
 class Flux2Call:
     """The model as the denoiser calls it: (x [N, 128, h, w], timestep σ [N], context [N, T, D], y) → the
     velocity, so that x0 = x − σ·out. y is one guidance column [N, 1] (NaN, or a model without guidance: none).
-    `refs` are reference latents [1, 128, h, w] whose tokens join the image's and are dropped from the output."""
+    `refs` are reference latents [1, 128, h, w] whose tokens join the image's and are dropped from the output.
+    The fast path takes `static_inputs` (eager: the context padded, the guidance read) and `run`."""
 
     def __init__(self, model: torch.nn.Module, guidance: bool) -> None:
         self.model = model
@@ -182,26 +186,48 @@ class Flux2Call:
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, ctx: torch.Tensor, y: torch.Tensor | None,
                  refs: list[torch.Tensor] | None = None, ref_method: str = "index") -> torch.Tensor:
+        return self.run(x, t, self.padded(ctx), self.guidance_of(y, x), refs, ref_method)
+
+    def static_inputs(self, x: torch.Tensor, t: torch.Tensor, ctx: torch.Tensor, y: torch.Tensor | None,
+                      refs: list[torch.Tensor] | None = None,
+                      ref_method: str = "index") -> tuple[torch.Tensor | None, ...] | None:
+        """The fast path's fixed-shape inputs (x, t, padded context, guidance): a disabled guidance is None, a
+        bucket of its own; a call with reference latents runs eagerly (None)."""
+        if refs:
+            return None
+        return x, t, self.padded(ctx), self.guidance_of(y, x)
+
+    def run(self, x: torch.Tensor, t: torch.Tensor, ctx: torch.Tensor, guidance: torch.Tensor | None,
+            refs: list[torch.Tensor] | None = None, ref_method: str = "index") -> torch.Tensor:
+        """The model on a padded context and the guidance as ComfyUI embeds it (None: left out); no host sync,
+        copy or branch on values, so that it can be captured."""
         n, _, h, w = x.shape
         dtype = x.dtype
         img = _tokens(x)
-        ids = image_ids(h, w)
+        ids = image_ids(h, w, device=x.device)
         if refs:
             for ref, rid in zip(refs, reference_ids(refs, h, w, ref_method), strict=True):
                 img = torch.cat([img, _tokens(ref.to(x.device, dtype)).expand(n, -1, -1)], dim=1)
-                ids = torch.cat([ids, rid])
-        if ctx.shape[1] < TEXT_LENGTH:
-            ctx = F.pad(ctx, (0, 0, TEXT_LENGTH - ctx.shape[1], 0))
-        guidance = None
-        if self.guidance and y is not None and not torch.isnan(y[:, 0]).any():
-            guidance = comfy_guidance(y[:, 0].to(x.device), dtype)
+                ids = torch.cat([ids, rid.to(x.device)])
         t = t.to(x.device).float()
         feed(self.model.get_submodule("time_guidance_embed"), t * 1000, guidance)
-        out = self.model(hidden_states=img, encoder_hidden_states=ctx.to(dtype), timestep=t,
-                         img_ids=ids.to(x.device), txt_ids=text_ids(ctx.shape[1]).to(x.device),
+        out = self.model(hidden_states=img, encoder_hidden_states=ctx.to(dtype), timestep=t, img_ids=ids,
+                         txt_ids=text_ids(ctx.shape[1], device=x.device),
                          guidance=None if guidance is None else guidance / 1000, return_dict=False)[0]
         result: torch.Tensor = out[:, : h * w].transpose(1, 2).reshape(n, -1, h, w)
         return result
+
+    @staticmethod
+    def padded(ctx: torch.Tensor) -> torch.Tensor:
+        """The context padded at the front to ComfyUI's 512 text tokens."""
+        return F.pad(ctx, (0, 0, TEXT_LENGTH - ctx.shape[1], 0)) if ctx.shape[1] < TEXT_LENGTH else ctx
+
+    def guidance_of(self, y: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor | None:
+        """1000·guidance as ComfyUI embeds it (`comfy_guidance`), or None for a model without guidance or a
+        disabled one (NaN): read here, eagerly, since it looks at the values."""
+        if not self.guidance or y is None or torch.isnan(y[:, 0]).any():
+            return None
+        return comfy_guidance(y[:, 0].to(x.device), x.dtype)
 
 
 def recognition(layout: Flux2Layout) -> Recognition:
@@ -248,14 +274,14 @@ def sampling_model(model: torch.nn.Module, rec: Recognition, device: torch.devic
 class Flux2Family:
     """FLUX.2 in the family registry: CLIPLoader type `flux2` (Klein's Qwen3 or Dev's Mistral 3 Small, told apart
     by the file), the FLUX.2 VAE's 128-channel latents, ModelSamplingFlux. Text tokens join the image's in one
-    attention, so calls never batch across jobs; LoRA, no fast path yet."""
+    attention, so calls never batch across jobs; LoRA; the fast path."""
 
     name = NAME
     clip_types: tuple[str, ...] = ("flux2",)
     latent_format: LatentFormat = FLUX2
     vae_kind: VaeKind = "other"
     batches = False
-    fast_path = False
+    fast_path = True
     lora = True
 
     def recognise(self, src: TensorSource) -> Flux2Layout | None:
@@ -269,6 +295,11 @@ class Flux2Family:
 
     def sampling_model(self, module: torch.nn.Module, rec: Recognition, device: torch.device) -> SamplingModel:
         return sampling_model(module, rec, device)
+
+    def static_form(self, module: torch.nn.Module) -> StaticForm:
+        config: Any = module.config
+        call = Flux2Call(module, bool(config.guidance_embeds))
+        return StaticForm(call.static_inputs, call.run)
 
     def load_text_encoders(self, clip_type: str, paths: list[Path], device: torch.device) -> dict[str, Any]:
         if len(paths) != 1:
