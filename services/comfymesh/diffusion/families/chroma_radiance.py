@@ -38,6 +38,7 @@ from comfymesh.diffusion.families.loading import (
     model_prefix,
 )
 from comfymesh.diffusion.families.registry import BuiltModel, Conditioning, DiffusionFamily, VaeKind
+from comfymesh.diffusion.fast.denoiser import StaticForm, plain_inputs
 from comfymesh.diffusion.latents.formats import CHROMA_RADIANCE, LatentFormat
 from comfymesh.diffusion.models.nerf_head import NerfHead, NerfLayout
 from comfymesh.diffusion.models.recognise import Recognition, UNetLayout
@@ -186,14 +187,14 @@ def sampling_model(model: torch.nn.Module, rec: Recognition, device: torch.devic
 
 class ChromaRadianceFamily:
     """Chroma Radiance in the family registry: CLIPLoader type `chroma` (one T5-XXL file, as Chroma), the
-    pixel-space latent (VAELoader's `pixel_space`), flow sampling with shift 1. No LoRA or fast path yet."""
+    pixel-space latent (VAELoader's `pixel_space`), flow sampling with shift 1; the fast path. No LoRA yet."""
 
     name = NAME
     clip_types: tuple[str, ...] = ()  # CLIPLoader type `chroma` is Chroma's; its T5 conditioning serves both
     latent_format: LatentFormat = CHROMA_RADIANCE
     vae_kind: VaeKind = "other"
     batches = False
-    fast_path = False
+    fast_path = True
     lora = False
 
     def recognise(self, src: TensorSource) -> RadianceLayout | None:
@@ -205,6 +206,9 @@ class ChromaRadianceFamily:
 
     def sampling_model(self, module: torch.nn.Module, rec: Recognition, device: torch.device) -> SamplingModel:
         return sampling_model(module, rec, device)
+
+    def static_form(self, module: torch.nn.Module) -> StaticForm:
+        return StaticForm(plain_inputs, radiance_fn(module))  # fixed-shape in (x, t, ctx, y) already
 
     def load_text_encoders(self, clip_type: str, paths: list[Path], device: torch.device) -> dict[str, Any]:
         return chroma.FAMILY.load_text_encoders(clip_type, paths, device)
