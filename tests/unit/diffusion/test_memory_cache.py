@@ -125,3 +125,14 @@ def test_a_diffusion_model_over_the_budget_streams_its_blocks(tmp_path: Path, ca
 
     assert resident.family == flux.NAME
     assert torch.equal(call(streamed), call(resident))
+
+
+def test_the_estimate_counts_fp8_linears_as_held_and_fp8_token_tables_as_upcast(tmp_path: Path) -> None:
+    fp8 = torch.float8_e4m3fn
+    path = tmp_path / "encoder.safetensors"
+    save_file({"model.embed_tokens.weight": torch.zeros(10, 8).to(fp8),  # upcast at load: no linear
+               "model.layers.0.q_proj.weight": torch.zeros(8, 8).to(fp8),  # an Fp8Linear: 1 byte + a row scale
+               "model.norm.weight": torch.ones(8)}, str(path))
+    counted = tensor_bytes([path], torch.bfloat16)
+    assert counted == {"model.embed_tokens.weight": 10 * 8 * 2, "model.layers.0.q_proj.weight": 8 * 8 + 8 * 4,
+                       "model.norm.weight": 8 * 2}

@@ -19,6 +19,8 @@ _FP8 = {"F8_E4M3", "F8_E5M2"}
 _FLOATS = {"F64", "F32", "F16", "BF16", *_FP8}
 _INT_BYTES = {"I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
 _ROW_SCALE_BYTES = 4  # an Fp8Linear's float32 scale per output row
+# text encoders' token embedding tables (T5's `shared`, the LLMs' `embed_tokens`, CLIP's `token_embedding`)
+_TOKEN_TABLES = ("embed_tokens.weight", "shared.weight", "token_embedding.weight")
 GiB = 2**30
 # an estimate from the file counts keys that never load (a checkpoint's sampling tables, unused towers): a model is
 # refused only when it exceeds the budget by more than this share
@@ -53,8 +55,9 @@ def tensor_bytes(paths: Iterable[Path], compute_dtype: torch.dtype,
             numel = 1
             for dim in shape:
                 numel *= int(dim)
-            # an fp8 embedding table would be upcast (counted short here); ComfyUI's fp8 files keep theirs bf16
-            if len(shape) == 2 and (dtype in _FP8 or (storage is not None and dtype in _FLOATS)):
+            # an fp8 token table is upcast at load (it is no linear), so it counts in the compute dtype
+            if len(shape) == 2 and not key.endswith(_TOKEN_TABLES) and (
+                    dtype in _FP8 or (storage is not None and dtype in _FLOATS)):
                 out[key] = numel + int(shape[0]) * _ROW_SCALE_BYTES
             else:
                 out[key] = numel * (size if dtype in _FLOATS else _INT_BYTES.get(dtype, size))
