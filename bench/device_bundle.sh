@@ -6,7 +6,7 @@
 # stubs (snap/), so the run is of a commit (snap/COMMIT) even while the working tree changes.
 # Usage (repository root, after `make setup`): bash bench/device_bundle.sh
 # Then, on the device: `.dev/start.sh NAME "python3 bench/families_gpu.py ..."; .dev/wait.sh 540 NAME` with
-# carry [".dev"]; NAME's log, exit status and results land in /tmp/fbr (wait.sh copies the JSON to $OUT).
+# carry [".dev"]; NAME's log, exit status and results land in /tmp/fbr (wait.sh copies the JSON and the meshes' logs to $OUT).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 grep -qx '/.dev/' .git/info/exclude || echo /.dev/ >> .git/info/exclude
@@ -92,13 +92,13 @@ SH
 cat > .dev/wait.sh <<'SH'
 #!/bin/bash
 # wait.sh SECONDS NAME...: wait until each NAME has an exit status or SECONDS pass; print their log tails and copy
-# the results (/tmp/fbr/*.json) to $OUT
+# the results (/tmp/fbr/*.json) and the meshes' logs to $OUT
 end=$(( $(date +%s) + $1 )); shift
 for n in "$@"; do
   while [ ! -f "/tmp/fbr/$n.rc" ] && [ "$(date +%s)" -lt "$end" ]; do sleep 5; done
 done
 for n in "$@"; do echo "== $n rc=$(cat "/tmp/fbr/$n.rc" 2>/dev/null || echo running)"; tail -c 2500 "/tmp/fbr/$n.log"; done
-cp /tmp/fbr/*.json "$OUT"/ 2>/dev/null
+cp /tmp/fbr/*.json /tmp/fbr/mesh-*.log "$OUT"/ 2>/dev/null
 nvidia-smi --query-gpu=memory.used --format=csv; df -h /tmp | tail -1
 SH
 chmod +x .dev/*.sh

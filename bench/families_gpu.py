@@ -340,6 +340,13 @@ def make_files(family: str, models: Path, args: argparse.Namespace) -> dict[str,
         out[spec["name"]] = {"params_M": round(params / 1e6, 1), "GiB": round(size / GiB, 3),
                              "write_s": round(time.perf_counter() - start, 1)}
         say(f"{family}: wrote {path.name}: {out[spec['name']]}")
+    # tens of GiB of dirty pages flush in the background otherwise, and the mesh's first fsync (the job store's
+    # commit) may wait behind them (the likely reason FLUX.2 Dev's first submit, made as its files were written,
+    # timed out on the H100)
+    start = time.perf_counter()
+    os.sync()
+    out["flushed_in_s"] = round(time.perf_counter() - start, 1)
+    say(f"{family}: files flushed to disk in {out['flushed_in_s']} s")
     return out
 
 
@@ -924,7 +931,11 @@ def mesh_phase(family: str, home: Path, args: argparse.Namespace, variant: str =
         raise
     try:
         res["mesh_up_s"] = round(time.perf_counter() - start, 1)
-        cold = run.job(graph(family, args, seed=1, variant=variant))
+        try:
+            cold = run.job(graph(family, args, seed=1, variant=variant))
+        except Exception:
+            print("\n".join(run.mesh.logs[-60:]), flush=True)  # what the services said, beside the failure
+            raise
         res["cold_first_job_ms"] = round(cold["ms"], 1)
         res["cold_first_job_nodes_ms"] = {k: round(v, 1) for k, v in cold["nodes"].items()}
         res["cold_start_to_first_png_s"] = round(time.perf_counter() - start, 1)
