@@ -64,3 +64,44 @@ def test_small_files_are_not_recorded(home: Path) -> None:
     image.write_bytes(b"png" * 100)
     assert files.file_digest(image) == hashlib.sha256(b"png" * 100).hexdigest()
     assert not (home / "cache" / "digests.json").exists()
+
+
+def test_a_digest_another_process_recorded_is_found_without_hashing(home: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The orchestrator hashes a model for its cache keys; the stage that loads it next finds that digest in the
+    file instead of reading tens of GiB again, and each process's save keeps the other's entries."""
+    monkeypatch.setattr(files, "PERSIST_MIN_BYTES", 1024)
+    first, second = home / "a.safetensors", home / "b.safetensors"
+    first.write_bytes(b"a" * 2000)
+    second.write_bytes(b"b" * 2000)
+    assert files.known_digest(second) is None  # this process has loaded the (empty) record: a real miss next
+    # another process hashes `first` and records it
+    mine = files._known_digests()
+    monkeypatch.setattr(files, "_digests", {})
+    digest = files.file_digest(first)
+    monkeypatch.setattr(files, "_digests", mine)
+
+    real_sha256 = hashlib.sha256
+    monkeypatch.setattr(files.hashlib, "sha256", lambda *a: pytest.fail("hashed again"))
+    assert files.known_digest(first) == files.file_digest(first) == digest
+    monkeypatch.setattr(files.hashlib, "sha256", real_sha256)
+    monkeypatch.setattr(files, "_digests", {})  # a third process, which knows only `second`
+    files.file_digest(second)
+    recorded = json.loads((home / "cache" / "digests.json").read_text())
+    assert {Path(key).name for key in recorded} == {"a.safetensors", "b.safetensors"}
+
+
+def test_the_cache_keys_tell_a_file_not_hashed_yet(home: Path) -> None:
+    """Signing on the event loop asks for known digests only; a new file sends the signing off the loop."""
+    from comfymesh.catalog import Catalog
+    from comfymesh.orchestrator.planning import DigestPending, fingerprint_files
+    from tests.catalogs import builtin_nodes
+
+    (home / "input").mkdir()
+    (home / "input" / "cat.png").write_bytes(b"png bytes")
+    catalog = Catalog(home, builtin_nodes().object_info())
+    with pytest.raises(DigestPending, match=r"cat\.png"):
+        fingerprint_files(catalog, hash_files=False)("LoadImage", {"image": "cat.png"})
+    hashed = fingerprint_files(catalog)("LoadImage", {"image": "cat.png"})
+    assert hashed == f"image={hashlib.sha256(b'png bytes').hexdigest()}"
+    assert fingerprint_files(catalog, hash_files=False)("LoadImage", {"image": "cat.png"}) == hashed

@@ -5,11 +5,15 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import logging
 import os
 import stat
 import threading
+import time
 from pathlib import Path
 from typing import Any, BinaryIO
+
+from comfymesh.logs import log_fields
 
 # (class, input) -> folder under the data root that the input's value names a file in
 FILE_INPUTS: dict[tuple[str, str], str] = {
@@ -25,6 +29,7 @@ _ANNOTATIONS = {"[input]": "input", "[output]": "output", "[temp]": "temp"}
 PERSIST_MIN_BYTES = 16 * 2**20
 _digests: dict[str, list[Any]] | None = None  # path -> [size, mtime_ns, inode, sha256], loaded on first use
 _digest_lock = threading.Lock()
+log = logging.getLogger("comfymesh.files")
 
 
 def _relative_name(name: str) -> bool:
@@ -93,24 +98,40 @@ def resolve_image_name(home: Path, name: str) -> Path | None:
     return resolve_inside(home / folder, name)
 
 
-def file_digest(path: Path) -> str:
-    """sha256 of a file, remembered by (path, size, mtime, inode) in memory and in
-    `<home>/cache/digests.json`, so a multi-GB checkpoint is hashed once, not at every restart."""
+def known_digest(path: Path) -> str | None:
+    """The file's sha256 if this process or another one sharing the data root (the orchestrator and a stage)
+    has hashed this version of it; None when only reading it whole would tell."""
     stat = path.stat()
-    key = str(path.resolve())
-    stamp = [stat.st_size, stat.st_mtime_ns, stat.st_ino]
+    key, stamp = str(path.resolve()), [stat.st_size, stat.st_mtime_ns, stat.st_ino]
     with _digest_lock:
         known = _known_digests().get(key)
-        if known is not None and known[:3] == stamp:
-            return str(known[3])
+        if (known is None or known[:3] != stamp) and stat.st_size >= PERSIST_MIN_BYTES:
+            known = _read_digests().get(key)  # hashed meanwhile by another process?
+            if known is not None and known[:3] == stamp:
+                _known_digests()[key] = known
+    return str(known[3]) if known is not None and known[:3] == stamp else None
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file, remembered by (path, size, mtime, inode) in memory and in
+    `<home>/cache/digests.json`, so a multi-GB checkpoint is hashed once, not at every restart (blocking: a
+    new 30 GiB file takes tens of seconds; keep it off an event loop)."""
+    known = known_digest(path)
+    if known is not None:
+        return known
+    stat = path.stat()
+    start = time.perf_counter()
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 22), b""):
             digest.update(block)
     with _digest_lock:
-        _known_digests()[key] = [*stamp, digest.hexdigest()]
+        _known_digests()[str(path.resolve())] = [stat.st_size, stat.st_mtime_ns, stat.st_ino, digest.hexdigest()]
         if stat.st_size >= PERSIST_MIN_BYTES:  # models, not every uploaded image
             _save_digests()
+    if stat.st_size >= PERSIST_MIN_BYTES:
+        log.info("hashed a model file once for the cache keys", extra=log_fields(
+            file=path.name, GiB=round(stat.st_size / 2**30, 2), s=round(time.perf_counter() - start, 1)))
     return digest.hexdigest()
 
 
@@ -128,26 +149,30 @@ def _digest_file() -> Path:
     return get_settings().home / "cache" / "digests.json"
 
 
+def _read_digests() -> dict[str, list[Any]]:
+    """The digests file's entries; a missing or damaged file just means hashing again."""
+    try:
+        data = json.loads(_digest_file().read_text())
+    except (OSError, ValueError):
+        return {}
+    return {k: v for k, v in data.items() if isinstance(v, list) and len(v) == 4} if isinstance(data, dict) else {}
+
+
 def _known_digests() -> dict[str, list[Any]]:
-    """Loaded once per process; a missing or damaged file just means hashing again."""
+    """This process's digests, loaded from the file on first use."""
     global _digests
     if _digests is None:
-        _digests = {}
-        try:
-            data = json.loads(_digest_file().read_text())
-            if isinstance(data, dict):
-                _digests = {k: v for k, v in data.items() if isinstance(v, list) and len(v) == 4}
-        except (OSError, ValueError):
-            pass
+        _digests = _read_digests()
     return _digests
 
 
 def _save_digests() -> None:
+    """Write this process's digests over the file's, keeping what other processes recorded there."""
     path = _digest_file()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
-        tmp.write_text(json.dumps(_known_digests()))
+        tmp.write_text(json.dumps(_read_digests() | _known_digests()))
         tmp.replace(path)
     except OSError:  # read-only data root: the in-memory copy still serves this process
         pass

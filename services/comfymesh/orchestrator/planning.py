@@ -7,7 +7,7 @@ import secrets
 from typing import Any
 
 from comfymesh.catalog import INPUT_IMAGES, INPUT_LATENTS, MODELS_PREFIX, Catalog
-from comfymesh.catalog.files import file_digest, split_image_name
+from comfymesh.catalog.files import file_digest, known_digest, split_image_name
 from comfymesh.contracts.handles import checkpoint_named
 from comfymesh.files import BadKey, FilesStore, safe_key
 from comfymesh.graph import Plan, StageGroup
@@ -28,10 +28,16 @@ def _stored_version(files: FilesStore, value: str) -> str | None:
         return None
 
 
-def fingerprint_files(catalog: Catalog, files: FilesStore | None = None) -> ExternalFingerprint:
+class DigestPending(Exception):
+    """A file the plan reads has not been hashed yet (a model seen the first time): sign off the event loop."""
+
+
+def fingerprint_files(catalog: Catalog, files: FilesStore | None = None, *,
+                      hash_files: bool = True) -> ExternalFingerprint:
     """Cache signatures include the digest of every file a node reads (checkpoint, LoRA, input image): ComfyUI's
     IS_CHANGED of its file loaders. A node declared always changed (IS_CHANGED answering NaN, which equals
-    nothing) gets a fresh token, so neither it nor anything downstream of it is ever served from cache."""
+    nothing) gets a fresh token, so neither it nor anything downstream of it is ever served from cache.
+    Without `hash_files`, a file not hashed before raises DigestPending instead of being read whole."""
     def fingerprint(class_type: str, literals: dict[str, Any]) -> str:
         definition = catalog.nodes.get(class_type)
         if definition is not None and definition.always_changed:
@@ -51,7 +57,10 @@ def fingerprint_files(catalog: Catalog, files: FilesStore | None = None) -> Exte
                 continue
             path = catalog.file_of(class_type, name, value)
             if path is not None:
-                parts.append(f"{name}={file_digest(path)}")
+                digest = file_digest(path) if hash_files else known_digest(path)
+                if digest is None:
+                    raise DigestPending(str(path))
+                parts.append(f"{name}={digest}")
         return ";".join(parts)
     return fingerprint
 

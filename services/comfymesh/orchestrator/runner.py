@@ -19,7 +19,7 @@ from comfymesh.jobs import JobRecord
 from comfymesh.orchestrator.events import EventBus
 from comfymesh.orchestrator.job_recorder import JobRecorder
 from comfymesh.orchestrator.node_cache import cached_nodes, signatures
-from comfymesh.orchestrator.planning import fingerprint_files, group_checkpoint, nodes_to_run
+from comfymesh.orchestrator.planning import DigestPending, fingerprint_files, group_checkpoint, nodes_to_run
 from comfymesh.orchestrator.preview_method import wants_previews
 from comfymesh.orchestrator.replicas import ReplicaPool
 from comfymesh.orchestrator.stage_call import GroupCall
@@ -110,11 +110,15 @@ class JobRunner:
         stages = {node.stage for node in plan.nodes.values()}
         versions = {stage: await self.pool.describe(stage) for stage in stages if stage in self.pool.replicas}
         versions.setdefault("any", "")
-        fingerprint = fingerprint_files(self.catalog, self.files)
         if self.files is not None and not self.files.local:  # a network call per input file: off the loop
-            await asyncio.to_thread(sign_plan, plan, versions, fingerprint)
-        else:
-            sign_plan(plan, versions, fingerprint)
+            await asyncio.to_thread(sign_plan, plan, versions, fingerprint_files(self.catalog, self.files))
+            return plan
+        try:  # digests already known: signed on the loop, in microseconds
+            sign_plan(plan, versions, fingerprint_files(self.catalog, self.files, hash_files=False))
+        except DigestPending:
+            # a model file seen the first time is read whole (a 30 GiB file takes ~20 s): off the loop, which
+            # keeps answering submits, status and other jobs meanwhile
+            await asyncio.to_thread(sign_plan, plan, versions, fingerprint_files(self.catalog, self.files))
         return plan
 
     async def _run_groups(self, groups: dict[str, StageGroup]) -> None:
