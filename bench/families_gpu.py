@@ -54,7 +54,9 @@ Per family (`--families`, in that order), each family's files are written, measu
             model (FLUX.2 Dev here) runs eagerly.
   --fp8-matmul  FLUX's scaled-fp8 transformer call is also run with the fp8 matmul mode (torch._scaled_mm on Ada or
             Hopper; elsewhere the upcast path, and the result says which kernel ran): call time and PSNR against the
-            bf16-upcast call on the same inputs (`fp8_transformer.fp8_matmul`).
+            bf16-upcast call on the same inputs (`fp8_transformer.fp8_matmul`). The scaled-fp8 meshes' images are
+            compared with the bf16 file's eager ones (`psnr_vs_bf16_db`), as are every mesh's with
+            `--weight-dtype ... --compare-bf16` (one more eager mesh first, `mesh_bf16`).
 Sizes and steps are the templates' (1024², Qwen-Image 1328²; 8 / 20 / 28 / 20 / 4 / 28 steps) unless --size / --steps.
 Results are written after every phase (--out); a phase that fails is recorded and the next one runs.
 """
@@ -882,16 +884,23 @@ def stream_budget(models: Path, args: argparse.Namespace) -> int:
 STREAMED_CALL = re.compile(r"streamed call of .*: ([0-9.]+) s, ([0-9.]+) s of it waiting on block copies")
 
 
-def log_messages(lines: list[str], marker: str) -> list[str]:
-    """The messages of a mesh's JSON log lines that contain `marker`."""
-    found = []
+def log_entries(lines: list[str], marker: str) -> list[dict[str, Any]]:
+    """A mesh's JSON log lines that contain `marker`, parsed, with the process that wrote each (a line that is not
+    JSON as its text)."""
+    found: list[dict[str, Any]] = []
     for line in lines:
         if marker in line:
+            process, _, text = line.partition(": ")
             try:
-                found.append(str(json.loads(line.split(": ", 1)[1]).get("msg", line)))
-            except ValueError:
-                found.append(line)
+                found.append({"process": process, **json.loads(text)})
+            except (ValueError, TypeError):
+                found.append({"process": process, "msg": line})
     return found
+
+
+def log_messages(lines: list[str], marker: str) -> list[str]:
+    """The messages of a mesh's JSON log lines that contain `marker`."""
+    return [str(entry.get("msg", "")) for entry in log_entries(lines, marker)]
 
 
 def streaming_stats(lines: list[str]) -> dict[str, Any]:
@@ -907,12 +916,22 @@ def streaming_stats(lines: list[str]) -> dict[str, Any]:
             "copy_wait_share": round(wait / total, 4) if total > 0 else float("nan")}
 
 
-def mesh_phase(family: str, home: Path, args: argparse.Namespace, variant: str = "",
-               eager_pngs: dict[int, bytes] | None = None) -> dict[str, Any]:
-    """The mesh run of a family; with `eager_pngs` (the eager run's PNG per seed) on the fast path, its buckets
-    built after the cold job and each warm image's PSNR against the eager one. FLUX.2 Dev runs within
-    `stream_budget`: the plan the stage logged and its streamed calls' copy waits are recorded."""
+def image_psnr(pngs: dict[int, bytes], reference: dict[int, bytes]) -> dict[int, float]:
+    """Each image's PSNR (dB) against the reference image of the same seed."""
     from PIL import Image
+
+    return {seed: round(psnr(Image.open(io.BytesIO(png)).convert("RGB"),
+                             Image.open(io.BytesIO(reference[seed])).convert("RGB")), 2)
+            for seed, png in pngs.items() if seed in reference}
+
+
+def mesh_phase(family: str, home: Path, args: argparse.Namespace, variant: str = "",
+               eager_pngs: dict[int, bytes] | None = None,
+               bf16_pngs: dict[int, bytes] | None = None) -> dict[str, Any]:
+    """The mesh run of a family; with `eager_pngs` (the eager run's PNG per seed) on the fast path, its buckets
+    built after the cold job and each warm image's PSNR against the eager one; with `bf16_pngs` (the bf16 file's
+    eager images) each image's PSNR against those too. FLUX.2 Dev runs within `stream_budget`: the plan the stage
+    logged and its streamed calls' copy waits are recorded."""
 
     steps = args.steps or STEPS[family]
     fast = eager_pngs is not None
@@ -940,6 +959,9 @@ def mesh_phase(family: str, home: Path, args: argparse.Namespace, variant: str =
         res["cold_first_job_nodes_ms"] = {k: round(v, 1) for k, v in cold["nodes"].items()}
         res["cold_start_to_first_png_s"] = round(time.perf_counter() - start, 1)
         res["stage_memory_after_cold_GiB"] = run.memory()
+        # a model file met the first time is hashed once for the cache keys: part of the cold start
+        res["cold_hashed"] = [{k: e.get(k) for k in ("process", "file", "GiB", "s")}
+                              for e in log_entries(run.mesh.logs, "hashed a model file")]
         say(f"{family}{'/' + variant if variant else ''} mesh cold: {res}")
         if fast:
             # one job of the graph makes two buckets: the model call (CFG's batch, text length) and the VAE decode
@@ -949,9 +971,9 @@ def mesh_phase(family: str, home: Path, args: argparse.Namespace, variant: str =
         runs = [run.job(graph(family, args, seed=2 + i, variant=variant)) for i in range(args.runs)]
         res["_pngs"] = {2 + i: r["png"] for i, r in enumerate(runs)}
         if eager_pngs:
-            res["psnr_vs_eager_db"] = {seed: round(psnr(Image.open(io.BytesIO(png)).convert("RGB"),
-                                                        Image.open(io.BytesIO(eager_pngs[seed])).convert("RGB")), 2)
-                                       for seed, png in res["_pngs"].items() if seed in eager_pngs}
+            res["psnr_vs_eager_db"] = image_psnr(res["_pngs"], eager_pngs)
+        if bf16_pngs:
+            res["psnr_vs_bf16_db"] = image_psnr(res["_pngs"], bf16_pngs)
         sampler = [sum(r["nodes"].get(k, 0.0) for k in SAMPLER_NODES) for r in runs]
         res |= {
             "latency_ms": round(p50([r["ms"] for r in runs]), 1), "latency_all_ms": [round(r["ms"], 1) for r in runs],
@@ -1009,15 +1031,28 @@ def run_family(family: str, base: Path, args: argparse.Namespace) -> None:
             res["pipeline"]["process_s"] = round(time.perf_counter() - start, 1)
             write(args)
         if "mesh" in args.phases:
+            bf16_pngs: dict[int, bytes] = {}  # the bf16 file's eager images, which fp8 runs are compared with
+            if args.compare_bf16 and args.weight_dtype != "default":
+                try:
+                    res["mesh_bf16"] = mesh_phase(family, home, argparse.Namespace(**{**vars(args),
+                                                                                      "weight_dtype": "default"}))
+                    bf16_pngs = res["mesh_bf16"].pop("_pngs")
+                except Exception as exc:
+                    res["mesh_bf16"] = {"error": repr(exc)[:2000]}
+                    traceback.print_exc()
+                write(args)
             for variant in ([""] + ([FLUX_FP8] if family == "flux" and not args.no_fp8_mesh else [])):
                 key = "mesh" if not variant else "mesh_fp8"
                 eager_pngs: dict[int, bytes] = {}  # the eager mesh's images, which the fast one is compared with
                 for fast in (False, True) if args.fast and family in FAST else (False,):
                     name = key + ("_fast" if fast else "")
                     try:
-                        res[name] = mesh_phase(family, home, args, variant, eager_pngs if fast else None)
+                        res[name] = mesh_phase(family, home, args, variant, eager_pngs if fast else None,
+                                               bf16_pngs or None)
                         pngs = res[name].pop("_pngs")
                         eager_pngs = eager_pngs if fast else pngs
+                        if not variant and not fast and args.weight_dtype == "default":
+                            bf16_pngs = pngs  # FLUX's scaled-fp8 file is compared with its bf16 one
                     except Exception as exc:
                         res[name] = {"error": repr(exc)[:2000]}
                         traceback.print_exc()
@@ -1055,6 +1090,9 @@ def main() -> None:
                         help="UNETLoader's weight_dtype in every graph: fp8_e4m3fn holds the model's linears in fp8, "
                              "fp8_e4m3fn_fast also multiplies them in fp8 (torch._scaled_mm) on Ada or Hopper, as "
                              "ComfyUI does (the pipelines stay in their file's dtype)")
+    parser.add_argument("--compare-bf16", action="store_true",
+                        help="with --weight-dtype: first an eager mesh in the file's own dtype (`mesh_bf16`), whose "
+                             "images every later mesh's are compared with (`psnr_vs_bf16_db`)")
     parser.add_argument("--keep-files", action="store_true", help="keep each family's files after it ran")
     parser.add_argument("--phase-timeout", type=float, default=900)
     parser.add_argument("--out", default=None, help="write the results as JSON here (logs beside it)")

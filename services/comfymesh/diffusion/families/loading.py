@@ -84,8 +84,7 @@ def load_fp8_aware(src: TensorSource, prefix: str, make: Callable[[], Any], conv
     state = convert(weights)
     with torch.device("meta"):
         model: torch.nn.Module = make()
-    rest = install_fp8_linears(model, {k: v.to(device) for k, v in state.items()},
-                               {k: v.to(device) for k, v in rows.items()}, dtype)
+    rest = install_fp8_linears(model, state, rows, dtype, device)
     result = model.load_state_dict(rest, strict=False, assign=True)
     missing = [k for k in result.missing_keys if not held_by_fp8_linear(model, k)]
     if missing or result.unexpected_keys:

@@ -341,10 +341,10 @@ class ModelCache:
         storage = WEIGHT_DTYPES[weight_dtype] if registered else None  # the families hold an fp8 weight_dtype in fp8
         blocks, other = offload_plan.file_blocks(tensor_bytes([path], self.placement.unet_dtype, storage))
         need = other + sum(blocks.values())
-        registered = registered and bool(blocks)
-        if registered and self.split_devices and need > self.budget:
+        has_blocks = registered and bool(blocks)  # what splitting and streaming work on
+        if has_blocks and self.split_devices and need > self.budget:
             return self._load_split(path, weight_dtype, blocks, other, need)
-        streams = self.block_offload and registered
+        streams = self.block_offload and has_blocks
         if streams and need > self.budget:  # it can only run streamed: a host that cannot hold it evicts nothing
             self._host_room(path, blocks, other, self.budget, alone=True)
         room = self._make_room(path.name, need, offload_plan.minimum_bytes(blocks, other) if streams else None)

@@ -78,8 +78,7 @@ def build_decoder(src: TensorSource, layout: DecoderLayout, make: Callable[[], A
     weights, scales = split_scales(raw, src.path.name)
     with torch.device("meta"):
         model = make()
-    rest = install_fp8_linears(model, {k: v.to(device) for k, v in weights.items()},
-                               {k: v.to(device) for k, v in row_scales(weights, scales).items()}, dtype)
+    rest = install_fp8_linears(model, weights, row_scales(weights, scales), dtype, device)
     result = model.load_state_dict(rest, strict=False, assign=True)
     # rotary inverse frequencies are computed buffers, not weights: made again on the real device below
     missing = [k for k in result.missing_keys if not k.startswith("rotary_emb.") and not held_by_fp8_linear(model, k)]

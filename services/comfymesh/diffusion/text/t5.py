@@ -78,8 +78,7 @@ def build_t5(src: TensorSource, layout: T5Layout, device: torch.device, dtype: t
     weights = {k: v for k, v in weights.items() if k.startswith(("shared.", "encoder."))}
     with torch.device("meta"):
         model = T5EncoderModel(t5_config(layout))
-    rest = install_fp8_linears(model, {k: v.to(device) for k, v in weights.items()},
-                               {k: v.to(device) for k, v in row_scales(weights, scales).items()}, dtype)
+    rest = install_fp8_linears(model, weights, row_scales(weights, scales), dtype, device)
     # the file names the embedding once (`shared`); transformers also reads it as the encoder's
     rest.setdefault("encoder.embed_tokens.weight", rest["shared.weight"])
     result = model.load_state_dict(rest, strict=False, assign=True)
