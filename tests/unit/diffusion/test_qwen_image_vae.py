@@ -94,3 +94,18 @@ def test_tiled_nodes_refuse_the_wan_vae(tmp_path: Path, node_ctx: Any) -> None:
     vae = wan_vae.load_wan21_vae(_vae_file(tmp_path), CPU)
     with pytest.raises(NodeInputError, match="not supported yet"):
         vae_nodes._untiled_wan(node_ctx, vae)
+
+
+def test_a_decode_out_of_gpu_memory_is_a_retryable_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As every other VAE's decode: out of memory is ResourceExhaustedError (the job may be retried when the
+    device has room), not a crash of the node."""
+    from comfymesh.contracts.errors import ResourceExhaustedError
+
+    vae = wan_vae.load_wan21_vae(_vae_file(tmp_path), CPU)
+
+    def out_of_memory(*args: object) -> object:
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
+
+    monkeypatch.setattr(vae, "decode", out_of_memory)
+    with pytest.raises(ResourceExhaustedError, match="out of GPU memory in VAE decode"):
+        wan_vae.decode(vae, torch.zeros(1, 16, 1, 2, 2))

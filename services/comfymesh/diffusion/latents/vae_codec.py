@@ -70,10 +70,14 @@ def decode(vae: Any, latent: torch.Tensor, decoder: Callable[[torch.Tensor], tor
                 # channels-last made contiguous on the device (free there): every reader of the image
                 # (PNG encoding, artifact export) then walks memory in order instead of by strides
                 outs.append(torch.clamp((y + 1.0) / 2.0, 0.0, 1.0).movedim(1, -1).contiguous())
-        images = outs[0] if len(outs) == 1 else torch.cat(outs)
-        if images.is_cuda:
-            # the node ends when its image exists: its time (and any error) stays with VAEDecode
-            torch.cuda.current_stream(images.device).synchronize()
+        return settled(outs[0] if len(outs) == 1 else torch.cat(outs))
     except torch.cuda.OutOfMemoryError as exc:
         raise ResourceExhaustedError(f"out of GPU memory in VAE decode: {exc}") from exc
+
+
+def settled(images: torch.Tensor) -> torch.Tensor:
+    """`images` once the GPU has made them: the node ends when its image exists, so its time (and any error)
+    stays with VAEDecode instead of landing in the next node that reads it."""
+    if images.is_cuda:
+        torch.cuda.current_stream(images.device).synchronize()
     return images

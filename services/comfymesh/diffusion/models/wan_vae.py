@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
-from comfymesh.contracts.errors import ModelError
-from comfymesh.diffusion.latents.vae_codec import crop_pixels
+from comfymesh.contracts.errors import ModelError, ResourceExhaustedError
+from comfymesh.diffusion.latents.vae_codec import crop_pixels, settled
 from comfymesh.diffusion.models.tensor_source import TensorSource
 
 SPATIAL = 8  # pixels per latent cell
@@ -99,7 +99,10 @@ def decode(vae: Any, latent: torch.Tensor) -> torch.Tensor:
     the VAE's device, each clip's frames in order."""
     p = next(vae.parameters())
     z = latent.unsqueeze(2) if latent.ndim == 4 else latent
-    with torch.no_grad():
-        frames = vae.decode(z.to(p.device, p.dtype)).sample.float()  # [B, C, T', H, W]
-    images = torch.clamp((frames + 1.0) / 2.0, 0.0, 1.0).movedim(1, -1)  # [B, T', H, W, 3]
-    return images.reshape(-1, *images.shape[-3:]).contiguous()
+    try:
+        with torch.no_grad():
+            frames = vae.decode(z.to(p.device, p.dtype)).sample.float()  # [B, C, T', H, W]
+        images = torch.clamp((frames + 1.0) / 2.0, 0.0, 1.0).movedim(1, -1)  # [B, T', H, W, 3]
+        return settled(images.reshape(-1, *images.shape[-3:]).contiguous())
+    except torch.cuda.OutOfMemoryError as exc:
+        raise ResourceExhaustedError(f"out of GPU memory in VAE decode: {exc}") from exc
