@@ -9,33 +9,25 @@ import hashlib
 import json
 import shutil
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from comfymesh.catalog import files
-from comfymesh.config import Settings, get_settings
+from comfymesh.config import Settings
 from comfymesh.jobs import JobStore
 from comfymesh.jobs.sqlite_backend import SqliteJobStore
 from comfymesh.orchestrator.replicas import ReplicaPool
 from comfymesh.orchestrator.scheduler import Scheduler
 from tests.catalogs import builtin_nodes
 from tests.mesh import SHARED
+from tests.unit.test_file_digests import home  # noqa: F401 (fixture: a data root with no digests known)
 from tests.unit.test_scheduler_poison import NODES, PROMPT, wait_until_finished
 
 
-@pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    monkeypatch.setenv("COMFYMESH_HOME", str(tmp_path))
-    get_settings.cache_clear()
-    monkeypatch.setattr(files, "_digests", None)
-    yield tmp_path
-    get_settings.cache_clear()
-
-
-async def test_the_loop_keeps_running_while_a_new_file_is_hashed(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_the_loop_keeps_running_while_a_new_file_is_hashed(home: Path,  # noqa: F811
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     (home / "input").mkdir()
     shutil.copy(SHARED / "data" / "coffee.png", home / "input" / "example.png")
     # the nodes a stage declared before (the orchestrator's kept catalog), so the job is planned and signed
