@@ -105,3 +105,30 @@ def test_the_cache_keys_tell_a_file_not_hashed_yet(home: Path) -> None:
     hashed = fingerprint_files(catalog)("LoadImage", {"image": "cat.png"})
     assert hashed == f"image={hashlib.sha256(b'png bytes').hexdigest()}"
     assert fingerprint_files(catalog, hash_files=False)("LoadImage", {"image": "cat.png"}) == hashed
+
+
+def test_two_readers_of_a_new_file_hash_it_once(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two jobs meeting the same new model at once (each signing in its own worker thread): one reads it, the
+    other waits for that digest instead of reading tens of GiB again beside it."""
+    import threading
+
+    model = home / "model.safetensors"
+    model.write_bytes(b"weights" * 100)
+    real_sha256 = hashlib.sha256
+    hashes: list[int] = []
+    second: dict[str, str] = {}
+    other = threading.Thread(target=lambda: second.update(digest=files.file_digest(model)))
+
+    def sha256_starting_the_other(*args: object) -> object:
+        if not args:  # a file's hash
+            hashes.append(1)
+            if len(hashes) == 1:  # while the first reader hashes, the second one asks
+                other.start()
+                other.join(timeout=0.5)  # it waits for the first (without the lock it would hash and finish)
+        return real_sha256(*args)
+
+    monkeypatch.setattr(files.hashlib, "sha256", sha256_starting_the_other)
+    first = files.file_digest(model)
+    other.join(timeout=10)
+    assert not other.is_alive() and second["digest"] == first == real_sha256(model.read_bytes()).hexdigest()
+    assert len(hashes) == 1

@@ -29,6 +29,7 @@ _ANNOTATIONS = {"[input]": "input", "[output]": "output", "[temp]": "temp"}
 PERSIST_MIN_BYTES = 16 * 2**20
 _digests: dict[str, list[Any]] | None = None  # path -> [size, mtime_ns, inode, sha256], loaded on first use
 _digest_lock = threading.Lock()
+_reading: dict[str, threading.Lock] = {}  # path -> held while that file is being hashed
 log = logging.getLogger("comfymesh.files")
 
 
@@ -119,16 +120,23 @@ def file_digest(path: Path) -> str:
     known = known_digest(path)
     if known is not None:
         return known
-    stat = path.stat()
-    start = time.perf_counter()
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
+    key = str(path.resolve())
     with _digest_lock:
-        _known_digests()[str(path.resolve())] = [stat.st_size, stat.st_mtime_ns, stat.st_ino, digest.hexdigest()]
-        if stat.st_size >= PERSIST_MIN_BYTES:  # models, not every uploaded image
-            _save_digests()
+        reading = _reading.setdefault(key, threading.Lock())
+    with reading:  # two jobs meeting the same new model read it once: the second waits for the first's digest
+        known = known_digest(path)
+        if known is not None:
+            return known
+        stat = path.stat()
+        start = time.perf_counter()
+        digest = hashlib.sha256()
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 22), b""):
+                digest.update(block)
+        with _digest_lock:
+            _known_digests()[key] = [stat.st_size, stat.st_mtime_ns, stat.st_ino, digest.hexdigest()]
+            if stat.st_size >= PERSIST_MIN_BYTES:  # models, not every uploaded image
+                _save_digests()
     if stat.st_size >= PERSIST_MIN_BYTES:
         log.info("hashed a model file once for the cache keys", extra=log_fields(
             file=path.name, GiB=round(stat.st_size / 2**30, 2), s=round(time.perf_counter() - start, 1)))
