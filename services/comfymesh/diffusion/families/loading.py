@@ -35,6 +35,8 @@ def model_prefix(src: TensorSource, markers: Iterable[str]) -> str | None:
 
 
 _HOST_BUILD: ContextVar[torch.dtype | None] = ContextVar("host_build_dtype", default=None)
+# UNETLoader's fp8 weight_dtype while its model builds: linears go to fp8 as they load (load_fp8_aware)
+_STORAGE: ContextVar[torch.dtype | None] = ContextVar("fp8_storage", default=None)
 
 
 @contextmanager
@@ -84,7 +86,7 @@ def load_fp8_aware(src: TensorSource, prefix: str, make: Callable[[], Any], conv
     state = convert(weights)
     with torch.device("meta"):
         model: torch.nn.Module = make()
-    rest = install_fp8_linears(model, state, rows, dtype, device)
+    rest = install_fp8_linears(model, state, rows, dtype, device, _STORAGE.get())
     result = model.load_state_dict(rest, strict=False, assign=True)
     missing = [k for k in result.missing_keys if not held_by_fp8_linear(model, k)]
     if missing or result.unexpected_keys:
@@ -98,7 +100,11 @@ def load_diffusion_model(src: TensorSource, what: str, build: Callable[[], torch
     """`build()`'s model, any failure but a ModelError reported as one naming the file; an fp8 `storage`
     (UNETLoader's weight_dtype) holds its linears in that format and rounds its other weights to it
     (fp8_weights.hold_in)."""
-    model = converted(src, f"{what} diffusion model", build)
+    token = _STORAGE.set(storage)  # the linears are held in `storage` as they load: no full-width copy first
+    try:
+        model = converted(src, f"{what} diffusion model", build)
+    finally:
+        _STORAGE.reset(token)
     if storage is not None:
-        hold_in(model, storage)
+        hold_in(model, storage)  # what the build made outside load_fp8_aware, and the other weights' rounding
     return model

@@ -161,18 +161,23 @@ def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
 
 
 def install_fp8_linears(model: nn.Module, state: dict[str, torch.Tensor], scales: dict[str, torch.Tensor],
-                        dtype: torch.dtype, device: torch.device) -> dict[str, torch.Tensor]:
+                        dtype: torch.dtype, device: torch.device,
+                        storage: torch.dtype | None = None) -> dict[str, torch.Tensor]:
     """Replace each nn.Linear of `model` whose weight is fp8 in `state` by an Fp8Linear holding it on `device`;
     returns the rest of the state on `device` in `dtype` for load_state_dict (other fp8 tensors, norms and
     embeddings, upcast). Tensor by tensor, converted as it arrives: a file in another dtype (T5's fp16 in a bf16
-    run) never has both copies on the device at once, which cost SD3.5's first job a 9 GiB peak on the H100."""
+    run) never has both copies on the device at once, which cost SD3.5's first job a 9 GiB peak on the H100.
+    With an fp8 `storage` (UNETLoader's weight_dtype) every linear is held so, each weight rounded through `dtype`
+    as `hold_in` rounds a built model's, so the model never exists at full width first."""
     rest = dict(state)
     scales = {k: v.to(device) for k, v in scales.items()}
     for name, module in list(model.named_modules()):
         key = f"{name}.weight"
-        if not isinstance(module, nn.Linear) or key not in state or not is_fp8(state[key]):
+        if not isinstance(module, nn.Linear) or key not in state or not (is_fp8(state[key]) or storage):
             continue
         weight = rest.pop(key).to(device)
+        if not is_fp8(weight):  # held in `storage` at unit scale, as hold_in holds it
+            weight = weight.to(dtype).to(storage)
         bias = rest.pop(f"{name}.bias", None)
         scale = scales.get(key, torch.ones(weight.shape[0], device=device))
         _replace(model, name, Fp8Linear(weight, scale, None if bias is None else bias.to(device, dtype)))
