@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import signal
 import socket
 import sqlite3
 import time
+from collections.abc import Container
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,20 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def free_ports(count: int, avoid: Container[int] = ()) -> list[int]:
+    """`count` distinct free ports, none in `avoid`: each stays bound until all are drawn, since free_port()
+    called twice may hand out the same port (SeaweedFS's filer once got it for its HTTP and gRPC ports)."""
+    with contextlib.ExitStack() as held:
+        ports: list[int] = []
+        while len(ports) < count:
+            sock = held.enter_context(socket.socket())
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+            if port not in avoid:
+                ports.append(port)
+        return ports
 
 
 class Mesh:

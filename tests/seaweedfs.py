@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.mesh import free_port
+from tests.mesh import free_port, free_ports
 
 ACCESS_KEY = "comfymesh-test-key"
 SECRET_KEY = "comfymesh-test-secret-0123456789"
@@ -59,9 +59,9 @@ class SeaweedServer:
             "name": "comfymesh", "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
             "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
         (self.root / "data").mkdir()
-        ports = {name: str(free_port()) for name in ("master.port", "master.port.grpc", "volume.port",
-                                                       "volume.port.grpc", "filer.port", "filer.port.grpc",
-                                                       "s3.port.grpc")}
+        names = ("master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port",
+                 "filer.port.grpc", "s3.port.grpc")
+        ports = {name: str(port) for name, port in zip(names, free_ports(len(names), {self.port}), strict=True)}
         command = [str(self.binary), "server", f"-dir={self.root / 'data'}", f"-ip={self.host}", f"-ip.bind={self.host}",
                    "-s3", f"-s3.port={self.port}", f"-s3.config={config}", "-s3.port.iceberg=0",
                    "-s3.port.lance=0", "-master.volumeSizeLimitMB=64", "-volume.max=20", "-metricsPort=0",
