@@ -6,7 +6,8 @@
 # stubs (snap/), so the run is of a commit (snap/COMMIT) even while the working tree changes.
 # Usage (repository root, after `make setup`): bash bench/device_bundle.sh
 # Then, on the device: `.dev/start.sh NAME "python3 bench/families_gpu.py ..."; .dev/wait.sh 540 NAME` with
-# carry [".dev"]; NAME's log, exit status and results land in /tmp/fbr (wait.sh copies the JSON and the meshes' logs to $OUT).
+# carry [".dev"]; NAME's log, exit status and results land in /tmp/fbr (wait.sh copies the JSON and the
+# meshes' logs to $OUT).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 grep -qx '/.dev/' .git/info/exclude || echo /.dev/ >> .git/info/exclude
@@ -97,9 +98,12 @@ end=$(( $(date +%s) + $1 )); shift
 for n in "$@"; do
   while [ ! -f "/tmp/fbr/$n.rc" ] && [ "$(date +%s)" -lt "$end" ]; do sleep 5; done
 done
-for n in "$@"; do echo "== $n rc=$(cat "/tmp/fbr/$n.rc" 2>/dev/null || echo running)"; tail -c 2500 "/tmp/fbr/$n.log"; done
+for n in "$@"; do
+  echo "== $n rc=$(cat "/tmp/fbr/$n.rc" 2>/dev/null || echo running)"; tail -c 2500 "/tmp/fbr/$n.log"
+done
 cp /tmp/fbr/*.json /tmp/fbr/mesh-*.log "$OUT"/ 2>/dev/null
 nvidia-smi --query-gpu=memory.used --format=csv; df -h /tmp | tail -1
 SH
 chmod +x .dev/*.sh
-echo ".dev: $(du -sh .dev | cut -f1) (with the tracked files: $(( ($(git ls-files -z | xargs -0 cat | wc -c) + $(du -sb .dev | cut -f1)) / 1048576 )) MiB of the 64 MiB a call carries)"
+carried=$(( ($(git ls-files -z | xargs -0 cat | wc -c) + $(du -sb .dev | cut -f1)) / 1048576 ))
+echo ".dev: $(du -sh .dev | cut -f1) (with the tracked files: $carried MiB of the 64 MiB a call carries)"

@@ -24,15 +24,9 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO / "tests" / "shared"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def free_ports(count: int, avoid: Container[int] = ()) -> list[int]:
-    """`count` distinct free ports, none in `avoid`: each stays bound until all are drawn, since free_port()
-    called twice may hand out the same port (SeaweedFS's filer once got it for its HTTP and gRPC ports)."""
+    """`count` distinct free ports, none in `avoid`: each stays bound until all are drawn, since two
+    separate draws may hand out the same port (SeaweedFS's filer once got it for its HTTP and gRPC ports)."""
     with contextlib.ExitStack() as held:
         ports: list[int] = []
         while len(ports) < count:
@@ -42,6 +36,10 @@ def free_ports(count: int, avoid: Container[int] = ()) -> list[int]:
             if port not in avoid:
                 ports.append(port)
         return ports
+
+
+def free_port() -> int:
+    return free_ports(1)[0]
 
 
 class Mesh:
