@@ -1014,7 +1014,7 @@ def run_family(family: str, base: Path, args: argparse.Namespace) -> None:
         if "files" not in res:
             res["files"] = make_files(family, models, args)
             write(args)
-        if "pipeline" in args.phases and family in PIPELINES:
+        if "pipeline" in args.phases and family in PIPELINES and "pipeline" not in args.skip:
             # its own process: every byte it put on the GPU is gone before the mesh's stage loads the models
             out = home / "pipeline.json"
             cmd = [sys.executable, __file__, "--_pipeline", family, "--home", str(base), "--device", args.device,
@@ -1032,7 +1032,7 @@ def run_family(family: str, base: Path, args: argparse.Namespace) -> None:
             write(args)
         if "mesh" in args.phases:
             bf16_pngs: dict[int, bytes] = {}  # the bf16 file's eager images, which fp8 runs are compared with
-            if args.compare_bf16 and args.weight_dtype != "default":
+            if args.compare_bf16 and args.weight_dtype != "default" and "mesh_bf16" not in args.skip:
                 try:
                     res["mesh_bf16"] = mesh_phase(family, home, argparse.Namespace(**{**vars(args),
                                                                                       "weight_dtype": "default"}))
@@ -1046,6 +1046,8 @@ def run_family(family: str, base: Path, args: argparse.Namespace) -> None:
                 eager_pngs: dict[int, bytes] = {}  # the eager mesh's images, which the fast one is compared with
                 for fast in (False, True) if args.fast and family in FAST else (False,):
                     name = key + ("_fast" if fast else "")
+                    if name in args.skip:
+                        continue
                     try:
                         res[name] = mesh_phase(family, home, args, variant, eager_pngs if fast else None,
                                                bf16_pngs or None)
@@ -1093,6 +1095,10 @@ def main() -> None:
     parser.add_argument("--compare-bf16", action="store_true",
                         help="with --weight-dtype: first an eager mesh in the file's own dtype (`mesh_bf16`), whose "
                              "images every later mesh's are compared with (`psnr_vs_bf16_db`)")
+    parser.add_argument("--skip", default="",
+                        help="result keys not to run (comma-separated: pipeline, mesh_bf16, mesh, mesh_fast, mesh_fp8, "
+                             "mesh_fp8_fast), e.g. a case an earlier run measured; an eager mesh skipped leaves its "
+                             "fast mesh without `psnr_vs_eager_db`")
     parser.add_argument("--keep-files", action="store_true", help="keep each family's files after it ran")
     parser.add_argument("--phase-timeout", type=float, default=900)
     parser.add_argument("--out", default=None, help="write the results as JSON here (logs beside it)")
@@ -1100,6 +1106,7 @@ def main() -> None:
     parser.add_argument("--_result", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.phases = args.phases.split(",")
+    args.skip = set(filter(None, args.skip.split(",")))
     if args._pipeline:  # the pipeline subprocess
         try:
             res = pipeline_phase(args._pipeline, args.home / args._pipeline / "models", args)

@@ -81,8 +81,8 @@ def submit(http: httpx.Client, prompt: dict[str, Any]) -> dict[str, Any]:
 def watch_and_save(http: httpx.Client, job_id: str, out: Path, cancel_on_exit: bool, console: Console) -> None:
     """Follow a submitted job with a progress bar, then save its images in `out`; Ctrl+C asks whether to cancel
     it (cancels it with `cancel_on_exit`). A job that does not complete raises GatewayError."""
-    nodes = {n["node_id"]: n["class_type"] for n in call(http, "GET", f"/v1/jobs/{job_id}").json()["nodes"]}
-    try:
+    try:  # from the moment the job is known: a Ctrl+C while its nodes are read is still about this job
+        nodes = {n["node_id"]: n["class_type"] for n in call(http, "GET", f"/v1/jobs/{job_id}").json()["nodes"]}
         status = follow(http, job_id, nodes, console)
     except KeyboardInterrupt:
         _interrupted(http, job_id, cancel_on_exit, console)
