@@ -5,6 +5,7 @@ against ComfyUI's Wan21 numbers."""
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,20 @@ def test_a_batch_is_one_clip_and_frames_come_back_as_images(tmp_path: Path) -> N
     assert images.shape == (1, 32, 40, 3) and float(images.min()) >= 0.0 and float(images.max()) <= 1.0
     assert torch.equal(wan_vae.decode(vae, latent[:, :, 0]), images)  # a 4-D latent is one frame
     assert wan_vae.decode(vae, torch.zeros(2, 16, 2, 2, 2)).shape == (2 * 5, 16, 16, 3)  # 1 + 4·(2 − 1) frames each
+
+
+def test_calls_at_once_on_one_vae_give_what_each_gives_alone(tmp_path: Path) -> None:
+    # the module keeps its frame caches on itself: parallel branches of one graph (a VAEEncode beside
+    # TextEncodeQwenImageEditPlus's reference latent) once read each other's caches and failed
+    vae = wan_vae.load_wan21_vae(_vae_file(tmp_path), CPU)
+    clips = [torch.rand(5, 32, 32, 3, generator=torch.Generator().manual_seed(seed)) for seed in range(4)]
+    latents = [torch.randn(1, 16, 3, 4, 4, generator=torch.Generator().manual_seed(seed)) for seed in range(4)]
+    alone = [wan_vae.encode(vae, c) for c in clips] + [wan_vae.decode(vae, z) for z in latents]
+    calls = [lambda c=c: wan_vae.encode(vae, c) for c in clips] + [lambda z=z: wan_vae.decode(vae, z) for z in latents]
+    with ThreadPoolExecutor(len(calls)) as pool:
+        for _ in range(3):
+            together = list(pool.map(lambda call: call(), calls))
+            assert all(torch.equal(a, b) for a, b in zip(alone, together, strict=True))
 
 
 def test_layered_rgba_vae_pads_rgb_with_opaque_alpha(tmp_path: Path) -> None:

@@ -17,9 +17,13 @@ import torch
 
 from comfymesh.contracts.errors import ModelError, ResourceExhaustedError
 from comfymesh.diffusion.latents.vae_codec import crop_pixels, settled
+from comfymesh.diffusion.models.flow_lora import model_lock
 from comfymesh.diffusion.models.tensor_source import TensorSource
 
 SPATIAL = 8  # pixels per latent cell
+# _ONE_CALL_AT_A_TIME: the module keeps its causal convolutions' frame caches on itself (reset at the start of
+# each encode and decode), so two calls at once, e.g. a VAEEncode and TextEncodeQwenImageEditPlus's reference
+# latent in parallel branches of one graph, would read each other's caches; every call holds the module's lock.
 _MARKER = "decoder.middle.0.residual.0.gamma"
 _WAN22_MARKER = "decoder.upsamples.0.upsamples.0.residual.2.weight"  # Wan 2.2's 48-channel VAE: not this one
 
@@ -89,7 +93,7 @@ def encode(vae: Any, pixels: torch.Tensor) -> torch.Tensor:
     if x.shape[-1] < channels:  # Layered's RGBA VAE: missing channels padded with 1.0 (opaque), as ComfyUI pads
         x = torch.nn.functional.pad(x, (0, channels - x.shape[-1]), value=1.0)
     clip = (x * 2.0 - 1.0).movedim(-1, 1).movedim(1, 0).unsqueeze(0)  # [1, C, B, H, W]
-    with torch.no_grad():
+    with model_lock(vae), torch.no_grad():  # see _ONE_CALL_AT_A_TIME
         mean: torch.Tensor = vae.encode(clip.to(p.device, p.dtype)).latent_dist.mean
     return mean.float().cpu()
 
@@ -100,7 +104,7 @@ def decode(vae: Any, latent: torch.Tensor) -> torch.Tensor:
     p = next(vae.parameters())
     z = latent.unsqueeze(2) if latent.ndim == 4 else latent
     try:
-        with torch.no_grad():
+        with model_lock(vae), torch.no_grad():  # see _ONE_CALL_AT_A_TIME
             frames = vae.decode(z.to(p.device, p.dtype)).sample.float()  # [B, C, T', H, W]
         images = torch.clamp((frames + 1.0) / 2.0, 0.0, 1.0).movedim(1, -1)  # [B, T', H, W, 3]
         return settled(images.reshape(-1, *images.shape[-3:]).contiguous())
