@@ -1014,7 +1014,7 @@ def run_family(family: str, base: Path, args: argparse.Namespace) -> None:
         if "files" not in res:
             res["files"] = make_files(family, models, args)
             write(args)
-        if "pipeline" in args.phases and family in PIPELINES and "pipeline" not in args.skip:
+        if "pipeline" in args.phases and family in PIPELINES:
             # its own process: every byte it put on the GPU is gone before the mesh's stage loads the models
             out = home / "pipeline.json"
             cmd = [sys.executable, __file__, "--_pipeline", family, "--home", str(base), "--device", args.device,
@@ -1096,9 +1096,9 @@ def main() -> None:
                         help="with --weight-dtype: first an eager mesh in the file's own dtype (`mesh_bf16`), whose "
                              "images every later mesh's are compared with (`psnr_vs_bf16_db`)")
     parser.add_argument("--skip", default="",
-                        help="result keys not to run (comma-separated: pipeline, mesh_bf16, mesh, mesh_fast, mesh_fp8, "
-                             "mesh_fp8_fast), e.g. a case an earlier run measured; an eager mesh skipped leaves its "
-                             "fast mesh without `psnr_vs_eager_db`")
+                        help="mesh results not to run (comma-separated: mesh_bf16, mesh, mesh_fast, mesh_fp8, "
+                             "mesh_fp8_fast; `--phases` leaves out the pipeline), e.g. a case an earlier run "
+                             "measured; an eager mesh skipped leaves its fast mesh without `psnr_vs_eager_db`")
     parser.add_argument("--keep-files", action="store_true", help="keep each family's files after it ran")
     parser.add_argument("--phase-timeout", type=float, default=900)
     parser.add_argument("--out", default=None, help="write the results as JSON here (logs beside it)")

@@ -6,6 +6,10 @@ ComfyUI's conventions: latents are 5-D [B, 16, T, H/8, W/8]; a batch of B images
 frames ([1, 3, B, H, W], so four images after the first share a latent frame), pixels centre-cropped to
 multiples of 8 and mapped to [−1, 1], the posterior's mean kept; decoding returns T' = 1 + 4(T − 1) frames per
 latent, which VAEDecode lays out as images.
+
+One call at a time per module: it keeps its causal convolutions' frame caches on itself (reset at the start of each
+encode and decode), so two calls at once, e.g. a VAEEncode and TextEncodeQwenImageEditPlus's reference latent in
+parallel branches of one graph, would read each other's caches; every call holds the module's lock.
 """
 
 from __future__ import annotations
@@ -21,9 +25,6 @@ from comfymesh.diffusion.models.flow_lora import model_lock
 from comfymesh.diffusion.models.tensor_source import TensorSource
 
 SPATIAL = 8  # pixels per latent cell
-# _ONE_CALL_AT_A_TIME: the module keeps its causal convolutions' frame caches on itself (reset at the start of
-# each encode and decode), so two calls at once, e.g. a VAEEncode and TextEncodeQwenImageEditPlus's reference
-# latent in parallel branches of one graph, would read each other's caches; every call holds the module's lock.
 _MARKER = "decoder.middle.0.residual.0.gamma"
 _WAN22_MARKER = "decoder.upsamples.0.upsamples.0.residual.2.weight"  # Wan 2.2's 48-channel VAE: not this one
 
@@ -93,7 +94,7 @@ def encode(vae: Any, pixels: torch.Tensor) -> torch.Tensor:
     if x.shape[-1] < channels:  # Layered's RGBA VAE: missing channels padded with 1.0 (opaque), as ComfyUI pads
         x = torch.nn.functional.pad(x, (0, channels - x.shape[-1]), value=1.0)
     clip = (x * 2.0 - 1.0).movedim(-1, 1).movedim(1, 0).unsqueeze(0)  # [1, C, B, H, W]
-    with model_lock(vae), torch.no_grad():  # see _ONE_CALL_AT_A_TIME
+    with model_lock(vae), torch.no_grad():  # one call at a time (module docstring)
         mean: torch.Tensor = vae.encode(clip.to(p.device, p.dtype)).latent_dist.mean
     return mean.float().cpu()
 
@@ -104,7 +105,7 @@ def decode(vae: Any, latent: torch.Tensor) -> torch.Tensor:
     p = next(vae.parameters())
     z = latent.unsqueeze(2) if latent.ndim == 4 else latent
     try:
-        with model_lock(vae), torch.no_grad():  # see _ONE_CALL_AT_A_TIME
+        with model_lock(vae), torch.no_grad():  # one call at a time (module docstring)
             frames = vae.decode(z.to(p.device, p.dtype)).sample.float()  # [B, C, T', H, W]
         images = torch.clamp((frames + 1.0) / 2.0, 0.0, 1.0).movedim(1, -1)  # [B, T', H, W, 3]
         return settled(images.reshape(-1, *images.shape[-3:]).contiguous())
