@@ -74,6 +74,39 @@ def test_calls_at_once_on_one_vae_give_what_each_gives_alone(tmp_path: Path) -> 
             assert all(torch.equal(a, b) for a, b in zip(alone, together, strict=True))
 
 
+def _conv3d_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, ...]]:
+    calls: list[tuple[int, ...]] = []
+    conv3d = torch.nn.Conv3d._conv_forward
+
+    def counted(self: torch.nn.Conv3d, x: torch.Tensor, *args: Any) -> torch.Tensor:
+        calls.append(tuple(x.shape))
+        return conv3d(self, x, *args)
+
+    monkeypatch.setattr(torch.nn.Conv3d, "_conv_forward", counted)
+    return calls
+
+
+@pytest.mark.parametrize("frames", [1, 5])
+def test_a_lone_first_frame_convolves_in_2d_as_the_causal_3d_kernel_would(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, frames: int) -> None:
+    src = _vae_file(tmp_path)
+    fast, plain = wan_vae.load_wan21_vae(src, CPU), wan_vae.load_wan21_vae(src, CPU)
+    for conv in plain.modules():
+        conv.__dict__.pop("forward", None)  # diffusers' own forward: every frame after two of causal zeros
+    clip = torch.rand(frames, 48, 40, 3, generator=torch.Generator().manual_seed(0))
+    z = torch.randn(1, 16, 1 + (frames - 1) // 4, 6, 5, generator=torch.Generator().manual_seed(1))
+    calls = _conv3d_calls(monkeypatch)
+    latent, image = wan_vae.encode(fast, clip), wan_vae.decode(fast, z)
+    fast_calls = list(calls)
+    torch.testing.assert_close(latent, wan_vae.encode(plain, clip), rtol=0, atol=1e-5)
+    torch.testing.assert_close(image, wan_vae.decode(plain, z), rtol=0, atol=1e-5)
+    assert len(calls) > len(fast_calls)  # the plain module did convolve in 3-D
+    if frames == 1:  # a still image never meets a 3-D convolution
+        assert fast_calls == []
+    else:  # the frames after the first keep the 3-D path, with the frames before them cached
+        assert fast_calls and all(shape[2] > 1 for shape in fast_calls)
+
+
 def test_layered_rgba_vae_pads_rgb_with_opaque_alpha(tmp_path: Path) -> None:
     # ComfyUI's VAE pads an image with fewer channels than the VAE takes with 1.0 (its pad_channel_value)
     path = tmp_path / "layered.safetensors"

@@ -10,14 +10,20 @@ latent, which VAEDecode lays out as images.
 One call at a time per module: it keeps its causal convolutions' frame caches on itself (reset at the start of each
 encode and decode), so two calls at once, e.g. a VAEEncode and TextEncodeQwenImageEditPlus's reference latent in
 parallel branches of one graph, would read each other's caches; every call holds the module's lock.
+
+A still image is one frame, and a causal convolution sees it after two frames of zeros, so only its kernel's last
+time slice meets data: such a call runs as that slice's 2-D convolution (the same products; about half the CPU time
+of an encode or decode at 1 MP, and no padded copy).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import MethodType
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from comfymesh.contracts.errors import ModelError, ResourceExhaustedError
 from comfymesh.diffusion.latents.vae_codec import crop_pixels, settled
@@ -62,7 +68,28 @@ def build_wan21_vae(src: TensorSource, layout: Wan21VaeLayout, device: torch.dev
         raise ModelError(f"{src.path.name}: the Wan VAE weights do not fit {layout.describe()} (missing "
                          f"{result.missing_keys[:4]}, unexpected {result.unexpected_keys[:4]})")
     module: torch.nn.Module = vae.eval().requires_grad_(False)
+    for conv in module.modules():
+        if type(conv).__name__ == "QwenImageCausalConv3d":
+            conv.forward = MethodType(_causal_conv, conv)
     return module
+
+
+def _causal_conv(conv: Any, x: torch.Tensor, cache_x: torch.Tensor | None = None) -> torch.Tensor:
+    """diffusers' QwenImageCausalConv3d.forward, with a lone first frame (no cached frames before it) convolved in
+    2-D by the kernel's last time slice: the slices before it would meet only the causal zero padding."""
+    if cache_x is None and x.shape[2] == 1 and _plain_causal(conv):
+        left, _, top, _ = conv._padding[:4]
+        out: torch.Tensor = F.conv2d(x[:, :, 0], conv.weight[:, :, -1], conv.bias, conv.stride[1:], (top, left))
+        return out.unsqueeze(2)
+    return type(conv).forward(conv, x, cache_x)
+
+
+def _plain_causal(conv: Any) -> bool:
+    """Whether the convolution pads time only before the frames, by its kernel's length less one, and space evenly:
+    the shape the 2-D shortcut assumes."""
+    left, right, top, bottom, before, after = conv._padding
+    return (conv.stride[0] == 1 and before == conv.kernel_size[0] - 1 and after == 0 and left == right
+            and top == bottom and conv.dilation == (1, 1, 1) and conv.groups == 1)
 
 
 def load_wan21_vae(src: TensorSource, device: torch.device) -> torch.nn.Module:
