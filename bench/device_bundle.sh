@@ -93,7 +93,7 @@ SH
 cat > .dev/wait.sh <<'SH'
 #!/bin/bash
 # wait.sh SECONDS NAME...: wait until each NAME has an exit status or SECONDS pass; print their log tails and copy
-# the results (/tmp/fbr/*.json) and the meshes' logs to $OUT
+# to $OUT what a reply carries (8 files at most): the results (/tmp/fbr/*.json), the chains' logs, the newest meshes' logs
 end=$(( $(date +%s) + $1 )); shift
 for n in "$@"; do
   while [ ! -f "/tmp/fbr/$n.rc" ] && [ "$(date +%s)" -lt "$end" ]; do sleep 5; done
@@ -101,7 +101,12 @@ done
 for n in "$@"; do
   echo "== $n rc=$(cat "/tmp/fbr/$n.rc" 2>/dev/null || echo running)"; tail -c 2500 "/tmp/fbr/$n.log"
 done
-cp /tmp/fbr/*.json /tmp/fbr/mesh-*.log "$OUT"/ 2>/dev/null
+shopt -s nullglob
+files=(/tmp/fbr/*.json)
+for n in "$@"; do files+=("/tmp/fbr/$n.log"); done
+mapfile -t logs < <(ls -t /tmp/fbr/mesh-*.log 2>/dev/null)
+files+=("${logs[@]}")
+cp "${files[@]:0:8}" "$OUT"/ 2>/dev/null
 nvidia-smi --query-gpu=memory.used --format=csv; df -h /tmp | tail -1
 SH
 chmod +x .dev/*.sh
