@@ -58,6 +58,7 @@ def build_wan21_vae(src: TensorSource, layout: Wan21VaeLayout, device: torch.dev
                     dtype: torch.dtype) -> torch.nn.Module:
     from diffusers import AutoencoderKLQwenImage
     from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
+    from diffusers.models.autoencoders.autoencoder_kl_qwenimage import QwenImageCausalConv3d
 
     state = convert_wan_vae_to_diffusers({k: src.get(k) for k in src.keys})
     state = {k: v.to(device=device, dtype=dtype) for k, v in state.items()}
@@ -69,15 +70,15 @@ def build_wan21_vae(src: TensorSource, layout: Wan21VaeLayout, device: torch.dev
                          f"{result.missing_keys[:4]}, unexpected {result.unexpected_keys[:4]})")
     module: torch.nn.Module = vae.eval().requires_grad_(False)
     for conv in module.modules():
-        if type(conv).__name__ == "QwenImageCausalConv3d":
-            conv.forward = MethodType(_causal_conv, conv)
+        if isinstance(conv, QwenImageCausalConv3d) and _plain_causal(conv):
+            conv.forward = MethodType(_causal_conv, conv)  # type: ignore[method-assign]  # this instance only
     return module
 
 
 def _causal_conv(conv: Any, x: torch.Tensor, cache_x: torch.Tensor | None = None) -> torch.Tensor:
     """diffusers' QwenImageCausalConv3d.forward, with a lone first frame (no cached frames before it) convolved in
     2-D by the kernel's last time slice: the slices before it would meet only the causal zero padding."""
-    if cache_x is None and x.shape[2] == 1 and _plain_causal(conv):
+    if cache_x is None and x.shape[2] == 1:
         left, _, top, _ = conv._padding[:4]
         out: torch.Tensor = F.conv2d(x[:, :, 0], conv.weight[:, :, -1], conv.bias, conv.stride[1:], (top, left))
         return out.unsqueeze(2)
@@ -86,7 +87,7 @@ def _causal_conv(conv: Any, x: torch.Tensor, cache_x: torch.Tensor | None = None
 
 def _plain_causal(conv: Any) -> bool:
     """Whether the convolution pads time only before the frames, by its kernel's length less one, and space evenly:
-    the shape the 2-D shortcut assumes."""
+    the shape the 2-D shortcut assumes (decided once, when the VAE is built)."""
     left, right, top, bottom, before, after = conv._padding
     return (conv.stride[0] == 1 and before == conv.kernel_size[0] - 1 and after == 0 and left == right
             and top == bottom and conv.dilation == (1, 1, 1) and conv.groups == 1)
